@@ -1,0 +1,8 @@
+"""distillguard: an open defense for LLM APIs against distillation and reselling.
+
+Public, stable imports: :mod:`distillguard.events` (the event model v1),
+:mod:`distillguard.client` (the attesting SDK) and :mod:`distillguard.config`.
+Everything else is internal and may change.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,139 @@
+"""The ``distillguard`` command (DESIGN §3, a contract).
+
+This module only parses arguments. Each command names its handler as
+``"module:function"`` and the module is imported when that command runs, so
+``distillguard keys create`` never pays for scikit-learn and ``serve`` never
+imports the analytics stack. A handler takes the parsed ``argparse.Namespace``
+and returns the exit code.
+
+Exit codes: 0 success, 2 usage or input errors (one line naming the problem),
+1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from distillguard.exceptions import DistillguardError, UsageError
+
+__all__ = ["build_parser", "main"]
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _command(
+    subparsers: argparse._SubParsersAction,  # type: ignore[type-arg]
+    name: str,
+    handler: str,
+    help_text: str,
+) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = subparsers.add_parser(name, help=help_text, description=help_text)
+    parser.add_argument("--config", metavar="FILE", help="YAML configuration file (default: $DG_CONFIG)")
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="distillguard",
+        description="Defend an LLM API against distillation and reselling.",
+    )
+    parser.add_argument("--version", action="version", version="distillguard 0.1.0")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    _command(sub, "serve", "distillguard.gateway.server:serve_command", "run the gateway")
+
+    demo = _command(sub, "demo", "distillguard.demo.tour:demo_command", "the one-command tour")
+    demo.add_argument("--no-wait", action="store_true", help="exit after printing the summary")
+
+    demo_model = _command(
+        sub, "demo-model", "distillguard.demo.server:demo_model_command", "serve the small CPU demo model"
+    )
+    demo_model.add_argument("--host", default="127.0.0.1")
+    demo_model.add_argument("--port", type=int, default=8701)
+
+    accounts = sub.add_parser("accounts", help="manage accounts").add_subparsers(dest="action", metavar="ACTION")
+    accounts.required = True
+    create_account = _command(accounts, "create", "distillguard.store.commands:accounts_create", "create an account")
+    create_account.add_argument("name")
+    create_account.add_argument("--org", help="organisation id or name")
+    create_account.add_argument("--json", action="store_true", help="print JSON")
+    list_accounts = _command(accounts, "list", "distillguard.store.commands:accounts_list", "list accounts")
+    list_accounts.add_argument("--json", action="store_true", help="print JSON")
+
+    keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="action", metavar="ACTION")
+    keys.required = True
+    create_key = _command(keys, "create", "distillguard.store.commands:keys_create", "issue a key (secret shown once)")
+    create_key.add_argument("account_id")
+    create_key.add_argument("--json", action="store_true", help="print JSON")
+    revoke_key = _command(keys, "revoke", "distillguard.store.commands:keys_revoke", "revoke a key")
+    revoke_key.add_argument("key_id")
+    revoke_key.add_argument("--json", action="store_true", help="print JSON")
+
+    events = sub.add_parser("events", help="the event log").add_subparsers(dest="action", metavar="ACTION")
+    events.required = True
+    export = _command(events, "export", "distillguard.store.commands:events_export", "export events as JSONL")
+    export.add_argument("--since", metavar="TS", help="only events at or after this ISO-8601 timestamp")
+
+    scan = _command(sub, "scan", "distillguard.detect.scan:scan_command", "offline detection over event logs")
+    scan.add_argument("files", nargs="+", metavar="FILE", help=".jsonl, .jsonl.gz or - for stdin")
+    scan.add_argument("--out", metavar="REPORT.json", help="write the report here instead of stdout")
+    scan.add_argument("--strict", action="store_true", help="stop at the first malformed line")
+
+    simulate = _command(sub, "simulate", "distillguard.sim.commands:simulate_command", "labelled synthetic traffic")
+    simulate.add_argument("--scenario", required=True, help="a named scenario or a YAML file")
+    simulate.add_argument("--seed", type=int, required=True)
+    simulate.add_argument("--out", required=True, metavar="EVENTS.jsonl.gz")
+    simulate.add_argument("--labels", required=True, metavar="LABELS.json")
+
+    evaluate = _command(sub, "eval", "distillguard.sim.commands:eval_command", "detection metrics vs a baseline")
+    evaluate.add_argument("--events", required=True, nargs="+", metavar="EVENTS")
+    evaluate.add_argument("--labels", required=True, metavar="LABELS")
+    evaluate.add_argument("--json", action="store_true", help="print JSON for machines")
+
+    watermark = sub.add_parser("watermark", help="provenance watermarks").add_subparsers(dest="action", metavar="ACTION")
+    watermark.required = True
+    detect = _command(watermark, "detect", "distillguard.watermark.commands:detect_command", "test text for watermarks")
+    detect.add_argument("--text-file", required=True, metavar="F", help="a text file, or - for stdin")
+    detect.add_argument("--key-id", action="append", dest="key_ids", metavar="ID", help="key to test (repeatable)")
+
+    client = sub.add_parser("client", help="the attesting client SDK").add_subparsers(dest="action", metavar="ACTION")
+    client.required = True
+    show = _command(client, "show", "distillguard.client.commands:show_command", "print exactly what the SDK sends")
+    show.add_argument("--url", default="http://127.0.0.1:8700/v1/chat/completions")
+    show.add_argument("--body", default='{"model": "demo-1", "messages": []}')
+    return parser
+
+
+def _resolve(handler: str) -> Handler:
+    module_name, _, function_name = handler.partition(":")
+    module = importlib.import_module(module_name)
+    function: Handler = getattr(module, function_name)
+    return function
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return _resolve(args.handler)(args)
+    except UsageError as exc:
+        print(f"distillguard {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except DistillguardError as exc:
+        print(f"distillguard {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
