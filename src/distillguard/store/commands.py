@@ -1,0 +1,84 @@
+"""CLI handlers: `accounts create|list`, `keys create|revoke`, `events export`."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+
+import orjson
+
+from distillguard.config import load_settings
+from distillguard.exceptions import NotFoundError, UsageError
+from distillguard.store.export import iter_event_lines
+from distillguard.store.registry import Registry
+
+__all__ = ["accounts_create", "accounts_list", "events_export", "keys_create", "keys_revoke"]
+
+
+def _registry(args: argparse.Namespace) -> Registry:
+    return Registry(load_settings(args.config).database)
+
+
+def _print_json(obj: object) -> None:
+    sys.stdout.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def accounts_create(args: argparse.Namespace) -> int:
+    account = _registry(args).create_account(args.name, org=args.org)
+    if args.json:
+        _print_json({"account_id": account["account_id"], "name": account["name"], "org_id": account["org_id"]})
+    else:
+        print(account["account_id"])
+    return 0
+
+
+def accounts_list(args: argparse.Namespace) -> int:
+    accounts = _registry(args).list_accounts()
+    if args.json:
+        _print_json(accounts)
+        return 0
+    print(f"{'ACCOUNT':<22} {'NAME':<24} {'ORG':<16} {'STATUS':<10} CREATED")
+    for a in accounts:
+        created = dt.datetime.fromtimestamp(a["created_at"], dt.UTC).strftime("%Y-%m-%d %H:%M")
+        print(f"{a['account_id']:<22} {a['name'][:24]:<24} {(a['org_id'] or '-')[:16]:<16} {a['status']:<10} {created}")
+    return 0
+
+
+def keys_create(args: argparse.Namespace) -> int:
+    try:
+        key = _registry(args).create_key(args.account_id)
+    except NotFoundError as exc:
+        raise UsageError(str(exc)) from None
+    if args.json:
+        _print_json(key)
+    else:
+        print(f"key_id:  {key['key_id']}\naccount: {key['account_id']}\nsecret:  {key['secret']}")
+        print("The secret is shown once and stored only as a hash: keep it now.", file=sys.stderr)
+    return 0
+
+
+def keys_revoke(args: argparse.Namespace) -> int:
+    try:
+        result = _registry(args).revoke_key(args.key_id)
+    except NotFoundError as exc:
+        raise UsageError(str(exc)) from None
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"revoked {args.key_id}")
+    return 0
+
+
+def events_export(args: argparse.Namespace) -> int:
+    since = args.since
+    if since:
+        try:
+            dt.datetime.fromisoformat(since.replace("Z", "+00:00"))
+        except ValueError:
+            raise UsageError(f"--since: not an ISO-8601 timestamp: {since!r}") from None
+    out = sys.stdout.buffer
+    for line in iter_event_lines(load_settings(args.config).database, since):
+        out.write(line + b"\n")
+    out.flush()
+    return 0

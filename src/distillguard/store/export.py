@@ -1,0 +1,36 @@
+"""Stream events out of the store in time order, for `events export` and the admin API."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+from sqlalchemy import select
+
+from distillguard.store import schema
+from distillguard.store.engine import make_engine
+
+__all__ = ["iter_event_lines", "iter_events"]
+
+
+def iter_event_lines(database_url: str, since: str | None = None, *, chunk: int = 2000) -> Iterator[bytes]:
+    """Raw JSON lines (no trailing newline) in ``ts`` order, fetched in chunks (bounded memory)."""
+    engine = make_engine(database_url)
+    schema.metadata.create_all(engine)
+    try:
+        query = select(schema.events.c.body).order_by(schema.events.c.ts, schema.events.c.seq)
+        if since:
+            query = query.where(schema.events.c.ts >= since)
+        with engine.connect() as conn:
+            result = conn.execution_options(stream_results=True, yield_per=chunk).execute(query)
+            for (body,) in result:
+                yield body.encode() if isinstance(body, str) else body
+    finally:
+        engine.dispose()
+
+
+def iter_events(database_url: str, since: str | None = None) -> Iterator[dict[str, Any]]:
+    """Events as dicts in time order; ``since`` is an ISO-8601 timestamp (inclusive)."""
+    for line in iter_event_lines(database_url, since):
+        yield orjson.loads(line)

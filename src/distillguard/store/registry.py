@@ -1,0 +1,290 @@
+"""Accounts, organisations, API keys, enrolled installs, audit log and review queue.
+
+The registry is the slow, durable side of authentication. The gateway never
+queries it per request: it loads :meth:`Registry.key_snapshot` into memory and
+polls :meth:`Registry.change_counter` (one primary-key read) to notice changes
+made by other processes, such as ``distillguard keys revoke``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+
+from distillguard.exceptions import NotFoundError, UsageError
+from distillguard.store import schema
+from distillguard.store.engine import make_engine
+
+__all__ = ["KeyRecord", "Registry", "hash_secret", "new_secret"]
+
+SECRET_PREFIX = "sk-dg-"
+
+
+def hash_secret(secret: str) -> str:
+    """SHA-256 of a key secret.
+
+    A fast hash is right here, unlike for passwords: secrets carry 256 bits of
+    randomness, so brute force is hopeless, and the gateway can look a key up
+    by its hash in a dict without a slow KDF on the hot path.
+    """
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def new_secret() -> str:
+    return SECRET_PREFIX + secrets.token_urlsafe(32)
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(8)}"
+
+
+LIMIT_NAMES = ("requests_per_min", "tokens_per_min", "concurrent_requests", "daily_tokens")
+
+
+def _clean_limits(limits: dict[str, Any] | None) -> dict[str, int | None]:
+    if not limits:
+        return {}
+    unknown = set(limits) - set(LIMIT_NAMES)
+    if unknown:
+        raise UsageError(f"limits: unknown limit(s) {sorted(unknown)}; known: {list(LIMIT_NAMES)}")
+    cleaned: dict[str, int | None] = {}
+    for name, value in limits.items():
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise UsageError(f"limits.{name}: expected a non-negative integer or null, got {value!r}")
+        cleaned[name] = value
+    return cleaned
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """What the gateway's in-memory auth table holds for one key."""
+
+    key_id: str
+    secret_hash: str
+    account_id: str
+    org_id: str | None
+    revoked: bool
+    account_status: str
+    key_limits: dict[str, int | None] = field(default_factory=dict)
+    account_limits: dict[str, int | None] = field(default_factory=dict)
+
+
+class Registry:
+    """Durable accounts and keys; synchronous (call it from a thread in async code)."""
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+        self.engine = make_engine(database_url)
+        schema.metadata.create_all(self.engine)
+        with self.engine.begin() as conn:
+            if conn.execute(select(schema.counters.c.value).where(schema.counters.c.name == "changes")).first() is None:
+                try:
+                    conn.execute(schema.counters.insert().values(name="changes", value=0))
+                except IntegrityError:  # another process created it first
+                    pass
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- change tracking ---------------------------------------------------
+    def _bump(self, conn: Any) -> None:
+        conn.execute(
+            update(schema.counters).where(schema.counters.c.name == "changes").values(value=schema.counters.c.value + 1)
+        )
+
+    def change_counter(self) -> int:
+        with self.engine.connect() as conn:
+            value = conn.execute(select(schema.counters.c.value).where(schema.counters.c.name == "changes")).scalar()
+        return int(value or 0)
+
+    # -- accounts ----------------------------------------------------------
+    def create_account(self, name: str, org: str | None = None, limits: dict[str, Any] | None = None) -> dict[str, Any]:
+        if not name or not name.strip():
+            raise UsageError("name: must not be empty")
+        row = {
+            "account_id": _new_id("acct"),
+            "name": name.strip(),
+            "org_id": org,
+            "status": "active",
+            "limits": _clean_limits(limits),
+            "created_at": time.time(),
+        }
+        with self.engine.begin() as conn:
+            conn.execute(schema.accounts.insert().values(**row))
+            self._bump(conn)
+        return row
+
+    def get_account(self, account_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(schema.accounts).where(schema.accounts.c.account_id == account_id)).mappings().first()
+        return dict(row) if row else None
+
+    def list_accounts(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(schema.accounts).order_by(schema.accounts.c.created_at)).mappings().all()
+        return [dict(r) for r in rows]
+
+    def _require_account(self, conn: Any, account_id: str) -> None:
+        found = conn.execute(select(schema.accounts.c.account_id).where(schema.accounts.c.account_id == account_id)).first()
+        if found is None:
+            raise NotFoundError(f"account {account_id!r} does not exist (see `distillguard accounts list`)")
+
+    def set_account_limits(self, account_id: str, limits: dict[str, Any]) -> None:
+        with self.engine.begin() as conn:
+            self._require_account(conn, account_id)
+            conn.execute(
+                update(schema.accounts).where(schema.accounts.c.account_id == account_id).values(limits=_clean_limits(limits))
+            )
+            self._bump(conn)
+
+    def set_account_status(self, account_id: str, status: str) -> None:
+        if status not in ("active", "suspended"):
+            raise UsageError(f"status: expected 'active' or 'suspended', got {status!r}")
+        with self.engine.begin() as conn:
+            self._require_account(conn, account_id)
+            conn.execute(update(schema.accounts).where(schema.accounts.c.account_id == account_id).values(status=status))
+            self._bump(conn)
+
+    # -- keys --------------------------------------------------------------
+    def create_key(self, account_id: str, limits: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Issue a key. The secret is in the returned dict and nowhere else, ever."""
+        secret = new_secret()
+        row = {
+            "key_id": _new_id("key"),
+            "account_id": account_id,
+            "secret_hash": hash_secret(secret),
+            "prefix": secret[: len(SECRET_PREFIX) + 4],
+            "revoked": False,
+            "limits": _clean_limits(limits),
+            "created_at": time.time(),
+        }
+        with self.engine.begin() as conn:
+            self._require_account(conn, account_id)
+            conn.execute(schema.api_keys.insert().values(**row))
+            self._bump(conn)
+        return {"key_id": row["key_id"], "account_id": account_id, "secret": secret}
+
+    def revoke_key(self, key_id: str) -> dict[str, Any]:
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(schema.api_keys)
+                .where(schema.api_keys.c.key_id == key_id)
+                .values(revoked=True, revoked_at=time.time())
+            )
+            if result.rowcount == 0:
+                raise NotFoundError(f"key {key_id!r} does not exist")
+            self._bump(conn)
+        return {"key_id": key_id, "revoked": True}
+
+    def list_keys(self, account_id: str | None = None) -> list[dict[str, Any]]:
+        query = select(
+            schema.api_keys.c.key_id,
+            schema.api_keys.c.account_id,
+            schema.api_keys.c.prefix,
+            schema.api_keys.c.revoked,
+            schema.api_keys.c.limits,
+            schema.api_keys.c.created_at,
+        ).order_by(schema.api_keys.c.created_at)
+        if account_id is not None:
+            query = query.where(schema.api_keys.c.account_id == account_id)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings().all()]
+
+    def key_snapshot(self) -> list[KeyRecord]:
+        query = select(
+            schema.api_keys.c.key_id,
+            schema.api_keys.c.secret_hash,
+            schema.api_keys.c.account_id,
+            schema.api_keys.c.revoked,
+            schema.api_keys.c.limits.label("key_limits"),
+            schema.accounts.c.org_id,
+            schema.accounts.c.status,
+            schema.accounts.c.limits.label("account_limits"),
+        ).join(schema.accounts, schema.accounts.c.account_id == schema.api_keys.c.account_id)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [
+            KeyRecord(
+                key_id=r["key_id"],
+                secret_hash=r["secret_hash"],
+                account_id=r["account_id"],
+                org_id=r["org_id"],
+                revoked=bool(r["revoked"]),
+                account_status=r["status"],
+                key_limits=dict(r["key_limits"] or {}),
+                account_limits=dict(r["account_limits"] or {}),
+            )
+            for r in rows
+        ]
+
+    # -- installs (attestation enrollment) -----------------------------------
+    def enroll_install(self, key_id: str, install_id: str, public_key: str, account_id: str = "") -> None:
+        with self.engine.begin() as conn:
+            existing = conn.execute(
+                select(schema.installs.c.public_key).where(schema.installs.c.install_id == install_id)
+            ).first()
+            if existing is not None:
+                if existing[0] != public_key:
+                    raise UsageError(f"install {install_id!r} is already enrolled with another public key")
+                return
+            conn.execute(
+                schema.installs.insert().values(
+                    install_id=install_id, key_id=key_id, account_id=account_id, public_key=public_key, created_at=time.time()
+                )
+            )
+
+    def install_keys(self) -> dict[str, str]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(schema.installs.c.install_id, schema.installs.c.public_key)).all()
+        return {install_id: public_key for install_id, public_key in rows}
+
+    # -- audit and review ---------------------------------------------------
+    def record_audit(self, actor: str, action: str, target: str, detail: dict[str, Any] | None = None) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                schema.audit_log.insert().values(ts=time.time(), actor=actor, action=action, target=target, detail=detail or {})
+            )
+
+    def list_audit(self, limit: int = 100) -> list[dict[str, Any]]:
+        query = select(schema.audit_log).order_by(schema.audit_log.c.id.desc()).limit(limit)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings().all()]
+
+    def add_review(self, subject: str, reason: str, evidence: Any = None) -> dict[str, Any]:
+        row = {
+            "review_id": _new_id("rev"),
+            "ts": time.time(),
+            "subject": subject,
+            "reason": reason,
+            "evidence": evidence,
+            "status": "open",
+        }
+        with self.engine.begin() as conn:
+            conn.execute(schema.reviews.insert().values(**row))
+        return row
+
+    def list_reviews(self, status: str | None = "open") -> list[dict[str, Any]]:
+        query = select(schema.reviews).order_by(schema.reviews.c.ts)
+        if status is not None:
+            query = query.where(schema.reviews.c.status == status)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings().all()]
+
+    def resolve_review(self, review_id: str, status: str, actor: str, note: str | None = None) -> None:
+        if status not in ("confirmed", "dismissed"):
+            raise UsageError(f"status: expected 'confirmed' or 'dismissed', got {status!r}")
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(schema.reviews)
+                .where(schema.reviews.c.review_id == review_id)
+                .values(status=status, resolved_by=actor, note=note, resolved_at=time.time())
+            )
+            if result.rowcount == 0:
+                raise NotFoundError(f"review {review_id!r} does not exist")
+        self.record_audit(actor, f"review.{status}", review_id, {"note": note})

@@ -1,0 +1,108 @@
+"""The database schema, one SQLAlchemy Core ``MetaData`` for SQLite and PostgreSQL.
+
+Core rather than the ORM: the event sink inserts thousands of rows per batch and
+the registry's queries are simple, so mapped classes would add cost and nothing
+else. ``create_all`` is idempotent, which is all the migration machinery a
+v1 schema needs; later versions bump ``SCHEMA_VERSION`` and add steps.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+__all__ = ["SCHEMA_VERSION", "metadata", "accounts", "api_keys", "installs", "events", "audit_log", "reviews", "counters"]
+
+SCHEMA_VERSION = 1
+metadata = MetaData()
+
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("account_id", String(64), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("org_id", String(200), nullable=True, index=True),
+    Column("status", String(20), nullable=False, default="active"),
+    Column("limits", JSON, nullable=True),
+    Column("created_at", Float, nullable=False),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("key_id", String(64), primary_key=True),
+    Column("account_id", String(64), ForeignKey("accounts.account_id"), nullable=False, index=True),
+    Column("secret_hash", String(64), nullable=False, unique=True),
+    Column("prefix", String(20), nullable=False),
+    Column("revoked", Boolean, nullable=False, default=False),
+    Column("limits", JSON, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("revoked_at", Float, nullable=True),
+)
+
+installs = Table(
+    "installs",
+    metadata,
+    Column("install_id", String(128), primary_key=True),
+    Column("key_id", String(64), nullable=False, index=True),
+    Column("account_id", String(64), nullable=False),
+    Column("public_key", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("request_id", String(64), nullable=False, unique=True),
+    Column("ts", String(32), nullable=False),
+    Column("account_id", String(64), nullable=True),
+    Column("endpoint", String(64), nullable=False),
+    Column("body", Text, nullable=False),
+    Index("ix_events_ts", "ts"),
+    Index("ix_events_account_ts", "account_id", "ts"),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("ts", Float, nullable=False, index=True),
+    Column("actor", String(200), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("target", String(200), nullable=False),
+    Column("detail", JSON, nullable=True),
+)
+
+reviews = Table(
+    "reviews",
+    metadata,
+    Column("review_id", String(64), primary_key=True),
+    Column("ts", Float, nullable=False),
+    Column("subject", String(200), nullable=False, index=True),
+    Column("reason", Text, nullable=False),
+    Column("evidence", JSON, nullable=True),
+    Column("status", String(20), nullable=False, default="open"),
+    Column("resolved_by", String(200), nullable=True),
+    Column("note", Text, nullable=True),
+    Column("resolved_at", Float, nullable=True),
+)
+
+counters = Table(
+    "counters",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", BigInteger, nullable=False),
+)

@@ -1,0 +1,233 @@
+"""The lossless event sink: batched writes off the hot path, spill to disk, replay.
+
+``submit`` is a ``deque.append`` (atomic under the GIL, no lock, no I/O), so the
+gateway pays well under a microsecond per event. A writer thread drains the
+queue in batches into the database. When the database fails, or the queue grows
+past its high-water mark, a batch goes to a JSONL spill file (fsync'd) instead;
+spill files are replayed into the database once it answers again, including
+files left by a previous process. When even the spill file cannot be written
+(disk full), the batch stays in memory and is retried: an event is never
+dropped silently, and ``stats`` says where every event is.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy import Engine, insert
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from distillguard.store import schema
+from distillguard.store.engine import make_engine
+
+__all__ = ["EventSink"]
+
+log = logging.getLogger("distillguard.store.sink")
+
+
+def _row(event: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "request_id": event["request_id"],
+        "ts": event["ts"],
+        "account_id": event.get("account_id"),
+        "endpoint": event.get("endpoint", ""),
+        "body": orjson.dumps(event).decode(),
+    }
+
+
+class EventSink:
+    """Background, batched, lossless writer of events v1 into the store."""
+
+    def __init__(
+        self,
+        database_url: str,
+        spill_dir: str | os.PathLike[str],
+        *,
+        batch_size: int = 1000,
+        flush_interval_s: float = 0.05,
+        high_water: int = 200_000,
+        retry_interval_s: float = 2.0,
+        engine: Engine | None = None,
+    ) -> None:
+        self.database_url = database_url
+        self.engine = engine or make_engine(database_url)
+        schema.metadata.create_all(self.engine)
+        self.spill_dir = Path(spill_dir)
+        self.batch_size = batch_size
+        self.flush_interval_s = flush_interval_s
+        self.high_water = high_water
+        self.retry_interval_s = retry_interval_s
+        self._queue: collections.deque[dict[str, Any]] = collections.deque()
+        self._held: list[list[dict[str, Any]]] = []  # batches neither stored nor spilled (disk full)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._spill_seq = itertools.count()
+        self._next_retry = 0.0
+        self.store_ok = True
+        self.written = 0
+        self.spilled = 0
+        self.replayed = 0
+        self.errors = 0
+        self.submitted = 0
+        backend = self.engine.url.get_backend_name()
+        self._insert = sqlite_insert if backend == "sqlite" else pg_insert if backend.startswith("postgres") else insert
+
+    # -- hot path -------------------------------------------------------------
+    def submit(self, event: dict[str, Any]) -> None:
+        """Queue one event; never blocks, never drops."""
+        self._queue.append(event)
+        self.submitted += 1
+
+    # -- lifecycle ------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="distillguard-event-sink", daemon=True)
+            self._thread.start()
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Drain everything: queue → store, or → spill file when the store is down."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+        self._drain_all(final=True)
+        self.engine.dispose()
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        return {
+            "queued": len(self._queue),
+            "held_in_memory": sum(len(b) for b in self._held),
+            "submitted": self.submitted,
+            "written": self.written,
+            "spilled": self.spilled,
+            "replayed": self.replayed,
+            "errors": self.errors,
+            "store_ok": self.store_ok,
+            "spill_files": len(self._spill_files()),
+        }
+
+    # -- writer thread ----------------------------------------------------------
+    def _run(self) -> None:
+        self._replay_spill()
+        while not self._stop.is_set():
+            if not self._queue and not self._held:
+                self._stop.wait(self.flush_interval_s)
+                if self._spill_files() and (self.store_ok or time.monotonic() >= self._next_retry):
+                    self._replay_spill()
+                continue
+            self._drain_all(final=False)
+
+    def _take_batch(self) -> list[dict[str, Any]]:
+        batch: list[dict[str, Any]] = []
+        queue = self._queue
+        while queue and len(batch) < self.batch_size:
+            batch.append(queue.popleft())
+        return batch
+
+    def _drain_all(self, *, final: bool) -> None:
+        held, self._held = self._held, []
+        for batch in held:
+            self._deliver(batch)
+        while self._queue:
+            self._deliver(self._take_batch())
+            if not final and self._stop.is_set():
+                break
+        if final and self._held:
+            log.error("%d events could be neither stored nor spilled at shutdown; writing them to stderr-adjacent dump",
+                      sum(len(b) for b in self._held))
+            self._last_resort_dump()
+
+    def _deliver(self, batch: list[dict[str, Any]]) -> None:
+        """Store a batch, or spill it, or hold it in memory; exactly one of the three."""
+        overloaded = len(self._queue) > self.high_water
+        store_ready = self.store_ok or time.monotonic() >= self._next_retry
+        if store_ready and not overloaded:
+            try:
+                self._write_rows([_row(e) for e in batch])
+            except Exception as exc:
+                self.errors += 1
+                if self.store_ok:
+                    log.error("event store write failed (%s); spilling to %s until it recovers", exc, self.spill_dir)
+                self.store_ok = False
+                self._next_retry = time.monotonic() + self.retry_interval_s
+            else:
+                self.written += len(batch)
+                if not self.store_ok:
+                    log.warning("event store recovered; replaying spill files")
+                self.store_ok = True
+                if self._spill_files():
+                    self._replay_spill()
+                return
+        self._spill(batch)
+
+    def _write_rows(self, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        statement = self._insert(schema.events)
+        if hasattr(statement, "on_conflict_do_nothing"):
+            statement = statement.on_conflict_do_nothing(index_elements=["request_id"])
+        with self.engine.begin() as conn:
+            conn.execute(statement, rows)
+
+    # -- spill and replay ------------------------------------------------------------
+    def _spill_files(self) -> list[Path]:
+        try:
+            return sorted(self.spill_dir.glob("spill-*.jsonl"))
+        except OSError:
+            return []
+
+    def _spill(self, batch: list[dict[str, Any]]) -> None:
+        name = f"spill-{time.time_ns()}-{os.getpid()}-{next(self._spill_seq)}.jsonl"
+        try:
+            self.spill_dir.mkdir(parents=True, exist_ok=True)
+            tmp = self.spill_dir / (name + ".part")
+            with open(tmp, "wb") as handle:
+                handle.write(b"".join(orjson.dumps(e) + b"\n" for e in batch))
+                handle.flush()
+                os.fsync(handle.fileno())
+            tmp.rename(self.spill_dir / name)
+        except OSError as exc:
+            self.errors += 1
+            log.error("cannot spill %d events to %s (%s); holding them in memory and retrying", len(batch), self.spill_dir, exc)
+            self._held.append(batch)
+            self._next_retry = time.monotonic() + self.retry_interval_s
+            return
+        self.spilled += len(batch)
+
+    def _replay_spill(self) -> None:
+        for path in self._spill_files():
+            try:
+                events = [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+                for start in range(0, len(events), self.batch_size):
+                    self._write_rows([_row(e) for e in events[start : start + self.batch_size]])
+            except Exception as exc:
+                self.store_ok = False
+                self._next_retry = time.monotonic() + self.retry_interval_s
+                log.warning("replay of %s deferred: %s", path.name, exc)
+                return
+            path.unlink()
+            self.replayed += len(events)
+            self.store_ok = True
+            log.info("replayed %d spilled events from %s", len(events), path.name)
+
+    def _last_resort_dump(self) -> None:
+        fallback = Path(os.environ.get("TMPDIR", "/tmp")) / f"distillguard-unsaved-{os.getpid()}.jsonl"
+        for batch in self._held:
+            try:
+                with open(fallback, "ab") as handle:
+                    handle.write(b"".join(orjson.dumps(e) + b"\n" for e in batch))
+                log.error("wrote %d unsaved events to %s", len(batch), fallback)
+                self.spilled += len(batch)
+            except OSError as exc:
+                log.critical("LOST %d events: store, spill dir and %s all failed (%s)", len(batch), fallback, exc)
+        self._held = []
