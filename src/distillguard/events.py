@@ -283,7 +283,7 @@ class EventWriter:
         mode = "ab" if append else "wb"
         self._handle: IO[bytes]
         if self.path.name.endswith(".gz"):
-            self._handle = gzip.open(self.path, mode, compresslevel=5)
+            self._handle = gzip.open(self.path, mode, compresslevel=5)  # noqa: SIM115 - closed in close()
         elif str(path) == "-":
             self._handle = sys.stdout.buffer
         else:

@@ -8,6 +8,7 @@ made by other processes, such as ``distillguard keys revoke``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import secrets
 import time
@@ -82,12 +83,12 @@ class Registry:
         self.database_url = database_url
         self.engine = make_engine(database_url)
         schema.metadata.create_all(self.engine)
-        with self.engine.begin() as conn:
-            if conn.execute(select(schema.counters.c.value).where(schema.counters.c.name == "changes")).first() is None:
-                try:
-                    conn.execute(schema.counters.insert().values(name="changes", value=0))
-                except IntegrityError:  # another process created it first
-                    pass
+        with self.engine.connect() as conn:
+            exists = conn.execute(select(schema.counters.c.value).where(schema.counters.c.name == "changes")).first()
+        if exists is None:
+            # Another process may create the row first; its IntegrityError rolls back only this transaction.
+            with contextlib.suppress(IntegrityError), self.engine.begin() as conn:
+                conn.execute(schema.counters.insert().values(name="changes", value=0))
 
     def close(self) -> None:
         self.engine.dispose()

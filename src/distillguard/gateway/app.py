@@ -1,0 +1,604 @@
+"""The gateway: a raw ASGI application (no framework) in front of model servers.
+
+Per request, in memory only: authenticate (key table), read and validate the
+body, route the model, collect client signals, ask the policy, admit through the
+limits, forward to the upstream and relay the answer (streams chunk by chunk),
+then hand one event to the sink and the online scorer. Nothing on this path
+touches a database, a file, or the analytics stack.
+
+Written against ASGI directly rather than a framework because a streaming proxy
+needs exact control of ``receive``/``send`` (client disconnects, chunk timing)
+and because every microsecond of framework per request shows in the benchmark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, Protocol
+
+import aiohttp
+import orjson
+
+from distillguard.config import Settings
+from distillguard.events import format_ts, new_request_id
+from distillguard.gateway.auth import KeyTable, extract_secret
+from distillguard.gateway.errors import GatewayError, error_body
+from distillguard.gateway.limits import Lease, Limiter
+from distillguard.gateway.metrics import Metrics
+from distillguard.gateway.requests import parse_json_body, request_part, validate_payload
+from distillguard.gateway.responses import (
+    AnthropicStreamReader,
+    OpenAIStreamReader,
+    ResponseSummary,
+    summarise_anthropic,
+    summarise_openai,
+)
+from distillguard.gateway.translate import (
+    StreamTranslator,
+    anthropic_to_openai_request,
+    openai_to_anthropic_response,
+)
+from distillguard.gateway.upstream import Router, Upstream, open_session
+from distillguard.store.registry import KeyRecord
+
+__all__ = ["Gateway", "EventConsumer"]
+
+log = logging.getLogger("distillguard.gateway")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+ROUTES: dict[tuple[str, str], tuple[str, str, str]] = {
+    # (method, path) → (endpoint name, caller protocol, upstream path)
+    ("POST", "/v1/chat/completions"): ("openai.chat", "openai", "/chat/completions"),
+    ("POST", "/v1/completions"): ("openai.completions", "openai", "/completions"),
+    ("POST", "/v1/embeddings"): ("openai.embeddings", "openai", "/embeddings"),
+    ("POST", "/v1/messages"): ("anthropic.messages", "anthropic", "/messages"),
+    ("POST", "/v1/messages/count_tokens"): ("anthropic.count_tokens", "anthropic", "/messages/count_tokens"),
+}
+JSON_HEADERS = [(b"content-type", b"application/json")]
+SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
+HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"content-encoding", b"host"})
+
+
+class EventConsumer(Protocol):
+    def submit(self, event: dict[str, Any]) -> None: ...
+
+
+class ClientDisconnected(Exception):
+    """The client went away before the response was complete."""
+
+
+class _Exchange:
+    """Everything one request accumulates on its way through, for its event."""
+
+    __slots__ = (
+        "endpoint", "protocol", "started", "key", "payload", "model", "status", "summary", "error",
+        "signals", "decision", "watermark_key", "request_id", "peer", "headers", "ts",
+    )
+
+    def __init__(self, endpoint: str, protocol: str, scope: Scope) -> None:
+        self.endpoint = endpoint
+        self.protocol = protocol
+        self.started = time.perf_counter()
+        self.ts = format_ts()
+        self.key: KeyRecord | None = None
+        self.payload: dict[str, Any] | None = None
+        self.model: str | None = None
+        self.status = 500
+        self.summary: ResponseSummary | None = None
+        self.error: str | None = None
+        self.signals: Any = None
+        self.decision: Any = None
+        self.watermark_key: str | None = None
+        self.request_id = new_request_id()
+        client = scope.get("client")
+        self.peer = client[0] if client else None
+        self.headers: list[tuple[bytes, bytes]] = scope["headers"]
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
+
+
+class Gateway:
+    """The ASGI application. Optional components are ``None`` when not configured."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        registry: Any = None,
+        sink: EventConsumer | None = None,
+        signals: Any = None,
+        policy: Any = None,
+        watermarker: Any = None,
+        admin_plugins: list[Any] | None = None,
+        poll_interval_s: float = 1.0,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.sink = sink
+        self.signals = signals
+        self.policy = policy
+        self.watermarker = watermarker
+        self.admin_plugins = list(admin_plugins or [])
+        self.poll_interval_s = poll_interval_s
+        self.router = Router(settings.upstreams)
+        self.keys = KeyTable()
+        self.limiter = Limiter(settings.limits)
+        self.metrics = Metrics()
+        self.session: aiohttp.ClientSession | None = None
+        self.max_body = settings.max_body_bytes
+        self.prompt_mode = settings.privacy.prompt_mode
+        self.hash_key = settings.privacy.hash_key.encode()
+        self._change_counter = -1
+        self._poll_task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.started_at = time.time()
+        from distillguard.gateway.admin import AdminAPI  # local: admin pulls in store export
+
+        self.admin = AdminAPI(self)
+        if sink is not None and hasattr(sink, "stats"):
+            self.metrics.add_gauge("distillguard_event_queue_depth", "Events waiting to be written.",
+                                   lambda: float(sink.stats["queued"]))  # type: ignore[attr-defined]
+            self.metrics.add_gauge("distillguard_events_written", "Events written to the store.",
+                                   lambda: float(sink.stats["written"]))  # type: ignore[attr-defined]
+            self.metrics.add_gauge("distillguard_events_spilled", "Events spilled to local JSONL files.",
+                                   lambda: float(sink.stats["spilled"]))  # type: ignore[attr-defined]
+        self.metrics.add_gauge("distillguard_keys_loaded", "API keys in the in-memory table.", lambda: float(len(self.keys)))
+
+    # -- lifecycle -----------------------------------------------------------------
+    async def startup(self) -> None:
+        self.session = open_session()
+        if self.registry is not None:
+            await self.reload_keys()
+            self._poll_task = asyncio.create_task(self._poll_registry())
+        if self.sink is not None and hasattr(self.sink, "start"):
+            self.sink.start()
+        if self.policy is not None and hasattr(self.policy, "start"):
+            self.policy.start()
+
+    async def shutdown(self) -> None:
+        self._stopping = True
+        if self._poll_task is not None:
+            self._poll_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poll_task
+        if self.session is not None:
+            await self.session.close()
+        if self.policy is not None and hasattr(self.policy, "close"):
+            await asyncio.to_thread(self.policy.close)
+        if self.sink is not None and hasattr(self.sink, "close"):
+            await asyncio.to_thread(self.sink.close)
+
+    async def reload_keys(self) -> None:
+        registry = self.registry
+        counter = await asyncio.to_thread(registry.change_counter)
+        records = await asyncio.to_thread(registry.key_snapshot)
+        self.keys.load(records)
+        self.limiter.reset_cache()
+        self._change_counter = counter
+
+    async def _poll_registry(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_interval_s)
+            try:
+                counter = await asyncio.to_thread(self.registry.change_counter)
+                if counter != self._change_counter:
+                    await self.reload_keys()
+                    log.info("reloaded %d keys (registry change %d)", len(self.keys), counter)
+            except Exception as exc:  # a DB hiccup must not kill the poller
+                log.warning("key table refresh failed: %s", exc)
+
+    # -- ASGI entry point ------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            route = ROUTES.get((scope["method"], scope["path"]))
+            if route is not None:
+                await self._model_request(route, scope, receive, send)
+            else:
+                await self._other_request(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    log.exception("startup failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # -- small responses ----------------------------------------------------------------
+    @staticmethod
+    async def _respond(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] = JSON_HEADERS) -> None:
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        declared = _header(scope["headers"], b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+            raise GatewayError(413, f"Request body of {int(declared)} bytes exceeds the limit of {self.max_body} bytes.", "body_too_large")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnected
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > self.max_body:
+                    raise GatewayError(413, f"Request body exceeds the limit of {self.max_body} bytes.", "body_too_large")
+                chunks.append(chunk)
+            if not message.get("more_body"):
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    # -- the model endpoints ----------------------------------------------------------------
+    async def _model_request(self, route: tuple[str, str, str], scope: Scope, receive: Receive, send: Send) -> None:
+        endpoint, protocol, upstream_path = route
+        ex = _Exchange(endpoint, protocol, scope)
+        lease: Lease | None = None
+        self.metrics.in_flight += 1
+        try:
+            headers = ex.headers
+            ex.key = key = self.keys.authenticate(extract_secret(_header(headers, b"authorization"), _header(headers, b"x-api-key")))
+            body = await self._read_body(scope, receive)
+            ex.payload = payload = parse_json_body(body)
+            ex.model = validate_payload(endpoint, payload)
+            upstream = self.router.route(ex.model)
+            if self.signals is not None:
+                ex.signals = self.signals.collect(
+                    scope["method"], scope["path"] + ("?" + scope["query_string"].decode() if scope.get("query_string") else ""),
+                    headers, ex.peer, body, key_id=key.key_id, account_id=key.account_id,
+                )
+                self.metrics.attestations[(ex.signals.attestation or {}).get("status", "none")] += 1
+                if ex.signals.region_denied:
+                    raise GatewayError(403, ex.signals.region_denied, "region_not_supported")
+            throttle_rpm = None
+            if self.policy is not None:
+                ex.decision = decision = self.policy.decide(key.account_id, key.key_id, ex.signals)
+                self.metrics.policy_actions[decision.action] += 1
+                if decision.action == "block":
+                    raise GatewayError(403, decision.message or "This account is blocked.", "account_blocked")
+                if decision.action == "challenge":
+                    raise GatewayError(403, decision.message or "This request needs a valid client attestation.", "attestation_required")
+                if decision.action == "throttle":
+                    throttle_rpm = getattr(decision, "throttle_rpm", None) or self.settings.detection.throttle_requests_per_min
+            lease = self.limiter.acquire(key, throttle_rpm)
+            await self._forward(ex, upstream, upstream_path, body, scope, receive, send)
+        except GatewayError as exc:
+            ex.status, ex.error = exc.status, exc.code
+            log.warning("%s %s → %d %s: %s", scope["method"], scope["path"], exc.status, exc.code, exc.message)
+            headers = list(JSON_HEADERS)
+            if exc.retry_after is not None:
+                headers.append((b"retry-after", str(int(exc.retry_after)).encode()))
+            headers.append((b"x-request-id", ex.request_id.encode()))
+            with contextlib.suppress(Exception):
+                await self._respond(send, exc.status, error_body(protocol, exc.status, exc.message, exc.code), headers)
+        except ClientDisconnected:
+            ex.status, ex.error = 499, "client_disconnected"
+            log.info("%s %s: client disconnected, upstream request cancelled", scope["method"], scope["path"])
+        except Exception as exc:  # a bug must still produce an API-shaped answer and an event
+            ex.status, ex.error = 500, f"internal_error: {type(exc).__name__}"
+            log.exception("%s %s: internal error", scope["method"], scope["path"])
+            with contextlib.suppress(Exception):
+                await self._respond(send, 500, error_body(protocol, 500, "The gateway failed to handle this request.", "internal_error"))
+        finally:
+            self.metrics.in_flight -= 1
+            if lease is not None:
+                lease.release(ex.summary.total_tokens() if ex.summary is not None else 0)
+            self.metrics.observe(endpoint, ex.status, time.perf_counter() - ex.started)
+            self._emit(ex)
+
+    def _prepare_upstream_body(self, ex: _Exchange, upstream: Upstream, body: bytes) -> tuple[bytes, bool]:
+        """The bytes to send upstream and whether the stream must be translated OpenAI → Anthropic."""
+        payload = ex.payload
+        assert payload is not None
+        modified = False
+        translate = ex.protocol == "anthropic" and upstream.protocol == "openai"
+        if ex.protocol == "openai" and upstream.protocol == "anthropic":
+            raise GatewayError(400, f"Model '{ex.model}' is served by an Anthropic-protocol upstream; call it with POST /v1/messages.", "protocol_mismatch")
+        if translate and ex.endpoint == "anthropic.messages":
+            payload = anthropic_to_openai_request(payload)
+            modified = True
+        decision = ex.decision
+        if decision is not None and getattr(decision, "max_top_logprobs", None) is not None and payload.get("top_logprobs") is not None:
+            cap = decision.max_top_logprobs
+            if cap <= 0:
+                payload.pop("top_logprobs", None)
+                payload["logprobs"] = False
+            else:
+                payload["top_logprobs"] = min(int(payload["top_logprobs"]), cap)
+            modified = True
+        if self.watermarker is not None and upstream.settings.watermark == "logit_bias" and ex.endpoint in ("openai.chat", "openai.completions", "anthropic.messages"):
+            key = ex.key
+            assert key is not None
+            marked = self.watermarker.bias_for(upstream.name, account_id=key.account_id, org_id=key.org_id, cluster_id=None)
+            if marked is not None:
+                ex.watermark_key, bias = marked
+                merged = {str(k): v for k, v in bias.items()}
+                merged.update({str(k): v for k, v in (payload.get("logit_bias") or {}).items()})
+                payload["logit_bias"] = merged
+                modified = True
+        return (orjson.dumps(payload) if modified else body), translate
+
+    async def _forward(self, ex: _Exchange, upstream: Upstream, path: str, body: bytes, scope: Scope, receive: Receive, send: Send) -> None:
+        if ex.endpoint == "anthropic.count_tokens" and upstream.protocol == "openai":
+            await self._estimate_tokens(ex, send)
+            return
+        upstream_body, translate = self._prepare_upstream_body(ex, upstream, body)
+        headers = [("Content-Type", "application/json"), *upstream.auth_headers]
+        if upstream.protocol == "anthropic":
+            version = _header(ex.headers, b"anthropic-version")
+            headers.append(("anthropic-version", version.decode() if version else "2023-06-01"))
+            beta = _header(ex.headers, b"anthropic-beta")
+            if beta:
+                headers.append(("anthropic-beta", beta.decode()))
+        if translate and path == "/messages":
+            path = "/chat/completions"
+        work = asyncio.ensure_future(self._exchange_with_upstream(ex, upstream, path, headers, upstream_body, translate, send))
+        watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
+        try:
+            done, _ = await asyncio.wait((work, watcher), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            work.cancel()
+            watcher.cancel()
+            raise
+        if work in done:
+            watcher.cancel()
+            work.result()
+            return
+        work.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await work
+        raise ClientDisconnected
+
+    async def _exchange_with_upstream(
+        self, ex: _Exchange, upstream: Upstream, path: str, headers: list[tuple[str, str]], body: bytes, translate: bool, send: Send
+    ) -> None:
+        session = self.session
+        assert session is not None
+        strip = bool(getattr(ex.decision, "strip_reasoning", False))
+        try:
+            async with session.post(upstream.url(path), data=body, headers=headers, timeout=upstream.timeout) as resp:
+                content_type = resp.headers.get("Content-Type", "")
+                if resp.status == 200 and content_type.startswith("text/event-stream"):
+                    await self._relay_stream(ex, resp, translate, strip, send)
+                    return
+                raw = await resp.read()
+                await self._relay_body(ex, upstream, resp.status, content_type, raw, translate, strip, send)
+        except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            self.metrics.upstream_errors[(upstream.name, "connect")] += 1
+            if ex.summary is not None:  # the stream had started: nothing more can be sent cleanly
+                ex.status, ex.error = 502, "upstream_disconnected_mid_stream"
+                log.warning("upstream %s dropped mid-stream: %s", upstream.name, exc)
+                return
+            raise GatewayError(502, f"The upstream model server '{upstream.name}' could not be reached ({type(exc).__name__}).", "upstream_unreachable") from None
+        except TimeoutError:
+            self.metrics.upstream_errors[(upstream.name, "timeout")] += 1
+            if ex.summary is not None:
+                ex.status, ex.error = 504, "upstream_timeout_mid_stream"
+                log.warning("upstream %s timed out mid-stream", upstream.name)
+                return
+            raise GatewayError(504, f"The upstream model server '{upstream.name}' did not answer within {upstream.settings.timeout_s:g}s.", "upstream_timeout") from None
+        except aiohttp.ClientPayloadError as exc:
+            self.metrics.upstream_errors[(upstream.name, "payload")] += 1
+            if ex.summary is not None:
+                ex.status, ex.error = 502, "upstream_payload_error"
+                return
+            raise GatewayError(502, f"The upstream model server '{upstream.name}' sent a broken response ({exc}).", "upstream_bad_response") from None
+
+    async def _relay_stream(self, ex: _Exchange, resp: aiohttp.ClientResponse, translate: bool, strip: bool, send: Send) -> None:
+        reader = OpenAIStreamReader(strip_reasoning=strip) if (ex.protocol == "openai" or translate) else AnthropicStreamReader(strip_reasoning=strip)
+        ex.summary = reader.summary
+        translator = StreamTranslator(ex.model or "") if translate else None
+        ex.status = 200
+        await send({"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, (b"x-request-id", ex.request_id.encode())]})
+        async for chunk in resp.content.iter_any():
+            out = reader.feed(chunk)
+            if translator is not None:
+                out = translator.feed(out)
+            if out:
+                await send({"type": "http.response.body", "body": out, "more_body": True})
+        tail = reader.flush()
+        if translator is not None:
+            tail = translator.feed(tail) + translator.finish()
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+    async def _relay_body(
+        self, ex: _Exchange, upstream: Upstream, status: int, content_type: str, raw: bytes, translate: bool, strip: bool, send: Send
+    ) -> None:
+        ex.status = status
+        if status >= 400:
+            self.metrics.upstream_errors[(upstream.name, f"http_{status}")] += 1
+            log.warning("upstream %s answered %d for %s", upstream.name, status, ex.endpoint)
+            ex.error = f"upstream_http_{status}"
+            if translate:
+                raw = error_body("anthropic", status, f"Upstream error: {raw[:500].decode('utf-8', 'replace')}", "upstream_error")
+            await self._respond(send, status, raw, [(b"content-type", b"application/json"), (b"x-request-id", ex.request_id.encode())])
+            return
+        summary = ex.summary = ResponseSummary()
+        out = raw
+        try:
+            parsed = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            parsed = None
+        if isinstance(parsed, dict):
+            if ex.protocol == "anthropic" and not translate:
+                changed = summarise_anthropic(parsed, summary, strip_reasoning=strip)
+            else:
+                changed = summarise_openai(parsed, summary, strip_reasoning=strip)
+            if translate:
+                parsed = openai_to_anthropic_response(parsed, ex.model or "")
+                if strip:
+                    parsed["content"] = [b for b in parsed["content"] if b["type"] != "thinking"]
+                changed = True
+            if changed:
+                out = orjson.dumps(parsed)
+        headers = [(b"content-type", content_type.encode() or b"application/json"), (b"x-request-id", ex.request_id.encode())]
+        await self._respond(send, status, out, headers)
+
+    async def _estimate_tokens(self, ex: _Exchange, send: Send) -> None:
+        part = request_part(ex.endpoint, ex.payload or {})
+        chars = len(part["system"] or "") + sum(len(m["content"]) for m in part["messages"])
+        ex.status = 200
+        ex.summary = ResponseSummary()
+        ex.summary.prompt_tokens = max(1, chars // 4)
+        ex.summary.completion_tokens = 0
+        await self._respond(send, 200, orjson.dumps({"input_tokens": ex.summary.prompt_tokens}))
+
+    # -- events -----------------------------------------------------------------------------
+    def _emit(self, ex: _Exchange) -> None:
+        key = ex.key
+        summary = ex.summary
+        signals = ex.signals
+        if signals is not None:
+            client = signals.client
+            attestation = signals.attestation
+        else:
+            ua = _header(ex.headers, b"user-agent")
+            client = {"ip": ex.peer, "user_agent": ua.decode("latin-1") if ua else None, "header_fp": None,
+                      "geo": {"country": None, "asn": None, "hosting": None}}
+            attestation = None
+        decision = ex.decision
+        policy = decision.as_event() if decision is not None else {"action": "allow", "rule": None}
+        event = {
+            "v": 1,
+            "ts": ex.ts,
+            "request_id": ex.request_id,
+            "account_id": key.account_id if key else None,
+            "key_id": key.key_id if key else None,
+            "org_id": key.org_id if key else None,
+            "endpoint": ex.endpoint,
+            "model": ex.model,
+            "client": client,
+            "attestation": attestation,
+            "request": request_part(ex.endpoint, ex.payload, self.prompt_mode, self.hash_key) if ex.payload is not None else {"system": None, "messages": [], "params": {}},
+            "response": {
+                "status": ex.status,
+                "text": summary.text if summary is not None else None,
+                "reasoning_chars": summary.reasoning_chars if summary is not None else 0,
+                "prompt_tokens": summary.prompt_tokens if summary is not None else None,
+                "completion_tokens": summary.completion_tokens if summary is not None else None,
+                "finish_reason": summary.finish_reason if summary is not None else None,
+                "latency_ms": round((time.perf_counter() - ex.started) * 1000, 2),
+                "error": ex.error,
+            },
+            "policy": policy,
+            "watermark": {"key_id": ex.watermark_key},
+        }
+        if signals is not None and getattr(signals, "signals", None):
+            event["signals"] = signals.signals
+        if self.sink is not None:
+            self.sink.submit(event)
+        if self.policy is not None:
+            self.policy.observe(event)
+
+    # -- everything else ------------------------------------------------------------------------
+    async def _other_request(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        method: str = scope["method"]
+        if path == "/healthz":
+            await self._respond(send, 200, b'{"status":"ok"}')
+        elif path == "/readyz":
+            await self._readyz(send)
+        elif path == "/metrics":
+            await self._respond(send, 200, self.metrics.render(), [(b"content-type", b"text/plain; version=0.0.4")])
+        elif path == "/v1/models" and method == "GET":
+            await self._list_models(scope, send)
+        elif path.startswith("/admin/"):
+            await self.admin.handle(scope, receive, send)
+        elif path == "/v1/distillguard/enroll" and method == "POST":
+            await self._enroll(scope, receive, send)
+        else:
+            protocol = "anthropic" if path.startswith("/v1/messages") else "openai"
+            status = 405 if (("POST", path) in ROUTES) else 404
+            message = f"{method} {path} is not supported by this gateway." if status == 405 else f"No route for {method} {path}."
+            log.warning("%s %s → %d", method, path, status)
+            await self._respond(send, status, error_body(protocol, status, message, "unknown_route"))
+
+    async def _readyz(self, send: Send) -> None:
+        problems: list[str] = []
+        stats = getattr(self.sink, "stats", None)
+        if stats is not None and not stats.get("store_ok", True):
+            problems.append("event store unavailable (events are spilling to disk)")
+        session = self.session
+        for upstream in self.router.upstreams:
+            try:
+                assert session is not None
+                async with session.get(upstream.url("/models"), headers=list(upstream.auth_headers), timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                    await resp.read()
+            except Exception as exc:
+                problems.append(f"upstream {upstream.name} unreachable ({type(exc).__name__})")
+        body = {"status": "ready" if not problems else "not_ready", "problems": problems, "keys_loaded": len(self.keys)}
+        await self._respond(send, 200 if not problems else 503, orjson.dumps(body))
+
+    async def _list_models(self, scope: Scope, send: Send) -> None:
+        headers = scope["headers"]
+        try:
+            self.keys.authenticate(extract_secret(_header(headers, b"authorization"), _header(headers, b"x-api-key")))
+        except GatewayError as exc:
+            await self._respond(send, exc.status, error_body("openai", exc.status, exc.message, exc.code))
+            return
+        seen: dict[str, str] = {name: u.name for name, u in self.router.listed_models()}
+        session = self.session
+        for upstream in self.router.upstreams:
+            if any(ch in p for p in upstream.settings.models for ch in "*?[") and upstream.protocol == "openai" and session is not None:
+                try:
+                    async with session.get(upstream.url("/models"), headers=list(upstream.auth_headers), timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                        listed = orjson.loads(await resp.read())
+                    for item in listed.get("data") or []:
+                        seen.setdefault(str(item.get("id")), upstream.name)
+                except Exception as exc:
+                    log.warning("listing models of upstream %s failed: %s", upstream.name, exc)
+        data = [{"id": name, "object": "model", "created": int(self.started_at), "owned_by": owner} for name, owner in sorted(seen.items())]
+        await self._respond(send, 200, orjson.dumps({"object": "list", "data": data}))
+
+    async def _enroll(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = scope["headers"]
+        try:
+            key = self.keys.authenticate(extract_secret(_header(headers, b"authorization"), _header(headers, b"x-api-key")))
+            body = await self._read_body(scope, receive)
+            if self.signals is None or not hasattr(self.signals, "enroll"):
+                raise GatewayError(404, "Client attestation is not enabled on this gateway.", "attestation_disabled")
+            try:
+                result = await asyncio.to_thread(self.signals.enroll, key.key_id, key.account_id, body)
+            except Exception as exc:
+                status = getattr(exc, "status", None)
+                if status is None:
+                    raise
+                raise GatewayError(int(status), str(getattr(exc, "message", exc)), "enrollment_failed") from None
+            await self._respond(send, 200, orjson.dumps(result))
+        except GatewayError as exc:
+            log.warning("enroll → %d %s", exc.status, exc.message)
+            await self._respond(send, exc.status, error_body("openai", exc.status, exc.message, exc.code))
+        except ClientDisconnected:
+            return
+
+
+async def _wait_for_disconnect(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return

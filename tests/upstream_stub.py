@@ -1,0 +1,194 @@
+"""A stub model server speaking the real OpenAI and Anthropic wire formats (SSE included).
+
+The only stub the test-suite allows: it stands in for vLLM/Ollama/a hosted API.
+Behaviour is chosen by the model name so tests need no side channel:
+
+- ``stub-1``: answers at once; streams a few chunks.
+- ``stub-slow-stream``: streams 10 chunks 0.2 s apart (relay/disconnect tests).
+- ``stub-hang``: never answers (timeout tests).
+- ``stub-500``: answers 500 with an OpenAI-shaped error.
+- ``stub-reasoning``: includes ``reasoning_content`` / a thinking block.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+ANSWER_WORDS = ["The", " answer", " is", " forty", "-two", "."]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class UpstreamStub:
+    """Runs in its own thread and event loop; records what it saw."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self.cancelled = 0
+        self.stream_chunks_sent = 0
+        self._loop = asyncio.new_event_loop()
+        self._started = threading.Event()
+        self._runner: web.AppRunner | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    # -- lifecycle ------------------------------------------------------------
+    def start(self) -> UpstreamStub:
+        self._thread.start()
+        self._started.wait(10)
+        return self
+
+    def stop(self) -> None:
+        async def _stop() -> None:
+            if self._runner is not None:
+                await self._runner.cleanup()
+
+        asyncio.run_coroutine_threadsafe(_stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_post("/v1/completions", self.completions)
+        app.router.add_post("/v1/embeddings", self.embeddings)
+        app.router.add_post("/v1/messages", self.messages)
+        app.router.add_post("/v1/messages/count_tokens", self.count_tokens)
+        app.router.add_get("/v1/models", self.models)
+        self._runner = web.AppRunner(app, access_log=None)
+        self._loop.run_until_complete(self._runner.setup())
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
+        self._loop.run_until_complete(site.start())
+        self._started.set()
+        self._loop.run_forever()
+
+    # -- helpers ------------------------------------------------------------------
+    async def _record(self, request: web.Request) -> dict[str, Any]:
+        body = orjson.loads(await request.read())
+        self.requests.append(body)
+        self.headers.append(dict(request.headers))
+        model = body.get("model", "")
+        if model == "stub-hang":
+            await asyncio.sleep(3600)
+        if model == "stub-500":
+            raise web.HTTPInternalServerError(
+                body=orjson.dumps({"error": {"message": "upstream exploded", "type": "server_error", "code": None}}),
+                content_type="application/json",
+            )
+        return body
+
+    async def models(self, request: web.Request) -> web.Response:
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "stub"}
+                for m in ("stub-1", "stub-slow-stream", "stub-hang", "stub-500", "stub-reasoning")]
+        return web.json_response({"object": "list", "data": data})
+
+    async def _sse(self, request: web.Request, events: list[bytes], delay: float) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        try:
+            for event in events:
+                await response.write(event)
+                self.stream_chunks_sent += 1
+                if delay:
+                    await asyncio.sleep(delay)
+        except (asyncio.CancelledError, ConnectionResetError):
+            self.cancelled += 1
+            raise
+        await response.write_eof()
+        return response
+
+    # -- OpenAI ------------------------------------------------------------------------
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        body = await self._record(request)
+        model = body["model"]
+        reasoning = "First, think: 6 times 7 is 42." if model == "stub-reasoning" else None
+        words = ANSWER_WORDS * 2 if model == "stub-slow-stream" else ANSWER_WORDS
+        created = int(time.time())
+        if body.get("stream"):
+            chunks = []
+            base = {"id": "chatcmpl-stub", "object": "chat.completion.chunk", "created": created, "model": model}
+            chunks.append({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
+            if reasoning:
+                chunks.append({**base, "choices": [{"index": 0, "delta": {"reasoning_content": reasoning}, "finish_reason": None}]})
+            for word in words:
+                chunks.append({**base, "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]})
+            chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+            if (body.get("stream_options") or {}).get("include_usage"):
+                chunks.append({**base, "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": len(words), "total_tokens": 9 + len(words)}})
+            events = [b"data: " + orjson.dumps(c) + b"\n\n" for c in chunks] + [b"data: [DONE]\n\n"]
+            return await self._sse(request, events, 0.2 if model == "stub-slow-stream" else 0.0)
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(words)}
+        if reasoning:
+            message["reasoning_content"] = reasoning
+        n = body.get("n") or 1
+        return web.json_response({
+            "id": "chatcmpl-stub", "object": "chat.completion", "created": created, "model": model,
+            "choices": [{"index": i, "message": message, "finish_reason": "stop", "logprobs": None} for i in range(n)],
+            "usage": {"prompt_tokens": 9, "completion_tokens": len(words) * n, "total_tokens": 9 + len(words) * n},
+        })
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        body = await self._record(request)
+        text = "".join(ANSWER_WORDS)
+        if body.get("stream"):
+            base = {"id": "cmpl-stub", "object": "text_completion", "created": 0, "model": body["model"]}
+            events = [b"data: " + orjson.dumps({**base, "choices": [{"index": 0, "text": w, "finish_reason": None, "logprobs": None}]}) + b"\n\n" for w in ANSWER_WORDS]
+            events.append(b"data: [DONE]\n\n")
+            return await self._sse(request, events, 0.0)
+        return web.json_response({
+            "id": "cmpl-stub", "object": "text_completion", "created": 0, "model": body["model"],
+            "choices": [{"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 6, "total_tokens": 11},
+        })
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        body = await self._record(request)
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        return web.json_response({
+            "object": "list", "model": body["model"],
+            "data": [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]} for i in range(len(inputs))],
+            "usage": {"prompt_tokens": 4, "total_tokens": 4},
+        })
+
+    # -- Anthropic --------------------------------------------------------------------------
+    async def messages(self, request: web.Request) -> web.StreamResponse:
+        body = await self._record(request)
+        model = body["model"]
+        text = "".join(ANSWER_WORDS)
+        if body.get("stream"):
+            def ev(name: str, data: dict[str, Any]) -> bytes:
+                return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+            events = [ev("message_start", {"type": "message_start", "message": {
+                "id": "msg_stub", "type": "message", "role": "assistant", "model": model, "content": [],
+                "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 9, "output_tokens": 0}}})]
+            events.append(ev("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}))
+            for word in ANSWER_WORDS:
+                events.append(ev("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": word}}))
+            events.append(ev("content_block_stop", {"type": "content_block_stop", "index": 0}))
+            events.append(ev("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None}, "usage": {"output_tokens": 6}}))
+            events.append(ev("message_stop", {"type": "message_stop"}))
+            return await self._sse(request, events, 0.0)
+        return web.json_response({
+            "id": "msg_stub", "type": "message", "role": "assistant", "model": model,
+            "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": None,
+            "usage": {"input_tokens": 9, "output_tokens": 6},
+        })
+
+    async def count_tokens(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        return web.json_response({"input_tokens": 12})
