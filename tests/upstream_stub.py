@@ -24,6 +24,22 @@ from aiohttp import web
 ANSWER_WORDS = ["The", " answer", " is", " forty", "-two", "."]
 
 
+class _Reply(Exception):
+    """Short-circuits a handler with a ready response."""
+
+    def __init__(self, response: web.Response) -> None:
+        super().__init__("reply")
+        self.response = response
+
+
+@web.middleware
+async def _replies(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except _Reply as reply:
+        return reply.response
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -62,14 +78,14 @@ class UpstreamStub:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
-        app = web.Application()
+        app = web.Application(middlewares=[_replies])
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/embeddings", self.embeddings)
         app.router.add_post("/v1/messages", self.messages)
         app.router.add_post("/v1/messages/count_tokens", self.count_tokens)
         app.router.add_get("/v1/models", self.models)
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5)
         self._loop.run_until_complete(self._runner.setup())
         site = web.TCPSite(self._runner, "127.0.0.1", self.port)
         self._loop.run_until_complete(site.start())
@@ -85,10 +101,7 @@ class UpstreamStub:
         if model == "stub-hang":
             await asyncio.sleep(3600)
         if model == "stub-500":
-            raise web.HTTPInternalServerError(
-                body=orjson.dumps({"error": {"message": "upstream exploded", "type": "server_error", "code": None}}),
-                content_type="application/json",
-            )
+            raise _Reply(web.json_response({"error": {"message": "upstream exploded", "type": "server_error", "code": None}}, status=500))
         return body
 
     async def models(self, request: web.Request) -> web.Response:

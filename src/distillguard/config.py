@@ -40,7 +40,7 @@ class UpstreamSettings(BaseModel):
     protocol: Literal["openai", "anthropic"] = "openai"
     api_key: str | None = None
     models: list[str] = Field(default_factory=lambda: ["*"])
-    timeout_s: float = Field(default=120.0, gt=0, description="total time allowed for one upstream request")
+    timeout_s: float = Field(default=120.0, gt=0, description="longest the upstream may stay silent (read timeout)")
     connect_timeout_s: float = Field(default=5.0, gt=0)
     watermark: Literal["none", "logit_bias"] = "none"
     tokenizer: str | None = Field(default=None, description="local tokenizer.json for black-box logit_bias watermarks")

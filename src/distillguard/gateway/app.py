@@ -390,9 +390,10 @@ class Gateway:
                 await self._relay_body(ex, upstream, resp.status, content_type, raw, translate, strip, send)
         except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
             self.metrics.upstream_errors[(upstream.name, "connect")] += 1
-            if ex.summary is not None:  # the stream had started: nothing more can be sent cleanly
+            if ex.summary is not None:  # the stream had started: end it with an in-band error event
                 ex.status, ex.error = 502, "upstream_disconnected_mid_stream"
                 log.warning("upstream %s dropped mid-stream: %s", upstream.name, exc)
+                await self._end_stream_with_error(ex, send, 502, "The upstream model server dropped the stream.")
                 return
             raise GatewayError(502, f"The upstream model server '{upstream.name}' could not be reached ({type(exc).__name__}).", "upstream_unreachable") from None
         except TimeoutError:
@@ -400,14 +401,23 @@ class Gateway:
             if ex.summary is not None:
                 ex.status, ex.error = 504, "upstream_timeout_mid_stream"
                 log.warning("upstream %s timed out mid-stream", upstream.name)
+                await self._end_stream_with_error(ex, send, 504, "The upstream model server stopped sending.")
                 return
             raise GatewayError(504, f"The upstream model server '{upstream.name}' did not answer within {upstream.settings.timeout_s:g}s.", "upstream_timeout") from None
         except aiohttp.ClientPayloadError as exc:
             self.metrics.upstream_errors[(upstream.name, "payload")] += 1
             if ex.summary is not None:
                 ex.status, ex.error = 502, "upstream_payload_error"
+                await self._end_stream_with_error(ex, send, 502, "The upstream model server sent a broken stream.")
                 return
             raise GatewayError(502, f"The upstream model server '{upstream.name}' sent a broken response ({exc}).", "upstream_bad_response") from None
+
+    @staticmethod
+    async def _end_stream_with_error(ex: _Exchange, send: Send, status: int, message: str) -> None:
+        body = error_body(ex.protocol, status, message, "upstream_stream_error")
+        event = (b"event: error\ndata: " if ex.protocol == "anthropic" else b"data: ") + body + b"\n\n"
+        with contextlib.suppress(Exception):
+            await send({"type": "http.response.body", "body": event, "more_body": False})
 
     async def _relay_stream(self, ex: _Exchange, resp: aiohttp.ClientResponse, translate: bool, strip: bool, send: Send) -> None:
         reader = OpenAIStreamReader(strip_reasoning=strip) if (ex.protocol == "openai" or translate) else AnthropicStreamReader(strip_reasoning=strip)

@@ -45,7 +45,8 @@ def _make(settings: UpstreamSettings) -> Upstream:
             headers.append(("x-api-key", settings.api_key))
         else:
             headers.append(("Authorization", f"Bearer {settings.api_key}"))
-    timeout = aiohttp.ClientTimeout(total=settings.timeout_s, connect=settings.connect_timeout_s)
+    # A read timeout, not a total one: a long stream is fine as long as the upstream keeps talking.
+    timeout = aiohttp.ClientTimeout(total=None, connect=settings.connect_timeout_s, sock_read=settings.timeout_s)
     return Upstream(settings, timeout, tuple(headers))
 
 
