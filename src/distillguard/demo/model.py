@@ -24,6 +24,7 @@ words so that they relate to the question.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import importlib.resources
@@ -53,7 +54,7 @@ _STOPWORDS = frozenset(
 def _read_corpus(name: str) -> Iterator[dict]:
     resource = importlib.resources.files("distillguard.data.corpora").joinpath(name)
     with resource.open("rb") as raw:
-        stream = gzip.open(raw) if name.endswith(".gz") else raw
+        stream = gzip.open(raw) if name.endswith(".gz") else raw  # noqa: SIM115 - closed with ``raw``
         for line in stream:
             if line.strip():
                 yield json.loads(line)
@@ -180,10 +181,8 @@ class DemoModel:
         if model is None:
             model = cls.train(texts)
             if cache:
-                try:
+                with contextlib.suppress(OSError):  # a read-only home only costs a retrain next time
                     model._to_npz(path)
-                except OSError:
-                    pass  # a read-only home only costs a retrain next time
         cls._instance = model
         return model
 
