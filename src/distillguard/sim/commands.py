@@ -1,0 +1,48 @@
+"""CLI handlers: `distillguard simulate` and `distillguard eval`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from distillguard.exceptions import InputError
+
+__all__ = ["eval_command", "simulate_command"]
+
+
+def simulate_command(args: argparse.Namespace) -> int:
+    from distillguard.sim.scenarios import load_scenario, simulate
+
+    scenario = load_scenario(args.scenario)
+    started = time.perf_counter()
+    count, labels = simulate(scenario, args.seed, args.out)
+    Path(args.labels).write_text(json.dumps(labels, indent=1))
+    elapsed = time.perf_counter() - started
+    print(f"simulated {count} events for {len(labels['accounts'])} accounts ({scenario.name}, seed {args.seed}) "
+          f"in {elapsed:.1f}s → {args.out}, labels → {args.labels}", file=sys.stderr)
+    return 0
+
+
+def eval_command(args: argparse.Namespace) -> int:
+    from distillguard.sim.evaluate import evaluate, format_table
+
+    try:
+        labels = json.loads(Path(args.labels).read_text())
+    except FileNotFoundError:
+        raise InputError(f"{args.labels}: labels file not found") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{args.labels}: not valid JSON ({exc})") from None
+    if not isinstance(labels, dict) or not isinstance(labels.get("accounts"), dict):
+        raise InputError(f"{args.labels}: expected an object with an 'accounts' mapping")
+    for path in args.events:
+        if path != "-" and not Path(path).exists():
+            raise InputError(f"{path}: events file not found")
+    result = evaluate(args.events, labels)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_table(result))
+    return 0
