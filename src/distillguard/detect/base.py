@@ -1,0 +1,66 @@
+"""The one shape every detector has: ``update(event)``, then ``evidence(account_id)``.
+
+Like scikit-learn's estimators, detectors differ inside and look the same
+outside, so ``scan``, the online scorer and the tests treat them alike, and a
+new detector touches one file. Scores are mapped to [0, 1] with *fixed*
+logistic curves whose midpoints are stated in the code and in
+docs/detection.md — never with the batch's own statistics — so a threshold
+keeps its meaning across runs and deployments.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Detector", "Evidence", "confidence", "logistic", "user_text"]
+
+
+def logistic(x: float, midpoint: float, width: float) -> float:
+    """0.5 at ``midpoint``; about 0.12 and 0.88 at ``midpoint ∓ 2·width``."""
+    z = (x - midpoint) / width
+    if z < -35:
+        return 0.0
+    return 1.0 / (1.0 + math.exp(-z))
+
+
+def confidence(n: int, scale: float = 12.0) -> float:
+    """How much a rate measured on ``n`` requests can be trusted (0 → 0, 12 → 0.63, 36 → 0.95)."""
+    return 1.0 - math.exp(-n / scale)
+
+
+def user_text(event: dict[str, Any]) -> str:
+    """The last user message of a request (what the caller is asking now)."""
+    messages = (event.get("request") or {}).get("messages") or []
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            content = message.get("content")
+            return content if isinstance(content, str) else ""
+    return ""
+
+
+@dataclass
+class Evidence:
+    detector: str
+    score: float
+    detail: str
+    family: str = "distillation"  # or "reseller"
+    numbers: dict[str, Any] = field(default_factory=dict)
+
+    def as_report(self) -> dict[str, Any]:
+        return {"detector": self.detector, "score": round(self.score, 4), "detail": self.detail, **({"numbers": self.numbers} if self.numbers else {})}
+
+
+class Detector(ABC):
+    name: str = "detector"
+    family: str = "distillation"
+
+    @abstractmethod
+    def update(self, event: dict[str, Any]) -> None:
+        """Take one event into account (cheap, bounded memory per account)."""
+
+    @abstractmethod
+    def evidence(self, account_id: str) -> Evidence | None:
+        """The detector's current verdict on one account, or None when it has nothing to say."""

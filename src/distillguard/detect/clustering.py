@@ -1,0 +1,184 @@
+"""Cross-account clustering of hydra networks over shared fingerprints.
+
+Accounts are linked when they share enough rare fingerprints: enrolled install
+ids, data-centre /24 networks, header fingerprints, system prompts, prompt
+templates (exact frames, or similar frame sets found with MinHash LSH), and
+synchronised activity (similar sets of active 5-minute buckets, again through
+MinHash LSH so large logs avoid all-pairs work). A fingerprint value shared by
+a large part of the population (a popular client library, a default system
+prompt) carries no information and is ignored. Linked accounts are joined
+with union-find; each cluster gets a score and the list of what its members
+share, and lifts members that look light on their own.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from datasketch import MinHash, MinHashLSH
+
+from distillguard.detect.base import logistic
+
+__all__ = ["Cluster", "FingerprintCollector", "find_clusters"]
+
+WEIGHTS = {"install": 1.0, "system_prompt": 0.8, "template": 0.8, "similar_templates": 0.6, "hosting_net": 0.6,
+           "sync_timing": 0.7, "org": 0.5, "header_fp": 0.2}
+LINK_THRESHOLD = 1.0
+_CAP = 64
+
+
+@dataclass
+class _Prints:
+    values: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    requests: int = 0
+
+
+class FingerprintCollector:
+    """Collects each account's fingerprint values (bounded per kind)."""
+
+    def __init__(self) -> None:
+        self.accounts: dict[str, _Prints] = {}
+
+    def update(self, event: dict[str, Any]) -> None:
+        account = event.get("account_id")
+        if account is None:
+            return
+        prints = self.accounts.get(account)
+        if prints is None:
+            prints = self.accounts[account] = _Prints()
+        prints.requests += 1
+        client = event.get("client") or {}
+        geo = client.get("geo") or {}
+        attestation = event.get("attestation") or {}
+
+        def add(kind: str, value: Any) -> None:
+            bucket = prints.values[kind]
+            if value and len(bucket) < _CAP:
+                bucket.add(str(value))
+
+        add("install", attestation.get("install_id"))
+        if geo.get("hosting"):
+            ip = client.get("ip") or ""
+            add("hosting_net", f"AS{geo.get('asn')} {ip.rsplit('.', 1)[0]}.0/24" if "." in ip else None)
+        add("header_fp", client.get("header_fp"))
+        add("org", event.get("org_id"))
+
+
+@dataclass
+class Cluster:
+    cluster_id: str
+    accounts: list[str]
+    score: float
+    shared: list[str]
+
+    def as_report(self) -> dict[str, Any]:
+        return {"cluster_id": self.cluster_id, "accounts": self.accounts, "score": round(self.score, 4), "shared": self.shared}
+
+
+def _minhash(values: set[str] | set[int], num_perm: int = 64) -> MinHash:
+    m = MinHash(num_perm=num_perm, seed=7)
+    m.update_batch([str(v).encode() for v in values])
+    return m
+
+
+def find_clusters(
+    fingerprints: FingerprintCollector,
+    systems: dict[str, dict[str, int]],
+    frames: dict[str, list[str]],
+    buckets: dict[str, set[int]],
+    own_scores: dict[str, float],
+) -> list[Cluster]:
+    accounts = [a for a, p in fingerprints.accounts.items() if p.requests >= 3]
+    if not accounts:
+        return []
+    common_cutoff = max(30, int(0.1 * len(fingerprints.accounts)))
+    edges: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
+    reasons: dict[tuple[str, str], set[str]] = defaultdict(set)
+
+    def link_groups(kind: str, owners: dict[str, list[str]], label: str) -> None:
+        for value, members in owners.items():
+            if 2 <= len(members) <= common_cutoff:
+                members = sorted(members)
+                anchor = members[0]
+                for other in members[1:]:
+                    pair = (anchor, other)
+                    edges[pair][kind] = WEIGHTS[kind]
+                    reasons[pair].add(label.format(value=value))
+
+    for kind, label in (("install", "install id {value}"), ("hosting_net", "{value}"), ("header_fp", "header fingerprint {value}"),
+                        ("org", "org {value}")):
+        owners: dict[str, list[str]] = defaultdict(list)
+        for account in accounts:
+            for value in fingerprints.accounts[account].values.get(kind, ()):
+                owners[value].append(account)
+        link_groups(kind, owners, label)
+    owners = defaultdict(list)
+    for account in accounts:
+        for system, count in systems.get(account, {}).items():
+            if count >= 2:
+                owners[system].append(account)
+    link_groups("system_prompt", owners, "system prompt template")
+    owners = defaultdict(list)
+    for account in accounts:
+        for frame in frames.get(account, []):
+            owners[frame].append(account)
+    link_groups("template", owners, "prompt template")
+
+    # Similar template sets and synchronised timing via MinHash LSH.
+    for kind, sets, threshold, label in (
+        ("similar_templates", {a: set(frames.get(a, [])) for a in accounts if len(frames.get(a, [])) >= 2}, 0.4, "paraphrased templates"),
+        ("sync_timing", {a: buckets.get(a, set()) for a in accounts if len(buckets.get(a, set())) >= 10}, 0.3, "synchronised timing"),
+    ):
+        if len(sets) < 2:
+            continue
+        lsh = MinHashLSH(threshold=threshold, num_perm=64)
+        hashes = {a: _minhash(s) for a, s in sets.items()}
+        for a, m in hashes.items():
+            lsh.insert(a, m)
+        for a, m in hashes.items():
+            for b in lsh.query(m):
+                if b <= a:
+                    continue
+                jaccard = len(sets[a] & sets[b]) / max(1, len(sets[a] | sets[b]))
+                if jaccard >= threshold:
+                    pair = (a, b)
+                    edges[pair][kind] = WEIGHTS[kind]
+                    reasons[pair].add(label)
+
+    parent = {a: a for a in accounts}
+
+    def find(x: str) -> str:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for pair, kinds in edges.items():
+        if sum(kinds.values()) >= LINK_THRESHOLD:
+            ra, rb = find(pair[0]), find(pair[1])
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
+    groups: dict[str, list[str]] = defaultdict(list)
+    for account in accounts:
+        groups[find(account)].append(account)
+    clusters: list[Cluster] = []
+    for members in sorted((sorted(g) for g in groups.values() if len(g) >= 3), key=lambda g: (-len(g), g[0])):
+        member_set = set(members)
+        shared: dict[str, int] = defaultdict(int)
+        kinds: set[str] = set()
+        for pair, labels in reasons.items():
+            if pair[0] in member_set and pair[1] in member_set and sum(edges[pair].values()) >= LINK_THRESHOLD:
+                kinds.update(edges[pair])
+                for label in labels:
+                    shared[label] += 1
+        scores = sorted((own_scores.get(a, 0.0) for a in members), reverse=True)
+        mean = sum(scores) / len(scores)
+        top_half = sum(scores[: max(1, len(scores) // 2)]) / max(1, len(scores) // 2)
+        strength = logistic(len(members), 4, 1.0) * min(1.0, len(kinds - {"header_fp"}) / 2)
+        base = 0.5 * mean + 0.5 * top_half
+        score = base + (1 - base) * 0.5 * strength if base >= 0.4 else base
+        ranked = [label for label, _ in sorted(shared.items(), key=lambda kv: -kv[1])]
+        clusters.append(Cluster(f"cl_{len(clusters) + 1}", members, min(1.0, score), ranked[:8]))
+    return clusters

@@ -1,0 +1,79 @@
+"""Token economics and sampling parameters: what harvesting looks like on the bill.
+
+Distillation wants long outputs for short inputs, ``max_tokens`` pinned high,
+several samples per prompt (``n > 1``) and sometimes logprobs. Evaluation jobs
+also ask for logprobs, but for one-token answers, so length dominates here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from distillguard.detect.base import Detector, Evidence, confidence, logistic
+
+__all__ = ["TokenEconomics"]
+
+
+@dataclass
+class _State:
+    requests: int = 0
+    completion_tokens: int = 0
+    prompt_tokens: int = 0
+    pinned_high: int = 0
+    multi_sample: int = 0
+    logprobs: int = 0
+    temperatures: set[float] | None = None
+
+
+class TokenEconomics(Detector):
+    name = "token_economics"
+
+    def __init__(self) -> None:
+        self.accounts: dict[str, _State] = {}
+
+    def update(self, event: dict[str, Any]) -> None:
+        account = event.get("account_id")
+        if account is None:
+            return
+        state = self.accounts.get(account)
+        if state is None:
+            state = self.accounts[account] = _State(temperatures=set())
+        response = event.get("response") or {}
+        params = (event.get("request") or {}).get("params") or {}
+        state.requests += 1
+        state.completion_tokens += int(response.get("completion_tokens") or 0)
+        state.prompt_tokens += int(response.get("prompt_tokens") or 0)
+        max_tokens = params.get("max_tokens")
+        if isinstance(max_tokens, int) and max_tokens >= 4000:
+            state.pinned_high += 1
+        n = params.get("n")
+        if isinstance(n, int) and n > 1:
+            state.multi_sample += 1
+        if params.get("logprobs"):
+            state.logprobs += 1
+        temperature = params.get("temperature")
+        if isinstance(temperature, int | float) and state.temperatures is not None and len(state.temperatures) < 32:
+            state.temperatures.add(round(float(temperature), 2))
+
+    def evidence(self, account_id: str) -> Evidence | None:
+        s = self.accounts.get(account_id)
+        if s is None or s.requests == 0:
+            return None
+        mean_out = s.completion_tokens / s.requests
+        ratio = s.completion_tokens / max(1, s.prompt_tokens)
+        pinned = s.pinned_high / s.requests
+        multi = s.multi_sample / s.requests
+        # Midpoint 450 output tokens per request: long answers are what a copy is trained on.
+        length = logistic(mean_out, 450, 90)
+        params = max(logistic(pinned, 0.5, 0.12), logistic(multi, 0.15, 0.05))
+        score = (0.6 * length + 0.4 * params) * confidence(s.requests)
+        if length < 0.2:
+            score *= 0.5  # pinned parameters with short answers are a batch job's habit, not harvesting
+        return Evidence(
+            self.name, score,
+            f"mean {mean_out:.0f} output tokens per request (output/input {ratio:.1f}); max_tokens ≥ 4000 on {pinned:.0%}, "
+            f"n > 1 on {multi:.0%}, logprobs on {s.logprobs / s.requests:.0%}, {len(s.temperatures or ())} temperature values",
+            numbers={"mean_output_tokens": round(mean_out, 1), "output_input_ratio": round(ratio, 2), "pinned_max_tokens": round(pinned, 3),
+                     "multi_sample": round(multi, 3)},
+        )

@@ -1,0 +1,69 @@
+"""Model-release pivots: traffic that moves to a new model within a day of its first appearance.
+
+A model's release is taken as the first time it appears in the log (the
+earliest timestamp, so out-of-order input is fine). An account pivots when it
+was active before the release and most of its traffic in the 24 hours after
+it goes to the new model. People try a new model too, but keep most of their
+work where it was on the first day.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from distillguard.detect.base import Detector, Evidence, confidence, logistic
+from distillguard.events import parse_ts
+
+__all__ = ["ModelPivot"]
+
+
+class ModelPivot(Detector):
+    name = "model_pivot"
+
+    def __init__(self) -> None:
+        self.first_seen: dict[str, float] = {}
+        self.accounts: dict[str, dict[tuple[str, int], int]] = defaultdict(dict)
+
+    def update(self, event: dict[str, Any]) -> None:
+        account, model = event.get("account_id"), event.get("model")
+        if account is None or not model:
+            return
+        ts = event.get("_t")
+        if ts is None:
+            ts = parse_ts(event["ts"])
+        if model not in self.first_seen or ts < self.first_seen[model]:
+            self.first_seen[model] = ts
+        hours = self.accounts[account]
+        key = (model, int(ts // 3600))
+        hours[key] = hours.get(key, 0) + 1
+
+    def evidence(self, account_id: str) -> Evidence | None:
+        hours = self.accounts.get(account_id)
+        if not hours or len(self.first_seen) < 2:
+            return None
+        oldest = min(self.first_seen.values())
+        best: tuple[float, str, int, int] | None = None
+        for model, released in self.first_seen.items():
+            if released - oldest < 6 * 3600:
+                continue  # there from the start of the log: no release observed
+            start = int(released // 3600)
+            before = sum(c for (m, h), c in hours.items() if h < start)
+            window = [(m, c) for (m, h), c in hours.items() if start <= h < start + 24]
+            total = sum(c for _, c in window)
+            on_new = sum(c for m, c in window if m == model)
+            if total == 0:
+                continue
+            share = on_new / total
+            # Accounts that start the day of a release and use only it are pivots too (fresh hydra heads).
+            if before == 0 and share < 0.99:
+                continue
+            candidate = (share * confidence(total, 8.0), model, on_new, total)
+            if best is None or candidate[0] > best[0]:
+                best = candidate
+        if best is None:
+            return Evidence(self.name, 0.0, "no traffic in the first day of a new model's release", numbers={})
+        value, model, on_new, total = best
+        score = logistic(value, 0.6, 0.08)
+        return Evidence(self.name, score, f"{on_new} of {total} requests in the 24 h after {model} first appeared went to {model}",
+                        numbers={"model": model, "on_new_model": on_new, "in_window": total})

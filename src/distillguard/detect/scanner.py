@@ -1,0 +1,142 @@
+"""The Scanner: every detector fed the same events, combined into calibrated scores and a report.
+
+Combination (docs/detection.md): each detector's score is already on a fixed
+[0, 1] scale; the distillation score is a logistic function of their weighted
+sum, with weights and bias fixed in code (``DISTILL_WEIGHTS``), so the same
+behaviour always yields the same score whatever else is in the log. Cluster
+membership then lifts accounts that look light alone. The reseller score is
+the same construction over the sharing and timing evidence.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from distillguard.detect.base import Detector, Evidence
+from distillguard.detect.clustering import Cluster, FingerprintCollector, find_clusters
+from distillguard.detect.coverage import CoverageSweep
+from distillguard.detect.economics import TokenEconomics
+from distillguard.detect.pivot import ModelPivot
+from distillguard.detect.reasoning import ReasoningElicitation
+from distillguard.detect.sharing import KeySharing
+from distillguard.detect.templates import TemplatedPrompts
+from distillguard.detect.timing import Timing
+from distillguard.events import parse_ts
+
+__all__ = ["DISTILL_BIAS", "DISTILL_WEIGHTS", "RESELLER_BIAS", "RESELLER_WEIGHTS", "Scanner", "risk_band"]
+
+DISTILL_BIAS = -5.0
+DISTILL_WEIGHTS = {"cot_elicitation": 5.0, "coverage_sweep": 2.5, "token_economics": 2.5, "templated_prompts": 1.0,
+                   "timing": 1.0, "model_pivot": 3.0}
+RESELLER_BIAS = -4.0
+RESELLER_WEIGHTS = {"key_sharing": 8.0, "timing": 1.0}
+HIGH, MEDIUM = 0.8, 0.5
+
+
+def _sigmoid(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-z))
+
+
+def risk_band(score: float) -> str:
+    return "high" if score >= HIGH else "medium" if score >= MEDIUM else "low"
+
+
+class Scanner:
+    """Incremental detection over events v1; ``report()`` gives the scan report v1 (DESIGN §5)."""
+
+    def __init__(self) -> None:
+        self.reasoning = ReasoningElicitation()
+        self.templates = TemplatedPrompts()
+        self.timing = Timing()
+        self.detectors: list[Detector] = [self.reasoning, CoverageSweep(), TokenEconomics(), self.templates, self.timing,
+                                          ModelPivot(), KeySharing()]
+        self.fingerprints = FingerprintCollector()
+        self.events = 0
+        self.accounts: dict[str, int] = {}
+        self.skipped = 0
+
+    def update(self, event: dict[str, Any]) -> None:
+        account = event.get("account_id")
+        if account is None:
+            self.events += 1
+            self.skipped += 1  # refused before authentication: no account to score
+            return
+        if "_t" not in event:
+            try:
+                # A shallow copy: the caller's event may be on its way to the store too.
+                event = {**event, "_t": parse_ts(event["ts"])}
+            except (KeyError, ValueError, TypeError):
+                self.skipped += 1
+                return
+        self.events += 1
+        self.accounts[account] = self.accounts.get(account, 0) + 1
+        for detector in self.detectors:
+            detector.update(event)
+        self.fingerprints.update(event)
+
+    # -- scoring ------------------------------------------------------------------------------------
+    def _evidence(self, account: str) -> list[Evidence]:
+        found = []
+        for detector in self.detectors:
+            evidence = detector.evidence(account)
+            if evidence is not None:
+                found.append(evidence)
+        return found
+
+    @staticmethod
+    def _combine(evidence: list[Evidence]) -> tuple[float, float]:
+        by_name = {e.detector: e.score for e in evidence}
+        distill = _sigmoid(DISTILL_BIAS + sum(w * by_name.get(n, 0.0) for n, w in DISTILL_WEIGHTS.items()))
+        resell = _sigmoid(RESELLER_BIAS + sum(w * by_name.get(n, 0.0) for n, w in RESELLER_WEIGHTS.items()))
+        return distill, resell
+
+    def scores(self) -> dict[str, tuple[float, float]]:
+        """Per-account (distillation, reseller) before cluster lift: cheap, for checkpoints."""
+        return {a: self._combine(self._evidence(a)) for a in self.accounts}
+
+    def _clusters(self, own: dict[str, float]) -> list[Cluster]:
+        return find_clusters(
+            self.fingerprints,
+            {a: self.templates.systems(a) for a in self.accounts},
+            {a: self.templates.repeated_frames(a) for a in self.accounts},
+            {a: self.timing.buckets(a) for a in self.accounts},
+            own,
+        )
+
+    def report(self) -> dict[str, Any]:
+        evidence = {a: self._evidence(a) for a in self.accounts}
+        combined = {a: self._combine(e) for a, e in evidence.items()}
+        clusters = self._clusters({a: d for a, (d, _) in combined.items()})
+        membership = {a: c for c in clusters for a in c.accounts}
+        entries = []
+        for account in self.accounts:
+            distill, resell = combined[account]
+            items = [e for e in evidence[account] if e.score > 0.0 or e.detector in ("cot_elicitation", "key_sharing")]
+            cluster = membership.get(account)
+            if cluster is not None:
+                lifted = 0.9 * cluster.score
+                items.append(Evidence("hydra_cluster", cluster.score,
+                                      f"member of {cluster.cluster_id}: {len(cluster.accounts)} accounts sharing "
+                                      f"{', '.join(cluster.shared[:3]) or 'fingerprints'}"))
+                if lifted > distill:
+                    distill = lifted
+            items.sort(key=lambda e: -e.score)
+            entries.append({
+                "account_id": account,
+                "distillation_score": round(distill, 4),
+                "reseller_score": round(resell, 4),
+                "risk": risk_band(max(distill, resell)),
+                "cluster_id": cluster.cluster_id if cluster else None,
+                "requests": self.accounts[account],
+                "evidence": [e.as_report() for e in items],
+            })
+        entries.sort(key=lambda e: (-max(e["distillation_score"], e["reseller_score"]), e["account_id"]))
+        return {"v": 1, "events": self.events, "accounts_seen": len(self.accounts), "accounts": entries,
+                "clusters": [c.as_report() for c in clusters]}
+
+    def account_entry(self, account_id: str) -> dict[str, Any] | None:
+        """The report entry for one account (clusters included), or None if never seen."""
+        if account_id not in self.accounts:
+            return None
+        return next((e for e in self.report()["accounts"] if e["account_id"] == account_id), None)
