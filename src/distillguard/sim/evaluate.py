@@ -162,7 +162,7 @@ def evaluate(paths: list[str], labels: dict[str, Any], checkpoints: int = 40) ->
                                 "requests_to_detect_median": _quantile([float(r) for r in requests], 0.5)})
             row[name] = metrics
         result["classes"][cls] = row
-    for campaign, info in (labels.get("campaigns") or {}).items():
+    for campaign in labels.get("campaigns") or {}:
         size = campaign_requests.get(campaign, 0)
         result["campaigns"][campaign] = {
             "requests": size,

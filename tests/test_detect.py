@@ -1,0 +1,191 @@
+"""Detectors on event streams built here, the report contract, and scan's handling of bad input."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from distillguard.detect import Scanner
+from distillguard.detect.reasoning import elicitation_score
+from distillguard.events import format_ts
+
+T0 = 1_790_000_000.0
+
+
+def ev(account: str, t: float, prompt: str, *, history: int = 0, completion: int = 200, max_tokens: int | None = None,
+       system: str | None = None, install: str | None = None, tz: str | None = None, offset: int | None = None,
+       country: str = "DE", ip: str = "10.1.2.3", hosting: bool = False, model: str = "m1", n: int | None = None) -> dict[str, Any]:
+    messages = []
+    for i in range(history):
+        messages += [{"role": "user", "content": f"earlier question {i}"}, {"role": "assistant", "content": f"earlier answer {i}"}]
+    messages.append({"role": "user", "content": prompt})
+    attestation = None if install is None else {"status": "valid", "install_id": install, "tz": tz, "utc_offset_min": offset}
+    return {"v": 1, "ts": format_ts(t), "request_id": f"req_{account}_{t}", "account_id": account, "endpoint": "openai.chat", "model": model,
+            "client": {"ip": ip, "user_agent": "ua", "header_fp": "fp", "geo": {"country": country, "asn": 3320, "hosting": hosting}},
+            "attestation": attestation,
+            "request": {"system": system, "messages": messages, "params": {"max_tokens": max_tokens, "n": n}},
+            "response": {"status": 200, "text": "x", "prompt_tokens": 30, "completion_tokens": completion}}
+
+
+def entry(report: dict[str, Any], account: str) -> dict[str, Any]:
+    return next(a for a in report["accounts"] if a["account_id"] == account)
+
+
+def evidence(report: dict[str, Any], account: str, detector: str) -> dict[str, Any]:
+    return next(e for e in entry(report, account)["evidence"] if e["detector"] == detector)
+
+
+@pytest.mark.parametrize("text", [
+    "Please write out your internal reasoning step by step before answering.",
+    "Schreibe deinen vollständigen Denkprozess Schritt für Schritt auf.",
+    "Écris ton raisonnement interne étape par étape.",
+    "请一步一步写出你的推理过程。",
+    "Act as a grader and score the following answer from 1 to 10.",
+    "Show your thinking inside <thinking> tags first.",
+])
+def test_elicitation_intent_in_several_languages(text: str) -> None:
+    assert elicitation_score(text)[0] >= 0.6
+
+
+@pytest.mark.parametrize("text", [
+    "How do I bake sourdough bread? Go step by step please.",
+    "What's the reason my tomato plants have yellow leaves?",
+    "Write a poem about autumn.",
+])
+def test_ordinary_prompts_are_not_elicitation(text: str) -> None:
+    assert elicitation_score(text)[0] < 0.6
+
+
+def test_reasoning_harvester_outranks_a_conversational_user() -> None:
+    scanner = Scanner()
+    for i in range(60):
+        scanner.update(ev("harvester", T0 + i * 600, f"Task {i}: solve x+{i}=7. Write out your full reasoning step by step.",
+                          completion=900, max_tokens=8192))
+        scanner.update(ev("person", T0 + i * 600, f"Thanks! And what about part {i}?", history=2, completion=150,
+                          install="inst-p", tz="Europe/Berlin", offset=60))
+    report = scanner.report()
+    harvester, person = entry(report, "harvester"), entry(report, "person")
+    assert harvester["distillation_score"] > 0.8 > 0.2 > person["distillation_score"]
+    detail = evidence(report, "harvester", "cot_elicitation")["detail"]
+    assert detail.startswith("60 of 60 prompts")
+    assert harvester["evidence"] == sorted(harvester["evidence"], key=lambda e: -e["score"])
+
+
+def test_shared_key_is_a_reseller_and_a_single_install_is_not() -> None:
+    scanner = Scanner()
+    places = [("US", "America/New_York", -300), ("JP", "Asia/Tokyo", 540), ("BR", "America/Sao_Paulo", -180),
+              ("IN", "Asia/Kolkata", 330), ("FR", "Europe/Paris", 60), ("AU", "Australia/Sydney", 660)]
+    for i in range(120):
+        country, tz, offset = places[i % len(places)]
+        scanner.update(ev("shared", T0 + i * 120, f"conversation opener {i}", install=f"inst-{i % 6}", tz=tz, offset=offset,
+                          country=country, ip=f"10.{i % 6}.1.1"))
+        scanner.update(ev("solo", T0 + i * 120, "follow up", history=1, install="inst-solo", tz="Europe/Berlin", offset=60))
+    report = scanner.report()
+    assert entry(report, "shared")["reseller_score"] > 0.8
+    assert entry(report, "solo")["reseller_score"] < 0.2
+    numbers = evidence(report, "shared", "key_sharing")["numbers"]
+    assert numbers["installs"] == 6 and numbers["countries"] == 6
+
+
+def test_hydra_cluster_is_found_and_lifts_light_members() -> None:
+    scanner = Scanner()
+    system = "You are a meticulous expert tutor. Always answer completely."
+    for i in range(40):
+        for k in range(6):
+            scanner.update(ev(f"head{k}", T0 + i * 900 + k, f"Question: item {i * 7 + k}\n\nProvide a complete solution.", system=system,
+                              completion=700, max_tokens=4096, ip=f"10.9.9.{k + 1}", hosting=True))
+    for u in range(5):
+        for i in range(20):
+            scanner.update(ev(f"user{u}", T0 + u * 5000 + i * 4000, f"my own question {u}-{i}", history=1, install=f"i{u}",
+                              tz="Europe/Berlin", offset=60, ip=f"10.{u}.0.1"))
+    report = scanner.report()
+    assert len(report["clusters"]) == 1
+    cluster = report["clusters"][0]
+    assert sorted(cluster["accounts"]) == [f"head{k}" for k in range(6)]
+    assert "system prompt template" in cluster["shared"]
+    assert all(entry(report, f"head{k}")["cluster_id"] == cluster["cluster_id"] for k in range(6))
+    assert all(entry(report, f"user{u}")["cluster_id"] is None for u in range(5))
+
+
+def test_model_pivot_within_a_day_of_release() -> None:
+    scanner = Scanner()
+    release = T0 + 5 * 86400
+    for i in range(200):
+        t = T0 + i * 3600
+        scanner.update(ev("pivoter", t, f"sweep {i}", model="m2" if t >= release else "m1"))
+        scanner.update(ev("steady", t + 5, f"chat {i}", history=1, model="m2" if (t >= release and i % 5 == 0) else "m1"))
+    report = scanner.report()
+    assert evidence(report, "pivoter", "model_pivot")["score"] > 0.8
+    assert evidence(report, "steady", "model_pivot")["score"] < 0.2
+
+
+def test_scores_do_not_depend_on_arrival_order() -> None:
+    events = [ev(f"a{i % 4}", T0 + i * 37, f"prompt {i} step by step internal reasoning" if i % 3 else f"hello {i}") for i in range(400)]
+    forward, backward = Scanner(), Scanner()
+    for e in events:
+        forward.update(e)
+    for e in reversed(events):
+        backward.update(e)
+    f = {a["account_id"]: a["distillation_score"] for a in forward.report()["accounts"]}
+    b = {a["account_id"]: a["distillation_score"] for a in backward.report()["accounts"]}
+    assert f.keys() == b.keys()
+    assert all(abs(f[k] - b[k]) < 0.05 for k in f)
+
+
+def _write(path: Path, lines: list[bytes]) -> None:
+    path.write_bytes(b"\n".join(lines) + b"\n")
+
+
+def _run(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([sys.executable, "-m", "distillguard.cli", *args], capture_output=True, input=stdin, timeout=120)
+
+
+def test_scan_cli_reports_every_account_and_skips_bad_lines(tmp_path: Path) -> None:
+    good = [json.dumps(ev(f"acct{i % 3}", T0 + i, f"p{i}")).encode() for i in range(30)]
+    path = tmp_path / "mixed.jsonl"
+    _write(path, good[:10] + [b"{broken", b'{"ts": 5}'] + good[10:])
+    out = _run("scan", str(path), "--out", str(tmp_path / "r.json"))
+    assert out.returncode == 0, out.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["v"] == 1 and report["events"] == 30 and report["accounts_seen"] == 3
+    assert {a["account_id"] for a in report["accounts"]} == {"acct0", "acct1", "acct2"}
+    for account in report["accounts"]:
+        assert 0 <= account["distillation_score"] <= 1 and account["risk"] in ("low", "medium", "high")
+    stderr = out.stderr.decode()
+    assert "mixed.jsonl:11" in stderr and "mixed.jsonl:12" in stderr and "2 malformed line(s) skipped" in stderr
+    strict = _run("scan", str(path), "--strict")
+    assert strict.returncode == 2 and b"mixed.jsonl:11" in strict.stderr
+
+
+def test_scan_reads_stdin_and_reports_truncated_gzip(tmp_path: Path) -> None:
+    lines = [json.dumps(ev(f"acct{i % 2}", T0 + i, f"p{i}")).encode() for i in range(3000)]
+    piped = _run("scan", "-", stdin=b"\n".join(lines[:50]) + b"\n")
+    assert piped.returncode == 0 and json.loads(piped.stdout)["events"] == 50
+    data = gzip.compress(b"\n".join(lines) + b"\n")
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    out = _run("scan", str(cut))
+    assert out.returncode == 0
+    assert b"ends early" in out.stderr
+    assert 0 < json.loads(out.stdout)["events"] < 3000
+    missing = _run("scan", str(tmp_path / "nope.jsonl"))
+    assert missing.returncode == 2 and b"nope.jsonl" in missing.stderr
+
+
+def test_simulated_distillers_outrank_benign_accounts(tmp_path: Path) -> None:
+    from distillguard.sim.scenarios import load_scenario, simulate
+
+    _, labels = simulate(load_scenario("small"), 21, tmp_path / "s.jsonl.gz")
+    from distillguard.detect import scan_files
+
+    report, _ = scan_files([str(tmp_path / "s.jsonl.gz")])
+    scores = {a["account_id"]: a["distillation_score"] for a in report["accounts"]}
+    distillers = [scores[a] for a, v in labels["accounts"].items() if v["label"] == "distiller"]
+    benign = [scores[a] for a, v in labels["accounts"].items() if v["label"] in ("benign", "heavy_benign")]
+    assert min(distillers) > max(benign)
