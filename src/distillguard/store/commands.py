@@ -21,7 +21,7 @@ def _registry(args: argparse.Namespace) -> Registry:
 
 
 def _print_json(obj: object) -> None:
-    sys.stdout.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2).decode() + "\n")
+    sys.stdout.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode() + "\n")
 
 
 def accounts_create(args: argparse.Namespace) -> int:

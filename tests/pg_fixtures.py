@@ -1,0 +1,83 @@
+"""A real PostgreSQL server for the test session, started from Debian's packages.
+
+PostgreSQL refuses to run as root, so under root the server runs as the
+``postgres`` user (created by the Debian package) through ``runuser``. When no
+server can be started the tests that need it are skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.upstream_stub import free_port
+
+
+def _binary(name: str) -> str | None:
+    found = shutil.which(name)
+    if found and "/usr/lib/postgresql" in os.path.realpath(found):
+        return found
+    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return candidates[-1] if candidates else found
+
+
+class PostgresServer:
+    def __init__(self) -> None:
+        self.initdb, self.pg_ctl = _binary("initdb"), _binary("pg_ctl")
+        self.root = tempfile.mkdtemp(prefix="dg-pg-")
+        self.data = os.path.join(self.root, "data")
+        self.port = free_port()
+        self.as_root = os.geteuid() == 0
+
+    def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        command = list(args)
+        if self.as_root:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+    def start(self) -> str:
+        if not self.initdb or not self.pg_ctl:
+            raise RuntimeError("initdb/pg_ctl not found (install Debian's postgresql package)")
+        if self.as_root:
+            shutil.chown(self.root, "postgres", "postgres")
+            os.chmod(self.root, 0o755)
+        out = self._run(self.initdb, "-D", self.data, "-U", "postgres", "--auth=trust", "-E", "UTF8")
+        if out.returncode != 0:
+            raise RuntimeError(f"initdb failed: {out.stderr.strip()[:500]}")
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        out = self._run(self.pg_ctl, "-D", self.data, "-o", options, "-l", os.path.join(self.root, "log"), "-w", "start")
+        if out.returncode != 0:
+            raise RuntimeError(f"pg_ctl start failed: {out.stderr.strip()[:500]}")
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def stop(self) -> None:
+        if self.pg_ctl and os.path.exists(self.data):
+            self._run(self.pg_ctl, "-D", self.data, "-m", "fast", "-w", "stop")
+
+    def restart(self) -> None:
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run(self.pg_ctl, "-D", self.data, "-o", options, "-l", os.path.join(self.root, "log"), "-w", "start")
+        time.sleep(0.2)
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    server = PostgresServer()
+    try:
+        server.url = server.start()  # type: ignore[attr-defined]
+    except (RuntimeError, OSError, subprocess.SubprocessError, LookupError) as exc:
+        server.cleanup()
+        pytest.skip(f"no PostgreSQL server could be started here: {exc}")
+    yield server
+    server.cleanup()

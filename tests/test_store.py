@@ -1,0 +1,182 @@
+"""The store against real SQLite and a real PostgreSQL server: registry, lossless sink, export, CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from distillguard.events import format_ts
+from distillguard.exceptions import NotFoundError
+from distillguard.store import EventSink, Registry, hash_secret, iter_events
+from tests.pg_fixtures import PostgresServer, postgres  # noqa: F401 - fixture
+
+BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    server: PostgresServer = request.getfixturevalue("postgres")
+    url = server.url  # type: ignore[attr-defined]
+    registry = Registry(url)  # wipe between tests: one server for the session
+    with registry.engine.begin() as conn:
+        for table in ("events", "api_keys", "installs", "audit_log", "reviews", "accounts"):
+            conn.execute(text(f"DELETE FROM {table}"))
+    registry.close()
+    return str(url)
+
+
+def _event(i: int, account: str = "acct_x") -> dict:
+    return {"v": 1, "ts": format_ts(1_790_000_000 + i), "request_id": f"req_{i:06d}", "account_id": account, "endpoint": "openai.chat",
+            "request": {"messages": [{"role": "user", "content": f"q{i}"}]}, "response": {"status": 200}}
+
+
+def test_accounts_and_keys_with_hashed_secrets(database_url: str) -> None:
+    registry = Registry(database_url)
+    account = registry.create_account("alice", org="acme")
+    key = registry.create_key(account["account_id"])
+    assert key["secret"].startswith("sk-dg-") and len(key["secret"]) > 40
+    snapshot = registry.key_snapshot()
+    assert [k.secret_hash for k in snapshot] == [hash_secret(key["secret"])]
+    assert snapshot[0].org_id == "acme" and not snapshot[0].revoked
+    with registry.engine.connect() as conn:
+        dumped = " ".join(str(row) for row in conn.execute(text("SELECT * FROM api_keys")))
+    assert key["secret"] not in dumped
+    before = registry.change_counter()
+    registry.revoke_key(key["key_id"])
+    assert registry.change_counter() > before
+    assert registry.key_snapshot()[0].revoked
+    with pytest.raises(NotFoundError):
+        registry.create_key("acct_missing")
+    with pytest.raises(NotFoundError):
+        registry.revoke_key("key_missing")
+
+
+def test_installs_audit_and_review_queue(database_url: str) -> None:
+    registry = Registry(database_url)
+    registry.enroll_install("key_1", "inst_1", "pk-1", account_id="acct_1")
+    registry.enroll_install("key_1", "inst_1", "pk-1", account_id="acct_1")  # idempotent
+    assert registry.install_keys() == {"inst_1": "pk-1"}
+    review = registry.add_review("acct_9", "distillation score 0.97", {"score": 0.97})
+    assert [r["review_id"] for r in registry.list_reviews()] == [review["review_id"]]
+    registry.resolve_review(review["review_id"], "confirmed", "oncall", "obvious hydra")
+    assert registry.list_reviews() == []
+    assert registry.list_audit()[0]["action"] == "review.confirmed"
+
+
+def test_sink_writes_batches_without_loss_or_duplicates(database_url: str, tmp_path: Path) -> None:
+    sink = EventSink(database_url, tmp_path / "spill", batch_size=100)
+    sink.start()
+    for i in range(1234):
+        sink.submit(_event(i))
+    sink.submit(_event(5))  # a replayed duplicate request id must not be stored twice
+    sink.close()
+    stored = list(iter_events(database_url))
+    assert len(stored) == 1234
+    assert [e["request_id"] for e in stored] == [f"req_{i:06d}" for i in range(1234)]
+    assert sink.stats["written"] == 1235 and sink.stats["spilled"] == 0
+
+
+def test_export_since(database_url: str, tmp_path: Path) -> None:
+    sink = EventSink(database_url, tmp_path / "spill")
+    for i in range(10):
+        sink.submit(_event(i * 100))
+    sink.close()
+    since = format_ts(1_790_000_000 + 500)
+    assert [e["request_id"] for e in iter_events(database_url, since)] == [f"req_{i * 100:06d}" for i in range(5, 10)]
+
+
+def test_postgres_down_spills_then_replays(postgres: PostgresServer, tmp_path: Path) -> None:  # noqa: F811
+    url = postgres.url  # type: ignore[attr-defined]
+    registry = Registry(url)
+    with registry.engine.begin() as conn:
+        conn.execute(text("DELETE FROM events"))
+    registry.close()
+    sink = EventSink(url, tmp_path / "spill", retry_interval_s=0.3)
+    sink.start()
+    for i in range(100):
+        sink.submit(_event(i, "before"))
+    deadline = time.time() + 10
+    while sink.stats["written"] < 100 and time.time() < deadline:
+        time.sleep(0.05)
+    postgres.stop()
+    for i in range(100, 300):
+        sink.submit(_event(i, "during"))
+    deadline = time.time() + 15
+    while sink.stats["spilled"] < 200 and time.time() < deadline:
+        time.sleep(0.1)
+    assert sink.stats["spilled"] == 200 and not sink.stats["store_ok"]
+    assert list((tmp_path / "spill").glob("spill-*.jsonl"))
+    postgres.restart()
+    deadline = time.time() + 20
+    while sink.stats["replayed"] < 200 and time.time() < deadline:
+        time.sleep(0.2)
+    sink.close()
+    stored = [e["request_id"] for e in iter_events(url)]
+    assert sorted(stored) == [f"req_{i:06d}" for i in range(300)]
+    assert not list((tmp_path / "spill").glob("spill-*.jsonl"))
+
+
+def test_leftover_spill_files_are_replayed_on_start(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    (spill / "spill-1-1-0.jsonl").write_text("\n".join(json.dumps(_event(i)) for i in range(7)) + "\n")
+    sink = EventSink(url, spill)
+    sink.start()
+    deadline = time.time() + 5
+    while sink.stats["replayed"] < 7 and time.time() < deadline:
+        time.sleep(0.05)
+    sink.close()
+    assert len(list(iter_events(url))) == 7 and not list(spill.glob("spill-*"))
+
+
+def test_unwritable_spill_dir_holds_events_in_memory_and_says_so(tmp_path: Path) -> None:
+    """Store down and spill impossible (a path under /dev/null): events stay queued, never dropped silently."""
+    sink = EventSink(f"sqlite:///{tmp_path / 'db.sqlite'}", "/dev/null/spill", retry_interval_s=60)
+    sink.store_ok = False
+    sink._next_retry = time.monotonic() + 60
+    for i in range(50):
+        sink.submit(_event(i))
+    sink._drain_all(final=False)
+    assert sink.stats["held_in_memory"] == 50 and sink.stats["errors"] >= 1
+    sink._next_retry = 0.0  # the store answers again: held events go in
+    sink._drain_all(final=False)
+    assert sink.stats["held_in_memory"] == 0 and sink.stats["written"] == 50
+
+
+def _cli(*args: str, database: str) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run([sys.executable, "-m", "distillguard.cli", *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "DG_DATABASE": database})
+
+
+def test_cli_accounts_keys_export(tmp_path: Path) -> None:
+    database = f"sqlite:///{tmp_path / 'cli.db'}"
+    created = _cli("accounts", "create", "bob", "--org", "acme", "--json", database=database)
+    assert created.returncode == 0, created.stderr
+    account_id = json.loads(created.stdout)["account_id"]
+    key = json.loads(_cli("keys", "create", account_id, "--json", database=database).stdout)
+    assert set(key) == {"key_id", "account_id", "secret"} and key["account_id"] == account_id
+    listed = json.loads(_cli("accounts", "list", "--json", database=database).stdout)
+    assert [a["name"] for a in listed] == ["bob"]
+    assert "bob" in _cli("accounts", "list", database=database).stdout
+    missing = _cli("keys", "create", "acct_nope", database=database)
+    assert missing.returncode == 2 and "acct_nope" in missing.stderr and "Traceback" not in missing.stderr
+    assert _cli("keys", "revoke", key["key_id"], database=database).returncode == 0
+    sink = EventSink(database, tmp_path / "spill")
+    for i in range(3):
+        sink.submit(_event(i))
+    sink.close()
+    exported = _cli("events", "export", database=database)
+    assert [json.loads(line)["request_id"] for line in exported.stdout.splitlines()] == ["req_000000", "req_000001", "req_000002"]
+    bad = _cli("events", "export", "--since", "yesterday", database=database)
+    assert bad.returncode == 2 and "--since" in bad.stderr
