@@ -122,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for chatty in ("httpx", "httpx2", "httpcore"):  # one line per HTTP call drowns the output people came for
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
         return _resolve(args.handler)(args)
     except UsageError as exc:

@@ -137,22 +137,35 @@ def _traffic(tour: _Tour, seed: int) -> dict[str, Any]:
         jobs.append(("benign", (acct, conversation, f"198.51.100.{10 + i}")))
     # A reseller: one key, many end users from many networks, unrelated conversations interleaved.
     reseller = tour.account("cheap-api-reseller")
-    for j in range(10):
-        jobs.append(("reseller", (reseller, pools.conversation(rng)[:1], f"{rng.choice([41, 77, 103, 185, 200])}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}")))
+    for _ in range(16):
+        ip = f"{rng.choice([41, 77, 103, 185, 200])}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
+        jobs.append(("reseller", (reseller, pools.conversation(rng)[:2], ip)))
     # A hydra: many accounts, one system prompt, templated sweep with reasoning elicitation.
     hydra_system = "You are a meticulous expert tutor. Always answer completely."
     template = "{task}\n\nBefore answering, write out your complete internal reasoning step by step, then give the final answer."
     for k in range(8):
         acct = tour.account(f"research-lab-{k:02d}", org=None)
-        tasks = [pools.sweep_task(rng) for _ in range(12)]
+        tasks = [pools.sweep_task(rng) for _ in range(20)]
         jobs.append(("hydra", (acct, tasks, f"203.0.113.{rng.randrange(2, 250)}", hydra_system, template)))
 
+    places = [("Europe/Berlin", 60, "de_DE"), ("America/New_York", -300, "en_US"), ("Asia/Tokyo", 540, "ja_JP"),
+              ("America/Sao_Paulo", -180, "pt_BR"), ("Asia/Kolkata", 330, "en_IN"), ("Europe/Paris", 60, "fr_FR"),
+              ("Australia/Sydney", 660, "en_AU"), ("Europe/Warsaw", 60, "pl_PL")]
+
     def run(job: tuple[str, Any]) -> tuple[str, int, int]:
+        from distillguard.client import Identity, attesting_client
+
         kind, args = job
         done = errors = 0
         if kind in ("benign", "reseller"):
             acct, conversation, ip = args
-            client = openai.OpenAI(base_url=base_url, api_key=acct["secret"], max_retries=0, default_headers={"X-Forwarded-For": ip})
+            # Every person runs the SDK on their own machine: one install, their own timezone and locale.
+            identity = Identity.load_or_create(tour.workdir / "clients" / f"{kind}-{ip}")
+            tz, offset, locale = places[sum(map(ord, ip)) % len(places)]
+            http_client = attesting_client(api_key=acct["secret"], base_url=base_url, identity=identity,
+                                           signal_overrides={"tz": tz, "utc_offset_min": offset, "locale": locale},
+                                           headers={"X-Forwarded-For": ip})
+            client = openai.OpenAI(base_url=base_url, api_key=acct["secret"], max_retries=0, http_client=http_client)
             messages: list[dict[str, str]] = []
             for turn in conversation:
                 messages.append({"role": "user", "content": turn})
@@ -167,7 +180,8 @@ def _traffic(tour: _Tour, seed: int) -> dict[str, Any]:
             client_a = anthropic.Anthropic(base_url=tour.root, api_key=acct["secret"], max_retries=0, default_headers={"X-Forwarded-For": ip})
             for task in tasks:
                 try:
-                    client_a.messages.create(model="demo-1", max_tokens=800, system=system,
+                    # Harvesters pin long outputs; min_tokens is the vLLM-style knob the demo model honours.
+                    client_a.messages.create(model="demo-1", max_tokens=1200, system=system, extra_body={"min_tokens": 600},
                                              messages=[{"role": "user", "content": template.format(task=task)}])
                     done += 1
                 except anthropic.APIError:

@@ -35,7 +35,7 @@ class AdminAPI:
         self.token = gateway.settings.admin_token.encode()
 
     async def _send(self, send: Send, status: int, obj: Any) -> None:
-        body = obj if isinstance(obj, bytes) else orjson.dumps(obj, default=str)
+        body = obj if isinstance(obj, bytes) else orjson.dumps(obj, default=str, option=orjson.OPT_NON_STR_KEYS)
         await send({"type": "http.response.start", "status": status, "headers": JSON})
         await send({"type": "http.response.body", "body": body})
 

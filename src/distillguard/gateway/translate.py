@@ -61,7 +61,7 @@ def anthropic_to_openai_request(body: dict[str, Any]) -> dict[str, Any]:
     for i, message in enumerate(body.get("messages") or []):
         messages.append({"role": message.get("role"), "content": _text_of(message.get("content"), f"messages.{i}.content")})
     out: dict[str, Any] = {"model": body["model"], "messages": messages, "max_tokens": body.get("max_tokens")}
-    for name in ("temperature", "top_p", "stream"):
+    for name in ("temperature", "top_p", "stream", "top_k", "seed", "min_tokens"):  # the last three: vLLM-style extras
         if body.get(name) is not None:
             out[name] = body[name]
     if body.get("stop_sequences"):

@@ -41,6 +41,11 @@ def new_secret() -> str:
     return SECRET_PREFIX + secrets.token_urlsafe(32)
 
 
+def _plain(row: Any) -> dict[str, Any]:
+    """A row as a dict with plain ``str`` keys (SQLAlchemy's keys are a str subclass JSON encoders reject)."""
+    return {str(k): v for k, v in row.items()}
+
+
 def _new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(8)}"
 
@@ -124,12 +129,12 @@ class Registry:
     def get_account(self, account_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
             row = conn.execute(select(schema.accounts).where(schema.accounts.c.account_id == account_id)).mappings().first()
-        return dict(row) if row else None
+        return _plain(row) if row else None
 
     def list_accounts(self) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
             rows = conn.execute(select(schema.accounts).order_by(schema.accounts.c.created_at)).mappings().all()
-        return [dict(r) for r in rows]
+        return [_plain(r) for r in rows]
 
     def _require_account(self, conn: Any, account_id: str) -> None:
         found = conn.execute(select(schema.accounts.c.account_id).where(schema.accounts.c.account_id == account_id)).first()
@@ -195,7 +200,7 @@ class Registry:
         if account_id is not None:
             query = query.where(schema.api_keys.c.account_id == account_id)
         with self.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(query).mappings().all()]
+            return [_plain(r) for r in conn.execute(query).mappings().all()]
 
     def key_snapshot(self) -> list[KeyRecord]:
         query = select(
@@ -255,7 +260,7 @@ class Registry:
     def list_audit(self, limit: int = 100) -> list[dict[str, Any]]:
         query = select(schema.audit_log).order_by(schema.audit_log.c.id.desc()).limit(limit)
         with self.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(query).mappings().all()]
+            return [_plain(r) for r in conn.execute(query).mappings().all()]
 
     def add_review(self, subject: str, reason: str, evidence: Any = None) -> dict[str, Any]:
         row = {
@@ -275,7 +280,7 @@ class Registry:
         if status is not None:
             query = query.where(schema.reviews.c.status == status)
         with self.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(query).mappings().all()]
+            return [_plain(r) for r in conn.execute(query).mappings().all()]
 
     def resolve_review(self, review_id: str, status: str, actor: str, note: str | None = None) -> None:
         if status not in ("confirmed", "dismissed"):
