@@ -1,0 +1,54 @@
+"""Admin endpoints owned by the policy engine: risk, flagged, review queue, audit, manual actions."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+if TYPE_CHECKING:
+    from distillguard.policy.engine import PolicyEngine
+
+__all__ = ["handle"]
+
+MANUAL_ACTIONS = ("allow", "flag", "throttle", "block", "clear")
+
+
+def _error(status: int, message: str) -> tuple[int, object]:
+    return status, {"error": {"message": message, "type": "invalid_request_error", "code": None}}
+
+
+async def handle(engine: PolicyEngine, method: str, path: str, query: dict[str, str], body: bytes) -> tuple[int, object] | None:
+    parts = path.split("/")[3:]
+    registry = engine.registry
+    if len(parts) == 3 and parts[0] == "accounts" and parts[2] == "risk" and method == "GET":
+        entry = engine.risk(parts[1])
+        if entry is None:
+            return _error(404, f"No risk yet for account {parts[1]!r}: it has sent no scored traffic.")
+        return 200, entry
+    if parts == ["flagged"] and method == "GET":
+        return 200, engine.flagged()
+    if parts == ["audit"] and method == "GET":
+        return 200, {"data": await asyncio.to_thread(engine.audit_log, int(query.get("limit", "100")))}
+    if parts == ["review"] and method == "GET":
+        if registry is None:
+            return _error(503, "The review queue needs the store.")
+        return 200, {"data": await asyncio.to_thread(registry.list_reviews, query.get("status", "open") or None)}
+    if len(parts) == 2 and parts[0] == "review" and method == "POST":
+        data: dict[str, Any] = orjson.loads(body or b"{}")
+        await asyncio.to_thread(registry.resolve_review, parts[1], data.get("status", ""), data.get("actor", "admin"), data.get("note"))
+        if data.get("status") == "confirmed" and data.get("action") in MANUAL_ACTIONS:
+            reviews = await asyncio.to_thread(registry.list_reviews, None)
+            subject = next((r["subject"] for r in reviews if r["review_id"] == parts[1]), None)
+            if subject:
+                engine.set_manual(subject, data["action"], f"review {parts[1]} confirmed", data.get("actor", "admin"))
+        return 200, {"review_id": parts[1], "status": data.get("status")}
+    if len(parts) == 3 and parts[0] == "accounts" and parts[2] == "action" and method == "POST":
+        data = orjson.loads(body or b"{}")
+        action = data.get("action")
+        if action not in MANUAL_ACTIONS:
+            return _error(422, f"action: expected one of {list(MANUAL_ACTIONS)}, got {action!r}")
+        engine.set_manual(parts[1], action, str(data.get("reason") or "no reason given"), data.get("actor", "admin"))
+        return 200, {"account_id": parts[1], "action": action}
+    return None

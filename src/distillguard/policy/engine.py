@@ -1,0 +1,165 @@
+"""The policy engine: in-memory decisions per request, fed by the online scorer.
+
+``decide`` is a few dictionary lookups: the risk table is replaced whole by
+the scorer's reader thread, manual overrides are a dict, thresholds are
+numbers from the settings. Audit records and review items are written by a
+background thread when an account's action *changes*, so a blocked account
+sending a thousand requests makes one audit line, not a thousand DB writes.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from typing import Any
+
+from distillguard.config import Settings
+from distillguard.policy.decision import ALLOW, Decision
+from distillguard.policy.online import OnlineScorer
+
+__all__ = ["PolicyEngine"]
+
+log = logging.getLogger("distillguard.policy")
+REASONING_EVIDENCE = 0.7
+LOGPROBS_CAP = 0
+
+
+class PolicyEngine:
+    def __init__(self, settings: Settings, registry: Any = None, *, publish_every_s: float = 1.0) -> None:
+        self.settings = settings.detection
+        self.registry = registry
+        self.scorer = OnlineScorer(self._on_report, publish_every_s=publish_every_s)
+        self._risk: dict[str, dict[str, Any]] = {}
+        self._clusters: list[dict[str, Any]] = []
+        self._manual: dict[str, tuple[str, str]] = {}
+        self._last_action: dict[str, str] = {}
+        self._audit: collections.deque[tuple[str, str, str, dict[str, Any]]] = collections.deque()
+        self._reviews_opened: set[str] = set()
+        self._memory_audit: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._started = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        self.scorer.start()
+        self._writer = threading.Thread(target=self._write_loop, name="distillguard-audit", daemon=True)
+        self._writer.start()
+
+    def close(self) -> None:
+        if not self._started:
+            return
+        self.scorer.close()
+        self._stop.set()
+        self._writer.join(10)
+        self._flush_audit()
+
+    # -- hot path ------------------------------------------------------------------------------
+    def observe(self, event: dict[str, Any]) -> None:
+        self.scorer.submit(event)
+
+    def decide(self, account_id: str, key_id: str | None, signals: Any = None) -> Decision:
+        decision = self._decide(account_id, signals)
+        previous = self._last_action.get(account_id, "allow")
+        if decision.action != previous:
+            self._last_action[account_id] = decision.action
+            self._audit.append(("policy", f"policy.{decision.action}", account_id,
+                                {"rule": decision.rule, "risk": decision.risk, "previous": previous}))
+        return decision
+
+    def _decide(self, account_id: str, signals: Any) -> Decision:
+        manual = self._manual.get(account_id)
+        if manual is not None:
+            action, reason = manual
+            if action == "block":
+                return Decision("block", "manual", f"This account is blocked: {reason}")
+            if action == "throttle":
+                return Decision("throttle", "manual", throttle_rpm=self.settings.throttle_requests_per_min)
+            if action == "allow":
+                return ALLOW
+            return Decision(action, "manual")
+        if signals is not None and any(s.get("name") == "attestation_required" for s in getattr(signals, "signals", ())):
+            return Decision("challenge", "attestation_required",
+                            "This account must use an attesting client (see docs/attestation.md); the request carried no attestation.")
+        entry = self._risk.get(account_id)
+        if entry is None:
+            return ALLOW
+        score = max(entry["distillation_score"], entry["reseller_score"])
+        s = self.settings
+        reasoning = next((e["score"] for e in entry["evidence"] if e["detector"] == "cot_elicitation"), 0.0)
+        degrade = reasoning >= REASONING_EVIDENCE and entry["distillation_score"] >= s.flag_threshold
+        if s.block_enabled and score >= s.block_threshold:
+            return Decision("block", "risk>=block_threshold", "This account is blocked pending review of suspected automated harvesting.",
+                            risk=score)
+        if score >= s.throttle_threshold:
+            return Decision("throttle", "risk>=throttle_threshold", throttle_rpm=s.throttle_requests_per_min, risk=score,
+                            strip_reasoning=degrade, max_top_logprobs=LOGPROBS_CAP if degrade else None)
+        if degrade:
+            return Decision("degrade", "reasoning_elicitation", risk=score, strip_reasoning=True, max_top_logprobs=LOGPROBS_CAP)
+        if score >= s.flag_threshold:
+            return Decision("flag", "risk>=flag_threshold", risk=score)
+        return ALLOW
+
+    # -- scorer feed -----------------------------------------------------------------------------
+    def _on_report(self, report: dict[str, Any]) -> None:
+        self._risk = {entry["account_id"]: entry for entry in report["accounts"]}
+        self._clusters = report["clusters"]
+        for entry in report["accounts"]:
+            score = max(entry["distillation_score"], entry["reseller_score"])
+            if score >= self.settings.flag_threshold and entry["account_id"] not in self._reviews_opened:
+                self._reviews_opened.add(entry["account_id"])
+                top = entry["evidence"][0]["detail"] if entry["evidence"] else ""
+                self._audit.append(("detector", "review.open", entry["account_id"], {"score": score, "evidence": entry["evidence"][:3],
+                                                                                       "reason": f"risk {score:.2f}: {top}"}))
+
+    # -- reads -------------------------------------------------------------------------------------
+    def risk(self, account_id: str) -> dict[str, Any] | None:
+        return self._risk.get(account_id)
+
+    def flagged(self) -> dict[str, Any]:
+        threshold = self.settings.flag_threshold
+        accounts = [e for e in self._risk.values() if max(e["distillation_score"], e["reseller_score"]) >= threshold]
+        accounts.sort(key=lambda e: -max(e["distillation_score"], e["reseller_score"]))
+        return {"accounts": accounts, "clusters": [c for c in self._clusters if c["score"] >= threshold]}
+
+    def set_manual(self, account_id: str, action: str, reason: str, actor: str = "admin") -> None:
+        if action == "clear":
+            self._manual.pop(account_id, None)
+        else:
+            self._manual[account_id] = (action, reason)
+        self._audit.append((actor, f"manual.{action}", account_id, {"reason": reason}))
+
+    # -- audit writer --------------------------------------------------------------------------------
+    def _write_loop(self) -> None:
+        while not self._stop.wait(0.5):
+            self._flush_audit()
+
+    def _flush_audit(self) -> None:
+        while self._audit:
+            actor, action, target, detail = self._audit.popleft()
+            try:
+                if self.registry is not None:
+                    if action == "review.open":
+                        self.registry.add_review(target, detail["reason"], detail["evidence"])
+                    self.registry.record_audit(actor, action, target, detail)
+                else:
+                    self._memory_audit.append({"ts": time.time(), "actor": actor, "action": action, "target": target, "detail": detail})
+            except Exception as exc:  # the audit must not take the gateway down; it is retried
+                log.error("audit write failed (%s); will retry", exc)
+                self._audit.appendleft((actor, action, target, detail))
+                return
+
+    def audit_log(self, limit: int = 100) -> list[dict[str, Any]]:
+        if self.registry is not None:
+            return list(self.registry.list_audit(limit))
+        return list(reversed(self._memory_audit[-limit:]))
+
+    # -- admin plugin -----------------------------------------------------------------------------------
+    async def handle_admin(self, method: str, path: str, query: dict[str, str], body: bytes) -> tuple[int, object] | None:
+        from distillguard.policy.admin import handle
+
+        return await handle(self, method, path, query, body)
