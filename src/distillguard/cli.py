@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     detect = _command(watermark, "detect", "distillguard.watermark.commands:detect_command", "test text for watermarks")
     detect.add_argument("--text-file", required=True, metavar="F", help="a text file, or - for stdin")
     detect.add_argument("--key-id", action="append", dest="key_ids", metavar="ID", help="key to test (repeatable)")
+    detect.add_argument("--scheme", choices=("unigram", "kgw"), default="unigram", help="watermark scheme (default: unigram)")
+    detect.add_argument("--tokenizer", metavar="tokenizer.json", help="the marking model's tokenizer (default: the demo model's)")
 
     client = sub.add_parser("client", help="the attesting client SDK").add_subparsers(dest="action", metavar="ACTION")
     client.required = True

@@ -334,7 +334,9 @@ class Gateway:
         if self.watermarker is not None and upstream.settings.watermark == "logit_bias" and ex.endpoint in ("openai.chat", "openai.completions", "anthropic.messages"):
             key = ex.key
             assert key is not None
-            marked = self.watermarker.bias_for(upstream.name, account_id=key.account_id, org_id=key.org_id, cluster_id=None)
+            risk = self.policy.risk(key.account_id) if self.policy is not None else None
+            cluster_id = risk.get("cluster_id") if risk else None  # a detected hydra gets its own key
+            marked = self.watermarker.bias_for(upstream.name, account_id=key.account_id, org_id=key.org_id, cluster_id=cluster_id)
             if marked is not None:
                 ex.watermark_key, bias = marked
                 merged = {str(k): v for k, v in bias.items()}

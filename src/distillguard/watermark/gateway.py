@@ -1,0 +1,69 @@
+"""Marking black-box upstreams from the gateway: a static, sparse per-key ``logit_bias``.
+
+Only the upstream's tokenizer is needed (a local ``tokenizer.json``). Green
+lists are drawn inside the first ``universe`` ids — for BPE and for the demo
+model's frequency-ordered vocabulary these are the common tokens, which is
+where a bias has an effect — and the bias table is capped at the provider's
+limit (300 entries for OpenAI). Bias tables are computed once per key and cached.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from distillguard.config import Settings
+from distillguard.watermark.keys import derive_key, key_for
+from distillguard.watermark.schemes import Unigram
+
+__all__ = ["GatewayWatermarker", "UNIVERSE", "BIAS_LIMIT"]
+
+UNIVERSE = 1200
+BIAS_LIMIT = 300
+
+
+class GatewayWatermarker:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.enabled = settings.watermark.enabled
+        self._vocab: dict[str, int] = {}
+        self._cache: dict[tuple[str, str], dict[int, float]] = {}
+        for upstream in settings.upstreams:
+            if upstream.watermark == "logit_bias" and upstream.tokenizer:
+                import tokenizers
+
+                self._vocab[upstream.name] = tokenizers.Tokenizer.from_file(upstream.tokenizer).get_vocab_size()
+
+    def bias_for(self, upstream_name: str, *, account_id: str | None = None, org_id: str | None = None,
+                 cluster_id: str | None = None) -> tuple[str, dict[int, float]] | None:
+        if not self.enabled or upstream_name not in self._vocab:
+            return None
+        key_id = key_for(org_id=org_id, cluster_id=cluster_id)
+        cached = self._cache.get((upstream_name, key_id))
+        if cached is None:
+            scheme = Unigram(derive_key(self.settings.watermark.master_secret, key_id), self._vocab[upstream_name],
+                             gamma=self.settings.watermark.gamma, delta=self.settings.watermark.delta,
+                             universe=min(UNIVERSE, self._vocab[upstream_name]))
+            cached = self._cache[(upstream_name, key_id)] = scheme.logit_bias(BIAS_LIMIT)
+        return key_id, cached
+
+    async def handle_admin(self, method: str, path: str, query: dict[str, str], body: bytes) -> tuple[int, object] | None:
+        if path != "/admin/v1/watermark/detect" or method != "POST":
+            return None
+        import asyncio
+
+        import orjson
+
+        from distillguard.watermark.service import detect_text
+
+        try:
+            data: dict[str, Any] = orjson.loads(body or b"{}")
+        except orjson.JSONDecodeError:
+            return 400, {"error": {"message": "body must be JSON: {\"text\": ..., \"key_ids\": [...]}", "type": "invalid_request_error", "code": None}}
+        text = data.get("text")
+        if not isinstance(text, str) or not text.strip():
+            return 422, {"error": {"message": "text: a non-empty string is required", "type": "invalid_request_error", "code": None}}
+        try:
+            result = await asyncio.to_thread(detect_text, text, data.get("key_ids"), self.settings, tokenizer_path=data.get("tokenizer"))
+        except ValueError as exc:
+            return 422, {"error": {"message": str(exc), "type": "invalid_request_error", "code": None}}
+        return 200, result

@@ -1,0 +1,98 @@
+"""Two schemes over token ids: Unigram (static green list) and KGW (green list seeded by the previous token).
+
+Unigram-Watermark (Zhao et al. 2023) needs no context, so it works as a static
+``logit_bias`` on black-box upstreams. KGW (Kirchenbauer et al. 2023) re-seeds
+the green list from the previous token, which is harder to learn and to steal
+and gives many distinct (previous, current) pairs to score — what the
+radioactivity test needs. Both add δ to green logits; γ is the green share.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+
+import numpy as np
+
+__all__ = ["KGW", "Unigram"]
+
+
+def _rng(key: bytes, *salt: int) -> np.random.Generator:
+    digest = hashlib.blake2b(key + b"".join(int(s).to_bytes(8, "little", signed=True) for s in salt), digest_size=16).digest()
+    return np.random.default_rng(int.from_bytes(digest, "little"))
+
+
+class Unigram:
+    """A fixed green list per key over ids ``[0, universe)`` (the universe bounds a black-box bias table)."""
+
+    name = "unigram"
+
+    def __init__(self, key: bytes, vocab_size: int, *, gamma: float = 0.25, delta: float = 2.0, universe: int | None = None) -> None:
+        self.key, self.vocab_size, self.gamma, self.delta = key, vocab_size, gamma, delta
+        self.universe = min(universe or vocab_size, vocab_size)
+        order = _rng(key).permutation(self.universe)
+        self.green_ids = np.sort(order[: int(round(gamma * self.universe))])
+        self.mask = np.zeros(vocab_size, dtype=bool)
+        self.mask[self.green_ids] = True
+
+    def __call__(self, context: list[int], logits: np.ndarray) -> np.ndarray:
+        """Logits processor: ``(token ids so far, logits) -> logits``."""
+        logits = logits.copy()
+        logits[self.green_ids] += self.delta
+        return logits
+
+    def logit_bias(self, limit: int = 300) -> dict[int, float]:
+        """A sparse bias for APIs that accept one (OpenAI allows 300 entries)."""
+        ids = self.green_ids[:limit] if len(self.green_ids) > limit else self.green_ids
+        return {int(i): float(self.delta) for i in ids}
+
+    def scored(self, ids: list[int]) -> list[bool]:
+        """Green flags of the distinct tokens inside the universe (repeats are scored once)."""
+        seen: set[int] = set()
+        flags = []
+        for token in ids:
+            if token < self.universe and token not in seen:
+                seen.add(token)
+                flags.append(bool(self.mask[token]))
+        return flags
+
+
+class KGW:
+    """Green list re-drawn from (key, previous token); ``(previous, token)`` pairs are scored once each."""
+
+    name = "kgw"
+
+    def __init__(self, key: bytes, vocab_size: int, *, gamma: float = 0.25, delta: float = 2.0) -> None:
+        self.key, self.vocab_size, self.gamma, self.delta = key, vocab_size, gamma, delta
+        self._green = lru_cache(maxsize=8192)(self._green_for)
+
+    def _green_for(self, previous: int) -> np.ndarray:
+        return _rng(self.key, previous).permutation(self.vocab_size)[: int(round(self.gamma * self.vocab_size))]
+
+    def is_green(self, previous: int, token: int) -> bool:
+        # Membership via a per-previous-token boolean mask, cached.
+        return bool(self._mask(previous)[token])
+
+    @lru_cache(maxsize=8192)  # noqa: B019 - bounded cache per instance lifetime, instances are long-lived
+    def _mask(self, previous: int) -> np.ndarray:
+        mask = np.zeros(self.vocab_size, dtype=bool)
+        mask[self._green(previous)] = True
+        return mask
+
+    def __call__(self, context: list[int], logits: np.ndarray) -> np.ndarray:
+        previous = context[-1] if context else -1
+        logits = logits.copy()
+        logits[self._green(previous)] += self.delta
+        return logits
+
+    def scored(self, ids: list[int]) -> list[bool]:
+        seen: set[tuple[int, int]] = set()
+        flags = []
+        previous = -1
+        for token in ids:
+            pair = (previous, token)
+            if pair not in seen and 0 <= token < self.vocab_size:
+                seen.add(pair)
+                flags.append(self.is_green(previous, token))
+            previous = token
+        return flags

@@ -1,0 +1,160 @@
+"""Watermarks: marked text is detected with its key and not others, p-values stay honest, the gateway marks black-box upstreams."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import openai
+import pytest
+
+from distillguard.config import Settings
+from distillguard.demo.model import DemoModel
+from distillguard.watermark import (
+    KGW,
+    HFWatermarkProcessor,
+    Unigram,
+    derive_key,
+    detect_ids,
+    holm,
+    vllm_processor,
+)
+from distillguard.watermark.gateway import UNIVERSE
+from tests.demo_server_fixture import DemoModelServer
+from tests.gateway_fixtures import start_gateway
+
+SECRET = "test-master-secret"
+
+
+@pytest.fixture(scope="module")
+def model() -> DemoModel:
+    return DemoModel.load()
+
+
+def _marked(model: DemoModel, processor: object, seed: int, n: int = 200) -> list[int]:
+    return model.generate(model.tokenizer.encode("Tell me about the ocean"), max_tokens=n, min_tokens=n, seed=seed,
+                          logits_processors=[processor]).ids  # type: ignore[list-item]
+
+
+def test_kgw_marked_text_is_detected_with_its_key_only(model: DemoModel) -> None:
+    ids = _marked(model, KGW(derive_key(SECRET, "org:acme"), model.vocab_size), seed=4)
+    result = detect_ids(ids, model.vocab_size, SECRET, ["global", "org:acme", "cluster:cl_9"], scheme="kgw")
+    by_key = {r["key_id"]: r for r in result["results"]}
+    assert by_key["org:acme"]["p_value"] < 1e-6
+    assert by_key["global"]["p_value"] > 1e-3 and by_key["cluster:cl_9"]["p_value"] > 1e-3
+    assert result["min_p_value_corrected"] == pytest.approx(3 * by_key["org:acme"]["p_value"])
+    assert result["verdict"] == "watermarked"
+
+
+def test_unmarked_text_is_not_detected(model: DemoModel) -> None:
+    p_values = []
+    for seed in range(40):
+        ids = model.generate(model.tokenizer.encode("Tell me about the ocean"), max_tokens=150, min_tokens=150, seed=seed).ids
+        p_values.append(detect_ids(ids, model.vocab_size, SECRET, ["global"], scheme="kgw")["results"][0]["p_value"])
+    assert min(p_values) > 1e-4
+    assert 0.25 < float(np.median(p_values)) < 0.75  # roughly uniform under the null
+
+
+def test_repetition_does_not_inflate_the_score(model: DemoModel) -> None:
+    ids = _marked(model, KGW(derive_key(SECRET, "global"), model.vocab_size), seed=1, n=60)
+    once = detect_ids(ids, model.vocab_size, SECRET, ["global"], scheme="kgw")
+    many = detect_ids(ids * 20, model.vocab_size, SECRET, ["global"], scheme="kgw")
+    assert many["tokens_scored"] <= once["tokens_scored"] + 1
+    assert abs(many["results"][0]["z"] - once["results"][0]["z"]) < 0.5
+
+
+def test_black_box_logit_bias_marking(model: DemoModel) -> None:
+    scheme = Unigram(derive_key(SECRET, "global"), model.vocab_size, universe=UNIVERSE)
+    bias = scheme.logit_bias(300)
+    assert len(bias) == 300 and all(i < UNIVERSE for i in bias)
+    ids = model.generate(model.tokenizer.encode("Tell me about the ocean"), max_tokens=400, min_tokens=400, seed=2, logit_bias=bias).ids
+    result = detect_ids(ids, model.vocab_size, SECRET, ["global", "org:other"], universe=UNIVERSE)
+    by_key = {r["key_id"]: r for r in result["results"]}
+    assert by_key["global"]["p_value"] < 1e-4 and by_key["org:other"]["p_value"] > 1e-3
+
+
+def test_holm_and_short_text_message() -> None:
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    result = detect_ids([5, 6, 7], 1000, SECRET, ["global"], scheme="kgw")
+    assert result["verdict"] == "too_short" and "needed" in result["note"]
+    with pytest.raises(ValueError, match="key id"):
+        detect_ids([1, 2], 1000, SECRET, ["acct:1"])
+
+
+def test_processor_call_signatures(model: DemoModel) -> None:
+    torch = pytest.importorskip("torch", reason="torch is the optional 'torch' extra; the HF/vLLM tensor paths need it")
+    processor = HFWatermarkProcessor(SECRET, "global", model.vocab_size)
+    scores = torch.zeros((2, model.vocab_size))
+    out = processor(torch.tensor([[1, 5], [1, 7]]), scores)
+    assert out.shape == scores.shape and int((out[0] > 0).sum()) == int(round(0.25 * model.vocab_size))
+    vllm = vllm_processor(SECRET, "global", model.vocab_size)
+    assert int((vllm([1, 5], torch.zeros(model.vocab_size)) > 0).sum()) == int(round(0.25 * model.vocab_size))
+
+
+def test_vllm_processor_on_numpy(model: DemoModel) -> None:
+    vllm = vllm_processor(SECRET, "global", model.vocab_size)
+    out = vllm([1, 5], np.zeros(model.vocab_size, dtype=np.float32))
+    assert int((out > 0).sum()) == int(round(0.25 * model.vocab_size))
+
+
+def _cli(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([sys.executable, "-m", "distillguard.cli", "watermark", "detect", *args], capture_output=True, input=stdin, timeout=120)
+
+
+def test_cli_contract_and_bad_input(model: DemoModel, tmp_path: Path) -> None:
+    ids = _marked(model, Unigram(derive_key("change-me-watermark", "global"), model.vocab_size, universe=UNIVERSE), seed=3, n=400)
+    path = tmp_path / "text.txt"
+    path.write_text(model.tokenizer.decode(ids))
+    out = _cli("--text-file", str(path), "--key-id", "global", "--key-id", "org:zzz")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert set(result) >= {"tokens_scored", "results", "min_p_value_corrected"}
+    assert [r["key_id"] for r in result["results"]] == ["global", "org:zzz"]
+    assert result["results"][0]["p_value"] < 1e-4 < result["results"][1]["p_value"]
+    (tmp_path / "empty.txt").write_text("   \n")
+    (tmp_path / "bin.dat").write_bytes(b"\x00\x01\x02binary")
+    for bad, message in ((tmp_path / "empty.txt", b"empty"), (tmp_path / "bin.dat", b"binary"), (tmp_path / "missing.txt", b"not found")):
+        failed = _cli("--text-file", str(bad))
+        assert failed.returncode == 2 and message in failed.stderr and b"Traceback" not in failed.stderr
+
+
+@pytest.fixture(scope="module")
+def demo_server() -> Iterator[DemoModelServer]:
+    server = DemoModelServer().start()
+    yield server
+    server.stop()
+
+
+def test_gateway_marks_a_black_box_upstream_and_records_the_key(demo_server: DemoModelServer, model: DemoModel, tmp_path: Path) -> None:
+    tokenizer = model.tokenizer.save_hf(tmp_path / "tokenizer.json")
+    upstreams = [{"name": "demo", "base_url": demo_server.base_url, "protocol": "openai", "models": ["*"],
+                  "watermark": "logit_bias", "tokenizer": str(tokenizer)}]
+    gw = start_gateway(tmp_path, upstreams=upstreams, watermark={"enabled": True, "master_secret": SECRET},
+                       detection={"online": False})
+    try:
+        key = gw.create_key("marked", org="acme")
+        client = openai.OpenAI(base_url=gw.base_url, api_key=key["secret"])
+        texts = [client.completions.create(model="demo-1", prompt="Tell me about the ocean", max_tokens=150, seed=s,
+                                           extra_body={"min_tokens": 150}).choices[0].text for s in range(3)]
+        result = detect_ids(model.tokenizer.encode(" ".join(texts)), model.vocab_size, SECRET, ["org:acme", "global", "org:other"],
+                            universe=UNIVERSE)
+        by_key = {r["key_id"]: r for r in result["results"]}
+        assert by_key["org:acme"]["p_value"] < 1e-4
+        assert by_key["global"]["p_value"] > 1e-3 and by_key["org:other"]["p_value"] > 1e-3
+        deadline = time.time() + 5
+        events: list = []
+        while not events and time.time() < deadline:
+            events = [e for e in gw.events() if e["account_id"] == key["account_id"]]
+            time.sleep(0.1)
+        assert events and all(e["watermark"]["key_id"] == "org:acme" for e in events)
+        admin = gw.admin("POST", "/admin/v1/watermark/detect", json={"text": " ".join(texts), "key_ids": ["org:acme", "global"],
+                                                                     "tokenizer": str(tokenizer)})
+        assert admin.status_code == 200 and admin.json()["results"][0]["p_value"] < 1e-4
+    finally:
+        gw.stop()
+    assert Settings().watermark.enabled is False
