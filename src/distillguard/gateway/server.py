@@ -8,7 +8,6 @@ in-flight requests, then run the lifespan shutdown, where the event sink drains.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 from typing import Any
 
@@ -20,41 +19,24 @@ __all__ = ["build_gateway", "serve", "serve_command"]
 log = logging.getLogger("distillguard.gateway")
 
 
-def _optional(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        return False
-
-
 def build_gateway(settings: Settings) -> Gateway:
     """Wire the gateway with every component this installation and configuration provide."""
+    from distillguard.signals import SignalCollector
     from distillguard.store import EventSink, Registry
+    from distillguard.watermark.gateway import GatewayWatermarker
 
     registry = Registry(settings.database)
     sink = EventSink(settings.database, settings.spill_dir)
-    signals: Any = None
+    signals = SignalCollector(settings, install_keys=registry.install_keys, enroll_store=registry.enroll_install)
+    watermarker = GatewayWatermarker(settings)
+    plugins: list[Any] = [watermarker]
     policy: Any = None
-    watermarker: Any = None
-    plugins: list[Any] = []
-    if _optional("distillguard.signals.collector"):
-        from distillguard.signals import SignalCollector
-
-        signals = SignalCollector(settings, install_keys=registry.install_keys, enroll_store=registry.enroll_install)
-        if hasattr(signals, "handle_admin"):
-            plugins.append(signals)
-    if settings.detection.online and _optional("distillguard.policy.engine"):
+    if settings.detection.online:
+        # Imported only when on: the policy engine spawns the scorer process.
         from distillguard.policy import PolicyEngine
 
         policy = PolicyEngine(settings, registry=registry)
-        if hasattr(policy, "handle_admin"):
-            plugins.append(policy)
-    if _optional("distillguard.watermark.gateway"):
-        from distillguard.watermark import GatewayWatermarker
-
-        watermarker = GatewayWatermarker(settings)
-        if hasattr(watermarker, "handle_admin"):
-            plugins.append(watermarker)
+        plugins.append(policy)
     return Gateway(settings, registry=registry, sink=sink, signals=signals, policy=policy, watermarker=watermarker, admin_plugins=plugins)
 
 

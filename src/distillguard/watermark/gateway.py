@@ -13,7 +13,6 @@ from typing import Any
 
 from distillguard.config import Settings
 from distillguard.watermark.keys import derive_key, key_for
-from distillguard.watermark.schemes import Unigram
 
 __all__ = ["GatewayWatermarker", "UNIVERSE", "BIAS_LIMIT"]
 
@@ -22,6 +21,8 @@ BIAS_LIMIT = 300
 
 
 class GatewayWatermarker:
+    """Per-upstream, per-key bias tables; numpy is loaded only when marking is enabled."""
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.enabled = settings.watermark.enabled
@@ -32,6 +33,9 @@ class GatewayWatermarker:
                 import tokenizers
 
                 self._vocab[upstream.name] = tokenizers.Tokenizer.from_file(upstream.tokenizer).get_vocab_size()
+        if self.enabled:
+            for name in self._vocab:  # warm the global key's table at start-up, not on a request
+                self.bias_for(name)
 
     def bias_for(self, upstream_name: str, *, account_id: str | None = None, org_id: str | None = None,
                  cluster_id: str | None = None) -> tuple[str, dict[int, float]] | None:
@@ -40,6 +44,8 @@ class GatewayWatermarker:
         key_id = key_for(org_id=org_id, cluster_id=cluster_id)
         cached = self._cache.get((upstream_name, key_id))
         if cached is None:
+            from distillguard.watermark.schemes import Unigram
+
             scheme = Unigram(derive_key(self.settings.watermark.master_secret, key_id), self._vocab[upstream_name],
                              gamma=self.settings.watermark.gamma, delta=self.settings.watermark.delta,
                              universe=min(UNIVERSE, self._vocab[upstream_name]))
