@@ -226,7 +226,7 @@ def _open_text(path: str) -> IO[bytes]:
     if path == "-":
         return sys.stdin.buffer
     if path.endswith(".gz"):
-        return gzip.open(path, "rb")
+        return gzip.open(path, "rb")  # type: ignore[return-value]  # GzipFile is a binary IO
     return open(path, "rb")  # noqa: SIM115 - closed by the caller
 
 
@@ -283,7 +283,7 @@ class EventWriter:
         mode = "ab" if append else "wb"
         self._handle: IO[bytes]
         if self.path.name.endswith(".gz"):
-            self._handle = gzip.open(self.path, mode, compresslevel=5)  # noqa: SIM115 - closed in close()
+            self._handle = gzip.open(self.path, mode, compresslevel=5)  # type: ignore[assignment]  # noqa: SIM115 - closed in close()
         elif str(path) == "-":
             self._handle = sys.stdout.buffer
         else:

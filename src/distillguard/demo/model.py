@@ -196,7 +196,7 @@ class DemoModel:
             arrays[f"{name}_probs"] = level.probs
             arrays[f"{name}_gamma"] = level.gamma
         tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, **arrays)
+        np.savez(tmp, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as bool
         tmp.replace(path)
 
     @classmethod

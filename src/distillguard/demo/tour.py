@@ -165,7 +165,9 @@ def _traffic(tour: _Tour, seed: int) -> dict[str, Any]:
             http_client = attesting_client(api_key=acct["secret"], base_url=base_url, identity=identity,
                                            signal_overrides={"tz": tz, "utc_offset_min": offset, "locale": locale},
                                            headers={"X-Forwarded-For": ip})
-            client = openai.OpenAI(base_url=base_url, api_key=acct["secret"], max_retries=0, http_client=http_client)
+            # openai>=3 types http_client as httpx2 but accepts an httpx client at run time.
+            client = openai.OpenAI(base_url=base_url, api_key=acct["secret"], max_retries=0,
+                                   http_client=http_client)  # type: ignore[arg-type]
             messages: list[dict[str, str]] = []
             for turn in conversation:
                 messages.append({"role": "user", "content": turn})

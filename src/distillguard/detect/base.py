@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +32,7 @@ def confidence(n: int, scale: float = 12.0) -> float:
     return 1.0 - math.exp(-n / scale)
 
 
-def user_text(event: dict[str, Any]) -> str:
+def user_text(event: Mapping[str, Any]) -> str:
     """The last user message of a request (what the caller is asking now)."""
     messages = (event.get("request") or {}).get("messages") or []
     for message in reversed(messages):
@@ -58,7 +59,7 @@ class Detector(ABC):
     family: str = "distillation"
 
     @abstractmethod
-    def update(self, event: dict[str, Any]) -> None:
+    def update(self, event: Mapping[str, Any]) -> None:
         """Take one event into account (cheap, bounded memory per account)."""
 
     @abstractmethod

@@ -14,6 +14,7 @@ share, and lifts members that look light on their own.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,7 +42,7 @@ class FingerprintCollector:
     def __init__(self) -> None:
         self.accounts: dict[str, _Prints] = {}
 
-    def update(self, event: dict[str, Any]) -> None:
+    def update(self, event: Mapping[str, Any]) -> None:
         account = event.get("account_id")
         if account is None:
             return
@@ -167,16 +168,16 @@ def find_clusters(
     for members in sorted((sorted(g) for g in groups.values() if len(g) >= 3), key=lambda g: (-len(g), g[0])):
         member_set = set(members)
         shared: dict[str, int] = defaultdict(int)
-        kinds: set[str] = set()
+        link_kinds: set[str] = set()
         for pair, labels in reasons.items():
             if pair[0] in member_set and pair[1] in member_set and sum(edges[pair].values()) >= LINK_THRESHOLD:
-                kinds.update(edges[pair])
+                link_kinds.update(edges[pair])
                 for label in labels:
                     shared[label] += 1
         scores = sorted((own_scores.get(a, 0.0) for a in members), reverse=True)
         mean = sum(scores) / len(scores)
         top_half = sum(scores[: max(1, len(scores) // 2)]) / max(1, len(scores) // 2)
-        strength = logistic(len(members), 4, 1.0) * min(1.0, len(kinds - {"header_fp"}) / 2)
+        strength = logistic(len(members), 4, 1.0) * min(1.0, len(link_kinds - {"header_fp"}) / 2)
         base = 0.5 * mean + 0.5 * top_half
         score = base + (1 - base) * 0.5 * strength if base >= 0.4 else base
         ranked = [label for label, _ in sorted(shared.items(), key=lambda kv: -kv[1])]

@@ -7,6 +7,7 @@ also ask for logprobs, but for one-token answers, so length dominates here.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +33,7 @@ class TokenEconomics(Detector):
     def __init__(self) -> None:
         self.accounts: dict[str, _State] = {}
 
-    def update(self, event: dict[str, Any]) -> None:
+    def update(self, event: Mapping[str, Any]) -> None:
         account = event.get("account_id")
         if account is None:
             return

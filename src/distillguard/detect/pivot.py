@@ -10,6 +10,7 @@ work where it was on the first day.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from typing import Any
 
 from distillguard.detect.base import Detector, Evidence, confidence, logistic
@@ -25,7 +26,7 @@ class ModelPivot(Detector):
         self.first_seen: dict[str, float] = {}
         self.accounts: dict[str, dict[tuple[str, int], int]] = defaultdict(dict)
 
-    def update(self, event: dict[str, Any]) -> None:
+    def update(self, event: Mapping[str, Any]) -> None:
         account, model = event.get("account_id"), event.get("model")
         if account is None or not model:
             return

@@ -12,6 +12,7 @@ one concept alone ("explain step by step how to bake bread") score low.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,7 +69,7 @@ class ReasoningElicitation(Detector):
     def __init__(self) -> None:
         self.accounts: dict[str, _State] = {}
 
-    def update(self, event: dict[str, Any]) -> None:
+    def update(self, event: Mapping[str, Any]) -> None:
         account = event.get("account_id")
         if account is None:
             return

@@ -11,6 +11,7 @@ the same construction over the sharing and timing evidence.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from distillguard.detect.base import Detector, Evidence
@@ -56,7 +57,7 @@ class Scanner:
         self.accounts: dict[str, int] = {}
         self.skipped = 0
 
-    def update(self, event: dict[str, Any]) -> None:
+    def update(self, event: Mapping[str, Any]) -> None:
         account = event.get("account_id")
         if account is None:
             self.events += 1
@@ -109,7 +110,7 @@ class Scanner:
         combined = {a: self._combine(e) for a, e in evidence.items()}
         clusters = self._clusters({a: d for a, (d, _) in combined.items()})
         membership = {a: c for c in clusters for a in c.accounts}
-        entries = []
+        entries: list[dict[str, Any]] = []
         for account in self.accounts:
             distill, resell = combined[account]
             items = [e for e in evidence[account] if e.score > 0.0 or e.detector in ("cot_elicitation", "key_sharing")]
@@ -131,7 +132,7 @@ class Scanner:
                 "requests": self.accounts[account],
                 "evidence": [e.as_report() for e in items],
             })
-        entries.sort(key=lambda e: (-max(e["distillation_score"], e["reseller_score"]), e["account_id"]))
+        entries.sort(key=lambda e: (-max(float(e["distillation_score"]), float(e["reseller_score"])), str(e["account_id"])))
         return {"v": 1, "events": self.events, "accounts_seen": len(self.accounts), "accounts": entries,
                 "clusters": [c.as_report() for c in clusters]}
 

@@ -10,6 +10,7 @@ interleaved within an hour are counted by their opening messages.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,7 +54,7 @@ class KeySharing(Detector):
     def __init__(self) -> None:
         self.accounts: dict[str, _State] = {}
 
-    def update(self, event: dict[str, Any]) -> None:
+    def update(self, event: Mapping[str, Any]) -> None:
         account = event.get("account_id")
         if account is None:
             return

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,7 +49,7 @@ class TemplatedPrompts(Detector):
     def __init__(self) -> None:
         self.accounts: dict[str, _State] = {}
 
-    def update(self, event: dict[str, Any]) -> None:
+    def update(self, event: Mapping[str, Any]) -> None:
         account = event.get("account_id")
         if account is None:
             return

@@ -8,6 +8,7 @@ are kept (bounded) so clustering can measure synchronisation across accounts.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +36,7 @@ class Timing(Detector):
     def __init__(self) -> None:
         self.accounts: dict[str, _State] = {}
 
-    def update(self, event: dict[str, Any]) -> None:
+    def update(self, event: Mapping[str, Any]) -> None:
         account = event.get("account_id")
         if account is None:
             return

@@ -76,8 +76,8 @@ class Metrics:
         for action, n in sorted(self.policy_actions.items()):
             out.append(f'distillguard_policy_actions_total{{action="{action}"}} {n}')
         out += ["# HELP distillguard_attestations_total Attestation results, by status.", "# TYPE distillguard_attestations_total counter"]
-        for status, n in sorted(self.attestations.items()):
-            out.append(f'distillguard_attestations_total{{status="{status}"}} {n}')
+        for verdict, n in sorted(self.attestations.items()):
+            out.append(f'distillguard_attestations_total{{status="{verdict}"}} {n}')
         out += ["# HELP distillguard_in_flight_requests Requests being served now.", "# TYPE distillguard_in_flight_requests gauge",
                 f"distillguard_in_flight_requests {self.in_flight}"]
         for name, help_text, read in self.gauges:

@@ -115,7 +115,7 @@ class StreamTranslator:
 
     def _start(self) -> bytes:
         self.started = True
-        message = {
+        message: dict[str, Any] = {
             "id": _message_id(), "type": "message", "role": "assistant", "model": self.model, "content": [],
             "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": self.input_tokens, "output_tokens": 0},
         }

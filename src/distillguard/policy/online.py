@@ -87,7 +87,7 @@ class OnlineScorer:
             if not queue:
                 time.sleep(0.02)
                 continue
-            batch = []
+            batch: list[Any] = []
             while queue and len(batch) < self.batch_size:
                 batch.append(queue.popleft())
             try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,7 +47,7 @@ class RateLimitBaseline:
 
     accounts: dict[str, _Volume] = field(default_factory=lambda: defaultdict(_Volume))
 
-    def update(self, event: dict[str, Any], ts: float) -> None:
+    def update(self, event: Mapping[str, Any], ts: float) -> None:
         account = event.get("account_id")
         if account is None:
             return

@@ -26,7 +26,8 @@ _HOMES = {
     "detect_text": "service",
 }
 
-__all__ = sorted(_HOMES)
+__all__ = ["GatewayWatermarker", "HFWatermarkProcessor", "KGW", "Unigram", "derive_key", "detect_ids", "detect_text", "holm",
+           "key_for", "vllm_processor", "z_test"]
 
 
 def __getattr__(name: str) -> Any:

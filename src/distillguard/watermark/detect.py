@@ -65,7 +65,7 @@ def detect_ids(ids: list[int], vocab_size: int, master_secret: str, key_ids: Seq
     """DESIGN §6's object for token ids ``ids``; raises ``ValueError`` on an unknown key id or scheme."""
     if scheme not in ("unigram", "kgw"):
         raise ValueError(f"scheme: expected 'unigram' or 'kgw', got {scheme!r}")
-    results = []
+    results: list[dict[str, Any]] = []
     scored_count = 0
     for key_id in key_ids:
         if not valid_key_id(key_id):
@@ -76,7 +76,7 @@ def detect_ids(ids: list[int], vocab_size: int, master_secret: str, key_ids: Seq
         scored_count = max(scored_count, len(flags))
         z, p = z_test(sum(flags), len(flags), gamma)
         results.append({"key_id": key_id, "z": round(z, 4), "p_value": p})
-    corrected = holm([r["p_value"] for r in results]) if results else []
+    corrected = holm([float(r["p_value"]) for r in results]) if results else []
     output: dict[str, Any] = {
         "tokens_scored": scored_count,
         "results": results,
