@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -180,3 +181,57 @@ def test_cli_accounts_keys_export(tmp_path: Path) -> None:
     assert [json.loads(line)["request_id"] for line in exported.stdout.splitlines()] == ["req_000000", "req_000001", "req_000002"]
     bad = _cli("events", "export", "--since", "yesterday", database=database)
     assert bad.returncode == 2 and "--since" in bad.stderr
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A real 4 MiB tmpfs; skipped (with the reason) where mounting is not permitted."""
+    mount_point = tmp_path / "tiny"
+    mount_point.mkdir()
+    out = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)], capture_output=True, text=True)
+    if out.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill up here: {out.stderr.strip() or out.returncode}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def _fill(directory: Path) -> Path:
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_full_disk_holds_events_in_memory_then_delivers_them(tiny_disk: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Store and spill on a disk that fills up: events are held (and logged), then all written once space returns."""
+    url = f"sqlite:///{tiny_disk / 'db.sqlite'}"
+    sink = EventSink(url, tiny_disk / "spill", retry_interval_s=0.2, batch_size=50)
+    sink.start()
+    filler = _fill(tiny_disk)
+    big = "x" * 2000
+    for i in range(200):
+        event = _event(i)
+        event["request"]["messages"][0]["content"] = big
+        sink.submit(event)
+    deadline = time.time() + 10
+    while sink.stats["held_in_memory"] == 0 and time.time() < deadline:
+        time.sleep(0.05)
+    stats = sink.stats
+    assert stats["held_in_memory"] > 0 and stats["errors"] >= 1, stats
+    assert any("in memory and retrying" in r.getMessage() for r in caplog.records)
+    filler.unlink()  # space comes back
+    deadline = time.time() + 20
+    while sink.stats["held_in_memory"] + sink.stats["queued"] and time.time() < deadline:
+        time.sleep(0.1)
+    sink.close()
+    assert sink.stats["held_in_memory"] == 0
+    stored = sorted(e["request_id"] for e in iter_events(url))
+    assert stored == [f"req_{i:06d}" for i in range(200)]

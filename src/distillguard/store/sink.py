@@ -13,6 +13,7 @@ dropped silently, and ``stats`` says where every event is.
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import logging
 import os
@@ -72,6 +73,7 @@ class EventSink:
         self._thread: threading.Thread | None = None
         self._spill_seq = itertools.count()
         self._next_retry = 0.0
+        self._next_spill_complaint = 0.0
         self.store_ok = True
         self.written = 0
         self.spilled = 0
@@ -120,6 +122,10 @@ class EventSink:
     def _run(self) -> None:
         self._replay_spill()
         while not self._stop.is_set():
+            if self._held and time.monotonic() < self._next_retry:
+                # Neither store nor spill took the last batch (disk full): back off instead of spinning.
+                self._stop.wait(min(1.0, self._next_retry - time.monotonic()))
+                continue
             if not self._queue and not self._held:
                 self._stop.wait(self.flush_interval_s)
                 if self._spill_files() and (self.store_ok or time.monotonic() >= self._next_retry):
@@ -136,11 +142,14 @@ class EventSink:
 
     def _drain_all(self, *, final: bool) -> None:
         held, self._held = self._held, []
-        for batch in held:
+        for i, batch in enumerate(held):
             self._deliver(batch)
+            if self._held and not final:  # still nowhere to put it: keep the rest, in order, for the next try
+                self._held.extend(held[i + 1 :])
+                return
         while self._queue:
             self._deliver(self._take_batch())
-            if not final and self._stop.is_set():
+            if not final and (self._stop.is_set() or self._held):
                 break
         if final and self._held:
             log.error("%d events could be neither stored nor spilled at shutdown; writing them to stderr-adjacent dump",
@@ -188,17 +197,23 @@ class EventSink:
 
     def _spill(self, batch: list[dict[str, Any]]) -> None:
         name = f"spill-{time.time_ns()}-{os.getpid()}-{next(self._spill_seq)}.jsonl"
+        tmp = self.spill_dir / (name + ".part")
         try:
             self.spill_dir.mkdir(parents=True, exist_ok=True)
-            tmp = self.spill_dir / (name + ".part")
             with open(tmp, "wb") as handle:
                 handle.write(b"".join(orjson.dumps(e) + b"\n" for e in batch))
                 handle.flush()
                 os.fsync(handle.fileno())
             tmp.rename(self.spill_dir / name)
         except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()  # a half-written part file would eat the space we are waiting for
             self.errors += 1
-            log.error("cannot spill %d events to %s (%s); holding them in memory and retrying", len(batch), self.spill_dir, exc)
+            now = time.monotonic()
+            if now >= self._next_spill_complaint:
+                log.error("cannot spill %d events to %s (%s); holding %d events in memory and retrying every %.1fs", len(batch),
+                          self.spill_dir, exc, len(batch) + sum(len(b) for b in self._held), self.retry_interval_s)
+                self._next_spill_complaint = now + 30.0
             self._held.append(batch)
             self._next_retry = time.monotonic() + self.retry_interval_s
             return
