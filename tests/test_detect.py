@@ -113,6 +113,26 @@ def test_hydra_cluster_is_found_and_lifts_light_members() -> None:
     assert all(entry(report, f"user{u}")["cluster_id"] is None for u in range(5))
 
 
+def _hydra(scanner: Scanner, prefix: str, subnet: int, system: str, template: str) -> None:
+    for i in range(40):
+        for k in range(6):
+            scanner.update(ev(f"{prefix}{k}", T0 + i * 900 + k * 7 + subnet * 300, template.format(n=i * 7 + k), system=system,
+                              completion=700, max_tokens=4096, ip=f"10.{subnet}.9.{k + 1}", hosting=True))
+
+
+def test_cluster_ids_do_not_change_when_another_cluster_appears() -> None:
+    alone = Scanner()
+    _hydra(alone, "zed", 9, "You are a meticulous expert tutor. Always answer completely.", "Question: item {n}\n\nProvide a complete solution.")
+    [first] = alone.report()["clusters"]
+    both = Scanner()
+    _hydra(both, "aaa", 8, "Reply as a senior engineer; include every edge case.",  # ranks before the first one
+           "Write a Python function for task number {n} and explain the complexity of the solution in detail.")
+    _hydra(both, "zed", 9, "You are a meticulous expert tutor. Always answer completely.", "Question: item {n}\n\nProvide a complete solution.")
+    ids = {tuple(sorted(c["accounts"])): c["cluster_id"] for c in both.report()["clusters"]}
+    assert len(ids) == 2
+    assert ids[tuple(sorted(first["accounts"]))] == first["cluster_id"]
+
+
 def test_model_pivot_within_a_day_of_release() -> None:
     scanner = Scanner()
     release = T0 + 5 * 86400

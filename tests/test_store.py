@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import subprocess
@@ -92,6 +93,12 @@ def test_export_since(database_url: str, tmp_path: Path) -> None:
     sink.close()
     since = format_ts(1_790_000_000 + 500)
     assert [e["request_id"] for e in iter_events(database_url, since)] == [f"req_{i * 100:06d}" for i in range(5, 10)]
+    # The same instant written with a UTC offset and without milliseconds selects the same events.
+    shifted = dt.datetime.fromtimestamp(1_790_000_000 + 500, dt.timezone(dt.timedelta(hours=2))).isoformat()
+    assert "+02:00" in shifted
+    assert [e["request_id"] for e in iter_events(database_url, shifted)] == [f"req_{i * 100:06d}" for i in range(5, 10)]
+    with pytest.raises(ValueError):
+        list(iter_events(database_url, "yesterday"))
 
 
 def test_postgres_down_spills_then_replays(postgres: PostgresServer, tmp_path: Path) -> None:  # noqa: F811
@@ -235,3 +242,18 @@ def test_full_disk_holds_events_in_memory_then_delivers_them(tiny_disk: Path, ca
     assert sink.stats["held_in_memory"] == 0
     stored = sorted(e["request_id"] for e in iter_events(url))
     assert stored == [f"req_{i:06d}" for i in range(200)]
+
+
+def test_retention_purges_old_events_only(database_url: str, tmp_path: Path) -> None:
+    sink = EventSink(database_url, tmp_path / "spill", retention_days=30)
+    day = 86400
+    now = 1_790_000_000 + 100 * day
+    for i, age_days in enumerate([200, 31, 29.9, 1, 0]):
+        event = _event(i)
+        event["ts"] = format_ts(now - age_days * day)
+        sink.submit(event)
+    sink._drain_all(final=True)
+    assert sink.purge_expired(now=now) == 2
+    assert sorted(e["request_id"] for e in iter_events(database_url)) == ["req_000002", "req_000003", "req_000004"]
+    assert sink.stats["purged"] == 2
+    sink.close()

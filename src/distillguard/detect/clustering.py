@@ -13,6 +13,7 @@ share, and lifts members that look light on their own.
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -65,6 +66,17 @@ class FingerprintCollector:
             add("hosting_net", f"AS{geo.get('asn')} {ip.rsplit('.', 1)[0]}.0/24" if "." in ip else None)
         add("header_fp", client.get("header_fp"))
         add("org", event.get("org_id"))
+
+
+def stable_cluster_id(members: list[str]) -> str:
+    """A cluster id that survives re-scans: derived from a member, not from the cluster's rank.
+
+    The ``cluster:<id>`` watermark key and review items refer to it, so it must
+    not be renumbered when another cluster appears. It is derived from the
+    smallest member account id, so it stays the same as long as that account
+    stays in the cluster, whatever other accounts join or leave.
+    """
+    return "cl_" + hashlib.blake2b(min(members).encode(), digest_size=5).hexdigest()
 
 
 @dataclass
@@ -181,5 +193,5 @@ def find_clusters(
         base = 0.5 * mean + 0.5 * top_half
         score = base + (1 - base) * 0.5 * strength if base >= 0.4 else base
         ranked = [label for label, _ in sorted(shared.items(), key=lambda kv: -kv[1])]
-        clusters.append(Cluster(f"cl_{len(clusters) + 1}", members, min(1.0, score), ranked[:8]))
+        clusters.append(Cluster(stable_cluster_id(members), members, min(1.0, score), ranked[:8]))
     return clusters

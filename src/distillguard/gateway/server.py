@@ -26,7 +26,7 @@ def build_gateway(settings: Settings) -> Gateway:
     from distillguard.watermark.gateway import GatewayWatermarker
 
     registry = Registry(settings.database)
-    sink = EventSink(settings.database, settings.spill_dir)
+    sink = EventSink(settings.database, settings.spill_dir, retention_days=settings.privacy.retention_days)
     signals = SignalCollector(settings, install_keys=registry.install_keys, enroll_store=registry.enroll_install)
     watermarker = GatewayWatermarker(settings)
     plugins: list[Any] = [watermarker]

@@ -148,13 +148,14 @@ def evaluate(paths: list[str], labels: dict[str, Any], checkpoints: int = 40) ->
         for name, score_of in (("ours", lambda a, f=field_name: ours[a][f]), ("baseline", baseline.score)):
             pos = [score_of(a) for a in positives]
             neg = [score_of(a) for a in negatives]
-            high = [a for a in ours if (max(ours[a]["distillation_score"], ours[a]["reseller_score"]) if name == "ours" else baseline.score(a)) >= HIGH]
+            # Precision of this class's score: of the accounts it puts in the high band, the share that are of this class.
+            high = [a for a in ours if score_of(a) >= HIGH]
             metrics: dict[str, Any] = {
                 "roc_auc": _roc_auc(pos, neg),
                 **{f"recall_at_fpr_{f:g}": _recall_at_fpr(pos, neg, f) for f in FPRS},
                 "recall_at_high": (sum(1 for p in pos if p >= HIGH) / len(pos)) if pos else None,
                 "false_positives_at_high": sum(1 for n in neg if n >= HIGH),
-                "high_band_precision": (sum(1 for a in high if account_labels.get(a) not in NEGATIVE) / len(high)) if high else None,
+                "high_band_precision": (sum(1 for a in high if account_labels.get(a) == cls) / len(high)) if high else None,
             }
             if cls == "distiller":
                 hours = [detected[name][a][0] / 3600 for a in positives if a in detected[name]]

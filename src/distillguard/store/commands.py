@@ -10,7 +10,7 @@ import orjson
 
 from distillguard.config import load_settings
 from distillguard.exceptions import NotFoundError, UsageError
-from distillguard.store.export import iter_event_lines
+from distillguard.store.export import iter_event_lines, normalise_since
 from distillguard.store.registry import Registry
 
 __all__ = ["accounts_create", "accounts_list", "events_export", "keys_create", "keys_revoke"]
@@ -74,9 +74,9 @@ def events_export(args: argparse.Namespace) -> int:
     since = args.since
     if since:
         try:
-            dt.datetime.fromisoformat(since.replace("Z", "+00:00"))
+            since = normalise_since(since)
         except ValueError:
-            raise UsageError(f"--since: not an ISO-8601 timestamp: {since!r}") from None
+            raise UsageError(f"--since: not an ISO-8601 timestamp (e.g. 2026-11-20T10:00:00Z): {since!r}") from None
     out = sys.stdout.buffer
     for line in iter_event_lines(load_settings(args.config).database, since):
         out.write(line + b"\n")

@@ -8,10 +8,20 @@ from typing import Any
 import orjson
 from sqlalchemy import select
 
+from distillguard.events import format_ts, parse_ts
 from distillguard.store import schema
 from distillguard.store.engine import make_engine
 
-__all__ = ["iter_event_lines", "iter_events"]
+__all__ = ["iter_event_lines", "iter_events", "normalise_since"]
+
+
+def normalise_since(since: str) -> str:
+    """Any ISO-8601 timestamp (offset or not) as the stored form, so string order is time order.
+
+    Stored ``ts`` values are UTC with milliseconds and ``Z``; comparing a
+    ``+02:00`` timestamp to them as text would be wrong. Raises ``ValueError``.
+    """
+    return format_ts(parse_ts(since.strip()))
 
 
 def iter_event_lines(database_url: str, since: str | None = None, *, chunk: int = 2000) -> Iterator[bytes]:
@@ -21,7 +31,7 @@ def iter_event_lines(database_url: str, since: str | None = None, *, chunk: int 
     try:
         query = select(schema.events.c.body).order_by(schema.events.c.ts, schema.events.c.seq)
         if since:
-            query = query.where(schema.events.c.ts >= since)
+            query = query.where(schema.events.c.ts >= normalise_since(since))
         with engine.connect() as conn:
             result = conn.execution_options(stream_results=True, yield_per=chunk).execute(query)
             for (body,) in result:

@@ -27,6 +27,7 @@ from sqlalchemy import Engine, insert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from distillguard.events import format_ts
 from distillguard.store import schema
 from distillguard.store.engine import make_engine
 
@@ -58,6 +59,8 @@ class EventSink:
         high_water: int = 200_000,
         retry_interval_s: float = 2.0,
         engine: Engine | None = None,
+        retention_days: int | None = None,
+        purge_interval_s: float = 3600.0,
     ) -> None:
         self.database_url = database_url
         self.engine = engine or make_engine(database_url)
@@ -74,6 +77,10 @@ class EventSink:
         self._spill_seq = itertools.count()
         self._next_retry = 0.0
         self._next_spill_complaint = 0.0
+        self.retention_days = retention_days
+        self.purge_interval_s = purge_interval_s
+        self._next_purge = time.monotonic() + min(60.0, purge_interval_s)  # first purge soon after start
+        self.purged = 0
         self.store_ok = True
         self.written = 0
         self.spilled = 0
@@ -113,6 +120,7 @@ class EventSink:
             "written": self.written,
             "spilled": self.spilled,
             "replayed": self.replayed,
+            "purged": self.purged,
             "errors": self.errors,
             "store_ok": self.store_ok,
             "spill_files": len(self._spill_files()),
@@ -126,6 +134,8 @@ class EventSink:
                 # Neither store nor spill took the last batch (disk full): back off instead of spinning.
                 self._stop.wait(min(1.0, self._next_retry - time.monotonic()))
                 continue
+            if self.retention_days is not None and time.monotonic() >= self._next_purge:
+                self.purge_expired()
             if not self._queue and not self._held:
                 self._stop.wait(self.flush_interval_s)
                 if self._spill_files() and (self.store_ok or time.monotonic() >= self._next_retry):
@@ -178,6 +188,28 @@ class EventSink:
                     self._replay_spill()
                 return
         self._spill(batch)
+
+    def purge_expired(self, now: float | None = None) -> int:
+        """Delete stored events older than ``retention_days`` (privacy.retention_days); returns how many.
+
+        Runs on the writer thread, so it never competes with the hot path, and
+        in one statement per call: ``ts`` is stored in one fixed UTC format,
+        so text order is time order.
+        """
+        self._next_purge = time.monotonic() + self.purge_interval_s
+        if self.retention_days is None:
+            return 0
+        cutoff = format_ts((time.time() if now is None else now) - self.retention_days * 86400)
+        try:
+            with self.engine.begin() as conn:
+                deleted = conn.execute(schema.events.delete().where(schema.events.c.ts < cutoff)).rowcount or 0
+        except Exception as exc:
+            log.warning("retention purge deferred (%s)", exc)
+            return 0
+        if deleted:
+            self.purged += deleted
+            log.info("retention: deleted %d events older than %d days (before %s)", deleted, self.retention_days, cutoff)
+        return int(deleted)
 
     def _write_rows(self, rows: list[dict[str, Any]]) -> None:
         if not rows:

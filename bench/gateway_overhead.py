@@ -1,0 +1,191 @@
+"""Gateway overhead: the same load against the upstream directly, distillguard, and LiteLLM's proxy, in one run.
+
+    python bench/gateway_overhead.py [--duration 8] [--skip-litellm]
+
+Needs ``wrk`` (Debian package) as the load generator, so the client is not the
+bottleneck, and LiteLLM in its own venv (``bench/.venv-litellm``, created with
+``python -m venv bench/.venv-litellm && bench/.venv-litellm/bin/pip install 'litellm[proxy]'``).
+distillguard runs with every feature of the gateway on: auth, limits, the
+event log (SQLite), client signals and online scoring.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+LITELLM = ROOT / "bench" / ".venv-litellm" / "bin" / "litellm"
+BODY = {"model": "bench-model", "messages": [{"role": "user", "content": "Say something about benchmarks."}], "max_tokens": 256}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait(url: str, timeout: float = 120, headers: dict[str, str] | None = None) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if httpx.get(url, timeout=2, headers=headers).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise SystemExit(f"{url} did not come up")
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants, in MB."""
+    total = 0
+    pids = [pid]
+    while pids:
+        current = pids.pop()
+        try:
+            for line in Path(f"/proc/{current}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+            pids.extend(int(c) for c in children)
+        except (OSError, ValueError):
+            continue
+    return total / 1024
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+
+
+def run_wrk(url: str, connections: int, duration: int, stream: bool, key: str | None) -> dict[str, float]:
+    body = dict(BODY, stream=stream)
+    lua = f'wrk.method = "POST"\nwrk.body = {json.dumps(json.dumps(body))}\nwrk.headers["Content-Type"] = "application/json"\n'
+    if key:
+        lua += f'wrk.headers["Authorization"] = "Bearer {key}"\n'
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(lua)
+    threads = 1 if connections == 1 else 2
+    out = subprocess.run(["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration}s", "--timeout", "10s", "--latency", "-s", script.name, url],
+                         capture_output=True, text=True, timeout=duration + 60)
+    os.unlink(script.name)
+    text = out.stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))  # type: ignore[union-attr]
+    latencies = {}
+    for pct, value, unit in re.findall(r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s)\s*$", text, re.M):
+        latencies[pct] = float(value) * _UNITS[unit]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    return {"rps": rps, "p50_ms": latencies.get("50", float("nan")), "p99_ms": latencies.get("99", float("nan")),
+            "non_2xx": int(errors.group(1)) if errors else 0,
+            "socket_errors": sum(int(n) for n in socket_errors.groups()) if socket_errors else 0}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--duration", type=int, default=8)
+    parser.add_argument("--skip-litellm", action="store_true")
+    parser.add_argument("--json", metavar="FILE")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is needed: apt-get install wrk")
+    work = Path(tempfile.mkdtemp(prefix="dg-bench-"))
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def spawn(cmd: list[str], log: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        with open(work / log, "wb") as handle:  # the child keeps its own copy of the descriptor
+            proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, cwd=work, env={**os.environ, **(env or {})},
+                                    start_new_session=True)
+        procs.append(proc)
+        return proc
+
+    try:
+        up_port = free_port()
+        spawn([PYTHON, str(ROOT / "bench" / "fast_upstream.py"), "--port", str(up_port)], "upstream.log")
+        upstream = f"http://127.0.0.1:{up_port}/v1"
+        wait(upstream + "/models")
+        dg_port = free_port()
+        config = {"listen": f"127.0.0.1:{dg_port}", "database": f"sqlite:///{work / 'dg.db'}", "admin_token": "bench", "spill_dir": str(work / "spill"),
+                  "log_level": "warning", "upstreams": [{"name": "fast", "base_url": upstream, "models": ["*"]}],
+                  "limits": {"requests_per_min": 10_000_000, "tokens_per_min": 10_000_000_000, "concurrent_requests": 1000, "daily_tokens": None}}
+        (work / "dg.yaml").write_text(json.dumps(config))
+        dg = spawn([PYTHON, "-m", "distillguard.cli", "serve", "--config", str(work / "dg.yaml")], "distillguard.log")
+        dg_root = f"http://127.0.0.1:{dg_port}"
+        wait(dg_root + "/healthz")
+        admin = {"Authorization": "Bearer bench"}
+        account = httpx.post(dg_root + "/admin/v1/accounts", json={"name": "bench"}, headers=admin).json()
+        key = httpx.post(dg_root + f"/admin/v1/accounts/{account['account_id']}/keys", json={}, headers=admin).json()["secret"]
+        targets = [("upstream (direct)", upstream + "/chat/completions", None, None), ("distillguard", dg_root + "/v1/chat/completions", key, dg)]
+        if not args.skip_litellm and LITELLM.exists():
+            ll_port = free_port()
+            (work / "litellm.yaml").write_text(
+                "model_list:\n  - model_name: bench-model\n    litellm_params:\n      model: openai/bench-model\n"
+                f"      api_base: {upstream}\n      api_key: unused\n")
+            # LiteLLM refuses to start without a master key; with one and no database it checks only that key.
+            ll_key = "sk-bench-" + "0" * 32
+            ll = spawn([str(LITELLM), "--config", str(work / "litellm.yaml"), "--port", str(ll_port), "--host", "127.0.0.1"], "litellm.log",
+                       env={"LITELLM_LOG": "ERROR", "LITELLM_MASTER_KEY": ll_key})
+            wait(f"http://127.0.0.1:{ll_port}/health/liveliness", timeout=240)
+            targets.append(("litellm proxy", f"http://127.0.0.1:{ll_port}/v1/chat/completions", ll_key, ll))
+        elif not args.skip_litellm:
+            print(f"note: {LITELLM} not found; LiteLLM column skipped (see the docstring to create it)", file=sys.stderr)
+        results: dict[str, dict[str, dict[str, float]]] = {}
+        for name, url, auth, proc in targets:
+            for stream in (False, True):
+                for conns in (1, 64):
+                    label = f"{'stream' if stream else 'json'} c={conns}"
+                    run_wrk(url, conns, 2, stream, auth)  # warm-up
+                    result = run_wrk(url, conns, args.duration if conns > 1 else max(4, args.duration // 2), stream, auth)
+                    if proc is not None:
+                        result["rss_mb"] = rss_mb(proc.pid)
+                    results.setdefault(name, {})[label] = result
+                    print(f"  {name:<18} {label:<14} {result['rps']:>9.0f} req/s  p50 {result['p50_ms']:.2f} ms  p99 {result['p99_ms']:.2f} ms"
+                          + (f"  non-2xx {result['non_2xx']}" if result["non_2xx"] else "")
+                          + (f"  socket errors {result['socket_errors']}" if result["socket_errors"] else ""), file=sys.stderr, flush=True)
+        direct = results["upstream (direct)"]
+        print("\n| load | target | req/s | vs upstream | added p50 (ms) | added p99 (ms) | RSS (MB) | errors |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|")
+        for label in direct:
+            for name in results:
+                r = results[name][label]
+                d = direct[label]
+                ratio = r["rps"] / d["rps"]
+                added50 = "—" if name.startswith("upstream") else f"{r['p50_ms'] - d['p50_ms']:.2f}"
+                added99 = "—" if name.startswith("upstream") else f"{r['p99_ms'] - d['p99_ms']:.2f}"
+                rss = f"{r['rss_mb']:.0f}" if "rss_mb" in r else "—"
+                errs = int(r["non_2xx"] + r["socket_errors"])
+                print(f"| {label} | {name} | {r['rps']:.0f} | {ratio:.0%} | {added50} | {added99} | {rss} | {errs} |")
+        if "litellm proxy" in results:
+            print("\n| load | distillguard / LiteLLM throughput |")
+            print("|---|---:|")
+            for label in direct:
+                print(f"| {label} | {results['distillguard'][label]['rps'] / max(1e-9, results['litellm proxy'][label]['rps']):.1f}× |")
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2))
+        return 0
+    finally:
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
