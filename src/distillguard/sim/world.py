@@ -1,8 +1,11 @@
 """The simulated world's geography and networks: countries, timezones, ASNs, address ranges.
 
-All addresses come from documentation and private-use style ranges laid out per
-ASN, so no simulated event points at a real network. ASN numbers are real
-public ones only for the shape of the data (ISPs vs hosting providers).
+Addresses are synthetic: each ASN gets a block derived from a hash of its
+number (first octet 11–210), so they lie in public address space and are NOT
+the ASN's real prefixes — a simulated IP must never be looked up or acted on.
+ASN numbers are real public ones only for the shape of the data (ISPs vs
+hosting providers); the simulator records geo fields directly instead of
+resolving addresses.
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ def user_agent(rng: random.Random) -> tuple[str, str]:
 
 
 class Network:
-    """Deterministic address space: each ASN owns a /16 inside 10.0.0.0/8-like numbering."""
+    """Deterministic synthetic address space: each ASN owns a /16 chosen by hashing its number."""
 
     @staticmethod
     def ip_in(asn: int, rng: random.Random, subnet: int | None = None) -> str:
