@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     _command(sub, "serve", "distillguard.gateway.server:serve_command", "run the gateway")
 
     demo = _command(sub, "demo", "distillguard.demo.tour:demo_command", "the one-command tour")
-    demo.add_argument("--no-wait", action="store_true", help="exit after printing the summary")
+    demo.add_argument("--serve", action="store_true", help="keep the demo model and gateway running after the summary (Ctrl-C stops)")
+    demo.add_argument("--no-wait", action="store_true", help=argparse.SUPPRESS)  # the old default-off flag; exiting is now the default
 
     demo_model = _command(
         sub, "demo-model", "distillguard.demo.server:demo_model_command", "serve the small CPU demo model"

@@ -25,10 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 
 __all__ = ["demo_command"]
 
 ADMIN_TOKEN = "demo-admin-token"
+WATERMARK_SECRET = "demo-watermark-master-secret"
 
 
 def _port_free(port: int) -> bool:
@@ -85,19 +87,24 @@ class _Tour:
     def start(self) -> None:
         for stale in self.workdir.glob("distillguard.db*"):
             stale.unlink()
+        model, model_log = self._spawn(["demo-model", "--port", str(self.model_port)], "demo-model.log")
+        _wait(f"http://127.0.0.1:{self.model_port}/v1/models", model, "demo model", model_log)
+        # Black-box watermarking needs only the upstream's tokenizer: the demo model publishes its own.
+        self.tokenizer_path = self.workdir / "tokenizer.json"
+        self.tokenizer_path.write_bytes(httpx.get(f"http://127.0.0.1:{self.model_port}/v1/tokenizer", timeout=30).content)
         config = {
             "listen": f"127.0.0.1:{self.gateway_port}",
             "database": f"sqlite:///{self.workdir / 'distillguard.db'}",
             "admin_token": ADMIN_TOKEN,
             "spill_dir": str(self.workdir / "spill"),
-            "upstreams": [{"name": "demo", "base_url": f"http://127.0.0.1:{self.model_port}/v1", "protocol": "openai", "models": ["*"]}],
+            "upstreams": [{"name": "demo", "base_url": f"http://127.0.0.1:{self.model_port}/v1", "protocol": "openai", "models": ["*"],
+                           "watermark": "logit_bias", "tokenizer": str(self.tokenizer_path)}],
+            "watermark": {"enabled": True, "master_secret": WATERMARK_SECRET},
             "network": {"trusted_proxies": ["127.0.0.1/32"]},
             "limits": {"requests_per_min": 120, "tokens_per_min": 200_000, "concurrent_requests": 8, "daily_tokens": 5_000_000},
         }
         config_path = self.workdir / "gateway.yaml"
         config_path.write_text(json.dumps(config, indent=2))  # JSON is valid YAML
-        model, model_log = self._spawn(["demo-model", "--port", str(self.model_port)], "demo-model.log")
-        _wait(f"http://127.0.0.1:{self.model_port}/v1/models", model, "demo model", model_log)
         gateway, gateway_log = self._spawn(["serve", "--config", str(config_path)], "gateway.log")
         _wait(self.root + "/healthz", gateway, "gateway", gateway_log)
         self.config_path = config_path
@@ -212,6 +219,39 @@ def _scan(tour: _Tour) -> dict[str, Any]:
     return scanner.report()
 
 
+def _provenance(tour: _Tour, report: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """Test what a harvester collected — the outputs a flagged cluster received — per marking key, and against a wrong key.
+
+    The gateway marks with the global key until the online scorer puts an
+    account in a cluster, then with that cluster's key; each set of responses
+    is tested with the key the event log says marked it.
+    """
+    events = [orjson.loads(line) for line in (tour.workdir / "events.jsonl").read_bytes().splitlines() if line.strip()]
+    checks: list[tuple[str, str, dict[str, Any]]] = []
+    for cluster in report.get("clusters", [])[:1]:
+        members = set(cluster["accounts"])
+        by_key: dict[str, list[str]] = {}
+        for event in events:
+            key_id = (event.get("watermark") or {}).get("key_id")
+            if event.get("account_id") in members and key_id and event["response"].get("text"):
+                by_key.setdefault(key_id, []).append(event["response"]["text"])
+        for key_id, texts in sorted(by_key.items(), key=lambda kv: -len(kv[1])):
+            for tested in (key_id, "org:someone-else"):
+                result = httpx.post(tour.root + "/admin/v1/watermark/detect", headers=tour.admin_headers, timeout=120,
+                                    json={"text": "\n".join(texts), "key_ids": [tested], "tokenizer": str(tour.tokenizer_path)}).json()
+                checks.append((f"{len(texts)} responses marked {key_id}", tested, result))
+    return checks
+
+
+def _print_policy(tour: _Tour, names: dict[str, str]) -> None:
+    flagged = httpx.get(tour.root + "/admin/v1/flagged", headers=tour.admin_headers, timeout=30).json()
+    accounts = flagged.get("accounts", [])
+    print(f"\n  online policy (the gateway's own scorer, live): {len(accounts)} accounts flagged, {len(flagged.get('clusters', []))} clusters")
+    for entry in accounts[:6]:
+        print(f"    {entry['account_id']:<22} {names.get(entry['account_id'], '?')[:20]:<20} "
+              f"distill {entry['distillation_score']:.2f}  resell {entry['reseller_score']:.2f}  risk {entry.get('risk', '?')}")
+
+
 def demo_command(args: argparse.Namespace) -> int:
     workdir = Path(os.environ.get("DG_DEMO_DIR", ".demo")).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -242,11 +282,19 @@ def demo_command(args: argparse.Namespace) -> int:
                   f"{entry['distillation_score']:>7.2f} {entry['reseller_score']:>7.2f}  {entry['risk']:<6}  {evidence[:70]}")
         for cluster in report.get("clusters", []):
             print(f"    cluster {cluster['cluster_id']}: {len(cluster['accounts'])} accounts, score {cluster['score']:.2f}, shared: {', '.join(cluster['shared'][:4])}")
+        _print_policy(tour, names)
+        checks = _provenance(tour, report)
+        if checks:
+            print("\n  provenance: the gateway marked every response with a keyed logit_bias watermark; testing what the cluster harvested:")
+            for subject, key_id, result in checks:
+                best = min((r["p_value"] for r in result.get("results", [])), default=1.0)
+                print(f"    {subject:<40} tested with {key_id:<22} {result.get('verdict', '?'):<13} p = {best:.2g}  "
+                      f"({result.get('tokens_scored', 0)} distinct tokens)")
         print("\n  where to look:")
         print(f"    gateway (OpenAI/Anthropic API): {tour.root}/v1   admin API: {tour.root}/admin/v1/  (Bearer {ADMIN_TOKEN})")
         print(f"    metrics: {tour.root}/metrics   events: {workdir / 'events.jsonl'}   report: {workdir / 'report.json'}")
         print(f"    try: distillguard scan {workdir / 'events.jsonl'}")
-        if args.no_wait:
+        if not args.serve:
             return 0
         print("\n  serving until Ctrl-C …", flush=True)
         while all(p.poll() is None for p in tour.procs):
