@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import signal
 import socket
@@ -15,8 +16,11 @@ from pathlib import Path
 import anthropic
 import httpx
 import openai
+import orjson
 import pytest
 
+from distillguard.events import parse_ts
+from distillguard.gateway.errors import error_body, error_type
 from distillguard.store import iter_events
 from tests.gateway_fixtures import RunningGateway, start_gateway
 from tests.upstream_stub import UpstreamStub, free_port
@@ -34,6 +38,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, stub: UpstreamStub) -> Ite
     dead_port = free_port()  # nothing listens here: connection refused
     upstreams = [
         {"name": "dead", "base_url": f"http://127.0.0.1:{dead_port}/v1", "protocol": "openai", "models": ["dead-model"]},
+        {"name": "stub-anthropic", "base_url": stub.base_url, "protocol": "anthropic", "models": ["claude-*"], "timeout_s": 1},
         {"name": "stub", "base_url": stub.base_url, "protocol": "openai", "models": ["*"], "timeout_s": 1},
     ]
     gw = start_gateway(tmp_path_factory.mktemp("faults"), upstreams=upstreams, max_body_bytes=20_000)
@@ -178,6 +183,86 @@ def test_upstream_error_status_is_passed_through(gateway: RunningGateway, key: d
     with pytest.raises(openai.InternalServerError) as info:
         client.chat.completions.create(model="stub-500", messages=[{"role": "user", "content": "hi"}])
     assert "upstream exploded" in str(info.value)
+
+
+def test_non_json_upstream_errors_are_wrapped_in_the_callers_shape(gateway: RunningGateway, key: dict[str, str]) -> None:
+    """A proxy's HTML 502 page or a plain-text 503 must not reach an SDK labelled as JSON: status kept, body API-shaped."""
+    client = openai.OpenAI(base_url=gateway.base_url, api_key=key["secret"], max_retries=0)
+    with pytest.raises(openai.APIStatusError) as info:
+        client.chat.completions.create(model="stub-html-502", messages=[{"role": "user", "content": "hi"}])
+    assert info.value.status_code == 502
+    assert info.value.response.headers["content-type"] == "application/json"
+    error = info.value.response.json()["error"]
+    assert error["type"] == "upstream_error" and error["code"] == "upstream_error"
+    assert "502 Bad Gateway" in error["message"] and "nginx" in error["message"] and "<" not in error["message"]
+    with pytest.raises(openai.APIStatusError) as info:
+        client.completions.create(model="stub-text-503", prompt="hi")
+    assert info.value.status_code == 503
+    assert "upstream connect error" in info.value.response.json()["error"]["message"]
+
+    a_client = anthropic.Anthropic(base_url=gateway.root_url, api_key=key["secret"], max_retries=0)
+    for model, status in (("claude-html-502", 502), ("claude-text-503", 503), ("stub-html-502", 502)):  # native, native, translated
+        with pytest.raises(anthropic.APIStatusError) as a_info:
+            a_client.messages.create(model=model, max_tokens=5, messages=[{"role": "user", "content": "hi"}])
+        assert a_info.value.status_code == status
+        body = a_info.value.response.json()
+        assert body["type"] == "error" and body["error"]["type"] in ("api_error", "overloaded_error")
+        assert body["error"]["message"].startswith(f"Upstream error (HTTP {status}):")
+    # The upstream's own JSON error object still passes through untouched.
+    with pytest.raises(openai.InternalServerError) as json_info:
+        client.chat.completions.create(model="stub-500", messages=[{"role": "user", "content": "hi"}])
+    assert json_info.value.response.json()["error"]["message"] == "upstream exploded"
+    assert _events_with_error(gateway, "upstream_http_502")
+    assert "non-JSON body (text/html" in gateway.log()
+
+
+def test_405_and_409_are_invalid_request_errors(gateway: RunningGateway, key: dict[str, str]) -> None:
+    wrong_method = httpx.get(gateway.base_url + "/chat/completions", timeout=10)
+    assert wrong_method.status_code == 405
+    assert wrong_method.json()["error"]["type"] == "invalid_request_error"
+    wrong_method = httpx.get(gateway.base_url + "/messages", timeout=10)
+    assert wrong_method.status_code == 405
+    assert wrong_method.json() == {"type": "error", "error": {"type": "invalid_request_error", "message": wrong_method.json()["error"]["message"]}}
+
+    # 409 (an enrollment conflict, docs/attestation.md) goes through the same mapping, in both shapes.
+    assert orjson.loads(error_body("openai", 409, "conflict", "x"))["error"]["type"] == "invalid_request_error"
+    assert orjson.loads(error_body("anthropic", 409, "conflict", "x"))["error"]["type"] == "invalid_request_error"
+    # Any other client error is still a client error, never a server error.
+    assert error_type("openai", 418) == error_type("anthropic", 418) == "invalid_request_error"
+    assert (error_type("openai", 599), error_type("anthropic", 599)) == ("server_error", "api_error")
+
+
+def test_events_since_is_validated_and_compared_as_time(gateway: RunningGateway, key: dict[str, str]) -> None:
+    for bad in ("yesterday", "2026-13-01T00:00:00Z"):
+        response = gateway.admin("GET", "/admin/v1/events", params={"since": bad})
+        assert response.status_code == 400
+        error = response.json()["error"]
+        assert error["type"] == "invalid_request_error" and error["code"] == "invalid_since"
+        assert "since" in error["message"] and "ISO-8601" in error["message"] and bad in error["message"]
+    _post(gateway, key["secret"], {"model": "stub-1", "messages": [{"role": "user", "content": "since-probe"}]})
+    deadline = time.time() + 5
+    mine: list[dict] = []
+    while not mine and time.time() < deadline:
+        mine = [e for e in gateway.events() if e["request"]["messages"] and e["request"]["messages"][0]["content"] == "since-probe"]
+        time.sleep(0.1)
+    assert mine
+    request_id, when = mine[0]["request_id"], parse_ts(mine[0]["ts"])
+    plus_two = dt.timezone(dt.timedelta(hours=2))
+
+    def ids_since(offset_s: float, *, raw_plus: bool = False) -> set[str]:
+        since = dt.datetime.fromtimestamp(when + offset_s, plus_two).isoformat()  # e.g. 2026-11-20T12:00:00.123000+02:00
+        if raw_plus:  # written into the URL unencoded, as with curl: the '+' arrives as a space
+            response = httpx.get(f"{gateway.root_url}/admin/v1/events?since={since}",
+                                 headers={"Authorization": f"Bearer {gateway.admin_token}"}, timeout=30)
+        else:
+            response = gateway.admin("GET", "/admin/v1/events", params={"since": since})
+        assert response.status_code == 200, response.text
+        return {orjson.loads(line)["request_id"] for line in response.content.splitlines() if line.strip()}
+
+    assert request_id in ids_since(-1.0)
+    assert request_id not in ids_since(+1.0)
+    assert request_id in ids_since(-1.0, raw_plus=True)
+    assert request_id not in ids_since(+1.0, raw_plus=True)
 
 
 def test_rate_limit_is_429_with_retry_after(gateway: RunningGateway) -> None:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anthropic
 import httpx
 import openai
+import orjson
 import pytest
 
 from tests.gateway_fixtures import RunningGateway, start_gateway
@@ -178,3 +182,80 @@ def test_hot_path_never_imports_the_analytics_stack(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == ""
+
+
+def _event_for(gateway: RunningGateway, request_id: str, timeout: float = 5.0) -> dict[str, Any]:
+    deadline = time.time() + timeout
+    while True:
+        found = [e for e in gateway.events() if e["request_id"] == request_id]
+        if found or time.time() > deadline:
+            assert found, f"no event for {request_id}"
+            return found[0]
+        time.sleep(0.1)
+
+
+def _sse_events(body: bytes) -> list[tuple[str, dict[str, Any]]]:
+    events = []
+    for block in body.split(b"\n\n"):
+        lines = dict(line.split(b": ", 1) for line in block.split(b"\n") if b": " in line)
+        if b"event" in lines:
+            events.append((lines[b"event"].decode(), orjson.loads(lines[b"data"])))
+    return events
+
+
+def test_translated_stream_estimates_input_tokens_then_reports_the_real_counts(gateway: RunningGateway, secret: str) -> None:
+    prompt = "How many legs does a spider have? " * 4  # 136 characters: the estimate is 136 // 4
+    response = httpx.post(gateway.base_url + "/messages", headers={"x-api-key": secret}, timeout=10, json={
+        "model": "stub-1", "max_tokens": 64, "stream": True, "messages": [{"role": "user", "content": prompt}]})
+    events = _sse_events(response.content)
+    start = next(data for name, data in events if name == "message_start")
+    assert start["message"]["usage"]["input_tokens"] == len(prompt) // 4
+    final = next(data for name, data in events if name == "message_delta")
+    assert final["usage"] == {"input_tokens": 9, "output_tokens": 6}  # the stub's real usage
+    client = anthropic.Anthropic(base_url=gateway.root_url, api_key=secret)
+    with client.messages.stream(model="stub-1", max_tokens=64, messages=[{"role": "user", "content": prompt}]) as stream:
+        message = stream.get_final_message()
+    assert message.usage.input_tokens == 9 and message.usage.output_tokens == 6
+
+
+@pytest.mark.parametrize(("protocol", "model", "stream", "expected"), [
+    ("openai", "stub-1", False, "stop"),
+    ("openai", "stub-length", True, "length"),
+    ("anthropic", "claude-stub", False, "end_turn"),  # native Anthropic upstream
+    ("anthropic", "claude-stub", True, "end_turn"),
+    ("anthropic", "stub-1", False, "end_turn"),  # translated from an OpenAI upstream
+    ("anthropic", "stub-length", False, "max_tokens"),
+    ("anthropic", "stub-length", True, "max_tokens"),
+])
+def test_events_record_the_finish_reason_in_the_clients_vocabulary(
+    gateway: RunningGateway, secret: str, protocol: str, model: str, stream: bool, expected: str
+) -> None:
+    if protocol == "openai":
+        body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": stream}
+        response = httpx.post(gateway.base_url + "/chat/completions", headers={"Authorization": f"Bearer {secret}"}, json=body, timeout=10)
+    else:
+        body = {"model": model, "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}], "stream": stream}
+        response = httpx.post(gateway.base_url + "/messages", headers={"x-api-key": secret}, json=body, timeout=10)
+        told = (next(d["delta"]["stop_reason"] for n, d in _sse_events(response.content) if n == "message_delta") if stream
+                else response.json()["stop_reason"])
+        assert told == expected
+    assert response.status_code == 200
+    assert _event_for(gateway, response.headers["x-request-id"])["response"]["finish_reason"] == expected
+
+
+@pytest.mark.parametrize("mode", ["hash", "drop"])
+def test_prompt_mode_also_redacts_the_stored_response_text(tmp_path: Path, stub: UpstreamStub, mode: str) -> None:
+    gw = start_gateway(tmp_path, stub.base_url, privacy={"prompt_mode": mode, "hash_key": "k3y"})
+    try:
+        secret = gw.create_key("private")["secret"]
+        client = openai.OpenAI(base_url=gw.base_url, api_key=secret)
+        raw = client.chat.completions.with_raw_response.create(model="stub-1", messages=[{"role": "user", "content": "secret question"}])
+        assert raw.parse().choices[0].message.content == "The answer is forty-two."  # the client still gets the answer
+        event = _event_for(gw, raw.headers["x-request-id"])
+        expected = {"hash": "hmac-sha256:" + hmac.new(b"k3y", b"The answer is forty-two.", hashlib.sha256).hexdigest()[:32],
+                    "drop": ""}[mode]
+        assert event["response"]["text"] == expected
+        assert event["request"]["messages"][0]["content"] != "secret question"
+        assert (event["response"]["prompt_tokens"], event["response"]["completion_tokens"]) == (9, 6)  # counts are kept
+    finally:
+        gw.stop()

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import anthropic
+import httpx
 import openai
 import pytest
 
 from distillguard.config import Settings
 from distillguard.detect import Scanner
 from distillguard.events import read_events
-from distillguard.policy import PolicyEngine
+from distillguard.gateway.app import Gateway
+from distillguard.gateway.requests import cap_logprobs
+from distillguard.policy import Decision, PolicyEngine
 from distillguard.sim.scenarios import load_scenario, simulate
+from distillguard.store.registry import KeyRecord, hash_secret
 from tests.gateway_fixtures import RunningGateway, start_gateway
 from tests.upstream_stub import UpstreamStub
 
@@ -142,3 +148,94 @@ def test_harvester_is_flagged_degraded_and_reviewed_through_the_gateway(gateway:
         time.sleep(0.2)
     assert found
     assert gateway.admin("GET", "/admin/v1/accounts/acct_unknown/risk").status_code == 404
+
+
+@pytest.mark.parametrize("status", [None, "invalid", "expired", "replayed", "missing_key"])
+def test_an_account_that_must_attest_is_challenged_unless_the_attestation_is_valid(status: str | None) -> None:
+    engine = PolicyEngine(Settings(attestation={"required_for_accounts": ["acct_must"]}))
+    attestation = None if status is None else {"status": status, "reason": "why"}
+    signals = SimpleNamespace(attestation=attestation, signals=[])
+    decision = engine.decide("acct_must", None, signals)
+    assert decision.action == "challenge" and decision.rule == "attestation_required"
+    assert decision.message is not None and (status or "no attestation") in decision.message
+    assert engine.decide("acct_must", None, SimpleNamespace(attestation={"status": "valid"}, signals=[])).action == "allow"
+    assert engine.decide("acct_free", None, signals).action == "allow"  # only the listed accounts must attest
+
+
+def test_attestation_requirement_holds_without_online_detection(tmp_path: Path, stub: UpstreamStub) -> None:
+    gw = start_gateway(tmp_path, stub.base_url, attestation={"require_all": True}, detection={"online": False})
+    try:
+        client = openai.OpenAI(base_url=gw.base_url, api_key=gw.create_key("unattested")["secret"], max_retries=0)
+        with pytest.raises(openai.PermissionDeniedError) as info:
+            client.chat.completions.create(model="stub-1", messages=[{"role": "user", "content": "hi"}])
+        assert info.value.body["code"] == "attestation_required" and "no attestation" in info.value.body["message"]  # type: ignore[index]
+        with pytest.raises(openai.PermissionDeniedError) as info:  # a made-up attestation does not pass either
+            client.chat.completions.create(model="stub-1", messages=[{"role": "user", "content": "hi"}],
+                                           extra_headers={"DG-Client-Signals": "not-base64-json!"})
+        assert "attestation is invalid" in info.value.body["message"]  # type: ignore[index]
+        flagged = gw.admin("GET", "/admin/v1/flagged")  # still no risk without online scoring
+        assert flagged.status_code == 503 and flagged.json()["error"]["code"] == "detection_disabled"
+    finally:
+        gw.stop()
+
+
+def test_cap_logprobs_covers_every_way_to_ask() -> None:
+    chat = {"logprobs": True}
+    assert cap_logprobs(chat, 0) and chat == {"logprobs": False}
+    chat = {"logprobs": True, "top_logprobs": 5}
+    assert cap_logprobs(chat, 0) and chat == {"logprobs": False}
+    legacy = {"logprobs": 0, "prompt_logprobs": 2}
+    assert cap_logprobs(legacy, 0) and legacy == {}
+    nothing = {"logprobs": False}
+    assert not cap_logprobs(nothing, 0) and nothing == {"logprobs": False}
+    capped = {"logprobs": True, "top_logprobs": 5}
+    assert cap_logprobs(capped, 2) and capped == {"logprobs": True, "top_logprobs": 2}
+    legacy = {"logprobs": 4, "prompt_logprobs": 1}
+    assert cap_logprobs(legacy, 2) and legacy == {"logprobs": 2, "prompt_logprobs": 1}
+
+
+class _FixedPolicy:
+    """A policy that decides the same for every request, to drive the gateway's handling of one decision."""
+
+    def __init__(self, decision: Decision) -> None:
+        self.decision = decision
+
+    def decide(self, account_id: str, key_id: str | None, signals: Any = None) -> Decision:
+        return self.decision
+
+    def observe(self, event: dict[str, Any]) -> None:
+        pass
+
+    def risk(self, account_id: str) -> None:
+        return None
+
+
+@pytest.fixture
+async def degraded(stub: UpstreamStub) -> AsyncIterator[httpx.AsyncClient]:
+    """An in-process gateway whose policy degrades every request, in front of the stub."""
+    settings = Settings(upstreams=[{"name": "stub", "base_url": stub.base_url, "models": ["*"], "timeout_s": 3}])
+    gateway = Gateway(settings, policy=_FixedPolicy(Decision("degrade", "reasoning_elicitation", strip_reasoning=True, max_top_logprobs=0)))
+    gateway.keys.load([KeyRecord("key_d", hash_secret("sk-degraded"), "acct_d", None, False, "active")])
+    await gateway.startup()
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=gateway), base_url="http://gateway/v1",
+                                     headers={"Authorization": "Bearer sk-degraded"}, timeout=10) as client:
+            yield client
+    finally:
+        await gateway.shutdown()
+
+
+@pytest.mark.parametrize(("path", "asked", "sent"), [
+    ("/chat/completions", {"logprobs": True}, {"logprobs": False}),
+    ("/chat/completions", {"logprobs": True, "top_logprobs": 3}, {"logprobs": False}),
+    ("/completions", {"logprobs": 3}, {}),
+    ("/completions", {"logprobs": 0}, {}),
+])
+async def test_degrade_switches_off_logprobs_however_they_are_asked_for(
+    degraded: httpx.AsyncClient, stub: UpstreamStub, path: str, asked: dict[str, Any], sent: dict[str, Any]
+) -> None:
+    body = {"model": "stub-1", **({"prompt": "hi"} if path == "/completions" else {"messages": [{"role": "user", "content": "hi"}]})}
+    response = await degraded.post(path, json={**body, **asked})
+    assert response.status_code == 200, response.text
+    forwarded = stub.requests[-1]
+    assert {k: forwarded[k] for k in ("logprobs", "top_logprobs", "prompt_logprobs") if k in forwarded} == sent

@@ -7,19 +7,25 @@ import copy
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from distillguard.client import Identity, attesting_client, sign_request
 from distillguard.config import Settings
-from distillguard.signals import AttestationVerifier, SignalCollector
-from distillguard.signals.consistency import consistency_signals, countries_for_timezone
-from distillguard.signals.network import client_ip, header_fingerprint, protect_ip
-from distillguard.signals.protocol import SIGNALS_HEADER, decode_signals, encode_signals
+from distillguard.exceptions import ConfigError, UsageError
+from distillguard.signals import AttestationVerifier, EnrollmentError, SignalCollector
+from distillguard.signals.attestation import OTHER_ACCOUNT
+from distillguard.signals.consistency import consistency_signals, countries_for_timezone, primary_country
+from distillguard.signals.installs import InstallKeyCache
+from distillguard.signals.network import client_ip, forwarded_scheme, header_fingerprint, protect_ip
+from distillguard.signals.protocol import SIGNALS_HEADER, decode_signals, encode_signals, enrollment_message
+from distillguard.store.registry import InstallKey, Registry
 from tests.gateway_fixtures import RunningGateway, start_gateway
 from tests.upstream_stub import UpstreamStub
 
@@ -44,6 +50,12 @@ def signed(identity: Identity, body: bytes = b'{"model": "m"}', url: str = URL, 
 
 def verify(verifier: AttestationVerifier, request: httpx.Request, *, url: str | None = None, body: bytes | None = None) -> dict | None:
     return verifier.verify(request.method, url or str(request.url), list(request.headers.items()), request.content if body is None else body)
+
+
+def verify_as(verifier: AttestationVerifier, request: httpx.Request, *, account_id: str) -> dict:
+    result = verifier.verify(request.method, str(request.url), list(request.headers.items()), request.content, account_id=account_id)
+    assert result is not None
+    return result
 
 
 def test_valid_attestation_carries_the_signals(identity: Identity, verifier: AttestationVerifier) -> None:
@@ -212,3 +224,213 @@ def test_official_sdk_through_gateway_is_valid_and_forgeries_get_their_status(ga
                          headers={**headers, "Signature-Input": "dg=(((", "Signature": "nonsense", SIGNALS_HEADER: "%%%"})
     assert garbage.status_code == 200
     assert _event_for(gateway, "garbage")["attestation"]["status"] == "invalid"
+
+
+# -- installs are bound to the account that enrolled them ------------------------------------------------
+
+def test_install_enrolled_for_another_account_is_invalid(identity: Identity) -> None:
+    bound = AttestationVerifier({identity.install_id: InstallKey(identity.public_key_b64, "acct_a")}, clock_skew_s=60)
+    result = verify_as(bound, signed(identity), account_id="acct_b")
+    assert result["status"] == "invalid" and result["reason"].startswith(OTHER_ACCOUNT)
+    assert result["install_id"] == identity.install_id  # the signature held: the install really is shared (a hydra link)
+    assert verify_as(bound, signed(identity), account_id="acct_a")["status"] == "valid"
+
+
+def test_registry_binds_installs_to_their_account(tmp_path: Path) -> None:
+    registry = Registry(f"sqlite:///{tmp_path / 'r.db'}")
+    assert registry.enroll_install("key_1", "inst_bound1", "pk-1", account_id="acct_a") is True
+    assert registry.enroll_install("key_2", "inst_bound1", "pk-1", account_id="acct_a") is False  # another key, same account
+    with pytest.raises(UsageError, match=OTHER_ACCOUNT):
+        registry.enroll_install("key_3", "inst_bound1", "pk-1", account_id="acct_b")
+    keys = registry.install_keys()
+    assert keys == {"inst_bound1": "pk-1"} and getattr(keys["inst_bound1"], "account_id", None) == "acct_a"
+    assert registry.install_keys(["inst_bound1", "inst_nope"]) == {"inst_bound1": "pk-1"}
+    registry.close()
+
+
+# -- enrollment needs proof of possession ------------------------------------------------------------------
+
+def enroll_payload(identity: Identity, *, signer: Identity | None = None, created: int | None = None) -> bytes:
+    """An enrollment body for ``identity``'s public key, its proof signed by ``signer`` (default: the install itself)."""
+    created = int(time.time()) if created is None else created
+    proof = (signer or identity).private_key.sign(enrollment_message(identity.install_id, identity.public_key_b64, created))
+    return orjson.dumps({"install_id": identity.install_id, "public_key": identity.public_key_b64, "created": created,
+                         "proof": base64.urlsafe_b64encode(proof).decode().rstrip("=")})
+
+
+def test_enrollment_proof_is_checked(identity: Identity, tmp_path: Path) -> None:
+    collector = SignalCollector(Settings())
+    thief = Identity.load_or_create(tmp_path / "thief")
+    for body, status in ((enroll_payload(identity, signer=thief), 403),
+                         (enroll_payload(identity, created=int(time.time()) - 3600), 403),
+                         (orjson.dumps({"install_id": identity.install_id, "public_key": identity.public_key_b64}), 422)):
+        with pytest.raises(EnrollmentError) as info:
+            collector.enroll("key_1", "acct_a", body)
+        assert info.value.status == status
+    assert not collector.verifier.has_key(identity.install_id)
+    assert collector.enroll("key_1", "acct_a", enroll_payload(identity))["status"] == "enrolled"
+    assert collector.enroll("key_2", "acct_a", enroll_payload(identity))["status"] == "already_enrolled"
+    with pytest.raises(EnrollmentError, match=OTHER_ACCOUNT):
+        collector.enroll("key_3", "acct_b", enroll_payload(identity))
+
+
+# -- timezones: one country for region rules, every country for the consistency check ---------------------
+
+def test_timezone_countries_primary_for_regions_all_for_consistency() -> None:
+    assert primary_country("Europe/Berlin") == "DE" and primary_country("Europe/Oslo") == "NO"
+    assert primary_country("Asia/Calcutta") == "IN" and primary_country("US/Eastern") == "US"  # links
+    assert primary_country("Etc/UTC") is None and primary_country(None) is None
+    assert {"DE", "DK", "NO", "SE"} <= countries_for_timezone("Europe/Berlin")
+    attested = {"status": "valid", "tz": "Europe/Berlin"}
+    assert consistency_signals(attested, {"country": "DK"}, None) == []  # any country of the zone is consistent
+    assert [s["name"] for s in consistency_signals(attested, {"country": "BR"}, None)] == ["tz_country_mismatch"]
+
+
+def _region_collector(identity: Identity, **network: Any) -> SignalCollector:
+    return SignalCollector(Settings(network={"region_source": "timezone", **network}),
+                           install_keys={identity.install_id: identity.public_key_b64})
+
+
+def _collect(collector: SignalCollector, request: httpx.Request, peer: str = "192.0.2.1", xfp: str | None = None) -> Any:
+    headers = [(k.encode(), v.encode()) for k, v in request.headers.items()]
+    if xfp is not None:
+        headers.append((b"x-forwarded-proto", xfp.encode()))
+    return collector.collect("POST", request.url.raw_path.decode(), headers, peer, request.content, account_id="acct_a")
+
+
+def test_timezone_region_rule_uses_the_zones_own_country(identity: Identity) -> None:
+    berlin = {"tz": "Europe/Berlin"}
+    allow_de = _region_collector(identity, allow_countries=["DE"])
+    result = _collect(allow_de, signed(identity, overrides=berlin))
+    assert result.attestation["status"] == "valid" and result.region_denied is None
+    deny_no = _region_collector(identity, deny_countries=["NO"])
+    assert _collect(deny_no, signed(identity, overrides=berlin)).region_denied is None
+    assert "(NO)" in (_collect(deny_no, signed(identity, overrides={"tz": "Europe/Oslo"})).region_denied or "")
+
+
+# -- X-Forwarded-Proto only from trusted proxies ---------------------------------------------------------------
+
+def test_forwarded_proto_is_believed_only_from_a_trusted_peer(identity: Identity) -> None:
+    collector = SignalCollector(Settings(network={"trusted_proxies": ["10.0.0.0/8"]}),
+                                install_keys={identity.install_id: identity.public_key_b64})
+    https = "https://gw.test/v1/chat/completions"
+    assert _collect(collector, signed(identity, url=https), peer="10.0.0.2", xfp="https").attestation["status"] == "valid"
+    # An untrusted client cannot choose the scheme the gateway reconstructs:
+    assert _collect(collector, signed(identity, url=https), peer="198.51.100.7", xfp="https").attestation["status"] == "invalid"
+    assert _collect(collector, signed(identity), peer="198.51.100.7", xfp="https").attestation["status"] == "valid"
+    assert forwarded_scheme("10.0.0.2", {"x-forwarded-proto": "HTTPS, http"}, collector.trusted) == "https"
+    assert forwarded_scheme("10.0.0.2", {"x-forwarded-proto": "gopher"}, collector.trusted) == "http"
+
+
+# -- attestation.nonce_ttl_s ---------------------------------------------------------------------------------------
+
+def test_nonce_ttl_is_wired_and_too_short_is_a_config_error(tmp_path: Path) -> None:
+    assert SignalCollector(Settings()).verifier.nonces.ttl_s == 900  # unset: 3 × clock_skew_s
+    assert SignalCollector(Settings(attestation={"clock_skew_s": 600})).verifier.nonces.ttl_s == 1800
+    assert SignalCollector(Settings(attestation={"nonce_ttl_s": 4000})).verifier.nonces.ttl_s == 4000
+    with pytest.raises(ConfigError, match="nonce_ttl_s"):
+        SignalCollector(Settings(attestation={"nonce_ttl_s": 600}))
+    with pytest.raises(RuntimeError, match="nonce_ttl_s"):  # refused at start-up, with the reason in the log
+        start_gateway(tmp_path, "http://127.0.0.1:9/v1", attestation={"nonce_ttl_s": 600})
+
+
+def test_a_nonce_is_remembered_for_the_configured_ttl(identity: Identity) -> None:
+    verifier = AttestationVerifier({identity.install_id: identity.public_key_b64}, clock_skew_s=60, nonce_ttl_s=1000)
+    request = signed(identity)
+    assert verify(verifier, request)["status"] == "valid"  # type: ignore[index]
+    nonce = request.headers["signature-input"].split('nonce="', 1)[1].split('"', 1)[0]
+    assert verifier.nonces.check_and_add(nonce, time.time() + 990) is False  # still remembered
+    assert verifier.nonces.check_and_add(nonce, time.time() + 1010) is True  # forgotten after the TTL
+
+
+# -- installs enrolled by another gateway process ----------------------------------------------------------------
+
+class CountingSource:
+    """A registry stand-in that counts its queries."""
+
+    def __init__(self, known: dict[str, str]) -> None:
+        self.known, self.calls, self.ids_asked = known, 0, 0
+
+    def __call__(self, install_ids: Any = None) -> dict[str, str]:
+        if install_ids is None:
+            return {}
+        self.calls += 1
+        self.ids_asked += len(install_ids)
+        return {i: self.known[i] for i in install_ids if i in self.known}
+
+
+def test_install_cache_misses_are_looked_up_off_the_request_path_and_negative_cached(identity: Identity) -> None:
+    source = CountingSource({identity.install_id: identity.public_key_b64})
+    cache = InstallKeyCache(source, negative_ttl_s=60, batch_delay_s=0.05, max_pending=256)
+    assert cache.get(identity.install_id) is None  # a miss answers at once, from memory
+    assert cache.wait_idle() and cache.get(identity.install_id) is not None  # ... and is found for the next request
+    started = time.perf_counter()
+    for round_ in range(3):  # a flood: thousands of unknown ids, repeated
+        for i in range(2000):
+            assert cache.get(f"inst_unknown_{i}") is None
+        assert cache.wait_idle(), round_
+    assert time.perf_counter() - started < 5
+    assert source.calls <= 12 and source.ids_asked <= 2000  # batched, bounded, and each unknown id asked about once
+    calls = source.calls
+    for _ in range(100):
+        cache.get("inst_unknown_0")
+    assert cache.wait_idle() and source.calls == calls  # negative cache: no query per request
+    cache.close()
+
+
+def test_gateway_picks_up_an_install_enrolled_by_another_process(gateway: RunningGateway, tmp_path: Path) -> None:
+    key = gateway.create_key("multi-process")
+    identity = Identity.load_or_create(tmp_path / "elsewhere")
+    other_process = Registry(gateway.database)  # what another gateway process does when it enrolls an install
+    other_process.enroll_install(key["key_id"], identity.install_id, identity.public_key_b64, account_id=key["account_id"])
+    other_process.close()
+    statuses: list[str] = []
+    deadline = time.time() + 10
+    while "valid" not in statuses and time.time() < deadline:
+        marker = f"elsewhere-{len(statuses)}"
+        post_signed(gateway, key["secret"], identity, marker)
+        statuses.append(_event_for(gateway, marker)["attestation"]["status"])
+    assert statuses[-1] == "valid" and len(statuses) <= 3, statuses  # no restart needed
+
+
+# -- through the real gateway: account binding and proof of possession ----------------------------------------------
+
+def post_signed(gateway: RunningGateway, secret: str, identity: Identity, marker: str) -> httpx.Response:
+    body = orjson.dumps({"model": "stub-1", "messages": [{"role": "user", "content": marker}]})
+    request = httpx.Request("POST", gateway.base_url + "/chat/completions", content=body,
+                            headers={"Authorization": f"Bearer {secret}", "Content-Type": "application/json"})
+    sign_request(request, identity)
+    return httpx.post(request.url, content=body, headers={k: v for k, v in request.headers.items() if k.lower() != "content-length"})
+
+
+def test_install_of_one_account_used_with_another_accounts_key(gateway: RunningGateway, tmp_path: Path) -> None:
+    owner = gateway.create_key("owner")
+    second = gateway.admin("POST", f"/admin/v1/accounts/{owner['account_id']}/keys", json={}).json()  # same account, another key
+    stranger = gateway.create_key("stranger")
+    identity = Identity.load_or_create(tmp_path / "bound")
+    owner_client = openai.OpenAI(base_url=gateway.base_url, api_key=owner["secret"],
+                                 http_client=attesting_client(api_key=owner["secret"], base_url=gateway.base_url, identity=identity))
+    owner_client.chat.completions.create(model="stub-1", messages=[{"role": "user", "content": "bound-owner"}])
+    assert _event_for(gateway, "bound-owner")["attestation"]["status"] == "valid"
+    assert post_signed(gateway, second["secret"], identity, "bound-second-key").status_code == 200
+    assert _event_for(gateway, "bound-second-key")["attestation"]["status"] == "valid"
+    post_signed(gateway, stranger["secret"], identity, "bound-stranger")
+    attestation = _event_for(gateway, "bound-stranger")["attestation"]
+    assert attestation["status"] == "invalid" and attestation["reason"].startswith(OTHER_ACCOUNT)
+    refused = httpx.post(gateway.root_url + "/v1/distillguard/enroll", content=enroll_payload(identity),
+                         headers={"Authorization": f"Bearer {stranger['secret']}"})
+    assert refused.status_code == 409 and OTHER_ACCOUNT in refused.json()["error"]["message"]
+
+
+def test_enrolling_a_public_key_without_its_private_key_is_refused(gateway: RunningGateway, tmp_path: Path) -> None:
+    key = gateway.create_key("enroller")
+    victim, thief = Identity.load_or_create(tmp_path / "victim"), Identity.load_or_create(tmp_path / "thief")
+    url, auth = gateway.root_url + "/v1/distillguard/enroll", {"Authorization": f"Bearer {key['secret']}"}
+    forged = httpx.post(url, content=enroll_payload(victim, signer=thief), headers=auth)
+    assert forged.status_code == 403
+    assert forged.json()["error"]["code"] == "enrollment_failed" and "proof" in forged.json()["error"]["message"]
+    bare = httpx.post(url, json={"install_id": victim.install_id, "public_key": victim.public_key_b64}, headers=auth)
+    assert bare.status_code == 422 and bare.json()["error"]["code"] == "enrollment_failed"
+    post_signed(gateway, key["secret"], victim, "victim-not-enrolled")
+    assert _event_for(gateway, "victim-not-enrolled")["attestation"]["status"] == "missing_key"
+    assert httpx.post(url, content=enroll_payload(victim), headers=auth).json()["status"] == "enrolled"

@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import anthropic
 import numpy as np
 import openai
 import pytest
@@ -17,16 +18,20 @@ from distillguard.config import Settings
 from distillguard.demo.model import DemoModel
 from distillguard.watermark import (
     KGW,
+    GatewayWatermarker,
     HFWatermarkProcessor,
     Unigram,
     derive_key,
     detect_ids,
+    detect_text,
     holm,
+    unigram_universe,
     vllm_processor,
 )
-from distillguard.watermark.gateway import UNIVERSE
+from distillguard.watermark.gateway import BIAS_LIMIT, UNIVERSE
 from tests.demo_server_fixture import DemoModelServer
-from tests.gateway_fixtures import start_gateway
+from tests.gateway_fixtures import RunningGateway, start_gateway
+from tests.upstream_stub import UpstreamStub
 
 SECRET = "test-master-secret"
 
@@ -158,3 +163,87 @@ def test_gateway_marks_a_black_box_upstream_and_records_the_key(demo_server: Dem
     finally:
         gw.stop()
     assert Settings().watermark.enabled is False
+
+
+def _wait_events(gw: RunningGateway, account_id: str, count: int) -> list[dict]:
+    deadline = time.time() + 5
+    events: list[dict] = []
+    while len(events) < count and time.time() < deadline:
+        events = [e for e in gw.events() if e["account_id"] == account_id]
+        time.sleep(0.1)
+    return events
+
+
+def test_gateway_marks_only_openai_protocol_upstreams(model: DemoModel, tmp_path: Path) -> None:
+    """Anthropic's API has no logit_bias: a native Anthropic upstream is not marked; a translated request is."""
+    tokenizer = str(model.tokenizer.save_hf(tmp_path / "tokenizer.json"))
+    stub = UpstreamStub().start()
+    upstreams = [
+        {"name": "claude", "base_url": stub.base_url, "protocol": "anthropic", "models": ["claude-*"], "watermark": "logit_bias",
+         "tokenizer": tokenizer},
+        {"name": "openai", "base_url": stub.base_url, "protocol": "openai", "models": ["*"], "watermark": "logit_bias", "tokenizer": tokenizer},
+    ]
+    gw = start_gateway(tmp_path, upstreams=upstreams, watermark={"enabled": True, "master_secret": SECRET}, detection={"online": False})
+    try:
+        key = gw.create_key("anthropic-client")
+        client = anthropic.Anthropic(base_url=gw.root_url, api_key=key["secret"], max_retries=0)
+        client.messages.create(model="claude-stub", max_tokens=10, messages=[{"role": "user", "content": "native"}])
+        assert "logit_bias" not in stub.requests[-1]
+        client.messages.create(model="stub-1", max_tokens=10, messages=[{"role": "user", "content": "translated"}])
+        assert len(stub.requests[-1]["logit_bias"]) == BIAS_LIMIT
+        by_prompt = {e["request"]["messages"][0]["content"]: e for e in _wait_events(gw, key["account_id"], 2)}
+        assert by_prompt["native"]["watermark"]["key_id"] is None
+        assert by_prompt["translated"]["watermark"]["key_id"] == "global"
+        assert "upstream claude: watermark 'logit_bias' ignored" in gw.log()
+    finally:
+        gw.stop()
+        stub.stop()
+
+
+@pytest.mark.parametrize("gamma", [0.25, 0.4, 0.5])
+def test_the_whole_green_list_fits_the_bias_table(model: DemoModel, tmp_path: Path, gamma: float) -> None:
+    """Every green id the detector counts is biased by the gateway: the universe shrinks as γ grows."""
+    tokenizer = str(model.tokenizer.save_hf(tmp_path / "tokenizer.json"))
+    settings = Settings(watermark={"enabled": True, "master_secret": SECRET, "gamma": gamma},
+                        upstreams=[{"name": "demo", "base_url": "http://127.0.0.1:9/v1", "watermark": "logit_bias", "tokenizer": tokenizer}])
+    marked = GatewayWatermarker(settings).bias_for("demo")
+    assert marked is not None
+    _, bias = marked
+    universe = unigram_universe(model.vocab_size, gamma)
+    assert universe == min(UNIVERSE, model.vocab_size, int(BIAS_LIMIT / gamma))
+    detector_green = Unigram(derive_key(SECRET, "global"), model.vocab_size, gamma=gamma, universe=universe).green_ids
+    assert set(bias) == {int(i) for i in detector_green} and len(bias) <= BIAS_LIMIT
+    ids = model.generate(model.tokenizer.encode("Tell me about the ocean"), max_tokens=300, min_tokens=300, seed=2, logit_bias=bias).ids
+    result = detect_text(model.tokenizer.decode(ids), ["global", "org:other"], settings)
+    by_key = {r["key_id"]: r for r in result["results"]}
+    assert by_key["global"]["p_value"] < 1e-6 and by_key["org:other"]["p_value"] > 1e-3
+
+
+def test_unigram_marks_from_the_self_hosted_processors_are_detected(model: DemoModel) -> None:
+    """The HF and vLLM processors draw the Unigram green list from the universe `watermark detect` scores."""
+    settings = Settings(watermark={"master_secret": SECRET})
+    prompt = model.tokenizer.encode("Tell me about the ocean")
+    hf = HFWatermarkProcessor(SECRET, "org:acme", model.vocab_size, scheme="unigram")
+    vllm = vllm_processor(SECRET, "global", model.vocab_size, scheme="unigram")
+    for processor, key_id, seed in ((hf.scheme, "org:acme", 3), (vllm, "global", 5)):
+        ids = model.generate(prompt, max_tokens=300, min_tokens=300, seed=seed, logits_processors=[processor]).ids  # type: ignore[list-item]
+        result = detect_text(model.tokenizer.decode(ids), ["global", "org:acme"], settings)
+        by_key = {r["key_id"]: r for r in result["results"]}
+        other = "global" if key_id == "org:acme" else "org:acme"
+        assert by_key[key_id]["p_value"] < 1e-6 and by_key[other]["p_value"] > 1e-3, result
+    with pytest.raises(ValueError, match="scheme"):
+        HFWatermarkProcessor(SECRET, "global", model.vocab_size, scheme="unigam")
+
+
+def test_unigram_mark_from_the_hf_tensor_path_is_detected(model: DemoModel) -> None:
+    torch = pytest.importorskip("torch", reason="torch is the optional 'torch' extra; the HF tensor path needs it")
+    hf = HFWatermarkProcessor(SECRET, "global", model.vocab_size, scheme="unigram")
+
+    def through_tensors(context: list[int], logits: np.ndarray) -> np.ndarray:  # what transformers' generate() calls
+        scores = hf(torch.tensor([context or [0]]), torch.from_numpy(np.asarray(logits, dtype=np.float32))[None, :])
+        return scores[0].numpy()
+
+    ids = model.generate(model.tokenizer.encode("Tell me about the ocean"), max_tokens=300, min_tokens=300, seed=7,
+                         logits_processors=[through_tensors]).ids
+    result = detect_text(model.tokenizer.decode(ids), ["global"], Settings(watermark={"master_secret": SECRET}))
+    assert result["verdict"] == "watermarked", result

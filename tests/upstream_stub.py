@@ -7,7 +7,10 @@ Behaviour is chosen by the model name so tests need no side channel:
 - ``stub-slow-stream``: streams 10 chunks 0.2 s apart (relay/disconnect tests).
 - ``stub-hang``: never answers (timeout tests).
 - ``stub-500``: answers 500 with an OpenAI-shaped error.
+- ``*-html-502``: answers 502 with an HTML page, as a reverse proxy in front of a model server does.
+- ``*-text-503``: answers 503 with a plain-text body.
 - ``stub-reasoning``: includes ``reasoning_content`` / a thinking block.
+- ``stub-length``: chat answers end with ``finish_reason: "length"``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ import orjson
 from aiohttp import web
 
 ANSWER_WORDS = ["The", " answer", " is", " forty", "-two", "."]
+HTML_502 = (b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1></center>\r\n"
+            b"<hr><center>nginx/1.27.0</center>\r\n</body>\r\n</html>\r\n")
+TEXT_503 = "upstream connect error or disconnect/reset before headers. reset reason: overflow"
 
 
 class _Reply(Exception):
@@ -102,6 +108,10 @@ class UpstreamStub:
             await asyncio.sleep(3600)
         if model == "stub-500":
             raise _Reply(web.json_response({"error": {"message": "upstream exploded", "type": "server_error", "code": None}}, status=500))
+        if model.endswith("-html-502"):
+            raise _Reply(web.Response(status=502, body=HTML_502, content_type="text/html"))
+        if model.endswith("-text-503"):
+            raise _Reply(web.Response(status=503, text=TEXT_503, content_type="text/plain"))
         return body
 
     async def models(self, request: web.Request) -> web.Response:
@@ -130,6 +140,7 @@ class UpstreamStub:
         model = body["model"]
         reasoning = "First, think: 6 times 7 is 42." if model == "stub-reasoning" else None
         words = ANSWER_WORDS * 2 if model == "stub-slow-stream" else ANSWER_WORDS
+        finish = "length" if model == "stub-length" else "stop"
         created = int(time.time())
         if body.get("stream"):
             chunks = []
@@ -139,7 +150,7 @@ class UpstreamStub:
                 chunks.append({**base, "choices": [{"index": 0, "delta": {"reasoning_content": reasoning}, "finish_reason": None}]})
             for word in words:
                 chunks.append({**base, "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]})
-            chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+            chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
             if (body.get("stream_options") or {}).get("include_usage"):
                 chunks.append({**base, "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": len(words), "total_tokens": 9 + len(words)}})
             events = [b"data: " + orjson.dumps(c) + b"\n\n" for c in chunks] + [b"data: [DONE]\n\n"]
@@ -150,7 +161,7 @@ class UpstreamStub:
         n = body.get("n") or 1
         return web.json_response({
             "id": "chatcmpl-stub", "object": "chat.completion", "created": created, "model": model,
-            "choices": [{"index": i, "message": message, "finish_reason": "stop", "logprobs": None} for i in range(n)],
+            "choices": [{"index": i, "message": message, "finish_reason": finish, "logprobs": None} for i in range(n)],
             "usage": {"prompt_tokens": 9, "completion_tokens": len(words) * n, "total_tokens": 9 + len(words) * n},
         })
 

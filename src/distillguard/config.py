@@ -66,7 +66,8 @@ class AttestationSettings(BaseModel):
     required_for_accounts: list[str] = Field(default_factory=list)
     require_all: bool = False
     clock_skew_s: float = 300.0
-    nonce_ttl_s: float = 600.0
+    nonce_ttl_s: float | None = Field(default=None, gt=0, description="how long signature nonces are remembered; "
+                                      "unset: 3 × clock_skew_s, the shortest safe value (a smaller one is refused at start-up)")
 
 
 class NetworkSettings(BaseModel):

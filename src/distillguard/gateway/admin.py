@@ -12,21 +12,43 @@ import asyncio
 import hmac
 import itertools
 import logging
+import re
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 import orjson
 
+from distillguard.events import format_ts, parse_ts
 from distillguard.exceptions import NotFoundError, UsageError
 from distillguard.gateway.errors import error_body
 
 if TYPE_CHECKING:
     from distillguard.gateway.app import Gateway, Receive, Scope, Send
 
-__all__ = ["AdminAPI"]
+__all__ = ["AdminAPI", "parse_since"]
 
 log = logging.getLogger("distillguard.gateway.admin")
 JSON = [(b"content-type", b"application/json")]
+# "...T10:00:00 02:00": an unencoded "+" in a query string arrives as a space.
+_SPACE_FOR_PLUS = re.compile(r"^(.*\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?) (\d{2}:?\d{2})$")
+
+
+def parse_since(since: str) -> str:
+    """``since`` as a stored ``ts`` string (UTC, milliseconds, ``Z``), so that text order is time order.
+
+    Events are compared as strings in the store, so ``10:00:00+02:00`` must
+    become ``08:00:00.000Z`` first. A ``+`` sent unencoded in the URL arrives
+    as a space and is put back. Raises ``ValueError`` with a message for the
+    caller when ``since`` is not an ISO-8601 timestamp.
+    """
+    text = _SPACE_FOR_PLUS.sub(r"\1+\2", since.strip())
+    try:
+        return format_ts(parse_ts(text))
+    except (ValueError, OverflowError, OSError):
+        raise ValueError(
+            f"since: not an ISO-8601 timestamp: {since!r}; use e.g. 2026-11-20T10:00:00Z or 2026-11-20T10:00:00+02:00 "
+            "(write '+' as %2B in a URL)"
+        ) from None
 
 
 class AdminAPI:
@@ -60,7 +82,13 @@ class AdminAPI:
         query = dict(parse_qsl(scope.get("query_string", b"").decode()))
         try:
             if path == "/admin/v1/events" and method == "GET":
-                await self._stream_events(send, query.get("since"))
+                since = query.get("since")
+                try:
+                    since = parse_since(since) if since else None
+                except ValueError as exc:  # checked before the 200 stream starts: afterwards no error can be sent
+                    await self._error(send, 400, str(exc), "invalid_since")
+                    return
+                await self._stream_events(send, since)
                 return
             result = await self._dispatch(method, path, query, body)
             if result is None:
@@ -93,6 +121,7 @@ class AdminAPI:
                 "components": {
                     "signals": gateway.signals is not None,
                     "policy": gateway.policy is not None,
+                    "online_detection": gateway.policy is not None and bool(getattr(gateway.policy, "online", False)),
                     "watermark": gateway.watermarker is not None,
                 },
             }

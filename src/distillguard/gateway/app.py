@@ -26,10 +26,23 @@ import orjson
 from distillguard.config import Settings
 from distillguard.events import format_ts, new_request_id
 from distillguard.gateway.auth import KeyTable, extract_secret
-from distillguard.gateway.errors import GatewayError, error_body
+from distillguard.gateway.errors import (
+    GatewayError,
+    error_body,
+    json_object,
+    upstream_error_body,
+    upstream_error_excerpt,
+)
 from distillguard.gateway.limits import Lease, Limiter
 from distillguard.gateway.metrics import Metrics
-from distillguard.gateway.requests import parse_json_body, request_part, validate_payload
+from distillguard.gateway.requests import (
+    cap_logprobs,
+    estimate_prompt_tokens,
+    parse_json_body,
+    redact_text,
+    request_part,
+    validate_payload,
+)
 from distillguard.gateway.responses import (
     AnthropicStreamReader,
     OpenAIStreamReader,
@@ -39,6 +52,7 @@ from distillguard.gateway.responses import (
 )
 from distillguard.gateway.translate import (
     StreamTranslator,
+    anthropic_stop_reason,
     anthropic_to_openai_request,
     openai_to_anthropic_response,
 )
@@ -80,7 +94,7 @@ class _Exchange:
 
     __slots__ = (
         "endpoint", "protocol", "started", "key", "payload", "model", "status", "summary", "error",
-        "signals", "decision", "watermark_key", "request_id", "peer", "headers", "ts",
+        "signals", "decision", "watermark_key", "request_id", "peer", "headers", "ts", "translated",
     )
 
     def __init__(self, endpoint: str, protocol: str, scope: Scope) -> None:
@@ -97,6 +111,7 @@ class _Exchange:
         self.signals: Any = None
         self.decision: Any = None
         self.watermark_key: str | None = None
+        self.translated = False  # Anthropic caller, OpenAI upstream
         self.request_id = new_request_id()
         client = scope.get("client")
         self.peer = client[0] if client else None
@@ -322,16 +337,10 @@ class Gateway:
         if translate and ex.endpoint == "anthropic.messages":
             payload = anthropic_to_openai_request(payload)
             modified = True
-        decision = ex.decision
-        if decision is not None and getattr(decision, "max_top_logprobs", None) is not None and payload.get("top_logprobs") is not None:
-            cap = decision.max_top_logprobs
-            if cap <= 0:
-                payload.pop("top_logprobs", None)
-                payload["logprobs"] = False
-            else:
-                payload["top_logprobs"] = min(int(payload["top_logprobs"]), cap)
+        cap = getattr(ex.decision, "max_top_logprobs", None)
+        if cap is not None and cap_logprobs(payload, cap):
             modified = True
-        if self.watermarker is not None and upstream.settings.watermark == "logit_bias" and ex.endpoint in ("openai.chat", "openai.completions", "anthropic.messages"):
+        if self._marks(upstream, ex.endpoint):
             key = ex.key
             assert key is not None
             risk = self.policy.risk(key.account_id) if self.policy is not None else None
@@ -345,11 +354,21 @@ class Gateway:
                 modified = True
         return (orjson.dumps(payload) if modified else body), translate
 
+    def _marks(self, upstream: Upstream, endpoint: str) -> bool:
+        """Whether this request gets the watermark's ``logit_bias``.
+
+        Only OpenAI-protocol upstreams accept ``logit_bias``; an Anthropic
+        caller routed to one (translated) is marked like any other request.
+        """
+        return (self.watermarker is not None and upstream.protocol == "openai" and upstream.settings.watermark == "logit_bias"
+                and endpoint in ("openai.chat", "openai.completions", "anthropic.messages"))
+
     async def _forward(self, ex: _Exchange, upstream: Upstream, path: str, body: bytes, scope: Scope, receive: Receive, send: Send) -> None:
         if ex.endpoint == "anthropic.count_tokens" and upstream.protocol == "openai":
             await self._estimate_tokens(ex, send)
             return
         upstream_body, translate = self._prepare_upstream_body(ex, upstream, body)
+        ex.translated = translate
         headers = [("Content-Type", "application/json"), *upstream.auth_headers]
         if upstream.protocol == "anthropic":
             version = _header(ex.headers, b"anthropic-version")
@@ -424,7 +443,7 @@ class Gateway:
     async def _relay_stream(self, ex: _Exchange, resp: aiohttp.ClientResponse, translate: bool, strip: bool, send: Send) -> None:
         reader = OpenAIStreamReader(strip_reasoning=strip) if (ex.protocol == "openai" or translate) else AnthropicStreamReader(strip_reasoning=strip)
         ex.summary = reader.summary
-        translator = StreamTranslator(ex.model or "") if translate else None
+        translator = StreamTranslator(ex.model or "", estimate_prompt_tokens(ex.endpoint, ex.payload or {})) if translate else None
         ex.status = 200
         await send({"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, (b"x-request-id", ex.request_id.encode())]})
         async for chunk in resp.content.iter_any():
@@ -443,12 +462,7 @@ class Gateway:
     ) -> None:
         ex.status = status
         if status >= 400:
-            self.metrics.upstream_errors[(upstream.name, f"http_{status}")] += 1
-            log.warning("upstream %s answered %d for %s", upstream.name, status, ex.endpoint)
-            ex.error = f"upstream_http_{status}"
-            if translate:
-                raw = error_body("anthropic", status, f"Upstream error: {raw[:500].decode('utf-8', 'replace')}", "upstream_error")
-            await self._respond(send, status, raw, [(b"content-type", b"application/json"), (b"x-request-id", ex.request_id.encode())])
+            await self._relay_error(ex, upstream, status, content_type, raw, translate, send)
             return
         summary = ex.summary = ResponseSummary()
         out = raw
@@ -471,12 +485,34 @@ class Gateway:
         headers = [(b"content-type", content_type.encode() or b"application/json"), (b"x-request-id", ex.request_id.encode())]
         await self._respond(send, status, out, headers)
 
+    async def _relay_error(
+        self, ex: _Exchange, upstream: Upstream, status: int, content_type: str, raw: bytes, translate: bool, send: Send
+    ) -> None:
+        """An upstream's error status, passed on with a body the caller's SDK can read.
+
+        A JSON error object goes through unchanged when the caller speaks the
+        upstream's protocol. Anything else — a proxy's HTML 502 page, plain
+        text, an OpenAI error for an Anthropic caller — is wrapped in the
+        caller's error shape with a short excerpt, keeping the status.
+        """
+        self.metrics.upstream_errors[(upstream.name, f"http_{status}")] += 1
+        ex.error = f"upstream_http_{status}"
+        if not translate and json_object(raw) is not None:
+            log.warning("upstream %s answered %d for %s", upstream.name, status, ex.endpoint)
+        else:
+            if not translate:
+                log.warning("upstream %s answered %d for %s with a non-JSON body (%s), wrapped as an API error: %s",
+                            upstream.name, status, ex.endpoint, content_type or "no content-type", upstream_error_excerpt(raw))
+            else:
+                log.warning("upstream %s answered %d for %s (translated for an Anthropic caller): %s",
+                            upstream.name, status, ex.endpoint, upstream_error_excerpt(raw))
+            raw = upstream_error_body(ex.protocol, status, raw)
+        await self._respond(send, status, raw, [(b"content-type", b"application/json"), (b"x-request-id", ex.request_id.encode())])
+
     async def _estimate_tokens(self, ex: _Exchange, send: Send) -> None:
-        part = request_part(ex.endpoint, ex.payload or {})
-        chars = len(part["system"] or "") + sum(len(m["content"]) for m in part["messages"])
         ex.status = 200
         ex.summary = ResponseSummary()
-        ex.summary.prompt_tokens = max(1, chars // 4)
+        ex.summary.prompt_tokens = estimate_prompt_tokens(ex.endpoint, ex.payload or {})
         ex.summary.completion_tokens = 0
         await self._respond(send, 200, orjson.dumps({"input_tokens": ex.summary.prompt_tokens}))
 
@@ -495,6 +531,12 @@ class Gateway:
             attestation = None
         decision = ex.decision
         policy = decision.as_event() if decision is not None else {"action": "allow", "rule": None}
+        text = summary.text if summary is not None else None
+        if text and self.prompt_mode != "keep":
+            text = redact_text(text, self.prompt_mode, self.hash_key)
+        finish_reason = summary.finish_reason if summary is not None else None
+        if ex.translated and finish_reason is not None:  # the client's vocabulary: what it was told
+            finish_reason = anthropic_stop_reason(finish_reason)
         event = {
             "v": 1,
             "ts": ex.ts,
@@ -509,11 +551,11 @@ class Gateway:
             "request": request_part(ex.endpoint, ex.payload, self.prompt_mode, self.hash_key) if ex.payload is not None else {"system": None, "messages": [], "params": {}},
             "response": {
                 "status": ex.status,
-                "text": summary.text if summary is not None else None,
+                "text": text,
                 "reasoning_chars": summary.reasoning_chars if summary is not None else 0,
                 "prompt_tokens": summary.prompt_tokens if summary is not None else None,
                 "completion_tokens": summary.completion_tokens if summary is not None else None,
-                "finish_reason": summary.finish_reason if summary is not None else None,
+                "finish_reason": finish_reason,
                 "latency_ms": round((time.perf_counter() - ex.started) * 1000, 2),
                 "error": ex.error,
             },

@@ -8,17 +8,24 @@ makes a refusal readable to the user.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
-__all__ = ["GatewayError", "error_body"]
+__all__ = ["GatewayError", "error_body", "error_type", "json_object", "upstream_error_body", "upstream_error_excerpt"]
+
+EXCERPT_CHARS = 200
+_TAG = re.compile(r"<[^>]*>")
 
 _OPENAI_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
     403: "permission_error",
     404: "not_found_error",
+    405: "invalid_request_error",
+    409: "invalid_request_error",
     413: "invalid_request_error",
     422: "invalid_request_error",
     429: "rate_limit_error",
@@ -32,6 +39,8 @@ _ANTHROPIC_TYPES = {
     401: "authentication_error",
     403: "permission_error",
     404: "not_found_error",
+    405: "invalid_request_error",
+    409: "invalid_request_error",
     413: "request_too_large",
     422: "invalid_request_error",
     429: "rate_limit_error",
@@ -55,11 +64,62 @@ class GatewayError(Exception):
         return f"{self.status} {self.code}: {self.message}"
 
 
+def error_type(protocol: str, status: int) -> str:
+    """The protocol's error ``type`` for ``status``.
+
+    A status missing from the tables still gets the right *class* of type: a
+    4xx is the caller's mistake (``invalid_request_error``), never a server
+    error, so SDKs and users do not retry or report a bug for it.
+    """
+    table = _ANTHROPIC_TYPES if protocol == "anthropic" else _OPENAI_TYPES
+    known = table.get(status)
+    if known is not None:
+        return known
+    if 400 <= status < 500:
+        return "invalid_request_error"
+    return "api_error" if protocol == "anthropic" else "server_error"
+
+
 def error_body(protocol: str, status: int, message: str, code: str) -> bytes:
     if protocol == "anthropic":
-        return orjson.dumps(
-            {"type": "error", "error": {"type": _ANTHROPIC_TYPES.get(status, "api_error"), "message": message}}
-        )
+        return orjson.dumps({"type": "error", "error": {"type": error_type(protocol, status), "message": message}})
     return orjson.dumps(
-        {"error": {"message": message, "type": _OPENAI_TYPES.get(status, "server_error"), "param": None, "code": code}}
+        {"error": {"message": message, "type": error_type(protocol, status), "param": None, "code": code}}
     )
+
+
+def json_object(raw: bytes) -> dict[str, Any] | None:
+    """``raw`` parsed when it is a JSON object, else None (HTML, plain text, a bare JSON value)."""
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def upstream_error_excerpt(raw: bytes, limit: int = EXCERPT_CHARS) -> str:
+    """What an upstream error body says, in one short line a user can read.
+
+    The upstream's own ``error.message`` when the body is an API error object;
+    otherwise the start of the body with HTML tags and runs of whitespace
+    removed, so a proxy's "502 Bad Gateway" page reads as exactly that. Only
+    the first 4 KiB are looked at: an error page can be large.
+    """
+    parsed = json_object(raw)
+    error = parsed.get("error") if parsed is not None else None
+    message = error.get("message") if isinstance(error, dict) else None
+    if isinstance(message, str) and message.strip():
+        text = message
+    elif parsed is not None:
+        text = raw[:4096].decode("utf-8", "replace")
+    else:
+        text = _TAG.sub(" ", raw[:4096].decode("utf-8", "replace"))
+    text = " ".join(text.split())
+    if not text:
+        return "(empty body)"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def upstream_error_body(protocol: str, status: int, raw: bytes) -> bytes:
+    """An upstream's error answer re-wrapped in the caller's error shape, keeping the upstream's status."""
+    return error_body(protocol, status, f"Upstream error (HTTP {status}): {upstream_error_excerpt(raw)}", "upstream_error")

@@ -10,7 +10,8 @@ import orjson
 
 from distillguard.gateway.errors import GatewayError
 
-__all__ = ["parse_json_body", "request_part", "flatten_content", "validate_payload"]
+__all__ = ["cap_logprobs", "estimate_prompt_tokens", "flatten_content", "parse_json_body", "redact_text", "request_part",
+           "validate_payload"]
 
 
 def parse_json_body(body: bytes) -> dict[str, Any]:
@@ -85,7 +86,14 @@ def flatten_content(content: Any) -> str:
     return str(content)
 
 
-def _redact(text: str, mode: str, key: bytes) -> str:
+def redact_text(text: str, mode: str, key: bytes) -> str:
+    """``text`` as ``privacy.prompt_mode`` says to store it: as is, a keyed hash, or nothing.
+
+    The hash is keyed (HMAC) so that it cannot be reversed by hashing guesses,
+    yet identical texts still match, which some detectors rely on.
+    """
+    if mode == "keep":
+        return text
     if mode == "drop":
         return ""
     return "hmac-sha256:" + hmac.new(key, text.encode(), hashlib.sha256).hexdigest()[:32]
@@ -116,8 +124,8 @@ def request_part(endpoint: str, payload: dict[str, Any], prompt_mode: str = "kee
         messages = [{"role": "user", "content": t if isinstance(t, str) else str(t)} for t in texts[:64]]
     system = "\n".join(system_parts) if system_parts else None
     if prompt_mode != "keep":
-        system = _redact(system, prompt_mode, hash_key) if system else system
-        messages = [{"role": m["role"], "content": _redact(m["content"], prompt_mode, hash_key)} for m in messages]
+        system = redact_text(system, prompt_mode, hash_key) if system else system
+        messages = [{"role": m["role"], "content": redact_text(m["content"], prompt_mode, hash_key)} for m in messages]
     tools = payload.get("tools")
     return {
         "system": system,
@@ -132,3 +140,49 @@ def request_part(endpoint: str, payload: dict[str, Any], prompt_mode: str = "kee
             "tools": len(tools) if isinstance(tools, list) else 0,
         },
     }
+
+
+def estimate_prompt_tokens(endpoint: str, payload: dict[str, Any]) -> int:
+    """Input tokens guessed before the upstream says: characters of system prompt and messages ÷ 4.
+
+    Used where an answer must state a count the upstream has not given yet
+    (``count_tokens`` for OpenAI upstreams, ``message_start`` of a translated
+    stream); never for billing or limits, which use the upstream's usage.
+    """
+    part = request_part(endpoint, payload)
+    chars = len(part["system"] or "") + sum(len(m["content"]) for m in part["messages"])
+    return max(1, chars // 4)
+
+
+def cap_logprobs(payload: dict[str, Any], cap: int) -> bool:
+    """Limit the token distribution an OpenAI-format request can get back to ``cap`` alternatives; True if changed.
+
+    Logprobs are a distillation signal in themselves, and a request can ask
+    for them several ways, all covered: chat's ``logprobs: true`` (the chosen
+    tokens' logprobs even without ``top_logprobs``) and ``top_logprobs``; the
+    legacy completions' integer ``logprobs`` (which returns the chosen token's
+    logprob even at 0); vLLM's ``prompt_logprobs``. At ``cap`` 0 all of them
+    are switched off; above it the number of alternatives is lowered to ``cap``.
+    """
+    changed = False
+    logprobs = payload.get("logprobs")
+    if cap <= 0:
+        if logprobs is True:
+            payload["logprobs"] = False
+            changed = True
+        elif logprobs is not None and logprobs is not False:
+            del payload["logprobs"]
+            changed = True
+        for name in ("top_logprobs", "prompt_logprobs"):
+            if payload.pop(name, None) is not None:
+                changed = True
+        return changed
+    if isinstance(logprobs, int) and not isinstance(logprobs, bool) and logprobs > cap:
+        payload["logprobs"] = cap
+        changed = True
+    for name in ("top_logprobs", "prompt_logprobs"):
+        value = payload.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > cap:
+            payload[name] = cap
+            changed = True
+    return changed

@@ -21,6 +21,7 @@ log = logging.getLogger("distillguard.gateway")
 
 def build_gateway(settings: Settings) -> Gateway:
     """Wire the gateway with every component this installation and configuration provide."""
+    from distillguard.policy import PolicyEngine
     from distillguard.signals import SignalCollector
     from distillguard.store import EventSink, Registry
     from distillguard.watermark.gateway import GatewayWatermarker
@@ -29,14 +30,10 @@ def build_gateway(settings: Settings) -> Gateway:
     sink = EventSink(settings.database, settings.spill_dir, retention_days=settings.privacy.retention_days)
     signals = SignalCollector(settings, install_keys=registry.install_keys, enroll_store=registry.enroll_install)
     watermarker = GatewayWatermarker(settings)
-    plugins: list[Any] = [watermarker]
-    policy: Any = None
-    if settings.detection.online:
-        # Imported only when on: the policy engine spawns the scorer process.
-        from distillguard.policy import PolicyEngine
-
-        policy = PolicyEngine(settings, registry=registry)
-        plugins.append(policy)
+    # Always on: the attestation requirement and manual overrides do not depend on
+    # online detection; with detection.online off the engine spawns no scorer process.
+    policy = PolicyEngine(settings, registry=registry)
+    plugins: list[Any] = [watermarker, policy]
     return Gateway(settings, registry=registry, sink=sink, signals=signals, policy=policy, watermarker=watermarker, admin_plugins=plugins)
 
 

@@ -17,9 +17,18 @@ import orjson
 
 from distillguard.gateway.errors import GatewayError
 
-__all__ = ["StreamTranslator", "anthropic_to_openai_request", "openai_to_anthropic_response"]
+__all__ = ["StreamTranslator", "anthropic_stop_reason", "anthropic_to_openai_request", "openai_to_anthropic_response"]
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "content_filter": "end_turn", "tool_calls": "tool_use"}
+
+
+def anthropic_stop_reason(finish_reason: str | None) -> str:
+    """An OpenAI ``finish_reason`` in Anthropic's ``stop_reason`` vocabulary (unknown or none: ``end_turn``).
+
+    The one mapping for the translated answer, its stream and its event, so the
+    event records exactly what the client was told.
+    """
+    return STOP_REASONS.get(finish_reason or "stop", "end_turn")
 
 
 def _text_of(content: Any, where: str) -> str:
@@ -89,7 +98,7 @@ def openai_to_anthropic_response(body: dict[str, Any], model: str) -> dict[str, 
         "role": "assistant",
         "model": body.get("model") or model,
         "content": content,
-        "stop_reason": STOP_REASONS.get(choice.get("finish_reason") or "stop", "end_turn"),
+        "stop_reason": anthropic_stop_reason(choice.get("finish_reason")),
         "stop_sequence": None,
         "usage": {"input_tokens": usage.get("prompt_tokens", 0), "output_tokens": usage.get("completion_tokens", 0)},
     }
@@ -100,17 +109,25 @@ def _sse(event: str, data: dict[str, Any]) -> bytes:
 
 
 class StreamTranslator:
-    """Turns an OpenAI chat-completions SSE stream into Anthropic Messages SSE events, chunk by chunk."""
+    """Turns an OpenAI chat-completions SSE stream into Anthropic Messages SSE events, chunk by chunk.
 
-    def __init__(self, model: str) -> None:
+    ``message_start`` must be sent before the first content, but OpenAI streams
+    report usage only in their last chunk; so ``message_start`` carries
+    ``estimated_input_tokens`` (the gateway's guess) and the final
+    ``message_delta`` carries the upstream's real input and output counts, which
+    Anthropic clients take as the cumulative totals.
+    """
+
+    def __init__(self, model: str, estimated_input_tokens: int = 0) -> None:
         self.model = model
         self.buffer = b""
         self.started = False
         self.block_index = -1
         self.block_kind: str | None = None
         self.finish_reason: str | None = None
-        self.input_tokens = 0
+        self.input_tokens = estimated_input_tokens
         self.output_tokens = 0
+        self.usage_reported = False
         self.finished = False
 
     def _start(self) -> bytes:
@@ -153,6 +170,7 @@ class StreamTranslator:
         out = b""
         usage = payload.get("usage")
         if usage:
+            self.usage_reported = True
             self.input_tokens = usage.get("prompt_tokens", self.input_tokens) or 0
             self.output_tokens = usage.get("completion_tokens", self.output_tokens) or 0
         if not self.started:
@@ -183,8 +201,10 @@ class StreamTranslator:
         if self.block_kind is None:
             out += self._switch_block("text")
         out += _sse("content_block_stop", {"type": "content_block_stop", "index": self.block_index})
+        usage: dict[str, int] = {"output_tokens": self.output_tokens}
+        if self.usage_reported:  # the real count replaces message_start's estimate; without it the estimate stands
+            usage = {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens}
         out += _sse("message_delta", {"type": "message_delta",
-                                      "delta": {"stop_reason": STOP_REASONS.get(self.finish_reason or "stop", "end_turn"),
-                                                "stop_sequence": None},
-                                      "usage": {"output_tokens": self.output_tokens}})
+                                      "delta": {"stop_reason": anthropic_stop_reason(self.finish_reason), "stop_sequence": None},
+                                      "usage": usage})
         return out + _sse("message_stop", {"type": "message_stop"})

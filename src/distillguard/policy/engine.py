@@ -5,6 +5,10 @@ the scorer's reader thread, manual overrides are a dict, thresholds are
 numbers from the settings. Audit records and review items are written by a
 background thread when an account's action *changes*, so a blocked account
 sending a thousand requests makes one audit line, not a thousand DB writes.
+
+The engine runs whether or not online detection does (``detection.online``):
+manual overrides and the attestation requirement are not risk-based and must
+hold either way; without online detection there is simply no risk to act on.
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ LOGPROBS_CAP = 0
 class PolicyEngine:
     def __init__(self, settings: Settings, registry: Any = None, *, publish_every_s: float = 1.0) -> None:
         self.settings = settings.detection
+        self.online = settings.detection.online
+        self.attestation_required = frozenset(settings.attestation.required_for_accounts)
+        self.attestation_require_all = settings.attestation.require_all
         self.registry = registry
         self.scorer = OnlineScorer(self._on_report, publish_every_s=publish_every_s)
         self._risk: dict[str, dict[str, Any]] = {}
@@ -46,7 +53,8 @@ class PolicyEngine:
         if self._started:
             return
         self._started = True
-        self.scorer.start()
+        if self.online:  # the scorer is a separate process: only spawned when its scores are wanted
+            self.scorer.start()
         self._writer = threading.Thread(target=self._write_loop, name="distillguard-audit", daemon=True)
         self._writer.start()
 
@@ -60,7 +68,8 @@ class PolicyEngine:
 
     # -- hot path ------------------------------------------------------------------------------
     def observe(self, event: dict[str, Any]) -> None:
-        self.scorer.submit(event)
+        if self.online:
+            self.scorer.submit(event)
 
     def decide(self, account_id: str, key_id: str | None, signals: Any = None) -> Decision:
         decision = self._decide(account_id, signals)
@@ -82,9 +91,9 @@ class PolicyEngine:
             if action == "allow":
                 return ALLOW
             return Decision(action, "manual")
-        if signals is not None and any(s.get("name") == "attestation_required" for s in getattr(signals, "signals", ())):
-            return Decision("challenge", "attestation_required",
-                            "This account must use an attesting client (see docs/attestation.md); the request carried no attestation.")
+        challenge = self._attestation_challenge(account_id, signals)
+        if challenge is not None:
+            return challenge
         entry = self._risk.get(account_id)
         if entry is None:
             return ALLOW
@@ -103,6 +112,27 @@ class PolicyEngine:
         if score >= s.flag_threshold:
             return Decision("flag", "risk>=flag_threshold", risk=score)
         return ALLOW
+
+    def _attestation_challenge(self, account_id: str, signals: Any) -> Decision | None:
+        """Rule 2: an account that must attest is served only with a *valid* attestation.
+
+        An invalid, expired, replayed or unknown-key attestation is refused like
+        a missing one: otherwise any made-up signature header would satisfy the
+        requirement. The message names the status so the user knows what to fix.
+        """
+        if not (self.attestation_require_all or account_id in self.attestation_required):
+            return None
+        attestation = getattr(signals, "attestation", None) or {}
+        status = attestation.get("status")
+        if status == "valid":
+            return None
+        if status is None:
+            problem = "the request carried no attestation"
+        else:
+            reason = attestation.get("reason")
+            problem = f"the request's attestation is {status}" + (f" ({reason})" if reason else "")
+        return Decision("challenge", "attestation_required",
+                        f"This account must use an attesting client (see docs/attestation.md); {problem}.")
 
     # -- scorer feed -----------------------------------------------------------------------------
     def _on_report(self, report: dict[str, Any]) -> None:
@@ -162,4 +192,6 @@ class PolicyEngine:
     async def handle_admin(self, method: str, path: str, query: dict[str, str], body: bytes) -> tuple[int, object] | None:
         from distillguard.policy.admin import handle
 
+        if not self.online and (path.endswith("/risk") or path == "/admin/v1/flagged"):
+            return None  # the gateway answers 503 detection_disabled: there is no risk without online scoring
         return await handle(self, method, path, query, body)

@@ -3,19 +3,19 @@
 The verifier uses ``http-message-signatures`` (Ed25519) with the install's
 enrolled public key, requires the signature to cover the method, target URI,
 ``Content-Digest`` (checked against the body) and the signals header, checks
-``created``/``expires`` against a configurable skew window, and rejects a
-nonce seen before. Keys come from an in-memory cache (no database round trip);
-enrollment updates the cache.
+``created``/``expires`` against a configurable skew window, rejects a
+nonce seen before, and checks that the install is enrolled for the calling
+account. Keys come from an in-memory cache (no database round trip on the
+request path, see :mod:`distillguard.signals.installs`); enrollment updates it.
 """
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -27,14 +27,24 @@ from http_message_signatures import (
 )
 from http_message_signatures.exceptions import HTTPMessageSignaturesException
 
+from distillguard.exceptions import ConfigError
+from distillguard.signals.installs import EnrolledInstall, InstallKeyCache, InstallSource, load_public_key
 from distillguard.signals.protocol import COVERED_COMPONENTS, SIGNALS_HEADER, TAG, decode_signals
 
-__all__ = ["AttestationVerifier", "NonceCache", "load_public_key"]
+__all__ = ["OTHER_ACCOUNT", "AttestationVerifier", "NonceCache", "load_public_key", "min_nonce_ttl_s"]
+
+OTHER_ACCOUNT = "install_enrolled_for_other_account"
 
 
-def load_public_key(encoded: str) -> Ed25519PublicKey:
-    raw = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
-    return Ed25519PublicKey.from_public_bytes(raw)
+def min_nonce_ttl_s(clock_skew_s: float) -> float:
+    """How long a signature can stay acceptable after the gateway first sees it, so how long its nonce must be kept.
+
+    A signature is accepted while ``now - 2S <= created <= now + S`` (a
+    maximum age of S plus S of skew, and S of skew into the future). Seen
+    first with ``created`` S in the future, it stays acceptable for 3S more;
+    a nonce forgotten sooner could be replayed.
+    """
+    return 3 * clock_skew_s
 
 
 class NonceCache:
@@ -70,43 +80,53 @@ class _Request:
 
 
 class _KeyResolver(HTTPSignatureKeyResolver):
-    def __init__(self, keys: dict[str, Ed25519PublicKey]) -> None:
-        self.keys = keys
+    """Resolves the signature's ``keyid`` from the install cache and remembers what it found."""
+
+    def __init__(self, installs: InstallKeyCache) -> None:
+        self.installs = installs
         self.missing: str | None = None
+        self.found: EnrolledInstall | None = None
 
     def resolve_public_key(self, key_id: str) -> Ed25519PublicKey | None:
-        key = self.keys.get(key_id)
-        if key is None:
+        self.found = self.installs.get(key_id)
+        if self.found is None:
             self.missing = key_id
-        return key
+            return None
+        return self.found.public_key
 
     def resolve_private_key(self, key_id: str) -> Any:
         raise HTTPMessageSignaturesException("the verifier holds no private keys")
 
 
 class AttestationVerifier:
-    def __init__(self, install_keys: Callable[[], dict[str, str]] | dict[str, str] | None = None, clock_skew_s: float = 300.0) -> None:
-        self._keys: dict[str, Ed25519PublicKey] = {}
-        self.raw_keys: dict[str, str] = {}
+    """Verifies attestations against the enrolled installs; one per gateway process."""
+
+    def __init__(self, install_keys: InstallSource | Mapping[str, str] | None = None, clock_skew_s: float = 300.0,
+                 nonce_ttl_s: float | None = None) -> None:
+        minimum = min_nonce_ttl_s(clock_skew_s)
+        if nonce_ttl_s is not None and nonce_ttl_s < minimum:
+            raise ConfigError(
+                f"attestation.nonce_ttl_s: {nonce_ttl_s:g} s is shorter than the {minimum:g} s a signature can stay acceptable "
+                f"(3 × attestation.clock_skew_s = 3 × {clock_skew_s:g}), so replays could slip through; "
+                f"set it to at least {minimum:g} or leave it unset")
         self.clock_skew_s = clock_skew_s
-        self.nonces = NonceCache(ttl_s=2 * clock_skew_s + 300)
-        self._source = install_keys
-        self.reload()
+        self.nonces = NonceCache(ttl_s=minimum if nonce_ttl_s is None else nonce_ttl_s)
+        self.installs = InstallKeyCache(install_keys)
 
-    def reload(self) -> None:
-        source = self._source() if callable(self._source) else (self._source or {})
-        for install_id, encoded in source.items():
-            self.add_key(install_id, encoded)
-
-    def add_key(self, install_id: str, encoded: str) -> None:
-        self._keys[install_id] = load_public_key(encoded)
-        self.raw_keys[install_id] = encoded
+    def add_key(self, install_id: str, encoded: str, account_id: str | None = None) -> None:
+        self.installs.add(install_id, encoded, account_id)
 
     def has_key(self, install_id: str) -> bool:
-        return install_id in self._keys
+        return self.installs.peek(install_id) is not None
 
-    def verify(self, method: str, url: str, headers: Iterable[tuple[str, str]], body: bytes) -> dict[str, Any] | None:
-        """The event's ``attestation`` object, or None when the request carries no attestation."""
+    def verify(self, method: str, url: str, headers: Iterable[tuple[str, str]], body: bytes,
+               account_id: str | None = None) -> dict[str, Any] | None:
+        """The event's ``attestation`` object, or None when the request carries no attestation.
+
+        ``account_id`` is the account of the API key the request came with: an
+        install enrolled for another account is ``invalid``. Without it (offline
+        verification) the account is not checked.
+        """
         header_map: dict[str, str] = {}
         for name, value in headers:
             key = name.lower()
@@ -123,7 +143,7 @@ class AttestationVerifier:
                 return self._result("invalid", {}, "signals header is not base64url JSON")
         if not has_signature:
             return self._result("invalid", claimed, "signals sent without a signature")
-        resolver = _KeyResolver(self._keys)
+        resolver = _KeyResolver(self.installs)
         verifier = HTTPMessageVerifier(signature_algorithm=algorithms.ED25519, key_resolver=resolver)
         verifier.max_clock_skew = dt.timedelta(seconds=self.clock_skew_s)
         try:
@@ -141,6 +161,10 @@ class AttestationVerifier:
         params = results[0].parameters
         if claimed.get("install_id") != params.get("keyid"):
             return self._result("invalid", claimed, "signals name a different install than the signing key")
+        enrolled_for = resolver.found.account_id if resolver.found else None
+        if account_id is not None and enrolled_for is not None and enrolled_for != account_id:
+            return self._result("invalid", claimed, f"{OTHER_ACCOUNT}: the install is enrolled for account {enrolled_for}, "
+                                                    f"the API key belongs to {account_id}")
         nonce = params.get("nonce")
         if not isinstance(nonce, str) or not nonce:
             return self._result("invalid", claimed, "signature carries no nonce")

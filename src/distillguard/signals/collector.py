@@ -1,24 +1,36 @@
 """The gateway's one call per request: every client and network signal, and the region rule.
 
-``collect`` reads only memory: install keys are cached at start and on
-enrollment, GeoIP lookups are memoised, the nonce cache is in memory.
+``collect`` reads only memory: install keys are cached at start, on
+enrollment and by a background look-up after a miss, GeoIP lookups are
+memoised, the nonce cache is in memory. ``enroll`` (run in a thread by the
+gateway) may use the database.
 """
 
 from __future__ import annotations
 
-import base64
 import ipaddress
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from cryptography.exceptions import InvalidSignature
 
 from distillguard.config import Settings
-from distillguard.signals.attestation import AttestationVerifier, load_public_key
-from distillguard.signals.consistency import consistency_signals, countries_for_timezone
-from distillguard.signals.network import GeoLookup, client_ip, header_fingerprint, protect_ip
+from distillguard.exceptions import UsageError
+from distillguard.signals.attestation import OTHER_ACCOUNT, AttestationVerifier
+from distillguard.signals.consistency import consistency_signals, primary_country
+from distillguard.signals.installs import EnrolledInstall, InstallSource, load_public_key
+from distillguard.signals.network import (
+    GeoLookup,
+    client_ip,
+    forwarded_scheme,
+    header_fingerprint,
+    protect_ip,
+)
+from distillguard.signals.protocol import b64url_decode, enrollment_message
 
 __all__ = ["EnrollmentError", "SignalCollector", "SignalResult"]
 
@@ -44,14 +56,15 @@ class SignalCollector:
     def __init__(
         self,
         settings: Settings,
-        install_keys: Callable[[], dict[str, str]] | dict[str, str] | None = None,
+        install_keys: InstallSource | Mapping[str, str] | None = None,
         enroll_store: Callable[..., Any] | None = None,
     ) -> None:
         network = settings.network
         self.settings = settings
         self.trusted = [ipaddress.ip_network(cidr, strict=False) for cidr in network.trusted_proxies]
+        self.verifier = AttestationVerifier(install_keys, clock_skew_s=settings.attestation.clock_skew_s,
+                                            nonce_ttl_s=settings.attestation.nonce_ttl_s)
         self.geo = GeoLookup(network.geoip_country_db, network.geoip_asn_db, network.hosting_asns)
-        self.verifier = AttestationVerifier(install_keys, clock_skew_s=settings.attestation.clock_skew_s)
         self.enroll_store = enroll_store
         self.ip_mode = settings.privacy.ip_mode
         self.hash_key = settings.privacy.hash_key.encode()
@@ -74,9 +87,9 @@ class SignalCollector:
         header_map = {n.lower(): v for n, v in decoded}
         ip = client_ip(peer_ip, header_map, self.trusted)
         geo = self.geo.lookup(ip)
-        scheme = header_map.get("x-forwarded-proto", "http") if self.trusted else "http"
+        scheme = forwarded_scheme(peer_ip, header_map, self.trusted)
         url = f"{scheme}://{header_map.get('host', 'localhost')}{path_qs}"
-        attestation = self.verifier.verify(method, url, decoded, body)
+        attestation = self.verifier.verify(method, url, decoded, body, account_id=account_id)
         signals = consistency_signals(attestation, geo, header_map.get("accept-language"))
         if attestation is None and self.requires_attestation(account_id):
             signals.append({"name": "attestation_required", "evidence": f"account {account_id} must attest, the request carried none"})
@@ -96,35 +109,82 @@ class SignalCollector:
         if source in ("ip", "both") and ip_country:
             candidates.add(ip_country.upper())
         if source in ("timezone", "both") and attestation and attestation.get("status") == "valid":
-            candidates.update(countries_for_timezone(attestation.get("tz")))
+            # The zone's own country, not every country sharing its rules (Berlin is DE, not also NO).
+            tz_country = primary_country(attestation.get("tz"))
+            if tz_country:
+                candidates.add(tz_country)
         for country in sorted(candidates):
             if country in self.deny or (self.allow and country not in self.allow):
                 return f"This service is not offered in your region ({country})."
         return None
 
     def enroll(self, key_id: str, account_id: str, body: bytes) -> dict[str, Any]:
-        """Register an install's public key for the calling API key (POST /v1/distillguard/enroll)."""
+        """Register an install's public key for the calling API key's account (POST /v1/distillguard/enroll).
+
+        The body must carry a proof of possession: a signature by the key being
+        enrolled (docs/attestation.md), so nobody can enroll a public key whose
+        private key they do not hold. An install belongs to one account; keys of
+        that account may enroll it again (idempotent), others get 409.
+        """
+        install_id, public_key, created, proof = self._parse_enrollment(body)
+        self._check_proof(install_id, public_key, created, proof)
+        known = self.verifier.installs.peek(install_id)
+        if known is not None:
+            return self._already_enrolled(known, install_id, public_key, key_id, account_id)
+        created_now = self._store_enrollment(key_id, install_id, public_key, account_id)
+        self.verifier.add_key(install_id, public_key, account_id)
+        log.info("%s install %s for key %s (account %s)", "enrolled" if created_now else "found enrolled", install_id, key_id, account_id)
+        return {"install_id": install_id, "key_id": key_id, "status": "enrolled" if created_now else "already_enrolled"}
+
+    @staticmethod
+    def _parse_enrollment(body: bytes) -> tuple[str, str, int, str]:
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError:
-            raise EnrollmentError(400, "enrollment body must be JSON: {\"install_id\": ..., \"public_key\": ...}") from None
-        install_id, public_key = (data or {}).get("install_id"), (data or {}).get("public_key")
+            raise EnrollmentError(400, "enrollment body must be JSON: {\"install_id\", \"public_key\", \"created\", \"proof\"}") from None
+        data = data if isinstance(data, dict) else {}
+        install_id, public_key = data.get("install_id"), data.get("public_key")
         if not isinstance(install_id, str) or not 8 <= len(install_id) <= 128 or not isinstance(public_key, str):
             raise EnrollmentError(422, "install_id (8–128 characters) and public_key (base64url Ed25519) are required")
         try:
             load_public_key(public_key)
-            base64.urlsafe_b64decode(public_key + "=" * (-len(public_key) % 4))
-        except (ValueError, TypeError):
+        except ValueError:
             raise EnrollmentError(422, "public_key is not a base64url-encoded raw Ed25519 public key") from None
-        if self.verifier.has_key(install_id):
-            if self.verifier.raw_keys.get(install_id) == public_key:
-                return {"install_id": install_id, "key_id": key_id, "status": "already_enrolled"}
+        created, proof = data.get("created"), data.get("proof")
+        if not isinstance(created, int) or isinstance(created, bool) or not isinstance(proof, str):
+            raise EnrollmentError(422, "created (POSIX seconds) and proof (base64url Ed25519 signature by the enrolled key) "
+                                       "are required: proof of possession of the private key (docs/attestation.md)")
+        return install_id, public_key, created, proof
+
+    def _check_proof(self, install_id: str, public_key: str, created: int, proof: str) -> None:
+        """The proof must be fresh (within the attestation skew window) and signed by the key being enrolled."""
+        skew = self.settings.attestation.clock_skew_s
+        if abs(time.time() - created) > skew:
+            raise EnrollmentError(403, f"enrollment proof is outside the accepted window of ±{skew:g} s (created={created}); "
+                                       "check the client's clock")
+        try:
+            load_public_key(public_key).verify(b64url_decode(proof), enrollment_message(install_id, public_key, created))
+        except (InvalidSignature, ValueError):
+            raise EnrollmentError(403, "enrollment proof does not verify: it must be signed by the private key of "
+                                       "the public key being enrolled") from None
+
+    @staticmethod
+    def _already_enrolled(known: EnrolledInstall, install_id: str, public_key: str, key_id: str, account_id: str) -> dict[str, Any]:
+        if known.encoded != public_key:
             raise EnrollmentError(409, f"install {install_id} is already enrolled with another key")
-        if self.enroll_store is not None:
-            try:
-                self.enroll_store(key_id, install_id, public_key, account_id=account_id)
-            except Exception as exc:
-                raise EnrollmentError(409, str(exc)) from None
-        self.verifier.add_key(install_id, public_key)
-        log.info("enrolled install %s for key %s", install_id, key_id)
-        return {"install_id": install_id, "key_id": key_id, "status": "enrolled"}
+        if known.account_id is not None and known.account_id != account_id:
+            raise EnrollmentError(409, f"{OTHER_ACCOUNT}: install {install_id} is enrolled for another account")
+        return {"install_id": install_id, "key_id": key_id, "status": "already_enrolled"}
+
+    def _store_enrollment(self, key_id: str, install_id: str, public_key: str, account_id: str) -> bool:
+        """Persist the enrollment; True if it is new, False if this install was already enrolled (same key, same account)."""
+        if self.enroll_store is None:
+            return True
+        try:
+            result = self.enroll_store(key_id, install_id, public_key, account_id=account_id)
+        except UsageError as exc:
+            raise EnrollmentError(409, str(exc)) from None
+        except Exception as exc:
+            log.warning("storing the enrollment of install %s failed: %s", install_id, exc)
+            raise EnrollmentError(503, "enrollment could not be stored; try again") from None
+        return result is not False

@@ -3,6 +3,8 @@
 ``X-Forwarded-For`` and ``Forwarded`` are believed only for hops that are
 configured trusted proxies: the list is walked from the right (the hop nearest
 to us) and the first address that is not a trusted proxy is the client.
+``X-Forwarded-Proto`` likewise counts only when the direct peer is a trusted
+proxy; from anyone else it is a claim the client chose.
 GeoIP and ASN come from local MaxMind-format ``.mmdb`` files when configured;
 nothing is looked up over the network.
 """
@@ -17,7 +19,9 @@ from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any
 
-__all__ = ["GeoLookup", "client_ip", "header_fingerprint", "protect_ip", "DEFAULT_HOSTING_ASNS"]
+__all__ = ["GeoLookup", "client_ip", "forwarded_scheme", "header_fingerprint", "is_trusted_peer", "protect_ip", "DEFAULT_HOSTING_ASNS"]
+
+Networks = list[ipaddress.IPv4Network | ipaddress.IPv6Network]
 
 DEFAULT_HOSTING_ASNS = frozenset({16509, 14618, 15169, 396982, 8075, 14061, 24940, 16276, 63949, 20473, 45102, 37963, 132203, 31898})
 _FORWARDED_FOR = re.compile(r'for="?\[?([^\]";,]+)\]?(?::\d+)?"?', re.IGNORECASE)
@@ -33,14 +37,37 @@ def _parse_ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | Non
         return None
 
 
-def client_ip(peer: str | None, headers: dict[str, str], trusted: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> str | None:
+def _in(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, trusted: Networks) -> bool:
+    return any(ip in network for network in trusted)
+
+
+def is_trusted_peer(peer: str | None, trusted: Networks) -> bool:
+    """Whether the TCP peer is a configured trusted proxy (only then are forwarding headers believed)."""
+    ip = _parse_ip(peer) if peer and trusted else None
+    return ip is not None and _in(ip, trusted)
+
+
+def forwarded_scheme(peer: str | None, headers: dict[str, str], trusted: Networks) -> str:
+    """The scheme the client used: ``X-Forwarded-Proto`` from a trusted peer, else ``http``.
+
+    The trusted proxy must set the header (not append to a client's): the
+    first value is taken. Anything but ``http``/``https`` is ignored.
+    """
+    value = headers.get("x-forwarded-proto")
+    if not value or not is_trusted_peer(peer, trusted):
+        return "http"
+    scheme = value.split(",", 1)[0].strip().lower()
+    return scheme if scheme in ("http", "https") else "http"
+
+
+def client_ip(peer: str | None, headers: dict[str, str], trusted: Networks) -> str | None:
     """The client address, walking forwarding headers only through trusted proxies."""
     current = _parse_ip(peer) if peer else None
     if current is None or not trusted:
         return peer
 
     def is_trusted(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-        return any(ip in network for network in trusted)
+        return _in(ip, trusted)
 
     chain: list[str] = []
     forwarded = headers.get("forwarded")

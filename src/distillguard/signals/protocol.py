@@ -6,13 +6,25 @@ import base64
 
 import orjson
 
-__all__ = ["COVERED_COMPONENTS", "LABEL", "SIGNALS_HEADER", "TAG", "VALIDITY_S", "decode_signals", "encode_signals"]
+__all__ = ["COVERED_COMPONENTS", "ENROLL_PATH", "ENROLL_TAG", "LABEL", "SIGNALS_HEADER", "TAG", "VALIDITY_S", "b64url_decode",
+           "b64url_encode", "decode_signals", "encode_signals", "enrollment_message"]
 
 SIGNALS_HEADER = "DG-Client-Signals"
 LABEL = "dg"
 TAG = "distillguard-attest-v1"
 VALIDITY_S = 300
 COVERED_COMPONENTS = ("@method", "@target-uri", "content-digest", SIGNALS_HEADER.lower())
+ENROLL_PATH = "/v1/distillguard/enroll"
+ENROLL_TAG = "distillguard-enroll-v1"
+
+
+def b64url_encode(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def b64url_decode(value: str) -> bytes:
+    """Padding optional; raises ``ValueError`` (binascii.Error) on bad input."""
+    return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
 
 
 def encode_signals(signals: dict) -> str:
@@ -29,3 +41,13 @@ def decode_signals(value: str) -> dict:
     if not isinstance(data, dict):
         raise ValueError("signals header must encode a JSON object")
     return data
+
+
+def enrollment_message(install_id: str, public_key: str, created: int) -> bytes:
+    """What the install signs with the key it enrolls: proof that the caller holds that private key.
+
+    The tag keeps the proof from being mistaken for (or made from) any other
+    Ed25519 signature; ``created`` limits how long a captured proof can be reused.
+    The strings are signed exactly as they appear in the enrollment body.
+    """
+    return f"{ENROLL_TAG}\n{install_id}\n{public_key}\n{created}".encode()

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import secrets
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +23,7 @@ from distillguard.exceptions import NotFoundError, UsageError
 from distillguard.store import schema
 from distillguard.store.engine import make_engine
 
-__all__ = ["KeyRecord", "Registry", "hash_secret", "new_secret"]
+__all__ = ["InstallKey", "KeyRecord", "Registry", "hash_secret", "new_secret"]
 
 SECRET_PREFIX = "sk-dg-"
 
@@ -79,6 +80,22 @@ class KeyRecord:
     account_status: str
     key_limits: dict[str, int | None] = field(default_factory=dict)
     account_limits: dict[str, int | None] = field(default_factory=dict)
+
+
+class InstallKey(str):
+    """An enrolled install's public key (base64url) that also names the account it is bound to.
+
+    A ``str`` so that callers that only want the key (``{install_id: public_key}``)
+    keep working; the attestation verifier reads ``account_id`` to refuse the
+    install on another account's keys.
+    """
+
+    account_id: str
+
+    def __new__(cls, public_key: str, account_id: str) -> InstallKey:
+        key = super().__new__(cls, public_key)
+        key.account_id = account_id
+        return key
 
 
 class Registry:
@@ -230,25 +247,56 @@ class Registry:
         ]
 
     # -- installs (attestation enrollment) -----------------------------------
-    def enroll_install(self, key_id: str, install_id: str, public_key: str, account_id: str = "") -> None:
-        with self.engine.begin() as conn:
-            existing = conn.execute(
-                select(schema.installs.c.public_key).where(schema.installs.c.install_id == install_id)
-            ).first()
-            if existing is not None:
-                if existing[0] != public_key:
-                    raise UsageError(f"install {install_id!r} is already enrolled with another public key")
-                return
-            conn.execute(
-                schema.installs.insert().values(
-                    install_id=install_id, key_id=key_id, account_id=account_id, public_key=public_key, created_at=time.time()
-                )
-            )
+    def enroll_install(self, key_id: str, install_id: str, public_key: str, *, account_id: str) -> bool:
+        """Bind an install's public key to ``account_id``; True if new, False if already so enrolled.
 
-    def install_keys(self) -> dict[str, str]:
+        An install belongs to the account that enrolled it first: enrolling it
+        again with a key of the same account is a no-op, with another account
+        or another public key a :class:`UsageError`. Two processes racing to
+        enroll the same install resolve through the primary key.
+        """
+        if not account_id:
+            raise UsageError("account_id: an install must be enrolled for an account")
+        try:
+            with self.engine.begin() as conn:
+                if self._check_enrolled(conn, install_id, public_key, account_id):
+                    return False
+                conn.execute(
+                    schema.installs.insert().values(
+                        install_id=install_id, key_id=key_id, account_id=account_id, public_key=public_key, created_at=time.time()
+                    )
+                )
+        except IntegrityError:
+            with self.engine.connect() as conn:
+                if self._check_enrolled(conn, install_id, public_key, account_id):
+                    return False
+            raise
+        return True
+
+    @staticmethod
+    def _check_enrolled(conn: Any, install_id: str, public_key: str, account_id: str) -> bool:
+        """True if the install is enrolled with this key for this account, False if not enrolled; raises on a conflict."""
+        existing = conn.execute(
+            select(schema.installs.c.public_key, schema.installs.c.account_id).where(schema.installs.c.install_id == install_id)
+        ).first()
+        if existing is None:
+            return False
+        if existing[0] != public_key:
+            raise UsageError(f"install {install_id!r} is already enrolled with another public key")
+        if existing[1] != account_id:
+            raise UsageError(f"install_enrolled_for_other_account: install {install_id!r} is enrolled for another account")
+        return True
+
+    def install_keys(self, install_ids: Collection[str] | None = None) -> dict[str, str]:
+        """Enrolled installs → public key (an :class:`InstallKey`, carrying the account); all, or only ``install_ids``."""
+        query = select(schema.installs.c.install_id, schema.installs.c.public_key, schema.installs.c.account_id)
+        if install_ids is not None:
+            if not install_ids:
+                return {}
+            query = query.where(schema.installs.c.install_id.in_(list(install_ids)))
         with self.engine.connect() as conn:
-            rows = conn.execute(select(schema.installs.c.install_id, schema.installs.c.public_key)).all()
-        return {install_id: public_key for install_id, public_key in rows}
+            rows = conn.execute(query).all()
+        return {install_id: InstallKey(public_key, account_id) for install_id, public_key, account_id in rows}
 
     # -- audit and review ---------------------------------------------------
     def record_audit(self, actor: str, action: str, target: str, detail: dict[str, Any] | None = None) -> None:

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from distillguard.watermark.processors import HFWatermarkProcessor, vllm_processor
     from distillguard.watermark.schemes import KGW, Unigram
     from distillguard.watermark.service import detect_text
+    from distillguard.watermark.universe import unigram_universe
 
 _HOMES = {
     "detect_ids": "detect", "holm": "detect", "z_test": "detect",
@@ -24,10 +25,11 @@ _HOMES = {
     "HFWatermarkProcessor": "processors", "vllm_processor": "processors",
     "KGW": "schemes", "Unigram": "schemes",
     "detect_text": "service",
+    "unigram_universe": "universe",
 }
 
 __all__ = ["GatewayWatermarker", "HFWatermarkProcessor", "KGW", "Unigram", "derive_key", "detect_ids", "detect_text", "holm",
-           "key_for", "vllm_processor", "z_test"]
+           "key_for", "unigram_universe", "vllm_processor", "z_test"]
 
 
 def __getattr__(name: str) -> Any:

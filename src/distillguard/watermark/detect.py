@@ -16,6 +16,7 @@ from typing import Any
 
 from distillguard.watermark.keys import derive_key, valid_key_id
 from distillguard.watermark.schemes import KGW, Unigram
+from distillguard.watermark.universe import unigram_universe
 
 __all__ = ["DEFAULT_THRESHOLD", "detect_ids", "holm", "z_test"]
 
@@ -24,10 +25,38 @@ MIN_TOKENS = 16
 
 
 def z_test(green: int, total: int, gamma: float) -> tuple[float, float]:
+    """The z-score of ``green`` of ``total`` and the *exact* one-sided p-value P(Binomial(total, γ) ≥ green).
+
+    The normal tail ``erfc(z/√2)/2`` is anti-conservative at small thresholds for γ < 0.5 (the
+    binomial's right tail is heavier): at T=100 the nominal 1e-6 test rejects 4e-6 of unmarked texts.
+    """
     if total == 0:
         return 0.0, 1.0
     z = (green - gamma * total) / math.sqrt(total * gamma * (1 - gamma))
-    return z, 0.5 * math.erfc(z / math.sqrt(2))
+    return z, binomial_tail(green, total, gamma)
+
+
+def binomial_tail(k: int, n: int, p: float) -> float:
+    """P(X ≥ k) for X ~ Binomial(n, p), summed in log space (no overflow for large n)."""
+    if k <= 0:
+        return 1.0
+    if k > n:
+        return 0.0
+
+    def log_pmf(j: int) -> float:
+        return math.lgamma(n + 1) - math.lgamma(j + 1) - math.lgamma(n - j + 1) + j * math.log(p) + (n - j) * math.log1p(-p)
+
+    if k <= n * p:  # the tail holds most of the mass: one minus the (short) lower tail
+        return max(0.0, min(1.0, 1.0 - math.fsum(math.exp(log_pmf(j)) for j in range(k))))
+    # Past the mode the terms fall geometrically: sum ratios to the first term until they vanish.
+    ratio = p / (1 - p)
+    term, total = 1.0, 1.0
+    for j in range(k, n):
+        term *= (n - j) / (j + 1) * ratio
+        total += term
+        if term < 1e-17 * total:
+            break
+    return min(1.0, math.exp(log_pmf(k) + math.log(total)))
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
@@ -62,9 +91,16 @@ def _erfcinv(y: float) -> float:
 
 def detect_ids(ids: list[int], vocab_size: int, master_secret: str, key_ids: Sequence[str], *, scheme: str = "unigram",
                gamma: float = 0.25, universe: int | None = None) -> dict[str, Any]:
-    """DESIGN §6's object for token ids ``ids``; raises ``ValueError`` on an unknown key id or scheme."""
+    """DESIGN §6's object for token ids ``ids``; raises ``ValueError`` on an unknown key id or scheme.
+
+    Unigram is scored over ``unigram_universe(vocab_size, gamma)`` unless
+    ``universe`` says otherwise: the range every Unigram marker (gateway bias
+    tables, self-hosted processors) draws its green list from.
+    """
     if scheme not in ("unigram", "kgw"):
         raise ValueError(f"scheme: expected 'unigram' or 'kgw', got {scheme!r}")
+    if scheme == "unigram" and universe is None:
+        universe = unigram_universe(vocab_size, gamma)
     results: list[dict[str, Any]] = []
     scored_count = 0
     for key_id in key_ids:

@@ -1,23 +1,25 @@
 """Marking black-box upstreams from the gateway: a static, sparse per-key ``logit_bias``.
 
 Only the upstream's tokenizer is needed (a local ``tokenizer.json``). Green
-lists are drawn inside the first ``universe`` ids — for BPE and for the demo
-model's frequency-ordered vocabulary these are the common tokens, which is
-where a bias has an effect — and the bias table is capped at the provider's
-limit (300 entries for OpenAI). Bias tables are computed once per key and cached.
+lists are drawn inside the first ``unigram_universe(vocab, γ)`` ids (see
+``universe.py``), sized so that the whole green list fits the provider's bias
+limit (300 entries for OpenAI). Bias tables are computed once per key and
+cached. Only OpenAI-protocol upstreams are marked: the Anthropic Messages API
+has no ``logit_bias``.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from distillguard.config import Settings
 from distillguard.watermark.keys import derive_key, key_for
+from distillguard.watermark.universe import BIAS_LIMIT, UNIVERSE, unigram_universe
 
-__all__ = ["GatewayWatermarker", "UNIVERSE", "BIAS_LIMIT"]
+__all__ = ["GatewayWatermarker", "UNIVERSE", "BIAS_LIMIT", "unigram_universe"]
 
-UNIVERSE = 1200
-BIAS_LIMIT = 300
+log = logging.getLogger("distillguard.watermark")
 
 
 class GatewayWatermarker:
@@ -29,7 +31,10 @@ class GatewayWatermarker:
         self._vocab: dict[str, int] = {}
         self._cache: dict[tuple[str, str], dict[int, float]] = {}
         for upstream in settings.upstreams:
-            if upstream.watermark == "logit_bias" and upstream.tokenizer:
+            if upstream.watermark == "logit_bias" and upstream.protocol != "openai":
+                log.warning("upstream %s: watermark 'logit_bias' ignored, a %s-protocol upstream does not accept logit_bias",
+                            upstream.name, upstream.protocol)
+            elif upstream.watermark == "logit_bias" and upstream.tokenizer:
                 import tokenizers
 
                 self._vocab[upstream.name] = tokenizers.Tokenizer.from_file(upstream.tokenizer).get_vocab_size()
@@ -46,9 +51,9 @@ class GatewayWatermarker:
         if cached is None:
             from distillguard.watermark.schemes import Unigram
 
-            scheme = Unigram(derive_key(self.settings.watermark.master_secret, key_id), self._vocab[upstream_name],
-                             gamma=self.settings.watermark.gamma, delta=self.settings.watermark.delta,
-                             universe=min(UNIVERSE, self._vocab[upstream_name]))
+            vocab_size, gamma = self._vocab[upstream_name], self.settings.watermark.gamma
+            scheme = Unigram(derive_key(self.settings.watermark.master_secret, key_id), vocab_size, gamma=gamma,
+                             delta=self.settings.watermark.delta, universe=unigram_universe(vocab_size, gamma))
             cached = self._cache[(upstream_name, key_id)] = scheme.logit_bias(BIAS_LIMIT)
         return key_id, cached
 

@@ -6,6 +6,10 @@ scores: FloatTensor[batch, vocab]) -> scores``, so it can be put in a
 ``LogitsProcessorList``; ``vllm_processor`` returns the per-request callable
 vLLM's sampling parameters accept, ``(output_token_ids, logits) -> logits``.
 torch is imported only when a tensor is actually passed in.
+
+``scheme="unigram"`` draws its green list from the same id range as the
+gateway's bias tables (``unigram_universe``), so `watermark detect --scheme
+unigram` tests marks from both with one universe.
 """
 
 from __future__ import annotations
@@ -14,14 +18,24 @@ from typing import Any
 
 from distillguard.watermark.keys import derive_key
 from distillguard.watermark.schemes import KGW, Unigram
+from distillguard.watermark.universe import unigram_universe
 
 __all__ = ["HFWatermarkProcessor", "vllm_processor"]
 
 
+def _scheme(master_secret: str, key_id: str, vocab_size: int, scheme: str, gamma: float, delta: float) -> KGW | Unigram:
+    """The marker both processors wrap; Unigram over the universe the detector scores."""
+    key = derive_key(master_secret, key_id)
+    if scheme == "kgw":
+        return KGW(key, vocab_size, gamma=gamma, delta=delta)
+    if scheme == "unigram":
+        return Unigram(key, vocab_size, gamma=gamma, delta=delta, universe=unigram_universe(vocab_size, gamma))
+    raise ValueError(f"scheme: expected 'kgw' or 'unigram', got {scheme!r}")
+
+
 class HFWatermarkProcessor:
     def __init__(self, master_secret: str, key_id: str, vocab_size: int, *, scheme: str = "kgw", gamma: float = 0.25, delta: float = 2.0) -> None:
-        key = derive_key(master_secret, key_id)
-        self.scheme = KGW(key, vocab_size, gamma=gamma, delta=delta) if scheme == "kgw" else Unigram(key, vocab_size, gamma=gamma, delta=delta)
+        self.scheme = _scheme(master_secret, key_id, vocab_size, scheme, gamma, delta)
         self.delta = delta
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
@@ -40,8 +54,7 @@ class HFWatermarkProcessor:
 
 def vllm_processor(master_secret: str, key_id: str, vocab_size: int, *, scheme: str = "kgw", gamma: float = 0.25, delta: float = 2.0) -> Any:
     """A callable for vLLM's per-request ``logits_processors``: ``(token_ids, logits) -> logits``."""
-    key = derive_key(master_secret, key_id)
-    marker = KGW(key, vocab_size, gamma=gamma, delta=delta) if scheme == "kgw" else Unigram(key, vocab_size, gamma=gamma, delta=delta)
+    marker = _scheme(master_secret, key_id, vocab_size, scheme, gamma, delta)
 
     def process(token_ids: list[int], logits: Any) -> Any:
         if hasattr(logits, "clone"):  # a torch tensor

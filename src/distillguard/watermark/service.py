@@ -7,7 +7,6 @@ from typing import Any
 
 from distillguard.config import Settings
 from distillguard.watermark.detect import detect_ids
-from distillguard.watermark.gateway import UNIVERSE
 from distillguard.watermark.tokenizer import load_tokenizer
 
 __all__ = ["detect_text"]
@@ -18,5 +17,6 @@ def detect_text(text: str, key_ids: Sequence[str] | None = None, settings: Setti
     settings = settings or Settings()
     tokenizer = load_tokenizer(tokenizer_path)
     ids = tokenizer.encode(text)
+    # Unigram's universe is left to detect_ids, which takes it from the same function as every Unigram marker.
     return detect_ids(ids, tokenizer.vocab_size, settings.watermark.master_secret, list(key_ids or ["global"]), scheme=scheme,
-                      gamma=settings.watermark.gamma, universe=min(UNIVERSE, tokenizer.vocab_size) if scheme == "unigram" else None)
+                      gamma=settings.watermark.gamma)
