@@ -247,3 +247,30 @@ def test_unigram_mark_from_the_hf_tensor_path_is_detected(model: DemoModel) -> N
                          logits_processors=[through_tensors]).ids
     result = detect_text(model.tokenizer.decode(ids), ["global"], Settings(watermark={"master_secret": SECRET}))
     assert result["verdict"] == "watermarked", result
+
+
+def test_a_long_unigram_harvest_stays_detectable_and_unmarked_long_text_does_not(model: DemoModel) -> None:
+    """60 responses: nearly every id of the universe appears, so distinct-token scoring alone falls back to γ.
+
+    The log-count statistic keeps the mark visible; on unmarked text of the same length no key gets a small p-value.
+    """
+    universe = unigram_universe(model.vocab_size, 0.25)
+    bias = Unigram(derive_key(SECRET, "global"), model.vocab_size, universe=universe).logit_bias(BIAS_LIMIT)
+    prompts = ["Tell me about the ocean", "How do I bake bread?", "Explain the history of Rome", "What is a prime number?"]
+
+    def harvest(marked: bool, seed: int) -> list[int]:
+        ids: list[int] = []
+        for i in range(60):
+            ids += model.generate(model.tokenizer.encode(prompts[i % 4]), max_tokens=300, min_tokens=300, seed=seed + i,
+                                  logit_bias=bias if marked else None).ids
+        return ids
+
+    marked = harvest(True, 100)
+    distinct_only = Unigram(derive_key(SECRET, "global"), model.vocab_size, universe=universe).scored(marked)
+    assert len(distinct_only) > 0.6 * universe  # the saturation the log-count statistic exists for
+    result = detect_ids(marked, model.vocab_size, SECRET, ["global", "org:other"])
+    assert result["verdict"] == "watermarked" and result["results"][0]["p_value"] < 1e-9
+    assert result["results"][1]["p_value"] > 1e-3
+    unmarked = harvest(False, 5000)
+    p_values = [detect_ids(unmarked, model.vocab_size, SECRET, [f"org:{j}"])["results"][0]["p_value"] for j in range(40)]
+    assert min(p_values) > 1e-3

@@ -6,6 +6,16 @@ probability γ, so the count of greens is Binomial(T, γ). Scoring repeats only
 once keeps the p-value valid on repetitive text. With several keys tested,
 the smallest p-value is Holm/Bonferroni-corrected (for the minimum both give
 ``min(1, k · p_min)``).
+
+Unigram needs a second statistic on long texts. Its green list lives in a
+universe of ~1,200 ids, so in a long harvest (many responses) nearly every id
+appears at least once and the distinct-token share falls back to γ even on
+marked text — the mark is in how *often* green ids appear. The second
+statistic weights each distinct token by ``log(1 + count)``; the counts are a
+property of the text, independent of an unrelated key's green list, so
+Hoeffding's and Bernstein's inequalities bound its tail without any
+independence between repeats (they hold for the without-replacement draw of
+a green list too). The smaller of the two p-values is doubled (Bonferroni).
 """
 
 from __future__ import annotations
@@ -18,7 +28,7 @@ from distillguard.watermark.keys import derive_key, valid_key_id
 from distillguard.watermark.schemes import KGW, Unigram
 from distillguard.watermark.universe import unigram_universe
 
-__all__ = ["DEFAULT_THRESHOLD", "detect_ids", "holm", "z_test"]
+__all__ = ["DEFAULT_THRESHOLD", "detect_ids", "holm", "weighted_count_test", "z_test"]
 
 DEFAULT_THRESHOLD = 1e-6
 MIN_TOKENS = 16
@@ -57,6 +67,28 @@ def binomial_tail(k: int, n: int, p: float) -> float:
         if term < 1e-17 * total:
             break
     return min(1.0, math.exp(log_pmf(k) + math.log(total)))
+
+
+def weighted_count_test(flags: Sequence[bool], counts: Sequence[int], gamma: float) -> tuple[float, float]:
+    """z and a tail bound for ``Σ wᵢ·greenᵢ`` with ``wᵢ = log(1 + countᵢ)`` over distinct tokens.
+
+    The p-value is the smaller of Hoeffding's ``exp(-2t²/Σw²)`` and
+    Bernstein's ``exp(-t²/2 / (σ² + M·t/3))`` bounds — both valid, no normal
+    approximation in the tail.
+    """
+    weights = [math.log1p(c) for c in counts]
+    if not weights:
+        return 0.0, 1.0
+    total = math.fsum(weights)
+    squares = math.fsum(w * w for w in weights)
+    excess = math.fsum(w for w, green in zip(weights, flags, strict=True) if green) - gamma * total
+    variance = gamma * (1 - gamma) * squares
+    z = excess / math.sqrt(variance)
+    if excess <= 0:
+        return z, 1.0
+    hoeffding = math.exp(-2 * excess * excess / squares)
+    bernstein = math.exp(-(excess * excess / 2) / (variance + max(weights) * (1 - gamma) * excess / 3))
+    return z, min(1.0, hoeffding, bernstein)
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
@@ -107,10 +139,17 @@ def detect_ids(ids: list[int], vocab_size: int, master_secret: str, key_ids: Seq
         if not valid_key_id(key_id):
             raise ValueError(f"key id {key_id!r}: expected 'global', 'org:<id>' or 'cluster:<id>'")
         key = derive_key(master_secret, key_id)
-        marker = Unigram(key, vocab_size, gamma=gamma, universe=universe) if scheme == "unigram" else KGW(key, vocab_size, gamma=gamma)
-        flags = marker.scored(ids)
+        if scheme == "unigram":
+            unigram = Unigram(key, vocab_size, gamma=gamma, universe=universe)
+            counts = unigram.counts(ids)
+            flags = [bool(unigram.mask[token]) for token in counts]
+            z, p = z_test(sum(flags), len(flags), gamma)
+            z_weighted, p_weighted = weighted_count_test(flags, list(counts.values()), gamma)
+            z, p = (z, min(1.0, 2 * p)) if p <= p_weighted else (z_weighted, min(1.0, 2 * p_weighted))
+        else:
+            flags = KGW(key, vocab_size, gamma=gamma).scored(ids)
+            z, p = z_test(sum(flags), len(flags), gamma)
         scored_count = max(scored_count, len(flags))
-        z, p = z_test(sum(flags), len(flags), gamma)
         results.append({"key_id": key_id, "z": round(z, 4), "p_value": p})
     corrected = holm([float(r["p_value"]) for r in results]) if results else []
     output: dict[str, Any] = {

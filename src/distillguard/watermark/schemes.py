@@ -46,6 +46,15 @@ class Unigram:
         ids = self.green_ids[:limit] if len(self.green_ids) > limit else self.green_ids
         return {int(i): float(self.delta) for i in ids}
 
+    def counts(self, ids: list[int]) -> dict[int, int]:
+        """How often each distinct token inside the universe occurs, in first-seen order."""
+        counts: dict[int, int] = {}
+        universe = self.universe
+        for token in ids:
+            if 0 <= token < universe:
+                counts[token] = counts.get(token, 0) + 1
+        return counts
+
     def scored(self, ids: list[int]) -> list[bool]:
         """Green flags of the distinct tokens inside the universe (repeats are scored once)."""
         seen: set[int] = set()
