@@ -159,6 +159,36 @@ def test_revocation_by_cli_takes_effect_without_restart(gateway: RunningGateway)
     pytest.fail("revoked key still accepted after 5 s")
 
 
+def test_suspended_account_is_refused_in_both_shapes_until_activated(gateway: RunningGateway) -> None:
+    key = gateway.create_key("to-suspend")
+    client = openai.OpenAI(base_url=gateway.base_url, api_key=key["secret"], max_retries=0)
+    client.chat.completions.create(model="stub-1", messages=[{"role": "user", "content": "hi"}])
+    out = subprocess.run(
+        [sys.executable, "-m", "distillguard.cli", "accounts", "suspend", key["account_id"], "--reason", "chargeback",
+         "--config", str(gateway.config_path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    deadline = time.time() + 5
+    while True:
+        try:
+            client.chat.completions.create(model="stub-1", messages=[{"role": "user", "content": "hi"}])
+        except openai.PermissionDeniedError as exc:
+            assert exc.status_code == 403 and "suspended" in str(exc)
+            break
+        assert time.time() < deadline, "suspended account still served after 5 s"
+        time.sleep(0.2)
+    with pytest.raises(anthropic.PermissionDeniedError):
+        anthropic.Anthropic(base_url=gateway.root_url, api_key=key["secret"], max_retries=0).messages.create(
+            model="stub-1", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
+    assert _events_with_error(gateway, "account_suspended")
+    assert gateway.admin("POST", f"/admin/v1/accounts/{key['account_id']}/status", json={"status": "active"}).status_code == 200
+    client.chat.completions.create(model="stub-1", messages=[{"role": "user", "content": "hi"}])  # served again at once
+    audit = gateway.admin("GET", "/admin/v1/audit").json()
+    actions = [(a["action"], a["actor"]) for a in (audit.get("data", audit) if isinstance(audit, dict) else audit) if a["target"] == key["account_id"]]
+    assert ("account.suspend", "cli") in actions and ("account.activate", "admin") in actions
+    bad = gateway.admin("POST", f"/admin/v1/accounts/{key['account_id']}/status", json={"status": "banned"})
+    assert bad.status_code in (400, 422) and "status" in bad.text
+
+
 def test_upstream_refusing_connections_is_502(gateway: RunningGateway, key: dict[str, str]) -> None:
     client = openai.OpenAI(base_url=gateway.base_url, api_key=key["secret"], max_retries=0)
     with pytest.raises(openai.APIStatusError) as info:

@@ -59,6 +59,10 @@ def test_accounts_and_keys_with_hashed_secrets(database_url: str) -> None:
         registry.create_key("acct_missing")
     with pytest.raises(NotFoundError):
         registry.revoke_key("key_missing")
+    registry.set_account_limits(account["account_id"], {"requests_per_min": 5}, actor="admin")
+    trail = [(a["actor"], a["action"], a["target"]) for a in reversed(registry.list_audit())]
+    assert trail == [("cli", "account.create", account["account_id"]), ("cli", "key.create", key["key_id"]),
+                     ("cli", "key.revoke", key["key_id"]), ("admin", "account.limits", account["account_id"])]
 
 
 def test_installs_audit_and_review_queue(database_url: str) -> None:

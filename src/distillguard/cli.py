@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     create_account.add_argument("--json", action="store_true", help="print JSON")
     list_accounts = _command(accounts, "list", "distillguard.store.commands:accounts_list", "list accounts")
     list_accounts.add_argument("--json", action="store_true", help="print JSON")
+    for action, help_text in (("suspend", "suspend an account: its keys get 403 until activated"), ("activate", "re-activate a suspended account")):
+        status = _command(accounts, action, f"distillguard.store.commands:accounts_{action}", help_text)
+        status.add_argument("account_id", metavar="ACCOUNT_ID")
+        if action == "suspend":
+            status.add_argument("--reason", help="recorded in the audit trail")
+        status.add_argument("--json", action="store_true", help="print JSON")
 
     keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="action", metavar="ACTION")
     keys.required = True

@@ -132,7 +132,7 @@ class AdminAPI:
                 return 200, {"data": await asyncio.to_thread(registry.list_accounts)}
             if method == "POST":
                 data = orjson.loads(body or b"{}")
-                account = await asyncio.to_thread(registry.create_account, data["name"], data.get("org"), data.get("limits"))
+                account = await asyncio.to_thread(lambda: registry.create_account(data["name"], data.get("org"), data.get("limits"), actor="admin"))
                 await gateway.reload_keys()
                 return 201, account
         if len(parts) == 2 and parts[0] == "accounts" and method == "GET":
@@ -143,21 +143,25 @@ class AdminAPI:
             return 200, account
         if len(parts) == 3 and parts[0] == "accounts" and parts[2] == "keys" and method == "POST":
             data = orjson.loads(body or b"{}")
-            key = await asyncio.to_thread(registry.create_key, parts[1], data.get("limits"))
+            key = await asyncio.to_thread(lambda: registry.create_key(parts[1], data.get("limits"), actor="admin"))
             await gateway.reload_keys()
             return 201, key
         if len(parts) == 3 and parts[0] == "accounts" and parts[2] == "limits" and method in ("PUT", "POST"):
-            await asyncio.to_thread(registry.set_account_limits, parts[1], orjson.loads(body or b"{}"))
+            await asyncio.to_thread(lambda: registry.set_account_limits(parts[1], orjson.loads(body or b"{}"), actor="admin"))
             await gateway.reload_keys()
             return 200, {"account_id": parts[1], "limits": orjson.loads(body or b"{}")}
+        if len(parts) == 3 and parts[0] == "accounts" and parts[2] == "status" and method in ("PUT", "POST"):
+            data = orjson.loads(body or b"{}")
+            await asyncio.to_thread(lambda: registry.set_account_status(parts[1], str(data.get("status")), actor="admin", reason=data.get("reason")))
+            await gateway.reload_keys()
+            return 200, {"account_id": parts[1], "status": data.get("status")}
         if parts == ["keys"] and method == "GET":
             return 200, {"data": await asyncio.to_thread(registry.list_keys, query.get("account_id"))}
         if (len(parts) == 3 and parts[0] == "keys" and parts[2] == "revoke" and method == "POST") or (
             len(parts) == 2 and parts[0] == "keys" and method == "DELETE"
         ):
-            result = await asyncio.to_thread(registry.revoke_key, parts[1])
+            result = await asyncio.to_thread(lambda: registry.revoke_key(parts[1], actor="admin"))
             await gateway.reload_keys()
-            await asyncio.to_thread(registry.record_audit, "admin", "key.revoke", parts[1], {})
             return 200, result
         return None
 

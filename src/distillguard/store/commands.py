@@ -45,6 +45,26 @@ def accounts_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def accounts_suspend(args: argparse.Namespace) -> int:
+    return _set_status(args, "suspended")
+
+
+def accounts_activate(args: argparse.Namespace) -> int:
+    return _set_status(args, "active")
+
+
+def _set_status(args: argparse.Namespace, status: str) -> int:
+    try:
+        _registry(args).set_account_status(args.account_id, status, actor="cli", reason=getattr(args, "reason", None))
+    except NotFoundError as exc:
+        raise UsageError(str(exc)) from None
+    if args.json:
+        _print_json({"account_id": args.account_id, "status": status})
+    else:
+        print(f"{args.account_id} {status}")
+    return 0
+
+
 def keys_create(args: argparse.Namespace) -> int:
     try:
         key = _registry(args).create_key(args.account_id)

@@ -127,7 +127,13 @@ class Registry:
         return int(value or 0)
 
     # -- accounts ----------------------------------------------------------
-    def create_account(self, name: str, org: str | None = None, limits: dict[str, Any] | None = None) -> dict[str, Any]:
+    @staticmethod
+    def _audit(conn: Any, actor: str, action: str, target: str, detail: dict[str, Any] | None = None) -> None:
+        """An audit row in the same transaction as the change it records: neither exists without the other."""
+        conn.execute(schema.audit_log.insert().values(ts=time.time(), actor=actor, action=action, target=target, detail=detail or {}))
+
+    def create_account(self, name: str, org: str | None = None, limits: dict[str, Any] | None = None, *,
+                       actor: str = "cli") -> dict[str, Any]:
         if not name or not name.strip():
             raise UsageError("name: must not be empty")
         row = {
@@ -140,6 +146,7 @@ class Registry:
         }
         with self.engine.begin() as conn:
             conn.execute(schema.accounts.insert().values(**row))
+            self._audit(conn, actor, "account.create", str(row["account_id"]), {"name": row["name"], "org_id": org, "limits": row["limits"]})
             self._bump(conn)
         return row
 
@@ -158,24 +165,26 @@ class Registry:
         if found is None:
             raise NotFoundError(f"account {account_id!r} does not exist (see `distillguard accounts list`)")
 
-    def set_account_limits(self, account_id: str, limits: dict[str, Any]) -> None:
+    def set_account_limits(self, account_id: str, limits: dict[str, Any], *, actor: str = "cli") -> None:
+        cleaned = _clean_limits(limits)
         with self.engine.begin() as conn:
             self._require_account(conn, account_id)
-            conn.execute(
-                update(schema.accounts).where(schema.accounts.c.account_id == account_id).values(limits=_clean_limits(limits))
-            )
+            conn.execute(update(schema.accounts).where(schema.accounts.c.account_id == account_id).values(limits=cleaned))
+            self._audit(conn, actor, "account.limits", account_id, {"limits": cleaned})
             self._bump(conn)
 
-    def set_account_status(self, account_id: str, status: str) -> None:
+    def set_account_status(self, account_id: str, status: str, *, actor: str = "cli", reason: str | None = None) -> None:
+        """Suspend or re-activate an account: its keys get a 403 ``account_suspended`` from the next request on."""
         if status not in ("active", "suspended"):
             raise UsageError(f"status: expected 'active' or 'suspended', got {status!r}")
         with self.engine.begin() as conn:
             self._require_account(conn, account_id)
             conn.execute(update(schema.accounts).where(schema.accounts.c.account_id == account_id).values(status=status))
+            self._audit(conn, actor, f"account.{'suspend' if status == 'suspended' else 'activate'}", account_id, {"reason": reason})
             self._bump(conn)
 
     # -- keys --------------------------------------------------------------
-    def create_key(self, account_id: str, limits: dict[str, Any] | None = None) -> dict[str, Any]:
+    def create_key(self, account_id: str, limits: dict[str, Any] | None = None, *, actor: str = "cli") -> dict[str, Any]:
         """Issue a key. The secret is in the returned dict and nowhere else, ever."""
         secret = new_secret()
         row = {
@@ -190,10 +199,11 @@ class Registry:
         with self.engine.begin() as conn:
             self._require_account(conn, account_id)
             conn.execute(schema.api_keys.insert().values(**row))
+            self._audit(conn, actor, "key.create", str(row["key_id"]), {"account_id": account_id, "prefix": row["prefix"]})
             self._bump(conn)
         return {"key_id": row["key_id"], "account_id": account_id, "secret": secret}
 
-    def revoke_key(self, key_id: str) -> dict[str, Any]:
+    def revoke_key(self, key_id: str, *, actor: str = "cli") -> dict[str, Any]:
         with self.engine.begin() as conn:
             result = conn.execute(
                 update(schema.api_keys)
@@ -202,6 +212,7 @@ class Registry:
             )
             if result.rowcount == 0:
                 raise NotFoundError(f"key {key_id!r} does not exist")
+            self._audit(conn, actor, "key.revoke", key_id)
             self._bump(conn)
         return {"key_id": key_id, "revoked": True}
 
