@@ -14,6 +14,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from distillguard.watermark.universe import unigram_universe
+
 __all__ = ["KGW", "Unigram"]
 
 
@@ -29,7 +31,9 @@ class Unigram:
 
     def __init__(self, key: bytes, vocab_size: int, *, gamma: float = 0.25, delta: float = 2.0, universe: int | None = None) -> None:
         self.key, self.vocab_size, self.gamma, self.delta = key, vocab_size, gamma, delta
-        self.universe = min(universe or vocab_size, vocab_size)
+        # Default: the universe every marker and the detector share, so a Unigram built without
+        # arguments is detected by `watermark detect` (a whole-vocabulary list would not be).
+        self.universe = min(universe or unigram_universe(vocab_size, gamma), vocab_size)
         order = _rng(key).permutation(self.universe)
         self.green_ids = np.sort(order[: int(round(gamma * self.universe))])
         self.mask = np.zeros(vocab_size, dtype=bool)
