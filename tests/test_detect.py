@@ -209,3 +209,20 @@ def test_simulated_distillers_outrank_benign_accounts(tmp_path: Path) -> None:
     distillers = [scores[a] for a, v in labels["accounts"].items() if v["label"] == "distiller"]
     benign = [scores[a] for a, v in labels["accounts"].items() if v["label"] in ("benign", "heavy_benign")]
     assert min(distillers) > max(benign)
+
+
+def test_substring_prefilter_never_changes_which_concepts_a_prompt_touches() -> None:
+    """The prefilter is a speed-up only: every phrasing bank and some near misses give the same concepts as the plain regexes."""
+    import re
+
+    from distillguard.detect import reasoning
+    from distillguard.sim.phrasing import ELICIT, HELD_OUT
+
+    plain = {name: re.compile(pattern, re.IGNORECASE) for name, pattern in reasoning._CONCEPTS.items()}
+    texts = [str(x) for bank in (ELICIT, HELD_OUT) for v in bank.values() for x in (v if isinstance(v, list) else [v])]
+    texts += ["Erklär mir das bitte ganz LAUT", "Show me every Step", "<Thinking>", "RATE THE ANSWER below", "CoT please",
+              "Lay out the plan", "laying out", "spelling out the details", "no concept here at all", ""]
+    assert len(texts) > 20
+    for text in texts:
+        expected = frozenset(name for name, pattern in plain.items() if pattern.search(text))
+        assert reasoning.elicitation_score(text)[1] == expected, text

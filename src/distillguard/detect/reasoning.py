@@ -35,14 +35,74 @@ _CONCEPTS = {
     "tags": r"<\s*/?\s*(thinking|think|reasoning|scratchpad)\s*>|debug mode|developer mode|modo de depuración|mode débogage",
     "language": r"same language|language of the (question|user)|gleichen sprache|même langue|mismo idioma|同じ言語|同一语言|том же языке",
 }
-_PATTERNS = {name: re.compile(pattern, re.IGNORECASE) for name, pattern in _CONCEPTS.items()}
+_PATTERNS = {name: re.compile(pattern) for name, pattern in _CONCEPTS.items()}  # matched against lower-cased text
+_META = set(".^$*+?{}[]|()\\")
+
+
+def _alternatives(pattern: str) -> list[str]:
+    """The top-level ``|`` alternatives of a pattern (alternations inside groups or classes stay whole)."""
+    parts: list[str] = []
+    depth, in_class, start, i = 0, False, 0, 0
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "\\":
+            i += 2
+            continue
+        if in_class:
+            in_class = char != "]"
+        elif char == "[":
+            in_class = True
+        elif char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+        elif char == "|" and depth == 0:
+            parts.append(pattern[start:i])
+            start = i + 1
+        i += 1
+    return [*parts, pattern[start:]]
+
+
+def _anchor(alternative: str) -> str:
+    """The literal text every match of ``alternative`` starts with ('' when there is none)."""
+    text = alternative.removeprefix("\\b")
+    literal: list[str] = []
+    for index, char in enumerate(text):
+        if char in _META:
+            # A quantifier applies to the previous character, which is then optional.
+            if char in "?*{" and literal:
+                literal.pop()
+            break
+        if index + 1 < len(text) and text[index + 1] in "?*{":
+            break
+        literal.append(char)
+    return "".join(literal)
+
+
+def _anchors(pattern: str) -> tuple[str, ...] | None:
+    """Substrings one of which must occur for the pattern to match; None when some alternative has none."""
+    anchors = tuple(_anchor(a) for a in _alternatives(pattern))
+    return None if any(not a for a in anchors) else anchors
+
+
+# Most prompts touch no concept at all: cheap substring tests rule a concept out before its regex runs
+# (the regexes are alternations of dozens of stems, ~10x slower than the tests on typical prompts).
+_PREFILTERS = {name: _anchors(pattern) for name, pattern in _CONCEPTS.items()}
+
+
+def _touches(name: str, text: str) -> bool:
+    anchors = _PREFILTERS[name]
+    if anchors is not None and not any(anchor in text for anchor in anchors):
+        return False
+    return _PATTERNS[name].search(text) is not None
 
 
 def elicitation_score(text: str) -> tuple[float, frozenset[str]]:
     """Score one prompt in [0, 1] and say which concepts it touched."""
     if not text:
         return 0.0, frozenset()
-    hits = frozenset(name for name, pattern in _PATTERNS.items() if pattern.search(text))
+    lowered = text.lower()
+    hits = frozenset(name for name in _PATTERNS if _touches(name, lowered))
     if not hits:
         return 0.0, hits
     if "tags" in hits or "grader" in hits:
