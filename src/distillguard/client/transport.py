@@ -134,18 +134,27 @@ class Enrollment:
                         self.base_url, self.identity.install_id, status, body[:300].decode(errors="replace"))
 
 
-class AttestingTransport(httpx.BaseTransport):
-    def __init__(self, api_key: str, base_url: str, *, identity: Identity | None = None, inner: httpx.BaseTransport | None = None,
+class SigningTransport:
+    """Enroll once, then sign every request: shared by the httpx and httpx2 transports.
+
+    The two libraries have the same request and transport API but distinct
+    classes, so the concrete transports only name their library's classes.
+    """
+
+    request_class: Any
+    default_inner: Any
+
+    def __init__(self, api_key: str, base_url: str, *, identity: Identity | None = None, inner: Any = None,
                  signal_overrides: dict[str, Any] | None = None) -> None:
         self.identity = identity or Identity.load_or_create()
         self.enrollment = Enrollment(api_key, base_url, self.identity)
-        self.inner = inner or httpx.HTTPTransport()
+        self.inner = inner or self.default_inner()
         self.overrides = signal_overrides
 
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
+    def handle_request(self, request: Any) -> Any:
         if self.enrollment.pending:
             url, headers, body = self.enrollment.request()
-            response = self.inner.handle_request(httpx.Request("POST", url, headers=headers, content=body))
+            response = self.inner.handle_request(self.request_class("POST", url, headers=headers, content=body))
             self.enrollment.record(response.status_code, response.read())
             response.close()
         sign_request(request, self.identity, self.overrides)
@@ -155,18 +164,23 @@ class AttestingTransport(httpx.BaseTransport):
         self.inner.close()
 
 
-class AsyncAttestingTransport(httpx.AsyncBaseTransport):
-    def __init__(self, api_key: str, base_url: str, *, identity: Identity | None = None, inner: httpx.AsyncBaseTransport | None = None,
+class AsyncSigningTransport:
+    """The asynchronous twin of :class:`SigningTransport`."""
+
+    request_class: Any
+    default_inner: Any
+
+    def __init__(self, api_key: str, base_url: str, *, identity: Identity | None = None, inner: Any = None,
                  signal_overrides: dict[str, Any] | None = None) -> None:
         self.identity = identity or Identity.load_or_create()
         self.enrollment = Enrollment(api_key, base_url, self.identity)
-        self.inner = inner or httpx.AsyncHTTPTransport()
+        self.inner = inner or self.default_inner()
         self.overrides = signal_overrides
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+    async def handle_async_request(self, request: Any) -> Any:
         if self.enrollment.pending:
             url, headers, body = self.enrollment.request()
-            response = await self.inner.handle_async_request(httpx.Request("POST", url, headers=headers, content=body))
+            response = await self.inner.handle_async_request(self.request_class("POST", url, headers=headers, content=body))
             self.enrollment.record(response.status_code, await response.aread())
             await response.aclose()
         await request.aread()  # keeps the body on the request, where sign_request reads it
@@ -175,6 +189,16 @@ class AsyncAttestingTransport(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+class AttestingTransport(SigningTransport, httpx.BaseTransport):
+    request_class = httpx.Request
+    default_inner = httpx.HTTPTransport
+
+
+class AsyncAttestingTransport(AsyncSigningTransport, httpx.AsyncBaseTransport):
+    request_class = httpx.Request
+    default_inner = httpx.AsyncHTTPTransport
 
 
 _REQUIREMENT_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
