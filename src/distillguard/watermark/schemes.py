@@ -10,13 +10,23 @@ radioactivity test needs. Both add δ to green logits; γ is the green share.
 from __future__ import annotations
 
 import hashlib
-from functools import lru_cache
 
 import numpy as np
 
 from distillguard.watermark.universe import unigram_universe
 
 __all__ = ["KGW", "Unigram"]
+
+
+_CACHE_SIZE = 8192
+
+
+def _remember(cache: dict[int, np.ndarray], key: int, value: np.ndarray) -> np.ndarray:
+    """Store ``value`` in a bounded per-instance cache (oldest entry evicted first)."""
+    if len(cache) >= _CACHE_SIZE:
+        cache.pop(next(iter(cache)))
+    cache[key] = value
+    return value
 
 
 def _rng(key: bytes, *salt: int) -> np.random.Generator:
@@ -77,7 +87,17 @@ class KGW:
 
     def __init__(self, key: bytes, vocab_size: int, *, gamma: float = 0.25, delta: float = 2.0) -> None:
         self.key, self.vocab_size, self.gamma, self.delta = key, vocab_size, gamma, delta
-        self._green = lru_cache(maxsize=8192)(self._green_for)
+        # Plain per-instance dicts, not functools.lru_cache: a cache wrapping a bound method, or a class-level
+        # one keyed by ``self``, keeps every instance (and its green lists) alive, and detect_ids builds one
+        # instance per call — a long-running process grew by megabytes per KGW detection.
+        self._greens: dict[int, np.ndarray] = {}
+        self._masks: dict[int, np.ndarray] = {}
+
+    def _green(self, previous: int) -> np.ndarray:
+        green = self._greens.get(previous)
+        if green is None:
+            green = _remember(self._greens, previous, self._green_for(previous))
+        return green
 
     def _green_for(self, previous: int) -> np.ndarray:
         return _rng(self.key, previous).permutation(self.vocab_size)[: int(round(self.gamma * self.vocab_size))]
@@ -86,10 +106,12 @@ class KGW:
         # Membership via a per-previous-token boolean mask, cached.
         return bool(self._mask(previous)[token])
 
-    @lru_cache(maxsize=8192)  # noqa: B019 - bounded cache per instance lifetime, instances are long-lived
     def _mask(self, previous: int) -> np.ndarray:
-        mask = np.zeros(self.vocab_size, dtype=bool)
-        mask[self._green(previous)] = True
+        mask = self._masks.get(previous)
+        if mask is None:
+            mask = np.zeros(self.vocab_size, dtype=bool)
+            mask[self._green(previous)] = True
+            _remember(self._masks, previous, mask)
         return mask
 
     def __call__(self, context: list[int], logits: np.ndarray) -> np.ndarray:
