@@ -226,3 +226,22 @@ def test_substring_prefilter_never_changes_which_concepts_a_prompt_touches() -> 
     for text in texts:
         expected = frozenset(name for name, pattern in plain.items() if pattern.search(text))
         assert reasoning.elicitation_score(text)[1] == expected, text
+
+
+def test_frame_of_long_prompts_matches_tokenising_the_whole_prompt() -> None:
+    import random
+    import re
+
+    from distillguard.detect.templates import frame_of
+
+    words = re.compile(r"\w+", re.UNICODE)
+
+    def reference(text: str) -> str:
+        found = [("0" if w.isdigit() else w.lower()) for w in words.findall(text)]
+        return " ".join(found) if len(found) <= 14 else " ".join(found[:5]) + " … " + " ".join(found[-9:])
+
+    rng = random.Random(5)
+    alphabet = ["word", "Ünïcode", "x", "42", "a_b", " ", "  ", "\n", ",", "…", "def", "(", ")", "日本語", "é"]
+    for _ in range(500):
+        text = "".join(rng.choice(alphabet) + rng.choice([" ", "", "\n"]) for _ in range(rng.randrange(1, 600)))
+        assert frame_of(text) == reference(text)

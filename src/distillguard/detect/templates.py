@@ -23,11 +23,22 @@ _WORDS = re.compile(r"\w+", re.UNICODE)
 _MAX_FRAMES = 512
 
 
+def _norm(words: list[str]) -> str:
+    return " ".join("0" if w.isdigit() else w.lower() for w in words)
+
+
 def frame_of(text: str) -> str:
-    words = [("0" if w.isdigit() else w.lower()) for w in _WORDS.findall(text)]
+    """A prompt's skeleton: its first 5 and last 9 words (digits as 0), or all of a short prompt."""
+    if len(text) > 512:
+        # Long prompts (code, pasted context): only the ends matter, so skip tokenising the middle.
+        # Six words in the head slice guarantee the first five are whole; ten in the tail, the last nine.
+        head, tail = _WORDS.findall(text[:256]), _WORDS.findall(text[-256:])
+        if len(head) >= 6 and len(tail) >= 10:
+            return _norm(head[:5]) + " … " + _norm(tail[-9:])
+    words = _WORDS.findall(text)
     if len(words) <= 14:
-        return " ".join(words)
-    return " ".join(words[:5]) + " … " + " ".join(words[-9:])
+        return _norm(words)
+    return _norm(words[:5]) + " … " + _norm(words[-9:])
 
 
 def normalise_system(text: str | None) -> str | None:
