@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import copy
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,13 @@ from distillguard.signals.attestation import OTHER_ACCOUNT
 from distillguard.signals.consistency import consistency_signals, countries_for_timezone, primary_country
 from distillguard.signals.installs import InstallKeyCache
 from distillguard.signals.network import client_ip, forwarded_scheme, header_fingerprint, protect_ip
-from distillguard.signals.protocol import SIGNALS_HEADER, decode_signals, encode_signals, enrollment_message
+from distillguard.signals.protocol import (
+    SIGNALS_HEADER,
+    TAG,
+    decode_signals,
+    encode_signals,
+    enrollment_message,
+)
 from distillguard.store.registry import InstallKey, Registry
 from tests.gateway_fixtures import RunningGateway, start_gateway
 from tests.upstream_stub import UpstreamStub
@@ -96,6 +102,7 @@ def test_expired_signature(identity: Identity, monkeypatch: pytest.MonkeyPatch) 
             return dt.datetime.fromtimestamp(real_time() + 3600, tz)
 
     monkeypatch.setattr("http_message_signatures.signatures.datetime.datetime", Later)
+    monkeypatch.setattr("distillguard.signals.fast_verify._now", lambda: real_time() + 3600)  # the fast path's clock too
     assert verify(strict, request)["status"] == "expired"  # type: ignore[index]
 
 
@@ -434,3 +441,55 @@ def test_enrolling_a_public_key_without_its_private_key_is_refused(gateway: Runn
     post_signed(gateway, key["secret"], victim, "victim-not-enrolled")
     assert _event_for(gateway, "victim-not-enrolled")["attestation"]["status"] == "missing_key"
     assert httpx.post(url, content=enroll_payload(victim), headers=auth).json()["status"] == "enrolled"
+
+
+def _tampered(identity: Identity) -> list[tuple[str, str, list[tuple[str, str]], bytes]]:
+    """Signed requests, untouched and with each part changed, as (method, url, headers, body)."""
+    cases = []
+    for i in range(12):
+        request = signed(identity, body=b'{"model": "m", "n": %d}' % i)
+        headers = list(request.headers.items())
+        cases.append((request.method, str(request.url), headers, request.content))
+        cases.append((request.method, str(request.url), headers, request.content + b" "))
+        cases.append((request.method, URL.replace("/chat/", "/x/"), headers, request.content))
+        cases.append(("PUT", str(request.url), headers, request.content))
+
+        def swap(name: str, change: Callable[[str], str], headers: list[tuple[str, str]] = headers) -> list[tuple[str, str]]:
+            return [(k, change(v) if k.lower() == name else v) for k, v in headers]
+
+        cases.append((request.method, str(request.url), swap("signature-input", lambda v: v.replace(TAG, "other-tag")), request.content))
+        cases.append((request.method, str(request.url), swap("signature-input", lambda v: v.replace('alg="ed25519"', 'alg="rsa-pss-sha512"')),
+                      request.content))
+        cases.append((request.method, str(request.url), swap("signature-input", lambda v: v + ";extra=1"), request.content))
+        cases.append((request.method, str(request.url), swap("signature", lambda v: v[:10] + ("A" if v[10] != "A" else "B") + v[11:]),
+                      request.content))
+        cases.append((request.method, str(request.url), swap("dg-client-signals", lambda v: v[:-2] + "xx"), request.content))
+        cases.append((request.method, str(request.url), swap("content-digest", lambda v: v.replace("sha-256", "sha-512")), request.content))
+    return cases
+
+
+def test_fast_path_gives_the_librarys_verdict_on_every_tampering(identity: Identity, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The canonical-shape fast path only ever accepts what the library accepts, and does take the common case."""
+    from distillguard.signals import fast_verify as fast
+
+    cases = _tampered(identity)
+    with_fast = AttestationVerifier({identity.install_id: identity.public_key_b64})
+    fast_results = [with_fast.verify(*case) for case in cases]
+    calls: list[bool] = []
+    real = fast.fast_verify
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        result = real(*args, **kwargs)
+        calls.append(result is not None)
+        return result
+
+    monkeypatch.setattr("distillguard.signals.attestation.fast_verify", lambda *a, **k: None)
+    library_only = AttestationVerifier({identity.install_id: identity.public_key_b64})
+    library_results = [library_only.verify(*case) for case in cases]
+    assert [r["status"] for r in fast_results] == [r["status"] for r in library_results]  # type: ignore[index]
+    assert sum(r["status"] == "valid" for r in fast_results) == 12  # type: ignore[index]
+    monkeypatch.setattr("distillguard.signals.attestation.fast_verify", spy)
+    fresh = AttestationVerifier({identity.install_id: identity.public_key_b64})
+    for request in (signed(identity, body=b'{"k": %d}' % i) for i in range(5)):
+        assert verify(fresh, request)["status"] == "valid"  # type: ignore[index]
+    assert calls == [True] * 5  # the untouched SDK requests took the fast path

@@ -28,6 +28,7 @@ from http_message_signatures import (
 from http_message_signatures.exceptions import HTTPMessageSignaturesException
 
 from distillguard.exceptions import ConfigError
+from distillguard.signals.fast_verify import fast_verify
 from distillguard.signals.installs import EnrolledInstall, InstallKeyCache, InstallSource, load_public_key
 from distillguard.signals.protocol import COVERED_COMPONENTS, SIGNALS_HEADER, TAG, decode_signals
 
@@ -144,21 +145,29 @@ class AttestationVerifier:
         if not has_signature:
             return self._result("invalid", claimed, "signals sent without a signature")
         resolver = _KeyResolver(self.installs)
-        verifier = HTTPMessageVerifier(signature_algorithm=algorithms.ED25519, key_resolver=resolver)
-        verifier.max_clock_skew = dt.timedelta(seconds=self.clock_skew_s)
+        request = _Request(method, url, header_map)
         try:
-            results = verifier.verify(_Request(method, url, header_map), max_age=dt.timedelta(seconds=self.clock_skew_s),
-                                      expect_tag=TAG, require_components=COVERED_COMPONENTS, body=body)
-        except (InvalidSignature, HTTPMessageSignaturesException, ValueError, TypeError, KeyError) as exc:
-            message = str(exc)
-            if resolver.missing is not None:
-                return self._result("missing_key", claimed, f"install {resolver.missing!r} is not enrolled")
-            if "past" in message or "age exceeds" in message or "future" in message:
-                return self._result("expired", claimed, message)
-            return self._result("invalid", claimed, message or type(exc).__name__)
-        except Exception as exc:  # garbage must never become a 500
-            return self._result("invalid", claimed, f"unverifiable signature ({type(exc).__name__})")
-        params = results[0].parameters
+            params = fast_verify(method, url, header_map, body, max_skew_s=self.clock_skew_s,
+                                 public_key_for=resolver.resolve_public_key, request=request)
+        except Exception:  # the fast path may only accept; anything odd goes to the library
+            params = None
+        if params is None:
+            resolver.missing = None
+            verifier = HTTPMessageVerifier(signature_algorithm=algorithms.ED25519, key_resolver=resolver)
+            verifier.max_clock_skew = dt.timedelta(seconds=self.clock_skew_s)
+            try:
+                results = verifier.verify(request, max_age=dt.timedelta(seconds=self.clock_skew_s),
+                                          expect_tag=TAG, require_components=COVERED_COMPONENTS, body=body)
+            except (InvalidSignature, HTTPMessageSignaturesException, ValueError, TypeError, KeyError) as exc:
+                message = str(exc)
+                if resolver.missing is not None:
+                    return self._result("missing_key", claimed, f"install {resolver.missing!r} is not enrolled")
+                if "past" in message or "age exceeds" in message or "future" in message:
+                    return self._result("expired", claimed, message)
+                return self._result("invalid", claimed, message or type(exc).__name__)
+            except Exception as exc:  # garbage must never become a 500
+                return self._result("invalid", claimed, f"unverifiable signature ({type(exc).__name__})")
+            params = results[0].parameters
         if claimed.get("install_id") != params.get("keyid"):
             return self._result("invalid", claimed, "signals name a different install than the signing key")
         enrolled_for = resolver.found.account_id if resolver.found else None
