@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import hashlib
 import os
 import statistics
 import sys
@@ -37,28 +36,16 @@ from pathlib import Path
 import httpx
 import orjson
 
+from measure import percentile, source_line, src_digest
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
 URL = "http://gw.test/v1/chat/completions"
 
 
-def src_digest() -> str:
-    """A short hash of the package sources, to tell whether the code changed while the benchmark ran."""
-    digest = hashlib.sha256()
-    for path in sorted((ROOT / "src" / "distillguard").rglob("*.py")):
-        digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:12]
 
 
-def source_line(start: str) -> str:
-    end = src_digest()
-    if end == start:
-        return f"Source: `src/distillguard` digest `{start}`, unchanged during the run."
-    return f"Source: `src/distillguard` **changed during the run** (digest `{start}` → `{end}`): rows may mix code versions."
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
 def stats(samples_ns: list[int]) -> dict[str, float]:

@@ -29,7 +29,6 @@ Writes the markdown to ``bench/out/demo_model.md``.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import random
@@ -45,6 +44,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from measure import percentile, source_line, src_digest
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
@@ -62,29 +63,13 @@ PROMPTS = [
 SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-def src_digest() -> str:
-    """A short hash of the package sources, to tell whether the code changed while the benchmark ran."""
-    digest = hashlib.sha256()
-    for path in sorted((ROOT / "src" / "distillguard").rglob("*.py")):
-        digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:12]
 
 
-def source_line(start: str) -> str:
-    end = src_digest()
-    if end == start:
-        return f"Source: `src/distillguard` digest `{start}`, unchanged during the run."
-    return f"Source: `src/distillguard` **changed during the run** (digest `{start}` → `{end}`): rows may mix code versions."
 
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
 def free_port() -> int:

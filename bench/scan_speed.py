@@ -24,7 +24,6 @@ meanwhile. Writes the markdown to ``bench/out/scan_speed.md``.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import statistics
@@ -34,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from measure import run_measured, source_line, src_digest
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
@@ -59,35 +60,9 @@ print(n)
 BASELINES = ("gunzip+orjson", "read_events")
 
 
-def src_digest() -> str:
-    """A short hash of the package sources, to tell whether the code changed while the benchmark ran."""
-    digest = hashlib.sha256()
-    for path in sorted((ROOT / "src" / "distillguard").rglob("*.py")):
-        digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:12]
 
 
-def source_line(start: str) -> str:
-    end = src_digest()
-    if end == start:
-        return f"Source: `src/distillguard` digest `{start}`, unchanged during the run."
-    return f"Source: `src/distillguard` **changed during the run** (digest `{start}` → `{end}`): rows may mix code versions."
 
-def run_measured(cmd: list[str]) -> dict[str, Any]:
-    """Run one child; its own wall time, CPU time and peak RSS (from wait4, not the whole family)."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        started = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - started
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read().decode(), err.read().decode()
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{stderr[-2000:]}")
-    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "rss_mb": usage.ru_maxrss / 1024,
-            "stdout": stdout, "stderr": stderr}
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, float]:
