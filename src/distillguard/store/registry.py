@@ -312,9 +312,7 @@ class Registry:
     # -- audit and review ---------------------------------------------------
     def record_audit(self, actor: str, action: str, target: str, detail: dict[str, Any] | None = None) -> None:
         with self.engine.begin() as conn:
-            conn.execute(
-                schema.audit_log.insert().values(ts=time.time(), actor=actor, action=action, target=target, detail=detail or {})
-            )
+            self._audit(conn, actor, action, target, detail)
 
     def list_audit(self, limit: int = 100) -> list[dict[str, Any]]:
         query = select(schema.audit_log).order_by(schema.audit_log.c.id.desc()).limit(limit)
