@@ -58,12 +58,12 @@ def _post(gateway: RunningGateway, secret: str, body: bytes | dict, path: str = 
     return httpx.post(gateway.base_url + path, headers=headers, content=body, timeout=10)
 
 
-def _events_with_error(gateway: RunningGateway, code: str, timeout: float = 5.0) -> list[dict]:
-    """Events carrying ``code``; waits for the batched writer to store them."""
+def _events_with_error(gateway: RunningGateway, code: str, timeout: float = 5.0, at_least: int = 1) -> list[dict]:
+    """Events carrying ``code``; waits (up to ``timeout``) for the batched writer to store ``at_least`` of them."""
     deadline = time.time() + timeout
     while True:
         found = [e for e in gateway.events() if e["response"].get("error") == code]
-        if found or time.time() > deadline:
+        if len(found) >= at_least or time.time() > deadline:
             return found
         time.sleep(0.1)
 
@@ -197,7 +197,7 @@ def test_upstream_refusing_connections_is_502(gateway: RunningGateway, key: dict
     with pytest.raises(openai.APIStatusError) as info:
         list(client.chat.completions.create(model="dead-model", messages=[{"role": "user", "content": "hi"}], stream=True))
     assert info.value.status_code == 502
-    assert len(_events_with_error(gateway, "upstream_unreachable")) >= 2
+    assert len(_events_with_error(gateway, "upstream_unreachable", at_least=2)) >= 2
 
 
 def test_upstream_timeout_is_504(gateway: RunningGateway, key: dict[str, str]) -> None:
