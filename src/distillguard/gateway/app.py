@@ -20,7 +20,6 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Protocol
 
-import aiohttp
 import orjson
 
 from distillguard.config import Settings
@@ -56,7 +55,15 @@ from distillguard.gateway.translate import (
     anthropic_to_openai_request,
     openai_to_anthropic_response,
 )
-from distillguard.gateway.upstream import Router, Upstream, open_session
+from distillguard.gateway.upstream import Router, Upstream
+from distillguard.gateway.upstream_http import (
+    UpstreamBadResponse,
+    UpstreamClient,
+    UpstreamDisconnected,
+    UpstreamError,
+    UpstreamResponse,
+    UpstreamUnreachable,
+)
 from distillguard.store.registry import KeyRecord
 
 __all__ = ["Gateway", "EventConsumer"]
@@ -78,6 +85,7 @@ ROUTES: dict[tuple[str, str], tuple[str, str, str]] = {
 }
 JSON_HEADERS = [(b"content-type", b"application/json")]
 SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
+JSON_REQUEST_LINE = b"Content-Type: application/json\r\n"
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"content-encoding", b"host"})
 
 
@@ -94,7 +102,7 @@ class _Exchange:
 
     __slots__ = (
         "endpoint", "protocol", "started", "key", "payload", "model", "status", "summary", "error",
-        "signals", "decision", "watermark_key", "request_id", "peer", "headers", "ts", "translated",
+        "signals", "decision", "watermark_key", "request_id", "peer", "headers", "ts", "translated", "finished",
     )
 
     def __init__(self, endpoint: str, protocol: str, scope: Scope) -> None:
@@ -112,6 +120,7 @@ class _Exchange:
         self.decision: Any = None
         self.watermark_key: str | None = None
         self.translated = False  # Anthropic caller, OpenAI upstream
+        self.finished = False  # the whole response has been handed to the server
         self.request_id = new_request_id()
         client = scope.get("client")
         self.peer = client[0] if client else None
@@ -152,7 +161,7 @@ class Gateway:
         self.keys = KeyTable()
         self.limiter = Limiter(settings.limits)
         self.metrics = Metrics()
-        self.session: aiohttp.ClientSession | None = None
+        self.client: UpstreamClient | None = None
         self.max_body = settings.max_body_bytes
         self.prompt_mode = settings.privacy.prompt_mode
         self.hash_key = settings.privacy.hash_key.encode()
@@ -174,7 +183,7 @@ class Gateway:
 
     # -- lifecycle -----------------------------------------------------------------
     async def startup(self) -> None:
-        self.session = open_session()
+        self.client = UpstreamClient()
         if self.registry is not None:
             await self.reload_keys()
             self._poll_task = asyncio.create_task(self._poll_registry())
@@ -189,8 +198,8 @@ class Gateway:
             self._poll_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poll_task
-        if self.session is not None:
-            await self.session.close()
+        if self.client is not None:
+            await self.client.close()
         if self.policy is not None and hasattr(self.policy, "close"):
             await asyncio.to_thread(self.policy.close)
         if self.sink is not None and hasattr(self.sink, "close"):
@@ -369,47 +378,50 @@ class Gateway:
             return
         upstream_body, translate = self._prepare_upstream_body(ex, upstream, body)
         ex.translated = translate
-        headers = [("Content-Type", "application/json"), *upstream.auth_headers]
+        headers = JSON_REQUEST_LINE + upstream.auth_lines
         if upstream.protocol == "anthropic":
-            version = _header(ex.headers, b"anthropic-version")
-            headers.append(("anthropic-version", version.decode() if version else "2023-06-01"))
+            version = _header(ex.headers, b"anthropic-version") or b"2023-06-01"
+            headers += b"anthropic-version: " + _header_value(version) + b"\r\n"
             beta = _header(ex.headers, b"anthropic-beta")
             if beta:
-                headers.append(("anthropic-beta", beta.decode()))
+                headers += b"anthropic-beta: " + _header_value(beta) + b"\r\n"
         if translate and path == "/messages":
             path = "/chat/completions"
-        work = asyncio.ensure_future(self._exchange_with_upstream(ex, upstream, path, headers, upstream_body, translate, send))
-        watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
+        # The exchange runs in this task; a watcher cancels it when the client goes away,
+        # which closes the upstream connection so the model server stops generating.
+        task = asyncio.current_task()
+        assert task is not None
+        watcher = _DisconnectWatcher(receive, task)
         try:
-            done, _ = await asyncio.wait((work, watcher), return_when=asyncio.FIRST_COMPLETED)
+            await self._exchange_with_upstream(ex, upstream, path.encode(), headers, upstream_body, translate, send)
         except asyncio.CancelledError:
-            work.cancel()
-            watcher.cancel()
+            if watcher.fired:
+                task.uncancel()
+                if ex.finished:  # the server reports the end of a finished response as a disconnect
+                    return
+                raise ClientDisconnected from None
             raise
-        if work in done:
-            watcher.cancel()
-            work.result()
-            return
-        work.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await work
-        raise ClientDisconnected
+        finally:
+            watcher.stop()
 
     async def _exchange_with_upstream(
-        self, ex: _Exchange, upstream: Upstream, path: str, headers: list[tuple[str, str]], body: bytes, translate: bool, send: Send
+        self, ex: _Exchange, upstream: Upstream, path: bytes, headers: bytes, body: bytes, translate: bool, send: Send
     ) -> None:
-        session = self.session
-        assert session is not None
+        client = self.client
+        assert client is not None
         strip = bool(getattr(ex.decision, "strip_reasoning", False))
         try:
-            async with session.post(upstream.url(path), data=body, headers=headers, timeout=upstream.timeout) as resp:
-                content_type = resp.headers.get("Content-Type", "")
+            resp = await client.request(upstream.origin, b"POST", path, headers, body,
+                                        connect_timeout=upstream.connect_timeout_s, read_timeout=upstream.read_timeout_s)
+            async with resp:
+                content_type = resp.headers.get("content-type", "")
                 if resp.status == 200 and content_type.startswith("text/event-stream"):
                     await self._relay_stream(ex, resp, translate, strip, send)
-                    return
-                raw = await resp.read()
-                await self._relay_body(ex, upstream, resp.status, content_type, raw, translate, strip, send)
-        except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                else:
+                    raw = await resp.read()
+                    await self._relay_body(ex, upstream, resp.status, content_type, raw, translate, strip, send)
+                ex.finished = True
+        except (UpstreamUnreachable, UpstreamDisconnected) as exc:
             self.metrics.upstream_errors[(upstream.name, "connect")] += 1
             if ex.summary is not None:  # the stream had started: end it with an in-band error event
                 ex.status, ex.error = 502, "upstream_disconnected_mid_stream"
@@ -425,7 +437,7 @@ class Gateway:
                 await self._end_stream_with_error(ex, send, 504, "The upstream model server stopped sending.")
                 return
             raise GatewayError(504, f"The upstream model server '{upstream.name}' did not answer within {upstream.settings.timeout_s:g}s.", "upstream_timeout") from None
-        except aiohttp.ClientPayloadError as exc:
+        except UpstreamBadResponse as exc:
             self.metrics.upstream_errors[(upstream.name, "payload")] += 1
             if ex.summary is not None:
                 ex.status, ex.error = 502, "upstream_payload_error"
@@ -440,13 +452,13 @@ class Gateway:
         with contextlib.suppress(Exception):
             await send({"type": "http.response.body", "body": event, "more_body": False})
 
-    async def _relay_stream(self, ex: _Exchange, resp: aiohttp.ClientResponse, translate: bool, strip: bool, send: Send) -> None:
+    async def _relay_stream(self, ex: _Exchange, resp: UpstreamResponse, translate: bool, strip: bool, send: Send) -> None:
         reader = OpenAIStreamReader(strip_reasoning=strip) if (ex.protocol == "openai" or translate) else AnthropicStreamReader(strip_reasoning=strip)
         ex.summary = reader.summary
         translator = StreamTranslator(ex.model or "", estimate_prompt_tokens(ex.endpoint, ex.payload or {})) if translate else None
         ex.status = 200
         await send({"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, (b"x-request-id", ex.request_id.encode())]})
-        async for chunk in resp.content.iter_any():
+        async for chunk in resp.iter_chunks():
             out = reader.feed(chunk)
             if translator is not None:
                 out = translator.feed(out)
@@ -597,12 +609,10 @@ class Gateway:
         stats = getattr(self.sink, "stats", None)
         if stats is not None and not stats.get("store_ok", True):
             problems.append("event store unavailable (events are spilling to disk)")
-        session = self.session
         for upstream in self.router.upstreams:
             try:
-                assert session is not None
-                async with session.get(upstream.url("/models"), headers=list(upstream.auth_headers), timeout=aiohttp.ClientTimeout(total=2)) as resp:
-                    await resp.read()
+                async with asyncio.timeout(2):
+                    await self._get_from_upstream(upstream, b"/models")
             except Exception as exc:
                 problems.append(f"upstream {upstream.name} unreachable ({type(exc).__name__})")
         body = {"status": "ready" if not problems else "not_ready", "problems": problems, "keys_loaded": len(self.keys)}
@@ -616,18 +626,29 @@ class Gateway:
             await self._respond(send, exc.status, error_body("openai", exc.status, exc.message, exc.code))
             return
         seen: dict[str, str] = {name: u.name for name, u in self.router.listed_models()}
-        session = self.session
         for upstream in self.router.upstreams:
-            if any(ch in p for p in upstream.settings.models for ch in "*?[") and upstream.protocol == "openai" and session is not None:
+            if any(ch in p for p in upstream.settings.models for ch in "*?[") and upstream.protocol == "openai" and self.client is not None:
                 try:
-                    async with session.get(upstream.url("/models"), headers=list(upstream.auth_headers), timeout=aiohttp.ClientTimeout(total=5)) as resp:
-                        listed = orjson.loads(await resp.read())
+                    async with asyncio.timeout(5):
+                        listed = orjson.loads(await self._get_from_upstream(upstream, b"/models"))
                     for item in listed.get("data") or []:
                         seen.setdefault(str(item.get("id")), upstream.name)
                 except Exception as exc:
                     log.warning("listing models of upstream %s failed: %s", upstream.name, exc)
         data = [{"id": name, "object": "model", "created": int(self.started_at), "owned_by": owner} for name, owner in sorted(seen.items())]
         await self._respond(send, 200, orjson.dumps({"object": "list", "data": data}))
+
+    async def _get_from_upstream(self, upstream: Upstream, path: bytes) -> bytes:
+        """GET a small document from an upstream (health, model list); any non-2xx raises."""
+        client = self.client
+        assert client is not None
+        resp = await client.request(upstream.origin, b"GET", path, upstream.auth_lines, b"",
+                                    connect_timeout=upstream.connect_timeout_s, read_timeout=upstream.read_timeout_s)
+        async with resp:
+            body = await resp.read()
+        if not 200 <= resp.status < 300:
+            raise UpstreamError(f"HTTP {resp.status}")
+        return body
 
     async def _enroll(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = scope["headers"]
@@ -651,8 +672,29 @@ class Gateway:
             return
 
 
-async def _wait_for_disconnect(receive: Receive) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
+class _DisconnectWatcher:
+    """Cancels ``task`` when the client disconnects (ASGI ``http.disconnect``)."""
+
+    __slots__ = ("fired", "_task", "_watch")
+
+    def __init__(self, receive: Receive, task: asyncio.Task[Any]) -> None:
+        self.fired = False
+        self._task = task
+        self._watch = asyncio.get_running_loop().create_task(self._run(receive))
+
+    async def _run(self, receive: Receive) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                self.fired = True
+                self._task.cancel()
+                return
+
+    def stop(self) -> None:
+        if not self._watch.done():
+            self._watch.cancel()
+
+
+def _header_value(value: bytes) -> bytes:
+    """A client-supplied header value made safe to copy into our request (no line breaks)."""
+    return value.replace(b"\r", b"").replace(b"\n", b"")

@@ -53,6 +53,10 @@ def serve(settings: Settings) -> None:
         log_level=settings.log_level,
         timeout_graceful_shutdown=30,
         backlog=4096,
+        # Forwarding headers are judged by the signals collector against our own
+        # trusted_proxies setting; uvicorn's middleware would rewrite the peer first.
+        proxy_headers=False,
+        server_header=False,
     )
 
 

@@ -1,9 +1,9 @@
-"""Upstream model servers: routing by model name and one pooled HTTP client.
+"""Upstream model servers: routing by model name, and each upstream's fixed request parts.
 
-One ``aiohttp.ClientSession`` with keep-alive connections is shared by every
-request: opening a TCP connection per request would cost more than everything
-else the gateway does. Routing is a dict lookup for exact model names, then
-the upstreams' glob patterns in configuration order.
+Routing is a dict lookup for exact model names, then the upstreams' glob
+patterns in configuration order. Everything about an upstream that does not
+change per request (origin, auth header lines, timeouts) is prepared once here,
+so the hot path only concatenates bytes (``upstream_http.UpstreamClient``).
 """
 
 from __future__ import annotations
@@ -11,19 +11,20 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass
 
-import aiohttp
-
 from distillguard.config import UpstreamSettings
 from distillguard.gateway.errors import GatewayError
+from distillguard.gateway.upstream_http import Origin
 
-__all__ = ["Router", "Upstream", "open_session"]
+__all__ = ["Router", "Upstream"]
 
 
 @dataclass(frozen=True)
 class Upstream:
     settings: UpstreamSettings
-    timeout: aiohttp.ClientTimeout
-    auth_headers: tuple[tuple[str, str], ...]
+    origin: Origin
+    auth_lines: bytes  # ``Name: value\r\n`` lines sent with every request
+    connect_timeout_s: float
+    read_timeout_s: float  # a read timeout, not a total one: a long stream is fine while the upstream keeps talking
 
     @property
     def name(self) -> str:
@@ -39,15 +40,13 @@ class Upstream:
 
 
 def _make(settings: UpstreamSettings) -> Upstream:
-    headers: list[tuple[str, str]] = []
+    auth = b""
     if settings.api_key:
         if settings.protocol == "anthropic":
-            headers.append(("x-api-key", settings.api_key))
+            auth = b"x-api-key: " + settings.api_key.encode() + b"\r\n"
         else:
-            headers.append(("Authorization", f"Bearer {settings.api_key}"))
-    # A read timeout, not a total one: a long stream is fine as long as the upstream keeps talking.
-    timeout = aiohttp.ClientTimeout(total=None, connect=settings.connect_timeout_s, sock_read=settings.timeout_s)
-    return Upstream(settings, timeout, tuple(headers))
+            auth = b"Authorization: Bearer " + settings.api_key.encode() + b"\r\n"
+    return Upstream(settings, Origin.from_url(settings.base_url), auth, settings.connect_timeout_s, settings.timeout_s)
 
 
 class Router:
@@ -78,7 +77,3 @@ class Router:
     def listed_models(self) -> list[tuple[str, Upstream]]:
         return [(name, u) for name, u in self._exact.items()]
 
-
-def open_session() -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
-    return aiohttp.ClientSession(connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",))

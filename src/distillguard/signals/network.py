@@ -27,6 +27,7 @@ DEFAULT_HOSTING_ASNS = frozenset({16509, 14618, 15169, 396982, 8075, 14061, 2494
 _FORWARDED_FOR = re.compile(r'for="?\[?([^\]";,]+)\]?(?::\d+)?"?', re.IGNORECASE)
 
 
+@lru_cache(maxsize=65536)
 def _parse_ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     value = value.strip()
     if value.count(":") == 1 and "." in value:  # IPv4 with port
@@ -62,8 +63,10 @@ def forwarded_scheme(peer: str | None, headers: dict[str, str], trusted: Network
 
 def client_ip(peer: str | None, headers: dict[str, str], trusted: Networks) -> str | None:
     """The client address, walking forwarding headers only through trusted proxies."""
+    if not trusted:
+        return peer
     current = _parse_ip(peer) if peer else None
-    if current is None or not trusted:
+    if current is None:
         return peer
 
     def is_trusted(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
@@ -90,9 +93,16 @@ def header_fingerprint(names: Iterable[str]) -> str:
     proxy adds in varying places (host, content-length, our own headers) are
     skipped. Not JA4H: its licence does not allow use in this product.
     """
-    skip = {"host", "content-length", "authorization", "x-api-key", "cookie", "signature", "signature-input",
-            "content-digest", "dg-client-signals", "x-forwarded-for", "forwarded", "x-real-ip"}
-    ordered = [n.lower() for n in names if n.lower() not in skip]
+    return _header_fingerprint(tuple(names))
+
+
+_FINGERPRINT_SKIP = frozenset({"host", "content-length", "authorization", "x-api-key", "cookie", "signature", "signature-input",
+                               "content-digest", "dg-client-signals", "x-forwarded-for", "forwarded", "x-real-ip"})
+
+
+@lru_cache(maxsize=4096)  # a client stack sends the same header names every time
+def _header_fingerprint(names: tuple[str, ...]) -> str:
+    ordered = [n.lower() for n in names if n.lower() not in _FINGERPRINT_SKIP]
     return hashlib.sha256("|".join(ordered).encode()).hexdigest()[:16]
 
 

@@ -1,0 +1,421 @@
+"""A pooled keep-alive HTTP/1.1 client for the upstream hop, on asyncio protocols and httptools.
+
+Why not aiohttp's client: profiling the gateway under load showed aiohttp's
+per-request machinery (request/response objects, header multidicts, tracing
+hooks, payload writers, timer contexts) as the largest single block of CPU on
+the hot path, larger than everything the gateway itself does. Talking to a
+model server needs far less: one request line and a few fixed headers written
+in one ``transport.write``, and a response parsed by httptools (the llhttp
+parser uvicorn also uses), whose body is handed over as it arrives.
+
+What it does: keep-alive connections per origin (LIFO, so warm connections are
+reused; idle ones are dropped after ``idle_timeout_s``), plain TCP or TLS,
+``Content-Length``, chunked and read-until-close bodies, a read timeout that
+restarts with every piece of data (a long stream is fine while the upstream
+keeps talking), back-pressure (reading pauses while a slow client has more
+than ``HIGH_WATER`` bytes waiting), and closing the connection when the caller
+stops early, so the model server sees the disconnect and stops generating.
+A request sent on a reused connection that the server had already closed is
+retried once on a fresh one (the server never saw it).
+
+What it does not do (not needed for a model server): redirects, cookies,
+proxies, compression (no ``Accept-Encoding`` is sent), HTTP/2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ssl
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from types import TracebackType
+from urllib.parse import urlsplit
+
+import httptools
+
+__all__ = [
+    "Origin",
+    "UpstreamBadResponse",
+    "UpstreamClient",
+    "UpstreamDisconnected",
+    "UpstreamError",
+    "UpstreamResponse",
+    "UpstreamUnreachable",
+]
+
+HIGH_WATER = 1 << 20  # bytes buffered for a slow client before reading from the upstream pauses
+
+
+class UpstreamError(Exception):
+    """Base of the client's failures (timeouts raise the built-in ``TimeoutError``)."""
+
+
+class UpstreamUnreachable(UpstreamError):
+    """No connection could be made (refused, DNS, TLS handshake, connect timeout)."""
+
+
+class UpstreamDisconnected(UpstreamError):
+    """The server closed the connection before the response was complete."""
+
+
+class UpstreamBadResponse(UpstreamError):
+    """The server's bytes are not valid HTTP/1.1."""
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where an upstream lives, parsed once from its ``base_url``."""
+
+    scheme: str
+    host: str
+    port: int
+    base_path: bytes  # e.g. b"/v1", prefixed to every request path
+    host_header: bytes
+
+    @classmethod
+    def from_url(cls, base_url: str) -> Origin:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"upstream base_url must be an http(s) URL with a host, got {base_url!r}")
+        default = 443 if parts.scheme == "https" else 80
+        port = parts.port or default
+        host = parts.hostname
+        shown = f"[{host}]" if ":" in host else host
+        host_header = shown if port == default else f"{shown}:{port}"
+        return cls(parts.scheme, host, port, parts.path.rstrip("/").encode(), host_header.encode())
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return (self.scheme, self.host, self.port)
+
+
+class UpstreamResponse:
+    """One response: status and headers first, then the body as it arrives.
+
+    Use as an async context manager; leaving it returns the connection to the
+    pool only if the response was read to its end and the server allows
+    keep-alive, and closes it otherwise.
+    """
+
+    __slots__ = ("status", "headers", "_conn", "_chunks", "_buffered", "_waiter", "_headers_ready", "_done", "_error",
+                 "_read_timeout", "_loop", "bytes_seen")
+
+    def __init__(self, conn: _Connection, read_timeout: float | None) -> None:
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self._conn = conn
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._buffered = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._headers_ready = False
+        self._done = False
+        self._error: BaseException | None = None
+        self._read_timeout = read_timeout
+        self._loop = conn.loop
+        self.bytes_seen = False
+
+    # -- fed by the connection ---------------------------------------------------------
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _feed(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._buffered += len(data)
+        if self._buffered > HIGH_WATER:
+            self._conn.pause_reading()
+        self._wake()
+
+    def _headers_complete(self, status: int, headers: dict[str, str]) -> None:
+        self.status = status
+        self.headers = headers
+        self._headers_ready = True
+        self._wake()
+
+    def _complete(self) -> None:
+        self._done = True
+        self._wake()
+
+    def _fail(self, exc: BaseException) -> None:
+        if not self._done and self._error is None:
+            self._error = exc
+        self._wake()
+
+    # -- used by the caller ------------------------------------------------------------
+    async def _wait(self) -> None:
+        loop = self._loop
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(self._read_timeout, _expire, waiter) if self._read_timeout else None
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+
+    async def _wait_for_headers(self) -> None:
+        while not self._headers_ready:
+            if self._error is not None:
+                raise self._error
+            await self._wait()
+
+    async def read(self) -> bytes:
+        """The whole body."""
+        while not self._done:
+            if self._error is not None:
+                raise self._error
+            await self._wait()
+        chunks = self._chunks
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        return body
+
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
+        """The body in pieces as they arrive (everything buffered since the last piece, joined)."""
+        chunks = self._chunks
+        while True:
+            if chunks:
+                piece = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                chunks.clear()
+                if self._buffered > HIGH_WATER:
+                    self._conn.resume_reading()
+                self._buffered = 0
+                yield piece
+            elif self._done:
+                return
+            elif self._error is not None:
+                raise self._error
+            else:
+                await self._wait()
+
+    async def __aenter__(self) -> UpstreamResponse:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.release()
+
+    def release(self) -> None:
+        """Give the connection back (complete, keep-alive) or close it (anything else)."""
+        conn = self._conn
+        if conn.response is not self:
+            return
+        conn.response = None
+        if self._done and self._error is None and conn.reusable():
+            conn.pool_release()
+        else:
+            conn.close()
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError("the upstream sent nothing within the read timeout"))
+
+
+class _Connection(asyncio.Protocol):
+    """One TCP (or TLS) connection and its response parser."""
+
+    def __init__(self, client: UpstreamClient, origin_key: tuple[str, str, int], loop: asyncio.AbstractEventLoop) -> None:
+        self.client = client
+        self.origin_key = origin_key
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.response: UpstreamResponse | None = None
+        self.closed = False
+        self.used = 0
+        self.idle_since = 0.0
+        self._paused = False
+        self._raw_headers: dict[str, str] = {}
+        self._keep_alive = True
+
+    # -- asyncio.Protocol ----------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        response = self.response
+        if response is None:  # bytes nobody asked for: this connection can't be trusted any more
+            self.close()
+            return
+        response.bytes_seen = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            response._fail(UpstreamBadResponse(f"invalid HTTP from the upstream: {exc}"))
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.client._forget(self)
+        response = self.response
+        if response is not None and not response._done:
+            if response._headers_ready and not self._has_framing():
+                response._complete()  # a body delimited by the connection closing
+            else:
+                response._fail(UpstreamDisconnected(f"the upstream closed the connection ({exc or 'EOF'})"))
+
+    # -- httptools callbacks ---------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._raw_headers = {}
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._raw_headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        response = self.response
+        if response is not None:
+            response._headers_complete(self.parser.get_status_code(), self._raw_headers)
+
+    def on_body(self, body: bytes) -> None:
+        response = self.response
+        if response is not None:
+            response._feed(body)
+
+    def on_message_complete(self) -> None:
+        self._keep_alive = self.parser.should_keep_alive()
+        response = self.response
+        if response is not None:
+            response._complete()
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _has_framing(self) -> bool:
+        headers = self._raw_headers
+        return "content-length" in headers or "chunked" in headers.get("transfer-encoding", "").lower()
+
+    def reusable(self) -> bool:
+        return not self.closed and self._keep_alive
+
+    def pause_reading(self) -> None:
+        if not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._paused and self.transport is not None and not self.closed:
+            self._paused = False
+            self.transport.resume_reading()
+
+    def pool_release(self) -> None:
+        self.idle_since = time.monotonic()
+        self.client._release(self)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.client._forget(self)
+            if self.transport is not None:
+                self.transport.close()
+
+
+class UpstreamClient:
+    """Keep-alive connections to every upstream origin; one instance per gateway process."""
+
+    def __init__(self, *, idle_timeout_s: float = 30.0, max_idle_per_origin: int = 256) -> None:
+        self.idle_timeout_s = idle_timeout_s
+        self.max_idle_per_origin = max_idle_per_origin
+        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self._all: set[_Connection] = set()
+        self._ssl: ssl.SSLContext | None = None
+
+    async def request(
+        self,
+        origin: Origin,
+        method: bytes,
+        path: bytes,
+        headers: bytes,
+        body: bytes,
+        *,
+        connect_timeout: float | None,
+        read_timeout: float | None,
+    ) -> UpstreamResponse:
+        """Send one request and wait for the response's status and headers.
+
+        ``path`` is relative to the origin's base path; ``headers`` are
+        complete ``Name: value\\r\\n`` lines (Host and Content-Length are added).
+        """
+        head = b"%s %s%s HTTP/1.1\r\nHost: %s\r\n%sContent-Length: %d\r\n\r\n" % (
+            method, origin.base_path, path, origin.host_header, headers, len(body))
+        message = head + body if len(body) < 65536 else None
+        for attempt in (0, 1):
+            conn = self._idle_connection(origin.key)
+            reused = conn is not None
+            if conn is None:
+                conn = await self._connect(origin, connect_timeout)
+            response = UpstreamResponse(conn, read_timeout)
+            conn.response = response
+            conn.used += 1
+            transport = conn.transport
+            assert transport is not None
+            if message is not None:
+                transport.write(message)
+            else:
+                transport.writelines((head, body))
+            try:
+                await response._wait_for_headers()
+            except UpstreamDisconnected:
+                conn.response = None
+                if reused and attempt == 0 and not response.bytes_seen:
+                    continue  # the server had closed this idle connection before our request reached it
+                raise
+            except BaseException:
+                response.release()
+                raise
+            return response
+        raise AssertionError("unreachable")
+
+    def _idle_connection(self, key: tuple[str, str, int]) -> _Connection | None:
+        idle = self._idle.get(key)
+        if not idle:
+            return None
+        now = time.monotonic()
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and now - conn.idle_since < self.idle_timeout_s:
+                return conn
+            conn.close()
+        return None
+
+    async def _connect(self, origin: Origin, timeout: float | None) -> _Connection:
+        loop = asyncio.get_running_loop()
+        context = None
+        if origin.scheme == "https":
+            if self._ssl is None:
+                self._ssl = ssl.create_default_context()
+            context = self._ssl
+        try:
+            async with asyncio.timeout(timeout):
+                _, conn = await loop.create_connection(
+                    lambda: _Connection(self, origin.key, loop), origin.host, origin.port,
+                    ssl=context, server_hostname=origin.host if context else None)
+        except TimeoutError:
+            raise UpstreamUnreachable(f"connecting to {origin.host}:{origin.port} took longer than {timeout:g}s") from None
+        except OSError as exc:
+            raise UpstreamUnreachable(f"cannot connect to {origin.host}:{origin.port}: {exc.strerror or exc}") from None
+        self._all.add(conn)
+        return conn
+
+    def _release(self, conn: _Connection) -> None:
+        idle = self._idle.setdefault(conn.origin_key, [])
+        if len(idle) >= self.max_idle_per_origin:
+            conn.close()
+        else:
+            idle.append(conn)
+
+    def _forget(self, conn: _Connection) -> None:
+        self._all.discard(conn)
+        idle = self._idle.get(conn.origin_key)
+        if idle and conn in idle:
+            idle.remove(conn)
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._all)
+
+    async def close(self) -> None:
+        for conn in list(self._all):
+            conn.close()
+        self._idle.clear()
+        await asyncio.sleep(0)
