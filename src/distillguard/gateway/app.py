@@ -391,7 +391,7 @@ class Gateway:
         # which closes the upstream connection so the model server stops generating.
         task = asyncio.current_task()
         assert task is not None
-        watcher = _DisconnectWatcher(receive, task)
+        watcher = _DisconnectWatcher(scope, receive, task)
         try:
             await self._exchange_with_upstream(ex, upstream, path.encode(), headers, upstream_body, translate, send)
         except asyncio.CancelledError:
@@ -673,25 +673,41 @@ class Gateway:
 
 
 class _DisconnectWatcher:
-    """Cancels ``task`` when the client disconnects (ASGI ``http.disconnect``)."""
+    """Cancels ``task`` when the client disconnects.
 
-    __slots__ = ("fired", "_task", "_watch")
+    Under distillguard's own server, a callback registered through the
+    ``distillguard.on_disconnect`` scope extension; under any other ASGI
+    server, a task waiting for ``http.disconnect``.
+    """
 
-    def __init__(self, receive: Receive, task: asyncio.Task[Any]) -> None:
+    __slots__ = ("fired", "_task", "_watch", "_unregister")
+
+    def __init__(self, scope: Scope, receive: Receive, task: asyncio.Task[Any]) -> None:
         self.fired = False
         self._task = task
-        self._watch = asyncio.get_running_loop().create_task(self._run(receive))
+        self._watch: asyncio.Task[None] | None = None
+        self._unregister: Callable[[], None] | None = None
+        register = (scope.get("extensions") or {}).get("distillguard.on_disconnect")
+        if register is not None:
+            self._unregister = register(self._fire)
+        else:
+            self._watch = asyncio.get_running_loop().create_task(self._run(receive))
+
+    def _fire(self) -> None:
+        self.fired = True
+        self._task.cancel()
 
     async def _run(self, receive: Receive) -> None:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                self.fired = True
-                self._task.cancel()
+                self._fire()
                 return
 
     def stop(self) -> None:
-        if not self._watch.done():
+        if self._unregister is not None:
+            self._unregister()
+        elif self._watch is not None and not self._watch.done():
             self._watch.cancel()
 
 

@@ -1,8 +1,9 @@
-"""`distillguard serve`: build the gateway from settings and run it under uvicorn.
+"""`distillguard serve`: build the gateway from settings and run it on our HTTP server.
 
-uvloop and httptools are chosen explicitly: they are the fastest event loop and
-HTTP parser uvicorn supports. SIGTERM makes uvicorn stop accepting, wait for
-in-flight requests, then run the lifespan shutdown, where the event sink drains.
+The gateway is a plain ASGI application (any ASGI server can run it); `serve`
+uses ``http_server`` (uvloop + httptools), which writes each JSON response in
+one system call. SIGTERM makes it stop accepting, wait for in-flight requests,
+then run the lifespan shutdown, where the event sink drains.
 """
 
 from __future__ import annotations
@@ -38,26 +39,12 @@ def build_gateway(settings: Settings) -> Gateway:
 
 
 def serve(settings: Settings) -> None:
-    import uvicorn
+    from distillguard.gateway.http_server import run
 
+    logging.getLogger().setLevel(settings.log_level.upper())
     app = build_gateway(settings)
     log.info("distillguard gateway on http://%s (admin API under /admin/v1/)", settings.listen)
-    uvicorn.run(
-        app,
-        host=settings.listen_host,
-        port=settings.listen_port,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        access_log=False,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=30,
-        backlog=4096,
-        # Forwarding headers are judged by the signals collector against our own
-        # trusted_proxies setting; uvicorn's middleware would rewrite the peer first.
-        proxy_headers=False,
-        server_header=False,
-    )
+    run(app, settings.listen_host, settings.listen_port, backlog=4096, graceful_timeout_s=30)
 
 
 def serve_command(args: argparse.Namespace) -> int:

@@ -1,0 +1,550 @@
+"""A small HTTP/1.1 server for one ASGI application, on uvloop and httptools.
+
+Why not uvicorn: under load, uvicorn's per-request work (scope building,
+header validation, ASGI message plumbing, proxy-header middleware) and its
+two socket writes per response (status and headers at ``http.response.start``,
+then the body) were the largest block of CPU left on the gateway's hot path
+once the upstream client was lean. This server holds the status line and
+headers back until the first body message, so a JSON response is one
+``write`` with a ``Content-Length``, and a stream's headers travel with its
+first chunk (chunked transfer encoding after that).
+
+It implements the part of ASGI 3.0 the gateway uses, faithfully: ``http``
+scopes with a streamed request body, ``http.disconnect`` when the client goes
+away or once the response is complete, ``lifespan`` startup and shutdown.
+One extension: ``scope["extensions"]["distillguard.on_disconnect"]`` registers
+a callback for a client that drops the connection mid-request, which saves
+the application a watcher task per request.
+
+Connection handling: keep-alive with an idle timeout, pipelined requests
+answered in order, back-pressure both ways (reading pauses while a request
+body waits to be consumed; ``send`` waits while the socket's write buffer is
+full), ``Expect: 100-continue``, HTTP/1.0 clients (close-delimited bodies).
+SIGTERM or SIGINT: stop accepting, close idle connections, let in-flight
+requests finish (up to ``graceful_timeout_s``), then run the lifespan
+shutdown, where the gateway drains its event log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from email.utils import formatdate
+from typing import Any
+from urllib.parse import unquote
+
+import httptools
+
+__all__ = ["HttpServer", "run"]
+
+log = logging.getLogger("distillguard.gateway.http")
+
+Message = MutableMapping[str, Any]
+ASGIApp = Callable[[MutableMapping[str, Any], Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
+
+MAX_HEAD_BYTES = 64 * 1024  # request line + headers
+BODY_HIGH_WATER = 1 << 20  # unread request body bytes before reading pauses
+STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, phrase.encode()) for code, phrase in (
+    (100, "Continue"), (200, "OK"), (201, "Created"), (202, "Accepted"), (204, "No Content"), (206, "Partial Content"),
+    (301, "Moved Permanently"), (302, "Found"), (304, "Not Modified"), (307, "Temporary Redirect"),
+    (400, "Bad Request"), (401, "Unauthorized"), (402, "Payment Required"), (403, "Forbidden"), (404, "Not Found"),
+    (405, "Method Not Allowed"), (408, "Request Timeout"), (409, "Conflict"), (410, "Gone"), (411, "Length Required"),
+    (413, "Content Too Large"), (415, "Unsupported Media Type"), (422, "Unprocessable Content"), (429, "Too Many Requests"),
+    (431, "Request Header Fields Too Large"), (499, "Client Closed Request"),
+    (500, "Internal Server Error"), (501, "Not Implemented"), (502, "Bad Gateway"), (503, "Service Unavailable"),
+    (504, "Gateway Timeout"), (529, "Site Overloaded"),
+)}
+_FRAMING_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"connection"})
+
+
+class _Clock:
+    """The ``Date`` header line, formatted once per second."""
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.line = b""
+
+    def date_line(self) -> bytes:
+        now = int(time.time())
+        if now != self.second:
+            self.second = now
+            self.line = b"date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
+        return self.line
+
+
+def _status_line(status: int) -> bytes:
+    line = STATUS_LINES.get(status)
+    return line if line is not None else b"HTTP/1.1 %d Status\r\n" % status
+
+
+class _Cycle:
+    """One request and its response: the ASGI ``receive``/``send`` pair."""
+
+    __slots__ = ("conn", "scope", "body", "body_size", "complete", "disconnected", "waiter", "status", "headers",
+                 "head_sent", "chunked", "response_complete", "keep_alive", "expect_continue", "on_disconnect", "http10", "body_done")
+
+    def __init__(self, conn: _HttpConnection, scope: MutableMapping[str, Any], keep_alive: bool, expect_continue: bool, http10: bool) -> None:
+        self.conn = conn
+        self.scope = scope
+        self.body: list[bytes] = []
+        self.body_size = 0
+        self.complete = False  # the whole request body has arrived
+        self.body_done = False  # ... and has been handed to the application
+        self.disconnected = False
+        self.waiter: asyncio.Future[None] | None = None
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_sent = False
+        self.chunked = False
+        self.response_complete = False
+        self.keep_alive = keep_alive
+        self.expect_continue = expect_continue
+        self.on_disconnect: list[Callable[[], None]] = []
+        self.http10 = http10
+
+    def wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def lost(self) -> None:
+        self.disconnected = True
+        self.wake()
+        if not self.response_complete:
+            for callback in self.on_disconnect:
+                callback()
+
+    def register_disconnect(self, callback: Callable[[], None]) -> Callable[[], None]:
+        self.on_disconnect.append(callback)
+        return lambda: self.on_disconnect.remove(callback) if callback in self.on_disconnect else None
+
+    async def receive(self) -> Message:
+        if self.expect_continue and not self.disconnected:
+            self.expect_continue = False
+            self.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        while True:
+            if self.disconnected or self.response_complete:
+                return {"type": "http.disconnect"}
+            if not self.body_done and (self.body or self.complete):
+                body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
+                self.body = []
+                self.body_size = 0
+                self.conn.resume_reading()
+                self.body_done = self.complete
+                return {"type": "http.request", "body": body, "more_body": not self.complete}
+            # Wait for more body, or (body delivered) for a disconnect or the end of the response.
+            waiter = self.waiter = self.conn.loop.create_future()
+            try:
+                await waiter
+            finally:
+                self.waiter = None
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        conn = self.conn
+        if kind == "http.response.start":
+            if self.status:
+                raise RuntimeError("http.response.start sent twice")
+            self.status = int(message["status"])
+            self.headers = list(message.get("headers") or ())
+            return
+        if kind != "http.response.body":
+            raise RuntimeError(f"unexpected ASGI message {kind!r}")
+        if not self.status:
+            raise RuntimeError("http.response.body before http.response.start")
+        if self.response_complete:
+            return
+        body: bytes = message.get("body", b"")
+        more: bool = message.get("more_body", False)
+        if self.disconnected:
+            if not more:
+                self.response_complete = True
+            return
+        if not self.head_sent:
+            self.head_sent = True
+            head = [_status_line(self.status), conn.server.clock.date_line()]
+            length_given = False
+            for name, value in self.headers:
+                lower = name.lower()
+                if lower in _FRAMING_HEADERS:
+                    if lower == b"content-length" and not more:
+                        length_given = True
+                    else:
+                        continue
+                head.append(b"%s: %s\r\n" % (name, value))
+            if not more:
+                if not length_given:
+                    head.append(b"content-length: %d\r\n" % len(body))
+            elif self.http10:
+                self.keep_alive = False
+            else:
+                self.chunked = True
+                head.append(b"transfer-encoding: chunked\r\n")
+            if not self.keep_alive:
+                head.append(b"connection: close\r\n")
+            head.append(b"\r\n")
+            if self.scope["method"] == "HEAD":
+                body = b""
+            if self.chunked and body:
+                head.append(b"%x\r\n%s\r\n" % (len(body), body))
+            else:
+                head.append(body)
+            if self.chunked and not more:
+                head.append(b"0\r\n\r\n")
+            conn.write(b"".join(head))
+        elif self.chunked:
+            if body:
+                conn.write(b"%x\r\n%s\r\n%s" % (len(body), body, b"" if more else b"0\r\n\r\n"))
+            elif not more:
+                conn.write(b"0\r\n\r\n")
+        elif body:
+            conn.write(body)
+        if not more:
+            self.response_complete = True
+            self.wake()
+            conn.response_done(self)
+        elif conn.write_paused:
+            await conn.drain()
+
+
+class _HttpConnection(asyncio.Protocol):
+    """One client connection: parses requests, runs the app per request, writes responses in order."""
+
+    def __init__(self, server: HttpServer) -> None:
+        self.server = server
+        self.app = server.app
+        self.loop = server.loop
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.client: tuple[str, int] | None = None
+        self.local: tuple[str, int] | None = None
+        self.cycle: _Cycle | None = None  # the request being answered
+        self.pending: collections.deque[_Cycle] = collections.deque()  # pipelined, waiting their turn
+        self.parsing: _Cycle | None = None  # the request whose body is arriving
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_bytes = 0
+        self.closed = False
+        self.read_paused = False
+        self.write_paused = False
+        self.drain_waiters: list[asyncio.Future[None]] = []
+        self.idle_timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol -----------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        local = transport.get_extra_info("sockname")
+        self.client = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
+        self.local = (str(local[0]), int(local[1])) if isinstance(local, tuple) else None
+        self.server.connections.add(self)
+        self._arm_idle_timer()
+
+    def data_received(self, data: bytes) -> None:
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._reject(501, b"Protocol upgrades are not supported.")
+        except httptools.HttpParserError as exc:
+            log.info("bad HTTP request from %s: %s", self.client, exc)
+            self._reject(400, b"Malformed HTTP request.")
+        except _HeadTooLarge:
+            self._reject(431, b"Request line and headers are too large.")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.server.connections.discard(self)
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+        for cycle in (self.cycle, *self.pending):
+            if cycle is not None:
+                cycle.lost()
+        for waiter in self.drain_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self.drain_waiters.clear()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        for waiter in self.drain_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self.drain_waiters.clear()
+
+    # -- httptools callbacks ------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.headers = []
+        self.head_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        self.head_bytes += len(url)
+        if self.head_bytes > MAX_HEAD_BYTES:
+            raise _HeadTooLarge
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.head_bytes += len(name) + len(value)
+        if self.head_bytes > MAX_HEAD_BYTES:
+            raise _HeadTooLarge
+        self.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        parsed = httptools.parse_url(self.url)
+        raw_path = parsed.path
+        path = raw_path.decode("ascii", "replace")
+        if "%" in path:
+            path = unquote(path)
+        version = parser.get_http_version()
+        expect = any(n == b"expect" and v.lower() == b"100-continue" for n, v in self.headers)
+        scope: dict[str, Any] = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": version,
+            "server": self.local,
+            "client": self.client,
+            "scheme": "http",
+            "method": parser.get_method().decode("ascii"),
+            "root_path": "",
+            "path": path,
+            "raw_path": raw_path,
+            "query_string": parsed.query or b"",
+            "headers": self.headers,
+            "extensions": {},
+        }
+        cycle = _Cycle(self, scope, parser.should_keep_alive(), expect, version == "1.0")
+        scope["extensions"]["distillguard.on_disconnect"] = cycle.register_disconnect
+        self.parsing = cycle
+        if self.cycle is None:
+            self._start(cycle)
+        else:
+            self.pending.append(cycle)
+
+    def on_body(self, body: bytes) -> None:
+        cycle = self.parsing
+        if cycle is None:
+            return
+        cycle.body.append(body)
+        cycle.body_size += len(body)
+        if cycle.body_size > BODY_HIGH_WATER:
+            self.pause_reading()
+        cycle.wake()
+
+    def on_message_complete(self) -> None:
+        cycle = self.parsing
+        self.parsing = None
+        if cycle is not None:
+            cycle.complete = True
+            cycle.wake()
+
+    # -- requests -----------------------------------------------------------------------------
+    def _start(self, cycle: _Cycle) -> None:
+        self.cycle = cycle
+        self.server.in_flight += 1
+        self.loop.create_task(self._run(cycle))
+
+    async def _run(self, cycle: _Cycle) -> None:
+        try:
+            await self.app(cycle.scope, cycle.receive, cycle.send)
+        except BaseException as exc:
+            if not cycle.head_sent and not cycle.disconnected:
+                log.exception("the application failed before answering %s %s", cycle.scope["method"], cycle.scope["path"])
+                cycle.status, cycle.headers = 500, [(b"content-type", b"text/plain; charset=utf-8")]
+                cycle.keep_alive = False
+                await cycle.send({"type": "http.response.body", "body": b"Internal Server Error"})
+            elif not cycle.response_complete:
+                log.exception("the application failed mid-response to %s %s", cycle.scope["method"], cycle.scope["path"])
+                self.close()
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            if not cycle.response_complete:
+                if not cycle.disconnected:
+                    log.error("the application returned without completing its response to %s %s", cycle.scope["method"], cycle.scope["path"])
+                self.close()
+                self.response_done(cycle)
+            self.server.in_flight -= 1
+            self.server.request_finished()
+
+    def response_done(self, cycle: _Cycle) -> None:
+        if self.cycle is not cycle:
+            return
+        self.cycle = None
+        if self.closed:
+            return
+        if not cycle.keep_alive or self.server.stopping or not cycle.complete:
+            # (not complete: the app answered before the whole body arrived, a 413 say; closing is the safe way to skip the rest)
+            self.close()
+            return
+        if self.pending:
+            self._start(self.pending.popleft())
+        else:
+            self.resume_reading()
+            self._arm_idle_timer()
+
+    # -- transport helpers ------------------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.write(data)
+
+    async def drain(self) -> None:
+        if self.closed or not self.write_paused:
+            return
+        waiter = self.loop.create_future()
+        self.drain_waiters.append(waiter)
+        await waiter
+
+    def pause_reading(self) -> None:
+        if not self.read_paused and self.transport is not None and not self.closed:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.read_paused and self.transport is not None and not self.closed:
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    def _arm_idle_timer(self) -> None:
+        if self.idle_timer is None and not self.closed:
+            self.idle_timer = self.loop.call_later(self.server.keepalive_timeout_s, self._idle_timeout)
+
+    def _idle_timeout(self) -> None:
+        self.idle_timer = None
+        if self.cycle is None and not self.pending:
+            self.close()
+
+    def _reject(self, status: int, message: bytes) -> None:
+        if self.cycle is None:
+            self.write(_status_line(status) + b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
+                       % (len(message), message))
+        self.close()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.close()
+
+    @property
+    def idle(self) -> bool:
+        return self.cycle is None and not self.pending and self.parsing is None
+
+
+class _HeadTooLarge(Exception):
+    pass
+
+
+class HttpServer:
+    """Serve ``app`` on ``host:port`` until SIGTERM/SIGINT (or :meth:`stop`)."""
+
+    def __init__(self, app: ASGIApp, host: str, port: int, *, backlog: int = 4096, keepalive_timeout_s: float = 5.0,
+                 graceful_timeout_s: float = 30.0) -> None:
+        self.app = app
+        self.host = host
+        self.port = port
+        self.backlog = backlog
+        self.keepalive_timeout_s = keepalive_timeout_s
+        self.graceful_timeout_s = graceful_timeout_s
+        self.clock = _Clock()
+        self.connections: set[_HttpConnection] = set()
+        self.in_flight = 0
+        self.stopping = False
+        self._stop: asyncio.Event | None = None
+        self._idle: asyncio.Event | None = None
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+
+    def request_finished(self) -> None:
+        if self.in_flight == 0 and self._idle is not None:
+            self._idle.set()
+
+    def stop(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+
+    async def serve(self, *, install_signal_handlers: bool = True) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._idle = asyncio.Event()
+        lifespan = _Lifespan(self.app)
+        await lifespan.startup()
+        server = await self.loop.create_server(lambda: _HttpConnection(self), self.host, self.port, backlog=self.backlog,
+                                               reuse_address=True)
+        if install_signal_handlers:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self.loop.add_signal_handler(sig, self.stop)
+        log.info("listening on http://%s:%d", self.host, self.port)
+        try:
+            await self._stop.wait()
+        finally:
+            self.stopping = True
+            log.info("stopping: no new connections; waiting for %d request(s) in flight", self.in_flight)
+            server.close()
+            for conn in list(self.connections):
+                if conn.idle:
+                    conn.close()
+            if self.in_flight:
+                self._idle.clear()
+                try:
+                    async with asyncio.timeout(self.graceful_timeout_s):
+                        while self.in_flight:
+                            await self._idle.wait()
+                            self._idle.clear()
+                except TimeoutError:
+                    log.warning("%d request(s) still running after %gs; closing their connections", self.in_flight, self.graceful_timeout_s)
+            for conn in list(self.connections):
+                conn.close()
+            await lifespan.shutdown()
+            log.info("stopped")
+
+
+class _Lifespan:
+    """Runs the application's ``lifespan`` protocol: startup before listening, shutdown after the last request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.inbox: asyncio.Queue[Message] = asyncio.Queue()
+        self.outbox: asyncio.Queue[Message] = asyncio.Queue()
+        self.task: asyncio.Task[None] | None = None
+
+    async def startup(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._run())
+        await self.inbox.put({"type": "lifespan.startup"})
+        reply = await self.outbox.get()
+        if reply["type"] != "lifespan.startup.complete":
+            raise SystemExit(f"application startup failed: {reply.get('message', '')}")
+
+    async def shutdown(self) -> None:
+        if self.task is None or self.task.done():
+            return
+        await self.inbox.put({"type": "lifespan.shutdown"})
+        reply = await self.outbox.get()
+        if reply["type"] != "lifespan.shutdown.complete":
+            log.error("application shutdown failed: %s", reply.get("message", ""))
+
+    async def _run(self) -> None:
+        try:
+            await self.app({"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": {}},
+                           self.inbox.get, self.outbox.put)
+        except Exception as exc:
+            log.exception("lifespan failed")
+            await self.outbox.put({"type": "lifespan.startup.failed", "message": str(exc)})
+
+
+def run(app: ASGIApp, host: str, port: int, **options: Any) -> None:
+    """Run the server on uvloop until a stop signal."""
+    import uvloop
+
+    server = HttpServer(app, host, port, **options)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(server.serve())
