@@ -458,16 +458,20 @@ class Gateway:
         translator = StreamTranslator(ex.model or "", estimate_prompt_tokens(ex.endpoint, ex.payload or {})) if translate else None
         ex.status = 200
         await send({"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, (b"x-request-id", ex.request_id.encode())]})
+        tail = b""
         async for chunk in resp.iter_chunks():
             out = reader.feed(chunk)
             if translator is not None:
                 out = translator.feed(out)
+            if resp.at_eof:  # the last piece: send it with the end of the stream, in one write
+                tail = out
+                break
             if out:
                 await send({"type": "http.response.body", "body": out, "more_body": True})
-        tail = reader.flush()
+        rest = reader.flush()
         if translator is not None:
-            tail = translator.feed(tail) + translator.finish()
-        await send({"type": "http.response.body", "body": tail, "more_body": False})
+            rest = translator.feed(rest) + translator.finish()
+        await send({"type": "http.response.body", "body": tail + rest, "more_body": False})
 
     async def _relay_body(
         self, ex: _Exchange, upstream: Upstream, status: int, content_type: str, raw: bytes, translate: bool, strip: bool, send: Send

@@ -103,7 +103,7 @@ class _Cycle:
         self.response_complete = False
         self.keep_alive = keep_alive
         self.expect_continue = expect_continue
-        self.on_disconnect: list[Callable[[], None]] = []
+        self.on_disconnect: Callable[[], None] | None = None
         self.http10 = http10
 
     def wake(self) -> None:
@@ -114,13 +114,18 @@ class _Cycle:
     def lost(self) -> None:
         self.disconnected = True
         self.wake()
-        if not self.response_complete:
-            for callback in self.on_disconnect:
-                callback()
+        callback = self.on_disconnect
+        if callback is not None and not self.response_complete:
+            self.on_disconnect = None
+            callback()
 
     def register_disconnect(self, callback: Callable[[], None]) -> Callable[[], None]:
-        self.on_disconnect.append(callback)
-        return lambda: self.on_disconnect.remove(callback) if callback in self.on_disconnect else None
+        """The ``distillguard.on_disconnect`` extension: one callback per request; returns its unregister function."""
+        self.on_disconnect = callback
+        return self.unregister_disconnect
+
+    def unregister_disconnect(self) -> None:
+        self.on_disconnect = None
 
     async def receive(self) -> Message:
         if self.expect_continue and not self.disconnected:
@@ -232,7 +237,7 @@ class _HttpConnection(asyncio.Protocol):
         self.read_paused = False
         self.write_paused = False
         self.drain_waiters: list[asyncio.Future[None]] = []
-        self.idle_timer: asyncio.TimerHandle | None = None
+        self.last_active = 0.0  # loop time of the last bytes received or response finished
 
     # -- asyncio.Protocol -----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -242,12 +247,10 @@ class _HttpConnection(asyncio.Protocol):
         self.client = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
         self.local = (str(local[0]), int(local[1])) if isinstance(local, tuple) else None
         self.server.connections.add(self)
-        self._arm_idle_timer()
+        self.last_active = self.loop.time()
 
     def data_received(self, data: bytes) -> None:
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-            self.idle_timer = None
+        self.last_active = self.loop.time()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -261,8 +264,6 @@ class _HttpConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.server.connections.discard(self)
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
         for cycle in (self.cycle, *self.pending):
             if cycle is not None:
                 cycle.lost()
@@ -391,7 +392,7 @@ class _HttpConnection(asyncio.Protocol):
             self._start(self.pending.popleft())
         else:
             self.resume_reading()
-            self._arm_idle_timer()
+            self.last_active = self.loop.time()
 
     # -- transport helpers ------------------------------------------------------------------------
     def write(self, data: bytes) -> None:
@@ -414,15 +415,6 @@ class _HttpConnection(asyncio.Protocol):
         if self.read_paused and self.transport is not None and not self.closed:
             self.read_paused = False
             self.transport.resume_reading()
-
-    def _arm_idle_timer(self) -> None:
-        if self.idle_timer is None and not self.closed:
-            self.idle_timer = self.loop.call_later(self.server.keepalive_timeout_s, self._idle_timeout)
-
-    def _idle_timeout(self) -> None:
-        self.idle_timer = None
-        if self.cycle is None and not self.pending:
-            self.close()
 
     def _reject(self, status: int, message: bytes) -> None:
         if self.cycle is None:
@@ -464,6 +456,17 @@ class HttpServer:
         self._idle: asyncio.Event | None = None
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
 
+    async def _close_idle_connections(self) -> None:
+        """Keep-alive timeout: one sweep a fraction of a second, rather than a timer per request."""
+        interval = min(1.0, self.keepalive_timeout_s / 4)
+        while True:
+            await asyncio.sleep(interval)
+            cutoff = self.loop.time() - self.keepalive_timeout_s
+            for conn in list(self.connections):
+                # Idle between requests, or stuck in the middle of a request's head (slowloris).
+                if conn.last_active < cutoff and conn.idle:
+                    conn.close()
+
     def request_finished(self) -> None:
         if self.in_flight == 0 and self._idle is not None:
             self._idle.set()
@@ -484,9 +487,11 @@ class HttpServer:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self.loop.add_signal_handler(sig, self.stop)
         log.info("listening on http://%s:%d", self.host, self.port)
+        sweeper = self.loop.create_task(self._close_idle_connections())
         try:
             await self._stop.wait()
         finally:
+            sweeper.cancel()
             self.stopping = True
             log.info("stopping: no new connections; waiting for %d request(s) in flight", self.in_flight)
             server.close()

@@ -162,11 +162,19 @@ class UpstreamResponse:
                 raise self._error
             await self._wait()
 
+    @property
+    def at_eof(self) -> bool:
+        """The body is complete and every piece of it has been handed out."""
+        return self._done and not self._chunks
+
     async def read(self) -> bytes:
         """The whole body."""
         while not self._done:
             if self._error is not None:
                 raise self._error
+            if self._buffered > HIGH_WATER:  # read() wants it all: don't hold the upstream back
+                self._buffered = 0
+                self._conn.resume_reading()
             await self._wait()
         chunks = self._chunks
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -340,7 +348,7 @@ class UpstreamClient:
             method, origin.base_path, path, origin.host_header, headers, len(body))
         message = head + body if len(body) < 65536 else None
         for attempt in (0, 1):
-            conn = self._idle_connection(origin.key)
+            conn = self._idle_connection(origin.key) if attempt == 0 else None  # the retry: a fresh connection
             reused = conn is not None
             if conn is None:
                 conn = await self._connect(origin, connect_timeout)
@@ -390,8 +398,10 @@ class UpstreamClient:
                 _, conn = await loop.create_connection(
                     lambda: _Connection(self, origin.key, loop), origin.host, origin.port,
                     ssl=context, server_hostname=origin.host if context else None)
-        except TimeoutError:
-            raise UpstreamUnreachable(f"connecting to {origin.host}:{origin.port} took longer than {timeout:g}s") from None
+        except TimeoutError as exc:
+            if exc.errno is None and timeout is not None:  # ours, not the kernel's ETIMEDOUT
+                raise UpstreamUnreachable(f"connecting to {origin.host}:{origin.port} took longer than {timeout:g}s") from None
+            raise UpstreamUnreachable(f"cannot connect to {origin.host}:{origin.port}: {exc.strerror or exc}") from None
         except OSError as exc:
             raise UpstreamUnreachable(f"cannot connect to {origin.host}:{origin.port}: {exc.strerror or exc}") from None
         self._all.add(conn)

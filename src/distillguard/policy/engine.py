@@ -1,7 +1,7 @@
 """The policy engine: in-memory decisions per request, fed by the online scorer.
 
-``decide`` is a few dictionary lookups: the risk table is replaced whole by
-the scorer's reader thread, manual overrides are a dict, thresholds are
+``decide`` is a few dictionary lookups: the risk table, and the action each
+account's risk calls for, are replaced whole by the scorer's reader thread, manual overrides are a dict, thresholds are
 numbers from the settings. Audit records and review items are written by a
 background thread when an account's action *changes*, so a blocked account
 sending a thousand requests makes one audit line, not a thousand DB writes.
@@ -39,6 +39,7 @@ class PolicyEngine:
         self.registry = registry
         self.scorer = OnlineScorer(self._on_report, publish_every_s=publish_every_s)
         self._risk: dict[str, dict[str, Any]] = {}
+        self._risk_decisions: dict[str, Decision] = {}
         self._clusters: list[dict[str, Any]] = []
         self._manual: dict[str, tuple[str, str]] = {}
         self._last_action: dict[str, str] = {}
@@ -94,9 +95,10 @@ class PolicyEngine:
         challenge = self._attestation_challenge(account_id, signals)
         if challenge is not None:
             return challenge
-        entry = self._risk.get(account_id)
-        if entry is None:
-            return ALLOW
+        return self._risk_decisions.get(account_id, ALLOW)
+
+    def _risk_decision(self, entry: dict[str, Any]) -> Decision:
+        """The action an account's risk entry calls for (computed once per report, not per request)."""
         score = max(entry["distillation_score"], entry["reseller_score"])
         s = self.settings
         reasoning = next((e["score"] for e in entry["evidence"] if e["detector"] == "cot_elicitation"), 0.0)
@@ -136,6 +138,8 @@ class PolicyEngine:
 
     # -- scorer feed -----------------------------------------------------------------------------
     def _on_report(self, report: dict[str, Any]) -> None:
+        decisions = {entry["account_id"]: self._risk_decision(entry) for entry in report["accounts"]}
+        self._risk_decisions = {account: d for account, d in decisions.items() if d is not ALLOW}
         self._risk = {entry["account_id"]: entry for entry in report["accounts"]}
         self._clusters = report["clusters"]
         for entry in report["accounts"]:
