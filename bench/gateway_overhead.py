@@ -27,6 +27,8 @@ from pathlib import Path
 
 import httpx
 
+from measure import source_line, src_digest
+
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 LITELLM = ROOT / "bench" / ".venv-litellm" / "bin" / "litellm"
@@ -51,21 +53,42 @@ def wait(url: str, timeout: float = 120, headers: dict[str, str] | None = None) 
     raise SystemExit(f"{url} did not come up")
 
 
+def _tree(pid: int) -> list[int]:
+    """A process and all its descendants."""
+    found, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        found.append(current)
+        try:
+            pending.extend(int(c) for c in Path(f"/proc/{current}/task/{current}/children").read_text().split())
+        except (OSError, ValueError):
+            continue
+    return found
+
+
 def rss_mb(pid: int) -> float:
     """Resident memory of a process and all its descendants, in MB."""
     total = 0
-    pids = [pid]
-    while pids:
-        current = pids.pop()
+    for current in _tree(pid):
         try:
             for line in Path(f"/proc/{current}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1])
-            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
-            pids.extend(int(c) for c in children)
         except (OSError, ValueError):
             continue
     return total / 1024
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by a process and its live descendants."""
+    ticks = 0
+    for current in _tree(pid):
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        except (OSError, ValueError, IndexError):
+            continue
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
@@ -103,6 +126,8 @@ def main() -> int:
     if not shutil.which("wrk"):
         raise SystemExit("wrk is needed: apt-get install wrk")
     work = Path(tempfile.mkdtemp(prefix="dg-bench-"))
+    digest = src_digest()
+    load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     procs: list[subprocess.Popen[bytes]] = []
 
     def spawn(cmd: list[str], log: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -114,7 +139,7 @@ def main() -> int:
 
     try:
         up_port = free_port()
-        spawn([PYTHON, str(ROOT / "bench" / "fast_upstream.py"), "--port", str(up_port)], "upstream.log")
+        up = spawn([PYTHON, str(ROOT / "bench" / "fast_upstream.py"), "--port", str(up_port)], "upstream.log")
         upstream = f"http://127.0.0.1:{up_port}/v1"
         wait(upstream + "/models")
         dg_port = free_port()
@@ -128,7 +153,7 @@ def main() -> int:
         admin = {"Authorization": "Bearer bench"}
         account = httpx.post(dg_root + "/admin/v1/accounts", json={"name": "bench"}, headers=admin).json()
         key = httpx.post(dg_root + f"/admin/v1/accounts/{account['account_id']}/keys", json={}, headers=admin).json()["secret"]
-        targets = [("upstream (direct)", upstream + "/chat/completions", None, None), ("distillguard", dg_root + "/v1/chat/completions", key, dg)]
+        targets = [("upstream (direct)", upstream + "/chat/completions", None, up), ("distillguard", dg_root + "/v1/chat/completions", key, dg)]
         if not args.skip_litellm and LITELLM.exists():
             ll_port = free_port()
             (work / "litellm.yaml").write_text(
@@ -148,16 +173,22 @@ def main() -> int:
                 for conns in (1, 64):
                     label = f"{'stream' if stream else 'json'} c={conns}"
                     run_wrk(url, conns, 2, stream, auth)  # warm-up
-                    result = run_wrk(url, conns, args.duration if conns > 1 else max(4, args.duration // 2), stream, auth)
-                    if proc is not None:
-                        result["rss_mb"] = rss_mb(proc.pid)
+                    duration = args.duration if conns > 1 else max(4, args.duration // 2)
+                    cpu_before = cpu_s(proc.pid)
+                    result = run_wrk(url, conns, duration, stream, auth)
+                    # CPU per request of the process under test (for "direct", the upstream itself):
+                    # the figure least disturbed by whatever else the machine is doing.
+                    result["cpu_ms_per_req"] = (cpu_s(proc.pid) - cpu_before) * 1000 / max(1.0, result["rps"] * duration)
+                    result["rss_mb"] = rss_mb(proc.pid)
                     results.setdefault(name, {})[label] = result
                     print(f"  {name:<18} {label:<14} {result['rps']:>9.0f} req/s  p50 {result['p50_ms']:.2f} ms  p99 {result['p99_ms']:.2f} ms"
+                          f"  cpu {result['cpu_ms_per_req']:.3f} ms/req"
                           + (f"  non-2xx {result['non_2xx']}" if result["non_2xx"] else "")
                           + (f"  socket errors {result['socket_errors']}" if result["socket_errors"] else ""), file=sys.stderr, flush=True)
         direct = results["upstream (direct)"]
-        print("\n| load | target | req/s | vs upstream | added p50 (ms) | added p99 (ms) | RSS (MB) | errors |")
-        print("|---|---|---:|---:|---:|---:|---:|---:|")
+        print(f"\nLoad average before the run: {load_before}; after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}. {source_line(digest)}")
+        print("\n| load | target | req/s | vs upstream | added p50 (ms) | added p99 (ms) | CPU ms/request | RSS (MB) | errors |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
         for label in direct:
             for name in results:
                 r = results[name][label]
@@ -165,9 +196,9 @@ def main() -> int:
                 ratio = r["rps"] / d["rps"]
                 added50 = "—" if name.startswith("upstream") else f"{r['p50_ms'] - d['p50_ms']:.2f}"
                 added99 = "—" if name.startswith("upstream") else f"{r['p99_ms'] - d['p99_ms']:.2f}"
-                rss = f"{r['rss_mb']:.0f}" if "rss_mb" in r else "—"
+                rss = "—" if name.startswith("upstream") else f"{r['rss_mb']:.0f}"
                 errs = int(r["non_2xx"] + r["socket_errors"])
-                print(f"| {label} | {name} | {r['rps']:.0f} | {ratio:.0%} | {added50} | {added99} | {rss} | {errs} |")
+                print(f"| {label} | {name} | {r['rps']:.0f} | {ratio:.0%} | {added50} | {added99} | {r['cpu_ms_per_req']:.3f} | {rss} | {errs} |")
         if "litellm proxy" in results:
             print("\n| load | distillguard / LiteLLM throughput |")
             print("|---|---:|")
