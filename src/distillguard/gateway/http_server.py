@@ -76,6 +76,10 @@ class _Clock:
         return self.line
 
 
+def _nothing() -> None:
+    pass
+
+
 def _status_line(status: int) -> bytes:
     line = STATUS_LINES.get(status)
     return line if line is not None else b"HTTP/1.1 %d Status\r\n" % status
@@ -117,10 +121,16 @@ class _Cycle:
         callback = self.on_disconnect
         if callback is not None and not self.response_complete:
             self.on_disconnect = None
-            callback()
+            try:
+                callback()
+            except Exception:  # the app's bug must not leave the connection's other waiters hanging
+                log.exception("a disconnect callback failed")
 
     def register_disconnect(self, callback: Callable[[], None]) -> Callable[[], None]:
         """The ``distillguard.on_disconnect`` extension: one callback per request; returns its unregister function."""
+        if self.disconnected and not self.response_complete:  # already gone: tell it straight away
+            self.conn.loop.call_soon(callback)
+            return _nothing
         self.on_disconnect = callback
         return self.unregister_disconnect
 
@@ -169,7 +179,9 @@ class _Cycle:
             if not more:
                 self.response_complete = True
             return
-        if not self.head_sent:
+        if self.head_sent and self.scope["method"] == "HEAD":
+            pass  # a HEAD response has no body, whatever the application sends
+        elif not self.head_sent:
             self.head_sent = True
             head = [_status_line(self.status), conn.server.clock.date_line()]
             length_given = False
@@ -181,7 +193,10 @@ class _Cycle:
                     else:
                         continue
                 head.append(b"%s: %s\r\n" % (name, value))
-            if not more:
+            bodiless = self.status in (204, 304) or 100 <= self.status < 200
+            if bodiless:
+                body = b""
+            elif not more:
                 if not length_given:
                     head.append(b"content-length: %d\r\n" % len(body))
             elif self.http10:
@@ -189,11 +204,16 @@ class _Cycle:
             else:
                 self.chunked = True
                 head.append(b"transfer-encoding: chunked\r\n")
+            if conn.server.stopping or not self.complete:  # (not complete: answered before the whole body arrived)
+                self.keep_alive = False
             if not self.keep_alive:
                 head.append(b"connection: close\r\n")
+            elif self.http10:
+                head.append(b"connection: keep-alive\r\n")
             head.append(b"\r\n")
-            if self.scope["method"] == "HEAD":
+            if self.scope["method"] == "HEAD" or bodiless:
                 body = b""
+                self.chunked = False
             if self.chunked and body:
                 head.append(b"%x\r\n%s\r\n" % (len(body), body))
             else:
@@ -201,6 +221,8 @@ class _Cycle:
             if self.chunked and not more:
                 head.append(b"0\r\n\r\n")
             conn.write(b"".join(head))
+        elif self.status in (204, 304):
+            pass
         elif self.chunked:
             if body:
                 conn.write(b"%x\r\n%s\r\n%s" % (len(body), body, b"" if more else b"0\r\n\r\n"))
@@ -254,12 +276,13 @@ class _HttpConnection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._reject(501, b"Protocol upgrades are not supported.")
+            self._refuse_upgrade()
         except httptools.HttpParserError as exc:
-            log.info("bad HTTP request from %s: %s", self.client, exc)
-            self._reject(400, b"Malformed HTTP request.")
-        except _HeadTooLarge:
-            self._reject(431, b"Request line and headers are too large.")
+            if isinstance(exc.__context__, _HeadTooLarge) or isinstance(exc.__cause__, _HeadTooLarge):
+                self._parse_failed(431, b"Request line and headers are too large.")
+            else:
+                log.info("bad HTTP request from %s: %s", self.client, exc)
+                self._parse_failed(400, b"Malformed HTTP request.")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -281,6 +304,8 @@ class _HttpConnection(asyncio.Protocol):
             if not waiter.done():
                 waiter.set_result(None)
         self.drain_waiters.clear()
+        if self.cycle is None and self.pending and not self.closed:  # held back until the client read its answers
+            self._start(self.pending.popleft())
 
     # -- httptools callbacks ------------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -327,14 +352,15 @@ class _HttpConnection(asyncio.Protocol):
         cycle = _Cycle(self, scope, parser.should_keep_alive(), expect, version == "1.0")
         scope["extensions"]["distillguard.on_disconnect"] = cycle.register_disconnect
         self.parsing = cycle
-        if self.cycle is None:
+        if self.cycle is None and not self.pending:
             self._start(cycle)
-        else:
+        else:  # pipelined: read no further until the requests before it are answered
             self.pending.append(cycle)
+            self.pause_reading()
 
     def on_body(self, body: bytes) -> None:
         cycle = self.parsing
-        if cycle is None:
+        if cycle is None or cycle.response_complete:  # answered already (a 413, say): the rest is dropped
             return
         cycle.body.append(body)
         cycle.body_size += len(body)
@@ -348,6 +374,8 @@ class _HttpConnection(asyncio.Protocol):
         if cycle is not None:
             cycle.complete = True
             cycle.wake()
+            if cycle.response_complete:  # the rest of an early-answered body has been read and dropped
+                self.close()
 
     # -- requests -----------------------------------------------------------------------------
     def _start(self, cycle: _Cycle) -> None:
@@ -384,12 +412,19 @@ class _HttpConnection(asyncio.Protocol):
         self.cycle = None
         if self.closed:
             return
+        if not cycle.complete and not cycle.expect_continue and not cycle.disconnected:
+            # Answered before the whole body arrived (a 413, say). Closing now would reset the
+            # connection under a client still uploading, and it would never see the answer: read
+            # and drop the rest (on_body, on_message_complete), for a few seconds at most.
+            self.resume_reading()
+            self.loop.call_later(5.0, self.close)
+            return
         if not cycle.keep_alive or self.server.stopping or not cycle.complete:
-            # (not complete: the app answered before the whole body arrived, a 413 say; closing is the safe way to skip the rest)
             self.close()
             return
         if self.pending:
-            self._start(self.pending.popleft())
+            if not self.write_paused:  # else resume_writing starts it: a pipelining client that doesn't read can't pile up answers
+                self._start(self.pending.popleft())
         else:
             self.resume_reading()
             self.last_active = self.loop.time()
@@ -416,11 +451,32 @@ class _HttpConnection(asyncio.Protocol):
             self.read_paused = False
             self.transport.resume_reading()
 
-    def _reject(self, status: int, message: bytes) -> None:
-        if self.cycle is None:
-            self.write(_status_line(status) + b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
-                       % (len(message), message))
+    def _parse_failed(self, status: int, message: bytes) -> None:
+        """The bytes stopped being valid HTTP: answer what came before them, then close."""
+        self.pause_reading()
+        if self.parsing is not None:  # in the middle of a request's body: that request can't be completed
+            self.close()
+            return
+        last = self.pending[-1] if self.pending else self.cycle
+        if last is not None:
+            last.keep_alive = False  # e.g. bytes after a "Connection: close" request: answer it, then close
+            return
+        self.write(_status_line(status) + b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
+                   % (len(message), message))
         self.close()
+
+    def _refuse_upgrade(self) -> None:
+        """``Upgrade`` (``h2c``, WebSocket) is not supported: answer over HTTP/1.1 (RFC 9110 allows ignoring it), then close."""
+        cycle = self.parsing or (self.pending[-1] if self.pending else self.cycle)
+        self.pause_reading()
+        if cycle is None:
+            self._parse_failed(501, b"Protocol upgrades are not supported.")
+            return
+        cycle.keep_alive = False
+        if self.parsing is cycle:  # the parser stops at the upgrade: whatever follows is not this request's body
+            self.parsing = None
+            cycle.complete = True
+            cycle.wake()
 
     def close(self) -> None:
         if not self.closed:
@@ -521,17 +577,20 @@ class _Lifespan:
         self.inbox: asyncio.Queue[Message] = asyncio.Queue()
         self.outbox: asyncio.Queue[Message] = asyncio.Queue()
         self.task: asyncio.Task[None] | None = None
+        self.phase = "startup"
+        self.supported = True
 
     async def startup(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._run())
         await self.inbox.put({"type": "lifespan.startup"})
         reply = await self.outbox.get()
-        if reply["type"] != "lifespan.startup.complete":
+        if reply["type"] == "lifespan.startup.failed":
             raise SystemExit(f"application startup failed: {reply.get('message', '')}")
 
     async def shutdown(self) -> None:
-        if self.task is None or self.task.done():
+        if not self.supported or self.task is None or self.task.done():
             return
+        self.phase = "shutdown"
         await self.inbox.put({"type": "lifespan.shutdown"})
         reply = await self.outbox.get()
         if reply["type"] != "lifespan.shutdown.complete":
@@ -542,8 +601,15 @@ class _Lifespan:
             await self.app({"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": {}},
                            self.inbox.get, self.outbox.put)
         except Exception as exc:
-            log.exception("lifespan failed")
-            await self.outbox.put({"type": "lifespan.startup.failed", "message": str(exc)})
+            if self.phase == "startup":  # ASGI: an app that raises on lifespan doesn't support it; serve without
+                log.info("the application does not support lifespan (%s); serving without it", exc)
+                self.supported = False
+                await self.outbox.put({"type": "lifespan.startup.complete"})
+            else:
+                log.exception("lifespan shutdown failed")
+                await self.outbox.put({"type": "lifespan.shutdown.failed", "message": str(exc)})
+        else:  # returned: any reply it did not send is taken as given
+            await self.outbox.put({"type": f"lifespan.{self.phase}.complete"})
 
 
 def run(app: ASGIApp, host: str, port: int, **options: Any) -> None:
