@@ -1527,3 +1527,46 @@ def _coroutine_tests() -> list[Any]:
 def test_on_uvloop(case: Callable[[], Awaitable[None]]) -> None:
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(case())  # type: ignore[arg-type]
+
+
+async def test_endless_header_value_is_cut_off_with_431() -> None:
+    """A header value that never ends is refused once the head passes 64 KiB, however httptools buffers it."""
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    from distillguard.gateway.http_server import HttpServer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = HttpServer(app, "127.0.0.1", port)
+    task = asyncio.create_task(server.serve(install_signal_handlers=False))
+    try:
+        for _ in range(100):
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                break
+            except OSError:
+                await asyncio.sleep(0.02)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nX-Long: ")
+        answer = b""
+        with contextlib.suppress(ConnectionError):
+            for _ in range(200):  # up to 800 KiB of one header value, no line end
+                writer.write(b"a" * 4096)
+                await writer.drain()
+                if reader.at_eof():
+                    break
+                with contextlib.suppress(TimeoutError):
+                    answer += await asyncio.wait_for(reader.read(65536), 0.001)
+                if answer:
+                    break
+        with contextlib.suppress(ConnectionError, TimeoutError):
+            answer += await asyncio.wait_for(reader.read(65536), 2)
+        assert answer.startswith(b"HTTP/1.1 431 "), answer[:80]
+        writer.close()
+    finally:
+        server.stop()
+        await task

@@ -254,7 +254,9 @@ class _HttpConnection(asyncio.Protocol):
         self.parsing: _Cycle | None = None  # the request whose body is arriving
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
-        self.head_bytes = 0
+        self.head_bytes = 0  # request line and headers parsed so far
+        self.head_received = 0  # raw bytes received while in a request head (after its first piece)
+        self.in_head = False
         self.closed = False
         self.read_paused = False
         self.write_paused = False
@@ -273,6 +275,12 @@ class _HttpConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_active = self.loop.time()
+        if self.in_head:
+            # httptools keeps an unfinished header value to itself; count raw bytes so an endless one is caught too
+            self.head_received += len(data)
+            if self.head_received > MAX_HEAD_BYTES:
+                self._parse_failed(431, b"Request line and headers are too large.")
+                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -312,6 +320,8 @@ class _HttpConnection(asyncio.Protocol):
         self.url = b""
         self.headers = []
         self.head_bytes = 0
+        self.head_received = 0
+        self.in_head = True
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -326,6 +336,7 @@ class _HttpConnection(asyncio.Protocol):
         self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
+        self.in_head = False
         parser = self.parser
         parsed = httptools.parse_url(self.url)
         raw_path = parsed.path
