@@ -245,3 +245,150 @@ def test_frame_of_long_prompts_matches_tokenising_the_whole_prompt() -> None:
     for _ in range(500):
         text = "".join(rng.choice(alphabet) + rng.choice([" ", "", "\n"]) for _ in range(rng.randrange(1, 600)))
         assert frame_of(text) == reference(text)
+
+
+# -- MinHash / LSH (distillguard.detect.minhash) ----------------------------------------------------------
+
+def _jaccard(a: set[str], b: set[str]) -> float:
+    return len(a & b) / max(1, len(a | b))
+
+
+def _planted_sets(seed: int, n_sets: int = 200, n_pairs: int = 40) -> tuple[dict[str, set[str]], set[tuple[str, str]]]:
+    """``n_sets`` random sets of unrelated strings, ``n_pairs`` of them rewritten as near-duplicates (Jaccard 0.5–0.9)."""
+    import random
+
+    rng = random.Random(seed)
+    counter = iter(range(10**9))
+
+    def fresh(k: int) -> list[str]:
+        return [f"v{next(counter)}" for _ in range(k)]
+
+    sets = {f"s{i:03d}": set(fresh(rng.randrange(20, 120))) for i in range(n_sets)}
+    keys = sorted(sets)
+    rng.shuffle(keys)
+    planted = set()
+    for i in range(n_pairs):
+        a, b = keys[2 * i], keys[2 * i + 1]
+        target = rng.uniform(0.5, 0.9)
+        base = sets[a]
+        k = max(1, round(len(base) * (1 - target) / (1 + target)))  # drop k, add k: J = (n - k) / (n + k)
+        sets[b] = set(rng.sample(sorted(base), len(base) - k)) | set(fresh(k))
+        planted.add((min(a, b), max(a, b)))
+    return sets, planted
+
+
+def test_minhash_arithmetic_is_exact() -> None:
+    """The vectorised uint64 permutations equal ((a*h + b) mod (2**61 - 1)) & (2**32 - 1) computed with Python integers."""
+    import hashlib
+
+    from distillguard.detect.minhash import MAX_HASH, MERSENNE_61, MinHasher
+
+    hasher = MinHasher(num_perm=64, seed=7)
+    a = [int(lo) + (int(hi) << 32) for lo, hi in zip(hasher._a_lo, hasher._a_hi, strict=True)]
+    b = [int(x) for x in hasher._b]
+    assert all(1 <= x < MERSENNE_61 for x in a) and all(0 <= x < MERSENNE_61 for x in b)
+    assert max(a) > 1 << 60  # large multipliers: the products would overflow 64 bits if computed naively
+    values = [f"value {i}" for i in range(300)]
+    hashes = [int.from_bytes(hashlib.blake2b(v.encode(), digest_size=4).digest(), "little") for v in values]
+    expected = [min(((ai * h + bi) % MERSENNE_61) & MAX_HASH for h in hashes) for ai, bi in zip(a, b, strict=True)]
+    assert hasher.signature(values).tolist() == expected
+    assert hasher.signature([]).tolist() == [MAX_HASH] * 64
+    assert hasher.signature([v.encode() for v in values]).tolist() == expected  # bytes and str hash alike
+
+
+def test_minhash_signatures_estimate_jaccard() -> None:
+    from distillguard.detect.minhash import MinHasher, estimate_jaccard
+
+    sets, planted = _planted_sets(seed=1)
+    for num_perm, max_error, mean_error in ((64, 0.25, 0.07), (256, 0.12, 0.035)):
+        hasher = MinHasher(num_perm=num_perm)
+        errors = []
+        for a, b in sorted(planted):
+            true = _jaccard(sets[a], sets[b])
+            errors.append(abs(estimate_jaccard(hasher.signature(sets[a]), hasher.signature(sets[b])) - true))
+        assert max(errors) <= max_error, (num_perm, max(errors))
+        assert sum(errors) / len(errors) <= mean_error, (num_perm, sum(errors) / len(errors))
+        # Unrelated sets share no values: their estimates stay near 0.
+        unrelated = sorted(set(sets) - {k for pair in planted for k in pair})[:20]
+        signatures = [hasher.signature(sets[k]) for k in unrelated]
+        assert max(estimate_jaccard(x, y) for i, x in enumerate(signatures) for y in signatures[i + 1:]) <= 0.1
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("threshold", [0.3, 0.4])
+def test_lsh_finds_every_pair_above_the_threshold(seed: int, threshold: float) -> None:
+    """With clustering's weights, the index returns every pair at or above its threshold (and prunes the rest)."""
+    from distillguard.detect.clustering import _LSH_WEIGHTS
+    from distillguard.detect.minhash import LSHIndex, MinHasher
+
+    sets, planted = _planted_sets(seed)
+    keys = sorted(sets)
+    above = {(a, b) for i, a in enumerate(keys) for b in keys[i + 1:] if _jaccard(sets[a], sets[b]) >= threshold}
+    assert above == planted  # the background sets share nothing
+    hasher = MinHasher(num_perm=64, seed=7)
+    index: LSHIndex[str] = LSHIndex(threshold, num_perm=64, weights=_LSH_WEIGHTS)
+    signatures = {k: hasher.signature(s) for k, s in sets.items()}
+    for k, signature in signatures.items():
+        index.insert(k, signature)
+    assert len(index) == len(sets) and "s000" in index
+    candidates = set()
+    for k, signature in signatures.items():
+        found = index.query(signature)
+        assert k in found
+        candidates |= {(k, other) for other in found if other > k}
+    assert above <= candidates, sorted(above - candidates)
+    assert len(candidates) < 2 * len(above) + 0.01 * len(keys) * (len(keys) - 1) / 2  # not all-pairs
+
+
+def test_lsh_parameters_follow_datasketchs_criterion() -> None:
+    """Equal weights pick the bands x rows datasketch picks; weighing misses more shortens the bands."""
+    from distillguard.detect.minhash import LSHIndex, MinHasher, optimal_bands
+
+    assert optimal_bands(0.3, 64) == (21, 3)
+    assert optimal_bands(0.4, 64) == (16, 4)
+    assert optimal_bands(0.5, 64) == (14, 4)
+    assert optimal_bands(0.8, 64) == (5, 11)
+    assert optimal_bands(0.9, 128) == (5, 25)  # datasketch's documented example
+    bands, rows = optimal_bands(0.4, 64, 0.1, 0.9)
+    assert rows < 4 and bands * rows <= 64
+    index: LSHIndex[str] = LSHIndex(0.4, num_perm=64, weights=(0.1, 0.9))
+    assert (index.bands, index.rows) == (bands, rows)
+    with pytest.raises(ValueError, match="64 values"):
+        index.insert("a", MinHasher(num_perm=32).signature(["x"]))
+    index.insert("a", MinHasher(num_perm=64).signature(["x"]))
+    with pytest.raises(ValueError, match="already"):
+        index.insert("a", MinHasher(num_perm=64).signature(["y"]))
+
+
+def test_minhash_is_deterministic_across_instances_and_processes() -> None:
+    from distillguard.detect.minhash import LSHIndex, MinHasher
+
+    values = [f"frame {i}" for i in range(50)]
+    first, second = MinHasher(num_perm=64, seed=7), MinHasher(num_perm=64, seed=7)
+    assert first.signature(values).tolist() == second.signature(reversed(values)).tolist()
+    assert first.signature(values).tolist() != MinHasher(num_perm=64, seed=8).signature(values).tolist()
+    code = ("from distillguard.detect.minhash import MinHasher\n"
+            "print(MinHasher(num_perm=64, seed=7).signature([f'frame {i}' for i in range(50)]).tobytes().hex())\n")
+    other_process = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                                   env={"PYTHONHASHSEED": "12345", "PATH": ""})
+    assert other_process.returncode == 0, other_process.stderr
+    assert other_process.stdout.strip() == first.signature(values).tobytes().hex()
+    sets, _ = _planted_sets(seed=4)
+    results = []
+    for hasher in (first, second):
+        index: LSHIndex[str] = LSHIndex(0.4, num_perm=64, weights=(0.1, 0.9))
+        signatures = {k: hasher.signature(s) for k, s in sets.items()}
+        for k, signature in signatures.items():
+            index.insert(k, signature)
+        results.append({k: sorted(index.query(signature)) for k, signature in signatures.items()})
+    assert results[0] == results[1]
+
+
+def test_scanner_never_imports_scipy_or_datasketch() -> None:
+    code = ("import sys\n"
+            "from distillguard.detect.scanner import Scanner\n"
+            "Scanner().report()\n"
+            "print(','.join(m for m in ('scipy', 'datasketch', 'sklearn') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == ""

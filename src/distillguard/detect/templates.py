@@ -4,7 +4,7 @@ A campaign wraps each swept task in one of a few templates, so the prompts'
 *frames* — their opening and closing words, with numbers folded — repeat while
 the middles change. Frames are counted per account (bounded), and the frames
 an account repeats are summarised as a MinHash so clustering can find other
-accounts using the same or paraphrased templates (datasketch's LSH).
+accounts using the same or paraphrased templates (LSH, :mod:`distillguard.detect.minhash`).
 """
 
 from __future__ import annotations

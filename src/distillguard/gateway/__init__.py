@@ -1,6 +1,6 @@
 """The gateway: an OpenAI- and Anthropic-compatible reverse proxy (the hot path).
 
-Never imports the analytics stack (numpy, scikit-learn, datasketch, detect).
+Never imports the analytics stack (numpy, scikit-learn, detect).
 """
 
 from distillguard.gateway.app import Gateway

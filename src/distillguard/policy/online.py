@@ -1,10 +1,15 @@
 """The online scorer: the same ``Scanner`` as `scan`, in a worker process fed by the gateway.
 
-A separate process (spawned, so the gateway never imports numpy, scikit-learn
-or datasketch, and never competes with detection for the GIL). The gateway
-side appends events to a deque (O(1)); a pump thread ships them in batches
-over a pipe; the worker updates the scanner and publishes the full report
-back at a fixed cadence; a reader thread swaps the new risk table in.
+A separate process (a fresh interpreter, so the gateway never imports numpy
+or the detectors, and never competes with detection for the GIL), started
+with ``subprocess.Popen`` rather than ``multiprocessing``, whose spawn start
+method also starts a resource-tracker process that would sit beside the
+gateway for nothing. The worker is :mod:`distillguard.scorer_worker`; the two
+talk over a pair of pipes. The gateway side appends events to a deque (O(1));
+a pump thread ships them in batches; the worker updates the scanner and
+publishes the full report back at a fixed cadence; a reader thread swaps the
+new risk table in. The worker exits on end of file of its inbox, so it goes
+when the gateway closes the pipe or dies, and ``close()`` always reaps it.
 """
 
 from __future__ import annotations
@@ -12,39 +17,19 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
-import multiprocessing as mp
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+from distillguard import scorer_worker
+
 __all__ = ["OnlineScorer"]
 
 log = logging.getLogger("distillguard.policy.online")
-
-
-def _worker(inbox: Any, outbox: Any, publish_every_s: float) -> None:
-    from distillguard.detect.scanner import Scanner
-
-    scanner = Scanner()
-    last = time.monotonic()
-    dirty = False
-    while True:
-        if inbox.poll(0.05):
-            batch = inbox.recv()
-            if batch is None:
-                break
-            for event in batch:
-                scanner.update(event)
-            dirty = True
-            outbox.send(("ack", len(batch)))
-        now = time.monotonic()
-        if dirty and now - last >= publish_every_s:
-            report = scanner.report()
-            outbox.send(("report", report))
-            last, dirty = now, False
-    outbox.send(("report", scanner.report()))
-    outbox.send(("stopped", None))
 
 
 class OnlineScorer:
@@ -54,28 +39,54 @@ class OnlineScorer:
         self.batch_size = batch_size
         self._queue: collections.deque[dict[str, Any]] = collections.deque()
         self._stop = threading.Event()
-        self.sent = 0
-        self.acknowledged = 0
+        self.sent = 0  # events written to the worker's pipe
+        self.acknowledged = 0  # events the worker has scored
         self.reports = 0
-        self.scored_in_report = 0
-        self._process: Any = None
+        self.scored_in_report = 0  # events covered by the latest report (set before on_report is called with it)
+        self._taken = 0  # events the pump has taken off the queue (counted *before* they leave it)
+        self._applied = 0  # events covered by the latest report whose on_report call has returned
+        self._failed = False
+        self._process: subprocess.Popen[bytes] | None = None
+        self._to_worker = self._from_worker = -1
 
     @property
     def backlog(self) -> int:
-        """Events observed but not yet scored by the worker."""
-        return len(self._queue) + (self.sent - self.acknowledged)
+        """Events observed but not yet scored by the worker.
+
+        Never under-counts, even while a batch is between the queue and the
+        pipe: the pump adds a batch to ``_taken`` before popping it, and this
+        reads ``acknowledged`` first, the queue next and ``_taken`` last, so a
+        concurrent step of the pump or the reader can only make it too high.
+        """
+        acknowledged = self.acknowledged
+        queued = len(self._queue)
+        return queued + self._taken - acknowledged
 
     def submit(self, event: dict[str, Any]) -> None:
-        self._queue.append(event)
+        if not self._failed:  # with the worker gone the queue would grow forever; events are in the event log
+            self._queue.append(event)
 
     def start(self) -> None:
-        context = mp.get_context("spawn")
-        parent_in, child_out = context.Pipe(duplex=False)
-        child_in, parent_out = context.Pipe(duplex=False)
-        self._to_worker, self._from_worker = parent_out, parent_in
-        self._process = context.Process(target=_worker, args=(child_in, child_out, self.publish_every_s), daemon=True,
-                                        name="distillguard-online-scorer")
-        self._process.start()
+        inbox_r, inbox_w = os.pipe()
+        outbox_r, outbox_w = os.pipe()
+        # The worker must import the same modules as the gateway (its distillguard may come from a source
+        # tree on sys.path): hand it our sys.path, in order, as multiprocessing's spawn did.
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "distillguard.scorer_worker", str(inbox_r), str(outbox_w), repr(float(self.publish_every_s))],
+                pass_fds=(inbox_r, outbox_w), stdin=subprocess.DEVNULL, env=env,
+            )
+        except BaseException:
+            os.close(inbox_w)
+            os.close(outbox_r)
+            raise
+        finally:
+            # The worker's ends: only the worker may hold them, or it would never see end of file
+            # (and we would never see it exit).
+            os.close(inbox_r)
+            os.close(outbox_w)
+        self._to_worker, self._from_worker = inbox_w, outbox_r
         self._pump = threading.Thread(target=self._pump_loop, name="distillguard-scorer-pump", daemon=True)
         self._reader = threading.Thread(target=self._read_loop, name="distillguard-scorer-reader", daemon=True)
         self._pump.start()
@@ -83,42 +94,78 @@ class OnlineScorer:
 
     def _pump_loop(self) -> None:
         queue = self._queue
-        while not self._stop.is_set() or queue:
+        while (not self._stop.is_set() or queue) and not self._failed:
             if not queue:
                 time.sleep(0.02)
                 continue
-            batch: list[Any] = []
-            while queue and len(batch) < self.batch_size:
-                batch.append(queue.popleft())
+            # Only this thread pops, so the queue holds at least n events until we take them.
+            n = min(len(queue), self.batch_size)
+            self._taken += n  # before popping: see `backlog`
+            batch = [queue.popleft() for _ in range(n)]
             try:
-                self._to_worker.send(batch)
-                self.sent += len(batch)
+                scorer_worker.send(self._to_worker, batch)
             except (OSError, ValueError) as exc:
-                log.error("online scorer is gone (%s); %d events not scored online (they are in the event log)", exc, len(batch))
-                return
+                self._fail(f"online scorer is gone ({exc}); events are no longer scored online (they are in the event log)")
+                break
+            self.sent += n
+        if self._failed:
+            # Let go of what is queued; it stays counted in `backlog` (observed, never scored).
+            n = len(queue)
+            self._taken += n
+            for _ in range(n):
+                queue.popleft()
+            return
         with contextlib.suppress(OSError, ValueError):  # the worker may already be gone at shutdown
-            self._to_worker.send(None)
+            scorer_worker.send(self._to_worker, None)
+
+    def _fail(self, message: str) -> None:
+        """The worker is gone: stop queueing (``submit`` drops events) and say so once."""
+        if not self._failed:
+            self._failed = True
+            log.error(message)
 
     def _read_loop(self) -> None:
-        while True:
-            try:
-                kind, payload = self._from_worker.recv()
-            except (EOFError, OSError):
-                return
-            if kind == "ack":
-                self.acknowledged += payload
-            elif kind == "report":
-                self.reports += 1
-                self.scored_in_report = self.acknowledged
-                self.on_report(payload)
-            elif kind == "stopped":
-                return
+        try:
+            while True:
+                try:
+                    kind, payload = scorer_worker.recv(self._from_worker)
+                except (EOFError, OSError):
+                    if not self._stop.is_set():
+                        self._fail("online scorer exited unexpectedly; new events are not scored online (they are in the event log)")
+                    return
+                if kind == "ack":
+                    self.acknowledged += payload
+                elif kind == "report":
+                    covered = self.acknowledged
+                    self.reports += 1
+                    self.scored_in_report = covered
+                    try:
+                        self.on_report(payload)
+                    except Exception:
+                        log.exception("online scorer: applying a report failed")
+                    self._applied = covered
+                elif kind == "stopped":
+                    return
+        finally:
+            self._reap(5.0)
+
+    def _reap(self, timeout_s: float) -> None:
+        """Wait for the worker to exit (killing it after ``timeout_s``), so it never lingers as a zombie."""
+        process = self._process
+        if process is None:
+            return
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            log.warning("online scorer did not exit within %.0f s; killing it", timeout_s)
+            process.kill()
+            process.wait()
 
     def wait_idle(self, timeout_s: float = 30.0) -> bool:
-        """Block until every submitted event has been scored and a report published after it (tests, shutdown)."""
+        """Block until every submitted event has been scored and a report after it applied (tests, shutdown)."""
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.backlog == 0 and self.scored_in_report == self.acknowledged:
+        while time.monotonic() < deadline and not self._failed:
+            if self.backlog == 0 and self._applied == self.acknowledged:
                 return True
             time.sleep(0.02)
         return False
@@ -127,8 +174,16 @@ class OnlineScorer:
         self._stop.set()
         if self._process is None:
             return
-        self._pump.join(timeout_s)
-        self._reader.join(timeout_s)
-        self._process.join(timeout_s)
-        if self._process.is_alive():
-            self._process.terminate()
+        self._pump.join(timeout_s)  # drains the queue, then sends the worker its goodbye
+        self._reader.join(timeout_s)  # until the worker's last report and "stopped"
+        self._reap(timeout_s)
+        # The worker is gone, so neither thread can still be blocked on a pipe; close our ends once they are done.
+        self._pump.join(1.0)
+        self._reader.join(1.0)
+        for name in ("_to_worker", "_from_worker"):
+            fd = getattr(self, name)
+            thread = self._pump if name == "_to_worker" else self._reader
+            if fd >= 0 and not thread.is_alive():
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+                setattr(self, name, -1)

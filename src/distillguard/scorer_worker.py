@@ -1,0 +1,114 @@
+"""The online scorer's worker process, and the pipe protocol both sides speak.
+
+Run as ``python -m distillguard.scorer_worker INBOX_FD OUTBOX_FD PUBLISH_EVERY_S``
+by :class:`distillguard.policy.online.OnlineScorer`, which passes it the two
+pipe ends with ``subprocess.Popen(pass_fds=...)`` — not with
+``multiprocessing``, whose spawn start method also starts a resource-tracker
+process (~12 MB RSS) beside the gateway.
+
+This module lives at the top of the package, not under ``policy/``: importing
+anything under ``distillguard.policy`` imports that package (the policy engine
+and the pydantic settings), which would add ~17 MB to the worker for nothing.
+At import time it needs only the standard library, so the gateway can import
+it for the protocol; the ``Scanner`` (numpy and all) is imported in ``main``.
+
+Protocol: each message is an 8-byte big-endian length and a pickle. The
+gateway sends lists of events and finally ``None``; the worker answers
+``("ack", n)`` per batch, ``("report", report)`` at most every
+``PUBLISH_EVERY_S`` seconds while events arrive, and a last report and
+``("stopped", None)`` on ``None``. The worker stops on ``None`` or on end of
+file on its inbox, so it exits when the gateway closes the pipe or dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import select
+import signal
+import struct
+import sys
+import time
+from typing import Any
+
+__all__ = ["main", "recv", "send"]
+
+_HEADER = struct.Struct("!Q")
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _read_exact(fd: int, size: int) -> bytearray:
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    got = 0
+    while got < size:
+        n = os.readv(fd, [view[got:]])
+        if n == 0:
+            raise EOFError("pipe closed")
+        got += n
+    return buffer
+
+
+def send(fd: int, message: Any) -> None:
+    """Write one message (blocking). Only one thread may send on a given fd."""
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    _write_all(fd, _HEADER.pack(len(data)))
+    _write_all(fd, data)
+
+
+def recv(fd: int) -> Any:
+    """Read one message (blocking); ``EOFError`` when the other end closed the pipe."""
+    (size,) = _HEADER.unpack(_read_exact(fd, _HEADER.size))
+    return pickle.loads(_read_exact(fd, size))
+
+
+def serve(inbox: int, outbox: int, publish_every_s: float) -> None:
+    from distillguard.detect.scanner import Scanner
+
+    scanner = Scanner()
+    poller = select.poll()  # not select.select: the fd numbers are the gateway's and may exceed FD_SETSIZE
+    poller.register(inbox, select.POLLIN)
+    last = time.monotonic()
+    dirty = False
+    while True:
+        # Block until a batch arrives; once there is something to publish, only until it is due.
+        timeout_ms = None if not dirty else max(0.0, (last + publish_every_s - time.monotonic()) * 1000.0)
+        if poller.poll(timeout_ms):
+            try:
+                batch = recv(inbox)
+            except EOFError:  # the gateway closed the pipe without saying goodbye, or died
+                break
+            if batch is None:
+                break
+            for event in batch:
+                scanner.update(event)
+            dirty = True
+            send(outbox, ("ack", len(batch)))
+        now = time.monotonic()
+        if dirty and now - last >= publish_every_s:
+            send(outbox, ("report", scanner.report()))
+            last, dirty = now, False
+    send(outbox, ("report", scanner.report()))
+    send(outbox, ("stopped", None))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 3:
+        print("usage: python -m distillguard.scorer_worker INBOX_FD OUTBOX_FD PUBLISH_EVERY_S", file=sys.stderr)
+        return 2
+    # Ctrl-C reaches the whole process group; the gateway decides when the worker stops (it closes the inbox).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(BrokenPipeError):  # the gateway is gone: nobody left to report to
+        serve(int(args[0]), int(args[1]), float(args[2]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

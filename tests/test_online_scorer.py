@@ -1,0 +1,178 @@
+"""The online scorer's worker process: a plain subprocess (no resource tracker), reaped on close, gone with its parent;
+and the scorer's counters (backlog, wait_idle) never claim work is done while it is not."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from distillguard.events import read_events
+from distillguard.policy.online import OnlineScorer
+from distillguard.sim.scenarios import load_scenario, simulate
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+
+
+@pytest.fixture(scope="module")
+def events(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    path = tmp_path_factory.mktemp("online") / "e.jsonl"
+    simulate(load_scenario("small"), 3, path)
+    return list(read_events([path]))
+
+
+def _state(pid: int) -> str | None:
+    """The process state letter from /proc (``Z`` for a zombie), or None when there is no such process."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+_CHILDREN = """
+def children():
+    import os
+    found = []
+    for entry in os.listdir('/proc'):
+        if entry.isdigit():
+            try:
+                stat = open(f'/proc/{entry}/stat').read()
+                cmdline = open(f'/proc/{entry}/cmdline', 'rb').read().replace(b'\\0', b' ').decode()
+            except OSError:
+                continue
+            if int(stat.rsplit(')', 1)[1].split()[1]) == os.getpid():
+                found.append(cmdline)
+    return found
+"""
+
+
+def test_worker_is_a_plain_subprocess_and_is_reaped_on_close(tmp_path: Path) -> None:
+    simulate(load_scenario("small"), 1, tmp_path / "e.jsonl")
+    code = _CHILDREN + f"""
+import json, os, sys
+from distillguard.events import read_events
+from distillguard.policy.online import OnlineScorer
+reports = []
+scorer = OnlineScorer(reports.append, publish_every_s=0.2)
+scorer.start()
+for event in read_events([{str(tmp_path / 'e.jsonl')!r}]):
+    scorer.submit(event)
+idle = scorer.wait_idle(60)
+running = children()
+pid = scorer._process.pid
+scorer.close()
+try:
+    os.waitpid(pid, os.WNOHANG)
+    reaped = False
+except ChildProcessError:
+    reaped = True
+print(json.dumps({{"idle": idle, "running": running, "after": children(), "reaped": reaped,
+                  "events": reports[-1]["events"], "acknowledged": scorer.acknowledged,
+                  "modules": [m for m in ("numpy", "distillguard.detect", "multiprocessing") if m in sys.modules]}}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["idle"]
+    assert len(result["running"]) == 1 and "distillguard.scorer_worker" in result["running"][0], result["running"]
+    assert not any("resource_tracker" in c for c in result["running"])
+    assert result["after"] == [] and result["reaped"]
+    assert result["events"] == result["acknowledged"] > 0
+    assert result["modules"] == []  # the gateway side imports neither numpy, the detectors nor multiprocessing
+
+
+def test_worker_exits_when_its_parent_dies() -> None:
+    code = """
+import os, signal, sys, time
+from distillguard.policy.online import OnlineScorer
+scorer = OnlineScorer(lambda report: None)
+scorer.start()
+time.sleep(1.0)
+print(scorer._process.pid, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    worker = int(parent.stdout.readline())
+    parent.wait(30)
+    assert parent.returncode == -signal.SIGKILL
+    deadline = time.monotonic() + 15
+    while _state(worker) not in (None, "Z") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    state = _state(worker)
+    if state not in (None, "Z"):
+        os.kill(worker, signal.SIGKILL)
+    assert state in (None, "Z"), f"worker {worker} still running ({state}) after its parent died"
+
+
+def test_backlog_counts_batches_in_flight(events: list[dict[str, Any]]) -> None:
+    """``backlog == 0`` must mean every submitted event was scored — also while a batch is between queue and pipe.
+
+    Events arrive a batch at a time, so the pump keeps emptying the queue while everything before is already
+    acknowledged: exactly when a batch in flight used to be counted nowhere.
+    """
+    scorer = OnlineScorer(lambda report: None, publish_every_s=0.05, batch_size=200)
+    scorer.start()
+    stop = threading.Event()
+    wrong: list[tuple[int, int, int]] = []
+    total = 0
+
+    def watch() -> None:
+        while not stop.is_set():
+            submitted = total
+            backlog = scorer.backlog
+            acknowledged = scorer.acknowledged
+            if backlog < 0 or (backlog == 0 and acknowledged < submitted):
+                wrong.append((backlog, acknowledged, submitted))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        for start in range(0, 20 * 200, 200):
+            chunk = [events[i % len(events)] for i in range(start, start + 200)]
+            for event in chunk:
+                scorer.submit(event)
+            total += len(chunk)
+            assert scorer.wait_idle(60)
+            assert scorer.acknowledged == total  # wait_idle returned because the work was done, not during a send
+    finally:
+        stop.set()
+        watcher.join()
+        scorer.close()
+    assert not wrong, wrong[:5]
+
+
+def test_wait_idle_returns_only_after_the_covering_report_is_applied(events: list[dict[str, Any]]) -> None:
+    applied: list[int] = []
+
+    def slow_apply(report: dict[str, Any]) -> None:
+        time.sleep(0.3)
+        applied.append(report["events"])
+
+    scorer = OnlineScorer(slow_apply, publish_every_s=0.1)
+    scorer.start()
+    try:
+        for event in events:
+            scorer.submit(event)
+        assert scorer.wait_idle(60)
+        assert applied and applied[-1] == len(events) == scorer.acknowledged
+    finally:
+        scorer.close()
+    assert scorer._process is not None and scorer._process.returncode == 0
+
+
+def test_close_without_start_and_twice() -> None:
+    OnlineScorer(lambda report: None).close()
+    scorer = OnlineScorer(lambda report: None)
+    scorer.start()
+    scorer.close()
+    scorer.close()
+    assert scorer._process is not None and scorer._process.returncode == 0
