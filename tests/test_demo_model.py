@@ -66,6 +66,19 @@ def test_hf_tokenizer_export_gives_identical_ids(model: DemoModel, tmp_path: Pat
         assert hf.encode(text).ids == model.tokenizer.encode(text)
 
 
+def test_token_pieces_add_up_to_every_prefix(model: DemoModel) -> None:
+    """Streaming emits decode_pieces one by one; every prefix must read exactly as decoding it whole would."""
+    rng = np.random.default_rng(3)
+    tokenizer = model.tokenizer
+    sampled = [model.generate(tokenizer.encode(p), max_tokens=120, seed=s).ids for s, p in enumerate(["What is 2+2?", "Write a haiku.\nAbout rain."])]
+    random = [list(rng.integers(0, len(tokenizer.id_to_token) + 3, size=80)) for _ in range(20)]  # includes unknown ids
+    for ids in sampled + random:
+        pieces = tokenizer.decode_pieces(ids)
+        assert len(pieces) == len(ids)
+        for k in range(len(ids) + 1):
+            assert "".join(pieces[:k]) == tokenizer.decode(ids[:k])
+
+
 def test_openai_chat_non_streaming_and_streaming(server: DemoModelServer) -> None:
     client = openai.OpenAI(base_url=server.base_url, api_key="unused")
     reply = client.chat.completions.create(model="demo-1", messages=[{"role": "user", "content": "Tell me about dogs"}], max_tokens=30, seed=1, n=3)

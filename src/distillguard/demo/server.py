@@ -130,8 +130,9 @@ class DemoServer:
                 text = text[: text.index(s)]
         return text
 
-    def _piece(self, gen: Generation, i: int) -> str:
-        return self.model.tokenizer.decode(gen.ids[: i + 1])[len(self.model.tokenizer.decode(gen.ids[:i])):] if i else self.model.tokenizer.decode(gen.ids[:1])
+    def _pieces(self, gen: Generation) -> list[str]:
+        """The text of each token in turn, for streaming (one decoding pass)."""
+        return self.model.tokenizer.decode_pieces(gen.ids)
 
     def _chat_logprobs(self, gen: Generation) -> dict[str, Any]:
         tok = self.model.tokenizer
@@ -202,12 +203,11 @@ class DemoServer:
         for i, (reasoning, answer) in enumerate(samples):
             await emit({"choices": [{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
             if reasoning is not None:
-                for j in range(len(reasoning.ids)):
-                    await emit({"choices": [{"index": i, "delta": {"reasoning_content": self._piece(reasoning, j)}, "finish_reason": None}]})
+                for piece in self._pieces(reasoning):
+                    await emit({"choices": [{"index": i, "delta": {"reasoning_content": piece}, "finish_reason": None}]})
             text = self._text(answer, stop)
             sent = 0
-            for j in range(len(answer.ids)):
-                piece = self._piece(answer, j)
+            for j, piece in enumerate(self._pieces(answer)):
                 piece = piece[: max(0, len(text) - sent)]
                 if not piece:
                     break
@@ -258,9 +258,9 @@ class DemoServer:
             })
         response = await self._sse_start(request)
         for i, answer in enumerate(samples):
-            for j in range(len(answer.ids)):
+            for piece in self._pieces(answer):
                 chunk = {"id": cid, "object": "text_completion", "created": int(time.time()), "model": model,
-                         "choices": [{"index": i, "text": self._piece(answer, j), "finish_reason": None, "logprobs": None}]}
+                         "choices": [{"index": i, "text": piece, "finish_reason": None, "logprobs": None}]}
                 await response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
             final = {"id": cid, "object": "text_completion", "created": int(time.time()), "model": model,
                      "choices": [{"index": i, "text": "", "finish_reason": answer.finish_reason, "logprobs": None}]}
@@ -307,14 +307,14 @@ class DemoServer:
         index = 0
         if reasoning is not None:
             await emit("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": "", "signature": ""}})
-            for j in range(len(reasoning.ids)):
-                await emit("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": self._piece(reasoning, j)}})
+            for piece in self._pieces(reasoning):
+                await emit("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": piece}})
             await emit("content_block_stop", {"type": "content_block_stop", "index": 0})
             index = 1
         await emit("content_block_start", {"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}})
         sent = 0
-        for j in range(len(answer.ids)):
-            piece = self._piece(answer, j)[: max(0, len(text) - sent)]
+        for piece in self._pieces(answer):
+            piece = piece[: max(0, len(text) - sent)]
             if not piece:
                 break
             sent += len(piece)

@@ -56,11 +56,20 @@ class WordTokenizer:
         return [get(piece, unk) for piece in split_words(text)]
 
     def decode(self, ids: Iterable[int]) -> str:
+        return "".join(self.decode_pieces(ids))
+
+    def decode_pieces(self, ids: Iterable[int]) -> list[str]:
+        """The text each token adds, one string per id ("" for BOS/EOS): ``"".join`` of a prefix is the prefix's decode.
+
+        Streaming uses this to emit token by token in one pass, instead of
+        decoding every prefix (quadratic in the answer's length).
+        """
         out: list[str] = []
         previous = NEWLINE
         for i in ids:
             token = self.id_to_token[i] if 0 <= i < len(self.id_to_token) else UNK
             if token in (BOS, EOS):
+                out.append("")
                 continue
             if token == NEWLINE:
                 out.append("\n")
@@ -69,7 +78,7 @@ class WordTokenizer:
             else:
                 out.append(" " + token)
             previous = token
-        return "".join(out)
+        return out
 
     def token_text(self, i: int) -> str:
         """How one token reads on its own (for logprobs output)."""
