@@ -1,7 +1,7 @@
 """Reading upstream responses: what the event log needs, and reasoning stripping.
 
 Streams are relayed as they arrive; these readers look at each chunk on its way
-through (one ``orjson.loads`` per SSE event) to collect the completion text,
+through (one ``orjson.loads`` per chunk of SSE events) to collect the completion text,
 the reasoning length, the finish reason and the usage for the event and the
 token limits. With ``strip_reasoning`` (a policy "degrade" decision) they also
 rewrite the chunk so reasoning never reaches the client.
@@ -9,6 +9,7 @@ rewrite the chunk so reasoning never reaches the client.
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -86,6 +87,9 @@ def summarise_anthropic(body: dict[str, Any], summary: ResponseSummary, *, strip
     return changed
 
 
+_DATA_LINE = re.compile(rb"^data:(.*)$", re.MULTILINE)  # JSON ignores the surrounding whitespace
+
+
 class _SSEReader(ABC):
     def __init__(self, *, strip_reasoning: bool = False) -> None:
         self.summary = ResponseSummary()
@@ -101,9 +105,7 @@ class _SSEReader(ABC):
             return chunk if not self.strip_reasoning else b""
         complete, self._buffer = data[: last_newline + 1], data[last_newline + 1 :]
         if not self.strip_reasoning:
-            for line in complete.split(b"\n"):
-                if line.startswith(b"data:"):
-                    self._on_data(line[5:].strip(), rewrite=False)
+            self._read_all(_DATA_LINE.findall(complete))
             return chunk
         out: list[bytes] = []
         for line in complete.split(b"\n")[:-1]:
@@ -118,19 +120,46 @@ class _SSEReader(ABC):
         rest, self._buffer = self._buffer, b""
         return rest if self.strip_reasoning else b""
 
-    @abstractmethod
+    def _read_all(self, payloads: list[bytes]) -> None:
+        """Read many ``data:`` payloads with one ``orjson.loads`` (a chunk often holds several events).
+
+        If any payload is not JSON, or the joined array does not split back
+        into one value per payload, they are read one by one instead.
+        """
+        wanted = [p for p in payloads if p.strip() not in (b"", b"[DONE]")]
+        if not wanted:
+            return
+        try:
+            values = orjson.loads(b"[" + b",".join(wanted) + b"]") if len(wanted) > 1 else [orjson.loads(wanted[0])]
+        except orjson.JSONDecodeError:
+            values = None
+        if values is None or len(values) != len(wanted):
+            for payload in wanted:
+                self._on_data(payload.strip(), rewrite=False)
+            return
+        for value in values:
+            if isinstance(value, dict):
+                self._read(value, rewrite=False)
+
     def _on_data(self, data: bytes, *, rewrite: bool) -> bytes | None:
         """Read one SSE ``data:`` payload; return a rewritten payload, or None to keep it."""
-
-
-class OpenAIStreamReader(_SSEReader):
-    def _on_data(self, data: bytes, *, rewrite: bool) -> bytes | None:
         if not data or data == b"[DONE]":
             return None
         try:
             payload = orjson.loads(data)
         except orjson.JSONDecodeError:
             return None
+        if not isinstance(payload, dict):
+            return None
+        return orjson.dumps(payload) if self._read(payload, rewrite=rewrite) else None
+
+    @abstractmethod
+    def _read(self, payload: dict[str, Any], *, rewrite: bool) -> bool:
+        """Take what the event log needs from one event; with ``rewrite``, strip reasoning in place. True if changed."""
+
+
+class OpenAIStreamReader(_SSEReader):
+    def _read(self, payload: dict[str, Any], *, rewrite: bool) -> bool:
         summary = self.summary
         changed = False
         for choice in payload.get("choices") or []:
@@ -155,7 +184,7 @@ class OpenAIStreamReader(_SSEReader):
         if usage:
             summary.prompt_tokens = usage.get("prompt_tokens")
             summary.completion_tokens = usage.get("completion_tokens")
-        return orjson.dumps(payload) if changed else None
+        return changed
 
 
 class AnthropicStreamReader(_SSEReader):
@@ -163,11 +192,7 @@ class AnthropicStreamReader(_SSEReader):
         super().__init__(strip_reasoning=strip_reasoning)
         self._thinking_blocks: set[int] = set()
 
-    def _on_data(self, data: bytes, *, rewrite: bool) -> bytes | None:
-        try:
-            payload = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return None
+    def _read(self, payload: dict[str, Any], *, rewrite: bool) -> bool:
         kind = payload.get("type")
         summary = self.summary
         if kind == "content_block_delta":
@@ -179,10 +204,10 @@ class AnthropicStreamReader(_SSEReader):
                 if rewrite:
                     summary.stripped_chars += len(delta.get("thinking", ""))
                     delta["thinking"] = ""
-                    return orjson.dumps(payload)
+                    return True
             elif delta.get("type") == "signature_delta" and rewrite:
                 delta["signature"] = ""
-                return orjson.dumps(payload)
+                return True
         elif kind == "message_start":
             usage = (payload.get("message") or {}).get("usage") or {}
             summary.prompt_tokens = usage.get("input_tokens")
@@ -191,4 +216,4 @@ class AnthropicStreamReader(_SSEReader):
             usage = payload.get("usage") or {}
             if usage.get("output_tokens") is not None:
                 summary.completion_tokens = usage["output_tokens"]
-        return None
+        return False

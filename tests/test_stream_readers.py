@@ -1,0 +1,79 @@
+"""The SSE readers that collect each stream's text, finish reason and usage for its event.
+
+They read a chunk's events with one ``orjson.loads`` when they can; these tests
+hold that fast path to the same results as reading event by event, including
+when the upstream sends something that is not JSON.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import orjson
+
+from distillguard.gateway.responses import AnthropicStreamReader, OpenAIStreamReader
+
+
+def _openai_events(pieces: list[str]) -> list[bytes]:
+    events = [orjson.dumps({"choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}]}) for p in pieces]
+    events.append(orjson.dumps({"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}],
+                                "usage": {"prompt_tokens": 7, "completion_tokens": len(pieces)}}))
+    return events
+
+
+def _stream(payloads: list[bytes], line_end: bytes = b"\n") -> bytes:
+    return b"".join(b"data: " + p + line_end + line_end for p in payloads) + b"data: [DONE]" + line_end + line_end
+
+
+def test_any_split_into_chunks_gives_the_same_summary() -> None:
+    pieces = [f"word{i} " for i in range(40)]
+    body = _stream(_openai_events(pieces))
+    rng = random.Random(5)
+    for line_end in (b"\n", b"\r\n"):
+        body = _stream(_openai_events(pieces), line_end)
+        for _ in range(30):
+            cuts = sorted(rng.sample(range(1, len(body)), rng.randint(0, 12)))
+            reader = OpenAIStreamReader()
+            relayed = b"".join(reader.feed(body[a:b]) for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True)) + reader.flush()
+            assert relayed == body  # relayed untouched
+            assert reader.summary.text == "".join(pieces)
+            assert reader.summary.finish_reason == "length"
+            assert (reader.summary.prompt_tokens, reader.summary.completion_tokens) == (7, 40)
+
+
+def test_a_malformed_event_does_not_hide_the_others() -> None:
+    events = _openai_events(["a", "b", "c"])
+    events.insert(1, b'{"choices": [oops')  # not JSON: skipped, the others still count
+    reader = OpenAIStreamReader()
+    reader.feed(_stream(events))
+    assert reader.summary.text == "abc"
+    assert reader.summary.finish_reason == "length"
+
+
+def test_payloads_that_only_parse_when_joined_are_read_one_by_one() -> None:
+    """``{"x":"`` and ``"}`` are not JSON, but joined with a comma they are: the reader must not be fooled."""
+    events = [b'{"choices":[{"index":0,"delta":{"content":"', b'"}}]}', *_openai_events(["ok"])]
+    reader = OpenAIStreamReader()
+    reader.feed(_stream(events))
+    assert reader.summary.text == "ok"
+
+
+def test_anthropic_stream_summary() -> None:
+    events: list[dict[str, Any]] = [
+        {"type": "message_start", "message": {"usage": {"input_tokens": 11}}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": "hmm, let me see"}},
+        {"type": "content_block_delta", "index": 1, "delta": {"type": "text_delta", "text": "Hello"}},
+        {"type": "content_block_delta", "index": 1, "delta": {"type": "text_delta", "text": " there"}},
+        {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 3}},
+    ]
+    body = b"".join(b"event: " + e["type"].encode() + b"\ndata: " + orjson.dumps(e) + b"\n\n" for e in events)
+    reader = AnthropicStreamReader()
+    assert reader.feed(body) == body
+    summary = reader.summary
+    assert (summary.text, summary.reasoning_chars, summary.finish_reason) == ("Hello there", len("hmm, let me see"), "end_turn")
+    assert (summary.prompt_tokens, summary.completion_tokens) == (11, 3)
+    stripping = AnthropicStreamReader(strip_reasoning=True)
+    out = stripping.feed(body) + stripping.flush()
+    assert b"hmm, let me see" not in out and b"Hello" in out
+    assert stripping.summary.stripped_chars == len("hmm, let me see")
