@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -12,6 +13,8 @@ import anthropic
 import httpx
 import openai
 import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from distillguard.config import Settings
 from distillguard.detect import Scanner
@@ -20,8 +23,9 @@ from distillguard.gateway.app import Gateway
 from distillguard.gateway.requests import cap_logprobs
 from distillguard.policy import Decision, PolicyEngine
 from distillguard.sim.scenarios import load_scenario, simulate
-from distillguard.store.registry import KeyRecord, hash_secret
+from distillguard.store.registry import KeyRecord, Registry, hash_secret
 from tests.gateway_fixtures import RunningGateway, start_gateway
+from tests.pg_fixtures import PostgresServer, postgres  # noqa: F401 - fixture
 from tests.upstream_stub import UpstreamStub
 
 
@@ -239,3 +243,182 @@ async def test_degrade_switches_off_logprobs_however_they_are_asked_for(
     assert response.status_code == 200, response.text
     forwarded = stub.requests[-1]
     assert {k: forwarded[k] for k in ("logprobs", "top_logprobs", "prompt_logprobs") if k in forwarded} == sent
+
+
+# -- durable manual overrides ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'policy.db'}"
+    server: PostgresServer = request.getfixturevalue("postgres")
+    url = str(server.url)  # type: ignore[attr-defined]
+    registry = Registry(url)  # one server for the session: start from no overrides
+    with registry.engine.begin() as conn:
+        conn.execute(text("DELETE FROM manual_overrides"))
+    registry.close()
+    return url
+
+
+def _durable_engine(url: str) -> PolicyEngine:
+    engine = PolicyEngine(Settings(detection={"online": False}), registry=Registry(url))
+    engine.start()
+    return engine
+
+
+def _close(*engines: PolicyEngine) -> None:
+    for engine in engines:
+        engine.close()
+        engine.registry.close()
+
+
+def test_a_manual_override_survives_an_engine_restart_and_clear_removes_it(database_url: str) -> None:
+    first = _durable_engine(database_url)
+    before = first.registry.change_counter()
+    first.set_manual("acct_bad", "block", "confirmed reseller", "ana")
+    first.set_manual("acct_vip", "allow", "customer verified")
+    assert first.registry.change_counter() == before + 2  # other processes notice it
+    trail = [(a["actor"], a["action"], a["target"], a["detail"]) for a in first.audit_log()][:2]  # written at once, not 0.5 s later
+    assert trail == [("admin", "manual.allow", "acct_vip", {"reason": "customer verified"}),
+                     ("ana", "manual.block", "acct_bad", {"reason": "confirmed reseller"})]
+    _close(first)
+
+    second = _durable_engine(database_url)
+    decision = second.decide("acct_bad", None)
+    assert decision.action == "block" and decision.rule == "manual" and decision.message == "This account is blocked: confirmed reseller"
+    assert second.manual_overrides() == {"acct_bad": ("block", "confirmed reseller"), "acct_vip": ("allow", "customer verified")}
+    second.set_manual("acct_bad", "clear", "done")
+    second.set_manual("acct_vip", "throttle", "changed our mind")  # the latest override wins
+    _close(second)
+
+    third = _durable_engine(database_url)
+    assert third.decide("acct_bad", None).action == "allow"
+    assert third.manual_overrides() == {"acct_vip": ("throttle", "changed our mind")}
+    assert third.decide("acct_vip", None).action == "throttle"
+    _close(third)
+
+
+def test_two_engines_on_one_database_converge_after_a_reload(database_url: str) -> None:
+    a, b = _durable_engine(database_url), _durable_engine(database_url)
+    try:
+        counter = b.registry.change_counter()
+        a.set_manual("acct_x", "block", "abuse report")
+        assert a.decide("acct_x", None).action == "block"  # at once in the process that set it
+        assert b.registry.change_counter() != counter  # what the gateway's poller looks at
+        b.reload_overrides()
+        assert b.decide("acct_x", None).action == "block"
+        b.set_manual("acct_x", "clear", "false alarm")
+        a.reload_overrides()
+        assert a.decide("acct_x", None).action == "allow" and a.manual_overrides() == b.manual_overrides() == {}
+    finally:
+        _close(a, b)
+
+
+def test_a_reload_racing_with_a_manual_override_does_not_revert_it(tmp_path: Path) -> None:
+    registry = Registry(f"sqlite:///{tmp_path / 'race.db'}")
+
+    class SlowRegistry:
+        """Reads the overrides, then stalls before returning them: a reload whose snapshot is already stale."""
+
+        def __init__(self) -> None:
+            self.reading, self.release = threading.Event(), threading.Event()
+
+        def manual_overrides(self) -> dict[str, tuple[str, str]]:
+            snapshot = registry.manual_overrides()
+            self.reading.set()
+            self.release.wait(10)
+            return snapshot
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(registry, name)
+
+    slow = SlowRegistry()
+    engine = PolicyEngine(Settings(detection={"online": False}), registry=slow)
+    reload = threading.Thread(target=engine.reload_overrides)
+    reload.start()
+    assert slow.reading.wait(10)
+    setter = threading.Thread(target=engine.set_manual, args=("acct_x", "block", "abuse"))
+    setter.start()
+    time.sleep(0.2)  # without serialisation the write would finish here and the stale snapshot would then replace it
+    slow.release.set()
+    reload.join(10)
+    setter.join(10)
+    assert engine.decide("acct_x", None).action == "block"
+    assert registry.manual_overrides() == {"acct_x": ("block", "abuse")}
+    registry.close()
+
+
+async def test_an_override_the_store_cannot_save_is_refused_and_not_applied(tmp_path: Path) -> None:
+    class DownRegistry:
+        def set_manual_override(self, *args: Any, **kwargs: Any) -> None:
+            raise OperationalError("UPDATE manual_overrides", {}, Exception("database is locked"))
+
+    engine = PolicyEngine(Settings(detection={"online": False}), registry=DownRegistry())
+    status, body = await engine.handle_admin("POST", "/admin/v1/accounts/acct_x/action", {}, b'{"action": "block"}')  # type: ignore[misc]
+    assert status == 503 and "not applied" in body["error"]["message"]  # type: ignore[index]
+    assert engine.decide("acct_x", None).action == "allow"
+
+
+def test_without_a_registry_overrides_stay_in_memory() -> None:
+    engine = PolicyEngine(Settings(detection={"online": False}))
+    engine.start()
+    engine.set_manual("acct_x", "block", "abuse")
+    assert engine.decide("acct_x", None).action == "block"
+    engine.reload_overrides()  # nothing to reload from: unchanged
+    assert engine.decide("acct_x", None).action == "block"
+    engine.close()
+    assert [a["action"] for a in engine.audit_log()] == ["policy.block", "manual.block"]  # newest first
+
+
+def _chat(gw: RunningGateway, secret: str) -> int | str:
+    """200, or the error code of the refusal."""
+    client = openai.OpenAI(base_url=gw.base_url, api_key=secret, max_retries=0)
+    try:
+        client.chat.completions.create(model="stub-1", messages=[{"role": "user", "content": "hi"}])
+    except openai.APIStatusError as exc:
+        return str(exc.body["code"])  # type: ignore[index]
+    return 200
+
+
+def _eventually(check: Any, expected: object, timeout: float = 5.0) -> object:
+    deadline = time.time() + timeout
+    while (result := check()) != expected and time.time() < deadline:
+        time.sleep(0.1)
+    return result
+
+
+def test_a_manual_block_survives_a_gateway_restart_and_reaches_other_gateways(tmp_path: Path, stub: UpstreamStub) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    gw = start_gateway(tmp_path / "a", stub.base_url, detection={"online": False})
+    other: RunningGateway | None = None
+    try:
+        key = gw.create_key("reseller")
+        account = key["account_id"]
+        assert _chat(gw, key["secret"]) == 200
+        blocked = gw.admin("POST", f"/admin/v1/accounts/{account}/action", json={"action": "block", "reason": "confirmed reseller"})
+        assert blocked.status_code == 200
+        assert _chat(gw, key["secret"]) == "account_blocked"
+        assert gw.stop() == 0
+
+        gw = start_gateway(tmp_path / "a", stub.base_url, detection={"online": False})  # same config and database
+        assert _chat(gw, key["secret"]) == "account_blocked"  # from the first request on
+
+        other = start_gateway(tmp_path / "b", stub.base_url, detection={"online": False}, database=gw.database)
+        assert _chat(other, key["secret"]) == "account_blocked"
+        cleared = gw.admin("POST", f"/admin/v1/accounts/{account}/action", json={"action": "clear", "reason": "done"})
+        assert cleared.status_code == 200
+        assert _chat(gw, key["secret"]) == 200
+        assert _eventually(lambda: _chat(other, key["secret"]), 200) == 200  # the other gateway polls the change counter every second
+        other.admin("POST", f"/admin/v1/accounts/{account}/action", json={"action": "block", "reason": "again"})
+        assert _eventually(lambda: _chat(gw, key["secret"]), "account_blocked") == "account_blocked"
+        gw.admin("POST", f"/admin/v1/accounts/{account}/action", json={"action": "clear", "reason": "done"})
+        assert gw.stop() == 0
+
+        gw = start_gateway(tmp_path / "a", stub.base_url, detection={"online": False})
+        assert _chat(gw, key["secret"]) == 200  # the clear survives the restart too
+    finally:
+        gw.stop()
+        if other is not None:
+            other.stop()

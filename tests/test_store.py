@@ -29,7 +29,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     url = server.url  # type: ignore[attr-defined]
     registry = Registry(url)  # wipe between tests: one server for the session
     with registry.engine.begin() as conn:
-        for table in ("events", "api_keys", "installs", "audit_log", "reviews", "accounts"):
+        for table in ("events", "api_keys", "installs", "audit_log", "reviews", "manual_overrides", "accounts"):
             conn.execute(text(f"DELETE FROM {table}"))
     registry.close()
     return str(url)

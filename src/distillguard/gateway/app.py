@@ -211,6 +211,8 @@ class Gateway:
         records = await asyncio.to_thread(registry.key_snapshot)
         self.keys.load(records)
         self.limiter.reset_cache()
+        if self.policy is not None and hasattr(self.policy, "reload_overrides"):
+            await asyncio.to_thread(self.policy.reload_overrides)  # manual overrides are registry state too
         self._change_counter = counter
 
     async def _poll_registry(self) -> None:

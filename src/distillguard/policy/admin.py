@@ -3,20 +3,38 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from sqlalchemy.exc import SQLAlchemyError
 
 if TYPE_CHECKING:
     from distillguard.policy.engine import PolicyEngine
 
 __all__ = ["handle"]
 
+log = logging.getLogger("distillguard.policy")
+
 MANUAL_ACTIONS = ("allow", "flag", "throttle", "block", "clear")
 
 
 def _error(status: int, message: str) -> tuple[int, object]:
     return status, {"error": {"message": message, "type": "invalid_request_error", "code": None}}
+
+
+async def _set_manual(engine: PolicyEngine, account_id: str, action: str, reason: str, actor: Any) -> tuple[int, object] | None:
+    """Apply a manual override; with a registry it is written to the store first, off the event loop.
+
+    If the store fails the override is applied nowhere (not even in this
+    process): the answer is 503 and the admin can retry.
+    """
+    try:
+        await asyncio.to_thread(engine.set_manual, account_id, action, reason, str(actor))
+    except SQLAlchemyError as exc:
+        log.error("manual override for %s not saved: %s", account_id, exc)
+        return _error(503, f"The override was not applied: the store failed ({type(exc).__name__}); retry.")
+    return None
 
 
 async def handle(engine: PolicyEngine, method: str, path: str, query: dict[str, str], body: bytes) -> tuple[int, object] | None:
@@ -42,13 +60,17 @@ async def handle(engine: PolicyEngine, method: str, path: str, query: dict[str, 
             reviews = await asyncio.to_thread(registry.list_reviews, None)
             subject = next((r["subject"] for r in reviews if r["review_id"] == parts[1]), None)
             if subject:
-                engine.set_manual(subject, data["action"], f"review {parts[1]} confirmed", data.get("actor", "admin"))
+                failed = await _set_manual(engine, subject, data["action"], f"review {parts[1]} confirmed", data.get("actor", "admin"))
+                if failed is not None:
+                    return failed
         return 200, {"review_id": parts[1], "status": data.get("status")}
     if len(parts) == 3 and parts[0] == "accounts" and parts[2] == "action" and method == "POST":
         data = orjson.loads(body or b"{}")
         action = data.get("action")
         if action not in MANUAL_ACTIONS:
             return _error(422, f"action: expected one of {list(MANUAL_ACTIONS)}, got {action!r}")
-        engine.set_manual(parts[1], action, str(data.get("reason") or "no reason given"), data.get("actor", "admin"))
+        failed = await _set_manual(engine, parts[1], action, str(data.get("reason") or "no reason given"), data.get("actor", "admin"))
+        if failed is not None:
+            return failed
         return 200, {"account_id": parts[1], "action": action}
     return None

@@ -6,6 +6,16 @@ numbers from the settings. Audit records and review items are written by a
 background thread when an account's action *changes*, so a blocked account
 sending a thousand requests makes one audit line, not a thousand DB writes.
 
+Manual overrides are durable when there is a registry: ``set_manual`` writes
+them to the store synchronously (it is an admin action, not the hot path: call
+it from a thread), together with their audit record and a change-counter bump;
+``start`` loads them, and the gateway calls ``reload_overrides`` whenever the
+registry's change counter moves, so a restart keeps them and other gateway
+processes on the same database apply them within their poll interval. A lock
+serialises a write (store, then memory) with a reload (store read, then
+memory), so a reload that raced with a write cannot put the old state back.
+Without a registry they live in memory only.
+
 The engine runs whether or not online detection does (``detection.online``):
 manual overrides and the attestation requirement are not risk-based and must
 hold either way; without online detection there is simply no risk to act on.
@@ -41,7 +51,8 @@ class PolicyEngine:
         self._risk: dict[str, dict[str, Any]] = {}
         self._risk_decisions: dict[str, Decision] = {}
         self._clusters: list[dict[str, Any]] = []
-        self._manual: dict[str, tuple[str, str]] = {}
+        self._manual: dict[str, tuple[str, str]] = {}  # replaced whole, never mutated: decide() reads it unlocked
+        self._manual_lock = threading.Lock()
         self._last_action: dict[str, str] = {}
         self._audit: collections.deque[tuple[str, str, str, dict[str, Any]]] = collections.deque()
         self._reviews_opened: set[str] = set()
@@ -53,6 +64,8 @@ class PolicyEngine:
     def start(self) -> None:
         if self._started:
             return
+        if self.registry is not None:  # before serving anything: a restart must not lift a manual block even once
+            self.reload_overrides()
         self._started = True
         if self.online:  # the scorer is a separate process: only spawned when its scores are wanted
             self.scorer.start()
@@ -161,11 +174,34 @@ class PolicyEngine:
         return {"accounts": accounts, "clusters": [c for c in self._clusters if c["score"] >= threshold]}
 
     def set_manual(self, account_id: str, action: str, reason: str, actor: str = "admin") -> None:
-        if action == "clear":
-            self._manual.pop(account_id, None)
-        else:
-            self._manual[account_id] = (action, reason)
-        self._audit.append((actor, f"manual.{action}", account_id, {"reason": reason}))
+        """Set or ``clear`` an account's manual override.
+
+        With a registry this writes to the store first (blocking: call it off
+        the event loop) and raises if the store fails, in which case nothing
+        changes; the audit record is written in the same transaction.
+        """
+        with self._manual_lock:
+            if self.registry is not None:
+                self.registry.set_manual_override(account_id, action, reason, actor=actor)
+            else:
+                self._audit.append((actor, f"manual.{action}", account_id, {"reason": reason}))
+            manual = dict(self._manual)
+            if action == "clear":
+                manual.pop(account_id, None)
+            else:
+                manual[account_id] = (action, reason)
+            self._manual = manual
+
+    def reload_overrides(self) -> None:
+        """Replace the manual overrides with the store's (blocking; the gateway calls it when the change counter moves)."""
+        if self.registry is None:
+            return
+        with self._manual_lock:
+            self._manual = self.registry.manual_overrides()
+
+    def manual_overrides(self) -> dict[str, tuple[str, str]]:
+        """The manual overrides this engine applies: account → ``(action, reason)``."""
+        return dict(self._manual)
 
     # -- audit writer --------------------------------------------------------------------------------
     def _write_loop(self) -> None:

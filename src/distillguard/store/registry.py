@@ -1,9 +1,10 @@
-"""Accounts, organisations, API keys, enrolled installs, audit log and review queue.
+"""Accounts, organisations, API keys, enrolled installs, manual policy overrides, audit log and review queue.
 
 The registry is the slow, durable side of authentication. The gateway never
 queries it per request: it loads :meth:`Registry.key_snapshot` into memory and
 polls :meth:`Registry.change_counter` (one primary-key read) to notice changes
-made by other processes, such as ``distillguard keys revoke``.
+made by other processes, such as ``distillguard keys revoke``. The policy
+engine does the same with :meth:`Registry.manual_overrides`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from distillguard.exceptions import NotFoundError, UsageError
@@ -26,6 +27,7 @@ from distillguard.store.engine import make_engine
 __all__ = ["InstallKey", "KeyRecord", "Registry", "hash_secret", "new_secret"]
 
 SECRET_PREFIX = "sk-dg-"
+MANUAL_OVERRIDE_ACTIONS = ("allow", "flag", "throttle", "block")
 
 
 def hash_secret(secret: str) -> str:
@@ -308,6 +310,61 @@ class Registry:
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
         return {install_id: InstallKey(public_key, account_id) for install_id, public_key, account_id in rows}
+
+    # -- manual policy overrides ---------------------------------------------
+    def manual_overrides(self) -> dict[str, tuple[str, str]]:
+        """The manual overrides in force: account → ``(action, reason)``.
+
+        They live in their own small table (``manual_overrides``, one row per
+        account, ``clear`` deletes the row) rather than being derived from the
+        ``manual.*`` rows of the audit log, because:
+
+        - the gateway reloads them whenever the change counter moves, so the
+          read must stay cheap: this table holds one row per overridden account,
+          while the audit log grows without bound (``policy.*``, ``review.*``,
+          key changes…) and has no index on ``action``, which ``create_all``
+          could not add to existing databases anyway;
+        - the state does not hinge on the audit log being complete or kept
+          forever (pruning old audit rows must not lift a block);
+        - ``manual.*`` rows written before overrides were persisted (when a
+          restart dropped them) do not come back to life on upgrade.
+
+        Each change still writes its ``manual.<action>`` audit row, in the same
+        transaction (:meth:`set_manual_override`).
+        """
+        table = schema.manual_overrides
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(table.c.account_id, table.c.action, table.c.reason)).all()
+        return {account_id: (action, reason) for account_id, action, reason in rows}
+
+    def set_manual_override(self, account_id: str, action: str, reason: str, *, actor: str = "admin") -> None:
+        """Set (``allow``, ``flag``, ``throttle``, ``block``) or remove (``clear``) an account's manual override.
+
+        The row, its ``manual.<action>`` audit record and a change-counter bump
+        are one transaction, so other gateway processes reload it within their
+        poll interval (about a second). The latest write wins.
+        """
+        if action not in (*MANUAL_OVERRIDE_ACTIONS, "clear"):
+            raise UsageError(f"action: expected one of {[*MANUAL_OVERRIDE_ACTIONS, 'clear']}, got {action!r}")
+        if not account_id or len(account_id) > 200:
+            raise UsageError("account_id: must be 1 to 200 characters")
+        table = schema.manual_overrides
+        for attempt in range(2):
+            try:
+                with self.engine.begin() as conn:
+                    if action == "clear":
+                        conn.execute(delete(table).where(table.c.account_id == account_id))
+                    else:
+                        values = {"action": action, "reason": reason, "actor": actor, "ts": time.time()}
+                        updated = conn.execute(update(table).where(table.c.account_id == account_id).values(**values))
+                        if updated.rowcount == 0:
+                            conn.execute(table.insert().values(account_id=account_id, **values))
+                    self._audit(conn, actor, f"manual.{action}", account_id, {"reason": reason})
+                    self._bump(conn)
+                return
+            except IntegrityError:  # another process inserted the same account first: its row is there now, update it
+                if attempt:
+                    raise
 
     # -- audit and review ---------------------------------------------------
     def record_audit(self, actor: str, action: str, target: str, detail: dict[str, Any] | None = None) -> None:

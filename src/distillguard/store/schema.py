@@ -23,7 +23,8 @@ from sqlalchemy import (
     Text,
 )
 
-__all__ = ["SCHEMA_VERSION", "metadata", "accounts", "api_keys", "installs", "events", "audit_log", "reviews", "counters"]
+__all__ = ["SCHEMA_VERSION", "metadata", "accounts", "api_keys", "installs", "events", "audit_log", "reviews", "counters",
+           "manual_overrides"]
 
 SCHEMA_VERSION = 1
 metadata = MetaData()
@@ -105,4 +106,17 @@ counters = Table(
     metadata,
     Column("name", String(64), primary_key=True),
     Column("value", BigInteger, nullable=False),
+)
+
+# The manual policy overrides in force (docs/policy.md), one row per account; ``clear`` deletes the row.
+# The audit log keeps their history; this table is the current state (see Registry.manual_overrides).
+# No foreign key: an override may name an account the registry does not know (yet).
+manual_overrides = Table(
+    "manual_overrides",
+    metadata,
+    Column("account_id", String(200), primary_key=True),
+    Column("action", String(20), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("ts", Float, nullable=False),
 )
