@@ -8,15 +8,18 @@ control; one test talks to an ``aiohttp.web`` server as a real-world peer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import hashlib
 import json
 import random
 import select
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -929,3 +932,75 @@ async def test_close_closes_every_connection(serve: Callable[[Handler], Awaitabl
         await asyncio.sleep(0.01)
     assert server.eofs == 3
     assert client.open_connections == 0
+
+
+def _test_ca(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A throwaway CA and a 127.0.0.1 server certificate it signed: (server context, client context trusting the CA)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "distillguard test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+          .not_valid_after(now + dt.timedelta(hours=1)).add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    (tmp_path / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "server.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "server.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                            serialization.NoEncryption()))
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(tmp_path / "server.pem", tmp_path / "server.key")
+    client = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+    return server, client
+
+
+async def test_https_upstream_with_keep_alive(tmp_path: Path) -> None:
+    """An https upstream (a hosted API): verified TLS, SNI/Host for the address, and the connection kept alive."""
+    server_ctx, client_ctx = _test_ca(tmp_path)
+    accepted = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                assert head.startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                body = await reader.readexactly(length)
+                writer.write(http_response(b'{"echo": ' + body + b"}"))
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_ctx)
+    port = server.sockets[0].getsockname()[1]
+    origin = Origin.from_url(f"https://127.0.0.1:{port}/v1")
+    client = UpstreamClient(ssl_context=client_ctx)
+    try:
+        for i in range(3):
+            async with await client.request(origin, b"POST", b"/chat/completions", b"", b'{"n": %d}' % i,
+                                             connect_timeout=5, read_timeout=5) as resp:
+                assert resp.status == 200
+                assert await resp.read() == b'{"echo": {"n": %d}}' % i
+        assert accepted == 1
+        untrusting = UpstreamClient(ssl_context=ssl.create_default_context())  # the system CAs don't know our test CA
+        with pytest.raises(UpstreamUnreachable, match="cannot connect"):
+            await untrusting.request(origin, b"POST", b"/chat/completions", b"", b"{}", connect_timeout=5, read_timeout=5)
+        await untrusting.close()
+    finally:
+        await client.close()
+        server.close()
+        await server.wait_closed()

@@ -321,12 +321,13 @@ class _Connection(asyncio.Protocol):
 class UpstreamClient:
     """Keep-alive connections to every upstream origin; one instance per gateway process."""
 
-    def __init__(self, *, idle_timeout_s: float = 30.0, max_idle_per_origin: int = 256) -> None:
+    def __init__(self, *, idle_timeout_s: float = 30.0, max_idle_per_origin: int = 256, ssl_context: ssl.SSLContext | None = None) -> None:
+        """``ssl_context`` verifies ``https`` upstreams; by default the system's CAs (``SSL_CERT_FILE``/``SSL_CERT_DIR`` apply)."""
         self.idle_timeout_s = idle_timeout_s
         self.max_idle_per_origin = max_idle_per_origin
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
         self._all: set[_Connection] = set()
-        self._ssl: ssl.SSLContext | None = None
+        self._ssl = ssl_context
 
     async def request(
         self,
