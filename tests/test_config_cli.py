@@ -80,3 +80,15 @@ def test_missing_config_file_exits_2(capsys: pytest.CaptureFixture[str]) -> None
     code = main(["accounts", "list", "--config", "/nonexistent/dg.yaml"])
     assert code == 2
     assert "config file not found" in capsys.readouterr().err
+
+
+def test_commands_that_read_no_settings_still_check_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """DESIGN §7: every command takes --config. One that reads nothing from it must not ignore it silently."""
+    events = tmp_path / "events.jsonl"
+    events.write_text("")
+    assert main(["scan", str(events), "--out", str(tmp_path / "r.json"), "--config", "/nonexistent/dg.yaml"]) == 2
+    assert "config file not found" in capsys.readouterr().err
+    config = tmp_path / "dg.yaml"
+    config.write_text("listen: 127.0.0.1:9999\n")
+    assert main(["scan", str(events), "--out", str(tmp_path / "r.json"), "--config", str(config)]) == 0
+    assert "reads no settings from it" in capsys.readouterr().err

@@ -31,10 +31,17 @@ def _command(
     name: str,
     handler: str,
     help_text: str,
+    *,
+    reads_settings: bool = True,
 ) -> argparse.ArgumentParser:
+    """A subcommand. Every command takes ``--config`` (DESIGN §7); ``reads_settings=False`` marks one that needs
+    no setting from it: the file is still checked, and the user is told it changes nothing (never silently ignored)."""
     parser: argparse.ArgumentParser = subparsers.add_parser(name, help=help_text, description=help_text)
-    parser.add_argument("--config", metavar="FILE", help="YAML configuration file (default: $DG_CONFIG)")
-    parser.set_defaults(handler=handler)
+    config_help = "YAML configuration file (default: $DG_CONFIG)"
+    if not reads_settings:
+        config_help += "; checked, but this command reads no settings from it"
+    parser.add_argument("--config", metavar="FILE", help=config_help)
+    parser.set_defaults(handler=handler, reads_settings=reads_settings)
     return parser
 
 
@@ -49,12 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     _command(sub, "serve", "distillguard.gateway.server:serve_command", "run the gateway")
 
-    demo = _command(sub, "demo", "distillguard.demo.tour:demo_command", "the one-command tour")
+    demo = _command(sub, "demo", "distillguard.demo.tour:demo_command", "the one-command tour", reads_settings=False)
     demo.add_argument("--serve", action="store_true", help="keep the demo model and gateway running after the summary (Ctrl-C stops)")
     demo.add_argument("--no-wait", action="store_true", help=argparse.SUPPRESS)  # the old default-off flag; exiting is now the default
 
     demo_model = _command(
-        sub, "demo-model", "distillguard.demo.server:demo_model_command", "serve the small CPU demo model"
+        sub, "demo-model", "distillguard.demo.server:demo_model_command", "serve the small CPU demo model", reads_settings=False
     )
     demo_model.add_argument("--host", default="127.0.0.1")
     demo_model.add_argument("--port", type=int, default=8701)
@@ -88,18 +95,18 @@ def build_parser() -> argparse.ArgumentParser:
     export = _command(events, "export", "distillguard.store.commands:events_export", "export events as JSONL")
     export.add_argument("--since", metavar="TS", help="only events at or after this ISO-8601 timestamp")
 
-    scan = _command(sub, "scan", "distillguard.detect.scan:scan_command", "offline detection over event logs")
+    scan = _command(sub, "scan", "distillguard.detect.scan:scan_command", "offline detection over event logs", reads_settings=False)
     scan.add_argument("files", nargs="+", metavar="FILE", help=".jsonl, .jsonl.gz or - for stdin")
     scan.add_argument("--out", metavar="REPORT.json", help="write the report here instead of stdout")
     scan.add_argument("--strict", action="store_true", help="stop at the first malformed line")
 
-    simulate = _command(sub, "simulate", "distillguard.sim.commands:simulate_command", "labelled synthetic traffic")
+    simulate = _command(sub, "simulate", "distillguard.sim.commands:simulate_command", "labelled synthetic traffic", reads_settings=False)
     simulate.add_argument("--scenario", required=True, help="a named scenario or a YAML file")
     simulate.add_argument("--seed", type=int, required=True)
     simulate.add_argument("--out", required=True, metavar="EVENTS.jsonl.gz")
     simulate.add_argument("--labels", required=True, metavar="LABELS.json")
 
-    evaluate = _command(sub, "eval", "distillguard.sim.commands:eval_command", "detection metrics vs a baseline")
+    evaluate = _command(sub, "eval", "distillguard.sim.commands:eval_command", "detection metrics vs a baseline", reads_settings=False)
     evaluate.add_argument("--events", required=True, nargs="+", metavar="EVENTS")
     evaluate.add_argument("--labels", required=True, metavar="LABELS")
     evaluate.add_argument("--json", action="store_true", help="print JSON for machines")
@@ -114,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     client = sub.add_parser("client", help="the attesting client SDK").add_subparsers(dest="action", metavar="ACTION")
     client.required = True
-    show = _command(client, "show", "distillguard.client.commands:show_command", "print exactly what the SDK sends")
+    show = _command(client, "show", "distillguard.client.commands:show_command", "print exactly what the SDK sends", reads_settings=False)
     show.add_argument("--url", default="http://127.0.0.1:8700/v1/chat/completions")
     show.add_argument("--body", default='{"model": "demo-1", "messages": []}')
     return parser
@@ -134,6 +141,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     for chatty in ("httpx", "httpx2", "httpcore"):  # one line per HTTP call drowns the output people came for
         logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
+        if not args.reads_settings and args.config:
+            from distillguard.config import load_settings
+
+            load_settings(args.config)  # a typo'd or broken file is an error here too
+            print(f"distillguard {args.command}: note: --config {args.config} is valid; this command reads no settings from it",
+                  file=sys.stderr)
         return _resolve(args.handler)(args)
     except UsageError as exc:
         print(f"distillguard {args.command}: error: {exc}", file=sys.stderr)
