@@ -27,6 +27,7 @@ from distillguard.signals.network import client_ip, forwarded_scheme, header_fin
 from distillguard.signals.protocol import (
     SIGNALS_HEADER,
     TAG,
+    api_key_digest,
     decode_signals,
     encode_signals,
     enrollment_message,
@@ -257,10 +258,11 @@ def test_registry_binds_installs_to_their_account(tmp_path: Path) -> None:
 
 # -- enrollment needs proof of possession ------------------------------------------------------------------
 
-def enroll_payload(identity: Identity, *, signer: Identity | None = None, created: int | None = None) -> bytes:
-    """An enrollment body for ``identity``'s public key, its proof signed by ``signer`` (default: the install itself)."""
+def enroll_payload(identity: Identity, api_key: str, *, signer: Identity | None = None, created: int | None = None) -> bytes:
+    """An enrollment body for ``identity``'s public key, bound to ``api_key``, its proof signed by ``signer`` (default: the install)."""
     created = int(time.time()) if created is None else created
-    proof = (signer or identity).private_key.sign(enrollment_message(identity.install_id, identity.public_key_b64, created))
+    proof = (signer or identity).private_key.sign(enrollment_message(identity.install_id, identity.public_key_b64, created,
+                                                                     api_key_digest(api_key)))
     return orjson.dumps({"install_id": identity.install_id, "public_key": identity.public_key_b64, "created": created,
                          "proof": base64.urlsafe_b64encode(proof).decode().rstrip("=")})
 
@@ -268,17 +270,19 @@ def enroll_payload(identity: Identity, *, signer: Identity | None = None, create
 def test_enrollment_proof_is_checked(identity: Identity, tmp_path: Path) -> None:
     collector = SignalCollector(Settings())
     thief = Identity.load_or_create(tmp_path / "thief")
-    for body, status in ((enroll_payload(identity, signer=thief), 403),
-                         (enroll_payload(identity, created=int(time.time()) - 3600), 403),
+    key_1, key_2, key_3 = (api_key_digest(k) for k in ("sk-one", "sk-two", "sk-three"))
+    for body, status in ((enroll_payload(identity, "sk-one", signer=thief), 403),
+                         (enroll_payload(identity, "sk-one", created=int(time.time()) - 3600), 403),
+                         (enroll_payload(identity, "sk-other"), 403),  # a proof made for another API key: replayed
                          (orjson.dumps({"install_id": identity.install_id, "public_key": identity.public_key_b64}), 422)):
         with pytest.raises(EnrollmentError) as info:
-            collector.enroll("key_1", "acct_a", body)
+            collector.enroll("key_1", "acct_a", body, api_key_sha256=key_1)
         assert info.value.status == status
     assert not collector.verifier.has_key(identity.install_id)
-    assert collector.enroll("key_1", "acct_a", enroll_payload(identity))["status"] == "enrolled"
-    assert collector.enroll("key_2", "acct_a", enroll_payload(identity))["status"] == "already_enrolled"
+    assert collector.enroll("key_1", "acct_a", enroll_payload(identity, "sk-one"), api_key_sha256=key_1)["status"] == "enrolled"
+    assert collector.enroll("key_2", "acct_a", enroll_payload(identity, "sk-two"), api_key_sha256=key_2)["status"] == "already_enrolled"
     with pytest.raises(EnrollmentError, match=OTHER_ACCOUNT):
-        collector.enroll("key_3", "acct_b", enroll_payload(identity))
+        collector.enroll("key_3", "acct_b", enroll_payload(identity, "sk-three"), api_key_sha256=key_3)
 
 
 # -- timezones: one country for region rules, every country for the consistency check ---------------------
@@ -424,7 +428,7 @@ def test_install_of_one_account_used_with_another_accounts_key(gateway: RunningG
     post_signed(gateway, stranger["secret"], identity, "bound-stranger")
     attestation = _event_for(gateway, "bound-stranger")["attestation"]
     assert attestation["status"] == "invalid" and attestation["reason"].startswith(OTHER_ACCOUNT)
-    refused = httpx.post(gateway.root_url + "/v1/distillguard/enroll", content=enroll_payload(identity),
+    refused = httpx.post(gateway.root_url + "/v1/distillguard/enroll", content=enroll_payload(identity, stranger["secret"]),
                          headers={"Authorization": f"Bearer {stranger['secret']}"})
     assert refused.status_code == 409 and OTHER_ACCOUNT in refused.json()["error"]["message"]
 
@@ -433,14 +437,18 @@ def test_enrolling_a_public_key_without_its_private_key_is_refused(gateway: Runn
     key = gateway.create_key("enroller")
     victim, thief = Identity.load_or_create(tmp_path / "victim"), Identity.load_or_create(tmp_path / "thief")
     url, auth = gateway.root_url + "/v1/distillguard/enroll", {"Authorization": f"Bearer {key['secret']}"}
-    forged = httpx.post(url, content=enroll_payload(victim, signer=thief), headers=auth)
+    forged = httpx.post(url, content=enroll_payload(victim, key["secret"], signer=thief), headers=auth)
     assert forged.status_code == 403
     assert forged.json()["error"]["code"] == "enrollment_failed" and "proof" in forged.json()["error"]["message"]
     bare = httpx.post(url, json={"install_id": victim.install_id, "public_key": victim.public_key_b64}, headers=auth)
     assert bare.status_code == 422 and bare.json()["error"]["code"] == "enrollment_failed"
     post_signed(gateway, key["secret"], victim, "victim-not-enrolled")
     assert _event_for(gateway, "victim-not-enrolled")["attestation"]["status"] == "missing_key"
-    assert httpx.post(url, content=enroll_payload(victim), headers=auth).json()["status"] == "enrolled"
+    other = gateway.create_key("eavesdropper")
+    captured = enroll_payload(victim, key["secret"])  # an enrollment seen on its way to the gateway, replayed with another key
+    replayed = httpx.post(url, content=captured, headers={"Authorization": f"Bearer {other['secret']}"})
+    assert replayed.status_code == 403 and "API key" in replayed.json()["error"]["message"]
+    assert httpx.post(url, content=captured, headers=auth).json()["status"] == "enrolled"
 
 
 def _tampered(identity: Identity) -> list[tuple[str, str, list[tuple[str, str]], bytes]]:

@@ -38,6 +38,7 @@ from distillguard.signals.protocol import (
     SIGNALS_HEADER,
     TAG,
     VALIDITY_S,
+    api_key_digest,
     b64url_encode,
     encode_signals,
     enrollment_message,
@@ -91,10 +92,10 @@ def sign_request(request: SignableRequest, identity: Identity, overrides: dict[s
                 nonce=secrets.token_urlsafe(16), label=LABEL, tag=TAG, covered_component_ids=COVERED_COMPONENTS, body=body)
 
 
-def enrollment_body(identity: Identity, created: int | None = None) -> bytes:
-    """The enrollment request's JSON body, with the proof that this install holds its private key."""
+def enrollment_body(identity: Identity, api_key: str, created: int | None = None) -> bytes:
+    """The enrollment request's JSON body, with the proof that this install holds its private key (bound to ``api_key``)."""
     created = int(time.time()) if created is None else created
-    proof = identity.private_key.sign(enrollment_message(identity.install_id, identity.public_key_b64, created))
+    proof = identity.private_key.sign(enrollment_message(identity.install_id, identity.public_key_b64, created, api_key_digest(api_key)))
     return orjson.dumps({"install_id": identity.install_id, "public_key": identity.public_key_b64, "created": created,
                          "proof": b64url_encode(proof)})
 
@@ -122,7 +123,7 @@ class Enrollment:
     def request(self) -> tuple[str, dict[str, str], bytes]:
         """URL, headers and body of the enrollment POST (a fresh proof each time)."""
         headers = {"Authorization": f"Bearer {self.api_key}", "Content-Type": "application/json"}
-        return self.base_url + ENROLL_PATH, headers, enrollment_body(self.identity)
+        return self.base_url + ENROLL_PATH, headers, enrollment_body(self.identity, self.api_key)
 
     def record(self, status: int, body: bytes) -> None:
         if status == 200:

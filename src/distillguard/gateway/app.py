@@ -664,7 +664,7 @@ class Gateway:
             if self.signals is None or not hasattr(self.signals, "enroll"):
                 raise GatewayError(404, "Client attestation is not enabled on this gateway.", "attestation_disabled")
             try:
-                result = await asyncio.to_thread(self.signals.enroll, key.key_id, key.account_id, body)
+                result = await asyncio.to_thread(self.signals.enroll, key.key_id, key.account_id, body, api_key_sha256=key.secret_hash)
             except Exception as exc:
                 status = getattr(exc, "status", None)
                 if status is None:

@@ -118,7 +118,7 @@ class SignalCollector:
                 return f"This service is not offered in your region ({country})."
         return None
 
-    def enroll(self, key_id: str, account_id: str, body: bytes) -> dict[str, Any]:
+    def enroll(self, key_id: str, account_id: str, body: bytes, *, api_key_sha256: str) -> dict[str, Any]:
         """Register an install's public key for the calling API key's account (POST /v1/distillguard/enroll).
 
         The body must carry a proof of possession: a signature by the key being
@@ -127,7 +127,7 @@ class SignalCollector:
         that account may enroll it again (idempotent), others get 409.
         """
         install_id, public_key, created, proof = self._parse_enrollment(body)
-        self._check_proof(install_id, public_key, created, proof)
+        self._check_proof(install_id, public_key, created, proof, api_key_sha256)
         known = self.verifier.installs.peek(install_id)
         if known is not None:
             return self._already_enrolled(known, install_id, public_key, key_id, account_id)
@@ -156,17 +156,17 @@ class SignalCollector:
                                        "are required: proof of possession of the private key (docs/attestation.md)")
         return install_id, public_key, created, proof
 
-    def _check_proof(self, install_id: str, public_key: str, created: int, proof: str) -> None:
-        """The proof must be fresh (within the attestation skew window) and signed by the key being enrolled."""
+    def _check_proof(self, install_id: str, public_key: str, created: int, proof: str, api_key_sha256: str) -> None:
+        """The proof must be fresh (within the attestation skew window), signed by the key being enrolled, for this API key."""
         skew = self.settings.attestation.clock_skew_s
         if abs(time.time() - created) > skew:
             raise EnrollmentError(403, f"enrollment proof is outside the accepted window of ±{skew:g} s (created={created}); "
                                        "check the client's clock")
         try:
-            load_public_key(public_key).verify(b64url_decode(proof), enrollment_message(install_id, public_key, created))
+            load_public_key(public_key).verify(b64url_decode(proof), enrollment_message(install_id, public_key, created, api_key_sha256))
         except (InvalidSignature, ValueError):
             raise EnrollmentError(403, "enrollment proof does not verify: it must be signed by the private key of "
-                                       "the public key being enrolled") from None
+                                       "the public key being enrolled, for the API key it is sent with (docs/attestation.md)") from None
 
     @staticmethod
     def _already_enrolled(known: EnrolledInstall, install_id: str, public_key: str, key_id: str, account_id: str) -> dict[str, Any]:

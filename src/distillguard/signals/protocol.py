@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 
 import orjson
 
-__all__ = ["COVERED_COMPONENTS", "ENROLL_PATH", "ENROLL_TAG", "LABEL", "SIGNALS_HEADER", "TAG", "VALIDITY_S", "b64url_decode",
-           "b64url_encode", "decode_signals", "encode_signals", "enrollment_message"]
+__all__ = ["COVERED_COMPONENTS", "ENROLL_PATH", "ENROLL_TAG", "LABEL", "SIGNALS_HEADER", "TAG", "VALIDITY_S", "api_key_digest",
+           "b64url_decode", "b64url_encode", "decode_signals", "encode_signals", "enrollment_message"]
 
 SIGNALS_HEADER = "DG-Client-Signals"
 LABEL = "dg"
@@ -15,7 +16,7 @@ TAG = "distillguard-attest-v1"
 VALIDITY_S = 300
 COVERED_COMPONENTS = ("@method", "@target-uri", "content-digest", SIGNALS_HEADER.lower())
 ENROLL_PATH = "/v1/distillguard/enroll"
-ENROLL_TAG = "distillguard-enroll-v1"
+ENROLL_TAG = "distillguard-enroll-v2"
 
 
 def b64url_encode(raw: bytes) -> str:
@@ -43,11 +44,19 @@ def decode_signals(value: str) -> dict:
     return data
 
 
-def enrollment_message(install_id: str, public_key: str, created: int) -> bytes:
+def enrollment_message(install_id: str, public_key: str, created: int, api_key_sha256: str) -> bytes:
     """What the install signs with the key it enrolls: proof that the caller holds that private key.
 
     The tag keeps the proof from being mistaken for (or made from) any other
-    Ed25519 signature; ``created`` limits how long a captured proof can be reused.
-    The strings are signed exactly as they appear in the enrollment body.
+    Ed25519 signature; ``created`` limits how long a captured proof can be
+    reused; ``api_key_sha256`` (:func:`api_key_digest` of the API key the
+    enrollment is sent with) binds it to that key, so a captured enrollment
+    cannot be replayed with someone else's key. The strings are signed exactly
+    as they appear in the enrollment body.
     """
-    return f"{ENROLL_TAG}\n{install_id}\n{public_key}\n{created}".encode()
+    return f"{ENROLL_TAG}\n{install_id}\n{public_key}\n{created}\n{api_key_sha256}".encode()
+
+
+def api_key_digest(api_key: str) -> str:
+    """SHA-256 (hex) of an API key secret: what the gateway stores for the key, and what an enrollment proof binds."""
+    return hashlib.sha256(api_key.encode("utf-8")).hexdigest()
