@@ -57,6 +57,16 @@ class RunningGateway:
                 return events
             time.sleep(0.1)
 
+    def event(self, request_id: str, *, timeout: float = 5.0) -> dict[str, Any]:
+        """The stored event of one request, waiting up to ``timeout`` for the writer to store it."""
+        deadline = time.time() + timeout
+        while True:
+            found = [e for e in self.events() if e["request_id"] == request_id]
+            if found or time.time() > deadline:
+                assert found, f"no event for {request_id}"
+                return found[0]
+            time.sleep(0.1)
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 

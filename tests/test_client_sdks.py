@@ -10,7 +10,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,24 +20,9 @@ import openai
 import pytest
 
 from distillguard.client import Identity, async_attesting_client, attesting_client, http_library_for
-from tests.gateway_fixtures import RunningGateway, start_gateway
-from tests.upstream_stub import UpstreamStub
+from tests.gateway_fixtures import RunningGateway
 
 ANSWER = "The answer is forty-two."
-
-
-@pytest.fixture(scope="module")
-def stub() -> Iterator[UpstreamStub]:
-    upstream = UpstreamStub().start()
-    yield upstream
-    upstream.stop()
-
-
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory, stub: UpstreamStub) -> Iterator[RunningGateway]:
-    gw = start_gateway(tmp_path_factory.mktemp("sdks"), stub.base_url)
-    yield gw
-    gw.stop()
 
 
 @pytest.fixture(scope="module")

@@ -27,13 +27,6 @@ from tests.upstream_stub import UpstreamStub, free_port
 
 
 @pytest.fixture(scope="module")
-def stub() -> Iterator[UpstreamStub]:
-    upstream = UpstreamStub().start()
-    yield upstream
-    upstream.stop()
-
-
-@pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory, stub: UpstreamStub) -> Iterator[RunningGateway]:
     dead_port = free_port()  # nothing listens here: connection refused
     upstreams = [

@@ -22,13 +22,6 @@ from tests.upstream_stub import UpstreamStub
 
 
 @pytest.fixture(scope="module")
-def stub() -> Iterator[UpstreamStub]:
-    upstream = UpstreamStub().start()
-    yield upstream
-    upstream.stop()
-
-
-@pytest.fixture(scope="module")
 def anthropic_stub() -> Iterator[UpstreamStub]:
     upstream = UpstreamStub().start()
     yield upstream
@@ -117,11 +110,12 @@ def test_anthropic_passthrough_to_anthropic_upstream(gateway: RunningGateway, se
 
 
 def test_tools_are_refused_clearly_when_they_cannot_be_translated(gateway: RunningGateway, secret: str) -> None:
+    """Anthropic's server tools (web search, ...) cannot run on an OpenAI-protocol upstream (custom tools are translated)."""
     client = anthropic.Anthropic(base_url=gateway.root_url, api_key=secret)
     with pytest.raises(anthropic.BadRequestError) as info:
         client.messages.create(
             model="stub-1", max_tokens=10, messages=[{"role": "user", "content": "hi"}],
-            tools=[{"name": "calc", "description": "d", "input_schema": {"type": "object"}}],
+            tools=[{"type": "web_search_20250305", "name": "web_search"}],
         )
     assert "tool" in str(info.value).lower() and "translated" in str(info.value)
 
@@ -184,16 +178,6 @@ def test_hot_path_never_imports_the_analytics_stack(tmp_path: Path) -> None:
     assert out.stdout.strip() == ""
 
 
-def _event_for(gateway: RunningGateway, request_id: str, timeout: float = 5.0) -> dict[str, Any]:
-    deadline = time.time() + timeout
-    while True:
-        found = [e for e in gateway.events() if e["request_id"] == request_id]
-        if found or time.time() > deadline:
-            assert found, f"no event for {request_id}"
-            return found[0]
-        time.sleep(0.1)
-
-
 def _sse_events(body: bytes) -> list[tuple[str, dict[str, Any]]]:
     events = []
     for block in body.split(b"\n\n"):
@@ -240,7 +224,7 @@ def test_events_record_the_finish_reason_in_the_clients_vocabulary(
                 else response.json()["stop_reason"])
         assert told == expected
     assert response.status_code == 200
-    assert _event_for(gateway, response.headers["x-request-id"])["response"]["finish_reason"] == expected
+    assert gateway.event(response.headers["x-request-id"])["response"]["finish_reason"] == expected
 
 
 @pytest.mark.parametrize("mode", ["hash", "drop"])
@@ -251,7 +235,7 @@ def test_prompt_mode_also_redacts_the_stored_response_text(tmp_path: Path, stub:
         client = openai.OpenAI(base_url=gw.base_url, api_key=secret)
         raw = client.chat.completions.with_raw_response.create(model="stub-1", messages=[{"role": "user", "content": "secret question"}])
         assert raw.parse().choices[0].message.content == "The answer is forty-two."  # the client still gets the answer
-        event = _event_for(gw, raw.headers["x-request-id"])
+        event = gw.event(raw.headers["x-request-id"])
         expected = {"hash": "hmac-sha256:" + hmac.new(b"k3y", b"The answer is forty-two.", hashlib.sha256).hexdigest()[:32],
                     "drop": ""}[mode]
         assert event["response"]["text"] == expected

@@ -89,13 +89,6 @@ def test_block_needs_to_be_enabled_and_manual_overrides_win() -> None:
 
 
 @pytest.fixture(scope="module")
-def stub() -> Iterator[UpstreamStub]:
-    upstream = UpstreamStub().start()
-    yield upstream
-    upstream.stop()
-
-
-@pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory, stub: UpstreamStub) -> Iterator[RunningGateway]:
     gw = start_gateway(tmp_path_factory.mktemp("policy"), stub.base_url,
                        detection={"flag_threshold": 0.5, "throttle_threshold": 0.8, "block_threshold": 0.95, "block_enabled": False})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import copy
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,6 @@ from distillguard.signals.protocol import (
 )
 from distillguard.store.registry import InstallKey, Registry
 from tests.gateway_fixtures import RunningGateway, start_gateway
-from tests.upstream_stub import UpstreamStub
 
 URL = "http://gw.test/v1/chat/completions"
 
@@ -167,20 +166,6 @@ def test_privacy_modes_and_fingerprint() -> None:
 
 
 # -- through the real gateway, with the official SDK ---------------------------------------------------
-
-@pytest.fixture(scope="module")
-def stub() -> Iterator[UpstreamStub]:
-    upstream = UpstreamStub().start()
-    yield upstream
-    upstream.stop()
-
-
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory, stub: UpstreamStub) -> Iterator[RunningGateway]:
-    gw = start_gateway(tmp_path_factory.mktemp("attest"), stub.base_url)
-    yield gw
-    gw.stop()
-
 
 def _event_for(gateway: RunningGateway, marker: str) -> dict:
     deadline = time.time() + 10

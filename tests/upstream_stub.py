@@ -11,6 +11,11 @@ Behaviour is chosen by the model name so tests need no side channel:
 - ``*-text-503``: answers 503 with a plain-text body.
 - ``stub-reasoning``: includes ``reasoning_content`` / a thinking block.
 - ``stub-length``: chat answers end with ``finish_reason: "length"``.
+- ``stub-tools``: chat answers "Let me check." and calls the request's first tool once
+  (``{"city": "Paris", "unit": "celsius"}``), streamed with the arguments in 4-character pieces;
+  once the messages since the last assistant turn hold a ``role: tool`` result, it answers with
+  text quoting that result (non-streaming).
+- ``stub-tools-parallel``: calls the first tool twice (Paris, then Tokyo), no text, one call after the other.
 """
 
 from __future__ import annotations
@@ -135,9 +140,76 @@ class UpstreamStub:
         return response
 
     # -- OpenAI ------------------------------------------------------------------------
+    @staticmethod
+    def _tool_result(body: dict[str, Any]) -> str | None:
+        """The content of the last ``role: tool`` message since the last assistant turn, if any."""
+        result = None
+        for message in body.get("messages") or []:
+            if message.get("role") == "assistant":
+                result = None
+            elif message.get("role") == "tool":
+                result = str(message.get("content"))
+        return result
+
+    @staticmethod
+    def _tool_calls(body: dict[str, Any]) -> tuple[str, list[dict[str, Any]]] | None:
+        """The text and tool calls a ``stub-tools*`` model answers with, or None when it answers with text."""
+        model = body["model"]
+        if not model.startswith("stub-tools") or not body.get("tools"):
+            return None
+        if UpstreamStub._tool_result(body) is not None:
+            return None
+        name = body["tools"][0]["function"]["name"]
+        cities = ["Paris", "Tokyo"] if model == "stub-tools-parallel" else ["Paris"]
+        calls = [{"id": f"call_stub{i:04d}{city.lower()}", "type": "function",
+                  "function": {"name": name, "arguments": orjson.dumps({"city": city, "unit": "celsius"}).decode()}}
+                 for i, city in enumerate(cities)]
+        return ("" if model == "stub-tools-parallel" else "Let me check."), calls
+
+    async def _chat_with_tools(self, request: web.Request, body: dict[str, Any], text: str, calls: list[dict[str, Any]]) -> web.StreamResponse:
+        model, created = body["model"], int(time.time())
+        completion_tokens = 7 * len(calls) + (3 if text else 0)
+        usage = {"prompt_tokens": 9, "completion_tokens": completion_tokens, "total_tokens": 9 + completion_tokens}
+        if not body.get("stream"):
+            message = {"role": "assistant", "content": text or None, "tool_calls": calls, "refusal": None}
+            return web.json_response({
+                "id": "chatcmpl-stub", "object": "chat.completion", "created": created, "model": model,
+                "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls", "logprobs": None}], "usage": usage,
+            })
+        base = {"id": "chatcmpl-stub", "object": "chat.completion.chunk", "created": created, "model": model}
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            return {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+
+        chunks = [chunk({"role": "assistant", "content": "" if text else None, "refusal": None})]
+        words = text.split(" ") if text else []
+        chunks += [chunk({"content": piece}) for piece in words[:1] + [" " + word for word in words[1:]]]
+        for index, call in enumerate(calls):  # as OpenAI streams them: id, type and name first, then argument pieces
+            chunks.append(chunk({"tool_calls": [{"index": index, "id": call["id"], "type": "function",
+                                                 "function": {"name": call["function"]["name"], "arguments": ""}}]}))
+            arguments = call["function"]["arguments"]
+            for start in range(0, len(arguments), 4):
+                chunks.append(chunk({"tool_calls": [{"index": index, "function": {"arguments": arguments[start:start + 4]}}]}))
+        chunks.append(chunk({}, "tool_calls"))
+        if (body.get("stream_options") or {}).get("include_usage"):
+            chunks.append({**base, "choices": [], "usage": usage})
+        events = [b"data: " + orjson.dumps(c) + b"\n\n" for c in chunks] + [b"data: [DONE]\n\n"]
+        return await self._sse(request, events, 0.0)
+
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await self._record(request)
         model = body["model"]
+        tool_answer = self._tool_calls(body)
+        if tool_answer is not None:
+            return await self._chat_with_tools(request, body, *tool_answer)
+        result = self._tool_result(body) if model.startswith("stub-tools") and not body.get("stream") else None
+        if result is not None:
+            message = {"role": "assistant", "content": f"The tool said: {result}"}
+            return web.json_response({
+                "id": "chatcmpl-stub", "object": "chat.completion", "created": int(time.time()), "model": model,
+                "choices": [{"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}],
+                "usage": {"prompt_tokens": 9, "completion_tokens": 5, "total_tokens": 14},
+            })
         reasoning = "First, think: 6 times 7 is 42." if model == "stub-reasoning" else None
         words = ANSWER_WORDS * 2 if model == "stub-slow-stream" else ANSWER_WORDS
         finish = "length" if model == "stub-length" else "stop"

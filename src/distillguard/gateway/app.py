@@ -473,6 +473,8 @@ class Gateway:
         rest = reader.flush()
         if translator is not None:
             rest = translator.feed(rest) + translator.finish()
+            if translator.stop_reason == "tool_use":  # the event records what the client was told
+                reader.summary.finish_reason = "tool_calls"
         await send({"type": "http.response.body", "body": tail + rest, "more_body": False})
 
     async def _relay_body(
@@ -495,6 +497,8 @@ class Gateway:
                 changed = summarise_openai(parsed, summary, strip_reasoning=strip)
             if translate:
                 parsed = openai_to_anthropic_response(parsed, ex.model or "")
+                if parsed["stop_reason"] == "tool_use":  # the event records what the client was told
+                    summary.finish_reason = "tool_calls"
                 if strip:
                     parsed["content"] = [b for b in parsed["content"] if b["type"] != "thinking"]
                 changed = True
