@@ -211,7 +211,7 @@ class _FixedPolicy:
 async def degraded(stub: UpstreamStub) -> AsyncIterator[httpx.AsyncClient]:
     """An in-process gateway whose policy degrades every request, in front of the stub."""
     settings = Settings(upstreams=[{"name": "stub", "base_url": stub.base_url, "models": ["*"], "timeout_s": 3}])
-    gateway = Gateway(settings, policy=_FixedPolicy(Decision("degrade", "reasoning_elicitation", strip_reasoning=True, max_top_logprobs=0)))
+    gateway = Gateway(settings, policy=_FixedPolicy(Decision("degrade", "reasoning_elicitation", reasoning="strip", max_top_logprobs=0)))
     gateway.keys.load([KeyRecord("key_d", hash_secret("sk-degraded"), "acct_d", None, False, "active")])
     await gateway.startup()
     try:

@@ -9,7 +9,11 @@ Behaviour is chosen by the model name so tests need no side channel:
 - ``stub-500``: answers 500 with an OpenAI-shaped error.
 - ``*-html-502``: answers 502 with an HTML page, as a reverse proxy in front of a model server does.
 - ``*-text-503``: answers 503 with a plain-text body.
-- ``stub-reasoning``: includes ``reasoning_content`` / a thinking block.
+- ``stub-reasoning``: chat answers include ``reasoning_content`` (one sentence, in one delta).
+- ``*-reasoning-steps``: a multi-step trace (``REASONING_STEPS``): chat answers carry it as
+  ``reasoning_content``, streamed a few words per delta; Anthropic answers as a ``thinking`` block
+  (index 0, with a ``signature``; streamed as ``thinking_delta`` pieces then a ``signature_delta``)
+  before the text block.
 - ``stub-length``: chat answers end with ``finish_reason: "length"``.
 - ``stub-tools``: chat answers "Let me check." and calls the request's first tool once
   (``{"city": "Paris", "unit": "celsius"}``), streamed with the arguments in 4-character pieces;
@@ -33,6 +37,15 @@ ANSWER_WORDS = ["The", " answer", " is", " forty", "-two", "."]
 HTML_502 = (b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1></center>\r\n"
             b"<hr><center>nginx/1.27.0</center>\r\n</body>\r\n</html>\r\n")
 TEXT_503 = "upstream connect error or disconnect/reset before headers. reset reason: overflow"
+REASONING_STEPS = ("Let me work out 17 times 23 step by step. First, 17 times 20 is 340. Next, 17 times 3 is 51. "
+                   "Adding them, 340 plus 51 is 391. So the answer is 391.")
+THINKING_SIGNATURE = "EqQBCkgIARABGAIiQL2stub0signature0for0the0thinking0block"
+
+
+def _pieces(text: str, words: int = 3) -> list[str]:
+    """``text`` in pieces of a few words, as a model streams it."""
+    split = text.split(" ")
+    return [" ".join(split[i:i + words]) + (" " if i + words < len(split) else "") for i in range(0, len(split), words)]
 
 
 class _Reply(Exception):
@@ -211,6 +224,8 @@ class UpstreamStub:
                 "usage": {"prompt_tokens": 9, "completion_tokens": 5, "total_tokens": 14},
             })
         reasoning = "First, think: 6 times 7 is 42." if model == "stub-reasoning" else None
+        if model.endswith("reasoning-steps"):
+            reasoning = REASONING_STEPS
         words = ANSWER_WORDS * 2 if model == "stub-slow-stream" else ANSWER_WORDS
         finish = "length" if model == "stub-length" else "stop"
         created = int(time.time())
@@ -218,8 +233,8 @@ class UpstreamStub:
             chunks = []
             base = {"id": "chatcmpl-stub", "object": "chat.completion.chunk", "created": created, "model": model}
             chunks.append({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
-            if reasoning:
-                chunks.append({**base, "choices": [{"index": 0, "delta": {"reasoning_content": reasoning}, "finish_reason": None}]})
+            for piece in (_pieces(reasoning) if model.endswith("reasoning-steps") else [reasoning]) if reasoning else []:
+                chunks.append({**base, "choices": [{"index": 0, "delta": {"reasoning_content": piece}, "finish_reason": None}]})
             for word in words:
                 chunks.append({**base, "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]})
             chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
@@ -265,6 +280,7 @@ class UpstreamStub:
         body = await self._record(request)
         model = body["model"]
         text = "".join(ANSWER_WORDS)
+        thinking = REASONING_STEPS if model.endswith("reasoning-steps") else None
         if body.get("stream"):
             def ev(name: str, data: dict[str, Any]) -> bytes:
                 return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
@@ -272,16 +288,28 @@ class UpstreamStub:
             events = [ev("message_start", {"type": "message_start", "message": {
                 "id": "msg_stub", "type": "message", "role": "assistant", "model": model, "content": [],
                 "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 9, "output_tokens": 0}}})]
-            events.append(ev("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}))
+            index = 0
+            if thinking:
+                events.append(ev("content_block_start", {"type": "content_block_start", "index": 0,
+                                                         "content_block": {"type": "thinking", "thinking": "", "signature": ""}}))
+                for piece in _pieces(thinking):
+                    events.append(ev("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                                             "delta": {"type": "thinking_delta", "thinking": piece}}))
+                events.append(ev("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                                         "delta": {"type": "signature_delta", "signature": THINKING_SIGNATURE}}))
+                events.append(ev("content_block_stop", {"type": "content_block_stop", "index": 0}))
+                index = 1
+            events.append(ev("content_block_start", {"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}}))
             for word in ANSWER_WORDS:
-                events.append(ev("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": word}}))
-            events.append(ev("content_block_stop", {"type": "content_block_stop", "index": 0}))
+                events.append(ev("content_block_delta", {"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": word}}))
+            events.append(ev("content_block_stop", {"type": "content_block_stop", "index": index}))
             events.append(ev("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None}, "usage": {"output_tokens": 6}}))
             events.append(ev("message_stop", {"type": "message_stop"}))
             return await self._sse(request, events, 0.0)
         return web.json_response({
             "id": "msg_stub", "type": "message", "role": "assistant", "model": model,
-            "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": None,
+            "content": ([{"type": "thinking", "thinking": thinking, "signature": THINKING_SIGNATURE}] if thinking else [])
+                       + [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": None,
             "usage": {"input_tokens": 9, "output_tokens": 6},
         })
 

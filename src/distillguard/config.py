@@ -101,6 +101,9 @@ class DetectionSettings(BaseModel):
     block_threshold: float = 0.95
     throttle_requests_per_min: int = 10
     block_enabled: bool = False
+    degrade_reasoning: Literal["strip", "summarize"] = Field(
+        default="strip", description="what a degraded answer's reasoning becomes: removed (strip) or replaced by a short "
+                                     "extractive summary (summarize); docs/policy.md")
 
 
 class WatermarkSettings(BaseModel):

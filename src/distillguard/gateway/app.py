@@ -411,17 +411,18 @@ class Gateway:
     ) -> None:
         client = self.client
         assert client is not None
-        strip = bool(getattr(ex.decision, "strip_reasoning", False))
+        # "keep", or a degrade's "strip" / "summarize" (a decision object with only ``strip_reasoning`` means "strip")
+        reasoning: str = getattr(ex.decision, "reasoning", None) or ("strip" if getattr(ex.decision, "strip_reasoning", False) else "keep")
         try:
             resp = await client.request(upstream.origin, b"POST", path, headers, body,
                                         connect_timeout=upstream.connect_timeout_s, read_timeout=upstream.read_timeout_s)
             async with resp:
                 content_type = resp.headers.get("content-type", "")
                 if resp.status == 200 and content_type.startswith("text/event-stream"):
-                    await self._relay_stream(ex, resp, translate, strip, send)
+                    await self._relay_stream(ex, resp, translate, reasoning, send)
                 else:
                     raw = await resp.read()
-                    await self._relay_body(ex, upstream, resp.status, content_type, raw, translate, strip, send)
+                    await self._relay_body(ex, upstream, resp.status, content_type, raw, translate, reasoning, send)
                 ex.finished = True
         except (UpstreamUnreachable, UpstreamDisconnected) as exc:
             self.metrics.upstream_errors[(upstream.name, "connect")] += 1
@@ -454,8 +455,10 @@ class Gateway:
         with contextlib.suppress(Exception):
             await send({"type": "http.response.body", "body": event, "more_body": False})
 
-    async def _relay_stream(self, ex: _Exchange, resp: UpstreamResponse, translate: bool, strip: bool, send: Send) -> None:
-        reader = OpenAIStreamReader(strip_reasoning=strip) if (ex.protocol == "openai" or translate) else AnthropicStreamReader(strip_reasoning=strip)
+    async def _relay_stream(self, ex: _Exchange, resp: UpstreamResponse, translate: bool, reasoning: str, send: Send) -> None:
+        strip, summarize = reasoning != "keep", reasoning == "summarize"
+        reader_class = OpenAIStreamReader if (ex.protocol == "openai" or translate) else AnthropicStreamReader
+        reader = reader_class(strip_reasoning=strip, summarize_reasoning=summarize)
         ex.summary = reader.summary
         translator = StreamTranslator(ex.model or "", estimate_prompt_tokens(ex.endpoint, ex.payload or {})) if translate else None
         ex.status = 200
@@ -478,7 +481,7 @@ class Gateway:
         await send({"type": "http.response.body", "body": tail + rest, "more_body": False})
 
     async def _relay_body(
-        self, ex: _Exchange, upstream: Upstream, status: int, content_type: str, raw: bytes, translate: bool, strip: bool, send: Send
+        self, ex: _Exchange, upstream: Upstream, status: int, content_type: str, raw: bytes, translate: bool, reasoning: str, send: Send
     ) -> None:
         ex.status = status
         if status >= 400:
@@ -491,15 +494,16 @@ class Gateway:
         except orjson.JSONDecodeError:
             parsed = None
         if isinstance(parsed, dict):
+            strip, summarize = reasoning != "keep", reasoning == "summarize"
             if ex.protocol == "anthropic" and not translate:
-                changed = summarise_anthropic(parsed, summary, strip_reasoning=strip)
+                changed = summarise_anthropic(parsed, summary, strip_reasoning=strip, summarize_reasoning=summarize)
             else:
-                changed = summarise_openai(parsed, summary, strip_reasoning=strip)
+                changed = summarise_openai(parsed, summary, strip_reasoning=strip, summarize_reasoning=summarize)
             if translate:
                 parsed = openai_to_anthropic_response(parsed, ex.model or "")
                 if parsed["stop_reason"] == "tool_use":  # the event records what the client was told
                     summary.finish_reason = "tool_calls"
-                if strip:
+                if strip and not summarize:  # summarised: the thinking block carries the summary
                     parsed["content"] = [b for b in parsed["content"] if b["type"] != "thinking"]
                 changed = True
             if changed:

@@ -4,7 +4,11 @@ Streams are relayed as they arrive; these readers look at each chunk on its way
 through (one ``orjson.loads`` per chunk of SSE events) to collect the completion text,
 the reasoning length, the finish reason and the usage for the event and the
 token limits. With ``strip_reasoning`` (a policy "degrade" decision) they also
-rewrite the chunk so reasoning never reaches the client.
+rewrite the chunk so reasoning never reaches the client; with
+``summarize_reasoning`` as well, the reasoning is replaced by
+:func:`reasoning_summary` instead of being removed: streamed reasoning deltas
+are held back and one delta carrying the summary is sent in their place, just
+before the first thing that follows the reasoning.
 """
 
 from __future__ import annotations
@@ -15,7 +19,69 @@ from typing import Any
 
 import orjson
 
-__all__ = ["ResponseSummary", "OpenAIStreamReader", "AnthropicStreamReader", "summarise_openai", "summarise_anthropic"]
+__all__ = [
+    "SUMMARY_MAX_CHARS",
+    "AnthropicStreamReader",
+    "OpenAIStreamReader",
+    "ResponseSummary",
+    "reasoning_summary",
+    "summarise_anthropic",
+    "summarise_openai",
+]
+
+SUMMARY_MAX_CHARS = 300
+_SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+|\n+")
+_ELLIPSIS = "\u2026"
+
+
+def reasoning_summary(reasoning: str, limit: int = SUMMARY_MAX_CHARS) -> str:
+    """A short extractive stand-in for ``reasoning``, for a degraded account (``detection.degrade_reasoning: summarize``).
+
+    Why: the person behind the account still sees the gist (how the model
+    started) and the conclusion (how it ended), but a harvester gets no
+    step-by-step trace to train a student on: every step in between is left
+    out, and what is shown is capped. It is deterministic and costs a regex
+    split, no model call, so the same reasoning always gives the same summary.
+
+    Exactly::
+
+        [reasoning summarised: N characters withheld] FIRST … LAST
+
+    - ``N`` is ``len(reasoning)`` (all of it, as the upstream produced it),
+      with thousands separators (``1,234``).
+    - Sentences: ``reasoning`` is split after ``.``, ``!`` or ``?`` followed by
+      whitespace, and at line breaks; whitespace inside each is collapsed to
+      single spaces; empty ones are dropped.
+    - ``FIRST`` is the first sentence and ``LAST`` the last, joined by
+      ``" … "``. A single sentence is shown alone when it fits; otherwise its
+      beginning and its end stand in for FIRST and LAST. With no sentence at
+      all, the header is the whole summary.
+    - The whole summary is at most ``limit`` characters: FIRST and LAST get
+      ``(limit - len(header) - 4) // 2`` characters each. A longer FIRST keeps
+      its beginning and a longer LAST its end (the conclusion), cut at a space
+      when there is one in the half next to the cut; the ``…`` between them
+      stands for everything left out.
+    """
+    header = f"[reasoning summarised: {len(reasoning):,} characters withheld]"
+    sentences = [" ".join(part.split()) for part in _SENTENCE_BREAK.split(reasoning)]
+    sentences = [sentence for sentence in sentences if sentence]
+    if not sentences:
+        return header[:limit]
+    if len(sentences) == 1 and len(header) + 1 + len(sentences[0]) <= limit:
+        return f"{header} {sentences[0]}"
+    each = (limit - len(header) - len(f" {_ELLIPSIS} ") - 1) // 2
+    if each < 2:
+        return header[:limit]
+    first, last = sentences[0], sentences[-1]
+    if len(first) > each:
+        first = first[:each]
+        space = first.rfind(" ", each // 2)
+        first = (first[:space] if space > 0 else first).rstrip()
+    if len(last) > each:
+        last = last[-each:]
+        space = last.find(" ", 0, each // 2)
+        last = (last[space:] if space >= 0 else last).lstrip()
+    return f"{header} {first} {_ELLIPSIS} {last}"
 
 
 class ResponseSummary:
@@ -39,8 +105,14 @@ class ResponseSummary:
         return (self.prompt_tokens or 0) + (self.completion_tokens or 0)
 
 
-def summarise_openai(body: dict[str, Any], summary: ResponseSummary, *, strip_reasoning: bool = False) -> bool:
-    """Fill ``summary`` from a non-streamed OpenAI response; returns True when ``body`` was modified."""
+def summarise_openai(
+    body: dict[str, Any], summary: ResponseSummary, *, strip_reasoning: bool = False, summarize_reasoning: bool = False
+) -> bool:
+    """Fill ``summary`` from a non-streamed OpenAI response; returns True when ``body`` was modified.
+
+    With ``strip_reasoning`` each message's ``reasoning_content`` / ``reasoning``
+    is removed or, with ``summarize_reasoning`` too, replaced by its :func:`reasoning_summary`.
+    """
     changed = False
     for choice in body.get("choices") or []:
         message = choice.get("message")
@@ -52,8 +124,14 @@ def summarise_openai(body: dict[str, Any], summary: ResponseSummary, *, strip_re
                 summary.reasoning_chars += len(reasoning)
                 if strip_reasoning:
                     summary.stripped_chars += len(reasoning)
-                    message.pop("reasoning_content", None)
-                    message.pop("reasoning", None)
+                    if summarize_reasoning:
+                        short = reasoning_summary(str(reasoning))
+                        for key in ("reasoning_content", "reasoning"):
+                            if message.get(key):
+                                message[key] = short
+                    else:
+                        message.pop("reasoning_content", None)
+                        message.pop("reasoning", None)
                     changed = True
         elif choice.get("text") is not None:
             summary.text_parts.append(str(choice["text"]))
@@ -64,7 +142,16 @@ def summarise_openai(body: dict[str, Any], summary: ResponseSummary, *, strip_re
     return changed
 
 
-def summarise_anthropic(body: dict[str, Any], summary: ResponseSummary, *, strip_reasoning: bool = False) -> bool:
+def summarise_anthropic(
+    body: dict[str, Any], summary: ResponseSummary, *, strip_reasoning: bool = False, summarize_reasoning: bool = False
+) -> bool:
+    """Fill ``summary`` from a non-streamed Anthropic message; returns True when ``body`` was modified.
+
+    With ``strip_reasoning`` ``thinking`` blocks are removed or, with
+    ``summarize_reasoning`` too, keep their place with their ``thinking``
+    replaced by its :func:`reasoning_summary` and an empty ``signature`` (so the
+    block cannot be sent back for verification, as with a stripped one).
+    """
     changed = False
     kept = []
     for block in body.get("content") or []:
@@ -76,7 +163,10 @@ def summarise_anthropic(body: dict[str, Any], summary: ResponseSummary, *, strip
             if strip_reasoning:
                 summary.stripped_chars += len(block.get("thinking", ""))
                 changed = True
-                continue
+                if not summarize_reasoning:
+                    continue
+                thinking = str(block.get("thinking") or "")
+                block = {**block, "thinking": reasoning_summary(thinking) if thinking else "", "signature": ""}
         kept.append(block)
     if changed:
         body["content"] = kept
@@ -91,10 +181,14 @@ _DATA_LINE = re.compile(rb"^data:(.*)$", re.MULTILINE)  # JSON ignores the surro
 
 
 class _SSEReader(ABC):
-    def __init__(self, *, strip_reasoning: bool = False) -> None:
+    def __init__(self, *, strip_reasoning: bool = False, summarize_reasoning: bool = False) -> None:
         self.summary = ResponseSummary()
-        self.strip_reasoning = strip_reasoning
+        self.strip_reasoning = strip_reasoning or summarize_reasoning
+        self.summarize_reasoning = summarize_reasoning
         self._buffer = b""
+        if summarize_reasoning:  # only a degraded account's stream pays for the held-back state
+            self._event_lines: list[bytes] = []  # the lines of the event being read
+            self._start_summarising()
 
     def feed(self, chunk: bytes) -> bytes:
         """Inspect ``chunk``; return the bytes to send on (the chunk itself unless stripping)."""
@@ -107,6 +201,8 @@ class _SSEReader(ABC):
         if not self.strip_reasoning:
             self._read_all(_DATA_LINE.findall(complete))
             return chunk
+        if self.summarize_reasoning:
+            return self._summarise_lines(complete.split(b"\n")[:-1])
         out: list[bytes] = []
         for line in complete.split(b"\n")[:-1]:
             if line.startswith(b"data:"):
@@ -118,7 +214,68 @@ class _SSEReader(ABC):
 
     def flush(self) -> bytes:
         rest, self._buffer = self._buffer, b""
-        return rest if self.strip_reasoning else b""
+        if not self.strip_reasoning:
+            return b""
+        if self.summarize_reasoning:
+            return self._finish_summarising(rest)
+        return rest
+
+    # -- summarising: whole SSE events, since one may have to be preceded by another ----------------
+    def _summarise_lines(self, lines: list[bytes]) -> bytes:
+        """Rewrite the complete lines of a stream; an event is handled once its closing blank line arrives."""
+        out: list[bytes] = []
+        for line in lines:
+            if line.strip():
+                self._event_lines.append(line)
+            else:
+                event, self._event_lines = self._event_lines, []
+                out.append(self._summarise_event(event, line + b"\n"))
+        return b"".join(out)
+
+    def _finish_summarising(self, rest: bytes) -> bytes:
+        """The end of the stream: an unterminated last event is handled as if terminated, then pending summaries go out."""
+        lines = [line for line in rest.split(b"\n") if line.strip()]
+        event, self._event_lines = self._event_lines + lines, []
+        out = self._summarise_event(event, b"\n") if event else b""
+        return out + b"".join(self._sse(payload) for payload in self._pending_summaries())
+
+    def _summarise_event(self, lines: list[bytes], end: bytes) -> bytes:
+        """One whole SSE event (its lines and the blank line ``end``): sent as it came, or rewritten."""
+        data = [line[5:].strip() for line in lines if line.startswith(b"data:")]
+        original = b"".join(line + b"\n" for line in lines) + end
+        if not data:
+            return original
+        raw = b"\n".join(data)
+        if raw == b"[DONE]":
+            return b"".join(self._sse(payload) for payload in self._pending_summaries()) + original
+        try:
+            payload = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return original
+        if not isinstance(payload, dict):
+            return original
+        self._read(payload, rewrite=False)
+        replacement = self._summarise(payload)
+        if replacement is None:
+            return original
+        return b"".join(self._sse(p) for p in replacement)
+
+    @abstractmethod
+    def _start_summarising(self) -> None:
+        """Set up the state that holds reasoning back."""
+
+    @abstractmethod
+    def _summarise(self, payload: dict[str, Any]) -> list[dict[str, Any]] | None:
+        """Hold back this event's reasoning; return the events to send in its place (None: send it unchanged)."""
+
+    @abstractmethod
+    def _pending_summaries(self) -> list[dict[str, Any]]:
+        """Summary events for reasoning still held back (the stream ends); forgets it."""
+
+    @staticmethod
+    @abstractmethod
+    def _sse(payload: dict[str, Any]) -> bytes:
+        """``payload`` as one SSE event in this protocol."""
 
     def _read_all(self, payloads: list[bytes]) -> None:
         """Read many ``data:`` payloads with one ``orjson.loads`` (a chunk often holds several events).
@@ -159,6 +316,68 @@ class _SSEReader(ABC):
 
 
 class OpenAIStreamReader(_SSEReader):
+    """Reads (and, for a degraded account, rewrites) an OpenAI chat or completions stream.
+
+    Summarising: a choice's ``delta.reasoning_content`` / ``delta.reasoning``
+    pieces are held back (a chunk left with nothing else is not sent); before
+    that choice's first content, tool call or finish reason — or ``[DONE]``, or
+    the end of the stream — one chunk with the summary in the same key goes
+    out, with the ``id``, ``model`` and other top-level fields of the chunk
+    around it.
+    """
+
+    def _start_summarising(self) -> None:
+        self._held: dict[Any, tuple[str, list[str]]] = {}  # choice index → (reasoning key, pieces held back)
+        self._last: dict[str, Any] = {}  # the last chunk seen: the summary's id, model, … at the end of the stream
+
+    @staticmethod
+    def _sse(payload: dict[str, Any]) -> bytes:
+        return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+    def _summary_chunk(self, template: dict[str, Any], index: Any) -> dict[str, Any]:
+        key, pieces = self._held.pop(index)
+        chunk = {k: v for k, v in template.items() if k not in ("choices", "usage")}
+        chunk["choices"] = [{"index": index, "delta": {key: reasoning_summary("".join(pieces))}, "logprobs": None, "finish_reason": None}]
+        return chunk
+
+    def _summarise(self, payload: dict[str, Any]) -> list[dict[str, Any]] | None:
+        choices = payload.get("choices")
+        if not isinstance(choices, list) or not choices:
+            return None
+        self._last = payload
+        before: list[dict[str, Any]] = []
+        held_back = False
+        for choice in choices:
+            if not isinstance(choice, dict):
+                continue
+            index = choice.get("index", 0)
+            delta = choice.get("delta")
+            if isinstance(delta, dict):
+                key = "reasoning_content" if delta.get("reasoning_content") else "reasoning"
+                reasoning = delta.get(key)
+                if "reasoning_content" in delta or "reasoning" in delta:
+                    delta.pop("reasoning_content", None)
+                    delta.pop("reasoning", None)
+                    if choice.get("logprobs"):  # they would spell the reasoning out token by token
+                        choice["logprobs"] = None
+                    held_back = True
+                if reasoning:
+                    self.summary.stripped_chars += len(reasoning)
+                    self._held.setdefault(index, (key, []))[1].append(str(reasoning))
+                follows = delta.get("content") or delta.get("tool_calls") or delta.get("function_call")
+            else:
+                follows = choice.get("text")
+            if (follows or choice.get("finish_reason")) and index in self._held:
+                before.append(self._summary_chunk(payload, index))
+        if not held_back:
+            return before + [payload] if before else None
+        if payload.get("usage") or any(_carries_something(c) for c in choices if isinstance(c, dict)):
+            return before + [payload]
+        return before  # nothing but reasoning: the chunk itself is not sent
+
+    def _pending_summaries(self) -> list[dict[str, Any]]:
+        return [self._summary_chunk(self._last, index) for index in list(self._held)]
+
     def _read(self, payload: dict[str, Any], *, rewrite: bool) -> bool:
         summary = self.summary
         changed = False
@@ -187,10 +406,70 @@ class OpenAIStreamReader(_SSEReader):
         return changed
 
 
+def _carries_something(choice: dict[str, Any]) -> bool:
+    """Whether a streamed choice still says anything once its reasoning is taken out."""
+    delta = choice.get("delta")
+    if choice.get("finish_reason"):
+        return True
+    return not isinstance(delta, dict) or any(value not in (None, "", [], {}) for value in delta.values())
+
+
 class AnthropicStreamReader(_SSEReader):
-    def __init__(self, *, strip_reasoning: bool = False) -> None:
-        super().__init__(strip_reasoning=strip_reasoning)
+    """Reads (and, for a degraded account, rewrites) an Anthropic Messages stream.
+
+    Summarising: a ``thinking`` block's ``thinking_delta`` events are held back;
+    just before its ``signature_delta`` (sent with an empty signature) or, when
+    there is none, its ``content_block_stop``, one ``thinking_delta`` with the
+    summary goes out for the same block index. Blocks keep their indices.
+    """
+
+    def __init__(self, *, strip_reasoning: bool = False, summarize_reasoning: bool = False) -> None:
+        super().__init__(strip_reasoning=strip_reasoning, summarize_reasoning=summarize_reasoning)
         self._thinking_blocks: set[int] = set()
+
+    def _start_summarising(self) -> None:
+        self._held: dict[Any, list[str]] = {}  # block index → thinking held back
+
+    @staticmethod
+    def _sse(payload: dict[str, Any]) -> bytes:
+        return b"event: " + str(payload.get("type", "")).encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
+
+    def _summary_delta(self, index: Any) -> dict[str, Any]:
+        thinking = "".join(self._held.pop(index))
+        return {"type": "content_block_delta", "index": index, "delta": {"type": "thinking_delta", "thinking": reasoning_summary(thinking)}}
+
+    def _summarise(self, payload: dict[str, Any]) -> list[dict[str, Any]] | None:
+        kind = payload.get("type")
+        index = payload.get("index")
+        if kind == "content_block_delta":
+            delta = payload.get("delta") or {}
+            if delta.get("type") == "thinking_delta":
+                thinking = str(delta.get("thinking") or "")
+                if thinking:
+                    self.summary.stripped_chars += len(thinking)
+                    self._held.setdefault(index, []).append(thinking)
+                return []
+            if delta.get("type") == "signature_delta":
+                delta["signature"] = ""
+                return [self._summary_delta(index), payload] if index in self._held else [payload]
+            return None
+        if kind == "content_block_start":
+            block = payload.get("content_block") or {}
+            if block.get("type") != "thinking" or not (block.get("thinking") or block.get("signature")):
+                return None
+            if block.get("thinking"):
+                self.summary.stripped_chars += len(block["thinking"])
+                self._held.setdefault(index, []).append(str(block["thinking"]))
+            block["thinking"], block["signature"] = "", ""
+            return [payload]
+        if kind == "content_block_stop":
+            return [self._summary_delta(index), payload] if index in self._held else None
+        if kind in ("message_delta", "message_stop", "error") and self._held:  # a block that never stopped
+            return [*self._pending_summaries(), payload]
+        return None
+
+    def _pending_summaries(self) -> list[dict[str, Any]]:
+        return [self._summary_delta(index) for index in list(self._held)]
 
     def _read(self, payload: dict[str, Any], *, rewrite: bool) -> bool:
         kind = payload.get("type")

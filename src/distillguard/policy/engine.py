@@ -121,9 +121,9 @@ class PolicyEngine:
                             risk=score)
         if score >= s.throttle_threshold:
             return Decision("throttle", "risk>=throttle_threshold", throttle_rpm=s.throttle_requests_per_min, risk=score,
-                            strip_reasoning=degrade, max_top_logprobs=LOGPROBS_CAP if degrade else None)
-        if degrade:
-            return Decision("degrade", "reasoning_elicitation", risk=score, strip_reasoning=True, max_top_logprobs=LOGPROBS_CAP)
+                            reasoning=s.degrade_reasoning if degrade else "keep", max_top_logprobs=LOGPROBS_CAP if degrade else None)
+        if degrade:  # reasoning stripped or summarised, as detection.degrade_reasoning says
+            return Decision("degrade", "reasoning_elicitation", risk=score, reasoning=s.degrade_reasoning, max_top_logprobs=LOGPROBS_CAP)
         if score >= s.flag_threshold:
             return Decision("flag", "risk>=flag_threshold", risk=score)
         return ALLOW
