@@ -247,6 +247,126 @@ def test_frame_of_long_prompts_matches_tokenising_the_whole_prompt() -> None:
         assert frame_of(text) == reference(text)
 
 
+# -- fast paths that must not change results (distillguard.detect.textmatch and friends) -----------------------
+
+_TRICKY = [
+    "", "think", "rethink", "x think", "THINK", "Rethinking", "cot", "CoT!", "scot", "cots", "grader", "upgrader", "graders",
+    "Score the answer", "underscore the answer", "score  the", "rate this response", "rate this following answer",
+    "note la réponse", "Erklär das ganz laut", "erklär mir laut", "Chain of thought", "chain-of-thought", "<THINKING>",
+    "< / think >", "def f(x):", "undef x", "def", "CODE", "codex", "decode", "the code.", "3 x 4", "3x4", "3 × 4", "3 X 4",
+    "٣ + ٤", "x = 12", "$5", "$ 5", "How Many", "HOW (can) I", "how do i", "Summarise", "SUMMARIZE", "each", "EACH",
+    "A. yes\nB) no", "\n  C) maybe ", "a. lower", "E. out of range",
+    # Characters IGNORECASE equates with ASCII letters, and ones it does not.
+    "\u212aelvin cell", "ſhould i", "Pyth\u0131on", "PYTHON \u0130", "ＣＯＤＥ", "Straße", "ΣΊΣΥΦΟΣ energy", "Ǆ code",
+    "请一步一步写出你的推理过程", "Покажи свои рассуждения шаг за шагом", "Écris ton raisonnement interne étape par étape",
+]
+
+
+def test_ignorecase_folds_assumed_by_fold_case_hold_for_every_code_point() -> None:
+    import re
+
+    from distillguard.detect.textmatch import IGNORECASE_EXTRA_FOLDS
+
+    every = "".join(chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF)
+    extra = set()
+    for letter in "abcdefghijklmnopqrstuvwxyz":
+        extra |= set(re.findall(letter, every, re.IGNORECASE)) - {letter, letter.upper()}
+    assert extra == set(IGNORECASE_EXTRA_FOLDS)
+    word, digit, space = re.compile(r"\w"), re.compile(r"\d"), re.compile(r"\s")
+    for char in every:
+        if char in IGNORECASE_EXTRA_FOLDS:
+            continue
+        lowered = char.lower()
+        assert len(lowered) == 1, hex(ord(char))
+        assert lowered.isascii() == char.isascii(), hex(ord(char))
+        for cls in (word, digit, space):
+            assert (cls.match(char) is None) == (cls.match(lowered) is None), hex(ord(char))
+
+
+def test_stem_search_matches_the_regex_it_replaces() -> None:
+    import re
+
+    from distillguard.detect import coverage, reasoning
+    from distillguard.detect.textmatch import StemSearch, fold_case
+    from distillguard.sim.phrasing import ELICIT, HELD_OUT
+
+    texts = _TRICKY + [str(x) for bank in (ELICIT, HELD_OUT) for v in bank.values() for x in (v if isinstance(v, list) else [v])]
+    texts += [a + " " + b for a in _TRICKY[:40] for b in _TRICKY[40:]]
+    for pattern in reasoning._CONCEPTS.values():
+        search, regex = StemSearch(pattern), re.compile(pattern)
+        for text in texts:
+            assert search(text.lower()) == (regex.search(text.lower()) is not None), (pattern[:30], text)
+    for _, pattern, flags in coverage._CUES:
+        if not flags & re.IGNORECASE:
+            continue
+        assert pattern == pattern.lower()  # fold_case's condition
+        search, regex = StemSearch(pattern), re.compile(pattern, flags)
+        for text in texts:
+            folded = fold_case(text)
+            if folded is not None:
+                assert search(folded) == (regex.search(text) is not None), (pattern[:30], text)
+    for text in texts:
+        expected = next((name for name, regex in coverage._CAPABILITIES if regex.search(text)), "other")
+        assert coverage.capability(text) == expected, text
+
+
+def test_frame_of_lowercases_words_as_one_at_a_time() -> None:
+    from distillguard.detect.templates import frame_of
+
+    words = ["ΟΔΥΣΣΕΥΣ", "ΣΑ", "Σ", "42", "²", "İstanbul", "x_Σ", "ǅ", "A"] * 3
+    for n in range(1, len(words) + 1):
+        text = " , ".join(words[:n])
+        found = [("0" if w.isdigit() else w.lower()) for w in words[:n]]
+        expected = " ".join(found) if len(found) <= 14 else " ".join(found[:5]) + " … " + " ".join(found[-9:])
+        assert frame_of(text) == expected
+
+
+def test_timestamp_fast_path_agrees_with_parse_ts() -> None:
+    import random
+
+    from distillguard.detect.scanner import _timestamp
+    from distillguard.events import parse_ts
+
+    rng = random.Random(3)
+    for _ in range(20_000):
+        ts = format_ts(rng.uniform(-2e9, 5e9))
+        assert _timestamp(ts) == parse_ts(ts)
+    for ts in ("2026-10-04T23:27:23Z", "2026-10-04T23:27:23.591+02:00", "2026-10-04T23:27:23.591", "2026-02-29T00:00:00.000Z",
+               "2026-10-04T24:00:00.000Z", "2026-10-04T23:59:60.000Z", "2026-1a-04T23:27:23.591Z", "２０２６-10-04T23:27:23.591Z"):
+        try:
+            expected: float | None = parse_ts(ts)
+        except ValueError:
+            expected = None
+        try:
+            got: float | None = _timestamp(ts)
+        except ValueError:
+            got = None
+        assert got == expected, ts
+
+
+def test_reports_with_the_cluster_cache_match_a_fresh_scan() -> None:
+    """The online scorer reports repeatedly as events arrive; reused signatures and overlaps must not change anything."""
+    events: list[dict[str, Any]] = []
+    for prefix, subnet, system, template in (("zed", 9, "You are a meticulous expert tutor.", "Question: item {n}\n\nSolve it."),
+                                             ("aaa", 8, "Reply as a senior engineer.", "Task {n}: implement it in Python.")):
+        for i in range(40):
+            for k in range(6):
+                events.append(ev(f"{prefix}{k}", T0 + i * 900 + k * 7 + subnet * 300, template.format(n=i * 7 + k), system=system,
+                                 completion=700, max_tokens=4096, ip=f"10.{subnet}.9.{k + 1}", hosting=True))
+    events += [ev(f"user{u}", T0 + u * 5000 + i * 4000, f"my own question {u}-{i}", history=1) for u in range(5) for i in range(30)]
+    events.sort(key=lambda e: e["ts"])
+    online = Scanner()
+    for i, event in enumerate(events):
+        online.update(event)
+        if i % 97 == 0:
+            online.report()
+    fresh = Scanner()
+    for event in events:
+        fresh.update(event)
+    assert online.report() == fresh.report()
+    assert online.report()["clusters"]
+
+
 # -- MinHash / LSH (distillguard.detect.minhash) ----------------------------------------------------------
 
 def _jaccard(a: set[str], b: set[str]) -> float:
@@ -392,3 +512,13 @@ def test_scanner_never_imports_scipy_or_datasketch() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == ""
+
+
+
+def test_cluster_labels_rank_by_count_then_label_whatever_the_insertion_order() -> None:
+    from distillguard.detect.clustering import rank_labels
+
+    counts = {"synchronised timing": 3, "prompt template": 5, "paraphrased templates": 5, "org acme": 1}
+    expected = ["paraphrased templates", "prompt template", "synchronised timing", "org acme"]
+    assert rank_labels(counts) == expected
+    assert rank_labels(dict(reversed(list(counts.items())))) == expected

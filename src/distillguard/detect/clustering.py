@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from distillguard.detect.base import logistic
-from distillguard.detect.minhash import LSHIndex, MinHasher
+from distillguard.detect.minhash import LSHIndex, MinHasher, Signature
 
-__all__ = ["Cluster", "FingerprintCollector", "find_clusters"]
+__all__ = ["Cluster", "ClusterCache", "FingerprintCollector", "find_clusters", "rank_labels"]
 
 WEIGHTS = {"install": 1.0, "system_prompt": 0.8, "template": 0.8, "similar_templates": 0.6, "hosting_net": 0.6,
            "sync_timing": 0.7, "org": 0.5, "header_fp": 0.2}
@@ -100,13 +100,45 @@ _HASHER = MinHasher(num_perm=_NUM_PERM, seed=7)
 _LSH_WEIGHTS = (0.02, 0.98)
 
 
+@dataclass
+class ClusterCache:
+    """What :func:`find_clusters` can reuse from one report to the next (the online scorer reports every second).
+
+    The frame and bucket sets it compares only ever grow (frames and buckets are never removed, and a frame once
+    repeated stays repeated), so a set whose size has not changed is unchanged: its MinHash signature, and its
+    overlap with another unchanged set, are still valid. Overlaps are kept for the latest report's candidate
+    pairs only, so the cache stays the size of one report's work.
+    """
+
+    signatures: dict[tuple[str, str], tuple[int, Signature]] = field(default_factory=dict)
+    overlaps: dict[tuple[str, str, str], tuple[int, int, int]] = field(default_factory=dict)
+
+    def signature(self, kind: str, account: str, values: set[Any]) -> Signature:
+        cached = self.signatures.get((kind, account))
+        if cached is not None and cached[0] == len(values):
+            return cached[1]
+        signature = _HASHER.signature([str(v) for v in values])
+        self.signatures[(kind, account)] = (len(values), signature)
+        return signature
+
+
+def rank_labels(counts: dict[str, int]) -> list[str]:
+    """What a cluster's members share, most links first; ties by label, so the report is the same under any hash seed."""
+    return [label for label, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+
 def find_clusters(
     fingerprints: FingerprintCollector,
     systems: dict[str, dict[str, int]],
     frames: dict[str, list[str]],
     buckets: dict[str, set[int]],
     own_scores: dict[str, float],
+    cache: ClusterCache | None = None,
 ) -> list[Cluster]:
+    """Clusters of linked accounts, largest first; pass the same ``cache`` to successive calls on growing state."""
+    if cache is None:
+        cache = ClusterCache()
+    overlaps: dict[tuple[str, str, str], tuple[int, int, int]] = {}
     accounts = [a for a, p in fingerprints.accounts.items() if p.requests >= 3]
     if not accounts:
         return []
@@ -151,18 +183,35 @@ def find_clusters(
         if len(sets) < 2:
             continue
         lsh: LSHIndex[str] = LSHIndex(threshold, num_perm=_NUM_PERM, weights=_LSH_WEIGHTS)
-        signatures = {a: _HASHER.signature([str(v) for v in s]) for a, s in sets.items()}
+        signatures = {a: cache.signature(kind, a, s) for a, s in sets.items()}
         for a, sig in signatures.items():
             lsh.insert(a, sig)
         for a, sig in signatures.items():
+            set_a = sets[a]
             for b in lsh.query(sig):
                 if b <= a:
                     continue
-                jaccard = len(sets[a] & sets[b]) / max(1, len(sets[a] | sets[b]))
+                set_b = sets[b]
+                # Verification was most of a report's cost (the LSH weights favour false positives): sets whose
+                # sizes alone bound the Jaccard below the threshold are skipped (intersection <= the smaller size,
+                # union >= the larger, and float division is monotonic, so the computed ratio would be below it
+                # too), and the union's size is counted instead of building the union set.
+                small, large = sorted((len(set_a), len(set_b)))
+                if small / max(1, large) < threshold:
+                    continue
+                known = cache.overlaps.get((kind, a, b))
+                if known is not None and known[0] == len(set_a) and known[1] == len(set_b):
+                    common = known[2]
+                else:
+                    common = len(set_a & set_b)
+                overlaps[(kind, a, b)] = (len(set_a), len(set_b), common)
+                jaccard = common / max(1, len(set_a) + len(set_b) - common)
                 if jaccard >= threshold:
                     pair = (a, b)
                     edges[pair][kind] = WEIGHTS[kind]
                     reasons[pair].add(label)
+
+    cache.overlaps = overlaps
 
     parent = {a: a for a in accounts}
 
@@ -196,6 +245,6 @@ def find_clusters(
         strength = logistic(len(members), 4, 1.0) * min(1.0, len(link_kinds - {"header_fp"}) / 2)
         base = 0.5 * mean + 0.5 * top_half
         score = base + (1 - base) * 0.5 * strength if base >= 0.4 else base
-        ranked = [label for label, _ in sorted(shared.items(), key=lambda kv: -kv[1])]
+        ranked = rank_labels(shared)
         clusters.append(Cluster(stable_cluster_id(members), members, min(1.0, score), ranked[:8]))
     return clusters

@@ -10,27 +10,54 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from distillguard.detect.base import Detector, Evidence, confidence, logistic, user_text
+from distillguard.detect.textmatch import StemSearch, fold_case
 
 __all__ = ["CoverageSweep", "capability"]
 
-_CAPABILITIES = (
-    ("code", re.compile(r"\bdef |python|function|\bcode\b|program|algorithm|implement|array|string|list of|```|return ", re.I)),
-    ("choice", re.compile(r"(^|\n)\s*[A-D][.)]\s", re.M)),
-    ("maths", re.compile(r"\d+\s*[-+*/×x=]\s*\d+|how many|how much|calculate|percent|\$\d|total|each", re.I)),
-    ("science", re.compile(r"energy|molecule|cell|atom|force|velocity|electron|protein|reaction|gene|species", re.I)),
-    ("writing", re.compile(r"write|essay|poem|story|email|blog|rewrite|summari[sz]e|draft|letter", re.I)),
-    ("advice", re.compile(r"should i|how (can|do) i|recommend|best way|tips|help me", re.I)),
+# Cues are tried in order; the first that matches names the request's capability.
+_CUES = (
+    ("code", r"\bdef |python|function|\bcode\b|program|algorithm|implement|array|string|list of|```|return ", re.I),
+    ("choice", r"(^|\n)\s*[A-D][.)]\s", re.M),
+    ("maths", r"\d+\s*[-+*/×x=]\s*\d+|how many|how much|calculate|percent|\$\d|total|each", re.I),
+    ("science", r"energy|molecule|cell|atom|force|velocity|electron|protein|reaction|gene|species", re.I),
+    ("writing", r"write|essay|poem|story|email|blog|rewrite|summari[sz]e|draft|letter", re.I),
+    ("advice", r"should i|how (can|do) i|recommend|best way|tips|help me", re.I),
+)
+# The reference semantics (and the path for the rare text that fold_case cannot lower-case safely).
+_CAPABILITIES = tuple((name, re.compile(pattern, flags)) for name, pattern, flags in _CUES)
+
+
+def _choice_search(pattern: str, flags: int) -> Callable[[str], bool]:
+    regex = re.compile(pattern, flags)
+    # Every match contains a capital A-D directly followed by "." or ")": eight substring tests rule out
+    # most prompts before the multiline regex (~5 µs per prompt) runs.
+    marks = tuple(letter + mark for letter in "ABCD" for mark in ".)")
+    return lambda text: any(map(text.__contains__, marks)) and regex.search(text) is not None
+
+
+# The fast path: the IGNORECASE cues (whose letters are all lower-case ASCII) as StemSearch over fold_case(text),
+# ~8x cheaper than the IGNORECASE regexes and identical in result (see textmatch.fold_case); "choice" is
+# case-sensitive and tested on the original text.
+_FAST: tuple[tuple[str, bool, Callable[[str], bool]], ...] = tuple(
+    (name, True, StemSearch(pattern)) if flags & re.I else (name, False, _choice_search(pattern, flags))
+    for name, pattern, flags in _CUES
 )
 
 
 def capability(text: str) -> str:
-    for name, pattern in _CAPABILITIES:
-        if pattern.search(text):
+    folded = fold_case(text)
+    if folded is None:
+        for name, pattern in _CAPABILITIES:
+            if pattern.search(text):
+                return name
+        return "other"
+    for name, on_folded, matches in _FAST:
+        if matches(folded if on_folded else text):
             return name
     return "other"
 
@@ -50,6 +77,10 @@ class CoverageSweep(Detector):
         self.accounts: dict[str, _State] = {}
 
     def update(self, event: Mapping[str, Any]) -> None:
+        self.update_with_text(event, user_text(event))
+
+    def update_with_text(self, event: Mapping[str, Any], text: str) -> None:
+        """``update`` with the event's ``user_text`` already extracted (the Scanner extracts it once for all)."""
         account = event.get("account_id")
         if account is None:
             return
@@ -62,7 +93,7 @@ class CoverageSweep(Detector):
             state.follow_ups += 1
         else:
             state.single_turn += 1
-        kind = capability(user_text(event)[:2000])
+        kind = capability(text[:2000])
         state.capabilities[kind] = state.capabilities.get(kind, 0) + 1
 
     def evidence(self, account_id: str) -> Evidence | None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from distillguard.detect.base import Detector, Evidence, confidence, logistic, user_text
+from distillguard.detect.textmatch import StemSearch
 
 __all__ = ["ReasoningElicitation", "elicitation_score"]
 
@@ -35,66 +36,10 @@ _CONCEPTS = {
     "tags": r"<\s*/?\s*(thinking|think|reasoning|scratchpad)\s*>|debug mode|developer mode|modo de depuración|mode débogage",
     "language": r"same language|language of the (question|user)|gleichen sprache|même langue|mismo idioma|同じ言語|同一语言|том же языке",
 }
-_PATTERNS = {name: re.compile(pattern) for name, pattern in _CONCEPTS.items()}  # matched against lower-cased text
-_META = set(".^$*+?{}[]|()\\")
-
-
-def _alternatives(pattern: str) -> list[str]:
-    """The top-level ``|`` alternatives of a pattern (alternations inside groups or classes stay whole)."""
-    parts: list[str] = []
-    depth, in_class, start, i = 0, False, 0, 0
-    while i < len(pattern):
-        char = pattern[i]
-        if char == "\\":
-            i += 2
-            continue
-        if in_class:
-            in_class = char != "]"
-        elif char == "[":
-            in_class = True
-        elif char == "(":
-            depth += 1
-        elif char == ")":
-            depth -= 1
-        elif char == "|" and depth == 0:
-            parts.append(pattern[start:i])
-            start = i + 1
-        i += 1
-    return [*parts, pattern[start:]]
-
-
-def _anchor(alternative: str) -> str:
-    """The literal text every match of ``alternative`` starts with ('' when there is none)."""
-    text = alternative.removeprefix("\\b")
-    literal: list[str] = []
-    for index, char in enumerate(text):
-        if char in _META:
-            # A quantifier applies to the previous character, which is then optional.
-            if char in "?*{" and literal:
-                literal.pop()
-            break
-        if index + 1 < len(text) and text[index + 1] in "?*{":
-            break
-        literal.append(char)
-    return "".join(literal)
-
-
-def _anchors(pattern: str) -> tuple[str, ...] | None:
-    """Substrings one of which must occur for the pattern to match; None when some alternative has none."""
-    anchors = tuple(_anchor(a) for a in _alternatives(pattern))
-    return None if any(not a for a in anchors) else anchors
-
-
-# Most prompts touch no concept at all: cheap substring tests rule a concept out before its regex runs
-# (the regexes are alternations of dozens of stems, ~10x slower than the tests on typical prompts).
-_PREFILTERS = {name: _anchors(pattern) for name, pattern in _CONCEPTS.items()}
-
-
-def _touches(name: str, text: str) -> bool:
-    anchors = _PREFILTERS[name]
-    if anchors is not None and not any(anchor in text for anchor in anchors):
-        return False
-    return _PATTERNS[name].search(text) is not None
+# The reference semantics: a concept is touched when its regex matches the lower-cased text.
+_PATTERNS = {name: re.compile(pattern) for name, pattern in _CONCEPTS.items()}
+# The same tests, run as substring checks plus a few small regexes (see textmatch: ~4x faster, identical results).
+_SEARCHES = tuple((name, StemSearch(pattern)) for name, pattern in _CONCEPTS.items())
 
 
 def elicitation_score(text: str) -> tuple[float, frozenset[str]]:
@@ -102,7 +47,7 @@ def elicitation_score(text: str) -> tuple[float, frozenset[str]]:
     if not text:
         return 0.0, frozenset()
     lowered = text.lower()
-    hits = frozenset(name for name in _PATTERNS if _touches(name, lowered))
+    hits = frozenset([name for name, touches in _SEARCHES if touches(lowered)])
     if not hits:
         return 0.0, hits
     if "tags" in hits or "grader" in hits:
@@ -130,6 +75,10 @@ class ReasoningElicitation(Detector):
         self.accounts: dict[str, _State] = {}
 
     def update(self, event: Mapping[str, Any]) -> None:
+        self.update_with_text(event, user_text(event))
+
+    def update_with_text(self, event: Mapping[str, Any], text: str) -> None:
+        """``update`` with the event's ``user_text`` already extracted (the Scanner extracts it once for all)."""
         account = event.get("account_id")
         if account is None:
             return
@@ -137,7 +86,6 @@ class ReasoningElicitation(Detector):
         if state is None:
             state = self.accounts[account] = _State()
         system = (event.get("request") or {}).get("system") or ""
-        text = user_text(event)
         score, _ = elicitation_score(text + "\n" + system if system else text)
         state.prompts += 1
         state.score_sum += score

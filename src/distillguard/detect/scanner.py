@@ -10,12 +10,14 @@ the same construction over the sharing and timing evidence.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 
-from distillguard.detect.base import Detector, Evidence
-from distillguard.detect.clustering import Cluster, FingerprintCollector, find_clusters
+from distillguard.detect.base import Detector, Evidence, user_text
+from distillguard.detect.clustering import Cluster, ClusterCache, FingerprintCollector, find_clusters
 from distillguard.detect.coverage import CoverageSweep
 from distillguard.detect.economics import TokenEconomics
 from distillguard.detect.pivot import ModelPivot
@@ -39,6 +41,36 @@ def _sigmoid(z: float) -> float:
     return 1.0 / (1.0 + math.exp(-z))
 
 
+_EPOCH_DAY = dt.date(1970, 1, 1).toordinal()
+
+
+@lru_cache(maxsize=16)
+def _day_start(date: str) -> int:
+    """POSIX seconds at 00:00 UTC of an ISO date (events arrive in time order: a handful of dates at once)."""
+    return (dt.date.fromisoformat(date).toordinal() - _EPOCH_DAY) * 86400
+
+
+def _timestamp(ts: str) -> float:
+    """``parse_ts(ts)``, with a fast path for the form every writer uses ("2026-10-04T23:27:23.591Z").
+
+    ``datetime.fromisoformat(...).timestamp()`` was ~1 µs per event. For that form the result is built the way
+    ``timestamp()`` builds it — whole microseconds since the epoch divided by 10**6, a correctly rounded integer
+    division — so it is the same float; anything else (or anything out of range) goes to ``parse_ts``.
+    """
+    if (len(ts) == 24 and ts[23] == "Z" and ts[10] == "T" and ts[4] == ts[7] == "-" and ts[13] == ts[16] == ":"
+            and ts[19] == "."):
+        digits = ts[:4] + ts[5:7] + ts[8:10] + ts[11:13] + ts[14:16] + ts[17:19] + ts[20:23]
+        if digits.isascii() and digits.isdigit():
+            hour, minute, second = int(ts[11:13]), int(ts[14:16]), int(ts[17:19])
+            if hour < 24 and minute < 60 and second < 60:
+                try:
+                    day = _day_start(ts[:10])
+                except ValueError:
+                    return parse_ts(ts)
+                return ((day + hour * 3600 + minute * 60 + second) * 1000 + int(ts[20:23])) * 1000 / 1_000_000
+    return parse_ts(ts)
+
+
 def risk_band(score: float) -> str:
     return "high" if score >= HIGH else "medium" if score >= MEDIUM else "low"
 
@@ -48,14 +80,23 @@ class Scanner:
 
     def __init__(self) -> None:
         self.reasoning = ReasoningElicitation()
+        self.coverage = CoverageSweep()
         self.templates = TemplatedPrompts()
         self.timing = Timing()
-        self.detectors: list[Detector] = [self.reasoning, CoverageSweep(), TokenEconomics(), self.templates, self.timing,
+        self.detectors: list[Detector] = [self.reasoning, self.coverage, TokenEconomics(), self.templates, self.timing,
                                           ModelPivot(), KeySharing()]
+        # The three detectors that read the prompt get it extracted once per event rather than once each.
+        self._text_readers = (self.reasoning, self.coverage, self.templates)
+        self._others = tuple(d for d in self.detectors if d not in self._text_readers)
         self.fingerprints = FingerprintCollector()
         self.events = 0
         self.accounts: dict[str, int] = {}
         self.skipped = 0
+        # Reused by report() while an account's frame or bucket set is unchanged: the online scorer reports every
+        # second, and most accounts' sets do not change from one report to the next. Made on the second report,
+        # so a one-report scan does not hold signatures and overlaps it will never reuse.
+        self._cluster_cache: ClusterCache | None = None
+        self._reports = 0
 
     def update(self, event: Mapping[str, Any]) -> None:
         account = event.get("account_id")
@@ -66,13 +107,16 @@ class Scanner:
         if "_t" not in event:
             try:
                 # A shallow copy: the caller's event may be on its way to the store too.
-                event = {**event, "_t": parse_ts(event["ts"])}
+                event = {**event, "_t": _timestamp(event["ts"])}
             except (KeyError, ValueError, TypeError):
                 self.skipped += 1
                 return
         self.events += 1
         self.accounts[account] = self.accounts.get(account, 0) + 1
-        for detector in self.detectors:
+        text = user_text(event)
+        for reader in self._text_readers:
+            reader.update_with_text(event, text)
+        for detector in self._others:
             detector.update(event)
         self.fingerprints.update(event)
 
@@ -97,12 +141,16 @@ class Scanner:
         return {a: self._combine(self._evidence(a)) for a in self.accounts}
 
     def _clusters(self, own: dict[str, float]) -> list[Cluster]:
+        self._reports += 1
+        if self._cluster_cache is None and self._reports > 1:
+            self._cluster_cache = ClusterCache()
         return find_clusters(
             self.fingerprints,
             {a: self.templates.systems(a) for a in self.accounts},
             {a: self.templates.repeated_frames(a) for a in self.accounts},
             {a: self.timing.buckets(a) for a in self.accounts},
             own,
+            self._cluster_cache,
         )
 
     def report(self) -> dict[str, Any]:
