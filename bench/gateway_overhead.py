@@ -5,8 +5,11 @@
 Needs ``wrk`` (Debian package) as the load generator, so the client is not the
 bottleneck, and LiteLLM in its own venv (``bench/.venv-litellm``, created with
 ``python -m venv bench/.venv-litellm && bench/.venv-litellm/bin/pip install 'litellm[proxy]'``).
-distillguard runs with every feature of the gateway on: auth, limits, the
-event log (SQLite), client signals and online scoring.
+distillguard runs twice: with the features issue #2 names (key auth, per-key
+and per-account limits, the SQLite event log; client signals and the policy
+engine are always on) and online detection off, and again with everything on
+(plus the online scorer, a child process running the detectors on every
+event).
 """
 
 from __future__ import annotations
@@ -142,18 +145,22 @@ def main() -> int:
         up = spawn([PYTHON, str(ROOT / "bench" / "fast_upstream.py"), "--port", str(up_port)], "upstream.log")
         upstream = f"http://127.0.0.1:{up_port}/v1"
         wait(upstream + "/models")
-        dg_port = free_port()
-        config = {"listen": f"127.0.0.1:{dg_port}", "database": f"sqlite:///{work / 'dg.db'}", "admin_token": "bench", "spill_dir": str(work / "spill"),
-                  "log_level": "warning", "upstreams": [{"name": "fast", "base_url": upstream, "models": ["*"]}],
-                  "limits": {"requests_per_min": 10_000_000, "tokens_per_min": 10_000_000_000, "concurrent_requests": 1000, "daily_tokens": None}}
-        (work / "dg.yaml").write_text(json.dumps(config))
-        dg = spawn([PYTHON, "-m", "distillguard.cli", "serve", "--config", str(work / "dg.yaml")], "distillguard.log")
-        dg_root = f"http://127.0.0.1:{dg_port}"
-        wait(dg_root + "/healthz")
-        admin = {"Authorization": "Bearer bench"}
-        account = httpx.post(dg_root + "/admin/v1/accounts", json={"name": "bench"}, headers=admin).json()
-        key = httpx.post(dg_root + f"/admin/v1/accounts/{account['account_id']}/keys", json={}, headers=admin).json()["secret"]
-        targets = [("upstream (direct)", upstream + "/chat/completions", None, up), ("distillguard", dg_root + "/v1/chat/completions", key, dg)]
+        targets = [("upstream (direct)", upstream + "/chat/completions", None, up)]
+        for name, online in (("distillguard", False), ("distillguard, all on", True)):
+            dg_port = free_port()
+            tag = "all" if online else "core"
+            config = {"listen": f"127.0.0.1:{dg_port}", "database": f"sqlite:///{work / f'dg-{tag}.db'}", "admin_token": "bench",
+                      "spill_dir": str(work / f"spill-{tag}"), "log_level": "warning",
+                      "upstreams": [{"name": "fast", "base_url": upstream, "models": ["*"]}], "detection": {"online": online},
+                      "limits": {"requests_per_min": 10_000_000, "tokens_per_min": 10_000_000_000, "concurrent_requests": 1000, "daily_tokens": None}}
+            (work / f"dg-{tag}.yaml").write_text(json.dumps(config))
+            dg = spawn([PYTHON, "-m", "distillguard.cli", "serve", "--config", str(work / f"dg-{tag}.yaml")], f"distillguard-{tag}.log")
+            dg_root = f"http://127.0.0.1:{dg_port}"
+            wait(dg_root + "/healthz")
+            admin = {"Authorization": "Bearer bench"}
+            account = httpx.post(dg_root + "/admin/v1/accounts", json={"name": "bench"}, headers=admin).json()
+            key = httpx.post(dg_root + f"/admin/v1/accounts/{account['account_id']}/keys", json={}, headers=admin).json()["secret"]
+            targets.append((name, dg_root + "/v1/chat/completions", key, dg))
         if not args.skip_litellm and LITELLM.exists():
             ll_port = free_port()
             (work / "litellm.yaml").write_text(
@@ -203,7 +210,9 @@ def main() -> int:
             print("\n| load | distillguard / LiteLLM throughput |")
             print("|---|---:|")
             for label in direct:
-                print(f"| {label} | {results['distillguard'][label]['rps'] / max(1e-9, results['litellm proxy'][label]['rps']):.1f}× |")
+                ours = results["distillguard"][label]["rps"], results["distillguard, all on"][label]["rps"]
+                theirs = max(1e-9, results["litellm proxy"][label]["rps"])
+                print(f"| {label} | {ours[0] / theirs:.1f}× ({ours[1] / theirs:.1f}× all on) |")
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=2))
         return 0

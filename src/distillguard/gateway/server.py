@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from typing import Any
 
 from distillguard.config import Settings, load_settings
@@ -42,6 +43,9 @@ def serve(settings: Settings) -> None:
     from distillguard.gateway.http_server import run
 
     logging.getLogger().setLevel(settings.log_level.upper())
+    # The event writer thread gives up the interpreter lock inside every SQLite call and must win it back
+    # from a busy event loop each time; at the default 5 ms switch interval it falls behind under load.
+    sys.setswitchinterval(0.0005)
     app = build_gateway(settings)
     log.info("distillguard gateway on http://%s (admin API under /admin/v1/)", settings.listen)
     run(app, settings.listen_host, settings.listen_port, backlog=4096, graceful_timeout_s=30)

@@ -56,7 +56,7 @@ class EventSink:
         *,
         batch_size: int = 1000,
         flush_interval_s: float = 0.05,
-        high_water: int = 200_000,
+        high_water: int = 20_000,  # ~30-60 MB of queued events; past it batches spill to disk (docs/store.md)
         retry_interval_s: float = 2.0,
         engine: Engine | None = None,
         retention_days: int | None = None,
