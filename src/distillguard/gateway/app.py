@@ -464,7 +464,7 @@ class Gateway:
         ex.status = 200
         await send({"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, (b"x-request-id", ex.request_id.encode())]})
         tail = b""
-        async for chunk in resp.iter_chunks():
+        while (chunk := await resp.next_chunk()) is not None:
             out = reader.feed(chunk)
             if translator is not None:
                 out = translator.feed(out)

@@ -181,8 +181,13 @@ class UpstreamResponse:
         chunks.clear()
         return body
 
-    async def iter_chunks(self) -> AsyncIterator[bytes]:
-        """The body in pieces as they arrive (everything buffered since the last piece, joined)."""
+    async def next_chunk(self) -> bytes | None:
+        """The next piece of the body (everything buffered since the last one, joined); ``None`` at its end.
+
+        A plain coroutine rather than an async generator: a relay that stops
+        early would leave the generator to be finalised by a task the event
+        loop schedules for it, one more task per streamed response.
+        """
         chunks = self._chunks
         while True:
             if chunks:
@@ -191,13 +196,17 @@ class UpstreamResponse:
                 if self._buffered > HIGH_WATER:
                     self._conn.resume_reading()
                 self._buffered = 0
-                yield piece
-            elif self._done:
-                return
-            elif self._error is not None:
+                return piece
+            if self._done:
+                return None
+            if self._error is not None:
                 raise self._error
-            else:
-                await self._wait()
+            await self._wait()
+
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
+        """The body in pieces as they arrive (see :meth:`next_chunk`)."""
+        while (piece := await self.next_chunk()) is not None:
+            yield piece
 
     async def __aenter__(self) -> UpstreamResponse:
         return self
