@@ -10,10 +10,8 @@ the same construction over the sharing and timing evidence.
 
 from __future__ import annotations
 
-import datetime as dt
 import math
 from collections.abc import Mapping
-from functools import lru_cache
 from typing import Any
 
 from distillguard.detect.base import Detector, Evidence, user_text
@@ -39,36 +37,6 @@ HIGH, MEDIUM = 0.8, 0.5
 
 def _sigmoid(z: float) -> float:
     return 1.0 / (1.0 + math.exp(-z))
-
-
-_EPOCH_DAY = dt.date(1970, 1, 1).toordinal()
-
-
-@lru_cache(maxsize=16)
-def _day_start(date: str) -> int:
-    """POSIX seconds at 00:00 UTC of an ISO date (events arrive in time order: a handful of dates at once)."""
-    return (dt.date.fromisoformat(date).toordinal() - _EPOCH_DAY) * 86400
-
-
-def _timestamp(ts: str) -> float:
-    """``parse_ts(ts)``, with a fast path for the form every writer uses ("2026-10-04T23:27:23.591Z").
-
-    ``datetime.fromisoformat(...).timestamp()`` was ~1 µs per event. For that form the result is built the way
-    ``timestamp()`` builds it — whole microseconds since the epoch divided by 10**6, a correctly rounded integer
-    division — so it is the same float; anything else (or anything out of range) goes to ``parse_ts``.
-    """
-    if (len(ts) == 24 and ts[23] == "Z" and ts[10] == "T" and ts[4] == ts[7] == "-" and ts[13] == ts[16] == ":"
-            and ts[19] == "."):
-        digits = ts[:4] + ts[5:7] + ts[8:10] + ts[11:13] + ts[14:16] + ts[17:19] + ts[20:23]
-        if digits.isascii() and digits.isdigit():
-            hour, minute, second = int(ts[11:13]), int(ts[14:16]), int(ts[17:19])
-            if hour < 24 and minute < 60 and second < 60:
-                try:
-                    day = _day_start(ts[:10])
-                except ValueError:
-                    return parse_ts(ts)
-                return ((day + hour * 3600 + minute * 60 + second) * 1000 + int(ts[20:23])) * 1000 / 1_000_000
-    return parse_ts(ts)
 
 
 def risk_band(score: float) -> str:
@@ -107,7 +75,7 @@ class Scanner:
         if "_t" not in event:
             try:
                 # A shallow copy: the caller's event may be on its way to the store too.
-                event = {**event, "_t": _timestamp(event["ts"])}
+                event = {**event, "_t": parse_ts(event["ts"])}
             except (KeyError, ValueError, TypeError):
                 self.skipped += 1
                 return

@@ -86,7 +86,6 @@ ROUTES: dict[tuple[str, str], tuple[str, str, str]] = {
 JSON_HEADERS = [(b"content-type", b"application/json")]
 SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
 JSON_REQUEST_LINE = b"Content-Type: application/json\r\n"
-HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"content-encoding", b"host"})
 
 
 class EventConsumer(Protocol):
@@ -411,8 +410,7 @@ class Gateway:
     ) -> None:
         client = self.client
         assert client is not None
-        # "keep", or a degrade's "strip" / "summarize" (a decision object with only ``strip_reasoning`` means "strip")
-        reasoning: str = getattr(ex.decision, "reasoning", None) or ("strip" if getattr(ex.decision, "strip_reasoning", False) else "keep")
+        reasoning: str = getattr(ex.decision, "reasoning", "keep")  # "keep", or a degrade's "strip" / "summarize"
         try:
             resp = await client.request(upstream.origin, b"POST", path, headers, body,
                                         connect_timeout=upstream.connect_timeout_s, read_timeout=upstream.read_timeout_s)

@@ -423,10 +423,6 @@ class AnthropicStreamReader(_SSEReader):
     summary goes out for the same block index. Blocks keep their indices.
     """
 
-    def __init__(self, *, strip_reasoning: bool = False, summarize_reasoning: bool = False) -> None:
-        super().__init__(strip_reasoning=strip_reasoning, summarize_reasoning=summarize_reasoning)
-        self._thinking_blocks: set[int] = set()
-
     def _start_summarising(self) -> None:
         self._held: dict[Any, list[str]] = {}  # block index → thinking held back
 

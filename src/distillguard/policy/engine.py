@@ -1,8 +1,8 @@
 """The policy engine: in-memory decisions per request, fed by the online scorer.
 
 ``decide`` is a few dictionary lookups: the risk table, and the action each
-account's risk calls for, are replaced whole by the scorer's reader thread, manual overrides are a dict, thresholds are
-numbers from the settings. Audit records and review items are written by a
+account's risk calls for, are replaced whole by the scorer's reader thread;
+manual overrides are a dict; thresholds are numbers from the settings. Audit records and review items are written by a
 background thread when an account's action *changes*, so a blocked account
 sending a thousand requests makes one audit line, not a thousand DB writes.
 
