@@ -36,10 +36,8 @@ from pathlib import Path
 import httpx
 import orjson
 
-from measure import percentile, source_line, src_digest
+from measure import percentile, src_digest, write_report
 
-ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "bench" / "out"
 URL = "http://gw.test/v1/chat/completions"
 
 
@@ -171,14 +169,8 @@ def main() -> None:
         f"({s['verify']['median'] / s['bare_verify']['median']:.1f}×), sign +{s['sign']['median'] - s['bare_sign']['median']:.1f} µs "
         f"({s['sign']['median'] / s['bare_sign']['median']:.1f}×; `collect_signals` is "
         f"{s['collect_signals']['median'] / s['sign']['median']:.0%} of it).",
-        "",
-        f"Total benchmark runtime: {time.perf_counter() - began:.0f} s. {source_line(digest)}",
-        "",
     ]
-    text = "\n".join(lines)
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "attestation_verify.md").write_text(text)
-    print(text)
+    write_report("attestation_verify.md", lines, began, digest)
 
 
 if __name__ == "__main__":

@@ -45,10 +45,8 @@ from typing import Any
 
 import httpx
 
-from measure import percentile, source_line, src_digest
+from measure import percentile, src_digest, write_report
 
-ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "bench" / "out"
 DISTILLGUARD = str(Path(sys.executable).with_name("distillguard"))
 TARGET_TPS = 2000.0
 PROMPTS = [
@@ -372,11 +370,7 @@ def main() -> None:
         r = loads[kind]
         lines.append(f"| {kind} ({'trains, writes .npz' if kind == 'cold' else 'reads .npz'}) | **{r['load_s']:.3f}** | "
                      f"{r['import_s']:.3f} | {r['wall_s']:.3f} | {r['load_s'] / loads['warm']['load_s']:.1f}× |")
-    lines += ["", f"Total benchmark runtime: {time.perf_counter() - began:.0f} s. {source_line(digest)}", ""]
-    text = "\n".join(lines)
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "demo_model.md").write_text(text)
-    print(text)
+    write_report("demo_model.md", lines, began, digest)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""What every benchmark here shares: percentiles, child processes measured with wait4, and a source digest.
+"""What every benchmark here shares: percentiles, child processes measured with wait4, a source digest, the report writer.
 
 The digest tells a reader whether the code changed while a long benchmark ran
 (rows would then mix versions); `wait4` gives one child's own CPU time and
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench" / "out"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -39,6 +40,14 @@ def source_line(start: str) -> str:
     if end == start:
         return f"Source: `src/distillguard` digest `{start}`, unchanged during the run."
     return f"Source: `src/distillguard` **changed during the run** (digest `{start}` → `{end}`): rows may mix code versions."
+
+
+def write_report(name: str, lines: list[str], began: float, digest: str) -> None:
+    """Append the runtime/source footer to ``lines``, write them to ``bench/out/<name>`` and print them."""
+    text = "\n".join([*lines, "", f"Total benchmark runtime: {time.perf_counter() - began:.0f} s. {source_line(digest)}", ""])
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / name).write_text(text)
+    print(text)
 
 
 def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:

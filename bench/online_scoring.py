@@ -41,10 +41,8 @@ from typing import Any
 
 import orjson
 
-from measure import percentile, source_line, src_digest
+from measure import OUT, percentile, src_digest, write_report
 
-ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "bench" / "out"
 DISTILLGUARD = str(Path(sys.executable).with_name("distillguard"))
 
 
@@ -339,14 +337,8 @@ def main() -> None:
         "| t (s) | " + " | ".join(f"{t:.1f}" for t, _ in timeline[::step]) + " |",
         "|---|" + "---:|" * len(timeline[::step]),
         "| backlog | " + " | ".join(f"{b:,}" for _, b in timeline[::step]) + " |",
-        "",
-        f"Total benchmark runtime: {time.perf_counter() - began:.0f} s. {source_line(digest)}",
-        "",
     ]
-    text = "\n".join(lines)
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "online_scoring.md").write_text(text)
-    print(text)
+    write_report("online_scoring.md", lines, began, digest)
 
 
 if __name__ == "__main__":

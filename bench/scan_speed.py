@@ -34,10 +34,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from measure import run_measured, source_line, src_digest
+from measure import OUT, run_measured, src_digest, write_report
 
-ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "bench" / "out"
 DISTILLGUARD = str(Path(sys.executable).with_name("distillguard"))
 
 BASELINE = r"""
@@ -163,11 +161,7 @@ def main() -> None:
         lines.append(f"- Memory: peak RSS {ra['scan']['rss_mb']:.0f} MB for `{a}` ({ra['events']:,} events, {ra['accounts']:,} accounts) vs "
                      f"{rb['scan']['rss_mb']:.0f} MB for `{b}` ({rb['events']:,} events, {rb['accounts']:,} accounts): "
                      f"{rb['events'] / ra['events']:.1f}× the events, {rb['scan']['rss_mb'] / ra['scan']['rss_mb']:.2f}× the memory.")
-    lines += ["", f"Total benchmark runtime: {time.perf_counter() - began:.0f} s. {source_line(digest)}", ""]
-    text = "\n".join(lines)
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "scan_speed.md").write_text(text)
-    print(text)
+    write_report("scan_speed.md", lines, began, digest)
 
 
 if __name__ == "__main__":

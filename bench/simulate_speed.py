@@ -39,10 +39,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from measure import run_measured, source_line, src_digest
+from measure import OUT, run_measured, src_digest, write_report
 
-ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "bench" / "out"
 DISTILLGUARD = str(Path(sys.executable).with_name("distillguard"))
 TARGET_S_PER_M = 180.0
 
@@ -179,14 +177,8 @@ def main() -> None:
         f"({write_cpu / big['cpu_s']:.0%} of the simulation's CPU; gzip level 5 alone ≈ {gzip_cpu:.1f} s, "
         f"{gzip_cpu / big['cpu_s']:.0%}); the remaining ≈ {big['cpu_s'] - write_cpu:.0f} CPU s "
         f"({1 - write_cpu / big['cpu_s']:.0%}) is generating the events.",
-        "",
-        f"Total benchmark runtime: {time.perf_counter() - began:.0f} s. {source_line(digest)}",
-        "",
     ]
-    text = "\n".join(lines)
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "simulate_speed.md").write_text(text)
-    print(text)
+    write_report("simulate_speed.md", lines, began, digest)
 
 
 if __name__ == "__main__":

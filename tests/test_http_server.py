@@ -254,6 +254,17 @@ async def echo(scope: Scope, receive: Receive, send: Send) -> None:
     await respond(send, 200, b"%s %s %s" % (scope["method"].encode(), scope["raw_path"], body))
 
 
+def recording_echo(key: str | None = None) -> tuple[list[Any], Handler]:
+    """``echo`` that first records each request's scope (or just ``scope[key]``) in the returned list."""
+    seen: list[Any] = []
+
+    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(scope if key is None else scope[key])
+        await echo(scope, receive, send)
+
+    return seen, handler
+
+
 # -- 1. a whole response in one body message -------------------------------------------------------------
 
 
@@ -417,11 +428,7 @@ async def test_httpx_stream_receives_every_piece_as_it_is_produced() -> None:
 
 
 async def test_keep_alive_two_sequential_requests_on_one_socket() -> None:
-    clients: list[Any] = []
-
-    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
-        clients.append(scope["client"])
-        await echo(scope, receive, send)
+    clients, handler = recording_echo("client")
 
     async with serving(asgi(handler)) as srv:
         reader, writer = await connect(srv.port)
@@ -530,11 +537,7 @@ async def test_pipelined_requests_are_answered_in_order() -> None:
 
 
 async def test_pipelined_request_after_connection_close_is_not_answered() -> None:
-    served: list[str] = []
-
-    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
-        served.append(scope["path"])
-        await echo(scope, receive, send)
+    served, handler = recording_echo("path")
 
     async with serving(asgi(handler)) as srv:
         reader, writer = await connect(srv.port)
@@ -745,11 +748,7 @@ async def test_early_413_reaches_an_httpx_client_still_uploading() -> None:
 
 
 async def test_malformed_requests_get_400_and_close() -> None:
-    called: list[str] = []
-
-    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
-        called.append(scope["path"])
-        await echo(scope, receive, send)
+    called, handler = recording_echo("path")
 
     async with serving(asgi(handler)) as srv:
         for garbage in (b"GARBAGE\r\n\r\n", b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
@@ -831,11 +830,7 @@ async def test_h2c_upgrade_offer_is_ignored_and_answered_over_http11() -> None:
 
 
 async def test_http10_request_gets_a_length_and_close() -> None:
-    scopes: list[Scope] = []
-
-    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
-        scopes.append(scope)
-        await echo(scope, receive, send)
+    scopes, handler = recording_echo()
 
     async with serving(asgi(handler)) as srv:
         reader, writer = await connect(srv.port)
