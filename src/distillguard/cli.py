@@ -97,7 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     scan = _command(sub, "scan", "distillguard.detect.scan:scan_command", "offline detection over event logs", reads_settings=False)
     scan.add_argument("files", nargs="+", metavar="FILE", help=".jsonl, .jsonl.gz or - for stdin")
-    scan.add_argument("--out", metavar="REPORT.json", help="write the report here instead of stdout")
+    scan.add_argument("--out", metavar="REPORT.json", help="write the JSON report here (must not be one of the inputs)")
+    scan.add_argument("--format", choices=("table", "json"), default=None,
+                      help="what stdout gets: a ranked table or the JSON report (default: table on a terminal, else json)")
+    scan.add_argument("--fail-on", choices=("medium", "high"), default=None,
+                      help="exit 3 when an account at this risk level or above is found (cron, CI)")
     scan.add_argument("--strict", action="store_true", help="stop at the first malformed line")
 
     simulate = _command(sub, "simulate", "distillguard.sim.commands:simulate_command", "labelled synthetic traffic", reads_settings=False)

@@ -1,13 +1,23 @@
-"""`distillguard scan`: offline detection over event logs, streamed with bounded memory."""
+"""`distillguard scan`: offline detection over event logs, streamed with bounded memory.
+
+Output (DESIGN §3): the JSON report goes to ``--out``, or to stdout when stdout
+is not a terminal; on a terminal stdout gets a ranked table instead
+(``--format`` overrides). ``--fail-on`` turns a finding into exit code 3 for
+cron and CI. A file whose first line is not an event is refused (it is not an
+event log: a report of zero events would hide the mistake), and so is an
+``--out`` that names one of the inputs (it would be truncated before it is read).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from typing import Any
 
+from distillguard.detect.report_table import format_report_table
 from distillguard.detect.scanner import Scanner
 from distillguard.events import EventFormatError, EventReadProblem, read_events
 from distillguard.exceptions import InputError
@@ -15,6 +25,8 @@ from distillguard.exceptions import InputError
 __all__ = ["scan_command", "scan_files"]
 
 MAX_WARNINGS = 20
+EXIT_FOUND = 3  # --fail-on: an account at that level was found
+FAIL_LEVELS = {"medium": ("medium", "high"), "high": ("high",)}
 
 
 def scan_files(paths: list[str], *, strict: bool = False, progress: bool = False) -> tuple[dict[str, Any], list[EventReadProblem]]:
@@ -28,19 +40,30 @@ def scan_files(paths: list[str], *, strict: bool = False, progress: bool = False
     scanner = Scanner()
     started = time.monotonic()
     last = started
-    try:
-        for event in read_events(paths, strict=strict, on_problem=warn):
-            scanner.update(event)
-            if progress and scanner.events % 20_000 == 0:
-                now = time.monotonic()
-                if now - last > 0.5:
-                    last = now
-                    rate = scanner.events / max(1e-9, now - started)
-                    print(f"\r  {scanner.events:,} events, {len(scanner.accounts):,} accounts, {rate:,.0f} events/s", end="", file=sys.stderr)
-    except EventFormatError as exc:
-        raise InputError(str(exc)) from None
-    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
-        raise InputError(f"{exc.filename}: {exc.strerror}") from None
+    for path in paths:
+        before = scanner.events
+
+        def check(problem: EventReadProblem, before: int = before) -> None:
+            if scanner.events == before:  # nothing of this file was an event: it is not an event log
+                raise InputError(f"{problem}; {problem.file} is not an event log (JSONL of events v1, docs/events.md)")
+            warn(problem)
+
+        try:
+            for event in read_events([path], strict=strict, on_problem=check):
+                scanner.update(event)
+                if progress and scanner.events % 20_000 == 0:
+                    now = time.monotonic()
+                    if now - last > 0.5:
+                        last = now
+                        rate = scanner.events / max(1e-9, now - started)
+                        print(f"\r  {scanner.events:,} events, {len(scanner.accounts):,} accounts, {rate:,.0f} events/s", end="",
+                              file=sys.stderr)
+        except EventFormatError as exc:
+            if scanner.events == before:
+                raise InputError(f"{exc}; {path} is not an event log (JSONL of events v1, docs/events.md)") from None
+            raise InputError(str(exc)) from None
+        except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+            raise InputError(f"{exc.filename}: {exc.strerror}") from None
     if progress:
         print(file=sys.stderr)
     report = scanner.report()
@@ -49,17 +72,51 @@ def scan_files(paths: list[str], *, strict: bool = False, progress: bool = False
     return report, problems
 
 
+def _refuse_out_among_inputs(out: str | None, paths: list[str]) -> None:
+    """Refuse ``--out`` naming an input: opening it for writing would empty the log before it is read."""
+    if not out:
+        return
+    target = os.path.realpath(out)
+    for path in paths:
+        if path == "-":
+            continue
+        same = os.path.realpath(path) == target
+        if not same and os.path.exists(out) and os.path.exists(path):
+            same = os.path.samefile(path, out)
+        if same:
+            raise InputError(f"--out {out}: is also an input file; writing the report there would destroy the events (choose another path)")
+
+
 def scan_command(args: argparse.Namespace) -> int:
+    _refuse_out_among_inputs(args.out, args.files)
     report, problems = scan_files(args.files, strict=args.strict, progress=sys.stderr.isatty())
+    output_format = args.format or ("table" if sys.stdout.isatty() else "json")
     text = json.dumps(report, indent=1, ensure_ascii=False)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as handle:
             handle.write(text + "\n")
-    else:
+    if output_format == "table":
+        sys.stdout.write(format_report_table(report, width=_terminal_width()))  # names: the entries' "name" (scan --accounts)
+    elif not args.out:
         sys.stdout.write(text + "\n")
     high = sum(1 for a in report["accounts"] if a["risk"] == "high")
     summary = f"scanned {report['events']} events, {report['accounts_seen']} accounts: {high} high risk, {len(report['clusters'])} clusters"
     if problems:
         summary += f"; {len(problems)} malformed line(s) skipped"
+    if args.out:
+        summary += f"; report written to {args.out}"
     print(summary, file=sys.stderr)
+    if args.fail_on:
+        levels = FAIL_LEVELS[args.fail_on]
+        found = sum(1 for a in report["accounts"] if a["risk"] in levels)
+        if found:
+            print(f"--fail-on {args.fail_on}: {found} account(s) at {' or '.join(levels)} risk; exit {EXIT_FOUND}", file=sys.stderr)
+            return EXIT_FOUND
     return 0
+
+
+def _terminal_width() -> int:
+    try:
+        return max(80, os.get_terminal_size().columns)
+    except OSError:
+        return 120
