@@ -128,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     show = _command(client, "show", "distillguard.client.commands:show_command", "print exactly what the SDK sends", reads_settings=False)
     show.add_argument("--url", default="http://127.0.0.1:8700/v1/chat/completions")
     show.add_argument("--body", default='{"model": "demo-1", "messages": []}')
+    from distillguard.admin_cli import add_admin_parser
+
+    add_admin_parser(sub, _command)
     return parser
 
 

@@ -123,6 +123,7 @@ class Settings(BaseSettings):
     listen: str = "127.0.0.1:8700"
     database: str = "sqlite:///distillguard.db"
     admin_token: str = "change-me"
+    viewer_token: str | None = Field(default=None, description="read-only sign-in to the console (/admin/ui); unset: admin only")
     upstreams: list[UpstreamSettings] = Field(
         default_factory=lambda: [UpstreamSettings(name="local", base_url="http://127.0.0.1:8701/v1")]
     )

@@ -104,6 +104,8 @@ class PolicyEngine:
                 return Decision("throttle", "manual", throttle_rpm=self.settings.throttle_requests_per_min)
             if action == "allow":
                 return ALLOW
+            if action == "degrade":
+                return Decision("degrade", "manual", reasoning=self.settings.degrade_reasoning, max_top_logprobs=LOGPROBS_CAP)
             return Decision(action, "manual")
         challenge = self._attestation_challenge(account_id, signals)
         if challenge is not None:
@@ -155,13 +157,26 @@ class PolicyEngine:
         self._risk_decisions = {account: d for account, d in decisions.items() if d is not ALLOW}
         self._risk = {entry["account_id"]: entry for entry in report["accounts"]}
         self._clusters = report["clusters"]
+        threshold = self.settings.flag_threshold
+        cluster_of = {member: cluster for cluster in self._clusters if cluster["score"] >= threshold for member in cluster["accounts"]}
         for entry in report["accounts"]:
             score = max(entry["distillation_score"], entry["reseller_score"])
-            if score >= self.settings.flag_threshold and entry["account_id"] not in self._reviews_opened:
-                self._reviews_opened.add(entry["account_id"])
+            if score < threshold:
+                continue
+            cluster = cluster_of.get(entry["account_id"])
+            subject = cluster["cluster_id"] if cluster is not None else entry["account_id"]
+            if subject in self._reviews_opened:
+                continue
+            self._reviews_opened.add(subject)
+            if cluster is not None:  # one review item for a hydra, not one per head
+                detail = {"score": cluster["score"], "accounts": list(cluster["accounts"]), "shared": list(cluster["shared"]),
+                          "evidence": entry["evidence"][:3],
+                          "reason": f"cluster of {len(cluster['accounts'])} accounts, score {cluster['score']:.2f}: "
+                                    f"shared {', '.join(cluster['shared'][:4]) or 'indicators'}"}
+            else:
                 top = entry["evidence"][0]["detail"] if entry["evidence"] else ""
-                self._audit.append(("detector", "review.open", entry["account_id"], {"score": score, "evidence": entry["evidence"][:3],
-                                                                                       "reason": f"risk {score:.2f}: {top}"}))
+                detail = {"score": score, "evidence": entry["evidence"][:3], "reason": f"risk {score:.2f}: {top}"}
+            self._audit.append(("detector", "review.open", subject, detail))
 
     # -- reads -------------------------------------------------------------------------------------
     def risk(self, account_id: str) -> dict[str, Any] | None:
@@ -172,6 +187,14 @@ class PolicyEngine:
         accounts = [e for e in self._risk.values() if max(e["distillation_score"], e["reseller_score"]) >= threshold]
         accounts.sort(key=lambda e: -max(e["distillation_score"], e["reseller_score"]))
         return {"accounts": accounts, "clusters": [c for c in self._clusters if c["score"] >= threshold]}
+
+    def clusters(self) -> list[dict[str, Any]]:
+        """Every cluster of the latest report (flagged or not), highest score first."""
+        return sorted(self._clusters, key=lambda c: -c["score"])
+
+    def cluster_members(self, cluster_id: str) -> list[str]:
+        """The accounts of a cluster in the latest report; empty when it is not there (any more)."""
+        return next((list(c["accounts"]) for c in self._clusters if c["cluster_id"] == cluster_id), [])
 
     def set_manual(self, account_id: str, action: str, reason: str, actor: str = "admin") -> None:
         """Set or ``clear`` an account's manual override.
@@ -214,7 +237,8 @@ class PolicyEngine:
             try:
                 if self.registry is not None:
                     if action == "review.open":
-                        self.registry.add_review(target, detail["reason"], detail["evidence"])
+                        evidence = {k: detail[k] for k in ("accounts", "shared", "evidence")} if "accounts" in detail else detail["evidence"]
+                        self.registry.add_review(target, detail["reason"], evidence)
                     self.registry.record_audit(actor, action, target, detail)
                 else:
                     self._memory_audit.append({"ts": time.time(), "actor": actor, "action": action, "target": target, "detail": detail})

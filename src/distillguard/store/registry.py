@@ -27,7 +27,7 @@ from distillguard.store.engine import make_engine
 __all__ = ["InstallKey", "KeyRecord", "Registry", "hash_secret", "new_secret"]
 
 SECRET_PREFIX = "sk-dg-"
-MANUAL_OVERRIDE_ACTIONS = ("allow", "flag", "throttle", "block")
+MANUAL_OVERRIDE_ACTIONS = ("allow", "flag", "throttle", "degrade", "block")
 
 
 def hash_secret(secret: str) -> str:
@@ -338,7 +338,7 @@ class Registry:
         return {account_id: (action, reason) for account_id, action, reason in rows}
 
     def set_manual_override(self, account_id: str, action: str, reason: str, *, actor: str = "admin") -> None:
-        """Set (``allow``, ``flag``, ``throttle``, ``block``) or remove (``clear``) an account's manual override.
+        """Set (``allow``, ``flag``, ``throttle``, ``degrade``, ``block``) or remove (``clear``) an account's manual override.
 
         The row, its ``manual.<action>`` audit record and a change-counter bump
         are one transaction, so other gateway processes reload it within their
