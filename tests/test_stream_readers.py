@@ -1,8 +1,9 @@
 """The SSE readers that collect each stream's text, finish reason and usage for its event.
 
 They read a chunk's events with one ``orjson.loads`` when they can; these tests
-hold that fast path to the same results as reading event by event, including
-when the upstream sends something that is not JSON.
+hold that fast path to the same results as reading event by event, and to
+the same verdict when the upstream sends something that is not JSON (a broken
+stream). tests/test_protocol_properties.py checks them with Hypothesis.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ import random
 from typing import Any
 
 import orjson
+import pytest
 
 from distillguard.gateway.responses import AnthropicStreamReader, OpenAIStreamReader
+from distillguard.gateway.upstream_http import UpstreamProtocolError
 
 
 def _openai_events(pieces: list[str]) -> list[bytes]:
@@ -42,21 +45,22 @@ def test_any_split_into_chunks_gives_the_same_summary() -> None:
             assert (reader.summary.prompt_tokens, reader.summary.completion_tokens) == (7, 40)
 
 
-def test_a_malformed_event_does_not_hide_the_others() -> None:
+def test_a_malformed_event_breaks_the_stream() -> None:
+    """A ``data:`` line that is not JSON is a broken stream (issue #12): the gateway ends it with an error and a 502 event."""
     events = _openai_events(["a", "b", "c"])
-    events.insert(1, b'{"choices": [oops')  # not JSON: skipped, the others still count
+    events.insert(1, b'{"choices": [oops')
     reader = OpenAIStreamReader()
-    reader.feed(_stream(events))
-    assert reader.summary.text == "abc"
-    assert reader.summary.finish_reason == "length"
+    with pytest.raises(UpstreamProtocolError, match="not JSON"):
+        reader.feed(_stream(events))
 
 
 def test_payloads_that_only_parse_when_joined_are_read_one_by_one() -> None:
-    """``{"x":"`` and ``"}`` are not JSON, but joined with a comma they are: the reader must not be fooled."""
+    """``{"x":"`` and ``"}`` are not JSON, but joined with a comma they are: the fast path must not be fooled into reading them."""
     events = [b'{"choices":[{"index":0,"delta":{"content":"', b'"}}]}', *_openai_events(["ok"])]
     reader = OpenAIStreamReader()
-    reader.feed(_stream(events))
-    assert reader.summary.text == "ok"
+    with pytest.raises(UpstreamProtocolError, match="not JSON"):
+        reader.feed(_stream(events))
+    assert reader.summary.text == ""
 
 
 def test_anthropic_stream_summary() -> None:

@@ -20,6 +20,9 @@ Behaviour is chosen by the model name so tests need no side channel:
   once the messages since the last assistant turn hold a ``role: tool`` result, it answers with
   text quoting that result (non-streaming).
 - ``stub-tools-parallel``: calls the first tool twice (Paris, then Tokyo), no text, one call after the other.
+- ``*-odd-CASE``: a malformed answer from ``ODD_CHUNKS`` (streamed: one good chunk, the odd one, then the
+  rest of a normal stream) or ``ODD_BODIES`` (not streamed: the bytes as they are, status 200). Chat answers
+  for OpenAI cases, Messages answers for ``claude-odd-…`` (Anthropic cases).
 """
 
 from __future__ import annotations
@@ -40,6 +43,44 @@ TEXT_503 = "upstream connect error or disconnect/reset before headers. reset rea
 REASONING_STEPS = ("Let me work out 17 times 23 step by step. First, 17 times 20 is 340. Next, 17 times 3 is 51. "
                    "Adding them, 340 plus 51 is 391. So the answer is 391.")
 THINKING_SIGNATURE = "EqQBCkgIARABGAIiQL2stub0signature0for0the0thinking0block"
+
+
+def _chunk(**fields: Any) -> bytes:
+    return orjson.dumps({"id": "chatcmpl-odd", "object": "chat.completion.chunk", "created": 0, "model": "odd", **fields})
+
+
+# Streamed chat chunks that break the protocol, by case name (the ``data:`` payload as sent).
+ODD_CHUNKS: dict[str, bytes] = {
+    "content-int": _chunk(choices=[{"index": 0, "delta": {"content": 5}, "finish_reason": None}]),
+    "finish-num": _chunk(choices=[{"index": 0, "delta": {}, "finish_reason": 7}]),
+    "delta-5": _chunk(choices=[{"index": 0, "delta": 5, "finish_reason": None}]),
+    "usage-lots": _chunk(choices=[], usage="lots"),
+    "choices-5": _chunk(choices=[5]),
+    "choices-x": _chunk(choices="x"),
+    "reasoning-num": _chunk(choices=[{"index": 0, "delta": {"reasoning_content": 3}, "finish_reason": None}]),
+    "tool-function": _chunk(choices=[{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "call_1", "function": 5}]}}]),
+    "not-json": b'{"choices": [{"index": 0, "delta": {"content": "unfinished',
+    "a-list": b"[1, 2]",
+}
+# Anthropic stream events that break the protocol (``claude-odd-CASE``).
+ODD_EVENTS: dict[str, bytes] = {
+    "delta-5": orjson.dumps({"type": "content_block_delta", "index": 0, "delta": 5}),
+    "text-int": orjson.dumps({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": 5}}),
+    "usage-lots": orjson.dumps({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": "lots"}),
+}
+# Whole 200 bodies that are not a valid answer, by case name.
+ODD_BODIES: dict[str, bytes] = {
+    "body-text": b"hello, I am not JSON",
+    "body-truncated": b'{"id": "chatcmpl-odd", "choices": [{"index": 0, "message": {"role": "assistant", "content": "The ans',
+    "body-empty": b"",
+    "body-list": b"[1, 2, 3]",
+    "body-choices-x": orjson.dumps({"id": "x", "choices": "x"}),
+    "body-content-int": orjson.dumps({"id": "x", "choices": [{"index": 0, "message": {"role": "assistant", "content": 5}}]}),
+    "body-tool-function": orjson.dumps({"id": "x", "choices": [{"index": 0, "message": {
+        "role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": 5}]},
+        "finish_reason": "tool_calls"}]}),
+    "body-usage-lots": orjson.dumps({"id": "x", "choices": [], "usage": "lots"}),
+}
 
 
 def _pieces(text: str, words: int = 3) -> list[str]:
@@ -209,9 +250,31 @@ class UpstreamStub:
         events = [b"data: " + orjson.dumps(c) + b"\n\n" for c in chunks] + [b"data: [DONE]\n\n"]
         return await self._sse(request, events, 0.0)
 
+    async def _odd(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        """A malformed answer (``*-odd-CASE``): see ``ODD_CHUNKS``, ``ODD_EVENTS`` and ``ODD_BODIES``."""
+        case = body["model"].split("-odd-", 1)[1]
+        if case in ODD_BODIES:
+            return web.Response(status=200, body=ODD_BODIES[case], content_type="application/json")
+        if body["model"].startswith("claude-"):
+            def ev(data: bytes) -> bytes:
+                return b"event: " + (orjson.loads(data).get("type", "x") if data.startswith(b"{") else "x").encode() + b"\ndata: " + data + b"\n\n"
+            start = orjson.dumps({"type": "message_start", "message": {"id": "msg_odd", "type": "message", "role": "assistant",
+                                  "model": body["model"], "content": [], "usage": {"input_tokens": 3, "output_tokens": 0}}})
+            block = orjson.dumps({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
+            good = orjson.dumps({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hi"}})
+            tail = [orjson.dumps({"type": "content_block_stop", "index": 0}),
+                    orjson.dumps({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 1}}),
+                    orjson.dumps({"type": "message_stop"})]
+            return await self._sse(request, [ev(e) for e in (start, block, good, ODD_EVENTS[case], *tail)], 0.0)
+        good = _chunk(choices=[{"index": 0, "delta": {"role": "assistant", "content": "Hi"}, "finish_reason": None}])
+        end = _chunk(choices=[{"index": 0, "delta": {}, "finish_reason": "stop"}])
+        return await self._sse(request, [b"data: " + c + b"\n\n" for c in (good, ODD_CHUNKS[case], end)] + [b"data: [DONE]\n\n"], 0.0)
+
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await self._record(request)
         model = body["model"]
+        if "-odd-" in model:
+            return await self._odd(request, body)
         tool_answer = self._tool_calls(body)
         if tool_answer is not None:
             return await self._chat_with_tools(request, body, *tool_answer)
@@ -279,6 +342,8 @@ class UpstreamStub:
     async def messages(self, request: web.Request) -> web.StreamResponse:
         body = await self._record(request)
         model = body["model"]
+        if "-odd-" in model:
+            return await self._odd(request, body)
         text = "".join(ANSWER_WORDS)
         thinking = REASONING_STEPS if model.endswith("reasoning-steps") else None
         if body.get("stream"):

@@ -61,6 +61,7 @@ from distillguard.gateway.upstream_http import (
     UpstreamClient,
     UpstreamDisconnected,
     UpstreamError,
+    UpstreamProtocolError,
     UpstreamResponse,
     UpstreamUnreachable,
 )
@@ -102,6 +103,7 @@ class _Exchange:
     __slots__ = (
         "endpoint", "protocol", "started", "key", "payload", "model", "status", "summary", "error",
         "signals", "decision", "watermark_key", "request_id", "peer", "headers", "ts", "translated", "finished",
+        "streaming",
     )
 
     def __init__(self, endpoint: str, protocol: str, scope: Scope) -> None:
@@ -120,6 +122,7 @@ class _Exchange:
         self.watermark_key: str | None = None
         self.translated = False  # Anthropic caller, OpenAI upstream
         self.finished = False  # the whole response has been handed to the server
+        self.streaming = False  # a stream's status line has gone out: errors now end it in-band
         self.request_id = new_request_id()
         client = scope.get("client")
         self.peer = client[0] if client else None
@@ -313,7 +316,7 @@ class Gateway:
             lease = self.limiter.acquire(key, throttle_rpm)
             await self._forward(ex, upstream, upstream_path, body, scope, receive, send)
         except GatewayError as exc:
-            ex.status, ex.error = exc.status, exc.code
+            ex.status, ex.error = exc.status, exc.event_error
             log.warning("%s %s → %d %s: %s", scope["method"], scope["path"], exc.status, exc.code, exc.message)
             headers = list(JSON_HEADERS)
             if exc.retry_after is not None:
@@ -328,13 +331,16 @@ class Gateway:
             ex.status, ex.error = 500, f"internal_error: {type(exc).__name__}"
             log.exception("%s %s: internal error", scope["method"], scope["path"])
             with contextlib.suppress(Exception):
-                await self._respond(send, 500, error_body(protocol, 500, "The gateway failed to handle this request.", "internal_error"))
+                if ex.streaming:  # the status line is out: end the stream with an in-band error
+                    await self._end_stream_with_error(ex, send, 500, "The gateway failed to handle this request.")
+                else:
+                    await self._respond(send, 500, error_body(protocol, 500, "The gateway failed to handle this request.", "internal_error"))
         finally:
             self.metrics.in_flight -= 1
             if lease is not None:
                 lease.release(ex.summary.total_tokens() if ex.summary is not None else 0)
             self.metrics.observe(endpoint, ex.status, time.perf_counter() - ex.started)
-            self._emit(ex)
+            self._emit_safely(ex)
 
     def _prepare_upstream_body(self, ex: _Exchange, upstream: Upstream, body: bytes) -> tuple[bytes, bool]:
         """The bytes to send upstream and whether the stream must be translated OpenAI → Anthropic."""
@@ -424,7 +430,7 @@ class Gateway:
                 ex.finished = True
         except (UpstreamUnreachable, UpstreamDisconnected) as exc:
             self.metrics.upstream_errors[(upstream.name, "connect")] += 1
-            if ex.summary is not None:  # the stream had started: end it with an in-band error event
+            if ex.streaming:  # the stream had started: end it with an in-band error event
                 ex.status, ex.error = 502, "upstream_disconnected_mid_stream"
                 log.warning("upstream %s dropped mid-stream: %s", upstream.name, exc)
                 await self._end_stream_with_error(ex, send, 502, "The upstream model server dropped the stream.")
@@ -432,7 +438,7 @@ class Gateway:
             raise GatewayError(502, f"The upstream model server '{upstream.name}' could not be reached ({type(exc).__name__}).", "upstream_unreachable") from None
         except TimeoutError:
             self.metrics.upstream_errors[(upstream.name, "timeout")] += 1
-            if ex.summary is not None:
+            if ex.streaming:
                 ex.status, ex.error = 504, "upstream_timeout_mid_stream"
                 log.warning("upstream %s timed out mid-stream", upstream.name)
                 await self._end_stream_with_error(ex, send, 504, "The upstream model server stopped sending.")
@@ -440,11 +446,15 @@ class Gateway:
             raise GatewayError(504, f"The upstream model server '{upstream.name}' did not answer within {upstream.settings.timeout_s:g}s.", "upstream_timeout") from None
         except UpstreamBadResponse as exc:
             self.metrics.upstream_errors[(upstream.name, "payload")] += 1
-            if ex.summary is not None:
-                ex.status, ex.error = 502, "upstream_payload_error"
-                await self._end_stream_with_error(ex, send, 502, "The upstream model server sent a broken stream.")
+            what = "upstream_protocol_error" if isinstance(exc, UpstreamProtocolError) else "upstream_bad_response"
+            log.warning("upstream %s broke the protocol for %s (%s): %s", upstream.name, ex.endpoint,
+                        "mid-stream" if ex.streaming else "before answering", exc)
+            if ex.streaming:
+                ex.status, ex.error = 502, f"{what}: {exc}"
+                await self._end_stream_with_error(ex, send, 502, f"The upstream model server sent a broken stream ({exc}).")
                 return
-            raise GatewayError(502, f"The upstream model server '{upstream.name}' sent a broken response ({exc}).", "upstream_bad_response") from None
+            raise GatewayError(502, f"The upstream model server '{upstream.name}' sent a broken response ({exc}).", what,
+                               detail=str(exc)) from None
 
     @staticmethod
     async def _end_stream_with_error(ex: _Exchange, send: Send, status: int, message: str) -> None:
@@ -460,6 +470,7 @@ class Gateway:
         ex.summary = reader.summary
         translator = StreamTranslator(ex.model or "", estimate_prompt_tokens(ex.endpoint, ex.payload or {})) if translate else None
         ex.status = 200
+        ex.streaming = True
         await send({"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, (b"x-request-id", ex.request_id.encode())]})
         tail = b""
         while (chunk := await resp.next_chunk()) is not None:
@@ -476,37 +487,38 @@ class Gateway:
             rest = translator.feed(rest) + translator.finish()
             if translator.stop_reason == "tool_use":  # the event records what the client was told
                 reader.summary.finish_reason = "tool_calls"
+        if reader.summary.upstream_error is not None:  # relayed as sent; the event says the answer ended in an error
+            ex.error = f"upstream_stream_error: {reader.summary.upstream_error}"
+            log.warning("stream for %s ended with an error from the upstream: %s", ex.endpoint, reader.summary.upstream_error)
         await send({"type": "http.response.body", "body": tail + rest, "more_body": False})
 
     async def _relay_body(
         self, ex: _Exchange, upstream: Upstream, status: int, content_type: str, raw: bytes, translate: bool, reasoning: str, send: Send
     ) -> None:
-        ex.status = status
         if status >= 400:
+            ex.status = status
             await self._relay_error(ex, upstream, status, content_type, raw, translate, send)
             return
-        summary = ex.summary = ResponseSummary()
-        out = raw
-        try:
-            parsed = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            parsed = None
-        if isinstance(parsed, dict):
-            strip, summarize = reasoning != "keep", reasoning == "summarize"
-            if ex.protocol == "anthropic" and not translate:
-                changed = summarise_anthropic(parsed, summary, strip_reasoning=strip, summarize_reasoning=summarize)
-            else:
-                changed = summarise_openai(parsed, summary, strip_reasoning=strip, summarize_reasoning=summarize)
-            if translate:
-                parsed = openai_to_anthropic_response(parsed, ex.model or "")
-                if parsed["stop_reason"] == "tool_use":  # the event records what the client was told
-                    summary.finish_reason = "tool_calls"
-                if strip and not summarize:  # summarised: the thinking block carries the summary
-                    parsed["content"] = [b for b in parsed["content"] if b["type"] != "thinking"]
-                changed = True
-            if changed:
-                out = orjson.dumps(parsed)
+        parsed = json_object(raw)
+        if parsed is None:  # a 2xx answer to an API call is always a JSON object
+            raise UpstreamProtocolError("body", "a JSON object", got=_body_kind(raw))
+        summary = ResponseSummary()
+        strip, summarize = reasoning != "keep", reasoning == "summarize"
+        if ex.protocol == "anthropic" and not translate:
+            changed = summarise_anthropic(parsed, summary, strip_reasoning=strip, summarize_reasoning=summarize)
+        else:
+            changed = summarise_openai(parsed, summary, strip_reasoning=strip, summarize_reasoning=summarize)
+        if translate:
+            parsed = openai_to_anthropic_response(parsed, ex.model or "")
+            if parsed["stop_reason"] == "tool_use":  # the event records what the client was told
+                summary.finish_reason = "tool_calls"
+            if strip and not summarize:  # summarised: the thinking block carries the summary
+                parsed["content"] = [b for b in parsed["content"] if b["type"] != "thinking"]
+            changed = True
+        ex.summary = summary
+        out = orjson.dumps(parsed) if changed else raw
         headers = [(b"content-type", content_type.encode() or b"application/json"), (b"x-request-id", ex.request_id.encode())]
+        ex.status = status
         await self._respond(send, status, out, headers)
 
     async def _relay_error(
@@ -541,6 +553,27 @@ class Gateway:
         await self._respond(send, 200, orjson.dumps({"input_tokens": ex.summary.prompt_tokens}))
 
     # -- events -----------------------------------------------------------------------------
+    def _emit_safely(self, ex: _Exchange) -> None:
+        """:meth:`_emit`, and if building the event fails (a bug), a minimal event instead: none is ever dropped."""
+        try:
+            self._emit(ex)
+        except Exception as exc:
+            log.exception("building the event of %s failed; a minimal event is stored instead", ex.request_id)
+            key = ex.key
+            event = {
+                "v": 1, "ts": ex.ts, "request_id": ex.request_id, "account_id": key.account_id if key else None,
+                "key_id": key.key_id if key else None, "org_id": key.org_id if key else None, "endpoint": ex.endpoint,
+                "model": ex.model if isinstance(ex.model, str) else None,
+                "client": {"ip": ex.peer, "user_agent": None, "header_fp": None, "geo": {"country": None, "asn": None, "hosting": None}},
+                "attestation": None, "request": {"system": None, "messages": [], "params": {}},
+                "response": {"status": ex.status, "text": None, "reasoning_chars": 0, "prompt_tokens": None, "completion_tokens": None,
+                             "finish_reason": None, "latency_ms": round((time.perf_counter() - ex.started) * 1000, 2),
+                             "error": ex.error or f"event_error: {type(exc).__name__}"},
+                "policy": {"action": "allow", "rule": None}, "watermark": {"key_id": ex.watermark_key},
+            }
+            if self.sink is not None:
+                self.sink.submit(event)
+
     def _emit(self, ex: _Exchange) -> None:
         key = ex.key
         summary = ex.summary
@@ -721,6 +754,17 @@ class _DisconnectWatcher:
             self._unregister()
         elif self._watch is not None and not self._watch.done():
             self._watch.cancel()
+
+
+def _body_kind(raw: bytes) -> str:
+    """How an upstream body that should have been a JSON object looks, for the error (not its text: it may echo secrets)."""
+    if not raw.strip():
+        return "an empty body"
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return f"{len(raw)} bytes that are not JSON (truncated or not JSON at all)"
+    return "a JSON " + type(value).__name__.replace("dict", "object").replace("NoneType", "null")
 
 
 def _header_value(value: bytes) -> bytes:

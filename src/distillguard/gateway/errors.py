@@ -59,9 +59,15 @@ class GatewayError(Exception):
     message: str
     code: str
     retry_after: float | None = None
+    detail: str | None = None  # what the event records beyond the code (e.g. which upstream field broke)
 
     def __str__(self) -> str:
         return f"{self.status} {self.code}: {self.message}"
+
+    @property
+    def event_error(self) -> str:
+        """The event's ``response.error``: the code, and the detail when there is one."""
+        return self.code if self.detail is None else f"{self.code}: {self.detail}"
 
 
 def error_type(protocol: str, status: int) -> str:

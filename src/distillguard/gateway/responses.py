@@ -19,6 +19,16 @@ from typing import Any
 
 import orjson
 
+from distillguard.gateway.shapes import (
+    check_tool_calls,
+    expect_dict,
+    expect_list,
+    opt_count,
+    opt_dict,
+    opt_str,
+)
+from distillguard.gateway.upstream_http import UpstreamProtocolError
+
 __all__ = [
     "SUMMARY_MAX_CHARS",
     "AnthropicStreamReader",
@@ -85,7 +95,8 @@ def reasoning_summary(reasoning: str, limit: int = SUMMARY_MAX_CHARS) -> str:
 
 
 class ResponseSummary:
-    __slots__ = ("text_parts", "reasoning_chars", "finish_reason", "prompt_tokens", "completion_tokens", "stripped_chars")
+    __slots__ = ("text_parts", "reasoning_chars", "finish_reason", "prompt_tokens", "completion_tokens", "stripped_chars",
+                 "upstream_error")
 
     def __init__(self) -> None:
         self.text_parts: list[str] = []
@@ -94,6 +105,7 @@ class ResponseSummary:
         self.prompt_tokens: int | None = None
         self.completion_tokens: int | None = None
         self.stripped_chars = 0
+        self.upstream_error: str | None = None  # an error the upstream reported inside a stream (its type)
 
     @property
     def text(self) -> str:
@@ -114,18 +126,20 @@ def summarise_openai(
     is removed or, with ``summarize_reasoning`` too, replaced by its :func:`reasoning_summary`.
     """
     changed = False
-    for choice in body.get("choices") or []:
-        message = choice.get("message")
+    choices = body.get("choices")
+    for i, choice in enumerate(expect_list(choices, "choices") if choices is not None else ()):
+        expect_dict(choice, f"choices.{i}")
+        message = opt_dict(choice.get("message"), f"choices.{i}.message")
         if message is not None:
-            if message.get("content"):
-                summary.text_parts.append(str(message["content"]))
-            reasoning = message.get("reasoning_content") or message.get("reasoning")
+            content, reasoning = _content_and_reasoning(message, i, "message")
+            if content:
+                summary.text_parts.append(content)
             if reasoning:
                 summary.reasoning_chars += len(reasoning)
                 if strip_reasoning:
                     summary.stripped_chars += len(reasoning)
                     if summarize_reasoning:
-                        short = reasoning_summary(str(reasoning))
+                        short = reasoning_summary(reasoning)
                         for key in ("reasoning_content", "reasoning"):
                             if message.get(key):
                                 message[key] = short
@@ -133,13 +147,35 @@ def summarise_openai(
                         message.pop("reasoning_content", None)
                         message.pop("reasoning", None)
                     changed = True
-        elif choice.get("text") is not None:
-            summary.text_parts.append(str(choice["text"]))
-        summary.finish_reason = summary.finish_reason or choice.get("finish_reason")
-    usage = body.get("usage") or {}
-    summary.prompt_tokens = usage.get("prompt_tokens", summary.prompt_tokens)
-    summary.completion_tokens = usage.get("completion_tokens", summary.completion_tokens)
+        else:
+            text = opt_str(choice.get("text"), f"choices.{i}.text")
+            if text is not None:
+                summary.text_parts.append(text)
+        summary.finish_reason = summary.finish_reason or opt_str(choice.get("finish_reason"), f"choices.{i}.finish_reason")
+    usage = opt_dict(body.get("usage"), "usage") or {}
+    summary.prompt_tokens = opt_count(usage.get("prompt_tokens", summary.prompt_tokens), "usage.prompt_tokens")
+    summary.completion_tokens = opt_count(usage.get("completion_tokens", summary.completion_tokens), "usage.completion_tokens")
     return changed
+
+
+def _content_and_reasoning(part: dict[str, Any], i: int, name: str) -> tuple[str | None, str | None]:
+    """An OpenAI ``message`` or stream ``delta``: its text and reasoning, with its ``tool_calls`` checked.
+
+    The field path for an error (``choices.0.delta.content``) is only built when a check fails.
+    """
+    text = part.get("content")
+    if text is not None and type(text) is not str:
+        raise UpstreamProtocolError(f"choices.{i}.{name}.content", "a string", text)
+    reasoning = part.get("reasoning_content")
+    if reasoning is not None and type(reasoning) is not str:
+        raise UpstreamProtocolError(f"choices.{i}.{name}.reasoning_content", "a string", reasoning)
+    other = part.get("reasoning")
+    if other is not None and type(other) is not str:
+        raise UpstreamProtocolError(f"choices.{i}.{name}.reasoning", "a string", other)
+    calls = part.get("tool_calls")
+    if calls is not None:
+        check_tool_calls(calls, f"choices.{i}.{name}.tool_calls")
+    return text, reasoning or other
 
 
 def summarise_anthropic(
@@ -154,26 +190,27 @@ def summarise_anthropic(
     """
     changed = False
     kept = []
-    for block in body.get("content") or []:
-        kind = block.get("type")
+    content = body.get("content")
+    for i, block in enumerate(expect_list(content, "content") if content is not None else ()):
+        kind = opt_str(expect_dict(block, f"content.{i}").get("type"), f"content.{i}.type")
         if kind == "text":
-            summary.text_parts.append(block.get("text", ""))
+            summary.text_parts.append(opt_str(block.get("text"), f"content.{i}.text") or "")
         elif kind == "thinking":
-            summary.reasoning_chars += len(block.get("thinking", ""))
+            thinking = opt_str(block.get("thinking"), f"content.{i}.thinking") or ""
+            summary.reasoning_chars += len(thinking)
             if strip_reasoning:
-                summary.stripped_chars += len(block.get("thinking", ""))
+                summary.stripped_chars += len(thinking)
                 changed = True
                 if not summarize_reasoning:
                     continue
-                thinking = str(block.get("thinking") or "")
                 block = {**block, "thinking": reasoning_summary(thinking) if thinking else "", "signature": ""}
         kept.append(block)
     if changed:
         body["content"] = kept
-    summary.finish_reason = body.get("stop_reason")
-    usage = body.get("usage") or {}
-    summary.prompt_tokens = usage.get("input_tokens")
-    summary.completion_tokens = usage.get("output_tokens")
+    summary.finish_reason = opt_str(body.get("stop_reason"), "stop_reason")
+    usage = opt_dict(body.get("usage"), "usage") or {}
+    summary.prompt_tokens = opt_count(usage.get("input_tokens"), "usage.input_tokens")
+    summary.completion_tokens = opt_count(usage.get("output_tokens"), "usage.output_tokens")
     return changed
 
 
@@ -248,12 +285,7 @@ class _SSEReader(ABC):
         raw = b"\n".join(data)
         if raw == b"[DONE]":
             return b"".join(self._sse(payload) for payload in self._pending_summaries()) + original
-        try:
-            payload = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            return original
-        if not isinstance(payload, dict):
-            return original
+        payload = _payload(raw)
         self._read(payload, rewrite=False)
         replacement = self._summarise(payload)
         if replacement is None:
@@ -295,24 +327,36 @@ class _SSEReader(ABC):
                 self._on_data(payload.strip(), rewrite=False)
             return
         for value in values:
-            if isinstance(value, dict):
-                self._read(value, rewrite=False)
+            if type(value) is not dict:
+                raise UpstreamProtocolError("data", "a JSON object", value)
+            self._read(value, rewrite=False)
 
     def _on_data(self, data: bytes, *, rewrite: bool) -> bytes | None:
         """Read one SSE ``data:`` payload; return a rewritten payload, or None to keep it."""
         if not data or data == b"[DONE]":
             return None
-        try:
-            payload = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return None
-        if not isinstance(payload, dict):
-            return None
+        payload = _payload(data)
         return orjson.dumps(payload) if self._read(payload, rewrite=rewrite) else None
 
     @abstractmethod
     def _read(self, payload: dict[str, Any], *, rewrite: bool) -> bool:
-        """Take what the event log needs from one event; with ``rewrite``, strip reasoning in place. True if changed."""
+        """Take what the event log needs from one event; with ``rewrite``, strip reasoning in place. True if changed.
+
+        Raises :class:`UpstreamProtocolError` for a field of the wrong type: it
+        checks every field the reader (and the summariser and the translator
+        after it) will use.
+        """
+
+
+def _payload(data: bytes) -> dict[str, Any]:
+    """One ``data:`` payload as an object; anything else is a broken stream (every known server sends one JSON object per line)."""
+    try:
+        payload = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise UpstreamProtocolError("data", "a JSON object", got="text that is not JSON") from None
+    if type(payload) is not dict:
+        raise UpstreamProtocolError("data", "a JSON object", payload)
+    return payload
 
 
 class OpenAIStreamReader(_SSEReader):
@@ -351,6 +395,8 @@ class OpenAIStreamReader(_SSEReader):
             if not isinstance(choice, dict):
                 continue
             index = choice.get("index", 0)
+            if type(index) is not int:  # held-back reasoning is keyed by it
+                raise UpstreamProtocolError("choices.index", "an integer", index)
             delta = choice.get("delta")
             if isinstance(delta, dict):
                 key = "reasoning_content" if delta.get("reasoning_content") else "reasoning"
@@ -381,13 +427,21 @@ class OpenAIStreamReader(_SSEReader):
     def _read(self, payload: dict[str, Any], *, rewrite: bool) -> bool:
         summary = self.summary
         changed = False
-        for choice in payload.get("choices") or []:
+        choices = payload.get("choices")
+        if choices is None:
+            choices = ()
+        elif type(choices) is not list:
+            raise UpstreamProtocolError("choices", "a list", choices)
+        for i, choice in enumerate(choices):
+            if type(choice) is not dict:
+                raise UpstreamProtocolError(f"choices.{i}", "an object", choice)
             delta = choice.get("delta")
             if delta is not None:
-                text = delta.get("content")
+                if type(delta) is not dict:
+                    raise UpstreamProtocolError(f"choices.{i}.delta", "an object", delta)
+                text, reasoning = _content_and_reasoning(delta, i, "delta")
                 if text:
                     summary.text_parts.append(text)
-                reasoning = delta.get("reasoning_content") or delta.get("reasoning")
                 if reasoning:
                     summary.reasoning_chars += len(reasoning)
                     if rewrite:
@@ -395,14 +449,29 @@ class OpenAIStreamReader(_SSEReader):
                         delta.pop("reasoning_content", None)
                         delta.pop("reasoning", None)
                         changed = True
-            elif choice.get("text"):
-                summary.text_parts.append(choice["text"])
-            if choice.get("finish_reason"):
-                summary.finish_reason = choice["finish_reason"]
+            else:
+                text = choice.get("text")
+                if text is not None:
+                    if type(text) is not str:
+                        raise UpstreamProtocolError(f"choices.{i}.text", "a string", text)
+                    if text:
+                        summary.text_parts.append(text)
+            finish = choice.get("finish_reason")
+            if finish is not None:
+                if type(finish) is not str:
+                    raise UpstreamProtocolError(f"choices.{i}.finish_reason", "a string", finish)
+                if finish:
+                    summary.finish_reason = finish
         usage = payload.get("usage")
-        if usage:
-            summary.prompt_tokens = usage.get("prompt_tokens")
-            summary.completion_tokens = usage.get("completion_tokens")
+        if usage is not None:
+            if type(usage) is not dict:
+                raise UpstreamProtocolError("usage", "an object", usage)
+            if usage:
+                summary.prompt_tokens = opt_count(usage.get("prompt_tokens"), "usage.prompt_tokens")
+                summary.completion_tokens = opt_count(usage.get("completion_tokens"), "usage.completion_tokens")
+        error = payload.get("error")
+        if error is not None:  # vLLM and others report a failure mid-stream as a chunk with an error object
+            summary.upstream_error = _error_type(error)
         return changed
 
 
@@ -471,24 +540,64 @@ class AnthropicStreamReader(_SSEReader):
         kind = payload.get("type")
         summary = self.summary
         if kind == "content_block_delta":
-            delta = payload.get("delta") or {}
-            if delta.get("type") == "text_delta":
-                summary.text_parts.append(delta.get("text", ""))
-            elif delta.get("type") == "thinking_delta":
-                summary.reasoning_chars += len(delta.get("thinking", ""))
+            _check_index(payload)
+            delta = payload.get("delta")
+            if type(delta) is not dict:
+                raise UpstreamProtocolError("content_block_delta.delta", "an object", delta)
+            delta_type = delta.get("type")
+            if delta_type == "text_delta":
+                text = delta.get("text")
+                if type(text) is not str:
+                    raise UpstreamProtocolError("text_delta.text", "a string", text)
+                summary.text_parts.append(text)
+            elif delta_type == "thinking_delta":
+                thinking = delta.get("thinking")
+                if type(thinking) is not str:
+                    raise UpstreamProtocolError("thinking_delta.thinking", "a string", thinking)
+                summary.reasoning_chars += len(thinking)
                 if rewrite:
-                    summary.stripped_chars += len(delta.get("thinking", ""))
+                    summary.stripped_chars += len(thinking)
                     delta["thinking"] = ""
                     return True
-            elif delta.get("type") == "signature_delta" and rewrite:
+            elif delta_type == "signature_delta" and rewrite:
                 delta["signature"] = ""
                 return True
+        elif kind == "content_block_start":
+            _check_index(payload)
+            block = expect_dict(payload.get("content_block"), "content_block_start.content_block")
+            if block.get("type") == "thinking":
+                opt_str(block.get("thinking"), "content_block_start.content_block.thinking")
+        elif kind == "content_block_stop":
+            _check_index(payload)
         elif kind == "message_start":
-            usage = (payload.get("message") or {}).get("usage") or {}
-            summary.prompt_tokens = usage.get("input_tokens")
+            message = expect_dict(payload.get("message"), "message_start.message")
+            usage = opt_dict(message.get("usage"), "message_start.message.usage") or {}
+            summary.prompt_tokens = opt_count(usage.get("input_tokens"), "message_start.message.usage.input_tokens")
         elif kind == "message_delta":
-            summary.finish_reason = (payload.get("delta") or {}).get("stop_reason")
-            usage = payload.get("usage") or {}
-            if usage.get("output_tokens") is not None:
-                summary.completion_tokens = usage["output_tokens"]
+            delta = opt_dict(payload.get("delta"), "message_delta.delta") or {}
+            summary.finish_reason = opt_str(delta.get("stop_reason"), "message_delta.delta.stop_reason")
+            usage = opt_dict(payload.get("usage"), "message_delta.usage") or {}
+            output_tokens = opt_count(usage.get("output_tokens"), "message_delta.usage.output_tokens")
+            if output_tokens is not None:
+                summary.completion_tokens = output_tokens
+        elif kind == "error":
+            summary.upstream_error = _error_type(payload.get("error"))
+        elif type(kind) is not str:
+            raise UpstreamProtocolError("type", "a string", kind)
         return False
+
+
+def _check_index(payload: dict[str, Any]) -> None:
+    index = payload.get("index")
+    if type(index) is not int:
+        raise UpstreamProtocolError(f"{payload.get('type')}.index", "an integer", index)
+
+
+def _error_type(error: Any) -> str:
+    """What an in-stream error object calls itself (its ``type`` or ``code``), for the event; never its whole text."""
+    if isinstance(error, dict):
+        for key in ("type", "code"):
+            value = error.get(key)
+            if isinstance(value, str | int) and not isinstance(value, bool):
+                return str(value)[:64]
+    return "error"

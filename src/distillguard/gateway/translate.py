@@ -19,6 +19,14 @@ from typing import Any
 import orjson
 
 from distillguard.gateway.errors import GatewayError
+from distillguard.gateway.shapes import (
+    check_tool_calls,
+    expect_dict,
+    expect_list,
+    opt_count,
+    opt_dict,
+    opt_str,
+)
 
 __all__ = ["StreamTranslator", "anthropic_stop_reason", "anthropic_to_openai_request", "openai_to_anthropic_response"]
 
@@ -220,28 +228,40 @@ def _tool_input(arguments: Any) -> dict[str, Any]:
 
 
 def openai_to_anthropic_response(body: dict[str, Any], model: str) -> dict[str, Any]:
-    choice = (body.get("choices") or [{}])[0]
-    message = choice.get("message") or {}
+    """A whole OpenAI chat completion as an Anthropic message.
+
+    Raises :class:`UpstreamProtocolError` when a field it uses has the wrong
+    type (the gateway answers 502), never anything else.
+    """
+    choices = body.get("choices")
+    choices = expect_list(choices, "choices") if choices is not None else []
+    choice = expect_dict(choices[0], "choices.0") if choices else {}
+    message = opt_dict(choice.get("message"), "choices.0.message") or {}
     content: list[dict[str, Any]] = []
-    if message.get("reasoning_content"):
-        content.append({"type": "thinking", "thinking": message["reasoning_content"], "signature": ""})
-    calls = [c for c in message.get("tool_calls") or [] if isinstance(c, dict)]
-    if message.get("content") or not calls:
-        content.append({"type": "text", "text": message.get("content") or ""})
+    reasoning = opt_str(message.get("reasoning_content"), "choices.0.message.reasoning_content")
+    if reasoning:
+        content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
+    raw_calls = message.get("tool_calls")
+    calls = check_tool_calls(raw_calls, "choices.0.message.tool_calls") if raw_calls is not None else []
+    text = opt_str(message.get("content"), "choices.0.message.content")
+    if text or not calls:
+        content.append({"type": "text", "text": text or ""})
     for call in calls:
         function = call.get("function") or {}
         content.append({"type": "tool_use", "id": call.get("id") or _tool_use_id(), "name": function.get("name") or "",
                         "input": _tool_input(function.get("arguments"))})
-    usage = body.get("usage") or {}
+    usage = opt_dict(body.get("usage"), "usage") or {}
+    upstream_model = body.get("model")
     return {
         "id": _message_id(),
         "type": "message",
         "role": "assistant",
-        "model": body.get("model") or model,
+        "model": upstream_model if isinstance(upstream_model, str) and upstream_model else model,
         "content": content,
-        "stop_reason": _stop_reason(choice.get("finish_reason"), bool(calls)),
+        "stop_reason": _stop_reason(opt_str(choice.get("finish_reason"), "choices.0.finish_reason"), bool(calls)),
         "stop_sequence": None,
-        "usage": {"input_tokens": usage.get("prompt_tokens", 0), "output_tokens": usage.get("completion_tokens", 0)},
+        "usage": {"input_tokens": opt_count(usage.get("prompt_tokens"), "usage.prompt_tokens") or 0,
+                  "output_tokens": opt_count(usage.get("completion_tokens"), "usage.completion_tokens") or 0},
     }
 
 
@@ -275,6 +295,10 @@ _Item = tuple[Any, ...]
 
 class StreamTranslator:
     """Turns an OpenAI chat-completions SSE stream into Anthropic Messages SSE events, chunk by chunk.
+
+    It is fed what :class:`~distillguard.gateway.responses.OpenAIStreamReader`
+    passed on, so every field it reads has already been type-checked (a wrong
+    one ended the stream there).
 
     ``message_start`` must be sent before the first content, but OpenAI streams
     report usage only in their last chunk; so ``message_start`` carries

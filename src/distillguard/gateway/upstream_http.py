@@ -41,6 +41,7 @@ __all__ = [
     "UpstreamClient",
     "UpstreamDisconnected",
     "UpstreamError",
+    "UpstreamProtocolError",
     "UpstreamResponse",
     "UpstreamUnreachable",
 ]
@@ -62,6 +63,30 @@ class UpstreamDisconnected(UpstreamError):
 
 class UpstreamBadResponse(UpstreamError):
     """The server's bytes are not valid HTTP/1.1."""
+
+
+class UpstreamProtocolError(UpstreamBadResponse):
+    """Valid HTTP, but not the API's shape: a body that is not JSON, or a field of the wrong type.
+
+    ``where`` names the field (``choices.0.delta.content``) so the event and
+    the log say exactly what broke; the gateway answers 502 (or ends a stream
+    that had started with an in-band error event).
+    """
+
+    def __init__(self, where: str, expected: str, value: object = None, *, got: str | None = None) -> None:
+        self.where = where
+        shown = got if got is not None else _kind(value)
+        super().__init__(f"{where}: expected {expected}, got {shown}")
+
+
+def _kind(value: object) -> str:
+    """A short description of a wrong value for an error message (never the value itself: it may be large)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    names = {int: "a number", float: "a number", str: "a string", list: "a list", dict: "an object", bytes: "bytes"}
+    return names.get(type(value), type(value).__name__)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,122 @@
+"""Odd upstream answers (issue #12, finding 15): however malformed, each ends as an API-shaped answer and exactly one event.
+
+Before: a non-string ``delta.content`` or a numeric ``finish_reason`` gave 200,
+a full stream and no event at all; ``delta: 5``, ``usage: "lots"``,
+``choices: [5]``, ``choices: "x"``, a numeric ``reasoning_content`` and a bad
+tool-call ``function`` crashed the response; a 200 whose body was not JSON,
+truncated or empty was relayed as 200 with an empty event. Now: 502 before a
+stream starts, an in-band error event after it has, and the event names the
+field that broke.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import orjson
+import pytest
+
+from tests.gateway_fixtures import RunningGateway, start_gateway
+from tests.upstream_stub import ODD_BODIES, ODD_CHUNKS, ODD_EVENTS, UpstreamStub
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory, stub: UpstreamStub) -> Iterator[RunningGateway]:
+    upstreams = [
+        {"name": "stub-anthropic", "base_url": stub.base_url, "protocol": "anthropic", "models": ["claude-*"], "timeout_s": 3},
+        {"name": "stub", "base_url": stub.base_url, "protocol": "openai", "models": ["*"], "timeout_s": 3},
+    ]
+    gw = start_gateway(tmp_path_factory.mktemp("odd"), upstreams=upstreams)
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture(scope="module")
+def secret(gateway: RunningGateway) -> str:
+    return str(gateway.create_key("odd")["secret"])
+
+
+def _events_of(gateway: RunningGateway, request_id: str) -> list[dict]:
+    gateway.event(request_id)  # waits for the writer
+    return [e for e in gateway.events() if e["request_id"] == request_id]
+
+
+def _openai_call(gateway: RunningGateway, secret: str, model: str, stream: bool) -> httpx.Response:
+    return httpx.post(gateway.base_url + "/chat/completions", headers={"Authorization": f"Bearer {secret}"},
+                      json={"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": stream}, timeout=10)
+
+
+def _anthropic_call(gateway: RunningGateway, secret: str, model: str, stream: bool) -> httpx.Response:
+    return httpx.post(gateway.base_url + "/messages", headers={"x-api-key": secret, "anthropic-version": "2023-06-01"},
+                      json={"model": model, "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}], "stream": stream},
+                      timeout=10)
+
+
+@pytest.mark.parametrize("case", sorted(ODD_CHUNKS))
+def test_a_broken_openai_stream_ends_in_band_with_one_event(gateway: RunningGateway, secret: str, case: str) -> None:
+    response = _openai_call(gateway, secret, f"stub-odd-{case}", stream=True)
+    assert response.status_code == 200  # the stream had started (the status line goes out before the first chunk)
+    frames = [f for f in response.content.split(b"\n\n") if f.strip()]
+    last = orjson.loads(frames[-1].removeprefix(b"data: "))
+    assert last["error"]["code"] == "upstream_stream_error" and last["error"]["type"] == "upstream_error"
+    assert b"[DONE]" not in response.content  # nothing after the break: the client sees an error, not a normal end
+    (event,) = _events_of(gateway, response.headers["x-request-id"])
+    assert event["response"]["status"] == 502
+    assert event["response"]["error"].startswith("upstream_protocol_error: ")
+    assert "broke the protocol" in gateway.log()
+
+
+@pytest.mark.parametrize("case", sorted(ODD_CHUNKS))
+def test_a_broken_stream_translated_for_an_anthropic_caller_ends_with_an_error_event(
+        gateway: RunningGateway, secret: str, case: str) -> None:
+    response = _anthropic_call(gateway, secret, f"stub-odd-{case}", stream=True)
+    assert response.status_code == 200
+    frames = [f for f in response.content.split(b"\n\n") if f.strip()]
+    assert frames[-1].startswith(b"event: error\ndata: ")
+    last = orjson.loads(frames[-1].split(b"data: ", 1)[1])
+    assert last["type"] == "error" and last["error"]["type"] == "api_error"
+    (event,) = _events_of(gateway, response.headers["x-request-id"])
+    assert event["response"]["status"] == 502 and event["response"]["error"].startswith("upstream_protocol_error: ")
+
+
+@pytest.mark.parametrize("case", sorted(ODD_EVENTS))
+def test_a_broken_anthropic_stream_ends_with_an_error_event(gateway: RunningGateway, secret: str, case: str) -> None:
+    response = _anthropic_call(gateway, secret, f"claude-odd-{case}", stream=True)
+    assert response.status_code == 200
+    frames = [f for f in response.content.split(b"\n\n") if f.strip()]
+    assert frames[-1].startswith(b"event: error\n")
+    assert b"message_stop" not in response.content
+    (event,) = _events_of(gateway, response.headers["x-request-id"])
+    assert event["response"]["status"] == 502 and event["response"]["error"].startswith("upstream_protocol_error: ")
+
+
+@pytest.mark.parametrize("case", sorted(ODD_BODIES))
+@pytest.mark.parametrize("caller", ["openai", "anthropic"])
+def test_a_broken_whole_answer_is_a_502_in_the_callers_shape(gateway: RunningGateway, secret: str, case: str, caller: str) -> None:
+    model = f"stub-odd-{case}"
+    if caller == "openai":
+        response = _openai_call(gateway, secret, model, stream=False)
+        assert response.status_code == 502
+        error = response.json()["error"]
+        assert error["code"] == "upstream_protocol_error" and error["type"] == "upstream_error"
+    else:  # translated from the OpenAI upstream's answer
+        response = _anthropic_call(gateway, secret, model, stream=False)
+        assert response.status_code == 502
+        body = response.json()
+        assert body["type"] == "error" and body["error"]["type"] == "api_error"
+        error = body["error"]
+    assert "broken response" in error["message"]
+    (event,) = _events_of(gateway, response.headers["x-request-id"])
+    assert event["response"]["status"] == 502
+    assert event["response"]["error"].startswith("upstream_protocol_error: ")
+    assert event["response"]["text"] is None
+
+
+def test_the_event_names_the_field_that_broke(gateway: RunningGateway, secret: str) -> None:
+    response = _openai_call(gateway, secret, "stub-odd-content-int", stream=True)
+    (event,) = _events_of(gateway, response.headers["x-request-id"])
+    assert event["response"]["error"] == "upstream_protocol_error: choices.0.delta.content: expected a string, got a number"
+    response = _openai_call(gateway, secret, "stub-odd-body-empty", stream=False)
+    (event,) = _events_of(gateway, response.headers["x-request-id"])
+    assert event["response"]["error"] == "upstream_protocol_error: body: expected a JSON object, got an empty body"
