@@ -85,3 +85,164 @@ def test_simulate_cli_writes_events_and_labels(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     labels = json.loads((tmp_path / "l.json").read_text())
     assert labels["seed"] == 5 and labels["events"] == sum(1 for _ in read_events([tmp_path / "e.jsonl.gz"]))
+
+
+# -- the robust family, its splits and account metadata ------------------------------------------------------------
+import collections  # noqa: E402
+import random  # noqa: E402
+import re  # noqa: E402
+
+from distillguard.sim.fleet import ARCHETYPES, sample_campaign  # noqa: E402
+from distillguard.sim.splits import load_wording, wording_strings  # noqa: E402
+
+ROBUST_SMALL = {"scale": 0.3, "sampled_campaigns": 2, "campaign_budget": 2500, "days": 4, "new_model_day": 2.0}
+
+
+@pytest.fixture(scope="module")
+def robust(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[list[dict], dict, list[dict]]]:
+    """A small robust world on each split (same seed): events, labels, account metadata."""
+    out: dict[str, tuple[list[dict], dict, list[dict]]] = {}
+    scenario = load_scenario("robust").model_copy(update=ROBUST_SMALL)
+    for split in ("dev", "test"):
+        base = tmp_path_factory.mktemp(f"robust_{split}")
+        _, labels = simulate(scenario, 7, base / "e.jsonl.gz", split=split, accounts_out=base / "accounts.jsonl")
+        metas = [json.loads(line) for line in (base / "accounts.jsonl").read_text().splitlines()]
+        out[split] = (list(read_events([base / "e.jsonl.gz"])), labels, metas)
+    return out
+
+
+def _by_population(events: list[dict], labels: dict) -> dict[str, list[dict]]:
+    grouped: dict[str, list[dict]] = collections.defaultdict(list)
+    for event in events:
+        grouped[labels["accounts"][event["account_id"]]["population"]].append(event)
+    return grouped
+
+
+def test_robust_has_every_hard_negative_population_and_campaign_archetype(robust: dict) -> None:
+    events, labels, _ = robust["dev"]
+    populations = {v["population"] for v in labels["accounts"].values()}
+    assert {"person", "coder", "learner", "night_owl", "vpn", "cloud_desktop", "early_adopter", "office", "eval_job", "light_app",
+            "relay_reseller", "reseller_classic"} <= populations
+    assert {c["archetype"] for c in labels["campaigns"].values()} == {"quiet_sweep", "sleeper_fleet", "imitates_people", "grader", "sampled"}
+    stamps = [parse_ts(e["ts"]) for e in events]
+    assert stamps == sorted(stamps)
+    assert {e["account_id"] for e in events} == set(labels["accounts"])
+
+
+def test_hard_negatives_behave_as_described(robust: dict) -> None:
+    events, labels, metas = robust["dev"]
+    grouped = _by_population(events, labels)
+    wording = load_wording("dev")
+    # Evaluation jobs: one burst of 500-1,500 single-turn prompts in a public CoT wrapper, from a data centre, within a day.
+    jobs: dict[str, list[dict]] = collections.defaultdict(list)
+    for event in grouped["eval_job"]:
+        jobs[event["account_id"]].append(event)
+    for job in jobs.values():
+        span = parse_ts(job[-1]["ts"]) - parse_ts(job[0]["ts"])
+        assert 500 <= len(job) <= 1_520 and span < 86_400
+        assert all(len(e["request"]["messages"]) == 1 and e["client"]["geo"]["hosting"] for e in job)
+        wrappers = {w for w in wording.public_cot_wrappers if all(_fits(w, e["request"]["messages"][0]["content"]) for e in job[-50:])}
+        assert len(wrappers) == 1
+    # Learners ask for explanations and follow up; night owls are active at local night.
+    learner = grouped["learner"]
+    assert sum(1 for e in learner if len(e["request"]["messages"]) > 1) / len(learner) > 0.2
+    # Offices: many accounts, one egress address, one org.
+    offices: dict[str, set[str]] = collections.defaultdict(set)
+    for event in grouped["office"]:
+        offices[event["org_id"]].add(event["client"]["ip"])
+    assert offices and all(len(ips) == 1 for ips in offices.values())
+    org_members = collections.Counter(m["org_id"] for m in metas if m["org_id"])
+    assert max(org_members.values()) >= 3
+    # VPN users: the address country disagrees with the attested timezone on some requests.
+    vpn = [e for e in grouped["vpn"] if e["attestation"]]
+    assert vpn and all(e["client"]["geo"]["hosting"] for e in grouped["vpn"])
+    # Light apps: one fixed system prompt, single turn.
+    apps: dict[str, set] = collections.defaultdict(set)
+    for event in grouped["light_app"]:
+        apps[event["account_id"]].add(event["request"]["system"])
+        assert len(event["request"]["messages"]) == 1
+    assert all(len(systems) == 1 for systems in apps.values())
+
+
+def _fits(template: str, text: str) -> bool:
+    head, _, tail = template.format(task="\x00").partition("\x00")
+    return text.startswith(head) and text.endswith(tail)
+
+
+def test_campaign_archetypes_follow_their_design(robust: dict) -> None:
+    events, labels, metas = robust["dev"]
+    grouped = _by_population(events, labels)
+    quiet = grouped["quiet_sweep"]
+    assert all(len(e["request"]["messages"]) == 1 and e["request"]["system"] is None for e in quiet)
+    assert len({e["client"]["ip"] for e in quiet}) > 0.9 * len(quiet)  # a new residential address per request
+    imitators = grouped["imitates_people"]
+    assert sum(e["request"]["params"]["stream"] for e in imitators) / len(imitators) > 0.7
+    assert all((e["attestation"] or {}).get("status") == "valid" for e in imitators)
+    installs = collections.defaultdict(set)
+    for event in imitators:
+        installs[event["account_id"]].add(event["attestation"]["install_id"])
+    assert all(len(i) == 1 for i in installs.values())
+    followups = set(sum(load_wording("dev").followups.values(), []))
+    assert any(e["request"]["messages"][-1]["content"] in followups for e in imitators if len(e["request"]["messages"]) > 1)
+    sleeper = [c for c in labels["campaigns"].values() if c["archetype"] == "sleeper_fleet"][0]
+    created = sorted(parse_ts(m["created_at"]) for m in metas if m["account_id"] in set(sleeper["accounts"]))
+    assert created[-1] - created[0] <= 6 * 3600  # created within hours of each other
+    asns = {e["client"]["geo"]["asn"] for e in grouped["sleeper_fleet"]}
+    assert len(asns) <= 3
+
+
+def test_sampled_campaigns_cover_the_space() -> None:
+    wording = load_wording("dev")
+    rng = random.Random(5)
+    drawn = [sample_campaign(rng, "sampled", wording, days=7, release_day=3.5, budget=1e12) for _ in range(300)]
+    assert all(5 <= c.accounts <= 500 and 2 <= c.rate <= 300 and 0 <= c.elicit <= 0.8 for c in drawn)
+    assert min(c.accounts for c in drawn) < 10 and max(c.accounts for c in drawn) > 250
+    assert {c.params for c in drawn} == {"benign", "pinned"}
+    for axis in ("timing", "network", "system", "wrappers", "creation", "payments", "email", "ua"):
+        assert len({getattr(c, axis) for c in drawn}) >= 2, axis
+    assert any(c.attest for c in drawn) and any(c.ban_replace for c in drawn) and any(c.pivot for c in drawn)
+    assert max(len(c.languages) for c in drawn) >= 8 and len(wording.languages) >= 8
+    capped = sample_campaign(random.Random(1), "sampled", wording, days=7, release_day=None, budget=500)
+    assert capped.expected_requests() <= 500 * 1.01 or capped.rate == 2.0
+    with pytest.raises(ValueError, match="archetype"):
+        sample_campaign(rng, "nonsense", wording, days=7, release_day=None)
+    assert "sampled" in ARCHETYPES
+
+
+def test_dev_and_test_share_no_wording_no_prompts_and_no_accounts(robust: dict) -> None:
+    dev, test = wording_strings(load_wording("dev")), wording_strings(load_wording("test"))
+    assert len(dev) > 150 and len(test) > 150
+    assert dev.isdisjoint(test), sorted(dev & test)[:5]
+    assert len(load_wording("test").languages) >= 8
+    seen: dict[str, set[str]] = {}
+    for split, (events, _labels, _) in robust.items():
+        seen[split] = {m["content"] for e in events for m in e["request"]["messages"] if m["role"] == "user"}
+        seen[split] |= {e["request"]["system"] for e in events if e["request"]["system"]}
+    assert len(seen["dev"]) > 2000 and not seen["dev"] & seen["test"]
+    assert set(robust["dev"][1]["accounts"]).isdisjoint(robust["test"][1]["accounts"])
+    assert robust["test"][1]["split"] == "test"
+
+
+def test_account_metadata_is_in_the_export_format_and_not_a_giveaway(robust: dict) -> None:
+    events, labels, metas = robust["dev"]
+    assert {m["account_id"] for m in metas} == set(labels["accounts"])
+    for meta in metas:
+        assert set(meta) == {"account_id", "name", "org_id", "created_at", "status", "attributes"}
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", meta["created_at"])
+        assert "email_domain" in meta["attributes"]
+        assert all(re.fullmatch(r"h1:[0-9a-f]{32}", v) for v in meta["attributes"].values())
+    domain_by_label: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for meta in metas:
+        domain_by_label[labels["accounts"][meta["account_id"]]["label"]][meta["attributes"]["email_domain"]] += 1
+    # The commonest campaign domain is a webmail domain benign people use too.
+    top_campaign_domain = domain_by_label["distiller"].most_common(1)[0][0]
+    assert domain_by_label["benign"][top_campaign_domain] > 10
+
+
+def test_simulate_cli_split_and_accounts_out(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "distillguard.cli", "simulate", "--scenario", "small", "--seed", "5", "--split", "test",
+                          "--out", str(tmp_path / "e.jsonl"), "--labels", str(tmp_path / "l.json")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    labels = json.loads((tmp_path / "l.json").read_text())
+    metas = (tmp_path / "l.accounts.jsonl").read_text().splitlines()
+    assert labels["split"] == "test" and len(metas) == len(labels["accounts"])

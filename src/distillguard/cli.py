@@ -109,10 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--seed", type=int, required=True)
     simulate.add_argument("--out", required=True, metavar="EVENTS.jsonl.gz")
     simulate.add_argument("--labels", required=True, metavar="LABELS.json")
+    simulate.add_argument("--split", choices=("dev", "test"), default="dev", help="dev (tune on it) or test (report it); default dev")
+    simulate.add_argument("--accounts-out", metavar="ACCOUNTS.jsonl",
+                          help="account metadata as `accounts export` writes it (default: beside LABELS, *.accounts.jsonl)")
 
     evaluate = _command(sub, "eval", "distillguard.sim.commands:eval_command", "detection metrics vs a baseline", reads_settings=False)
     evaluate.add_argument("--events", required=True, nargs="+", metavar="EVENTS")
     evaluate.add_argument("--labels", required=True, metavar="LABELS")
+    evaluate.add_argument("--accounts", metavar="ACCOUNTS.jsonl", help="account metadata for the scanner (as `scan --accounts`)")
     evaluate.add_argument("--json", action="store_true", help="print JSON for machines")
 
     watermark = sub.add_parser("watermark", help="provenance watermarks").add_subparsers(dest="action", metavar="ACTION")

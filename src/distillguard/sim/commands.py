@@ -10,19 +10,26 @@ from pathlib import Path
 
 from distillguard.exceptions import InputError
 
-__all__ = ["eval_command", "simulate_command"]
+__all__ = ["accounts_beside", "eval_command", "simulate_command"]
+
+
+def accounts_beside(labels: str) -> str:
+    """Where `simulate` puts account metadata by default: ``labels.json`` → ``labels.accounts.jsonl``."""
+    path = Path(labels)
+    return str(path.with_name(path.name.removesuffix(".json") + ".accounts.jsonl"))
 
 
 def simulate_command(args: argparse.Namespace) -> int:
     from distillguard.sim.scenarios import load_scenario, simulate
 
     scenario = load_scenario(args.scenario)
+    accounts_out = args.accounts_out or accounts_beside(args.labels)
     started = time.perf_counter()
-    count, labels = simulate(scenario, args.seed, args.out)
+    count, labels = simulate(scenario, args.seed, args.out, split=args.split, accounts_out=accounts_out)
     Path(args.labels).write_text(json.dumps(labels, indent=1))
     elapsed = time.perf_counter() - started
-    print(f"simulated {count} events for {len(labels['accounts'])} accounts ({scenario.name}, seed {args.seed}) "
-          f"in {elapsed:.1f}s → {args.out}, labels → {args.labels}", file=sys.stderr)
+    print(f"simulated {count} events for {len(labels['accounts'])} accounts ({scenario.name}, {args.split} split, seed {args.seed}) "
+          f"in {elapsed:.1f}s → {args.out}, labels → {args.labels}, accounts → {accounts_out}", file=sys.stderr)
     return 0
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 __all__ = ["PromptPools", "SWEEP_POOLS"]
 
 SWEEP_POOLS = ("gsm8k", "mbpp", "humaneval", "mmlu", "seed_tasks")
+_HUMANEVAL_FRAME = "Complete this Python function:\n\n"
 
 
 def _rows(name: str) -> Iterator[dict]:
@@ -87,7 +88,7 @@ class PromptPools:
         sweeps = {
             "gsm8k": [row["question"] for row in _rows("gsm8k_test.jsonl.gz")],
             "mbpp": [row["text"] for row in _rows("mbpp.jsonl.gz")],
-            "humaneval": [f"Complete this Python function:\n\n{row['prompt']}" for row in _rows("HumanEval.jsonl.gz")],
+            "humaneval": [_HUMANEVAL_FRAME + row["prompt"] for row in _rows("HumanEval.jsonl.gz")],
             "mmlu": [row["question"] + "\n" + "\n".join(f"{'ABCD'[i]}. {c}" for i, c in enumerate(row["choices"]))
                      for row in _rows("mmlu_stem_test.jsonl.gz")],
             "seed_tasks": [row["instruction"] for row in _rows("selfinstruct_seed_tasks.jsonl.gz")],
@@ -98,6 +99,33 @@ class PromptPools:
         for name, items in sweeps.items():
             pools.sweeps[name], pools.sweeps_held_out[name] = _split(items)
         _CACHE["pools"] = pools
+        return pools
+
+    @classmethod
+    def for_split(cls, split: str) -> PromptPools:
+        """The prompts of one split (``dev`` or ``test``): disjoint halves of every pool, cut by a keyed hash.
+
+        Conversations go by their first turn (branches of one OpenAssistant tree, and the same
+        question in two corpora, land on the same side); every other item by its own text. Both
+        halves of a pool also serve as its "held-out" half, so the older actors, which ask for
+        ``held_out`` prompts, stay inside the split.
+        """
+        cached = _CACHE.get(f"split:{split}")
+        if cached is not None:
+            return cached
+        full = cls.load()
+        want = split == "test"
+
+        def side(text: str) -> bool:
+            key = text.removeprefix(_HUMANEVAL_FRAME)  # a HumanEval task and the coders' copy of it go together
+            return hashlib.sha256(b"distillguard-split-v1|" + key.encode()).digest()[0] % 2 == 1
+
+        conversations = [c for c in full.conversations + full.conversations_held_out if side(c[0]) == want]
+        sweeps = {name: [t for t in full.sweeps[name] + full.sweeps_held_out[name] if side(t) == want] for name in full.sweeps}
+        pools = cls(conversations=conversations, conversations_held_out=conversations,
+                    answers=[a for a in full.answers if side(a) == want], coding=[c for c in full.coding if side(c) == want],
+                    sweeps=sweeps, sweeps_held_out=sweeps, eval_items=sweeps["mmlu"])
+        _CACHE[f"split:{split}"] = pools
         return pools
 
     def conversation(self, rng: random.Random, held_out: bool = False) -> list[str]:

@@ -30,7 +30,7 @@ from distillguard.sim.world import (
     user_agent,
 )
 
-__all__ = ["Actor", "BenignUser", "HeavyUser", "Reseller", "HydraCampaign", "TimedEvent"]
+__all__ = ["Actor", "BenignUser", "Client", "HeavyUser", "HydraCampaign", "Reseller", "TimedEvent", "excerpt", "home_client", "poisson"]
 
 DAY = 86_400.0
 TimedEvent = tuple[float, int, dict[str, Any]]
@@ -56,6 +56,7 @@ class Client:
     utc_offset_min: int
     locale: str
     proxy: bool = False
+    subnet: int | None = None  # the /24 a data-centre client keeps its addresses in
 
     def fields(self) -> dict[str, Any]:
         attestation = None
@@ -83,6 +84,10 @@ class Actor:
     campaign: str | None = None
     seq: int = 0
     release_ts: float | None = None  # when the newest model (the last of ``models``) appears
+    rng: random.Random = field(default_factory=random.Random)
+    pools: PromptPools | None = None
+    start: float = 0.0  # the scenario's first second
+    days: int = 7
 
     def _model(self, ts: float, models: tuple[str, ...], rng: random.Random, p_new: float) -> str:
         if len(models) > 1 and (self.release_ts is None or ts >= self.release_ts) and rng.random() < p_new:
@@ -108,7 +113,7 @@ class Actor:
         return ts, self.seq, event
 
 
-def _excerpt(pools: PromptPools, rng: random.Random, tokens: int) -> str:
+def excerpt(pools: PromptPools, rng: random.Random, tokens: int) -> str:
     answer = rng.choice(pools.answers)
     return answer[: min(400, tokens * 4)]
 
@@ -123,10 +128,6 @@ def _local_daytime_start(rng: random.Random, day_start: float, offset_min: int) 
 class BenignUser(Actor):
     """A person: a few conversations a day in local daytime, follow-ups that build on answers."""
 
-    rng: random.Random = field(default_factory=random.Random)
-    pools: PromptPools | None = None
-    start: float = 0.0
-    days: int = 7
     sessions_per_day: float = 1.2
     coder: bool = False
     held_out: bool = False
@@ -141,7 +142,7 @@ class BenignUser(Actor):
         temperature = rng.choice((None, 0.7, 1.0))
         for day in range(self.days):
             day_start = self.start + day * DAY
-            sessions = sorted(_local_daytime_start(rng, day_start, place.utc_offset_min) for _ in range(_poisson(rng, self.sessions_per_day)))
+            sessions = sorted(_local_daytime_start(rng, day_start, place.utc_offset_min) for _ in range(poisson(rng, self.sessions_per_day)))
             for ts in sessions:
                 if ts < self.start:
                     continue
@@ -154,7 +155,7 @@ class BenignUser(Actor):
                 for turn in turns:
                     messages = [*messages, {"role": "user", "content": turn}]
                     tokens = int(rng.lognormvariate(5.2, 0.6))
-                    text = _excerpt(pools, rng, tokens)
+                    text = excerpt(pools, rng, tokens)
                     yield self._event(ts, account, key, client, model=model, system=None, messages=messages,
                                       params={"temperature": temperature, "max_tokens": rng.choice((None, 1024, 2048)), "n": None,
                                               "logprobs": False, "top_logprobs": None, "stream": True, "tools": 0},
@@ -170,7 +171,7 @@ _CODING_FOLLOWUPS = (
 )
 
 
-def _poisson(rng: random.Random, lam: float) -> int:
+def poisson(rng: random.Random, lam: float) -> int:
     threshold, k, p = math.exp(-lam), 0, 1.0
     while True:
         p *= rng.random()
@@ -183,10 +184,6 @@ def _poisson(rng: random.Random, lam: float) -> int:
 class HeavyUser(Actor):
     """A legitimate batch user: evaluation jobs or a data pipeline, high volume from a data centre."""
 
-    rng: random.Random = field(default_factory=random.Random)
-    pools: PromptPools | None = None
-    start: float = 0.0
-    days: int = 7
     jobs_per_day: float = 1.0
     job_size: int = 600
     kind: str = "eval"  # "eval" | "pipeline"
@@ -202,7 +199,7 @@ class HeavyUser(Actor):
         client = Client(Network.ip_in(asn, rng, subnet), asn, country, True, ua, header_fp(family), False, "", "", 0, "")
         system = None if self.kind == "eval" else "You summarise support tickets into one line for a dashboard."
         for day in range(self.days):
-            for _ in range(_poisson(rng, self.jobs_per_day) or (1 if rng.random() < 0.5 else 0)):
+            for _ in range(poisson(rng, self.jobs_per_day) or (1 if rng.random() < 0.5 else 0)):
                 ts = self.start + day * DAY + rng.uniform(0, DAY)
                 model = self._model(ts, self.models, rng, 0.2)
                 for _ in range(int(self.job_size * rng.uniform(0.5, 1.5))):
@@ -215,7 +212,7 @@ class HeavyUser(Actor):
                         convo = pools.conversation(rng)
                         prompt = "Ticket:\n" + convo[0] + "\n\nCustomer follow-up:\n" + (convo[1] if len(convo) > 1 else "")
                         tokens = int(rng.uniform(15, 40))
-                        text = _excerpt(pools, rng, tokens)[:120]
+                        text = excerpt(pools, rng, tokens)[:120]
                         params = {"temperature": 0.2, "max_tokens": 64, "n": None, "logprobs": False, "top_logprobs": None, "stream": False, "tools": 0}
                     yield self._event(ts, account, key, client, model=model, system=system, messages=[{"role": "user", "content": prompt}],
                                       params=params, completion_tokens=tokens, text=text)
@@ -227,10 +224,6 @@ class HeavyUser(Actor):
 class Reseller(Actor):
     """One key shared by many end users around the world, interleaved, round the clock."""
 
-    rng: random.Random = field(default_factory=random.Random)
-    pools: PromptPools | None = None
-    start: float = 0.0
-    days: int = 7
     end_users: int = 30
     sessions_per_user_day: float = 0.8
     models: tuple[str, ...] = ("demo-1",)
@@ -249,13 +242,13 @@ class Reseller(Actor):
         pending: list[TimedEvent] = []
         for day in range(self.days):
             for user in users:
-                for _ in range(_poisson(rng, self.sessions_per_user_day)):
+                for _ in range(poisson(rng, self.sessions_per_user_day)):
                     ts = _local_daytime_start(rng, self.start + day * DAY, user.utc_offset_min)
                     messages: list[dict[str, str]] = []
                     for turn in pools.conversation(rng)[:3]:
                         messages = [*messages, {"role": "user", "content": turn}]
                         tokens = int(rng.lognormvariate(5.3, 0.6))
-                        text = _excerpt(pools, rng, tokens)
+                        text = excerpt(pools, rng, tokens)
                         pending.append(self._event(ts, account, key, user, model=self._model(ts, self.models, rng, 0.3), system=None, messages=messages,
                                                    params={"temperature": 0.7, "max_tokens": 2048, "n": None, "logprobs": False,
                                                            "top_logprobs": None, "stream": True, "tools": 0},
@@ -275,11 +268,7 @@ class Reseller(Actor):
 class HydraCampaign(Actor):
     """N accounts under every limit, sweeping task pools in templates; shared infrastructure, synced timing."""
 
-    rng: random.Random = field(default_factory=random.Random)
-    pools: PromptPools | None = None
     phrasing: Phrasing | None = None
-    start: float = 0.0
-    days: int = 7
     n_accounts: int = 40
     requests_per_account_day: float = 150
     cot_rate: float = 0.6
@@ -354,7 +343,7 @@ class HydraCampaign(Actor):
                     tokens = int(rng.lognormvariate(5.2, 0.6))
                     yield self._event(event_ts, account, keys[account], client, model=model, system=None, messages=messages,
                                       params={"temperature": 0.7, "max_tokens": None, "n": None, "logprobs": False, "top_logprobs": None,
-                                              "stream": True, "tools": 0}, completion_tokens=tokens, text=_excerpt(pools, rng, tokens))
+                                              "stream": True, "tools": 0}, completion_tokens=tokens, text=excerpt(pools, rng, tokens))
                     continue
                 task = pools.sweep_task(rng, rng.choice(pool_names), held_out=self.held_out)
                 template = rng.choice(templates)
@@ -366,5 +355,5 @@ class HydraCampaign(Actor):
                 yield self._event(event_ts, account, keys[account], client, model=model,
                                   system=system if rng.random() < self.shared_system_rate else None,
                                   messages=[{"role": "user", "content": prompt}], params=params, completion_tokens=tokens,
-                                  text=_excerpt(pools, rng, tokens), reasoning_chars=tokens * 2 if elicit else 0)
+                                  text=excerpt(pools, rng, tokens), reasoning_chars=tokens * 2 if elicit else 0)
             ts += ts_step

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from distillguard.events import EventWriter
 from distillguard.exceptions import InputError
 from distillguard.sim.corpora import PromptPools
+from distillguard.sim.metadata import AccountMeta, MetaMaker, write_accounts
 from distillguard.sim.phrasing import Phrasing
 from distillguard.sim.populations import (
     DAY,
@@ -31,6 +32,8 @@ from distillguard.sim.populations import (
     Reseller,
     TimedEvent,
 )
+from distillguard.sim.robust import build_robust
+from distillguard.sim.splits import SPLITS, split_rng
 
 __all__ = ["CampaignSpec", "Scenario", "SCENARIOS", "load_scenario", "simulate"]
 
@@ -69,6 +72,12 @@ class Scenario(BaseModel):
     models: list[str] = Field(default_factory=lambda: ["demo-1"])
     new_model_day: float | None = None
     held_out: bool = False
+    # `robust` family only (docs/evaluation.md): population scale, campaigns sampled beyond the four archetypes,
+    # and the cap on one campaign's expected requests.
+    family: Literal["fixed", "robust"] = "fixed"
+    scale: float = Field(1.0, gt=0, le=20)
+    sampled_campaigns: int = Field(4, ge=0, le=50)
+    campaign_budget: int = Field(12_000, ge=100)
 
 
 SCENARIOS: dict[str, dict[str, Any]] = {
@@ -94,6 +103,10 @@ SCENARIOS: dict[str, dict[str, Any]] = {
               "campaigns": [{"accounts": 200, "requests_per_account_day": 80}, {"accounts": 100, "requests_per_account_day": 60,
                              "timing": "balanced", "shared_infra": 0.3, "languages": ["en", "es", "zh"]}]},
 }
+
+
+SCENARIOS["robust"] = {"name": "robust", "family": "robust", "days": 7, "models": ["demo-1", "demo-2"], "new_model_day": 3.5,
+                       "campaigns": []}
 
 
 def load_scenario(name_or_path: str) -> Scenario:
@@ -131,9 +144,26 @@ def _reorder(stream: Iterator[TimedEvent], window_s: float = 6 * 3600) -> Iterat
         yield heapq.heappop(heap)
 
 
-def build_actors(scenario: Scenario, seed: int) -> tuple[list[Actor], dict[str, Any]]:
-    rng = random.Random(seed)
-    pools = PromptPools.load()
+def build_actors(scenario: Scenario, seed: int, split: str = "dev") -> tuple[list[Actor], dict[str, Any], list[AccountMeta]]:
+    """The actors of one world, its labels and its account metadata.
+
+    ``robust`` builds from its family (``sim/robust.py``). The fixed scenarios keep their
+    historical streams on the dev split (``random.Random(seed)``, the dev half of the prompts
+    unless ``held_out``); on the test split they mix the split into the seed and use the test
+    prompts and the held-out phrasings.
+    """
+    if split not in SPLITS:
+        raise InputError(f"--split: expected one of {list(SPLITS)}, got {split!r}")
+    if scenario.family == "robust":
+        robust_actors, robust_labels, robust_metas = build_robust(scenario, seed, split)
+        return robust_actors, {"scenario": scenario.name, "seed": seed, "split": split, **robust_labels}, robust_metas
+    if split == "test":
+        rng = split_rng(seed, split, scenario.name)
+        pools = PromptPools.for_split("test")
+        scenario = scenario.model_copy(update={"held_out": True})
+    else:
+        rng = random.Random(seed)
+        pools = PromptPools.load()
     start = dt.datetime.fromisoformat(scenario.start.replace("Z", "+00:00")).timestamp()
     models = tuple(scenario.models)
     release_ts = start + scenario.new_model_day * DAY if scenario.new_model_day is not None else None
@@ -172,18 +202,28 @@ def build_actors(scenario: Scenario, seed: int) -> tuple[list[Actor], dict[str, 
             release_ts=release_ts,
         ))
         campaigns[campaign] = {**spec.model_dump(), "size": spec.accounts, "accounts": accounts + replacements, "replacements": replacements}
-    labels: dict[str, Any] = {"scenario": scenario.name, "seed": seed, "accounts": {}, "campaigns": campaigns,
+    labels: dict[str, Any] = {"scenario": scenario.name, "seed": seed, "split": split, "accounts": {}, "campaigns": campaigns,
                               "models": list(models), "new_model_ts": release_ts}
+    maker = MetaMaker(random.Random(rng.getrandbits(64)), start)
+    metas: list[AccountMeta] = []
     for actor in actors:
         members = list(actor.accounts) + list(getattr(actor, "replacement_accounts", []))
+        burst = start - rng.uniform(0.5, 10) * DAY
         for acct in members:
-            labels["accounts"][acct] = {"label": actor.label, "campaign": actor.campaign}
-    return actors, labels
+            labels["accounts"][acct] = {"label": actor.label, "campaign": actor.campaign, "population": type(actor).__name__}
+            created = burst + rng.uniform(0, 6) * 3600 if actor.campaign else None
+            metas.append(maker.person(acct, created_at=created, domain=maker.webmail() if actor.campaign else None))
+    return actors, labels, metas
 
 
-def simulate(scenario: Scenario, seed: int, out: str | Path, *, limit: int | None = None) -> tuple[int, dict[str, Any]]:
-    """Write the scenario's events (time-ordered JSONL, gzip when ``out`` ends in .gz); return (count, labels)."""
-    actors, labels = build_actors(scenario, seed)
+def simulate(scenario: Scenario, seed: int, out: str | Path, *, limit: int | None = None, split: str = "dev",
+             accounts_out: str | Path | None = None) -> tuple[int, dict[str, Any]]:
+    """Write the scenario's events (time-ordered JSONL, gzip when ``out`` ends in .gz); return (count, labels).
+
+    With ``accounts_out``, also write the accounts' metadata there (``accounts export`` format), for
+    every account that sent a request.
+    """
+    actors, labels, metas = build_actors(scenario, seed, split)
     streams: Iterable[Iterator[TimedEvent]] = [_reorder(actor.events()) for actor in actors]
     merged = heapq.merge(*streams, key=lambda item: item[0])
     seen: set[str] = set()
@@ -200,4 +240,6 @@ def simulate(scenario: Scenario, seed: int, out: str | Path, *, limit: int | Non
     for campaign in labels["campaigns"].values():
         campaign["accounts"] = [a for a in campaign["accounts"] if a in seen]
     labels["events"] = count
+    if accounts_out is not None:
+        write_accounts(accounts_out, (m for m in metas if m.account_id in seen))
     return count, labels

@@ -14,7 +14,8 @@ import hashlib
 import random
 from dataclasses import dataclass
 
-__all__ = ["Place", "PLACES", "HOSTING_ASNS", "RESIDENTIAL_PROXY_ASNS", "Network", "pick_place", "user_agent"]
+__all__ = ["CAMPAIGN_HOSTING_ASNS", "CLOUD_ASNS", "HOSTING_ASNS", "Network", "PLACE_OF_ASN", "PLACES", "Place", "RESIDENTIAL_PROXY_ASNS",
+           "VPN_ASNS", "header_fp", "pick_place", "user_agent"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,13 @@ PLACES: tuple[Place, ...] = (
 )
 HOSTING_ASNS: tuple[tuple[int, str], ...] = ((14061, "US"), (16509, "US"), (24940, "DE"), (16276, "FR"), (396982, "US"), (63949, "SG"))
 RESIDENTIAL_PROXY_ASNS: tuple[int, ...] = tuple(a for p in PLACES for a in p.isp_asns)
+PLACE_OF_ASN: dict[int, Place] = {a: p for p in reversed(PLACES) for a in p.isp_asns}
+# More data-centre networks, for the `robust` family: cloud providers (cloud desktops, eval jobs, apps,
+# campaigns) and VPN exit networks (people on VPNs, whose address country disagrees with their clock).
+CLOUD_ASNS: tuple[tuple[int, str], ...] = ((16509, "US"), (8075, "US"), (15169, "US"), (16509, "IE"), (8075, "NL"), (31898, "US"))
+VPN_ASNS: tuple[tuple[int, str], ...] = ((9009, "GB"), (9009, "NL"), (60068, "US"), (60068, "DE"), (212238, "CH"), (136787, "SE"))
+CAMPAIGN_HOSTING_ASNS: tuple[tuple[int, str], ...] = HOSTING_ASNS + ((20473, "US"), (51167, "DE"), (45102, "SG"), (132203, "HK"),
+                                                                      (9009, "GB"), (8075, "US"))
 
 _USER_AGENTS = (
     ("OpenAI/Python 1.54.0", "h1"), ("OpenAI/Python 2.3.1", "h1"), ("Anthropic/Python 0.40.0", "h2"),

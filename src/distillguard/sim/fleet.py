@@ -1,0 +1,354 @@
+"""Distillation campaigns drawn from a parameter space, and the actor that plays one.
+
+``CampaignParams`` is one point of the space (docs/evaluation.md lists every
+axis and its range); ``sample_campaign`` draws one, either anywhere in the
+space (``archetype="sampled"``) or around a named design seen in the wild:
+
+* ``quiet_sweep`` — single-turn, no reasoning phrasing, ordinary parameters,
+  a new residential address for every request;
+* ``sleeper_fleet`` — ~120 accounts × 4–12 requests a day, created within
+  hours of each other, on a few hosting networks, two short wrappers;
+* ``imitates_people`` — streams, attests one enrolled install per account,
+  2–3-turn conversations with generic follow-ups, reasoning requests in
+  paraphrases and several languages, local daytime on its own home address;
+* ``grader`` — grader / reward-model prompts on rotating residential addresses.
+
+A campaign's expected size is capped (``budget`` requests) by shortening its
+lifetime first and then its rate, so one seed of the family stays quick to
+scan; the cap is recorded in the labels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from distillguard.sim.corpora import SWEEP_POOLS
+from distillguard.sim.people import benign_params
+from distillguard.sim.populations import DAY, Actor, Client, TimedEvent, excerpt
+from distillguard.sim.splits import Wording
+from distillguard.sim.world import (
+    CAMPAIGN_HOSTING_ASNS,
+    PLACE_OF_ASN,
+    PLACES,
+    RESIDENTIAL_PROXY_ASNS,
+    Network,
+    header_fp,
+    user_agent,
+)
+
+__all__ = ["ARCHETYPES", "CampaignParams", "Fleet", "sample_campaign"]
+
+ARCHETYPES = ("quiet_sweep", "sleeper_fleet", "imitates_people", "grader", "sampled")
+TIMINGS = ("synchronised", "balanced", "uniform", "daytime", "per_account_daytime")
+NETWORKS = ("per_request", "per_account", "hosting", "mixed")
+
+
+@dataclass
+class CampaignParams:
+    """One campaign: a point in the space of campaign designs."""
+
+    archetype: str = "sampled"
+    accounts: int = 40
+    rate: float = 40.0  # requests per account-day (mean over accounts)
+    start_day: float = 0.0
+    lifetime_days: float = 7.0
+    timing: str = "uniform"
+    stream: float = 0.0
+    attest: bool = False
+    tz_consistent: bool = True
+    multi_turn: float = 0.0
+    system: str = "none"  # none | shared | per_account
+    wrappers: str = "few"  # none | few | paraphrased | short
+    elicit: float = 0.3
+    languages: tuple[str, ...] = ("en",)
+    grader: float = 0.0
+    network: str = "hosting"
+    hosting_asns: int = 1
+    creation: str = "spread"  # burst | waves | spread
+    benign_mix: float = 0.0
+    ban_replace: bool = False
+    ban_day: float | None = None
+    pivot: bool = False
+    params: str = "benign"  # benign | pinned
+    pools: tuple[str, ...] = SWEEP_POOLS
+    payments: str = "unique"  # unique | pooled | shared | none
+    email: str = "webmail"  # webmail | custom | mixed
+    ua: str = "shared"  # shared | varied
+    capped: bool = False
+
+    def expected_requests(self) -> float:
+        return self.accounts * self.rate * self.lifetime_days * (1 + 1.5 * self.multi_turn)
+
+    def as_label(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["languages"], data["pools"] = list(self.languages), list(self.pools)
+        return data
+
+
+def _log_uniform(rng: random.Random, low: float, high: float) -> float:
+    return math.exp(rng.uniform(math.log(low), math.log(high)))
+
+
+def sample_campaign(rng: random.Random, archetype: str, wording: Wording, *, days: int, release_day: float | None,
+                    budget: float = 12_000) -> CampaignParams:
+    """Draw one campaign: anywhere in the space, or near a named design (``ARCHETYPES``)."""
+    langs = wording.languages
+
+    def languages(k: int) -> tuple[str, ...]:
+        others = [lang for lang in langs if lang != "en"]
+        picked = rng.sample(others, min(k, len(others)))
+        return tuple(["en", *picked][:k]) if rng.random() < 0.7 else tuple(picked or ["en"])
+
+    p = CampaignParams(archetype=archetype)
+    if archetype == "sampled":
+        p.accounts = int(_log_uniform(rng, 5, 500))
+        p.rate = _log_uniform(rng, 2, 300)
+        p.start_day = rng.uniform(0, days * 0.5)
+        p.lifetime_days = rng.uniform(1, days - p.start_day)
+        p.timing = rng.choice(TIMINGS)
+        p.stream = rng.choice((0.0, 0.0, 0.5, 0.9))
+        p.attest = rng.random() < 0.3
+        p.tz_consistent = rng.random() < 0.6
+        p.multi_turn = rng.choice((0.0, 0.0, 0.2, 0.5))
+        p.system = rng.choice(("none", "shared", "per_account"))
+        p.wrappers = rng.choice(("none", "few", "paraphrased", "short"))
+        p.elicit = rng.choice((0.0, rng.uniform(0, 0.8), rng.uniform(0, 0.8)))
+        p.languages = languages(rng.choice((1, 1, 2, 3, 5, 8)))
+        p.grader = rng.choice((0.0, 0.0, 0.0, rng.uniform(0.05, 0.5)))
+        p.network = rng.choice(NETWORKS)
+        p.hosting_asns = rng.randint(1, 3)
+        p.creation = rng.choice(("burst", "waves", "spread"))
+        p.benign_mix = rng.choice((0.0, 0.0, rng.uniform(0.05, 0.5)))
+        p.ban_replace = rng.random() < 0.25
+        p.pivot = release_day is not None and rng.random() < 0.3
+        p.params = rng.choice(("benign", "benign", "pinned"))
+        p.pools = tuple(rng.sample(SWEEP_POOLS, rng.randint(1, len(SWEEP_POOLS))))
+        p.payments = rng.choice(("unique", "pooled", "pooled", "shared", "none"))
+        p.email = rng.choice(("webmail", "webmail", "mixed", "custom"))
+        p.ua = rng.choice(("shared", "varied"))
+    elif archetype == "quiet_sweep":
+        p.accounts, p.rate = rng.randint(20, 60), rng.uniform(20, 60)
+        p.start_day, p.lifetime_days = rng.uniform(0, 1), days
+        p.timing, p.stream, p.multi_turn, p.system, p.wrappers = "uniform", 0.5, 0.0, "none", "none"
+        p.elicit, p.grader, p.network, p.params = 0.0, 0.0, "per_request", "benign"
+        p.creation, p.payments, p.email, p.ua = rng.choice(("spread", "waves")), "unique", "webmail", "varied"
+    elif archetype == "sleeper_fleet":
+        p.accounts, p.rate = rng.randint(100, 140), rng.uniform(4, 12)
+        p.start_day, p.lifetime_days = rng.uniform(0, 1), days
+        p.timing, p.stream, p.multi_turn, p.system, p.wrappers = "daytime", 0.0, 0.0, "none", "short"
+        p.elicit, p.grader, p.network, p.hosting_asns = rng.uniform(0.0, 0.25), 0.0, "hosting", rng.randint(2, 3)
+        p.creation, p.payments, p.email, p.ua, p.params = "burst", "pooled", "webmail", "shared", "benign"
+        p.languages = languages(rng.randint(1, 2))
+    elif archetype == "imitates_people":
+        p.accounts, p.rate = rng.randint(20, 80), rng.uniform(10, 40)
+        p.start_day, p.lifetime_days = rng.uniform(0, 1.5), days
+        p.timing, p.stream, p.attest, p.tz_consistent = "per_account_daytime", 0.9, True, True
+        p.multi_turn, p.system, p.wrappers = rng.uniform(0.5, 0.8), rng.choice(("none", "per_account")), "paraphrased"
+        p.elicit, p.network, p.params = rng.uniform(0.3, 0.6), "per_account", "benign"
+        p.languages = languages(rng.randint(4, 8))
+        p.creation, p.payments, p.email, p.ua = "spread", "unique", "webmail", "varied"
+        p.benign_mix = rng.uniform(0.1, 0.3)
+    elif archetype == "grader":
+        p.accounts, p.rate = rng.randint(10, 40), rng.uniform(20, 100)
+        p.start_day, p.lifetime_days = rng.uniform(0, 2), days
+        p.timing, p.network, p.grader, p.elicit = "uniform", "per_request", rng.uniform(0.6, 0.9), rng.uniform(0.0, 0.2)
+        p.wrappers, p.system, p.params = "none", rng.choice(("none", "shared")), "benign"
+        p.creation, p.payments, p.email, p.ua = rng.choice(("burst", "spread")), "pooled", "mixed", "shared"
+    else:
+        raise ValueError(f"unknown campaign archetype {archetype!r}; one of {ARCHETYPES}")
+    p.lifetime_days = max(1.0, min(p.lifetime_days, days - p.start_day))
+    if p.ban_replace:
+        p.ban_day = p.start_day + rng.uniform(0.3, 0.7) * p.lifetime_days
+    if p.pivot and release_day is not None:
+        p.start_day = min(p.start_day, release_day)
+        p.lifetime_days = max(p.lifetime_days, min(days - p.start_day, release_day - p.start_day + 2))
+    if p.expected_requests() > budget:
+        p.capped = True
+        p.lifetime_days = max(1.0, budget / (p.accounts * p.rate * (1 + 1.5 * p.multi_turn)))
+        if p.expected_requests() > budget:
+            p.rate = max(2.0, budget / (p.accounts * p.lifetime_days * (1 + 1.5 * p.multi_turn)))
+    return p
+
+
+@dataclass
+class _Member:
+    account: str
+    key: str
+    client: Client
+    weight: float
+    offset_min: int
+    language: str
+    system: str | None
+    rotating: bool
+
+
+@dataclass
+class Fleet(Actor):
+    """Plays one ``CampaignParams``: many accounts harvesting answers, as configured."""
+
+    wording: Wording | None = None
+    params: CampaignParams = field(default_factory=CampaignParams)
+    models: tuple[str, ...] = ("demo-1",)
+    replacement_accounts: list[str] = field(default_factory=list)
+
+    # -- set-up ---------------------------------------------------------------------------------------
+    def _members(self, accounts: list[str]) -> list[_Member]:
+        rng, p, wording = self.rng, self.params, self.wording
+        assert wording is not None
+        hosting = rng.sample(CAMPAIGN_HOSTING_ASNS, min(p.hosting_asns, len(CAMPAIGN_HOSTING_ASNS)))
+        subnets = [(asn, country, rng.randrange(256)) for asn, country in hosting for _ in range(rng.randint(1, 3))]
+        home = rng.choice(PLACES)
+        shared_ua = user_agent(rng)
+        shared_system = self._system() if p.system == "shared" else None
+        members = []
+        for account in accounts:
+            ua, family = shared_ua if p.ua == "shared" else user_agent(rng)
+            on_hosting = p.network == "hosting" or (p.network == "mixed" and rng.random() < 0.5)
+            if on_hosting:
+                asn, country, subnet = rng.choice(subnets)
+                client = Client(Network.ip_in(asn, rng, subnet), asn, country, True, ua, header_fp(family), False, "", home.tz,
+                                home.utc_offset_min, home.locale, subnet=subnet)
+                place = home
+            else:
+                asn = rng.choice(RESIDENTIAL_PROXY_ASNS)
+                place = PLACE_OF_ASN[asn]
+                client = Client(Network.ip_in(asn, rng), asn, place.country, False, ua, header_fp(family), False, "", place.tz,
+                                place.utc_offset_min, place.locale)
+            clock = place if p.tz_consistent else home
+            client.tz, client.utc_offset_min, client.locale = clock.tz, clock.utc_offset_min, clock.locale
+            if p.attest:
+                client.attested, client.install_id = True, f"inst_{rng.getrandbits(64):016x}"
+            weight = rng.lognormvariate(0, 0.5) if p.archetype != "sleeper_fleet" else rng.uniform(4, 12) / max(p.rate, 1e-9)
+            language = p.languages[0] if rng.random() < 0.6 else rng.choice(p.languages)
+            system = shared_system if p.system == "shared" else self._system() if p.system == "per_account" else None
+            members.append(_Member(account, f"key_{rng.getrandbits(64):016x}", client, weight,
+                                   clock.utc_offset_min if p.timing == "per_account_daytime" else home.utc_offset_min, language, system,
+                                   rotating=not on_hosting and p.network in ("per_request", "mixed")))
+        return members
+
+    def _system(self) -> str:
+        rng, wording = self.rng, self.wording
+        assert wording is not None
+        text = rng.choice(wording.campaign_systems)
+        return text + (" " + rng.choice(wording.system_suffixes) if rng.random() < 0.7 else "")
+
+    # -- the run ----------------------------------------------------------------------------------------
+    def events(self) -> Iterator[TimedEvent]:
+        rng, p, wording = self.rng, self.params, self.wording
+        assert wording is not None and self.pools is not None
+        first = self._members(list(self.accounts))
+        second = self._members(self.replacement_accounts) if self.replacement_accounts else []
+        frames = self._frames()
+        begin = self.start + p.start_day * DAY
+        end = min(self.start + self.days * DAY, begin + p.lifetime_days * DAY)
+        ban = self.start + p.ban_day * DAY if p.ban_day is not None and second else None
+        daytime = p.timing in ("daytime", "per_account_daytime")
+        thin = 24 / 15 if daytime else 1.0
+        ts, index = begin, 0
+        while ts < end:
+            members = second if ban is not None and ts >= ban else first
+            weights = [m.weight for m in members]
+            total = sum(weights) * p.rate / DAY
+            if p.timing == "synchronised":
+                ts += rng.expovariate(total / len(members))
+                burst = members
+            else:
+                ts += rng.expovariate(total * thin)
+                if p.timing == "balanced":
+                    burst = [members[index % len(members)]]
+                    index += 1
+                else:
+                    burst = rng.choices(members, weights)
+            if ts >= end:
+                break
+            for member in burst:
+                if daytime:
+                    local_hour = ((ts + member.offset_min * 60) % DAY) / 3600
+                    if not 8 <= local_hour < 23:
+                        continue
+                yield from self._request(ts + (rng.uniform(0, 3) if p.timing == "synchronised" else 0.0), member, frames)
+
+    def _frames(self) -> list[tuple[str, str]]:
+        rng, p, wording = self.rng, self.params, self.wording
+        assert wording is not None
+        if p.wrappers == "short":
+            return [("en", w) for w in rng.sample(wording.short_wrappers, 2)]
+        if p.wrappers == "few":
+            out = []
+            for _ in range(rng.randint(1, 3)):
+                lang = rng.choice(p.languages)
+                out.append((lang, rng.choice(wording.in_language(wording.frames, lang))))
+            return out
+        return [("en", "{task}")]
+
+    def _prompt(self, member: _Member, frames: list[tuple[str, str]]) -> tuple[str, bool, str]:
+        rng, p, wording, pools = self.rng, self.params, self.wording, self.pools
+        assert wording is not None and pools is not None
+        language = member.language if rng.random() < 0.7 else rng.choice(p.languages)
+        task = pools.sweep_task(rng, rng.choice(p.pools))
+        if p.grader and rng.random() < p.grader:
+            template = rng.choice(wording.graders)
+            return template.format(task=task, answer=excerpt(pools, rng, 120)), True, language
+        if p.wrappers == "paraphrased":
+            opener = rng.choice(wording.in_language(wording.openers, language))
+            closer = rng.choice(wording.in_language(wording.closers, language))
+            prompt = " ".join(x for x in (opener, "\n" + task + "\n", closer) if x).strip() if rng.random() < 0.8 else task
+        else:
+            lang, frame = rng.choice(frames)
+            language = lang if p.wrappers == "few" else language
+            prompt = frame.format(task=task)
+        elicit = p.elicit > 0 and rng.random() < p.elicit
+        if elicit:
+            phrase = rng.choice(wording.in_language(wording.elicitation, language))
+            prompt = f"{phrase}\n\n{prompt}" if rng.random() < 0.35 else f"{prompt}\n\n{phrase}"
+        return prompt, elicit, language
+
+    def _request(self, ts: float, member: _Member, frames: list[tuple[str, str]]) -> Iterator[TimedEvent]:
+        rng, p, wording, pools = self.rng, self.params, self.wording, self.pools
+        assert wording is not None and pools is not None
+        client = member.client
+        if member.rotating:
+            asn = rng.choice(RESIDENTIAL_PROXY_ASNS)
+            client.ip, client.asn, client.country = Network.ip_in(asn, rng), asn, PLACE_OF_ASN[asn].country
+        elif client.hosting:
+            client.ip = Network.ip_in(client.asn, rng, client.subnet)
+        elif p.network == "per_account" and rng.random() < 0.02:  # the residential lease changes now and then
+            client.ip = Network.ip_in(client.asn, rng)
+        model = self.models[0]
+        day = (ts - self.start) / DAY
+        if p.pivot and len(self.models) > 1 and self.release_ts is not None and ts >= self.release_ts:
+            model = self.models[-1] if rng.random() < 0.85 else self.models[0]
+        else:
+            model = self._model(ts, self.models, rng, 0.3) if day > 0 else model
+        stream = rng.random() < p.stream
+        if p.params == "pinned":
+            params: dict[str, Any] = {"temperature": rng.choice((0.6, 0.8, 1.0)), "max_tokens": rng.choice((4096, 8192)),
+                                      "n": rng.choice((1, 1, 1, 4)), "logprobs": rng.random() < 0.3, "top_logprobs": None,
+                                      "stream": stream, "tools": 0}
+        else:
+            params = benign_params(rng, stream=stream)
+        if p.benign_mix and rng.random() < p.benign_mix:
+            turns, reasoning = pools.conversation(rng)[:2], False
+        else:
+            prompt, reasoning, language = self._prompt(member, frames)
+            turns = [prompt]
+            if p.multi_turn and rng.random() < p.multi_turn:
+                phrases = wording.in_language(wording.followups, language)
+                turns += [rng.choice(phrases) for _ in range(rng.randint(1, 2))]
+        messages: list[dict[str, str]] = []
+        cap = params["max_tokens"]
+        for turn in turns:
+            messages = [*messages, {"role": "user", "content": turn}]
+            tokens = int(rng.lognormvariate(6.6 if reasoning else 6.1, 0.4))
+            if isinstance(cap, int):
+                tokens = min(tokens, cap)
+            text = excerpt(pools, rng, tokens)
+            yield self._event(ts, member.account, member.key, client, model=model, system=member.system, messages=messages,
+                              params=params, completion_tokens=tokens, text=text, reasoning_chars=tokens * 2 if reasoning else 0)
+            messages = [*messages, {"role": "assistant", "content": text}]
+            ts += 15 + rng.expovariate(1 / 60) + len(text) / 25
