@@ -344,6 +344,9 @@ def test_a_reload_racing_with_a_manual_override_does_not_revert_it(tmp_path: Pat
 
 async def test_an_override_the_store_cannot_save_is_refused_and_not_applied(tmp_path: Path) -> None:
     class DownRegistry:
+        def get_account(self, account_id: str) -> dict[str, Any]:  # the account exists; only the write fails
+            return {"account_id": account_id}
+
         def set_manual_override(self, *args: Any, **kwargs: Any) -> None:
             raise OperationalError("UPDATE manual_overrides", {}, Exception("database is locked"))
 

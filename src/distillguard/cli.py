@@ -33,15 +33,21 @@ def _command(
     help_text: str,
     *,
     reads_settings: bool = True,
+    opens_store: bool | None = None,
 ) -> argparse.ArgumentParser:
     """A subcommand. Every command takes ``--config`` (DESIGN §7); ``reads_settings=False`` marks one that needs
-    no setting from it: the file is still checked, and the user is told it changes nothing (never silently ignored)."""
+    no setting from it: the file is still checked, and the user is told it changes nothing (never silently ignored).
+
+    ``opens_store`` (default: any handler in ``distillguard.store``) marks a command that opens the database:
+    when that would create a new SQLite file, the user is told which configuration and file (on stderr)."""
     parser: argparse.ArgumentParser = subparsers.add_parser(name, help=help_text, description=help_text)
     config_help = "YAML configuration file (default: $DG_CONFIG)"
     if not reads_settings:
         config_help += "; checked, but this command reads no settings from it"
     parser.add_argument("--config", metavar="FILE", help=config_help)
-    parser.set_defaults(handler=handler, reads_settings=reads_settings)
+    if opens_store is None:
+        opens_store = handler.startswith("distillguard.store.")
+    parser.set_defaults(handler=handler, reads_settings=reads_settings, opens_store=opens_store)
     return parser
 
 
@@ -54,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    _command(sub, "serve", "distillguard.gateway.server:serve_command", "run the gateway")
+    _command(sub, "serve", "distillguard.gateway.server:serve_command", "run the gateway", opens_store=True)
 
     demo = _command(sub, "demo", "distillguard.demo.tour:demo_command", "the one-command tour", reads_settings=False)
     demo.add_argument("--serve", action="store_true", help="keep the demo model and gateway running after the summary (Ctrl-C stops)")
@@ -151,19 +157,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for chatty in ("httpx", "httpx2", "httpcore"):  # one line per HTTP call drowns the output people came for
         logging.getLogger(chatty).setLevel(logging.WARNING)
+    name = " ".join(filter(None, (args.command, getattr(args, "action", None))))
     try:
         if not args.reads_settings and args.config:
             from distillguard.config import load_settings
 
             load_settings(args.config)  # a typo'd or broken file is an error here too
-            print(f"distillguard {args.command}: note: --config {args.config} is valid; this command reads no settings from it",
+            print(f"distillguard {name}: note: --config {args.config} is valid; this command reads no settings from it",
                   file=sys.stderr)
+        if getattr(args, "opens_store", False):
+            from distillguard.config import load_settings, new_database_notice
+
+            notice = new_database_notice(load_settings(args.config), args.config or os.environ.get("DG_CONFIG"))
+            if notice:
+                print(f"distillguard {name}: note: {notice}", file=sys.stderr)
         return _resolve(args.handler)(args)
     except UsageError as exc:
-        print(f"distillguard {args.command}: error: {exc}", file=sys.stderr)
+        print(f"distillguard {name}: error: {exc}", file=sys.stderr)
         return 2
     except DistillguardError as exc:
-        print(f"distillguard {args.command}: error: {exc}", file=sys.stderr)
+        print(f"distillguard {name}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -172,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug: one line for the user, the traceback on request
         if os.environ.get("DG_DEBUG"):
             raise
-        print(f"distillguard {args.command}: internal error: {type(exc).__name__}: {exc} (set DG_DEBUG=1 for the traceback)", file=sys.stderr)
+        print(f"distillguard {name}: internal error: {type(exc).__name__}: {exc} (set DG_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1
 
 

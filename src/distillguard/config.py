@@ -1,21 +1,31 @@
 """Settings: a YAML file plus ``DG_*`` environment variables (DESIGN §3).
 
-Precedence, highest first: explicit keyword arguments, ``DG_*`` environment
-variables (nested with ``__``, e.g. ``DG_LIMITS__REQUESTS_PER_MIN=60``), the
-YAML file named by ``--config`` or ``DG_CONFIG``, then the defaults below.
-The keys ``listen``, ``database``, ``admin_token`` and ``upstreams`` are a
-contract; each concern owns one nested section and may add keys to it.
+Precedence, highest first: ``DG_*`` environment variables (nested with
+``__``, e.g. ``DG_LIMITS__REQUESTS_PER_MIN=60``), the YAML file named by
+``--config`` or ``DG_CONFIG`` (plus keyword overrides given to
+:func:`load_settings`), then the defaults below. The keys ``listen``,
+``database``, ``admin_token`` and ``upstreams`` are a contract; each concern
+owns one nested section and may add keys to it.
+
+Strict on purpose: an unknown key at any depth is an error naming its path
+(with the closest known key as a hint), because a misspelt limit that is
+silently ignored is a limit that silently does not exist. Strings in the YAML
+file may take secrets from the environment (``${NAME}`` anywhere in a string,
+or LiteLLM's ``os.environ/NAME`` as the whole value) so that credentials need
+not be written into the file; a variable that is not set is an error.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from distillguard.exceptions import ConfigError
 
@@ -28,11 +38,45 @@ __all__ = [
     "Settings",
     "UpstreamSettings",
     "WatermarkSettings",
+    "DEFAULT_ADMIN_TOKEN",
+    "DEFAULT_WATERMARK_SECRET",
     "load_settings",
+    "new_database_notice",
+    "parse_listen",
 ]
 
+DEFAULT_ADMIN_TOKEN = "change-me"
+DEFAULT_WATERMARK_SECRET = "change-me-watermark"
 
-class UpstreamSettings(BaseModel):
+
+class _Section(BaseModel):
+    """A nested configuration section: unknown keys are errors (DESIGN §3), never silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def parse_listen(value: str, key: str = "listen") -> tuple[str, int]:
+    """``HOST:PORT`` (or ``[IPv6]:PORT``) as ``(host, port)``; raises ``ValueError`` saying what is wrong.
+
+    The port must be given and lie in 1–65535: ``localhost`` alone or
+    ``127.0.0.1:80800`` are mistakes to report, not to guess at.
+    """
+    text = value.strip()
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"expected HOST:PORT such as 127.0.0.1:8700, got {value!r} (no port)")
+    if host.startswith("["):
+        if not host.endswith("]") or len(host) < 3:
+            raise ValueError(f"expected [IPv6]:PORT such as [::1]:8700, got {value!r}")
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"an IPv6 address needs brackets, e.g. [::1]:8700; got {value!r}")
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"port must be a number from 1 to 65535, got {port_text!r} in {value!r}")
+    return host, int(port_text)
+
+
+class UpstreamSettings(_Section):
     """A model server the gateway forwards to."""
 
     name: str
@@ -51,7 +95,7 @@ class UpstreamSettings(BaseModel):
         return value.rstrip("/")
 
 
-class LimitSettings(BaseModel):
+class LimitSettings(_Section):
     """Default limits; keys and accounts may override them. ``None`` means unlimited."""
 
     requests_per_min: int | None = 600
@@ -60,7 +104,7 @@ class LimitSettings(BaseModel):
     daily_tokens: int | None = 20_000_000
 
 
-class AttestationSettings(BaseModel):
+class AttestationSettings(_Section):
     """Client attestation verification (docs/attestation.md)."""
 
     required_for_accounts: list[str] = Field(default_factory=list)
@@ -70,7 +114,7 @@ class AttestationSettings(BaseModel):
                                       "unset: 3 × clock_skew_s, the shortest safe value (a smaller one is refused at start-up)")
 
 
-class NetworkSettings(BaseModel):
+class NetworkSettings(_Section):
     """Server-side network signals (docs/signals.md)."""
 
     trusted_proxies: list[str] = Field(default_factory=list, description="CIDRs whose X-Forwarded-For is believed")
@@ -83,7 +127,7 @@ class NetworkSettings(BaseModel):
     region_action: Literal["flag", "block"] = "block"
 
 
-class PrivacySettings(BaseModel):
+class PrivacySettings(_Section):
     """What the event log keeps (docs/signals.md)."""
 
     ip_mode: Literal["full", "truncate", "hash"] = "full"
@@ -92,7 +136,7 @@ class PrivacySettings(BaseModel):
     retention_days: int | None = 90
 
 
-class DetectionSettings(BaseModel):
+class DetectionSettings(_Section):
     """Online scoring and the thresholds the policy acts on."""
 
     online: bool = True
@@ -106,10 +150,10 @@ class DetectionSettings(BaseModel):
                                      "extractive summary (summarize); docs/policy.md")
 
 
-class WatermarkSettings(BaseModel):
+class WatermarkSettings(_Section):
     """Provenance watermarks (docs/watermark.md)."""
 
-    master_secret: str = "change-me-watermark"
+    master_secret: str = DEFAULT_WATERMARK_SECRET
     enabled: bool = False
     delta: float = 2.0
     gamma: float = 0.25
@@ -121,8 +165,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DG_", env_nested_delimiter="__", extra="forbid")
 
     listen: str = "127.0.0.1:8700"
+    admin_listen: str | None = Field(default=None, description="HOST:PORT serving only the admin API (/admin/); "
+                                     "when set, the main listener answers /admin/ with 404")
     database: str = "sqlite:///distillguard.db"
-    admin_token: str = "change-me"
+    admin_token: str = DEFAULT_ADMIN_TOKEN
     viewer_token: str | None = Field(default=None, description="read-only sign-in to the console (/admin/ui); unset: admin only")
     upstreams: list[UpstreamSettings] = Field(
         default_factory=lambda: [UpstreamSettings(name="local", base_url="http://127.0.0.1:8701/v1")]
@@ -149,25 +195,109 @@ class Settings(BaseSettings):
         # Environment beats the YAML file, which arrives through init kwargs at lower priority.
         return (env_settings, init_settings)
 
+    @field_validator("listen", "admin_listen")
+    @classmethod
+    def _check_listen(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_listen(value)
+        return value
+
     @property
     def listen_host(self) -> str:
-        return self.listen.rsplit(":", 1)[0] or "127.0.0.1"
+        return parse_listen(self.listen)[0]
 
     @property
     def listen_port(self) -> int:
-        return int(self.listen.rsplit(":", 1)[1])
+        return parse_listen(self.listen)[1]
+
+
+_ENV_REF = re.compile(r"\$(\$?)\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_LITELLM_REF = "os.environ/"
+
+
+def _resolve_references(value: Any, where: str, source: str) -> Any:
+    """Replace ``${NAME}`` (anywhere in a string) and ``os.environ/NAME`` (a whole string) with the variable's value.
+
+    ``$${NAME}`` stays a literal ``${NAME}``. A variable that is not set is a
+    :class:`ConfigError` naming the key and the variable: starting with an
+    empty credential would fail later and further from the cause.
+    """
+    if isinstance(value, dict):
+        return {k: _resolve_references(v, f"{where}.{k}" if where else str(k), source) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve_references(v, f"{where}.{i}", source) for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+    if value.startswith(_LITELLM_REF):
+        name = value[len(_LITELLM_REF):]
+        if name not in os.environ:
+            raise ConfigError(f"{source}: {where}: environment variable {name} is not set (referenced as {value!r})")
+        return os.environ[name]
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(1):  # $${NAME}: an escaped, literal ${NAME}
+            return "${" + match.group(2) + "}"
+        name = match.group(2)
+        if name not in os.environ:
+            raise ConfigError(f"{source}: {where}: environment variable {name} is not set (referenced as ${{{name}}})")
+        return os.environ[name]
+
+    return _ENV_REF.sub(substitute, value)
+
+
+def _known_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The keys allowed at ``loc`` (the parent of an unknown key), for a "did you mean" hint."""
+    model: Any = Settings
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return []
+        annotation = field.annotation
+        for arg in (annotation, *getattr(annotation, "__args__", ())):
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                model = arg
+                break
+        else:
+            return []
+    return list(model.model_fields)
+
+
+def _env_variable(loc: tuple[Any, ...]) -> str | None:
+    """The ``DG_*`` variable a value at ``loc`` came from, if one is set (``DG_LIMITS__X`` or a JSON ``DG_LIMITS``)."""
+    names = {name.upper() for name in os.environ}
+    parts = [str(p).upper() for p in loc]
+    for depth in range(len(parts), 0, -1):
+        candidate = "DG_" + "__".join(parts[:depth])
+        if candidate in names:
+            return candidate
+    return None
+
+
+def _describe(error: Any, file_source: str) -> str:
+    loc = tuple(error["loc"])
+    location = ".".join(str(part) for part in loc) or "(top level)"
+    variable = _env_variable(loc)
+    source = f"environment variable {variable}" if variable else file_source
+    if error["type"] == "extra_forbidden":
+        hint = difflib.get_close_matches(str(loc[-1]), _known_keys(loc[:-1]), n=1)
+        suggestion = f" (did you mean {hint[0]}?)" if hint else ""
+        return f"{source}: {location}: unknown key{suggestion}"
+    if error["type"] == "value_error":  # our own validators' messages already quote the input
+        return f"{source}: {location}: {str(error['msg']).removeprefix('Value error, ')}"
+    return f"{source}: {location}: {error['msg']} (got {error.get('input')!r})"
 
 
 def _format_validation_error(source: str, exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    location = ".".join(str(part) for part in first["loc"]) or "(top level)"
-    return f"{source}: {location}: {first['msg']} (got {first.get('input')!r})"
+    return "; ".join(_describe(error, source) for error in exc.errors())
 
 
 def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
     """Load settings from ``path`` (or ``$DG_CONFIG``), the environment and ``overrides``.
 
-    Raises :class:`ConfigError` naming the file and the offending key.
+    Raises :class:`ConfigError` naming the file (or the ``DG_*`` variable) and
+    the offending key path.
     """
     path = path or os.environ.get("DG_CONFIG")
     data: dict[str, Any] = {}
@@ -179,15 +309,47 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
             loaded = yaml.safe_load(file.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"{source}: config file not found") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{source}: is a directory, expected a YAML file") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{source}: not UTF-8 text (byte {exc.start})") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{source}: not valid YAML ({exc})") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{source}: expected a mapping at the top level, got {type(loaded).__name__}")
-        data = loaded
+        data = _resolve_references(loaded, "", source)
     data.update(overrides)
     try:
         return Settings(**data)
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(source, exc)) from None
+    except SettingsError as exc:  # a DG_* value that is not valid JSON for a list or a section
+        field = re.search(r'field "(\w+)"', str(exc))
+        prefix = "DG_" + (field.group(1).upper() if field else "")
+        variables = sorted(n for n in os.environ if n.upper() == prefix or n.upper().startswith(prefix + "__")) or [prefix]
+        raise ConfigError(f"environment variable {' or '.join(variables)}: not valid JSON; lists and sections are given "
+                          "as JSON, e.g. DG_NETWORK__TRUSTED_PROXIES='[\"10.0.0.0/8\"]'") from None
+
+
+def new_database_notice(settings: Settings, config_path: str | os.PathLike[str] | None) -> str | None:
+    """A sentence for stderr when opening ``settings.database`` would create a new SQLite file, else ``None``.
+
+    A command run without the intended ``--config`` (or from another
+    directory) would otherwise create an empty ``./distillguard.db`` and
+    report no accounts, no keys, no events, as if that were the truth.
+    """
+    from sqlalchemy.engine import make_url
+
+    try:
+        url = make_url(settings.database)
+    except Exception:
+        return None  # make_engine reports a malformed URL with its own message
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    file = Path(url.database).resolve()
+    if file.exists():
+        return None
+    config = f"configuration {config_path}" if config_path else "no configuration file (--config or DG_CONFIG): defaults"
+    return f"{config}; database {settings.database} does not exist yet and will be created as {file}"

@@ -2,33 +2,122 @@
 
 Registry calls are synchronous database work, so they run in a thread; they
 are operator actions, never on the proxied hot path. Components that own their
-own admin endpoints (policy, signals, watermark) are offered each request in
-turn through ``handle_admin`` (see docs/architecture.md, "admin plugins").
+own admin endpoints (policy, watermark) are offered each request in turn
+through ``handle_admin`` (see docs/architecture.md, "admin plugins").
+
+Every body is read up to :data:`MAX_ADMIN_BODY` (413 past it) and validated by
+a pydantic model (``extra="forbid"``); a ``pydantic.ValidationError`` raised
+here or by a plugin becomes a 422 in the API's error shape naming the field.
+Whatever else goes wrong answers a JSON 500, never a bare server error page.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import itertools
 import logging
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qsl
 
 import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from distillguard.config import DEFAULT_ADMIN_TOKEN, Settings, parse_listen
 from distillguard.events import format_ts, parse_ts
-from distillguard.exceptions import NotFoundError, UsageError
+from distillguard.exceptions import ConfigError, NotFoundError, UsageError
 from distillguard.gateway.errors import error_body
 
 if TYPE_CHECKING:
     from distillguard.gateway.app import Gateway, Receive, Scope, Send
 
-__all__ = ["AdminAPI", "parse_since"]
+__all__ = [
+    "MAX_ADMIN_BODY",
+    "AccountCreate",
+    "AccountStatus",
+    "AdminAPI",
+    "KeyCreate",
+    "Limits",
+    "check_admin_exposure",
+    "describe_validation_error",
+    "parse_since",
+]
 
 log = logging.getLogger("distillguard.gateway.admin")
 JSON = [(b"content-type", b"application/json")]
+MAX_ADMIN_BODY = 64 * 1024  # the largest admin body is a watermark text to test; a few pages is plenty
+_LOOPBACK_NAMES = {"localhost", "ip6-localhost", "ip6-loopback"}
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Limits(_Body):
+    """Per-account or per-key limits; a key that is left out is not changed, ``null`` means unlimited."""
+
+    requests_per_min: int | None = Field(default=None, ge=0)
+    tokens_per_min: int | None = Field(default=None, ge=0)
+    concurrent_requests: int | None = Field(default=None, ge=0)
+    daily_tokens: int | None = Field(default=None, ge=0)
+
+
+class AccountCreate(_Body):
+    name: str = Field(min_length=1, max_length=200, pattern=r"\S")
+    org: str | None = Field(default=None, max_length=200)
+    limits: Limits | None = None
+
+
+class KeyCreate(_Body):
+    limits: Limits | None = None
+
+
+class AccountStatus(_Body):
+    status: Literal["active", "suspended"]
+    reason: str | None = Field(default=None, max_length=2000)
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """``field.path: problem`` for each error, in one line (the body is the caller's, so no input is echoed)."""
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "body"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_admin_exposure(settings: Settings) -> str | None:
+    """Refuse an admin token anyone could guess; returns a warning for the default token on loopback.
+
+    Raises :class:`ConfigError` (exit 2) for an empty token anywhere, and for
+    the default ``change-me`` where the admin API listens on a non-loopback
+    address: either lets a stranger mint API keys.
+    """
+    admin_listen = settings.admin_listen or settings.listen
+    host = parse_listen(admin_listen)[0]
+    key = "admin_listen" if settings.admin_listen else "listen"
+    if not settings.admin_token.strip():
+        raise ConfigError("admin_token: empty; an empty token would let any caller use the admin API. "
+                          "Set a long random one (e.g. DG_ADMIN_TOKEN=$(openssl rand -hex 32))")
+    if settings.admin_token == DEFAULT_ADMIN_TOKEN:
+        if not _is_loopback(host):
+            raise ConfigError(f"admin_token: still the default {DEFAULT_ADMIN_TOKEN!r} while the admin API listens on "
+                              f"{admin_listen} ({key}), which is not a loopback address; set a long random token "
+                              "(e.g. DG_ADMIN_TOKEN=$(openssl rand -hex 32)) or serve the admin API on 127.0.0.1 (admin_listen)")
+        return (f"admin_token is the default {DEFAULT_ADMIN_TOKEN!r}: anyone on this machine can use the admin API "
+                f"on {admin_listen}; set a long random token before exposing it")
+    return None
 # "...T10:00:00 02:00": an unencoded "+" in a query string arrives as a space.
 _SPACE_FOR_PLUS = re.compile(r"^(.*\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?) (\d{2}:?\d{2})$")
 
@@ -68,15 +157,14 @@ class AdminAPI:
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         auth = dict(scope["headers"]).get(b"authorization", b"")
         scheme, _, token = auth.partition(b" ")
-        if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.token):
+        # Constant-time comparison; an empty configured token never matches (serve refuses to start with one).
+        if scheme.lower() != b"bearer" or not self.token or not hmac.compare_digest(token.strip(), self.token):
             await self._error(send, 401, "Admin endpoints need 'Authorization: Bearer <admin token>'.", "invalid_admin_token")
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await self._read_body(scope, receive)
+        if body is None:
+            await self._error(send, 413, f"Admin request bodies are limited to {MAX_ADMIN_BODY} bytes.", "body_too_large")
+            return
         method: str = scope["method"]
         path: str = scope["path"].rstrip("/")
         query = dict(parse_qsl(scope.get("query_string", b"").decode()))
@@ -106,8 +194,31 @@ class AdminAPI:
             await self._send(send, status, obj)
         except NotFoundError as exc:
             await self._error(send, 404, str(exc), "not_found")
-        except (UsageError, ValueError, KeyError, TypeError) as exc:
+        except ValidationError as exc:
+            await self._error(send, 422, f"Invalid admin request: {describe_validation_error(exc)}", "invalid_request")
+        except (UsageError, ValueError) as exc:
             await self._error(send, 422, f"Invalid admin request: {exc}", "invalid_request")
+        except Exception:  # a bug, or a store failure: still a JSON answer the admin tooling can read
+            log.exception("admin %s %s failed", method, path)
+            await self._error(send, 500, "The admin request failed inside the gateway; see its log.", "internal_error")
+
+    @staticmethod
+    async def _read_body(scope: Scope, receive: Receive) -> bytes | None:
+        """The request body, or ``None`` when it is larger than :data:`MAX_ADMIN_BODY`."""
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.strip().isdigit() and int(value) > MAX_ADMIN_BODY:
+                return None
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > MAX_ADMIN_BODY:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body") or message["type"] == "http.disconnect":
+                return b"".join(chunks)
 
     async def _dispatch(self, method: str, path: str, query: dict[str, str], body: bytes) -> tuple[int, Any] | None:
         gateway = self.gateway
@@ -131,8 +242,9 @@ class AdminAPI:
             if method == "GET":
                 return 200, {"data": await asyncio.to_thread(registry.list_accounts)}
             if method == "POST":
-                data = orjson.loads(body or b"{}")
-                account = await asyncio.to_thread(lambda: registry.create_account(data["name"], data.get("org"), data.get("limits"), actor="admin"))
+                new = AccountCreate.model_validate_json(body or b"{}")
+                limits = new.limits.model_dump(exclude_unset=True) if new.limits else None
+                account = await asyncio.to_thread(lambda: registry.create_account(new.name, new.org, limits, actor="admin"))
                 await gateway.reload_keys()
                 return 201, account
         if len(parts) == 2 and parts[0] == "accounts" and method == "GET":
@@ -142,19 +254,21 @@ class AdminAPI:
             account["keys"] = await asyncio.to_thread(registry.list_keys, parts[1])
             return 200, account
         if len(parts) == 3 and parts[0] == "accounts" and parts[2] == "keys" and method == "POST":
-            data = orjson.loads(body or b"{}")
-            key = await asyncio.to_thread(lambda: registry.create_key(parts[1], data.get("limits"), actor="admin"))
+            key_limits = KeyCreate.model_validate_json(body or b"{}").limits
+            key_limit_values = key_limits.model_dump(exclude_unset=True) if key_limits else None
+            key = await asyncio.to_thread(lambda: registry.create_key(parts[1], key_limit_values, actor="admin"))
             await gateway.reload_keys()
             return 201, key
         if len(parts) == 3 and parts[0] == "accounts" and parts[2] == "limits" and method in ("PUT", "POST"):
-            await asyncio.to_thread(lambda: registry.set_account_limits(parts[1], orjson.loads(body or b"{}"), actor="admin"))
+            limits = Limits.model_validate_json(body or b"{}").model_dump(exclude_unset=True)
+            await asyncio.to_thread(lambda: registry.set_account_limits(parts[1], limits, actor="admin"))
             await gateway.reload_keys()
-            return 200, {"account_id": parts[1], "limits": orjson.loads(body or b"{}")}
+            return 200, {"account_id": parts[1], "limits": limits}
         if len(parts) == 3 and parts[0] == "accounts" and parts[2] == "status" and method in ("PUT", "POST"):
-            data = orjson.loads(body or b"{}")
-            await asyncio.to_thread(lambda: registry.set_account_status(parts[1], str(data.get("status")), actor="admin", reason=data.get("reason")))
+            change = AccountStatus.model_validate_json(body or b"{}")
+            await asyncio.to_thread(lambda: registry.set_account_status(parts[1], change.status, actor="admin", reason=change.reason))
             await gateway.reload_keys()
-            return 200, {"account_id": parts[1], "status": data.get("status")}
+            return 200, {"account_id": parts[1], "status": change.status}
         if parts == ["keys"] and method == "GET":
             return 200, {"data": await asyncio.to_thread(registry.list_keys, query.get("account_id"))}
         if (len(parts) == 3 and parts[0] == "keys" and parts[2] == "revoke" and method == "POST") or (

@@ -174,6 +174,8 @@ class Gateway:
         from distillguard.gateway.admin import AdminAPI  # local: admin pulls in store export
 
         self.admin = AdminAPI(self)
+        # admin_listen: the admin API answers only on that port, and that port answers nothing else.
+        self._admin_port = int(settings.admin_listen.rpartition(":")[2]) if settings.admin_listen else None
         if sink is not None and hasattr(sink, "stats"):
             self.metrics.add_gauge("distillguard_event_queue_depth", "Events waiting to be written.",
                                    lambda: float(sink.stats["queued"]))  # type: ignore[attr-defined]
@@ -232,6 +234,9 @@ class Gateway:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
+            if self._admin_port is not None and self._wrong_listener(scope):
+                await self._respond(send, 404, error_body("openai", 404, f"No route for {scope['method']} {scope['path']} here.", "unknown_route"))
+                return
             route = ROUTES.get((scope["method"], scope["path"]))
             if route is not None:
                 await self._model_request(route, scope, receive, send)
@@ -239,6 +244,12 @@ class Gateway:
                 await self._other_request(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
+
+    def _wrong_listener(self, scope: Scope) -> bool:
+        """With ``admin_listen``: an admin path on the main listener, or anything else on the admin listener."""
+        server = scope.get("server")
+        on_admin_port = server is not None and server[1] == self._admin_port
+        return on_admin_port != scope["path"].startswith("/admin/")
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -368,7 +379,13 @@ class Gateway:
                 merged.update({str(k): v for k, v in (payload.get("logit_bias") or {}).items()})
                 payload["logit_bias"] = merged
                 modified = True
-        return (orjson.dumps(payload) if modified else body), translate
+        if not modified:
+            return body, translate
+        try:
+            return orjson.dumps(payload), translate
+        except orjson.JSONEncodeError:  # orjson reads 1,024 levels of nesting but writes only 254
+            raise GatewayError(400, "The request body is nested too deeply to forward (more than 254 levels of objects "
+                                    "and arrays, e.g. in a tool's input_schema); flatten it.", "nesting_too_deep") from None
 
     def _marks(self, upstream: Upstream, endpoint: str) -> bool:
         """Whether this request gets the watermark's ``logit_bias``.

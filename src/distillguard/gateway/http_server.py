@@ -508,10 +508,11 @@ class HttpServer:
     """Serve ``app`` on ``host:port`` until SIGTERM/SIGINT (or :meth:`stop`)."""
 
     def __init__(self, app: ASGIApp, host: str, port: int, *, backlog: int = 4096, keepalive_timeout_s: float = 5.0,
-                 graceful_timeout_s: float = 30.0) -> None:
+                 graceful_timeout_s: float = 30.0, also_listen: tuple[tuple[str, int], ...] = ()) -> None:
         self.app = app
         self.host = host
         self.port = port
+        self.also_listen = also_listen  # more (host, port) pairs for the same app, e.g. the admin_listen address
         self.backlog = backlog
         self.keepalive_timeout_s = keepalive_timeout_s
         self.graceful_timeout_s = graceful_timeout_s
@@ -548,12 +549,13 @@ class HttpServer:
         self._idle = asyncio.Event()
         lifespan = _Lifespan(self.app)
         await lifespan.startup()
-        server = await self.loop.create_server(lambda: _HttpConnection(self), self.host, self.port, backlog=self.backlog,
-                                               reuse_address=True)
+        servers = [await self.loop.create_server(lambda: _HttpConnection(self), host, port, backlog=self.backlog, reuse_address=True)
+                   for host, port in ((self.host, self.port), *self.also_listen)]
         if install_signal_handlers:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self.loop.add_signal_handler(sig, self.stop)
-        log.info("listening on http://%s:%d", self.host, self.port)
+        for host, port in ((self.host, self.port), *self.also_listen):
+            log.info("listening on http://%s:%d", host, port)
         sweeper = self.loop.create_task(self._close_idle_connections())
         try:
             await self._stop.wait()
@@ -561,7 +563,8 @@ class HttpServer:
             sweeper.cancel()
             self.stopping = True
             log.info("stopping: no new connections; waiting for %d request(s) in flight", self.in_flight)
-            server.close()
+            for server in servers:
+                server.close()
             for conn in list(self.connections):
                 if conn.idle:
                     conn.close()

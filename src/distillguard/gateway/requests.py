@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import reprlib
 from typing import Any
 
 import orjson
@@ -35,7 +36,7 @@ def _expect(payload: dict[str, Any], name: str, kinds: type | tuple[type, ...], 
     if isinstance(value, bool) and bool not in (kinds if isinstance(kinds, tuple) else (kinds,)):
         raise GatewayError(422, f"{name}: expected {_names(kinds)}, got a boolean ({value!r}).", "invalid_type")
     if not isinstance(value, kinds):
-        raise GatewayError(422, f"{name}: expected {_names(kinds)}, got {type(value).__name__} ({value!r:.60}).", "invalid_type")
+        raise GatewayError(422, f"{name}: expected {_names(kinds)}, got {type(value).__name__} ({reprlib.repr(value):.60}).", "invalid_type")
 
 
 def _names(kinds: type | tuple[type, ...]) -> str:
@@ -79,11 +80,21 @@ def flatten_content(content: Any) -> str:
         for part in content:
             if isinstance(part, dict):
                 if part.get("type") in ("text", "input_text"):
-                    parts.append(str(part.get("text", "")))
+                    parts.append(as_text(part.get("text", "")))
             elif isinstance(part, str):
                 parts.append(part)
         return "".join(parts)
-    return str(content)
+    return as_text(content)
+
+
+def as_text(value: Any) -> str:
+    """``str(value)`` for the event log, bounded: a client's JSON may nest ~1,000 levels, past ``repr``'s recursion limit."""
+    if isinstance(value, str):
+        return value
+    try:
+        return str(value)
+    except RecursionError:
+        return f"<{type(value).__name__} nested too deeply to record>"
 
 
 def redact_text(text: str, mode: str, key: bytes) -> str:
@@ -108,7 +119,7 @@ def request_part(endpoint: str, payload: dict[str, Any], prompt_mode: str = "kee
         for message in payload.get("messages") or []:
             if not isinstance(message, dict):
                 continue
-            role = str(message.get("role"))
+            role = as_text(message.get("role"))
             text = flatten_content(message.get("content"))
             if role in ("system", "developer"):
                 system_parts.append(text)
@@ -117,11 +128,11 @@ def request_part(endpoint: str, payload: dict[str, Any], prompt_mode: str = "kee
     elif endpoint == "openai.completions":
         prompt = payload.get("prompt")
         texts = prompt if isinstance(prompt, list) else [prompt]
-        messages = [{"role": "user", "content": t if isinstance(t, str) else str(t)} for t in texts]
+        messages = [{"role": "user", "content": as_text(t)} for t in texts]
     elif endpoint == "openai.embeddings":
         inputs = payload.get("input")
         texts = inputs if isinstance(inputs, list) else [inputs]
-        messages = [{"role": "user", "content": t if isinstance(t, str) else str(t)} for t in texts[:64]]
+        messages = [{"role": "user", "content": as_text(t)} for t in texts[:64]]
     system = "\n".join(system_parts) if system_parts else None
     if prompt_mode != "keep":
         system = redact_text(system, prompt_mode, hash_key) if system else system

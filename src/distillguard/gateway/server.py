@@ -9,14 +9,18 @@ then run the lifespan shutdown, where the event sink drains.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import socket
 import sys
 from typing import Any
 
-from distillguard.config import Settings, load_settings
+from distillguard.config import Settings, load_settings, parse_listen
+from distillguard.exceptions import ConfigError
+from distillguard.gateway.admin import check_admin_exposure
 from distillguard.gateway.app import Gateway
 
-__all__ = ["build_gateway", "serve", "serve_command"]
+__all__ = ["build_gateway", "check_serving", "serve", "serve_command"]
 
 log = logging.getLogger("distillguard.gateway")
 
@@ -39,16 +43,53 @@ def build_gateway(settings: Settings) -> Gateway:
     return Gateway(settings, registry=registry, sink=sink, signals=signals, policy=policy, watermarker=watermarker, admin_plugins=plugins)
 
 
+def _check_free(key: str, address: str) -> None:
+    """Bind ``address`` once and let go, so a port in use is a clear exit-2 error before anything is started or logged."""
+    host, port = parse_listen(address)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigError(f"{key}: cannot resolve host {host!r} ({exc.strerror})") from None
+    family, kind, proto, _, sockaddr = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: TIME_WAIT is no conflict
+        try:
+            probe.bind(sockaddr)
+        except OSError as exc:
+            reason = "already in use by another process" if exc.errno == errno.EADDRINUSE else exc.strerror
+            raise ConfigError(f"{key}: cannot listen on {address}: {reason}; stop the other process or choose another "
+                              "port") from None
+
+
+def check_serving(settings: Settings) -> None:
+    """Everything that would make ``serve`` fail or be unsafe, checked before it starts (exit 2 with the key's name)."""
+    if settings.admin_listen is not None and parse_listen(settings.admin_listen)[1] == settings.listen_port:
+        raise ConfigError(f"admin_listen: {settings.admin_listen} uses the same port as listen ({settings.listen}); the two "
+                          "listeners are told apart by port: give the admin API another one, or leave admin_listen unset")
+    warning = check_admin_exposure(settings)
+    if warning:
+        log.warning("%s", warning)
+    _check_free("listen", settings.listen)
+    if settings.admin_listen is not None:
+        _check_free("admin_listen", settings.admin_listen)
+
+
 def serve(settings: Settings) -> None:
     from distillguard.gateway.http_server import run
 
     logging.getLogger().setLevel(settings.log_level.upper())
+    check_serving(settings)
     # The event writer thread gives up the interpreter lock inside every SQLite call and must win it back
     # from a busy event loop each time; at the default 5 ms switch interval it falls behind under load.
     sys.setswitchinterval(0.0005)
     app = build_gateway(settings)
-    log.info("distillguard gateway on http://%s (admin API under /admin/v1/)", settings.listen)
-    run(app, settings.listen_host, settings.listen_port, backlog=4096, graceful_timeout_s=30)
+    also_listen: tuple[tuple[str, int], ...] = ()
+    if settings.admin_listen is not None:
+        also_listen = (parse_listen(settings.admin_listen),)
+        log.info("distillguard gateway on http://%s (admin API only on http://%s/admin/v1/)", settings.listen, settings.admin_listen)
+    else:
+        log.info("distillguard gateway on http://%s (admin API under /admin/v1/)", settings.listen)
+    run(app, settings.listen_host, settings.listen_port, backlog=4096, graceful_timeout_s=30, also_listen=also_listen)
 
 
 def serve_command(args: argparse.Namespace) -> int:

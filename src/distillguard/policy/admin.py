@@ -4,29 +4,52 @@ A review item's subject is an account or a cluster (``cl_…``, one item per
 hydra). Confirming with an ``action`` applies it to every member; dismissing
 lifts what the detection caused: each member gets a manual ``allow`` (its
 automatic throttle/degrade/block stop at once; ``unblock`` clears that again).
+
+Bodies are validated by the pydantic models below; the gateway's admin API
+turns their ``ValidationError`` into a 422 naming the field.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-import orjson
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import SQLAlchemyError
 
 if TYPE_CHECKING:
     from distillguard.policy.engine import PolicyEngine
 
-__all__ = ["MANUAL_ACTIONS", "handle", "review_members"]
+__all__ = ["MANUAL_ACTIONS", "ManualAction", "ReviewResolution", "handle", "review_members"]
 
 log = logging.getLogger("distillguard.policy")
 
 MANUAL_ACTIONS = ("allow", "flag", "throttle", "degrade", "block", "clear")
+ManualActionName = Literal["allow", "flag", "throttle", "degrade", "block", "clear"]
 
 
-def _error(status: int, message: str) -> tuple[int, object]:
-    return status, {"error": {"message": message, "type": "invalid_request_error", "code": None}}
+class ManualAction(BaseModel):
+    """``POST /admin/v1/accounts/{id}/action`` and ``/clusters/{id}/action``: a manual override (docs/policy.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+    action: ManualActionName
+    reason: str | None = Field(default=None, max_length=2000)
+    actor: str = Field(default="admin", min_length=1, max_length=200)
+
+
+class ReviewResolution(BaseModel):
+    """``POST /admin/v1/review/{id}``: confirm (optionally applying ``action``) or dismiss a review item."""
+
+    model_config = ConfigDict(extra="forbid")
+    status: Literal["confirmed", "dismissed"]
+    actor: str = Field(default="admin", min_length=1, max_length=200)
+    note: str | None = Field(default=None, max_length=2000)
+    action: ManualActionName | None = None
+
+
+def _error(status: int, message: str, error_type: str = "invalid_request_error") -> tuple[int, object]:
+    return status, {"error": {"message": message, "type": error_type, "code": None}}
 
 
 async def _set_manual(engine: PolicyEngine, account_id: str, action: str, reason: str, actor: Any) -> tuple[int, object] | None:
@@ -40,6 +63,24 @@ async def _set_manual(engine: PolicyEngine, account_id: str, action: str, reason
     except SQLAlchemyError as exc:
         log.error("manual override for %s not saved: %s", account_id, exc)
         return _error(503, f"The override was not applied: the store failed ({type(exc).__name__}); retry.")
+    return None
+
+
+async def _missing_account(engine: PolicyEngine, account_id: str) -> tuple[int, object] | None:
+    """A 404 when the store knows no such account (a typo'd id would otherwise "block" nobody and answer 200).
+
+    Without a store there is nothing to check against; ``clear`` is never
+    checked, so an override left on a since-deleted account can be lifted.
+    """
+    if engine.registry is None:
+        return None
+    try:
+        found = await asyncio.to_thread(engine.registry.get_account, account_id)
+    except SQLAlchemyError as exc:
+        log.error("manual override for %s not saved: %s", account_id, exc)
+        return _error(503, f"The override was not applied: the store failed ({type(exc).__name__}); retry.")
+    if found is None:
+        return _error(404, f"account {account_id!r} does not exist (see GET /admin/v1/accounts)", "not_found_error")
     return None
 
 
@@ -64,7 +105,10 @@ async def handle(engine: PolicyEngine, method: str, path: str, query: dict[str, 
     if parts == ["flagged"] and method == "GET":
         return 200, engine.flagged()
     if parts == ["audit"] and method == "GET":
-        return 200, {"data": await asyncio.to_thread(engine.audit_log, int(query.get("limit", "100")))}
+        limit = query.get("limit", "100")
+        if not limit.isdigit() or not 1 <= int(limit) <= 10_000:
+            return _error(422, f"limit: expected an integer from 1 to 10000, got {limit!r}")
+        return 200, {"data": await asyncio.to_thread(engine.audit_log, int(limit))}
     if parts == ["review"] and method == "GET":
         if registry is None:
             return _error(503, "The review queue needs the store.")
@@ -72,21 +116,19 @@ async def handle(engine: PolicyEngine, method: str, path: str, query: dict[str, 
     if len(parts) == 2 and parts[0] == "review" and method == "POST":
         if registry is None:
             return _error(503, "The review queue needs the store.")
-        data: dict[str, Any] = orjson.loads(body or b"{}")
-        status, action, actor = data.get("status", ""), data.get("action"), str(data.get("actor") or "admin")
-        if status not in ("confirmed", "dismissed"):
-            return _error(422, f"status: expected 'confirmed' or 'dismissed', got {status!r}")
-        if action is not None and (status != "confirmed" or action not in MANUAL_ACTIONS):
-            return _error(422, f"action: only with status 'confirmed', one of {list(MANUAL_ACTIONS)}; got {action!r}")
+        resolution = ReviewResolution.model_validate_json(body or b"{}")
+        status, action, actor, note = resolution.status, resolution.action, resolution.actor, resolution.note
+        if action is not None and status != "confirmed":
+            return _error(422, f"action: only with status 'confirmed'; got {action!r} with {status!r}")
         reviews = await asyncio.to_thread(registry.list_reviews, None)
         review = next((r for r in reviews if r["review_id"] == parts[1]), None)
         if review is None:
             return _error(404, f"review {parts[1]!r} does not exist (see GET /admin/v1/review)")
-        await asyncio.to_thread(registry.resolve_review, parts[1], status, actor, data.get("note"))
+        await asyncio.to_thread(registry.resolve_review, parts[1], status, actor, note)
         members = review_members(engine, review)
         applied = action if status == "confirmed" else "allow"
         if applied:
-            reason = f"review {parts[1]} {status}" + (f": {data['note']}" if data.get("note") else "")
+            reason = f"review {parts[1]} {status}" + (f": {note}" if note else "")
             for member in members:
                 failed = await _set_manual(engine, member, applied, reason, actor)
                 if failed is not None:
@@ -95,26 +137,24 @@ async def handle(engine: PolicyEngine, method: str, path: str, query: dict[str, 
     if parts == ["clusters"] and method == "GET":
         return 200, {"data": engine.clusters()}
     if len(parts) == 3 and parts[0] == "clusters" and parts[2] == "action" and method == "POST":
-        data = orjson.loads(body or b"{}")
-        action = data.get("action")
-        if action not in MANUAL_ACTIONS:
-            return _error(422, f"action: expected one of {list(MANUAL_ACTIONS)}, got {action!r}")
+        manual = ManualAction.model_validate_json(body or b"{}")
         members = engine.cluster_members(parts[1])
         if not members:
             return _error(404, f"cluster {parts[1]!r} is not in the latest report (see GET /admin/v1/clusters)")
-        reason = str(data.get("reason") or "no reason given") + f" (cluster {parts[1]})"
+        reason = (manual.reason or "no reason given") + f" (cluster {parts[1]})"
         for member in members:
-            failed = await _set_manual(engine, member, action, reason, data.get("actor", "admin"))
+            failed = await _set_manual(engine, member, manual.action, reason, manual.actor)
             if failed is not None:
                 return failed
-        return 200, {"cluster_id": parts[1], "action": action, "accounts": members}
+        return 200, {"cluster_id": parts[1], "action": manual.action, "accounts": members}
     if len(parts) == 3 and parts[0] == "accounts" and parts[2] == "action" and method == "POST":
-        data = orjson.loads(body or b"{}")
-        action = data.get("action")
-        if action not in MANUAL_ACTIONS:
-            return _error(422, f"action: expected one of {list(MANUAL_ACTIONS)}, got {action!r}")
-        failed = await _set_manual(engine, parts[1], action, str(data.get("reason") or "no reason given"), data.get("actor", "admin"))
+        manual = ManualAction.model_validate_json(body or b"{}")
+        if manual.action != "clear":
+            missing = await _missing_account(engine, parts[1])
+            if missing is not None:
+                return missing
+        failed = await _set_manual(engine, parts[1], manual.action, manual.reason or "no reason given", manual.actor)
         if failed is not None:
             return failed
-        return 200, {"account_id": parts[1], "action": action}
+        return 200, {"account_id": parts[1], "action": manual.action}
     return None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import itertools
+import json
 import logging
 import os
 import threading
@@ -36,13 +37,22 @@ __all__ = ["EventSink"]
 log = logging.getLogger("distillguard.store.sink")
 
 
+def _encode(event: dict[str, Any]) -> bytes:
+    """One event as JSON. orjson writes at most 254 levels of nesting; a deeper event (a client's odd field copied in)
+    falls back to the standard library, whose limit is the interpreter's recursion limit, so it is still kept."""
+    try:
+        return orjson.dumps(event)
+    except orjson.JSONEncodeError:
+        return json.dumps(event, default=str, ensure_ascii=False).encode()
+
+
 def _row(event: dict[str, Any]) -> dict[str, Any]:
     return {
         "request_id": event["request_id"],
         "ts": event["ts"],
         "account_id": event.get("account_id"),
         "endpoint": event.get("endpoint", ""),
-        "body": orjson.dumps(event).decode(),
+        "body": _encode(event).decode(),
     }
 
 
@@ -233,7 +243,7 @@ class EventSink:
         try:
             self.spill_dir.mkdir(parents=True, exist_ok=True)
             with open(tmp, "wb") as handle:
-                handle.write(b"".join(orjson.dumps(e) + b"\n" for e in batch))
+                handle.write(b"".join(_encode(e) + b"\n" for e in batch))
                 handle.flush()
                 os.fsync(handle.fileno())
             tmp.rename(self.spill_dir / name)
@@ -272,7 +282,7 @@ class EventSink:
         for batch in self._held:
             try:
                 with open(fallback, "ab") as handle:
-                    handle.write(b"".join(orjson.dumps(e) + b"\n" for e in batch))
+                    handle.write(b"".join(_encode(e) + b"\n" for e in batch))
                 log.error("wrote %d unsaved events to %s", len(batch), fallback)
                 self.spilled += len(batch)
             except OSError as exc:

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from distillguard.config import load_settings
+from distillguard.config import DEFAULT_WATERMARK_SECRET, load_settings
 from distillguard.exceptions import InputError
 
 __all__ = ["detect_command"]
@@ -38,6 +38,11 @@ def detect_command(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config)
     text = _read_text(args.text_file)
+    if settings.watermark.master_secret == DEFAULT_WATERMARK_SECRET:
+        # The default secret cannot have marked a real deployment's text: a "not_detected" under it proves nothing.
+        print("warning: testing with the default watermark.master_secret (no --config, DG_CONFIG or "
+              "DG_WATERMARK__MASTER_SECRET sets it); use the marking gateway's configuration, or the result says "
+              "nothing about its watermark", file=sys.stderr)
     try:
         result = detect_text(text, args.key_ids or ["global"], settings, tokenizer_path=getattr(args, "tokenizer", None),
                              scheme=getattr(args, "scheme", "unigram"))

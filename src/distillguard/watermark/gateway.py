@@ -11,13 +11,14 @@ has no ``logit_bias``.
 from __future__ import annotations
 
 import logging
-from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from distillguard.config import Settings
 from distillguard.watermark.keys import derive_key, key_for
 from distillguard.watermark.universe import BIAS_LIMIT, UNIVERSE, unigram_universe
 
-__all__ = ["GatewayWatermarker", "UNIVERSE", "BIAS_LIMIT", "unigram_universe"]
+__all__ = ["GatewayWatermarker", "UNIVERSE", "BIAS_LIMIT", "WatermarkDetectRequest", "unigram_universe"]
 
 log = logging.getLogger("distillguard.watermark")
 
@@ -58,23 +59,36 @@ class GatewayWatermarker:
         return key_id, cached
 
     async def handle_admin(self, method: str, path: str, query: dict[str, str], body: bytes) -> tuple[int, object] | None:
+        """``POST /admin/v1/watermark/detect``; a malformed body raises ``ValidationError`` (the admin API's 422)."""
         if path != "/admin/v1/watermark/detect" or method != "POST":
             return None
         import asyncio
-
-        import orjson
+        import os
 
         from distillguard.watermark.service import detect_text
 
+        request = WatermarkDetectRequest.model_validate_json(body or b"{}")
+        if request.tokenizer is not None and not os.path.isfile(request.tokenizer):
+            return 422, _invalid(f"tokenizer: no such file on the gateway's machine: {request.tokenizer!r}")
         try:
-            data: dict[str, Any] = orjson.loads(body or b"{}")
-        except orjson.JSONDecodeError:
-            return 400, {"error": {"message": "body must be JSON: {\"text\": ..., \"key_ids\": [...]}", "type": "invalid_request_error", "code": None}}
-        text = data.get("text")
-        if not isinstance(text, str) or not text.strip():
-            return 422, {"error": {"message": "text: a non-empty string is required", "type": "invalid_request_error", "code": None}}
-        try:
-            result = await asyncio.to_thread(detect_text, text, data.get("key_ids"), self.settings, tokenizer_path=data.get("tokenizer"))
+            result = await asyncio.to_thread(detect_text, request.text, request.key_ids, self.settings, tokenizer_path=request.tokenizer)
         except ValueError as exc:
-            return 422, {"error": {"message": str(exc), "type": "invalid_request_error", "code": None}}
+            return 422, _invalid(str(exc))
+        except Exception as exc:  # tokenizers raises a bare Exception for a file that is not a tokenizer.json
+            if request.tokenizer is None:
+                raise
+            return 422, _invalid(f"tokenizer: cannot load {request.tokenizer!r} as a tokenizer.json ({exc})")
         return 200, result
+
+
+def _invalid(message: str) -> dict[str, object]:
+    return {"error": {"message": message, "type": "invalid_request_error", "code": None}}
+
+
+class WatermarkDetectRequest(BaseModel):
+    """The body of ``POST /admin/v1/watermark/detect``."""
+
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(min_length=1, pattern=r"\S", description="the suspect text")
+    key_ids: list[str] | None = Field(default=None, max_length=100, description="keys to test (default: global)")
+    tokenizer: str | None = Field(default=None, description="a tokenizer.json on the gateway's machine (default: the demo model's)")
