@@ -20,12 +20,15 @@ import pytest
 from tests.gateway_fixtures import RunningGateway, start_gateway
 from tests.upstream_stub import ODD_BODIES, ODD_CHUNKS, ODD_EVENTS, UpstreamStub
 
+UPSTREAM_KEY = "operator-upstream-key-7f3a9c"  # no common key shape: only masking the configured key hides it
+
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory, stub: UpstreamStub) -> Iterator[RunningGateway]:
     upstreams = [
-        {"name": "stub-anthropic", "base_url": stub.base_url, "protocol": "anthropic", "models": ["claude-*"], "timeout_s": 3},
-        {"name": "stub", "base_url": stub.base_url, "protocol": "openai", "models": ["*"], "timeout_s": 3},
+        {"name": "stub-anthropic", "base_url": stub.base_url, "protocol": "anthropic", "models": ["claude-*"], "timeout_s": 3,
+         "api_key": UPSTREAM_KEY},
+        {"name": "stub", "base_url": stub.base_url, "protocol": "openai", "models": ["*"], "timeout_s": 3, "api_key": UPSTREAM_KEY},
     ]
     gw = start_gateway(tmp_path_factory.mktemp("odd"), upstreams=upstreams)
     yield gw
@@ -120,3 +123,20 @@ def test_the_event_names_the_field_that_broke(gateway: RunningGateway, secret: s
     response = _openai_call(gateway, secret, "stub-odd-body-empty", stream=False)
     (event,) = _events_of(gateway, response.headers["x-request-id"])
     assert event["response"]["error"] == "upstream_protocol_error: body: expected a JSON object, got an empty body"
+
+
+@pytest.mark.parametrize("model", ["stub-echo-401", "stub-echo-text-401", "claude-echo-401", "claude-echo-text-401"])
+def test_upstream_error_bodies_pass_with_credentials_masked(gateway: RunningGateway, secret: str, model: str) -> None:
+    """Finding 11: an upstream that echoes the credentials it was sent must not hand the operator's key to the caller."""
+    if model.startswith("claude"):
+        response = _anthropic_call(gateway, secret, model, stream=False)
+    else:
+        response = _openai_call(gateway, secret, model, stream=False)
+    assert response.status_code == 401
+    text = response.text
+    assert UPSTREAM_KEY not in text and "sk-ant-api03-" not in text and "sk-proj-" not in text and "AKIA" not in text
+    assert secret not in text  # the caller's own key is not the upstream's business either (it is never sent upstream)
+    assert "[masked]" in text and "Incorrect API key provided" in text
+    if model in ("stub-echo-401", "claude-echo-401"):  # the upstream's JSON error object still passes, masked
+        assert response.json()["error"]["message"].startswith("Incorrect API key provided: ")
+    assert UPSTREAM_KEY not in gateway.log()

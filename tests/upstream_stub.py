@@ -20,6 +20,8 @@ Behaviour is chosen by the model name so tests need no side channel:
   once the messages since the last assistant turn hold a ``role: tool`` result, it answers with
   text quoting that result (non-streaming).
 - ``stub-tools-parallel``: calls the first tool twice (Paris, then Tokyo), no text, one call after the other.
+- ``*-echo-401`` / ``*-echo-text-401``: answers 401 echoing the request's credentials (``Authorization`` and
+  ``x-api-key``) and a few other key shapes, as JSON or as plain text (secret-masking tests).
 - ``*-odd-CASE``: a malformed answer from ``ODD_CHUNKS`` (streamed: one good chunk, the odd one, then the
   rest of a normal stream) or ``ODD_BODIES`` (not streamed: the bytes as they are, status 200). Chat answers
   for OpenAI cases, Messages answers for ``claude-odd-…`` (Anthropic cases).
@@ -121,6 +123,7 @@ class UpstreamStub:
         self.headers: list[dict[str, str]] = []
         self.cancelled = 0
         self.stream_chunks_sent = 0
+        self.model_lists = 0  # GET /models answered (health probes and model listings)
         self._loop = asyncio.new_event_loop()
         self._started = threading.Event()
         self._runner: web.AppRunner | None = None
@@ -169,11 +172,20 @@ class UpstreamStub:
             raise _Reply(web.json_response({"error": {"message": "upstream exploded", "type": "server_error", "code": None}}, status=500))
         if model.endswith("-html-502"):
             raise _Reply(web.Response(status=502, body=HTML_502, content_type="text/html"))
+        if model.endswith("-echo-401") or model.endswith("-echo-text-401"):
+            sent = f"{request.headers.get('Authorization', '')} {request.headers.get('x-api-key', '')}"
+            message = (f"Incorrect API key provided: {sent}. Other keys seen: sk-ant-api03-{'a' * 20} "
+                       f"sk-proj-{'b' * 20} AKIA{'C' * 16}")
+            if model.endswith("-echo-401"):
+                raise _Reply(web.json_response({"error": {"message": message, "type": "invalid_request_error", "code": "invalid_api_key"}},
+                                               status=401))
+            raise _Reply(web.Response(status=401, text=message, content_type="text/plain"))
         if model.endswith("-text-503"):
             raise _Reply(web.Response(status=503, text=TEXT_503, content_type="text/plain"))
         return body
 
     async def models(self, request: web.Request) -> web.Response:
+        self.model_lists += 1
         data = [{"id": m, "object": "model", "created": 0, "owned_by": "stub"}
                 for m in ("stub-1", "stub-slow-stream", "stub-hang", "stub-500", "stub-reasoning")]
         return web.json_response({"object": "list", "data": data})

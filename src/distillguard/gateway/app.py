@@ -29,9 +29,11 @@ from distillguard.gateway.errors import (
     GatewayError,
     error_body,
     json_object,
+    mask_secrets,
     upstream_error_body,
     upstream_error_excerpt,
 )
+from distillguard.gateway.health import UpstreamHealth
 from distillguard.gateway.limits import Lease, Limiter
 from distillguard.gateway.metrics import Metrics
 from distillguard.gateway.requests import (
@@ -87,6 +89,8 @@ ROUTES: dict[tuple[str, str], tuple[str, str, str]] = {
 JSON_HEADERS = [(b"content-type", b"application/json")]
 SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
 JSON_REQUEST_LINE = b"Content-Type: application/json\r\n"
+READYZ_TTL_S = 5.0  # /readyz reuses one round of upstream probes for this long
+MODEL_LIST_TTL_S = 30.0  # GET /v1/models reuses the upstreams' own model lists for this long
 
 
 class EventConsumer(Protocol):
@@ -171,6 +175,9 @@ class Gateway:
         self._poll_task: asyncio.Task[None] | None = None
         self._stopping = False
         self.started_at = time.time()
+        self.health = UpstreamHealth([u.name for u in self.router.upstreams], self._probe_upstream, ttl_s=READYZ_TTL_S)
+        self._listed_models: tuple[float, dict[str, str]] | None = None
+        self._listing = asyncio.Lock()
         from distillguard.gateway.admin import AdminAPI  # local: admin pulls in store export
 
         self.admin = AdminAPI(self)
@@ -202,6 +209,7 @@ class Gateway:
             self._poll_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poll_task
+        await self.health.close()
         if self.client is not None:
             await self.client.close()
         if self.policy is not None and hasattr(self.policy, "close"):
@@ -543,13 +551,16 @@ class Gateway:
     ) -> None:
         """An upstream's error status, passed on with a body the caller's SDK can read.
 
-        A JSON error object goes through unchanged when the caller speaks the
-        upstream's protocol. Anything else — a proxy's HTML 502 page, plain
-        text, an OpenAI error for an Anthropic caller — is wrapped in the
-        caller's error shape with a short excerpt, keeping the status.
+        Credentials in it are masked first (the configured upstream key and
+        common key shapes, :func:`mask_secrets`). A JSON error object then goes
+        through when the caller speaks the upstream's protocol. Anything else —
+        a proxy's HTML 502 page, plain text, an OpenAI error for an Anthropic
+        caller — is wrapped in the caller's error shape with a short excerpt,
+        keeping the status.
         """
         self.metrics.upstream_errors[(upstream.name, f"http_{status}")] += 1
         ex.error = f"upstream_http_{status}"
+        raw = mask_secrets(raw, upstream.secrets)  # an upstream may echo the operator's key back
         if not translate and json_object(raw) is not None:
             log.warning("upstream %s answered %d for %s", upstream.name, status, ex.endpoint)
         else:
@@ -671,34 +682,59 @@ class Gateway:
         stats = getattr(self.sink, "stats", None)
         if stats is not None and not stats.get("store_ok", True):
             problems.append("event store unavailable (events are spilling to disk)")
-        for upstream in self.router.upstreams:
-            try:
-                async with asyncio.timeout(2):
-                    await self._get_from_upstream(upstream, b"/models")
-            except Exception as exc:
-                problems.append(f"upstream {upstream.name} unreachable ({type(exc).__name__})")
+        problems += await self.health.problems()  # cached: unauthenticated calls never fan out to the upstreams
         body = {"status": "ready" if not problems else "not_ready", "problems": problems, "keys_loaded": len(self.keys)}
         await self._respond(send, 200 if not problems else 503, orjson.dumps(body))
 
+    async def _probe_upstream(self, index: int) -> None:
+        await self._get_from_upstream(self.router.upstreams[index], b"/models")
+
     async def _list_models(self, scope: Scope, send: Send) -> None:
-        headers = scope["headers"]
+        """``GET /v1/models``: authenticated, admitted by the limits like any request, and one event (``openai.models``)."""
+        ex = _Exchange("openai.models", "openai", scope)
+        lease: Lease | None = None
         try:
-            self.keys.authenticate(extract_secret(_header(headers, b"authorization"), _header(headers, b"x-api-key")))
+            headers = ex.headers
+            ex.key = key = self.keys.authenticate(extract_secret(_header(headers, b"authorization"), _header(headers, b"x-api-key")))
+            lease = self.limiter.acquire(key)
+            data = [{"id": name, "object": "model", "created": int(self.started_at), "owned_by": owner}
+                    for name, owner in sorted((await self._model_names()).items())]
+            ex.status = 200
+            await self._respond(send, 200, orjson.dumps({"object": "list", "data": data}), [*JSON_HEADERS, (b"x-request-id", ex.request_id.encode())])
         except GatewayError as exc:
-            await self._respond(send, exc.status, error_body("openai", exc.status, exc.message, exc.code))
-            return
-        seen: dict[str, str] = {name: u.name for name, u in self.router.listed_models()}
-        for upstream in self.router.upstreams:
-            if any(ch in p for p in upstream.settings.models for ch in "*?[") and upstream.protocol == "openai" and self.client is not None:
-                try:
-                    async with asyncio.timeout(5):
-                        listed = orjson.loads(await self._get_from_upstream(upstream, b"/models"))
-                    for item in listed.get("data") or []:
-                        seen.setdefault(str(item.get("id")), upstream.name)
-                except Exception as exc:
-                    log.warning("listing models of upstream %s failed: %s", upstream.name, exc)
-        data = [{"id": name, "object": "model", "created": int(self.started_at), "owned_by": owner} for name, owner in sorted(seen.items())]
-        await self._respond(send, 200, orjson.dumps({"object": "list", "data": data}))
+            ex.status, ex.error = exc.status, exc.event_error
+            headers = [*JSON_HEADERS, (b"x-request-id", ex.request_id.encode())]
+            if exc.retry_after is not None:
+                headers.append((b"retry-after", str(int(exc.retry_after)).encode()))
+            await self._respond(send, exc.status, error_body("openai", exc.status, exc.message, exc.code), headers)
+        finally:
+            if lease is not None:
+                lease.release(0)
+            self.metrics.observe(ex.endpoint, ex.status, time.perf_counter() - ex.started)
+            self._emit_safely(ex)
+
+    async def _model_names(self) -> dict[str, str]:
+        """Model name → upstream: the configured exact names, plus what pattern-routed OpenAI upstreams list (cached)."""
+        now = time.monotonic()
+        cached = self._listed_models
+        if cached is not None and now - cached[0] < MODEL_LIST_TTL_S:
+            return cached[1]
+        async with self._listing:  # one listing round at a time; the others then read its result
+            cached = self._listed_models
+            if cached is not None and time.monotonic() - cached[0] < MODEL_LIST_TTL_S:
+                return cached[1]
+            seen: dict[str, str] = {name: u.name for name, u in self.router.listed_models()}
+            for upstream in self.router.upstreams:
+                if any(ch in p for p in upstream.settings.models for ch in "*?[") and upstream.protocol == "openai" and self.client is not None:
+                    try:
+                        async with asyncio.timeout(5):
+                            listed = orjson.loads(await self._get_from_upstream(upstream, b"/models"))
+                        for item in listed.get("data") or []:
+                            seen.setdefault(str(item.get("id")), upstream.name)
+                    except Exception as exc:
+                        log.warning("listing models of upstream %s failed: %s", upstream.name, exc)
+            self._listed_models = (time.monotonic(), seen)
+            return seen
 
     async def _get_from_upstream(self, upstream: Upstream, path: bytes) -> bytes:
         """GET a small document from an upstream (health, model list); any non-2xx raises."""

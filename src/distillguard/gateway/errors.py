@@ -14,10 +14,35 @@ from typing import Any
 
 import orjson
 
-__all__ = ["GatewayError", "error_body", "error_type", "json_object", "upstream_error_body", "upstream_error_excerpt"]
+__all__ = [
+    "MASK",
+    "GatewayError",
+    "error_body",
+    "error_type",
+    "json_object",
+    "mask_secrets",
+    "upstream_error_body",
+    "upstream_error_excerpt",
+]
 
 EXCERPT_CHARS = 200
 _TAG = re.compile(r"<[^>]*>")
+MASK = b"[masked]"
+# Common credential shapes an upstream (or a proxy in front of it) may echo in an error body. Only error
+# bodies are searched, never answers, so the hot path pays nothing for it.
+_SECRET_SHAPES = re.compile(  # group 1: a prefix that stays (so JSON quoting is untouched); the rest is masked
+    rb"()sk-ant-[A-Za-z0-9_\-]{8,}"                            # Anthropic keys
+    rb"|()sk-[A-Za-z0-9_\-]{8,}"                               # OpenAI keys (sk-proj-…, sk-svcacct-…), and ours (sk-dg-…)
+    rb"|((?i:bearer)\s+)[A-Za-z0-9._~+/\-]{8,}=*"              # any bearer token
+    rb"|()(?:AKIA|ASIA)[0-9A-Z]{16}"                           # AWS access key ids
+    rb"|((?i:aws_secret_access_key)[\"':= ]{1,4})[A-Za-z0-9/+=]{40}"  # AWS secret keys, when named
+    rb"|()AIza[0-9A-Za-z_\-]{35}"                              # Google API keys
+    rb"|()gh[pousr]_[A-Za-z0-9]{36,}"                          # GitHub tokens
+)
+
+
+def _keep_prefix(match: re.Match[bytes]) -> bytes:
+    return next((g for g in match.groups() if g is not None), b"") + MASK
 
 _OPENAI_TYPES = {
     400: "invalid_request_error",
@@ -101,6 +126,23 @@ def json_object(raw: bytes) -> dict[str, Any] | None:
     except orjson.JSONDecodeError:
         return None
     return value if isinstance(value, dict) else None
+
+
+def mask_secrets(raw: bytes, known: tuple[bytes, ...] = ()) -> bytes:
+    """``raw`` with credentials replaced by ``[masked]``: the ``known`` ones (the upstream's configured key) and common key shapes.
+
+    An upstream that echoes the request's ``Authorization`` header in its
+    error, or a proxy that prints its configuration, must not hand the
+    operator's upstream key to a caller. JSON stays JSON: the mask has no
+    quote or backslash, and a known key is also replaced in its JSON-escaped form.
+    """
+    for secret in known:
+        if secret and secret in raw:
+            raw = raw.replace(secret, MASK)
+        escaped = secret.replace(b"/", b"\\/")
+        if escaped != secret and escaped in raw:
+            raw = raw.replace(escaped, MASK)
+    return _SECRET_SHAPES.sub(_keep_prefix, raw)
 
 
 def upstream_error_excerpt(raw: bytes, limit: int = EXCERPT_CHARS) -> str:

@@ -25,6 +25,7 @@ class Upstream:
     auth_lines: bytes  # ``Name: value\r\n`` lines sent with every request
     connect_timeout_s: float
     read_timeout_s: float  # a read timeout, not a total one: a long stream is fine while the upstream keeps talking
+    secrets: tuple[bytes, ...] = ()  # credentials masked in the upstream's error bodies (errors.mask_secrets)
 
     @property
     def name(self) -> str:
@@ -46,7 +47,8 @@ def _make(settings: UpstreamSettings) -> Upstream:
             auth = b"x-api-key: " + settings.api_key.encode() + b"\r\n"
         else:
             auth = b"Authorization: Bearer " + settings.api_key.encode() + b"\r\n"
-    return Upstream(settings, Origin.from_url(settings.base_url), auth, settings.connect_timeout_s, settings.timeout_s)
+    secrets = (settings.api_key.encode(),) if settings.api_key else ()
+    return Upstream(settings, Origin.from_url(settings.base_url), auth, settings.connect_timeout_s, settings.timeout_s, secrets)
 
 
 class Router:
