@@ -32,6 +32,9 @@ import httpx
 
 from measure import source_line, src_digest
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.wire_probes import process_tree, rss_mb  # noqa: E402  (the same /proc readings the edge probes use)
+
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 LITELLM = ROOT / "bench" / ".venv-litellm" / "bin" / "litellm"
@@ -56,36 +59,10 @@ def wait(url: str, timeout: float = 120, headers: dict[str, str] | None = None) 
     raise SystemExit(f"{url} did not come up")
 
 
-def _tree(pid: int) -> list[int]:
-    """A process and all its descendants."""
-    found, pending = [], [pid]
-    while pending:
-        current = pending.pop()
-        found.append(current)
-        try:
-            pending.extend(int(c) for c in Path(f"/proc/{current}/task/{current}/children").read_text().split())
-        except (OSError, ValueError):
-            continue
-    return found
-
-
-def rss_mb(pid: int) -> float:
-    """Resident memory of a process and all its descendants, in MB."""
-    total = 0
-    for current in _tree(pid):
-        try:
-            for line in Path(f"/proc/{current}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except (OSError, ValueError):
-            continue
-    return total / 1024
-
-
 def cpu_s(pid: int) -> float:
     """CPU seconds (user + system) used so far by a process and its live descendants."""
     ticks = 0
-    for current in _tree(pid):
+    for current in process_tree(pid):
         try:
             fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
             ticks += int(fields[11]) + int(fields[12])  # utime, stime

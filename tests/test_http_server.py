@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import inspect
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -32,7 +33,7 @@ import pytest
 import uvloop
 
 from distillguard.gateway import http_server
-from distillguard.gateway.http_server import HttpServer
+from distillguard.gateway.http_server import EdgeLimits, HttpServer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -470,14 +471,6 @@ async def test_idle_keep_alive_connection_is_closed_after_the_timeout() -> None:
         await close(writer)
         return time.monotonic() - opened
 
-    async def head_stalls_half_way(port: int) -> float:  # slowloris
-        reader, writer = await connect(port)
-        writer.write(b"GET /slow HTTP/1.1\r\nHost: x\r\nX-Partial: ")
-        opened = time.monotonic()
-        await assert_closed(reader, timeout=3)
-        await close(writer)
-        return time.monotonic() - opened
-
     async def active(port: int) -> float:  # requests arriving before the timeout keep the connection alive
         reader, writer = await connect(port)
         for _ in range(2):
@@ -488,8 +481,7 @@ async def test_idle_keep_alive_connection_is_closed_after_the_timeout() -> None:
         return 0.3
 
     async with serving(asgi(echo), keepalive_timeout_s=0.3) as srv:
-        idles = await asyncio.gather(idle_after_a_response(srv.port), never_sends_a_request(srv.port),
-                                     head_stalls_half_way(srv.port), active(srv.port))
+        idles = await asyncio.gather(idle_after_a_response(srv.port), never_sends_a_request(srv.port), active(srv.port))
     assert all(0.25 < idle < 1.5 for idle in idles), idles
 
 
@@ -1446,6 +1438,164 @@ async def test_pipelining_client_that_does_not_read_cannot_balloon_the_write_buf
             assert buffered < 4 * 1024 * 1024, f"{buffered / 1e6:.0f} MB buffered for one client"
         finally:
             writer.transport.abort()
+
+
+# -- 14. the edge: deadlines, caps, framing (issue #12) ------------------------------------------------------
+
+
+async def test_head_deadline_is_total_not_an_inactivity_timer() -> None:
+    async with serving(asgi(echo), limits=EdgeLimits(head_timeout_s=0.6)) as srv:
+        reader, writer = await connect(srv.port)
+        started = time.monotonic()
+        answer = b""
+        for byte in request("GET", "/slow")[:-4]:  # a byte every 0.1 s: never inactive for long
+            writer.write(bytes([byte]))
+            with contextlib.suppress(TimeoutError):
+                answer += await asyncio.wait_for(reader.read(65536), 0.1)
+            if answer or reader.at_eof():
+                break
+        await close(writer)
+    assert answer.startswith(b"HTTP/1.1 408 ") and 0.5 < time.monotonic() - started < 2.5, answer[:60]
+    assert srv.server.stats.rejected["head_timeout"] == 1
+
+
+async def test_body_deadline_answers_408_and_the_app_sees_a_disconnect() -> None:
+    seen: list[str] = []
+
+    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append((await receive())["type"])  # the first piece
+        seen.append((await receive())["type"])  # then waits for the rest, which never comes
+
+    async with serving(asgi(handler), limits=EdgeLimits(body_timeout_s=0.5)) as srv:
+        reader, writer = await connect(srv.port)
+        writer.write(request("POST", "/upload", "Content-Length: 100") + b"x" * 10)
+        resp = await read_response(reader)
+        await close(writer)
+    assert resp.status == 408
+    assert seen == ["http.request", "http.disconnect"]
+
+
+async def test_trailer_fields_are_dropped_and_an_endless_trailer_is_cut() -> None:
+    scopes, handler = recording_echo()
+    async with serving(asgi(handler)) as srv:
+        reader, writer = await connect(srv.port)
+        writer.write(request("POST", "/t", "Transfer-Encoding: chunked") + b"3\r\nabc\r\n0\r\nX-Trailer: 1\r\nUser-Agent: t\r\n\r\n")
+        resp = await read_response(reader)
+        assert (resp.status, resp.body) == (200, b"POST /t abc")
+        assert [n for n, _ in scopes[0]["headers"]] == [b"host", b"transfer-encoding"]
+        writer.write(request("POST", "/t", "Transfer-Encoding: chunked") + b"0\r\nX-Pad: ")
+        answer = b""
+        with contextlib.suppress(ConnectionError):
+            for _ in range(100):  # up to 400 KiB of one trailer value
+                writer.write(b"a" * 4096)
+                await writer.drain()
+                with contextlib.suppress(TimeoutError):
+                    answer += await asyncio.wait_for(reader.read(65536), 0.005)
+                if answer or reader.at_eof():
+                    break
+        await close(writer)
+    assert answer.startswith(b"HTTP/1.1 200 ") or answer.startswith(b"HTTP/1.1 431 ") or answer == b"", answer[:60]
+    assert srv.server.stats.rejected["trailer_too_large"] == 1
+
+
+async def test_body_in_the_same_read_as_the_end_of_a_split_head_is_not_counted_as_head() -> None:
+    async with serving(asgi(echo)) as srv:
+        reader, writer = await connect(srv.port)
+        raw = request("POST", "/big", body=b"b" * 200_000)
+        writer.write(raw[:20])
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(raw[20:])
+        resp = await read_response(reader)
+        await close(writer)
+    assert resp.status == 200 and len(resp.body) == len(b"POST /big ") + 200_000
+
+
+@pytest.mark.parametrize("head, status", [
+    (b"GET / HTTP/1.1\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: a b/c\r\n\r\n", 400),
+    (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501),
+    (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 501),
+    (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
+])
+async def test_requests_the_server_refuses_itself(head: bytes, status: int) -> None:
+    called, handler = recording_echo("path")
+    async with serving(asgi(handler)) as srv:
+        reader, writer = await connect(srv.port)
+        writer.write(head)
+        resp = await read_response(reader)
+        await assert_closed(reader)
+        await close(writer)
+    assert resp.status == status and resp.header("connection") == "close"
+    assert called == [] or head.endswith(b"zz\r\n")
+
+
+async def test_refusal_after_a_pipelined_request_is_answered_in_its_turn() -> None:
+    async with serving(asgi(echo)) as srv:
+        reader, writer = await connect(srv.port)
+        writer.write(request("GET", "/first") + b"GET /second HTTP/1.1\r\n\r\n")
+        first = await read_response(reader)
+        second = await read_response(reader)
+        await assert_closed(reader)
+        await close(writer)
+    assert (first.status, first.body, second.status) == (200, b"GET /first ", 400)
+
+
+async def test_connection_caps_evict_the_longest_waiting_then_refuse_with_503(caplog: pytest.LogCaptureFixture) -> None:
+    release = asyncio.Event()
+
+    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"] == "/hold":
+            await release.wait()
+        await echo(scope, receive, send)
+
+    async with serving(asgi(handler), limits=EdgeLimits(max_connections=3, max_connections_per_ip=2)) as srv:
+        idle_r, idle_w = await connect(srv.port)
+        busy_r, busy_w = await connect(srv.port)
+        busy_w.write(request("GET", "/hold"))
+        await eventually(lambda: srv.server.in_flight == 1)
+        new_r, new_w = await connect(srv.port)  # per-IP cap 2: the idle one makes room, the busy one stays
+        await assert_closed(idle_r)
+        new_w.write(request("GET", "/new"))
+        assert (await read_response(new_r)).status == 200
+        new_w.write(request("GET", "/hold"))
+        await eventually(lambda: srv.server.in_flight == 2)
+        refused_r, refused_w = await connect(srv.port)  # nothing left to evict
+        resp = await read_response(refused_r)
+        assert resp.status == 503
+        release.set()
+        assert (await read_response(busy_r)).status == 200
+        for writer in (idle_w, busy_w, new_w, refused_w):
+            await close(writer)
+    stats = srv.server.stats
+    assert (stats.evicted["max_connections_per_ip"], stats.refused["max_connections_per_ip"]) == (1, 1)
+    assert "connection limits:" in caplog.text
+
+
+async def test_total_cap_and_exempt_peers() -> None:
+    limits = EdgeLimits(max_connections=2, max_connections_per_ip=1, per_ip_exempt=("127.0.0.0/8",))
+    async with serving(asgi(echo), limits=limits) as srv:
+        first_r, first_w = await connect(srv.port)
+        second_r, second_w = await connect(srv.port)  # a trusted proxy's address: no per-IP cap
+        second_w.write(request("GET", "/ok"))
+        assert (await read_response(second_r)).status == 200
+        third_r, third_w = await connect(srv.port)  # total cap 2: the longest waiting (the first) makes room
+        await assert_closed(first_r)
+        third_w.write(request("GET", "/ok"))
+        assert (await read_response(third_r)).status == 200
+        for writer in (first_w, second_w, third_w):
+            await close(writer)
+    assert srv.server.stats.evicted == {"max_connections": 1, "max_connections_per_ip": 0}
+
+
+def test_raise_fd_limit_lifts_the_soft_limit_to_the_hard_one() -> None:
+    script = ("import resource; from distillguard.gateway.http_server import raise_fd_limit; "
+              "print(raise_fd_limit(), resource.getrlimit(resource.RLIMIT_NOFILE)[0])")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))).stdout.split()
+    assert out == [str(hard), str(hard)]
 
 
 # -- run(): the production entry point, with real signals ----------------------------------------------

@@ -35,6 +35,7 @@ __all__ = [
     "LimitSettings",
     "NetworkSettings",
     "PrivacySettings",
+    "ServerSettings",
     "Settings",
     "UpstreamSettings",
     "WatermarkSettings",
@@ -150,6 +151,18 @@ class DetectionSettings(_Section):
                                      "extractive summary (summarize); docs/policy.md")
 
 
+class ServerSettings(_Section):
+    """The HTTP server's edge: deadlines and connection caps (docs/gateway.md, "HTTP server")."""
+
+    keepalive_timeout_s: float = Field(default=5.0, gt=0, description="an idle keep-alive connection is closed after this")
+    head_timeout_s: float = Field(default=10.0, gt=0, description="total time for a request head, from its first byte (408 after)")
+    body_timeout_s: float = Field(default=30.0, gt=0, description="total time for a request body, from the end of its head (408 after)")
+    max_connections: int = Field(default=10_000, ge=1, description="open client connections in total (lowered to fit the open-file limit)")
+    max_connections_per_ip: int = Field(default=256, ge=1, description="open connections per client IP "
+                                        "(peers in network.trusted_proxies are exempt)")
+    graceful_timeout_s: float = Field(default=30.0, ge=0, description="on SIGTERM, how long requests in flight may finish")
+
+
 class WatermarkSettings(_Section):
     """Provenance watermarks (docs/watermark.md)."""
 
@@ -182,6 +195,7 @@ class Settings(BaseSettings):
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
     detection: DetectionSettings = Field(default_factory=DetectionSettings)
     watermark: WatermarkSettings = Field(default_factory=WatermarkSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -23,23 +23,46 @@ full), ``Expect: 100-continue``, HTTP/1.0 clients (close-delimited bodies).
 SIGTERM or SIGINT: stop accepting, close idle connections, let in-flight
 requests finish (up to ``graceful_timeout_s``), then run the lifespan
 shutdown, where the gateway drains its event log.
+
+The edge, for a server facing the internet (:class:`EdgeLimits`): a request
+head has a *total* deadline from its first byte (one byte a second does not
+keep a connection) and a body a deadline from the end of its head (both
+answered ``408``); a head is at most 64 KiB (``431``), and so is what httptools
+may buffer of an unfinished header line, counted on the raw bytes of every
+read that falls wholly inside a head (a body in the same read as the end of
+a head is not counted against it). Chunk framing and trailer fields beyond
+16 KiB are refused (``431``); trailer fields are read and dropped, never
+merged into the request's headers (RFC 9110 §6.5.1). An HTTP/1.1 request
+without exactly one valid ``Host`` gets ``400`` (RFC 9112 §3.2); a
+``Transfer-Encoding`` other than plain ``chunked`` gets ``501``, and so does a
+WebSocket upgrade; a malformed chunk gets ``400`` (an application already
+waiting for that body sees a disconnect). Connections are capped in total and
+per client IP: at a cap, the connection that has been waiting longest without
+a request in progress (idle, or still sending its head) is closed to make
+room, and if there is none the new one gets ``503``. Every time a limit bites
+it is counted in :class:`EdgeStats` (exported on ``/metrics``) and summarised
+in one log line at most every 10 s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import ipaddress
 import logging
+import re
+import resource
 import signal
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Any
 from urllib.parse import unquote
 
 import httptools
 
-__all__ = ["HttpServer", "run"]
+__all__ = ["EdgeLimits", "EdgeStats", "HttpServer", "raise_fd_limit", "run"]
 
 log = logging.getLogger("distillguard.gateway.http")
 
@@ -47,6 +70,11 @@ Message = MutableMapping[str, Any]
 ASGIApp = Callable[[MutableMapping[str, Any], Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
 
 MAX_HEAD_BYTES = 64 * 1024  # request line + headers
+MAX_TRAILER_BYTES = 16 * 1024  # trailer fields, plus chunk framing beyond CHUNK_LINE_ALLOWANCE per chunk
+CHUNK_LINE_ALLOWANCE = 64  # a chunk's size line (extensions included) and CRLFs
+FD_RESERVE = 128  # descriptors kept for the listening socket, the store, logs, spill files
+LOG_INTERVAL_S = 10.0  # at most one summary line per interval while limits bite
+_HOST_VALUE = re.compile(rb"[A-Za-z0-9._~!$&'()*+,;=:\[\]%-]*")
 BODY_HIGH_WATER = 1 << 20  # unread request body bytes before reading pauses
 STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, phrase.encode()) for code, phrase in (
     (100, "Continue"), (200, "OK"), (201, "Created"), (202, "Accepted"), (204, "No Content"), (206, "Partial Content"),
@@ -76,6 +104,90 @@ class _Clock:
         return self.line
 
 
+@dataclass(frozen=True)
+class EdgeLimits:
+    """What a client may hold of the server, and for how long (``server:`` in the configuration)."""
+
+    keepalive_timeout_s: float = 5.0  # idle between requests
+    head_timeout_s: float = 10.0  # from a head's first byte to its end, in total
+    body_timeout_s: float = 30.0  # from the end of a head to the end of its body, in total
+    max_connections: int = 10_000  # lowered at start to what the descriptor limit allows
+    max_connections_per_ip: int = 256
+    # Peers that are not one client (load balancers: ``network.trusted_proxies``) are exempt from the per-IP cap.
+    per_ip_exempt: tuple[str, ...] = ()
+
+
+@dataclass
+class EdgeStats:
+    """Counters of the limits biting, for ``/metrics``: by what bit, since start."""
+
+    refused: dict[str, int] = field(default_factory=lambda: {"max_connections": 0, "max_connections_per_ip": 0})
+    evicted: dict[str, int] = field(default_factory=lambda: {"max_connections": 0, "max_connections_per_ip": 0})
+    rejected: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
+        ("head_timeout", "body_timeout", "head_too_large", "trailer_too_large", "malformed", "bad_host", "transfer_encoding",
+         "upgrade"), 0))
+    open_connections: int = 0
+
+
+def raise_fd_limit() -> int:
+    """Raise this process's open-file limit from its soft to its hard value; returns the limit now in force.
+
+    Every client connection is a descriptor (and usually an upstream one beside
+    it): at the common soft limit of 1,024, a thousand idle sockets lock
+    everyone out, so the server raises it and caps connections below it.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %d to %d: %s", soft, wanted, exc)
+    return int(soft)
+
+
+def _fd_budget() -> int:
+    """How many client connections the open-file limit leaves room for (each may pair with an upstream one)."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 30
+    return max(16, (int(soft) - FD_RESERVE) // 2)
+
+
+def _error_response(status: int, message: bytes) -> bytes:
+    return (_status_line(status) + b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
+            % (len(message), message))
+
+
+class _Reject(Exception):
+    """Raised from a parser callback: the request is refused with ``status`` (``reason`` counts it)."""
+
+    def __init__(self, status: int, message: bytes, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.message = message
+        self.reason = reason
+
+
+def _rejection(exc: BaseException) -> _Reject | None:
+    """The :class:`_Reject` a parser callback raised, wrapped by httptools in its own error."""
+    for inner in (exc.__cause__, exc.__context__):
+        if isinstance(inner, _Reject):
+            return inner
+    return None
+
+
+HEAD_TOO_LARGE = _Reject(431, b"Request line and headers are too large.", "head_too_large")
+TRAILER_TOO_LARGE = _Reject(431, b"Request trailer fields or chunk framing are too large.", "trailer_too_large")
+HEAD_TIMEOUT = _Reject(408, b"The request head did not arrive in time.", "head_timeout")
+BODY_TIMEOUT = _Reject(408, b"The request body did not arrive in time.", "body_timeout")
+MALFORMED = _Reject(400, b"Malformed HTTP request.", "malformed")
+BAD_HOST = _Reject(400, b"An HTTP/1.1 request needs exactly one valid Host header.", "bad_host")
+BAD_CODING = _Reject(501, b"Transfer-Encoding other than chunked is not supported.", "transfer_encoding")
+NO_UPGRADE = _Reject(501, b"Protocol upgrades (WebSocket) are not supported.", "upgrade")
+
+
 def _nothing() -> None:
     pass
 
@@ -89,7 +201,8 @@ class _Cycle:
     """One request and its response: the ASGI ``receive``/``send`` pair."""
 
     __slots__ = ("conn", "scope", "body", "body_size", "complete", "disconnected", "waiter", "status", "headers",
-                 "head_sent", "chunked", "response_complete", "keep_alive", "expect_continue", "on_disconnect", "http10", "body_done")
+                 "head_sent", "chunked", "response_complete", "keep_alive", "expect_continue", "on_disconnect", "http10", "body_done",
+                 "received", "failed")
 
     def __init__(self, conn: _HttpConnection, scope: MutableMapping[str, Any], keep_alive: bool, expect_continue: bool, http10: bool) -> None:
         self.conn = conn
@@ -109,6 +222,8 @@ class _Cycle:
         self.expect_continue = expect_continue
         self.on_disconnect: Callable[[], None] | None = None
         self.http10 = http10
+        self.received = 0  # body bytes parsed so far, in total
+        self.failed: _Reject | None = None  # refused by the server: answered with this instead of running the app
 
     def wake(self) -> None:
         waiter = self.waiter
@@ -249,19 +364,26 @@ class _HttpConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.client: tuple[str, int] | None = None
         self.local: tuple[str, int] | None = None
+        self.ip: str | None = None
         self.cycle: _Cycle | None = None  # the request being answered
         self.pending: collections.deque[_Cycle] = collections.deque()  # pipelined, waiting their turn
         self.parsing: _Cycle | None = None  # the request whose body is arriving
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_bytes = 0  # request line and headers parsed so far
-        self.head_received = 0  # raw bytes received while in a request head (after its first piece)
+        self.head_received = 0  # raw bytes of reads that fell wholly inside the current head
+        self.framing = 0  # raw bytes of reads wholly inside the current body that were not body: chunk lines, trailers
+        self.chunks = 0  # chunks of the current body
+        self.messages = 0  # request heads begun on this connection
         self.in_head = False
         self.closed = False
         self.read_paused = False
         self.write_paused = False
         self.drain_waiters: list[asyncio.Future[None]] = []
-        self.last_active = 0.0  # loop time of the last bytes received or response finished
+        self.last_active = 0.0  # loop time the connection became idle (opened, or its last response finished)
+        self.head_started = 0.0  # loop time of the current head's first byte
+        self.body_started = 0.0  # loop time the current body began (moved on by the time reading was paused by us)
+        self.paused_at = 0.0
 
     # -- asyncio.Protocol -----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -270,31 +392,43 @@ class _HttpConnection(asyncio.Protocol):
         local = transport.get_extra_info("sockname")
         self.client = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
         self.local = (str(local[0]), int(local[1])) if isinstance(local, tuple) else None
-        self.server.connections.add(self)
+        self.ip = self.client[0] if self.client else None
         self.last_active = self.loop.time()
+        if not self.server.admit(self):
+            self.closed = True
+            transport.write(_error_response(503, b"Too many connections; try again shortly."))  # type: ignore[attr-defined]
+            transport.close()
 
     def data_received(self, data: bytes) -> None:
-        self.last_active = self.loop.time()
-        if self.in_head:
-            # httptools keeps an unfinished header value to itself; count raw bytes so an endless one is caught too
-            self.head_received += len(data)
-            if self.head_received > MAX_HEAD_BYTES:
-                self._parse_failed(431, b"Request line and headers are too large.")
-                return
+        in_head, parsing, messages = self.in_head, self.parsing, self.messages
+        received = parsing.received if parsing is not None else 0
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._refuse_upgrade()
+            return
         except httptools.HttpParserError as exc:
-            if isinstance(exc.__context__, _HeadTooLarge) or isinstance(exc.__cause__, _HeadTooLarge):
-                self._parse_failed(431, b"Request line and headers are too large.")
-            else:
+            rejection = _rejection(exc)
+            if rejection is None:
                 log.info("bad HTTP request from %s: %s", self.client, exc)
-                self._parse_failed(400, b"Malformed HTTP request.")
+                rejection = MALFORMED
+            self.reject(rejection)
+            return
+        # httptools keeps an unfinished header line to itself, and trailer fields too: count the raw bytes
+        # of every read that fell wholly inside one head or one body, so an endless line is caught.
+        if in_head:
+            if self.in_head and self.messages == messages:
+                self.head_received += len(data)
+                if self.head_received > MAX_HEAD_BYTES:
+                    self.reject(HEAD_TOO_LARGE)
+        elif parsing is not None and self.parsing is parsing:
+            self.framing += len(data) - (parsing.received - received)
+            if self.framing > MAX_TRAILER_BYTES + CHUNK_LINE_ALLOWANCE * self.chunks:
+                self.reject(TRAILER_TOO_LARGE)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.server.connections.discard(self)
+        self.server.forget(self)
         for cycle in (self.cycle, *self.pending):
             if cycle is not None:
                 cycle.lost()
@@ -321,30 +455,51 @@ class _HttpConnection(asyncio.Protocol):
         self.headers = []
         self.head_bytes = 0
         self.head_received = 0
+        self.messages += 1
         self.in_head = True
+        self.head_started = self.loop.time()
 
     def on_url(self, url: bytes) -> None:
         self.url += url
         self.head_bytes += len(url)
         if self.head_bytes > MAX_HEAD_BYTES:
-            raise _HeadTooLarge
+            raise HEAD_TOO_LARGE
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.in_head:  # a trailer field: read (and counted as framing), never merged into the headers
+            return
         self.head_bytes += len(name) + len(value)
         if self.head_bytes > MAX_HEAD_BYTES:
-            raise _HeadTooLarge
+            raise HEAD_TOO_LARGE
         self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
         self.in_head = False
         parser = self.parser
+        version = parser.get_http_version()
+        hosts = 0
+        host = b""
+        coding: bytes | None = None
+        expect = False
+        for name, value in self.headers:
+            if name == b"host":
+                hosts += 1
+                host = value
+            elif name == b"transfer-encoding":
+                coding = value if coding is None else coding + b"," + value
+            elif name == b"expect":
+                expect = value.lower() == b"100-continue"
+            elif name == b"upgrade" and b"websocket" in value.lower():
+                raise NO_UPGRADE
+        if version != "1.0" and (hosts != 1 or _HOST_VALUE.fullmatch(host) is None):
+            raise BAD_HOST
+        if coding is not None and coding.replace(b" ", b"").replace(b"\t", b"").lower() != b"chunked":
+            raise BAD_CODING
         parsed = httptools.parse_url(self.url)
         raw_path = parsed.path
         path = raw_path.decode("ascii", "replace")
         if "%" in path:
             path = unquote(path)
-        version = parser.get_http_version()
-        expect = any(n == b"expect" and v.lower() == b"100-continue" for n, v in self.headers)
         scope: dict[str, Any] = {
             "type": "http",
             "asgi": {"version": "3.0", "spec_version": "2.3"},
@@ -363,15 +518,25 @@ class _HttpConnection(asyncio.Protocol):
         cycle = _Cycle(self, scope, parser.should_keep_alive(), expect, version == "1.0")
         scope["extensions"]["distillguard.on_disconnect"] = cycle.register_disconnect
         self.parsing = cycle
+        self.framing = 0
+        self.chunks = 0
+        self.body_started = self.loop.time()
+        self.server.busy(self)
         if self.cycle is None and not self.pending:
             self._start(cycle)
         else:  # pipelined: read no further until the requests before it are answered
             self.pending.append(cycle)
             self.pause_reading()
 
+    def on_chunk_header(self) -> None:
+        self.chunks += 1
+
     def on_body(self, body: bytes) -> None:
         cycle = self.parsing
-        if cycle is None or cycle.response_complete:  # answered already (a 413, say): the rest is dropped
+        if cycle is None:
+            return
+        cycle.received += len(body)
+        if cycle.response_complete:  # answered already (a 413, say): the rest is dropped
             return
         cycle.body.append(body)
         cycle.body_size += len(body)
@@ -391,6 +556,11 @@ class _HttpConnection(asyncio.Protocol):
     # -- requests -----------------------------------------------------------------------------
     def _start(self, cycle: _Cycle) -> None:
         self.cycle = cycle
+        if cycle.failed is not None:  # refused by the server: its answer, in its turn, then close
+            cycle.response_complete = True
+            self.write(_error_response(cycle.failed.status, cycle.failed.message))
+            self.close()
+            return
         self.server.in_flight += 1
         self.loop.create_task(self._run(cycle))
 
@@ -437,8 +607,63 @@ class _HttpConnection(asyncio.Protocol):
             if not self.write_paused:  # else resume_writing starts it: a pipelining client that doesn't read can't pile up answers
                 self._start(self.pending.popleft())
         else:
-            self.resume_reading()
             self.last_active = self.loop.time()
+            self.server.idle_again(self)
+            self.resume_reading()
+
+    def reject(self, rejection: _Reject) -> None:
+        """The server refuses the request being received: answer it in its turn with the rejection's status, then close."""
+        self.server.count_rejection(rejection.reason, self.ip)
+        self.pause_reading()
+        cycle = self.parsing
+        if cycle is not None:  # in the middle of a request's body: that request can't be completed
+            self.parsing = None
+            cycle.complete = True
+            if cycle is not self.cycle:  # still waiting its turn: answered as refused when it comes
+                cycle.failed = rejection
+                return
+            if not cycle.head_sent and not cycle.response_complete:
+                cycle.response_complete = True
+                self.write(_error_response(rejection.status, rejection.message))
+                cycle.lost()  # the application, waiting for the body, sees the client gone
+            self.close()
+            return
+        last = self.pending[-1] if self.pending else self.cycle
+        if last is None:
+            self.write(_error_response(rejection.status, rejection.message))
+            self.close()
+            return
+        # Requests before it are being answered: answer this one after them.
+        refused = _Cycle(self, {"type": "http", "method": "", "path": ""}, False, False, False)
+        refused.failed = rejection
+        refused.complete = True
+        self.pending.append(refused)
+
+    def _refuse_upgrade(self) -> None:
+        """``Upgrade: h2c`` is ignored and the request answered over HTTP/1.1 (RFC 9110 allows it), then the connection closed."""
+        cycle = self.parsing or (self.pending[-1] if self.pending else self.cycle)
+        self.pause_reading()
+        if cycle is None:
+            self.reject(NO_UPGRADE)
+            return
+        cycle.keep_alive = False
+        if self.parsing is cycle:  # the parser stops at the upgrade: whatever follows is not this request's body
+            self.parsing = None
+            cycle.complete = True
+            cycle.wake()
+
+    # -- deadlines (checked by the server's sweeper, about once a second) -------------------------
+    def check_deadlines(self, now: float, limits: EdgeLimits) -> None:
+        if self.closed or self.read_paused:  # paused by us (back-pressure, pipelining): not the client's delay
+            return
+        if self.in_head:
+            if now - self.head_started > limits.head_timeout_s:
+                self.reject(HEAD_TIMEOUT)
+        elif self.parsing is not None:
+            if now - self.body_started > limits.body_timeout_s:
+                self.reject(BODY_TIMEOUT)
+        elif self.cycle is None and not self.pending and now - self.last_active > limits.keepalive_timeout_s:
+            self.close()
 
     # -- transport helpers ------------------------------------------------------------------------
     def write(self, data: bytes) -> None:
@@ -455,39 +680,16 @@ class _HttpConnection(asyncio.Protocol):
     def pause_reading(self) -> None:
         if not self.read_paused and self.transport is not None and not self.closed:
             self.read_paused = True
+            self.paused_at = self.loop.time()
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
         if self.read_paused and self.transport is not None and not self.closed:
             self.read_paused = False
+            now = self.loop.time()
+            self.head_started = now  # a head cut short by our pause starts its deadline again
+            self.body_started += now - self.paused_at
             self.transport.resume_reading()
-
-    def _parse_failed(self, status: int, message: bytes) -> None:
-        """The bytes stopped being valid HTTP: answer what came before them, then close."""
-        self.pause_reading()
-        if self.parsing is not None:  # in the middle of a request's body: that request can't be completed
-            self.close()
-            return
-        last = self.pending[-1] if self.pending else self.cycle
-        if last is not None:
-            last.keep_alive = False  # e.g. bytes after a "Connection: close" request: answer it, then close
-            return
-        self.write(_status_line(status) + b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
-                   % (len(message), message))
-        self.close()
-
-    def _refuse_upgrade(self) -> None:
-        """``Upgrade`` (``h2c``, WebSocket) is not supported: answer over HTTP/1.1 (RFC 9110 allows ignoring it), then close."""
-        cycle = self.parsing or (self.pending[-1] if self.pending else self.cycle)
-        self.pause_reading()
-        if cycle is None:
-            self._parse_failed(501, b"Protocol upgrades are not supported.")
-            return
-        cycle.keep_alive = False
-        if self.parsing is cycle:  # the parser stops at the upgrade: whatever follows is not this request's body
-            self.parsing = None
-            cycle.complete = True
-            cycle.wake()
 
     def close(self) -> None:
         if not self.closed:
@@ -500,40 +702,133 @@ class _HttpConnection(asyncio.Protocol):
         return self.cycle is None and not self.pending and self.parsing is None
 
 
-class _HeadTooLarge(Exception):
-    pass
-
-
 class HttpServer:
     """Serve ``app`` on ``host:port`` until SIGTERM/SIGINT (or :meth:`stop`)."""
 
-    def __init__(self, app: ASGIApp, host: str, port: int, *, backlog: int = 4096, keepalive_timeout_s: float = 5.0,
-                 graceful_timeout_s: float = 30.0, also_listen: tuple[tuple[str, int], ...] = ()) -> None:
+    def __init__(self, app: ASGIApp, host: str, port: int, *, backlog: int = 4096, keepalive_timeout_s: float | None = None,
+                 graceful_timeout_s: float = 30.0, also_listen: tuple[tuple[str, int], ...] = (), limits: EdgeLimits | None = None,
+                 stats: EdgeStats | None = None) -> None:
         self.app = app
         self.host = host
         self.port = port
         self.also_listen = also_listen  # more (host, port) pairs for the same app, e.g. the admin_listen address
         self.backlog = backlog
-        self.keepalive_timeout_s = keepalive_timeout_s
+        limits = limits or EdgeLimits()
+        if keepalive_timeout_s is not None:
+            limits = EdgeLimits(**{**limits.__dict__, "keepalive_timeout_s": keepalive_timeout_s})
+        budget = _fd_budget()
+        if limits.max_connections > budget:
+            log.warning("max_connections %d lowered to %d: the open-file limit leaves room for no more "
+                        "(raise `ulimit -n` to allow more)", limits.max_connections, budget)
+            limits = EdgeLimits(**{**limits.__dict__, "max_connections": budget})
+        self.limits = limits
+        self.stats = stats or EdgeStats()
+        self.exempt = [ipaddress.ip_network(cidr, strict=False) for cidr in limits.per_ip_exempt]
         self.graceful_timeout_s = graceful_timeout_s
         self.clock = _Clock()
-        self.connections: set[_HttpConnection] = set()
+        self.connections: dict[_HttpConnection, None] = {}  # every open connection, oldest first
+        self.waiting: dict[_HttpConnection, None] = {}  # those with no request in progress, longest waiting first
+        self.per_ip: dict[str, dict[_HttpConnection, None]] = {}
         self.in_flight = 0
         self.stopping = False
+        self.unlogged: collections.Counter[str] = collections.Counter()  # bites since the last summary line
+        self.next_log = 0.0
+        self.last_ip: str | None = None  # the peer of the latest bite, for the summary line
         self._stop: asyncio.Event | None = None
         self._idle: asyncio.Event | None = None
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
 
-    async def _close_idle_connections(self) -> None:
-        """Keep-alive timeout: one sweep a fraction of a second, rather than a timer per request."""
-        interval = min(1.0, self.keepalive_timeout_s / 4)
+    # -- connection caps --------------------------------------------------------------------------
+    def admit(self, conn: _HttpConnection) -> bool:
+        """Make room for a new connection under both caps (closing the longest-waiting one) or refuse it."""
+        limits = self.limits
+        ip = conn.ip
+        if len(self.connections) >= limits.max_connections and not self._evict(self.waiting, "max_connections", ip):
+            return False
+        mine = self.per_ip.get(ip) if ip is not None else None
+        if (mine is not None and len(mine) >= limits.max_connections_per_ip and not self._exempt(ip)
+                and not self._evict(mine, "max_connections_per_ip", ip)):
+            return False
+        self.connections[conn] = None
+        self.waiting[conn] = None
+        if ip is not None:
+            if mine is None:
+                mine = self.per_ip[ip] = {}
+            mine[conn] = None
+        self.stats.open_connections = len(self.connections)
+        return True
+
+    def _exempt(self, ip: str | None) -> bool:
+        if not self.exempt or ip is None:
+            return False
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(address in net for net in self.exempt)
+
+    def _evict(self, pool: dict[_HttpConnection, None], cap: str, ip: str | None) -> bool:
+        """Close the connection of ``pool`` that has waited longest without a request in progress; False if none."""
+        for victim in pool:
+            if victim in self.waiting:
+                self.forget(victim)
+                victim.close()
+                self.stats.evicted[cap] += 1
+                self._bite(f"evicted ({cap})", ip)
+                return True
+        self.stats.refused[cap] += 1
+        self._bite(f"refused ({cap})", ip)
+        return False
+
+    def busy(self, conn: _HttpConnection) -> None:
+        self.waiting.pop(conn, None)
+
+    def idle_again(self, conn: _HttpConnection) -> None:
+        if conn in self.connections:
+            self.waiting[conn] = None
+
+    def forget(self, conn: _HttpConnection) -> None:
+        if self.connections.pop(conn, 0) is None:
+            self.waiting.pop(conn, None)
+            mine = self.per_ip.get(conn.ip) if conn.ip is not None else None
+            if mine is not None:
+                mine.pop(conn, None)
+                if not mine:
+                    del self.per_ip[conn.ip]  # type: ignore[arg-type]
+            self.stats.open_connections = len(self.connections)
+
+    # -- the limits biting: counted, and summarised in the log -------------------------------------
+    def count_rejection(self, reason: str, ip: str | None) -> None:
+        self.stats.rejected[reason] = self.stats.rejected.get(reason, 0) + 1
+        if reason != "malformed":  # logged on its own at info
+            self._bite(reason, ip)
+
+    def _bite(self, what: str, ip: str | None) -> None:
+        self.unlogged[what] += 1
+        self.last_ip = ip
+        if self.loop is not None and self.loop.time() >= self.next_log:
+            self._log_bites()
+
+    def _log_bites(self) -> None:
+        if self.unlogged:
+            summary = ", ".join(f"{n} {what}" for what, n in sorted(self.unlogged.items()))
+            log.warning("connection limits: %s in the last %gs (latest from %s; %d connections open, caps %d total, %d per IP)",
+                        summary, LOG_INTERVAL_S, self.last_ip, len(self.connections),
+                        self.limits.max_connections, self.limits.max_connections_per_ip)
+            self.unlogged.clear()
+            self.next_log = self.loop.time() + LOG_INTERVAL_S
+
+    async def _enforce_deadlines(self) -> None:
+        """Keep-alive, head and body deadlines: one sweep a fraction of a second, rather than a timer per request."""
+        limits = self.limits
+        interval = min(1.0, limits.keepalive_timeout_s / 4, limits.head_timeout_s / 4, limits.body_timeout_s / 4)
         while True:
             await asyncio.sleep(interval)
-            cutoff = self.loop.time() - self.keepalive_timeout_s
+            now = self.loop.time()
             for conn in list(self.connections):
-                # Idle between requests, or stuck in the middle of a request's head (slowloris).
-                if conn.last_active < cutoff and conn.idle:
-                    conn.close()
+                conn.check_deadlines(now, limits)
+            if now >= self.next_log:
+                self._log_bites()
 
     def request_finished(self) -> None:
         if self.in_flight == 0 and self._idle is not None:
@@ -555,8 +850,9 @@ class HttpServer:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self.loop.add_signal_handler(sig, self.stop)
         for host, port in ((self.host, self.port), *self.also_listen):
-            log.info("listening on http://%s:%d", host, port)
-        sweeper = self.loop.create_task(self._close_idle_connections())
+            log.info("listening on http://%s:%d (at most %d connections, %d per client IP)", host, port,
+                     self.limits.max_connections, self.limits.max_connections_per_ip)
+        sweeper = self.loop.create_task(self._enforce_deadlines())
         try:
             await self._stop.wait()
         finally:
@@ -627,9 +923,10 @@ class _Lifespan:
 
 
 def run(app: ASGIApp, host: str, port: int, **options: Any) -> None:
-    """Run the server on uvloop until a stop signal."""
+    """Run the server on uvloop until a stop signal, with the open-file limit raised as far as it goes."""
     import uvloop
 
+    raise_fd_limit()
     server = HttpServer(app, host, port, **options)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(server.serve())

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 __all__ = ["Metrics"]
 
@@ -39,6 +39,7 @@ class Metrics:
         self.attestations: defaultdict[str, int] = defaultdict(int)
         self.in_flight = 0
         self.gauges: list[tuple[str, str, Callable[[], float]]] = []
+        self.counters: list[tuple[str, str, str, Callable[[], Mapping[str, int]]]] = []
 
     def observe(self, endpoint: str, status: int, seconds: float) -> None:
         self.requests[(endpoint, status)] += 1
@@ -46,6 +47,10 @@ class Metrics:
 
     def add_gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
         self.gauges.append((name, help_text, read))
+
+    def add_counter(self, name: str, help_text: str, label: str, read: Callable[[], Mapping[str, int]]) -> None:
+        """A counter kept elsewhere (the HTTP server's): ``read()`` gives its value per ``label`` value."""
+        self.counters.append((name, help_text, label, read))
 
     def render(self) -> bytes:
         out: list[str] = [
@@ -82,4 +87,7 @@ class Metrics:
                 f"distillguard_in_flight_requests {self.in_flight}"]
         for name, help_text, read in self.gauges:
             out += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {read()}"]
+        for name, help_text, label, read_counts in self.counters:
+            out += [f"# HELP {name} {help_text}", f"# TYPE {name} counter"]
+            out += [f'{name}{{{label}="{value}"}} {n}' for value, n in sorted(read_counts().items())]
         return ("\n".join(out) + "\n").encode()

@@ -2,8 +2,11 @@
 
 The gateway is a plain ASGI application (any ASGI server can run it); `serve`
 uses ``http_server`` (uvloop + httptools), which writes each JSON response in
-one system call. SIGTERM makes it stop accepting, wait for in-flight requests,
-then run the lifespan shutdown, where the event sink drains.
+one system call and enforces the edge limits of the ``server:`` settings
+(deadlines, connection caps; chosen over uvicorn and granian by
+``bench/server_compare.py``, see bench/RESULTS.md). SIGTERM makes it stop
+accepting, wait for in-flight requests, then run the lifespan shutdown, where
+the event sink drains.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from distillguard.config import Settings, load_settings, parse_listen
 from distillguard.exceptions import ConfigError
 from distillguard.gateway.admin import check_admin_exposure
 from distillguard.gateway.app import Gateway
+from distillguard.gateway.http_server import EdgeLimits, EdgeStats, run
+from distillguard.gateway.metrics import Metrics
 
 __all__ = ["build_gateway", "check_serving", "serve", "serve_command"]
 
@@ -74,22 +79,42 @@ def check_serving(settings: Settings) -> None:
         _check_free("admin_listen", settings.admin_listen)
 
 
-def serve(settings: Settings) -> None:
-    from distillguard.gateway.http_server import run
+def edge_limits(settings: Settings) -> EdgeLimits:
+    """The server's deadlines and caps from the ``server:`` settings; trusted proxies are exempt from the per-IP cap."""
+    server = settings.server
+    return EdgeLimits(keepalive_timeout_s=server.keepalive_timeout_s, head_timeout_s=server.head_timeout_s,
+                      body_timeout_s=server.body_timeout_s, max_connections=server.max_connections,
+                      max_connections_per_ip=server.max_connections_per_ip, per_ip_exempt=tuple(settings.network.trusted_proxies))
 
+
+def export_edge_stats(metrics: Metrics, stats: EdgeStats) -> None:
+    """Put the server's counters on the gateway's ``/metrics``."""
+    metrics.add_gauge("distillguard_open_connections", "Client connections open now.", lambda: float(stats.open_connections))
+    metrics.add_counter("distillguard_connections_refused_total", "New connections refused with 503 at a cap (nothing to evict).",
+                        "cap", lambda: stats.refused)
+    metrics.add_counter("distillguard_connections_evicted_total", "Waiting connections closed to make room at a cap.",
+                        "cap", lambda: stats.evicted)
+    metrics.add_counter("distillguard_http_rejected_total", "Requests the HTTP server refused itself (408, 400, 431, 501), by reason.",
+                        "reason", lambda: stats.rejected)
+
+
+def serve(settings: Settings) -> None:
     logging.getLogger().setLevel(settings.log_level.upper())
     check_serving(settings)
     # The event writer thread gives up the interpreter lock inside every SQLite call and must win it back
     # from a busy event loop each time; at the default 5 ms switch interval it falls behind under load.
     sys.setswitchinterval(0.0005)
     app = build_gateway(settings)
+    stats = EdgeStats()
+    export_edge_stats(app.metrics, stats)
     also_listen: tuple[tuple[str, int], ...] = ()
     if settings.admin_listen is not None:
         also_listen = (parse_listen(settings.admin_listen),)
         log.info("distillguard gateway on http://%s (admin API only on http://%s/admin/v1/)", settings.listen, settings.admin_listen)
     else:
         log.info("distillguard gateway on http://%s (admin API under /admin/v1/)", settings.listen)
-    run(app, settings.listen_host, settings.listen_port, backlog=4096, graceful_timeout_s=30, also_listen=also_listen)
+    run(app, settings.listen_host, settings.listen_port, backlog=4096, graceful_timeout_s=settings.server.graceful_timeout_s,
+        also_listen=also_listen, limits=edge_limits(settings), stats=stats)
 
 
 def serve_command(args: argparse.Namespace) -> int:
