@@ -1,6 +1,6 @@
 """The gateway app under three HTTP servers, side by side: cost (wrk) and the edge probes.
 
-    python bench/server_compare.py [--duration 6] [--servers own,uvicorn,granian] [--skip-probes] [--skip-load]
+    python bench/server_compare.py [--duration 6] [--servers own,uvicorn,granian] [--skip-probes] [--skip-load] [--flood 15]
 
 Every server runs the same ASGI application (``build_gateway`` on the same
 configuration) in front of the same canned upstream (``bench/fast_upstream.py``):
@@ -12,7 +12,9 @@ configuration) in front of the same canned upstream (``bench/fast_upstream.py``)
 For each: CPU ms per request of the server's process tree, throughput and
 added p50/p99 latency at 1 and 64 connections (JSON; ``wrk``), RSS, and every
 wire-level probe of ``tests/wire_probes.py`` (the issue #12 findings), each
-marked pass/fail with what was seen. uvicorn and granian are only needed for
+marked pass/fail with what was seen; then two bounded floods on loopback (an
+endless chunked trailer on five connections, 1,000 trickling connections)
+while a normal client measures its latency and the server's RSS is sampled. uvicorn and granian are only needed for
 this comparison; it skips a server that is not installed.
 """
 
@@ -24,9 +26,11 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -34,7 +38,7 @@ from typing import Any
 import httpx
 
 from gateway_overhead import cpu_s, free_port, rss_mb, run_wrk, wait
-from measure import source_line, src_digest, write_report
+from measure import percentile, source_line, src_digest, write_report
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -124,6 +128,67 @@ def load_rows(target: Launched, duration: int) -> dict[str, dict[str, float]]:
     return out
 
 
+def _trailer_flooder(root: str, key: str | None, stop: threading.Event, sent: list[int]) -> None:
+    """One connection after another, each a chunked POST whose trailer never ends (reconnects when cut)."""
+    host, port = root.removeprefix("http://").rsplit(":", 1)
+    path, auth = ("/v1/chat/completions", f"Authorization: Bearer {key}\r\n") if key else ("/healthz", "")
+    head = (f"POST {path} HTTP/1.1\r\nHost: gw\r\n{auth}Content-Type: application/json\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n0\r\nX-Pad: ").encode()
+    block = b"a" * 65536
+    while not stop.is_set():
+        try:
+            with socket.create_connection((host, int(port)), timeout=1) as sock:
+                sock.sendall(head)
+                while not stop.is_set():
+                    sock.sendall(block)
+                    sent[0] += len(block)
+        except OSError:
+            time.sleep(0.01)
+
+
+def _normal_client(target: Any, stop: threading.Event, latencies: list[float]) -> None:
+    from tests.wire_probes import chat_latency
+
+    while not stop.is_set():
+        latencies.append(chat_latency(target))
+        stop.wait(0.05)
+
+
+def flood(launched: Launched, seconds: float, kind: str) -> dict[str, float]:
+    """``kind`` "trailer": 4 unauthenticated endless-trailer connections to POST /healthz and one with a key;
+    "slow": 1,000 connections trickling a head one byte a second. Meanwhile a normal client sends a chat
+    request every 50 ms (a new connection each); the server's RSS is sampled every 0.25 s."""
+    from tests.wire_probes import Target, rss_mb, trickling_connections
+
+    target = Target(launched.root, launched.key, "bench", launched.proc.pid)
+    stop = threading.Event()
+    threads = []
+    sent = [0]
+    rss_start = rss_mb(launched.proc.pid)
+    if kind == "trailer":
+        for key in (None, None, None, None, launched.key):
+            threads.append(threading.Thread(target=_trailer_flooder, args=(launched.root, key, stop, sent), daemon=True))
+            threads[-1].start()
+    else:
+        threads.append(trickling_connections(target, 1000, stop))
+    latencies: list[float] = []
+    time.sleep(1.0)  # let the attack build up
+    client = threading.Thread(target=_normal_client, args=(target, stop, latencies), daemon=True)
+    client.start()
+    peak = rss_start
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        peak = max(peak, rss_mb(launched.proc.pid))
+        time.sleep(0.25)
+    stop.set()
+    for thread in [*threads, client]:
+        thread.join(15)
+    ok = [x for x in latencies if x != float("inf")]
+    return {"requests": len(latencies), "failed": len(latencies) - len(ok), "p50_ms": percentile(ok, 50) * 1000,
+            "p99_ms": percentile(ok, 99) * 1000, "max_ms": max(ok, default=float("nan")) * 1000, "rss_start_mb": rss_start,
+            "rss_peak_mb": peak, "flood_mib": sent[0] / 2**20}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=6)
@@ -131,6 +196,8 @@ def main() -> int:
     parser.add_argument("--skip-probes", action="store_true")
     parser.add_argument("--skip-load", action="store_true")
     parser.add_argument("--only", help="comma-separated parts of probe names to run")
+    parser.add_argument("--flood", type=float, default=15.0, metavar="SECONDS",
+                        help="length of the endless-trailer and slow-client floods (0: skip them)")
     args = parser.parse_args()
     if not args.skip_load and not shutil.which("wrk"):
         raise SystemExit("wrk is needed: apt-get install wrk")
@@ -145,6 +212,7 @@ def main() -> int:
     upstream = f"http://127.0.0.1:{up_port}/v1"
     loads: dict[str, dict[str, dict[str, float]]] = {}
     probes: dict[str, list[tuple[str, bool, str]]] = {}
+    floods: dict[str, dict[str, dict[str, float]]] = {}
     try:
         wait(upstream + "/models")
         if not args.skip_load:
@@ -164,6 +232,10 @@ def main() -> int:
                                            args.only.split(",") if args.only else None)
                     for probe, ok, seen in probes[name]:
                         print(f"  {name:<8} {'pass' if ok else 'FAIL'}  {probe}: {seen}", file=sys.stderr, flush=True)
+                if args.flood > 0:
+                    for kind in ("trailer", "slow"):
+                        floods.setdefault(name, {})[kind] = row = flood(target, args.flood, kind)
+                        print(f"  {name:<8} {kind} flood: {row}", file=sys.stderr, flush=True)
             finally:
                 stop(target.proc)
     finally:
@@ -190,6 +262,17 @@ def main() -> int:
         for i, (probe, _, _) in enumerate(probes[names[0]]):
             cells = [f"{'pass' if probes[n][i][1] else '**fail**'}: {probes[n][i][2]}" for n in names]
             lines.append(f"| {probe} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if floods:
+        lines += [f"Floods ({args.flood:.0f} s each, loopback): a normal client sends a chat request every 50 ms on a new connection.", "",
+                  "| flood | server | normal requests | failed | p50 (ms) | p99 (ms) | max (ms) | RSS start → peak (MB) |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|"]
+        titles = {"trailer": "endless trailer, 4 × POST /healthz + 1 with a key", "slow": "1,000 connections trickling a head"}
+        for kind, title in titles.items():
+            for name, rows in floods.items():
+                f = rows[kind]
+                lines.append(f"| {title} | {name} | {f['requests']:.0f} | {f['failed']:.0f} | {f['p50_ms']:.1f} | {f['p99_ms']:.1f} | "
+                             f"{f['max_ms']:.1f} | {f['rss_start_mb']:.0f} → {f['rss_peak_mb']:.0f} |")
         lines.append("")
     write_report("server_compare.md", lines, began, digest)
     print(source_line(digest), file=sys.stderr)
