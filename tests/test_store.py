@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import text
 
 from distillguard.events import format_ts
-from distillguard.exceptions import NotFoundError
+from distillguard.exceptions import NotFoundError, UsageError
 from distillguard.store import EventSink, Registry, hash_secret, iter_events
 from tests.pg_fixtures import PostgresServer, postgres  # noqa: F401 - fixture
 
@@ -29,7 +29,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     url = server.url  # type: ignore[attr-defined]
     registry = Registry(url)  # wipe between tests: one server for the session
     with registry.engine.begin() as conn:
-        for table in ("events", "api_keys", "installs", "audit_log", "reviews", "manual_overrides", "accounts"):
+        for table in ("events", "api_keys", "installs", "audit_log", "reviews", "manual_overrides", "account_attributes", "accounts"):
             conn.execute(text(f"DELETE FROM {table}"))
     registry.close()
     return str(url)
@@ -261,3 +261,31 @@ def test_retention_purges_old_events_only(database_url: str, tmp_path: Path) -> 
     assert sorted(e["request_id"] for e in iter_events(database_url)) == ["req_000002", "req_000003", "req_000004"]
     assert sink.stats["purged"] == 2
     sink.close()
+
+
+def test_account_attributes_are_stored_hashed_and_exported(database_url: str) -> None:
+    from distillguard.store.attributes import hash_attribute
+
+    registry = Registry(database_url)
+    domain = hash_attribute("email_domain", "Acme.COM ", "salt-1")
+    assert domain == hash_attribute("email_domain", "acme.com", "salt-1")  # domains compare without case
+    assert domain != hash_attribute("email_domain", "acme.com", "salt-2")  # another deployment's key: unrelated
+    assert domain != hash_attribute("signup_ip", "acme.com", "salt-1")  # the name is part of the message
+    account = registry.create_account("carol", org="acme", attributes={"email_domain": domain})
+    other = registry.create_account("dave")
+    payment = hash_attribute("payment_fp", "card-4242", "salt-1")
+    assert registry.set_account_attributes(other["account_id"], {"payment_fp": payment}) == {"payment_fp": payment}
+    with pytest.raises(UsageError):  # a raw value never reaches the table
+        registry.set_account_attributes(other["account_id"], {"email_domain": "acme.com"})
+    with pytest.raises(NotFoundError):
+        registry.set_account_attributes("acct_missing", {"payment_fp": payment})
+    exported = {line["account_id"]: line for line in registry.export_accounts()}
+    assert exported[account["account_id"]]["attributes"] == {"email_domain": domain}
+    assert exported[account["account_id"]]["org_id"] == "acme" and exported[account["account_id"]]["status"] == "active"
+    assert exported[other["account_id"]]["created_at"].endswith("Z")
+    registry.set_account_attributes(other["account_id"], {"payment_fp": None})
+    assert registry.account_attributes([other["account_id"]]) == {}
+    with registry.engine.connect() as conn:
+        dumped = " ".join(str(row) for row in conn.execute(text("SELECT * FROM account_attributes")))
+        audit = " ".join(str(row) for row in conn.execute(text("SELECT * FROM audit_log")))
+    assert "acme.com" not in dumped and "card-4242" not in dumped and "card-4242" not in audit

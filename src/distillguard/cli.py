@@ -77,7 +77,17 @@ def build_parser() -> argparse.ArgumentParser:
     create_account = _command(accounts, "create", "distillguard.store.commands:accounts_create", "create an account")
     create_account.add_argument("name")
     create_account.add_argument("--org", help="organisation id or name")
+    create_account.add_argument("--attr", action="append", metavar="NAME=VALUE",
+                                help="operator attribute, stored only as a keyed hash (e.g. email_domain=acme.com, payment_fp=…); repeatable")
     create_account.add_argument("--json", action="store_true", help="print JSON")
+    set_attr = _command(accounts, "set-attr", "distillguard.store.commands:accounts_set_attr",
+                        "set or remove an account's attributes (stored only as keyed hashes)")
+    set_attr.add_argument("account_id", metavar="ACCOUNT_ID")
+    set_attr.add_argument("assignments", nargs="*", metavar="NAME=VALUE")
+    set_attr.add_argument("--unset", action="append", metavar="NAME", help="remove this attribute (repeatable)")
+    set_attr.add_argument("--json", action="store_true", help="print JSON")
+    _command(accounts, "export", "distillguard.store.commands:accounts_export",
+             "account metadata as JSONL (id, name, org, created_at, status, hashed attributes) for `scan --accounts`")
     list_accounts = _command(accounts, "list", "distillguard.store.commands:accounts_list", "list accounts")
     list_accounts.add_argument("--json", action="store_true", help="print JSON")
     for action, help_text in (("suspend", "suspend an account: its keys get 403 until activated"), ("activate", "re-activate a suspended account")):
@@ -109,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--fail-on", choices=("medium", "high"), default=None,
                       help="exit 3 when an account at this risk level or above is found (cron, CI)")
     scan.add_argument("--strict", action="store_true", help="stop at the first malformed line")
+    scan.add_argument("--accounts", metavar="ACCOUNTS.jsonl",
+                      help="account metadata from `distillguard accounts export` (creation times, orgs, hashed attributes) for attribution")
 
     simulate = _command(sub, "simulate", "distillguard.sim.commands:simulate_command", "labelled synthetic traffic", reads_settings=False)
     simulate.add_argument("--scenario", required=True, help="a named scenario or a YAML file")

@@ -1,70 +1,76 @@
-"""Cross-account clustering of hydra networks over shared fingerprints.
+"""Hydra clusters: accounts linked by rare shared indicators from two families, joined, scored and explained.
 
-Accounts are linked when they share enough rare fingerprints: enrolled install
-ids, data-centre /24 networks, header fingerprints, system prompts, prompt
-templates (exact frames, or similar frame sets found with MinHash LSH), and
-synchronised activity (similar sets of active 5-minute buckets, again through
-MinHash LSH so large logs avoid all-pairs work). A fingerprint value shared by
-a large part of the population (a popular client library, a default system
-prompt) carries no information and is ignored. Linked accounts are joined
-with union-find; each cluster gets a score and the list of what its members
-share, and lifts members that look light on their own.
+The indicators and their rarity weights are in :mod:`distillguard.detect.attribution`.
+Here, for each pair of accounts that share anything rare enough to matter,
+each family's evidence is combined as a noisy-OR of its shared items,
+
+    family(a, b) = 1 − ∏ (1 − weight(kind) × rarity(holders) × min(share_a, share_b)^½)
+
+and the pair is **linked** when
+
+- one identity item alone is near-certain (the same enrolled install, the
+  same payment fingerprint: ≥ 0.9), or
+- a behavioural family (content or time) reaches 0.35, another family
+  reaches 0.3, and the two add up to at least 1.0.
+
+So a public wrapper (no weight), a shared office (infra and meta only) or two
+evaluation jobs with the same stock parameters (content 0.3) never link on
+their own, while a fleet that shares a wrapper and a hosting /24, or a
+system prompt and a creation burst, does. Accounts of one organisation are
+never linked: the organisation already says they are one customer.
+
+Candidate pairs come from posting lists (accounts carrying an item; every
+pair when at most 12 do, else each holder against the 8 holders with the
+smallest stable hash — the cluster stays connected through them) and from a
+MinHash LSH index over active 5-minute buckets for synchronised activity, so
+the work grows with the number of accounts times the items they carry, never
+with all pairs. Linked accounts are joined with union-find; groups of three
+or more are clusters.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
+import math
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
+from distillguard.detect.accounts import AccountMeta
+from distillguard.detect.attribution import (
+    BEHAVIOURAL,
+    KINDS,
+    AttributionCollector,
+    Item,
+    account_items,
+    describe,
+    rarity,
+)
 from distillguard.detect.base import logistic
 from distillguard.detect.minhash import LSHIndex, MinHasher, Signature
 
-__all__ = ["Cluster", "ClusterCache", "FingerprintCollector", "find_clusters", "rank_labels"]
+__all__ = ["Cluster", "ClusterCache", "FingerprintCollector", "TemplateSource", "creation_bursts", "find_clusters", "rank_labels",
+           "stable_cluster_id"]
 
-WEIGHTS = {"install": 1.0, "system_prompt": 0.8, "template": 0.8, "similar_templates": 0.6, "hosting_net": 0.6,
-           "sync_timing": 0.7, "org": 0.5, "header_fp": 0.2}
-LINK_THRESHOLD = 1.0
-_CAP = 64
+FingerprintCollector = AttributionCollector  # the name the Scanner has always used
+
+MIN_REQUESTS = 3
+ALL_PAIRS_UP_TO = 12
+HUBS = 8
+IDENTITY_LINK = 0.9
+BEHAVIOUR_MIN, OTHER_MIN, LINK_SUM = 0.35, 0.3, 1.0
+SYNC_JACCARD, SYNC_LIFT, SYNC_WEIGHT = 0.25, 2.0, 0.8
+BURST_WINDOW_S, BURST_MIN, BURST_EXCESS = 3600.0, 5, 8.0
 
 
-@dataclass
-class _Prints:
-    values: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
-    requests: int = 0
+class TemplateSource(Protocol):
+    """What clustering reads from the templates detector (:class:`distillguard.detect.templates.TemplatedPrompts`)."""
 
+    def wrappers(self, account_id: str) -> tuple[int, dict[str, int]]: ...
 
-class FingerprintCollector:
-    """Collects each account's fingerprint values (bounded per kind)."""
-
-    def __init__(self) -> None:
-        self.accounts: dict[str, _Prints] = {}
-
-    def update(self, event: Mapping[str, Any]) -> None:
-        account = event.get("account_id")
-        if account is None:
-            return
-        prints = self.accounts.get(account)
-        if prints is None:
-            prints = self.accounts[account] = _Prints()
-        prints.requests += 1
-        client = event.get("client") or {}
-        geo = client.get("geo") or {}
-        attestation = event.get("attestation") or {}
-
-        def add(kind: str, value: Any) -> None:
-            bucket = prints.values[kind]
-            if value and len(bucket) < _CAP:
-                bucket.add(str(value))
-
-        add("install", attestation.get("install_id"))
-        if geo.get("hosting"):
-            ip = client.get("ip") or ""
-            add("hosting_net", f"AS{geo.get('asn')} {ip.rsplit('.', 1)[0]}.0/24" if "." in ip else None)
-        add("header_fp", client.get("header_fp"))
-        add("org", event.get("org_id"))
+    def systems(self, account_id: str) -> dict[str, int]: ...
 
 
 def stable_cluster_id(members: list[str]) -> str:
@@ -78,12 +84,18 @@ def stable_cluster_id(members: list[str]) -> str:
     return "cl_" + hashlib.blake2b(min(members).encode(), digest_size=5).hexdigest()
 
 
+def _stable_hash(account: str) -> bytes:
+    return hashlib.blake2b(account.encode(), digest_size=8).digest()
+
+
 @dataclass
 class Cluster:
     cluster_id: str
     accounts: list[str]
     score: float
     shared: list[str]
+    coordination: float = 0.0  # how strongly attribution alone ties the members (size × families), in [0, 1]
+    families: list[str] = field(default_factory=list)
 
     def as_report(self) -> dict[str, Any]:
         return {"cluster_id": self.cluster_id, "accounts": self.accounts, "score": round(self.score, 4), "shared": self.shared}
@@ -92,11 +104,8 @@ class Cluster:
 _NUM_PERM = 64
 _HASHER = MinHasher(num_perm=_NUM_PERM, seed=7)
 # LSH candidates are verified by exact Jaccard below, so a false positive costs one set intersection
-# while a false negative silently loses a link. datasketch's default 50/50 weighting (used here before)
-# catches only about a third of the pairs at exactly the threshold, and missed about half the pairs of
-# repeated-frame sets at Jaccard >= 0.4 in the simulated scenarios. 2/98 (bands x rows 27x2 at 0.4,
-# 32x2 at 0.3) misses ~1-5 % of pairs right at the threshold and ~0.04 % at Jaccard 0.5, for a few
-# thousand extra set intersections per report.
+# while a false negative silently loses a link. 2/98 (32 bands x 2 rows at 0.25) misses a few percent of
+# the pairs right at the threshold and almost none above it.
 _LSH_WEIGHTS = (0.02, 0.98)
 
 
@@ -104,8 +113,7 @@ _LSH_WEIGHTS = (0.02, 0.98)
 class ClusterCache:
     """What :func:`find_clusters` can reuse from one report to the next (the online scorer reports every second).
 
-    The frame and bucket sets it compares only ever grow (frames and buckets are never removed, and a frame once
-    repeated stays repeated), so a set whose size has not changed is unchanged: its MinHash signature, and its
+    Bucket sets only grow, so a set whose size has not changed is unchanged: its MinHash signature, and its
     overlap with another unchanged set, are still valid. Overlaps are kept for the latest report's candidate
     pairs only, so the cache stays the size of one report's work.
     """
@@ -122,68 +130,146 @@ class ClusterCache:
         return signature
 
 
-def rank_labels(counts: dict[str, int]) -> list[str]:
-    """What a cluster's members share, most links first; ties by label, so the report is the same under any hash seed."""
+def rank_labels(counts: Mapping[str, float]) -> list[str]:
+    """What a cluster's members share, most weight (summed over links) first; ties by label, so the report is the same under any hash seed."""
     return [label for label, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
 
 
+def creation_bursts(metadata: Mapping[str, AccountMeta]) -> dict[str, str]:
+    """Accounts created in a burst → a name for the burst.
+
+    A burst: at least ``BURST_MIN`` accounts created within an hour of one another, at least ``BURST_EXCESS``
+    times as many as the metadata's average rate of account creation would put in an hour. Creation times
+    closer than an hour chain into one burst.
+    """
+    times = sorted((m.created_at, a) for a, m in metadata.items() if m.created_at is not None)
+    if len(times) < BURST_MIN:
+        return {}
+    span = max(86_400.0, times[-1][0] - times[0][0])
+    expected = max(0.5, len(times) * BURST_WINDOW_S / span)
+    half = BURST_WINDOW_S / 2
+    members: list[tuple[float, str]] = []
+    lo = hi = 0
+    for t, account in times:
+        while times[lo][0] < t - half:
+            lo += 1
+        while hi < len(times) and times[hi][0] <= t + half:
+            hi += 1
+        count = hi - lo
+        if count >= BURST_MIN and count >= BURST_EXCESS * expected:
+            members.append((t, account))
+    bursts: dict[str, str] = {}
+    group: list[tuple[float, str]] = []
+
+    def close() -> None:
+        if len(group) >= BURST_MIN:
+            start = dt.datetime.fromtimestamp(group[0][0], dt.UTC).strftime("%Y-%m-%d %H:%M")
+            name = f"{len(group)} accounts from {start} UTC within {max(1, round((group[-1][0] - group[0][0]) / 60))} min"
+            for _, account in group:
+                bursts[account] = name
+
+    for t, account in members:
+        if group and t - group[-1][0] > BURST_WINDOW_S:
+            close()
+            group = []
+        group.append((t, account))
+    close()
+    return bursts
+
+
+@dataclass
+class _Link:
+    families: dict[str, float]
+    items: list[tuple[Item, float]]
+    strength: float
+
+
+def _family_scores(shared: list[tuple[Item, float]]) -> dict[str, float]:
+    remaining: dict[str, float] = {}
+    for item, value in shared:
+        family = KINDS[item.kind][0]
+        remaining[family] = remaining.get(family, 1.0) * (1.0 - value)
+    return {family: 1.0 - rest for family, rest in remaining.items()}
+
+
+def _decide(families: dict[str, float], identity: float) -> float:
+    """The link's strength in [0, 2], or 0 when the pair is not linked (rules in the module docstring)."""
+    if identity >= IDENTITY_LINK:
+        return 1.0 + identity
+    best_behaviour = max(((families.get(f, 0.0), f) for f in BEHAVIOURAL), default=(0.0, ""))
+    if best_behaviour[0] < BEHAVIOUR_MIN:
+        return 0.0
+    other = max((v for f, v in families.items() if f != best_behaviour[1]), default=0.0)
+    if other < OTHER_MIN or best_behaviour[0] + other < LINK_SUM:
+        return 0.0
+    return best_behaviour[0] + other
+
+
 def find_clusters(
-    fingerprints: FingerprintCollector,
-    systems: dict[str, dict[str, int]],
-    frames: dict[str, list[str]],
-    buckets: dict[str, set[int]],
-    own_scores: dict[str, float],
+    collector: AttributionCollector,
+    templates: TemplateSource,
+    buckets: Mapping[str, set[int]],
+    own_scores: Mapping[str, float],
+    metadata: Mapping[str, AccountMeta] | None = None,
     cache: ClusterCache | None = None,
 ) -> list[Cluster]:
     """Clusters of linked accounts, largest first; pass the same ``cache`` to successive calls on growing state."""
     if cache is None:
         cache = ClusterCache()
-    overlaps: dict[tuple[str, str, str], tuple[int, int, int]] = {}
-    accounts = [a for a, p in fingerprints.accounts.items() if p.requests >= 3]
-    if not accounts:
+    metadata = metadata or {}
+    accounts = sorted(a for a, p in collector.accounts.items() if p.requests >= MIN_REQUESTS)
+    if len(accounts) < 3:
         return []
-    common_cutoff = max(30, int(0.1 * len(fingerprints.accounts)))
-    edges: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
-    reasons: dict[tuple[str, str], set[str]] = defaultdict(set)
+    org_of = {a: p.org for a, p in collector.accounts.items() if p.org}
+    for account, known in metadata.items():
+        if known.org_id:
+            org_of[account] = known.org_id
+    bursts = creation_bursts(metadata)
+    empty: Mapping[str, str] = {}
 
-    def link_groups(kind: str, owners: dict[str, list[str]], label: str) -> None:
-        for value, members in owners.items():
-            if 2 <= len(members) <= common_cutoff:
-                members = sorted(members)
-                anchor = members[0]
-                for other in members[1:]:
-                    pair = (anchor, other)
-                    edges[pair][kind] = WEIGHTS[kind]
-                    reasons[pair].add(label.format(value=value))
-
-    for kind, label in (("install", "install id {value}"), ("hosting_net", "{value}"), ("header_fp", "header fingerprint {value}"),
-                        ("org", "org {value}")):
-        owners: dict[str, list[str]] = defaultdict(list)
-        for account in accounts:
-            for value in fingerprints.accounts[account].values.get(kind, ()):
-                owners[value].append(account)
-        link_groups(kind, owners, label)
-    owners = defaultdict(list)
+    # 1. Every account's items, and how many accounts carry each.
+    items: dict[str, dict[tuple[str, str], Item]] = {}
+    holders: dict[tuple[str, str], list[str]] = defaultdict(list)
     for account in accounts:
-        for system, count in systems.get(account, {}).items():
-            if count >= 2:
-                owners[system].append(account)
-    link_groups("system_prompt", owners, "system prompt template")
-    owners = defaultdict(list)
-    for account in accounts:
-        for frame in frames.get(account, []):
-            owners[frame].append(account)
-    link_groups("template", owners, "prompt template")
+        single_turn, wrappers = templates.wrappers(account)
+        meta = metadata.get(account)
+        found = account_items(collector.accounts.get(account), single_turn, wrappers, templates.systems(account),
+                              meta.attributes if meta else empty, bursts.get(account))
+        keyed = {(i.kind, i.value): i for i in found}
+        items[account] = keyed
+        for key in keyed:
+            holders[key].append(account)
+    population = len(accounts)
+    worth = {key: KINDS[key[0]][1] * (1.0 if key[0] == "burst" else rarity(len(members), population))
+             for key, members in holders.items() if len(members) >= 2}
 
-    # Similar template sets and synchronised timing via MinHash LSH.
-    for kind, sets, threshold, label in (
-        ("similar_templates", {a: set(frames.get(a, [])) for a in accounts if len(frames.get(a, [])) >= 2}, 0.4, "paraphrased templates"),
-        ("sync_timing", {a: buckets.get(a, set()) for a in accounts if len(buckets.get(a, set())) >= 10}, 0.3, "synchronised timing"),
-    ):
-        if len(sets) < 2:
+    # 2. Candidate pairs from the posting lists of items worth something.
+    candidates: set[tuple[str, str]] = set()
+    for key, value in worth.items():
+        if value < 0.05:
             continue
-        lsh: LSHIndex[str] = LSHIndex(threshold, num_perm=_NUM_PERM, weights=_LSH_WEIGHTS)
-        signatures = {a: cache.signature(kind, a, s) for a, s in sets.items()}
+        members = holders[key]
+        if len(members) <= ALL_PAIRS_UP_TO:
+            for i, a in enumerate(members):
+                for b in members[i + 1:]:
+                    candidates.add((a, b))
+        else:
+            hubs = sorted(members, key=_stable_hash)[:HUBS]
+            for a in members:
+                for hub in hubs:
+                    if a != hub:
+                        candidates.add((a, hub) if a < hub else (hub, a))
+
+    # 3. Synchronised activity: similar sets of active 5-minute buckets (MinHash LSH, verified exactly).
+    sync: dict[tuple[str, str], float] = {}
+    sets = {a: buckets.get(a, set()) for a in accounts if len(buckets.get(a, ())) >= 10}
+    overlaps: dict[tuple[str, str, str], tuple[int, int, int]] = {}
+    if len(sets) >= 2:
+        low = min(min(s) for s in sets.values())
+        high = max(max(s) for s in sets.values())
+        span = max(1, high - low + 1)
+        lsh: LSHIndex[str] = LSHIndex(SYNC_JACCARD, num_perm=_NUM_PERM, weights=_LSH_WEIGHTS)
+        signatures = {a: cache.signature("buckets", a, s) for a, s in sets.items()}
         for a, sig in signatures.items():
             lsh.insert(a, sig)
         for a, sig in signatures.items():
@@ -192,27 +278,56 @@ def find_clusters(
                 if b <= a:
                     continue
                 set_b = sets[b]
-                # Verification was most of a report's cost (the LSH weights favour false positives): sets whose
-                # sizes alone bound the Jaccard below the threshold are skipped (intersection <= the smaller size,
-                # union >= the larger, and float division is monotonic, so the computed ratio would be below it
-                # too), and the union's size is counted instead of building the union set.
                 small, large = sorted((len(set_a), len(set_b)))
-                if small / max(1, large) < threshold:
+                if small / large < SYNC_JACCARD:
                     continue
-                known = cache.overlaps.get((kind, a, b))
-                if known is not None and known[0] == len(set_a) and known[1] == len(set_b):
-                    common = known[2]
+                seen = cache.overlaps.get(("buckets", a, b))
+                if seen is not None and seen[0] == len(set_a) and seen[1] == len(set_b):
+                    common = seen[2]
                 else:
                     common = len(set_a & set_b)
-                overlaps[(kind, a, b)] = (len(set_a), len(set_b), common)
-                jaccard = common / max(1, len(set_a) + len(set_b) - common)
-                if jaccard >= threshold:
-                    pair = (a, b)
-                    edges[pair][kind] = WEIGHTS[kind]
-                    reasons[pair].add(label)
-
+                overlaps[("buckets", a, b)] = (len(set_a), len(set_b), common)
+                jaccard = common / (len(set_a) + len(set_b) - common)
+                p, q = len(set_a) / span, len(set_b) / span
+                chance = p * q / max(1e-9, p + q - p * q)
+                if jaccard >= SYNC_JACCARD and jaccard >= SYNC_LIFT * chance:
+                    sync[(a, b)] = SYNC_WEIGHT * min(1.0, (jaccard - 0.15) / 0.3)
+                    candidates.add((a, b))
     cache.overlaps = overlaps
 
+    # 4. Score every candidate pair; keep the links.
+    links: dict[tuple[str, str], _Link] = {}
+    for a, b in candidates:
+        org_a = org_of.get(a)
+        if org_a is not None and org_a == org_of.get(b):
+            continue
+        items_a, items_b = items[a], items[b]
+        if len(items_b) < len(items_a):
+            items_a, items_b = items_b, items_a
+        shared: list[tuple[Item, float]] = []
+        identity = 0.0
+        for key, item in items_a.items():
+            other = items_b.get(key)
+            if other is None:
+                continue
+            value = worth.get(key, 0.0) * math.sqrt(min(item.share, other.share))
+            if value <= 0.0:
+                continue
+            shared.append((item, value))
+            if key[0] in ("install", "payment"):
+                identity = max(identity, value)
+        families = _family_scores(shared)
+        timing = sync.get((a, b))
+        if timing:
+            families["time"] = 1.0 - (1.0 - families.get("time", 0.0)) * (1.0 - timing)
+        strength = _decide(families, identity)
+        if strength > 0.0:
+            used = [(item, value) for item, value in shared if value >= 0.1]
+            if timing:
+                used.append((Item("sync", "synchronised activity", 1.0), timing))
+            links[(a, b)] = _Link(families, used, strength)
+
+    # 5. Union-find over the links; clusters of three or more.
     parent = {a: a for a in accounts}
 
     def find(x: str) -> str:
@@ -221,30 +336,46 @@ def find_clusters(
             x = parent[x]
         return x
 
-    for pair, kinds in edges.items():
-        if sum(kinds.values()) >= LINK_THRESHOLD:
-            ra, rb = find(pair[0]), find(pair[1])
-            if ra != rb:
-                parent[max(ra, rb)] = min(ra, rb)
+    for a, b in links:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
     groups: dict[str, list[str]] = defaultdict(list)
     for account in accounts:
         groups[find(account)].append(account)
+    member_links: dict[str, list[_Link]] = defaultdict(list)
+    for (a, _), link in links.items():
+        member_links[find(a)].append(link)
+
     clusters: list[Cluster] = []
-    for members in sorted((sorted(g) for g in groups.values() if len(g) >= 3), key=lambda g: (-len(g), g[0])):
-        member_set = set(members)
-        shared: dict[str, int] = defaultdict(int)
-        link_kinds: set[str] = set()
-        for pair, labels in reasons.items():
-            if pair[0] in member_set and pair[1] in member_set and sum(edges[pair].values()) >= LINK_THRESHOLD:
-                link_kinds.update(edges[pair])
-                for label in labels:
-                    shared[label] += 1
-        scores = sorted((own_scores.get(a, 0.0) for a in members), reverse=True)
-        mean = sum(scores) / len(scores)
-        top_half = sum(scores[: max(1, len(scores) // 2)]) / max(1, len(scores) // 2)
-        strength = logistic(len(members), 4, 1.0) * min(1.0, len(link_kinds - {"header_fp"}) / 2)
-        base = 0.5 * mean + 0.5 * top_half
-        score = base + (1 - base) * 0.5 * strength if base >= 0.4 else base
-        ranked = rank_labels(shared)
-        clusters.append(Cluster(stable_cluster_id(members), members, min(1.0, score), ranked[:8]))
+    for members in sorted((g for g in groups.values() if len(g) >= 3), key=lambda g: (-len(g), g[0])):
+        group_links = member_links[find(members[0])]
+        shared_weight: dict[str, float] = defaultdict(float)
+        families_seen: set[str] = set()
+        for link in group_links:
+            families_seen.update(f for f, v in link.families.items() if v >= 0.3)
+            for item, value in link.items:
+                label = "synchronised activity" if item.kind == "sync" else describe(item, len(holders.get((item.kind, item.value), ())))
+                shared_weight[label] += value
+        clusters.append(_score_cluster(members, group_links, families_seen, rank_labels(shared_weight)[:8], own_scores))
     return clusters
+
+
+def _score_cluster(members: list[str], links: list[_Link], families: set[str], shared: list[str],
+                   own_scores: Mapping[str, float]) -> Cluster:
+    """A cluster's score: its members' own scores, lifted by how strongly attribution ties them.
+
+    ``base = 0.5 × mean + 0.5 × mean of the top half`` of the members' own distillation scores;
+    ``coordination = logistic(size; 5, 1.5) × min(1, families tying them ÷ 3) × mean link strength (≤ 1)``;
+    ``score = base + (1 − base) × lift × coordination`` with ``lift`` 0.8 when ``base ≥ 0.4`` (members partly
+    suspicious already) and 0.6 otherwise — so a large, tightly tied fleet of quiet accounts reaches the
+    medium band on attribution alone, and only its members' own evidence takes it to high.
+    """
+    scores = sorted((own_scores.get(a, 0.0) for a in members), reverse=True)
+    half = max(1, len(scores) // 2)
+    base = 0.5 * sum(scores) / len(scores) + 0.5 * sum(scores[:half]) / half
+    mean_strength = min(1.0, sum(link.strength for link in links) / max(1, len(links)))
+    coordination = logistic(len(members), 5, 1.5) * min(1.0, len(families) / 3) * mean_strength
+    lift = 0.8 if base >= 0.4 else 0.6
+    score = base + (1 - base) * lift * coordination
+    return Cluster(stable_cluster_id(members), members, min(1.0, score), shared, coordination, sorted(families))

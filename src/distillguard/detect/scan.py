@@ -15,9 +15,11 @@ import json
 import os
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from distillguard.detect.report_table import format_report_table
+from distillguard.detect.accounts import AccountMeta, read_accounts
 from distillguard.detect.scanner import Scanner
 from distillguard.events import EventFormatError, EventReadProblem, read_events
 from distillguard.exceptions import InputError
@@ -29,7 +31,9 @@ EXIT_FOUND = 3  # --fail-on: an account at that level was found
 FAIL_LEVELS = {"medium": ("medium", "high"), "high": ("high",)}
 
 
-def scan_files(paths: list[str], *, strict: bool = False, progress: bool = False) -> tuple[dict[str, Any], list[EventReadProblem]]:
+def scan_files(paths: list[str], *, strict: bool = False, progress: bool = False,
+               accounts: Mapping[str, AccountMeta] | None = None) -> tuple[dict[str, Any], list[EventReadProblem]]:
+    """Scan event logs; ``accounts`` is the operator's account metadata (`--accounts`, :func:`read_accounts`)."""
     problems: list[EventReadProblem] = []
 
     def warn(problem: EventReadProblem) -> None:
@@ -37,7 +41,7 @@ def scan_files(paths: list[str], *, strict: bool = False, progress: bool = False
         if len(problems) <= MAX_WARNINGS:
             print(f"warning: {problem} (skipped)", file=sys.stderr)
 
-    scanner = Scanner()
+    scanner = Scanner(accounts=accounts)
     started = time.monotonic()
     last = started
     for path in paths:
@@ -89,7 +93,8 @@ def _refuse_out_among_inputs(out: str | None, paths: list[str]) -> None:
 
 def scan_command(args: argparse.Namespace) -> int:
     _refuse_out_among_inputs(args.out, args.files)
-    report, problems = scan_files(args.files, strict=args.strict, progress=sys.stderr.isatty())
+    accounts = read_accounts(args.accounts) if getattr(args, "accounts", None) else None
+    report, problems = scan_files(args.files, strict=args.strict, progress=sys.stderr.isatty(), accounts=accounts)
     output_format = args.format or ("table" if sys.stdout.isatty() else "json")
     text = json.dumps(report, indent=1, ensure_ascii=False)
     if args.out:

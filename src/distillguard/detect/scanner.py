@@ -14,6 +14,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from distillguard.detect.accounts import AccountMeta
 from distillguard.detect.base import Detector, Evidence, user_text
 from distillguard.detect.clustering import Cluster, ClusterCache, FingerprintCollector, find_clusters
 from distillguard.detect.coverage import CoverageSweep
@@ -46,7 +47,9 @@ def risk_band(score: float) -> str:
 class Scanner:
     """Incremental detection over events v1; ``report()`` gives the scan report v1 (DESIGN §5)."""
 
-    def __init__(self) -> None:
+    def __init__(self, accounts: Mapping[str, AccountMeta] | None = None) -> None:
+        """``accounts``: the operator's account metadata (`scan --accounts`, :func:`distillguard.detect.accounts.read_accounts`)."""
+        self.metadata: Mapping[str, AccountMeta] = accounts or {}
         self.reasoning = ReasoningElicitation()
         self.coverage = CoverageSweep()
         self.templates = TemplatedPrompts()
@@ -112,14 +115,8 @@ class Scanner:
         self._reports += 1
         if self._cluster_cache is None and self._reports > 1:
             self._cluster_cache = ClusterCache()
-        return find_clusters(
-            self.fingerprints,
-            {a: self.templates.systems(a) for a in self.accounts},
-            {a: self.templates.repeated_frames(a) for a in self.accounts},
-            {a: self.timing.buckets(a) for a in self.accounts},
-            own,
-            self._cluster_cache,
-        )
+        return find_clusters(self.fingerprints, self.templates, {a: self.timing.buckets(a) for a in self.accounts}, own,
+                             self.metadata, self._cluster_cache)
 
     def report(self) -> dict[str, Any]:
         evidence = {a: self._evidence(a) for a in self.accounts}
@@ -133,11 +130,13 @@ class Scanner:
             cluster = membership.get(account)
             if cluster is not None:
                 lifted = 0.9 * cluster.score
-                items.append(Evidence("hydra_cluster", cluster.score,
-                                      f"member of {cluster.cluster_id}: {len(cluster.accounts)} accounts sharing "
-                                      f"{', '.join(cluster.shared[:3]) or 'fingerprints'}"))
+                detail = (f"member of {cluster.cluster_id}: {len(cluster.accounts)} accounts sharing "
+                          f"{', '.join(cluster.shared[:3]) or 'fingerprints'}")
                 if lifted > distill:
+                    detail += (f"; its own evidence scores {distill:.2f}, the cluster {cluster.score:.2f} — "
+                               f"scored as the cluster it belongs to")
                     distill = lifted
+                items.append(Evidence("hydra_cluster", cluster.score, detail))
             items.sort(key=lambda e: -e.score)
             entries.append({
                 "account_id": account,

@@ -18,7 +18,7 @@ from typing import Any
 
 from distillguard.detect.base import Detector, Evidence, confidence, logistic, user_text
 
-__all__ = ["TemplatedPrompts", "frame_of", "normalise_system"]
+__all__ = ["TemplatedPrompts", "frame_of", "normalise_system", "wrapper_parts"]
 
 _WORDS = re.compile(r"\w+", re.UNICODE)
 _MAX_FRAMES = 512
@@ -70,11 +70,31 @@ def normalise_system(text: str | None) -> str | None:
     return hashlib.sha256(" ".join(_WORDS.findall(text.lower())).encode()).hexdigest()[:16]
 
 
+_MAX_WRAPPERS = 1024
+
+
+def wrapper_parts(frame: str) -> tuple[str, ...]:
+    """A prompt's candidate wrapper pieces: its first 2 and 4 and its last 2 and 4 words (from its frame).
+
+    A wrapper is a recurring prefix or suffix around varying content ("Solve the following problem. …",
+    "… Provide a complete solution."); which of these pieces recur, and in how many accounts, is decided
+    by attribution (:mod:`distillguard.detect.attribution`), not here. Prompts of fewer than 4 words give none.
+    """
+    head, sep, tail = frame.partition(" … ")
+    first = head.split(" ")
+    last = tail.split(" ") if sep else first
+    if len(first) < 4 or len(last) < 4:
+        return ()
+    return ("p2:" + " ".join(first[:2]), "p4:" + " ".join(first[:4]), "s2:" + " ".join(last[-2:]), "s4:" + " ".join(last[-4:]))
+
+
 @dataclass
 class _State:
     requests: int = 0
+    single_turn: int = 0
     frames: dict[str, int] = field(default_factory=dict)
     systems: dict[str, int] = field(default_factory=dict)
+    wrappers: dict[str, int] = field(default_factory=dict)
 
 
 class TemplatedPrompts(Detector):
@@ -101,6 +121,13 @@ class TemplatedPrompts(Detector):
         frame = frame_of(user_text(event) if text is None else text)
         if frame in state.frames or len(state.frames) < _MAX_FRAMES:
             state.frames[frame] = state.frames.get(frame, 0) + 1
+        state.single_turn += 1
+        wrappers = state.wrappers
+        for part in wrapper_parts(frame):
+            if part in wrappers:
+                wrappers[part] += 1
+            elif len(wrappers) < _MAX_WRAPPERS:
+                wrappers[part] = 1
         system = normalise_system((event.get("request") or {}).get("system"))
         if system is not None and (system in state.systems or len(state.systems) < 64):
             state.systems[system] = state.systems.get(system, 0) + 1
@@ -108,6 +135,11 @@ class TemplatedPrompts(Detector):
     def repeated_frames(self, account_id: str, minimum: int = 3) -> list[str]:
         state = self.accounts.get(account_id)
         return [f for f, c in state.frames.items() if c >= minimum] if state else []
+
+    def wrappers(self, account_id: str) -> tuple[int, dict[str, int]]:
+        """(single-turn prompts, {wrapper piece: prompts carrying it}) — see :func:`wrapper_parts`."""
+        state = self.accounts.get(account_id)
+        return (state.single_turn, state.wrappers) if state else (0, {})
 
     def systems(self, account_id: str) -> dict[str, int]:
         state = self.accounts.get(account_id)

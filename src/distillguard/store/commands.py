@@ -1,4 +1,4 @@
-"""CLI handlers: `accounts create|list`, `keys create|revoke`, `events export`."""
+"""CLI handlers: `accounts create|list|set-attr|export`, `keys create|revoke`, `events export`."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import orjson
 
 from distillguard.config import load_settings
 from distillguard.exceptions import NotFoundError, UsageError
+from distillguard.store.attributes import parse_assignments
 from distillguard.store.export import iter_event_lines, normalise_since
 from distillguard.store.registry import Registry
 
-__all__ = ["accounts_create", "accounts_list", "events_export", "keys_create", "keys_revoke"]
+__all__ = ["accounts_create", "accounts_export", "accounts_list", "accounts_set_attr", "events_export", "keys_create", "keys_revoke"]
 
 
 def _registry(args: argparse.Namespace) -> Registry:
@@ -25,9 +26,12 @@ def _print_json(obj: object) -> None:
 
 
 def accounts_create(args: argparse.Namespace) -> int:
-    account = _registry(args).create_account(args.name, org=args.org)
+    settings = load_settings(args.config)
+    attributes = parse_assignments(args.attr or [], settings.privacy.hash_key)
+    account = Registry(settings.database).create_account(args.name, org=args.org, attributes=attributes)
     if args.json:
-        _print_json({"account_id": account["account_id"], "name": account["name"], "org_id": account["org_id"]})
+        _print_json({"account_id": account["account_id"], "name": account["name"], "org_id": account["org_id"],
+                     **({"attributes": attributes} if attributes else {})})
     else:
         print(account["account_id"])
     return 0
@@ -42,6 +46,36 @@ def accounts_list(args: argparse.Namespace) -> int:
     for a in accounts:
         created = dt.datetime.fromtimestamp(a["created_at"], dt.UTC).strftime("%Y-%m-%d %H:%M")
         print(f"{a['account_id']:<22} {a['name'][:24]:<24} {(a['org_id'] or '-')[:16]:<16} {a['status']:<10} {created}")
+    return 0
+
+
+def accounts_set_attr(args: argparse.Namespace) -> int:
+    """``accounts set-attr ACCOUNT NAME=VALUE… [--unset NAME…]``: values are hashed before they reach the store."""
+    settings = load_settings(args.config)
+    changes: dict[str, str | None] = dict(parse_assignments(args.assignments or [], settings.privacy.hash_key))
+    for name in args.unset or []:
+        if name in changes:
+            raise UsageError(f"--unset {name}: also given a value")
+        changes[name] = None
+    if not changes:
+        raise UsageError("nothing to change: give NAME=VALUE and/or --unset NAME")
+    try:
+        attributes = Registry(settings.database).set_account_attributes(args.account_id, changes)
+    except NotFoundError as exc:
+        raise UsageError(str(exc)) from None
+    if args.json:
+        _print_json({"account_id": args.account_id, "attributes": attributes})
+    else:
+        print(f"{args.account_id}: " + (", ".join(f"{n}={v}" for n, v in attributes.items()) or "no attributes"))
+    return 0
+
+
+def accounts_export(args: argparse.Namespace) -> int:
+    """One JSON object per account and line (docs/store.md), the input of `scan --accounts`."""
+    out = sys.stdout.buffer
+    for line in _registry(args).export_accounts():
+        out.write(orjson.dumps(line) + b"\n")
+    out.flush()
     return 0
 
 

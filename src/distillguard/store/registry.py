@@ -1,4 +1,4 @@
-"""Accounts, organisations, API keys, enrolled installs, manual policy overrides, audit log and review queue.
+"""Accounts (and their hashed attributes), organisations, API keys, enrolled installs, manual policy overrides, audit log and review queue.
 
 The registry is the slow, durable side of authentication. The gateway never
 queries it per request: it loads :meth:`Registry.key_snapshot` into memory and
@@ -13,15 +13,17 @@ import contextlib
 import hashlib
 import secrets
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
+from distillguard.events import format_ts
 from distillguard.exceptions import NotFoundError, UsageError
 from distillguard.store import schema
+from distillguard.store.attributes import ATTRIBUTE_HASH, ATTRIBUTE_NAME
 from distillguard.store.engine import make_engine
 
 __all__ = ["InstallKey", "KeyRecord", "Registry", "hash_secret", "new_secret"]
@@ -51,6 +53,17 @@ def _plain(row: Any) -> dict[str, Any]:
 
 def _new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(8)}"
+
+
+def _checked_attributes(attributes: Mapping[str, str | None]) -> dict[str, str | None]:
+    checked: dict[str, str | None] = {}
+    for name, value in attributes.items():
+        if not isinstance(name, str) or not ATTRIBUTE_NAME.fullmatch(name):
+            raise UsageError(f"attributes: invalid name {name!r} (lower-case letters, digits and _, at most 64)")
+        if value is not None and (not isinstance(value, str) or not ATTRIBUTE_HASH.fullmatch(value)):
+            raise UsageError(f"attributes.{name}: expected a hashed value 'h1:' + 32 hex digits (store/attributes.py hashes raw values)")
+        checked[name] = value
+    return checked
 
 
 LIMIT_NAMES = ("requests_per_min", "tokens_per_min", "concurrent_requests", "daily_tokens")
@@ -135,9 +148,11 @@ class Registry:
         conn.execute(schema.audit_log.insert().values(ts=time.time(), actor=actor, action=action, target=target, detail=detail or {}))
 
     def create_account(self, name: str, org: str | None = None, limits: dict[str, Any] | None = None, *,
-                       actor: str = "cli") -> dict[str, Any]:
+                       actor: str = "cli", attributes: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """Create an account; ``attributes`` are already hashed (:func:`distillguard.store.attributes.hash_attribute`)."""
         if not name or not name.strip():
             raise UsageError("name: must not be empty")
+        hashed = _checked_attributes(attributes or {})
         row = {
             "account_id": _new_id("acct"),
             "name": name.strip(),
@@ -148,7 +163,9 @@ class Registry:
         }
         with self.engine.begin() as conn:
             conn.execute(schema.accounts.insert().values(**row))
-            self._audit(conn, actor, "account.create", str(row["account_id"]), {"name": row["name"], "org_id": org, "limits": row["limits"]})
+            self._write_attributes(conn, str(row["account_id"]), hashed)
+            self._audit(conn, actor, "account.create", str(row["account_id"]), {"name": row["name"], "org_id": org, "limits": row["limits"],
+                                                                               **({"attributes": sorted(hashed)} if hashed else {})})
             self._bump(conn)
         return row
 
@@ -184,6 +201,54 @@ class Registry:
             conn.execute(update(schema.accounts).where(schema.accounts.c.account_id == account_id).values(status=status))
             self._audit(conn, actor, f"account.{'suspend' if status == 'suspended' else 'activate'}", account_id, {"reason": reason})
             self._bump(conn)
+
+    # -- account attributes (hashed; store/attributes.py) --------------------
+    @staticmethod
+    def _write_attributes(conn: Any, account_id: str, hashed: Mapping[str, str | None]) -> None:
+        table = schema.account_attributes
+        now = time.time()
+        for name, value in hashed.items():
+            conn.execute(delete(table).where(table.c.account_id == account_id, table.c.name == name))
+            if value is not None:
+                conn.execute(table.insert().values(account_id=account_id, name=name, value_hash=value, updated_at=now))
+
+    def set_account_attributes(self, account_id: str, attributes: Mapping[str, str | None], *, actor: str = "cli") -> dict[str, str]:
+        """Set hashed attribute values (``None`` removes one); returns the account's attributes afterwards.
+
+        Values must already be hashed (``h1:`` + 32 hex): the registry refuses
+        anything else, so a raw e-mail domain or card fingerprint cannot reach
+        the database by mistake. The audit row names the attributes, not values.
+        """
+        hashed = _checked_attributes(attributes)
+        with self.engine.begin() as conn:
+            self._require_account(conn, account_id)
+            self._write_attributes(conn, account_id, hashed)
+            self._audit(conn, actor, "account.attributes", account_id,
+                        {"set": sorted(n for n, v in hashed.items() if v is not None), "removed": sorted(n for n, v in hashed.items() if v is None)})
+            self._bump(conn)
+        return self.account_attributes([account_id]).get(account_id, {})
+
+    def account_attributes(self, account_ids: Collection[str] | None = None) -> dict[str, dict[str, str]]:
+        """Account → {attribute name → hash}; all accounts, or only ``account_ids``."""
+        table = schema.account_attributes
+        query = select(table.c.account_id, table.c.name, table.c.value_hash).order_by(table.c.account_id, table.c.name)
+        if account_ids is not None:
+            if not account_ids:
+                return {}
+            query = query.where(table.c.account_id.in_(list(account_ids)))
+        found: dict[str, dict[str, str]] = {}
+        with self.engine.connect() as conn:
+            for account_id, name, value_hash in conn.execute(query):
+                found.setdefault(account_id, {})[name] = value_hash
+        return found
+
+    def export_accounts(self) -> Iterator[dict[str, Any]]:
+        """Every account as a line of `accounts export` (docs/store.md): id, name, org, created_at, status, hashed attributes."""
+        attributes = self.account_attributes()
+        for account in self.list_accounts():
+            yield {"account_id": account["account_id"], "name": account["name"], "org_id": account["org_id"],
+                   "created_at": format_ts(float(account["created_at"])), "status": account["status"],
+                   "attributes": attributes.get(account["account_id"], {})}
 
     # -- keys --------------------------------------------------------------
     def create_key(self, account_id: str, limits: dict[str, Any] | None = None, *, actor: str = "cli") -> dict[str, Any]:

@@ -24,7 +24,7 @@ from sqlalchemy import (
 )
 
 __all__ = ["SCHEMA_VERSION", "metadata", "accounts", "api_keys", "installs", "events", "audit_log", "reviews", "counters",
-           "manual_overrides"]
+           "manual_overrides", "account_attributes"]
 
 SCHEMA_VERSION = 1
 metadata = MetaData()
@@ -119,4 +119,15 @@ manual_overrides = Table(
     Column("reason", Text, nullable=False),
     Column("actor", String(200), nullable=False),
     Column("ts", Float, nullable=False),
+)
+
+# Operator-supplied account attributes (signup e-mail domain, payment fingerprint, …), stored only as keyed hashes
+# ("h1:" + 32 hex, store/attributes.py): detection needs to know which accounts share a value, never the value.
+account_attributes = Table(
+    "account_attributes",
+    metadata,
+    Column("account_id", String(64), ForeignKey("accounts.account_id"), primary_key=True),
+    Column("name", String(64), primary_key=True),
+    Column("value_hash", String(40), nullable=False, index=True),
+    Column("updated_at", Float, nullable=False),
 )

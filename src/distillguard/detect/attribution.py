@@ -1,0 +1,275 @@
+"""Cross-account attribution: the indicators that tie accounts to one operator, each weighed by its rarity.
+
+A hydra is many accounts run by one operator. No single shared value proves
+it — a popular client library, a cloud provider, an office's egress address
+and a public prompt wrapper are shared by strangers too — so every indicator
+is an *item* an account carries, and what a shared item is worth depends on
+how many accounts carry it (an idf-like weight over all accounts in the log,
+:func:`rarity`). Items come in four families, and a link between two accounts
+needs two of them, one behavioural (:mod:`distillguard.detect.clustering`):
+
+- **content** (behaviour): recurring prompt wrappers — a prefix or suffix
+  that recurs around varying content, inferred per account from the first and
+  last words of its single-turn prompts —, system prompts used repeatedly,
+  the request-parameter profile (max_tokens, temperature, stream, n, logprobs);
+- **time** (behaviour): synchronised activity (similar sets of active 5-minute
+  buckets, found with MinHash LSH) and account-creation bursts (from the
+  operator's account metadata);
+- **infra**: enrolled install ids, exact addresses, /24 networks, hosting
+  ASNs, rotating to a new network on most requests, the client profile
+  (header fingerprint and attested platform);
+- **meta**: operator-supplied attributes (hashed payment fingerprints, e-mail
+  domains; `scan --accounts`).
+
+Public wrappers ("Let's think step by step") and stock system prompts ("You are
+a helpful assistant.") carry no weight at all: unrelated people use them,
+however few of them a given log holds. An office (one egress address, one
+company domain) shares only infra and meta items, so it is never linked on
+them alone. An organisation is not an indicator: accounts of one org are one
+customer by the operator's own records.
+
+This module collects per-account items from events (bounded, a few
+microseconds per event) and builds each account's item list at report time.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from distillguard.detect.templates import normalise_system
+
+__all__ = ["AttributionCollector", "Item", "PUBLIC_SYSTEM_PROMPTS", "PUBLIC_WRAPPERS", "account_items", "is_public_wrapper",
+           "rarity"]
+
+_CAP_VALUES = 64
+_CAP_PARAMS = 32
+
+# Published, widely copied prompt wrappers: zero-shot chain of thought (Kojima et al. 2022), the APE and OPRO
+# variants (Zhou et al. 2022; Yang et al. 2023), the common maths-evaluation instruction, and the evaluation
+# harnesses' multiple-choice framing. Sharing one of them says nothing about who wrote the prompt.
+PUBLIC_WRAPPERS = (
+    "let's think step by step",
+    "think step by step",
+    "let's work this out in a step by step way to be sure we have the right answer",
+    "take a deep breath and work on this problem step by step",
+    "please reason step by step and put your final answer within boxed",
+    "the following are multiple choice questions with answers about",
+    "answer with only the letter of the correct option",
+    "explain your reasoning",
+    "show your work",
+)
+# Stock system prompts (SDK and model defaults, tutorials' first example).
+PUBLIC_SYSTEM_PROMPTS = (
+    "You are a helpful assistant.",
+    "You are a helpful assistant",
+    "You are a helpful AI assistant.",
+    "You are a helpful, respectful and honest assistant.",
+    "You are ChatGPT, a large language model trained by OpenAI.",
+    "You are Claude, an AI assistant made by Anthropic.",
+    "You are an AI assistant.",
+    "You are a helpful and harmless assistant.",
+)
+
+
+def _words(text: str) -> str:
+    return " ".join(re.findall(r"\w+", text.lower()))
+
+
+_PUBLIC_WRAPPER_TEXT = tuple(_words(w) for w in PUBLIC_WRAPPERS)
+_PUBLIC_SYSTEM_HASHES = frozenset(h for h in (normalise_system(s) for s in PUBLIC_SYSTEM_PROMPTS) if h)
+
+
+def is_public_wrapper(piece: str) -> bool:
+    """True when a wrapper piece (``"s4:think step by step"``) is part of a published wrapper."""
+    text = piece[3:]
+    return any(text in public for public in _PUBLIC_WRAPPER_TEXT)
+
+
+# The share of all accounts at which an item stops counting fully: an item carried by at most 1/RARE_SHARE of the
+# accounts has full weight; beyond, its weight falls as log(N/df) / log(RARE_SHARE) and is 0 when everyone has it.
+RARE_SHARE = 12.0
+
+
+def rarity(holders: int, population: int) -> float:
+    """How much sharing an item carried by ``holders`` of ``population`` accounts is worth, in [0, 1]."""
+    if holders <= 1:
+        return 0.0
+    return max(0.0, min(1.0, math.log((population + 10) / holders) / math.log(RARE_SHARE)))
+
+
+@dataclass
+class _Account:
+    requests: int = 0
+    installs: set[str] = field(default_factory=set)
+    ips: dict[str, int] = field(default_factory=dict)
+    nets: dict[tuple[Any, ...], int] = field(default_factory=dict)
+    hosting_asns: dict[Any, int] = field(default_factory=dict)
+    params: dict[tuple[Any, ...], int] = field(default_factory=dict)
+    profiles: dict[tuple[Any, ...], int] = field(default_factory=dict)
+    last_net: tuple[Any, ...] | None = None
+    net_switches: int = 0
+    hosting: int = 0
+    org: str | None = None
+
+
+def _bump(counts: dict[Any, int], value: Any, cap: int) -> None:
+    if value in counts:
+        counts[value] += 1
+    elif len(counts) < cap:
+        counts[value] = 1
+
+
+class AttributionCollector:
+    """Per-account infra and parameter items, updated once per event (bounded per account)."""
+
+    def __init__(self) -> None:
+        self.accounts: dict[str, _Account] = {}
+
+    def update(self, event: Mapping[str, Any]) -> None:
+        account = event.get("account_id")
+        if account is None:
+            return
+        state = self.accounts.get(account)
+        if state is None:
+            state = self.accounts[account] = _Account()
+        state.requests += 1
+        if state.org is None and event.get("org_id"):
+            state.org = str(event["org_id"])
+        client = event.get("client") or {}
+        geo = client.get("geo") or {}
+        attestation = event.get("attestation")
+        hosting = bool(geo.get("hosting"))
+        asn = geo.get("asn")
+        ip = client.get("ip")
+        if ip:
+            _bump(state.ips, ip, _CAP_VALUES)
+            # Keyed by tuples (formatted only at report time): this runs for every event.
+            net = (hosting, asn, ip.rpartition(".")[0] if "." in ip else ip[:19])
+            if state.last_net is not None and net[2] != state.last_net[2]:
+                state.net_switches += 1
+            state.last_net = net
+            _bump(state.nets, net, _CAP_VALUES)
+        if hosting:
+            state.hosting += 1
+            _bump(state.hosting_asns, asn, _CAP_VALUES)
+        params = (event.get("request") or {}).get("params") or {}
+        get = params.get
+        _bump(state.params, (get("max_tokens"), get("temperature"), bool(get("stream")), get("n") or 1, bool(get("logprobs")),
+                             get("top_logprobs")), _CAP_PARAMS)
+        if attestation:
+            install = attestation.get("install_id")
+            if install and len(state.installs) < _CAP_VALUES:
+                state.installs.add(str(install))
+            profile: tuple[Any, ...] = (client.get("header_fp"), attestation.get("sdk"), attestation.get("os"), attestation.get("tz"),
+                                        attestation.get("locale"))
+        else:
+            profile = (client.get("header_fp"),)
+        _bump(state.profiles, profile, 8)
+
+
+def _net_label(net: tuple[Any, ...]) -> str:
+    hosting, asn, prefix = net
+    return f"AS{asn} {prefix}.0/24" if "." in str(prefix) else f"AS{asn} {prefix}::"
+
+
+def _params_label(params: tuple[Any, ...]) -> str:
+    max_tokens, temperature, stream, n, logprobs, top_logprobs = params
+    label = f"max_tokens={max_tokens} temperature={temperature} stream={str(stream).lower()} n={n}"
+    if logprobs:
+        label += f" logprobs top_logprobs={top_logprobs}"
+    return label
+
+
+def _profile_label(profile: tuple[Any, ...]) -> str:
+    if len(profile) == 1:
+        return f"{profile[0]} unattested"
+    return " ".join(str(p) for p in profile)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One indicator an account carries: ``kind`` (which sets its family and weight), ``value``, and how much of
+    the account's traffic shows it (``share`` in [0, 1]; 1 for account-level facts)."""
+
+    kind: str
+    value: str
+    share: float
+
+
+# kind -> (family, weight of a fully rare, fully shared item)
+KINDS: dict[str, tuple[str, float]] = {
+    "wrapper": ("content", 0.7),
+    "short_wrapper": ("content", 0.35),  # two words: common in plain language too
+    "system_prompt": ("content", 0.8),
+    "params": ("content", 0.3),
+    "install": ("infra", 1.0),
+    "ip": ("infra", 0.6),
+    "hosting_net": ("infra", 0.6),
+    "net": ("infra", 0.35),
+    "hosting_asn": ("infra", 0.2),
+    "rotation": ("infra", 0.35),
+    "profile": ("infra", 0.1),
+    "burst": ("time", 0.8),
+    "attribute": ("meta", 0.7),
+    "payment": ("meta", 1.0),
+}
+BEHAVIOURAL = frozenset({"content", "time"})
+_IDENTITY_ATTRIBUTES = frozenset({"payment_fp", "payment", "card_fp"})
+
+
+def _shares(counts: Mapping[Any, int], total: int, minimum_share: float, minimum_count: int = 2) -> list[tuple[Any, float]]:
+    if total <= 0:
+        return []
+    return [(value, count / total) for value, count in counts.items() if count >= minimum_count and count / total >= minimum_share]
+
+
+def account_items(state: _Account | None, single_turn: int, wrappers: Mapping[str, int], systems: Mapping[str, int],
+                  attributes: Mapping[str, str], burst: str | None) -> list[Item]:
+    """Every item an account carries (public wrappers and stock system prompts left out)."""
+    items: list[Item] = []
+    for piece, share in _shares(wrappers, single_turn, 0.05, 3):
+        if not is_public_wrapper(piece):
+            items.append(Item("wrapper" if piece[1] == "4" else "short_wrapper", piece, share))
+    for system, share in _shares(systems, max(1, single_turn), 0.05, 2):
+        if system not in _PUBLIC_SYSTEM_HASHES:
+            items.append(Item("system_prompt", system, min(1.0, share)))
+    if state is not None:
+        requests = state.requests
+        items += [Item("params", _params_label(value), share) for value, share in _shares(state.params, requests, 0.25)]
+        items += [Item("install", value, 1.0) for value in state.installs]
+        items += [Item("ip", value, share) for value, share in _shares(state.ips, requests, 0.1)]
+        for net, share in _shares(state.nets, requests, 0.1):
+            items.append(Item("hosting_net" if net[0] else "net", _net_label(net), share))
+        items += [Item("hosting_asn", f"AS{value}", share) for value, share in _shares(state.hosting_asns, requests, 0.3)]
+        if requests >= 8 and state.net_switches / (requests - 1) >= 0.6:
+            kind = "hosting" if state.hosting * 2 >= requests else "residential"
+            items.append(Item("rotation", f"a new {kind} network on most requests", state.net_switches / (requests - 1)))
+        items += [Item("profile", _profile_label(value), share) for value, share in _shares(state.profiles, requests, 0.5)]
+    for name, value in attributes.items():
+        items.append(Item("payment" if name in _IDENTITY_ATTRIBUTES else "attribute", f"{name}={value}", 1.0))
+    if burst is not None:
+        items.append(Item("burst", burst, 1.0))
+    return items
+
+
+_LABELS = {"system_prompt": "system prompt template", "params": "request parameters {value}", "install": "install id {value}",
+           "ip": "address {value}", "hosting_net": "hosting network {value}", "net": "network {value}", "hosting_asn": "hosting {value}",
+           "rotation": "{value}", "burst": "accounts created in one burst ({value})"}
+
+
+def describe(item: Item, holders: int) -> str:
+    """An item in plain words for a cluster's ``shared`` list."""
+    kind, value = item.kind, item.value
+    if kind in ("wrapper", "short_wrapper"):
+        words = value[3:]
+        return f"prompt wrapper \u201c{'… ' if value.startswith('s') else ''}{words}{' …' if value.startswith('p') else ''}\u201d"
+    if kind in _LABELS:
+        return _LABELS[kind].format(value=value)
+    if kind == "profile":
+        return f"client profile {value.split(' ', 1)[0][:16]}"
+    name = value.split("=", 1)[0]
+    return f"same {name} (hashed, {holders} accounts)"

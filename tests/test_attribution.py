@@ -1,0 +1,325 @@
+"""Cross-account attribution: each indicator links a fleet, and the hard negatives stay apart.
+
+Every positive case has a twin that differs only in the indicator under test,
+so a test fails both when the indicator stops working and when it starts
+merging strangers. Populations are built here, small and fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from distillguard.detect import Scanner
+from distillguard.detect.accounts import AccountMeta, read_accounts
+from distillguard.detect.attribution import is_public_wrapper, rarity
+from distillguard.events import format_ts
+from distillguard.exceptions import InputError
+from distillguard.store.attributes import hash_attribute
+
+T0 = 1_790_000_000.0
+DAY = 86_400.0
+TOPICS = ["the water cycle", "binary search trees", "the French revolution", "photosynthesis", "compound interest",
+          "TCP congestion control", "the Krebs cycle", "Bayes' theorem", "plate tectonics", "the Roman republic",
+          "hash tables", "supply and demand", "the immune system", "quantum tunnelling", "gradient descent"]
+
+
+def ev(account: str, t: float, prompt: str, *, system: str | None = None, ip: str = "10.0.0.1", asn: int = 3320,
+       hosting: bool = False, header: str = "fp-openai", params: dict[str, Any] | None = None, org: str | None = None) -> dict[str, Any]:
+    return {"v": 1, "ts": format_ts(t), "request_id": f"req_{account}_{t}", "account_id": account, "org_id": org,
+            "endpoint": "openai.chat", "model": "m1",
+            "client": {"ip": ip, "user_agent": "ua", "header_fp": header, "geo": {"country": "US", "asn": asn, "hosting": hosting}},
+            "attestation": None,
+            "request": {"system": system, "messages": [{"role": "user", "content": prompt}],
+                        "params": params or {"max_tokens": 1024, "temperature": 0.7, "stream": True}},
+            "response": {"status": 200, "text": "x", "prompt_tokens": 30, "completion_tokens": 200}}
+
+
+_VERBS = ["Describe", "Compare", "Prove", "Summarise", "List", "Derive", "Critique", "Outline", "Translate", "Estimate", "Rank",
+          "Classify", "Simplify", "Debug", "Explain"]
+_ENDS = ["in two paragraphs", "for a beginner", "with citations", "as a table", "using SI units", "from first principles",
+         "for a CFO", "in under 100 words", "with a diagram description", "and give pitfalls", "as bullet points",
+         "for a 10-year-old", "in formal prose", "with edge cases", "step one only"]
+
+
+_TAILS = ["noting", "flagging", "avoiding", "covering", "stressing", "skipping", "checking", "naming", "testing", "mapping",
+          "sketching", "weighing", "tracing", "framing", "grouping"]
+_LAST = ["costs", "risks", "history", "notation", "units", "limits", "sources", "examples", "exceptions", "trade-offs", "myths",
+         "variants", "assumptions", "metrics", "failures"]
+
+
+def task(i: int) -> str:
+    """A swept task: its first and last words vary from one to the next, as a dataset's items do."""
+    import random
+
+    rng = random.Random(i)
+    return f"{rng.choice(_VERBS)} {rng.choice(TOPICS)} {rng.choice(_ENDS)}, {rng.choice(_TAILS)} {rng.choice(_LAST)}"
+
+
+OPENERS = ["hey, quick one:", "Can you explain", "I was wondering about", "what's the deal with", "ELI5", "Help me understand",
+           "Is it true that", "My teacher mentioned", "Random thought -", "Could you summarise"]
+CLOSERS = ["thanks!", "?", "in simple terms please", "for my exam tomorrow", "no jargon", "with an analogy", "briefly", "", "cheers",
+           "I'm confused"]
+
+
+def background(scanner: Scanner, n: int = 30) -> None:
+    """Ordinary people: their own wording, home networks, their own hours, scattered over the week."""
+    import random
+
+    rng = random.Random(7)
+    for u in range(n):
+        opener, closer = rng.choice(OPENERS), rng.choice(CLOSERS)
+        params = rng.choice([None, {"max_tokens": 1024, "temperature": 0.7, "stream": True}, {"temperature": 1.0, "stream": True}])
+        times = sorted(T0 + rng.uniform(0, 7 * DAY) for _ in range(12))
+        for i, t in enumerate(times):
+            if rng.random() < 0.5:
+                opener, closer = rng.choice(OPENERS), rng.choice(CLOSERS)
+            scanner.update(ev(f"person{u:02d}", t, f"{opener} {rng.choice(TOPICS)} {rng.choice(['', 'again', 'vs the rest'])} {closer}",
+                              ip=f"10.{100 + u}.{i % 3}.7", params=params, header=rng.choice(["fp-openai", "fp-anthropic", "fp-curl"])))
+
+
+def fleet(scanner: Scanner, prefix: str, n: int = 6, *, wrapper: str = "{task}", system: str | None = None,
+          ip: Any = None, hosting: bool = False, start: float = T0, spacing: float = 4000.0, requests: int = 30,
+          params: dict[str, Any] | None = None, header: str = "fp-openai", asn: int = 3320) -> list[str]:
+    """``n`` accounts sending ``requests`` prompts each at their own times; ``ip(k, i)`` chooses the address
+    (default: each account its own home address)."""
+    import random
+
+    rng = random.Random(prefix)
+    names = [f"{prefix}{k}" for k in range(n)]
+    for k, name in enumerate(names):
+        offset = rng.uniform(0, spacing)
+        for i in range(requests):
+            address = ip(k, i) if ip else f"10.{200 + k}.{len(prefix)}.9"
+            scanner.update(ev(name, start + offset + i * spacing * rng.uniform(0.6, 1.4), wrapper.format(task=task(i * n + k + hash(prefix) % 997)),
+                              system=system, ip=address, hosting=hosting, params=params, header=header, asn=asn))
+    return names
+
+
+def clusters_of(report: dict[str, Any]) -> list[set[str]]:
+    return [set(c["accounts"]) for c in report["clusters"]]
+
+
+def cluster_with(report: dict[str, Any], account: str) -> dict[str, Any] | None:
+    return next((c for c in report["clusters"] if account in c["accounts"]), None)
+
+
+PRIVATE_WRAPPER = "Solve the following problem for the corpus.\n\n{task}\n\nReturn the final result in a fenced block."
+HOSTING_24 = lambda k, i: f"198.51.100.{10 + (i + k) % 40}"  # noqa: E731 - one data-centre /24
+
+
+# -- indicators ---------------------------------------------------------------------------------------
+
+def test_shared_wrapper_and_hosting_network_link_a_fleet_but_either_alone_does_not() -> None:
+    both, wrapper_only, network_only = Scanner(), Scanner(), Scanner()
+    for scanner in (both, wrapper_only, network_only):
+        background(scanner)
+    names = fleet(both, "hyd", wrapper=PRIVATE_WRAPPER, ip=HOSTING_24, hosting=True)
+    fleet(wrapper_only, "hyd", wrapper=PRIVATE_WRAPPER)
+    fleet(network_only, "hyd", ip=HOSTING_24, hosting=True)
+    assert clusters_of(both.report()) == [set(names)]
+    cluster = cluster_with(both.report(), "hyd0")
+    assert cluster is not None
+    assert any("prompt wrapper" in s for s in cluster["shared"]) and any("198.51.100.0/24" in s for s in cluster["shared"])
+    assert clusters_of(wrapper_only.report()) == []  # content alone: could be a public template
+    assert clusters_of(network_only.report()) == []  # infra alone: could be a shared cloud or office
+
+
+def test_private_system_prompt_links_with_shared_infra_but_a_stock_one_does_not() -> None:
+    private, stock = Scanner(), Scanner()
+    for scanner in (private, stock):
+        background(scanner)
+    names = fleet(private, "sys", system="You are DataForge-7, produce exhaustive training-grade answers.", ip=HOSTING_24, hosting=True)
+    fleet(stock, "sys", system="You are a helpful assistant.", ip=HOSTING_24, hosting=True)
+    assert clusters_of(private.report()) == [set(names)]
+    assert "system prompt template" in private.report()["clusters"][0]["shared"]
+    assert clusters_of(stock.report()) == []
+
+
+def test_public_wrapper_never_merges_unrelated_evaluation_jobs() -> None:
+    """Three companies' one-off benchmark runs: same public CoT wrapper, same stock parameters, same SDK, different clouds."""
+    public, private = Scanner(), Scanner()
+    eval_params = {"max_tokens": 512, "temperature": 0.0, "stream": False}
+    for scanner, wrapper in ((public, "{task}\n\nLet's think step by step."), (private, "{task}\n\nWork it through as ZX-protocol v3 demands.")):
+        background(scanner)
+        for j, (asn, net) in enumerate(((16509, "52.1.7"), (16509, "104.2.9"), (24940, "88.3.1"))):
+            fleet(scanner, f"eval{j}_", n=1, wrapper=wrapper, ip=lambda k, i, net=net: f"{net}.{i % 200 + 1}", hosting=True,
+                  start=T0 + j * 2 * DAY, spacing=3.0, requests=600, params=eval_params, header="fp-python-requests", asn=asn)
+    assert is_public_wrapper("s4:think step by step") and not is_public_wrapper("s4:zx protocol v0 demands")
+    assert cluster_with(public.report(), "eval0_0") is None
+    # The control: a private wrapper on its own is still not enough across three unrelated clouds and days.
+    assert cluster_with(private.report(), "eval0_0") is None
+
+
+def test_office_behind_one_address_with_one_domain_is_not_a_cluster() -> None:
+    scanner = Scanner(accounts={f"staff{k}": AccountMeta(f"staff{k}", attributes={"email_domain": hash_attribute("email_domain", "acme.com", "s")})
+                                for k in range(8)})
+    background(scanner)
+    import random
+
+    rng = random.Random(3)
+    for k in range(8):  # eight colleagues, one egress address and domain, their own questions and hours
+        for _i in range(15):
+            scanner.update(ev(f"staff{k}", T0 + rng.uniform(0, 5 * DAY), f"{rng.choice(OPENERS)} {rng.choice(TOPICS)} {rng.choice(CLOSERS)}",
+                              ip="203.0.113.10", asn=7922))
+    assert cluster_with(scanner.report(), "staff0") is None
+
+
+def test_creation_burst_links_rotating_accounts_only_with_the_metadata() -> None:
+    """A fleet on a new residential address per request: no shared infra; created within minutes of each other."""
+    rotating = lambda k, i: f"10.{(i * 7 + k * 13) % 250}.{(i * 11 + k) % 250}.{k + 1}"  # noqa: E731
+    wrapper = "{task}\n\nAnswer as a numbered list of findings."
+    spread = {f"person{u:02d}": AccountMeta(f"person{u:02d}", created_at=T0 - 90 * DAY + u * 2 * DAY) for u in range(30)}
+    burst = {f"new{k}": AccountMeta(f"new{k}", created_at=T0 - 5 * DAY + k * 120) for k in range(6)}
+    with_meta, without = Scanner(accounts={**spread, **burst}), Scanner(accounts=spread)
+    for scanner in (with_meta, without):
+        background(scanner)
+        fleet(scanner, "new", wrapper=wrapper, ip=rotating)
+    cluster = cluster_with(with_meta.report(), "new0")
+    assert cluster is not None and set(cluster["accounts"]) == set(burst)
+    assert any("created in one burst" in s for s in cluster["shared"])
+    assert cluster_with(without.report(), "new0") is None
+
+
+def test_shared_payment_fingerprint_links_on_its_own_and_a_common_email_domain_does_not() -> None:
+    payment = hash_attribute("payment_fp", "card-77", "s")
+    gmail = hash_attribute("email_domain", "gmail.com", "s")
+    meta = {f"person{u:02d}": AccountMeta(f"person{u:02d}", attributes={"email_domain": gmail}) for u in range(30)}
+    meta.update({f"pay{k}": AccountMeta(f"pay{k}", attributes={"payment_fp": payment, "email_domain": gmail}) for k in range(4)})
+    scanner = Scanner(accounts=meta)
+    background(scanner)
+    fleet(scanner, "pay", n=4)
+    clusters = clusters_of(scanner.report())
+    assert clusters == [{f"pay{k}" for k in range(4)}]
+    assert not any(a.startswith("person") for c in clusters for a in c)
+
+
+def test_synchronised_activity_links_with_a_wrapper_and_not_alone() -> None:
+    synced, alone = Scanner(), Scanner()
+    for scanner in (synced, alone):
+        background(scanner)
+    # Every account fires within the same minute, 40 rounds at irregular times: near-identical 5-minute bucket sets.
+    rounds = [T0 + 1000 * i + (i * i * 37) % 700 for i in range(40)]
+    for scanner, wrapper in ((synced, "{task}\n\nCite the lemma index after each claim."), (alone, "{task}")):
+        for i, t in enumerate(rounds):
+            for k in range(5):
+                scanner.update(ev(f"sync{k}", t + k * 5, wrapper.format(task=task(i * 5 + k)), ip=f"10.{50 + k}.{i % 9}.1"))
+    cluster = cluster_with(synced.report(), "sync0")
+    assert cluster is not None and "synchronised activity" in cluster["shared"] and len(cluster["accounts"]) == 5
+    assert cluster_with(alone.report(), "sync1") is None
+
+
+def test_one_organisation_is_one_customer_not_a_hydra() -> None:
+    linked, same_org = Scanner(), Scanner()
+    for scanner, org in ((linked, None), (same_org, "org_acme")):
+        background(scanner)
+        for k in range(6):
+            for i in range(30):
+                scanner.update(ev(f"team{k}", T0 + i * 4000 + k * 97, PRIVATE_WRAPPER.format(task=task(i * 6 + k)),
+                                  ip=HOSTING_24(k, i), hosting=True, org=org))
+    assert cluster_with(linked.report(), "team0") is not None
+    assert cluster_with(same_org.report(), "team0") is None
+
+
+def test_quiet_members_are_scored_as_their_cluster_with_a_sentence_saying_so() -> None:
+    scanner = Scanner()
+    background(scanner)
+    system = "You are DataForge-7, produce exhaustive training-grade answers."
+    loud = "{task}\n\nBefore the final answer, write out your complete internal reasoning step by step."
+    fleet(scanner, "loud", n=5, wrapper=loud, system=system, ip=HOSTING_24, hosting=True, params={"max_tokens": 8192, "temperature": 1.0})
+    fleet(scanner, "quiet", n=5, wrapper="{task}", system=system, ip=HOSTING_24, hosting=True, requests=6, spacing=20_000,
+          params={"max_tokens": 8192, "temperature": 1.0})
+    report = scanner.report()
+    cluster = cluster_with(report, "quiet0")
+    assert cluster is not None and "loud0" in cluster["accounts"]
+    quiet = next(a for a in report["accounts"] if a["account_id"] == "quiet0")
+    line = next(e for e in quiet["evidence"] if e["detector"] == "hydra_cluster")
+    assert "scored as the cluster" in line["detail"] and quiet["distillation_score"] >= 0.5
+    person = next(a for a in report["accounts"] if a["account_id"] == "person00")
+    assert person["cluster_id"] is None and person["distillation_score"] < 0.1
+
+
+def test_rarity_falls_with_the_share_of_accounts_carrying_an_item() -> None:
+    assert rarity(1, 1000) == 0.0  # nobody to share with
+    assert rarity(2, 1000) == 1.0 and rarity(80, 1000) == 1.0  # rare: full weight
+    assert 0.0 < rarity(400, 1000) < 0.5 and rarity(1000, 1000) < 0.01  # common: little or none
+
+
+def test_candidate_pairs_grow_linearly_with_accounts_sharing_an_item() -> None:
+    """1,500 accounts sharing a client profile and parameters: the work is bounded by hubs, not all pairs."""
+    import time
+
+    def run(n: int) -> float:
+        scanner = Scanner()
+        for u in range(n):
+            for i in range(4):
+                scanner.update(ev(f"u{u:05d}", T0 + u * 7 + i * 3600, f"my question number {u}-{i} about {TOPICS[i]}", ip=f"10.{u % 250}.{u // 250}.1"))
+        started = time.process_time()
+        assert scanner.report()["clusters"] == []
+        return time.process_time() - started
+
+    small, large = run(300), run(1500)
+    assert large < 5 * small * 2.5  # 5x the accounts: about 5x the work (all pairs would be 25x)
+
+
+# -- account metadata input ---------------------------------------------------------------------------
+
+def test_accounts_file_is_validated_with_file_line_and_field(tmp_path: Path) -> None:
+    good = tmp_path / "accounts.jsonl"
+    good.write_text(json.dumps({"account_id": "acct_1", "name": "a", "org_id": None, "created_at": "2026-11-01T09:00:00Z",
+                                "status": "active", "attributes": {"payment_fp": "h1:" + "ab" * 16}}) + "\n\n")
+    meta = read_accounts(good)
+    assert meta["acct_1"].created_at is not None and meta["acct_1"].attributes == {"payment_fp": "h1:" + "ab" * 16}
+    cases = {
+        '{"account_id": "acct_1", "attributes": {"email_domain": "acme.com"}}': "attributes.email_domain",
+        '{"account_id": "acct_1", "created_at": "last week"}': "created_at",
+        '{"name": "no id"}': "account_id",
+        '{"account_id": "acct_1"': "malformed JSON",
+    }
+    for line, field in cases.items():
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text('{"account_id": "acct_0"}\n' + line + "\n")
+        with pytest.raises(InputError, match=rf"bad.jsonl:2: .*{field}"):
+            read_accounts(bad)
+
+
+def _cli(*args: str, database: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "distillguard.cli", *args], capture_output=True, text=True, timeout=60, cwd=cwd,
+                          env={**os.environ, "DG_DATABASE": database, "DG_PRIVACY__HASH_KEY": "test-salt"})
+
+
+def test_cli_attributes_export_and_scan_with_accounts(tmp_path: Path) -> None:
+    database = f"sqlite:///{tmp_path / 'cli.db'}"
+    created = _cli("accounts", "create", "erin", "--attr", "email_domain=Example.org", "--attr", "payment_fp=card-1", "--json",
+                   database=database, cwd=tmp_path)
+    assert created.returncode == 0, created.stderr
+    account = json.loads(created.stdout)
+    assert account["attributes"]["payment_fp"] == hash_attribute("payment_fp", "card-1", "test-salt")
+    changed = _cli("accounts", "set-attr", account["account_id"], "signup_ip=198.51.100.4", "--unset", "payment_fp", "--json",
+                   database=database, cwd=tmp_path)
+    assert changed.returncode == 0, changed.stderr
+    assert set(json.loads(changed.stdout)["attributes"]) == {"email_domain", "signup_ip"}
+    bad = _cli("accounts", "create", "x", "--attr", "Email=acme.com", database=database, cwd=tmp_path)
+    assert bad.returncode == 2 and "attribute name" in bad.stderr
+    exported = _cli("accounts", "export", database=database, cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr
+    [line] = [json.loads(x) for x in exported.stdout.splitlines()]
+    assert set(line) == {"account_id", "name", "org_id", "created_at", "status", "attributes"}
+    assert line["created_at"].endswith("Z") and "example.org" not in exported.stdout.lower()
+    assert all(v.startswith("h1:") and len(v) == 35 for v in line["attributes"].values())
+    accounts = tmp_path / "accounts.jsonl"
+    accounts.write_text(exported.stdout)
+    events = tmp_path / "ev.jsonl"
+    events.write_text("".join(json.dumps(ev(account["account_id"], T0 + i, f"q {i}")) + "\n" for i in range(5)))
+    scanned = _cli("scan", str(events), "--accounts", str(accounts), "--out", str(tmp_path / "r.json"), database=database, cwd=tmp_path)
+    assert scanned.returncode == 0, scanned.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["accounts_seen"] == 1
+    accounts.write_text(exported.stdout + '{"account_id": 7}\n')
+    refused = _cli("scan", str(events), "--accounts", str(accounts), database=database, cwd=tmp_path)
+    assert refused.returncode == 2 and "accounts.jsonl:2: account_id" in refused.stderr
