@@ -18,8 +18,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from distillguard.detect.report_table import format_report_table
 from distillguard.detect.accounts import AccountMeta, read_accounts
+from distillguard.detect.report_table import format_report_table
 from distillguard.detect.scanner import Scanner
 from distillguard.events import EventFormatError, EventReadProblem, read_events
 from distillguard.exceptions import InputError
