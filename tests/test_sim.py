@@ -202,8 +202,9 @@ def test_sampled_campaigns_cover_the_space() -> None:
         assert len({getattr(c, axis) for c in drawn}) >= 2, axis
     assert any(c.attest for c in drawn) and any(c.ban_replace for c in drawn) and any(c.pivot for c in drawn)
     assert max(len(c.languages) for c in drawn) >= 8 and len(wording.languages) >= 8
-    capped = sample_campaign(random.Random(1), "sampled", wording, days=7, release_day=None, budget=500)
-    assert capped.expected_requests() <= 500 * 1.01 or capped.rate == 2.0
+    capped = [sample_campaign(random.Random(i), "sampled", wording, days=7, release_day=None, budget=3000) for i in range(50)]
+    assert all(1_499 <= c.expected_requests() <= 3000 * 1.01 or c.rate in (2.0, 300.0) for c in capped)
+    assert any(c.capped for c in capped)
     with pytest.raises(ValueError, match="archetype"):
         sample_campaign(rng, "nonsense", wording, days=7, release_day=None)
     assert "sampled" in ARCHETYPES
@@ -246,3 +247,70 @@ def test_simulate_cli_split_and_accounts_out(tmp_path: Path) -> None:
     labels = json.loads((tmp_path / "l.json").read_text())
     metas = (tmp_path / "l.accounts.jsonl").read_text().splitlines()
     assert labels["split"] == "test" and len(metas) == len(labels["accounts"])
+
+
+# -- eval: per campaign, per population, worst campaign, targets ----------------------------------------------------
+from distillguard.detect.scanner import Scanner  # noqa: E402
+from distillguard.sim.evaluate import evaluate, format_table, targets, worst_campaigns  # noqa: E402
+
+
+class _FixedReport(Scanner):
+    """A scanner whose report is given: to check eval's arithmetic, not the detectors."""
+
+    def __init__(self, entries: list[dict], clusters: list[dict]) -> None:
+        super().__init__()
+        self.fixed = {"v": 1, "events": 0, "accounts_seen": len(entries), "accounts": entries, "clusters": clusters}
+
+    def report(self) -> dict:
+        return self.fixed
+
+
+def _entry(account: str, distill: float, cluster: str | None = None, resell: float = 0.0) -> dict:
+    return {"account_id": account, "distillation_score": distill, "reseller_score": resell, "cluster_id": cluster}
+
+
+def test_eval_campaign_recall_clusters_purity_and_populations(tmp_path: Path) -> None:
+    from distillguard.events import EventWriter, new_event
+
+    accounts = {f"b{i}": {"label": "benign", "campaign": None, "population": "learner" if i < 10 else "person"} for i in range(200)}
+    accounts |= {f"c{i}": {"label": "distiller", "campaign": "camp_1", "population": "sleeper_fleet"} for i in range(4)}
+    with EventWriter(tmp_path / "e.jsonl") as writer:
+        for account in accounts:
+            writer.write(new_event(endpoint="openai.chat", account_id=account, request={"system": None, "messages": [], "params": {}},
+                                   response={"status": 200}))
+    entries = [_entry(f"b{i}", 0.01 * (i % 50)) for i in range(200)]
+    entries[0] = _entry("b0", 0.9)  # one learner in the high band
+    entries += [_entry("c0", 0.95, "cl_1"), _entry("c1", 0.6, "cl_1"), _entry("c2", 0.3, "cl_2"), _entry("c3", 0.2)]
+    clusters = [{"cluster_id": "cl_1", "accounts": ["c0", "c1"]}, {"cluster_id": "cl_2", "accounts": ["c2", "b5", "b6"]}]
+    labels = {"accounts": accounts, "campaigns": {"camp_1": {"archetype": "sleeper_fleet", "accounts": ["c0", "c1", "c2", "c3"]}}, "events": 204}
+    result = evaluate([str(tmp_path / "e.jsonl")], labels, scanner=_FixedReport(entries, clusters))
+    row = result["campaigns"]["camp_1"]
+    # Threshold at 0.5 % of 200 negatives: the second-highest negative (0.9, then 0.49) — only c0 and c1 exceed 0.49.
+    assert result["campaign_threshold"]["ours"] == pytest.approx(0.49)
+    assert row["ours_recall_at_fpr_0.005"] == 0.5
+    assert row["share_in_clusters"] == 0.75 and row["share_in_pure_clusters"] == 0.5
+    assert row["cluster_purity_min"] == pytest.approx(1 / 3) and row["clusters"] == 2
+    assert row["ours_share_of_requests_before_first_detection"] == 1.0  # detected only at the last checkpoint
+    learners = result["populations"]["learner"]
+    assert learners["accounts"] == 10 and learners["high"] == 1 and result["populations"]["person"]["high"] == 0
+    assert result["targets"]["negatives_high"] == {"value": 1, "target": 0, "met": False}
+    assert not result["targets"]["campaign_share_in_pure_clusters"]["met"]
+    assert "sleeper_fleet" in format_table(result) and "MISSED" in format_table(result)
+
+
+def test_worst_campaign_and_targets_name_the_worst_not_the_mean() -> None:
+    campaigns = {
+        "camp_1": {"design": "a", "ours_recall_at_fpr_0.005": 1.0, "share_in_pure_clusters": 1.0, "ours_share_of_requests_before_first_detection": 0.01},
+        "camp_2": {"design": "b", "ours_recall_at_fpr_0.005": 0.4, "share_in_pure_clusters": 0.9, "ours_share_of_requests_before_first_detection": None},
+        "camp_3": {"design": "c", "ours_recall_at_fpr_0.005": 0.9, "share_in_pure_clusters": 0.2, "ours_share_of_requests_before_first_detection": 0.3},
+    }
+    worst = worst_campaigns(campaigns)
+    assert worst["recall_at_fpr"] == {"campaign": "camp_2", "design": "b", "value": 0.4}
+    assert worst["share_in_pure_clusters"]["campaign"] == "camp_3"
+    assert worst["share_of_requests_before_first_detection"]["campaign"] == "camp_2"  # never detected is worst
+    result = {"classes": {"distiller": {"ours": {"recall_at_fpr_0.005": 0.96}}, "reseller": {"ours": {"recall_at_fpr_0.01": 0.95}}},
+              "campaigns": campaigns, "populations": {"person": {"label": "benign", "high": 0}}}
+    checks = targets(result)
+    assert checks["distiller_recall_at_fpr_0.005"]["met"] and checks["reseller_recall_at_fpr_0.01"]["met"] and checks["negatives_high"]["met"]
+    assert not checks["campaign_share_in_pure_clusters"]["met"] and checks["campaign_share_in_pure_clusters"]["value"] == 0.2
+    assert not checks["campaign_share_before_detection"]["met"]

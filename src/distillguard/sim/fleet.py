@@ -41,7 +41,7 @@ from distillguard.sim.world import (
     user_agent,
 )
 
-__all__ = ["ARCHETYPES", "CampaignParams", "Fleet", "sample_campaign"]
+__all__ = ["ARCHETYPES", "MIN_REQUESTS", "CampaignParams", "Fleet", "sample_campaign"]
 
 ARCHETYPES = ("quiet_sweep", "sleeper_fleet", "imitates_people", "grader", "sampled")
 TIMINGS = ("synchronised", "balanced", "uniform", "daytime", "per_account_daytime")
@@ -94,9 +94,17 @@ def _log_uniform(rng: random.Random, low: float, high: float) -> float:
     return math.exp(rng.uniform(math.log(low), math.log(high)))
 
 
+MIN_REQUESTS = 1_500
+
+
 def sample_campaign(rng: random.Random, archetype: str, wording: Wording, *, days: int, release_day: float | None,
                     budget: float = 12_000) -> CampaignParams:
-    """Draw one campaign: anywhere in the space, or near a named design (``ARCHETYPES``)."""
+    """Draw one campaign: anywhere in the space, or near a named design (``ARCHETYPES``).
+
+    Its expected requests end up between ``MIN_REQUESTS`` (fewer answers are not worth distilling from;
+    staying that small is the attacker's cost, measured separately) and ``budget``: the rate is raised
+    (up to 300 a day) to reach the floor, the lifetime then the rate lowered to meet the cap.
+    """
     langs = wording.languages
 
     def languages(k: int) -> tuple[str, ...]:
@@ -167,6 +175,10 @@ def sample_campaign(rng: random.Random, archetype: str, wording: Wording, *, day
     if p.pivot and release_day is not None:
         p.start_day = min(p.start_day, release_day)
         p.lifetime_days = max(p.lifetime_days, min(days - p.start_day, release_day - p.start_day + 2))
+    if p.expected_requests() < MIN_REQUESTS:
+        p.rate = min(300.0, p.rate * MIN_REQUESTS / p.expected_requests())
+        if p.expected_requests() < MIN_REQUESTS:
+            p.lifetime_days = min(days - p.start_day, p.lifetime_days * MIN_REQUESTS / p.expected_requests())
     if p.expected_requests() > budget:
         p.capped = True
         p.lifetime_days = max(1.0, budget / (p.accounts * p.rate * (1 + 1.5 * p.multi_turn)))

@@ -1,0 +1,212 @@
+"""Does detection generalise? The `robust` family on its dev split and its test split, side by side, beside the baseline.
+
+    python bench/detection_generalisation.py [--dev-seeds 1 2 3] [--test-seeds 1001 1002 1003]
+        [--fixed default stealthy pivot bench/scenarios/hard.yaml] [--fixed-seed 4242] [--with-accounts] [--reuse]
+
+For every seed it runs ``distillguard simulate --scenario robust --split S
+--seed N`` and ``distillguard eval --json`` (with the simulated account
+metadata when ``--with-accounts``), then prints, for dev and test:
+
+* distiller recall at 0.5 % benign FPR and reseller recall at 1 % (mean over
+  seeds and the worst seed), ROC AUC, legitimate accounts in the `high` band;
+* campaign-level numbers over every campaign of every seed: the **worst**
+  campaign's recall, share of accounts in pure clusters and share of requests
+  before detection — the numbers issue #11's targets are about — per design too;
+* which legitimate sub-populations reach `high` / `medium`;
+* the rate-limit baseline beside each.
+
+The dev and test seeds are disjoint and the split is mixed into the seed, so
+the two columns are different worlds with different wording and prompts
+(docs/evaluation.md). The fixed scenarios (``--fixed``) run at
+``--fixed-seed`` for comparison with earlier results. Outputs go to
+``bench/out/generalisation/``; the report to ``bench/out/detection_generalisation.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from measure import OUT, src_digest, write_report
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNS = OUT / "generalisation"
+DG = [sys.executable, "-m", "distillguard.cli"]
+TARGETS = {"recall": 0.95, "reseller": 0.90, "pure": 0.80, "before": 0.10}
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def run(scenario: str, split: str, seed: int, *, with_accounts: bool, reuse: bool) -> dict[str, Any]:
+    name = f"{Path(scenario).stem}.{split}.{seed}"
+    events, labels, accounts, result = (RUNS / f"{name}.jsonl.gz", RUNS / f"{name}.labels.json", RUNS / f"{name}.accounts.jsonl",
+                                        RUNS / f"{name}{'.acc' if with_accounts else ''}.eval.json")
+    if reuse and result.exists():
+        return dict(json.loads(result.read_text()))
+    RUNS.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    subprocess.run([*DG, "simulate", "--scenario", scenario, "--split", split, "--seed", str(seed), "--out", str(events),
+                    "--labels", str(labels), "--accounts-out", str(accounts)], check=True, capture_output=True)
+    simulated = time.perf_counter()
+    extra = ["--accounts", str(accounts)] if with_accounts else []
+    out = subprocess.run([*DG, "eval", "--events", str(events), "--labels", str(labels), "--json", *extra],
+                         check=True, capture_output=True, text=True)
+    data: dict[str, Any] = json.loads(out.stdout)
+    data["bench_seconds"] = {"simulate": round(simulated - started, 1), "eval": round(time.perf_counter() - simulated, 1)}
+    result.write_text(json.dumps(data, indent=1))
+    print(f"  {name}: {data['events']:,} events, simulate {data['bench_seconds']['simulate']} s, eval {data['bench_seconds']['eval']} s",
+          file=sys.stderr)
+    return data
+
+
+def _mean_min(values: list[float | None]) -> str:
+    known = [v for v in values if v is not None]
+    if not known:
+        return "—"
+    return f"{statistics.fmean(known):.3f} (worst {min(known):.3f})"
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
+    """Rows of the side-by-side table for one split: {metric: {"ours": …, "baseline": …}}."""
+    rows: dict[str, dict[str, str]] = {}
+    for who in ("ours", "baseline"):
+        d = [r["classes"]["distiller"][who] for r in runs]
+        s = [r["classes"]["reseller"][who] for r in runs]
+        campaigns = [(r["seed"], c, row) for r in runs for c, row in r["campaigns"].items()]
+        recall = [(row[f"{who}_recall_at_fpr_0.005"], f"{c}/seed {seed} ({row['design']})") for seed, c, row in campaigns]
+        before = [row[f"{who}_share_of_requests_before_first_detection"] for _, _, row in campaigns]
+        negatives_high = sum(d_["false_positives_at_high"] for d_ in d)
+        worst = min(recall, key=lambda x: -1 if x[0] is None else x[0]) if recall else (None, "")
+        rows.setdefault("distiller recall @ 0.5 % FPR, mean (worst seed)", {})[who] = _mean_min([x["recall_at_fpr_0.005"] for x in d])
+        rows.setdefault("distiller ROC AUC, mean (worst seed)", {})[who] = _mean_min([x["roc_auc"] for x in d])
+        rows.setdefault("reseller recall @ 1 % FPR, mean (worst seed)", {})[who] = _mean_min([x["recall_at_fpr_0.01"] for x in s])
+        rows.setdefault("legitimate accounts in `high` (distillation score), all seeds", {})[who] = str(negatives_high)
+        rows.setdefault("campaigns", {})[who] = str(len(campaigns))
+        rows.setdefault("worst campaign recall @ 0.5 % FPR", {})[who] = f"{_fmt(worst[0])} {worst[1]}"
+        rows.setdefault("campaigns with recall ≥ 0.95", {})[who] = f"{sum(1 for v, _ in recall if v is not None and v >= TARGETS['recall'])} of {len(recall)}"
+        rows.setdefault("campaigns caught (`high`) within 10 % of their requests", {})[who] = (
+            f"{sum(1 for b in before if b is not None and b <= TARGETS['before'])} of {len(before)} (never: {sum(1 for b in before if b is None)})")
+        if who == "ours":
+            pure = [(row["share_in_pure_clusters"], f"{c}/seed {seed} ({row['design']})") for seed, c, row in campaigns]
+            worst_pure = min(pure, key=lambda x: -1 if x[0] is None else x[0]) if pure else (None, "")
+            rows.setdefault("worst campaign share of accounts in clusters of purity ≥ 0.95", {})[who] = f"{_fmt(worst_pure[0])} {worst_pure[1]}"
+            rows.setdefault("campaigns with ≥ 80 % of accounts in pure clusters", {})[who] = (
+                f"{sum(1 for v, _ in pure if v is not None and v >= TARGETS['pure'])} of {len(pure)}")
+            any_high = sum(row["high"] for r in runs for row in r["populations"].values() if row["label"] in ("benign", "heavy_benign"))
+            rows.setdefault("legitimate accounts in `high` (either score), all seeds", {})[who] = str(any_high)
+        else:
+            rows.setdefault("worst campaign share of accounts in clusters of purity ≥ 0.95", {})[who] = "n/a"
+            rows.setdefault("campaigns with ≥ 80 % of accounts in pure clusters", {})[who] = "n/a"
+            rows.setdefault("legitimate accounts in `high` (either score), all seeds", {})[who] = str(
+                sum(row["baseline_high"] for r in runs for row in r["populations"].values() if row["label"] in ("benign", "heavy_benign")))
+    return rows
+
+
+def by_design(runs: list[dict[str, Any]]) -> dict[str, dict[str, list[Any]]]:
+    out: dict[str, dict[str, list[Any]]] = defaultdict(lambda: defaultdict(list))
+    for r in runs:
+        for row in r["campaigns"].values():
+            cell = out[str(row["design"])]
+            cell["recall"].append(row["ours_recall_at_fpr_0.005"])
+            cell["pure"].append(row["share_in_pure_clusters"])
+            cell["before"].append(row["ours_share_of_requests_before_first_detection"])
+            cell["high_any"].append(row.get("share_high_any_score"))
+    return out
+
+
+def populations(runs: list[dict[str, Any]]) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for r in runs:
+        for name, row in r["populations"].items():
+            if row["label"] in ("benign", "heavy_benign", "reseller"):
+                cell = out[f"{name} ({row['label']})"]
+                cell[0] += row["accounts"]
+                cell[1] += row["high"]
+                cell[2] += row["medium"]
+    return out
+
+
+def _counts(runs: list[dict[str, Any]]) -> str:
+    return ", ".join(f"{r['events']:,}" for r in runs)
+
+
+def _worst(values: list[Any], higher_is_worse: bool = False) -> str:
+    if any(v is None for v in values):
+        return "never" if higher_is_worse else "—"
+    return _fmt(max(values) if higher_is_worse else min(values))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dev-seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--test-seeds", type=int, nargs="+", default=[1001, 1002, 1003])
+    parser.add_argument("--fixed", nargs="*", default=["default", "stealthy", "pivot", str(ROOT / "bench" / "scenarios" / "hard.yaml")])
+    parser.add_argument("--fixed-seed", type=int, default=4242)
+    parser.add_argument("--with-accounts", action="store_true", help="pass the simulated account metadata to eval")
+    parser.add_argument("--reuse", action="store_true", help="reuse results already in bench/out/generalisation")
+    args = parser.parse_args()
+    if set(args.dev_seeds) & set(args.test_seeds):
+        parser.error("dev and test seeds must be disjoint")
+    began, digest = time.perf_counter(), src_digest()
+    runs = {split: [run("robust", split, seed, with_accounts=args.with_accounts, reuse=args.reuse) for seed in seeds]
+            for split, seeds in (("dev", args.dev_seeds), ("test", args.test_seeds))}
+    summaries = {split: summarise(r) for split, r in runs.items()}
+    lines = [f"## robust family: dev seeds {args.dev_seeds} vs test seeds {args.test_seeds}"
+             f"{' (with account metadata)' if args.with_accounts else ''}", "",
+             f"events per seed: dev {_counts(runs['dev'])}; test {_counts(runs['test'])}", "",
+             "| metric | dev: distillguard | dev: rate-limit baseline | test: distillguard | test: rate-limit baseline |", "|---|---|---|---|---|"]
+    for metric in summaries["dev"]:
+        lines.append(f"| {metric} | {summaries['dev'][metric]['ours']} | {summaries['dev'][metric]['baseline']} | "
+                     f"{summaries['test'][metric]['ours']} | {summaries['test'][metric]['baseline']} |")
+    lines += ["", "Per campaign design (ours; worst over every campaign of that design in the split's seeds; "
+              "`high*` = share of accounts in `high` by either score):", "",
+              "| design | dev n | dev worst recall | dev worst high* | dev worst pure-cluster share | dev worst share before `high` | "
+              "test n | test worst recall | test worst high* | test worst pure-cluster share | test worst share before `high` |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    designs = {split: by_design(r) for split, r in runs.items()}
+    for design in sorted(set(designs["dev"]) | set(designs["test"])):
+        cells = []
+        for split in ("dev", "test"):
+            d = designs[split].get(design)
+            if not d:
+                cells += ["0", "—", "—", "—", "—"]
+                continue
+            cells += [str(len(d["recall"])), _worst(d["recall"]), _worst(d["high_any"]), _worst(d["pure"]), _worst(d["before"], higher_is_worse=True)]
+        lines.append(f"| {design} | " + " | ".join(cells) + " |")
+    lines += ["", "Legitimate sub-populations and resellers (accounts / in `high` / in `medium`, either score, summed over seeds):", "",
+              "| population | dev accounts | dev high | dev medium | test accounts | test high | test medium |", "|---|---:|---:|---:|---:|---:|---:|"]
+    pops = {split: populations(r) for split, r in runs.items()}
+    for name in sorted(set(pops["dev"]) | set(pops["test"])):
+        dv, tv = pops["dev"].get(name, [0, 0, 0]), pops["test"].get(name, [0, 0, 0])
+        lines.append(f"| {name} | {dv[0]} | {dv[1]} | {dv[2]} | {tv[0]} | {tv[1]} | {tv[2]} |")
+    if args.fixed:
+        lines += ["", f"## fixed scenarios at seed {args.fixed_seed} (dev split)", "",
+                  "| scenario | events | distiller AUC | recall @ 0.5 % | baseline | reseller recall @ 1 % | baseline | legit. in `high` | "
+                  "worst campaign share before `high` |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for scenario in args.fixed:
+            r = run(scenario, "dev", args.fixed_seed, with_accounts=args.with_accounts, reuse=args.reuse)
+            d, s = r["classes"]["distiller"], r["classes"]["reseller"]
+            before = [row["ours_share_of_requests_before_first_detection"] for row in r["campaigns"].values()]
+            lines.append(f"| {Path(scenario).stem} | {r['events']:,} | {_fmt(d['ours']['roc_auc'])} | {_fmt(d['ours']['recall_at_fpr_0.005'])} | "
+                         f"{_fmt(d['baseline']['recall_at_fpr_0.005'])} | {_fmt(s['ours']['recall_at_fpr_0.01'])} | "
+                         f"{_fmt(s['baseline']['recall_at_fpr_0.01'])} | {d['ours']['false_positives_at_high']} | "
+                         f"{_worst(before, higher_is_worse=True)} |")
+    write_report("detection_generalisation.md", lines, began, digest)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
