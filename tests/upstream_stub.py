@@ -4,6 +4,7 @@ The only stub the test-suite allows: it stands in for vLLM/Ollama/a hosted API.
 Behaviour is chosen by the model name so tests need no side channel:
 
 - ``stub-1``: answers at once; streams a few chunks.
+- ``stub-counting``: like ``stub-1``, but its usage counts the prompt (characters ÷ 4) instead of a fixed 9.
 - ``stub-slow-stream``: streams 10 chunks 0.2 s apart (relay/disconnect tests).
 - ``stub-hang``: never answers (timeout tests).
 - ``stub-500``: answers 500 with an OpenAI-shaped error.
@@ -111,6 +112,13 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _prompt_tokens(body: dict[str, Any]) -> int:
+    """9, as a tiny prompt costs; ``stub-counting`` reports its messages' characters ÷ 4, as a real model would."""
+    if body.get("model") != "stub-counting":
+        return 9
+    return max(1, sum(len(str(m.get("content") or "")) for m in body.get("messages") or []) // 4)
 
 
 class UpstreamStub:
@@ -314,7 +322,8 @@ class UpstreamStub:
                 chunks.append({**base, "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]})
             chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
             if (body.get("stream_options") or {}).get("include_usage"):
-                chunks.append({**base, "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": len(words), "total_tokens": 9 + len(words)}})
+                prompt = _prompt_tokens(body)
+                chunks.append({**base, "choices": [], "usage": {"prompt_tokens": prompt, "completion_tokens": len(words), "total_tokens": prompt + len(words)}})
             events = [b"data: " + orjson.dumps(c) + b"\n\n" for c in chunks] + [b"data: [DONE]\n\n"]
             return await self._sse(request, events, 0.2 if model == "stub-slow-stream" else 0.0)
         message: dict[str, Any] = {"role": "assistant", "content": "".join(words)}
@@ -324,7 +333,8 @@ class UpstreamStub:
         return web.json_response({
             "id": "chatcmpl-stub", "object": "chat.completion", "created": created, "model": model,
             "choices": [{"index": i, "message": message, "finish_reason": finish, "logprobs": None} for i in range(n)],
-            "usage": {"prompt_tokens": 9, "completion_tokens": len(words) * n, "total_tokens": 9 + len(words) * n},
+            "usage": {"prompt_tokens": _prompt_tokens(body), "completion_tokens": len(words) * n,
+                      "total_tokens": _prompt_tokens(body) + len(words) * n},
         })
 
     async def completions(self, request: web.Request) -> web.StreamResponse:

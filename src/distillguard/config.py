@@ -196,6 +196,18 @@ class Settings(BaseSettings):
     detection: DetectionSettings = Field(default_factory=DetectionSettings)
     watermark: WatermarkSettings = Field(default_factory=WatermarkSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
+    state: str = Field(default="memory", description="where limits and attestation nonces live: memory (this process) or "
+                                                     "redis://host:port/db (shared by every replica; docs/deploy.md)")
+    state_failure: Literal["fail_open", "fail_closed"] = Field(
+        default="fail_open", description="when Redis fails: serve with this replica's own limits, or refuse with 503")
+    state_timeout_s: float = Field(default=0.25, gt=0, description="longest a Redis call may take before state_failure applies")
+
+    @field_validator("state")
+    @classmethod
+    def _state_url(cls, value: str) -> str:
+        if value != "memory" and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("expected memory or a Redis URL (redis://host:port/db, rediss://…, unix:///path.sock)")
+        return value
 
     @classmethod
     def settings_customise_sources(

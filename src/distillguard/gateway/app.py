@@ -34,8 +34,9 @@ from distillguard.gateway.errors import (
     upstream_error_excerpt,
 )
 from distillguard.gateway.health import UpstreamHealth
-from distillguard.gateway.limits import Lease, Limiter
+from distillguard.gateway.limits import Limiter, Slot
 from distillguard.gateway.metrics import Metrics
+from distillguard.gateway.prompt_tokens import PromptCounter
 from distillguard.gateway.requests import (
     cap_logprobs,
     estimate_prompt_tokens,
@@ -51,6 +52,7 @@ from distillguard.gateway.responses import (
     summarise_anthropic,
     summarise_openai,
 )
+from distillguard.gateway.stream_usage import UsageChunkFilter, ask_stream_usage
 from distillguard.gateway.translate import (
     StreamTranslator,
     anthropic_stop_reason,
@@ -67,6 +69,7 @@ from distillguard.gateway.upstream_http import (
     UpstreamResponse,
     UpstreamUnreachable,
 )
+from distillguard.state import Admission, open_state
 from distillguard.store.registry import KeyRecord
 
 __all__ = ["Gateway", "EventConsumer"]
@@ -107,7 +110,7 @@ class _Exchange:
     __slots__ = (
         "endpoint", "protocol", "started", "key", "payload", "model", "status", "summary", "error",
         "signals", "decision", "watermark_key", "request_id", "peer", "headers", "ts", "translated", "finished",
-        "streaming",
+        "streaming", "hide_usage",
     )
 
     def __init__(self, endpoint: str, protocol: str, scope: Scope) -> None:
@@ -127,6 +130,7 @@ class _Exchange:
         self.translated = False  # Anthropic caller, OpenAI upstream
         self.finished = False  # the whole response has been handed to the server
         self.streaming = False  # a stream's status line has gone out: errors now end it in-band
+        self.hide_usage = False  # we asked an OpenAI upstream for stream usage the client did not ask for
         self.request_id = new_request_id()
         client = scope.get("client")
         self.peer = client[0] if client else None
@@ -165,7 +169,9 @@ class Gateway:
         self.poll_interval_s = poll_interval_s
         self.router = Router(settings.upstreams)
         self.keys = KeyTable()
-        self.limiter = Limiter(settings.limits)
+        self.state = open_state(settings.state, settings.state_failure, settings.state_timeout_s)
+        self.limiter = Limiter(settings.limits, self.state)
+        self.prompt_counter = PromptCounter()
         self.metrics = Metrics()
         self.client: UpstreamClient | None = None
         self.max_body = settings.max_body_bytes
@@ -191,10 +197,13 @@ class Gateway:
             self.metrics.add_gauge("distillguard_events_spilled", "Events spilled to local JSONL files.",
                                    lambda: float(sink.stats["spilled"]))  # type: ignore[attr-defined]
         self.metrics.add_gauge("distillguard_keys_loaded", "API keys in the in-memory table.", lambda: float(len(self.keys)))
+        self.metrics.add_gauge("dg_state_degraded", "1 while shared state (Redis) is failing and state_failure applies.",
+                               lambda: float(getattr(self.state, "degraded", False)))
 
     # -- lifecycle -----------------------------------------------------------------
     async def startup(self) -> None:
         self.client = UpstreamClient()
+        await self.state.start()
         if self.registry is not None:
             await self.reload_keys()
             self._poll_task = asyncio.create_task(self._poll_registry())
@@ -212,6 +221,7 @@ class Gateway:
         await self.health.close()
         if self.client is not None:
             await self.client.close()
+        await self.state.close()
         if self.policy is not None and hasattr(self.policy, "close"):
             await asyncio.to_thread(self.policy.close)
         if self.sink is not None and hasattr(self.sink, "close"):
@@ -305,11 +315,13 @@ class Gateway:
     async def _model_request(self, route: tuple[str, str, str], scope: Scope, receive: Receive, send: Send) -> None:
         endpoint, protocol, upstream_path = route
         ex = _Exchange(endpoint, protocol, scope)
-        lease: Lease | None = None
+        slot: Slot | None = None
+        admission: Admission | None = None
         self.metrics.in_flight += 1
         try:
             headers = ex.headers
             ex.key = key = self.keys.authenticate(extract_secret(_header(headers, b"authorization"), _header(headers, b"x-api-key")))
+            slot = self.limiter.enter(key)  # concurrency counts from here, before the body is read
             body = await self._read_body(scope, receive)
             ex.payload = payload = parse_json_body(body)
             ex.model = validate_payload(endpoint, payload)
@@ -332,7 +344,7 @@ class Gateway:
                     raise GatewayError(403, decision.message or "This request needs a valid client attestation.", "attestation_required")
                 if decision.action == "throttle":
                     throttle_rpm = getattr(decision, "throttle_rpm", None) or self.settings.detection.throttle_requests_per_min
-            lease = self.limiter.acquire(key, throttle_rpm)
+            admission = await self._admit(ex, key, upstream, throttle_rpm)
             await self._forward(ex, upstream, upstream_path, body, scope, receive, send)
         except GatewayError as exc:
             ex.status, ex.error = exc.status, exc.event_error
@@ -356,10 +368,37 @@ class Gateway:
                     await self._respond(send, 500, error_body(protocol, 500, "The gateway failed to handle this request.", "internal_error"))
         finally:
             self.metrics.in_flight -= 1
-            if lease is not None:
-                lease.release(ex.summary.total_tokens() if ex.summary is not None else 0)
+            if slot is not None:
+                slot.release()
+            if admission is not None:
+                self.limiter.settle(admission, _used_tokens(ex, admission.charged))
             self.metrics.observe(endpoint, ex.status, time.perf_counter() - ex.started)
             self._emit_safely(ex)
+
+    async def _admit(self, ex: _Exchange, key: KeyRecord, upstream: Upstream, throttle_rpm: int | None) -> Admission:
+        """Charge the prompt against the limits (with a shared nonce cache, check the attestation's nonce in the same call)."""
+        # count_tokens asks the upstream to count, not to generate: a request, but no tokens
+        tokens = 0 if ex.endpoint == "anthropic.count_tokens" else self.prompt_counter.count(ex.payload or {}, upstream.settings.tokenizer)
+        signals = ex.signals
+        nonce = signals.nonce if signals is not None else None
+        admission = await self.limiter.admit(key, tokens, ex.request_id, throttle_rpm=throttle_rpm,
+                                             nonce=(nonce, self.signals.nonce_ttl_ms) if nonce else None)
+        if admission is not None:
+            return admission
+        # The attestation was replayed (seen by some replica before): decide again as if it had been caught locally.
+        self.signals.mark_replayed(signals)
+        self.metrics.attestations["valid"] -= 1
+        self.metrics.attestations["replayed"] += 1
+        if self.policy is not None:
+            ex.decision = decision = self.policy.decide(key.account_id, key.key_id, signals)
+            if decision.action in ("block", "challenge"):
+                raise GatewayError(403, decision.message or "This request needs a valid client attestation.",
+                                   "account_blocked" if decision.action == "block" else "attestation_required")
+            if decision.action == "throttle":
+                throttle_rpm = getattr(decision, "throttle_rpm", None) or self.settings.detection.throttle_requests_per_min
+        admission = await self.limiter.admit(key, tokens, ex.request_id, throttle_rpm=throttle_rpm)
+        assert admission is not None
+        return admission
 
     def _prepare_upstream_body(self, ex: _Exchange, upstream: Upstream, body: bytes) -> tuple[bytes, bool]:
         """The bytes to send upstream and whether the stream must be translated OpenAI → Anthropic."""
@@ -375,6 +414,9 @@ class Gateway:
         cap = getattr(ex.decision, "max_top_logprobs", None)
         if cap is not None and cap_logprobs(payload, cap):
             modified = True
+        if not translate and ex.protocol == "openai" and payload.get("stream") is True and ex.endpoint in ("openai.chat", "openai.completions"):
+            ex.hide_usage = ask_stream_usage(payload)  # token limits need the stream's real usage
+            modified = modified or ex.hide_usage
         if self._marks(upstream, ex.endpoint):
             key = ex.key
             assert key is not None
@@ -498,10 +540,13 @@ class Gateway:
         ex.streaming = True
         await send({"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, (b"x-request-id", ex.request_id.encode())]})
         tail = b""
+        usage_filter = UsageChunkFilter() if ex.hide_usage else None
         while (chunk := await resp.next_chunk()) is not None:
             out = reader.feed(chunk)
             if translator is not None:
                 out = translator.feed(out)
+            elif usage_filter is not None:
+                out = usage_filter.feed(out)
             if resp.at_eof:  # the last piece: send it with the end of the stream, in one write
                 tail = out
                 break
@@ -512,6 +557,8 @@ class Gateway:
             rest = translator.feed(rest) + translator.finish()
             if translator.stop_reason == "tool_use":  # the event records what the client was told
                 reader.summary.finish_reason = "tool_calls"
+        elif usage_filter is not None:
+            rest = usage_filter.feed(rest) + usage_filter.flush()
         if reader.summary.upstream_error is not None:  # relayed as sent; the event says the answer ended in an error
             ex.error = f"upstream_stream_error: {reader.summary.upstream_error}"
             log.warning("stream for %s ended with an error from the upstream: %s", ex.endpoint, reader.summary.upstream_error)
@@ -692,11 +739,13 @@ class Gateway:
     async def _list_models(self, scope: Scope, send: Send) -> None:
         """``GET /v1/models``: authenticated, admitted by the limits like any request, and one event (``openai.models``)."""
         ex = _Exchange("openai.models", "openai", scope)
-        lease: Lease | None = None
+        slot: Slot | None = None
+        admission: Admission | None = None
         try:
             headers = ex.headers
             ex.key = key = self.keys.authenticate(extract_secret(_header(headers, b"authorization"), _header(headers, b"x-api-key")))
-            lease = self.limiter.acquire(key)
+            slot = self.limiter.enter(key)
+            admission = await self.limiter.admit(key, 0, ex.request_id)  # a request, no tokens
             data = [{"id": name, "object": "model", "created": int(self.started_at), "owned_by": owner}
                     for name, owner in sorted((await self._model_names()).items())]
             ex.status = 200
@@ -708,8 +757,10 @@ class Gateway:
                 headers.append((b"retry-after", str(int(exc.retry_after)).encode()))
             await self._respond(send, exc.status, error_body("openai", exc.status, exc.message, exc.code), headers)
         finally:
-            if lease is not None:
-                lease.release(0)
+            if slot is not None:
+                slot.release()
+            if admission is not None:
+                self.limiter.settle(admission, 0)
             self.metrics.observe(ex.endpoint, ex.status, time.perf_counter() - ex.started)
             self._emit_safely(ex)
 
@@ -823,3 +874,23 @@ def _body_kind(raw: bytes) -> str:
 def _header_value(value: bytes) -> bytes:
     """A client-supplied header value made safe to copy into our request (no line breaks)."""
     return value.replace(b"\r", b"").replace(b"\n", b"")
+
+
+def _used_tokens(ex: _Exchange, charged: int) -> int:
+    """What a request finally costs against token limits: the upstream's usage, or the best estimate without it.
+
+    The prompt estimate charged at admission stands for a prompt the upstream
+    did not count; completion text without a count is estimated as UTF-8
+    bytes ÷ 4. A request the upstream refused with a 4xx costs nothing; one
+    that failed otherwise (timeout, dropped connection) keeps its prompt charge.
+    """
+    summary = ex.summary
+    if ex.endpoint == "anthropic.count_tokens":
+        return 0
+    if summary is None:
+        return 0 if (ex.error or "").startswith("upstream_http_4") else charged
+    prompt = summary.prompt_tokens if isinstance(summary.prompt_tokens, int) else charged
+    completion = summary.completion_tokens
+    if not isinstance(completion, int):
+        completion = -(-(len(summary.text.encode()) + summary.reasoning_chars) // 4)
+    return max(0, prompt) + max(0, completion)

@@ -1,166 +1,164 @@
-"""Per-key and per-account limits: requests/min, tokens/min, concurrency, daily tokens.
+"""Per-key and per-account limits as the gateway applies them: requests/min, tokens/min, concurrency, daily tokens.
 
-Windows are two-bucket sliding counters (the previous minute's count weighted by
-how much of it still overlaps the window, plus the current minute's), which is
-O(1) in time and memory per subject — a timestamp log would grow with the limit.
-Tokens are charged after the response, when the real usage is known; a request
-is refused when the window is already spent.
+A request goes through three steps:
+
+1. :meth:`Limiter.enter`, right after authentication and before the body is
+   read: the concurrency gate of this process. A request counts from its first
+   byte until :meth:`Slot.release`, which runs on every exit path.
+2. :meth:`Limiter.admit`, just before forwarding: the prompt is charged against
+   requests/min, tokens/min and the daily quota of the key and of the account,
+   in the state backend (:mod:`distillguard.state`: this process, or Redis for
+   a fleet, where concurrency is also shared through leases). Refusals become
+   a 429 whose ``Retry-After`` is the earliest second the same request would be
+   admitted.
+3. :meth:`Limiter.settle`, after the response: the real usage replaces the
+   prompt estimate.
+
+The exact window arithmetic lives in the backends; this module resolves which
+limits apply (defaults, key and account overrides, a policy throttle) and turns
+refusals into API errors.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from distillguard.config import LimitSettings
 from distillguard.gateway.errors import GatewayError
+from distillguard.state import (
+    Admission,
+    MemoryState,
+    Quota,
+    Refusal,
+    StateBackend,
+    StateUnavailable,
+    retry_after_s,
+)
 from distillguard.store.registry import KeyRecord
 
-__all__ = ["Limiter", "Lease"]
-
-WINDOW_S = 60.0
-DAY_S = 86_400.0
+__all__ = ["Limiter", "Slot"]
 
 
-class _SlidingCounter:
-    __slots__ = ("bucket", "current", "previous")
+class Slot:
+    """A request's place in this process's concurrency count, from its first byte; ``release`` is idempotent."""
 
-    def __init__(self) -> None:
-        self.bucket = -1
-        self.current = 0.0
-        self.previous = 0.0
+    __slots__ = ("_counts", "_subjects")
 
-    def _roll(self, now: float) -> float:
-        bucket = int(now // WINDOW_S)
-        if bucket != self.bucket:
-            self.previous = self.current if bucket == self.bucket + 1 else 0.0
-            self.current = 0.0
-            self.bucket = bucket
-        return now - bucket * WINDOW_S
+    def __init__(self, counts: dict[str, int], subjects: tuple[str, ...]) -> None:
+        self._counts = counts
+        self._subjects = subjects
 
-    def value(self, now: float) -> float:
-        elapsed = self._roll(now)
-        return self.previous * (1.0 - elapsed / WINDOW_S) + self.current
-
-    def add(self, now: float, amount: float) -> None:
-        self._roll(now)
-        self.current += amount
-
-    def retry_after(self, now: float, limit: float) -> float:
-        """Seconds until the weighted count falls below ``limit`` (at least 1)."""
-        elapsed = self._roll(now)
-        if self.current >= limit or self.previous <= 0:
-            return max(1.0, WINDOW_S - elapsed)
-        # previous * (1 - t/60) + current < limit  →  t > 60 * (1 - (limit - current) / previous)
-        needed = WINDOW_S * (1.0 - (limit - self.current) / self.previous)
-        return max(1.0, needed - elapsed)
-
-
-@dataclass
-class _Usage:
-    requests: _SlidingCounter = field(default_factory=_SlidingCounter)
-    tokens: _SlidingCounter = field(default_factory=_SlidingCounter)
-    concurrent: int = 0
-    day: int = -1
-    day_tokens: int = 0
-
-
-@dataclass(frozen=True)
-class _Resolved:
-    requests_per_min: int | None
-    tokens_per_min: int | None
-    concurrent_requests: int | None
-    daily_tokens: int | None
-
-
-@dataclass
-class Lease:
-    """Held for the duration of one request; ``release(tokens)`` charges the real usage."""
-
-    usages: tuple[_Usage, ...]
-    clock: Callable[[], float]
-    released: bool = False
-
-    def release(self, tokens: int) -> None:
-        if self.released:
-            return
-        self.released = True
-        now = self.clock()
-        day = int(now // DAY_S)
-        for usage in self.usages:
-            usage.concurrent -= 1
-            usage.tokens.add(now, tokens)
-            if usage.day != day:
-                usage.day, usage.day_tokens = day, 0
-            usage.day_tokens += tokens
+    def release(self) -> None:
+        counts = self._counts
+        for subject in self._subjects:
+            left = counts[subject] - 1
+            if left:
+                counts[subject] = left
+            else:
+                del counts[subject]
+        self._subjects = ()
 
 
 class Limiter:
-    """Admission control for keys and accounts, in memory, one event loop (no locks needed)."""
+    """Admission control for keys and accounts; one per gateway process, on its event loop (no locks)."""
 
-    def __init__(self, defaults: LimitSettings, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, defaults: LimitSettings, state: StateBackend | None = None, clock: Callable[[], float] = time.time) -> None:
         self.defaults = defaults
-        self.clock = clock
-        self._usage: dict[str, _Usage] = {}
-        self._resolved: dict[tuple[int, int], _Resolved] = {}
+        backend: StateBackend = state if state is not None else MemoryState(clock)
+        self.state = backend
+        self._memory = backend if isinstance(backend, MemoryState) else None  # its admit needs no await
+        self._running: dict[str, int] = {}
+        self._quotas: dict[str, tuple[Quota, Quota]] = {}
 
-    def _resolve(self, overrides: dict[str, int | None]) -> _Resolved:
+    # -- which limits apply --------------------------------------------------------------
+    def _quota(self, subject: str, overrides: dict[str, int | None]) -> Quota:
         d = self.defaults
-        return _Resolved(
+        return Quota(
+            subject,
             overrides.get("requests_per_min", d.requests_per_min),
             overrides.get("tokens_per_min", d.tokens_per_min),
             overrides.get("concurrent_requests", d.concurrent_requests),
             overrides.get("daily_tokens", d.daily_tokens),
         )
 
-    def _check(self, subject: str, kind: str, usage: _Usage, limits: _Resolved, now: float, extra_rpm: int | None) -> None:
-        rpm = limits.requests_per_min
-        if extra_rpm is not None:
-            rpm = extra_rpm if rpm is None else min(rpm, extra_rpm)
-        if limits.concurrent_requests is not None and usage.concurrent >= limits.concurrent_requests:
-            raise GatewayError(
-                429, f"Too many concurrent requests for {kind} {subject} (limit {limits.concurrent_requests}).",
-                "concurrency_limit_exceeded", retry_after=1.0,
-            )
-        if rpm is not None and usage.requests.value(now) + 1 > rpm:
-            raise GatewayError(
-                429, f"Rate limit reached for {kind} {subject}: {rpm} requests per minute.",
-                "rate_limit_exceeded", retry_after=math.ceil(usage.requests.retry_after(now, rpm)),
-            )
-        if limits.tokens_per_min is not None and usage.tokens.value(now) >= limits.tokens_per_min:
-            raise GatewayError(
-                429, f"Token rate limit reached for {kind} {subject}: {limits.tokens_per_min} tokens per minute.",
-                "token_rate_limit_exceeded", retry_after=math.ceil(usage.tokens.retry_after(now, limits.tokens_per_min)),
-            )
-        day = int(now // DAY_S)
-        if limits.daily_tokens is not None and usage.day == day and usage.day_tokens >= limits.daily_tokens:
-            raise GatewayError(
-                429, f"Daily token quota of {limits.daily_tokens} reached for {kind} {subject}; it resets at 00:00 UTC.",
-                "daily_quota_exceeded", retry_after=math.ceil((day + 1) * DAY_S - now),
-            )
-
-    def acquire(self, key: KeyRecord, throttle_rpm: int | None = None) -> Lease:
-        """Admit one request or raise a 429 :class:`GatewayError` with ``retry_after``."""
-        now = self.clock()
-        key_usage = self._usage.get(key.key_id)
-        if key_usage is None:
-            key_usage = self._usage[key.key_id] = _Usage()
-        account_usage = self._usage.get(key.account_id)
-        if account_usage is None:
-            account_usage = self._usage[key.account_id] = _Usage()
-        cache_key = (id(key.key_limits), id(key.account_limits))
-        resolved = self._resolved.get(cache_key)
-        if resolved is None:
-            resolved = self._resolved[cache_key] = self._resolve(key.key_limits)
-        account_resolved = self._resolve(key.account_limits) if key.account_limits else self._resolve({})
-        self._check(key.key_id, "key", key_usage, resolved, now, None)
-        self._check(key.account_id, "account", account_usage, account_resolved, now, throttle_rpm)
-        for usage in (key_usage, account_usage):
-            usage.requests.add(now, 1)
-            usage.concurrent += 1
-        return Lease((key_usage, account_usage), self.clock)
+    def quotas(self, key: KeyRecord, throttle_rpm: int | None = None) -> tuple[Quota, Quota]:
+        """The key's and the account's limits; a policy throttle lowers the account's requests/min."""
+        found = self._quotas.get(key.key_id)
+        if found is None:
+            found = self._quotas[key.key_id] = (self._quota("key:" + key.key_id, key.key_limits or {}),
+                                                self._quota("acct:" + key.account_id, key.account_limits or {}))
+        if throttle_rpm is None:
+            return found
+        account = found[1]
+        rpm = throttle_rpm if account.requests_per_min is None else min(account.requests_per_min, throttle_rpm)
+        return found[0], Quota(account.subject, rpm, account.tokens_per_min, account.concurrent_requests, account.daily_tokens)
 
     def reset_cache(self) -> None:
-        self._resolved.clear()
+        """Forget resolved limits (the key table was reloaded: overrides may have changed)."""
+        self._quotas.clear()
+
+    # -- 1. concurrency, from the first byte ------------------------------------------------
+    def enter(self, key: KeyRecord) -> Slot:
+        """Count one more request running for the key and its account, or raise 429 if either is at its limit."""
+        key_quota, account_quota = self.quotas(key)
+        running = self._running
+        for quota in (key_quota, account_quota):
+            limit = quota.concurrent_requests
+            if limit is not None and running.get(quota.subject, 0) >= limit:
+                raise _error(Refusal(quota.subject, "concurrency_limit_exceeded", limit, 0, None), 0)
+        subjects = (key_quota.subject, account_quota.subject)
+        for subject in subjects:
+            running[subject] = running.get(subject, 0) + 1
+        return Slot(running, subjects)
+
+    def running(self, subject: str) -> int:
+        return self._running.get(subject, 0)
+
+    # -- 2. admission, before forwarding ----------------------------------------------------------
+    async def admit(self, key: KeyRecord, tokens: int, request_id: str, *, throttle_rpm: int | None = None,
+                    nonce: tuple[str, int] | None = None) -> Admission | None:
+        """Charge ``tokens`` of prompt and admit the request, or raise a 429 (503 when shared state fails closed).
+
+        Returns None when ``nonce`` was used before (a replayed attestation):
+        nothing is charged then, and the caller decides whether to serve it.
+        """
+        quotas = self.quotas(key, throttle_rpm)
+        memory = self._memory
+        result: Admission | Refusal | None
+        try:
+            if memory is not None:
+                result = memory.admit_now(quotas, tokens, request_id, nonce)
+            else:
+                result = await self.state.admit(quotas, tokens, request_id, nonce)
+        except StateUnavailable as exc:
+            raise GatewayError(503, f"Limits cannot be checked right now ({exc}); try again shortly.",
+                               "state_unavailable", retry_after=1.0) from None
+        if isinstance(result, Refusal):
+            raise _error(result, tokens)
+        return result
+
+    # -- 3. settlement, after the response ------------------------------------------------------
+    def settle(self, admission: Admission, tokens: int) -> None:
+        """Charge the real usage instead of the prompt estimate (never blocks)."""
+        self.state.settle(admission, tokens)
+
+
+def _error(refusal: Refusal, tokens: int) -> GatewayError:
+    kind, _, ident = refusal.subject.partition(":")
+    who = f"{'account' if kind == 'acct' else 'key'} {ident}"
+    limit = refusal.limit
+    code = refusal.code
+    if code == "rate_limit_exceeded":
+        message = f"Rate limit reached for {who}: {limit} requests per minute."
+    elif code == "token_rate_limit_exceeded":
+        message = f"Token rate limit reached for {who}: {limit} tokens per minute (this request's prompt counts {tokens})."
+    elif code == "daily_quota_exceeded":
+        message = f"Daily token quota of {limit} reached for {who} (this request's prompt counts {tokens}); it resets at 00:00 UTC."
+    elif code == "concurrency_limit_exceeded":
+        message = f"Too many concurrent requests for {who} (limit {limit})."
+    else:
+        message = (f"This request's prompt counts {tokens} tokens, more than the {limit} tokens {who} may use in its "
+                   "window; waiting will not help: shorten the prompt or ask for a higher limit.")
+    retry = retry_after_s(refusal)
+    return GatewayError(429, message, code, retry_after=None if retry is None else float(retry))

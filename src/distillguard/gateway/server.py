@@ -39,7 +39,8 @@ def build_gateway(settings: Settings) -> Gateway:
 
     registry = Registry(settings.database)
     sink = EventSink(settings.database, settings.spill_dir, retention_days=settings.privacy.retention_days)
-    signals = SignalCollector(settings, install_keys=registry.install_keys, enroll_store=registry.enroll_install)
+    signals = SignalCollector(settings, install_keys=registry.install_keys, enroll_store=registry.enroll_install,
+                              shared_nonces=settings.state != "memory")
     watermarker = GatewayWatermarker(settings)
     # Always on: the attestation requirement and manual overrides do not depend on
     # online detection; with detection.online off the engine spawns no scorer process.

@@ -12,9 +12,7 @@ request path, see :mod:`distillguard.signals.installs`); enrollment updates it.
 from __future__ import annotations
 
 import datetime as dt
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -31,6 +29,7 @@ from distillguard.exceptions import ConfigError
 from distillguard.signals.fast_verify import fast_verify
 from distillguard.signals.installs import EnrolledInstall, InstallKeyCache, InstallSource, load_public_key
 from distillguard.signals.protocol import COVERED_COMPONENTS, SIGNALS_HEADER, TAG, decode_signals
+from distillguard.state.memory import NonceCache
 
 __all__ = ["OTHER_ACCOUNT", "AttestationVerifier", "NonceCache", "load_public_key", "min_nonce_ttl_s"]
 
@@ -46,29 +45,6 @@ def min_nonce_ttl_s(clock_skew_s: float) -> float:
     a nonce forgotten sooner could be replayed.
     """
     return 3 * clock_skew_s
-
-
-class NonceCache:
-    """Nonces seen within their validity window; bounded, oldest evicted first."""
-
-    def __init__(self, ttl_s: float, max_entries: int = 1_000_000) -> None:
-        self.ttl_s = ttl_s
-        self.max_entries = max_entries
-        self._seen: OrderedDict[str, float] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def check_and_add(self, nonce: str, now: float) -> bool:
-        """True when the nonce is fresh (and remember it); False when it is a replay."""
-        with self._lock:
-            while self._seen:
-                oldest, expiry = next(iter(self._seen.items()))
-                if expiry > now and len(self._seen) < self.max_entries:
-                    break
-                self._seen.popitem(last=False)
-            if nonce in self._seen:
-                return False
-            self._seen[nonce] = now + self.ttl_s
-            return True
 
 
 class _Request:
@@ -103,7 +79,7 @@ class AttestationVerifier:
     """Verifies attestations against the enrolled installs; one per gateway process."""
 
     def __init__(self, install_keys: InstallSource | Mapping[str, str] | None = None, clock_skew_s: float = 300.0,
-                 nonce_ttl_s: float | None = None) -> None:
+                 nonce_ttl_s: float | None = None, defer_nonces: bool = False) -> None:
         minimum = min_nonce_ttl_s(clock_skew_s)
         if nonce_ttl_s is not None and nonce_ttl_s < minimum:
             raise ConfigError(
@@ -112,6 +88,8 @@ class AttestationVerifier:
                 f"set it to at least {minimum:g} or leave it unset")
         self.clock_skew_s = clock_skew_s
         self.nonces = NonceCache(ttl_s=minimum if nonce_ttl_s is None else nonce_ttl_s)
+        self.defer_nonces = defer_nonces
+        self.deferred_nonce: str | None = None  # with defer_nonces: the last valid signature's nonce, still to be checked
         self.installs = InstallKeyCache(install_keys)
 
     def add_key(self, install_id: str, encoded: str, account_id: str | None = None) -> None:
@@ -177,9 +155,17 @@ class AttestationVerifier:
         nonce = params.get("nonce")
         if not isinstance(nonce, str) or not nonce:
             return self._result("invalid", claimed, "signature carries no nonce")
-        if not self.nonces.check_and_add(nonce, time.time()):
+        if self.defer_nonces:  # checked by the shared state in the request's admission (AttestationVerifier docstring)
+            self.deferred_nonce = nonce
+        elif not self.nonces.check_and_add(nonce, time.time()):
             return self._result("replayed", claimed, "nonce already used")
         return self._result("valid", claimed, None)
+
+    @staticmethod
+    def mark_replayed(result: dict[str, Any]) -> None:
+        """Turn a ``valid`` result whose deferred nonce turned out to be used already into ``replayed``."""
+        result["status"] = "replayed"
+        result["reason"] = "nonce already used"
 
     @staticmethod
     def _result(status: str, claimed: dict[str, Any], reason: str | None) -> dict[str, Any]:

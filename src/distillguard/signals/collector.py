@@ -2,7 +2,8 @@
 
 ``collect`` reads only memory: install keys are cached at start, on
 enrollment and by a background look-up after a miss, GeoIP lookups are
-memoised, the nonce cache is in memory. ``enroll`` (run in a thread by the
+memoised, the nonce cache is in memory (with ``state: redis`` the nonce is
+checked in Redis instead, in the request's admission: :attr:`SignalResult.nonce`). ``enroll`` (run in a thread by the
 gateway) may use the database.
 """
 
@@ -50,6 +51,8 @@ class SignalResult:
     attestation: dict[str, Any] | None
     region_denied: str | None = None
     signals: list[dict[str, Any]] = field(default_factory=list)
+    nonce: str | None = None  # with shared nonces: the valid attestation's nonce, checked in the request's admission
+    accept_language: str | None = None
 
 
 class SignalCollector:
@@ -58,12 +61,15 @@ class SignalCollector:
         settings: Settings,
         install_keys: InstallSource | Mapping[str, str] | None = None,
         enroll_store: Callable[..., Any] | None = None,
+        *,
+        shared_nonces: bool = False,
     ) -> None:
         network = settings.network
         self.settings = settings
         self.trusted = [ipaddress.ip_network(cidr, strict=False) for cidr in network.trusted_proxies]
         self.verifier = AttestationVerifier(install_keys, clock_skew_s=settings.attestation.clock_skew_s,
-                                            nonce_ttl_s=settings.attestation.nonce_ttl_s)
+                                            nonce_ttl_s=settings.attestation.nonce_ttl_s, defer_nonces=shared_nonces)
+        self.nonce_ttl_ms = int(self.verifier.nonces.ttl_s * 1000)
         self.geo = GeoLookup(network.geoip_country_db, network.geoip_asn_db, network.hosting_asns)
         self.enroll_store = enroll_store
         self.ip_mode = settings.privacy.ip_mode
@@ -89,8 +95,11 @@ class SignalCollector:
         geo = self.geo.lookup(ip)
         scheme = forwarded_scheme(peer_ip, header_map, self.trusted)
         url = f"{scheme}://{header_map.get('host', 'localhost')}{path_qs}"
-        attestation = self.verifier.verify(method, url, decoded, body, account_id=account_id)
-        signals = consistency_signals(attestation, geo, header_map.get("accept-language"))
+        verifier = self.verifier
+        verifier.deferred_nonce = None
+        attestation = verifier.verify(method, url, decoded, body, account_id=account_id)
+        accept_language = header_map.get("accept-language")
+        signals = consistency_signals(attestation, geo, accept_language)
         if attestation is None and self.requires_attestation(account_id):
             signals.append({"name": "attestation_required", "evidence": f"account {account_id} must attest, the request carried none"})
         region = self._region(geo.get("country"), attestation)
@@ -99,7 +108,17 @@ class SignalCollector:
             region = None
         client = {"ip": protect_ip(ip, self.ip_mode, self.hash_key), "user_agent": header_map.get("user-agent"),
                   "header_fp": header_fingerprint(names), "geo": dict(geo)}
-        return SignalResult(client, attestation, region, signals)
+        return SignalResult(client, attestation, region, signals, verifier.deferred_nonce, accept_language)
+
+    def mark_replayed(self, result: SignalResult) -> None:
+        """The shared nonce cache says ``result``'s attestation was seen before: it is ``replayed``, not ``valid``."""
+        attestation = result.attestation
+        if attestation is None:
+            return
+        self.verifier.mark_replayed(attestation)
+        result.nonce = None
+        kept = [s for s in result.signals if s["name"] in ("attestation_required", "region_flagged")]
+        result.signals = consistency_signals(attestation, result.client["geo"], result.accept_language) + kept
 
     def _region(self, ip_country: str | None, attestation: dict[str, Any] | None) -> str | None:
         if not self.allow and not self.deny:

@@ -1,0 +1,76 @@
+"""Getting the real usage of OpenAI-protocol streams, which report it only when asked.
+
+Without usage a stream could only be charged its text ÷ 4, so token limits were
+easy to bypass by streaming. The gateway therefore always asks an OpenAI
+upstream for it (``stream_options: {"include_usage": true}``), and when the
+client did not ask, removes the extra chunk before the client sees it: the one
+with ``"choices": []`` and a ``usage`` object, sent just before ``[DONE]``. The
+other chunks then carry ``"usage": null``, as the OpenAI API sends them with
+``include_usage``; SDKs accept that either way.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+
+__all__ = ["UsageChunkFilter", "ask_stream_usage"]
+
+_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
+_EVENT_END = re.compile(rb"\r?\n\r?\n")
+
+
+def ask_stream_usage(payload: dict[str, Any]) -> bool:
+    """Make ``payload`` ask for stream usage; True when the client had not asked (so the usage chunk must be hidden)."""
+    options = payload.get("stream_options")
+    if isinstance(options, dict) and options.get("include_usage") is True:
+        return False
+    payload["stream_options"] = {**options, "include_usage": True} if isinstance(options, dict) else {"include_usage": True}
+    return True
+
+
+def _is_usage_chunk(event: bytes) -> bool:
+    data = b"".join(line[5:].strip() for line in event.splitlines() if line.startswith(b"data:"))
+    try:
+        payload = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(payload, dict) and payload.get("choices") == [] and isinstance(payload.get("usage"), dict)
+
+
+class UsageChunkFilter:
+    """Passes an SSE stream through whole events at a time, leaving out the usage-only chunk."""
+
+    __slots__ = ("_held",)
+
+    def __init__(self) -> None:
+        self._held = b""
+
+    def feed(self, data: bytes) -> bytes:
+        if self._held:
+            data, self._held = self._held + data, b""
+        ends = [m.end() for m in _EVENT_END.finditer(data)] if _USAGE_OBJECT.search(data) or not data.endswith(b"\n\n") else None
+        if ends is None:
+            return data  # whole events without a usage object: the common chunk, passed as it is
+        if not ends:
+            self._held = data
+            return b""
+        complete, self._held = data[: ends[-1]], data[ends[-1]:]
+        if not _USAGE_OBJECT.search(complete):
+            return complete
+        out: list[bytes] = []
+        start = 0
+        for end in ends:
+            event = data[start:end]
+            if not (_USAGE_OBJECT.search(event) and _is_usage_chunk(event)):
+                out.append(event)
+            start = end
+        return b"".join(out)
+
+    def flush(self) -> bytes:
+        rest, self._held = self._held, b""
+        if rest and _USAGE_OBJECT.search(rest) and _is_usage_chunk(rest):
+            return b""
+        return rest

@@ -1,0 +1,242 @@
+"""Limits in this process's memory: exact sliding windows, UTC-day quotas, nonces (``state: memory``).
+
+Why a log and not counters: a limit of N per minute must hold in *every* 60 s
+window, whatever second it starts at. Two-bucket counters and GCRA both let
+more through (GCRA with a burst of N admits up to 2N−1 in one window; the
+two-bucket estimate let 110 through a 60/min key). Each subject keeps the
+requests it admitted in the last 60 s, oldest first, with the tokens each was
+charged; the log is bounded by the requests/min limit (at most N entries), and
+an entry costs one small object shared by the key's and the account's logs.
+Admission and ``Retry-After`` are then exact:
+
+- requests/min: admitted when fewer than N entries are younger than 60 s;
+- tokens/min: admitted when the window's tokens plus this prompt fit the limit;
+- daily tokens: admitted when today's (UTC) tokens plus this prompt fit;
+- ``Retry-After``: the moment the oldest entries that are in the way expire
+  (or midnight UTC), the latest over every subject and limit, in whole seconds
+  rounded up.
+
+Concurrency is not here: the gateway counts it in process from a request's
+first byte (:class:`distillguard.gateway.limits.Limiter`). Everything runs on
+the event loop, so no locks.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+
+from distillguard.state.types import DAY_MS, WINDOW_MS, Admission, Quota, Refusal
+
+__all__ = ["MemoryAdmission", "MemoryState", "NonceCache"]
+
+SWEEP_EVERY = 4096  # admissions between sweeps of subjects that have gone idle
+
+
+class _Entry:
+    """One admitted request in the logs of its subjects (shared: settled once, seen by both)."""
+
+    __slots__ = ("ms", "tokens", "day")
+
+    def __init__(self, ms: int, tokens: int, day: int) -> None:
+        self.ms = ms
+        self.tokens = tokens
+        self.day = day
+
+
+class _Subject:
+    __slots__ = ("log", "tokens", "horizon", "day", "day_tokens")
+
+    def __init__(self) -> None:
+        self.log: deque[_Entry] = deque()
+        self.tokens = 0  # sum of the tokens of the entries in ``log``
+        self.horizon = 0  # entries with ms + WINDOW_MS <= horizon have left the log
+        self.day = -1
+        self.day_tokens = 0
+
+    def trim(self, now: int) -> None:
+        if now > self.horizon:
+            self.horizon = now
+        log = self.log
+        cutoff = self.horizon - WINDOW_MS
+        while log and log[0].ms <= cutoff:
+            self.tokens -= log.popleft().tokens
+
+    def in_window(self, entry: _Entry) -> bool:
+        return entry.ms + WINDOW_MS > self.horizon
+
+    def today(self, day: int) -> int:
+        if self.day != day:
+            self.day, self.day_tokens = day, 0
+        return self.day_tokens
+
+
+class MemoryAdmission:
+    __slots__ = ("request_id", "charged", "entry", "subjects")
+
+    def __init__(self, request_id: str, charged: int, entry: _Entry, subjects: tuple[_Subject, ...]) -> None:
+        self.request_id = request_id
+        self.charged = charged
+        self.entry = entry
+        self.subjects = subjects
+
+
+def check_quota(subject: _Subject, quota: Quota, tokens: int, now: int, day: int) -> Refusal | None:
+    """The refusal ``quota`` calls for (the latest retry time among its limits), or None when it admits."""
+    worst: Refusal | None = None
+    rpm = quota.requests_per_min
+    log = subject.log
+    if rpm is not None and len(log) + 1 > rpm:
+        # Admitted once the (len - rpm + 1) oldest entries have expired: the one at index len - rpm is the last of them.
+        retry = log[len(log) - rpm].ms + WINDOW_MS if rpm > 0 else None
+        worst = Refusal(quota.subject, "rate_limit_exceeded", rpm, now, retry)
+    tpm = quota.tokens_per_min
+    if tpm is not None and subject.tokens + tokens > tpm:
+        if tokens > tpm:
+            return Refusal(quota.subject, "request_too_large", tpm, now, None)
+        excess = subject.tokens + tokens - tpm
+        retry = None
+        for entry in log:
+            excess -= entry.tokens
+            if excess <= 0:
+                retry = entry.ms + WINDOW_MS
+                break
+        worst = _later(worst, Refusal(quota.subject, "token_rate_limit_exceeded", tpm, now, retry))
+    daily = quota.daily_tokens
+    if daily is not None and subject.today(day) + tokens > daily:
+        if tokens > daily:
+            return Refusal(quota.subject, "request_too_large", daily, now, None)
+        worst = _later(worst, Refusal(quota.subject, "daily_quota_exceeded", daily, now, (day + 1) * DAY_MS))
+    return worst
+
+
+def _later(a: Refusal | None, b: Refusal) -> Refusal:
+    """The refusal that lasts longer (a request must wait for every limit in its way)."""
+    if a is None:
+        return b
+    if a.retry_at_ms is None or (b.retry_at_ms is not None and a.retry_at_ms >= b.retry_at_ms):
+        return a
+    return b
+
+
+class NonceCache:
+    """Attestation nonces seen within their validity window; bounded, oldest evicted first.
+
+    Locked because offline verification may share one from several threads;
+    on the event loop the lock is never contended.
+    """
+
+    def __init__(self, ttl_s: float, max_entries: int = 1_000_000) -> None:
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self._seen: OrderedDict[str, float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def check_and_add(self, nonce: str, now: float) -> bool:
+        """True when the nonce is fresh (and remember it); False when it is a replay."""
+        with self._lock:
+            seen = self._seen
+            while seen:
+                oldest, expiry = next(iter(seen.items()))
+                if expiry > now and len(seen) < self.max_entries:
+                    break
+                seen.popitem(last=False)
+            if nonce in seen:
+                return False
+            seen[nonce] = now + self.ttl_s
+            return True
+
+
+class MemoryState:
+    """Exact limits for one process (the default ``state: memory``); see the module docstring."""
+
+    name = "memory"
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self._subjects: dict[str, _Subject] = {}
+        self._nonces: dict[int, NonceCache] = {}  # by TTL in ms (one per configured TTL, normally one)
+        self._until_sweep = SWEEP_EVERY
+
+    def now_ms(self) -> int:
+        return round(self.clock() * 1000)
+
+    def subject(self, name: str) -> _Subject:
+        found = self._subjects.get(name)
+        if found is None:
+            found = self._subjects[name] = _Subject()
+        return found
+
+    def check_nonce(self, nonce: str, ttl_ms: int) -> bool:
+        cache = self._nonces.get(ttl_ms)
+        if cache is None:
+            cache = self._nonces[ttl_ms] = NonceCache(ttl_ms / 1000)
+        return cache.check_and_add(nonce, self.clock())
+
+    def admit_now(self, quotas: tuple[Quota, ...], tokens: int, request_id: str,
+                  nonce: tuple[str, int] | None = None) -> MemoryAdmission | Refusal | None:
+        """:meth:`admit` without the coroutine (the gateway calls this directly in memory mode)."""
+        if nonce is not None and not self.check_nonce(*nonce):
+            return None
+        now = self.now_ms()
+        day = now // DAY_MS
+        subjects = tuple(self.subject(q.subject) for q in quotas)
+        refusal: Refusal | None = None
+        for subject, quota in zip(subjects, quotas, strict=True):
+            subject.trim(now)
+            found = check_quota(subject, quota, tokens, now, day)
+            if found is not None:
+                if found.retry_at_ms is None and found.code == "request_too_large":
+                    return found
+                refusal = _later(refusal, found)
+        if refusal is not None:
+            return refusal
+        entry = _Entry(now, tokens, day)
+        for subject in subjects:
+            subject.log.append(entry)
+            subject.tokens += tokens
+            if subject.day != day:
+                subject.day, subject.day_tokens = day, tokens
+            else:
+                subject.day_tokens += tokens
+        self._until_sweep -= 1
+        if self._until_sweep <= 0:
+            self.sweep(now)
+        return MemoryAdmission(request_id, tokens, entry, subjects)
+
+    async def admit(self, quotas: tuple[Quota, ...], tokens: int, request_id: str,
+                    nonce: tuple[str, int] | None = None) -> MemoryAdmission | Refusal | None:
+        return self.admit_now(quotas, tokens, request_id, nonce)
+
+    def settle(self, admission: Admission, tokens: int) -> None:
+        assert isinstance(admission, MemoryAdmission), "settled by the backend that admitted it"
+        entry = admission.entry
+        delta = tokens - entry.tokens
+        if delta == 0:
+            return
+        entry.tokens = tokens
+        for subject in admission.subjects:
+            if subject.in_window(entry):
+                subject.tokens += delta
+            if subject.day == entry.day:
+                subject.day_tokens = max(0, subject.day_tokens + delta)
+
+    def sweep(self, now: int) -> None:
+        """Forget subjects with nothing left to remember (no entry in the window, nothing used today)."""
+        self._until_sweep = SWEEP_EVERY
+        day = now // DAY_MS
+        idle = []
+        for name, subject in self._subjects.items():
+            subject.trim(now)
+            if not subject.log and (subject.day != day or subject.day_tokens == 0):
+                idle.append(name)
+        for name in idle:
+            del self._subjects[name]
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
