@@ -210,6 +210,18 @@ def test_sampled_campaigns_cover_the_space() -> None:
     assert "sampled" in ARCHETYPES
 
 
+def test_a_campaign_asks_each_task_once_before_repeating_with_new_numbers() -> None:
+    from distillguard.sim.corpora import PromptPools
+    from distillguard.sim.fleet import CampaignParams, Fleet
+
+    pools = PromptPools.for_split("dev")
+    fleet = Fleet("distiller", ["a"], rng=random.Random(3), pools=pools, wording=load_wording("dev"), params=CampaignParams(pools=("gsm8k",)))
+    first_pass = [fleet._next_task() for _ in range(len(pools.sweeps["gsm8k"]))]
+    assert sorted(first_pass) == sorted(pools.sweeps["gsm8k"])
+    second_pass = [fleet._next_task() for _ in range(200)]
+    assert sum(1 for t in second_pass if t not in set(pools.sweeps["gsm8k"])) > 150  # numbers changed
+
+
 def test_dev_and_test_share_no_wording_no_prompts_and_no_accounts(robust: dict) -> None:
     dev, test = wording_strings(load_wording("dev")), wording_strings(load_wording("test"))
     assert len(dev) > 150 and len(test) > 150

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +44,7 @@ from distillguard.sim.world import (
 
 __all__ = ["ARCHETYPES", "MIN_REQUESTS", "CampaignParams", "Fleet", "sample_campaign"]
 
+_DIGITS = re.compile(r"(?<![\w.])\d{1,4}(?![\w.])")
 ARCHETYPES = ("quiet_sweep", "sleeper_fleet", "imitates_people", "grader", "sampled")
 TIMINGS = ("synchronised", "balanced", "uniform", "daytime", "per_account_daytime")
 NETWORKS = ("per_request", "per_account", "hosting", "mixed")
@@ -207,6 +209,23 @@ class Fleet(Actor):
     params: CampaignParams = field(default_factory=CampaignParams)
     models: tuple[str, ...] = ("demo-1",)
     replacement_accounts: list[str] = field(default_factory=list)
+    _queue: list[str] = field(default_factory=list, init=False)
+    _passes: int = field(default=0, init=False)
+
+    def _next_task(self) -> str:
+        """The next task of the sweep: each task once, in a shuffled order, before any is asked again.
+
+        A campaign pays per answer, so it does not ask one question twice while it has new ones; once its
+        pools are used up it asks them again with the numbers changed (as synthetic-data pipelines do).
+        """
+        rng, pools = self.rng, self.pools
+        assert pools is not None
+        if not self._queue:
+            self._queue = [t for name in self.params.pools for t in pools.sweeps[name]]
+            rng.shuffle(self._queue)
+            self._passes += 1
+        task = self._queue.pop()
+        return _DIGITS.sub(lambda m: str(rng.randint(2, 9 * 10 ** (len(m.group()) - 1) + 1)), task) if self._passes > 1 else task
 
     # -- set-up ---------------------------------------------------------------------------------------
     def _members(self, accounts: list[str]) -> list[_Member]:
@@ -302,7 +321,7 @@ class Fleet(Actor):
         rng, p, wording, pools = self.rng, self.params, self.wording, self.pools
         assert wording is not None and pools is not None
         language = member.language if rng.random() < 0.7 else rng.choice(p.languages)
-        task = pools.sweep_task(rng, rng.choice(p.pools))
+        task = self._next_task()
         if p.grader and rng.random() < p.grader:
             template = rng.choice(wording.graders)
             return template.format(task=task, answer=excerpt(pools, rng, 120)), True, language
