@@ -259,6 +259,16 @@ def test_simulate_cli_split_and_accounts_out(tmp_path: Path) -> None:
     labels = json.loads((tmp_path / "l.json").read_text())
     metas = (tmp_path / "l.accounts.jsonl").read_text().splitlines()
     assert labels["split"] == "test" and len(metas) == len(labels["accounts"])
+    # eval hands the metadata to the scanner, as `scan --accounts` does; a bad file stops it with the line named.
+    out = subprocess.run([sys.executable, "-m", "distillguard.cli", "eval", "--events", str(tmp_path / "e.jsonl"), "--labels",
+                          str(tmp_path / "l.json"), "--accounts", str(tmp_path / "l.accounts.jsonl"), "--json"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["split"] == "test"
+    (tmp_path / "bad.jsonl").write_text('{"account_id": "a", "attributes": {"email_domain": "gmail.com"}}\n')
+    out = subprocess.run([sys.executable, "-m", "distillguard.cli", "eval", "--events", str(tmp_path / "e.jsonl"), "--labels",
+                          str(tmp_path / "l.json"), "--accounts", str(tmp_path / "bad.jsonl")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "attributes.email_domain" in out.stderr
 
 
 # -- eval: per campaign, per population, worst campaign, targets ----------------------------------------------------

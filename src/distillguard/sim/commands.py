@@ -47,12 +47,15 @@ def eval_command(args: argparse.Namespace) -> int:
     for path in args.events:
         if path != "-" and not Path(path).exists():
             raise InputError(f"{path}: events file not found")
+    scanner = None
     if args.accounts:
+        from distillguard.detect.accounts import read_accounts
+        from distillguard.detect.scanner import Scanner
+
         if not Path(args.accounts).exists():
             raise InputError(f"{args.accounts}: accounts file not found (write one with `simulate --accounts-out` or `accounts export`)")
-        # The scanner on this tree has no account-metadata input yet (`scan --accounts`); say so rather than pretend.
-        print(f"warning: {args.accounts}: this scanner does not read account metadata yet; evaluated without it", file=sys.stderr)
-    result = evaluate(args.events, labels)
+        scanner = Scanner(accounts=read_accounts(args.accounts))
+    result = evaluate(args.events, labels, scanner=scanner)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
