@@ -178,12 +178,7 @@ class AdminAPI:
                     return
                 await self._stream_events(send, since)
                 return
-            result = await self._dispatch(method, path, query, body)
-            if result is None:
-                for plugin in self.gateway.admin_plugins:
-                    result = await plugin.handle_admin(method, path, query, body)
-                    if result is not None:
-                        break
+            result = await self.call(method, path, query, body)
             if result is None:
                 if path.endswith("/risk") or path == "/admin/v1/flagged":
                     await self._error(send, 503, "Online detection is not enabled on this gateway.", "detection_disabled")
@@ -219,6 +214,20 @@ class AdminAPI:
             chunks.append(chunk)
             if not message.get("more_body") or message["type"] == "http.disconnect":
                 return b"".join(chunks)
+
+    async def call(self, method: str, path: str, query: dict[str, str], body: bytes) -> tuple[int, Any] | None:
+        """An admin request already authenticated, as ``(status, object)``; ``None`` when no route takes it.
+
+        The console's actions come through here too, so they are the admin API's
+        actions: same checks, same audit records, same answers.
+        """
+        result = await self._dispatch(method, path, query, body)
+        if result is None:
+            for plugin in self.gateway.admin_plugins:
+                result = await plugin.handle_admin(method, path, query, body)
+                if result is not None:
+                    break
+        return result
 
     async def _dispatch(self, method: str, path: str, query: dict[str, str], body: bytes) -> tuple[int, Any] | None:
         gateway = self.gateway

@@ -35,7 +35,7 @@ from distillguard.gateway.errors import (
 )
 from distillguard.gateway.health import UpstreamHealth
 from distillguard.gateway.limits import Limiter, Slot
-from distillguard.gateway.metrics import Metrics
+from distillguard.gateway.metrics import SAMPLE_EVERY_S, Metrics
 from distillguard.gateway.prompt_tokens import PromptCounter
 from distillguard.gateway.requests import (
     cap_logprobs,
@@ -179,6 +179,8 @@ class Gateway:
         self.hash_key = settings.privacy.hash_key.encode()
         self._change_counter = -1
         self._poll_task: asyncio.Task[None] | None = None
+        self._sample_task: asyncio.Task[None] | None = None
+        self._console: Any = None  # the operators' console, imported on its first request (never on the hot path)
         self._stopping = False
         self.started_at = time.time()
         self.health = UpstreamHealth([u.name for u in self.router.upstreams], self._probe_upstream, ttl_s=READYZ_TTL_S)
@@ -204,6 +206,7 @@ class Gateway:
     async def startup(self) -> None:
         self.client = UpstreamClient()
         await self.state.start()
+        self._sample_task = asyncio.create_task(self._sample_metrics())
         if self.registry is not None:
             await self.reload_keys()
             self._poll_task = asyncio.create_task(self._poll_registry())
@@ -214,10 +217,11 @@ class Gateway:
 
     async def shutdown(self) -> None:
         self._stopping = True
-        if self._poll_task is not None:
-            self._poll_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poll_task
+        for task in (self._poll_task, self._sample_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.health.close()
         if self.client is not None:
             await self.client.close()
@@ -236,6 +240,12 @@ class Gateway:
         if self.policy is not None and hasattr(self.policy, "reload_overrides"):
             await asyncio.to_thread(self.policy.reload_overrides)  # manual overrides are registry state too
         self._change_counter = counter
+
+    async def _sample_metrics(self) -> None:
+        """Running totals every few seconds, for the console's traffic charts."""
+        while True:
+            self.metrics.sample()
+            await asyncio.sleep(SAMPLE_EVERY_S)
 
     async def _poll_registry(self) -> None:
         while True:
@@ -713,6 +723,13 @@ class Gateway:
             await self._respond(send, 200, self.metrics.render(), [(b"content-type", b"text/plain; version=0.0.4")])
         elif path == "/v1/models" and method == "GET":
             await self._list_models(scope, send)
+        elif path == "/admin/ui" or path.startswith("/admin/ui/"):
+            if self._console is None:
+                # Jinja2 and the templates load on the first console request, never on the hot path.
+                from distillguard.console import Console
+
+                self._console = Console(self)
+            await self._console(scope, receive, send)
         elif path.startswith("/admin/"):
             await self.admin.handle(scope, receive, send)
         elif path == "/v1/distillguard/enroll" and method == "POST":

@@ -8,11 +8,14 @@ is a few lines of text.
 from __future__ import annotations
 
 import bisect
-from collections import defaultdict
+import time
+from collections import defaultdict, deque
 from collections.abc import Callable, Mapping
 
-__all__ = ["Metrics"]
+__all__ = ["SAMPLE_EVERY_S", "Metrics"]
 
+SAMPLE_EVERY_S = 10.0
+HISTORY_SAMPLES = 8640  # 24 h of samples
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -40,6 +43,14 @@ class Metrics:
         self.in_flight = 0
         self.gauges: list[tuple[str, str, Callable[[], float]]] = []
         self.counters: list[tuple[str, str, str, Callable[[], Mapping[str, int]]]] = []
+        # (unix time, requests, refused, policy actions) every SAMPLE_EVERY_S: the console's traffic charts
+        self.history: deque[tuple[float, int, int, dict[str, int]]] = deque(maxlen=HISTORY_SAMPLES)
+
+    def sample(self, now: float | None = None) -> None:
+        """Append the running totals to ``history`` (called off the request path, every ``SAMPLE_EVERY_S``)."""
+        requests = sum(self.requests.values())
+        refused = sum(n for (_endpoint, status), n in self.requests.items() if status >= 400)
+        self.history.append((time.time() if now is None else now, requests, refused, dict(self.policy_actions)))
 
     def observe(self, endpoint: str, status: int, seconds: float) -> None:
         self.requests[(endpoint, status)] += 1

@@ -188,6 +188,17 @@ class PolicyEngine:
         accounts.sort(key=lambda e: -max(e["distillation_score"], e["reseller_score"]))
         return {"accounts": accounts, "clusters": [c for c in self._clusters if c["score"] >= threshold]}
 
+    def risk_table(self) -> dict[str, dict[str, Any]]:
+        """Every scored account's latest entry (replaced whole by each report: do not mutate; its identity says when it changed)."""
+        return self._risk
+
+    def decisions(self) -> dict[str, Decision]:
+        """The accounts whose requests are not simply allowed now (manual overrides, then risk), without auditing anything."""
+        acting = {account: d for account, d in self._risk_decisions.items()}
+        for account in self._manual:
+            acting[account] = self._decide(account, None)
+        return {account: d for account, d in acting.items() if d.action != "allow"}
+
     def clusters(self) -> list[dict[str, Any]]:
         """Every cluster of the latest report (flagged or not), highest score first."""
         return sorted(self._clusters, key=lambda c: -c["score"])

@@ -85,6 +85,7 @@ audit_log = Table(
     Column("action", String(64), nullable=False),
     Column("target", String(200), nullable=False),
     Column("detail", JSON, nullable=True),
+    Index("ix_audit_target", "target", "id"),  # an account's trail in the console without reading the whole log
 )
 
 reviews = Table(
