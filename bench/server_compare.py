@@ -84,6 +84,8 @@ def launch(name: str, work: Path, upstream: str, extra: dict[str, Any] | None = 
               "spill_dir": str(work / f"spill-{name}"), "log_level": "warning",
               "upstreams": [{"name": "fast", "base_url": upstream, "models": ["*"]}], "detection": {"online": False},
               "limits": {"requests_per_min": 10_000_000, "tokens_per_min": 10_000_000_000, "concurrent_requests": 1000, "daily_tokens": None},
+              # the deadlines the probes expect (granian's header timeout is set to 10 s on its command line too)
+              "server": {"head_timeout_s": 10, "body_timeout_s": 10},
               **(extra or {})}
     path = work / f"dg-{name}.yaml"
     path.write_text(json.dumps(config))
