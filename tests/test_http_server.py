@@ -1498,6 +1498,25 @@ async def test_trailer_fields_are_dropped_and_an_endless_trailer_is_cut() -> Non
     assert srv.server.stats.rejected["trailer_too_large"] == 1
 
 
+async def test_endless_trailer_after_an_early_answer_closes_at_once() -> None:
+    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+        await respond(send, 200, b"early")  # answers without reading the body, as /healthz does
+
+    async with serving(asgi(handler)) as srv:
+        reader, writer = await connect(srv.port)
+        writer.write(request("POST", "/healthz", "Transfer-Encoding: chunked") + b"0\r\nX-Pad: ")
+        assert (await read_response(reader)).body == b"early"
+        started = time.monotonic()
+        with contextlib.suppress(ConnectionError):
+            for _ in range(20):
+                writer.write(b"a" * 4096)
+                await writer.drain()
+        await assert_closed(reader, timeout=3)
+        await close(writer)
+    assert time.monotonic() - started < 1.0  # not the 5 s an early answer otherwise allows the rest of a body
+    assert srv.server.stats.rejected["trailer_too_large"] == 1
+
+
 async def test_body_in_the_same_read_as_the_end_of_a_split_head_is_not_counted_as_head() -> None:
     async with serving(asgi(echo)) as srv:
         reader, writer = await connect(srv.port)

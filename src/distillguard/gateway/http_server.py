@@ -619,10 +619,10 @@ class _HttpConnection(asyncio.Protocol):
         if cycle is not None:  # in the middle of a request's body: that request can't be completed
             self.parsing = None
             cycle.complete = True
-            if cycle is not self.cycle:  # still waiting its turn: answered as refused when it comes
+            if cycle in self.pending:  # still waiting its turn: answered as refused when it comes
                 cycle.failed = rejection
                 return
-            if not cycle.head_sent and not cycle.response_complete:
+            if cycle is self.cycle and not cycle.head_sent and not cycle.response_complete:
                 cycle.response_complete = True
                 self.write(_error_response(rejection.status, rejection.message))
                 cycle.lost()  # the application, waiting for the body, sees the client gone
