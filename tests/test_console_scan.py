@@ -49,6 +49,16 @@ def test_table_ranks_flagged_accounts_first_and_json_goes_to_out(log: Path, tmp_
     assert out.stdout.startswith(f"240 events, 3 accounts: {high} high")
 
 
+def test_table_names_accounts_from_an_accounts_export(log: Path, tmp_path: Path) -> None:
+    accounts = tmp_path / "accounts.jsonl"
+    accounts.write_text("".join(json.dumps({"account_id": a, "name": n, "org_id": None, "created_at": "2026-10-01T00:00:00.000Z",
+                                            "status": "active", "attributes": {}}) + "\n"
+                                for a, n in (("harvester", "Mallory"), ("harvester2", "Trudy"), ("person", "Alice"))))
+    out = _run("scan", str(log), "--format", "table", "--accounts", str(accounts))
+    assert out.returncode == 0, out.stderr
+    assert "Mallory (harvester)" in out.stdout and "Alice (person)" in out.stdout
+
+
 def test_stdout_is_json_when_piped_and_a_table_on_a_terminal(log: Path) -> None:
     piped = _run("scan", str(log))
     assert piped.returncode == 0 and json.loads(piped.stdout)["v"] == 1

@@ -101,7 +101,8 @@ def scan_command(args: argparse.Namespace) -> int:
         with open(args.out, "w", encoding="utf-8") as handle:
             handle.write(text + "\n")
     if output_format == "table":
-        sys.stdout.write(format_report_table(report, width=_terminal_width()))  # names: the entries' "name" (scan --accounts)
+        names = _account_names(args.accounts) if getattr(args, "accounts", None) else {}
+        sys.stdout.write(format_report_table(report, names=names, width=_terminal_width()))
     elif not args.out:
         sys.stdout.write(text + "\n")
     high = sum(1 for a in report["accounts"] if a["risk"] == "high")
@@ -118,6 +119,20 @@ def scan_command(args: argparse.Namespace) -> int:
             print(f"--fail-on {args.fail_on}: {found} account(s) at {' or '.join(levels)} risk; exit {EXIT_FOUND}", file=sys.stderr)
             return EXIT_FOUND
     return 0
+
+
+def _account_names(path: str) -> dict[str, str]:
+    """Account id → name from an `accounts export` file (already checked by ``read_accounts``), for the table."""
+    import orjson
+
+    names: dict[str, str] = {}
+    with open(path, "rb") as handle:
+        for raw in handle:
+            if raw.strip():
+                obj = orjson.loads(raw)
+                if isinstance(obj.get("name"), str):
+                    names[str(obj["account_id"])] = obj["name"]
+    return names
 
 
 def _terminal_width() -> int:
