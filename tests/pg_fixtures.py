@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -65,6 +66,31 @@ class PostgresServer:
         options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
         self._run(self.pg_ctl, "-D", self.data, "-o", options, "-l", os.path.join(self.root, "log"), "-w", "start")
         time.sleep(0.2)
+
+    def pids(self) -> list[int]:
+        """The postmaster and every process it started (backends, writers), from ``postmaster.pid`` and /proc."""
+        with open(os.path.join(self.data, "postmaster.pid")) as handle:
+            postmaster = int(handle.readline())
+        found = [postmaster]
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as handle:
+                        parent = int(handle.read().rsplit(")", 1)[1].split()[1])
+                except (OSError, ValueError, IndexError):
+                    continue
+                if parent == postmaster:
+                    found.append(int(entry))
+        return found
+
+    def freeze(self) -> None:
+        """SIGSTOP the whole server: it keeps its sockets (the kernel still accepts and acknowledges) but never answers."""
+        for pid in self.pids():
+            os.kill(pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        for pid in self.pids():
+            os.kill(pid, signal.SIGCONT)
 
     def cleanup(self) -> None:
         self.stop()

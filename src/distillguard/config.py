@@ -181,6 +181,8 @@ class Settings(BaseSettings):
     admin_listen: str | None = Field(default=None, description="HOST:PORT serving only the admin API (/admin/); "
                                      "when set, the main listener answers /admin/ with 404")
     database: str = "sqlite:///distillguard.db"
+    database_timeout_s: float = Field(default=5.0, gt=0, le=300, description="longest any one store call may take; "
+                                      "past it the call fails and events spill (docs/store.md)")
     admin_token: str = DEFAULT_ADMIN_TOKEN
     viewer_token: str | None = Field(default=None, description="read-only sign-in to the console (/admin/ui); unset: admin only")
     upstreams: list[UpstreamSettings] = Field(

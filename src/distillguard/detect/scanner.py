@@ -150,9 +150,3 @@ class Scanner:
         entries.sort(key=lambda e: (-max(float(e["distillation_score"]), float(e["reseller_score"])), str(e["account_id"])))
         return {"v": 1, "events": self.events, "accounts_seen": len(self.accounts), "accounts": entries,
                 "clusters": [c.as_report() for c in clusters]}
-
-    def account_entry(self, account_id: str) -> dict[str, Any] | None:
-        """The report entry for one account (clusters included), or None if never seen."""
-        if account_id not in self.accounts:
-            return None
-        return next((e for e in self.report()["accounts"] if e["account_id"] == account_id), None)

@@ -291,7 +291,8 @@ class AdminAPI:
     async def _stream_events(self, send: Send, since: str | None) -> None:
         from distillguard.store.export import iter_event_lines
 
-        lines = iter_event_lines(self.gateway.settings.database, since)
+        settings = self.gateway.settings
+        lines = iter_event_lines(settings.database, since, timeout_s=settings.database_timeout_s)
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/x-ndjson")]})
         while True:
             batch = await asyncio.to_thread(lambda: list(itertools.islice(lines, 2000)))

@@ -181,7 +181,6 @@ class Gateway:
         self._poll_task: asyncio.Task[None] | None = None
         self._sample_task: asyncio.Task[None] | None = None
         self._console: Any = None  # the operators' console, imported on its first request (never on the hot path)
-        self._stopping = False
         self.started_at = time.time()
         self.health = UpstreamHealth([u.name for u in self.router.upstreams], self._probe_upstream, ttl_s=READYZ_TTL_S)
         self._listed_models: tuple[float, dict[str, str]] | None = None
@@ -216,7 +215,6 @@ class Gateway:
             self.policy.start()
 
     async def shutdown(self) -> None:
-        self._stopping = True
         for task in (self._poll_task, self._sample_task):
             if task is not None:
                 task.cancel()
@@ -744,8 +742,8 @@ class Gateway:
     async def _readyz(self, send: Send) -> None:
         problems: list[str] = []
         stats = getattr(self.sink, "stats", None)
-        if stats is not None and not stats.get("store_ok", True):
-            problems.append("event store unavailable (events are spilling to disk)")
+        if stats is not None and not stats.get("store_ok", True):  # down, or a write blocked past the sink's stall limit
+            problems.append(stats.get("store_problem") or "event store unavailable (events are spilling to disk)")
         problems += await self.health.problems()  # cached: unauthenticated calls never fan out to the upstreams
         body = {"status": "ready" if not problems else "not_ready", "problems": problems, "keys_loaded": len(self.keys)}
         await self._respond(send, 200 if not problems else 503, orjson.dumps(body))

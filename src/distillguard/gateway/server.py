@@ -37,8 +37,9 @@ def build_gateway(settings: Settings) -> Gateway:
     from distillguard.store import EventSink, Registry
     from distillguard.watermark.gateway import GatewayWatermarker
 
-    registry = Registry(settings.database)
-    sink = EventSink(settings.database, settings.spill_dir, retention_days=settings.privacy.retention_days)
+    registry = Registry(settings.database, timeout_s=settings.database_timeout_s)
+    sink = EventSink(settings.database, settings.spill_dir, retention_days=settings.privacy.retention_days,
+                     timeout_s=settings.database_timeout_s)
     signals = SignalCollector(settings, install_keys=registry.install_keys, enroll_store=registry.enroll_install,
                               shared_nonces=settings.state != "memory")
     watermarker = GatewayWatermarker(settings)

@@ -267,7 +267,6 @@ class _Connection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.response: UpstreamResponse | None = None
         self.closed = False
-        self.used = 0
         self.idle_since = 0.0
         self._paused = False
         self._raw_headers: dict[str, str] = {}
@@ -389,7 +388,6 @@ class UpstreamClient:
                 conn = await self._connect(origin, connect_timeout)
             response = UpstreamResponse(conn, read_timeout)
             conn.response = response
-            conn.used += 1
             transport = conn.transport
             assert transport is not None
             if message is not None:

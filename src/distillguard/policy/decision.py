@@ -24,7 +24,6 @@ class Decision:
     action: str = "allow"
     rule: str | None = None
     message: str | None = None
-    retry_after: float | None = None
     reasoning: Literal["keep", "strip", "summarize"] = "keep"
     max_top_logprobs: int | None = None
     throttle_rpm: int | None = None

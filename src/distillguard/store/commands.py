@@ -8,7 +8,7 @@ import sys
 
 import orjson
 
-from distillguard.config import load_settings
+from distillguard.config import Settings, load_settings
 from distillguard.exceptions import NotFoundError, UsageError
 from distillguard.store.attributes import parse_assignments
 from distillguard.store.export import iter_event_lines, normalise_since
@@ -17,8 +17,9 @@ from distillguard.store.registry import Registry
 __all__ = ["accounts_create", "accounts_export", "accounts_list", "accounts_set_attr", "events_export", "keys_create", "keys_revoke"]
 
 
-def _registry(args: argparse.Namespace) -> Registry:
-    return Registry(load_settings(args.config).database)
+def _registry(args: argparse.Namespace, settings: Settings | None = None) -> Registry:
+    settings = settings or load_settings(args.config)
+    return Registry(settings.database, timeout_s=settings.database_timeout_s)
 
 
 def _print_json(obj: object) -> None:
@@ -28,7 +29,7 @@ def _print_json(obj: object) -> None:
 def accounts_create(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     attributes = parse_assignments(args.attr or [], settings.privacy.hash_key)
-    account = Registry(settings.database).create_account(args.name, org=args.org, attributes=attributes)
+    account = _registry(args, settings).create_account(args.name, org=args.org, attributes=attributes)
     if args.json:
         _print_json({"account_id": account["account_id"], "name": account["name"], "org_id": account["org_id"],
                      **({"attributes": attributes} if attributes else {})})
@@ -60,7 +61,7 @@ def accounts_set_attr(args: argparse.Namespace) -> int:
     if not changes:
         raise UsageError("nothing to change: give NAME=VALUE and/or --unset NAME")
     try:
-        attributes = Registry(settings.database).set_account_attributes(args.account_id, changes)
+        attributes = _registry(args, settings).set_account_attributes(args.account_id, changes)
     except NotFoundError as exc:
         raise UsageError(str(exc)) from None
     if args.json:
@@ -132,7 +133,8 @@ def events_export(args: argparse.Namespace) -> int:
         except ValueError:
             raise UsageError(f"--since: not an ISO-8601 timestamp (e.g. 2026-11-20T10:00:00Z): {since!r}") from None
     out = sys.stdout.buffer
-    for line in iter_event_lines(load_settings(args.config).database, since):
+    settings = load_settings(args.config)
+    for line in iter_event_lines(settings.database, since, timeout_s=settings.database_timeout_s):
         out.write(line + b"\n")
     out.flush()
     return 0

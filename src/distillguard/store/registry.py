@@ -24,7 +24,7 @@ from distillguard.events import format_ts
 from distillguard.exceptions import NotFoundError, UsageError
 from distillguard.store import schema
 from distillguard.store.attributes import ATTRIBUTE_HASH, ATTRIBUTE_NAME
-from distillguard.store.engine import make_engine
+from distillguard.store.engine import DEFAULT_TIMEOUT_S, make_engine
 
 __all__ = ["InstallKey", "KeyRecord", "Registry", "hash_secret", "new_secret"]
 
@@ -116,9 +116,9 @@ class InstallKey(str):
 class Registry:
     """Durable accounts and keys; synchronous (call it from a thread in async code)."""
 
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         self.database_url = database_url
-        self.engine = make_engine(database_url)
+        self.engine = make_engine(database_url, timeout_s=timeout_s)  # every call fails after ~timeout_s, never hangs
         schema.metadata.create_all(self.engine)
         with self.engine.connect() as conn:
             exists = conn.execute(select(schema.counters.c.value).where(schema.counters.c.name == "changes")).first()

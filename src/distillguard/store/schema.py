@@ -2,8 +2,9 @@
 
 Core rather than the ORM: the event sink inserts thousands of rows per batch and
 the registry's queries are simple, so mapped classes would add cost and nothing
-else. ``create_all`` is idempotent, which is all the migration machinery a
-v1 schema needs; later versions bump ``SCHEMA_VERSION`` and add steps.
+else. ``create_all`` is idempotent and creates missing tables (and their
+indexes); it never alters an existing table, so there is no schema version and
+no migration step: a change to an existing table needs one written for it.
 """
 
 from __future__ import annotations
@@ -23,10 +24,9 @@ from sqlalchemy import (
     Text,
 )
 
-__all__ = ["SCHEMA_VERSION", "metadata", "accounts", "api_keys", "installs", "events", "audit_log", "reviews", "counters",
+__all__ = ["metadata", "accounts", "api_keys", "installs", "events", "audit_log", "reviews", "counters",
            "manual_overrides", "account_attributes"]
 
-SCHEMA_VERSION = 1
 metadata = MetaData()
 
 accounts = Table(

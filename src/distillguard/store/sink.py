@@ -8,6 +8,13 @@ spill files are replayed into the database once it answers again, including
 files left by a previous process. When even the spill file cannot be written
 (disk full), the batch stays in memory and is retried: an event is never
 dropped silently, and ``stats`` says where every event is.
+
+A store that hangs instead of failing is treated like a failed one: every
+store call has a deadline (``timeout_s``, see ``engine.py``), ``stats`` reports
+the store as not OK as soon as a write has been waiting longer than
+``stall_after_s`` (so ``/readyz`` says so while the write is still blocked), and
+``close`` spills whatever is left without asking a store that is known to be
+down, so that shutdown finishes within its grace period.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from distillguard.events import format_ts
 from distillguard.store import schema
-from distillguard.store.engine import make_engine
+from distillguard.store.engine import DEFAULT_TIMEOUT_S, make_engine
 
 __all__ = ["EventSink"]
 
@@ -71,9 +78,13 @@ class EventSink:
         engine: Engine | None = None,
         retention_days: int | None = None,
         purge_interval_s: float = 3600.0,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        stall_after_s: float = 2.0,
     ) -> None:
         self.database_url = database_url
-        self.engine = engine or make_engine(database_url)
+        self.engine = engine or make_engine(database_url, timeout_s=timeout_s)
+        self.stall_after_s = stall_after_s
+        self._write_started: float | None = None  # monotonic start of the store call in progress, if any
         schema.metadata.create_all(self.engine)
         self.spill_dir = Path(spill_dir)
         self.batch_size = batch_size
@@ -116,13 +127,26 @@ class EventSink:
         """Drain everything: queue → store, or → spill file when the store is down."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout_s)
+            self._thread.join(timeout_s)  # a blocked write ends within the store deadline, then the thread stops
             self._thread = None
+        if not self.store_ok:  # known down or hung: spill the rest now rather than wait for the store once more
+            self._next_retry = float("inf")
         self._drain_all(final=True)
         self.engine.dispose()
 
+    def store_problem(self) -> str | None:
+        """Why the store is not taking events right now, in words (``/readyz``), or ``None`` when it is."""
+        started = self._write_started
+        if started is not None and time.monotonic() - started > self.stall_after_s:
+            return (f"event store not answering (a write has been waiting {time.monotonic() - started:.0f}s; "
+                    "events will spill to disk)")
+        if not self.store_ok:
+            return "event store unavailable (events are spilling to disk)"
+        return None
+
     @property
     def stats(self) -> dict[str, Any]:
+        problem = self.store_problem()
         return {
             "queued": len(self._queue),
             "held_in_memory": sum(len(b) for b in self._held),
@@ -132,7 +156,8 @@ class EventSink:
             "replayed": self.replayed,
             "purged": self.purged,
             "errors": self.errors,
-            "store_ok": self.store_ok,
+            "store_ok": problem is None,
+            "store_problem": problem,
             "spill_files": len(self._spill_files()),
         }
 
@@ -227,8 +252,12 @@ class EventSink:
         statement = self._insert(schema.events)
         if hasattr(statement, "on_conflict_do_nothing"):
             statement = statement.on_conflict_do_nothing(index_elements=["request_id"])
-        with self.engine.begin() as conn:
-            conn.execute(statement, rows)
+        self._write_started = time.monotonic()
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(statement, rows)
+        finally:
+            self._write_started = None
 
     # -- spill and replay ------------------------------------------------------------
     def _spill_files(self) -> list[Path]:
