@@ -237,8 +237,10 @@ def _provenance(tour: _Tour, report: dict[str, Any]) -> list[tuple[str, str, dic
                 by_key.setdefault(key_id, []).append(event["response"]["text"])
         for key_id, texts in sorted(by_key.items(), key=lambda kv: -len(kv[1])):
             for tested in (key_id, "org:someone-else"):
-                result = httpx.post(tour.root + "/admin/v1/watermark/detect", headers=tour.admin_headers, timeout=120,
-                                    json={"text": "\n".join(texts), "key_ids": [tested], "tokenizer": str(tour.tokenizer_path)}).json()
+                answer = httpx.post(tour.root + "/admin/v1/watermark/detect", headers=tour.admin_headers, timeout=120,
+                                    json={"text": "\n".join(texts), "key_ids": [tested], "tokenizer": str(tour.tokenizer_path)})
+                answer.raise_for_status()  # a refused check must fail the tour loudly, not print "?"
+                result = answer.json()
                 checks.append((f"{len(texts)} responses marked {key_id}", tested, result))
     return checks
 

@@ -5,7 +5,8 @@ are operator actions, never on the proxied hot path. Components that own their
 own admin endpoints (policy, watermark) are offered each request in turn
 through ``handle_admin`` (see docs/architecture.md, "admin plugins").
 
-Every body is read up to :data:`MAX_ADMIN_BODY` (413 past it) and validated by
+Every body is read up to :data:`MAX_ADMIN_BODY` (:data:`MAX_WATERMARK_BODY` for a
+watermark test, which carries a whole harvest; 413 past it) and validated by
 a pydantic model (``extra="forbid"``); a ``pydantic.ValidationError`` raised
 here or by a plugin becomes a 422 in the API's error shape naming the field.
 Whatever else goes wrong answers a JSON 500, never a bare server error page.
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_ADMIN_BODY",
+    "MAX_WATERMARK_BODY",
     "AccountCreate",
     "AccountStatus",
     "AdminAPI",
@@ -47,7 +49,9 @@ __all__ = [
 
 log = logging.getLogger("distillguard.gateway.admin")
 JSON = [(b"content-type", b"application/json")]
-MAX_ADMIN_BODY = 64 * 1024  # the largest admin body is a watermark text to test; a few pages is plenty
+MAX_ADMIN_BODY = 64 * 1024  # every admin body but a watermark test is a few fields
+MAX_WATERMARK_BODY = 4 * 1024 * 1024  # a harvest to test for provenance: many responses joined, a few MiB at most
+_WATERMARK_PATH = "/admin/v1/watermark/detect"
 _LOOPBACK_NAMES = {"localhost", "ip6-localhost", "ip6-loopback"}
 
 
@@ -161,9 +165,10 @@ class AdminAPI:
         if scheme.lower() != b"bearer" or not self.token or not hmac.compare_digest(token.strip(), self.token):
             await self._error(send, 401, "Admin endpoints need 'Authorization: Bearer <admin token>'.", "invalid_admin_token")
             return
-        body = await self._read_body(scope, receive)
+        limit = MAX_WATERMARK_BODY if scope["path"].rstrip("/") == _WATERMARK_PATH else MAX_ADMIN_BODY
+        body = await self._read_body(scope, receive, limit)
         if body is None:
-            await self._error(send, 413, f"Admin request bodies are limited to {MAX_ADMIN_BODY} bytes.", "body_too_large")
+            await self._error(send, 413, f"This admin request body is limited to {limit} bytes.", "body_too_large")
             return
         method: str = scope["method"]
         path: str = scope["path"].rstrip("/")
@@ -198,10 +203,10 @@ class AdminAPI:
             await self._error(send, 500, "The admin request failed inside the gateway; see its log.", "internal_error")
 
     @staticmethod
-    async def _read_body(scope: Scope, receive: Receive) -> bytes | None:
-        """The request body, or ``None`` when it is larger than :data:`MAX_ADMIN_BODY`."""
+    async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes | None:
+        """The request body, or ``None`` when it is larger than ``limit``."""
         for name, value in scope["headers"]:
-            if name == b"content-length" and value.strip().isdigit() and int(value) > MAX_ADMIN_BODY:
+            if name == b"content-length" and value.strip().isdigit() and int(value) > limit:
                 return None
         chunks: list[bytes] = []
         size = 0
@@ -209,7 +214,7 @@ class AdminAPI:
             message = await receive()
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > MAX_ADMIN_BODY:
+            if size > limit:
                 return None
             chunks.append(chunk)
             if not message.get("more_body") or message["type"] == "http.disconnect":
