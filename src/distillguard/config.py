@@ -30,6 +30,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from distillguard.exceptions import ConfigError
 
 __all__ = [
+    "AlertSettings",
     "AttestationSettings",
     "DetectionSettings",
     "LimitSettings",
@@ -39,6 +40,7 @@ __all__ = [
     "Settings",
     "UpstreamSettings",
     "WatermarkSettings",
+    "WebhookSettings",
     "DEFAULT_ADMIN_TOKEN",
     "DEFAULT_WATERMARK_SECRET",
     "load_settings",
@@ -163,6 +165,30 @@ class ServerSettings(_Section):
     graceful_timeout_s: float = Field(default=30.0, ge=0, description="on SIGTERM, how long requests in flight may finish")
 
 
+AlertAction = Literal["flag", "throttle", "degrade", "challenge", "block"]
+DEFAULT_ALERT_ACTIONS: tuple[AlertAction, ...] = ("throttle", "degrade", "block")
+
+
+class WebhookSettings(_Section):
+    """One alert receiver (docs/console.md, "Alerts")."""
+
+    url: str
+    format: Literal["json", "slack"] = "json"
+    secret: str | None = Field(default=None, description="HMAC-SHA256 key for the X-Distillguard-Signature header")
+
+
+class AlertSettings(_Section):
+    """Webhooks when an account or cluster reaches a risk level or the policy acts."""
+
+    webhooks: list[WebhookSettings] = Field(default_factory=list)
+    min_risk: Literal["medium", "high"] = "high"
+    policy_actions: list[AlertAction] = Field(default_factory=lambda: list(DEFAULT_ALERT_ACTIONS))
+    dedupe_s: float = Field(default=3600.0, ge=0, description="the same alert is sent at most once in this many seconds")
+    max_attempts: int = Field(default=6, ge=1)
+    backoff_s: float = Field(default=1.0, gt=0, description="first retry delay; doubles per attempt (at most 300 s)")
+    timeout_s: float = Field(default=10.0, gt=0)
+
+
 class WatermarkSettings(_Section):
     """Provenance watermarks (docs/watermark.md)."""
 
@@ -197,6 +223,7 @@ class Settings(BaseSettings):
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
     detection: DetectionSettings = Field(default_factory=DetectionSettings)
     watermark: WatermarkSettings = Field(default_factory=WatermarkSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     state: str = Field(default="memory", description="where limits and attestation nonces live: memory (this process) or "
                                                      "redis://host:port/db (shared by every replica; docs/deploy.md)")

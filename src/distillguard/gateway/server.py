@@ -16,7 +16,7 @@ import errno
 import logging
 import socket
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distillguard.config import Settings, load_settings, parse_listen
 from distillguard.exceptions import ConfigError
@@ -24,6 +24,9 @@ from distillguard.gateway.admin import check_admin_exposure
 from distillguard.gateway.app import Gateway
 from distillguard.gateway.http_server import EdgeLimits, EdgeStats, run
 from distillguard.gateway.metrics import Metrics
+
+if TYPE_CHECKING:
+    from distillguard.policy import PolicyEngine
 
 __all__ = ["build_gateway", "check_serving", "serve", "serve_command"]
 
@@ -47,7 +50,25 @@ def build_gateway(settings: Settings) -> Gateway:
     # online detection; with detection.online off the engine spawns no scorer process.
     policy = PolicyEngine(settings, registry=registry)
     plugins: list[Any] = [watermarker, policy]
-    return Gateway(settings, registry=registry, sink=sink, signals=signals, policy=policy, watermarker=watermarker, admin_plugins=plugins)
+    gateway = Gateway(settings, registry=registry, sink=sink, signals=signals, policy=policy, watermarker=watermarker, admin_plugins=plugins)
+    _detection_metrics(gateway.metrics, policy)
+    return gateway
+
+
+def _detection_metrics(metrics: Metrics, policy: PolicyEngine) -> None:
+    """What detection and the policy engine know, on /metrics (read at scrape time, never per request)."""
+    metrics.add_gauge("distillguard_flagged_accounts", "Accounts at or above detection.flag_threshold in the latest online report.",
+                      lambda: float(policy.flagged_counts()[0]))
+    metrics.add_gauge("distillguard_flagged_clusters", "Clusters at or above detection.flag_threshold in the latest online report.",
+                      lambda: float(policy.flagged_counts()[1]))
+    metrics.add_gauge("distillguard_scored_accounts", "Accounts in the online scorer's latest report.",
+                      lambda: float(len(policy.risk_table())))
+    metrics.add_gauge("distillguard_enforced_accounts", "Accounts whose requests are not simply allowed now (manual or risk-based).",
+                      lambda: float(len(policy.decisions())))
+    metrics.add_gauge("distillguard_scorer_backlog_events", "Events observed but not yet covered by an online report.",
+                      lambda: float(policy.scorer.backlog if policy.online else 0))
+    metrics.add_counter("distillguard_alerts_total", "Alert webhooks, by outcome (sent, failed, retries, deduplicated, dropped).",
+                        "outcome", lambda: {k: v for k, v in policy.alerter.stats.items() if k != "queued"})
 
 
 def _check_free(key: str, address: str) -> None:

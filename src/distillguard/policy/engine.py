@@ -30,6 +30,7 @@ import time
 from typing import Any
 
 from distillguard.config import Settings
+from distillguard.policy.alerts import Alerter, cluster_band
 from distillguard.policy.decision import ALLOW, Decision
 from distillguard.policy.online import OnlineScorer
 
@@ -48,6 +49,7 @@ class PolicyEngine:
         self.attestation_require_all = settings.attestation.require_all
         self.registry = registry
         self.scorer = OnlineScorer(self._on_report, publish_every_s=publish_every_s)
+        self.alerter = Alerter(settings.alerts)
         self._risk: dict[str, dict[str, Any]] = {}
         self._risk_decisions: dict[str, Decision] = {}
         self._clusters: list[dict[str, Any]] = []
@@ -67,6 +69,7 @@ class PolicyEngine:
         if self.registry is not None:  # before serving anything: a restart must not lift a manual block even once
             self.reload_overrides()
         self._started = True
+        self.alerter.start()
         if self.online:  # the scorer is a separate process: only spawned when its scores are wanted
             self.scorer.start()
         self._writer = threading.Thread(target=self._write_loop, name="distillguard-audit", daemon=True)
@@ -79,6 +82,7 @@ class PolicyEngine:
         self._stop.set()
         self._writer.join(10)
         self._flush_audit()
+        self.alerter.close()
 
     # -- hot path ------------------------------------------------------------------------------
     def observe(self, event: dict[str, Any]) -> None:
@@ -159,6 +163,7 @@ class PolicyEngine:
         self._clusters = report["clusters"]
         threshold = self.settings.flag_threshold
         cluster_of = {member: cluster for cluster in self._clusters if cluster["score"] >= threshold for member in cluster["accounts"]}
+        self._alert(report)
         for entry in report["accounts"]:
             score = max(entry["distillation_score"], entry["reseller_score"])
             if score < threshold:
@@ -178,6 +183,23 @@ class PolicyEngine:
                 detail = {"score": score, "evidence": entry["evidence"][:3], "reason": f"risk {score:.2f}: {top}"}
             self._audit.append(("detector", "review.open", subject, detail))
 
+    def _alert(self, report: dict[str, Any]) -> None:
+        """Accounts and clusters at the alert level (the alerter de-duplicates; nothing happens without webhooks)."""
+        if not self.alerter.enabled:
+            return
+        for entry in report["accounts"]:
+            top = entry["evidence"][0]["detail"] if entry["evidence"] else "no evidence"
+            self.alerter.risk_reached("account", entry["account_id"], entry["risk"],
+                                      f"account {entry['account_id']} is {entry['risk']} risk: {top}",
+                                      {"distillation_score": entry["distillation_score"], "reseller_score": entry["reseller_score"],
+                                       "cluster_id": entry["cluster_id"], "evidence": entry["evidence"][:3]})
+        for cluster in report["clusters"]:
+            band = cluster_band(cluster["score"])
+            self.alerter.risk_reached("cluster", cluster["cluster_id"], band,
+                                      f"cluster {cluster['cluster_id']} of {len(cluster['accounts'])} accounts is {band} risk "
+                                      f"(score {cluster['score']:.2f}): shared {', '.join(cluster['shared'][:4])}",
+                                      {"accounts": cluster["accounts"], "score": cluster["score"], "shared": cluster["shared"]})
+
     # -- reads -------------------------------------------------------------------------------------
     def risk(self, account_id: str) -> dict[str, Any] | None:
         return self._risk.get(account_id)
@@ -187,6 +209,12 @@ class PolicyEngine:
         accounts = [e for e in self._risk.values() if max(e["distillation_score"], e["reseller_score"]) >= threshold]
         accounts.sort(key=lambda e: -max(e["distillation_score"], e["reseller_score"]))
         return {"accounts": accounts, "clusters": [c for c in self._clusters if c["score"] >= threshold]}
+
+    def flagged_counts(self) -> tuple[int, int]:
+        """How many accounts and clusters are at or above the flag threshold (for /metrics: no lists built)."""
+        threshold = self.settings.flag_threshold
+        accounts = sum(1 for e in self._risk.values() if max(e["distillation_score"], e["reseller_score"]) >= threshold)
+        return accounts, sum(1 for c in self._clusters if c["score"] >= threshold)
 
     def risk_table(self) -> dict[str, dict[str, Any]]:
         """Every scored account's latest entry (replaced whole by each report: do not mutate; its identity says when it changed)."""
@@ -245,6 +273,8 @@ class PolicyEngine:
     def _flush_audit(self) -> None:
         while self._audit:
             actor, action, target, detail = self._audit.popleft()
+            if actor == "policy" and action.startswith("policy."):  # the policy acted (a change of action for the account)
+                self.alerter.policy_acted(target, action.partition(".")[2], detail.get("rule"), detail.get("risk"))
             try:
                 if self.registry is not None:
                     if action == "review.open":
