@@ -122,7 +122,7 @@ def test_robust_has_every_hard_negative_population_and_campaign_archetype(robust
     events, labels, _ = robust["dev"]
     populations = {v["population"] for v in labels["accounts"].values()}
     assert {"person", "coder", "learner", "night_owl", "vpn", "cloud_desktop", "early_adopter", "office", "eval_job", "light_app",
-            "relay_reseller", "reseller_classic"} <= populations
+            "coding_agent", "relay_reseller", "reseller_classic"} <= populations
     assert {c["archetype"] for c in labels["campaigns"].values()} == {"quiet_sweep", "sleeper_fleet", "imitates_people", "grader", "sampled"}
     stamps = [parse_ts(e["ts"]) for e in events]
     assert stamps == sorted(stamps)
@@ -162,6 +162,11 @@ def test_hard_negatives_behave_as_described(robust: dict) -> None:
         apps[event["account_id"]].add(event["request"]["system"])
         assert len(event["request"]["messages"]) == 1
     assert all(len(systems) == 1 for systems in apps.values())
+    # Coding agents: tools declared, seconds between steps, one stock system prompt shared by unrelated developers.
+    agents = grouped["coding_agent"]
+    assert all(e["request"]["params"]["tools"] >= 6 for e in agents)
+    by_system = collections.Counter(e["request"]["system"] for e in agents)
+    assert len({e["account_id"] for e in agents if e["request"]["system"] == by_system.most_common(1)[0][0]}) >= 2
 
 
 def _fits(template: str, text: str) -> bool:
@@ -244,12 +249,16 @@ def test_account_metadata_is_in_the_export_format_and_not_a_giveaway(robust: dic
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", meta["created_at"])
         assert "email_domain" in meta["attributes"]
         assert all(re.fullmatch(r"h1:[0-9a-f]{32}", v) for v in meta["attributes"].values())
-    domain_by_label: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    domains: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     for meta in metas:
-        domain_by_label[labels["accounts"][meta["account_id"]]["label"]][meta["attributes"]["email_domain"]] += 1
-    # The commonest campaign domain is a webmail domain benign people use too.
-    top_campaign_domain = domain_by_label["distiller"].most_common(1)[0][0]
-    assert domain_by_label["benign"][top_campaign_domain] > 10
+        entry = labels["accounts"][meta["account_id"]]
+        domains[entry["campaign"] or entry["label"]][meta["attributes"]["email_domain"]] += 1
+    # A webmail campaign's accounts sign up on domains many legitimate people use too.
+    webmail = [c for c, info in labels["campaigns"].items() if info["email"] == "webmail"]
+    assert webmail
+    for campaign in webmail:
+        on_common = sum(n for domain, n in domains[campaign].items() if domains["benign"][domain] >= 5)
+        assert on_common > 0.6 * sum(domains[campaign].values()), campaign
 
 
 def test_simulate_cli_split_and_accounts_out(tmp_path: Path) -> None:

@@ -13,6 +13,9 @@ can say which kind of legitimate user a detector flags:
 * ``EvalJob`` — a one-off benchmark run: 500–1,500 single-turn prompts in a
   fixed public chain-of-thought wrapper, one burst from a data centre within a
   day, never again (some on a new model's release day).
+* ``CodingAgent`` — a developer driving a coding agent: long sessions of
+  tool-using steps seconds apart (dozens to a few hundred requests a workday), a stock
+  agent system prompt that many unrelated users share, `max_tokens` pinned high.
 * ``LightApp`` — a small product on the API: a fixed system prompt around
   short single-turn requests at a steady rate from its server.
 """
@@ -26,7 +29,7 @@ from dataclasses import dataclass
 from distillguard.sim.populations import DAY, Actor, Client, TimedEvent, excerpt, poisson
 from distillguard.sim.splits import Wording
 
-__all__ = ["EvalJob", "LightApp", "Person", "benign_params", "local_start"]
+__all__ = ["CodingAgent", "EvalJob", "LightApp", "Person", "benign_params", "local_start"]
 
 HOMEWORK_POOLS = ("gsm8k", "mmlu", "seed_tasks", "gsm8k")
 
@@ -209,3 +212,38 @@ class LightApp(Actor):
                 yield self._event(ts, account, key, client, model=self.model, system=self.system,
                                   messages=[{"role": "user", "content": text}], params=params, completion_tokens=tokens,
                                   text=excerpt(pools, rng, tokens), org=self.org)
+
+
+@dataclass
+class CodingAgent(Actor):
+    """A developer using a coding agent: many tool-using steps per task, a stock system prompt, work hours."""
+
+    wording: Wording | None = None
+    client: Client | None = None
+    sessions_per_day: float = 2.0
+    models: tuple[str, ...] = ("demo-1",)
+    org: str | None = None
+    population: str = "coding_agent"
+
+    def events(self) -> Iterator[TimedEvent]:
+        rng, pools, wording, client = self.rng, self.pools, self.wording, self.client
+        assert pools is not None and wording is not None and client is not None
+        account, key = self.accounts[0], f"key_{rng.getrandbits(64):016x}"
+        system = rng.choice(wording.agent_systems)
+        params: dict[str, object] = {"temperature": None, "max_tokens": rng.choice((8192, 16384)), "n": None, "logprobs": False,
+                                     "top_logprobs": None, "stream": True, "tools": rng.randint(6, 20)}
+        for day in range(self.days):
+            starts = [local_start(rng, self.start + day * DAY, client.utc_offset_min, "work") for _ in range(poisson(rng, self.sessions_per_day))]
+            for ts in sorted(t for t in starts if t is not None):
+                task = rng.choice(pools.coding) if rng.random() < 0.5 else pools.sweep_task(rng, "mbpp")
+                history: list[dict[str, str]] = [{"role": "user", "content": task}]
+                model = self._model(ts, self.models, rng, 0.5)
+                for _ in range(rng.randint(8, 45)):
+                    tokens = int(rng.lognormvariate(4.8, 0.8))
+                    text = excerpt(pools, rng, tokens)
+                    # The log keeps the last turns only (agents resend the whole context; the simulator trims it to stay small).
+                    yield self._event(ts, account, key, client, model=model, system=system, messages=history[-6:], params=params,
+                                      completion_tokens=tokens, text=text, org=self.org)
+                    step = rng.choice(wording.agent_steps).format(task=rng.choice(pools.coding)[:300], answer=excerpt(pools, rng, 60))
+                    history = [*history, {"role": "assistant", "content": text}, {"role": "user", "content": step}]
+                    ts += 2 + rng.expovariate(1 / 8) + tokens / 60

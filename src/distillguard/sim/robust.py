@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from distillguard.sim.corpora import PromptPools
 from distillguard.sim.fleet import Fleet, sample_campaign
 from distillguard.sim.metadata import AccountMeta, MetaMaker
-from distillguard.sim.people import EvalJob, LightApp, Person
+from distillguard.sim.people import CodingAgent, EvalJob, LightApp, Person
 from distillguard.sim.populations import DAY, Actor, Client, Reseller, home_client
 from distillguard.sim.relay import RelayReseller
 from distillguard.sim.splits import load_wording, split_rng
@@ -30,7 +30,7 @@ __all__ = ["NEGATIVE_POPULATIONS", "build_robust"]
 NEGATIVE_POPULATIONS: tuple[tuple[str, str, int], ...] = (
     ("person", "benign", 550), ("coder", "benign", 90), ("learner", "benign", 150), ("night_owl", "benign", 50),
     ("vpn", "benign", 40), ("cloud_desktop", "benign", 25), ("early_adopter", "benign", 50),
-    ("light_app", "heavy_benign", 12), ("eval_job", "heavy_benign", 8),
+    ("light_app", "heavy_benign", 12), ("eval_job", "heavy_benign", 8), ("coding_agent", "heavy_benign", 20),
 )
 OFFICES = 4
 RELAY_RESELLERS = 6
@@ -141,6 +141,13 @@ def build_robust(scenario: Scenario, seed: int, split: str) -> tuple[list[Actor]
                     wrapper=r.choice(wording.public_cot_wrappers), benchmark=r.choice(("gsm8k", "mmlu", "mmlu", "mbpp", "humaneval")),
                     model=models[-1] if on_release else models[0], max_tokens=r.choice((1024, 2048, 4096)),
                     concurrency_gap_s=r.uniform(0.5, 3.0), smoke_test=r.random() < 0.3, org=org), "eval_job", [meta])
+
+    # -- developers driving coding agents (a stock system prompt shared by unrelated users) -------------------------
+    for _ in range(counts["coding_agent"]):
+        acct, r = account(), child()
+        client = home_client(r, pick_place(r), attested=r.random() < 0.5)
+        add(CodingAgent("heavy_benign", [acct], rng=r, pools=pools, wording=wording, client=client, start=start, days=days,
+                        sessions_per_day=r.uniform(1.0, 3.5), models=models, release_ts=release_ts), "coding_agent")
 
     # -- light API apps ------------------------------------------------------------------------------------
     for _ in range(counts["light_app"]):

@@ -32,7 +32,7 @@ Split = Literal["dev", "test"]
 SPLITS: tuple[Split, ...] = ("dev", "test")
 
 _LISTS = ("short_wrappers", "campaign_systems", "system_suffixes", "graders", "public_cot_wrappers", "learner_followups",
-          "coding_followups", "app_systems", "webapp_systems", "early_adopter_probes")
+          "coding_followups", "app_systems", "webapp_systems", "early_adopter_probes", "agent_systems", "agent_steps")
 _BY_LANGUAGE = ("elicitation", "frames", "openers", "closers", "followups", "learner_asks")
 
 
@@ -57,6 +57,8 @@ class Wording:
     app_systems: list[str]
     webapp_systems: list[str]
     early_adopter_probes: list[str]
+    agent_systems: list[str]
+    agent_steps: list[str]
 
     @property
     def languages(self) -> tuple[str, ...]:
