@@ -15,12 +15,10 @@ event).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -30,7 +28,7 @@ from pathlib import Path
 
 import httpx
 
-from measure import source_line, src_digest
+from measure import source_line, src_digest, stop_sessions
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.wire_probes import process_tree, rss_mb  # noqa: E402  (the same /proc readings the edge probes use)
@@ -194,14 +192,7 @@ def main() -> int:
             Path(args.json).write_text(json.dumps(results, indent=2))
         return 0
     finally:
-        for proc in procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        stop_sessions(procs)
 
 
 if __name__ == "__main__":

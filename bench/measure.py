@@ -7,8 +7,10 @@ peak RSS, not the whole process family's.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import signal
 import subprocess
 import tempfile
 import time
@@ -65,3 +67,15 @@ def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> dict[str,
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{stderr[-2000:]}")
     return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "rss_mb": usage.ru_maxrss / 1024,
             "stdout": stdout, "stderr": stderr}
+
+
+def stop_sessions(procs: list[subprocess.Popen[bytes]], grace_s: float = 30) -> None:
+    """SIGTERM each child's process group (started with ``start_new_session``), then SIGKILL what is left after ``grace_s``."""
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -20,6 +20,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from distillguard.exceptions import DistillguardError, UsageError
+from distillguard.logs import configure as configure_logging
 
 __all__ = ["build_parser", "main"]
 
@@ -166,7 +167,7 @@ def _resolve(handler: str) -> Handler:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    configure_logging("info", "text")  # control characters escaped, long fields cut (distillguard/logs.py)
     for chatty in ("httpx", "httpx2", "httpcore"):  # one line per HTTP call drowns the output people came for
         logging.getLogger(chatty).setLevel(logging.WARNING)
     name = " ".join(filter(None, (args.command, getattr(args, "action", None))))

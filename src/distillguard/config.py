@@ -115,6 +115,8 @@ class AttestationSettings(_Section):
     clock_skew_s: float = 300.0
     nonce_ttl_s: float | None = Field(default=None, gt=0, description="how long signature nonces are remembered; "
                                       "unset: 3 × clock_skew_s, the shortest safe value (a smaller one is refused at start-up)")
+    max_installs_per_key: int = Field(default=20, ge=1, description="installs one API key may enroll (a reseller's key "
+                                      "is shared by many); past it enrollment answers 403 install_limit_reached")
 
 
 class NetworkSettings(_Section):
@@ -217,6 +219,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     spill_dir: str = "./spill"
     log_level: str = "info"
+    log_format: Literal["text", "json"] = Field(default="text", description="text lines, or one JSON object per line")
     limits: LimitSettings = Field(default_factory=LimitSettings)
     attestation: AttestationSettings = Field(default_factory=AttestationSettings)
     network: NetworkSettings = Field(default_factory=NetworkSettings)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -37,6 +38,7 @@ from distillguard.gateway.health import UpstreamHealth
 from distillguard.gateway.limits import Limiter, Slot
 from distillguard.gateway.metrics import SAMPLE_EVERY_S, Metrics
 from distillguard.gateway.prompt_tokens import PromptCounter
+from distillguard.gateway.refusals import OVERFLOW, RefusalWindows, Window, source_of
 from distillguard.gateway.requests import (
     cap_logprobs,
     estimate_prompt_tokens,
@@ -69,6 +71,7 @@ from distillguard.gateway.upstream_http import (
     UpstreamResponse,
     UpstreamUnreachable,
 )
+from distillguard.signals.network import client_ip
 from distillguard.state import Admission, open_state
 from distillguard.store.registry import KeyRecord
 
@@ -92,6 +95,7 @@ ROUTES: dict[tuple[str, str], tuple[str, str, str]] = {
 JSON_HEADERS = [(b"content-type", b"application/json")]
 SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
 JSON_REQUEST_LINE = b"Content-Type: application/json\r\n"
+REFUSAL_WINDOW_S = 10.0  # refusals are logged and (unauthenticated) stored once per source per window, then summarised
 READYZ_TTL_S = 5.0  # /readyz reuses one round of upstream probes for this long
 MODEL_LIST_TTL_S = 30.0  # GET /v1/models reuses the upstreams' own model lists for this long
 
@@ -110,7 +114,7 @@ class _Exchange:
     __slots__ = (
         "endpoint", "protocol", "started", "key", "payload", "model", "status", "summary", "error",
         "signals", "decision", "watermark_key", "request_id", "peer", "headers", "ts", "translated", "finished",
-        "streaming", "hide_usage",
+        "streaming", "hide_usage", "summarised",
     )
 
     def __init__(self, endpoint: str, protocol: str, scope: Scope) -> None:
@@ -131,6 +135,7 @@ class _Exchange:
         self.finished = False  # the whole response has been handed to the server
         self.streaming = False  # a stream's status line has gone out: errors now end it in-band
         self.hide_usage = False  # we asked an OpenAI upstream for stream usage the client did not ask for
+        self.summarised = False  # a repeated unauthenticated refusal: counted in a summary event, no event of its own
         self.request_id = new_request_id()
         client = scope.get("client")
         self.peer = client[0] if client else None
@@ -182,6 +187,9 @@ class Gateway:
         self._sample_task: asyncio.Task[None] | None = None
         self._console: Any = None  # the operators' console, imported on its first request (never on the hot path)
         self.started_at = time.time()
+        self.refusals = RefusalWindows(interval_s=REFUSAL_WINDOW_S)
+        self._refusal_task: asyncio.Task[None] | None = None
+        self._trusted = [ipaddress.ip_network(cidr, strict=False) for cidr in settings.network.trusted_proxies]
         self.health = UpstreamHealth([u.name for u in self.router.upstreams], self._probe_upstream, ttl_s=READYZ_TTL_S)
         self._listed_models: tuple[float, dict[str, str]] | None = None
         self._listing = asyncio.Lock()
@@ -206,6 +214,7 @@ class Gateway:
         self.client = UpstreamClient()
         await self.state.start()
         self._sample_task = asyncio.create_task(self._sample_metrics())
+        self._refusal_task = asyncio.create_task(self._close_refusal_windows())
         if self.registry is not None:
             await self.reload_keys()
             self._poll_task = asyncio.create_task(self._poll_registry())
@@ -215,12 +224,14 @@ class Gateway:
             self.policy.start()
 
     async def shutdown(self) -> None:
-        for task in (self._poll_task, self._sample_task):
+        for task in (self._poll_task, self._sample_task, self._refusal_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         await self.health.close()
+        for window in self.refusals.close(everything=True):  # before the sink drains: the summaries are events too
+            self._summarise_window(window)
         if self.client is not None:
             await self.client.close()
         await self.state.close()
@@ -356,7 +367,8 @@ class Gateway:
             await self._forward(ex, upstream, upstream_path, body, scope, receive, send)
         except GatewayError as exc:
             ex.status, ex.error = exc.status, exc.event_error
-            log.warning("%s %s → %d %s: %s", scope["method"], scope["path"], exc.status, exc.code, exc.message)
+            if self._note_refusal(ex, exc.code):
+                log.warning("%s %s → %d %s: %s", scope["method"], scope["path"], exc.status, exc.code, exc.message)
             headers = list(JSON_HEADERS)
             if exc.retry_after is not None:
                 headers.append((b"retry-after", str(int(exc.retry_after)).encode()))
@@ -381,7 +393,61 @@ class Gateway:
             if admission is not None:
                 self.limiter.settle(admission, _used_tokens(ex, admission.charged))
             self.metrics.observe(endpoint, ex.status, time.perf_counter() - ex.started)
-            self._emit_safely(ex)
+            if not ex.summarised:
+                self._emit_safely(ex)
+
+    # -- refusals: logged and stored once per source (or key) per window, then summarised -------------
+    def _note_refusal(self, ex: _Exchange, code: str) -> bool:
+        """Count a refusal (gateway/refusals.py); True when it is the first of its window: log it (and store its event).
+
+        A repeated *unauthenticated* refusal is marked ``summarised``: it gets
+        no event of its own, its window's summary event counts it.
+        """
+        key = ex.key
+        if key is not None:
+            return self.refusals.note(key.key_id, ex.endpoint, ex.status, code, authenticated=True)
+        ua = _header(ex.headers, b"user-agent")
+        first = self.refusals.note(source_of(self._client_ip(ex)), ex.endpoint, ex.status, code, authenticated=False,
+                                   user_agent=ua.decode("latin-1")[:200] if ua else None)
+        ex.summarised = not first
+        return first
+
+    def _client_ip(self, ex: _Exchange) -> str | None:
+        if not self._trusted or ex.peer is None:
+            return ex.peer
+        forwarded = {k.decode("latin-1"): v.decode("latin-1") for k, v in ex.headers if k in (b"forwarded", b"x-forwarded-for")}
+        return client_ip(ex.peer, forwarded, self._trusted)
+
+    async def _close_refusal_windows(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            for window in self.refusals.close():
+                self._summarise_window(window)
+
+    def _summarise_window(self, window: Window) -> None:
+        """One WARNING line for a window's repeated refusals and, when unauthenticated, one summary event (docs/events.md)."""
+        whom = f"key {window.who}" if window.authenticated else f"source {window.who}"
+        if window.who == OVERFLOW:
+            whom = f"{window.new_sources} sources beyond the {self.refusals.max_windows} tracked"
+        log.warning("%d more refusals on %s → %d %s from %s in %g s (first at %s, last at %s)", window.repeats, window.endpoint,
+                    window.status, window.code, whom, self.refusals.interval_s, window.first_repeat_ts, window.last_ts)
+        if window.authenticated or self.sink is None:
+            return
+        aggregate: dict[str, Any] = {"count": window.repeats, "first_ts": window.first_repeat_ts, "last_ts": window.last_ts,
+                                     "interval_s": self.refusals.interval_s, "source": window.who}
+        if window.who == OVERFLOW:
+            aggregate["new_sources"] = window.new_sources
+        self.sink.submit({
+            "v": 1, "ts": window.first_repeat_ts, "request_id": new_request_id(), "account_id": None, "key_id": None, "org_id": None,
+            "endpoint": window.endpoint, "model": None,
+            "client": {"ip": window.who if window.who not in (OVERFLOW, "unknown") else None, "user_agent": window.user_agent,
+                       "header_fp": None, "geo": {"country": None, "asn": None, "hosting": None}},
+            "attestation": None, "request": {"system": None, "messages": [], "params": {}},
+            "response": {"status": window.status, "text": None, "reasoning_chars": 0, "prompt_tokens": None, "completion_tokens": None,
+                         "finish_reason": None, "latency_ms": None, "error": window.code},
+            "policy": {"action": "allow", "rule": None}, "watermark": {"key_id": None},
+            "aggregate": aggregate,
+        })
 
     async def _admit(self, ex: _Exchange, key: KeyRecord, upstream: Upstream, throttle_rpm: int | None) -> Admission:
         """Charge the prompt against the limits (with a shared nonce cache, check the attestation's nonce in the same call)."""
@@ -736,7 +802,9 @@ class Gateway:
             protocol = "anthropic" if path.startswith("/v1/messages") else "openai"
             status = 405 if (("POST", path) in ROUTES) else 404
             message = f"{method} {path} is not supported by this gateway." if status == 405 else f"No route for {method} {path}."
-            log.warning("%s %s → %d", method, path, status)
+            client = scope.get("client")
+            if self.refusals.note(source_of(client[0] if client else None), "unknown_route", status, "unknown_route", authenticated=False):
+                log.warning("%s %s → %d", method, path, status)  # the path is cut to 200 characters by the log formatter
             await self._respond(send, status, error_body(protocol, status, message, "unknown_route"))
 
     async def _readyz(self, send: Send) -> None:
@@ -767,6 +835,8 @@ class Gateway:
             await self._respond(send, 200, orjson.dumps({"object": "list", "data": data}), [*JSON_HEADERS, (b"x-request-id", ex.request_id.encode())])
         except GatewayError as exc:
             ex.status, ex.error = exc.status, exc.event_error
+            if self._note_refusal(ex, exc.code):
+                log.warning("GET /v1/models → %d %s: %s", exc.status, exc.code, exc.message)
             headers = [*JSON_HEADERS, (b"x-request-id", ex.request_id.encode())]
             if exc.retry_after is not None:
                 headers.append((b"retry-after", str(int(exc.retry_after)).encode()))
@@ -777,7 +847,8 @@ class Gateway:
             if admission is not None:
                 self.limiter.settle(admission, 0)
             self.metrics.observe(ex.endpoint, ex.status, time.perf_counter() - ex.started)
-            self._emit_safely(ex)
+            if not ex.summarised:
+                self._emit_safely(ex)
 
     async def _model_names(self) -> dict[str, str]:
         """Model name → upstream: the configured exact names, plus what pattern-routed OpenAI upstreams list (cached)."""
@@ -816,6 +887,7 @@ class Gateway:
 
     async def _enroll(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = scope["headers"]
+        key: KeyRecord | None = None
         try:
             key = self.keys.authenticate(extract_secret(_header(headers, b"authorization"), _header(headers, b"x-api-key")))
             body = await self._read_body(scope, receive)
@@ -830,7 +902,10 @@ class Gateway:
                 raise GatewayError(int(status), str(getattr(exc, "message", exc)), "enrollment_failed") from None
             await self._respond(send, 200, orjson.dumps(result))
         except GatewayError as exc:
-            log.warning("enroll → %d %s", exc.status, exc.message)
+            client = scope.get("client")
+            who = key.key_id if key is not None else source_of(client[0] if client else None)
+            if self.refusals.note(who, "distillguard.enroll", exc.status, exc.code, authenticated=key is not None):
+                log.warning("enroll → %d %s", exc.status, exc.message)
             await self._respond(send, exc.status, error_body("openai", exc.status, exc.message, exc.code))
         except ClientDisconnected:
             return

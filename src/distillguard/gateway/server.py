@@ -24,6 +24,7 @@ from distillguard.gateway.admin import check_admin_exposure
 from distillguard.gateway.app import Gateway
 from distillguard.gateway.http_server import EdgeLimits, EdgeStats, run
 from distillguard.gateway.metrics import Metrics
+from distillguard.logs import configure as configure_logging
 
 if TYPE_CHECKING:
     from distillguard.policy import PolicyEngine
@@ -122,7 +123,7 @@ def export_edge_stats(metrics: Metrics, stats: EdgeStats) -> None:
 
 
 def serve(settings: Settings) -> None:
-    logging.getLogger().setLevel(settings.log_level.upper())
+    configure_logging(settings.log_level, settings.log_format)
     check_serving(settings)
     # The event writer thread gives up the interpreter lock inside every SQLite call and must win it back
     # from a busy event loop each time; at the default 5 ms switch interval it falls behind under load.

@@ -27,7 +27,13 @@ from http_message_signatures.exceptions import HTTPMessageSignaturesException
 
 from distillguard.exceptions import ConfigError
 from distillguard.signals.fast_verify import fast_verify
-from distillguard.signals.installs import EnrolledInstall, InstallKeyCache, InstallSource, load_public_key
+from distillguard.signals.installs import (
+    EnrolledInstall,
+    InstallKeyCache,
+    InstallSource,
+    load_public_key,
+    valid_install_id,
+)
 from distillguard.signals.protocol import COVERED_COMPONENTS, SIGNALS_HEADER, TAG, decode_signals
 from distillguard.state.memory import NonceCache
 
@@ -175,7 +181,7 @@ class AttestationVerifier:
 
         result = {
             "status": status,
-            "install_id": pick("install_id", str),
+            "install_id": pick("install_id", str) if valid_install_id(claimed.get("install_id")) else None,
             "tz": pick("tz", str),
             "utc_offset_min": pick("utc_offset_min", int),
             "locale": pick("locale", str),

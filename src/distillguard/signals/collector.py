@@ -23,7 +23,14 @@ from distillguard.config import Settings
 from distillguard.exceptions import UsageError
 from distillguard.signals.attestation import OTHER_ACCOUNT, AttestationVerifier
 from distillguard.signals.consistency import consistency_signals, primary_country
-from distillguard.signals.installs import EnrolledInstall, InstallSource, load_public_key
+from distillguard.signals.installs import (
+    INSTALL_ID_RULE,
+    INSTALL_LIMIT,
+    EnrolledInstall,
+    InstallSource,
+    load_public_key,
+    valid_install_id,
+)
 from distillguard.signals.network import (
     GeoLookup,
     client_ip,
@@ -163,8 +170,10 @@ class SignalCollector:
             raise EnrollmentError(400, "enrollment body must be JSON: {\"install_id\", \"public_key\", \"created\", \"proof\"}") from None
         data = data if isinstance(data, dict) else {}
         install_id, public_key = data.get("install_id"), data.get("public_key")
-        if not isinstance(install_id, str) or not 8 <= len(install_id) <= 128 or not isinstance(public_key, str):
-            raise EnrollmentError(422, "install_id (8–128 characters) and public_key (base64url Ed25519) are required")
+        if not isinstance(public_key, str):
+            raise EnrollmentError(422, "install_id and public_key (base64url Ed25519) are required")
+        if not valid_install_id(install_id):
+            raise EnrollmentError(422, f"install_id must be {INSTALL_ID_RULE}")
         try:
             load_public_key(public_key)
         except ValueError:
@@ -200,8 +209,13 @@ class SignalCollector:
         if self.enroll_store is None:
             return True
         try:
-            result = self.enroll_store(key_id, install_id, public_key, account_id=account_id)
+            result = self.enroll_store(key_id, install_id, public_key, account_id=account_id,
+                                       max_per_key=self.settings.attestation.max_installs_per_key)
         except UsageError as exc:
+            if str(exc).startswith(INSTALL_LIMIT):
+                log.warning("key %s refused a new install: %s", key_id, exc)
+                raise EnrollmentError(403, f"{exc}; revoke the key and issue a new one, or ask the operator to raise "
+                                           "attestation.max_installs_per_key") from None
             raise EnrollmentError(409, str(exc)) from None
         except Exception as exc:
             log.warning("storing the enrollment of install %s failed: %s", install_id, exc)

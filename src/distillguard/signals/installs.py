@@ -14,20 +14,45 @@ never a database round trip per request.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeGuard
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from distillguard.signals.protocol import b64url_decode
 
-__all__ = ["EnrolledInstall", "InstallKeyCache", "InstallSource", "account_of", "load_public_key"]
+__all__ = [
+    "INSTALL_ID_RULE",
+    "INSTALL_LIMIT",
+    "EnrolledInstall",
+    "InstallKeyCache",
+    "InstallSource",
+    "account_of",
+    "load_public_key",
+    "valid_install_id",
+]
 
 log = logging.getLogger("distillguard.signals")
+
+INSTALL_ID_RULE = "8–128 characters from A–Z, a–z, 0–9 and . _ : -"
+_INSTALL_ID = re.compile(r"[A-Za-z0-9._:\-]{8,128}")
+INSTALL_LIMIT = "install_limit_reached"  # prefix of the registry's refusal when a key has its maximum of installs
+
+
+def valid_install_id(value: object) -> TypeGuard[str]:
+    """Whether ``value`` is an install id: :data:`INSTALL_ID_RULE`.
+
+    Why so strict: an install id is client-chosen and ends up in events, logs,
+    admin listings and the database's primary key; NUL, ESC or a newline in
+    it could forge log lines or confuse tools that read them. The SDK's ids
+    (``inst_`` + 24 hex) are well inside the rule.
+    """
+    return isinstance(value, str) and _INSTALL_ID.fullmatch(value) is not None
 
 
 class InstallSource(Protocol):

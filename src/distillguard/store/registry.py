@@ -17,7 +17,7 @@ from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from distillguard.events import format_ts
@@ -325,13 +325,18 @@ class Registry:
         ]
 
     # -- installs (attestation enrollment) -----------------------------------
-    def enroll_install(self, key_id: str, install_id: str, public_key: str, *, account_id: str) -> bool:
+    def enroll_install(self, key_id: str, install_id: str, public_key: str, *, account_id: str,
+                       max_per_key: int | None = None) -> bool:
         """Bind an install's public key to ``account_id``; True if new, False if already so enrolled.
 
         An install belongs to the account that enrolled it first: enrolling it
         again with a key of the same account is a no-op, with another account
         or another public key a :class:`UsageError`. Two processes racing to
-        enroll the same install resolve through the primary key.
+        enroll the same install resolve through the primary key. With
+        ``max_per_key``, a key that already enrolled that many installs gets a
+        :class:`UsageError` starting ``install_limit_reached`` for a new one
+        (counted in the same transaction; two racing enrollments of different
+        installs may both pass the last free place).
         """
         if not account_id:
             raise UsageError("account_id: an install must be enrolled for an account")
@@ -339,6 +344,12 @@ class Registry:
             with self.engine.begin() as conn:
                 if self._check_enrolled(conn, install_id, public_key, account_id):
                     return False
+                if max_per_key is not None:
+                    enrolled = conn.execute(
+                        select(func.count()).select_from(schema.installs).where(schema.installs.c.key_id == key_id)).scalar_one()
+                    if enrolled >= max_per_key:
+                        raise UsageError(f"install_limit_reached: key {key_id} has enrolled {enrolled} installs, "
+                                         f"the most one key may (attestation.max_installs_per_key)")
                 conn.execute(
                     schema.installs.insert().values(
                         install_id=install_id, key_id=key_id, account_id=account_id, public_key=public_key, created_at=time.time()
