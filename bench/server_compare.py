@@ -26,7 +26,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -130,24 +129,6 @@ def load_rows(target: Launched, duration: int) -> dict[str, dict[str, float]]:
     return out
 
 
-def _trailer_flooder(root: str, key: str | None, stop: threading.Event, sent: list[int]) -> None:
-    """One connection after another, each a chunked POST whose trailer never ends (reconnects when cut)."""
-    host, port = root.removeprefix("http://").rsplit(":", 1)
-    path, auth = ("/v1/chat/completions", f"Authorization: Bearer {key}\r\n") if key else ("/healthz", "")
-    head = (f"POST {path} HTTP/1.1\r\nHost: gw\r\n{auth}Content-Type: application/json\r\n"
-            "Transfer-Encoding: chunked\r\n\r\n0\r\nX-Pad: ").encode()
-    block = b"a" * 65536
-    while not stop.is_set():
-        try:
-            with socket.create_connection((host, int(port)), timeout=1) as sock:
-                sock.sendall(head)
-                while not stop.is_set():
-                    sock.sendall(block)
-                    sent[0] += len(block)
-        except OSError:
-            time.sleep(0.01)
-
-
 def _normal_client(target: Any, stop: threading.Event, latencies: list[float]) -> None:
     from tests.wire_probes import chat_latency
 
@@ -160,7 +141,7 @@ def flood(launched: Launched, seconds: float, kind: str) -> dict[str, float]:
     """``kind`` "trailer": 4 unauthenticated endless-trailer connections to POST /healthz and one with a key;
     "slow": 1,000 connections trickling a head one byte a second. Meanwhile a normal client sends a chat
     request every 50 ms (a new connection each); the server's RSS is sampled every 0.25 s."""
-    from tests.wire_probes import Target, rss_mb, trickling_connections
+    from tests.wire_probes import Target, rss_mb, trailer_flooder, trickling_connections
 
     target = Target(launched.root, launched.key, "bench", launched.proc.pid)
     stop = threading.Event()
@@ -169,8 +150,7 @@ def flood(launched: Launched, seconds: float, kind: str) -> dict[str, float]:
     rss_start = rss_mb(launched.proc.pid)
     if kind == "trailer":
         for key in (None, None, None, None, launched.key):
-            threads.append(threading.Thread(target=_trailer_flooder, args=(launched.root, key, stop, sent), daemon=True))
-            threads[-1].start()
+            threads.append(trailer_flooder(target, key, stop, sent))
     else:
         threads.append(trickling_connections(target, 1000, stop))
     latencies: list[float] = []

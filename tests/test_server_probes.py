@@ -22,7 +22,7 @@ import pytest
 
 from tests.gateway_fixtures import RunningGateway, start_gateway
 from tests.upstream_stub import UpstreamStub
-from tests.wire_probes import PROBES, Target, chat_latency, connect
+from tests.wire_probes import PROBES, Target, chat_latency, connect, rss_mb, trailer_flooder
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -125,3 +125,23 @@ def test_a_body_cut_by_its_deadline_is_an_event_with_499(edge_gateway: RunningGa
     while cut() == before and time.time() < deadline:
         time.sleep(0.2)
     assert cut() == before + 1
+
+
+def test_a_reconnecting_endless_trailer_flood_keeps_memory_bounded(target: Target) -> None:
+    """Five connections at a time, each cut at the trailer limit and reopened at once: what each one's
+    parser buffered must go with it (it used to wait for the cyclic collector: +680 MB in 10 s)."""
+    import threading
+
+    before = rss_mb(target.pid)
+    stop = threading.Event()
+    sent = [0]
+    threads = [trailer_flooder(target, key, stop, sent) for key in (None, None, None, None, target.key)]
+    peak = before
+    for _ in range(12):
+        time.sleep(0.25)
+        peak = max(peak, rss_mb(target.pid))
+    stop.set()
+    for thread in threads:
+        thread.join(5)
+    assert sent[0] > 100 << 20  # the flood really flowed (hundreds of connections)
+    assert peak - before < 60, f"RSS {before:.0f} → {peak:.0f} MB after {sent[0] >> 20} MiB of trailer"

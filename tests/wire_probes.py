@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 
-__all__ = ["PROBES", "Response", "Target", "chat_latency", "connect", "process_tree", "read_response", "rss_mb", "run_all", "trickling_connections"]
+__all__ = ["PROBES", "Response", "Target", "chat_latency", "connect", "process_tree", "read_response", "rss_mb", "run_all", "trailer_flooder", "trickling_connections"]
 
 CHAT = orjson.dumps({"model": "bench-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8})
 Result = tuple[bool, str]
@@ -357,6 +357,29 @@ def trickling_connections(target: Target, count: int, stop: threading.Event, sou
         for sock in socks:
             if sock is not None:
                 sock.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def trailer_flooder(target: Target, key: str | None, stop: threading.Event, sent: list[int]) -> threading.Thread:
+    """A thread: one connection after another, each a chunked POST whose trailer never ends (to ``/healthz``, or
+    with ``key`` to the chat endpoint), reconnecting as soon as one is cut; adds the bytes sent to ``sent[0]``."""
+    path, auth = ("/v1/chat/completions", f"Authorization: Bearer {key}") if key else ("/healthz", "X-Flood: 1")
+    head = _request("POST", path, auth, "Content-Type: application/json", "Transfer-Encoding: chunked") + b"0\r\nX-Pad: "
+    block = b"a" * 65536
+
+    def run() -> None:
+        while not stop.is_set():
+            try:
+                with connect(target, 1.0) as sock:
+                    sock.sendall(head)
+                    while not stop.is_set():
+                        sock.sendall(block)
+                        sent[0] += len(block)
+            except OSError:
+                time.sleep(0.01)
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()

@@ -429,6 +429,10 @@ class _HttpConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.server.forget(self)
+        # The parser and this protocol refer to each other: left to the cyclic collector, the parser's
+        # buffered header or trailer line (up to a read's worth) outlived the connection, and a flood of
+        # short connections (an endless trailer, reconnecting) held hundreds of MB until a collection ran.
+        del self.parser
         for cycle in (self.cycle, *self.pending):
             if cycle is not None:
                 cycle.lost()
@@ -718,8 +722,10 @@ class HttpServer:
             limits = EdgeLimits(**{**limits.__dict__, "keepalive_timeout_s": keepalive_timeout_s})
         budget = _fd_budget()
         if limits.max_connections > budget:
-            log.warning("max_connections %d lowered to %d: the open-file limit leaves room for no more "
-                        "(raise `ulimit -n` to allow more)", limits.max_connections, budget)
+            # A warning when the operator asked for more; the default is simply fitted to the machine.
+            level = logging.INFO if limits.max_connections == EdgeLimits.max_connections else logging.WARNING
+            log.log(level, "max_connections %d lowered to %d: the open-file limit leaves room for no more "
+                    "(raise `ulimit -n` to allow more)", limits.max_connections, budget)
             limits = EdgeLimits(**{**limits.__dict__, "max_connections": budget})
         self.limits = limits
         self.stats = stats or EdgeStats()
