@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     events.required = True
     export = _command(events, "export", "distillguard.store.commands:events_export", "export events as JSONL")
     export.add_argument("--since", metavar="TS", help="only events at or after this ISO-8601 timestamp")
+    importer = _command(events, "import", "distillguard.store.commands:events_import", "load event logs into the store")
+    importer.add_argument("files", nargs="+", metavar="FILE", help=".jsonl, .jsonl.gz or - for stdin")
 
     scan = _command(sub, "scan", "distillguard.detect.scan:scan_command", "offline detection over event logs", reads_settings=False)
     scan.add_argument("files", nargs="+", metavar="FILE", help=".jsonl, .jsonl.gz or - for stdin")

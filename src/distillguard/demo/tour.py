@@ -12,6 +12,7 @@ what was found and where to look.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import random
@@ -246,12 +247,36 @@ def _provenance(tour: _Tour, report: dict[str, Any]) -> list[tuple[str, str, dic
 
 
 def _print_policy(tour: _Tour, names: dict[str, str]) -> None:
+    """What the gateway's own online scorer flagged, and which policy hit whom (from the stored events' policy field)."""
     flagged = httpx.get(tour.root + "/admin/v1/flagged", headers=tour.admin_headers, timeout=30).json()
     accounts = flagged.get("accounts", [])
-    print(f"\n  online policy (the gateway's own scorer, live): {len(accounts)} accounts flagged, {len(flagged.get('clusters', []))} clusters")
-    for entry in accounts[:6]:
+    clusters = flagged.get("clusters", [])
+    print(f"\n  online policy (the gateway's own scorer, live): {len(accounts)} accounts flagged, {len(clusters)} clusters")
+    for entry in accounts:  # every one of them: the count above is the length of this list
         print(f"    {entry['account_id']:<22} {names.get(entry['account_id'], '?')[:20]:<20} "
               f"distill {entry['distillation_score']:.2f}  resell {entry['reseller_score']:.2f}  risk {entry.get('risk', '?')}")
+    for cluster in clusters:
+        print(f"    cluster {cluster['cluster_id']}: {', '.join(names.get(a, a) for a in cluster['accounts'])}")
+    hits: dict[str, collections.Counter[str]] = {}
+    for line in (tour.workdir / "events.jsonl").read_bytes().splitlines():
+        if not line.strip():
+            continue
+        event = orjson.loads(line)
+        policy = event.get("policy") or {}
+        if policy.get("action", "allow") != "allow" and event.get("account_id"):
+            hits.setdefault(event["account_id"], collections.Counter())[f"{policy['action']} ({policy.get('rule') or 'no rule'})"] += 1
+    print(f"\n  which policy hit whom ({len(hits)} accounts; requests per action and the rule that chose it):")
+    for account_id, counter in sorted(hits.items(), key=lambda kv: (names.get(kv[0], kv[0]))):
+        actions = ", ".join(f"{what} × {n}" for what, n in counter.most_common())
+        print(f"    {names.get(account_id, '?')[:20]:<20} {account_id:<22} {actions}")
+    if not hits:
+        print("    none: every request was allowed")
+
+
+def _first_key(tour: _Tour, account_id: str) -> str:
+    """A fresh key for an account, so the reader can send a request of their own."""
+    key = httpx.post(tour.root + f"/admin/v1/accounts/{account_id}/keys", json={}, headers=tour.admin_headers, timeout=30).json()
+    return str(key["secret"])
 
 
 def demo_command(args: argparse.Namespace) -> int:
@@ -292,13 +317,18 @@ def demo_command(args: argparse.Namespace) -> int:
                 best = min((r["p_value"] for r in result.get("results", [])), default=1.0)
                 print(f"    {subject:<40} tested with {key_id:<22} {result.get('verdict', '?'):<13} p = {best:.2g}  "
                       f"({result.get('tokens_scored', 0)} distinct tokens)")
+        benign = next(a for a, n in names.items() if n == "benign-user-0")
         print("\n  where to look:")
         print(f"    gateway (OpenAI/Anthropic API): {tour.root}/v1   admin API: {tour.root}/admin/v1/  (Bearer {ADMIN_TOKEN})")
         print(f"    metrics: {tour.root}/metrics   events: {workdir / 'events.jsonl'}   report: {workdir / 'report.json'}")
         print(f"    try: distillguard scan {workdir / 'events.jsonl'}")
+        print(f"    try: distillguard admin flagged --url {tour.root} --token {ADMIN_TOKEN}")
+        print(f"    an API key of benign-user-0 ({benign}) to send your own requests: {_first_key(tour, benign)}")
+        print(f"\n  console: {tour.root}/admin/ui/   sign in with the admin token: {ADMIN_TOKEN}")
         if not args.serve:
+            print("  (the gateway and its console stop now; `make demo DEMO_ARGS=--serve` keeps them running with this traffic)")
             return 0
-        print("\n  serving until Ctrl-C …", flush=True)
+        print("  serving until Ctrl-C …", flush=True)
         while all(p.poll() is None for p in tour.procs):
             time.sleep(1)
         return 1

@@ -138,3 +138,13 @@ def events_export(args: argparse.Namespace) -> int:
         out.write(line + b"\n")
     out.flush()
     return 0
+
+
+def events_import(args: argparse.Namespace) -> int:
+    """`events import FILE...`: load event logs into the configured store (docs/store.md)."""
+    from distillguard.store.importer import import_events
+
+    settings = load_settings(args.config)
+    result = import_events(settings.database, args.files)
+    print(f"imported {result.stored} new events of {result.read} read ({result.read - result.stored} already stored)")
+    return 0

@@ -39,7 +39,7 @@ from distillguard.events import format_ts
 from distillguard.store import schema
 from distillguard.store.engine import DEFAULT_TIMEOUT_S, make_engine
 
-__all__ = ["EventSink"]
+__all__ = ["EventSink", "event_row"]
 
 log = logging.getLogger("distillguard.store.sink")
 
@@ -61,6 +61,9 @@ def _row(event: dict[str, Any]) -> dict[str, Any]:
         "endpoint": event.get("endpoint", ""),
         "body": _encode(event).decode(),
     }
+
+
+event_row = _row  # the events table's row for one event (the importer writes exactly what the sink writes)
 
 
 class EventSink:
