@@ -100,7 +100,7 @@ MIN_REQUESTS = 1_500
 
 
 def sample_campaign(rng: random.Random, archetype: str, wording: Wording, *, days: int, release_day: float | None,
-                    budget: float = 12_000) -> CampaignParams:
+                    budget: float = 8_000) -> CampaignParams:
     """Draw one campaign: anywhere in the space, or near a named design (``ARCHETYPES``).
 
     Its expected requests end up between ``MIN_REQUESTS`` (fewer answers are not worth distilling from;

@@ -24,7 +24,7 @@ from distillguard.sim.world import CLOUD_ASNS, PLACES, VPN_ASNS, Network, header
 if TYPE_CHECKING:
     from distillguard.sim.scenarios import Scenario
 
-__all__ = ["NEGATIVE_POPULATIONS", "build_robust"]
+__all__ = ["NEGATIVE_POPULATIONS", "build_robust", "campaign_metadata"]
 
 # Sub-populations of legitimate accounts, at scale 1: (population, label, count).
 NEGATIVE_POPULATIONS: tuple[tuple[str, str, int], ...] = (
@@ -35,7 +35,6 @@ NEGATIVE_POPULATIONS: tuple[tuple[str, str, int], ...] = (
 OFFICES = 4
 RELAY_RESELLERS = 6
 CLASSIC_RESELLERS = 2
-ARCHETYPE_CAMPAIGNS = ("quiet_sweep", "sleeper_fleet", "imitates_people", "grader")
 
 
 def build_robust(scenario: Scenario, seed: int, split: str) -> tuple[list[Actor], dict[str, Any], list[AccountMeta]]:
@@ -175,7 +174,7 @@ def build_robust(scenario: Scenario, seed: int, split: str) -> tuple[list[Actor]
 
     # -- campaigns -------------------------------------------------------------------------------------------
     campaigns: dict[str, Any] = {}
-    designs = [*ARCHETYPE_CAMPAIGNS, *(["sampled"] * scenario.sampled_campaigns)]
+    designs = [*scenario.campaign_designs, *(["sampled"] * scenario.sampled_campaigns)]
     for c, archetype in enumerate(designs, start=1):
         r = child()
         params = sample_campaign(r, archetype, wording, days=days, release_day=release_day, budget=scenario.campaign_budget)
@@ -187,12 +186,12 @@ def build_robust(scenario: Scenario, seed: int, split: str) -> tuple[list[Actor]
         actors.append(fleet)
         for acct in accounts + replacements:
             labels[acct] = {"label": "distiller", "campaign": campaign, "population": archetype}
-        metas.extend(_campaign_metadata(maker, r, params, accounts, replacements, start))
+        metas.extend(campaign_metadata(maker, r, params, accounts, replacements, start))
         campaigns[campaign] = {**params.as_label(), "size": params.accounts, "accounts": accounts + replacements, "replacements": replacements}
     return actors, {"accounts": labels, "campaigns": campaigns, "models": list(models), "new_model_ts": release_ts}, metas
 
 
-def _campaign_metadata(maker: MetaMaker, rng: random.Random, params: Any, accounts: list[str], replacements: list[str],
+def campaign_metadata(maker: MetaMaker, rng: random.Random, params: Any, accounts: list[str], replacements: list[str],
                        start: float) -> list[AccountMeta]:
     """Sign-up records a campaign leaves: mostly webmail, cards shared only in subsets, bursts or aged accounts."""
     begin = start + params.start_day * DAY

@@ -35,7 +35,11 @@ from distillguard.sim.populations import (
 from distillguard.sim.robust import build_robust
 from distillguard.sim.splits import SPLITS, split_rng
 
-__all__ = ["CampaignSpec", "Scenario", "SCENARIOS", "load_scenario", "simulate"]
+__all__ = ["CampaignSpec", "Scenario", "SCENARIOS", "build_actors", "event_stream", "load_scenario", "simulate"]
+
+
+CampaignDesign = Literal["quiet_sweep", "sleeper_fleet", "imitates_people", "grader"]
+CAMPAIGN_DESIGNS: tuple[CampaignDesign, ...] = ("quiet_sweep", "sleeper_fleet", "imitates_people", "grader")
 
 
 class CampaignSpec(BaseModel):
@@ -77,7 +81,8 @@ class Scenario(BaseModel):
     family: Literal["fixed", "robust"] = "fixed"
     scale: float = Field(1.0, gt=0, le=20)
     sampled_campaigns: int = Field(4, ge=0, le=50)
-    campaign_budget: int = Field(12_000, ge=100)
+    campaign_designs: list[CampaignDesign] = Field(default_factory=lambda: list(CAMPAIGN_DESIGNS))
+    campaign_budget: int = Field(8_000, ge=100)
 
 
 SCENARIOS: dict[str, dict[str, Any]] = {
@@ -216,6 +221,13 @@ def build_actors(scenario: Scenario, seed: int, split: str = "dev") -> tuple[lis
     return actors, labels, metas
 
 
+def event_stream(actors: Iterable[Actor]) -> Iterator[dict[str, Any]]:
+    """Every actor's events merged in time order (each actor's almost-sorted stream through a reorder buffer)."""
+    streams: list[Iterator[TimedEvent]] = [_reorder(actor.events()) for actor in actors]
+    for _, _, event in heapq.merge(*streams, key=lambda item: item[0]):
+        yield event
+
+
 def simulate(scenario: Scenario, seed: int, out: str | Path, *, limit: int | None = None, split: str = "dev",
              accounts_out: str | Path | None = None) -> tuple[int, dict[str, Any]]:
     """Write the scenario's events (time-ordered JSONL, gzip when ``out`` ends in .gz); return (count, labels).
@@ -224,12 +236,10 @@ def simulate(scenario: Scenario, seed: int, out: str | Path, *, limit: int | Non
     every account that sent a request.
     """
     actors, labels, metas = build_actors(scenario, seed, split)
-    streams: Iterable[Iterator[TimedEvent]] = [_reorder(actor.events()) for actor in actors]
-    merged = heapq.merge(*streams, key=lambda item: item[0])
     seen: set[str] = set()
     count = 0
     with EventWriter(out) as writer:
-        for _, _, event in merged:
+        for event in event_stream(actors):
             writer.write(event)
             seen.add(event["account_id"])
             count += 1
