@@ -29,6 +29,7 @@ from distillguard.gateway.upstream_http import (
     HIGH_WATER,
     Origin,
     UpstreamBadResponse,
+    UpstreamBusy,
     UpstreamClient,
     UpstreamDisconnected,
     UpstreamResponse,
@@ -603,6 +604,129 @@ async def test_retry_after_a_stale_connection_uses_a_fresh_one(
     assert await fetch(client, server.origin) == (200, b'{"conn": 2}')
 
 
+async def post(client: UpstreamClient, origin: Origin, body: bytes = b'{"model": "m"}', *,
+               read_timeout: float | None = 2.0) -> UpstreamResponse:
+    return await client.request(origin, b"POST", b"/chat/completions", b"Content-Type: application/json\r\n", body,
+                                connect_timeout=1.0, read_timeout=read_timeout)
+
+
+async def test_a_post_the_server_may_have_read_is_never_resent(
+        serve: Callable[[Handler], Awaitable[RawServer]], client: UpstreamClient) -> None:
+    """Issue #12 finding 7: a POST on a kept-alive connection that closes before the answer starts.
+
+    The server read it (and a model server would have started generating), so
+    sending it again would generate it twice. Before: retried on a new
+    connection, the server saw it twice.
+    """
+    async def handler(conn: Conn) -> None:
+        if conn.index == 0:
+            await conn.read_request()
+            await conn.send(http_response(b'{"ok": 0}'))
+            await conn.read_request()  # read, then hang up without a byte back
+            return
+        await keep_alive_ok(conn)
+
+    server = await serve(handler)
+    async with await post(client, server.origin) as first:
+        assert await first.read() == b'{"ok": 0}'
+    with pytest.raises(UpstreamDisconnected):
+        await post(client, server.origin, b'{"model": "m", "n": 2}')
+    assert [r.body for r in server.requests].count(b'{"model": "m", "n": 2}') == 1
+    assert server.connections == 1
+    async with await post(client, server.origin) as third:  # the next request gets a new connection
+        assert third.status == 200
+    assert server.connections == 2
+
+
+async def test_a_post_on_a_connection_closed_while_idle_goes_on_a_new_one(
+        serve: Callable[[Handler], Awaitable[RawServer]], client: UpstreamClient) -> None:
+    """Closed before we wrote (the close was seen while idle): nothing was sent, so a new connection is used."""
+    async def handler(conn: Conn) -> None:
+        await conn.read_request()
+        await conn.send(http_response(b'{"conn": %d}' % conn.index))  # keep-alive advertised, then closed
+
+    server = await serve(handler)
+    async with await post(client, server.origin) as first:
+        assert await first.read() == b'{"conn": 0}'
+    await asyncio.sleep(0.1)
+    async with await post(client, server.origin) as second:
+        assert await second.read() == b'{"conn": 1}'
+    assert len(server.requests) == 2
+
+
+def test_idle_expiry_defaults_below_common_upstream_keep_alives() -> None:
+    assert UpstreamClient().idle_timeout_s <= 4.0
+    from distillguard.config import UpstreamSettings
+
+    settings = UpstreamSettings(name="x", base_url="http://127.0.0.1:1/v1")
+    assert settings.idle_timeout_s <= 4.0 and settings.max_connections == 256
+
+
+async def test_connections_per_origin_are_capped_and_requests_queue(serve: Callable[[Handler], Awaitable[RawServer]]) -> None:
+    open_now = 0
+    most = 0
+
+    async def handler(conn: Conn) -> None:
+        nonlocal open_now, most
+        open_now += 1
+        most = max(most, open_now)
+        try:
+            while await conn.read_request() is not None:
+                await asyncio.sleep(0.05)
+                await conn.send(http_response(b'{"conn": %d}' % conn.index))
+        finally:
+            open_now -= 1
+
+    server = await serve(handler)
+    client = UpstreamClient(max_connections_per_origin=2)
+    try:
+        results = await asyncio.gather(*(fetch(client, server.origin) for _ in range(8)))
+        assert [status for status, _ in results] == [200] * 8
+        assert server.connections == 2 and most == 2  # the other six waited for one of the two
+        assert client.open_connections == 2
+    finally:
+        await client.close()
+
+
+async def test_an_origin_may_have_its_own_cap_and_a_wait_can_time_out(serve: Callable[[Handler], Awaitable[RawServer]]) -> None:
+    async def handler(conn: Conn) -> None:
+        await conn.read_request()
+        await conn.send(CHUNKED_HEAD + chunk(b"data: a\n\n"))  # a stream that never ends
+        await conn.wait_eof()
+
+    server = await serve(handler)
+    client = UpstreamClient()
+    origin = Origin.from_url(f"http://127.0.0.1:{server.port}/v1", max_connections=1)
+    try:
+        busy = await get(client, origin, read_timeout=5)
+        with pytest.raises(UpstreamBusy, match="all 1 connections"):
+            await get(client, origin, read_timeout=0.2)
+        busy.release()  # closes the unfinished stream: its place is free again
+        again = await get(client, origin, read_timeout=5)
+        assert again.status == 200 and server.connections == 2
+        again.release()
+    finally:
+        await client.close()
+
+
+async def test_a_waiter_that_gives_up_does_not_leak_the_place(serve: Callable[[Handler], Awaitable[RawServer]]) -> None:
+    server = await serve(keep_alive_ok)
+    client = UpstreamClient(max_connections_per_origin=1)
+    try:
+        held = await get(client, server.origin)
+        waiting = asyncio.create_task(get(client, server.origin))
+        await asyncio.sleep(0.01)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        await held.read()
+        held.release()
+        assert await fetch(client, server.origin) == (200, b'{"conn": 0, "n": 2}')  # the one connection, reused
+        assert client._pools[server.origin.key].open == 1
+    finally:
+        await client.close()
+
+
 # --------------------------------------------------------------------------------------------
 # 6. Unreachable upstreams
 # --------------------------------------------------------------------------------------------
@@ -922,7 +1046,7 @@ async def test_close_closes_every_connection(serve: Callable[[Handler], Awaitabl
     assert client.open_connections == 3
     await client.close()
     assert client.open_connections == 0
-    assert not client._idle
+    assert not any(pool.idle for pool in client._pools.values())
     with pytest.raises(UpstreamDisconnected):
         await in_use.read()
     in_use.release()

@@ -89,6 +89,10 @@ class UpstreamSettings(_Section):
     models: list[str] = Field(default_factory=lambda: ["*"])
     timeout_s: float = Field(default=120.0, gt=0, description="longest the upstream may stay silent (read timeout)")
     connect_timeout_s: float = Field(default=5.0, gt=0)
+    idle_timeout_s: float = Field(default=4.0, gt=0, description="kept-alive connections idle longer are closed; keep it "
+                                  "below the upstream's own keep-alive timeout (commonly 5 s)")
+    max_connections: int = Field(default=256, ge=1, description="connections to this upstream's origin at most; "
+                                 "further requests wait for one (up to timeout_s)")
     watermark: Literal["none", "logit_bias"] = "none"
     tokenizer: str | None = Field(default=None, description="local tokenizer.json for black-box logit_bias watermarks")
 

@@ -64,6 +64,7 @@ from distillguard.gateway.translate import (
 from distillguard.gateway.upstream import Router, Upstream
 from distillguard.gateway.upstream_http import (
     UpstreamBadResponse,
+    UpstreamBusy,
     UpstreamClient,
     UpstreamDisconnected,
     UpstreamError,
@@ -569,6 +570,11 @@ class Gateway:
                     raw = await resp.read()
                     await self._relay_body(ex, upstream, resp.status, content_type, raw, translate, reasoning, send)
                 ex.finished = True
+        except UpstreamBusy as exc:  # only before sending: nothing has started
+            self.metrics.upstream_errors[(upstream.name, "busy")] += 1
+            log.warning("upstream %s: %s", upstream.name, exc)
+            raise GatewayError(503, f"The upstream model server '{upstream.name}' is at its connection limit; retry shortly.",
+                               "upstream_busy", retry_after=1) from None
         except (UpstreamUnreachable, UpstreamDisconnected) as exc:
             self.metrics.upstream_errors[(upstream.name, "connect")] += 1
             if ex.streaming:  # the stream had started: end it with an in-band error event

@@ -48,7 +48,8 @@ def _make(settings: UpstreamSettings) -> Upstream:
         else:
             auth = b"Authorization: Bearer " + settings.api_key.encode() + b"\r\n"
     secrets = (settings.api_key.encode(),) if settings.api_key else ()
-    return Upstream(settings, Origin.from_url(settings.base_url), auth, settings.connect_timeout_s, settings.timeout_s, secrets)
+    origin = Origin.from_url(settings.base_url, idle_timeout_s=settings.idle_timeout_s, max_connections=settings.max_connections)
+    return Upstream(settings, origin, auth, settings.connect_timeout_s, settings.timeout_s, secrets)
 
 
 class Router:

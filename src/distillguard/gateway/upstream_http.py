@@ -9,14 +9,20 @@ in one ``transport.write``, and a response parsed by httptools (the llhttp
 parser uvicorn also uses), whose body is handed over as it arrives.
 
 What it does: keep-alive connections per origin (LIFO, so warm connections are
-reused; idle ones are dropped after ``idle_timeout_s``), plain TCP or TLS,
+reused; idle ones are dropped after ``idle_timeout_s``, 4 s by default: below
+the 5 s keep-alive common in model servers and proxies, so we drop a
+connection before the server does), at most ``max_connections`` per origin
+(further requests wait for one), plain TCP or TLS,
 ``Content-Length``, chunked and read-until-close bodies, a read timeout that
 restarts with every piece of data (a long stream is fine while the upstream
 keeps talking), back-pressure (reading pauses while a slow client has more
 than ``HIGH_WATER`` bytes waiting), and closing the connection when the caller
 stops early, so the model server sees the disconnect and stops generating.
-A request sent on a reused connection that the server had already closed is
-retried once on a fresh one (the server never saw it).
+A kept-alive connection the server closed while it was idle is replaced
+before anything is written to it. Once a request is written, it is sent again
+(once, on a new connection) only for idempotent methods and only when the
+connection closed before a byte of the answer arrived; a ``POST`` is never
+resent, since the server may have read it and started generating.
 
 What it does not do (not needed for a model server): redirects, cookies,
 proxies, compression (no ``Accept-Encoding`` is sent), HTTP/2.
@@ -38,6 +44,7 @@ import httptools
 __all__ = [
     "Origin",
     "UpstreamBadResponse",
+    "UpstreamBusy",
     "UpstreamClient",
     "UpstreamDisconnected",
     "UpstreamError",
@@ -59,6 +66,10 @@ class UpstreamUnreachable(UpstreamError):
 
 class UpstreamDisconnected(UpstreamError):
     """The server closed the connection before the response was complete."""
+
+
+class UpstreamBusy(UpstreamUnreachable):
+    """Every connection the origin may have (its ``max_connections``) stayed busy for the whole wait."""
 
 
 class UpstreamBadResponse(UpstreamError):
@@ -98,9 +109,11 @@ class Origin:
     port: int
     base_path: bytes  # e.g. b"/v1", prefixed to every request path
     host_header: bytes
+    idle_timeout_s: float | None = None  # None: the client's default
+    max_connections: int | None = None  # None: the client's default (the first request to an origin fixes its pool's)
 
     @classmethod
-    def from_url(cls, base_url: str) -> Origin:
+    def from_url(cls, base_url: str, *, idle_timeout_s: float | None = None, max_connections: int | None = None) -> Origin:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"upstream base_url must be an http(s) URL with a host, got {base_url!r}")
@@ -109,7 +122,7 @@ class Origin:
         host = parts.hostname
         shown = f"[{host}]" if ":" in host else host
         host_header = shown if port == default else f"{shown}:{port}"
-        return cls(parts.scheme, host, port, parts.path.rstrip("/").encode(), host_header.encode())
+        return cls(parts.scheme, host, port, parts.path.rstrip("/").encode(), host_header.encode(), idle_timeout_s, max_connections)
 
     @property
     def key(self) -> tuple[str, str, int]:
@@ -351,14 +364,39 @@ class _Connection(asyncio.Protocol):
                 self.transport.close()
 
 
-class UpstreamClient:
-    """Keep-alive connections to every upstream origin; one instance per gateway process."""
+class _Pool:
+    """One origin's connections: the idle ones (most recent last), how many are open, and who waits for one."""
 
-    def __init__(self, *, idle_timeout_s: float = 30.0, max_idle_per_origin: int = 256, ssl_context: ssl.SSLContext | None = None) -> None:
+    __slots__ = ("cap", "idle", "idle_timeout_s", "open", "waiters")
+
+    def __init__(self, cap: int | None, idle_timeout_s: float) -> None:
+        self.cap = cap
+        self.idle_timeout_s = idle_timeout_s
+        self.idle: list[_Connection] = []
+        self.open = 0  # connected or connecting
+        self.waiters: collections.deque[asyncio.Future[_Connection | None]] = collections.deque()
+
+
+IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS"))
+
+
+class UpstreamClient:
+    """Keep-alive connections to every upstream origin; one instance per gateway process.
+
+    ``idle_timeout_s`` (default 4 s, below the 5 s keep-alive common in model
+    servers and their proxies) and ``max_connections_per_origin`` are the
+    defaults; an :class:`Origin` may carry its own. At the cap, a request waits
+    (first come, first served, up to its ``read_timeout``) for a connection to
+    come back or close, then fails with :class:`UpstreamBusy`.
+    """
+
+    def __init__(self, *, idle_timeout_s: float = 4.0, max_idle_per_origin: int = 256, max_connections_per_origin: int | None = 256,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         """``ssl_context`` verifies ``https`` upstreams; by default the system's CAs (``SSL_CERT_FILE``/``SSL_CERT_DIR`` apply)."""
         self.idle_timeout_s = idle_timeout_s
         self.max_idle_per_origin = max_idle_per_origin
-        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self.max_connections_per_origin = max_connections_per_origin
+        self._pools: dict[tuple[str, str, int], _Pool] = {}
         self._all: set[_Connection] = set()
         self._ssl = ssl_context
 
@@ -377,15 +415,21 @@ class UpstreamClient:
 
         ``path`` is relative to the origin's base path; ``headers`` are
         complete ``Name: value\\r\\n`` lines (Host and Content-Length are added).
+
+        Never sends a request twice when the upstream may have read it: a
+        kept-alive connection found closed *before* writing is replaced; once
+        the request is written, a connection that closes before the response
+        starts is retried (once, on a new connection) only for idempotent
+        methods (``GET``, ``HEAD``, ``OPTIONS``). A ``POST`` then fails with
+        :class:`UpstreamDisconnected`: the model server may have started
+        generating, and a second copy would be generated (and paid) twice.
         """
         head = b"%s %s%s HTTP/1.1\r\nHost: %s\r\n%sContent-Length: %d\r\n\r\n" % (
             method, origin.base_path, path, origin.host_header, headers, len(body))
         message = head + body if len(body) < 65536 else None
+        pool = self._pool(origin)
         for attempt in (0, 1):
-            conn = self._idle_connection(origin.key) if attempt == 0 else None  # the retry: a fresh connection
-            reused = conn is not None
-            if conn is None:
-                conn = await self._connect(origin, connect_timeout)
+            conn, reused = await self._acquire(pool, origin, connect_timeout, read_timeout, fresh=attempt > 0)
             response = UpstreamResponse(conn, read_timeout)
             conn.response = response
             transport = conn.transport
@@ -398,8 +442,8 @@ class UpstreamClient:
                 await response._wait_for_headers()
             except UpstreamDisconnected:
                 conn.response = None
-                if reused and attempt == 0 and not response.bytes_seen:
-                    continue  # the server had closed this idle connection before our request reached it
+                if reused and attempt == 0 and not response.bytes_seen and method in IDEMPOTENT:
+                    continue  # the server closed the kept-alive connection; safe to ask again
                 raise
             except BaseException:
                 response.release()
@@ -407,16 +451,77 @@ class UpstreamClient:
             return response
         raise AssertionError("unreachable")
 
-    def _idle_connection(self, key: tuple[str, str, int]) -> _Connection | None:
-        idle = self._idle.get(key)
-        if not idle:
-            return None
+    def _pool(self, origin: Origin) -> _Pool:
+        pool = self._pools.get(origin.key)
+        if pool is None:
+            cap = origin.max_connections if origin.max_connections is not None else self.max_connections_per_origin
+            idle = origin.idle_timeout_s if origin.idle_timeout_s is not None else self.idle_timeout_s
+            pool = self._pools[origin.key] = _Pool(cap, idle)
+        return pool
+
+    async def _acquire(self, pool: _Pool, origin: Origin, connect_timeout: float | None, wait_timeout: float | None, *,
+                       fresh: bool) -> tuple[_Connection, bool]:
+        """A live kept-alive connection (True), or a new one (False) once the origin's cap allows."""
+        if not fresh:
+            conn = self._idle_connection(pool)
+            if conn is not None:
+                return conn, True
+        if pool.cap is not None and pool.open >= pool.cap:
+            handed = await self._wait_turn(pool, origin, wait_timeout)
+            if handed is not None:
+                return handed, True
+        else:
+            pool.open += 1  # reserved before the first await, so concurrent callers see it
+        try:
+            conn = await self._connect(origin, connect_timeout)
+        except BaseException:
+            pool.open -= 1
+            self._wake(pool)
+            raise
+        return conn, False
+
+    async def _wait_turn(self, pool: _Pool, origin: Origin, timeout: float | None) -> _Connection | None:
+        """Wait for a connection handed back (returned) or a free place to connect (None; the place is reserved for us)."""
+        waiter: asyncio.Future[_Connection | None] = asyncio.get_running_loop().create_future()
+        pool.waiters.append(waiter)
+        try:
+            async with asyncio.timeout(timeout):
+                return await waiter
+        except BaseException as exc:
+            if waiter.done() and not waiter.cancelled():  # served just as we gave up: pass it on
+                handed = waiter.result()
+                if handed is not None:
+                    self._release(handed)
+                else:
+                    pool.open -= 1
+                    self._wake(pool)
+            else:
+                waiter.cancel()
+            if isinstance(exc, TimeoutError):
+                raise UpstreamBusy(f"all {pool.cap} connections to {origin.host}:{origin.port} stayed busy for "
+                                   f"{timeout:g}s (upstream max_connections)") from None
+            raise
+
+    def _wake(self, pool: _Pool, conn: _Connection | None = None) -> bool:
+        """Serve the first waiter still waiting: with ``conn``, or with a reserved place to connect. False if none waits."""
+        while pool.waiters:
+            waiter = pool.waiters.popleft()
+            if not waiter.done():
+                if conn is None:
+                    pool.open += 1
+                waiter.set_result(conn)
+                return True
+        return False
+
+    def _idle_connection(self, pool: _Pool) -> _Connection | None:
+        idle = pool.idle
         now = time.monotonic()
         while idle:
             conn = idle.pop()
-            if not conn.closed and now - conn.idle_since < self.idle_timeout_s:
+            transport = conn.transport
+            if not conn.closed and transport is not None and not transport.is_closing() and now - conn.idle_since < pool.idle_timeout_s:
                 return conn
-            conn.close()
+            conn.close()  # expired, or closed by the server while idle: nothing was written to it
         return None
 
     async def _connect(self, origin: Origin, timeout: float | None) -> _Connection:
@@ -437,21 +542,29 @@ class UpstreamClient:
             raise UpstreamUnreachable(f"cannot connect to {origin.host}:{origin.port}: {exc.strerror or exc}") from None
         except OSError as exc:
             raise UpstreamUnreachable(f"cannot connect to {origin.host}:{origin.port}: {exc.strerror or exc}") from None
+        if conn.closed:  # lost already (it never was in _all: give its place back here)
+            raise UpstreamUnreachable(f"the connection to {origin.host}:{origin.port} closed as it opened")
         self._all.add(conn)
         return conn
 
     def _release(self, conn: _Connection) -> None:
-        idle = self._idle.setdefault(conn.origin_key, [])
-        if len(idle) >= self.max_idle_per_origin:
+        pool = self._pools[conn.origin_key]
+        if self._wake(pool, conn):  # someone waits at the cap: hand it over
+            return
+        if len(pool.idle) >= self.max_idle_per_origin:
             conn.close()
         else:
-            idle.append(conn)
+            pool.idle.append(conn)
 
     def _forget(self, conn: _Connection) -> None:
+        if conn not in self._all:
+            return
         self._all.discard(conn)
-        idle = self._idle.get(conn.origin_key)
-        if idle and conn in idle:
-            idle.remove(conn)
+        pool = self._pools[conn.origin_key]
+        if conn in pool.idle:
+            pool.idle.remove(conn)
+        pool.open -= 1
+        self._wake(pool)
 
     @property
     def open_connections(self) -> int:
@@ -460,5 +573,6 @@ class UpstreamClient:
     async def close(self) -> None:
         for conn in list(self._all):
             conn.close()
-        self._idle.clear()
+        for pool in self._pools.values():
+            pool.idle.clear()
         await asyncio.sleep(0)
