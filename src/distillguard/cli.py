@@ -61,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    _command(sub, "serve", "distillguard.gateway.server:serve_command", "run the gateway", opens_store=True)
+    serve = _command(sub, "serve", "distillguard.gateway.server:serve_command", "run the gateway", opens_store=True)
+    serve.add_argument("--workers", type=int, metavar="N",
+                       help="run N gateway processes on the same port (needs state: redis://…; docs/deploy.md)")
 
     demo = _command(sub, "demo", "distillguard.demo.tour:demo_command", "the one-command tour", reads_settings=False)
     demo.add_argument("--serve", action="store_true", help="keep the demo model and gateway running after the summary (Ctrl-C stops)")

@@ -711,8 +711,9 @@ class HttpServer:
 
     def __init__(self, app: ASGIApp, host: str, port: int, *, backlog: int = 4096, keepalive_timeout_s: float | None = None,
                  graceful_timeout_s: float = 30.0, also_listen: tuple[tuple[str, int], ...] = (), limits: EdgeLimits | None = None,
-                 stats: EdgeStats | None = None) -> None:
+                 stats: EdgeStats | None = None, reuse_port: bool = False) -> None:
         self.app = app
+        self.reuse_port = reuse_port  # several worker processes accept on the same port (serve --workers)
         self.host = host
         self.port = port
         self.also_listen = also_listen  # more (host, port) pairs for the same app, e.g. the admin_listen address
@@ -850,7 +851,8 @@ class HttpServer:
         self._idle = asyncio.Event()
         lifespan = _Lifespan(self.app)
         await lifespan.startup()
-        servers = [await self.loop.create_server(lambda: _HttpConnection(self), host, port, backlog=self.backlog, reuse_address=True)
+        servers = [await self.loop.create_server(lambda: _HttpConnection(self), host, port, backlog=self.backlog, reuse_address=True,
+                                                 reuse_port=self.reuse_port or None)
                    for host, port in ((self.host, self.port), *self.also_listen)]
         if install_signal_handlers:
             for sig in (signal.SIGTERM, signal.SIGINT):

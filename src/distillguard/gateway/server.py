@@ -122,9 +122,11 @@ def export_edge_stats(metrics: Metrics, stats: EdgeStats) -> None:
                         "reason", lambda: stats.rejected)
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings, *, worker: int | None = None) -> None:
+    """Run one gateway process; ``worker`` is its index under ``serve --workers`` (it then shares the port)."""
     configure_logging(settings.log_level, settings.log_format)
-    check_serving(settings)
+    if worker is None:
+        check_serving(settings)
     # The event writer thread gives up the interpreter lock inside every SQLite call and must win it back
     # from a busy event loop each time; at the default 5 ms switch interval it falls behind under load.
     sys.setswitchinterval(0.0005)
@@ -138,9 +140,15 @@ def serve(settings: Settings) -> None:
     else:
         log.info("distillguard gateway on http://%s (admin API under /admin/v1/)", settings.listen)
     run(app, settings.listen_host, settings.listen_port, backlog=4096, graceful_timeout_s=settings.server.graceful_timeout_s,
-        also_listen=also_listen, limits=edge_limits(settings), stats=stats)
+        also_listen=also_listen, limits=edge_limits(settings), stats=stats, reuse_port=worker is not None)
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    serve(load_settings(args.config))
+    settings = load_settings(args.config)
+    workers = getattr(args, "workers", None)
+    if workers is not None:
+        from distillguard.gateway.workers import serve_workers
+
+        return serve_workers(args.config, settings, workers)
+    serve(settings)
     return 0

@@ -83,6 +83,8 @@ class ResilientState:
         while True:
             await asyncio.sleep(self.probe_interval_s)
             try:
+                with contextlib.suppress(Exception):  # connections from before the outage are dead: start afresh
+                    await self.shared.client.connection_pool.disconnect()
                 await self.shared.start()
             except StateUnavailable:
                 continue

@@ -1,0 +1,71 @@
+"""A real ``redis-server`` (Debian's ``redis-server`` package) for tests: own port, own directory, no persistence.
+
+``RedisServer.start()`` skips the calling test with a visible reason when the
+binary is missing or will not start; ``stop()`` and ``start()`` again on the
+same port simulate an outage and a recovery.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.upstream_stub import free_port
+
+
+class RedisServer:
+    def __init__(self, directory: Path, port: int | None = None) -> None:
+        self.directory = directory
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.skip("redis-server is not installed (Debian package redis-server; .ci/run installs it)")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.directory), "--logfile", str(self.directory / "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        )
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                pytest.skip(f"redis-server exited with {self.proc.returncode}: {self._log()}")
+            if self.ping():
+                return self
+            time.sleep(0.05)
+        self.stop()
+        pytest.skip(f"redis-server did not answer on port {self.port} within 10 s: {self._log()}")
+
+    def ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
+                conn.sendall(b"PING\r\n")
+                return conn.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def _log(self) -> str:
+        log = self.directory / "redis.log"
+        return log.read_text(errors="replace")[-500:] if log.exists() else "(no log)"

@@ -1,0 +1,321 @@
+"""Shared state through a real Redis: exact limits across processes and gateways, shared nonces, Redis outages.
+
+Issue #13 deliverables 1, 3 and 4: three gateways on one 60/min key admit 60
+between them, not 180; a replayed attestation is caught by another replica; a
+killed replica's concurrency slots come back; with Redis down the gateway
+either serves with its own limits (fail_open) or answers 503 (fail_closed),
+and recovers by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from distillguard.client import Identity, attesting_client, sign_request
+from distillguard.state import Quota, Refusal
+from distillguard.state.redis_state import RedisState
+from tests.gateway_fixtures import RunningGateway, start_gateway, write_config
+from tests.redis_fixtures import RedisServer
+from tests.upstream_stub import UpstreamStub
+
+
+@pytest.fixture(scope="module")
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+def _run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+# -- the backend itself ----------------------------------------------------------------------------------
+
+
+def test_redis_windows_are_exact_settled_and_nonces_shared(redis: RedisServer) -> None:
+    async def scenario() -> None:
+        state = RedisState(redis.url)
+        await state.start()
+        quotas = (Quota("key:exact", 5, 1_000, None, None), Quota("acct:exact", None, None, None, None))
+        results = [await state.admit(quotas, 100, f"r{i}") for i in range(6)]
+        assert all(not isinstance(r, Refusal) for r in results[:5])
+        refusal = results[5]
+        assert isinstance(refusal, Refusal) and refusal.code == "rate_limit_exceeded"
+        assert refusal.retry_at_ms is not None and 59_000 < refusal.retry_at_ms - refusal.now_ms <= 60_000
+        for admission in results[:5]:
+            state.settle(admission, 150)  # type: ignore[arg-type]
+        await state.flush()
+        assert int(await state.client.hget("dg:t:key:exact", "=")) == 750  # the real usage replaced the estimates
+        tokens = (Quota("key:tok", None, 1_000, None, None),)
+        assert isinstance(await state.admit(tokens, 1_001, "big"), Refusal)
+        nonce_quota = (Quota("key:nonce", None, None, None, None),)
+        other = RedisState(redis.url)  # another replica
+        await other.start()
+        assert await state.admit(nonce_quota, 1, "n1", ("nonce-abc", 10_000)) is not None
+        assert await other.admit(nonce_quota, 1, "n2", ("nonce-abc", 10_000)) is None  # seen by the first replica
+        await state.close()
+        await other.close()
+
+    _run(scenario())
+
+
+def test_a_killed_replicas_concurrency_slots_come_back_when_their_leases_expire(redis: RedisServer) -> None:
+    async def scenario() -> None:
+        quotas = (Quota("key:lease", None, None, 1, None),)
+        doomed = RedisState(redis.url, lease_ms=600)
+        await doomed.start()
+        assert not isinstance(await doomed.admit(quotas, 0, "held"), Refusal)
+        survivor = RedisState(redis.url, lease_ms=600)
+        await survivor.start()
+        refused = await survivor.admit(quotas, 0, "second")
+        assert isinstance(refused, Refusal) and refused.code == "concurrency_limit_exceeded"
+        if doomed._renewer is not None:  # the replica "dies": it never settles nor renews its lease
+            doomed._renewer.cancel()
+        await asyncio.sleep(0.8)
+        assert not isinstance(await survivor.admit(quotas, 0, "third"), Refusal)
+        await survivor.close()
+        await doomed.client.aclose()
+
+    _run(scenario())
+
+
+ATTEMPT_SCRIPT = """
+import asyncio, sys
+from distillguard.state import Quota, Refusal
+from distillguard.state.redis_state import RedisState
+
+async def main():
+    state = RedisState(sys.argv[1])
+    await state.start()
+    quotas = (Quota("key:atomic", 50, None, None, None), Quota("acct:atomic", None, 10_000, None, None))
+    admitted = 0
+    for i in range(40):
+        if not isinstance(await state.admit(quotas, 10, f"{sys.argv[2]}-{i}"), Refusal):
+            admitted += 1
+    print(admitted)
+    await state.close()
+
+asyncio.run(main())
+"""
+
+
+def test_admission_is_atomic_across_processes(redis: RedisServer) -> None:
+    procs = [subprocess.Popen([sys.executable, "-c", ATTEMPT_SCRIPT, redis.url, f"p{i}"], stdout=subprocess.PIPE, text=True)
+             for i in range(4)]
+    counts = [int(p.communicate(timeout=60)[0].strip()) for p in procs]
+    assert sum(counts) == 50, counts  # 160 attempts from 4 processes at once, 50/min: exactly 50
+
+
+# -- gateways sharing one Redis ----------------------------------------------------------------------------
+
+
+def _fleet(tmp_path: Path, stub: UpstreamStub, redis: RedisServer, n: int, **extra: Any) -> list[RunningGateway]:
+    database = f"sqlite:///{tmp_path / 'shared.db'}"
+    gateways = []
+    for i in range(n):
+        (tmp_path / f"gw{i}").mkdir()
+        gateways.append(start_gateway(tmp_path / f"gw{i}", stub.base_url, database=database, state=redis.url, **extra))
+    return gateways
+
+
+def _wait_for_key(gateways: list[RunningGateway], secret: str) -> None:
+    deadline = time.time() + 10
+    for gateway in gateways:  # the others load the new key from the shared database within a second
+        while httpx.get(gateway.base_url + "/models", headers={"Authorization": f"Bearer {secret}"}).status_code == 401:
+            assert time.time() < deadline, "a replica never loaded the key"
+            time.sleep(0.1)
+
+
+def test_three_gateways_share_one_60_per_minute_key(tmp_path: Path, stub: UpstreamStub, redis: RedisServer) -> None:
+    gateways = _fleet(tmp_path, stub, redis, 3)
+    try:
+        key = gateways[0].create_key("fleet", limits={"requests_per_min": 60, "tokens_per_min": None})
+        _wait_for_key(gateways, key["secret"])
+        statuses: list[int] = []
+        lock = threading.Lock()
+
+        def hammer(gateway: RunningGateway) -> None:
+            with httpx.Client(headers={"Authorization": f"Bearer {key['secret']}"}, timeout=30) as client:
+                for _ in range(50):
+                    response = client.post(gateway.base_url + "/chat/completions",
+                                           json={"model": "stub-1", "messages": [{"role": "user", "content": "hi"}]})
+                    with lock:
+                        statuses.append(response.status_code)
+
+        threads = [threading.Thread(target=hammer, args=(gw,)) for gw in gateways for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        # 300 requests through 3 replicas within seconds; the model-list probes above also counted (3 requests).
+        assert statuses.count(200) <= 60 and statuses.count(200) >= 57, statuses.count(200)
+        assert set(statuses) == {200, 429}
+    finally:
+        for gateway in gateways:
+            gateway.stop()
+
+
+def test_an_attestation_replayed_to_another_replica_is_caught(tmp_path: Path, stub: UpstreamStub, redis: RedisServer) -> None:
+    first, second = _fleet(tmp_path, stub, redis, 2)
+    try:
+        key = first.create_key("attested")
+        _wait_for_key([first, second], key["secret"])
+        identity = Identity.load_or_create(tmp_path / "sdk")
+        client = openai.OpenAI(base_url=first.base_url, api_key=key["secret"],
+                               http_client=attesting_client(api_key=key["secret"], base_url=first.base_url, identity=identity))
+        client.chat.completions.create(model="stub-1", messages=[{"role": "user", "content": "enroll"}])  # enrolls, through the first
+        headers = {"Authorization": f"Bearer {key['secret']}", "Content-Type": "application/json"}
+
+        def signed(text: str) -> tuple[dict[str, str], bytes]:
+            body = b'{"model": "stub-1", "messages": [{"role": "user", "content": "' + text.encode() + b'"}]}'
+            request = httpx.Request("POST", first.base_url + "/chat/completions", content=body, headers=headers)
+            sign_request(request, identity)
+            return {k: v for k, v in request.headers.items() if k.lower() != "content-length"}, body  # keeps Host: the first's
+
+        deadline = time.time() + 10
+        while True:  # the second replica learns the enrollment from the shared database
+            sent, body = signed("warm-up")
+            warm = httpx.post(second.base_url + "/chat/completions", headers=sent, content=body)  # Host: the first's, as via a balancer
+            if second.event(warm.headers["x-request-id"])["attestation"]["status"] == "valid":
+                break
+            assert time.time() < deadline, "the second replica never accepted the enrolled install"
+            time.sleep(0.2)
+        sent, body = signed("replayed-across")
+        original = httpx.post(first.base_url + "/chat/completions", headers=sent, content=body)
+        replay = httpx.post(second.base_url + "/chat/completions", headers=sent, content=body)
+        assert original.status_code == 200 and replay.status_code == 200  # this account need not attest: served, but marked
+        assert first.event(original.headers["x-request-id"])["attestation"]["status"] == "valid"
+        assert second.event(replay.headers["x-request-id"])["attestation"]["status"] == "replayed"
+    finally:
+        first.stop()
+        second.stop()
+
+
+# -- Redis failing under load ---------------------------------------------------------------------------------
+
+
+def _metric(gateway: RunningGateway, name: str) -> float:
+    for line in httpx.get(gateway.root_url + "/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+@pytest.mark.parametrize("mode", ["fail_open", "fail_closed"])
+def test_redis_stopped_and_restarted_under_load(tmp_path: Path, stub: UpstreamStub, mode: str) -> None:
+    redis = RedisServer(tmp_path / "redis").start()
+    (tmp_path / "gw").mkdir()
+    unlimited = {"requests_per_min": None, "tokens_per_min": None, "concurrent_requests": 8, "daily_tokens": None}
+    gateway = start_gateway(tmp_path / "gw", stub.base_url, state=redis.url, state_failure=mode, limits=unlimited)
+    try:
+        key = gateway.create_key("outage")
+        results: list[tuple[float, int, str]] = []
+        stop = threading.Event()
+
+        def load() -> None:
+            with httpx.Client(headers={"Authorization": f"Bearer {key['secret']}"}, timeout=10) as client:
+                while not stop.is_set():
+                    sent_at = time.time()  # when the request left: what the gateway's state was then decides its answer
+                    response = client.post(gateway.base_url + "/chat/completions",
+                                           json={"model": "stub-1", "messages": [{"role": "user", "content": "hi"}]})
+                    code = response.json().get("error", {}).get("code") if response.status_code != 200 else ""
+                    results.append((sent_at, response.status_code, code or ""))
+
+        worker = threading.Thread(target=load)
+        worker.start()
+        time.sleep(0.5)
+        assert _metric(gateway, "dg_state_degraded") == 0
+        redis.stop()
+        down_at = time.time()
+        time.sleep(1.5)
+        assert _metric(gateway, "dg_state_degraded") == 1
+        if mode == "fail_closed":  # the caller's protocol shape, Anthropic's too
+            with pytest.raises(anthropic.InternalServerError) as info:
+                anthropic.Anthropic(base_url=gateway.root_url, api_key=key["secret"], max_retries=0).messages.create(
+                    model="stub-1", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
+            assert info.value.status_code == 503
+        redis.start()
+        up_at = time.time()
+        deadline = time.time() + 10
+        while _metric(gateway, "dg_state_degraded") != 0:
+            assert time.time() < deadline, "the gateway never went back to shared state"
+            time.sleep(0.2)
+        recovered_at = time.time()
+        time.sleep(1.0)
+        stop.set()
+        worker.join()
+        during = [status for at, status, _ in results if down_at + 0.5 < at < up_at]
+        after = [status for at, status, _ in results if at > recovered_at]
+        assert during, "no request was made while Redis was down"
+        if mode == "fail_open":
+            assert set(during) == {200}  # served with the replica's own limits
+        else:
+            assert set(during) == {503} and {code for at, s, code in results if s == 503} == {"state_unavailable"}
+        assert after and set(after) == {200}
+        assert len(gateway.events(expect=len(results) + 1)) >= len(results)  # the event log never depended on Redis
+        state_lines = [line for line in gateway.log().splitlines() if "distillguard.state:" in line]
+        # one line when it failed, one when it came back (not one per request)
+        assert sum("until it answers again" in line for line in state_lines) == 1, state_lines
+        assert sum("answers again;" in line for line in state_lines) == 1, state_lines
+    finally:
+        gateway.stop()
+        redis.stop()
+
+
+# -- serve --workers ---------------------------------------------------------------------------------------------
+
+
+def test_workers_refuse_memory_state(tmp_path: Path, stub: UpstreamStub) -> None:
+    config_path, _ = write_config(tmp_path, [{"name": "stub", "base_url": stub.base_url, "models": ["*"]}])
+    result = subprocess.run([sys.executable, "-m", "distillguard.cli", "serve", "--workers", "2", "--config", str(config_path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "needs shared state" in result.stderr and "state: redis://" in result.stderr
+
+
+def test_workers_share_one_port_and_one_limit(tmp_path: Path, stub: UpstreamStub, redis: RedisServer) -> None:
+    config_path, config = write_config(tmp_path, [{"name": "stub", "base_url": stub.base_url, "models": ["*"]}], state=redis.url)
+    log = open(tmp_path / "workers.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([sys.executable, "-m", "distillguard.cli", "serve", "--workers", "2", "--config", str(config_path)],
+                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
+    root = f"http://{config['listen']}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                if httpx.get(root + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.time() < deadline, (tmp_path / "workers.log").read_text()
+            time.sleep(0.2)
+        headers = {"Authorization": "Bearer test-admin-token"}
+        account = httpx.post(root + "/admin/v1/accounts", headers=headers, json={"name": "w", "limits": {"requests_per_min": 10}}).json()
+        secret = httpx.post(root + f"/admin/v1/accounts/{account['account_id']}/keys", headers=headers, json={}).json()["secret"]
+        time.sleep(2)  # both workers load the key
+        statuses = []
+        for _ in range(30):  # a new connection each time: the kernel spreads them over both workers
+            statuses.append(httpx.post(root + "/v1/chat/completions", headers={"Authorization": f"Bearer {secret}", "Connection": "close"},
+                                       json={"model": "stub-1", "messages": [{"role": "user", "content": "hi"}]}).status_code)
+        assert statuses.count(200) == 10 and statuses.count(429) == 20
+        workers_seen = (tmp_path / "workers.log").read_text().count("listening on")
+        assert workers_seen == 2
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        log.close()
