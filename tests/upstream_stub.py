@@ -329,7 +329,7 @@ class UpstreamStub:
         message: dict[str, Any] = {"role": "assistant", "content": "".join(words)}
         if reasoning:
             message["reasoning_content"] = reasoning
-        n = body.get("n") or 1
+        n = min(max(body["n"], 1), 8) if isinstance(body.get("n"), int) else 1  # a fuzzer's n=10**18 must not stall the stub
         return web.json_response({
             "id": "chatcmpl-stub", "object": "chat.completion", "created": created, "model": model,
             "choices": [{"index": i, "message": message, "finish_reason": finish, "logprobs": None} for i in range(n)],

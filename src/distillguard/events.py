@@ -158,7 +158,8 @@ def format_ts(when: dt.datetime | float | None = None) -> str:
         when = dt.datetime.fromtimestamp(when, dt.UTC)
     elif when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
-    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+    when = when.astimezone(dt.UTC)  # the year by hand: strftime's %Y is not zero-padded before 1000 on glibc
+    return f"{when.year:04d}-" + when.strftime("%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
 
 
 _EPOCH_DAY = dt.date(1970, 1, 1).toordinal()

@@ -25,6 +25,7 @@ from urllib.parse import parse_qsl
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 
 from distillguard.config import DEFAULT_ADMIN_TOKEN, Settings, parse_listen
 from distillguard.events import format_ts, parse_ts
@@ -56,7 +57,8 @@ _LOOPBACK_NAMES = {"localhost", "ip6-localhost", "ip6-loopback"}
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: "5" is not a limit of 5, and true is not 1; the caller learns what it sent wrong
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class Limits(_Body):
@@ -149,14 +151,14 @@ class AdminAPI:
         self.gateway = gateway
         self.token = gateway.settings.admin_token.encode()
 
-    async def _send(self, send: Send, status: int, obj: Any) -> None:
+    async def _send(self, send: Send, status: int, obj: Any, headers: list[tuple[bytes, bytes]] = JSON) -> None:
         body = obj if isinstance(obj, bytes) else orjson.dumps(obj, default=str, option=orjson.OPT_NON_STR_KEYS)
-        await send({"type": "http.response.start", "status": status, "headers": JSON})
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-    async def _error(self, send: Send, status: int, message: str, code: str) -> None:
+    async def _error(self, send: Send, status: int, message: str, code: str, headers: list[tuple[bytes, bytes]] = JSON) -> None:
         log.warning("admin → %d %s", status, message)
-        await self._send(send, status, error_body("openai", status, message, code))
+        await self._send(send, status, error_body("openai", status, message, code), headers)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         auth = dict(scope["headers"]).get(b"authorization", b"")
@@ -185,7 +187,15 @@ class AdminAPI:
                 return
             result = await self.call(method, path, query, body)
             if result is None:
-                if path.endswith("/risk") or path == "/admin/v1/flagged":
+                from distillguard.gateway.openapi import (
+                    allowed_methods,  # imports this module: not at load time
+                )
+
+                allowed = allowed_methods(path)
+                if allowed and method not in allowed:
+                    await self._error(send, 405, f"{method} {path} is not supported; use {', '.join(allowed)}.", "method_not_allowed",
+                                      [*JSON, (b"allow", ", ".join(allowed).encode())])
+                elif path.endswith("/risk") or path == "/admin/v1/flagged":
                     await self._error(send, 503, "Online detection is not enabled on this gateway.", "detection_disabled")
                 else:
                     await self._error(send, 404, f"No admin route for {method} {path}.", "unknown_route")
@@ -298,10 +308,16 @@ class AdminAPI:
 
         settings = self.gateway.settings
         lines = iter_event_lines(settings.database, since, timeout_s=settings.database_timeout_s)
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/x-ndjson")]})
-        while True:
+        # The first batch is read before the 200 is sent: a store that fails (or hangs past its deadline)
+        # gets an API-shaped 503 instead of a 200 that breaks off.
+        try:
             batch = await asyncio.to_thread(lambda: list(itertools.islice(lines, 2000)))
-            if not batch:
-                break
+        except SQLAlchemyError as exc:
+            log.error("event export failed: %s", exc)
+            await self._error(send, 503, f"The event store failed ({type(exc).__name__}); retry.", "store_unavailable")
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/x-ndjson")]})
+        while batch:
             await send({"type": "http.response.body", "body": b"\n".join(batch) + b"\n", "more_body": True})
+            batch = await asyncio.to_thread(lambda: list(itertools.islice(lines, 2000)))
         await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -785,11 +785,11 @@ class Gateway:
     async def _other_request(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
         method: str = scope["method"]
-        if path == "/healthz":
+        if path == "/healthz" and method == "GET":
             await self._respond(send, 200, b'{"status":"ok"}')
-        elif path == "/readyz":
+        elif path == "/readyz" and method == "GET":
             await self._readyz(send)
-        elif path == "/metrics":
+        elif path == "/metrics" and method == "GET":
             await self._respond(send, 200, self.metrics.render(), [(b"content-type", b"text/plain; version=0.0.4")])
         elif path == "/v1/models" and method == "GET":
             await self._list_models(scope, send)
@@ -802,16 +802,25 @@ class Gateway:
             await self._console(scope, receive, send)
         elif path.startswith("/admin/"):
             await self.admin.handle(scope, receive, send)
+        elif path == "/openapi.json" and method == "GET":
+            from distillguard.gateway.openapi import openapi_json  # built from the admin models on first use
+
+            await self._respond(send, 200, openapi_json())
         elif path == "/v1/distillguard/enroll" and method == "POST":
             await self._enroll(scope, receive, send)
         else:
+            # A documented path with another method is a 405 with Allow; the document knows every route.
+            from distillguard.gateway.openapi import allowed_methods
+
             protocol = "anthropic" if path.startswith("/v1/messages") else "openai"
-            status = 405 if (("POST", path) in ROUTES) else 404
+            allowed = allowed_methods(path)
+            status = 405 if allowed else 404
             message = f"{method} {path} is not supported by this gateway." if status == 405 else f"No route for {method} {path}."
             client = scope.get("client")
             if self.refusals.note(source_of(client[0] if client else None), "unknown_route", status, "unknown_route", authenticated=False):
                 log.warning("%s %s → %d", method, path, status)  # the path is cut to 200 characters by the log formatter
-            await self._respond(send, status, error_body(protocol, status, message, "unknown_route"))
+            headers = [*JSON_HEADERS, (b"allow", ", ".join(allowed).encode())] if allowed else JSON_HEADERS
+            await self._respond(send, status, error_body(protocol, status, message, "unknown_route"), headers)
 
     async def _readyz(self, send: Send) -> None:
         problems: list[str] = []

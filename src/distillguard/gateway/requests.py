@@ -141,16 +141,24 @@ def request_part(endpoint: str, payload: dict[str, Any], prompt_mode: str = "kee
     return {
         "system": system,
         "messages": messages,
-        "params": {
-            "temperature": payload.get("temperature"),
-            "max_tokens": payload.get("max_tokens", payload.get("max_completion_tokens")),
-            "n": payload.get("n"),
+        "params": {  # a refused request is recorded too: only values of the right type, so readers can count them
+            "temperature": _number(payload.get("temperature")),
+            "max_tokens": _integer(payload.get("max_tokens", payload.get("max_completion_tokens"))),
+            "n": _integer(payload.get("n")),
             "logprobs": bool(payload.get("logprobs")) if payload.get("logprobs") is not None else False,
-            "top_logprobs": payload.get("top_logprobs"),
+            "top_logprobs": _integer(payload.get("top_logprobs")),
             "stream": bool(payload.get("stream")),
             "tools": len(tools) if isinstance(tools, list) else 0,
         },
     }
+
+
+def _integer(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _number(value: Any) -> float | int | None:
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def estimate_prompt_tokens(endpoint: str, payload: dict[str, Any]) -> int:

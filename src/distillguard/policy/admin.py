@@ -32,7 +32,7 @@ ManualActionName = Literal["allow", "flag", "throttle", "degrade", "block", "cle
 class ManualAction(BaseModel):
     """``POST /admin/v1/accounts/{id}/action`` and ``/clusters/{id}/action``: a manual override (docs/policy.md)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     action: ManualActionName
     reason: str | None = Field(default=None, max_length=2000)
     actor: str = Field(default="admin", min_length=1, max_length=200)
@@ -41,7 +41,7 @@ class ManualAction(BaseModel):
 class ReviewResolution(BaseModel):
     """``POST /admin/v1/review/{id}``: confirm (optionally applying ``action``) or dismiss a review item."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     status: Literal["confirmed", "dismissed"]
     actor: str = Field(default="admin", min_length=1, max_length=200)
     note: str | None = Field(default=None, max_length=2000)

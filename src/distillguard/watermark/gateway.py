@@ -88,7 +88,7 @@ def _invalid(message: str) -> dict[str, object]:
 class WatermarkDetectRequest(BaseModel):
     """The body of ``POST /admin/v1/watermark/detect``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     text: str = Field(min_length=1, pattern=r"\S", description="the suspect text")
     key_ids: list[str] | None = Field(default=None, max_length=100, description="keys to test (default: global)")
     tokenizer: str | None = Field(default=None, description="a tokenizer.json on the gateway's machine (default: the demo model's)")
