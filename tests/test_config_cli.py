@@ -193,3 +193,13 @@ def test_watermark_detect_warns_about_the_default_secret(tmp_path: Path, monkeyp
     config.write_text("watermark:\n  master_secret: a-real-one\n")
     assert main(["watermark", "detect", "--text-file", str(text), "--config", str(config)]) == 0
     assert "default watermark.master_secret" not in capsys.readouterr().err
+
+
+def test_logit_bias_marking_without_a_tokenizer_is_a_config_error(tmp_path: Path) -> None:
+    """docs/watermark.md: such an upstream was silently not marked; now the configuration says so."""
+    path = tmp_path / "dg.yaml"
+    path.write_text("upstreams:\n  - name: a\n    base_url: http://a/v1\n    watermark: logit_bias\n")
+    with pytest.raises(ConfigError, match=r"upstreams\.0: watermark: logit_bias needs `tokenizer`"):
+        load_settings(path)
+    path.write_text("upstreams:\n  - name: a\n    base_url: http://a/v1\n    protocol: anthropic\n    watermark: logit_bias\n")
+    assert load_settings(path).upstreams[0].watermark == "logit_bias"  # ignored with a warning at start: no logit_bias there

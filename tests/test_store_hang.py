@@ -145,3 +145,28 @@ def test_gateway_with_a_frozen_store_says_not_ready_and_sigterm_exits_with_every
     spilled = set(_spilled_ids(gw.spill_dir))
     assert set(ids) <= stored | spilled, "an acknowledged request has no event"
     assert set(ids[5:]) - stored <= spilled
+
+
+def test_a_live_but_blocked_store_spills_too(pg: PostgresServer, tmp_path: Path) -> None:
+    """Slow, not frozen: a lock held elsewhere. The server's own statement_timeout ends the write, and the batch spills."""
+    url = pg.url  # type: ignore[attr-defined]
+    spill = tmp_path / "spill"
+    holder = Registry(url, timeout_s=60)  # the lock holder itself must not hit a deadline
+    sink = EventSink(url, spill, timeout_s=1, retry_interval_s=0.3)
+    sink.start()
+    with holder.engine.connect() as conn:
+        conn.execute(text("BEGIN"))
+        conn.execute(text("LOCK TABLE events IN ACCESS EXCLUSIVE MODE"))
+        for i in range(50):
+            sink.submit(_event(i))
+        deadline = time.time() + 10
+        while sink.stats["spilled"] < 50 and time.time() < deadline:
+            time.sleep(0.1)
+        assert sink.stats["spilled"] == 50 and not sink.stats["store_ok"]
+        conn.execute(text("ROLLBACK"))
+    deadline = time.time() + 10
+    while sink.stats["replayed"] < 50 and time.time() < deadline:
+        time.sleep(0.1)
+    sink.close()
+    holder.close()
+    assert sorted(e["request_id"] for e in iter_events(url)) == [f"req_{i:06d}" for i in range(50)]

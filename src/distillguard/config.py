@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from distillguard.exceptions import ConfigError
@@ -100,6 +100,13 @@ class UpstreamSettings(_Section):
     @classmethod
     def _strip_slash(cls, value: str) -> str:
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _marking_needs_a_tokenizer(self) -> UpstreamSettings:
+        # Without the upstream's tokenizer there is no green list: marking would silently not happen.
+        if self.watermark == "logit_bias" and self.protocol == "openai" and not self.tokenizer:
+            raise ValueError("watermark: logit_bias needs `tokenizer` (the upstream model's tokenizer.json) to draw its green list")
+        return self
 
 
 class LimitSettings(_Section):
