@@ -140,3 +140,28 @@ def test_upstream_error_bodies_pass_with_credentials_masked(gateway: RunningGate
     if model in ("stub-echo-401", "claude-echo-401"):  # the upstream's JSON error object still passes, masked
         assert response.json()["error"]["message"].startswith("Incorrect API key provided: ")
     assert UPSTREAM_KEY not in gateway.log()
+
+
+def test_an_event_that_cannot_be_built_is_replaced_by_a_minimal_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug in building an event must not lose it: a minimal event with the status and error is stored instead."""
+    from distillguard.config import Settings
+    from distillguard.gateway.app import Gateway, _Exchange
+
+    stored: list[dict] = []
+
+    class Sink:
+        def submit(self, event: dict) -> None:
+            stored.append(event)
+
+    gateway = Gateway(Settings(), sink=Sink())
+    ex = _Exchange("openai.chat", "openai", {"headers": [], "client": ("198.51.100.4", 5000)})
+    ex.status, ex.error = 502, "upstream_protocol_error: x"
+
+    def broken(_: object) -> None:
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(gateway, "_emit", broken)
+    gateway._emit_safely(ex)
+    (event,) = stored
+    assert event["request_id"] == ex.request_id and event["response"]["status"] == 502
+    assert event["response"]["error"] == "upstream_protocol_error: x" and event["client"]["ip"] == "198.51.100.4"

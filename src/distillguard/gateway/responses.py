@@ -128,9 +128,12 @@ def summarise_openai(
     changed = False
     choices = body.get("choices")
     for i, choice in enumerate(expect_list(choices, "choices") if choices is not None else ()):
-        expect_dict(choice, f"choices.{i}")
-        message = opt_dict(choice.get("message"), f"choices.{i}.message")
+        if type(choice) is not dict:
+            raise UpstreamProtocolError(f"choices.{i}", "an object", choice)
+        message = choice.get("message")
         if message is not None:
+            if type(message) is not dict:
+                raise UpstreamProtocolError(f"choices.{i}.message", "an object", message)
             content, reasoning = _content_and_reasoning(message, i, "message")
             if content:
                 summary.text_parts.append(content)
@@ -148,10 +151,15 @@ def summarise_openai(
                         message.pop("reasoning", None)
                     changed = True
         else:
-            text = opt_str(choice.get("text"), f"choices.{i}.text")
+            text = choice.get("text")
             if text is not None:
+                if type(text) is not str:
+                    raise UpstreamProtocolError(f"choices.{i}.text", "a string", text)
                 summary.text_parts.append(text)
-        summary.finish_reason = summary.finish_reason or opt_str(choice.get("finish_reason"), f"choices.{i}.finish_reason")
+        finish = choice.get("finish_reason")
+        if finish is not None and type(finish) is not str:
+            raise UpstreamProtocolError(f"choices.{i}.finish_reason", "a string", finish)
+        summary.finish_reason = summary.finish_reason or finish
     usage = opt_dict(body.get("usage"), "usage") or {}
     summary.prompt_tokens = opt_count(usage.get("prompt_tokens", summary.prompt_tokens), "usage.prompt_tokens")
     summary.completion_tokens = opt_count(usage.get("completion_tokens", summary.completion_tokens), "usage.completion_tokens")
@@ -430,6 +438,9 @@ class OpenAIStreamReader(_SSEReader):
         choices = payload.get("choices")
         if choices is None:
             choices = ()
+            error = payload.get("error")
+            if error is not None:  # vLLM and others report a failure mid-stream as a chunk with an error object
+                summary.upstream_error = _error_type(error)
         elif type(choices) is not list:
             raise UpstreamProtocolError("choices", "a list", choices)
         for i, choice in enumerate(choices):
@@ -439,7 +450,11 @@ class OpenAIStreamReader(_SSEReader):
             if delta is not None:
                 if type(delta) is not dict:
                     raise UpstreamProtocolError(f"choices.{i}.delta", "an object", delta)
-                text, reasoning = _content_and_reasoning(delta, i, "delta")
+                text = delta.get("content")
+                if type(text) is str and len(delta) == 1:  # most chunks: {"content": "…"}, nothing else to check
+                    reasoning = None
+                else:
+                    text, reasoning = _content_and_reasoning(delta, i, "delta")
                 if text:
                     summary.text_parts.append(text)
                 if reasoning:
@@ -469,9 +484,6 @@ class OpenAIStreamReader(_SSEReader):
             if usage:
                 summary.prompt_tokens = opt_count(usage.get("prompt_tokens"), "usage.prompt_tokens")
                 summary.completion_tokens = opt_count(usage.get("completion_tokens"), "usage.completion_tokens")
-        error = payload.get("error")
-        if error is not None:  # vLLM and others report a failure mid-stream as a chunk with an error object
-            summary.upstream_error = _error_type(error)
         return changed
 
 
