@@ -9,6 +9,7 @@ the real server started by ``pg_fixtures`` and always thaw it again.
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -170,3 +171,36 @@ def test_a_live_but_blocked_store_spills_too(pg: PostgresServer, tmp_path: Path)
     sink.close()
     holder.close()
     assert sorted(e["request_id"] for e in iter_events(url)) == [f"req_{i:06d}" for i in range(50)]
+
+
+def test_sigterm_with_store_calls_blocked_exits_within_the_grace_period(pg: PostgresServer, tmp_path: Path,
+                                                                       stub: UpstreamStub) -> None:
+    """The finding's own scenario, with the default deadline (5 s): executor threads blocked in the store at SIGTERM."""
+    url = pg.url  # type: ignore[attr-defined]
+    gw = start_gateway(tmp_path, stub.base_url, database=url)
+    admin_answers: list[httpx.Response] = []
+    try:
+        key = gw.create_key("in-flight")
+        auth = {"Authorization": f"Bearer {key['secret']}"}
+        chat = {"model": "stub-1", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+        pg.freeze()
+        ids = [httpx.post(gw.base_url + "/chat/completions", headers=auth, json=chat, timeout=10).headers["x-request-id"]
+               for _ in range(20)]
+        blocked = threading.Thread(target=lambda: admin_answers.append(gw.admin("GET", "/admin/v1/accounts")))
+        blocked.start()
+        time.sleep(1.5)  # by now the admin request, the key poller (every second) and the event writer wait on the store
+        started = time.monotonic()
+        code = gw.stop(signal.SIGTERM, timeout=60)
+        took = time.monotonic() - started
+        blocked.join(30)
+        print(f"SIGTERM with store calls blocked (database_timeout_s 5): exited in {took:.1f}s")
+        assert code == 0, gw.log()[-3000:]
+        assert took < 30, f"SIGTERM took {took:.1f}s"
+    finally:
+        if gw.proc.poll() is None:
+            gw.proc.kill()
+        pg.thaw()
+    assert [a.status_code for a in admin_answers] == [503]
+    assert admin_answers[0].json()["error"]["code"] == "store_unavailable"
+    stored = {e["request_id"] for e in iter_events(url)}
+    assert set(ids) <= stored | set(_spilled_ids(gw.spill_dir)), "an acknowledged request has no event"

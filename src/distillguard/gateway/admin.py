@@ -208,6 +208,9 @@ class AdminAPI:
             await self._error(send, 422, f"Invalid admin request: {describe_validation_error(exc)}", "invalid_request")
         except (UsageError, ValueError) as exc:
             await self._error(send, 422, f"Invalid admin request: {exc}", "invalid_request")
+        except SQLAlchemyError as exc:  # down, or past its deadline (store/engine.py): the admin may retry
+            log.error("admin %s %s: the store failed: %s", method, path, exc)
+            await self._error(send, 503, f"The store failed ({type(exc).__name__}); retry.", "store_unavailable")
         except Exception:  # a bug, or a store failure: still a JSON answer the admin tooling can read
             log.exception("admin %s %s failed", method, path)
             await self._error(send, 500, "The admin request failed inside the gateway; see its log.", "internal_error")
