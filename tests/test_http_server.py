@@ -1550,6 +1550,28 @@ async def test_requests_the_server_refuses_itself(head: bytes, status: int) -> N
     assert called == [] or head.endswith(b"zz\r\n")
 
 
+async def test_a_read_full_of_pipelined_requests_queues_a_bounded_number() -> None:
+    release = asyncio.Event()
+
+    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+        await release.wait()
+        await echo(scope, receive, send)
+
+    async with serving(asgi(handler)) as srv:
+        reader, writer = await connect(srv.port)
+        writer.write(request("GET", "/p") * 5000)  # ~130 KB: thousands of requests in one or two reads
+        await eventually(lambda: any(c.pending for c in srv.server.connections))
+        await asyncio.sleep(0.2)
+        (conn,) = srv.server.connections
+        queued = len(conn.pending)
+        release.set()
+        for _ in range(5000):
+            assert (await read_response(reader)).status == 200
+        await close(writer)
+    # one piece of parsing past the limit at most, not the whole read (it was ~5,000)
+    assert queued <= http_server.MAX_PIPELINED + http_server.FEED_PIECE // len(request("GET", "/p")), queued
+
+
 async def test_refusal_after_a_pipelined_request_is_answered_in_its_turn() -> None:
     async with serving(asgi(echo)) as srv:
         reader, writer = await connect(srv.port)

@@ -76,6 +76,8 @@ FD_RESERVE = 128  # descriptors kept for the listening socket, the store, logs, 
 LOG_INTERVAL_S = 10.0  # at most one summary line per interval while limits bite
 _HOST_VALUE = re.compile(rb"[A-Za-z0-9._~!$&'()*+,;=:\[\]%-]*")
 BODY_HIGH_WATER = 1 << 20  # unread request body bytes before reading pauses
+FEED_PIECE = 16 * 1024  # bytes handed to the parser at a time: bounds the requests one read can queue
+MAX_PIPELINED = 32  # parsed requests waiting their turn; past it, parsing stops until they are answered
 STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, phrase.encode()) for code, phrase in (
     (100, "Continue"), (200, "OK"), (201, "Created"), (202, "Accepted"), (204, "No Content"), (206, "Partial Content"),
     (301, "Moved Permanently"), (302, "Found"), (304, "Not Modified"), (307, "Temporary Redirect"),
@@ -377,6 +379,8 @@ class _HttpConnection(asyncio.Protocol):
         self.messages = 0  # request heads begun on this connection
         self.in_head = False
         self.closed = False
+        self.halted = False  # the server refused a request: the parser is done with this connection
+        self.unfed = b""  # received but not yet parsed (held back behind a deep pipeline)
         self.read_paused = False
         self.write_paused = False
         self.drain_waiters: list[asyncio.Future[None]] = []
@@ -400,6 +404,33 @@ class _HttpConnection(asyncio.Protocol):
             transport.close()
 
     def data_received(self, data: bytes) -> None:
+        if self.halted:  # refused: nothing after it is read
+            return
+        if self.unfed:  # parsing is held back behind a deep pipeline: keep the order
+            self.unfed += data
+            self.pause_reading()
+            return
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        """Parse ``data`` a piece at a time, holding the rest back while MAX_PIPELINED requests wait their turn:
+        one 256 KiB read of tiny pipelined requests would otherwise become ~10,000 queued requests at once."""
+        while data:
+            if len(self.pending) >= MAX_PIPELINED:
+                self.unfed = data
+                self.pause_reading()
+                return
+            piece, data = (data[:FEED_PIECE], data[FEED_PIECE:]) if len(data) > FEED_PIECE else (data, b"")
+            self._parse(piece)
+            if self.halted or self.closed:
+                return
+
+    def _refeed(self) -> None:
+        if self.unfed and len(self.pending) < MAX_PIPELINED and not self.halted and not self.closed:
+            data, self.unfed = self.unfed, b""
+            self._feed(data)
+
+    def _parse(self, data: bytes) -> None:
         in_head, parsing, messages = self.in_head, self.parsing, self.messages
         received = parsing.received if parsing is not None else 0
         try:
@@ -610,14 +641,19 @@ class _HttpConnection(asyncio.Protocol):
         if self.pending:
             if not self.write_paused:  # else resume_writing starts it: a pipelining client that doesn't read can't pile up answers
                 self._start(self.pending.popleft())
+            self._refeed()
         else:
             self.last_active = self.loop.time()
             self.server.idle_again(self)
-            self.resume_reading()
+            self._refeed()
+            if not self.pending:
+                self.resume_reading()
 
     def reject(self, rejection: _Reject) -> None:
         """The server refuses the request being received: answer it in its turn with the rejection's status, then close."""
         self.server.count_rejection(rejection.reason, self.ip)
+        self.halted = True
+        self.unfed = b""
         self.pause_reading()
         cycle = self.parsing
         if cycle is not None:  # in the middle of a request's body: that request can't be completed
@@ -646,6 +682,7 @@ class _HttpConnection(asyncio.Protocol):
     def _refuse_upgrade(self) -> None:
         """``Upgrade: h2c`` is ignored and the request answered over HTTP/1.1 (RFC 9110 allows it), then the connection closed."""
         cycle = self.parsing or (self.pending[-1] if self.pending else self.cycle)
+        self.halted = True  # the parser stops at an upgrade; nothing after it is read
         self.pause_reading()
         if cycle is None:
             self.reject(NO_UPGRADE)
@@ -688,7 +725,7 @@ class _HttpConnection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self.read_paused and self.transport is not None and not self.closed:
+        if self.read_paused and self.transport is not None and not self.closed and not self.unfed:
             self.read_paused = False
             now = self.loop.time()
             self.head_started = now  # a head cut short by our pause starts its deadline again
