@@ -122,13 +122,16 @@ def test_shared_wrapper_and_hosting_network_link_a_fleet_but_either_alone_does_n
         background(scanner)
     names = fleet(both, "hyd", wrapper=PRIVATE_WRAPPER, ip=HOSTING_24, hosting=True)
     fleet(wrapper_only, "hyd", wrapper=PRIVATE_WRAPPER)
-    fleet(network_only, "hyd", ip=HOSTING_24, hosting=True)
+    for k in range(6):  # one data-centre /24, nothing behavioural in common: each its own client settings and prompts
+        fleet(network_only, f"hyd{k}_", n=1, ip=lambda _, i, k=k: f"198.51.100.{10 + (i + k) % 40}", hosting=True,
+              params={"max_tokens": 256 * (k + 1), "temperature": 0.1 * k, "stream": k % 2 == 0}, requests=10 + 7 * k,
+              wrapper=["{task}", "Q: {task}?", "{task} " * 2, "hi! {task}", "{task}!!", "x {task} x"][k])
     assert clusters_of(both.report()) == [set(names)]
     cluster = cluster_with(both.report(), "hyd0")
     assert cluster is not None
     assert any("prompt wrapper" in s for s in cluster["shared"]) and any("198.51.100.0/24" in s for s in cluster["shared"])
     assert clusters_of(wrapper_only.report()) == []  # content alone: could be a public template
-    assert clusters_of(network_only.report()) == []  # infra alone: could be a shared cloud or office
+    assert clusters_of(network_only.report()) == []  # infra alone: could be a shared cloud or an office
 
 
 def test_private_system_prompt_links_with_shared_infra_but_a_stock_one_does_not() -> None:
@@ -183,7 +186,7 @@ def test_creation_burst_links_rotating_accounts_only_with_the_metadata() -> None
         fleet(scanner, "new", wrapper=wrapper, ip=rotating)
     cluster = cluster_with(with_meta.report(), "new0")
     assert cluster is not None and set(cluster["accounts"]) == set(burst)
-    assert any("created in one burst" in s for s in cluster["shared"])
+    assert any("created within minutes of each other" in s for s in cluster["shared"])
     assert cluster_with(without.report(), "new0") is None
 
 
@@ -246,8 +249,7 @@ def test_quiet_members_are_scored_as_their_cluster_with_a_sentence_saying_so() -
 
 
 def test_rarity_falls_with_the_share_of_accounts_carrying_an_item() -> None:
-    assert rarity(1, 1000) == 0.0  # nobody to share with
-    assert rarity(2, 1000) == 1.0 and rarity(80, 1000) == 1.0  # rare: full weight
+    assert rarity(0, 1000) == 1.0 and rarity(80, 1000) == 1.0  # rare: full weight
     assert 0.0 < rarity(400, 1000) < 0.5 and rarity(1000, 1000) < 0.01  # common: little or none
 
 

@@ -4,22 +4,25 @@ A hydra is many accounts run by one operator. No single shared value proves
 it — a popular client library, a cloud provider, an office's egress address
 and a public prompt wrapper are shared by strangers too — so every indicator
 is an *item* an account carries, and what a shared item is worth depends on
-how many accounts carry it (an idf-like weight over all accounts in the log,
-:func:`rarity`). Items come in four families, and a link between two accounts
-needs two of them, one behavioural (:mod:`distillguard.detect.clustering`):
+how many accounts of the background carry it (an idf-like weight over the
+accounts that do not look like distillers on their own, :func:`rarity`).
+Items come in four families, and a link between two accounts needs two of
+them, one behavioural (:mod:`distillguard.detect.clustering`):
 
 - **content** (behaviour): recurring prompt wrappers — a prefix or suffix
   that recurs around varying content, inferred per account from the first and
   last words of its single-turn prompts —, system prompts used repeatedly,
-  the request-parameter profile (max_tokens, temperature, stream, n, logprobs);
+  coarse usage habits (single-turn and streaming shares, prompt length, daily
+  rhythm), the request-parameter profile (max_tokens, temperature, stream, n,
+  logprobs);
 - **time** (behaviour): synchronised activity (similar sets of active 5-minute
-  buckets, found with MinHash LSH) and account-creation bursts (from the
-  operator's account metadata);
+  buckets, found with MinHash LSH);
 - **infra**: enrolled install ids, exact addresses, /24 networks, hosting
   ASNs, rotating to a new network on most requests, the client profile
   (header fingerprint and attested platform);
-- **meta**: operator-supplied attributes (hashed payment fingerprints, e-mail
-  domains; `scan --accounts`).
+- **meta**: the operator's records (`scan --accounts`): hashed payment
+  fingerprints, e-mail domains and other attributes, and creation slots in
+  account-creation bursts.
 
 Public wrappers ("Let's think step by step") and stock system prompts ("You are
 a helpful assistant.") carry no weight at all: unrelated people use them,
@@ -36,7 +39,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,11 +97,14 @@ def is_public_wrapper(piece: str) -> bool:
 RARE_SHARE = 12.0
 
 
-def rarity(holders: int, population: int) -> float:
-    """How much sharing an item carried by ``holders`` of ``population`` accounts is worth, in [0, 1]."""
-    if holders <= 1:
-        return 0.0
-    return max(0.0, min(1.0, math.log((population + 10) / holders) / math.log(RARE_SHARE)))
+# Account attributes other than payment fingerprints are commonly shared by strangers (free-mail domains, a
+# company's domain, a university's): they count fully only below about one account in thirty.
+RARE_SHARE_ATTRIBUTE = 30.0
+
+
+def rarity(holders: int, population: int, rare_share: float = RARE_SHARE) -> float:
+    """How much sharing an item carried by ``holders`` of ``population`` background accounts is worth, in [0, 1]."""
+    return max(0.0, min(1.0, math.log((population + 10) / (holders + 1)) / math.log(rare_share)))
 
 
 @dataclass
@@ -114,6 +120,10 @@ class _Account:
     net_switches: int = 0
     hosting: int = 0
     org: str | None = None
+    single_turn: int = 0
+    streamed: int = 0
+    lengths: dict[int, int] = field(default_factory=dict)
+    hours: list[int] = field(default_factory=lambda: [0] * 24)
 
 
 def _bump(counts: dict[Any, int], value: Any, cap: int) -> None:
@@ -156,7 +166,21 @@ class AttributionCollector:
         if hosting:
             state.hosting += 1
             _bump(state.hosting_asns, asn, _CAP_VALUES)
-        params = (event.get("request") or {}).get("params") or {}
+        request = event.get("request") or {}
+        messages = request.get("messages") or ()
+        if len(messages) == 1:
+            state.single_turn += 1
+        if messages:
+            last = messages[-1]
+            content = last.get("content") if isinstance(last, dict) else None
+            if isinstance(content, str):
+                _bump(state.lengths, len(content).bit_length(), 24)
+        ts = event.get("_t")
+        if isinstance(ts, float):
+            state.hours[int(ts // 3600) % 24] += 1
+        params = request.get("params") or {}
+        if params.get("stream"):
+            state.streamed += 1
         get = params.get
         _bump(state.params, (get("max_tokens"), get("temperature"), bool(get("stream")), get("n") or 1, bool(get("logprobs")),
                              get("top_logprobs")), _CAP_PARAMS)
@@ -169,6 +193,27 @@ class AttributionCollector:
         else:
             profile = (client.get("header_fp"),)
         _bump(state.profiles, profile, 8)
+
+
+def _band(share: float) -> str:
+    return "none" if share <= 0.1 else "all" if share >= 0.9 else "some"
+
+
+def _habits(state: _Account) -> str | None:
+    """How an account uses the API, coarsely: the distribution its requests come from, not any one value.
+
+    Accounts of one campaign are driven by one script with one configuration, so they share these habits;
+    ordinary users differ from one another, and the habits common among them weigh little (rarity).
+    """
+    requests = state.requests
+    if requests < 10 or not state.lengths:
+        return None
+    length = max(state.lengths.items(), key=lambda kv: (kv[1], kv[0]))[0]
+    doubled = state.hours + state.hours
+    quiet = min(sum(doubled[i:i + 6]) for i in range(24)) / max(1, sum(state.hours))
+    clock = "round the clock" if quiet >= 0.12 else "a daily rhythm" if quiet <= 0.03 else "mostly a daily rhythm"
+    return (f"single-turn {_band(state.single_turn / requests)}, streaming {_band(state.streamed / requests)}, "
+            f"prompts of {1 << max(0, length - 1)}–{(1 << length) - 1} characters, {clock}")
 
 
 def _net_label(net: tuple[Any, ...]) -> str:
@@ -206,18 +251,22 @@ KINDS: dict[str, tuple[str, float]] = {
     "short_wrapper": ("content", 0.35),  # two words: common in plain language too
     "system_prompt": ("content", 0.8),
     "params": ("content", 0.3),
+    "habits": ("content", 0.4),
     "install": ("infra", 1.0),
     "ip": ("infra", 0.6),
     "hosting_net": ("infra", 0.6),
     "net": ("infra", 0.35),
     "hosting_asn": ("infra", 0.2),
-    "rotation": ("infra", 0.35),
+    "rotation": ("infra", 0.5),
     "profile": ("infra", 0.1),
-    "burst": ("time", 0.8),
-    "attribute": ("meta", 0.7),
+    "burst": ("meta", 0.6),  # when the account was made: the operator's records, not behaviour
+    "attribute": ("meta", 0.4),
     "payment": ("meta", 1.0),
 }
 BEHAVIOURAL = frozenset({"content", "time"})
+# A wrapper is the operator's template: it frames a good part of the account's prompts. Phrases that recur in a
+# few percent of them are more often the swept dataset's own wording (shared by everyone sweeping it).
+WRAPPER_SHARE = 0.12
 _IDENTITY_ATTRIBUTES = frozenset({"payment_fp", "payment", "card_fp"})
 
 
@@ -228,10 +277,10 @@ def _shares(counts: Mapping[Any, int], total: int, minimum_share: float, minimum
 
 
 def account_items(state: _Account | None, single_turn: int, wrappers: Mapping[str, int], systems: Mapping[str, int],
-                  attributes: Mapping[str, str], burst: str | None) -> list[Item]:
+                  attributes: Mapping[str, str], bursts: Sequence[str]) -> list[Item]:
     """Every item an account carries (public wrappers and stock system prompts left out)."""
     items: list[Item] = []
-    for piece, share in _shares(wrappers, single_turn, 0.05, 3):
+    for piece, share in _shares(wrappers, single_turn, WRAPPER_SHARE, 3):
         if not is_public_wrapper(piece):
             items.append(Item("wrapper" if piece[1] == "4" else "short_wrapper", piece, share))
     for system, share in _shares(systems, max(1, single_turn), 0.05, 2):
@@ -249,16 +298,18 @@ def account_items(state: _Account | None, single_turn: int, wrappers: Mapping[st
             kind = "hosting" if state.hosting * 2 >= requests else "residential"
             items.append(Item("rotation", f"a new {kind} network on most requests", state.net_switches / (requests - 1)))
         items += [Item("profile", _profile_label(value), share) for value, share in _shares(state.profiles, requests, 0.5)]
+        habits = _habits(state)
+        if habits is not None:
+            items.append(Item("habits", habits, 1.0))
     for name, value in attributes.items():
         items.append(Item("payment" if name in _IDENTITY_ATTRIBUTES else "attribute", f"{name}={value}", 1.0))
-    if burst is not None:
-        items.append(Item("burst", burst, 1.0))
+    items += [Item("burst", slot, 1.0) for slot in bursts]
     return items
 
 
 _LABELS = {"system_prompt": "system prompt template", "params": "request parameters {value}", "install": "install id {value}",
            "ip": "address {value}", "hosting_net": "hosting network {value}", "net": "network {value}", "hosting_asn": "hosting {value}",
-           "rotation": "{value}", "burst": "accounts created in one burst ({value})"}
+           "rotation": "{value}", "habits": "the same habits ({value})", "burst": "created within minutes of each other in a burst ({value})"}
 
 
 def describe(item: Item, holders: int) -> str:

@@ -9,14 +9,14 @@ each family's evidence is combined as a noisy-OR of its shared items,
 and the pair is **linked** when
 
 - one identity item alone is near-certain (the same enrolled install, the
-  same payment fingerprint: ≥ 0.9), or
+  same payment fingerprint: ≥ 0.8), or
 - a behavioural family (content or time) reaches 0.35, another family
   reaches 0.3, and the two add up to at least 1.0.
 
 So a public wrapper (no weight), a shared office (infra and meta only) or two
 evaluation jobs with the same stock parameters (content 0.3) never link on
 their own, while a fleet that shares a wrapper and a hosting /24, or a
-system prompt and a creation burst, does. Accounts of one organisation are
+system prompt and a creation slot, does. Accounts of one organisation are
 never linked: the organisation already says they are one customer.
 
 Candidate pairs come from posting lists (accounts carrying an item; every
@@ -24,8 +24,9 @@ pair when at most 12 do, else each holder against the 8 holders with the
 smallest stable hash — the cluster stays connected through them) and from a
 MinHash LSH index over active 5-minute buckets for synchronised activity, so
 the work grows with the number of accounts times the items they carry, never
-with all pairs. Linked accounts are joined with union-find; groups of three
-or more are clusters.
+with all pairs. Linked accounts are grouped by weighted label propagation
+(:func:`_communities`), so two fleets that a few links join stay apart;
+groups of three or more are clusters.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ from distillguard.detect.accounts import AccountMeta
 from distillguard.detect.attribution import (
     BEHAVIOURAL,
     KINDS,
+    RARE_SHARE,
+    RARE_SHARE_ATTRIBUTE,
     AttributionCollector,
     Item,
     account_items,
@@ -59,10 +62,11 @@ FingerprintCollector = AttributionCollector  # the name the Scanner has always u
 MIN_REQUESTS = 3
 ALL_PAIRS_UP_TO = 12
 HUBS = 8
-IDENTITY_LINK = 0.9
+IDENTITY_LINK = 0.8
+BACKGROUND_BELOW = 0.5
 BEHAVIOUR_MIN, OTHER_MIN, LINK_SUM = 0.35, 0.3, 1.0
 SYNC_JACCARD, SYNC_LIFT, SYNC_WEIGHT = 0.25, 2.0, 0.8
-BURST_WINDOW_S, BURST_MIN, BURST_EXCESS = 3600.0, 5, 8.0
+BURST_WINDOW_S, BURST_MIN, BURST_EXCESS, BURST_SLOT_S = 3600.0, 5, 8.0, 600.0
 
 
 class TemplateSource(Protocol):
@@ -135,12 +139,13 @@ def rank_labels(counts: Mapping[str, float]) -> list[str]:
     return [label for label, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
 
 
-def creation_bursts(metadata: Mapping[str, AccountMeta]) -> dict[str, str]:
-    """Accounts created in a burst → a name for the burst.
+def creation_bursts(metadata: Mapping[str, AccountMeta]) -> dict[str, tuple[str, ...]]:
+    """Accounts created in a burst → their creation slots (two 10-minute grids offset by 5 minutes).
 
     A burst: at least ``BURST_MIN`` accounts created within an hour of one another, at least ``BURST_EXCESS``
-    times as many as the metadata's average rate of account creation would put in an hour. Creation times
-    closer than an hour chain into one burst.
+    times as many as the metadata's average rate of account creation would put in an hour. Within a burst,
+    accounts created within about five minutes of each other share a slot; a burst that lasts hours is tied
+    together by its other links, so two fleets created the same afternoon are not one burst.
     """
     times = sorted((m.created_at, a) for a, m in metadata.items() if m.created_at is not None)
     if len(times) < BURST_MIN:
@@ -148,7 +153,7 @@ def creation_bursts(metadata: Mapping[str, AccountMeta]) -> dict[str, str]:
     span = max(86_400.0, times[-1][0] - times[0][0])
     expected = max(0.5, len(times) * BURST_WINDOW_S / span)
     half = BURST_WINDOW_S / 2
-    members: list[tuple[float, str]] = []
+    slots: dict[str, tuple[str, ...]] = {}
     lo = hi = 0
     for t, account in times:
         while times[lo][0] < t - half:
@@ -157,24 +162,10 @@ def creation_bursts(metadata: Mapping[str, AccountMeta]) -> dict[str, str]:
             hi += 1
         count = hi - lo
         if count >= BURST_MIN and count >= BURST_EXCESS * expected:
-            members.append((t, account))
-    bursts: dict[str, str] = {}
-    group: list[tuple[float, str]] = []
-
-    def close() -> None:
-        if len(group) >= BURST_MIN:
-            start = dt.datetime.fromtimestamp(group[0][0], dt.UTC).strftime("%Y-%m-%d %H:%M")
-            name = f"{len(group)} accounts from {start} UTC within {max(1, round((group[-1][0] - group[0][0]) / 60))} min"
-            for _, account in group:
-                bursts[account] = name
-
-    for t, account in members:
-        if group and t - group[-1][0] > BURST_WINDOW_S:
-            close()
-            group = []
-        group.append((t, account))
-    close()
-    return bursts
+            slots[account] = tuple(
+                dt.datetime.fromtimestamp((t + offset) // BURST_SLOT_S * BURST_SLOT_S - offset, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+                for offset in (0.0, BURST_SLOT_S / 2))
+    return slots
 
 
 @dataclass
@@ -182,6 +173,12 @@ class _Link:
     families: dict[str, float]
     items: list[tuple[Item, float]]
     strength: float
+
+
+def _rarity_of(kind: str, holders: int, population: int) -> float:
+    if kind == "burst":
+        return 1.0  # rare by construction (an excess over the creation rate), however many accounts it holds
+    return rarity(holders, population, RARE_SHARE_ATTRIBUTE if kind == "attribute" else RARE_SHARE)
 
 
 def _family_scores(shared: list[tuple[Item, float]]) -> dict[str, float]:
@@ -234,13 +231,17 @@ def find_clusters(
         single_turn, wrappers = templates.wrappers(account)
         meta = metadata.get(account)
         found = account_items(collector.accounts.get(account), single_turn, wrappers, templates.systems(account),
-                              meta.attributes if meta else empty, bursts.get(account))
+                              meta.attributes if meta else empty, bursts.get(account, ()))
         keyed = {(i.kind, i.value): i for i in found}
         items[account] = keyed
         for key in keyed:
             holders[key].append(account)
-    population = len(accounts)
-    worth = {key: KINDS[key[0]][1] * (1.0 if key[0] == "burst" else rarity(len(members), population))
+    # Rarity is judged against the background: the accounts that do not look like distillers on their own. A trait
+    # every campaign account shows (rotating addresses, a campaign's own domain) stays rare however large the
+    # campaigns in a log are, while a trait common among ordinary users (a free-mail domain) is common.
+    background = {a for a in accounts if own_scores.get(a, 0.0) < BACKGROUND_BELOW}
+    population = max(1, len(background))
+    worth = {key: KINDS[key[0]][1] * _rarity_of(key[0], sum(1 for m in members if m in background), population)
              for key, members in holders.items() if len(members) >= 2}
 
     # 2. Candidate pairs from the posting lists of items worth something.
@@ -327,38 +328,59 @@ def find_clusters(
                 used.append((Item("sync", "synchronised activity", 1.0), timing))
             links[(a, b)] = _Link(families, used, strength)
 
-    # 5. Union-find over the links; clusters of three or more.
-    parent = {a: a for a in accounts}
-
-    def find(x: str) -> str:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for a, b in links:
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
+    # 5. Communities of the link graph (weighted label propagation); clusters of three or more.
+    community = _communities(accounts, links)
     groups: dict[str, list[str]] = defaultdict(list)
     for account in accounts:
-        groups[find(account)].append(account)
+        groups[community[account]].append(account)
     member_links: dict[str, list[_Link]] = defaultdict(list)
-    for (a, _), link in links.items():
-        member_links[find(a)].append(link)
+    for (a, b), link in links.items():
+        if community[a] == community[b]:
+            member_links[community[a]].append(link)
 
     clusters: list[Cluster] = []
     for members in sorted((g for g in groups.values() if len(g) >= 3), key=lambda g: (-len(g), g[0])):
-        group_links = member_links[find(members[0])]
+        group_links = member_links[community[members[0]]]
         shared_weight: dict[str, float] = defaultdict(float)
         families_seen: set[str] = set()
         for link in group_links:
             families_seen.update(f for f, v in link.families.items() if v >= 0.3)
             for item, value in link.items:
-                label = "synchronised activity" if item.kind == "sync" else describe(item, len(holders.get((item.kind, item.value), ())))
-                shared_weight[label] += value
+                text = "synchronised activity" if item.kind == "sync" else describe(item, len(holders.get((item.kind, item.value), ())))
+                shared_weight[text] += value
         clusters.append(_score_cluster(members, group_links, families_seen, rank_labels(shared_weight)[:8], own_scores))
     return clusters
+
+
+def _communities(accounts: list[str], links: Mapping[tuple[str, str], _Link], rounds: int = 12) -> dict[str, str]:
+    """Each account's community: weighted label propagation over the links, deterministic.
+
+    Plain connected components would join two fleets as soon as a handful of their members happen to share
+    something (the same public dataset's phrasing, a creation slot): one link is enough. Here every account
+    takes, round after round, the label carrying the most link strength among its neighbours (ties: the
+    smallest label), so two dense groups joined by a few links keep their own labels. Accounts are visited in
+    sorted order and labels start as the accounts' own ids, so the result never depends on arrival order.
+    """
+    neighbours: dict[str, list[tuple[str, float]]] = defaultdict(list)
+    for (a, b), link in links.items():
+        neighbours[a].append((b, link.strength))
+        neighbours[b].append((a, link.strength))
+    label = {a: a for a in accounts}
+    linked = sorted(neighbours)
+    for _ in range(rounds):
+        changed = 0
+        for account in linked:
+            weights: dict[str, float] = defaultdict(float)
+            for other, strength in neighbours[account]:
+                weights[label[other]] += strength
+            best = min(weights.items(), key=lambda kv: (-kv[1], kv[0]))[0]
+            own = weights.get(label[account], 0.0)
+            if best != label[account] and weights[best] > own:
+                label[account] = best
+                changed += 1
+        if not changed:
+            break
+    return label
 
 
 def _score_cluster(members: list[str], links: list[_Link], families: set[str], shared: list[str],
