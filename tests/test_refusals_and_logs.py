@@ -156,3 +156,14 @@ def test_json_logs(tmp_path: Path, stub: UpstreamStub) -> None:
     assert any("404" in e["message"] for e in entries)
 
 
+
+
+def test_unknown_routes_are_summarised_in_the_log_only(flood_gateway: RunningGateway) -> None:
+    gw = flood_gateway
+    with httpx.Client(timeout=10) as client:
+        for i in range(50):
+            assert client.get(gw.root_url + f"/v1/nothing-{i}").status_code == 404
+    assert gw.stop() == 0
+    log = gw.log()
+    assert log.count("GET /v1/nothing-") == 1 and "49 more refusals on unknown_route → 404 unknown_route from source 127.0.0.1" in log
+    assert not [e for e in iter_events(gw.database) if e["endpoint"] == "unknown_route"]  # 404s are not events

@@ -96,6 +96,7 @@ ROUTES: dict[tuple[str, str], tuple[str, str, str]] = {
 JSON_HEADERS = [(b"content-type", b"application/json")]
 SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
 JSON_REQUEST_LINE = b"Content-Type: application/json\r\n"
+LOGGED_ONLY = frozenset(("unknown_route", "distillguard.enroll"))  # refusals summarised in the log; these requests have no events
 REFUSAL_WINDOW_S = 10.0  # refusals are logged and (unauthenticated) stored once per source per window, then summarised
 READYZ_TTL_S = 5.0  # /readyz reuses one round of upstream probes for this long
 MODEL_LIST_TTL_S = 30.0  # GET /v1/models reuses the upstreams' own model lists for this long
@@ -432,7 +433,7 @@ class Gateway:
             whom = f"{window.new_sources} sources beyond the {self.refusals.max_windows} tracked"
         log.warning("%d more refusals on %s → %d %s from %s in %g s (first at %s, last at %s)", window.repeats, window.endpoint,
                     window.status, window.code, whom, self.refusals.interval_s, window.first_repeat_ts, window.last_ts)
-        if window.authenticated or self.sink is None:
+        if window.authenticated or self.sink is None or window.endpoint in LOGGED_ONLY:
             return
         aggregate: dict[str, Any] = {"count": window.repeats, "first_ts": window.first_repeat_ts, "last_ts": window.last_ts,
                                      "interval_s": self.refusals.interval_s, "source": window.who}
