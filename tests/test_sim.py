@@ -127,6 +127,9 @@ def test_robust_has_every_hard_negative_population_and_campaign_archetype(robust
     stamps = [parse_ts(e["ts"]) for e in events]
     assert stamps == sorted(stamps)
     assert {e["account_id"] for e in events} == set(labels["accounts"])
+    # Reasoning length says which model answered (the new one reasons always), never what the prompt asked.
+    assert all((e["response"]["reasoning_chars"] > 0) == (e["model"] == "demo-2") for e in events)
+    assert sum(e["model"] == "demo-2" for e in events) > 1000
 
 
 def test_hard_negatives_behave_as_described(robust: dict) -> None:

@@ -88,6 +88,9 @@ class Actor:
     pools: PromptPools | None = None
     start: float = 0.0  # the scenario's first second
     days: int = 7
+    # `robust`: the model that reasons on every request (whatever the prompt asks), so `reasoning_chars`
+    # says which model answered, not whether the prompt asked for reasoning. None: the older rule.
+    reasoning_model: str | None = None
 
     def _model(self, ts: float, models: tuple[str, ...], rng: random.Random, p_new: float) -> str:
         if len(models) > 1 and (self.release_ts is None or ts >= self.release_ts) and rng.random() < p_new:
@@ -101,6 +104,8 @@ class Actor:
                messages: list[dict[str, str]], params: dict[str, Any], completion_tokens: int, text: str,
                reasoning_chars: int = 0, endpoint: str = "openai.chat", org: str | None = None) -> TimedEvent:
         self.seq += 1
+        if self.reasoning_model is not None:
+            reasoning_chars = int(completion_tokens * self.rng.uniform(1.5, 4.0)) if model == self.reasoning_model else 0
         prompt_chars = sum(len(m["content"]) for m in messages) + len(system or "")
         event: dict[str, Any] = {
             "v": 1, "ts": format_ts(ts), "request_id": "req_" + secrets.token_hex(8), "account_id": account, "key_id": key,

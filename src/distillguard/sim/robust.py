@@ -188,6 +188,9 @@ def build_robust(scenario: Scenario, seed: int, split: str) -> tuple[list[Actor]
             labels[acct] = {"label": "distiller", "campaign": campaign, "population": archetype}
         metas.extend(campaign_metadata(maker, r, params, accounts, replacements, start))
         campaigns[campaign] = {**params.as_label(), "size": params.accounts, "accounts": accounts + replacements, "replacements": replacements}
+    if len(models) > 1:
+        for actor in actors:
+            actor.reasoning_model = models[-1]
     return actors, {"accounts": labels, "campaigns": campaigns, "models": list(models), "new_model_ts": release_ts}, metas
 
 
