@@ -1,7 +1,7 @@
 """Does detection generalise? The `robust` family on its dev split and its test split, side by side, beside the baseline.
 
     python bench/detection_generalisation.py [--dev-seeds 1 2 3] [--test-seeds 1001 1002 1003]
-        [--fixed default stealthy pivot bench/scenarios/hard.yaml] [--fixed-seed 4242] [--without-accounts] [--reuse]
+        [--fixed default stealthy pivot bench/scenarios/hard.yaml] [--fixed-seed 4242] [--without-accounts] [--reuse] [--jobs 2]
 
 For every seed it runs ``distillguard simulate --scenario robust --split S
 --seed N`` and ``distillguard eval --json --accounts`` (the simulated account metadata,
@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -158,12 +159,17 @@ def main() -> int:
     parser.add_argument("--without-accounts", dest="with_accounts", action="store_false",
                         help="evaluate from the events alone (default: with the simulated account metadata, as `scan --accounts`)")
     parser.add_argument("--reuse", action="store_true", help="reuse results already in bench/out/generalisation")
+    parser.add_argument("--jobs", type=int, default=2, help="simulate+eval runs at a time (default 2)")
     args = parser.parse_args()
     if set(args.dev_seeds) & set(args.test_seeds):
         parser.error("dev and test seeds must be disjoint")
     began, digest = time.perf_counter(), src_digest()
-    runs = {split: [run("robust", split, seed, with_accounts=args.with_accounts, reuse=args.reuse) for seed in seeds]
-            for split, seeds in (("dev", args.dev_seeds), ("test", args.test_seeds))}
+    # Every (scenario, split, seed) is its own pair of subprocesses: run --jobs of them at a time.
+    work = [("robust", "dev", seed) for seed in args.dev_seeds] + [("robust", "test", seed) for seed in args.test_seeds]
+    work += [(scenario, "dev", args.fixed_seed) for scenario in args.fixed]
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        done = dict(zip(work, pool.map(lambda w: run(*w, with_accounts=args.with_accounts, reuse=args.reuse), work), strict=True))
+    runs = {split: [done[("robust", split, seed)] for seed in seeds] for split, seeds in (("dev", args.dev_seeds), ("test", args.test_seeds))}
     summaries = {split: summarise(r) for split, r in runs.items()}
     lines = [f"## robust family: dev seeds {args.dev_seeds} vs test seeds {args.test_seeds}"
              f"{', with account metadata' if args.with_accounts else ', events only'}", "",
@@ -198,7 +204,7 @@ def main() -> int:
                   "| scenario | events | distiller AUC | recall @ 0.5 % | baseline | reseller recall @ 1 % | baseline | legit. in `high` | "
                   "worst campaign share before `high` |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for scenario in args.fixed:
-            r = run(scenario, "dev", args.fixed_seed, with_accounts=args.with_accounts, reuse=args.reuse)
+            r = done[(scenario, "dev", args.fixed_seed)]
             d, s = r["classes"]["distiller"], r["classes"]["reseller"]
             before = [row["ours_share_of_requests_before_first_detection"] for row in r["campaigns"].values()]
             lines.append(f"| {Path(scenario).stem} | {r['events']:,} | {_fmt(d['ours']['roc_auc'])} | {_fmt(d['ours']['recall_at_fpr_0.005'])} | "
