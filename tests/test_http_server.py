@@ -33,7 +33,8 @@ import pytest
 import uvloop
 
 from distillguard.gateway import http_server
-from distillguard.gateway.http_server import EdgeLimits, HttpServer
+from distillguard.gateway.edge import EdgeLimits
+from distillguard.gateway.http_server import HttpServer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -1631,7 +1632,7 @@ async def test_total_cap_and_exempt_peers() -> None:
 
 
 def test_raise_fd_limit_lifts_the_soft_limit_to_the_hard_one() -> None:
-    script = ("import resource; from distillguard.gateway.http_server import raise_fd_limit; "
+    script = ("import resource; from distillguard.gateway.edge import raise_fd_limit; "
               "print(raise_fd_limit(), resource.getrlimit(resource.RLIMIT_NOFILE)[0])")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,

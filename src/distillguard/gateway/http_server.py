@@ -24,7 +24,7 @@ SIGTERM or SIGINT: stop accepting, close idle connections, let in-flight
 requests finish (up to ``graceful_timeout_s``), then run the lifespan
 shutdown, where the gateway drains its event log.
 
-The edge, for a server facing the internet (:class:`EdgeLimits`): a request
+The edge, for a server facing the internet (``gateway/edge.py``): a request
 head has a *total* deadline from its first byte (one byte a second does not
 keep a connection) and a body a deadline from the end of its head (both
 answered ``408``); a head is at most 64 KiB (``431``), and so is what httptools
@@ -40,29 +40,28 @@ waiting for that body sees a disconnect). Connections are capped in total and
 per client IP: at a cap, the connection that has been waiting longest without
 a request in progress (idle, or still sending its head) is closed to make
 room, and if there is none the new one gets ``503``. Every time a limit bites
-it is counted in :class:`EdgeStats` (exported on ``/metrics``) and summarised
-in one log line at most every 10 s.
+it is counted in ``EdgeStats`` (exported on ``/metrics``) and summarised in
+one log line at most every 10 s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import ipaddress
 import logging
 import re
-import resource
 import signal
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Any
 from urllib.parse import unquote
 
 import httptools
 
-__all__ = ["EdgeLimits", "EdgeStats", "HttpServer", "raise_fd_limit", "run"]
+from distillguard.gateway.edge import ConnectionCaps, EdgeLimits, EdgeStats, fitted, raise_fd_limit
+
+__all__ = ["HttpServer", "run"]
 
 log = logging.getLogger("distillguard.gateway.http")
 
@@ -72,8 +71,6 @@ ASGIApp = Callable[[MutableMapping[str, Any], Callable[[], Awaitable[Message]], 
 MAX_HEAD_BYTES = 64 * 1024  # request line + headers
 MAX_TRAILER_BYTES = 16 * 1024  # trailer fields, plus chunk framing beyond CHUNK_LINE_ALLOWANCE per chunk
 CHUNK_LINE_ALLOWANCE = 64  # a chunk's size line (extensions included) and CRLFs
-FD_RESERVE = 128  # descriptors kept for the listening socket, the store, logs, spill files
-LOG_INTERVAL_S = 10.0  # at most one summary line per interval while limits bite
 _HOST_VALUE = re.compile(rb"[A-Za-z0-9._~!$&'()*+,;=:\[\]%-]*")
 BODY_HIGH_WATER = 1 << 20  # unread request body bytes before reading pauses
 FEED_PIECE = 16 * 1024  # bytes handed to the parser at a time: bounds the requests one read can queue
@@ -104,57 +101,6 @@ class _Clock:
             self.second = now
             self.line = b"date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
         return self.line
-
-
-@dataclass(frozen=True)
-class EdgeLimits:
-    """What a client may hold of the server, and for how long (``server:`` in the configuration)."""
-
-    keepalive_timeout_s: float = 5.0  # idle between requests
-    head_timeout_s: float = 10.0  # from a head's first byte to its end, in total
-    body_timeout_s: float = 30.0  # from the end of a head to the end of its body, in total
-    max_connections: int = 10_000  # lowered at start to what the descriptor limit allows
-    max_connections_per_ip: int = 256
-    # Peers that are not one client (load balancers: ``network.trusted_proxies``) are exempt from the per-IP cap.
-    per_ip_exempt: tuple[str, ...] = ()
-
-
-@dataclass
-class EdgeStats:
-    """Counters of the limits biting, for ``/metrics``: by what bit, since start."""
-
-    refused: dict[str, int] = field(default_factory=lambda: {"max_connections": 0, "max_connections_per_ip": 0})
-    evicted: dict[str, int] = field(default_factory=lambda: {"max_connections": 0, "max_connections_per_ip": 0})
-    rejected: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
-        ("head_timeout", "body_timeout", "head_too_large", "trailer_too_large", "malformed", "bad_host", "transfer_encoding",
-         "upgrade"), 0))
-    open_connections: int = 0
-
-
-def raise_fd_limit() -> int:
-    """Raise this process's open-file limit from its soft to its hard value; returns the limit now in force.
-
-    Every client connection is a descriptor (and usually an upstream one beside
-    it): at the common soft limit of 1,024, a thousand idle sockets lock
-    everyone out, so the server raises it and caps connections below it.
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
-    if soft != resource.RLIM_INFINITY and soft < wanted:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-            soft = wanted
-        except (ValueError, OSError) as exc:
-            log.warning("could not raise the open-file limit from %d to %d: %s", soft, wanted, exc)
-    return int(soft)
-
-
-def _fd_budget() -> int:
-    """How many client connections the open-file limit leaves room for (each may pair with an upstream one)."""
-    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    if soft == resource.RLIM_INFINITY:
-        return 1 << 30
-    return max(16, (int(soft) - FD_RESERVE) // 2)
 
 
 def _error_response(status: int, message: bytes) -> bytes:
@@ -398,7 +344,7 @@ class _HttpConnection(asyncio.Protocol):
         self.local = (str(local[0]), int(local[1])) if isinstance(local, tuple) else None
         self.ip = self.client[0] if self.client else None
         self.last_active = self.loop.time()
-        if not self.server.admit(self):
+        if not self.server.caps.admit(self):
             self.closed = True
             transport.write(_error_response(503, b"Too many connections; try again shortly."))  # type: ignore[attr-defined]
             transport.close()
@@ -459,7 +405,7 @@ class _HttpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.server.forget(self)
+        self.server.caps.forget(self)
         # The parser and this protocol refer to each other: left to the cyclic collector, the parser's
         # buffered header or trailer line (up to a read's worth) outlived the connection, and a flood of
         # short connections (an endless trailer, reconnecting) held hundreds of MB until a collection ran.
@@ -556,7 +502,7 @@ class _HttpConnection(asyncio.Protocol):
         self.framing = 0
         self.chunks = 0
         self.body_started = self.loop.time()
-        self.server.busy(self)
+        self.server.caps.busy(self)
         if self.cycle is None and not self.pending:
             self._start(cycle)
         else:  # pipelined: read no further until the requests before it are answered
@@ -644,14 +590,14 @@ class _HttpConnection(asyncio.Protocol):
             self._refeed()
         else:
             self.last_active = self.loop.time()
-            self.server.idle_again(self)
+            self.server.caps.idle_again(self)
             self._refeed()
             if not self.pending:
                 self.resume_reading()
 
     def reject(self, rejection: _Reject) -> None:
         """The server refuses the request being received: answer it in its turn with the rejection's status, then close."""
-        self.server.count_rejection(rejection.reason, self.ip)
+        self.server.caps.count_rejection(rejection.reason, self.ip)
         self.halted = True
         self.unfed = b""
         self.pause_reading()
@@ -758,109 +704,16 @@ class HttpServer:
         limits = limits or EdgeLimits()
         if keepalive_timeout_s is not None:
             limits = EdgeLimits(**{**limits.__dict__, "keepalive_timeout_s": keepalive_timeout_s})
-        budget = _fd_budget()
-        if limits.max_connections > budget:
-            # A warning when the operator asked for more; the default is simply fitted to the machine.
-            level = logging.INFO if limits.max_connections == EdgeLimits.max_connections else logging.WARNING
-            log.log(level, "max_connections %d lowered to %d: the open-file limit leaves room for no more "
-                    "(raise `ulimit -n` to allow more)", limits.max_connections, budget)
-            limits = EdgeLimits(**{**limits.__dict__, "max_connections": budget})
-        self.limits = limits
+        self.limits = limits = fitted(limits)
         self.stats = stats or EdgeStats()
-        self.exempt = [ipaddress.ip_network(cidr, strict=False) for cidr in limits.per_ip_exempt]
+        self.caps: ConnectionCaps[_HttpConnection] = ConnectionCaps(limits, self.stats)
         self.graceful_timeout_s = graceful_timeout_s
         self.clock = _Clock()
-        self.connections: dict[_HttpConnection, None] = {}  # every open connection, oldest first
-        self.waiting: dict[_HttpConnection, None] = {}  # those with no request in progress, longest waiting first
-        self.per_ip: dict[str, dict[_HttpConnection, None]] = {}
         self.in_flight = 0
         self.stopping = False
-        self.unlogged: collections.Counter[str] = collections.Counter()  # bites since the last summary line
-        self.next_log = 0.0
-        self.last_ip: str | None = None  # the peer of the latest bite, for the summary line
         self._stop: asyncio.Event | None = None
         self._idle: asyncio.Event | None = None
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
-
-    # -- connection caps --------------------------------------------------------------------------
-    def admit(self, conn: _HttpConnection) -> bool:
-        """Make room for a new connection under both caps (closing the longest-waiting one) or refuse it."""
-        limits = self.limits
-        ip = conn.ip
-        if len(self.connections) >= limits.max_connections and not self._evict(self.waiting, "max_connections", ip):
-            return False
-        mine = self.per_ip.get(ip) if ip is not None else None
-        if (mine is not None and len(mine) >= limits.max_connections_per_ip and not self._exempt(ip)
-                and not self._evict(mine, "max_connections_per_ip", ip)):
-            return False
-        self.connections[conn] = None
-        self.waiting[conn] = None
-        if ip is not None:
-            if mine is None:
-                mine = self.per_ip[ip] = {}
-            mine[conn] = None
-        self.stats.open_connections = len(self.connections)
-        return True
-
-    def _exempt(self, ip: str | None) -> bool:
-        if not self.exempt or ip is None:
-            return False
-        try:
-            address = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        return any(address in net for net in self.exempt)
-
-    def _evict(self, pool: dict[_HttpConnection, None], cap: str, ip: str | None) -> bool:
-        """Close the connection of ``pool`` that has waited longest without a request in progress; False if none."""
-        for victim in pool:
-            if victim in self.waiting:
-                self.forget(victim)
-                victim.close()
-                self.stats.evicted[cap] += 1
-                self._bite(f"evicted ({cap})", ip)
-                return True
-        self.stats.refused[cap] += 1
-        self._bite(f"refused ({cap})", ip)
-        return False
-
-    def busy(self, conn: _HttpConnection) -> None:
-        self.waiting.pop(conn, None)
-
-    def idle_again(self, conn: _HttpConnection) -> None:
-        if conn in self.connections:
-            self.waiting[conn] = None
-
-    def forget(self, conn: _HttpConnection) -> None:
-        if self.connections.pop(conn, 0) is None:
-            self.waiting.pop(conn, None)
-            mine = self.per_ip.get(conn.ip) if conn.ip is not None else None
-            if mine is not None:
-                mine.pop(conn, None)
-                if not mine:
-                    del self.per_ip[conn.ip]  # type: ignore[arg-type]
-            self.stats.open_connections = len(self.connections)
-
-    # -- the limits biting: counted, and summarised in the log -------------------------------------
-    def count_rejection(self, reason: str, ip: str | None) -> None:
-        self.stats.rejected[reason] = self.stats.rejected.get(reason, 0) + 1
-        if reason != "malformed":  # logged on its own at info
-            self._bite(reason, ip)
-
-    def _bite(self, what: str, ip: str | None) -> None:
-        self.unlogged[what] += 1
-        self.last_ip = ip
-        if self.loop is not None and self.loop.time() >= self.next_log:
-            self._log_bites()
-
-    def _log_bites(self) -> None:
-        if self.unlogged:
-            summary = ", ".join(f"{n} {what}" for what, n in sorted(self.unlogged.items()))
-            log.warning("connection limits: %s in the last %gs (latest from %s; %d connections open, caps %d total, %d per IP)",
-                        summary, LOG_INTERVAL_S, self.last_ip, len(self.connections),
-                        self.limits.max_connections, self.limits.max_connections_per_ip)
-            self.unlogged.clear()
-            self.next_log = self.loop.time() + LOG_INTERVAL_S
 
     async def _enforce_deadlines(self) -> None:
         """Keep-alive, head and body deadlines: one sweep a fraction of a second, rather than a timer per request."""
@@ -869,10 +722,14 @@ class HttpServer:
         while True:
             await asyncio.sleep(interval)
             now = self.loop.time()
-            for conn in list(self.connections):
+            for conn in list(self.caps.connections):
                 conn.check_deadlines(now, limits)
-            if now >= self.next_log:
-                self._log_bites()
+            self.caps.flush_log()
+
+    @property
+    def connections(self) -> dict[_HttpConnection, None]:
+        """Every open connection, oldest first."""
+        return self.caps.connections
 
     def request_finished(self) -> None:
         if self.in_flight == 0 and self._idle is not None:

@@ -22,7 +22,8 @@ from distillguard.config import Settings, load_settings, parse_listen
 from distillguard.exceptions import ConfigError
 from distillguard.gateway.admin import check_admin_exposure
 from distillguard.gateway.app import Gateway
-from distillguard.gateway.http_server import EdgeLimits, EdgeStats, run
+from distillguard.gateway.edge import EdgeLimits, EdgeStats
+from distillguard.gateway.http_server import run
 from distillguard.gateway.metrics import Metrics
 from distillguard.logs import configure as configure_logging
 
