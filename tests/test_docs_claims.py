@@ -77,3 +77,24 @@ def test_cli_revocations_are_audited(tmp_path: Path, monkeypatch: pytest.MonkeyP
     revocations = [row for row in registry.list_audit() if row["action"] == "key.revoke"]
     assert [(row["actor"], row["target"]) for row in revocations] == [("cli", key["key_id"])]
     assert "Revocations made from the CLI are\nnot written" not in (DOCS / "store.md").read_text()
+
+
+@pytest.mark.parametrize(("mode", "stored"), [("hash", "hmac:")])
+def test_refused_requests_store_the_address_as_privacy_ip_mode_says(tmp_path: Path, stub: UpstreamStub, mode: str,
+                                                                     stored: str) -> None:
+    """signals.md: `client.ip` is stored "after privacy.ip_mode" — for refusals before any signal too, and their summaries."""
+    gw = start_gateway(tmp_path, stub.base_url, privacy={"ip_mode": mode, "hash_key": "k" * 32})
+    with httpx.Client(timeout=10) as client:
+        for i in range(5):
+            answer = client.post(gw.base_url + "/chat/completions", headers={"Authorization": f"Bearer sk-dg-wrong{i}"},
+                                 json={"model": "stub-1", "messages": [{"role": "user", "content": "hi"}]})
+            assert answer.status_code == 401
+    assert gw.stop() == 0  # open refusal windows are summarised before the sink drains
+    from distillguard.store import iter_events
+
+    refused = [e for e in iter_events(gw.database) if e["response"]["error"] == "invalid_api_key"]
+    assert any("aggregate" in e for e in refused) and any("aggregate" not in e for e in refused)
+    for event in refused:
+        assert event["client"]["ip"].startswith(stored), event["client"]
+        assert event.get("aggregate", {}).get("source", stored).startswith(stored)
+    assert "127.0.0.1" not in {e["client"]["ip"] for e in refused}

@@ -72,7 +72,7 @@ from distillguard.gateway.upstream_http import (
     UpstreamResponse,
     UpstreamUnreachable,
 )
-from distillguard.signals.network import client_ip
+from distillguard.signals.network import client_ip, protect_ip
 from distillguard.state import Admission, open_state
 from distillguard.store.registry import KeyRecord
 
@@ -414,6 +414,10 @@ class Gateway:
         ex.summarised = not first
         return first
 
+    def _stored_ip(self, ip: str | None) -> str | None:
+        """An address as the event log may keep it (privacy.ip_mode: full, truncated or keyed hash; docs/signals.md)."""
+        return protect_ip(ip, self.settings.privacy.ip_mode, self.hash_key)
+
     def _client_ip(self, ex: _Exchange) -> str | None:
         if not self._trusted or ex.peer is None:
             return ex.peer
@@ -435,14 +439,15 @@ class Gateway:
                     window.status, window.code, whom, self.refusals.interval_s, window.first_repeat_ts, window.last_ts)
         if window.authenticated or self.sink is None or window.endpoint in LOGGED_ONLY:
             return
+        source = window.who if window.who in (OVERFLOW, "unknown") else self._stored_ip(window.who.partition("/")[0])
         aggregate: dict[str, Any] = {"count": window.repeats, "first_ts": window.first_repeat_ts, "last_ts": window.last_ts,
-                                     "interval_s": self.refusals.interval_s, "source": window.who}
+                                     "interval_s": self.refusals.interval_s, "source": source}
         if window.who == OVERFLOW:
             aggregate["new_sources"] = window.new_sources
         self.sink.submit({
             "v": 1, "ts": window.first_repeat_ts, "request_id": new_request_id(), "account_id": None, "key_id": None, "org_id": None,
             "endpoint": window.endpoint, "model": None,
-            "client": {"ip": window.who if window.who not in (OVERFLOW, "unknown") else None, "user_agent": window.user_agent,
+            "client": {"ip": source if window.who not in (OVERFLOW, "unknown") else None, "user_agent": window.user_agent,
                        "header_fp": None, "geo": {"country": None, "asn": None, "hosting": None}},
             "attestation": None, "request": {"system": None, "messages": [], "params": {}},
             "response": {"status": window.status, "text": None, "reasoning_chars": 0, "prompt_tokens": None, "completion_tokens": None,
@@ -738,8 +743,8 @@ class Gateway:
             client = signals.client
             attestation = signals.attestation
         else:
-            ua = _header(ex.headers, b"user-agent")
-            client = {"ip": ex.peer, "user_agent": ua.decode("latin-1") if ua else None, "header_fp": None,
+            ua = _header(ex.headers, b"user-agent")  # a refusal before signals: the address still obeys privacy.ip_mode
+            client = {"ip": self._stored_ip(self._client_ip(ex)), "user_agent": ua.decode("latin-1") if ua else None, "header_fp": None,
                       "geo": {"country": None, "asn": None, "hosting": None}}
             attestation = None
         decision = ex.decision
