@@ -104,6 +104,15 @@ def test_accounts_search_filter_and_sort(admin: Any, pop: Population) -> None:
     assert admin.locator("#accounts tbody tr").count() == 3
     admin.goto(ui(pop, "accounts?sort=newest"))
     assert admin.inner_text("#result-count").startswith("7 account(s)")
+    admin.goto(ui(pop, "accounts?status=active"))
+    active = admin.locator("#accounts tbody tr td:first-child a").all_inner_texts()
+    assert {"alice", "bob"} <= set(active) and not any(name.startswith("hydra") for name in active)
+    admin.goto(ui(pop, "accounts?q=hydra-0"))
+    acting = admin.locator("#accounts tbody tr .status").first.inner_text()  # what the policy does to the hydra now
+    assert acting in ("flagged", "degraded", "throttled")
+    admin.goto(ui(pop, f"accounts?status={acting}&sort=newest"))
+    rows = admin.locator("#accounts tbody tr").all_inner_texts()
+    assert any("hydra-0" in row for row in rows) and all(acting in row for row in rows)
     admin.goto(ui(pop, "accounts"))
     first = admin.locator("#accounts tbody tr").first.inner_text()
     assert "medium" in first or "high" in first  # sorted by risk: a flagged account first

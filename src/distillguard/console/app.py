@@ -119,7 +119,7 @@ class Console:
         self.env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
                                       trim_blocks=True, lstrip_blocks=True)
         self.env.filters.update(when=human_time, ago=ago, score=score_of, quote=lambda s: quote(str(s), safe=""))
-        self._sorted: tuple[int, list[dict[str, Any]]] = (0, [])
+        self._sorted: tuple[int, dict[str, list[str]]] = (0, {})
         self.routes: list[tuple[str, str, Handler]] = [
             ("GET", "", self.overview), ("GET", "accounts", self.accounts), ("GET", "accounts/*", self.account),
             ("POST", "accounts/*/action", self.account_action), ("POST", "accounts/*/limits", self.account_limits),
@@ -278,14 +278,19 @@ class Console:
                 actions[name].append(after[3].get(name, 0) - before[3].get(name, 0))
         return labels, {"requests": allowed, "refused": refused}, actions
 
-    def _risk_sorted(self) -> list[dict[str, Any]]:
+    def _risk_sorted(self, band: str = "") -> list[str]:
+        """Scored account ids by risk, highest first (``band``: only that risk band); sorted once per scorer report."""
         engine = self.engine
         if engine is None:
             return []
         table = engine.risk_table()
-        if self._sorted[0] != id(table):  # one sort per scorer report, not per page view
-            self._sorted = (id(table), sorted(table.values(), key=lambda e: (-score_of(e), e["account_id"])))
-        return self._sorted[1]
+        if self._sorted[0] != id(table):  # one sort per report, not per page view: pages only slice these lists
+            ordered = sorted(table.values(), key=lambda e: (-score_of(e), e["account_id"]))
+            lists: dict[str, list[str]] = {"": [e["account_id"] for e in ordered], "high": [], "medium": [], "low": []}
+            for entry in ordered:
+                lists.setdefault(entry.get("risk", "low"), []).append(entry["account_id"])
+            self._sorted = (id(table), lists)
+        return self._sorted[1].get(band, [])
 
     async def accounts(self, request: _Request) -> _Response:
         store = self.store
@@ -300,23 +305,29 @@ class Console:
         accounts: dict[str, dict[str, Any]] = {}
         note = None
         ids: list[str] | None = None  # None: page through the store by creation time instead
-        if q:
-            found = await asyncio.to_thread(store.search_accounts, q)
-            accounts = {a["account_id"]: a for a in found}
-            ids = sorted(accounts, key=lambda a: (-score_of(table.get(a)), a))
-        elif status == "suspended":
-            found = await asyncio.to_thread(store.accounts_with_status, "suspended")
-            accounts = {a["account_id"]: a for a in found}
-            ids = sorted(accounts, key=lambda a: (-score_of(table.get(a)), a))
-        elif status and status != "active":
-            ids = sorted((a for a, d in decisions.items() if STATUS_OF_ACTION.get(d.action) == status), key=lambda a: (-score_of(table.get(a)), a))
-        elif sort == "risk":
-            ids = [e["account_id"] for e in self._risk_sorted()]
-            note = "Sorted by risk: the accounts the online scorer has seen. Sort by newest to list every account."
-        if ids is not None:
+        risk_applied = False
+
+        def by_risk(found: list[dict[str, Any]]) -> list[str]:
+            accounts.update({a["account_id"]: a for a in found})
+            return sorted((a["account_id"] for a in found), key=lambda a: (-score_of(table.get(a)), a))
+
+        if q:  # at most MAX_SEARCH matches: every filter applies in memory
+            ids = by_risk(await asyncio.to_thread(store.search_accounts, q))
             if status:
                 ids = [a for a in ids if self._status_of(accounts.get(a), a, decisions) == status]
-            if risk:
+        elif status == "suspended":
+            ids = by_risk(await asyncio.to_thread(store.accounts_with_status, "suspended"))
+        elif status and status != "active":  # the accounts the policy acts on: a short list in memory
+            ids = sorted((a for a, d in decisions.items() if STATUS_OF_ACTION.get(d.action) == status), key=lambda a: (-score_of(table.get(a)), a))
+        elif sort == "risk":
+            ids = self._risk_sorted(risk)  # the band asked for, already sorted: only sliced below
+            risk_applied = True
+            note = "Sorted by risk: the accounts the online scorer has seen. Sort by newest to list every account."
+            if status == "active":
+                suspended = {a["account_id"] for a in await asyncio.to_thread(store.accounts_with_status, "suspended")}
+                ids = [a for a in ids if a not in decisions and a not in suspended]
+        if ids is not None:
+            if risk and not risk_applied:
                 ids = [a for a in ids if (table.get(a) or {}).get("risk") == risk]
             total = len(ids)
             page_ids = ids[(page - 1) * PAGE: page * PAGE]
@@ -325,6 +336,8 @@ class Console:
             exclude = list(decisions) if status == "active" else []
             total = await asyncio.to_thread(store.count_accounts) - len(exclude)
             newest = await asyncio.to_thread(store.newest_accounts, (page - 1) * PAGE, PAGE, exclude)
+            if status == "active":
+                newest = [a for a in newest if a.get("status") != "suspended"]
             accounts = {a["account_id"]: a for a in newest}
             page_ids = [a["account_id"] for a in newest]
             if risk:
