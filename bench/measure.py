@@ -79,3 +79,11 @@ def stop_sessions(procs: list[subprocess.Popen[bytes]], grace_s: float = 30) -> 
             proc.wait(grace_s)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def spawn_logged(procs: list[subprocess.Popen[bytes]], work: Path, cmd: list[str], log: str) -> subprocess.Popen[bytes]:
+    """Start a child in ``work`` with its output in ``work/<log>``, in its own session, and add it to ``procs`` for :func:`stop_sessions`."""
+    with open(work / log, "wb") as handle:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, cwd=work, start_new_session=True)
+    procs.append(proc)
+    return proc

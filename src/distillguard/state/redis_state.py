@@ -166,12 +166,25 @@ return #KEYS
 """
 
 
-def _keys(subject: str) -> tuple[str, str, str, str]:
-    return f"dg:w:{subject}", f"dg:t:{subject}", f"dg:c:{subject}", f"dg:d:{subject}"
+def _keys(subject: str) -> tuple[bytes, bytes, bytes, bytes]:
+    name = subject.encode()
+    return b"dg:w:" + name, b"dg:t:" + name, b"dg:c:" + name, b"dg:d:" + name
 
 
-def _limit(value: int | None) -> int:
-    return -1 if value is None else value
+def _limit(value: int | None) -> bytes:
+    return b"-1" if value is None else str(value).encode()
+
+
+class _Encoded:
+    """A quota's key names and limit arguments, encoded once (the same few quotas come back on every request)."""
+
+    __slots__ = ("keys", "limits", "leased")
+
+    def __init__(self, quota: Quota) -> None:
+        self.keys = _keys(quota.subject)
+        self.limits = (_limit(quota.requests_per_min), _limit(quota.tokens_per_min), _limit(quota.concurrent_requests),
+                       _limit(quota.daily_tokens))
+        self.leased = quota.concurrent_requests is not None
 
 
 class RedisAdmission:
@@ -196,10 +209,13 @@ class RedisState:
         self.url = url
         self.timeout_s = timeout_s
         self.lease_ms = lease_ms
-        self.client: Any = aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                                                   health_check_interval=0)
-        self._admit = self.client.register_script(ADMIT_LUA)
-        self._renew = self.client.register_script(RENEW_LUA)
+        # No per-read socket timeout (it costs a timer per read): the caller bounds each whole call
+        # (distillguard.state.resilient), and connecting has its own timeout.
+        self.client: Any = aioredis.Redis.from_url(url, socket_connect_timeout=timeout_s, health_check_interval=0)
+        self._admit_sha = self.client.register_script(ADMIT_LUA).sha
+        self._renew_sha = self.client.register_script(RENEW_LUA).sha
+        self._idle: list[Any] = []  # connections not in use: one per concurrent call, reused
+        self._encoded: dict[Quota, _Encoded] = {}
         self._pending: list[tuple[RedisAdmission, int]] = []
         self._flush_handle: asyncio.TimerHandle | None = None
         self._flushing: asyncio.Task[None] | None = None
@@ -209,30 +225,66 @@ class RedisState:
 
     async def start(self) -> None:
         """Check that Redis answers and load the scripts; raises :class:`StateUnavailable` if it does not."""
+        loop = asyncio.get_running_loop()
+        for conn in self._idle:  # connections from before an outage are dead
+            loop.create_task(conn.disconnect(nowait=True))
+        self._idle.clear()
         try:
             async with asyncio.timeout(max(self.timeout_s, 2.0)):
                 await self.client.ping()
-                await self._admit(keys=[], args=[0, 0, "", self.lease_ms, 0, 0])
+                await self._call(self._admit_sha, ADMIT_LUA, [b"0", b"0", b"0", b"", b"0", b"0", b"0"])
         except Exception as exc:
             raise StateUnavailable(f"state {self.url}: {type(exc).__name__}: {exc}") from exc
         if self._renewer is None:
             self._renewer = asyncio.get_running_loop().create_task(self._renew_leases())
 
+    def _encode(self, quota: Quota) -> _Encoded:
+        found = self._encoded.get(quota)
+        if found is None:
+            if len(self._encoded) > 100_000:  # throttles make new quotas; keep the cache bounded
+                self._encoded.clear()
+            found = self._encoded[quota] = _Encoded(quota)
+        return found
+
+    async def _call(self, sha: str, script: str, keys_and_args: list[Any]) -> Any:
+        """One script call on a connection of our own: the client's per-command machinery costs more than the round trip.
+
+        ``keys_and_args`` starts with the number of keys. A connection whose call
+        failed or was cancelled (a timeout) is dropped, since its reply may still come.
+        """
+        from redis.exceptions import NoScriptError
+
+        conn = self._idle.pop() if self._idle else self.client.connection_pool.make_connection()
+        try:
+            await conn.send_packed_command(conn.pack_command("EVALSHA", sha, *keys_and_args), check_health=False)
+            try:
+                reply = await conn.read_response()
+            except NoScriptError:  # a restarted Redis forgot the script: send it once in full
+                await conn.send_packed_command(conn.pack_command("EVAL", script, *keys_and_args), check_health=False)
+                reply = await conn.read_response()
+        except BaseException:
+            asyncio.get_running_loop().create_task(conn.disconnect(nowait=True))
+            raise
+        self._idle.append(conn)
+        return reply
+
     async def admit(self, quotas: tuple[Quota, ...], tokens: int, request_id: str,
                     nonce: tuple[str, int] | None = None) -> RedisAdmission | Refusal | None:
-        keys: list[str] = []
+        encoded = [self._encode(quota) for quota in quotas]
+        keys: list[Any] = []
         args: list[Any] = [len(quotas), tokens, request_id, self.lease_ms, nonce[1] if nonce else 0]
-        for quota in quotas:
-            keys.extend(_keys(quota.subject))
-            args += (_limit(quota.requests_per_min), _limit(quota.tokens_per_min), _limit(quota.concurrent_requests),
-                     _limit(quota.daily_tokens))
+        for item in encoded:
+            keys += item.keys
+            args += item.limits
         if nonce is not None:
             keys.append("dg:n:" + nonce[0])
-        settling = self._take_pending()
-        self._add_settlements(settling, keys, args)
+        if self._pending:
+            self._add_settlements(self._take_pending(), keys, args)
+        else:
+            args.append(0)
         try:
             self.calls += 1
-            reply = await self._admit(keys=keys, args=args)
+            reply = await self._call(self._admit_sha, ADMIT_LUA, [len(keys), *keys, *args])
         except Exception as exc:
             raise StateUnavailable(f"state {self.url}: {type(exc).__name__}: {exc}") from exc
         if reply[0] == 2:
@@ -240,7 +292,7 @@ class RedisState:
         if reply[0] == 1:
             _, code, limit, now, at, index = (int(v) for v in reply)
             return Refusal(quotas[index - 1].subject, CODES[code - 1], limit, now, None if at < 0 else at)
-        leased = tuple(q.subject for q in quotas if q.concurrent_requests is not None)
+        leased = tuple(q.subject for q, item in zip(quotas, encoded, strict=True) if item.leased)
         admission = RedisAdmission(request_id, tokens, int(reply[2]), tuple(q.subject for q in quotas), leased)
         if leased:
             self._in_flight[request_id] = admission
@@ -264,7 +316,7 @@ class RedisState:
         return pending
 
     @staticmethod
-    def _add_settlements(pending: list[tuple[RedisAdmission, int]], keys: list[str], args: list[Any]) -> None:
+    def _add_settlements(pending: list[tuple[RedisAdmission, int]], keys: list[Any], args: list[Any]) -> None:
         args.append(len(pending))
         for admission, tokens in pending:
             args += (admission.request_id, tokens, admission.charged, admission.day, len(admission.subjects))
@@ -281,12 +333,13 @@ class RedisState:
         pending = self._take_pending()
         if not pending:
             return
-        keys: list[str] = []
+        keys: list[Any] = []
         args: list[Any] = [0, 0, "", self.lease_ms, 0]
         self._add_settlements(pending, keys, args)
         try:
             self.calls += 1
-            await self._admit(keys=keys, args=args)
+            async with asyncio.timeout(self.timeout_s):
+                await self._call(self._admit_sha, ADMIT_LUA, [len(keys), *keys, *args])
         except Exception as exc:  # the usage is lost, the slots come back when their leases expire
             log.warning("could not settle %d request(s) in %s (%s); their leases expire within %d s",
                         len(pending), self.url, type(exc).__name__, self.lease_ms // 1000)
@@ -297,10 +350,11 @@ class RedisState:
             running = list(self._in_flight.values())
             if not running:
                 continue
-            keys = [_keys(subject)[2] for a in running for subject in a.leased]
+            keys: list[Any] = [_keys(subject)[2] for a in running for subject in a.leased]
             args: list[Any] = [self.lease_ms, *(a.request_id for a in running for _ in a.leased)]
             try:
-                await self._renew(keys=keys, args=args)
+                async with asyncio.timeout(self.timeout_s):
+                    await self._call(self._renew_sha, RENEW_LUA, [len(keys), *keys, *args])
             except Exception as exc:
                 log.warning("could not renew %d concurrency lease(s) in %s: %s", len(keys), self.url, exc)
 
@@ -312,6 +366,10 @@ class RedisState:
         with contextlib.suppress(Exception):
             async with asyncio.timeout(2):
                 await self.flush()
+        for conn in self._idle:
+            with contextlib.suppress(Exception):
+                await conn.disconnect()
+        self._idle.clear()
         with contextlib.suppress(Exception):
             await self.client.aclose()
 

@@ -56,8 +56,10 @@ class ResilientState:
             try:
                 async with asyncio.timeout(self.shared.timeout_s):
                     return await self.shared.admit(quotas, tokens, request_id, nonce)
-            except (StateUnavailable, TimeoutError) as exc:
+            except StateUnavailable as exc:
                 self._trip(exc)
+            except TimeoutError:
+                self._trip(StateUnavailable(f"no answer within state_timeout_s = {self.shared.timeout_s:g} s"))
         if self.failure == "fail_closed":
             raise StateUnavailable(f"shared state {self.shared.url} is unavailable (state_failure: fail_closed)")
         return self.local.admit_now(quotas, tokens, request_id, nonce)

@@ -1,0 +1,216 @@
+"""Fleet: one replica with `state: memory` vs one and three replicas sharing Redis, on the same upstream, in one run.
+
+    python bench/fleet.py [--duration 8] [--state-timeout 2.0]
+
+Needs ``wrk`` and ``redis-server`` (Debian packages). For each set-up it runs
+wrk against every replica at once (JSON, c=1 and c=64 in total) and reports
+throughput, latency added over the upstream (p50/p99, the mean over the
+replicas' wrk runs), CPU ms per request of the gateway processes, Redis' own
+CPU ms per request, and Redis script calls per request (from ``INFO
+commandstats``: the round trips). Then it measures limit overshoot: a key
+limited to 600 requests/min hammered through three replicas for a few
+seconds, with Redis state and — the baseline — with per-process memory state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from gateway_overhead import cpu_s, free_port, run_wrk, wait
+from measure import spawn_logged, src_digest, stop_sessions, write_report
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+UNLIMITED = {"requests_per_min": 10_000_000, "tokens_per_min": 10_000_000_000, "concurrent_requests": 1000, "daily_tokens": None}
+
+
+def redis_calls(port: int) -> int:
+    """Script calls Redis has served so far (EVAL + EVALSHA): one per round trip the gateways made."""
+    with socket.create_connection(("127.0.0.1", port)) as conn:
+        conn.sendall(b"INFO commandstats\r\n")
+        data = b""
+        while not data.endswith(b"\r\n") or data.count(b"\r\n") < 2:
+            data += conn.recv(65536)
+    calls = 0
+    for line in data.decode().splitlines():
+        if line.startswith(("cmdstat_evalsha:", "cmdstat_eval:")):
+            calls += int(line.split("calls=")[1].split(",")[0])
+    return calls
+
+
+def answered(root: str) -> Counter[int]:
+    """Chat completions a replica has answered so far, by status (``distillguard_requests_total``)."""
+    counts: Counter[int] = Counter()
+    for line in httpx.get(root + "/metrics").text.splitlines():
+        if line.startswith('distillguard_requests_total{endpoint="openai.chat"'):
+            status = int(line.split('status="')[1].split('"')[0])
+            counts[status] += int(float(line.rsplit(" ", 1)[1]))
+    return counts
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--duration", type=int, default=8)
+    parser.add_argument("--state-timeout", type=float, default=2.0,
+                        help="state_timeout_s of the replicas (default 2 s: on a machine this loaded, 0.25 s trips fail_open)")
+    args = parser.parse_args()
+    for tool in ("wrk", "redis-server"):
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} is needed: apt-get install {tool}")
+    work = Path(tempfile.mkdtemp(prefix="dg-fleet-"))
+    digest = src_digest()
+    began = time.perf_counter()
+    load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def spawn(cmd: list[str], log: str) -> subprocess.Popen[bytes]:
+        return spawn_logged(procs, work, cmd, log)
+
+    def gateways(tag: str, n: int, state: str, limits: dict[str, Any]) -> list[tuple[str, subprocess.Popen[bytes]]]:
+        out = []
+        for i in range(n):
+            port = free_port()
+            config = {"listen": f"127.0.0.1:{port}", "database": f"sqlite:///{work / f'{tag}.db'}", "admin_token": "bench",
+                      "spill_dir": str(work / f"spill-{tag}-{i}"), "log_level": "warning", "state": state,
+                      "state_timeout_s": args.state_timeout,
+                      "upstreams": [{"name": "fast", "base_url": upstream, "models": ["*"]}], "detection": {"online": False},
+                      "limits": limits}
+            (work / f"{tag}-{i}.yaml").write_text(json.dumps(config))
+            proc = spawn([PYTHON, "-m", "distillguard.cli", "serve", "--config", str(work / f"{tag}-{i}.yaml")], f"{tag}-{i}.log")
+            wait(f"http://127.0.0.1:{port}/healthz")
+            out.append((f"http://127.0.0.1:{port}", proc))
+        return out
+
+    def make_key(roots: list[str], limits: dict[str, Any] | None = None) -> str:
+        admin = {"Authorization": "Bearer bench"}
+        account = httpx.post(roots[0] + "/admin/v1/accounts", json={"name": "bench", "limits": limits}, headers=admin).json()
+        secret: str = httpx.post(roots[0] + f"/admin/v1/accounts/{account['account_id']}/keys", json={}, headers=admin).json()["secret"]
+        deadline = time.time() + 20
+        for root in roots:  # the other replicas load it from the shared database within a second
+            while httpx.get(root + "/v1/models", headers={"Authorization": f"Bearer {secret}"}).status_code == 401:
+                if time.time() > deadline:
+                    raise SystemExit(f"{root} never loaded the benchmark key")
+                time.sleep(0.2)
+        return secret
+
+    def load(targets: list[tuple[str, subprocess.Popen[bytes]]], key: str, connections: int, duration: int,
+             stream: bool = False) -> list[dict[str, float]]:
+        per = max(1, connections // len(targets))
+        results: list[dict[str, float]] = [{} for _ in targets]
+
+        def one(index: int) -> None:
+            results[index] = run_wrk(targets[index][0] + "/v1/chat/completions", per, duration, stream, key)
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(targets))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return results
+
+    try:
+        up_port = free_port()
+        spawn([PYTHON, str(ROOT / "bench" / "fast_upstream.py"), "--port", str(up_port)], "upstream.log")
+        upstream = f"http://127.0.0.1:{up_port}/v1"
+        wait(upstream + "/models")
+        redis_port = free_port()
+        redis_proc = spawn(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                            "--dir", str(work)], "redis.log")
+        time.sleep(0.5)
+        redis_url = f"redis://127.0.0.1:{redis_port}/0"
+
+        rows: list[tuple[str, str, dict[str, float]]] = []
+        direct: dict[str, dict[str, float]] = {}
+        for conns in (1, 64):
+            run_wrk(upstream + "/chat/completions", conns, 2, False, None)
+            direct[f"c={conns}"] = run_wrk(upstream + "/chat/completions", conns, max(4, args.duration // 2), False, None)
+        setups = [("1 replica, memory", "mem1", 1, "memory"), ("1 replica, Redis", "redis1", 1, redis_url),
+                  ("3 replicas, Redis", "redis3", 3, redis_url)]
+        for name, tag, n, state in setups:
+            targets = gateways(tag, n, state, UNLIMITED)
+            key = make_key([root for root, _ in targets])
+            for conns in (1, 64):
+                label = f"c={conns}" if n == 1 else f"c={max(conns, n)} ({max(1, conns // n)} per replica)"
+                load(targets, key, conns if conns >= n else n, 2)  # warm-up
+                duration = args.duration if conns > 1 else max(4, args.duration // 2)
+                cpu_before = sum(cpu_s(p.pid) for _, p in targets)
+                redis_cpu_before = cpu_s(redis_proc.pid)
+                calls_before = redis_calls(redis_port)
+                results = load(targets, key, conns if conns >= n else n, duration)
+                requests = sum(r["rps"] for r in results) * duration
+                row = {
+                    "rps": sum(r["rps"] for r in results),
+                    "p50_ms": sum(r["p50_ms"] for r in results) / len(results),
+                    "p99_ms": sum(r["p99_ms"] for r in results) / len(results),
+                    "cpu_ms_per_req": (sum(cpu_s(p.pid) for _, p in targets) - cpu_before) * 1000 / max(1.0, requests),
+                    "redis_cpu_ms_per_req": (cpu_s(redis_proc.pid) - redis_cpu_before) * 1000 / max(1.0, requests),
+                    "calls_per_req": (redis_calls(redis_port) - calls_before) / max(1.0, requests),
+                    "errors": sum(r["non_2xx"] + r["socket_errors"] for r in results),
+                    "base": f"c={conns}",
+                }
+                rows.append((name, label, row))
+                print(f"  {name:<20} {label:<22} {row['rps']:>8.0f} req/s  p50 {row['p50_ms']:.2f}  p99 {row['p99_ms']:.2f}  "
+                      f"cpu {row['cpu_ms_per_req']:.3f} ms/req  redis {row['redis_cpu_ms_per_req']:.3f}  calls {row['calls_per_req']:.2f}",
+                      file=sys.stderr, flush=True)
+            for _, proc in targets:
+                proc.terminate()
+                proc.wait(30)
+
+        overshoot: list[tuple[str, int, int, int]] = []
+        for name, tag, state in (("3 replicas, Redis", "over-redis", redis_url), ("3 replicas, memory (baseline)", "over-mem", "memory")):
+            targets = gateways(tag, 3, state, UNLIMITED)
+            key = make_key([root for root, _ in targets], limits={"requests_per_min": 600, "tokens_per_min": None})
+            before = [answered(root) for root, _ in targets]
+            results = load(targets, key, 48, 5)
+            counts = [answered(root) for root, _ in targets]  # exact, from each replica's /metrics
+            admitted = sum(c[200] for c in counts) - sum(b[200] for b in before)
+            attempted = sum(sum(c.values()) for c in counts) - sum(sum(b.values()) for b in before)
+            trips = sum((work / f"{tag}-{i}.log").read_text().count("until it answers again") for i in range(3))
+            overshoot.append((name, admitted, attempted, trips))
+            print(f"  overshoot {name}: {admitted} admitted of {attempted}", file=sys.stderr, flush=True)
+            for _, proc in targets:
+                proc.terminate()
+                proc.wait(30)
+
+        lines = ["## Fleet: shared state in Redis (`bench/fleet.py`, issue #13)", "",
+                 f"`python bench/fleet.py --duration {args.duration}`; load average before: {load_before}, after: "
+                 f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} (2 cores shared with other sessions' work). Upstream: "
+                 "`bench/fast_upstream.py`; load: wrk, JSON chat completions, spread evenly over the replicas; detection off.",
+                 "", "| set-up | load | req/s | added p50 (ms) | added p99 (ms) | gateway CPU ms/request | Redis CPU ms/request | Redis calls/request | errors |",
+                 "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for name, label, row in rows:
+            base = direct[row["base"]]
+            lines.append(f"| {name} | {label} | {row['rps']:.0f} | {row['p50_ms'] - base['p50_ms']:.2f} | {row['p99_ms'] - base['p99_ms']:.2f} | "
+                         f"{row['cpu_ms_per_req']:.3f} | {row['redis_cpu_ms_per_req']:.3f} | {row['calls_per_req']:.2f} | {int(row['errors'])} |")
+        memory = {row["base"]: row for name, _, row in rows if name == "1 replica, memory"}
+        one_redis = {row["base"]: row for name, _, row in rows if name == "1 replica, Redis"}
+        lines += ["", "| Redis over memory, 1 replica | c=1 | c=64 |", "|---|---:|---:|"]
+        lines.append("| gateway CPU per request | " + " | ".join(
+            f"{one_redis[c]['cpu_ms_per_req'] / memory[c]['cpu_ms_per_req'] - 1:+.0%}" for c in ("c=1", "c=64")) + " |")
+        lines.append("| added p50 (ms) | " + " | ".join(f"{one_redis[c]['p50_ms'] - memory[c]['p50_ms']:+.2f}" for c in ("c=1", "c=64")) + " |")
+        lines += ["", "Limit overshoot: one key limited to 600 requests/min, 48 connections spread over three replicas for 5 s:", "",
+                  "| set-up | admitted | attempted | admitted / limit | fail_open trips during the run |", "|---|---:|---:|---:|---:|"]
+        for name, admitted, attempted, trips in overshoot:
+            lines.append(f"| {name} | {admitted} | {attempted} | {admitted / 600:.3f} | {trips if 'Redis' in name else '—'} |")
+        write_report("fleet.md", lines, began, digest)
+        return 0
+    finally:
+        stop_sessions(procs)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
