@@ -7,6 +7,7 @@ server can be started the tests that need it are skipped with the reason.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -86,11 +87,13 @@ class PostgresServer:
     def freeze(self) -> None:
         """SIGSTOP the whole server: it keeps its sockets (the kernel still accepts and acknowledges) but never answers."""
         for pid in self.pids():
-            os.kill(pid, signal.SIGSTOP)
+            with contextlib.suppress(ProcessLookupError):  # a backend that exited since it was listed
+                os.kill(pid, signal.SIGSTOP)
 
     def thaw(self) -> None:
         for pid in self.pids():
-            os.kill(pid, signal.SIGCONT)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
 
     def cleanup(self) -> None:
         self.stop()

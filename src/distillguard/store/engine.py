@@ -62,35 +62,26 @@ def _sqlite_pragmas(busy_ms: int) -> Any:
     return apply
 
 
-class Deadline:
-    """One watchdog thread for many connections: ``arm(conn)`` … ``disarm(conn)``, and the socket is shut down if
-    ``timeout_s`` passes in between.
+class _Watchdog:
+    """One thread for every engine's connections (engines come and go, e.g. one per export): a heap of deadlines."""
 
-    Shutting the socket down (rather than closing the descriptor) is safe while
-    another thread is blocked on it: that thread's ``poll`` returns, libpq
-    reads end-of-file and psycopg raises ``OperationalError``; the descriptor
-    itself is still closed only by its owner.
-    """
-
-    def __init__(self, timeout_s: float) -> None:
-        self.timeout_s = timeout_s
-        self.fired = 0
-        self._armed: dict[int, tuple[float, int, socket.socket | None]] = {}  # id(conn) → (deadline, generation, socket)
+    def __init__(self) -> None:
+        self._armed: dict[int, tuple[float, int, socket.socket | None, Deadline]] = {}  # id(conn) → entry
         self._heap: list[tuple[float, int, int]] = []  # (deadline, generation, id(conn))
         self._generation = itertools.count()
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
 
-    def arm(self, dbapi_connection: Any) -> None:
+    def arm(self, dbapi_connection: Any, owner: Deadline) -> None:
         try:
             fd = dbapi_connection.pgconn.socket
             sock: socket.socket | None = socket.socket(fileno=fd)  # a view of the fd; detached again below, never closed
         except Exception:  # already broken: the next call on it fails by itself
             sock = None
-        deadline, generation = time.monotonic() + self.timeout_s, next(self._generation)
+        deadline, generation = time.monotonic() + owner.timeout_s, next(self._generation)
         with self._wake:
             self._release(self._armed.pop(id(dbapi_connection), None))
-            self._armed[id(dbapi_connection)] = (deadline, generation, sock)
+            self._armed[id(dbapi_connection)] = (deadline, generation, sock, owner)
             heapq.heappush(self._heap, (deadline, generation, id(dbapi_connection)))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="distillguard-store-deadline", daemon=True)
@@ -102,7 +93,7 @@ class Deadline:
             self._release(self._armed.pop(id(dbapi_connection), None))
 
     @staticmethod
-    def _release(entry: tuple[float, int, socket.socket | None] | None) -> None:
+    def _release(entry: tuple[float, int, socket.socket | None, Deadline] | None) -> None:
         if entry is not None and entry[2] is not None:
             entry[2].detach()  # give the descriptor back to psycopg without closing it
 
@@ -116,15 +107,39 @@ class Deadline:
                     if entry is None or entry[1] != generation:
                         continue  # disarmed, or re-armed later
                     del self._armed[key]
-                    self.fired += 1
-                    sock = entry[2]
+                    sock, owner = entry[2], entry[3]
+                    owner.fired += 1
                     if sock is not None:
                         with contextlib.suppress(OSError):  # already closed by its owner
                             sock.shutdown(socket.SHUT_RDWR)
                         sock.detach()
                     log.error("store call exceeded %.1fs: connection aborted (is the database server frozen or overloaded?)",
-                              self.timeout_s)
+                              owner.timeout_s)
                 self._wake.wait(self._heap[0][0] - now if self._heap else None)
+
+
+_WATCHDOG = _Watchdog()
+
+
+class Deadline:
+    """``arm(conn)`` … ``disarm(conn)``: the connection's socket is shut down if ``timeout_s`` passes in between.
+
+    Shutting the socket down (rather than closing the descriptor) is safe while
+    another thread is blocked on it: that thread's ``poll`` returns, libpq
+    reads end-of-file and psycopg raises ``OperationalError``; the descriptor
+    itself is still closed only by its owner, and the pool's ``close`` event
+    disarms it first. One watchdog thread serves every engine.
+    """
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self.fired = 0  # how many connections this deadline aborted
+
+    def arm(self, dbapi_connection: Any) -> None:
+        _WATCHDOG.arm(dbapi_connection, self)
+
+    def disarm(self, dbapi_connection: Any) -> None:
+        _WATCHDOG.disarm(dbapi_connection)
 
 
 def _watch(engine: Engine, deadline: Deadline) -> None:
