@@ -64,10 +64,10 @@ def test_ordinary_prompts_are_not_elicitation(text: str) -> None:
 
 def test_reasoning_harvester_outranks_a_conversational_user() -> None:
     scanner = Scanner()
-    for i in range(60):
-        scanner.update(ev("harvester", T0 + i * 600, f"Task {i}: solve x+{i}=7. Write out your full reasoning step by step.",
+    for i in range(60):  # two requests an hour for 30 hours: sustained, not a one-off burst
+        scanner.update(ev("harvester", T0 + i * 1800, f"Task {i}: solve x+{i}=7. Write out your full reasoning step by step.",
                           completion=900, max_tokens=8192))
-        scanner.update(ev("person", T0 + i * 600, f"Thanks! And what about part {i}?", history=2, completion=150,
+        scanner.update(ev("person", T0 + i * 1800, f"Thanks! And what about part {i} of the proof?", history=2, completion=150,
                           install="inst-p", tz="Europe/Berlin", offset=60))
     report = scanner.report()
     harvester, person = entry(report, "harvester"), entry(report, "person")

@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-__all__ = ["Detector", "Evidence", "confidence", "logistic", "user_text"]
+from distillguard.events import parse_ts
+
+__all__ = ["AccountStates", "Detector", "Evidence", "confidence", "event_time", "logistic", "user_text"]
+
+S = TypeVar("S")
 
 
 def logistic(x: float, midpoint: float, width: float) -> float:
@@ -40,6 +44,30 @@ def user_text(event: Mapping[str, Any]) -> str:
             content = message.get("content")
             return content if isinstance(content, str) else ""
     return ""
+
+
+def event_time(event: Mapping[str, Any]) -> float:
+    """The event's time in epoch seconds (the Scanner parses it once into ``_t``)."""
+    ts = event.get("_t")
+    return float(ts) if ts is not None else parse_ts(event["ts"])
+
+
+class AccountStates(dict[str, S], Generic[S]):
+    """One bounded state object per account, made on first sight: ``states.of(event)``."""
+
+    def __init__(self, factory: Callable[[], S]) -> None:
+        super().__init__()
+        self.factory = factory
+
+    def of(self, event: Mapping[str, Any]) -> S | None:
+        """The state of the event's account (created if new), or None for an event without an account."""
+        account = event.get("account_id")
+        if account is None:
+            return None
+        state = self.get(account)
+        if state is None:
+            state = self[account] = self.factory()
+        return state
 
 
 @dataclass

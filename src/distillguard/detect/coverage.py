@@ -17,7 +17,7 @@ from typing import Any
 from distillguard.detect.base import Detector, Evidence, confidence, logistic, user_text
 from distillguard.detect.textmatch import StemSearch, fold_case
 
-__all__ = ["CoverageSweep", "capability"]
+__all__ = ["CoverageSweep", "builds_on_earlier", "capability"]
 
 # Cues are tried in order; the first that matches names the request's capability.
 _CUES = (
@@ -62,11 +62,49 @@ def capability(text: str) -> str:
     return "other"
 
 
+# Words that carry no request of their own in a follow-up: "continue", "tell me more", "and then?", "go on,
+# please" are made only of these (in eleven languages), so they do not build on the earlier answer.
+_GENERIC_TEXT = """
+continue continuing more go on and then next keep going please pls elaborate expand further detail details tell me
+what else ok okay thanks thank you yes yeah sure the a an it that this so now can could would you will do again
+same way another one rest finish proceed carry following output remaining part write also further
+weiter mehr bitte und dann fortfahren fahre fort noch ja danke ok nächste
+continue encore suite plus et puis ensuite vas-y oui merci s'il te plaît stp
+continúa continua sigue más y luego después por favor sí gracias adelante siguiente
+continue mais e depois então por favor sim obrigado próximo
+continua ancora e poi avanti grazie sì prosegui
+продолжай продолжи дальше ещё еще и потом пожалуйста да спасибо далее
+devam et daha sonra lütfen evet teşekkürler
+"""
+_GENERIC_WORDS = frozenset(_GENERIC_TEXT.split())
+_WORD = re.compile(r"[^\W\d_]+")
+_CJK_GENERIC = ("继续", "更多", "然后呢", "接着", "続けて", "もっと", "次", "계속", "더")
+
+
+def builds_on_earlier(text: str) -> bool:
+    """Whether a follow-up turn asks something of its own, rather than a generic "continue" or "more".
+
+    A follow-up builds on the conversation when it has at least two words that are not generic filler
+    (:data:`_GENERIC_WORDS`); a CJK follow-up when it is longer than a short generic phrase.
+    """
+    sample = text[:400].strip().lower()
+    if not sample:
+        return False
+    if not sample.isascii() and any("\u3040" <= ch <= "\u9fff" or "\uac00" <= ch <= "\ud7af" for ch in sample[:40]):
+        stripped = sample
+        for phrase in _CJK_GENERIC:
+            stripped = stripped.replace(phrase, "")
+        return len([ch for ch in stripped if ch.isalnum()]) >= 6
+    content = [w for w in _WORD.findall(sample) if w not in _GENERIC_WORDS]
+    return len(content) >= 2
+
+
 @dataclass
 class _State:
     requests: int = 0
     single_turn: int = 0
-    follow_ups: int = 0
+    follow_ups: int = 0  # follow-ups that build on the earlier answer
+    generic_follow_ups: int = 0  # "continue", "more", "and then?"
     capabilities: dict[str, int] = field(default_factory=dict)
 
 
@@ -89,11 +127,18 @@ class CoverageSweep(Detector):
             state = self.accounts[account] = _State()
         messages = (event.get("request") or {}).get("messages") or []
         state.requests += 1
+        topic = text
         if any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages):
-            state.follow_ups += 1
+            if builds_on_earlier(text):
+                state.follow_ups += 1
+            else:
+                state.generic_follow_ups += 1
+                # "continue" has no capability of its own: the conversation's opening request says what is swept.
+                first = next((m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "user"), "")
+                topic = first if isinstance(first, str) else ""
         else:
             state.single_turn += 1
-        kind = capability(text[:2000])
+        kind = capability(topic[:2000])
         state.capabilities[kind] = state.capabilities.get(kind, 0) + 1
 
     def evidence(self, account_id: str) -> Evidence | None:
@@ -101,13 +146,18 @@ class CoverageSweep(Detector):
         if s is None or s.requests == 0:
             return None
         single = s.single_turn / s.requests
+        # Generic follow-ups ("continue", "more") extend an answer without building on it: a harvester's
+        # way to look conversational. They count with the single-turn requests.
+        unbuilt = (s.single_turn + s.generic_follow_ups) / s.requests
         total = sum(s.capabilities.values())
         entropy = -sum((c / total) * math.log2(c / total) for c in s.capabilities.values() if c)
         # Midpoints: 85 % single-turn, 1.6 bits of capability mix (about three capabilities in even use).
-        score = logistic(single, 0.85, 0.05) * logistic(entropy, 1.6, 0.25) * confidence(s.requests, 20.0)
+        score = logistic(unbuilt, 0.85, 0.05) * logistic(entropy, 1.6, 0.25) * confidence(s.requests, 20.0)
         top = ", ".join(f"{k} {v}" for k, v in sorted(s.capabilities.items(), key=lambda kv: -kv[1])[:5])
         return Evidence(
             self.name, score,
-            f"{single:.0%} single-turn, {s.follow_ups} follow-ups building on earlier answers; capability mix {entropy:.2f} bits ({top})",
-            numbers={"single_turn": round(single, 3), "breadth_bits": round(entropy, 3), "follow_ups": s.follow_ups},
+            f"{single:.0%} single-turn, {s.follow_ups} follow-ups building on earlier answers, {s.generic_follow_ups} generic "
+            f"(\"continue\", \"more\"); capability mix {entropy:.2f} bits ({top})",
+            numbers={"single_turn": round(single, 3), "breadth_bits": round(entropy, 3), "follow_ups": s.follow_ups,
+                     "generic_follow_ups": s.generic_follow_ups},
         )

@@ -8,10 +8,10 @@ also ask for logprobs, but for one-token answers, so length dominates here.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from distillguard.detect.base import Detector, Evidence, confidence, logistic
+from distillguard.detect.base import AccountStates, Detector, Evidence, confidence, logistic
 
 __all__ = ["TokenEconomics"]
 
@@ -24,22 +24,19 @@ class _State:
     pinned_high: int = 0
     multi_sample: int = 0
     logprobs: int = 0
-    temperatures: set[float] | None = None
+    temperatures: set[float] = field(default_factory=set)
 
 
 class TokenEconomics(Detector):
     name = "token_economics"
 
     def __init__(self) -> None:
-        self.accounts: dict[str, _State] = {}
+        self.accounts: AccountStates[_State] = AccountStates(_State)
 
     def update(self, event: Mapping[str, Any]) -> None:
-        account = event.get("account_id")
-        if account is None:
-            return
-        state = self.accounts.get(account)
+        state = self.accounts.of(event)
         if state is None:
-            state = self.accounts[account] = _State(temperatures=set())
+            return
         response = event.get("response") or {}
         params = (event.get("request") or {}).get("params") or {}
         state.requests += 1
@@ -54,7 +51,7 @@ class TokenEconomics(Detector):
         if params.get("logprobs"):
             state.logprobs += 1
         temperature = params.get("temperature")
-        if isinstance(temperature, int | float) and state.temperatures is not None and len(state.temperatures) < 32:
+        if isinstance(temperature, int | float) and len(state.temperatures) < 32:
             state.temperatures.add(round(float(temperature), 2))
 
     def evidence(self, account_id: str) -> Evidence | None:
@@ -74,7 +71,7 @@ class TokenEconomics(Detector):
         return Evidence(
             self.name, score,
             f"mean {mean_out:.0f} output tokens per request (output/input {ratio:.1f}); max_tokens ≥ 4000 on {pinned:.0%}, "
-            f"n > 1 on {multi:.0%}, logprobs on {s.logprobs / s.requests:.0%}, {len(s.temperatures or ())} temperature values",
+            f"n > 1 on {multi:.0%}, logprobs on {s.logprobs / s.requests:.0%}, {len(s.temperatures)} temperature values",
             numbers={"mean_output_tokens": round(mean_out, 1), "output_input_ratio": round(ratio, 2), "pinned_max_tokens": round(pinned, 3),
                      "multi_sample": round(multi, 3)},
         )

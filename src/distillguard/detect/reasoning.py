@@ -1,12 +1,18 @@
-"""Reasoning-trace elicitation: prompts that ask the model to write out its internal reasoning.
+"""Reasoning-trace elicitation: prompts that ask the model to write out its internal reasoning, or to grade.
 
-Intent, not phrases: a prompt is scored by which *concepts* co-occur in it,
-each concept matched by a small multilingual lexicon of word stems — the
-reasoning/thought concept, the step-by-step concept, the articulate/reveal
-concept, the internal/hidden concept — plus grader/reward-model requests and
-forced thinking tags. "Write out your internal reasoning step by step" and a
-paraphrase in another language hit the same concepts. Benign prompts that use
-one concept alone ("explain step by step how to bake bread") score low.
+Two readers per prompt, the stronger wins:
+
+* **rules**: which *concepts* co-occur — the model's reasoning/thought, the
+  articulate/reveal concept, the internal/hidden concept, step by step, the
+  reasoning-language constraint — each a small multilingual lexicon of stems;
+  plus grader/reward-model requests and forced thinking tags. Strict on
+  purpose: "think step by step" (a benchmark wrapper) and "explain step by step
+  how to bake bread" (a learner) are *weak* cues, not elicitation;
+* **a trained classifier** (:mod:`~distillguard.detect.intent`) of the wording,
+  for the paraphrases and languages the rules do not list.
+
+Prompts are scored in batches (the classifier is numpy): ``evidence`` flushes
+what is pending first, so results do not depend on when it is asked.
 """
 
 from __future__ import annotations
@@ -16,17 +22,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from distillguard.detect.base import Detector, Evidence, confidence, logistic, user_text
+from distillguard.detect.intent import load_intent_model, prepare
 from distillguard.detect.textmatch import StemSearch
 
-__all__ = ["ReasoningElicitation", "elicitation_score"]
+__all__ = ["ReasoningElicitation", "elicitation_score", "rule_score"]
 
 _CONCEPTS = {
-    "reasoning": r"reason|thought|thinking|\bthink|chain[- ]of[- ]thought|\bcot\b|rationale|denk|gedank|überleg|raisonn|réfléch|pensée|"
+    "reasoning": r"reasoning|thought|thinking|chain[- ]of[- ]thought|\bcot\b|rationale|denkproz|gedank|überlegung|raisonn|réflexion|pensée|"
                  r"razon|piens|pensamiento|raciocín|pensament|ragionament|推理|思考|思路|想法|рассужд|мысл|размышл|考え|思考過程|추론|생각",
     "steps": r"step[- ]by[- ]step|each step|every step|one step at a time|intermediate|schritt|étape|paso a paso|cada paso|passo a passo|"
              r"passo dopo passo|一步一步|逐步|每一步|步骤|шаг за шагом|каждый шаг|一歩ずつ|段階|단계",
     "articulate": r"write (it )?out|spell(ing)? out|articulat|narrat|lay(ing)? out|show (me )?(your|every|all|each)|reveal|verbali[sz]|"
-                  r"out loud|aloud|in detail|schreib|zeig|erklär.{0,20}laut|laut|écri|détaill|à voix haute|escrib|muestr|narra|descrev|"
+                  r"out loud|aloud|schreib|zeig|erklär.{0,20}laut|laut|écri|détaill|à voix haute|escrib|muestr|narra|descrev|"
                   r"写出|展示|列出|说出|распиш|покаж|опиш|書き出|示して|보여",
     "internal": r"internal|hidden|inner|private|behind (the|your)|interne|versteckt|innere|cach[ée]|intern[oa]|oculto|内部|隐藏|内心|"
                 r"внутренн|скрыт|内部の|内なる",
@@ -40,8 +47,8 @@ _CONCEPTS = {
 _SEARCHES = tuple((name, StemSearch(pattern)) for name, pattern in _CONCEPTS.items())
 
 
-def elicitation_score(text: str) -> tuple[float, frozenset[str]]:
-    """Score one prompt in [0, 1] and say which concepts it touched."""
+def rule_score(text: str) -> tuple[float, frozenset[str]]:
+    """The rules' score for one prompt in [0, 1], and the concepts it touched (0.8 and up: eliciting)."""
     if not text:
         return 0.0, frozenset()
     lowered = text.lower()
@@ -50,27 +57,43 @@ def elicitation_score(text: str) -> tuple[float, frozenset[str]]:
         return 0.0, hits
     if "tags" in hits or "grader" in hits:
         return 0.9, hits
-    companions = len(hits & {"steps", "articulate", "internal", "language"})
-    if "reasoning" in hits and companions >= 1:
-        return min(1.0, 0.7 + 0.1 * companions), hits
-    if "steps" in hits and ("articulate" in hits or "internal" in hits):
-        return 0.6, hits
+    if "reasoning" in hits and hits & {"articulate", "internal", "language"}:
+        # The model's reasoning, to be written out, revealed, or kept in a language: the intent itself.
+        return min(1.0, 0.7 + 0.1 * len(hits & {"steps", "articulate", "internal", "language"})), hits
+    if "steps" in hits and hits & {"reasoning", "articulate", "internal"}:
+        return 0.4, hits  # "think step by step", "write out the steps": what learners and benchmarks say too
     return 0.15, hits
+
+
+def elicitation_score(text: str, system: str | None = None) -> tuple[float, frozenset[str]]:
+    """One prompt's score in [0, 1] — the larger of the rules and the classifier — and the rules' concepts."""
+    score, hits = rule_score(text + "\n" + system if system else text)
+    model = load_intent_model()
+    if model is not None and text:
+        score = max(score, model.probability(text, system))
+    return score, hits
 
 
 @dataclass
 class _State:
     prompts: int = 0
     eliciting: int = 0
+    by_rules: int = 0  # of the eliciting prompts, those the rules recognised (the rest: the classifier alone)
     score_sum: float = 0.0
+
+
+_BATCH = 64
 
 
 class ReasoningElicitation(Detector):
     name = "cot_elicitation"
-    threshold = 0.6
+    threshold = 0.5
 
     def __init__(self) -> None:
         self.accounts: dict[str, _State] = {}
+        self.model = load_intent_model()
+        self._pending: list[tuple[_State, str, float]] = []
+        self._system_rules: dict[str, float] = {}
 
     def update(self, event: Mapping[str, Any]) -> None:
         self.update_with_text(event, user_text(event))
@@ -84,21 +107,53 @@ class ReasoningElicitation(Detector):
         if state is None:
             state = self.accounts[account] = _State()
         system = (event.get("request") or {}).get("system") or ""
-        score, _ = elicitation_score(text + "\n" + system if system else text)
+        if not isinstance(system, str):
+            system = ""
+        rules, _ = rule_score(text)
+        if system:
+            # An account's system prompt repeats: its rule score is worked out once.
+            cached = self._system_rules.get(system)
+            if cached is None:
+                cached = rule_score(system)[0]
+                if len(self._system_rules) < 4096:
+                    self._system_rules[system] = cached
+            rules = max(rules, cached)
+        if self.model is None or rules >= self.threshold:
+            self._count(state, rules, rules)  # the rules have decided: the classifier can only agree or add less
+            return
+        self._pending.append((state, prepare(text, system), rules))
+        if len(self._pending) >= _BATCH:
+            self.flush()
+
+    def _count(self, state: _State, score: float, rules: float) -> None:
         state.prompts += 1
         state.score_sum += score
         if score >= self.threshold:
             state.eliciting += 1
+            if rules >= self.threshold:
+                state.by_rules += 1
+
+    def flush(self) -> None:
+        """Score the prompts waiting for the classifier."""
+        if not self._pending or self.model is None:
+            return
+        pending, self._pending = self._pending, []
+        probabilities = self.model.probabilities([text for _, text, _ in pending])
+        for (state, _, rules), probability in zip(pending, probabilities, strict=True):
+            self._count(state, max(rules, float(probability)), rules)
 
     def evidence(self, account_id: str) -> Evidence | None:
+        if self._pending:
+            self.flush()
         state = self.accounts.get(account_id)
         if state is None or state.prompts == 0:
             return None
         share = state.eliciting / state.prompts
-        # Midpoint 8 %: benign users ask for step-by-step reasoning now and then, campaigns do it systematically.
+        # Midpoint 8 %: benign users ask for the model's reasoning now and then, campaigns do it systematically.
         score = logistic(share, 0.08, 0.025) * confidence(state.eliciting, 4.0)
-        return Evidence(
-            self.name, score,
-            f"{state.eliciting} of {state.prompts} prompts ask for step-by-step or internal reasoning ({share:.0%})",
-            numbers={"eliciting": state.eliciting, "prompts": state.prompts, "share": round(share, 4)},
-        )
+        detail = f"{state.eliciting} of {state.prompts} prompts ask for the model's internal reasoning or a grading ({share:.0%})"
+        if state.eliciting > state.by_rules:
+            detail += f"; {state.eliciting - state.by_rules} recognised by the wording classifier alone"
+        return Evidence(self.name, score, detail,
+                        numbers={"eliciting": state.eliciting, "prompts": state.prompts, "share": round(share, 4),
+                                 "classifier_only": state.eliciting - state.by_rules})

@@ -3,9 +3,13 @@
 Combination (docs/detection.md): each detector's score is already on a fixed
 [0, 1] scale; the distillation score is a logistic function of their weighted
 sum, with weights and bias fixed in code (``DISTILL_WEIGHTS``), so the same
-behaviour always yields the same score whatever else is in the log. Cluster
-membership then lifts accounts that look light alone. The reseller score is
-the same construction over the sharing and timing evidence.
+behaviour always yields the same score whatever else is in the log. It is
+then scaled by how *sustained* the account's extraction is
+(``burst_factor``): a one-off burst — a benchmark evaluation — cannot reach the
+high band however it is worded, because distillation is extraction sustained
+over days. Cluster membership then lifts accounts that look light alone. The
+reseller score is the same construction over the sharing, relay, consistency
+and timing evidence.
 """
 
 from __future__ import annotations
@@ -17,25 +21,27 @@ from typing import Any
 from distillguard.detect.accounts import AccountMeta
 from distillguard.detect.base import Detector, Evidence, user_text
 from distillguard.detect.clustering import Cluster, ClusterCache, FingerprintCollector, find_clusters
+from distillguard.detect.consistency import Consistency
 from distillguard.detect.coverage import CoverageSweep
 from distillguard.detect.economics import TokenEconomics
 from distillguard.detect.pivot import ModelPivot
 from distillguard.detect.reasoning import ReasoningElicitation
+from distillguard.detect.relay import RelaySharing
+from distillguard.detect.rotation import NetworkRotation
 from distillguard.detect.sharing import KeySharing
+from distillguard.detect.sustained import SustainedExtraction, burst_factor
 from distillguard.detect.templates import TemplatedPrompts
 from distillguard.detect.timing import Timing
 from distillguard.events import parse_ts
 
-__all__ = ["DISTILL_BIAS", "DISTILL_WEIGHTS", "RESELLER_BIAS", "RESELLER_WEIGHTS", "Scanner", "risk_band"]
+__all__ = ["DISTILL_BIAS", "DISTILL_WEIGHTS", "RESELLER_BIAS", "RESELLER_WEIGHTS", "Scanner", "burst_factor", "risk_band"]
 
-DISTILL_BIAS = -5.0
-DISTILL_WEIGHTS = {"cot_elicitation": 5.0, "coverage_sweep": 2.5, "token_economics": 2.5, "templated_prompts": 1.0,
-                   "timing": 1.0, "model_pivot": 3.0}
+DISTILL_BIAS = -5.5
+DISTILL_WEIGHTS = {"cot_elicitation": 6.0, "coverage_sweep": 3.0, "token_economics": 2.0, "templated_prompts": 1.0,
+                   "timing": 1.5, "model_pivot": 3.0, "network_rotation": 2.5, "consistency": 1.0, "sustained_extraction": 1.5}
 RESELLER_BIAS = -4.0
-RESELLER_WEIGHTS = {"key_sharing": 8.0, "timing": 1.0}
+RESELLER_WEIGHTS = {"key_sharing": 8.0, "relay_sharing": 6.0, "consistency": 1.5, "timing": 1.0}
 HIGH, MEDIUM = 0.8, 0.5
-
-
 def _sigmoid(z: float) -> float:
     return 1.0 / (1.0 + math.exp(-z))
 
@@ -54,8 +60,10 @@ class Scanner:
         self.coverage = CoverageSweep()
         self.templates = TemplatedPrompts()
         self.timing = Timing()
+        self.sustained = SustainedExtraction()
         self.detectors: list[Detector] = [self.reasoning, self.coverage, TokenEconomics(), self.templates, self.timing,
-                                          ModelPivot(), KeySharing()]
+                                          ModelPivot(), KeySharing(), NetworkRotation(), Consistency(), RelaySharing(),
+                                          self.sustained]
         # The three detectors that read the prompt get it extracted once per event rather than once each.
         self._text_readers = (self.reasoning, self.coverage, self.templates)
         self._others = tuple(d for d in self.detectors if d not in self._text_readers)
@@ -100,16 +108,16 @@ class Scanner:
                 found.append(evidence)
         return found
 
-    @staticmethod
-    def _combine(evidence: list[Evidence]) -> tuple[float, float]:
+    def _combine(self, account: str, evidence: list[Evidence]) -> tuple[float, float]:
         by_name = {e.detector: e.score for e in evidence}
         distill = _sigmoid(DISTILL_BIAS + sum(w * by_name.get(n, 0.0) for n, w in DISTILL_WEIGHTS.items()))
+        distill *= burst_factor(self.sustained.persistence(account))
         resell = _sigmoid(RESELLER_BIAS + sum(w * by_name.get(n, 0.0) for n, w in RESELLER_WEIGHTS.items()))
         return distill, resell
 
     def scores(self) -> dict[str, tuple[float, float]]:
         """Per-account (distillation, reseller) before cluster lift: cheap, for checkpoints."""
-        return {a: self._combine(self._evidence(a)) for a in self.accounts}
+        return {a: self._combine(a, self._evidence(a)) for a in self.accounts}
 
     def _clusters(self, own: dict[str, float]) -> list[Cluster]:
         self._reports += 1
@@ -120,7 +128,7 @@ class Scanner:
 
     def report(self) -> dict[str, Any]:
         evidence = {a: self._evidence(a) for a in self.accounts}
-        combined = {a: self._combine(e) for a, e in evidence.items()}
+        combined = {a: self._combine(a, e) for a, e in evidence.items()}
         clusters = self._clusters({a: d for a, (d, _) in combined.items()})
         membership = {a: c for c in clusters for a in c.accounts}
         entries: list[dict[str, Any]] = []

@@ -14,8 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from distillguard.detect.base import Detector, Evidence, confidence, logistic
-from distillguard.events import parse_ts
+from distillguard.detect.base import AccountStates, Detector, Evidence, confidence, event_time, logistic
 
 __all__ = ["KeySharing"]
 
@@ -52,18 +51,13 @@ class KeySharing(Detector):
     family = "reseller"
 
     def __init__(self) -> None:
-        self.accounts: dict[str, _State] = {}
+        self.accounts: AccountStates[_State] = AccountStates(_State)
 
     def update(self, event: Mapping[str, Any]) -> None:
-        account = event.get("account_id")
-        if account is None:
-            return
-        s = self.accounts.get(account)
+        s = self.accounts.of(event)
         if s is None:
-            s = self.accounts[account] = _State()
-        ts = event.get("_t")
-        if ts is None:
-            ts = parse_ts(event["ts"])
+            return
+        ts = event_time(event)
         s.requests += 1
         client = event.get("client") or {}
         geo = client.get("geo") or {}

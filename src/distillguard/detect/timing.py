@@ -12,8 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from distillguard.detect.base import Detector, Evidence, confidence, logistic
-from distillguard.events import parse_ts
+from distillguard.detect.base import AccountStates, Detector, Evidence, confidence, event_time, logistic
 
 __all__ = ["Timing"]
 
@@ -34,18 +33,13 @@ class Timing(Detector):
     name = "timing"
 
     def __init__(self) -> None:
-        self.accounts: dict[str, _State] = {}
+        self.accounts: AccountStates[_State] = AccountStates(_State)
 
     def update(self, event: Mapping[str, Any]) -> None:
-        account = event.get("account_id")
-        if account is None:
-            return
-        state = self.accounts.get(account)
+        state = self.accounts.of(event)
         if state is None:
-            state = self.accounts[account] = _State()
-        ts = event.get("_t")
-        if ts is None:
-            ts = parse_ts(event["ts"])
+            return
+        ts = event_time(event)
         state.requests += 1
         hour = int(ts // 3600)
         state.utc_hours[hour % 24] += 1

@@ -1,0 +1,111 @@
+"""What is harvested over time: the volume of extracted answers and reasoning, and whether it is sustained.
+
+Distillation needs a large, sustained flow of answers: days of extraction,
+across accounts. A benchmark evaluation looks the same for an hour — hundreds
+of single-turn prompts with a reasoning wrapper from a data centre — and then
+stops for good. So this detector measures two things:
+
+* **persistence**: how long the account has been extracting — the span
+  between its first and last request and its distinct active UTC days. A
+  one-off burst has a span of hours and one or two active days;
+* **volume**: completion tokens and reasoning characters received, per active
+  day and in total.
+
+The score (volume that is also sustained) is evidence like any other; the
+persistence alone is what :class:`~distillguard.detect.scanner.Scanner` uses
+to keep one-off bursts out of the high band (docs/detection.md).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from distillguard.detect.base import AccountStates, Detector, Evidence, event_time, logistic
+
+__all__ = ["BURST_FLOOR", "SustainedExtraction", "burst_factor", "persistence"]
+
+_MAX_DAYS = 400
+# A one-off burst keeps at most this share of its distillation score (see burst_factor).
+BURST_FLOOR = 0.7
+
+
+def persistence(span_hours: float, active_days: int) -> float:
+    """[0, 1]: about 0.1 for activity within 8 hours, 0.5 at 16 hours, 0.9 from a day on two or more UTC days.
+
+    A single UTC day caps it at about 0.5, whatever the span: a job that runs across midnight spans two days,
+    but a burst that ends within a day has not yet come back.
+    """
+    value = logistic(span_hours, 16.0, 3.5)
+    return value if active_days >= 2 else min(value, 0.5)
+
+
+def burst_factor(sustained: float) -> float:
+    """What share of its distillation score an account keeps, from its :func:`persistence`.
+
+    From ``BURST_FLOOR`` (activity within a few hours) to 1 (a day or more, on two or more days): a burst tops
+    out in the medium band (0.7 < 0.8) and has to come back — or be part of a cluster — to reach high.
+    """
+    return BURST_FLOOR + (1.0 - BURST_FLOOR) * sustained
+
+
+@dataclass
+class _State:
+    requests: int = 0
+    first: float = math.inf
+    last: float = -math.inf
+    days: set[int] = field(default_factory=set)
+    answer_tokens: int = 0
+    reasoning_chars: int = 0
+
+
+class SustainedExtraction(Detector):
+    name = "sustained_extraction"
+
+    def __init__(self) -> None:
+        self.accounts: AccountStates[_State] = AccountStates(_State)
+
+    def update(self, event: Mapping[str, Any]) -> None:
+        s = self.accounts.of(event)
+        if s is None:
+            return
+        ts = event_time(event)
+        s.requests += 1
+        s.first = min(s.first, ts)
+        s.last = max(s.last, ts)
+        if len(s.days) < _MAX_DAYS:
+            s.days.add(int(ts // 86400))
+        response = event.get("response") or {}
+        s.answer_tokens += int(response.get("completion_tokens") or 0)
+        s.reasoning_chars += int(response.get("reasoning_chars") or 0)
+
+    def persistence(self, account_id: str) -> float:
+        s = self.accounts.get(account_id)
+        if s is None or s.requests == 0:
+            return 0.0
+        return persistence((s.last - s.first) / 3600.0, len(s.days))
+
+    def evidence(self, account_id: str) -> Evidence | None:
+        s = self.accounts.get(account_id)
+        if s is None or s.requests == 0:
+            return None
+        span_h = (s.last - s.first) / 3600.0
+        days = len(s.days)
+        sustained = persistence(span_h, days)
+        # Reasoning characters count as tokens at 4 characters a token.
+        extracted = s.answer_tokens + s.reasoning_chars / 4
+        # Midpoint 60,000 tokens (about 150 long answers); 10x that is near 1. A person's chat over weeks stays
+        # well under it; it is the long-run flow a training set needs.
+        volume = logistic(math.log10(1.0 + extracted), math.log10(60_000), 0.3)
+        score = sustained * volume
+        return Evidence(
+            self.name, score,
+            f"{s.answer_tokens:,} answer tokens and {s.reasoning_chars:,} reasoning characters received over {days} active "
+            f"day{'s' if days != 1 else ''} ({span_h:.0f} h from first to last request; "
+            f"{s.requests / max(1, days):.0f} requests per active day)"
+            + (f"; a burst so far, so the distillation score is scaled by {burst_factor(sustained):.2f}" if sustained < 0.75 else ""),
+            numbers={"answer_tokens": s.answer_tokens, "reasoning_chars": s.reasoning_chars, "active_days": days,
+                     "span_hours": round(span_h, 1), "persistence": round(sustained, 3)},
+        )
