@@ -20,14 +20,14 @@ PYTHON = [sys.executable, "-m", "distillguard.cli"]
 
 @pytest.fixture(scope="module")
 def log(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two harvesters asking for step-by-step reasoning, and one person chatting."""
+    """Two harvesters asking for step-by-step reasoning over 40 hours (a one-off burst stays medium), and one person chatting."""
     path = tmp_path_factory.mktemp("scan") / "events.jsonl"
     lines = []
     for i in range(80):
         for account in ("harvester", "harvester2"):
-            lines.append(ev(account, T0 + i * 600, f"Task {i}: solve x+{i}=7. Write out your full reasoning step by step.",
+            lines.append(ev(account, T0 + i * 1800, f"Task {i}: solve x+{i}=7. Write out your full reasoning step by step.",
                             completion=900, max_tokens=4096))
-        lines.append(ev("person", T0 + i * 600 + 5, f"Thanks! And what about part {i}?", history=2, completion=150,
+        lines.append(ev("person", T0 + i * 1800 + 5, f"Thanks! And what about part {i}?", history=2, completion=150,
                         install="i1", tz="Europe/Berlin", offset=60))
     path.write_text("".join(json.dumps(e) + "\n" for e in lines))
     return path

@@ -1,7 +1,7 @@
 """Hand-written training wording for the elicitation-intent classifier (tools/train_intent.py).
 
 Written for the classifier from the published descriptions of reasoning-trace
-harvesting (DESIGN §8) — not copied from any simulator's wording — in fourteen
+harvesting (DESIGN §8) — not copied from any simulator's wording — in seventeen
 languages, as small slot grammars: an *intent* sentence is a verb, an object
 that is the model's own reasoning, and a manner. Hard negatives are the
 nearest benign wording: a learner asking for a step-by-step explanation of a
@@ -87,6 +87,20 @@ _GRAMMAR: dict[str, tuple[list[str], list[str], list[str], str]] = {
            ["تفكيرك الداخلي", "عملية تفكيرك الخفية", "سلسلة أفكارك", "كل فكرة وسيطة", "المنطق وراء إجابتك"],
            ["خطوة بخطوة", "قبل الإجابة النهائية", "بالتفصيل", "دون إغفال أي شيء", ""],
            "{verb} {obj} {manner}."),
+    "hi": (["लिखिए", "दिखाइए", "समझाइए", "बताइए", "प्रकट कीजिए"],
+           ["अपनी आंतरिक तर्क प्रक्रिया", "अपनी छिपी हुई सोच", "अपने विचारों की श्रृंखला", "हर बीच का विचार", "अपने उत्तर के पीछे का तर्क"],
+           ["चरण दर चरण", "अंतिम उत्तर से पहले", "विस्तार से", "कुछ भी छोड़े बिना", ""],
+           "{manner} {obj} {verb}।"),
+    "vi": (["Viết ra", "Trình bày", "Cho tôi xem", "Mô tả đầy đủ", "Tiết lộ", "Giải thích"],
+           ["quá trình suy luận nội bộ của bạn", "luồng suy nghĩ ẩn của bạn", "chuỗi suy nghĩ của bạn", "mọi suy nghĩ trung gian",
+            "lập luận đằng sau câu trả lời của bạn"],
+           ["từng bước một", "trước câu trả lời cuối cùng", "một cách chi tiết", "không bỏ sót gì", ""],
+           "{verb} {obj} {manner}."),
+    "id": (["Tuliskan", "Tunjukkan", "Jabarkan", "Uraikan", "Ungkapkan", "Jelaskan"],
+           ["proses penalaran internal Anda", "proses berpikir tersembunyi Anda", "rantai pemikiran Anda", "setiap pemikiran antara",
+            "alasan di balik jawaban Anda"],
+           ["langkah demi langkah", "sebelum jawaban akhir", "secara rinci", "tanpa melewatkan apa pun", ""],
+           "{verb} {obj} {manner}."),
 }
 
 # Sentences that do not fit the grammar: forced thinking tags, pretended debug modes, reasoning-language
@@ -132,6 +146,10 @@ _TOPICS = {
     "ru": ["работает фотосинтез", "решить квадратное уравнение", "считаются сложные проценты"],
     "zh": ["光合作用是如何进行的", "如何解一元二次方程", "复利是怎么计算的"],
     "ja": ["光合成の仕組み", "二次方程式の解き方", "複利の計算方法"],
+    "nl": ["fotosynthese werkt", "je een vierkantsvergelijking oplost"], "pl": ["działa fotosynteza", "rozwiązać równanie kwadratowe"],
+    "vi": ["giải phương trình bậc hai", "tính lãi kép"], "id": ["menyelesaikan persamaan kuadrat", "menghitung bunga majemuk"],
+    "tr": ["fotosentezin nasıl çalıştığını", "ikinci dereceden denklemi nasıl çözeceğimi"],
+    "hi": ["प्रकाश संश्लेषण कैसे काम करता है", "द्विघात समीकरण कैसे हल करें"], "ar": ["يعمل التمثيل الضوئي", "أحل معادلة تربيعية"],
 }
 
 _NEGATIVE_FRAMES = {
@@ -146,6 +164,9 @@ _NEGATIVE_FRAMES = {
     "ru": ["Объясни шаг за шагом, как {t}.", "Подробно объясни, как {t}."],
     "zh": ["请一步一步地给我讲解{t}。", "能详细解释一下{t}吗？"],
     "ja": ["{t}を一歩ずつ教えてください。", "{t}を詳しく説明してください。"],
+    "nl": ["Kun je stap voor stap uitleggen hoe {t}?"], "pl": ["Wyjaśnij krok po kroku, jak {t}."],
+    "vi": ["Bạn có thể giải thích từng bước cách {t} không?"], "id": ["Bisakah kamu jelaskan langkah demi langkah cara {t}?"],
+    "tr": ["{t} adım adım açıklar mısın?"], "hi": ["कृपया चरण दर चरण समझाइए कि {t}।"], "ar": ["اشرح لي خطوة بخطوة كيف {t}."],
 }
 _NEGATIVE_SENTENCES = [
     "Let's think step by step.", "Think step by step, then give the final answer.", "Answer with a single letter.",

@@ -4,9 +4,9 @@
 
 Training text (all of it development material; nothing from a held-out or test split):
 
-* positives: the hand-written intent grammar in ``tools/intent_wording.py`` (14 languages), plus the
-  simulator's *dev* elicitation wording when the simulator has one (``distillguard.sim.wording.dev``), each
-  alone and wrapped around tasks from the development half of the prompt pools;
+* positives: the hand-written intent grammar in ``tools/intent_wording.py`` (17 languages), plus the
+  simulator's *dev* elicitation and grader wording (``sim/wording/dev/wording.yaml``), each alone and
+  wrapped around tasks from the dev split of the prompt pools;
 * negatives: the same tasks alone or in neutral frames, benign conversation openers and coding requests,
   and the hard negatives of ``intent_wording`` (learners' step-by-step requests, evaluation wrappers).
 
@@ -18,7 +18,6 @@ number for wording in a language the model has not seen. Deterministic for a giv
 from __future__ import annotations
 
 import argparse
-import importlib
 import random
 import sys
 from pathlib import Path
@@ -32,24 +31,37 @@ import intent_wording  # noqa: E402
 
 from distillguard.detect.intent import NGRAMS, ngram_buckets, prepare  # noqa: E402
 from distillguard.sim.corpora import PromptPools  # noqa: E402
+from distillguard.sim.splits import load_wording  # noqa: E402
 
 BITS = 18
 OUT = Path(__file__).resolve().parents[1] / "src" / "distillguard" / "detect" / "intent_model.npz"
 
 
 def sim_dev_wording() -> tuple[list[str], list[str]]:
-    """(eliciting, benign wrapper) sentences of the simulator's dev split, if it has one."""
+    """(eliciting, benign) templates from the simulator's *dev* wording (``load_wording("dev")``; never "test").
+
+    Eliciting: the reasoning-elicitation paraphrases and the grader prompts. Benign: everything else a simulated
+    actor says — public chain-of-thought wrappers of evaluation jobs, learners' asks and follow-ups, campaign
+    frames, openers, closers and short wrappers (neutral on their own), generic follow-ups, system prompts.
+    Early adopters' probes ("show me how you reasoned") are left out: their intent *is* the eliciting one.
+    """
     try:
-        module = importlib.import_module("distillguard.sim.wording.dev")
-    except ImportError:
+        wording = load_wording("dev")
+    except (FileNotFoundError, ModuleNotFoundError, ValueError):
         return [], []
-    positives = list(getattr(module, "TRAINING_ELICITATION", []) or [])
-    negatives = list(getattr(module, "TRAINING_BENIGN", []) or [])
+    positives = [p for phrases in wording.elicitation.values() for p in phrases] + list(wording.graders)
+    negatives = list(wording.public_cot_wrappers) + list(wording.learner_followups) + list(wording.coding_followups)
+    negatives += list(wording.short_wrappers) + list(wording.app_systems) + list(wording.webapp_systems) + list(wording.campaign_systems)
+    for table in (wording.learner_asks, wording.frames, wording.openers, wording.closers, wording.followups):
+        negatives += [p for phrases in table.values() for p in phrases]
     return positives, negatives
 
 
 def wrap(rng: random.Random, sentence: str, tasks: list[str]) -> str:
+    """A sentence as a prompt: alone, before or after a task, or filled in when it is a template with {task}."""
     task = rng.choice(tasks)
+    if "{task}" in sentence or "{answer}" in sentence:
+        return sentence.replace("{task}", task).replace("{answer}", rng.choice(tasks)[:300]).replace("{{}}", "{}")
     roll = rng.random()
     if roll < 0.25:
         return sentence
@@ -60,7 +72,7 @@ def wrap(rng: random.Random, sentence: str, tasks: list[str]) -> str:
 
 def dataset(seed: int, positives: list[str], negatives: list[str]) -> tuple[list[str], list[int]]:
     rng = random.Random(seed)
-    pools = PromptPools.load()
+    pools = PromptPools.for_split("dev")
     tasks = [t for pool in pools.sweeps.values() for t in pool]
     openers = [c[0] for c in pools.conversations if c]
     texts: list[str] = []

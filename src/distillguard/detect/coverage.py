@@ -63,7 +63,7 @@ def capability(text: str) -> str:
 
 
 # Words that carry no request of their own in a follow-up: "continue", "tell me more", "and then?", "go on,
-# please" are made only of these (in eleven languages), so they do not build on the earlier answer.
+# please" are made only of these (in eighteen languages), so they do not build on the earlier answer.
 _GENERIC_TEXT = """
 continue continuing more go on and then next keep going please pls elaborate expand further detail details tell me
 what else ok okay thanks thank you yes yeah sure the a an it that this so now can could would you will do again
@@ -74,7 +74,10 @@ continúa continua sigue más y luego después por favor sí gracias adelante si
 continue mais e depois então por favor sim obrigado próximo
 continua ancora e poi avanti grazie sì prosegui
 продолжай продолжи дальше ещё еще и потом пожалуйста да спасибо далее
-devam et daha sonra lütfen evet teşekkürler
+devam et daha sonra lütfen evet teşekkürler fazla detay ayrıntı
+de détails détail detalle detalles detalhes dettagli più подробнее подробно а
+ga door verder meer alsjeblieft doorgaan dalej kontynuuj więcej szczegółów proszę
+tiếp tục thêm chi tiết nữa lanjutkan lagi lebih teruskan जारी रखें और आगे बताओ विस्तार से استمر أكمل المزيد تابع ثم ماذا بعد
 """
 _GENERIC_WORDS = frozenset(_GENERIC_TEXT.split())
 _WORD = re.compile(r"[^\W\d_]+")
@@ -84,8 +87,8 @@ _CJK_GENERIC = ("继续", "更多", "然后呢", "接着", "続けて", "もっ�
 def builds_on_earlier(text: str) -> bool:
     """Whether a follow-up turn asks something of its own, rather than a generic "continue" or "more".
 
-    A follow-up builds on the conversation when it has at least two words that are not generic filler
-    (:data:`_GENERIC_WORDS`); a CJK follow-up when it is longer than a short generic phrase.
+    A follow-up builds on the conversation when it has more than three words, at least two of them not generic
+    filler (:data:`_GENERIC_WORDS`); a CJK follow-up when it is longer than a short generic phrase.
     """
     sample = text[:400].strip().lower()
     if not sample:
@@ -95,7 +98,10 @@ def builds_on_earlier(text: str) -> bool:
         for phrase in _CJK_GENERIC:
             stripped = stripped.replace(phrase, "")
         return len([ch for ch in stripped if ch.isalnum()]) >= 6
-    content = [w for w in _WORD.findall(sample) if w not in _GENERIC_WORDS]
+    words = _WORD.findall(sample)
+    if len(words) <= 3:
+        return False  # "and for 5?", "ga door", "tiếp tục": too short to carry a request of its own
+    content = [w for w in words if w not in _GENERIC_WORDS]
     return len(content) >= 2
 
 

@@ -151,7 +151,7 @@ class ReasoningElicitation(Detector):
         share = state.eliciting / state.prompts
         # Midpoint 8 %: benign users ask for the model's reasoning now and then, campaigns do it systematically.
         score = logistic(share, 0.08, 0.025) * confidence(state.eliciting, 4.0)
-        detail = f"{state.eliciting} of {state.prompts} prompts ask for the model's internal reasoning or a grading ({share:.0%})"
+        detail = f"{state.eliciting} of {state.prompts} prompts ask for step-by-step or internal reasoning, or for grading ({share:.0%})"
         if state.eliciting > state.by_rules:
             detail += f"; {state.eliciting - state.by_rules} recognised by the wording classifier alone"
         return Evidence(self.name, score, detail,

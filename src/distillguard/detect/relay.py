@@ -10,9 +10,11 @@ conversations came in between, hour after hour, across most hours of the day
 
 A conversation is identified by its opening (system prompt and first user
 message). Single-turn traffic (sweeps, API apps, batch jobs) has no returns,
-so it cannot look like a relay; an office sharing one account interleaves too,
-but within one working day and one language, so interleaving alone is not
-enough: it must come with long daily activity or a mix of languages.
+so it cannot look like a relay. A relay whose customers rarely overlap still
+holds far more *real* conversations a day (ones whose follow-ups ask
+something of their own) than one person does. An office sharing one account
+interleaves too, but within one working day and one language, so neither is
+enough alone: it must come with long daily activity or a mix of languages.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ from distillguard.detect.base import (
     confidence,
     event_time,
     logistic,
+    user_text,
 )
+from distillguard.detect.coverage import builds_on_earlier
 from distillguard.detect.langid import guess_language
 
 __all__ = ["RelaySharing"]
@@ -67,6 +71,7 @@ class _State:
     day_hours: dict[int, int] = field(default_factory=dict)  # UTC day -> bitmask of active hours
     languages: dict[str, int] = field(default_factory=dict)
     conversations: int = 0
+    real_conversations: int = 0  # conversations whose first follow-up asks something of its own
 
 
 class RelaySharing(Detector):
@@ -91,8 +96,10 @@ class RelaySharing(Detector):
             s.multi_turn += 1
         seen = s.recent.get(key)
         if turns == 2:
-            # A conversation's language is counted once, at its first follow-up: single-turn traffic (most of a
-            # sweep's) never pays for the guess, and a relay's traffic is conversations.
+            # A conversation is counted once, at its first follow-up: single-turn traffic (most of a sweep's)
+            # never pays for the language guess, and "continue" does not make a conversation.
+            if builds_on_earlier(user_text(event)):
+                s.real_conversations += 1
             language = guess_language(first)
             if language is not None:
                 s.languages[language] = s.languages.get(language, 0) + 1
@@ -111,21 +118,26 @@ class RelaySharing(Detector):
         if s is None or s.requests == 0:
             return None
         returns = s.returns / s.requests
-        hours = sum(bin(mask).count("1") for mask in s.day_hours.values()) / max(1, len(s.day_hours))
+        days = max(1, len(s.day_hours))
+        hours = sum(bin(mask).count("1") for mask in s.day_hours.values()) / days
+        per_day = s.real_conversations / days
         total = sum(s.languages.values())
         entropy = -sum((c / total) * math.log2(c / total) for c in s.languages.values()) if total else 0.0
         languages = 2 ** entropy  # the effective number of languages
-        # Midpoints: one request in eight returning to an interleaved conversation; 14 active hours a day; three
-        # languages in even use.
-        interleaved = logistic(returns, 0.12, 0.04) * confidence(s.returns, 8.0)
-        breadth = max(logistic(hours, 14.0, 2.0), logistic(languages, 3.0, 0.5))
-        score = interleaved * breadth
+        # Many people at once: either conversations interleaved (one request in eight returning to one of them)
+        # or more real conversations a day than a person holds (midpoint 10; people hold 1-4) ...
+        many = max(logistic(returns, 0.12, 0.04) * confidence(s.returns, 8.0),
+                   logistic(per_day, 10.0, 2.0) * confidence(s.real_conversations, 15.0))
+        # ... spread over most of the day (people in several regions) or over several languages.
+        breadth = max(logistic(hours, 10.0, 1.5), logistic(languages, 3.0, 0.5))
+        score = many * breadth
         top = ", ".join(f"{k} {v}" for k, v in sorted(s.languages.items(), key=lambda kv: -kv[1])[:4])
         return Evidence(
             self.name, score,
             f"{s.returns} of {s.requests} requests returned to a conversation after others were interleaved ({returns:.0%}); "
-            f"{s.conversations} conversations, active {hours:.0f} hours a day on average; languages {top or 'unknown'}",
+            f"{s.real_conversations} real conversations ({per_day:.0f} a day), active {hours:.0f} hours a day on average; "
+            f"languages {top or 'unknown'}",
             family="reseller",
-            numbers={"return_share": round(returns, 3), "conversations": s.conversations, "hours_per_day": round(hours, 1),
+            numbers={"return_share": round(returns, 3), "conversations_per_day": round(per_day, 1), "hours_per_day": round(hours, 1),
                      "effective_languages": round(languages, 2)},
         )

@@ -42,6 +42,8 @@ DISTILL_WEIGHTS = {"cot_elicitation": 6.0, "coverage_sweep": 3.0, "token_economi
 RESELLER_BIAS = -4.0
 RESELLER_WEIGHTS = {"key_sharing": 8.0, "relay_sharing": 6.0, "consistency": 1.5, "timing": 1.0}
 HIGH, MEDIUM = 0.8, 0.5
+
+
 def _sigmoid(z: float) -> float:
     return 1.0 / (1.0 + math.exp(-z))
 
@@ -108,16 +110,20 @@ class Scanner:
                 found.append(evidence)
         return found
 
-    def _combine(self, account: str, evidence: list[Evidence]) -> tuple[float, float]:
+    def _combine(self, account: str, evidence: list[Evidence]) -> tuple[float, float, float]:
+        """(distillation before the burst factor, how much the account is a one-off burst, reseller)."""
         by_name = {e.detector: e.score for e in evidence}
         distill = _sigmoid(DISTILL_BIAS + sum(w * by_name.get(n, 0.0) for n, w in DISTILL_WEIGHTS.items()))
-        distill *= burst_factor(self.sustained.persistence(account))
         resell = _sigmoid(RESELLER_BIAS + sum(w * by_name.get(n, 0.0) for n, w in RESELLER_WEIGHTS.items()))
-        return distill, resell
+        return distill, self.sustained.burst(account), resell
 
     def scores(self) -> dict[str, tuple[float, float]]:
         """Per-account (distillation, reseller) before cluster lift: cheap, for checkpoints."""
-        return {a: self._combine(a, self._evidence(a)) for a in self.accounts}
+        out = {}
+        for account in self.accounts:
+            distill, burst, resell = self._combine(account, self._evidence(account))
+            out[account] = (distill * burst_factor(burst), resell)
+        return out
 
     def _clusters(self, own: dict[str, float]) -> list[Cluster]:
         self._reports += 1
@@ -129,13 +135,15 @@ class Scanner:
     def report(self) -> dict[str, Any]:
         evidence = {a: self._evidence(a) for a in self.accounts}
         combined = {a: self._combine(a, e) for a, e in evidence.items()}
-        clusters = self._clusters({a: d for a, (d, _) in combined.items()})
+        clusters = self._clusters({a: d * burst_factor(b) for a, (d, b, _) in combined.items()})
         membership = {a: c for c in clusters for a in c.accounts}
         entries: list[dict[str, Any]] = []
         for account in self.accounts:
-            distill, resell = combined[account]
+            distill, burst, resell = combined[account]
             items = [e for e in evidence[account] if e.score > 0.0 or e.detector in ("cot_elicitation", "key_sharing")]
             cluster = membership.get(account)
+            # Sustained across days, or across accounts: a tightly tied cluster is no one-off job.
+            distill *= burst_factor(min(burst, 1.0 - cluster.coordination) if cluster is not None else burst)
             if cluster is not None:
                 lifted = 0.9 * cluster.score
                 detail = (f"member of {cluster.cluster_id}: {len(cluster.accounts)} accounts sharing "

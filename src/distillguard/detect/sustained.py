@@ -12,8 +12,9 @@ stops for good. So this detector measures two things:
   day and in total.
 
 The score (volume that is also sustained) is evidence like any other; the
-persistence alone is what :class:`~distillguard.detect.scanner.Scanner` uses
-to keep one-off bursts out of the high band (docs/detection.md).
+*burst* — a batch of hundreds of requests that has not been sustained — is
+what :class:`~distillguard.detect.scanner.Scanner` uses to keep one-off
+evaluation jobs out of the high band (docs/detection.md).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 
 from distillguard.detect.base import AccountStates, Detector, Evidence, event_time, logistic
 
-__all__ = ["BURST_FLOOR", "SustainedExtraction", "burst_factor", "persistence"]
+__all__ = ["BURST_FLOOR", "SustainedExtraction", "burst_factor", "job_size", "persistence"]
 
 _MAX_DAYS = 400
 # A one-off burst keeps at most this share of its distillation score (see burst_factor).
@@ -42,13 +43,18 @@ def persistence(span_hours: float, active_days: int) -> float:
     return value if active_days >= 2 else min(value, 0.5)
 
 
-def burst_factor(sustained: float) -> float:
-    """What share of its distillation score an account keeps, from its :func:`persistence`.
+def job_size(requests: int) -> float:
+    """[0, 1]: how much an account's volume looks like a batch job (0.03 at 50 requests, 0.5 at 150, 0.97 at 250)."""
+    return logistic(requests, 150.0, 30.0)
 
-    From ``BURST_FLOOR`` (activity within a few hours) to 1 (a day or more, on two or more days): a burst tops
-    out in the medium band (0.7 < 0.8) and has to come back — or be part of a cluster — to reach high.
+
+def burst_factor(burst: float) -> float:
+    """What share of its distillation score an account keeps, from how much it is a one-off burst (0 to 1).
+
+    From 1 (not a burst) down to ``BURST_FLOOR``: a large one-off burst tops out in the medium band (0.7 < 0.8)
+    and has to come back on another day — or belong to a cluster — to reach high.
     """
-    return BURST_FLOOR + (1.0 - BURST_FLOOR) * sustained
+    return 1.0 - (1.0 - BURST_FLOOR) * burst
 
 
 @dataclass
@@ -87,6 +93,17 @@ class SustainedExtraction(Detector):
             return 0.0
         return persistence((s.last - s.first) / 3600.0, len(s.days))
 
+    def burst(self, account_id: str) -> float:
+        """[0, 1]: a large batch of requests that has not (yet) been sustained — an evaluation job's shape.
+
+        ``(1 − persistence) × job_size(requests)``: a few dozen requests in a minute are scored on what they
+        ask, not held back as a job; 500 in an hour, never again, are.
+        """
+        s = self.accounts.get(account_id)
+        if s is None or s.requests == 0:
+            return 0.0
+        return (1.0 - persistence((s.last - s.first) / 3600.0, len(s.days))) * job_size(s.requests)
+
     def evidence(self, account_id: str) -> Evidence | None:
         s = self.accounts.get(account_id)
         if s is None or s.requests == 0:
@@ -94,6 +111,7 @@ class SustainedExtraction(Detector):
         span_h = (s.last - s.first) / 3600.0
         days = len(s.days)
         sustained = persistence(span_h, days)
+        burst = (1.0 - sustained) * job_size(s.requests)
         # Reasoning characters count as tokens at 4 characters a token.
         extracted = s.answer_tokens + s.reasoning_chars / 4
         # Midpoint 60,000 tokens (about 150 long answers); 10x that is near 1. A person's chat over weeks stays
@@ -105,7 +123,7 @@ class SustainedExtraction(Detector):
             f"{s.answer_tokens:,} answer tokens and {s.reasoning_chars:,} reasoning characters received over {days} active "
             f"day{'s' if days != 1 else ''} ({span_h:.0f} h from first to last request; "
             f"{s.requests / max(1, days):.0f} requests per active day)"
-            + (f"; a burst so far, so the distillation score is scaled by {burst_factor(sustained):.2f}" if sustained < 0.75 else ""),
+            + (f"; a one-off batch so far, so the distillation score is scaled by {burst_factor(burst):.2f}" if burst > 0.25 else ""),
             numbers={"answer_tokens": s.answer_tokens, "reasoning_chars": s.reasoning_chars, "active_days": days,
-                     "span_hours": round(span_h, 1), "persistence": round(sustained, 3)},
+                     "span_hours": round(span_h, 1), "persistence": round(sustained, 3), "burst": round(burst, 3)},
         )
