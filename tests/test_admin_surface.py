@@ -55,14 +55,15 @@ def test_default_token_on_loopback_starts_with_a_warning(tmp_path: Path, stub: U
         gw.stop()
 
 
-def test_port_in_use_is_a_clear_error_before_serving(tmp_path: Path, stub: UpstreamStub) -> None:
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])  # localhost: every address it resolves to is checked
+def test_port_in_use_is_a_clear_error_before_serving(tmp_path: Path, stub: UpstreamStub, host: str) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        done = _serve(tmp_path, stub, listen=f"127.0.0.1:{port}")
+        done = _serve(tmp_path, stub, listen=f"{host}:{port}")
     assert done.returncode == 2
-    assert f"listen: cannot listen on 127.0.0.1:{port}: already in use" in done.stderr
+    assert f"listen: cannot listen on {host}:{port}: already in use" in done.stderr
     assert "gateway on http" not in done.stderr and "listening" not in done.stderr
 
 

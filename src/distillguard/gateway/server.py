@@ -80,15 +80,17 @@ def _check_free(key: str, address: str) -> None:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
         raise ConfigError(f"{key}: cannot resolve host {host!r} ({exc.strerror})") from None
-    family, kind, proto, _, sockaddr = infos[0]
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: TIME_WAIT is no conflict
-        try:
-            probe.bind(sockaddr)
-        except OSError as exc:
-            reason = "already in use by another process" if exc.errno == errno.EADDRINUSE else exc.strerror
-            raise ConfigError(f"{key}: cannot listen on {address}: {reason}; stop the other process or choose another "
-                              "port") from None
+    for family, kind, proto, _, sockaddr in dict.fromkeys(infos):  # every address the server will bind (localhost: two)
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: TIME_WAIT is no conflict
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # as asyncio binds IPv6 beside IPv4
+            try:
+                probe.bind(sockaddr)
+            except OSError as exc:
+                reason = "already in use by another process" if exc.errno == errno.EADDRINUSE else exc.strerror
+                raise ConfigError(f"{key}: cannot listen on {address}: {reason}; stop the other process or choose "
+                                  "another port") from None
 
 
 def check_serving(settings: Settings) -> None:
