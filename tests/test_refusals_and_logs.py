@@ -167,3 +167,18 @@ def test_unknown_routes_are_summarised_in_the_log_only(flood_gateway: RunningGat
     log = gw.log()
     assert log.count("GET /v1/nothing-") == 1 and "49 more refusals on unknown_route → 404 unknown_route from source 127.0.0.1" in log
     assert not [e for e in iter_events(gw.database) if e["endpoint"] == "unknown_route"]  # 404s are not events
+
+
+def test_upstream_errors_are_logged_once_per_key_and_window(flood_gateway: RunningGateway) -> None:
+    gw = flood_gateway
+    key = gw.create_key("upstream-errors")
+    with httpx.Client(timeout=10) as client:
+        for _ in range(20):
+            response = client.post(gw.base_url + "/chat/completions", headers={"Authorization": f"Bearer {key['secret']}"},
+                                   json={"model": "stub-html-502", "messages": [{"role": "user", "content": "hi"}]})
+            assert response.status_code == 502
+    assert gw.stop() == 0
+    log = gw.log()
+    assert log.count("with a non-JSON body") == 1
+    assert f"19 more refusals on openai.chat → 502 upstream_http_502 from key {key['key_id']}" in log
+    assert len([e for e in iter_events(gw.database) if e["response"]["error"] == "upstream_http_502"]) == 20  # each still an event

@@ -694,13 +694,15 @@ class Gateway:
         self.metrics.upstream_errors[(upstream.name, f"http_{status}")] += 1
         ex.error = f"upstream_http_{status}"
         raw = mask_secrets(raw, upstream.secrets)  # an upstream may echo the operator's key back
+        first = self._note_refusal(ex, ex.error)  # logged once per key and window, then summarised
         if not translate and json_object(raw) is not None:
-            log.warning("upstream %s answered %d for %s", upstream.name, status, ex.endpoint)
+            if first:
+                log.warning("upstream %s answered %d for %s", upstream.name, status, ex.endpoint)
         else:
-            if not translate:
+            if first and not translate:
                 log.warning("upstream %s answered %d for %s with a non-JSON body (%s), wrapped as an API error: %s",
                             upstream.name, status, ex.endpoint, content_type or "no content-type", upstream_error_excerpt(raw))
-            else:
+            elif first:
                 log.warning("upstream %s answered %d for %s (translated for an Anthropic caller): %s",
                             upstream.name, status, ex.endpoint, upstream_error_excerpt(raw))
             raw = upstream_error_body(ex.protocol, status, raw)
