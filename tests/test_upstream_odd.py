@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from tests.gateway_fixtures import RunningGateway, start_gateway
-from tests.upstream_stub import ODD_BODIES, ODD_CHUNKS, ODD_EVENTS, UpstreamStub
+from tests.upstream_stub import ODD_BODIES, ODD_CHUNKS, ODD_EVENTS, ODD_MESSAGES, UpstreamStub
 
 UPSTREAM_KEY = "operator-upstream-key-7f3a9c"  # no common key shape: only masking the configured key hides it
 
@@ -114,6 +114,15 @@ def test_a_broken_whole_answer_is_a_502_in_the_callers_shape(gateway: RunningGat
     assert event["response"]["status"] == 502
     assert event["response"]["error"].startswith("upstream_protocol_error: ")
     assert event["response"]["text"] is None
+
+
+@pytest.mark.parametrize("case", sorted(ODD_MESSAGES))
+def test_a_broken_anthropic_message_is_a_502(gateway: RunningGateway, secret: str, case: str) -> None:
+    response = _anthropic_call(gateway, secret, f"claude-odd-{case}", stream=False)
+    assert response.status_code == 502
+    assert response.json()["type"] == "error" and response.json()["error"]["type"] == "api_error"
+    (event,) = _events_of(gateway, response.headers["x-request-id"])
+    assert event["response"]["status"] == 502 and event["response"]["error"].startswith("upstream_protocol_error: ")
 
 
 def test_the_event_names_the_field_that_broke(gateway: RunningGateway, secret: str) -> None:

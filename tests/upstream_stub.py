@@ -24,7 +24,7 @@ Behaviour is chosen by the model name so tests need no side channel:
 - ``*-echo-401`` / ``*-echo-text-401``: answers 401 echoing the request's credentials (``Authorization`` and
   ``x-api-key``) and a few other key shapes, as JSON or as plain text (secret-masking tests).
 - ``*-odd-CASE``: a malformed answer from ``ODD_CHUNKS`` (streamed: one good chunk, the odd one, then the
-  rest of a normal stream) or ``ODD_BODIES`` (not streamed: the bytes as they are, status 200). Chat answers
+  rest of a normal stream), ``ODD_BODIES`` or ``ODD_MESSAGES`` (not streamed: the bytes as they are, status 200). Chat answers
   for OpenAI cases, Messages answers for ``claude-odd-…`` (Anthropic cases).
 """
 
@@ -71,6 +71,14 @@ ODD_EVENTS: dict[str, bytes] = {
     "text-int": orjson.dumps({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": 5}}),
     "usage-lots": orjson.dumps({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": "lots"}),
 }
+# Whole Anthropic messages that are not valid (``claude-odd-msg-…``).
+ODD_MESSAGES: dict[str, bytes] = {
+    "msg-content-x": orjson.dumps({"type": "message", "role": "assistant", "content": "x"}),
+    "msg-content-5": orjson.dumps({"type": "message", "role": "assistant", "content": [5]}),
+    "msg-text-5": orjson.dumps({"type": "message", "role": "assistant", "content": [{"type": "text", "text": 5}]}),
+    "msg-stop-5": orjson.dumps({"type": "message", "role": "assistant", "content": [], "stop_reason": 5}),
+    "msg-usage-lots": orjson.dumps({"type": "message", "role": "assistant", "content": [], "usage": "lots"}),
+}
 # Whole 200 bodies that are not a valid answer, by case name.
 ODD_BODIES: dict[str, bytes] = {
     "body-text": b"hello, I am not JSON",
@@ -83,6 +91,13 @@ ODD_BODIES: dict[str, bytes] = {
         "role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": 5}]},
         "finish_reason": "tool_calls"}]}),
     "body-usage-lots": orjson.dumps({"id": "x", "choices": [], "usage": "lots"}),
+    "body-choices-5": orjson.dumps({"id": "x", "choices": [5]}),
+    "body-message-5": orjson.dumps({"id": "x", "choices": [{"index": 0, "message": 5}]}),
+    "body-finish-num": orjson.dumps({"id": "x", "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"},
+                                                            "finish_reason": 7}]}),
+    "body-reasoning-num": orjson.dumps({"id": "x", "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi",
+                                                                                       "reasoning_content": 3}}]}),
+    "body-tokens-negative": orjson.dumps({"id": "x", "choices": [], "usage": {"prompt_tokens": -5, "completion_tokens": 1}}),
 }
 
 
@@ -273,8 +288,8 @@ class UpstreamStub:
     async def _odd(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
         """A malformed answer (``*-odd-CASE``): see ``ODD_CHUNKS``, ``ODD_EVENTS`` and ``ODD_BODIES``."""
         case = body["model"].split("-odd-", 1)[1]
-        if case in ODD_BODIES:
-            return web.Response(status=200, body=ODD_BODIES[case], content_type="application/json")
+        if case in ODD_BODIES or case in ODD_MESSAGES:
+            return web.Response(status=200, body=ODD_BODIES[case] if case in ODD_BODIES else ODD_MESSAGES[case], content_type="application/json")
         if body["model"].startswith("claude-"):
             def ev(data: bytes) -> bytes:
                 return b"event: " + (orjson.loads(data).get("type", "x") if data.startswith(b"{") else "x").encode() + b"\ndata: " + data + b"\n\n"
