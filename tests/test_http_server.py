@@ -1476,6 +1476,31 @@ async def test_body_deadline_answers_408_and_the_app_sees_a_disconnect() -> None
     assert seen == ["http.request", "http.disconnect"]
 
 
+async def test_a_client_that_stops_reading_its_answer_is_cut_off_after_the_send_deadline() -> None:
+    outcome: list[str] = []
+
+    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for _ in range(2000):  # 128 MB, far more than the socket buffers hold
+            await send({"type": "http.response.body", "body": b"x" * 65536, "more_body": True})
+        outcome.append("sent")
+
+    async def app_body(scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await handler(scope, receive, send)
+        finally:
+            outcome.append("returned")
+
+    async with serving(asgi(app_body), limits=EdgeLimits(send_timeout_s=0.5)) as srv:
+        reader, writer = await connect(srv.port, rcvbuf=4096)
+        writer.write(request("GET", "/big"))  # and never read
+        started = time.monotonic()
+        await eventually(lambda: "returned" in outcome, timeout=8)
+        await close(writer)
+    assert time.monotonic() - started < 5
+    assert srv.server.stats.rejected["send_timeout"] == 1
+
+
 async def test_trailer_fields_are_dropped_and_an_endless_trailer_is_cut() -> None:
     scopes, handler = recording_echo()
     async with serving(asgi(handler)) as srv:

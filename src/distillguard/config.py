@@ -172,6 +172,7 @@ class ServerSettings(_Section):
     keepalive_timeout_s: float = Field(default=5.0, gt=0, description="an idle keep-alive connection is closed after this")
     head_timeout_s: float = Field(default=10.0, gt=0, description="total time for a request head, from its first byte (408 after)")
     body_timeout_s: float = Field(default=30.0, gt=0, description="total time for a request body, from the end of its head (408 after)")
+    send_timeout_s: float = Field(default=60.0, gt=0, description="a client that reads none of its answer for this long is disconnected")
     max_connections: int = Field(default=10_000, ge=1, description="open client connections in total (lowered to fit the open-file limit)")
     max_connections_per_ip: int = Field(default=256, ge=1, description="open connections per client IP "
                                         "(peers in network.trusted_proxies are exempt)")

@@ -39,6 +39,7 @@ class EdgeLimits:
     keepalive_timeout_s: float = 5.0  # idle between requests
     head_timeout_s: float = 10.0  # from a head's first byte to its end, in total
     body_timeout_s: float = 30.0  # from the end of a head to the end of its body, in total
+    send_timeout_s: float = 60.0  # a client that takes none of its answer for this long is cut off
     max_connections: int = 10_000  # lowered at start to what the descriptor limit allows
     max_connections_per_ip: int = 256
     # Peers that are not one client (load balancers: ``network.trusted_proxies``) are exempt from the per-IP cap.
@@ -52,7 +53,7 @@ class EdgeStats:
     refused: dict[str, int] = field(default_factory=lambda: {"max_connections": 0, "max_connections_per_ip": 0})
     evicted: dict[str, int] = field(default_factory=lambda: {"max_connections": 0, "max_connections_per_ip": 0})
     rejected: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
-        ("head_timeout", "body_timeout", "head_too_large", "trailer_too_large", "malformed", "bad_host", "transfer_encoding",
+        ("head_timeout", "body_timeout", "send_timeout", "head_too_large", "trailer_too_large", "malformed", "bad_host", "transfer_encoding",
          "upgrade"), 0))
     open_connections: int = 0
 

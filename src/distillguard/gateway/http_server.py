@@ -27,7 +27,8 @@ shutdown, where the gateway drains its event log.
 The edge, for a server facing the internet (``gateway/edge.py``): a request
 head has a *total* deadline from its first byte (one byte a second does not
 keep a connection) and a body a deadline from the end of its head (both
-answered ``408``); a head is at most 64 KiB (``431``), and so is what httptools
+answered ``408``); a client that takes none of its answer for
+``send_timeout_s`` is disconnected; a head is at most 64 KiB (``431``), and so is what httptools
 may buffer of an unfinished header line, counted on the raw bytes of every
 read that falls wholly inside a head (a body in the same read as the end of
 a head is not counted against it). Chunk framing and trailer fields beyond
@@ -334,6 +335,7 @@ class _HttpConnection(asyncio.Protocol):
         self.head_started = 0.0  # loop time of the current head's first byte
         self.body_started = 0.0  # loop time the current body began (moved on by the time reading was paused by us)
         self.paused_at = 0.0
+        self.write_paused_at = 0.0  # loop time the socket's buffer last filled up (the client stopped reading)
 
     # -- asyncio.Protocol -----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -420,6 +422,7 @@ class _HttpConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        self.write_paused_at = self.loop.time()
 
     def resume_writing(self) -> None:
         self.write_paused = False
@@ -641,6 +644,15 @@ class _HttpConnection(asyncio.Protocol):
 
     # -- deadlines (checked by the server's sweeper, about once a second) -------------------------
     def check_deadlines(self, now: float, limits: EdgeLimits) -> None:
+        if self.write_paused and now - self.write_paused_at > limits.send_timeout_s and self.transport is not None:
+            # The client has taken nothing of its answers for that long: it holds a request (and perhaps an
+            # upstream stream) it does not read, and a busy connection is never evicted at a cap. (Also when
+            # already closed: close() waits for the unread buffer to drain, i.e. forever.)
+            if not self.closed:
+                self.server.caps.count_rejection("send_timeout", self.ip)
+                self.closed = True
+            self.transport.abort()
+            return
         if self.closed or self.read_paused:  # paused by us (back-pressure, pipelining): not the client's delay
             return
         if self.in_head:

@@ -110,7 +110,7 @@ def edge_limits(settings: Settings) -> EdgeLimits:
     """The server's deadlines and caps from the ``server:`` settings; trusted proxies are exempt from the per-IP cap."""
     server = settings.server
     return EdgeLimits(keepalive_timeout_s=server.keepalive_timeout_s, head_timeout_s=server.head_timeout_s,
-                      body_timeout_s=server.body_timeout_s, max_connections=server.max_connections,
+                      body_timeout_s=server.body_timeout_s, send_timeout_s=server.send_timeout_s, max_connections=server.max_connections,
                       max_connections_per_ip=server.max_connections_per_ip, per_ip_exempt=tuple(settings.network.trusted_proxies))
 
 
@@ -121,7 +121,7 @@ def export_edge_stats(metrics: Metrics, stats: EdgeStats) -> None:
                         "cap", lambda: stats.refused)
     metrics.add_counter("distillguard_connections_evicted_total", "Waiting connections closed to make room at a cap.",
                         "cap", lambda: stats.evicted)
-    metrics.add_counter("distillguard_http_rejected_total", "Requests the HTTP server refused itself (408, 400, 431, 501), by reason.",
+    metrics.add_counter("distillguard_http_rejected_total", "Requests the HTTP server refused or cut off itself (408, 400, 431, 501; send_timeout: closed), by reason.",
                         "reason", lambda: stats.rejected)
 
 
