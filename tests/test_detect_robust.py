@@ -280,3 +280,26 @@ def test_learner_who_asks_for_step_by_step_explanations_stays_low() -> None:
                 scanner.update(event("learner", start + k * 240, list(turns), install="i-l", tz="Europe/Berlin", offset=60))
                 turns.append(f"I don't get part {k + 1} of {topic}, why is that step needed?")
     assert entry(scanner.report(), "learner")["risk"] == "low"
+
+
+def test_relay_whose_customers_do_not_overlap_is_still_a_reseller_and_a_busy_person_is_not() -> None:
+    """One conversation at a time (no interleaving), but 30 customers' real conversations a day over 16 hours."""
+    scanner = Scanner()
+    for day in range(4):
+        for u in range(30):
+            start = T0 + day * DAY + 6 * HOUR + u * 0.5 * HOUR
+            opener = f"{OPENERS[u % len(OPENERS)]} (customer {u}, day {day})"
+            turns = [opener]
+            for k in range(3):
+                scanner.update(event("relay", start + k * 300, list(turns), ip="159.89.10.5", asn=14061, hosting=True))
+                turns.append(f"Thanks, and how does point {k + 1} apply to my own situation?")
+        for c in range(4):  # a busy person: four long conversations a day, evenings
+            start = T0 + day * DAY + (18 + c) * HOUR
+            turns = [f"Help me plan part {c} of my thesis on river ecology, day {day}."]
+            for k in range(5):
+                scanner.update(event("busy", start + k * 400, list(turns)))
+                turns.append(f"Good, now expand section {k + 1} with two concrete sources.")
+    report = scanner.report()
+    assert entry(report, "relay")["reseller_score"] > 0.8, entry(report, "relay")["evidence"]
+    assert numbers(report, "relay", "relay_sharing")["return_share"] == 0.0
+    assert entry(report, "busy")["reseller_score"] < 0.2

@@ -125,10 +125,11 @@ class RelaySharing(Detector):
         entropy = -sum((c / total) * math.log2(c / total) for c in s.languages.values()) if total else 0.0
         languages = 2 ** entropy  # the effective number of languages
         # Many people at once: either conversations interleaved (one request in eight returning to one of them)
-        # or more real conversations a day than a person holds (midpoint 10; people hold 1-4) ...
+        # or more real conversations a day than a person holds (midpoint 8; people hold 1-4) ...
         many = max(logistic(returns, 0.12, 0.04) * confidence(s.returns, 8.0),
-                   logistic(per_day, 10.0, 2.0) * confidence(s.real_conversations, 15.0))
-        # ... spread over most of the day (people in several regions) or over several languages.
+                   logistic(per_day, 8.0, 2.0) * confidence(s.real_conversations, 15.0))
+        # ... over more of the day than a person chats or an office works (midpoint 10 active hours; people 2-4,
+        # a team's working day 8-9, two regions' customers 12-18) or in several languages.
         breadth = max(logistic(hours, 10.0, 1.5), logistic(languages, 3.0, 0.5))
         score = many * breadth
         top = ", ".join(f"{k} {v}" for k, v in sorted(s.languages.items(), key=lambda kv: -kv[1])[:4])

@@ -104,11 +104,11 @@ class NetworkRotation(Detector):
         # Midpoints: half of a day's later requests from networks new that day, 6 networks in one day. Both are
         # needed (a traveller has a fresh share but few networks; a big office has one network), and the
         # confidence grows with the requests that could have shown a change of network.
-        score = logistic(fresh, 0.45, 0.08) * logistic(s.peak_nets, 6, 1.5) * confidence(s.repeat_day_requests, 10.0)
+        score = logistic(fresh, 0.45, 0.08) * logistic(s.peak_nets, 6, 1.5) * confidence(s.repeat_day_requests, 6.0)
         install_hop = s.install_hops / s.install_requests if s.install_requests else 0.0
         if s.install_requests >= 5:
             # One attested install on many networks a day is the same behaviour, pinned to one device.
-            score = max(score, logistic(install_hop, 0.45, 0.08) * confidence(s.install_requests, 10.0))
+            score = max(score, logistic(install_hop, 0.45, 0.08) * confidence(s.install_requests, 6.0))
         detail = (f"{fresh:.0%} of requests after a day's first came from a network not used earlier that day; "
                   f"up to {s.peak_nets} /24 networks and {s.peak_asns} ASNs in one day over {s.days} days "
                   f"({per_day:.1f} requests a day)")

@@ -36,9 +36,9 @@ from distillguard.events import parse_ts
 
 __all__ = ["DISTILL_BIAS", "DISTILL_WEIGHTS", "RESELLER_BIAS", "RESELLER_WEIGHTS", "Scanner", "burst_factor", "risk_band"]
 
-DISTILL_BIAS = -5.5
-DISTILL_WEIGHTS = {"cot_elicitation": 6.0, "coverage_sweep": 3.0, "token_economics": 2.0, "templated_prompts": 1.0,
-                   "timing": 1.5, "model_pivot": 3.0, "network_rotation": 2.5, "consistency": 1.0, "sustained_extraction": 1.5}
+DISTILL_BIAS = -5.0
+DISTILL_WEIGHTS = {"cot_elicitation": 7.0, "coverage_sweep": 3.0, "token_economics": 2.0, "templated_prompts": 1.0,
+                   "timing": 1.5, "model_pivot": 3.0, "network_rotation": 4.0, "consistency": 1.0, "sustained_extraction": 1.5}
 RESELLER_BIAS = -4.0
 RESELLER_WEIGHTS = {"key_sharing": 8.0, "relay_sharing": 6.0, "consistency": 1.5, "timing": 1.0}
 HIGH, MEDIUM = 0.8, 0.5
