@@ -100,6 +100,7 @@ BODY_ROUTES = [
     ("PUT", "/admin/v1/accounts/{account}/limits"),
     ("PUT", "/admin/v1/accounts/{account}/status"),
     ("POST", "/admin/v1/accounts/{account}/action"),
+    ("POST", "/admin/v1/clusters/cl_0/action"),
     ("POST", "/admin/v1/review/rev_0"),
     ("POST", "/admin/v1/watermark/detect"),
 ]

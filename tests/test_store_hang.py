@@ -204,3 +204,26 @@ def test_sigterm_with_store_calls_blocked_exits_within_the_grace_period(pg: Post
     assert admin_answers[0].json()["error"]["code"] == "store_unavailable"
     stored = {e["request_id"] for e in iter_events(url)}
     assert set(ids) <= stored | set(_spilled_ids(gw.spill_dir)), "an acknowledged request has no event"
+
+
+def test_the_deadline_wakes_a_thread_blocked_on_the_connection_socket() -> None:
+    """The mechanism alone, without a database: a read blocked on a silent peer returns once the deadline passes."""
+    import socket
+    from types import SimpleNamespace
+
+    from distillguard.store.engine import Deadline
+
+    ours, silent = socket.socketpair()
+    connection = SimpleNamespace(pgconn=SimpleNamespace(socket=ours.fileno()))
+    deadline = Deadline(0.3)
+    deadline.arm(connection)
+    started = time.monotonic()
+    assert ours.recv(1) == b""  # blocks until the watchdog shuts the socket down
+    assert 0.25 < time.monotonic() - started < 5
+    assert deadline.fired == 1
+    deadline.arm(connection)  # disarmed in time: nothing happens
+    deadline.disarm(connection)
+    time.sleep(0.5)
+    assert deadline.fired == 1
+    ours.close()
+    silent.close()
