@@ -126,7 +126,12 @@ def main() -> int:
             slowest = min(args.rates)
             ours_rate, ours_accounts, ratio = f"< {slowest:g}", f"> {accounts_needed(slowest):,}", f"> {accounts_needed(slowest) / base_accounts:.0f}×"
         else:
-            ours_rate, ours_accounts, ratio = f"{rate:g}", f"{needed:,}", f"{needed / base_accounts:.0f}×"
+            # The true highest safe rate lies between r* and the next probed rate, which did not stay below.
+            faster = [r for r in args.rates if r > rate]
+            low = accounts_needed(min(faster)) if faster else needed
+            ours_rate = f"{rate:g} (not {min(faster):g})" if faster else f"≥ {rate:g}"
+            ours_accounts = f"{low:,}–{needed:,}" if faster else f"≤ {needed:,}"
+            ratio = f"{low / base_accounts:.0f}–{needed / base_accounts:.0f}×" if faster else f"≤ {needed / base_accounts:.0f}×"
         lines.append(f"| {design} | {ours_rate} | {ours_accounts} | {base_rate:,} (limit: 2,000/day) | {base_accounts} | {ratio} |")
     write_report("attacker_cost.md", lines, began, digest)
     return 0

@@ -348,3 +348,20 @@ def test_worst_campaign_and_targets_name_the_worst_not_the_mean() -> None:
     assert checks["distiller_recall_at_fpr_0.005"]["met"] and checks["reseller_recall_at_fpr_0.01"]["met"] and checks["negatives_high"]["met"]
     assert not checks["campaign_share_in_pure_clusters"]["met"] and checks["campaign_share_in_pure_clusters"]["value"] == 0.2
     assert not checks["campaign_share_before_detection"]["met"]
+
+
+def test_no_detector_file_quotes_the_test_wording() -> None:
+    """The test split is only a measurement while detection has not copied it: no whole phrase of it (≥ 25 characters,
+    case-folded) may appear in a text file under src/distillguard/detect. Short generic phrases ("ga door") are natural
+    translations any multilingual lexicon has, so they are not checked; binary model files cannot be checked here."""
+    phrases = [p for p in wording_strings(load_wording("test")) if len(p) >= 25]
+    assert len(phrases) > 60
+    detect = Path(__file__).resolve().parent.parent / "src" / "distillguard" / "detect"
+    quoted = {}
+    for path in detect.rglob("*"):
+        if path.is_file() and path.suffix in (".py", ".json", ".yaml", ".yml", ".txt", ".csv", ".tsv"):
+            text = " ".join(path.read_text(encoding="utf-8", errors="ignore").lower().split())
+            found = [p for p in phrases if p in text]
+            if found:
+                quoted[path.name] = found[:3]
+    assert not quoted, f"test-split wording copied into detection code: {quoted}"
