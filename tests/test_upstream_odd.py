@@ -125,6 +125,28 @@ def test_a_broken_anthropic_message_is_a_502(gateway: RunningGateway, secret: st
     assert event["response"]["status"] == 502 and event["response"]["error"].startswith("upstream_protocol_error: ")
 
 
+@pytest.mark.parametrize(("model", "caller"), [("stub-odd-cut", "openai"), ("stub-odd-cut", "anthropic"), ("claude-odd-cut", "anthropic")])
+def test_a_stream_cut_short_ends_with_an_error_not_a_made_up_end(gateway: RunningGateway, secret: str, model: str, caller: str) -> None:
+    """A body that ends before the answer does (no finish reason, no [DONE]) must not pass for a whole answer."""
+    call = _openai_call if caller == "openai" else _anthropic_call
+    response = call(gateway, secret, model, stream=True)
+    assert response.status_code == 200
+    frames = [f for f in response.content.split(b"\n\n") if f.strip()]
+    assert b"Hi" in response.content  # what did arrive was relayed
+    assert b"event: message_stop" not in response.content and b"data: [DONE]" not in response.content
+    assert frames[-1].startswith(b"event: error\n" if caller == "anthropic" else b'data: {"error"')
+    (event,) = _events_of(gateway, response.headers["x-request-id"])
+    assert event["response"]["status"] == 502 and event["response"]["error"].startswith("upstream_protocol_error: stream: expected")
+    assert event["response"]["text"] == "Hi"
+
+
+def test_a_finished_stream_without_done_is_whole(gateway: RunningGateway, secret: str) -> None:
+    response = _openai_call(gateway, secret, "stub-odd-no-done", stream=True)
+    assert response.status_code == 200 and b'"error"' not in response.content
+    (event,) = _events_of(gateway, response.headers["x-request-id"])
+    assert event["response"]["status"] == 200 and event["response"]["error"] is None and event["response"]["finish_reason"] == "stop"
+
+
 def test_the_event_names_the_field_that_broke(gateway: RunningGateway, secret: str) -> None:
     response = _openai_call(gateway, secret, "stub-odd-content-int", stream=True)
     (event,) = _events_of(gateway, response.headers["x-request-id"])

@@ -25,7 +25,8 @@ Behaviour is chosen by the model name so tests need no side channel:
   ``x-api-key``) and a few other key shapes, as JSON or as plain text (secret-masking tests).
 - ``*-odd-CASE``: a malformed answer from ``ODD_CHUNKS`` (streamed: one good chunk, the odd one, then the
   rest of a normal stream), ``ODD_BODIES`` or ``ODD_MESSAGES`` (not streamed: the bytes as they are, status 200). Chat answers
-  for OpenAI cases, Messages answers for ``claude-odd-…`` (Anthropic cases).
+  for OpenAI cases, Messages answers for ``claude-odd-…`` (Anthropic cases). ``*-odd-cut``: a stream whose body
+  ends after its first chunk; ``stub-odd-no-done``: a finished stream without ``[DONE]``.
 """
 
 from __future__ import annotations
@@ -300,9 +301,15 @@ class UpstreamStub:
             tail = [orjson.dumps({"type": "content_block_stop", "index": 0}),
                     orjson.dumps({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 1}}),
                     orjson.dumps({"type": "message_stop"})]
+            if case == "cut":  # the body ends in the middle of the answer
+                return await self._sse(request, [ev(e) for e in (start, block, good)], 0.0)
             return await self._sse(request, [ev(e) for e in (start, block, good, ODD_EVENTS[case], *tail)], 0.0)
         good = _chunk(choices=[{"index": 0, "delta": {"role": "assistant", "content": "Hi"}, "finish_reason": None}])
         end = _chunk(choices=[{"index": 0, "delta": {}, "finish_reason": "stop"}])
+        if case == "cut":  # the body ends in the middle of the answer: no finish reason, no [DONE]
+            return await self._sse(request, [b"data: " + good + b"\n\n"], 0.0)
+        if case == "no-done":  # finished, but without the [DONE] line: a whole answer all the same
+            return await self._sse(request, [b"data: " + c + b"\n\n" for c in (good, end)], 0.0)
         return await self._sse(request, [b"data: " + c + b"\n\n" for c in (good, ODD_CHUNKS[case], end)] + [b"data: [DONE]\n\n"], 0.0)
 
     async def chat(self, request: web.Request) -> web.StreamResponse:

@@ -639,6 +639,15 @@ class Gateway:
             if out:
                 await send({"type": "http.response.body", "body": out, "more_body": True})
         rest = reader.flush()
+        if not reader.ended:  # cut short: what arrived goes out, then the in-band error (not a made-up end)
+            if translator is not None:
+                rest = translator.feed(rest)
+            elif usage_filter is not None:
+                rest = usage_filter.feed(rest)
+            if tail + rest:
+                await send({"type": "http.response.body", "body": tail + rest, "more_body": True})
+            raise UpstreamProtocolError("stream", "a finish reason or [DONE] before its end" if reader_class is OpenAIStreamReader
+                                        else "a stop_reason before its end", got="the end of the body")
         if translator is not None:
             rest = translator.feed(rest) + translator.finish()
             if translator.stop_reason == "tool_use":  # the event records what the client was told

@@ -231,6 +231,7 @@ class _SSEReader(ABC):
         self.strip_reasoning = strip_reasoning or summarize_reasoning
         self.summarize_reasoning = summarize_reasoning
         self._buffer = b""
+        self._done = False  # the stream's own end marker ([DONE]) was seen
         if summarize_reasoning:  # only a degraded account's stream pays for the held-back state
             self._event_lines: list[bytes] = []  # the lines of the event being read
             self._start_summarising()
@@ -256,6 +257,17 @@ class _SSEReader(ABC):
             else:
                 out.append(line)
         return b"\n".join(out) + b"\n"
+
+    @property
+    def ended(self) -> bool:
+        """Whether the stream said it was over: a finish (stop) reason, ``[DONE]``, or an error of the upstream's own.
+
+        A stream whose body ends without any of them was cut short (a crashed
+        worker behind a proxy that still closed the response properly); the
+        gateway ends it with an error rather than let it pass for a whole answer.
+        """
+        summary = self.summary
+        return self._done or summary.finish_reason is not None or summary.upstream_error is not None
 
     def flush(self) -> bytes:
         rest, self._buffer = self._buffer, b""
@@ -292,6 +304,7 @@ class _SSEReader(ABC):
             return original
         raw = b"\n".join(data)
         if raw == b"[DONE]":
+            self._done = True
             return b"".join(self._sse(payload) for payload in self._pending_summaries()) + original
         payload = _payload(raw)
         self._read(payload, rewrite=False)
@@ -324,6 +337,8 @@ class _SSEReader(ABC):
         into one value per payload, they are read one by one instead.
         """
         wanted = [p for p in payloads if p.strip() not in (b"", b"[DONE]")]
+        if len(wanted) != len(payloads) and any(p.strip() == b"[DONE]" for p in payloads):
+            self._done = True
         if not wanted:
             return
         try:
@@ -342,6 +357,7 @@ class _SSEReader(ABC):
     def _on_data(self, data: bytes, *, rewrite: bool) -> bytes | None:
         """Read one SSE ``data:`` payload; return a rewritten payload, or None to keep it."""
         if not data or data == b"[DONE]":
+            self._done = self._done or data == b"[DONE]"
             return None
         payload = _payload(data)
         return orjson.dumps(payload) if self._read(payload, rewrite=rewrite) else None
@@ -592,6 +608,8 @@ class AnthropicStreamReader(_SSEReader):
             output_tokens = opt_count(usage.get("output_tokens"), "message_delta.usage.output_tokens")
             if output_tokens is not None:
                 summary.completion_tokens = output_tokens
+        elif kind == "message_stop":
+            self._done = True
         elif kind == "error":
             summary.upstream_error = _error_type(payload.get("error"))
         elif type(kind) is not str:
