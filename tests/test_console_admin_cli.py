@@ -92,6 +92,8 @@ def test_degrade_and_block_a_single_account(pop: Population, capsys: pytest.Capt
     assert admin(pop, capsys, "degrade", person["account_id"])[0] == 0
     assert admin(pop, capsys, "block", person["account_id"], "--reason", "test")[0] == 0
     assert _status(pop, person["secret"]) == 403
+    code, out, _ = admin(pop, capsys, "accounts", "show", person["account_id"])
+    assert "status active" in out and "policy block (rule manual)" in out  # the stored status alone would hide the block
     assert admin(pop, capsys, "unblock", person["account_id"])[0] == 0
     assert _status(pop, person["secret"]) == 200
 

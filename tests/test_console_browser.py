@@ -92,6 +92,7 @@ def test_overview_counts_agree_with_its_lists(admin: Any, pop: Population) -> No
     assert flagged == admin.locator("#flagged-accounts tbody tr").count() >= 5
     assert int(admin.inner_text("#count-clusters")) == admin.locator("#flagged-clusters li").count() == 1
     assert int(admin.inner_text("#count-accounts")) == 7
+    assert int(admin.inner_text("#count-reviews")) == 2  # the hydra's one item and the lone harvester's
     assert pop.cluster_id in admin.inner_text("#flagged-clusters")
     assert admin.locator("svg.chart").count() == 2
 

@@ -227,8 +227,10 @@ def _human(action: str, data: Any) -> str:
         return format_table(rows, ("key", "account", "prefix", "state", "created"))
     if action == "accounts show":
         limits = ", ".join(f"{k}={v}" for k, v in (data.get("limits") or {}).items()) or "defaults"
+        policy = data.get("policy") or {}
+        enforced = f"{policy.get('action', 'allow')}" + (f" (rule {policy['rule']})" if policy.get("rule") else "")
         head = (f"{data['account_id']}  {data['name']}  org {data.get('org_id') or '-'}  status {data['status']}  "
-                f"created {_when(data.get('created_at'))}\nlimits: {limits}\n")
+                f"policy {enforced}  created {_when(data.get('created_at'))}\nlimits: {limits}\n")
         keys = [(k["key_id"], k["prefix"] + "…", "revoked" if k["revoked"] else "active") for k in data.get("keys", [])]
         return head + format_table(keys, ("key", "prefix", "state"))
     if action == "limits set":

@@ -240,6 +240,7 @@ class Console:
         store = self.store
         counts = await asyncio.to_thread(lambda: (store.count_accounts(), store.count_events_since(since))) if store else (0, 0)
         reviews = await asyncio.to_thread(store.reviews, "open", 10) if store else []
+        open_reviews = await asyncio.to_thread(store.count_reviews, "open") if store else 0
         names = await asyncio.to_thread(store.accounts_by_id, [a["account_id"] for a in flagged["accounts"][:15]]) if store else {}
         labels, traffic, actions = self._traffic()
         scorer = None
@@ -249,6 +250,7 @@ class Console:
         by_action = collections.Counter(d.action for d in decisions.values())
         return self._page(200, "overview.html", request.session, msg=request.query.get("msg"),
                           accounts_total=counts[0], events_last_hour=counts[1], flagged=flagged, names=names, reviews=reviews,
+                          open_reviews=open_reviews,
                           traffic_svg=charts.stacked_bars(labels, traffic, title="requests per interval"),
                           actions_svg=charts.stacked_bars(labels, actions, title="policy actions per interval"),
                           scorer=scorer, sink=getattr(self.gateway.sink, "stats", None), by_action=by_action,
@@ -458,11 +460,16 @@ class Console:
 
     async def review(self, request: _Request) -> _Response:
         status = request.query.get("status", "open")
-        items = await asyncio.to_thread(self.store.reviews, status if status != "all" else None) if self.store else []
+        page = int(request.query["page"]) if request.query.get("page", "").isdigit() and int(request.query["page"]) > 0 else 1
+        store = self.store
+        wanted = status if status != "all" else None
+        items = await asyncio.to_thread(store.reviews, wanted, PAGE, (page - 1) * PAGE) if store else []
+        total = await asyncio.to_thread(store.count_reviews, wanted) if store else 0
         subjects = [str(i["subject"]) for i in items]
         members = [m for i in items if isinstance(i.get("evidence"), dict) for m in i["evidence"].get("accounts", [])]
-        accounts = await asyncio.to_thread(self.store.accounts_by_id, [*subjects, *members]) if self.store else {}
-        return self._page(200, "review.html", request.session, msg=request.query.get("msg"), items=items, status=status, accounts=accounts)
+        accounts = await asyncio.to_thread(store.accounts_by_id, [*subjects, *members]) if store else {}
+        return self._page(200, "review.html", request.session, msg=request.query.get("msg"), items=items, status=status, accounts=accounts,
+                          total=total, page=page, pages=max(1, -(-total // PAGE)))
 
     async def review_resolve(self, request: _Request) -> _Response:
         review_id = request.path.split("/")[1]

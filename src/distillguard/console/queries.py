@@ -119,6 +119,14 @@ class Store:
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(table).where(table.c.ts >= since)).scalar() or 0)
 
+    def count_reviews(self, status: str | None) -> int:
+        table = schema.reviews
+        query = select(func.count()).select_from(table)
+        if status:
+            query = query.where(table.c.status == status)
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar() or 0)
+
     # -- audit --------------------------------------------------------------------------------------
     def audit(self, *, target: str | None = None, before_id: int | None = None, limit: int = 50) -> list[dict[str, Any]]:
         table = schema.audit_log
@@ -130,9 +138,9 @@ class Store:
         with self.engine.connect() as conn:
             return [_row(r) for r in conn.execute(query).mappings().all()]
 
-    def reviews(self, status: str | None, limit: int = 200) -> list[dict[str, Any]]:
+    def reviews(self, status: str | None, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
         table = schema.reviews
-        query = select(table).order_by(table.c.ts.desc()).limit(limit)
+        query = select(table).order_by(table.c.ts.desc(), table.c.review_id).offset(offset).limit(limit)
         if status:
             query = query.where(table.c.status == status)
         with self.engine.connect() as conn:

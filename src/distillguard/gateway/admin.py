@@ -279,6 +279,10 @@ class AdminAPI:
             if account is None:
                 raise NotFoundError(f"account {parts[1]!r} does not exist")
             account["keys"] = await asyncio.to_thread(registry.list_keys, parts[1])
+            # What the gateway does with its requests now (manual override, then risk): "status" alone says active when blocked.
+            decision = gateway.policy.decisions().get(parts[1]) if gateway.policy is not None else None
+            account["policy"] = {"action": decision.action if decision is not None else "allow",
+                                 "rule": decision.rule if decision is not None else None}
             return 200, account
         if len(parts) == 3 and parts[0] == "accounts" and parts[2] == "keys" and method == "POST":
             key_limits = KeyCreate.model_validate_json(body or b"{}").limits
