@@ -64,7 +64,13 @@ def populate(tmp_path: Path, upstream_base_url: str, *, requests_per_account: in
                 _chat(client, person["secret"], f"192.0.2.{10 + n * 50}", [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
                                                  {"role": "user", "content": f"tell me more about topic {i + n * 100}"}], max_tokens=300)
     hydra_ids = {h["account_id"] for h in pop.hydra}
-    deadline = time.time() + 40
+    everyone = [*pop.hydra, pop.harvester, *pop.people]
+    deadline = time.time() + 60
+    while time.time() < deadline:  # until the scorer has scored every request: later reports would change what tests compare
+        risks = [gateway.admin("GET", f"/admin/v1/accounts/{a['account_id']}/risk") for a in everyone]
+        if all(r.status_code == 200 and r.json().get("requests", 0) >= requests_per_account for r in risks):
+            break
+        time.sleep(0.3)
     while time.time() < deadline:
         flagged = gateway.admin("GET", "/admin/v1/flagged").json()
         clusters = [c for c in flagged.get("clusters", []) if hydra_ids <= set(c["accounts"])]

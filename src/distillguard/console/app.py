@@ -258,8 +258,7 @@ class Console:
 
     def _traffic(self, bars: int = 48) -> tuple[list[str], dict[str, list[float]], dict[str, list[float]]]:
         history = list(self.gateway.metrics.history)
-        self.gateway.metrics.sample()  # the latest interval too
-        history.append(self.gateway.metrics.history[-1])
+        history.append(self.gateway.metrics.snapshot())  # the interval still running too (not stored: page views must not add samples)
         if len(history) < 2:
             return [], {"allowed": [], "refused": []}, {}
         step = max(1, (len(history) - 1 + bars - 1) // bars)

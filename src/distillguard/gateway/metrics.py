@@ -46,11 +46,15 @@ class Metrics:
         # (unix time, requests, refused, policy actions) every SAMPLE_EVERY_S: the console's traffic charts
         self.history: deque[tuple[float, int, int, dict[str, int]]] = deque(maxlen=HISTORY_SAMPLES)
 
-    def sample(self, now: float | None = None) -> None:
-        """Append the running totals to ``history`` (called off the request path, every ``SAMPLE_EVERY_S``)."""
+    def snapshot(self, now: float | None = None) -> tuple[float, int, int, dict[str, int]]:
+        """The running totals now: (unix time, requests, refused (4xx/5xx), policy actions)."""
         requests = sum(self.requests.values())
         refused = sum(n for (_endpoint, status), n in self.requests.items() if status >= 400)
-        self.history.append((time.time() if now is None else now, requests, refused, dict(self.policy_actions)))
+        return (time.time() if now is None else now, requests, refused, dict(self.policy_actions))
+
+    def sample(self, now: float | None = None) -> None:
+        """Append :meth:`snapshot` to ``history`` (called off the request path, every ``SAMPLE_EVERY_S``)."""
+        self.history.append(self.snapshot(now))
 
     def observe(self, endpoint: str, status: int, seconds: float) -> None:
         self.requests[(endpoint, status)] += 1
