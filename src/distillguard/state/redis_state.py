@@ -37,7 +37,8 @@ __all__ = ["LEASE_MS", "RedisAdmission", "RedisState"]
 log = logging.getLogger("distillguard.state")
 
 LEASE_MS = 30_000  # a concurrency slot's lease; renewed every third of it while the request runs
-SETTLE_DELAY_S = 0.005  # how long a settlement may wait for an admission to ride along with
+SETTLE_DELAY_S = 0.005
+MAX_PARALLEL = 2  # admission calls in flight at once; more wait and go together in the next call  # how long a settlement may wait for an admission to ride along with
 CODES = ("rate_limit_exceeded", "token_rate_limit_exceeded", "daily_quota_exceeded", "concurrency_limit_exceeded", "request_too_large")
 
 # KEYS: 4 per admitted subject (w, t, c, d), then the nonce key if ARGV[5] > 0, then 4 per settled subject.
@@ -216,6 +217,8 @@ class RedisState:
         self._renew_sha = self.client.register_script(RENEW_LUA).sha
         self._idle: list[Any] = []  # connections not in use: one per concurrent call, reused
         self._encoded: dict[Quota, _Encoded] = {}
+        self._outstanding = 0  # admission calls in flight
+        self._queued: list[tuple[list[Any], asyncio.Future[Any]]] = []  # admissions waiting to go in the next batch
         self._pending: list[tuple[RedisAdmission, int]] = []
         self._flush_handle: asyncio.TimerHandle | None = None
         self._flushing: asyncio.Task[None] | None = None
@@ -268,6 +271,80 @@ class RedisState:
         self._idle.append(conn)
         return reply
 
+    async def _admit_call(self, keys_and_args: list[Any]) -> Any:
+        """An admission call, sent at once while few are in flight, else coalesced with others into one pipelined write.
+
+        Like a group commit: under load, the admissions that arrive while
+        ``MAX_PARALLEL`` calls are out go together in the next one (one write,
+        one read of all the replies), which costs the gateway far less CPU per
+        request than a call each; a lone request never waits for company.
+        """
+        if self._outstanding < MAX_PARALLEL:
+            self._outstanding += 1
+            try:
+                return await self._call(self._admit_sha, ADMIT_LUA, keys_and_args)
+            finally:
+                self._outstanding -= 1
+                self._send_queued()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queued.append((keys_and_args, future))
+        return await future
+
+    def _send_queued(self) -> None:
+        if self._queued and self._outstanding < MAX_PARALLEL:
+            batch, self._queued = self._queued, []
+            self._outstanding += 1
+            asyncio.get_running_loop().create_task(self._run_batch(batch))
+
+    async def _run_batch(self, batch: list[tuple[list[Any], asyncio.Future[Any]]]) -> None:
+        from redis.exceptions import NoScriptError, ResponseError
+
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                replies = await self._pipeline(self._admit_sha, [cmd for cmd, _ in batch])
+                missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+                if missing:  # a restarted Redis forgot the script: send it in full, once per command that needed it
+                    again = await self._pipeline(None, [batch[i][0] for i in missing])
+                    for i, reply in zip(missing, again, strict=True):
+                        replies[i] = reply
+        except BaseException as exc:
+            failure = exc if isinstance(exc, Exception) else StateUnavailable("cancelled")
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(failure)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            for (_, future), reply in zip(batch, replies, strict=True):
+                if not future.done():
+                    if isinstance(reply, ResponseError):
+                        future.set_exception(reply)
+                    else:
+                        future.set_result(reply)
+        finally:
+            self._outstanding -= 1
+            self._send_queued()
+
+    async def _pipeline(self, sha: str | None, commands: list[list[Any]]) -> list[Any]:
+        """Several script calls in one write on one connection; error replies come back in the list, not raised."""
+        from redis.exceptions import ResponseError
+
+        conn = self._idle.pop() if self._idle else self.client.connection_pool.make_connection()
+        try:
+            packed = conn.pack_commands([("EVALSHA", sha, *cmd) if sha else ("EVAL", ADMIT_LUA, *cmd) for cmd in commands])
+            await conn.send_packed_command(packed, check_health=False)
+            replies: list[Any] = []
+            for _ in commands:
+                try:
+                    replies.append(await conn.read_response())
+                except ResponseError as exc:
+                    replies.append(exc)
+        except BaseException:
+            asyncio.get_running_loop().create_task(conn.disconnect(nowait=True))
+            raise
+        self._idle.append(conn)
+        return replies
+
     async def admit(self, quotas: tuple[Quota, ...], tokens: int, request_id: str,
                     nonce: tuple[str, int] | None = None) -> RedisAdmission | Refusal | None:
         encoded = [self._encode(quota) for quota in quotas]
@@ -284,7 +361,7 @@ class RedisState:
             args.append(0)
         try:
             self.calls += 1
-            reply = await self._call(self._admit_sha, ADMIT_LUA, [len(keys), *keys, *args])
+            reply = await self._admit_call([len(keys), *keys, *args])
         except Exception as exc:
             raise StateUnavailable(f"state {self.url}: {type(exc).__name__}: {exc}") from exc
         if reply[0] == 2:
