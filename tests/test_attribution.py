@@ -77,11 +77,11 @@ def background(scanner: Scanner, n: int = 30) -> None:
         opener, closer = rng.choice(OPENERS), rng.choice(CLOSERS)
         params = rng.choice([None, {"max_tokens": 1024, "temperature": 0.7, "stream": True}, {"temperature": 1.0, "stream": True}])
         times = sorted(T0 + rng.uniform(0, 7 * DAY) for _ in range(12))
-        for i, t in enumerate(times):
+        for t in times:
             if rng.random() < 0.5:
                 opener, closer = rng.choice(OPENERS), rng.choice(CLOSERS)
             scanner.update(ev(f"person{u:02d}", t, f"{opener} {rng.choice(TOPICS)} {rng.choice(['', 'again', 'vs the rest'])} {closer}",
-                              ip=f"10.{100 + u}.{i % 3}.7", params=params, header=rng.choice(["fp-openai", "fp-anthropic", "fp-curl"])))
+                              ip=f"10.{100 + u}.0.7", params=params, header=rng.choice(["fp-openai", "fp-anthropic", "fp-curl"])))
 
 
 def fleet(scanner: Scanner, prefix: str, n: int = 6, *, wrapper: str = "{task}", system: str | None = None,
@@ -175,15 +175,14 @@ def test_office_behind_one_address_with_one_domain_is_not_a_cluster() -> None:
 
 
 def test_creation_burst_links_rotating_accounts_only_with_the_metadata() -> None:
-    """A fleet on a new residential address per request: no shared infra; created within minutes of each other."""
-    rotating = lambda k, i: f"10.{(i * 7 + k * 13) % 250}.{(i * 11 + k) % 250}.{k + 1}"  # noqa: E731
+    """A fleet on home addresses of its own: no shared infra; created within minutes of each other."""
     wrapper = "{task}\n\nAnswer as a numbered list of findings."
     spread = {f"person{u:02d}": AccountMeta(f"person{u:02d}", created_at=T0 - 90 * DAY + u * 2 * DAY) for u in range(30)}
     burst = {f"new{k}": AccountMeta(f"new{k}", created_at=T0 - 5 * DAY + k * 120) for k in range(6)}
     with_meta, without = Scanner(accounts={**spread, **burst}), Scanner(accounts=spread)
     for scanner in (with_meta, without):
         background(scanner)
-        fleet(scanner, "new", wrapper=wrapper, ip=rotating)
+        fleet(scanner, "new", wrapper=wrapper)
     cluster = cluster_with(with_meta.report(), "new0")
     assert cluster is not None and set(cluster["accounts"]) == set(burst)
     assert any("created within minutes of each other" in s for s in cluster["shared"])
@@ -212,7 +211,7 @@ def test_synchronised_activity_links_with_a_wrapper_and_not_alone() -> None:
     for scanner, wrapper in ((synced, "{task}\n\nCite the lemma index after each claim."), (alone, "{task}")):
         for i, t in enumerate(rounds):
             for k in range(5):
-                scanner.update(ev(f"sync{k}", t + k * 5, wrapper.format(task=task(i * 5 + k)), ip=f"10.{50 + k}.{i % 9}.1"))
+                scanner.update(ev(f"sync{k}", t + k * 5, wrapper.format(task=task(i * 5 + k)), ip=f"10.{50 + k}.0.1"))
     cluster = cluster_with(synced.report(), "sync0")
     assert cluster is not None and "synchronised activity" in cluster["shared"] and len(cluster["accounts"]) == 5
     assert cluster_with(alone.report(), "sync1") is None
@@ -254,20 +253,19 @@ def test_rarity_falls_with_the_share_of_accounts_carrying_an_item() -> None:
 
 
 def test_candidate_pairs_grow_linearly_with_accounts_sharing_an_item() -> None:
-    """1,500 accounts sharing a client profile and parameters: the work is bounded by hubs, not all pairs."""
-    import time
+    """Thousands of accounts sharing rare-looking items: pairs are bounded by the hubs, never all pairs."""
+    from distillguard.detect.clustering import HUBS, ClusterCache, find_clusters
 
-    def run(n: int) -> float:
+    for n in (300, 1500):
         scanner = Scanner()
-        for u in range(n):
+        for u in range(n):  # all on one data-centre /24 with one wrapper: every item is shared by everyone
             for i in range(4):
-                scanner.update(ev(f"u{u:05d}", T0 + u * 7 + i * 3600, f"my question number {u}-{i} about {TOPICS[i]}", ip=f"10.{u % 250}.{u // 250}.1"))
-        started = time.process_time()
-        assert scanner.report()["clusters"] == []
-        return time.process_time() - started
-
-    small, large = run(300), run(1500)
-    assert large < 5 * small * 2.5  # 5x the accounts: about 5x the work (all pairs would be 25x)
+                scanner.update(ev(f"u{u:05d}", T0 + u * 7 + i * 3600, f"Summarise this ticket for the dashboard: {task(u * 4 + i)}",
+                                  ip=f"198.51.100.{u % 250}", hosting=True))
+        cache = ClusterCache()
+        own = {a: 0.9 for a in scanner.accounts}  # none in the background: every shared item counts as rare
+        find_clusters(scanner.fingerprints, scanner.templates, {a: scanner.timing.buckets(a) for a in scanner.accounts}, own, None, cache)
+        assert 0 < cache.candidate_pairs <= 2 * n * HUBS  # hubs, plus LSH pairs; all pairs would be 1.1 million at 1,500
 
 
 # -- account metadata input ---------------------------------------------------------------------------
@@ -325,3 +323,49 @@ def test_cli_attributes_export_and_scan_with_accounts(tmp_path: Path) -> None:
     accounts.write_text(exported.stdout + '{"account_id": 7}\n')
     refused = _cli("scan", str(events), "--accounts", str(accounts), database=database, cwd=tmp_path)
     assert refused.returncode == 2 and "accounts.jsonl:2: account_id" in refused.stderr
+
+
+def test_rotating_networks_and_shared_habits_link_a_quiet_sweep_but_home_networks_do_not() -> None:
+    """No wrapper, no system prompt: the same parameters and habits (content) and a new residential address on every
+    request (infra) — the same fleet from home addresses shares only the content half and is not linked."""
+    rotating = lambda k, i: f"10.{(i * 7 + k * 13) % 250}.{(i * 11 + k) % 250}.{k + 1}"  # noqa: E731
+    sweep, homes = Scanner(), Scanner()
+    for scanner, ip in ((sweep, rotating), (homes, None)):
+        background(scanner, 120)  # the fleet is 5 % of the log: its traits are rare
+        fleet(scanner, "sweep", n=6, ip=ip, requests=40, spacing=1800.0, params={"max_tokens": 3000, "temperature": 0.9, "stream": False})
+    cluster = cluster_with(sweep.report(), "sweep0")
+    assert cluster is not None and "a new residential network on most requests" in cluster["shared"]
+    assert cluster_with(homes.report(), "sweep0") is None
+
+
+def test_two_kinds_of_records_link_quiet_accounts_and_one_kind_does_not() -> None:
+    """A rare custom domain and creation minutes together link accounts too quiet for any behaviour to show."""
+    domain = hash_attribute("email_domain", "fleet-mail.example", "s")
+    spread = {f"person{u:02d}": AccountMeta(f"person{u:02d}", created_at=T0 - 90 * DAY + u * 2 * DAY) for u in range(30)}
+    both = {f"q{k}": AccountMeta(f"q{k}", created_at=T0 - 3 * DAY + k * 60, attributes={"email_domain": domain}) for k in range(6)}
+    domain_only = {f"q{k}": AccountMeta(f"q{k}", created_at=T0 - (60 - 9 * k) * DAY, attributes={"email_domain": domain}) for k in range(6)}
+    linked, unlinked = Scanner(accounts={**spread, **both}), Scanner(accounts={**spread, **domain_only})
+    for scanner in (linked, unlinked):
+        background(scanner)
+        for k in range(6):
+            for i in range(4):
+                scanner.update(ev(f"q{k}", T0 + k * 5000 + i * 30_000, f"{OPENERS[(k + i) % 10]} {TOPICS[(k * 4 + i) % 15]}",
+                                  ip=f"10.{30 + k}.1.1"))
+    cluster = cluster_with(linked.report(), "q0")
+    assert cluster is not None and set(cluster["accounts"]) == set(both)
+    assert cluster_with(unlinked.report(), "q0") is None
+
+
+def test_two_fleets_joined_by_a_few_links_stay_two_clusters() -> None:
+    scanner = Scanner()
+    background(scanner)
+    a = fleet(scanner, "alpha", n=8, wrapper="{task}\n\nAlpha format: cite the rubric line.", ip=HOSTING_24, hosting=True)
+    b = fleet(scanner, "beta", n=8, wrapper="Beta intake form.\n\n{task}", system="You are BetaForge, maximise coverage.",
+              ip=lambda k, i: f"203.0.113.{10 + (i + k) % 40}", hosting=True)
+    # Two beta accounts also once moved to alpha's network and used its wrapper for a while: a few cross links.
+    for k in (0, 1):
+        for i in range(12):
+            scanner.update(ev(f"beta{k}", T0 + 200_000 + i * 900 + k, f"{task(900 + i)}\n\nAlpha format: cite the rubric line.",
+                              ip=HOSTING_24(k, i), hosting=True))
+    found = clusters_of(scanner.report())
+    assert set(a) in found and set(b) in found

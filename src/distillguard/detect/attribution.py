@@ -199,21 +199,23 @@ def _band(share: float) -> str:
     return "none" if share <= 0.1 else "all" if share >= 0.9 else "some"
 
 
-def _habits(state: _Account) -> str | None:
+def _habits(state: _Account) -> tuple[str, ...]:
     """How an account uses the API, coarsely: the distribution its requests come from, not any one value.
 
     Accounts of one campaign are driven by one script with one configuration, so they share these habits;
-    ordinary users differ from one another, and the habits common among them weigh little (rarity).
+    ordinary users differ from one another, and the habits common among them weigh little (rarity). Two
+    descriptions are given — with the prompt length, and with the daily rhythm — so that an account near the
+    edge of one band still matches its fleet on the other.
     """
     requests = state.requests
     if requests < 10 or not state.lengths:
-        return None
+        return ()
     length = max(state.lengths.items(), key=lambda kv: (kv[1], kv[0]))[0]
     doubled = state.hours + state.hours
     quiet = min(sum(doubled[i:i + 6]) for i in range(24)) / max(1, sum(state.hours))
     clock = "round the clock" if quiet >= 0.12 else "a daily rhythm" if quiet <= 0.03 else "mostly a daily rhythm"
-    return (f"single-turn {_band(state.single_turn / requests)}, streaming {_band(state.streamed / requests)}, "
-            f"prompts of {1 << max(0, length - 1)}–{(1 << length) - 1} characters, {clock}")
+    usage = f"single-turn {_band(state.single_turn / requests)}, streaming {_band(state.streamed / requests)}"
+    return f"{usage}, prompts of {1 << max(0, length - 1)}–{(1 << length) - 1} characters", f"{usage}, {clock}"
 
 
 def _net_label(net: tuple[Any, ...]) -> str:
@@ -251,7 +253,7 @@ KINDS: dict[str, tuple[str, float]] = {
     "short_wrapper": ("content", 0.35),  # two words: common in plain language too
     "system_prompt": ("content", 0.8),
     "params": ("content", 0.3),
-    "habits": ("content", 0.4),
+    "habits": ("content", 0.3),  # two descriptions, 0.51 together
     "install": ("infra", 1.0),
     "ip": ("infra", 0.6),
     "hosting_net": ("infra", 0.6),
@@ -298,9 +300,7 @@ def account_items(state: _Account | None, single_turn: int, wrappers: Mapping[st
             kind = "hosting" if state.hosting * 2 >= requests else "residential"
             items.append(Item("rotation", f"a new {kind} network on most requests", state.net_switches / (requests - 1)))
         items += [Item("profile", _profile_label(value), share) for value, share in _shares(state.profiles, requests, 0.5)]
-        habits = _habits(state)
-        if habits is not None:
-            items.append(Item("habits", habits, 1.0))
+        items += [Item("habits", habits, 1.0) for habits in _habits(state)]
     for name, value in attributes.items():
         items.append(Item("payment" if name in _IDENTITY_ATTRIBUTES else "attribute", f"{name}={value}", 1.0))
     items += [Item("burst", slot, 1.0) for slot in bursts]

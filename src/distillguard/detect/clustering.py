@@ -10,8 +10,12 @@ and the pair is **linked** when
 
 - one identity item alone is near-certain (the same enrolled install, the
   same payment fingerprint: ≥ 0.8), or
+- the operator's records agree twice over (a rare attribute such as a
+  custom e-mail domain *and* a creation slot in a burst: meta ≥ 0.65 from
+  two kinds of record), or
 - a behavioural family (content or time) reaches 0.35, another family
-  reaches 0.3, and the two add up to at least 1.0.
+  reaches 0.3, and the two, plus half of a third family, add up to at
+  least 1.0.
 
 So a public wrapper (no weight), a shared office (infra and meta only) or two
 evaluation jobs with the same stock parameters (content 0.3) never link on
@@ -63,6 +67,7 @@ MIN_REQUESTS = 3
 ALL_PAIRS_UP_TO = 12
 HUBS = 8
 IDENTITY_LINK = 0.8
+RECORDS_LINK = 0.65
 BACKGROUND_BELOW = 0.5
 BEHAVIOUR_MIN, OTHER_MIN, LINK_SUM = 0.35, 0.3, 1.0
 SYNC_JACCARD, SYNC_LIFT, SYNC_WEIGHT = 0.25, 2.0, 0.8
@@ -124,6 +129,7 @@ class ClusterCache:
 
     signatures: dict[tuple[str, str], tuple[int, Signature]] = field(default_factory=dict)
     overlaps: dict[tuple[str, str, str], tuple[int, int, int]] = field(default_factory=dict)
+    candidate_pairs: int = 0  # pairs scored by the latest call (how much work it did; tests and benchmarks read it)
 
     def signature(self, kind: str, account: str, values: set[Any]) -> Signature:
         cached = self.signatures.get((kind, account))
@@ -189,17 +195,24 @@ def _family_scores(shared: list[tuple[Item, float]]) -> dict[str, float]:
     return {family: 1.0 - rest for family, rest in remaining.items()}
 
 
-def _decide(families: dict[str, float], identity: float) -> float:
-    """The link's strength in [0, 2], or 0 when the pair is not linked (rules in the module docstring)."""
+def _decide(families: dict[str, float], identity: float, records: float = 0.0) -> float:
+    """The link's strength in [0, 2], or 0 when the pair is not linked (rules in the module docstring).
+
+    ``records``: the meta family's score when at least two kinds of the operator's records agree (a rare
+    attribute and a creation slot), else 0.
+    """
     if identity >= IDENTITY_LINK:
         return 1.0 + identity
+    if records >= RECORDS_LINK:
+        return records
     best_behaviour = max(((families.get(f, 0.0), f) for f in BEHAVIOURAL), default=(0.0, ""))
     if best_behaviour[0] < BEHAVIOUR_MIN:
         return 0.0
-    other = max((v for f, v in families.items() if f != best_behaviour[1]), default=0.0)
-    if other < OTHER_MIN or best_behaviour[0] + other < LINK_SUM:
+    others = sorted((v for f, v in families.items() if f != best_behaviour[1]), reverse=True)
+    if not others or others[0] < OTHER_MIN:
         return 0.0
-    return best_behaviour[0] + other
+    total = best_behaviour[0] + others[0] + (0.5 * others[1] if len(others) > 1 else 0.0)
+    return total if total >= LINK_SUM else 0.0
 
 
 def find_clusters(
@@ -296,6 +309,8 @@ def find_clusters(
                     candidates.add((a, b))
     cache.overlaps = overlaps
 
+    cache.candidate_pairs = len(candidates)
+
     # 4. Score every candidate pair; keep the links.
     links: dict[tuple[str, str], _Link] = {}
     for a, b in candidates:
@@ -321,7 +336,8 @@ def find_clusters(
         timing = sync.get((a, b))
         if timing:
             families["time"] = 1.0 - (1.0 - families.get("time", 0.0)) * (1.0 - timing)
-        strength = _decide(families, identity)
+        meta_kinds = {item.kind for item, value in shared if KINDS[item.kind][0] == "meta" and value >= 0.2}
+        strength = _decide(families, identity, families.get("meta", 0.0) if len(meta_kinds) >= 2 else 0.0)
         if strength > 0.0:
             used = [(item, value) for item, value in shared if value >= 0.1]
             if timing:
