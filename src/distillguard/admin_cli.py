@@ -52,7 +52,7 @@ def add_admin_parser(sub: Any, command: Any) -> None:
     review = actions.add_parser("review", help="the review queue").add_subparsers(dest="review_action", metavar="ACTION")
     review.required = True
     review_list = leaf(review, "list", "review items")
-    review_list.add_argument("--status", default="open", choices=("open", "confirmed", "dismissed", "all"))
+    review_list.add_argument("--status", default="open", choices=("open", "confirmed", "dismissed", "merged", "all"))
     review_list.set_defaults(admin_action="review list")
     for name, help_text in (("confirm", "confirm an item, optionally acting on every account it names"),
                             ("dismiss", "dismiss an item: lifts what the detection caused (manual allow)")):

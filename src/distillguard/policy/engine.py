@@ -279,7 +279,9 @@ class PolicyEngine:
                 if self.registry is not None:
                     if action == "review.open":
                         evidence = {k: detail[k] for k in ("accounts", "shared", "evidence")} if "accounts" in detail else detail["evidence"]
-                        self.registry.add_review(target, detail["reason"], evidence)
+                        review = self.registry.add_review(target, detail["reason"], evidence)
+                        if "accounts" in detail:
+                            self._merge_member_reviews(review["review_id"], target, set(detail["accounts"]))
                     self.registry.record_audit(actor, action, target, detail)
                 else:
                     self._memory_audit.append({"ts": time.time(), "actor": actor, "action": action, "target": target, "detail": detail})
@@ -287,6 +289,16 @@ class PolicyEngine:
                 log.error("audit write failed (%s); will retry", exc)
                 self._audit.appendleft((actor, action, target, detail))
                 return
+
+    def _merge_member_reviews(self, review_id: str, cluster_id: str, members: set[str]) -> None:
+        """Fold the open items of a new cluster's members into the cluster's item: one item per hydra, even for heads
+        flagged on their own before the cluster was found (their items are kept, with status ``merged`` and a note)."""
+        try:
+            for item in self.registry.list_reviews("open"):
+                if item["subject"] in members:
+                    self.registry.resolve_review(item["review_id"], "merged", "detector", f"merged into {review_id} (cluster {cluster_id})")
+        except Exception as exc:  # the cluster's item is stored: retrying the whole record would open it twice
+            log.error("could not merge the open items of %s's members into %s: %s", cluster_id, review_id, exc)
 
     def audit_log(self, limit: int = 100) -> list[dict[str, Any]]:
         if self.registry is not None:

@@ -473,7 +473,7 @@ class Registry:
             return [_plain(r) for r in conn.execute(query).mappings().all()]
 
     def resolve_review(self, review_id: str, status: str, actor: str, note: str | None = None) -> None:
-        if status not in ("confirmed", "dismissed"):
+        if status not in ("confirmed", "dismissed", "merged"):  # merged: folded into its cluster's item (policy engine)
             raise UsageError(f"status: expected 'confirmed' or 'dismissed', got {status!r}")
         with self.engine.begin() as conn:
             result = conn.execute(
