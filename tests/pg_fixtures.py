@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -110,3 +111,20 @@ def postgres() -> Iterator[PostgresServer]:
         pytest.skip(f"no PostgreSQL server could be started here: {exc}")
     yield server
     server.cleanup()
+
+
+def emptied_database_url(request: pytest.FixtureRequest, sqlite_path: Path, table: str) -> str:
+    """For a fixture parametrised ``sqlite`` / ``postgresql``: a new SQLite file, or the session's server with ``table`` emptied."""
+    if request.param == "sqlite":
+        return f"sqlite:///{sqlite_path}"
+    from sqlalchemy import text
+
+    from distillguard.store.registry import Registry
+
+    server: PostgresServer = request.getfixturevalue("postgres")
+    url = str(server.url)
+    registry = Registry(url)  # one server for the session: start from an empty table
+    with registry.engine.begin() as conn:
+        conn.execute(text(f"DELETE FROM {table}"))
+    registry.close()
+    return url

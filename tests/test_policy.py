@@ -13,7 +13,6 @@ import anthropic
 import httpx
 import openai
 import pytest
-from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from distillguard.config import Settings
@@ -25,7 +24,7 @@ from distillguard.policy import Decision, PolicyEngine
 from distillguard.sim.scenarios import load_scenario, simulate
 from distillguard.store.registry import KeyRecord, Registry, hash_secret
 from tests.gateway_fixtures import RunningGateway, start_gateway
-from tests.pg_fixtures import PostgresServer, postgres  # noqa: F401 - fixture
+from tests.pg_fixtures import emptied_database_url, postgres  # noqa: F401 - fixture
 from tests.upstream_stub import UpstreamStub
 
 
@@ -245,15 +244,7 @@ async def test_degrade_switches_off_logprobs_however_they_are_asked_for(
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'policy.db'}"
-    server: PostgresServer = request.getfixturevalue("postgres")
-    url = str(server.url)  # type: ignore[attr-defined]
-    registry = Registry(url)  # one server for the session: start from no overrides
-    with registry.engine.begin() as conn:
-        conn.execute(text("DELETE FROM manual_overrides"))
-    registry.close()
-    return url
+    return emptied_database_url(request, tmp_path / "policy.db", "manual_overrides")
 
 
 def _durable_engine(url: str) -> PolicyEngine:

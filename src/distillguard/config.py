@@ -164,6 +164,11 @@ class DetectionSettings(_Section):
     degrade_reasoning: Literal["strip", "summarize"] = Field(
         default="strip", description="what a degraded answer's reasoning becomes: removed (strip) or replaced by a short "
                                      "extractive summary (summarize); docs/policy.md")
+    replay_max_events: int = Field(default=100_000, ge=0, description="on start the online scorer first replays at most this many "
+                                   "of the store's most recent events (0: none); docs/policy.md")
+    replay_max_age_h: float = Field(default=24.0, gt=0, description="... and only events younger than this many hours")
+    snapshot_every_s: float = Field(default=1.0, gt=0, description="how often each gateway merges its flagged accounts and clusters "
+                                    "into the store's risk snapshot and reads the others' (docs/policy.md)")
 
 
 class ServerSettings(_Section):

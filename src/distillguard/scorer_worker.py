@@ -18,11 +18,20 @@ gateway sends lists of events and finally ``None``; the worker answers
 ``PUBLISH_EVERY_S`` seconds while events arrive, and a last report and
 ``("stopped", None)`` on ``None``. The worker stops on ``None`` or on end of
 file on its inbox, so it exits when the gateway closes the pipe or dies.
+
+Replay: when the environment variable ``DISTILLGUARD_SCORER_REPLAY`` holds a
+JSON object ``{"database", "upto_seq", "max_events", "max_age_s"}``, the
+worker first feeds the scanner the store's most recent events up to that
+sequence number (:func:`distillguard.store.risk.recent_events`), then answers
+``("replayed", n)`` and a report, and only then reads its inbox (live events
+wait in the pipe meanwhile). An environment variable, not an argument: the
+database URL may hold a password, and arguments are visible to every user.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pickle
 import select
@@ -32,9 +41,10 @@ import sys
 import time
 from typing import Any
 
-__all__ = ["main", "recv", "send"]
+__all__ = ["REPLAY_ENV", "main", "recv", "send"]
 
 _HEADER = struct.Struct("!Q")
+REPLAY_ENV = "DISTILLGUARD_SCORER_REPLAY"
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:
@@ -72,6 +82,10 @@ def serve(inbox: int, outbox: int, publish_every_s: float) -> None:
     from distillguard.detect.scanner import Scanner
 
     scanner = Scanner()
+    replay = os.environ.pop(REPLAY_ENV, None)
+    if replay:
+        send(outbox, ("replayed", _replay(scanner, json.loads(replay))))
+        send(outbox, ("report", scanner.report()))
     poller = select.poll()  # not select.select: the fd numbers are the gateway's and may exceed FD_SETSIZE
     poller.register(inbox, select.POLLIN)
     last = time.monotonic()
@@ -96,6 +110,28 @@ def serve(inbox: int, outbox: int, publish_every_s: float) -> None:
             last, dirty = now, False
     send(outbox, ("report", scanner.report()))
     send(outbox, ("stopped", None))
+
+
+def _replay(scanner: Any, spec: dict[str, Any]) -> int:
+    """Feed the scanner the store's recent events (see the module docstring); how many it took. Store errors end the replay, logged."""
+    import orjson
+
+    from distillguard.store.engine import make_engine
+    from distillguard.store.risk import recent_events
+
+    n = 0
+    engine = make_engine(spec["database"])
+    try:
+        for line in recent_events(engine, upto_seq=int(spec["upto_seq"]), max_events=int(spec["max_events"]),
+                                  max_age_s=float(spec["max_age_s"])):
+            scanner.update(orjson.loads(line))
+            n += 1
+    except Exception as exc:  # a scorer that replayed part of the log is still better than none: go on live
+        print(f"distillguard scorer: replay from the store stopped after {n} events ({exc}); scoring live events only",
+              file=sys.stderr)
+    finally:
+        engine.dispose()
+    return n
 
 
 def main(argv: list[str] | None = None) -> int:

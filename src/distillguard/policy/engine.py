@@ -16,6 +16,16 @@ serialises a write (store, then memory) with a reload (store read, then
 memory), so a reload that raced with a write cannot put the old state back.
 Without a registry they live in memory only.
 
+Risk decisions are durable too (docs/policy.md, "Restarts and several
+gateways"): the writer thread merges this process's flagged accounts and
+clusters into the store's risk snapshot every ``detection.snapshot_every_s``
+and reads back the other processes' (:mod:`distillguard.store.risk`);
+``start`` loads the snapshot before serving, so a restarted gateway enforces
+its throttles and blocks from the first request, and the scorer replays the
+store's most recent events to rebuild its detectors. What this process
+enforces is the merged view: per account the higher score of its own scorer's
+and another process's entry.
+
 The engine runs whether or not online detection does (``detection.online``):
 manual overrides and the attestation requirement are not risk-based and must
 hold either way; without online detection there is simply no risk to act on.
@@ -25,6 +35,9 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
+import secrets
+import socket
 import threading
 import time
 from typing import Any
@@ -33,6 +46,8 @@ from distillguard.config import Settings
 from distillguard.policy.alerts import Alerter, cluster_band
 from distillguard.policy.decision import ALLOW, Decision
 from distillguard.policy.online import OnlineScorer
+from distillguard.store.registry import Registry
+from distillguard.store.risk import RiskDocument, RiskStore
 
 __all__ = ["PolicyEngine"]
 
@@ -41,8 +56,13 @@ REASONING_EVIDENCE = 0.7
 LOGPROBS_CAP = 0
 
 
+def _score(entry: dict[str, Any]) -> float:
+    return float(max(entry["distillation_score"], entry["reseller_score"]))
+
+
 class PolicyEngine:
-    def __init__(self, settings: Settings, registry: Any = None, *, publish_every_s: float = 1.0) -> None:
+    def __init__(self, settings: Settings, registry: Any = None, *, publish_every_s: float = 1.0,
+                 risk_store: RiskStore | None = None) -> None:
         self.settings = settings.detection
         self.online = settings.detection.online
         self.attestation_required = frozenset(settings.attestation.required_for_accounts)
@@ -50,6 +70,14 @@ class PolicyEngine:
         self.registry = registry
         self.scorer = OnlineScorer(self._on_report, publish_every_s=publish_every_s)
         self.alerter = Alerter(settings.alerts)
+        self.risk_store = risk_store if risk_store is not None else RiskStore(registry.engine) if isinstance(registry, Registry) else None
+        self.writer_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"  # this process, in the risk snapshot
+        self._own_risk: dict[str, dict[str, Any]] = {}  # this process's scorer's latest report
+        self._own_clusters: list[dict[str, Any]] = []
+        self._shared: RiskDocument = {"ts": 0.0, "accounts": {}, "clusters": {}}  # the store's snapshot, as last read
+        self._view_lock = threading.Lock()  # the reader thread and the writer thread both rebuild the view
+        self._report_seq = self._synced_seq = 0
+        self._next_sync = 0.0
         self._risk: dict[str, dict[str, Any]] = {}
         self._risk_decisions: dict[str, Decision] = {}
         self._clusters: list[dict[str, Any]] = []
@@ -68,10 +96,17 @@ class PolicyEngine:
             return
         if self.registry is not None:  # before serving anything: a restart must not lift a manual block even once
             self.reload_overrides()
+        replay = None
+        if self.online and self.risk_store is not None:  # nor a throttle or a risk block
+            self._load_snapshot()
+            upto_seq = self.risk_store.last_event_seq() if self.settings.replay_max_events > 0 else 0
+            if upto_seq > 0:  # live events get higher sequence numbers: none is scored twice
+                replay = {"database": self.registry.database_url, "upto_seq": upto_seq,
+                          "max_events": self.settings.replay_max_events, "max_age_s": self.settings.replay_max_age_h * 3600.0}
         self._started = True
         self.alerter.start()
         if self.online:  # the scorer is a separate process: only spawned when its scores are wanted
-            self.scorer.start()
+            self.scorer.start(replay)
         self._writer = threading.Thread(target=self._write_loop, name="distillguard-audit", daemon=True)
         self._writer.start()
 
@@ -82,6 +117,7 @@ class PolicyEngine:
         self._stop.set()
         self._writer.join(10)
         self._flush_audit()
+        self._sync_snapshot(force=True)
         self.alerter.close()
 
     # -- hot path ------------------------------------------------------------------------------
@@ -157,10 +193,11 @@ class PolicyEngine:
 
     # -- scorer feed -----------------------------------------------------------------------------
     def _on_report(self, report: dict[str, Any]) -> None:
-        decisions = {entry["account_id"]: self._risk_decision(entry) for entry in report["accounts"]}
-        self._risk_decisions = {account: d for account, d in decisions.items() if d is not ALLOW}
-        self._risk = {entry["account_id"]: entry for entry in report["accounts"]}
-        self._clusters = report["clusters"]
+        with self._view_lock:
+            self._own_risk = {entry["account_id"]: entry for entry in report["accounts"]}
+            self._own_clusters = report["clusters"]
+            self._report_seq += 1
+            self._rebuild_view()
         threshold = self.settings.flag_threshold
         cluster_of = {member: cluster for cluster in self._clusters if cluster["score"] >= threshold for member in cluster["accounts"]}
         self._alert(report)
@@ -182,6 +219,67 @@ class PolicyEngine:
                 top = entry["evidence"][0]["detail"] if entry["evidence"] else ""
                 detail = {"score": score, "evidence": entry["evidence"][:3], "reason": f"risk {score:.2f}: {top}"}
             self._audit.append(("detector", "review.open", subject, detail))
+
+    def _rebuild_view(self) -> None:
+        """The risk this process enforces: its own scorer's, raised by other processes' higher entries (hold ``_view_lock``).
+
+        The dicts are built aside and swapped in whole: ``decide`` reads them unlocked.
+        """
+        me = self.writer_id
+        risk = dict(self._own_risk)
+        for account, entry in self._shared["accounts"].items():
+            if entry.get("writer") == me:
+                continue  # my own entries: my scorer's latest report is the authority
+            own = risk.get(account)
+            if own is None or _score(entry) > _score(own):
+                risk[account] = {k: v for k, v in entry.items() if k != "writer"}
+        own_ids = {c["cluster_id"] for c in self._own_clusters}
+        clusters = list(self._own_clusters) + [{k: v for k, v in c.items() if k != "writer"} for cid, c in self._shared["clusters"].items()
+                                               if cid not in own_ids and c.get("writer") != me]
+        decisions = {account: self._risk_decision(entry) for account, entry in risk.items()}
+        self._risk_decisions = {account: d for account, d in decisions.items() if d is not ALLOW}
+        self._risk = risk
+        self._clusters = clusters
+
+    def _load_snapshot(self) -> None:
+        """Before serving: the stored decisions become the view, and their reviews and actions count as already taken."""
+        assert self.risk_store is not None
+        document = self.risk_store.load()
+        with self._view_lock:
+            self._shared = document
+            self._rebuild_view()
+        self._reviews_opened.update(document["accounts"])
+        self._reviews_opened.update(document["clusters"])
+        for account, decision in self._risk_decisions.items():
+            self._last_action[account] = decision.action
+        if document["accounts"] or document["clusters"]:
+            log.info("risk snapshot loaded: %d flagged accounts, %d flagged clusters", len(document["accounts"]), len(document["clusters"]))
+
+    def _sync_snapshot(self, *, force: bool = False) -> None:
+        """Merge this process's flagged accounts and clusters into the store's snapshot (when its scorer reported since), or read it.
+
+        Runs on the writer thread, every ``detection.snapshot_every_s``: never on the hot path.
+        """
+        if self.risk_store is None or not self.online or (not force and time.monotonic() < self._next_sync):
+            return
+        self._next_sync = time.monotonic() + self.settings.snapshot_every_s
+        threshold = self.settings.flag_threshold
+        try:
+            seq = self._report_seq
+            if seq != self._synced_seq:
+                accounts = [e for e in self._own_risk.values() if _score(e) >= threshold]
+                clusters = [c for c in self._own_clusters if c["score"] >= threshold]
+                document = self.risk_store.merge(self.writer_id, accounts, clusters)
+                self._synced_seq = seq
+            else:
+                document = self.risk_store.load()
+        except Exception as exc:  # the store is down: keep enforcing what we have, try again next time
+            log.error("risk snapshot: store unavailable (%s); keeping the current decisions, retrying", exc)
+            return
+        if document["ts"] != self._shared["ts"]:
+            with self._view_lock:
+                self._shared = document
+                self._rebuild_view()
 
     def _alert(self, report: dict[str, Any]) -> None:
         """Accounts and clusters at the alert level (the alerter de-duplicates; nothing happens without webhooks)."""
@@ -267,8 +365,9 @@ class PolicyEngine:
 
     # -- audit writer --------------------------------------------------------------------------------
     def _write_loop(self) -> None:
-        while not self._stop.wait(0.5):
+        while not self._stop.wait(min(0.5, self.settings.snapshot_every_s)):
             self._flush_audit()
+            self._sync_snapshot()
 
     def _flush_audit(self) -> None:
         while self._audit:

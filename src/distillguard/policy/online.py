@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import logging
 import os
 import subprocess
@@ -46,6 +47,7 @@ class OnlineScorer:
         self._taken = 0  # events the pump has taken off the queue (counted *before* they leave it)
         self._applied = 0  # events covered by the latest report whose on_report call has returned
         self._failed = False
+        self.replayed: int | None = None  # events replayed from the store at start (None: no replay, or not done yet)
         self._process: subprocess.Popen[bytes] | None = None
         self._to_worker = self._from_worker = -1
 
@@ -66,12 +68,16 @@ class OnlineScorer:
         if not self._failed:  # with the worker gone the queue would grow forever; events are in the event log
             self._queue.append(event)
 
-    def start(self) -> None:
+    def start(self, replay: dict[str, Any] | None = None) -> None:
+        """Spawn the worker; ``replay`` (``scorer_worker.REPLAY_ENV``'s object) makes it rebuild from the store first."""
         inbox_r, inbox_w = os.pipe()
         outbox_r, outbox_w = os.pipe()
         # The worker must import the same modules as the gateway (its distillguard may come from a source
         # tree on sys.path): hand it our sys.path, in order, as multiprocessing's spawn did.
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        env.pop(scorer_worker.REPLAY_ENV, None)
+        if replay is not None:
+            env[scorer_worker.REPLAY_ENV] = json.dumps(replay)
         try:
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "distillguard.scorer_worker", str(inbox_r), str(outbox_w), repr(float(self.publish_every_s))],
@@ -144,6 +150,9 @@ class OnlineScorer:
                     except Exception:
                         log.exception("online scorer: applying a report failed")
                     self._applied = covered
+                elif kind == "replayed":
+                    self.replayed = payload
+                    log.info("online scorer rebuilt from the %d most recent events of the store", payload)
                 elif kind == "stopped":
                     return
         finally:

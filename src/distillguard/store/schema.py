@@ -25,7 +25,7 @@ from sqlalchemy import (
 )
 
 __all__ = ["metadata", "accounts", "api_keys", "installs", "events", "audit_log", "reviews", "counters",
-           "manual_overrides", "account_attributes"]
+           "manual_overrides", "account_attributes", "risk_snapshot"]
 
 metadata = MetaData()
 
@@ -131,4 +131,15 @@ account_attributes = Table(
     Column("name", String(64), primary_key=True),
     Column("value_hash", String(40), nullable=False, index=True),
     Column("updated_at", Float, nullable=False),
+)
+
+# The online scorer's latest published decisions (docs/policy.md, "Restarts and several gateways"): one row, a JSON
+# document of the accounts at or above the flag threshold and the flagged clusters, merged by every gateway process
+# off the hot path and loaded at start, so a restart keeps flags, throttles, blocks and clusters.
+risk_snapshot = Table(
+    "risk_snapshot",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("ts", Float, nullable=False),
+    Column("document", JSON, nullable=False),
 )

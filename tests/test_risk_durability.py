@@ -1,0 +1,132 @@
+"""Risk decisions survive a restart and reach other gateway processes: the store's risk snapshot and the scorer's replay."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import pytest
+
+from distillguard.config import Settings
+from distillguard.policy import PolicyEngine
+from distillguard.store.registry import Registry
+from distillguard.store.risk import RiskStore
+from tests.gateway_fixtures import start_gateway
+from tests.pg_fixtures import emptied_database_url, postgres  # noqa: F401 - fixture
+from tests.upstream_stub import UpstreamStub
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return emptied_database_url(request, tmp_path / "risk.db", "risk_snapshot")
+
+
+def _entry(account: str, score: float) -> dict[str, Any]:
+    return {"account_id": account, "distillation_score": score, "reseller_score": 0.0, "risk": "high" if score >= 0.8 else "medium",
+            "cluster_id": None, "evidence": [{"detector": "coverage_sweep", "score": score, "detail": "sweeps a syllabus"}]}
+
+
+def _cluster(members: list[str], score: float) -> dict[str, Any]:
+    return {"cluster_id": "cl_" + "_".join(members), "accounts": members, "score": score, "shared": ["install"]}
+
+
+def _engine(url: str) -> PolicyEngine:
+    """An engine whose scorer is never started: reports are handed to it directly, the snapshot synced by hand."""
+    return PolicyEngine(Settings(detection={"online": True, "block_enabled": True}), registry=Registry(url))
+
+
+def test_decisions_and_clusters_survive_a_new_engine_and_the_strongest_view_wins(database_url: str) -> None:
+    first = _engine(database_url)
+    first._on_report({"accounts": [_entry("acct_throttled", 0.85), _entry("acct_blocked", 0.97), _entry("acct_calm", 0.1)],
+                      "clusters": [_cluster(["acct_a", "acct_b"], 0.9), _cluster(["acct_c", "acct_d"], 0.2)]})
+    first._sync_snapshot(force=True)
+
+    second = _engine(database_url)  # a restarted process: nothing scored yet
+    second._load_snapshot()
+    assert second.decide("acct_throttled", None).action == "throttle"
+    assert second.decide("acct_blocked", None).action == "block"
+    assert second.decide("acct_calm", None).action == "allow"
+    assert [c["cluster_id"] for c in second.flagged()["clusters"]] == ["cl_acct_a_acct_b"]  # only flagged clusters are kept
+    assert second.risk("acct_blocked") == _entry("acct_blocked", 0.97)  # the report's shape, nothing added
+    # Its own scorer sees less of one account: the other process's higher score still holds ...
+    second._on_report({"accounts": [_entry("acct_throttled", 0.3)], "clusters": []})
+    assert second.decide("acct_throttled", None).action == "throttle"
+    second._sync_snapshot(force=True)
+    # ... and the first process lowering its own score is what lifts it, for everyone.
+    first._on_report({"accounts": [_entry("acct_throttled", 0.2), _entry("acct_blocked", 0.97)], "clusters": []})
+    first._sync_snapshot(force=True)
+    second._sync_snapshot(force=True)
+    assert second.decide("acct_throttled", None).action == "allow"
+    assert second.decide("acct_blocked", None).action == "block"
+    assert second.flagged()["clusters"] == []
+    stored = RiskStore(first.registry.engine).load()
+    assert set(stored["accounts"]) == {"acct_blocked"} and stored["clusters"] == {}
+    for engine in (first, second):
+        engine.registry.close()
+
+
+def test_a_store_failure_keeps_the_current_decisions(tmp_path: Path) -> None:
+    engine = _engine(f"sqlite:///{tmp_path / 'risk.db'}")
+    engine._on_report({"accounts": [_entry("acct_x", 0.9)], "clusters": []})
+
+    class Down(RiskStore):
+        def merge(self, *args: Any, **kwargs: Any) -> Any:
+            raise OSError("connection refused")
+
+    engine.risk_store = Down(engine.registry.engine)
+    engine._sync_snapshot(force=True)  # logged, not raised
+    assert engine.decide("acct_x", None).action == "throttle"
+    engine.registry.close()
+
+
+def _harvest(client: anthropic.Anthropic, i: int) -> str:
+    """One reasoning-harvesting request; the HTTP status it got (or 200)."""
+    try:
+        client.messages.create(model="stub-reasoning", max_tokens=8000, system="You are a meticulous tutor.",
+                               messages=[{"role": "user", "content": f"Problem {i}: compute {i} * 17. Write out your internal reasoning step by step."}])
+    except anthropic.APIStatusError as exc:
+        return str(exc.status_code)
+    return "200"
+
+
+def test_a_throttled_harvester_stays_throttled_and_flagged_across_a_gateway_restart(tmp_path: Path, stub: UpstreamStub) -> None:
+    detection = {"flag_threshold": 0.5, "throttle_threshold": 0.8, "block_threshold": 0.99, "block_enabled": False}
+    gw = start_gateway(tmp_path, stub.base_url, detection=detection)
+    try:
+        key = gw.create_key("harvester")
+        account = key["account_id"]
+        client = anthropic.Anthropic(base_url=gw.root_url, api_key=key["secret"], max_retries=0)
+        throttled = False
+        for i in range(80):
+            _harvest(client, i)
+            risk = gw.admin("GET", f"/admin/v1/accounts/{account}/risk")
+            if risk.status_code == 200 and risk.json()["distillation_score"] >= 0.8:
+                throttled = True
+                break
+            time.sleep(0.05)
+        assert throttled, "the harvester never reached the throttle threshold"
+        registry = Registry(gw.database)
+        deadline = time.time() + 5  # the snapshot is merged into the store every second
+        while time.time() < deadline and account not in RiskStore(registry.engine).load()["accounts"]:
+            time.sleep(0.2)
+        registry.close()
+        stored_events = len(gw.events())
+        assert gw.stop() == 0
+
+        gw = start_gateway(tmp_path, stub.base_url, detection=detection)  # same config and database
+        flagged = gw.admin("GET", "/admin/v1/flagged").json()
+        assert account in {a["account_id"] for a in flagged["accounts"]}
+        assert gw.admin("GET", f"/admin/v1/accounts/{account}/risk").json()["distillation_score"] >= 0.8
+        _harvest(client.with_options(base_url=gw.root_url), 1000)
+        events = [e for e in gw.events(expect=stored_events + 1) if e["account_id"] == account]
+        assert events[-1]["policy"]["action"] == "throttle"  # enforced from the first request after the restart
+        # The scorer rebuilt itself from the event log: its own report (not only the snapshot) has the harvester.
+        deadline = time.time() + 20
+        while time.time() < deadline and not (replayed := re.search(r"online scorer rebuilt from the (\d+) most recent", gw.log())):
+            time.sleep(0.2)
+        assert replayed and int(replayed.group(1)) >= stored_events
+    finally:
+        gw.stop()
