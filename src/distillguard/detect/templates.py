@@ -70,7 +70,11 @@ def normalise_system(text: str | None) -> str | None:
     return hashlib.sha256(" ".join(_WORDS.findall(text.lower())).encode()).hexdigest()[:16]
 
 
-_MAX_WRAPPERS = 1024
+# Wrapper pieces are counted lossily (heavy hitters only): when an account's table is full, the pieces seen once
+# are dropped. A wrapper frames at least 12 % of an account's prompts, so it recurs long before the table fills
+# and survives every pruning; a swept task's own first and last words rarely recur and are what gets dropped.
+# 128 pieces cost about 12 KB per account (1,024 unpruned pieces cost ~100 KB: 400 MB on a 4,000-account log).
+_MAX_WRAPPERS = 128
 
 
 def wrapper_parts(frame: str) -> tuple[str, ...]:
@@ -126,7 +130,11 @@ class TemplatedPrompts(Detector):
         for part in wrapper_parts(frame):
             if part in wrappers:
                 wrappers[part] += 1
-            elif len(wrappers) < _MAX_WRAPPERS:
+                continue
+            if len(wrappers) >= _MAX_WRAPPERS:
+                for seen_once in [p for p, c in wrappers.items() if c == 1]:
+                    del wrappers[seen_once]
+            if len(wrappers) < _MAX_WRAPPERS:
                 wrappers[part] = 1
         system = normalise_system((event.get("request") or {}).get("system"))
         if system is not None and (system in state.systems or len(state.systems) < 64):
