@@ -289,3 +289,50 @@ def test_account_attributes_are_stored_hashed_and_exported(database_url: str) ->
         dumped = " ".join(str(row) for row in conn.execute(text("SELECT * FROM account_attributes")))
         audit = " ".join(str(row) for row in conn.execute(text("SELECT * FROM audit_log")))
     assert "acme.com" not in dumped and "card-4242" not in dumped and "card-4242" not in audit
+
+
+class _SlowFlakyStore(EventSink):
+    """A store that takes 30 ms per insert and fails every 25th; records the queue's length at every submit."""
+
+    calls = 0
+    max_queued = 0
+
+    def _write_rows(self, rows: list[dict]) -> None:
+        self.calls += 1
+        time.sleep(0.03)
+        if self.calls % 25 == 0:
+            raise OSError("store flaked (test)")
+        super()._write_rows(rows)
+
+    def submit(self, event: dict) -> None:
+        super().submit(event)
+        self.max_queued = max(self.max_queued, len(self._queue))
+
+
+def test_queue_stays_under_high_water_with_slow_store_and_spill_backlog(tmp_path: Path) -> None:
+    """Issue #13: replays of a spill backlog into a slow store let the queue reach 5x its high-water mark.
+
+    40 leftover spill files (20,000 events) must be replayed while 12,000 new events arrive at ~10,000/s into a store
+    that is slow and sometimes fails: the queue must never pass its high-water mark, and afterwards every
+    event id must be in the store or a spill file exactly once.
+    """
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    for f in range(40):
+        (spill / f"spill-1-1-{f:03d}.jsonl").write_text(
+            "\n".join(json.dumps(_event(900_000 + f * 500 + i)) for i in range(500)) + "\n")
+    sink = _SlowFlakyStore(url, spill, batch_size=500, high_water=3000, retry_interval_s=0.1)
+    sink.start()
+    for chunk in range(120):
+        for i in range(100):
+            sink.submit(_event(chunk * 100 + i))
+        time.sleep(0.01)
+    sink.close()
+    assert sink.max_queued <= 3000, f"queue reached {sink.max_queued} against a high-water mark of 3000"
+    ids = [e["request_id"] for e in iter_events(url)]
+    ids += [json.loads(line)["request_id"] for path in spill.glob("spill-*.jsonl") for line in path.read_text().splitlines()]
+    expected = {f"req_{i:06d}" for i in range(12_000)} | {f"req_{900_000 + i:06d}" for i in range(20_000)}
+    assert len(ids) == len(set(ids)), "an event is both stored and spilled, or spilled twice"
+    assert set(ids) == expected
+    assert sink.calls >= 25 and sink.stats["spilled"] > 0  # the store failed at least once and events were spilled

@@ -2,10 +2,17 @@
 
 ``submit`` is a ``deque.append`` (atomic under the GIL, no lock, no I/O), so the
 gateway pays well under a microsecond per event. A writer thread drains the
-queue in batches into the database. When the database fails, or the queue grows
-past its high-water mark, a batch goes to a JSONL spill file (fsync'd) instead;
-spill files are replayed into the database once it answers again, including
-files left by a previous process. When even the spill file cannot be written
+queue in batches into the database. When the database fails, a batch goes to a
+JSONL spill file (fsync'd) instead; spill files are replayed into the database
+once it answers again, including files left by a previous process.
+
+The queue is bounded in every state: a second thread (the overflow guard) spills
+whatever lies above the low-water mark (half the high-water mark) straight to
+disk, whatever the writer is doing (a slow insert, a replay), and the writer
+replays spill files only while the queue is at or below the low-water mark, one
+file at a time. So the queue stays under the high-water mark unless arrivals
+during one spill write exceed the gap between the two marks (10,000 events by
+default), or the disk refuses spills too. When even the spill file cannot be written
 (disk full), the batch stays in memory and is retried: an event is never
 dropped silently, and ``stats`` says where every event is.
 
@@ -76,7 +83,8 @@ class EventSink:
         *,
         batch_size: int = 1000,
         flush_interval_s: float = 0.05,
-        high_water: int = 20_000,  # ~30-60 MB of queued events; past it batches spill to disk (docs/store.md)
+        high_water: int = 20_000,  # ~30-60 MB of queued events; the queue is kept under it (docs/store.md)
+        low_water: int | None = None,  # above it the guard spills and the writer does not replay; default high_water // 2
         retry_interval_s: float = 2.0,
         engine: Engine | None = None,
         retention_days: int | None = None,
@@ -93,6 +101,12 @@ class EventSink:
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
         self.high_water = high_water
+        self.low_water = high_water // 2 if low_water is None else low_water
+        if not 0 <= self.low_water < high_water:
+            raise ValueError(f"event sink: low_water ({self.low_water}) must be >= 0 and below high_water ({high_water})")
+        self._lock = threading.Lock()  # the writer and the overflow guard both spill: counters and _held
+        self._pressure = threading.Event()  # set by submit when the queue passes the low-water mark
+        self._guard: threading.Thread | None = None
         self.retry_interval_s = retry_interval_s
         self._queue: collections.deque[dict[str, Any]] = collections.deque()
         self._held: list[list[dict[str, Any]]] = []  # batches neither stored nor spilled (disk full)
@@ -119,16 +133,25 @@ class EventSink:
         """Queue one event; never blocks, never drops."""
         self._queue.append(event)
         self.submitted += 1
+        if len(self._queue) > self.low_water and not self._pressure.is_set():
+            self._pressure.set()  # wake the overflow guard; a flag read otherwise
 
     # -- lifecycle ------------------------------------------------------------
     def start(self) -> None:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="distillguard-event-sink", daemon=True)
             self._thread.start()
+        if self._guard is None:
+            self._guard = threading.Thread(target=self._guard_queue, name="distillguard-event-overflow", daemon=True)
+            self._guard.start()
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Drain everything: queue → store, or → spill file when the store is down."""
         self._stop.set()
+        self._pressure.set()
+        if self._guard is not None:
+            self._guard.join(timeout_s)
+            self._guard = None
         if self._thread is not None:
             self._thread.join(timeout_s)  # a blocked write ends within the store deadline, then the thread stops
             self._thread = None
@@ -181,19 +204,44 @@ class EventSink:
                 continue
             self._drain_all(final=False)
 
-    def _take_batch(self) -> list[dict[str, Any]]:
+    def _guard_queue(self) -> None:
+        """The overflow guard: spill everything above the low-water mark at once, whatever the writer is doing.
+
+        A separate thread because the writer can be stuck for seconds in an insert
+        (a slow store: up to its deadline) or a replay; the queue must not grow
+        meanwhile. When spilling fails too (disk full), batches are held and
+        retried, and only then can memory grow (docs/store.md).
+        """
+        while not self._stop.is_set():
+            self._pressure.wait(0.5)
+            self._pressure.clear()
+            while not self._stop.is_set() and len(self._queue) > self.low_water:
+                batch = self._take_batch(min(self.batch_size, len(self._queue) - self.low_water))
+                if batch:
+                    self._spill(batch)
+                if self._held:  # the disk refuses too: back off, the writer retries the held batches
+                    self._stop.wait(self.retry_interval_s)
+                    break
+
+    def _take_batch(self, size: int | None = None) -> list[dict[str, Any]]:
         batch: list[dict[str, Any]] = []
         queue = self._queue
-        while queue and len(batch) < self.batch_size:
-            batch.append(queue.popleft())
+        limit = self.batch_size if size is None else size
+        while len(batch) < limit:
+            try:
+                batch.append(queue.popleft())  # the guard takes from the same queue: emptiness is found here
+            except IndexError:
+                break
         return batch
 
     def _drain_all(self, *, final: bool) -> None:
-        held, self._held = self._held, []
+        with self._lock:
+            held, self._held = self._held, []
         for i, batch in enumerate(held):
             self._deliver(batch)
             if self._held and not final:  # still nowhere to put it: keep the rest, in order, for the next try
-                self._held.extend(held[i + 1 :])
+                with self._lock:
+                    self._held.extend(held[i + 1 :])
                 return
         while self._queue:
             self._deliver(self._take_batch())
@@ -212,7 +260,8 @@ class EventSink:
             try:
                 self._write_rows([_row(e) for e in batch])
             except Exception as exc:
-                self.errors += 1
+                with self._lock:
+                    self.errors += 1
                 if self.store_ok:
                     log.error("event store write failed (%s); spilling to %s until it recovers", exc, self.spill_dir)
                 self.store_ok = False
@@ -282,19 +331,26 @@ class EventSink:
         except OSError as exc:
             with contextlib.suppress(OSError):
                 tmp.unlink()  # a half-written part file would eat the space we are waiting for
-            self.errors += 1
-            now = time.monotonic()
-            if now >= self._next_spill_complaint:
-                log.error("cannot spill %d events to %s (%s); holding %d events in memory and retrying every %.1fs", len(batch),
-                          self.spill_dir, exc, len(batch) + sum(len(b) for b in self._held), self.retry_interval_s)
-                self._next_spill_complaint = now + 30.0
-            self._held.append(batch)
-            self._next_retry = time.monotonic() + self.retry_interval_s
+            with self._lock:
+                self.errors += 1
+                now = time.monotonic()
+                if now >= self._next_spill_complaint:
+                    log.error("cannot spill %d events to %s (%s); holding %d events in memory and retrying every %.1fs",
+                              len(batch), self.spill_dir, exc, len(batch) + sum(len(b) for b in self._held),
+                              self.retry_interval_s)
+                    self._next_spill_complaint = now + 30.0
+                self._held.append(batch)
+                self._next_retry = time.monotonic() + self.retry_interval_s
             return
-        self.spilled += len(batch)
+        with self._lock:
+            self.spilled += len(batch)
 
     def _replay_spill(self) -> None:
+        """Replay spill files into the store, oldest first, one file at a time while the queue is at or below the
+        low-water mark: live events come first, and replaying never lets the queue grow past its marks."""
         for path in self._spill_files():
+            if len(self._queue) > self.low_water:
+                return
             try:
                 events = [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
                 for start in range(0, len(events), self.batch_size):
