@@ -27,6 +27,15 @@ Behaviour is chosen by the model name so tests need no side channel:
   rest of a normal stream), ``ODD_BODIES`` or ``ODD_MESSAGES`` (not streamed: the bytes as they are, status 200). Chat answers
   for OpenAI cases, Messages answers for ``claude-odd-…`` (Anthropic cases). ``*-odd-cut``: a stream whose body
   ends after its first chunk; ``stub-odd-no-done``: a finished stream without ``[DONE]``.
+
+``POST /v1/responses`` (the OpenAI Responses API) answers ``"The answer is forty-two."`` as one ``message``
+output item (usage: input 9 or ``stub-counting``'s count, output 6), streamed as ``response.created``,
+``response.output_item.added``, ``response.content_part.added``, one ``response.output_text.delta`` per word,
+the ``.done`` events and ``response.completed``. ``*-reasoning-steps`` puts a ``reasoning`` item with
+``REASONING_STEPS`` as its summary first (streamed as ``response.reasoning_summary_text.delta`` pieces);
+``stub-length`` ends ``incomplete`` (``max_output_tokens``); ``*-odd-CASE`` answers from ``ODD_RESPONSES``
+(not streamed) or ``ODD_RESPONSE_EVENTS`` (streamed: the odd event after the first delta, then the rest), and
+``*-odd-resp-cut`` streams a body that ends after the first delta.
 """
 
 from __future__ import annotations
@@ -79,6 +88,19 @@ ODD_MESSAGES: dict[str, bytes] = {
     "msg-text-5": orjson.dumps({"type": "message", "role": "assistant", "content": [{"type": "text", "text": 5}]}),
     "msg-stop-5": orjson.dumps({"type": "message", "role": "assistant", "content": [], "stop_reason": 5}),
     "msg-usage-lots": orjson.dumps({"type": "message", "role": "assistant", "content": [], "usage": "lots"}),
+}
+# Responses API answers that are not valid (``…-odd-resp-…``, not streamed).
+ODD_RESPONSES: dict[str, bytes] = {
+    "resp-output-x": orjson.dumps({"id": "resp_odd", "object": "response", "status": "completed", "output": "x"}),
+    "resp-text-5": orjson.dumps({"id": "resp_odd", "object": "response", "status": "completed", "output": [
+        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": 5}]}]}),
+    "resp-usage-lots": orjson.dumps({"id": "resp_odd", "object": "response", "status": "completed", "output": [], "usage": "lots"}),
+}
+# Responses API stream events that break the protocol (``…-odd-resp-…`` with ``stream: true``).
+ODD_RESPONSE_EVENTS: dict[str, bytes] = {
+    "resp-delta-5": orjson.dumps({"type": "response.output_text.delta", "item_id": "msg_odd", "output_index": 0,
+                                  "content_index": 0, "delta": 5}),
+    "resp-not-json": b'{"type": "response.output_text.delta", "delta": "unfinished',
 }
 # Whole 200 bodies that are not a valid answer, by case name.
 ODD_BODIES: dict[str, bytes] = {
@@ -174,6 +196,7 @@ class UpstreamStub:
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/embeddings", self.embeddings)
+        app.router.add_post("/v1/responses", self.responses)
         app.router.add_post("/v1/messages", self.messages)
         app.router.add_post("/v1/messages/count_tokens", self.count_tokens)
         app.router.add_get("/v1/models", self.models)
@@ -381,6 +404,71 @@ class UpstreamStub:
             "data": [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]} for i in range(len(inputs))],
             "usage": {"prompt_tokens": 4, "total_tokens": 4},
         })
+
+    # -- OpenAI Responses API -----------------------------------------------------------------
+    async def responses(self, request: web.Request) -> web.StreamResponse:
+        body = await self._record(request)
+        model = str(body.get("model"))
+        odd = model.split("-odd-", 1)[1] if "-odd-" in model else None
+        if odd in ODD_RESPONSES and not body.get("stream"):
+            return web.Response(status=200, body=ODD_RESPONSES[odd], content_type="application/json")
+        created = int(time.time())
+        reasoning = REASONING_STEPS if model.endswith("reasoning-steps") else None
+        incomplete = model == "stub-length"
+        prompt = 9 if model != "stub-counting" else max(1, len(orjson.dumps(body.get("input"))) // 4)
+        usage = {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": len(ANSWER_WORDS),
+                 "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": prompt + len(ANSWER_WORDS)}
+        text = "".join(ANSWER_WORDS)
+        message = {"id": "msg_stub", "type": "message", "status": "completed", "role": "assistant",
+                   "content": [{"type": "output_text", "text": text, "annotations": []}]}
+        reasoning_item = {"id": "rs_stub", "type": "reasoning", "summary": [{"type": "summary_text", "text": reasoning}]}
+
+        def response(status: str, output: list[dict[str, Any]], with_usage: bool) -> dict[str, Any]:
+            return {"id": "resp_stub", "object": "response", "created_at": created, "model": model, "status": status,
+                    "error": None, "incomplete_details": {"reason": "max_output_tokens"} if incomplete and status != "in_progress" else None,
+                    "instructions": body.get("instructions") if isinstance(body.get("instructions"), str) else None,
+                    "output": output, "parallel_tool_calls": True, "tool_choice": "auto", "tools": [],
+                    "usage": usage if with_usage else None}
+
+        output = ([reasoning_item] if reasoning else []) + [message]
+        final = "incomplete" if incomplete else "completed"
+        if not body.get("stream"):
+            return web.json_response(response(final, output, True))
+        seq = iter(range(10_000))
+
+        def ev(kind: str, **fields: Any) -> bytes:
+            return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps({"type": kind, "sequence_number": next(seq), **fields}) + b"\n\n"
+
+        events = [ev("response.created", response=response("in_progress", [], False))]
+        index = 0
+        if reasoning:
+            events.append(ev("response.output_item.added", output_index=0, item={**reasoning_item, "summary": []}))
+            events.append(ev("response.reasoning_summary_part.added", item_id="rs_stub", output_index=0, summary_index=0,
+                             part={"type": "summary_text", "text": ""}))
+            events += [ev("response.reasoning_summary_text.delta", item_id="rs_stub", output_index=0, summary_index=0, delta=piece)
+                       for piece in _pieces(reasoning)]
+            events.append(ev("response.reasoning_summary_text.done", item_id="rs_stub", output_index=0, summary_index=0, text=reasoning))
+            events.append(ev("response.reasoning_summary_part.done", item_id="rs_stub", output_index=0, summary_index=0,
+                             part={"type": "summary_text", "text": reasoning}))
+            events.append(ev("response.output_item.done", output_index=0, item=reasoning_item))
+            index = 1
+        events.append(ev("response.output_item.added", output_index=index,
+                         item={**message, "status": "in_progress", "content": []}))
+        events.append(ev("response.content_part.added", item_id="msg_stub", output_index=index, content_index=0,
+                         part={"type": "output_text", "text": "", "annotations": []}))
+        deltas = [ev("response.output_text.delta", item_id="msg_stub", output_index=index, content_index=0, delta=word, logprobs=[])
+                  for word in ANSWER_WORDS]
+        if odd == "resp-cut":
+            return await self._sse(request, [*events, deltas[0]], 0.0)
+        if odd in ODD_RESPONSE_EVENTS:
+            deltas.insert(1, b"event: response.output_text.delta\ndata: " + ODD_RESPONSE_EVENTS[odd] + b"\n\n")
+        events += deltas
+        events.append(ev("response.output_text.done", item_id="msg_stub", output_index=index, content_index=0, text=text, logprobs=[]))
+        events.append(ev("response.content_part.done", item_id="msg_stub", output_index=index, content_index=0,
+                         part=message["content"][0]))
+        events.append(ev("response.output_item.done", output_index=index, item=message))
+        events.append(ev("response." + final, response=response(final, output, True)))
+        return await self._sse(request, events, 0.2 if model == "stub-slow-stream" else 0.0)
 
     # -- Anthropic --------------------------------------------------------------------------
     async def messages(self, request: web.Request) -> web.StreamResponse:

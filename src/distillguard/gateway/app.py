@@ -50,9 +50,11 @@ from distillguard.gateway.requests import (
 from distillguard.gateway.responses import (
     AnthropicStreamReader,
     OpenAIStreamReader,
+    ResponsesStreamReader,
     ResponseSummary,
     summarise_anthropic,
     summarise_openai,
+    summarise_responses,
 )
 from distillguard.gateway.stream_usage import UsageChunkFilter, ask_stream_usage
 from distillguard.gateway.translate import (
@@ -90,6 +92,7 @@ ROUTES: dict[tuple[str, str], tuple[str, str, str]] = {
     ("POST", "/v1/chat/completions"): ("openai.chat", "openai", "/chat/completions"),
     ("POST", "/v1/completions"): ("openai.completions", "openai", "/completions"),
     ("POST", "/v1/embeddings"): ("openai.embeddings", "openai", "/embeddings"),
+    ("POST", "/v1/responses"): ("openai.responses", "openai", "/responses"),
     ("POST", "/v1/messages"): ("anthropic.messages", "anthropic", "/messages"),
     ("POST", "/v1/messages/count_tokens"): ("anthropic.count_tokens", "anthropic", "/messages/count_tokens"),
 }
@@ -487,6 +490,10 @@ class Gateway:
         assert payload is not None
         modified = False
         translate = ex.protocol == "anthropic" and upstream.protocol == "openai"
+        if ex.endpoint == "openai.responses" and upstream.protocol == "anthropic":
+            raise GatewayError(400, f"Model '{ex.model}' is served by an Anthropic-protocol upstream, and this gateway does not "
+                                    "translate the OpenAI Responses API (POST /v1/responses) to Anthropic Messages; call it with "
+                                    "POST /v1/messages.", "protocol_mismatch")
         if ex.protocol == "openai" and upstream.protocol == "anthropic":
             raise GatewayError(400, f"Model '{ex.model}' is served by an Anthropic-protocol upstream; call it with POST /v1/messages.", "protocol_mismatch")
         if translate and ex.endpoint == "anthropic.messages":
@@ -618,8 +625,13 @@ class Gateway:
 
     async def _relay_stream(self, ex: _Exchange, resp: UpstreamResponse, translate: bool, reasoning: str, send: Send) -> None:
         strip, summarize = reasoning != "keep", reasoning == "summarize"
-        reader_class = OpenAIStreamReader if (ex.protocol == "openai" or translate) else AnthropicStreamReader
-        reader = reader_class(strip_reasoning=strip, summarize_reasoning=summarize)
+        reader: OpenAIStreamReader | AnthropicStreamReader | ResponsesStreamReader
+        if ex.endpoint == "openai.responses":  # a degraded account's reasoning is stripped, not summarised, here
+            reader = ResponsesStreamReader(strip_reasoning=strip)
+        elif ex.protocol == "openai" or translate:
+            reader = OpenAIStreamReader(strip_reasoning=strip, summarize_reasoning=summarize)
+        else:
+            reader = AnthropicStreamReader(strip_reasoning=strip, summarize_reasoning=summarize)
         ex.summary = reader.summary
         translator = StreamTranslator(ex.model or "", estimate_prompt_tokens(ex.endpoint, ex.payload or {})) if translate else None
         ex.status = 200
@@ -646,8 +658,7 @@ class Gateway:
                 rest = usage_filter.feed(rest)
             if tail + rest:
                 await send({"type": "http.response.body", "body": tail + rest, "more_body": True})
-            raise UpstreamProtocolError("stream", "a finish reason or [DONE] before its end" if reader_class is OpenAIStreamReader
-                                        else "a stop_reason before its end", got="the end of the body")
+            raise UpstreamProtocolError("stream", reader.END, got="the end of the body")
         if translator is not None:
             rest = translator.feed(rest) + translator.finish()
             if translator.stop_reason == "tool_use":  # the event records what the client was told
@@ -673,6 +684,8 @@ class Gateway:
         strip, summarize = reasoning != "keep", reasoning == "summarize"
         if ex.protocol == "anthropic" and not translate:
             changed = summarise_anthropic(parsed, summary, strip_reasoning=strip, summarize_reasoning=summarize)
+        elif ex.endpoint == "openai.responses":
+            changed = summarise_responses(parsed, summary, strip_reasoning=strip, summarize_reasoning=summarize)
         else:
             changed = summarise_openai(parsed, summary, strip_reasoning=strip, summarize_reasoning=summarize)
         if translate:

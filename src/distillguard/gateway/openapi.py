@@ -169,6 +169,12 @@ def _paths() -> dict[str, Any]:
             "OpenAI legacy completions", ["prompt"], {"prompt": {"type": ["string", "array"]}, **_SAMPLING}, chat)},
         "/v1/embeddings": {"post": _model_operation(
             "OpenAI embeddings", ["input"], {"input": {"type": ["string", "array"]}}, {"type": "object"}, streams=False)},
+        "/v1/responses": {"post": _model_operation(
+            "OpenAI Responses API (OpenAI-protocol upstreams only)", [],
+            {"input": {"type": ["string", "array", "null"], "items": {"type": "object"}}, "instructions": {"type": ["string", "null"]},
+             "max_output_tokens": {"type": ["integer", "null"]}, "temperature": {"type": ["number", "null"]},
+             "top_p": {"type": ["number", "null"]}, "stream": {"type": ["boolean", "null"]}},
+            {"type": "object", "properties": {"output": {"type": "array"}, "usage": {}}})},
         "/v1/messages": {"post": _model_operation(
             "Anthropic messages", ["messages", "max_tokens"],
             {"messages": {"type": "array", "items": _MESSAGE}, "system": {}, "tools": {"type": "array"}, **_SAMPLING},

@@ -61,7 +61,15 @@ def validate_payload(endpoint: str, payload: dict[str, Any]) -> str:
         _expect(payload, "prompt", (str, list), required=True)
     if endpoint == "openai.embeddings":
         _expect(payload, "input", (str, list), required=True)
-    for name in ("max_tokens", "n", "top_logprobs", "max_completion_tokens"):
+    if endpoint == "openai.responses":  # input may be absent (a follow-up that names previous_response_id)
+        _expect(payload, "input", (str, list))
+        _expect(payload, "instructions", str)
+        items = payload.get("input")
+        for i, item in enumerate(items if isinstance(items, list) else ()):
+            if not isinstance(item, dict):
+                raise GatewayError(422, f"input.{i}: expected an input item (an object with 'role' and 'content', or a 'type').",
+                                   "invalid_type")
+    for name in ("max_tokens", "n", "top_logprobs", "max_completion_tokens", "max_output_tokens"):
         _expect(payload, name, int)
     for name in ("temperature", "top_p"):
         _expect(payload, name, (int, float))
@@ -79,7 +87,7 @@ def flatten_content(content: Any) -> str:
         parts = []
         for part in content:
             if isinstance(part, dict):
-                if part.get("type") in ("text", "input_text"):
+                if part.get("type") in ("text", "input_text", "output_text"):  # output_text: earlier Responses API turns
                     parts.append(as_text(part.get("text", "")))
             elif isinstance(part, str):
                 parts.append(part)
@@ -129,6 +137,10 @@ def request_part(endpoint: str, payload: dict[str, Any], prompt_mode: str = "kee
         prompt = payload.get("prompt")
         texts = prompt if isinstance(prompt, list) else [prompt]
         messages = [{"role": "user", "content": as_text(t)} for t in texts]
+    elif endpoint == "openai.responses":
+        if payload.get("instructions"):
+            system_parts.append(as_text(payload["instructions"]))
+        messages = _responses_input(payload.get("input"), system_parts)
     elif endpoint == "openai.embeddings":
         inputs = payload.get("input")
         texts = inputs if isinstance(inputs, list) else [inputs]
@@ -143,7 +155,7 @@ def request_part(endpoint: str, payload: dict[str, Any], prompt_mode: str = "kee
         "messages": messages,
         "params": {  # a refused request is recorded too: only values of the right type, so readers can count them
             "temperature": _number(payload.get("temperature")),
-            "max_tokens": _integer(payload.get("max_tokens", payload.get("max_completion_tokens"))),
+            "max_tokens": _integer(payload.get("max_tokens", payload.get("max_completion_tokens", payload.get("max_output_tokens")))),
             "n": _integer(payload.get("n")),
             "logprobs": bool(payload.get("logprobs")) if payload.get("logprobs") is not None else False,
             "top_logprobs": _integer(payload.get("top_logprobs")),
@@ -151,6 +163,30 @@ def request_part(endpoint: str, payload: dict[str, Any], prompt_mode: str = "kee
             "tools": len(tools) if isinstance(tools, list) else 0,
         },
     }
+
+
+def _responses_input(value: Any, system_parts: list[str]) -> list[dict[str, str]]:
+    """A Responses API ``input``: a string is one user message; a list holds input items.
+
+    Items with a ``role`` (``type: message`` or the short form) are kept with
+    their text parts flattened; ``system``/``developer`` ones join the system
+    prompt. Items without a role (function calls and their outputs, reasoning
+    items sent back) are not messages and are left out of the record.
+    """
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        return [{"role": "user", "content": as_text(value)}]
+    messages: list[dict[str, str]] = []
+    for item in value:
+        if not isinstance(item, dict) or not isinstance(item.get("role"), str):
+            continue
+        text = flatten_content(item.get("content"))
+        if item["role"] in ("system", "developer"):
+            system_parts.append(text)
+        else:
+            messages.append({"role": item["role"], "content": text})
+    return messages
 
 
 def _integer(value: Any) -> int | None:
@@ -180,12 +216,17 @@ def cap_logprobs(payload: dict[str, Any], cap: int) -> bool:
     for them several ways, all covered: chat's ``logprobs: true`` (the chosen
     tokens' logprobs even without ``top_logprobs``) and ``top_logprobs``; the
     legacy completions' integer ``logprobs`` (which returns the chosen token's
-    logprob even at 0); vLLM's ``prompt_logprobs``. At ``cap`` 0 all of them
+    logprob even at 0); vLLM's ``prompt_logprobs``; the Responses API's
+    ``include: ["message.output_text.logprobs"]``. At ``cap`` 0 all of them
     are switched off; above it the number of alternatives is lowered to ``cap``.
     """
     changed = False
     logprobs = payload.get("logprobs")
     if cap <= 0:
+        include = payload.get("include")
+        if isinstance(include, list) and "message.output_text.logprobs" in include:
+            payload["include"] = [item for item in include if item != "message.output_text.logprobs"]
+            changed = True
         if logprobs is True:
             payload["logprobs"] = False
             changed = True

@@ -34,9 +34,11 @@ __all__ = [
     "AnthropicStreamReader",
     "OpenAIStreamReader",
     "ResponseSummary",
+    "ResponsesStreamReader",
     "reasoning_summary",
     "summarise_anthropic",
     "summarise_openai",
+    "summarise_responses",
 ]
 
 SUMMARY_MAX_CHARS = 300
@@ -226,6 +228,8 @@ _DATA_LINE = re.compile(rb"^data:(.*)$", re.MULTILINE)  # JSON ignores the surro
 
 
 class _SSEReader(ABC):
+    END: str  # what a whole stream ends with, for the error when one is cut short
+
     def __init__(self, *, strip_reasoning: bool = False, summarize_reasoning: bool = False) -> None:
         self.summary = ResponseSummary()
         self.strip_reasoning = strip_reasoning or summarize_reasoning
@@ -394,6 +398,8 @@ class OpenAIStreamReader(_SSEReader):
     around it.
     """
 
+    END = "a finish reason or [DONE] before its end"
+
     def _start_summarising(self) -> None:
         self._held: dict[Any, tuple[str, list[str]]] = {}  # choice index → (reasoning key, pieces held back)
         self._last: dict[str, Any] = {}  # the last chunk seen: the summary's id, model, … at the end of the stream
@@ -520,6 +526,8 @@ class AnthropicStreamReader(_SSEReader):
     summary goes out for the same block index. Blocks keep their indices.
     """
 
+    END = "a stop_reason before its end"
+
     def _start_summarising(self) -> None:
         self._held: dict[Any, list[str]] = {}  # block index → thinking held back
 
@@ -631,3 +639,183 @@ def _error_type(error: Any) -> str:
             if isinstance(value, str | int) and not isinstance(value, bool):
                 return str(value)[:64]
     return "error"
+
+
+# -- the OpenAI Responses API (POST /v1/responses) ---------------------------------------------------
+_INCOMPLETE_REASONS = {"max_output_tokens": "length", "content_filter": "content_filter"}
+
+
+def _responses_outcome(response: dict[str, Any], summary: ResponseSummary, where: str) -> None:
+    """A Responses API ``response`` object's status, usage and error, into ``summary``.
+
+    The finish reason is put in chat's vocabulary, as ``finish_reason`` is for
+    every ``openai.*`` endpoint: ``completed`` → ``stop`` (``tool_calls`` when the
+    output holds a function call); ``incomplete`` → ``length`` for
+    ``max_output_tokens``, ``content_filter``, or the reason as given; any other
+    status (``failed``, ``cancelled``, …) as it is.
+    """
+    status = opt_str(response.get("status"), f"{where}.status")
+    if status == "completed":
+        output = response.get("output")
+        calls = type(output) is list and any(type(item) is dict and item.get("type") == "function_call" for item in output)
+        summary.finish_reason = "tool_calls" if calls else "stop"
+    elif status == "incomplete":
+        details = opt_dict(response.get("incomplete_details"), f"{where}.incomplete_details") or {}
+        reason = opt_str(details.get("reason"), f"{where}.incomplete_details.reason")
+        summary.finish_reason = _INCOMPLETE_REASONS.get(reason or "", reason or "incomplete")
+    elif status is not None:
+        summary.finish_reason = status
+    if status == "failed":
+        summary.upstream_error = _error_type(response.get("error"))
+    usage = opt_dict(response.get("usage"), f"{where}.usage") or {}
+    summary.prompt_tokens = opt_count(usage.get("input_tokens"), f"{where}.usage.input_tokens")
+    summary.completion_tokens = opt_count(usage.get("output_tokens"), f"{where}.usage.output_tokens")
+
+
+def _reasoning_text(item: dict[str, Any], where: str) -> str:
+    """A reasoning item's text: its ``summary`` parts, then its ``content`` (open-weight servers put the raw trace there)."""
+    texts: list[str] = []
+    for field in ("summary", "content"):
+        parts = item.get(field)
+        for j, part in enumerate(expect_list(parts, f"{where}.{field}") if parts is not None else ()):
+            texts.append(opt_str(expect_dict(part, f"{where}.{field}.{j}").get("text"), f"{where}.{field}.{j}.text") or "")
+    return "".join(texts)
+
+
+def summarise_responses(
+    body: dict[str, Any], summary: ResponseSummary, *, strip_reasoning: bool = False, summarize_reasoning: bool = False
+) -> bool:
+    """Fill ``summary`` from a non-streamed Responses API answer; returns True when ``body`` was modified.
+
+    The text is the ``output_text`` parts of the ``message`` items; the
+    reasoning length counts the ``reasoning`` items' summary and content text.
+    With ``strip_reasoning`` the reasoning items are removed from ``output``;
+    with ``summarize_reasoning`` too, each keeps its place with one
+    ``summary_text`` part holding its :func:`reasoning_summary` and no
+    ``content`` or ``encrypted_content`` (so it cannot be sent back whole).
+    """
+    changed = False
+    kept: list[Any] = []
+    output = body.get("output")
+    for i, item in enumerate(expect_list(output, "output") if output is not None else ()):
+        kind = opt_str(expect_dict(item, f"output.{i}").get("type"), f"output.{i}.type")
+        if kind == "message":
+            content = item.get("content")
+            for j, part in enumerate(expect_list(content, f"output.{i}.content") if content is not None else ()):
+                if opt_str(expect_dict(part, f"output.{i}.content.{j}").get("type"), f"output.{i}.content.{j}.type") == "output_text":
+                    summary.text_parts.append(opt_str(part.get("text"), f"output.{i}.content.{j}.text") or "")
+        elif kind == "reasoning":
+            reasoning = _reasoning_text(item, f"output.{i}")
+            summary.reasoning_chars += len(reasoning)
+            if strip_reasoning:
+                summary.stripped_chars += len(reasoning)
+                changed = True
+                if not summarize_reasoning:
+                    continue
+                item = {k: v for k, v in item.items() if k not in ("content", "encrypted_content")}
+                item["summary"] = [{"type": "summary_text", "text": reasoning_summary(reasoning)}] if reasoning else []
+        kept.append(item)
+    if changed:
+        body["output"] = kept
+    _responses_outcome(body, summary, "response")
+    return changed
+
+
+_RESPONSES_END = frozenset(("response.completed", "response.incomplete", "response.failed"))
+_REASONING_DELTAS = frozenset(("response.reasoning_summary_text.delta", "response.reasoning_text.delta"))
+_REASONING_DONE = frozenset(("response.reasoning_summary_text.done", "response.reasoning_text.done"))
+_REASONING_PARTS = frozenset(("response.reasoning_summary_part.added", "response.reasoning_summary_part.done",
+                              "response.content_part.added", "response.content_part.done"))
+
+
+def _blank_reasoning(item: dict[str, Any]) -> bool:
+    """Empty a reasoning output item in place (summary, content, encrypted content); True if it was one."""
+    if item.get("type") != "reasoning":
+        return False
+    item["summary"] = []
+    if "content" in item:
+        item["content"] = []
+    item.pop("encrypted_content", None)
+    return True
+
+
+class ResponsesStreamReader(_SSEReader):
+    """Reads (and, for a degraded account, strips) a Responses API stream.
+
+    Text comes from ``response.output_text.delta``; reasoning length from
+    ``response.reasoning_summary_text.delta`` and ``response.reasoning_text.delta``;
+    usage and the finish reason from the closing ``response.completed``,
+    ``response.incomplete`` or ``response.failed`` (the stream has no ``[DONE]``:
+    one of those is its end). An ``error`` event is the upstream's own error.
+
+    Stripping blanks the reasoning where it appears (deltas, ``done`` events,
+    summary parts, reasoning items in ``output_item`` events and in the final
+    response), keeping every event so sequence numbers stay whole. Summarising
+    is not offered for this protocol: the gateway strips instead (docs/gateway.md).
+    """
+
+    END = "response.completed, response.incomplete or response.failed before its end"
+
+    def __init__(self, *, strip_reasoning: bool = False) -> None:
+        super().__init__(strip_reasoning=strip_reasoning)
+
+    def _start_summarising(self) -> None:
+        raise TypeError("ResponsesStreamReader does not summarise reasoning; it strips it (strip_reasoning=True)")
+
+    def _summarise(self, payload: dict[str, Any]) -> list[dict[str, Any]] | None:
+        return None  # never reached: __init__ does not take summarize_reasoning
+
+    def _pending_summaries(self) -> list[dict[str, Any]]:
+        return []
+
+    @staticmethod
+    def _sse(payload: dict[str, Any]) -> bytes:
+        return b"event: " + str(payload.get("type", "")).encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
+
+    def _read(self, payload: dict[str, Any], *, rewrite: bool) -> bool:
+        kind = payload.get("type")
+        summary = self.summary
+        if kind == "response.output_text.delta":
+            text = payload.get("delta")
+            if type(text) is not str:
+                raise UpstreamProtocolError("response.output_text.delta.delta", "a string", text)
+            summary.text_parts.append(text)
+        elif kind in _REASONING_DELTAS:
+            reasoning = payload.get("delta")
+            if type(reasoning) is not str:
+                raise UpstreamProtocolError(f"{kind}.delta", "a string", reasoning)
+            summary.reasoning_chars += len(reasoning)
+            if rewrite and reasoning:
+                summary.stripped_chars += len(reasoning)
+                payload["delta"] = ""
+                return True
+        elif kind in _RESPONSES_END:
+            response = expect_dict(payload.get("response"), f"{kind}.response")
+            _responses_outcome(response, summary, f"{kind}.response")
+            if summary.finish_reason is None:
+                summary.finish_reason = str(kind).rpartition(".")[2]  # the stream ended, whatever its status said
+            if rewrite:
+                output = response.get("output")
+                return type(output) is list and any([_blank_reasoning(item) for item in output if type(item) is dict])
+        elif kind == "error":
+            summary.upstream_error = _error_type({"code": payload.get("code")})
+        elif type(kind) is not str:
+            raise UpstreamProtocolError("type", "a string", kind)
+        elif rewrite:
+            return self._strip_other(kind, payload)
+        return False
+
+    @staticmethod
+    def _strip_other(kind: str, payload: dict[str, Any]) -> bool:
+        """Blank reasoning carried by events other than deltas (with ``rewrite`` only)."""
+        if kind in _REASONING_DONE and payload.get("text"):
+            payload["text"] = ""
+            return True
+        part = payload.get("part")
+        if kind in _REASONING_PARTS and type(part) is dict and part.get("type") in ("summary_text", "reasoning_text") and part.get("text"):
+            part["text"] = ""
+            return True
+        item = payload.get("item")
+        if kind in ("response.output_item.added", "response.output_item.done") and type(item) is dict:
+            return _blank_reasoning(item)
+        return False
