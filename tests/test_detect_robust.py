@@ -95,6 +95,17 @@ def test_one_off_evaluation_burst_is_not_high_but_the_same_sustained_is() -> Non
     assert entry(report, "eval-job")["distillation_score"] < 0.65
     assert entry(report, "harvester")["distillation_score"] > entry(report, "eval-job")["distillation_score"] + 0.15
     assert numbers(report, "harvester", "sustained_extraction")["active_days"] == 5
+    why = next(e for e in entry(report, "eval-job")["evidence"] if e["detector"] == "sustained_extraction")
+    assert "one-off batch so far, so the distillation score is scaled by 0.70" in why["detail"]
+    assert why["numbers"]["burst"] > 0.95
+
+
+def test_a_few_dozen_quick_requests_are_not_held_back_as_a_batch_job() -> None:
+    scanner = Scanner()
+    for i in range(40):  # explicit reasoning harvesting, in one minute
+        scanner.update(event("quick", T0 + i * 1.5, [f"Problem {i}: compute {i} * 17. Write out your internal reasoning step by step."],
+                             answer_tokens=600, max_tokens=8000))
+    assert entry(scanner.report(), "quick")["distillation_score"] >= 0.8
 
 
 # -- follow-ups ------------------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ and inference cannot drift apart. The weights ship as package data
 from __future__ import annotations
 
 import importlib.resources
+from collections.abc import Iterator
 from functools import lru_cache
 
 import numpy as np
@@ -41,27 +42,19 @@ def prepare(text: str, system: str | None = None) -> str:
     return " " + text.lower() + " "
 
 
-def ngram_buckets(prepared: list[str], bits: int, ngrams: tuple[int, ...] = NGRAMS) -> tuple[np.ndarray, np.ndarray]:
-    """(text index, bucket) of every character n-gram of every text (duplicates kept: counts are the features).
-
-    All texts are hashed in one pass over their concatenation — numpy's per-call overhead is paid once per
-    batch, not once per prompt — and n-grams that straddle two texts are dropped. Digits are folded to 0 and
-    line breaks and tabs to spaces, so numbers and layout do not become features.
-    """
-    if not prepared:
-        return np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.uint32)
+def _ngram_parts(prepared: list[str], bits: int, ngrams: tuple[int, ...]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Per n-gram size: (text index, bucket) of every character n-gram that lies inside one text."""
     codes = np.frombuffer("".join(prepared).encode("utf-32-le"), dtype=np.uint32).copy()
     codes[(codes >= 0x31) & (codes <= 0x39)] = 0x30
     codes[(codes == 0x0A) | (codes == 0x09) | (codes == 0x0D)] = 0x20
     lengths = np.fromiter((len(p) for p in prepared), dtype=np.int32, count=len(prepared))
     owner = np.repeat(np.arange(len(prepared), dtype=np.int32), lengths)
     shift = np.uint32(32 - bits)
-    owners, buckets = [], []
     with np.errstate(over="ignore"):
         rolling = codes
         for n in range(2, max(ngrams) + 1):
             if len(codes) < n:
-                break
+                return
             rolling = (rolling[:-1] * _PRIME) ^ codes[n - 1:]
             if n not in ngrams:
                 continue
@@ -73,11 +66,20 @@ def ngram_buckets(prepared: list[str], bits: int, ngrams: tuple[int, ...] = NGRA
             h ^= h >> np.uint32(16)
             first = owner[: len(h)]
             inside = first == owner[n - 1:]
-            owners.append(first[inside])
-            buckets.append((h >> shift)[inside])
-    if not owners:
+            yield first[inside], (h >> shift)[inside]
+
+
+def ngram_buckets(prepared: list[str], bits: int, ngrams: tuple[int, ...] = NGRAMS) -> tuple[np.ndarray, np.ndarray]:
+    """(text index, bucket) of every character n-gram of every text (duplicates kept: counts are the features).
+
+    All texts are hashed in one pass over their concatenation — numpy's per-call overhead is paid once per
+    batch, not once per prompt — and n-grams that straddle two texts are dropped. Digits are folded to 0 and
+    line breaks and tabs to spaces, so numbers and layout do not become features.
+    """
+    parts = list(_ngram_parts(prepared, bits, ngrams)) if prepared else []
+    if not parts:
         return np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.uint32)
-    return np.concatenate(owners), np.concatenate(buckets)
+    return np.concatenate([o for o, _ in parts]), np.concatenate([b for _, b in parts])
 
 
 class IntentModel:
@@ -86,17 +88,20 @@ class IntentModel:
     def __init__(self, weights: np.ndarray, bias: float, bits: int, ngrams: tuple[int, ...] = NGRAMS) -> None:
         if weights.shape != (1 << bits,):
             raise ValueError(f"intent model: {weights.shape[0]} weights for {bits} bits (expected {1 << bits})")
-        self.weights = weights.astype(np.float64)
+        self.weights = weights.astype(np.float32)
         self.bias = float(bias)
         self.bits = bits
         self.ngrams = ngrams
 
     def logits(self, prepared: list[str]) -> np.ndarray:
-        """One logit per :func:`prepare`-d text, scored as one batch."""
-        owners, buckets = ngram_buckets(prepared, self.bits, self.ngrams)
-        total = np.bincount(owners, weights=self.weights[buckets], minlength=len(prepared))
-        count = np.bincount(owners, minlength=len(prepared))
-        return self.bias + total / np.sqrt(np.maximum(count, 1))
+        """One logit per :func:`prepare`-d text, scored as one batch (the same sums as :func:`ngram_buckets`)."""
+        total = np.zeros(len(prepared))
+        count = np.zeros(len(prepared))
+        if prepared:
+            for owners, buckets in _ngram_parts(prepared, self.bits, self.ngrams):
+                total += np.bincount(owners, weights=self.weights[buckets], minlength=len(prepared))
+                count += np.bincount(owners, minlength=len(prepared))
+        return self.bias + total / np.sqrt(np.maximum(count, 1.0))
 
     def probabilities(self, prepared: list[str]) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-np.clip(self.logits(prepared), -35.0, 35.0)))

@@ -82,7 +82,7 @@ class _State:
     score_sum: float = 0.0
 
 
-_BATCH = 64
+_BATCH = 32
 
 
 class ReasoningElicitation(Detector):
