@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck bench clean install
+.PHONY: demo fleet test lint typecheck bench clean install
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/distillguard demo $(DEMO_ARGS)
+
+# A local fleet from Debian packages (docs/deploy.md): haproxy, 3 gateways, Redis, PostgreSQL, the demo model.
+fleet: $(STAMP)
+	$(BIN)/python -m distillguard.demo.fleet $(FLEET_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
