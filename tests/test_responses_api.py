@@ -10,16 +10,22 @@ translated.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import httpx
 import openai
 import orjson
 import pytest
 
+from distillguard.config import Settings
+from distillguard.gateway.app import Gateway
 from distillguard.gateway.requests import cap_logprobs
 from distillguard.gateway.responses import ResponsesStreamReader, ResponseSummary, summarise_responses
+from distillguard.policy import Decision
+from distillguard.store.registry import KeyRecord, hash_secret
 from tests.gateway_fixtures import RunningGateway, start_gateway
+from tests.test_policy import _FixedPolicy
 from tests.upstream_stub import ANSWER_WORDS, REASONING_STEPS, UpstreamStub
 
 ANSWER = "".join(ANSWER_WORDS)
@@ -83,6 +89,15 @@ def test_a_streamed_response_is_relayed_unchanged_and_recorded(gateway: RunningG
     response = event["response"]
     assert (response["status"], response["text"], response["finish_reason"]) == (200, ANSWER, "stop")
     assert (response["prompt_tokens"], response["completion_tokens"]) == (9, 6)
+
+
+def test_reasoning_is_relayed_and_counted_for_an_account_that_is_not_degraded(gateway: RunningGateway) -> None:
+    client = _client(gateway, "reasoning")
+    raw = client.responses.with_raw_response.create(model="stub-reasoning-steps", input="What is 17 times 23?", stream=True)
+    streamed = list(raw.parse())
+    assert "".join(e.delta for e in streamed if e.type == "response.reasoning_summary_text.delta") == REASONING_STEPS
+    [event] = _events_of(gateway, raw.headers["x-request-id"])
+    assert event["response"]["reasoning_chars"] == len(REASONING_STEPS) and event["response"]["text"] == ANSWER
 
 
 def test_an_incomplete_response_records_length(gateway: RunningGateway) -> None:
@@ -187,3 +202,51 @@ def test_degrade_removes_the_responses_logprobs_include() -> None:
     payload: dict[str, Any] = {"include": ["message.output_text.logprobs", "reasoning.encrypted_content"], "top_logprobs": 5}
     assert cap_logprobs(payload, 0)
     assert payload == {"include": ["reasoning.encrypted_content"]}
+
+
+class _Events:
+    """The gateway's event sink, in memory."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def submit(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+
+
+@pytest.fixture(params=["strip", "summarize"])
+async def degraded(request: pytest.FixtureRequest, stub: UpstreamStub) -> AsyncIterator[tuple[openai.AsyncOpenAI, _Events, str]]:
+    """An in-process gateway whose policy degrades every request (reasoning: strip or summarize), with the SDK on top."""
+    mode = request.param
+    settings = Settings(upstreams=[{"name": "stub", "base_url": stub.base_url, "models": ["*"], "timeout_s": 3}])
+    sink = _Events()
+    gateway = Gateway(settings, sink=sink,
+                      policy=_FixedPolicy(Decision("degrade", "reasoning_elicitation", reasoning=mode, max_top_logprobs=0)))
+    gateway.keys.load([KeyRecord("key_d", hash_secret("sk-degraded"), "acct_d", None, False, "active")])
+    await gateway.startup()
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=gateway), timeout=10) as http:
+            yield openai.AsyncOpenAI(base_url="http://gateway/v1", api_key="sk-degraded", http_client=http, max_retries=0), sink, mode
+    finally:
+        await gateway.shutdown()
+
+
+async def test_a_degraded_account_gets_no_reasoning_trace(degraded: tuple[openai.AsyncOpenAI, _Events, str]) -> None:
+    """``*-reasoning-steps`` answers carry REASONING_STEPS as a reasoning item; degraded, it never reaches the client whole."""
+    client, sink, mode = degraded
+    answer = await client.responses.create(model="stub-reasoning-steps", input="What is 17 times 23?")
+    assert answer.output_text == ANSWER
+    reasoning = [item for item in answer.output if item.type == "reasoning"]
+    if mode == "strip":
+        assert reasoning == []
+    else:
+        [item] = reasoning
+        assert item.summary[0].text.startswith(f"[reasoning summarised: {len(REASONING_STEPS)} characters withheld]")
+    stream = await client.responses.create(model="stub-reasoning-steps", input="What is 17 times 23?", stream=True)
+    streamed = [event async for event in stream]
+    assert "".join(e.delta for e in streamed if e.type == "response.output_text.delta") == ANSWER
+    assert "".join(e.delta for e in streamed if e.type == "response.reasoning_summary_text.delta") == ""  # stripped in either mode
+    assert "17 times 20" not in str([e.model_dump() for e in streamed])
+    for event in sink.events[-2:]:
+        assert event["endpoint"] == "openai.responses" and event["response"]["reasoning_chars"] == len(REASONING_STEPS)
+        assert event["policy"]["action"] == "degrade" and event["response"]["text"] == ANSWER
