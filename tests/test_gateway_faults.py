@@ -34,7 +34,9 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, stub: UpstreamStub) -> Ite
         {"name": "stub-anthropic", "base_url": stub.base_url, "protocol": "anthropic", "models": ["claude-*"], "timeout_s": 1},
         {"name": "stub", "base_url": stub.base_url, "protocol": "openai", "models": ["*"], "timeout_s": 1},
     ]
-    gw = start_gateway(tmp_path_factory.mktemp("faults"), upstreams=upstreams, max_body_bytes=20_000)
+    # Online detection off: these tests are about faults, and ~30 quick "hi"s from one account must not be
+    # throttled by the scorer's opinion of them halfway through the module.
+    gw = start_gateway(tmp_path_factory.mktemp("faults"), upstreams=upstreams, max_body_bytes=20_000, detection={"online": False})
     yield gw
     gw.stop()
 

@@ -91,7 +91,7 @@ def test_json_lines_are_one_object_each() -> None:
 @pytest.fixture()
 def flood_gateway(tmp_path: Path, stub: UpstreamStub) -> Iterator[RunningGateway]:
     upstreams = [{"name": "stub", "base_url": stub.base_url, "protocol": "openai", "models": ["stub-*"], "timeout_s": 3}]
-    gw = start_gateway(tmp_path, upstreams=upstreams)
+    gw = start_gateway(tmp_path, upstreams=upstreams, detection={"online": False})  # quick repeated "hi"s: not a detection test
     yield gw
     gw.stop()
 

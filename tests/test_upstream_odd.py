@@ -30,7 +30,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, stub: UpstreamStub) -> Ite
          "api_key": UPSTREAM_KEY},
         {"name": "stub", "base_url": stub.base_url, "protocol": "openai", "models": ["*"], "timeout_s": 3, "api_key": UPSTREAM_KEY},
     ]
-    gw = start_gateway(tmp_path_factory.mktemp("odd"), upstreams=upstreams)
+    gw = start_gateway(tmp_path_factory.mktemp("odd"), upstreams=upstreams, detection={"online": False})  # ~60 quick "hi"s: not a detection test
     yield gw
     gw.stop()
 
