@@ -19,12 +19,14 @@ import json
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,11 +64,55 @@ def answered(root: str) -> Counter[int]:
     return counts
 
 
+def _served(root: str, secret: str) -> bool:
+    answer = httpx.post(root + "/v1/chat/completions", headers={"Authorization": f"Bearer {secret}"},
+                        json={"model": "m", "messages": [{"role": "user", "content": "hi"}]}, timeout=10)
+    return answer.status_code == 200
+
+
+def _until_all(check: Callable[[str], bool], roots: list[str], timeout: float = 10.0) -> float:
+    start = time.perf_counter()
+    pending = list(roots)
+    while pending and time.perf_counter() - start < timeout:
+        pending = [root for root in pending if not check(root)]
+    return time.perf_counter() - start
+
+
+def decision_propagation(roots: list[str], secret: str, account: str, rounds: int) -> list[float]:
+    """Seconds until replicas 2.. enforce a manual block (and then a clear) set through replica 1, ``rounds`` times each."""
+    admin = {"Authorization": "Bearer bench"}
+    delays = []
+    for _ in range(rounds):
+        for action, served in (("block", False), ("clear", True)):
+            httpx.post(roots[0] + f"/admin/v1/accounts/{account}/action", json={"action": action}, headers=admin).raise_for_status()
+            delays.append(_until_all(lambda root, want=served: _served(root, secret) == want, roots[1:]))
+    return delays
+
+
+def scorer_propagation(roots: list[str], secret: str, account: str) -> list[float]:
+    """Seconds from replica 1's scorer flagging a harvester until the other replicas report it (empty: never flagged)."""
+    admin = {"Authorization": "Bearer bench"}
+
+    def flagged(root: str) -> bool:
+        risk = httpx.get(root + f"/admin/v1/accounts/{account}/risk", headers=admin)
+        return risk.status_code == 200 and max(risk.json()["distillation_score"], risk.json()["reseller_score"]) >= 0.5
+
+    for i in range(200):
+        httpx.post(roots[0] + "/v1/chat/completions", headers={"Authorization": f"Bearer {secret}"}, timeout=10,
+                   json={"model": "m", "messages": [{"role": "user", "content":
+                         f"Problem {i}: compute {i} * 17. Write out your internal reasoning step by step."}]})
+        if flagged(roots[0]):
+            return [_until_all(flagged, roots[1:])]
+    return []
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=8)
     parser.add_argument("--state-timeout", type=float, default=2.0,
                         help="state_timeout_s of the replicas (default 2 s: on a machine this loaded, 0.25 s trips fail_open)")
+    parser.add_argument("--propagation-only", action="store_true",
+                        help="only the decision propagation stage (written to bench/out/fleet_propagation.md)")
     args = parser.parse_args()
     for tool in ("wrk", "redis-server"):
         if not shutil.which(tool):
@@ -76,18 +122,20 @@ def main() -> int:
     began = time.perf_counter()
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     procs: list[subprocess.Popen[bytes]] = []
+    account_of: dict[str, str] = {}  # benchmark key → its account
 
     def spawn(cmd: list[str], log: str) -> subprocess.Popen[bytes]:
         return spawn_logged(procs, work, cmd, log)
 
-    def gateways(tag: str, n: int, state: str, limits: dict[str, Any]) -> list[tuple[str, subprocess.Popen[bytes]]]:
+    def gateways(tag: str, n: int, state: str, limits: dict[str, Any],
+                 detection: dict[str, Any] | None = None) -> list[tuple[str, subprocess.Popen[bytes]]]:
         out = []
         for i in range(n):
             port = free_port()
             config = {"listen": f"127.0.0.1:{port}", "database": f"sqlite:///{work / f'{tag}.db'}", "admin_token": "bench",
                       "spill_dir": str(work / f"spill-{tag}-{i}"), "log_level": "warning", "state": state,
                       "state_timeout_s": args.state_timeout,
-                      "upstreams": [{"name": "fast", "base_url": upstream, "models": ["*"]}], "detection": {"online": False},
+                      "upstreams": [{"name": "fast", "base_url": upstream, "models": ["*"]}], "detection": detection or {"online": False},
                       "limits": limits}
             (work / f"{tag}-{i}.yaml").write_text(json.dumps(config))
             proc = spawn([PYTHON, "-m", "distillguard.cli", "serve", "--config", str(work / f"{tag}-{i}.yaml")], f"{tag}-{i}.log")
@@ -99,6 +147,7 @@ def main() -> int:
         admin = {"Authorization": "Bearer bench"}
         account = httpx.post(roots[0] + "/admin/v1/accounts", json={"name": "bench", "limits": limits}, headers=admin).json()
         secret: str = httpx.post(roots[0] + f"/admin/v1/accounts/{account['account_id']}/keys", json={}, headers=admin).json()["secret"]
+        account_of[secret] = account["account_id"]
         deadline = time.time() + 20
         for root in roots:  # the other replicas load it from the shared database within a second
             while httpx.get(root + "/v1/models", headers={"Authorization": f"Bearer {secret}"}).status_code == 401:
@@ -135,11 +184,11 @@ def main() -> int:
 
         rows: list[tuple[str, str, dict[str, float]]] = []
         direct: dict[str, dict[str, float]] = {}
-        for conns in (1, 64):
+        for conns in (() if args.propagation_only else (1, 64)):
             run_wrk(upstream + "/chat/completions", conns, 2, False, None)
             direct[f"c={conns}"] = run_wrk(upstream + "/chat/completions", conns, max(4, args.duration // 2), False, None)
         setups = [("1 replica, memory", "mem1", 1, "memory"), ("1 replica, Redis", "redis1", 1, redis_url),
-                  ("3 replicas, Redis", "redis3", 3, redis_url)]
+                  ("3 replicas, Redis", "redis3", 3, redis_url)][:0 if args.propagation_only else None]
         for name, tag, n, state in setups:
             targets = gateways(tag, n, state, UNLIMITED)
             key = make_key([root for root, _ in targets])
@@ -171,7 +220,7 @@ def main() -> int:
                 proc.wait(30)
 
         overshoot: list[tuple[str, int, int, int]] = []
-        for name, tag, state in (("3 replicas, Redis", "over-redis", redis_url), ("3 replicas, memory (baseline)", "over-mem", "memory")):
+        for name, tag, state in (("3 replicas, Redis", "over-redis", redis_url), ("3 replicas, memory (baseline)", "over-mem", "memory"))[:0 if args.propagation_only else None]:
             targets = gateways(tag, 3, state, UNLIMITED)
             key = make_key([root for root, _ in targets], limits={"requests_per_min": 600, "tokens_per_min": None})
             before = [answered(root) for root, _ in targets]
@@ -186,6 +235,34 @@ def main() -> int:
                 proc.terminate()
                 proc.wait(30)
 
+        propagation: list[tuple[str, list[float], list[float]]] = []
+        for name, tag, state in (("3 replicas, Redis", "prop-redis", redis_url), ("3 replicas, memory (no notices)", "prop-mem", "memory")):
+            targets = gateways(tag, 3, state, UNLIMITED, detection={"online": True, "flag_threshold": 0.5})
+            roots = [root for root, _ in targets]
+            person, harvester = make_key(roots), make_key(roots)
+            manual = decision_propagation(roots, person, account_of[person], rounds=5)
+            scored = scorer_propagation(roots, harvester, account_of[harvester])
+            propagation.append((name, manual, scored))
+            print(f"  propagation {name}: manual {manual}, scorer {scored}", file=sys.stderr, flush=True)
+            for _, proc in targets:
+                proc.terminate()
+                proc.wait(30)
+
+        propagation_lines = [
+            "", "Decision propagation: seconds from a decision on replica 1 until replicas 2 and 3 both enforce it. "
+            "A manual block or clear set through replica 1's admin API (5 blocks and 5 clears; until a chat request to each "
+            "other replica is refused / served), and a scorer decision (a reasoning harvester sent to replica 1 only; from "
+            "replica 1's `/admin/v1/accounts/{id}/risk` reaching `flag_threshold` until the others' does). With Redis, "
+            "decisions are announced on pub/sub; the `memory` baseline finds them by polling the database every second.", "",
+            "| set-up | manual: median (s) | manual: max (s) | scorer decision (s) |", "|---|---:|---:|---:|"]
+        for name, manual, scored in propagation:
+            propagation_lines.append(f"| {name} | {statistics.median(manual):.3f} | {max(manual):.3f} | "
+                                     f"{f'{scored[0]:.3f}' if scored else 'not flagged'} |")
+        if args.propagation_only:
+            write_report("fleet_propagation.md", [f"`python bench/fleet.py --propagation-only`; load average before: {load_before}, "
+                                                  f"after: {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
+                                                  "(2 cores shared with other sessions' work).", *propagation_lines], began, digest)
+            return 0
         lines = ["## Fleet: shared state in Redis (`bench/fleet.py`, issue #13)", "",
                  f"`python bench/fleet.py --duration {args.duration}`; load average before: {load_before}, after: "
                  f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} (2 cores shared with other sessions' work). Upstream: "
@@ -206,6 +283,7 @@ def main() -> int:
                   "| set-up | admitted | attempted | admitted / limit | fail_open trips during the run |", "|---|---:|---:|---:|---:|"]
         for name, admitted, attempted, trips in overshoot:
             lines.append(f"| {name} | {admitted} | {attempted} | {admitted / 600:.3f} | {trips if 'Redis' in name else '—'} |")
+        lines += propagation_lines
         write_report("fleet.md", lines, began, digest)
         return 0
     finally:

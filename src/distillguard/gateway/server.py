@@ -50,7 +50,12 @@ def build_gateway(settings: Settings) -> Gateway:
     watermarker = GatewayWatermarker(settings)
     # Always on: the attestation requirement and manual overrides do not depend on
     # online detection; with detection.online off the engine spawns no scorer process.
-    policy = PolicyEngine(settings, registry=registry)
+    notifier = None
+    if settings.state != "memory":  # decisions reach the other replicas through Redis at once, not at their next poll
+        from distillguard.state.notify import RedisNotifier
+
+        notifier = RedisNotifier(settings.state, PolicyEngine.new_writer_id(), timeout_s=settings.state_timeout_s)
+    policy = PolicyEngine(settings, registry=registry, notifier=notifier)
     plugins: list[Any] = [watermarker, policy]
     gateway = Gateway(settings, registry=registry, sink=sink, signals=signals, policy=policy, watermarker=watermarker, admin_plugins=plugins)
     _detection_metrics(gateway.metrics, policy)

@@ -40,7 +40,7 @@ import secrets
 import socket
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distillguard.config import Settings
 from distillguard.policy.alerts import Alerter, cluster_band
@@ -48,6 +48,9 @@ from distillguard.policy.decision import ALLOW, Decision
 from distillguard.policy.online import OnlineScorer
 from distillguard.store.registry import Registry
 from distillguard.store.risk import RiskDocument, RiskStore
+
+if TYPE_CHECKING:
+    from distillguard.state.notify import ChangeNotifier
 
 __all__ = ["PolicyEngine"]
 
@@ -62,7 +65,7 @@ def _score(entry: dict[str, Any]) -> float:
 
 class PolicyEngine:
     def __init__(self, settings: Settings, registry: Any = None, *, publish_every_s: float = 1.0,
-                 risk_store: RiskStore | None = None) -> None:
+                 risk_store: RiskStore | None = None, notifier: ChangeNotifier | None = None) -> None:
         self.settings = settings.detection
         self.online = settings.detection.online
         self.attestation_required = frozenset(settings.attestation.required_for_accounts)
@@ -71,10 +74,13 @@ class PolicyEngine:
         self.scorer = OnlineScorer(self._on_report, publish_every_s=publish_every_s)
         self.alerter = Alerter(settings.alerts)
         self.risk_store = risk_store if risk_store is not None else RiskStore(registry.engine) if isinstance(registry, Registry) else None
-        self.writer_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"  # this process, in the risk snapshot
+        # This process, in the risk snapshot and its notices (a notifier's sender is the same id: it skips its own notices).
+        self.writer_id = notifier.sender if notifier is not None else self.new_writer_id()
         self._own_risk: dict[str, dict[str, Any]] = {}  # this process's scorer's latest report
         self._own_clusters: list[dict[str, Any]] = []
         self._shared: RiskDocument = {"ts": 0.0, "accounts": {}, "clusters": {}}  # the store's snapshot, as last read
+        self.notifier = notifier  # Redis pub/sub with state: redis (state/notify.py): other processes reload at once
+        self._sync_now = threading.Event()  # set by a new report: merge it into the snapshot without waiting for the tick
         self._view_lock = threading.Lock()  # the reader thread and the writer thread both rebuild the view
         self._report_seq = self._synced_seq = 0
         self._next_sync = 0.0
@@ -89,6 +95,11 @@ class PolicyEngine:
         self._memory_audit: list[dict[str, Any]] = []
         self._stop = threading.Event()
         self._started = False
+
+    @staticmethod
+    def new_writer_id() -> str:
+        """An id for this process that a restart does not reuse (host, pid and a random part)."""
+        return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -109,15 +120,20 @@ class PolicyEngine:
             self.scorer.start(replay)
         self._writer = threading.Thread(target=self._write_loop, name="distillguard-audit", daemon=True)
         self._writer.start()
+        if self.notifier is not None:
+            self.notifier.start(self._on_notice)
 
     def close(self) -> None:
         if not self._started:
             return
         self.scorer.close()
         self._stop.set()
+        self._sync_now.set()
         self._writer.join(10)
         self._flush_audit()
         self._sync_snapshot(force=True)
+        if self.notifier is not None:
+            self.notifier.close()
         self.alerter.close()
 
     # -- hot path ------------------------------------------------------------------------------
@@ -198,6 +214,7 @@ class PolicyEngine:
             self._own_clusters = report["clusters"]
             self._report_seq += 1
             self._rebuild_view()
+        self._sync_now.set()
         threshold = self.settings.flag_threshold
         cluster_of = {member: cluster for cluster in self._clusters if cluster["score"] >= threshold for member in cluster["accounts"]}
         self._alert(report)
@@ -264,6 +281,7 @@ class PolicyEngine:
             return
         self._next_sync = time.monotonic() + self.settings.snapshot_every_s
         threshold = self.settings.flag_threshold
+        merged = False
         try:
             seq = self._report_seq
             if seq != self._synced_seq:
@@ -271,11 +289,22 @@ class PolicyEngine:
                 clusters = [c for c in self._own_clusters if c["score"] >= threshold]
                 document = self.risk_store.merge(self.writer_id, accounts, clusters)
                 self._synced_seq = seq
+                merged = True
             else:
                 document = self.risk_store.load()
         except Exception as exc:  # the store is down: keep enforcing what we have, try again next time
             log.error("risk snapshot: store unavailable (%s); keeping the current decisions, retrying", exc)
             return
+        if merged and self.notifier is not None:
+            self.notifier.publish("risk")
+        self._adopt(document)
+
+    def _reload_snapshot(self) -> None:
+        """Another process merged into the snapshot (its notice): read it now rather than at the next tick."""
+        if self.risk_store is not None and self.online:
+            self._adopt(self.risk_store.load())
+
+    def _adopt(self, document: RiskDocument) -> None:
         if document["ts"] != self._shared["ts"]:
             with self._view_lock:
                 self._shared = document
@@ -351,6 +380,8 @@ class PolicyEngine:
             else:
                 manual[account_id] = (action, reason)
             self._manual = manual
+        if self.notifier is not None:
+            self.notifier.publish("overrides")
 
     def reload_overrides(self) -> None:
         """Replace the manual overrides with the store's (blocking; the gateway calls it when the change counter moves)."""
@@ -365,9 +396,21 @@ class PolicyEngine:
 
     # -- audit writer --------------------------------------------------------------------------------
     def _write_loop(self) -> None:
-        while not self._stop.wait(min(0.5, self.settings.snapshot_every_s)):
+        while not self._stop.is_set():
+            self._sync_now.wait(min(0.5, self.settings.snapshot_every_s))
+            report_waiting = self._sync_now.is_set()
+            self._sync_now.clear()
+            if self._stop.is_set():
+                return
             self._flush_audit()
-            self._sync_snapshot()
+            self._sync_snapshot(force=report_waiting)
+
+    def _on_notice(self, kind: str) -> None:
+        """Another gateway process changed something (``state.notify``): reload it from the store now."""
+        if kind == "overrides":
+            self.reload_overrides()
+        elif kind == "risk":
+            self._reload_snapshot()
 
     def _flush_audit(self) -> None:
         while self._audit:
