@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import statistics
 import time
 from collections.abc import Iterator
@@ -10,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
+import httpx
 import openai
 import pytest
 
@@ -209,3 +212,28 @@ def test_a_block_and_a_scorer_decision_reach_the_other_replica_within_a_second(t
     finally:
         a.stop()
         b.stop()
+
+
+def test_a_dead_scorer_is_reported_by_readyz_and_metrics_while_the_last_decisions_hold(tmp_path: Path, stub: UpstreamStub) -> None:
+    gw = start_gateway(tmp_path, stub.base_url)
+    try:
+        key = gw.create_key("someone")
+        assert _chat(gw, key["secret"]) == "ok"
+        deadline = time.time() + 10
+        while time.time() < deadline and httpx.get(gw.root_url + "/readyz").json()["scorer"]["last_report_age_s"] is None:
+            time.sleep(0.1)
+        ready = httpx.get(gw.root_url + "/readyz").json()
+        assert ready["scorer"]["status"] == "ok" and ready["scorer"]["last_report_age_s"] is not None
+        children = Path(f"/proc/{gw.proc.pid}/task/{gw.proc.pid}/children").read_text().split()
+        assert len(children) == 1, children  # the scorer worker
+        os.kill(int(children[0]), signal.SIGKILL)
+        deadline = time.time() + 10
+        while time.time() < deadline and httpx.get(gw.root_url + "/readyz").json()["scorer"]["status"] != "down":
+            time.sleep(0.1)
+        ready_response = httpx.get(gw.root_url + "/readyz")
+        assert ready_response.status_code == 200 and ready_response.json()["scorer"]["status"] == "down"  # still serving
+        metrics = httpx.get(gw.root_url + "/metrics").text
+        assert "distillguard_scorer_up 0" in metrics and "distillguard_scorer_stale 1" in metrics
+        assert _chat(gw, key["secret"]) == "ok"
+    finally:
+        gw.stop()

@@ -858,7 +858,10 @@ class Gateway:
         if stats is not None and not stats.get("store_ok", True):  # down, or a write blocked past the sink's stall limit
             problems.append(stats.get("store_problem") or "event store unavailable (events are spilling to disk)")
         problems += await self.health.problems()  # cached: unauthenticated calls never fan out to the upstreams
-        body = {"status": "ready" if not problems else "not_ready", "problems": problems, "keys_loaded": len(self.keys)}
+        body: dict[str, Any] = {"status": "ready" if not problems else "not_ready", "problems": problems, "keys_loaded": len(self.keys)}
+        scorer_status = getattr(self.policy, "scorer_status", None)
+        if scorer_status is not None:  # informational: a replica whose scorer is down still serves with the last decisions
+            body["scorer"] = scorer_status()
         await self._respond(send, 200 if not problems else 503, orjson.dumps(body))
 
     async def _probe_upstream(self, index: int) -> None:

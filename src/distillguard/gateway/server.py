@@ -74,8 +74,19 @@ def _detection_metrics(metrics: Metrics, policy: PolicyEngine) -> None:
                       lambda: float(len(policy.decisions())))
     metrics.add_gauge("distillguard_scorer_backlog_events", "Events observed but not yet covered by an online report.",
                       lambda: float(policy.scorer.backlog if policy.online else 0))
+    metrics.add_gauge("distillguard_scorer_up", "1 while the online scorer process runs (0 when it is gone or detection.online is off).",
+                      lambda: float(policy.scorer_status()["status"] in ("ok", "stale")))
+    metrics.add_gauge("distillguard_scorer_stale", "1 when risk decisions are stale: the scorer is down, or events wait and no report "
+                      "came for 30 s.", lambda: float(policy.scorer_status()["status"] in ("down", "stale")))
+    metrics.add_gauge("distillguard_scorer_report_age_seconds", "Seconds since the online scorer's latest report was applied (-1: none yet).",
+                      lambda: _report_age(policy))
     metrics.add_counter("distillguard_alerts_total", "Alert webhooks, by outcome (sent, failed, retries, deduplicated, dropped).",
                         "outcome", lambda: {k: v for k, v in policy.alerter.stats.items() if k != "queued"})
+
+
+def _report_age(policy: PolicyEngine) -> float:
+    age = policy.scorer_status()["last_report_age_s"]
+    return -1.0 if age is None else float(age)
 
 
 def _check_free(key: str, address: str) -> None:

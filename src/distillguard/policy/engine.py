@@ -57,6 +57,7 @@ __all__ = ["PolicyEngine"]
 log = logging.getLogger("distillguard.policy")
 REASONING_EVIDENCE = 0.7
 LOGPROBS_CAP = 0
+STALE_AFTER_S = 30.0  # events waiting and no report for this long: the scorer's decisions are stale (scorer_status)
 
 
 def _score(entry: dict[str, Any]) -> float:
@@ -326,6 +327,30 @@ class PolicyEngine:
                                       f"cluster {cluster['cluster_id']} of {len(cluster['accounts'])} accounts is {band} risk "
                                       f"(score {cluster['score']:.2f}): shared {', '.join(cluster['shared'][:4])}",
                                       {"accounts": cluster["accounts"], "score": cluster["score"], "shared": cluster["shared"]})
+
+    def scorer_status(self) -> dict[str, Any]:
+        """Whether risk decisions are current, for ``/readyz`` and ``/metrics``.
+
+        ``off`` (no online detection), ``down`` (the worker is gone: the last
+        decisions stay in force, new events are not scored), ``stale`` (events
+        are waiting and no report came for ``STALE_AFTER_S``, or the worker has
+        not reported since it started), else ``ok``. A gateway whose scorer is
+        down still serves correctly with the last decisions, so this does not
+        make ``/readyz`` fail: it says so beside ``status``.
+        """
+        if not self.online:
+            return {"status": "off", "last_report_age_s": None, "backlog": 0}
+        scorer = self.scorer
+        at = scorer.last_report_at
+        age = None if at is None else round(time.monotonic() - at, 1)
+        backlog = scorer.backlog
+        if scorer.failed:
+            status = "down"
+        elif backlog > 0 and (age is None or age > STALE_AFTER_S):
+            status = "stale"
+        else:
+            status = "ok"
+        return {"status": status, "last_report_age_s": age, "backlog": backlog}
 
     # -- reads -------------------------------------------------------------------------------------
     def risk(self, account_id: str) -> dict[str, Any] | None:

@@ -47,9 +47,15 @@ class OnlineScorer:
         self._taken = 0  # events the pump has taken off the queue (counted *before* they leave it)
         self._applied = 0  # events covered by the latest report whose on_report call has returned
         self._failed = False
+        self.last_report_at: float | None = None  # time.monotonic() when the latest report was applied
         self.replayed: int | None = None  # events replayed from the store at start (None: no replay, or not done yet)
         self._process: subprocess.Popen[bytes] | None = None
         self._to_worker = self._from_worker = -1
+
+    @property
+    def failed(self) -> bool:
+        """The worker is gone (died, or its pipe broke): nothing new is scored until the gateway restarts."""
+        return self._failed
 
     @property
     def backlog(self) -> int:
@@ -150,6 +156,7 @@ class OnlineScorer:
                     except Exception:
                         log.exception("online scorer: applying a report failed")
                     self._applied = covered
+                    self.last_report_at = time.monotonic()
                 elif kind == "replayed":
                     self.replayed = payload
                     log.info("online scorer rebuilt from the %d most recent events of the store", payload)
