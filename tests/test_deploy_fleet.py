@@ -3,7 +3,9 @@
 The launcher (``make fleet``) is run as an operator runs it: three replicas,
 Redis, PostgreSQL, the demo model and haproxy from Debian packages; the
 official ``openai`` SDK sends through every replica and through the balancer,
-and one account's 12 requests/min hold across all of them. SIGTERM then stops
+and one account's 12 requests/min hold across all of them. The replicas start
+at the same moment on an empty database, so this is also the test that their
+schema creation does not race (store/schema.py, create_tables). SIGTERM then stops
 every process. Docker is not available here, so the Compose file is checked
 by parsing it: the services of the documented layout, their images/builds and
 ports, and that the gateway config it mounts passes distillguard's own config

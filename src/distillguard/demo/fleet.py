@@ -173,9 +173,7 @@ class Fleet:
             config.write_text(json.dumps(self.gateway_config(index, port, database, state, upstream), indent=2))  # JSON is YAML
             name = f"gateway-{index}"
             started.append((name, port, self._spawn(name, [sys.executable, "-m", "distillguard.cli", "serve", "--config", str(config)])))
-            if index == 0:  # the first creates the schema in the fresh database; replicas racing on that fail to start
-                self._wait_http(name, started[0][2], f"http://127.0.0.1:{port}/healthz")
-        for name, port, proc in started[1:]:  # the others started together, awaited together: they boot in parallel
+        for name, port, proc in started:  # started together, awaited together: they boot in parallel
             self._wait_http(name, proc, f"http://127.0.0.1:{port}/healthz")
         roots = [f"http://127.0.0.1:{port}" for _, port, _ in started]
         self.info["gateways"] = roots

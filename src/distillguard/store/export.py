@@ -33,7 +33,7 @@ def iter_event_lines(database_url: str, since: str | None = None, *, chunk: int 
     """
     engine = make_engine(database_url, timeout_s=timeout_s)
     deadline = deadline_of(engine)
-    schema.metadata.create_all(engine)
+    schema.create_tables(engine)
     try:
         query = select(schema.events.c.body).order_by(schema.events.c.ts, schema.events.c.seq)
         if since:

@@ -119,7 +119,7 @@ class Registry:
     def __init__(self, database_url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         self.database_url = database_url
         self.engine = make_engine(database_url, timeout_s=timeout_s)  # every call fails after ~timeout_s, never hangs
-        schema.metadata.create_all(self.engine)
+        schema.create_tables(self.engine)
         with self.engine.connect() as conn:
             exists = conn.execute(select(schema.counters.c.value).where(schema.counters.c.name == "changes")).first()
         if exists is None:

@@ -5,6 +5,9 @@ the registry's queries are simple, so mapped classes would add cost and nothing
 else. ``create_all`` is idempotent and creates missing tables (and their
 indexes); it never alters an existing table, so there is no schema version and
 no migration step: a change to an existing table needs one written for it.
+Use :func:`create_tables` rather than ``create_all``: several gateways started
+at once on an empty PostgreSQL database would otherwise race to create the
+same tables and all but one fail to start.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Engine,
     Float,
     ForeignKey,
     Index,
@@ -22,9 +26,10 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 
-__all__ = ["metadata", "accounts", "api_keys", "installs", "events", "audit_log", "reviews", "counters",
+__all__ = ["create_tables", "metadata", "accounts", "api_keys", "installs", "events", "audit_log", "reviews", "counters",
            "manual_overrides", "account_attributes", "risk_snapshot"]
 
 metadata = MetaData()
@@ -143,3 +148,20 @@ risk_snapshot = Table(
     Column("ts", Float, nullable=False),
     Column("document", JSON, nullable=False),
 )
+
+
+_SCHEMA_LOCK = 0x64670001  # an arbitrary advisory-lock id ("dg" + 1) that only schema creation takes
+
+
+def create_tables(engine: Engine) -> None:
+    """Create missing tables and indexes; safe when several processes do it at once.
+
+    On PostgreSQL the check-then-create runs in one transaction under an
+    advisory lock, so a process that waited finds the tables another created
+    (PostgreSQL's DDL is transactional) instead of failing on a duplicate
+    type. SQLite serialises writers by itself.
+    """
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _SCHEMA_LOCK})
+        metadata.create_all(conn)

@@ -96,7 +96,7 @@ class EventSink:
         self.engine = engine or make_engine(database_url, timeout_s=timeout_s)
         self.stall_after_s = stall_after_s
         self._write_started: float | None = None  # monotonic start of the store call in progress, if any
-        schema.metadata.create_all(self.engine)
+        schema.create_tables(self.engine)
         self.spill_dir = Path(spill_dir)
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
