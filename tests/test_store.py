@@ -336,3 +336,30 @@ def test_queue_stays_under_high_water_with_slow_store_and_spill_backlog(tmp_path
     assert len(ids) == len(set(ids)), "an event is both stored and spilled, or spilled twice"
     assert set(ids) == expected
     assert sink.calls >= 25 and sink.stats["spilled"] > 0  # the store failed at least once and events were spilled
+
+
+class _HangingStore(EventSink):
+    """A store whose every insert hangs for 3 s and then fails."""
+
+    def _write_rows(self, rows: list[dict]) -> None:
+        self._write_started = time.monotonic()
+        time.sleep(3)
+        raise OSError("store hung (test)")
+
+
+def test_queue_goes_to_disk_while_a_store_write_hangs(tmp_path: Path) -> None:
+    """While the writer is stuck in an insert, what arrives is spilled within a flush interval, not after the
+    insert's deadline: a SIGKILL during an outage then loses only the last interval (issue #13)."""
+    sink = _HangingStore(f"sqlite:///{tmp_path / 'db.sqlite'}", tmp_path / "spill", stall_after_s=0.2, retry_interval_s=60)
+    sink.start()
+    sink.submit(_event(0))  # the writer takes it and hangs
+    time.sleep(0.5)
+    for i in range(1, 301):
+        sink.submit(_event(i))
+    deadline = time.monotonic() + 1.5  # well before the hanging insert gives up
+    while sink.stats["spilled"] < 300 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert sink.stats["queued"] == 0 and sink.stats["spilled"] == 300 and sink.stats["store_problem"], sink.stats
+    sink.close()
+    ids = sorted(json.loads(line)["request_id"] for p in (tmp_path / "spill").glob("spill-*.jsonl") for line in p.read_text().splitlines())
+    assert ids == [f"req_{i:06d}" for i in range(301)]

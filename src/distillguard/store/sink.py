@@ -10,7 +10,9 @@ The queue is bounded in every state: a second thread (the overflow guard) spills
 whatever lies above the low-water mark (half the high-water mark) straight to
 disk, whatever the writer is doing (a slow insert, a replay), and the writer
 replays spill files only while the queue is at or below the low-water mark, one
-file at a time. So the queue stays under the high-water mark unless arrivals
+file at a time. While the store is down or stalled the guard spills the whole
+queue every ``flush_interval_s``, so a SIGKILL during an outage loses only what
+arrived since. So the queue stays under the high-water mark unless arrivals
 during one spill write exceed the gap between the two marks (10,000 events by
 default), or the disk refuses spills too. When even the spill file cannot be written
 (disk full), the batch stays in memory and is retried: an event is never
@@ -205,7 +207,8 @@ class EventSink:
             self._drain_all(final=False)
 
     def _guard_queue(self) -> None:
-        """The overflow guard: spill everything above the low-water mark at once, whatever the writer is doing.
+        """The overflow guard: spill everything above the low-water mark at once (everything, while the store is down or
+        stalled), whatever the writer is doing.
 
         A separate thread because the writer can be stuck for seconds in an insert
         (a slow store: up to its deadline) or a replay; the queue must not grow
@@ -213,10 +216,13 @@ class EventSink:
         retried, and only then can memory grow (docs/store.md).
         """
         while not self._stop.is_set():
-            self._pressure.wait(0.5)
+            self._pressure.wait(self.flush_interval_s)
             self._pressure.clear()
-            while not self._stop.is_set() and len(self._queue) > self.low_water:
-                batch = self._take_batch(min(self.batch_size, len(self._queue) - self.low_water))
+            # With the store down or stalled nothing in memory is on its way to it: spill it all, so that a SIGKILL
+            # during an outage loses at most the last flush interval's events, not everything since the outage began.
+            keep = self.low_water if self.store_problem() is None else 0
+            while not self._stop.is_set() and len(self._queue) > keep:
+                batch = self._take_batch(min(self.batch_size, len(self._queue) - keep))
                 if batch:
                     self._spill(batch)
                 if self._held:  # the disk refuses too: back off, the writer retries the held batches

@@ -1,0 +1,159 @@
+"""Events lost per 10,000 acknowledged requests: SIGTERM, SIGKILL, and a store outage (issue #13, deliverable 5).
+
+One real gateway (``distillguard serve``) on SQLite, in front of the fast upstream
+(bench/fast_upstream.py), under closed-loop load from ``--concurrency`` aiohttp
+clients. Each scenario runs on a fresh database and spill directory:
+
+- ``sigterm``: load for ``--seconds``, then SIGTERM under load;
+- ``sigkill``: load for ``--seconds``, then SIGKILL under load;
+- ``outage+sigterm`` / ``outage+sigkill``: load for ``--seconds``, then the store
+  is made unavailable for ``--seconds`` (another connection holds SQLite's
+  ``BEGIN EXCLUSIVE`` lock: the gateway's inserts fail with "database is locked"
+  after their deadline, as with a stopped server; chmod would not do, the bench
+  runs as root), then the signal while the store is still locked.
+
+Acknowledged = a 2xx the client received (its ``x-request-id``). Afterwards the
+lock is released, the gateway is started once more on the same database and
+spill directory and stopped with SIGTERM (its writer replays spill files at
+start), and lost = acknowledged ids absent from the store and from any spill file.
+
+    .venv/bin/python bench/event_durability.py [--seconds 6] [--concurrency 32] [--timeout 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sqlite3
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import aiohttp
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.gateway_fixtures import RunningGateway, start_gateway  # noqa: E402
+
+from distillguard.store import iter_events  # noqa: E402
+from gateway_overhead import free_port, wait  # noqa: E402
+from measure import ROOT, spawn_logged, src_digest, stop_sessions, write_report  # noqa: E402
+
+CHAT = {"model": "bench-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+NO_LIMITS = {"requests_per_min": None, "tokens_per_min": None, "concurrent_requests": None, "daily_tokens": None}
+SCENARIOS = ["sigterm", "sigkill", "outage+sigterm", "outage+sigkill"]
+
+
+class Load:
+    """Closed-loop clients on one asyncio loop in a thread; keeps the request id of every 2xx answer."""
+
+    def __init__(self, url: str, secret: str, concurrency: int) -> None:
+        self.url, self.headers, self.concurrency = url, {"Authorization": f"Bearer {secret}"}, concurrency
+        self.acknowledged: list[str] = []
+        self.failed = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    async def _client(self, session: aiohttp.ClientSession) -> None:
+        while not self.stop.is_set():
+            try:
+                async with session.post(self.url, headers=self.headers, json=CHAT) as answer:
+                    await answer.read()
+                    if 200 <= answer.status < 300 and answer.headers.get("x-request-id"):
+                        self.acknowledged.append(answer.headers["x-request-id"])
+                    else:
+                        self.failed += 1
+            except (TimeoutError, aiohttp.ClientError):
+                self.failed += 1
+                await asyncio.sleep(0.01)
+
+    async def _run(self) -> None:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+            await asyncio.gather(*(self._client(session) for _ in range(self.concurrency)))
+
+
+def _spilled_ids(spill_dir: Path) -> list[str]:
+    return [orjson.loads(line)["request_id"] for path in spill_dir.glob("spill-*.jsonl")
+            for line in path.read_bytes().splitlines() if line.strip()]
+
+
+def run_scenario(name: str, upstream: str, seconds: float, concurrency: int, timeout: float) -> dict[str, float]:
+    work = Path(tempfile.mkdtemp(prefix=f"dg-durable-{name.replace('+', '-')}-"))
+    settings = {"log_level": "warning", "limits": NO_LIMITS, "database_timeout_s": timeout}
+    gw: RunningGateway = start_gateway(work, upstream, **settings)
+    load = Load(gw.base_url + "/chat/completions", gw.create_key("bench")["secret"], concurrency)
+    load.thread.start()
+    time.sleep(seconds)
+    lock: sqlite3.Connection | None = None
+    if name.startswith("outage"):
+        lock = sqlite3.connect(gw.database.removeprefix("sqlite:///"), isolation_level=None, timeout=30)
+        lock.execute("BEGIN EXCLUSIVE")
+        time.sleep(seconds)
+    failed_before_signal = load.failed  # after it, every attempt fails (connection refused): not interesting
+    signalled = time.perf_counter()
+    gw.proc.send_signal(signal.SIGKILL if name.endswith("sigkill") else signal.SIGTERM)
+    code = gw.proc.wait(120)
+    exit_s = time.perf_counter() - signalled
+    load.stop.set()
+    load.thread.join(15)
+    if lock is not None:
+        lock.rollback()
+        lock.close()
+    queued_at_death = len(_spilled_ids(gw.spill_dir))
+    again = start_gateway(work, upstream, **settings)  # replays the spill files at start, drains them at SIGTERM
+    again.proc.send_signal(signal.SIGTERM)
+    again.proc.wait(120)
+    acknowledged = set(load.acknowledged)
+    stored = {e["request_id"] for e in iter_events(gw.database)}
+    spilled = set(_spilled_ids(gw.spill_dir))
+    lost = acknowledged - stored - spilled
+    return {"acknowledged": len(acknowledged), "rate": len(acknowledged) / (seconds * (2 if lock else 1)),
+            "failed": failed_before_signal, "spilled_at_death": queued_at_death, "lost": len(lost), "code": code or 0,
+            "exit_s": exit_s, "per_10k": 10_000 * len(lost) / max(1, len(acknowledged))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=6.0, help="load before the signal (and length of the outage)")
+    parser.add_argument("--concurrency", type=int, default=32, help="closed-loop clients")
+    parser.add_argument("--timeout", type=float, default=2.0, help="database_timeout_s of the gateway")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated subset of " + ", ".join(SCENARIOS))
+    args = parser.parse_args()
+    began, digest = time.perf_counter(), src_digest()
+    procs: list = []
+    work = Path(tempfile.mkdtemp(prefix="dg-durable-up-"))
+    up_port = free_port()
+    spawn_logged(procs, work, [sys.executable, str(ROOT / "bench" / "fast_upstream.py"), "--port", str(up_port)], "upstream.log")
+    upstream = f"http://127.0.0.1:{up_port}/v1"
+    wait(upstream + "/models")
+    rows = []
+    try:
+        for name in args.scenarios.split(","):
+            r = run_scenario(name, upstream, args.seconds, args.concurrency, args.timeout)
+            rows.append(f"| {name} | {r['acknowledged']:,} | {r['rate']:,.0f} | {r['failed']:,} | {r['spilled_at_death']:,} | "
+                        f"{int(r['code'])} in {r['exit_s']:.1f} s | {r['lost']:,} | {r['per_10k']:.1f} | "
+                        f"{1000 * r['lost'] / max(1.0, r['rate']):.0f} |")
+            print(rows[-1], flush=True)
+    finally:
+        stop_sessions(procs)
+    lines = [
+        "## Events lost per 10,000 acknowledged requests (`bench/event_durability.py`)",
+        "",
+        f"One gateway on SQLite, fast upstream, {args.concurrency} closed-loop aiohttp clients on the same machine; "
+        f"{args.seconds:g} s of load before the signal; outages hold SQLite's exclusive lock for another {args.seconds:g} s "
+        f"and signal while it is held; `database_timeout_s: {args.timeout:g}`. "
+        "Machine shared with other engineers' work (2 cores): rates are low and noisy, the loss ratio is the figure.",
+        "",
+        "| scenario | acknowledged (2xx) | ack/s | not 2xx before the signal | events in spill files at exit | exit | lost | lost per 10k | lost as ms of traffic |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *rows,
+    ]
+    write_report("event_durability.md", lines, began, digest)
+
+
+if __name__ == "__main__":
+    main()
