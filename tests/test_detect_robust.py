@@ -314,3 +314,13 @@ def test_relay_whose_customers_do_not_overlap_is_still_a_reseller_and_a_busy_per
     assert entry(report, "relay")["reseller_score"] > 0.8, entry(report, "relay")["evidence"]
     assert numbers(report, "relay", "relay_sharing")["return_share"] == 0.0
     assert entry(report, "busy")["reseller_score"] < 0.2
+
+
+@pytest.mark.parametrize("text", ["", "   ", "hi", "ok", "test"])
+def test_requests_with_no_words_to_read_are_not_elicitation(text: str) -> None:
+    """A completion or embedding has no user message; a "hi" has two letters: neither is scored on the model's bias."""
+    assert elicitation_score(text)[0] < 0.5
+    scanner = Scanner()
+    for i in range(40):
+        scanner.update(event("quiet", T0 + i * 2.0, [text]))
+    assert numbers(scanner.report(), "quiet", "cot_elicitation")["eliciting"] == 0

@@ -65,11 +65,20 @@ def rule_score(text: str) -> tuple[float, frozenset[str]]:
     return 0.15, hits
 
 
+def _worth_reading(text: str, system: str | None) -> bool:
+    """Whether the classifier has words to read: a request with no user text (a completion, an embedding, a
+    model list) or a two-letter "hi" would otherwise be scored on the model's bias and a few padding n-grams."""
+    return len(text.strip()) >= _MIN_CHARS or len((system or "").strip()) >= _MIN_CHARS
+
+
+_MIN_CHARS = 8
+
+
 def elicitation_score(text: str, system: str | None = None) -> tuple[float, frozenset[str]]:
     """One prompt's score in [0, 1] — the larger of the rules and the classifier — and the rules' concepts."""
     score, hits = rule_score(text + "\n" + system if system else text)
     model = load_intent_model()
-    if model is not None and text:
+    if model is not None and _worth_reading(text, system):
         score = max(score, model.probability(text, system))
     return score, hits
 
@@ -118,7 +127,7 @@ class ReasoningElicitation(Detector):
                 if len(self._system_rules) < 4096:
                     self._system_rules[system] = cached
             rules = max(rules, cached)
-        if self.model is None or rules >= self.threshold:
+        if self.model is None or rules >= self.threshold or not _worth_reading(text, system):
             self._count(state, rules, rules)  # the rules have decided: the classifier can only agree or add less
             return
         self._pending.append((state, prepare(text, system), rules))
