@@ -100,7 +100,7 @@ from distillguard.state import Quota, Refusal
 from distillguard.state.redis_state import RedisState
 
 async def main():
-    state = RedisState(sys.argv[1])
+    state = RedisState(sys.argv[1], timeout_s=5.0)  # atomicity, not latency: a loaded CI box may connect slowly
     await state.start()
     quotas = (Quota("key:atomic", 50, None, None, None), Quota("acct:atomic", None, 10_000, None, None))
     admitted = 0
