@@ -30,7 +30,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import httpx
+from distillguard.demo.children import wait_until_answering
 
 __all__ = ["Fleet", "main"]
 
@@ -83,17 +83,9 @@ class Fleet:
         return proc
 
     def _wait_http(self, name: str, proc: subprocess.Popen[bytes], url: str, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise FleetError(f"{name} exited with code {proc.returncode}; see {self.workdir / (name + '.log')}")
-            try:
-                if httpx.get(url, timeout=1).status_code < 500:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise FleetError(f"{name} did not answer {url} within {timeout:.0f}s; see {self.workdir / (name + '.log')}")
+        problem = wait_until_answering(url, proc, timeout)
+        if problem is not None:
+            raise FleetError(f"{name} {problem}; see {self.workdir / (name + '.log')}")
 
     def _pg(self, *args: str) -> subprocess.CompletedProcess[str]:
         command = list(args)

@@ -28,6 +28,8 @@ from typing import Any
 import httpx
 import orjson
 
+from distillguard.demo.children import wait_until_answering
+
 __all__ = ["demo_command"]
 
 ADMIN_TOKEN = "demo-admin-token"
@@ -52,17 +54,9 @@ def _pick_port(preferred: int) -> int:
 
 
 def _wait(url: str, proc: subprocess.Popen[bytes], what: str, log: Path, timeout: float = 60) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{what} exited early with code {proc.returncode}; see {log}")
-        try:
-            if httpx.get(url, timeout=1).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"{what} did not start within {timeout:.0f}s; see {log}")
+    problem = wait_until_answering(url, proc, timeout, poll_s=0.2)
+    if problem is not None:
+        raise SystemExit(f"{what} {problem}; see {log}")
 
 
 class _Tour:
