@@ -9,7 +9,6 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,13 +86,6 @@ def test_admin_listen_separates_the_admin_api(tmp_path: Path, stub: UpstreamStub
         gw.stop()
 
 
-@pytest.fixture(scope="module")
-def admin_gateway(tmp_path_factory: pytest.TempPathFactory, stub: UpstreamStub) -> Iterator[RunningGateway]:
-    gw = start_gateway(tmp_path_factory.mktemp("admin"), stub.base_url)
-    yield gw
-    gw.stop()
-
-
 BODY_ROUTES = [
     ("POST", "/admin/v1/accounts"),
     ("POST", "/admin/v1/accounts/{account}/keys"),
@@ -108,52 +100,52 @@ BODY_ROUTES = [
 
 @pytest.mark.parametrize(("method", "route"), BODY_ROUTES)
 @pytest.mark.parametrize("body", [b"[]", b"5", b'"text"', b"null", b"{", b'{"unknown_field": 1}'])
-def test_admin_bodies_that_are_not_the_right_object_get_422(admin_gateway: RunningGateway, method: str, route: str,
+def test_admin_bodies_that_are_not_the_right_object_get_422(gateway: RunningGateway, method: str, route: str,
                                                             body: bytes) -> None:
-    account = admin_gateway.create_key("bodies")["account_id"]
-    answer = admin_gateway.admin(method, route.format(account=account), content=body)
+    account = gateway.create_key("bodies")["account_id"]
+    answer = gateway.admin(method, route.format(account=account), content=body)
     assert answer.status_code == 422, answer.text
     assert answer.headers["content-type"] == "application/json"
     assert answer.json()["error"]["message"].startswith("Invalid admin request:")
 
 
-def test_admin_body_field_errors_name_the_field(admin_gateway: RunningGateway) -> None:
-    answer = admin_gateway.admin("POST", "/admin/v1/accounts", json={"name": "x", "limits": {"requests_per_min": -1}})
+def test_admin_body_field_errors_name_the_field(gateway: RunningGateway) -> None:
+    answer = gateway.admin("POST", "/admin/v1/accounts", json={"name": "x", "limits": {"requests_per_min": -1}})
     assert answer.status_code == 422
     assert "limits.requests_per_min" in answer.json()["error"]["message"]
-    account = admin_gateway.create_key("fields")["account_id"]
-    answer = admin_gateway.admin("PUT", f"/admin/v1/accounts/{account}/limits", json={"request_per_min": 5})
+    account = gateway.create_key("fields")["account_id"]
+    answer = gateway.admin("PUT", f"/admin/v1/accounts/{account}/limits", json={"request_per_min": 5})
     assert answer.status_code == 422 and "request_per_min" in answer.json()["error"]["message"]
 
 
-def test_admin_bodies_are_size_limited(admin_gateway: RunningGateway) -> None:
-    answer = admin_gateway.admin("POST", "/admin/v1/accounts", json={"name": "x" * 70_000})
+def test_admin_bodies_are_size_limited(gateway: RunningGateway) -> None:
+    answer = gateway.admin("POST", "/admin/v1/accounts", json={"name": "x" * 70_000})
     assert answer.status_code == 413
     assert answer.json()["error"]["code"] == "body_too_large"
     # A watermark test carries a whole harvest (the demo's is ~100 KiB): it has its own, larger bound.
-    answer = admin_gateway.admin("POST", "/admin/v1/watermark/detect", json={"text": "x" * 5_000_000})
+    answer = gateway.admin("POST", "/admin/v1/watermark/detect", json={"text": "x" * 5_000_000})
     assert answer.status_code == 413
-    answer = admin_gateway.admin("POST", "/admin/v1/watermark/detect", json={"text": "word " * 30_000})
+    answer = gateway.admin("POST", "/admin/v1/watermark/detect", json={"text": "word " * 30_000})
     assert answer.status_code != 413
 
 
-def test_manual_action_on_an_unknown_account_is_404(admin_gateway: RunningGateway) -> None:
-    answer = admin_gateway.admin("POST", "/admin/v1/accounts/acct_does_not_exist/action", json={"action": "block"})
+def test_manual_action_on_an_unknown_account_is_404(gateway: RunningGateway) -> None:
+    answer = gateway.admin("POST", "/admin/v1/accounts/acct_does_not_exist/action", json={"action": "block"})
     assert answer.status_code == 404
     assert "does not exist" in answer.json()["error"]["message"]
-    account = admin_gateway.create_key("real")["account_id"]
-    answer = admin_gateway.admin("POST", f"/admin/v1/accounts/{account}/action", json={"action": "block", "reason": "test"})
+    account = gateway.create_key("real")["account_id"]
+    answer = gateway.admin("POST", f"/admin/v1/accounts/{account}/action", json={"action": "block", "reason": "test"})
     assert answer.status_code == 200
-    assert admin_gateway.admin("POST", "/admin/v1/accounts/acct_does_not_exist/action", json={"action": "clear"}).status_code == 200
+    assert gateway.admin("POST", "/admin/v1/accounts/acct_does_not_exist/action", json={"action": "clear"}).status_code == 200
 
 
 @pytest.mark.parametrize("depth", [100, 300, 900])
-def test_deeply_nested_tool_schema_is_not_a_server_error(admin_gateway: RunningGateway, depth: int) -> None:
-    key = admin_gateway.create_key("deep")
+def test_deeply_nested_tool_schema_is_not_a_server_error(gateway: RunningGateway, depth: int) -> None:
+    key = gateway.create_key("deep")
     schema = '{"type":"object","properties":{"a":' * depth + '{"type":"object"}' + "}}" * depth
     body = ('{"model":"stub-1","max_tokens":10,"messages":[{"role":"user","content":"hi"}],'
             '"tools":[{"name":"t","description":"d","input_schema":' + schema + "}]}")
-    answer = httpx.post(admin_gateway.root_url + "/v1/messages", content=body, timeout=30,
+    answer = httpx.post(gateway.root_url + "/v1/messages", content=body, timeout=30,
                         headers={"x-api-key": key["secret"], "anthropic-version": "2023-06-01"})
     assert answer.status_code < 500, answer.text
     assert answer.json()["type"] in ("message", "error")
@@ -161,13 +153,13 @@ def test_deeply_nested_tool_schema_is_not_a_server_error(admin_gateway: RunningG
         assert "nested too deeply" in answer.json()["error"]["message"] or "depth" in answer.json()["error"]["message"]
 
 
-def test_deeply_nested_message_content_is_recorded_not_a_server_error(admin_gateway: RunningGateway) -> None:
-    key = admin_gateway.create_key("deep-content")
+def test_deeply_nested_message_content_is_recorded_not_a_server_error(gateway: RunningGateway) -> None:
+    key = gateway.create_key("deep-content")
     depth = 1000
     content = '{"a":' * depth + "1" + "}" * depth
     body = '{"model":"stub-1","messages":[{"role":"user","content":' + content + "}]}"
-    answer = httpx.post(admin_gateway.base_url + "/chat/completions", content=body, timeout=30,
+    answer = httpx.post(gateway.base_url + "/chat/completions", content=body, timeout=30,
                         headers={"Authorization": f"Bearer {key['secret']}"})
     assert answer.status_code < 500, answer.text
-    event = admin_gateway.event(answer.headers["x-request-id"])
+    event = gateway.event(answer.headers["x-request-id"])
     assert event["response"]["status"] == answer.status_code
