@@ -369,3 +369,26 @@ def test_two_fleets_joined_by_a_few_links_stay_two_clusters() -> None:
                               ip=HOSTING_24(k, i), hosting=True))
     found = clusters_of(scanner.report())
     assert set(a) in found and set(b) in found
+
+
+def test_events_with_unhashable_parameter_values_are_counted_not_crashed_on(tmp_path: Path) -> None:
+    """An old or hand-written log may carry a list or an object where a number is expected (request parameters are
+    free-form in events v1): attribution keys them by their text, so the scan goes on and such accounts are still linked."""
+    from distillguard.events import read_events
+
+    odd_params = {"max_tokens": [512, 1024], "temperature": {"value": 0.7}, "stream": False, "n": [1], "top_logprobs": {"k": 5}}
+    path = tmp_path / "old.jsonl"
+    with path.open("w") as out:
+        for k in range(5):
+            for i in range(20):
+                event = ev(f"odd{k}", T0 + k * 50 + i * 3600.0, PRIVATE_WRAPPER.format(task=task(i * 5 + k)), params=odd_params,
+                           ip=HOSTING_24(k, i), hosting=True)
+                out.write(json.dumps(event) + "\n")
+    scanner = Scanner()
+    background(scanner)
+    for event in read_events([path]):
+        scanner.update(event)
+    report = scanner.report()
+    assert clusters_of(report) == [{f"odd{k}" for k in range(5)}]
+    cluster = cluster_with(report, "odd0")
+    assert cluster is not None and any("[512, 1024]" in s for s in cluster["shared"]), cluster

@@ -126,6 +126,15 @@ class _Account:
     hours: list[int] = field(default_factory=lambda: [0] * 24)
 
 
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _scalar(value: object) -> str | int | float | bool | None:
+    """A field's value as a dictionary key: scalars as they are, anything else (a list or object where an old or
+    hand-written log has one) as its JSON-like text, so an odd event still counts instead of crashing the scan."""
+    return value if isinstance(value, _SCALARS) else repr(value)[:200]
+
+
 def _bump(counts: dict[Any, int], value: Any, cap: int) -> None:
     if value in counts:
         counts[value] += 1
@@ -153,9 +162,9 @@ class AttributionCollector:
         geo = client.get("geo") or {}
         attestation = event.get("attestation")
         hosting = bool(geo.get("hosting"))
-        asn = geo.get("asn")
+        asn = _scalar(geo.get("asn"))
         ip = client.get("ip")
-        if ip:
+        if ip and isinstance(ip, str):
             _bump(state.ips, ip, _CAP_VALUES)
             # Keyed by tuples (formatted only at report time): this runs for every event.
             net = (hosting, asn, ip.rpartition(".")[0] if "." in ip else ip[:19])
@@ -182,16 +191,16 @@ class AttributionCollector:
         if params.get("stream"):
             state.streamed += 1
         get = params.get
-        _bump(state.params, (get("max_tokens"), get("temperature"), bool(get("stream")), get("n") or 1, bool(get("logprobs")),
-                             get("top_logprobs")), _CAP_PARAMS)
+        _bump(state.params, (_scalar(get("max_tokens")), _scalar(get("temperature")), bool(get("stream")), _scalar(get("n") or 1),
+                             bool(get("logprobs")), _scalar(get("top_logprobs"))), _CAP_PARAMS)
         if attestation:
             install = attestation.get("install_id")
             if install and len(state.installs) < _CAP_VALUES:
                 state.installs.add(str(install))
-            profile: tuple[Any, ...] = (client.get("header_fp"), attestation.get("sdk"), attestation.get("os"), attestation.get("tz"),
-                                        attestation.get("locale"))
+            profile: tuple[Any, ...] = tuple(_scalar(attestation.get(k)) for k in ("sdk", "os", "tz", "locale"))
+            profile = (_scalar(client.get("header_fp")), *profile)
         else:
-            profile = (client.get("header_fp"),)
+            profile = (_scalar(client.get("header_fp")),)
         _bump(state.profiles, profile, 8)
 
 
