@@ -20,6 +20,7 @@ from distillguard.detect import Scanner
 from distillguard.events import read_events
 from distillguard.gateway.app import Gateway
 from distillguard.gateway.requests import cap_logprobs
+from distillguard.gateway.types import PolicyEngineProtocol
 from distillguard.policy import Decision, PolicyEngine
 from distillguard.sim.scenarios import load_scenario, simulate
 from distillguard.store.registry import KeyRecord, Registry, hash_secret
@@ -192,8 +193,11 @@ def test_cap_logprobs_covers_every_way_to_ask() -> None:
     assert cap_logprobs(legacy, 2) and legacy == {"logprobs": 2, "prompt_logprobs": 1}
 
 
-class _FixedPolicy:
-    """A policy that decides the same for every request, to drive the gateway's handling of one decision."""
+class _FixedPolicy(PolicyEngineProtocol):
+    """A policy that decides the same for every request, to drive the gateway's handling of one decision.
+
+    It subclasses the gateway's policy seam, so it inherits no-op ``start``, ``close`` and the like.
+    """
 
     def __init__(self, decision: Decision) -> None:
         self.decision = decision

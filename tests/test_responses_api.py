@@ -22,6 +22,7 @@ from distillguard.config import Settings
 from distillguard.gateway.app import Gateway
 from distillguard.gateway.requests import cap_logprobs
 from distillguard.gateway.responses import ResponsesStreamReader, ResponseSummary, summarise_responses
+from distillguard.gateway.types import EventSinkProtocol
 from distillguard.policy import Decision
 from distillguard.store.registry import KeyRecord, hash_secret
 from tests.gateway_fixtures import RunningGateway, start_gateway
@@ -204,8 +205,8 @@ def test_degrade_removes_the_responses_logprobs_include() -> None:
     assert payload == {"include": ["reasoning.encrypted_content"]}
 
 
-class _Events:
-    """The gateway's event sink, in memory."""
+class _Events(EventSinkProtocol):
+    """The gateway's event sink, in memory (no stats; no-op ``start`` and ``close`` from the seam)."""
 
     def __init__(self) -> None:
         self.events: list[dict[str, Any]] = []

@@ -177,10 +177,11 @@ def test_an_event_that_cannot_be_built_is_replaced_by_a_minimal_one(monkeypatch:
     """A bug in building an event must not lose it: a minimal event with the status and error is stored instead."""
     from distillguard.config import Settings
     from distillguard.gateway.app import Gateway, _Exchange
+    from distillguard.gateway.types import EventSinkProtocol
 
     stored: list[dict] = []
 
-    class Sink:
+    class Sink(EventSinkProtocol):
         def submit(self, event: dict) -> None:
             stored.append(event)
 

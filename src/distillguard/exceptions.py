@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "DistillguardError",
+    "EnrollmentError",
     "InputError",
     "NotFoundError",
     "UsageError",
@@ -33,3 +34,12 @@ class InputError(UsageError):
 
 class NotFoundError(DistillguardError):
     """A named account, key or other object does not exist."""
+
+
+class EnrollmentError(DistillguardError):
+    """A client install's enrollment was refused; ``status`` is the HTTP status the gateway answers with."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message

@@ -31,10 +31,13 @@ from distillguard.console.queries import Store
 from distillguard.console.session import COOKIE, LIFETIME_S, Session, SessionKeys
 from distillguard.events import format_ts, parse_ts
 from distillguard.exceptions import NotFoundError, UsageError
+from distillguard.policy.engine import PolicyEngine
+from distillguard.store.registry import Registry
 
 if TYPE_CHECKING:
-    from distillguard.gateway.app import Gateway, Receive, Scope, Send
-    from distillguard.policy.engine import PolicyEngine
+    from distillguard.gateway.admin import AdminAPI
+    from distillguard.gateway.metrics import Metrics
+    from distillguard.gateway.types import Receive, Scope, Send
 
 __all__ = ["Console"]
 
@@ -110,12 +113,23 @@ def score_of(entry: dict[str, Any] | None) -> float:
 
 
 class Console:
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
-        settings = gateway.settings
+    """The console over one gateway's admin API (its actions) and metrics (its traffic charts).
+
+    The detection pages read the real :class:`PolicyEngine` and the account
+    pages the real :class:`Registry`'s database; a gateway built with other
+    implementations of those seams (tests' fakes) gets the pages that say so.
+    """
+
+    def __init__(self, admin: AdminAPI, metrics: Metrics) -> None:
+        self.admin = admin
+        self.metrics = metrics
+        context = admin.context
+        settings = context.settings
         self.settings = settings
+        self.sink = context.sink
+        self._engine = context.policy if isinstance(context.policy, PolicyEngine) else None
         self.keys = SessionKeys(settings.admin_token, settings.viewer_token)
-        self.store = Store(gateway.registry.engine) if gateway.registry is not None else None
+        self.store = Store(context.registry.engine) if isinstance(context.registry, Registry) else None
         self.env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
                                       trim_blocks=True, lstrip_blocks=True)
         self.env.filters.update(when=human_time, ago=ago, score=score_of, quote=lambda s: quote(str(s), safe=""))
@@ -130,7 +144,7 @@ class Console:
 
     @property
     def engine(self) -> PolicyEngine | None:
-        return self.gateway.policy  # type: ignore[no-any-return]
+        return self._engine
 
     # -- ASGI -----------------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -213,7 +227,7 @@ class Console:
     async def _admin(self, method: str, path: str, body: dict[str, Any] | None = None, query: dict[str, str] | None = None) -> Any:
         """Call the admin API in-process; its error message is raised as :class:`UsageError` for the page to show."""
         try:
-            result = await self.gateway.admin.call(method, f"/admin/v1/{path}", query or {}, orjson.dumps(body or {}))
+            result = await self.admin.call(method, f"/admin/v1/{path}", query or {}, orjson.dumps(body or {}))
         except NotFoundError as exc:
             raise UsageError(str(exc)) from None
         except (ValueError, KeyError, TypeError) as exc:
@@ -253,12 +267,12 @@ class Console:
                           open_reviews=open_reviews,
                           traffic_svg=charts.stacked_bars(labels, traffic, title="requests per interval"),
                           actions_svg=charts.stacked_bars(labels, actions, title="policy actions per interval"),
-                          scorer=scorer, sink=getattr(self.gateway.sink, "stats", None), by_action=by_action,
+                          scorer=scorer, sink=self.sink.stats if self.sink is not None else None, by_action=by_action,
                           scored=len(engine.risk_table()) if engine is not None else 0, online=bool(engine and engine.online))
 
     def _traffic(self, bars: int = 48) -> tuple[list[str], dict[str, list[float]], dict[str, list[float]]]:
-        history = list(self.gateway.metrics.history)
-        history.append(self.gateway.metrics.snapshot())  # the interval still running too (not stored: page views must not add samples)
+        history = list(self.metrics.history)
+        history.append(self.metrics.snapshot())  # the interval still running too (not stored: page views must not add samples)
         if len(history) < 2:
             return [], {"allowed": [], "refused": []}, {}
         step = max(1, (len(history) - 1 + bars - 1) // bars)

@@ -20,7 +20,9 @@ import ipaddress
 import itertools
 import logging
 import re
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 from urllib.parse import parse_qsl
 
 import orjson
@@ -31,9 +33,15 @@ from distillguard.config import DEFAULT_ADMIN_TOKEN, Settings, parse_listen
 from distillguard.events import format_ts, parse_ts
 from distillguard.exceptions import ConfigError, NotFoundError, UsageError
 from distillguard.gateway.errors import error_body
-
-if TYPE_CHECKING:
-    from distillguard.gateway.app import Gateway, Receive, Scope, Send
+from distillguard.gateway.types import (
+    AdminPluginProtocol,
+    EventSinkProtocol,
+    KeyRegistryProtocol,
+    PolicyEngineProtocol,
+    Receive,
+    Scope,
+    Send,
+)
 
 __all__ = [
     "MAX_ADMIN_BODY",
@@ -41,6 +49,7 @@ __all__ = [
     "AccountCreate",
     "AccountStatus",
     "AdminAPI",
+    "AdminContext",
     "KeyCreate",
     "Limits",
     "check_admin_exposure",
@@ -146,10 +155,30 @@ def parse_since(since: str) -> str:
         ) from None
 
 
+@dataclass(frozen=True, slots=True)
+class AdminContext:
+    """What the admin API (and, through it, the console) may use of the gateway: not the whole ``Gateway``.
+
+    The gateway builds one at start; ``keys_loaded`` and ``reload_keys`` are its
+    own key table's, so an admin change is live on this replica at once.
+    """
+
+    settings: Settings
+    registry: KeyRegistryProtocol | None
+    sink: EventSinkProtocol | None
+    policy: PolicyEngineProtocol | None
+    plugins: Sequence[AdminPluginProtocol]
+    upstream_names: Sequence[str]
+    has_signals: bool
+    has_watermark: bool
+    keys_loaded: Callable[[], int]
+    reload_keys: Callable[[], Awaitable[None]]
+
+
 class AdminAPI:
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
-        self.token = gateway.settings.admin_token.encode()
+    def __init__(self, context: AdminContext) -> None:
+        self.context = context
+        self.token = context.settings.admin_token.encode()
 
     async def _send(self, send: Send, status: int, obj: Any, headers: list[tuple[bytes, bytes]] = JSON) -> None:
         body = obj if isinstance(obj, bytes) else orjson.dumps(obj, default=str, option=orjson.OPT_NON_STR_KEYS)
@@ -241,26 +270,26 @@ class AdminAPI:
         """
         result = await self._dispatch(method, path, query, body)
         if result is None:
-            for plugin in self.gateway.admin_plugins:
+            for plugin in self.context.plugins:
                 result = await plugin.handle_admin(method, path, query, body)
                 if result is not None:
                     break
         return result
 
     async def _dispatch(self, method: str, path: str, query: dict[str, str], body: bytes) -> tuple[int, Any] | None:
-        gateway = self.gateway
-        registry = gateway.registry
+        ctx = self.context
+        registry = ctx.registry
         parts = path.split("/")[3:]  # after /admin/v1
         if parts == ["status"] and method == "GET":
             return 200, {
-                "keys_loaded": len(gateway.keys),
-                "events": getattr(gateway.sink, "stats", None),
-                "upstreams": [u.name for u in gateway.router.upstreams],
+                "keys_loaded": ctx.keys_loaded(),
+                "events": ctx.sink.stats if ctx.sink is not None else None,
+                "upstreams": list(ctx.upstream_names),
                 "components": {
-                    "signals": gateway.signals is not None,
-                    "policy": gateway.policy is not None,
-                    "online_detection": gateway.policy is not None and bool(getattr(gateway.policy, "online", False)),
-                    "watermark": gateway.watermarker is not None,
+                    "signals": ctx.has_signals,
+                    "policy": ctx.policy is not None,
+                    "online_detection": ctx.policy is not None and ctx.policy.online,
+                    "watermark": ctx.has_watermark,
                 },
             }
         if registry is None:
@@ -272,33 +301,33 @@ class AdminAPI:
                 new = AccountCreate.model_validate_json(body or b"{}")
                 limits = new.limits.model_dump(exclude_unset=True) if new.limits else None
                 account = await asyncio.to_thread(lambda: registry.create_account(new.name, new.org, limits, actor="admin"))
-                await gateway.reload_keys()
+                await ctx.reload_keys()
                 return 201, account
         if len(parts) == 2 and parts[0] == "accounts" and method == "GET":
-            account = await asyncio.to_thread(registry.get_account, parts[1])
-            if account is None:
+            found = await asyncio.to_thread(registry.get_account, parts[1])
+            if found is None:
                 raise NotFoundError(f"account {parts[1]!r} does not exist")
-            account["keys"] = await asyncio.to_thread(registry.list_keys, parts[1])
+            found["keys"] = await asyncio.to_thread(registry.list_keys, parts[1])
             # What the gateway does with its requests now (manual override, then risk): "status" alone says active when blocked.
-            decision = gateway.policy.decisions().get(parts[1]) if gateway.policy is not None else None
-            account["policy"] = {"action": decision.action if decision is not None else "allow",
-                                 "rule": decision.rule if decision is not None else None}
-            return 200, account
+            decision = ctx.policy.decisions().get(parts[1]) if ctx.policy is not None else None
+            found["policy"] = {"action": decision.action if decision is not None else "allow",
+                               "rule": decision.rule if decision is not None else None}
+            return 200, found
         if len(parts) == 3 and parts[0] == "accounts" and parts[2] == "keys" and method == "POST":
             key_limits = KeyCreate.model_validate_json(body or b"{}").limits
             key_limit_values = key_limits.model_dump(exclude_unset=True) if key_limits else None
             key = await asyncio.to_thread(lambda: registry.create_key(parts[1], key_limit_values, actor="admin"))
-            await gateway.reload_keys()
+            await ctx.reload_keys()
             return 201, key
         if len(parts) == 3 and parts[0] == "accounts" and parts[2] == "limits" and method in ("PUT", "POST"):
             limits = Limits.model_validate_json(body or b"{}").model_dump(exclude_unset=True)
             await asyncio.to_thread(lambda: registry.set_account_limits(parts[1], limits, actor="admin"))
-            await gateway.reload_keys()
+            await ctx.reload_keys()
             return 200, {"account_id": parts[1], "limits": limits}
         if len(parts) == 3 and parts[0] == "accounts" and parts[2] == "status" and method in ("PUT", "POST"):
             change = AccountStatus.model_validate_json(body or b"{}")
             await asyncio.to_thread(lambda: registry.set_account_status(parts[1], change.status, actor="admin", reason=change.reason))
-            await gateway.reload_keys()
+            await ctx.reload_keys()
             return 200, {"account_id": parts[1], "status": change.status}
         if parts == ["keys"] and method == "GET":
             return 200, {"data": await asyncio.to_thread(registry.list_keys, query.get("account_id"))}
@@ -306,14 +335,14 @@ class AdminAPI:
             len(parts) == 2 and parts[0] == "keys" and method == "DELETE"
         ):
             result = await asyncio.to_thread(lambda: registry.revoke_key(parts[1], actor="admin"))
-            await gateway.reload_keys()
+            await ctx.reload_keys()
             return 200, result
         return None
 
     async def _stream_events(self, send: Send, since: str | None) -> None:
         from distillguard.store.export import iter_event_lines
 
-        settings = self.gateway.settings
+        settings = self.context.settings
         lines = iter_event_lines(settings.database, since, timeout_s=settings.database_timeout_s)
         # The first batch is read before the 200 is sent: a store that fails (or hangs past its deadline)
         # gets an API-shaped 503 instead of a 200 that breaks off.

@@ -18,13 +18,14 @@ import contextlib
 import ipaddress
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import orjson
 
 from distillguard.config import Settings
 from distillguard.events import format_ts, new_request_id
+from distillguard.exceptions import EnrollmentError
 from distillguard.gateway.auth import KeyTable, extract_secret
 from distillguard.gateway.errors import (
     GatewayError,
@@ -63,6 +64,21 @@ from distillguard.gateway.translate import (
     anthropic_to_openai_request,
     openai_to_anthropic_response,
 )
+from distillguard.gateway.types import (
+    AdminPluginProtocol,
+    ClientSignals,
+    EventSinkProtocol,
+    KeyRegistryProtocol,
+    PolicyDecision,
+    PolicyEngineProtocol,
+    Receive,
+    Scope,
+    Send,
+    SignalCollectorProtocol,
+    UpstreamResponseProtocol,
+    UpstreamTransportProtocol,
+    WatermarkerProtocol,
+)
 from distillguard.gateway.upstream import Router, Upstream
 from distillguard.gateway.upstream_http import (
     UpstreamBadResponse,
@@ -71,21 +87,15 @@ from distillguard.gateway.upstream_http import (
     UpstreamDisconnected,
     UpstreamError,
     UpstreamProtocolError,
-    UpstreamResponse,
     UpstreamUnreachable,
 )
 from distillguard.signals.network import client_ip, protect_ip
 from distillguard.state import Admission, open_state
 from distillguard.store.registry import KeyRecord
 
-__all__ = ["Gateway", "EventConsumer"]
+__all__ = ["Gateway"]
 
 log = logging.getLogger("distillguard.gateway")
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 ROUTES: dict[tuple[str, str], tuple[str, str, str]] = {
     # (method, path) → (endpoint name, caller protocol, upstream path)
@@ -103,10 +113,6 @@ LOGGED_ONLY = frozenset(("unknown_route", "distillguard.enroll"))  # refusals su
 REFUSAL_WINDOW_S = 10.0  # refusals are logged and (unauthenticated) stored once per source per window, then summarised
 READYZ_TTL_S = 5.0  # /readyz reuses one round of upstream probes for this long
 MODEL_LIST_TTL_S = 30.0  # GET /v1/models reuses the upstreams' own model lists for this long
-
-
-class EventConsumer(Protocol):
-    def submit(self, event: dict[str, Any]) -> None: ...
 
 
 class ClientDisconnected(Exception):
@@ -133,8 +139,8 @@ class _Exchange:
         self.status = 500
         self.summary: ResponseSummary | None = None
         self.error: str | None = None
-        self.signals: Any = None
-        self.decision: Any = None
+        self.signals: ClientSignals | None = None
+        self.decision: PolicyDecision | None = None
         self.watermark_key: str | None = None
         self.translated = False  # Anthropic caller, OpenAI upstream
         self.finished = False  # the whole response has been handed to the server
@@ -161,21 +167,23 @@ class Gateway:
         self,
         settings: Settings,
         *,
-        registry: Any = None,
-        sink: EventConsumer | None = None,
-        signals: Any = None,
-        policy: Any = None,
-        watermarker: Any = None,
-        admin_plugins: list[Any] | None = None,
+        registry: KeyRegistryProtocol | None = None,
+        sink: EventSinkProtocol | None = None,
+        signals: SignalCollectorProtocol | None = None,
+        policy: PolicyEngineProtocol | None = None,
+        watermarker: WatermarkerProtocol | None = None,
+        admin_plugins: Sequence[AdminPluginProtocol] = (),
+        transport: UpstreamTransportProtocol | None = None,
         poll_interval_s: float = 1.0,
     ) -> None:
+        """``transport`` replaces the upstream client (an in-process fake in tests); by default one is made at startup."""
         self.settings = settings
         self.registry = registry
         self.sink = sink
         self.signals = signals
         self.policy = policy
         self.watermarker = watermarker
-        self.admin_plugins = list(admin_plugins or [])
+        self.admin_plugins = list(admin_plugins)
         self.poll_interval_s = poll_interval_s
         self.router = Router(settings.upstreams)
         self.keys = KeyTable()
@@ -183,7 +191,7 @@ class Gateway:
         self.limiter = Limiter(settings.limits, self.state)
         self.prompt_counter = PromptCounter()
         self.metrics = Metrics()
-        self.client: UpstreamClient | None = None
+        self.client: UpstreamTransportProtocol | None = transport
         self.max_body = settings.max_body_bytes
         self.prompt_mode = settings.privacy.prompt_mode
         self.hash_key = settings.privacy.hash_key.encode()
@@ -198,34 +206,39 @@ class Gateway:
         self.health = UpstreamHealth([u.name for u in self.router.upstreams], self._probe_upstream, ttl_s=READYZ_TTL_S)
         self._listed_models: tuple[float, dict[str, str]] | None = None
         self._listing = asyncio.Lock()
-        from distillguard.gateway.admin import AdminAPI  # local: admin pulls in store export
+        from distillguard.gateway.admin import (  # local: admin pulls in pydantic and SQLAlchemy
+            AdminAPI,
+            AdminContext,
+        )
 
-        self.admin = AdminAPI(self)
+        self.admin = AdminAPI(AdminContext(
+            settings, registry, sink, policy, self.admin_plugins, tuple(u.name for u in self.router.upstreams),
+            has_signals=signals is not None, has_watermark=watermarker is not None,
+            keys_loaded=lambda: len(self.keys), reload_keys=self.reload_keys,
+        ))
         # admin_listen: the admin API answers only on that port, and that port answers nothing else.
         self._admin_port = int(settings.admin_listen.rpartition(":")[2]) if settings.admin_listen else None
-        if sink is not None and hasattr(sink, "stats"):
-            self.metrics.add_gauge("distillguard_event_queue_depth", "Events waiting to be written.",
-                                   lambda: float(sink.stats["queued"]))  # type: ignore[attr-defined]
-            self.metrics.add_gauge("distillguard_events_written", "Events written to the store.",
-                                   lambda: float(sink.stats["written"]))  # type: ignore[attr-defined]
-            self.metrics.add_gauge("distillguard_events_spilled", "Events spilled to local JSONL files.",
-                                   lambda: float(sink.stats["spilled"]))  # type: ignore[attr-defined]
+        if sink is not None and sink.stats is not None:
+            self.metrics.add_gauge("distillguard_event_queue_depth", "Events waiting to be written.", lambda: _sink_count(sink, "queued"))
+            self.metrics.add_gauge("distillguard_events_written", "Events written to the store.", lambda: _sink_count(sink, "written"))
+            self.metrics.add_gauge("distillguard_events_spilled", "Events spilled to local JSONL files.", lambda: _sink_count(sink, "spilled"))
         self.metrics.add_gauge("distillguard_keys_loaded", "API keys in the in-memory table.", lambda: float(len(self.keys)))
         self.metrics.add_gauge("dg_state_degraded", "1 while shared state (Redis) is failing and state_failure applies.",
-                               lambda: float(getattr(self.state, "degraded", False)))
+                               lambda: float(self.state.degraded))
 
     # -- lifecycle -----------------------------------------------------------------
     async def startup(self) -> None:
-        self.client = UpstreamClient()
+        if self.client is None:
+            self.client = UpstreamClient()
         await self.state.start()
         self._sample_task = asyncio.create_task(self._sample_metrics())
         self._refusal_task = asyncio.create_task(self._close_refusal_windows())
         if self.registry is not None:
             await self.reload_keys()
             self._poll_task = asyncio.create_task(self._poll_registry())
-        if self.sink is not None and hasattr(self.sink, "start"):
+        if self.sink is not None:
             self.sink.start()
-        if self.policy is not None and hasattr(self.policy, "start"):
+        if self.policy is not None:
             self.policy.start()
 
     async def shutdown(self) -> None:
@@ -240,18 +253,19 @@ class Gateway:
         if self.client is not None:
             await self.client.close()
         await self.state.close()
-        if self.policy is not None and hasattr(self.policy, "close"):
+        if self.policy is not None:
             await asyncio.to_thread(self.policy.close)
-        if self.sink is not None and hasattr(self.sink, "close"):
+        if self.sink is not None:
             await asyncio.to_thread(self.sink.close)
 
     async def reload_keys(self) -> None:
         registry = self.registry
+        assert registry is not None, "reload_keys needs a registry"
         counter = await asyncio.to_thread(registry.change_counter)
         records = await asyncio.to_thread(registry.key_snapshot)
         self.keys.load(records)
         self.limiter.reset_cache()
-        if self.policy is not None and hasattr(self.policy, "reload_overrides"):
+        if self.policy is not None:
             await asyncio.to_thread(self.policy.reload_overrides)  # manual overrides are registry state too
         self._change_counter = counter
 
@@ -265,6 +279,7 @@ class Gateway:
         while True:
             await asyncio.sleep(self.poll_interval_s)
             try:
+                assert self.registry is not None  # polled only with a registry
                 counter = await asyncio.to_thread(self.registry.change_counter)
                 if counter != self._change_counter:
                     await self.reload_keys()
@@ -367,7 +382,7 @@ class Gateway:
                 if decision.action == "challenge":
                     raise GatewayError(403, decision.message or "This request needs a valid client attestation.", "attestation_required")
                 if decision.action == "throttle":
-                    throttle_rpm = getattr(decision, "throttle_rpm", None) or self.settings.detection.throttle_requests_per_min
+                    throttle_rpm = decision.throttle_rpm or self.settings.detection.throttle_requests_per_min
             admission = await self._admit(ex, key, upstream, throttle_rpm)
             await self._forward(ex, upstream, upstream_path, body, scope, receive, send)
         except GatewayError as exc:
@@ -464,13 +479,15 @@ class Gateway:
         # count_tokens asks the upstream to count, not to generate: a request, but no tokens
         tokens = 0 if ex.endpoint == "anthropic.count_tokens" else self.prompt_counter.count(ex.payload or {}, upstream.settings.tokenizer)
         signals = ex.signals
-        nonce = signals.nonce if signals is not None else None
+        collector = self.signals
+        nonce = signals.nonce if signals is not None and collector is not None else None
         admission = await self.limiter.admit(key, tokens, ex.request_id, throttle_rpm=throttle_rpm,
-                                             nonce=(nonce, self.signals.nonce_ttl_ms) if nonce else None)
+                                             nonce=(nonce, collector.nonce_ttl_ms) if nonce and collector is not None else None)
         if admission is not None:
             return admission
         # The attestation was replayed (seen by some replica before): decide again as if it had been caught locally.
-        self.signals.mark_replayed(signals)
+        assert collector is not None  # only a nonce makes admit answer None
+        collector.mark_replayed(signals)
         self.metrics.attestations["valid"] -= 1
         self.metrics.attestations["replayed"] += 1
         if self.policy is not None:
@@ -479,7 +496,7 @@ class Gateway:
                 raise GatewayError(403, decision.message or "This request needs a valid client attestation.",
                                    "account_blocked" if decision.action == "block" else "attestation_required")
             if decision.action == "throttle":
-                throttle_rpm = getattr(decision, "throttle_rpm", None) or self.settings.detection.throttle_requests_per_min
+                throttle_rpm = decision.throttle_rpm or self.settings.detection.throttle_requests_per_min
         admission = await self.limiter.admit(key, tokens, ex.request_id, throttle_rpm=throttle_rpm)
         assert admission is not None
         return admission
@@ -499,18 +516,19 @@ class Gateway:
         if translate and ex.endpoint == "anthropic.messages":
             payload = anthropic_to_openai_request(payload)
             modified = True
-        cap = getattr(ex.decision, "max_top_logprobs", None)
+        cap = ex.decision.max_top_logprobs if ex.decision is not None else None
         if cap is not None and cap_logprobs(payload, cap):
             modified = True
         if not translate and ex.protocol == "openai" and payload.get("stream") is True and ex.endpoint in ("openai.chat", "openai.completions"):
             ex.hide_usage = ask_stream_usage(payload)  # token limits need the stream's real usage
             modified = modified or ex.hide_usage
-        if self._marks(upstream, ex.endpoint):
+        watermarker = self.watermarker
+        if watermarker is not None and self._marks(upstream, ex.endpoint):
             key = ex.key
             assert key is not None
             risk = self.policy.risk(key.account_id) if self.policy is not None else None
             cluster_id = risk.get("cluster_id") if risk else None  # a detected hydra gets its own key
-            marked = self.watermarker.bias_for(upstream.name, account_id=key.account_id, org_id=key.org_id, cluster_id=cluster_id)
+            marked = watermarker.bias_for(upstream.name, account_id=key.account_id, org_id=key.org_id, cluster_id=cluster_id)
             if marked is not None:
                 ex.watermark_key, bias = marked
                 merged = {str(k): v for k, v in bias.items()}
@@ -571,7 +589,7 @@ class Gateway:
     ) -> None:
         client = self.client
         assert client is not None
-        reasoning: str = getattr(ex.decision, "reasoning", "keep")  # "keep", or a degrade's "strip" / "summarize"
+        reasoning = ex.decision.reasoning if ex.decision is not None else "keep"  # or a degrade's "strip" / "summarize"
         try:
             resp = await client.request(upstream.origin, b"POST", path, headers, body,
                                         connect_timeout=upstream.connect_timeout_s, read_timeout=upstream.read_timeout_s)
@@ -623,7 +641,7 @@ class Gateway:
         with contextlib.suppress(Exception):
             await send({"type": "http.response.body", "body": event, "more_body": False})
 
-    async def _relay_stream(self, ex: _Exchange, resp: UpstreamResponse, translate: bool, reasoning: str, send: Send) -> None:
+    async def _relay_stream(self, ex: _Exchange, resp: UpstreamResponseProtocol, translate: bool, reasoning: str, send: Send) -> None:
         strip, summarize = reasoning != "keep", reasoning == "summarize"
         reader: OpenAIStreamReader | AnthropicStreamReader | ResponsesStreamReader
         if ex.endpoint == "openai.responses":  # a degraded account's reasoning is stripped, not summarised, here
@@ -804,7 +822,7 @@ class Gateway:
             "policy": policy,
             "watermark": {"key_id": ex.watermark_key},
         }
-        if signals is not None and getattr(signals, "signals", None):
+        if signals is not None and signals.signals:
             event["signals"] = signals.signals
         if self.sink is not None:
             self.sink.submit(event)
@@ -828,7 +846,7 @@ class Gateway:
                 # Jinja2 and the templates load on the first console request, never on the hot path.
                 from distillguard.console import Console
 
-                self._console = Console(self)
+                self._console = Console(self.admin, self.metrics)
             await self._console(scope, receive, send)
         elif path.startswith("/admin/"):
             await self.admin.handle(scope, receive, send)
@@ -854,14 +872,14 @@ class Gateway:
 
     async def _readyz(self, send: Send) -> None:
         problems: list[str] = []
-        stats = getattr(self.sink, "stats", None)
+        stats = self.sink.stats if self.sink is not None else None
         if stats is not None and not stats.get("store_ok", True):  # down, or a write blocked past the sink's stall limit
             problems.append(stats.get("store_problem") or "event store unavailable (events are spilling to disk)")
         problems += await self.health.problems()  # cached: unauthenticated calls never fan out to the upstreams
         body: dict[str, Any] = {"status": "ready" if not problems else "not_ready", "problems": problems, "keys_loaded": len(self.keys)}
-        scorer_status = getattr(self.policy, "scorer_status", None)
-        if scorer_status is not None:  # informational: a replica whose scorer is down still serves with the last decisions
-            body["scorer"] = scorer_status()
+        scorer = self.policy.scorer_status() if self.policy is not None else None
+        if scorer is not None:  # informational: a replica whose scorer is down still serves with the last decisions
+            body["scorer"] = scorer
         await self._respond(send, 200 if not problems else 503, orjson.dumps(body))
 
     async def _probe_upstream(self, index: int) -> None:
@@ -939,15 +957,12 @@ class Gateway:
         try:
             key = self.keys.authenticate(extract_secret(_header(headers, b"authorization"), _header(headers, b"x-api-key")))
             body = await self._read_body(scope, receive)
-            if self.signals is None or not hasattr(self.signals, "enroll"):
+            if self.signals is None:
                 raise GatewayError(404, "Client attestation is not enabled on this gateway.", "attestation_disabled")
             try:
                 result = await asyncio.to_thread(self.signals.enroll, key.key_id, key.account_id, body, api_key_sha256=key.secret_hash)
-            except Exception as exc:
-                status = getattr(exc, "status", None)
-                if status is None:
-                    raise
-                raise GatewayError(int(status), str(getattr(exc, "message", exc)), "enrollment_failed") from None
+            except EnrollmentError as exc:
+                raise GatewayError(exc.status, exc.message, "enrollment_failed") from None
             await self._respond(send, 200, orjson.dumps(result))
         except GatewayError as exc:
             client = scope.get("client")
@@ -1007,6 +1022,12 @@ def _body_kind(raw: bytes) -> str:
     except orjson.JSONDecodeError:
         return f"{len(raw)} bytes that are not JSON (truncated or not JSON at all)"
     return "a JSON " + type(value).__name__.replace("dict", "object").replace("NoneType", "null")
+
+
+def _sink_count(sink: EventSinkProtocol, name: str) -> float:
+    """One of the sink's counters, for a /metrics gauge (registered only for a sink that keeps stats)."""
+    stats = sink.stats
+    return float(stats[name]) if stats is not None else 0.0
 
 
 def _header_value(value: bytes) -> bytes:

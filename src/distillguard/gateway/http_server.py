@@ -53,7 +53,7 @@ import logging
 import re
 import signal
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable, MutableMapping
 from email.utils import formatdate
 from typing import Any
 from urllib.parse import unquote
@@ -61,13 +61,11 @@ from urllib.parse import unquote
 import httptools
 
 from distillguard.gateway.edge import ConnectionCaps, EdgeLimits, EdgeStats, fitted, raise_fd_limit
+from distillguard.gateway.types import ASGIApp, Message
 
 __all__ = ["HttpServer", "run"]
 
 log = logging.getLogger("distillguard.gateway.http")
-
-Message = MutableMapping[str, Any]
-ASGIApp = Callable[[MutableMapping[str, Any], Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
 
 MAX_HEAD_BYTES = 64 * 1024  # request line + headers
 MAX_TRAILER_BYTES = 16 * 1024  # trailer fields, plus chunk framing beyond CHUNK_LINE_ALLOWANCE per chunk

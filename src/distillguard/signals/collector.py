@@ -20,7 +20,7 @@ import orjson
 from cryptography.exceptions import InvalidSignature
 
 from distillguard.config import Settings
-from distillguard.exceptions import UsageError
+from distillguard.exceptions import EnrollmentError, UsageError
 from distillguard.signals.attestation import OTHER_ACCOUNT, AttestationVerifier
 from distillguard.signals.consistency import consistency_signals, primary_country
 from distillguard.signals.installs import (
@@ -43,13 +43,6 @@ from distillguard.signals.protocol import b64url_decode, enrollment_message
 __all__ = ["EnrollmentError", "SignalCollector", "SignalResult"]
 
 log = logging.getLogger("distillguard.signals")
-
-
-class EnrollmentError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 @dataclass

@@ -153,6 +153,7 @@ class MemoryState:
     """Exact limits for one process (the default ``state: memory``); see the module docstring."""
 
     name = "memory"
+    degraded = False  # process memory cannot fail the way a shared store can
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock

@@ -203,6 +203,7 @@ class RedisState:
     """The shared backend; see the module docstring. Construct, then ``await start()``."""
 
     name = "redis"
+    degraded = False  # a failing call raises StateUnavailable; ResilientState, which wraps this, is what degrades
 
     def __init__(self, url: str, *, timeout_s: float = 0.25, lease_ms: int = LEASE_MS) -> None:
         import redis.asyncio as aioredis  # only a fleet pays for the client

@@ -87,6 +87,10 @@ class StateBackend(Protocol):
 
     name: str
 
+    @property
+    def degraded(self) -> bool:
+        """True while shared state is failing and ``state_failure`` applies (the ``dg_state_degraded`` gauge)."""
+
     async def start(self) -> None:
         """Connect (a backend that cannot must still start, degraded, and recover by itself)."""
 
