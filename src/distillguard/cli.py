@@ -83,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     create_account.add_argument("--attr", action="append", metavar="NAME=VALUE",
                                 help="operator attribute, stored only as a keyed hash (e.g. email_domain=acme.com, payment_fp=…); repeatable")
     create_account.add_argument("--json", action="store_true", help="print JSON")
+    import_accounts = _command(accounts, "import", "distillguard.store.commands:accounts_import",
+                               "create many accounts (and keys) from JSONL; prints each with its secret, once")
+    import_accounts.add_argument("file", metavar="FILE.jsonl",
+                                 help='one account a line: {"name": …, "org": …, "limits": {…}, "key": true}; - for stdin')
+    import_accounts.add_argument("--batch", type=int, default=5000, metavar="N",
+                                 help="accounts per transaction (default 5000)")
     set_attr = _command(accounts, "set-attr", "distillguard.store.commands:accounts_set_attr",
                         "set or remove an account's attributes (stored only as keyed hashes)")
     set_attr.add_argument("account_id", metavar="ACCOUNT_ID")

@@ -6,7 +6,8 @@ own admin endpoints (policy, watermark) are offered each request in turn
 through ``handle_admin`` (see docs/architecture.md, "admin plugins").
 
 Every body is read up to :data:`MAX_ADMIN_BODY` (:data:`MAX_WATERMARK_BODY` for a
-watermark test, which carries a whole harvest; 413 past it) and validated by
+watermark test, which carries a whole harvest, :data:`MAX_BULK_BODY` for a bulk
+account creation; 413 past it) and validated by
 a pydantic model (``extra="forbid"``); a ``pydantic.ValidationError`` raised
 here or by a plugin becomes a 422 in the API's error shape naming the field.
 Whatever else goes wrong answers a JSON 500, never a bare server error page.
@@ -42,14 +43,19 @@ from distillguard.gateway.types import (
     Scope,
     Send,
 )
+from distillguard.store.registry import NewAccount
 
 __all__ = [
     "MAX_ADMIN_BODY",
+    "MAX_BULK_ACCOUNTS",
+    "MAX_BULK_BODY",
     "MAX_WATERMARK_BODY",
     "AccountCreate",
     "AccountStatus",
     "AdminAPI",
     "AdminContext",
+    "BulkAccount",
+    "BulkAccounts",
     "KeyCreate",
     "Limits",
     "check_admin_exposure",
@@ -61,7 +67,11 @@ log = logging.getLogger("distillguard.gateway.admin")
 JSON = [(b"content-type", b"application/json")]
 MAX_ADMIN_BODY = 64 * 1024  # every admin body but a watermark test is a few fields
 MAX_WATERMARK_BODY = 4 * 1024 * 1024  # a harvest to test for provenance: many responses joined, a few MiB at most
+MAX_BULK_ACCOUNTS = 10_000  # per bulk request: about a second of database work, a few MB of answer
+MAX_BULK_BODY = 8 * 1024 * 1024  # 10,000 accounts with every field at its longest
 _WATERMARK_PATH = "/admin/v1/watermark/detect"
+_BULK_PATH = "/admin/v1/accounts/bulk"
+_BODY_LIMITS = {_WATERMARK_PATH: MAX_WATERMARK_BODY, _BULK_PATH: MAX_BULK_BODY}
 _LOOPBACK_NAMES = {"localhost", "ip6-localhost", "ip6-loopback"}
 
 
@@ -87,6 +97,21 @@ class AccountCreate(_Body):
 
 class KeyCreate(_Body):
     limits: Limits | None = None
+
+
+class BulkAccount(AccountCreate):
+    """One account of ``POST /admin/v1/accounts/bulk`` (and a line of ``accounts import``): ``key`` true, or its limits, issues a key."""
+
+    key: bool | KeyCreate = False
+
+    def new_account(self) -> NewAccount:
+        key_limits = self.key.limits if isinstance(self.key, KeyCreate) else None
+        return NewAccount(self.name, self.org, self.limits.model_dump(exclude_unset=True) if self.limits else None,
+                          key=self.key is not False, key_limits=key_limits.model_dump(exclude_unset=True) if key_limits else None)
+
+
+class BulkAccounts(_Body):
+    accounts: list[BulkAccount] = Field(min_length=1, max_length=MAX_BULK_ACCOUNTS)
 
 
 class AccountStatus(_Body):
@@ -159,8 +184,9 @@ def parse_since(since: str) -> str:
 class AdminContext:
     """What the admin API (and, through it, the console) may use of the gateway: not the whole ``Gateway``.
 
-    The gateway builds one at start; ``keys_loaded`` and ``reload_keys`` are its
-    own key table's, so an admin change is live on this replica at once.
+    The gateway builds one at start; ``keys_loaded`` and ``refresh_keys`` are its
+    own key table's, so an admin change is live on this replica at once
+    (``refresh_keys`` applies only the keys the change touched).
     """
 
     settings: Settings
@@ -172,7 +198,7 @@ class AdminContext:
     has_signals: bool
     has_watermark: bool
     keys_loaded: Callable[[], int]
-    reload_keys: Callable[[], Awaitable[None]]
+    refresh_keys: Callable[[], Awaitable[None]]
 
 
 class AdminAPI:
@@ -196,7 +222,7 @@ class AdminAPI:
         if scheme.lower() != b"bearer" or not self.token or not hmac.compare_digest(token.strip(), self.token):
             await self._error(send, 401, "Admin endpoints need 'Authorization: Bearer <admin token>'.", "invalid_admin_token")
             return
-        limit = MAX_WATERMARK_BODY if scope["path"].rstrip("/") == _WATERMARK_PATH else MAX_ADMIN_BODY
+        limit = _BODY_LIMITS.get(scope["path"].rstrip("/"), MAX_ADMIN_BODY)
         body = await self._read_body(scope, receive, limit)
         if body is None:
             await self._error(send, 413, f"This admin request body is limited to {limit} bytes.", "body_too_large")
@@ -301,8 +327,14 @@ class AdminAPI:
                 new = AccountCreate.model_validate_json(body or b"{}")
                 limits = new.limits.model_dump(exclude_unset=True) if new.limits else None
                 account = await asyncio.to_thread(lambda: registry.create_account(new.name, new.org, limits, actor="admin"))
-                await ctx.reload_keys()
+                await ctx.refresh_keys()
                 return 201, account
+        if parts == ["accounts", "bulk"] and method == "POST":
+            batch = BulkAccounts.model_validate_json(body or b"{}")
+            items = [a.new_account() for a in batch.accounts]
+            created = await asyncio.to_thread(lambda: registry.create_accounts(items, actor="admin"))
+            await ctx.refresh_keys()  # the new keys only, however many the table holds
+            return 201, {"data": created, "created": {"accounts": len(created), "keys": sum(1 for c in created if c["key_id"])}}
         if len(parts) == 2 and parts[0] == "accounts" and method == "GET":
             found = await asyncio.to_thread(registry.get_account, parts[1])
             if found is None:
@@ -317,17 +349,17 @@ class AdminAPI:
             key_limits = KeyCreate.model_validate_json(body or b"{}").limits
             key_limit_values = key_limits.model_dump(exclude_unset=True) if key_limits else None
             key = await asyncio.to_thread(lambda: registry.create_key(parts[1], key_limit_values, actor="admin"))
-            await ctx.reload_keys()
+            await ctx.refresh_keys()
             return 201, key
         if len(parts) == 3 and parts[0] == "accounts" and parts[2] == "limits" and method in ("PUT", "POST"):
             limits = Limits.model_validate_json(body or b"{}").model_dump(exclude_unset=True)
             await asyncio.to_thread(lambda: registry.set_account_limits(parts[1], limits, actor="admin"))
-            await ctx.reload_keys()
+            await ctx.refresh_keys()
             return 200, {"account_id": parts[1], "limits": limits}
         if len(parts) == 3 and parts[0] == "accounts" and parts[2] == "status" and method in ("PUT", "POST"):
             change = AccountStatus.model_validate_json(body or b"{}")
             await asyncio.to_thread(lambda: registry.set_account_status(parts[1], change.status, actor="admin", reason=change.reason))
-            await ctx.reload_keys()
+            await ctx.refresh_keys()
             return 200, {"account_id": parts[1], "status": change.status}
         if parts == ["keys"] and method == "GET":
             return 200, {"data": await asyncio.to_thread(registry.list_keys, query.get("account_id"))}
@@ -335,7 +367,7 @@ class AdminAPI:
             len(parts) == 2 and parts[0] == "keys" and method == "DELETE"
         ):
             result = await asyncio.to_thread(lambda: registry.revoke_key(parts[1], actor="admin"))
-            await ctx.reload_keys()
+            await ctx.refresh_keys()
             return 200, result
         return None
 

@@ -196,6 +196,8 @@ class Gateway:
         self.prompt_mode = settings.privacy.prompt_mode
         self.hash_key = settings.privacy.hash_key.encode()
         self._change_counter = -1
+        self._keys_lock = asyncio.Lock()
+        self.full_key_loads = 0  # whole-table loads: one at start, more only when this gateway fell behind the change log
         self._poll_task: asyncio.Task[None] | None = None
         self._sample_task: asyncio.Task[None] | None = None
         self._console: Any = None  # the operators' console, imported on its first request (never on the hot path)
@@ -214,7 +216,7 @@ class Gateway:
         self.admin = AdminAPI(AdminContext(
             settings, registry, sink, policy, self.admin_plugins, tuple(u.name for u in self.router.upstreams),
             has_signals=signals is not None, has_watermark=watermarker is not None,
-            keys_loaded=lambda: len(self.keys), reload_keys=self.reload_keys,
+            keys_loaded=lambda: len(self.keys), refresh_keys=self.refresh_keys,
         ))
         # admin_listen: the admin API answers only on that port, and that port answers nothing else.
         self._admin_port = int(settings.admin_listen.rpartition(":")[2]) if settings.admin_listen else None
@@ -223,6 +225,8 @@ class Gateway:
             self.metrics.add_gauge("distillguard_events_written", "Events written to the store.", lambda: _sink_count(sink, "written"))
             self.metrics.add_gauge("distillguard_events_spilled", "Events spilled to local JSONL files.", lambda: _sink_count(sink, "spilled"))
         self.metrics.add_gauge("distillguard_keys_loaded", "API keys in the in-memory table.", lambda: float(len(self.keys)))
+        self.metrics.add_gauge("distillguard_key_table_full_loads", "Whole key-table loads (at start; later only after falling "
+                               "behind the change log).", lambda: float(self.full_key_loads))
         self.metrics.add_gauge("dg_state_degraded", "1 while shared state (Redis) is failing and state_failure applies.",
                                lambda: float(self.state.degraded))
 
@@ -259,15 +263,46 @@ class Gateway:
             await asyncio.to_thread(self.sink.close)
 
     async def reload_keys(self) -> None:
+        """Load the whole key table (at start; afterwards :meth:`refresh_keys` applies changes one key at a time)."""
+        async with self._keys_lock:
+            await self._load_all_keys()
+
+    async def _load_all_keys(self) -> None:
         registry = self.registry
         assert registry is not None, "reload_keys needs a registry"
         counter = await asyncio.to_thread(registry.change_counter)
         records = await asyncio.to_thread(registry.key_snapshot)
         self.keys.load(records)
         self.limiter.reset_cache()
+        self.full_key_loads += 1
+        await self._reload_overrides()
+        self._change_counter = counter
+
+    async def refresh_keys(self) -> None:
+        """Apply the registry's changes since the last load: only the keys they touched (one for a create or revoke).
+
+        The poller calls it when the change counter moves, the admin API after
+        each change (so a key it creates works on the very next request). A
+        gateway that fell behind the pruned change log loads everything again.
+        Serialised, so a poll and an admin change never apply out of order.
+        """
+        registry = self.registry
+        assert registry is not None, "refresh_keys needs a registry"
+        async with self._keys_lock:
+            delta = await asyncio.to_thread(registry.key_changes_since, self._change_counter)
+            if delta is None:
+                await self._load_all_keys()
+                return
+            if delta.counter == self._change_counter:
+                return
+            self.keys.update(delta.records)
+            self.limiter.reset_cache(r.key_id for r in delta.records)
+            await self._reload_overrides()
+            self._change_counter = delta.counter
+
+    async def _reload_overrides(self) -> None:
         if self.policy is not None:
             await asyncio.to_thread(self.policy.reload_overrides)  # manual overrides are registry state too
-        self._change_counter = counter
 
     async def _sample_metrics(self) -> None:
         """Running totals every few seconds, for the console's traffic charts."""
@@ -282,8 +317,8 @@ class Gateway:
                 assert self.registry is not None  # polled only with a registry
                 counter = await asyncio.to_thread(self.registry.change_counter)
                 if counter != self._change_counter:
-                    await self.reload_keys()
-                    log.info("reloaded %d keys (registry change %d)", len(self.keys), counter)
+                    await self.refresh_keys()
+                    log.debug("key table at registry change %d: %d keys", self._change_counter, len(self.keys))
             except Exception as exc:  # a DB hiccup must not kill the poller
                 log.warning("key table refresh failed: %s", exc)
 

@@ -1,8 +1,11 @@
 """The in-memory key table: API key → account, with no database round trip per request.
 
-The table is rebuilt from :meth:`Registry.key_snapshot` whenever the registry's
-change counter moves (polled off the hot path) or the admin API changes a key,
-so a revocation takes effect on the next request after the poll interval.
+The table is loaded whole from :meth:`Registry.key_snapshot` once, at start;
+afterwards, when the registry's change counter moves (polled off the hot path)
+or the admin API changes a key, only the keys the change touched are replaced
+(:meth:`KeyTable.update` with :meth:`Registry.key_changes_since`), so creating
+or revoking one key costs one entry however many keys there are, and a
+revocation takes effect on the next request after the poll interval.
 """
 
 from __future__ import annotations
@@ -28,14 +31,21 @@ def extract_secret(authorization: bytes | None, x_api_key: bytes | None) -> str 
 
 
 class KeyTable:
-    """Secret-hash → :class:`KeyRecord`; swapped atomically on reload."""
+    """Secret-hash → :class:`KeyRecord`; swapped whole on a full load, entry by entry on a change."""
 
     def __init__(self, records: Iterable[KeyRecord] = ()) -> None:
         self._by_hash: dict[str, KeyRecord] = {}
         self.load(records)
 
     def load(self, records: Iterable[KeyRecord]) -> None:
+        """Replace the whole table (start-up, or a gateway that fell behind the change log)."""
         self._by_hash = {r.secret_hash: r for r in records}
+
+    def update(self, records: Iterable[KeyRecord]) -> None:
+        """Replace or add these keys' entries; the others stay as they are (keys are revoked, never deleted)."""
+        by_hash = self._by_hash
+        for record in records:
+            by_hash[record.secret_hash] = record
 
     def __len__(self) -> int:
         return len(self._by_hash)

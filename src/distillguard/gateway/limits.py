@@ -22,7 +22,7 @@ refusals into API errors.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 
 from distillguard.config import LimitSettings
 from distillguard.gateway.errors import GatewayError
@@ -72,7 +72,7 @@ class Limiter:
         self._quotas: dict[str, tuple[Quota, Quota]] = {}
 
     # -- which limits apply --------------------------------------------------------------
-    def _quota(self, subject: str, overrides: dict[str, int | None]) -> Quota:
+    def _quota(self, subject: str, overrides: Mapping[str, int | None]) -> Quota:
         d = self.defaults
         return Quota(
             subject,
@@ -94,9 +94,14 @@ class Limiter:
         rpm = throttle_rpm if account.requests_per_min is None else min(account.requests_per_min, throttle_rpm)
         return found[0], Quota(account.subject, rpm, account.tokens_per_min, account.concurrent_requests, account.daily_tokens)
 
-    def reset_cache(self) -> None:
-        """Forget resolved limits (the key table was reloaded: overrides may have changed)."""
-        self._quotas.clear()
+    def reset_cache(self, key_ids: Iterable[str] | None = None) -> None:
+        """Forget resolved limits: of ``key_ids`` (their records changed), or of every key (the table was reloaded)."""
+        if key_ids is None:
+            self._quotas.clear()
+            return
+        quotas = self._quotas
+        for key_id in key_ids:
+            quotas.pop(key_id, None)
 
     # -- 1. concurrency, from the first byte ------------------------------------------------
     def enter(self, key: KeyRecord) -> Slot:

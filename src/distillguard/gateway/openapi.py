@@ -23,9 +23,11 @@ from pydantic import BaseModel
 
 from distillguard.gateway.admin import (
     MAX_ADMIN_BODY,
+    MAX_BULK_BODY,
     MAX_WATERMARK_BODY,
     AccountCreate,
     AccountStatus,
+    BulkAccounts,
     KeyCreate,
     Limits,
 )
@@ -63,7 +65,7 @@ _MODEL_ERRORS = {
 _ADMIN_ERRORS = {
     "401": "missing or wrong admin token",
     "404": "no such route, account, key, review or cluster",
-    "413": f"body larger than {MAX_ADMIN_BODY} bytes ({MAX_WATERMARK_BODY} for watermark detect)",
+    "413": f"body larger than {MAX_ADMIN_BODY} bytes ({MAX_WATERMARK_BODY} for watermark detect, {MAX_BULK_BODY} for accounts/bulk)",
     "422": "a body that is not the expected object, or a field that is wrong or unknown",
     "503": "the store is unavailable (retry), or online detection is off (risk, flagged)",
 }
@@ -143,7 +145,7 @@ def _components() -> dict[str, Any]:
             "revoked": {"type": "boolean"}, "limits": {"type": ["object", "null"]}}},
         "List": {"type": "object", "required": ["data"], "properties": {"data": {"type": "array"}}},
     }
-    for model in (AccountCreate, KeyCreate, Limits, AccountStatus, ManualAction, ReviewResolution, WatermarkDetectRequest):
+    for model in (AccountCreate, BulkAccounts, KeyCreate, Limits, AccountStatus, ManualAction, ReviewResolution, WatermarkDetectRequest):
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
@@ -216,6 +218,17 @@ def _paths() -> dict[str, Any]:
             "get": _admin("all accounts", list_of),
             "post": _admin("create an account", {"$ref": "#/components/schemas/Account"}, body=AccountCreate, created=True),
         },
+        "/admin/v1/accounts/bulk": {"post": _admin(
+            "create up to 10,000 accounts, each with a key if asked, in one transaction (the secrets are in this answer only)",
+            {"type": "object", "required": ["data", "created"], "properties": {
+                "data": {"type": "array", "items": {"type": "object", "required": ["account_id", "name", "org_id", "key_id", "secret"],
+                                                    "properties": {"account_id": {"type": "string"}, "name": {"type": "string"},
+                                                                   "org_id": {"type": ["string", "null"]},
+                                                                   "key_id": {"type": ["string", "null"]},
+                                                                   "secret": {"type": ["string", "null"]}}}},
+                "created": {"type": "object", "required": ["accounts", "keys"],
+                            "properties": {"accounts": {"type": "integer"}, "keys": {"type": "integer"}}}}},
+            body=BulkAccounts, created=True)},
         "/admin/v1/accounts/{account_id}": {"get": _admin("one account with its keys", {"$ref": "#/components/schemas/Account"},
                                                           parameters=[account_id])},
         "/admin/v1/accounts/{account_id}/keys": {"post": _admin(

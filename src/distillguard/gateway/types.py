@@ -31,7 +31,7 @@ from distillguard.state.types import StateBackend as SharedState
 
 if TYPE_CHECKING:
     from distillguard.gateway.upstream_http import Origin
-    from distillguard.store.registry import KeyRecord
+    from distillguard.store.registry import KeyDelta, KeyRecord, NewAccount
 
 __all__ = [
     "ASGIApp",
@@ -127,6 +127,12 @@ class KeyRegistryProtocol(Protocol):
 
     def key_snapshot(self) -> list[KeyRecord]:
         """Every key the gateway should know, with its account's status and limits."""
+
+    def key_changes_since(self, counter: int) -> KeyDelta | None:
+        """The keys changed after ``counter``, as they are now (``None``: too far behind, call :meth:`key_snapshot`)."""
+
+    def create_accounts(self, items: Sequence[NewAccount], *, actor: str = "cli") -> list[dict[str, Any]]:
+        """Many accounts (and keys) in one transaction (the bulk endpoint)."""
 
     def list_accounts(self) -> list[dict[str, Any]]: ...
 

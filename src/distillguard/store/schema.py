@@ -30,7 +30,7 @@ from sqlalchemy import (
 )
 
 __all__ = ["create_tables", "metadata", "accounts", "api_keys", "installs", "events", "audit_log", "reviews", "counters",
-           "manual_overrides", "account_attributes", "risk_snapshot"]
+           "manual_overrides", "account_attributes", "risk_snapshot", "key_changes"]
 
 metadata = MetaData()
 
@@ -112,6 +112,20 @@ counters = Table(
     metadata,
     Column("name", String(64), primary_key=True),
     Column("value", BigInteger, nullable=False),
+)
+
+# Which keys and accounts each registry change touched (Registry.key_changes_since), so a gateway applies a change to
+# its key table by reloading those few keys instead of all of them. ``seq`` is the ``changes`` counter value of the
+# transaction (one bulk import writes one value on many rows); rows older than an hour are pruned and the highest pruned
+# ``seq`` is kept in ``counters`` (``key_changes_pruned``): a gateway that fell further behind reloads its whole table.
+key_changes = Table(
+    "key_changes",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("seq", BigInteger, nullable=False, index=True),
+    Column("key_id", String(64), nullable=True),
+    Column("account_id", String(64), nullable=True),
+    Column("ts", Float, nullable=False),
 )
 
 # The manual policy overrides in force (docs/policy.md), one row per account; ``clear`` deletes the row.

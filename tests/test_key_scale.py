@@ -1,0 +1,256 @@
+"""Scale in accounts and keys: incremental key-table updates, bulk creation (admin API and CLI).
+
+The incremental tests count the registry's whole-table loads with a spy: a
+key created, revoked or re-limited through the admin API must work (or stop
+working) on the very next request without one, in the gateway that made the
+change and, through the change counter, in another gateway on the same store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from distillguard.config import Settings
+from distillguard.gateway.app import Gateway
+from distillguard.store.registry import KeyRecord, NewAccount, Registry
+from tests.pg_fixtures import emptied_database_url, postgres  # noqa: F401 - fixture
+from tests.upstream_stub import UpstreamStub
+
+ADMIN = "scale-admin-token"
+CHAT = {"model": "stub-1", "messages": [{"role": "user", "content": "hi"}]}
+
+
+class _CountingRegistry(Registry):
+    """A registry that counts whole-table loads (what must not happen per change)."""
+
+    snapshots = 0
+
+    def key_snapshot(self) -> list[KeyRecord]:
+        self.snapshots += 1
+        return super().key_snapshot()
+
+
+@pytest.fixture
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    yield f"sqlite:///{tmp_path / 'keys.db'}"
+
+
+async def _start(database_url: str, stub: UpstreamStub) -> tuple[Gateway, httpx.AsyncClient]:
+    settings = Settings(database=database_url, admin_token=ADMIN,
+                        upstreams=[{"name": "stub", "base_url": stub.base_url, "models": ["*"], "timeout_s": 3}])
+    gateway = Gateway(settings, registry=_CountingRegistry(database_url), poll_interval_s=0.05)
+    await gateway.startup()
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=gateway), base_url="http://gateway", timeout=10)
+    return gateway, client
+
+
+@pytest.fixture
+async def replicas(database_url: str, stub: UpstreamStub) -> AsyncIterator[list[tuple[Gateway, httpx.AsyncClient]]]:
+    started = [await _start(database_url, stub), await _start(database_url, stub)]
+    try:
+        yield started
+    finally:
+        for gateway, client in started:
+            await client.aclose()
+            await gateway.shutdown()
+            gateway.registry.close()
+
+
+async def _admin(client: httpx.AsyncClient, method: str, path: str, body: Any = None) -> httpx.Response:
+    return await client.request(method, "/admin/v1" + path, json=body, headers={"Authorization": f"Bearer {ADMIN}"})
+
+
+async def _chat(client: httpx.AsyncClient, secret: str) -> int:
+    response = await client.post("/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {secret}"})
+    return response.status_code
+
+
+async def _eventually(client: httpx.AsyncClient, secret: str, status: int) -> None:
+    deadline = time.monotonic() + 5
+    while (got := await _chat(client, secret)) != status:
+        assert time.monotonic() < deadline, f"still {got}, expected {status}"
+        await asyncio.sleep(0.05)
+
+
+async def test_admin_changes_apply_one_key_at_a_time_here_and_in_another_gateway(
+        replicas: list[tuple[Gateway, httpx.AsyncClient]]) -> None:
+    (a, client_a), (b, client_b) = replicas
+    registry_a = a.registry
+    assert isinstance(registry_a, _CountingRegistry) and isinstance(b.registry, _CountingRegistry)
+    for i in range(30):  # keys that are not touched: they must not be reloaded either
+        account = registry_a.create_account(f"bystander-{i}")
+        registry_a.create_key(account["account_id"])
+    await asyncio.sleep(0.2)
+    assert len(a.keys) == len(b.keys) == 30
+
+    account = (await _admin(client_a, "POST", "/accounts", {"name": "new"})).json()
+    key = (await _admin(client_a, "POST", f"/accounts/{account['account_id']}/keys", {})).json()
+    assert await _chat(client_a, key["secret"]) == 200  # the very next request, no poll waited for
+    await _eventually(client_b, key["secret"], 200)  # the other replica, through the change counter
+
+    assert (await _admin(client_a, "PUT", f"/accounts/{account['account_id']}/limits", {"requests_per_min": 2})).status_code == 200
+    assert [await _chat(client_a, key["secret"]) for _ in range(2)] == [200, 429]  # the 200 above counts
+
+    assert (await _admin(client_a, "POST", f"/keys/{key['key_id']}/revoke")).status_code == 200
+    response = await client_a.post("/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {key['secret']}"})
+    assert response.status_code == 401 and response.json()["error"]["code"] == "revoked_api_key"
+    await _eventually(client_b, key["secret"], 401)
+
+    assert (a.full_key_loads, b.full_key_loads) == (1, 1)  # the start-up load, nothing since
+    assert (registry_a.snapshots, b.registry.snapshots) == (1, 1)
+    assert len(a.keys) == len(b.keys) == 31
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def any_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    url = emptied_database_url(request, tmp_path / "changes.db", "key_changes")
+    if request.param == "postgresql":
+        from sqlalchemy import text
+
+        registry = Registry(url)
+        with registry.engine.begin() as conn:  # a clean registry: these tests count keys
+            for table in ("installs", "account_attributes", "api_keys", "accounts"):
+                conn.execute(text(f"DELETE FROM {table}"))
+            conn.execute(text("UPDATE counters SET value = 0 WHERE name = 'key_changes_pruned'"))
+        registry.close()
+    return url
+
+
+def test_key_changes_since_returns_only_the_keys_a_change_touched(any_database_url: str) -> None:
+    registry = Registry(any_database_url)
+    try:
+        created = registry.create_accounts([NewAccount(f"a{i}", key=True) for i in range(20)])
+        start = registry.change_counter()
+        assert registry.key_changes_since(start) is not None and registry.key_changes_since(start).records == []  # type: ignore[union-attr]
+
+        registry.revoke_key(created[3]["key_id"])
+        delta = registry.key_changes_since(start)
+        assert delta is not None and delta.counter == start + 1
+        assert [(r.key_id, r.revoked) for r in delta.records] == [(created[3]["key_id"], True)]
+
+        second = registry.create_key(created[5]["account_id"])
+        registry.set_account_status(created[7]["account_id"], "suspended")
+        delta = registry.key_changes_since(start + 1)
+        assert delta is not None
+        assert sorted((r.key_id, r.account_status) for r in delta.records) == sorted(
+            [(second["key_id"], "active"), (created[7]["key_id"], "suspended")])
+        assert registry.key_changes_since(-1) is None  # nothing loaded yet: load everything
+    finally:
+        registry.close()
+
+
+def test_a_gateway_behind_the_pruned_change_log_is_told_to_reload_everything(database_url: str) -> None:
+    registry = Registry(database_url)
+    try:
+        account = registry.create_account("old")
+        start = registry.change_counter()
+        registry.create_key(account["account_id"])
+        with registry.engine.begin() as conn:
+            registry._prune_key_changes(conn, time.time() + 1)  # everything is older than the cutoff
+        assert registry.key_changes_since(start) is None
+        assert registry.key_changes_since(registry.change_counter()) is not None
+    finally:
+        registry.close()
+
+
+# -- bulk creation -------------------------------------------------------------------------------------------
+
+
+async def test_bulk_endpoint_creates_accounts_and_keys_that_work_at_once(
+        replicas: list[tuple[Gateway, httpx.AsyncClient]]) -> None:
+    (a, client_a), (b, client_b) = replicas
+    items = [{"name": f"bulk-{i}", "org": "acme", "key": True} for i in range(200)]
+    items.append({"name": "limited", "limits": {"requests_per_min": 1}, "key": {"limits": {"tokens_per_min": 100000}}})
+    items.append({"name": "keyless"})
+    response = await _admin(client_a, "POST", "/accounts/bulk", {"accounts": items})
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["created"] == {"accounts": 202, "keys": 201}
+    data = body["data"]
+    assert [d["name"] for d in data] == [i["name"] for i in items]
+    assert data[-1]["key_id"] is None and data[-1]["secret"] is None
+    assert len({d["secret"] for d in data[:-1]}) == 201 and all(d["secret"].startswith("sk-dg-") for d in data[:-1])
+    assert await _chat(client_a, data[0]["secret"]) == 200
+    assert [await _chat(client_a, data[200]["secret"]) for _ in range(2)] == [200, 429]  # its account limit applies
+    await _eventually(client_b, data[150]["secret"], 200)
+    assert (a.full_key_loads, b.full_key_loads) == (1, 1)
+    accounts = {x["account_id"]: x for x in a.registry.list_accounts()}
+    assert accounts[data[0]["account_id"]]["org_id"] == "acme"
+    audit = a.registry.list_audit(limit=1000)
+    assert sum(1 for row in audit if row["action"] == "account.create") == 202
+    assert sum(1 for row in audit if row["action"] == "key.create") == 201
+
+
+@pytest.mark.parametrize(("body", "where"), [
+    ({"accounts": [{"name": ""}]}, "accounts.0.name"),
+    ({"accounts": [{"name": "x", "limits": {"requests_per_min": -1}}]}, "accounts.0.limits.requests_per_min"),
+    ({"accounts": [{"name": "x", "key": "yes"}]}, "accounts.0.key"),
+    ({"accounts": [{"name": "x", "colour": "red"}]}, "accounts.0.colour"),
+    ({"accounts": []}, "accounts"),
+    ({"accounts": [{"name": "same"}, {"name": "other"}, {"name": "same"}]}, "accounts.2.name"),
+    ({"accounts": [{"name": f"n{i}"} for i in range(10_001)]}, "accounts"),
+])
+async def test_bulk_endpoint_refuses_bad_batches_whole(replicas: list[tuple[Gateway, httpx.AsyncClient]],
+                                                       body: dict[str, Any], where: str) -> None:
+    (a, client_a), _ = replicas
+    before = len(a.registry.list_accounts())
+    response = await _admin(client_a, "POST", "/accounts/bulk", body)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "invalid_request" and where in response.json()["error"]["message"]
+    assert len(a.registry.list_accounts()) == before  # nothing of a refused batch is created
+
+
+async def test_bulk_endpoint_has_a_body_limit(replicas: list[tuple[Gateway, httpx.AsyncClient]]) -> None:
+    (_, client_a), _ = replicas
+    huge = {"accounts": [{"name": "x" * 200, "org": "y" * 200} for _ in range(25_000)]}
+    response = await _admin(client_a, "POST", "/accounts/bulk", huge)
+    assert response.status_code == 413 and response.json()["error"]["code"] == "body_too_large"
+
+
+# -- CLI -----------------------------------------------------------------------------------------------------
+
+
+def _cli(config: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "distillguard.cli", *args, "--config", str(config)],
+                          input=stdin, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_cli_imports_accounts_from_jsonl_and_refuses_a_bad_file_whole(tmp_path: Path) -> None:
+    database = f"sqlite:///{tmp_path / 'cli.db'}"
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"database": database}))
+    lines = [json.dumps({"name": f"cli-{i}", "key": True}) for i in range(1200)] + [json.dumps({"name": "no key", "org": "o"}), ""]
+    source = tmp_path / "accounts.jsonl"
+    source.write_text("\n".join(lines))
+    done = _cli(config, "accounts", "import", str(source), "--batch", "500")
+    assert done.returncode == 0, done.stderr
+    out = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(out) == 1201 and out[0]["name"] == "cli-0" and out[0]["secret"].startswith("sk-dg-")
+    assert out[-1]["key_id"] is None and out[-1]["org_id"] == "o"
+    assert "created 1201 accounts and 1200 keys" in done.stderr
+    registry = Registry(database)
+    try:
+        assert len(registry.list_accounts()) == 1201 and len(registry.list_keys()) == 1200
+        secrets = {r.secret_hash for r in registry.key_snapshot()}
+        from distillguard.store.registry import hash_secret
+
+        assert hash_secret(out[7]["secret"]) in secrets
+
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text(json.dumps({"name": "fine"}) + "\n" + json.dumps({"name": "x", "limits": {"daily_tokens": "lots"}}) + "\n")
+        refused = _cli(config, "accounts", "import", str(bad))
+        assert refused.returncode == 2 and "line 2" in refused.stderr and "limits.daily_tokens" in refused.stderr
+        assert len(registry.list_accounts()) == 1201  # the good first line was not created either
+    finally:
+        registry.close()
