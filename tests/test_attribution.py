@@ -392,3 +392,65 @@ def test_events_with_unhashable_parameter_values_are_counted_not_crashed_on(tmp_
     assert clusters_of(report) == [{f"odd{k}" for k in range(5)}]
     cluster = cluster_with(report, "odd0")
     assert cluster is not None and any("[512, 1024]" in s for s in cluster["shared"]), cluster
+
+
+# -- phrase banks (content alone, between accounts that look like harvesting) --------------------------------------
+
+BANK_OPENERS = ["Next item for the corpus:", "Queue entry follows.", "Process the record below.", "Batch input, handle it:"]
+BANK_CLOSERS = ["Be exhaustive, as always.", "Full detail per the spec.", "No shortcuts on this one."]
+
+
+def bank_fleet(scanner: Scanner, prefix: str, n: int = 6, *, openers: list[str] | None = None, closers: list[str] | None = None,
+               stream: bool = True, requests: int = 60) -> list[str]:
+    """Accounts that wrap every task in an opener and a closer drawn from one private list of paraphrases, each from
+    its own home address at its own hours, with ordinary and varied parameters: no wrapper frames 12 % of their
+    prompts and no second family of indicators is shared."""
+    import random
+
+    rng = random.Random(prefix)
+    names = [f"{prefix}{k}" for k in range(n)]
+    for k, name in enumerate(names):
+        for i in range(requests):
+            prompt = f"{rng.choice(openers or BANK_OPENERS)}\n{task(i * n + k + 31 * len(prefix))}\n{rng.choice(closers or BANK_CLOSERS)}"
+            params = {"max_tokens": rng.choice([512, 1024, 2048, None]), "temperature": rng.choice([0.2, 0.7, 1.0]), "stream": stream}
+            scanner.update(ev(name, T0 + k * 977.0 + i * 5000.0 * rng.uniform(0.5, 1.5), prompt, ip=f"10.{150 + k}.{sum(map(ord, prefix)) % 250}.3",
+                              params=params, header=rng.choice(["fp-openai", "fp-anthropic", "fp-curl"]), asn=7000 + k))
+    return names
+
+
+def bank_clusters(scanner: Scanner, own: dict[str, float]) -> list[set[str]]:
+    from distillguard.detect.clustering import find_clusters
+
+    buckets = {a: scanner.timing.buckets(a) for a in scanner.accounts}
+    return [set(c.accounts) for c in find_clusters(scanner.fingerprints, scanner.templates, buckets, own, scanner.metadata)]
+
+
+def test_shared_phrase_bank_links_suspect_accounts_with_nothing_else_in_common() -> None:
+    """A hydra that imitates people shares only the distribution its wording is drawn from: linked when its accounts
+    already look like harvesting, and then named in the cluster's evidence."""
+    from distillguard.detect.clustering import find_clusters
+
+    scanner = Scanner()
+    background(scanner, 60)
+    names = bank_fleet(scanner, "imit")
+    own = {a: 0.9 if a in names else 0.05 for a in scanner.accounts}
+    assert bank_clusters(scanner, own) == [set(names)]
+    buckets = {a: scanner.timing.buckets(a) for a in scanner.accounts}
+    cluster = find_clusters(scanner.fingerprints, scanner.templates, buckets, own)[0]
+    assert any(s.startswith("the same bank of rare prompt phrasings") for s in cluster.shared), cluster.shared
+    # The same accounts looking ordinary on their own (learners asking in the same words) are not linked on content alone.
+    assert bank_clusters(scanner, {a: 0.05 for a in scanner.accounts}) == []
+
+
+def test_one_shared_template_or_another_configuration_is_not_a_phrase_bank() -> None:
+    """Two controls: suspects that share one opener and one closer (what users of one harness share) are not linked;
+    nor are two fleets drawing from the same list when one streams every answer and the other never does."""
+    one, two = Scanner(), Scanner()
+    for scanner in (one, two):
+        background(scanner, 60)
+    single = bank_fleet(one, "tmpl", openers=BANK_OPENERS[:1], closers=BANK_CLOSERS[:1])
+    assert bank_clusters(one, {a: 0.9 if a in single else 0.05 for a in one.accounts}) == []
+    streaming = bank_fleet(two, "strm", n=4, stream=True)
+    plain = bank_fleet(two, "plan", n=4, stream=False)
+    found = bank_clusters(two, {a: 0.9 if a in streaming + plain else 0.05 for a in two.accounts})
+    assert set(streaming) in found and set(plain) in found, found  # each fleet is linked within, never across

@@ -15,7 +15,11 @@ and the pair is **linked** when
   two kinds of record), or
 - a behavioural family (content or time) reaches 0.35, another family
   reaches 0.3, and the two, plus half of a third family, add up to at
-  least 1.0.
+  least 1.0, or
+- both accounts already look like harvesting on their own (outside the
+  background), look driven by one configuration, and share a *bank* of rare
+  phrasings (:mod:`distillguard.detect.phrasebank`): content alone, weaker
+  than any two-family link.
 
 So a public wrapper (no weight), a shared office (infra and meta only) or two
 evaluation jobs with the same stock parameters (content 0.3) never link on
@@ -57,6 +61,7 @@ from distillguard.detect.attribution import (
 )
 from distillguard.detect.base import logistic
 from distillguard.detect.minhash import LSHIndex, MinHasher, Signature
+from distillguard.detect.phrasebank import PhraseBanks, phrasings
 
 __all__ = ["Cluster", "ClusterCache", "FingerprintCollector", "TemplateSource", "creation_bursts", "find_clusters", "rank_labels",
            "stable_cluster_id"]
@@ -215,6 +220,49 @@ def _decide(families: dict[str, float], identity: float, records: float = 0.0) -
     return total if total >= LINK_SUM else 0.0
 
 
+CONFIG_TOLERANCE = 0.25
+
+
+Configuration = tuple[float, float, float, bool]
+
+
+def _configuration(state: Any, templates: TemplateSource, account: str) -> Configuration | None:
+    """Shares of single-turn prompts, streamed requests and requests with a system prompt; whether addresses rotate."""
+    if state is None:
+        return None
+    requests = max(1, state.requests)
+    with_system = sum(templates.systems(account).values()) / requests
+    rotating = requests >= 8 and state.net_switches / (requests - 1) >= 0.6
+    return state.single_turn / requests, state.streamed / requests, with_system, rotating
+
+
+def _same_configuration(x: Configuration | None, y: Configuration | None) -> bool:
+    """Whether two accounts look driven by one configuration: the same shares (within ``CONFIG_TOLERANCE``) of
+    single-turn prompts, streaming and system prompts, and both or neither rotating addresses.
+
+    A phrase bank alone says "the same list of paraphrases"; one operator's accounts also share the script's
+    settings, while another operator who happens to use similar phrasings (in the simulator, the same split's
+    paraphrase list) has its own.
+    """
+    if x is None or y is None:
+        return False
+    return all(abs(p - q) <= CONFIG_TOLERANCE for p, q in zip(x[:3], y[:3], strict=True)) and x[3] == y[3]
+
+
+def _add_pairs(candidates: set[tuple[str, str]], members: list[str]) -> None:
+    """Candidate pairs among the accounts carrying one item: all of them when few, else each against the hubs."""
+    if len(members) <= ALL_PAIRS_UP_TO:
+        for i, a in enumerate(members):
+            for b in members[i + 1:]:
+                candidates.add((a, b) if a < b else (b, a))
+    else:
+        hubs = sorted(members, key=_stable_hash)[:HUBS]
+        for a in members:
+            for hub in hubs:
+                if a != hub:
+                    candidates.add((a, hub) if a < hub else (hub, a))
+
+
 def find_clusters(
     collector: AttributionCollector,
     templates: TemplateSource,
@@ -254,6 +302,7 @@ def find_clusters(
     # campaigns in a log are, while a trait common among ordinary users (a free-mail domain) is common.
     background = {a for a in accounts if own_scores.get(a, 0.0) < BACKGROUND_BELOW}
     population = max(1, len(background))
+    banks = PhraseBanks({a: phrasings(*templates.wrappers(a)) for a in accounts}, background)
     worth = {key: KINDS[key[0]][1] * _rarity_of(key[0], sum(1 for m in members if m in background), population)
              for key, members in holders.items() if len(members) >= 2}
 
@@ -262,17 +311,10 @@ def find_clusters(
     for key, value in worth.items():
         if value < 0.05:
             continue
-        members = holders[key]
-        if len(members) <= ALL_PAIRS_UP_TO:
-            for i, a in enumerate(members):
-                for b in members[i + 1:]:
-                    candidates.add((a, b))
-        else:
-            hubs = sorted(members, key=_stable_hash)[:HUBS]
-            for a in members:
-                for hub in hubs:
-                    if a != hub:
-                        candidates.add((a, hub) if a < hub else (hub, a))
+        _add_pairs(candidates, holders[key])
+
+    for members in banks.posting_lists():
+        _add_pairs(candidates, members)
 
     # 3. Synchronised activity: similar sets of active 5-minute buckets (MinHash LSH, verified exactly).
     sync: dict[tuple[str, str], float] = {}
@@ -312,6 +354,13 @@ def find_clusters(
     cache.candidate_pairs = len(candidates)
 
     # 4. Score every candidate pair; keep the links.
+    configurations: dict[str, Configuration | None] = {}
+
+    def configuration(account: str) -> Configuration | None:
+        if account not in configurations:
+            configurations[account] = _configuration(collector.accounts.get(account), templates, account)
+        return configurations[account]
+
     links: dict[tuple[str, str], _Link] = {}
     for a, b in candidates:
         org_a = org_of.get(a)
@@ -338,10 +387,21 @@ def find_clusters(
             families["time"] = 1.0 - (1.0 - families.get("time", 0.0)) * (1.0 - timing)
         meta_kinds = {item.kind for item, value in shared if KINDS[item.kind][0] == "meta" and value >= 0.2}
         strength = _decide(families, identity, families.get("meta", 0.0) if len(meta_kinds) >= 2 else 0.0)
+        bank = None
+        if strength == 0.0 and a not in background and b not in background:
+            # Content alone: a shared bank of rare phrasings and one configuration, accepted only between accounts
+            # that already look like harvesting (phrasebank module docstring). Weaker than any two-family link.
+            bank = banks.overlap(a, b)
+            if bank is not None and bank.shared_bank and _same_configuration(configuration(a), configuration(b)):
+                strength = min(1.0, bank.mass)
+            else:
+                bank = None
         if strength > 0.0:
             used = [(item, value) for item, value in shared if value >= 0.1]
             if timing:
                 used.append((Item("sync", "synchronised activity", 1.0), timing))
+            if bank is not None:
+                used.append((Item("bank", bank.describe(), 1.0), min(1.0, bank.mass)))
             links[(a, b)] = _Link(families, used, strength)
 
     # 5. Communities of the link graph (weighted label propagation); clusters of three or more.
@@ -362,7 +422,7 @@ def find_clusters(
         for link in group_links:
             families_seen.update(f for f, v in link.families.items() if v >= 0.3)
             for item, value in link.items:
-                text = "synchronised activity" if item.kind == "sync" else describe(item, len(holders.get((item.kind, item.value), ())))
+                text = item.value if item.kind in ("sync", "bank") else describe(item, len(holders.get((item.kind, item.value), ())))
                 shared_weight[text] += value
         clusters.append(_score_cluster(members, group_links, families_seen, rank_labels(shared_weight)[:8], own_scores))
     return clusters

@@ -1,0 +1,132 @@
+"""Shared phrase banks: accounts that draw their prompt wrappers from one private list of paraphrases.
+
+A campaign that imitates people does not reuse one template: every request gets
+an opener and a closer picked from a list of paraphrases ("Next question:",
+"Please handle this:", "Be complete."), in several languages. No single
+paraphrase frames the 12 % of an account's prompts that makes it a wrapper
+(:mod:`distillguard.detect.attribution`), but two accounts fed from the same
+list use the *same distribution* of rare phrasings: several distinct openers
+and closers, each in a few percent of their prompts, that almost no one else
+uses. This module compares those distributions.
+
+An account's *phrasings* are its wrapper pieces (:func:`distillguard.detect.templates.wrapper_parts`)
+seen at least twice, with nested pieces on one side collapsed into one
+phrasing (the two-word piece and its four-word extensions are one opener),
+and each phrasing's share of the account's single-turn prompts. A phrasing's
+weight is its rarity among the background accounts (:func:`distillguard.detect.attribution.rarity`):
+a swept dataset's own first words ("Write a function …") and a language's
+common openings are carried by many ordinary accounts and weigh nothing. Two
+accounts share a bank when they share at least ``BANK_PHRASINGS`` distinct
+rare phrasings whose weighted overlap (the sum of rarity × the smaller of the
+two shares) reaches ``BANK_MASS``: one shared template — what two evaluation
+jobs with the same harness share — is never enough.
+
+Whether a shared bank alone may link two accounts is decided by clustering
+(:mod:`distillguard.detect.clustering`): only when at least one of them already
+looks like harvesting on its own, because ordinary people (learners asking in
+the same words) share phrasings too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from distillguard.detect.attribution import is_public_wrapper, rarity
+
+__all__ = ["BANK_MASS", "BANK_PHRASINGS", "BankOverlap", "PhraseBanks", "phrasings"]
+
+BANK_PHRASINGS = 3
+BANK_MASS = 0.3
+# Phrasings are judged more strictly than other items: a phrasing counts fully only when at most 1 % of the
+# background carries it, and not at all beyond about 3 % (weight below RARE_ENOUGH) — a language's or a
+# dataset's common openings are carried by that many.
+RARE_SHARE_PHRASING = 100.0
+RARE_ENOUGH = 0.75
+MIN_COUNT = 2
+MIN_SHARE = 0.02
+_MAX_PHRASINGS = 64
+
+
+def _phrasing_key(piece: str) -> str:
+    """``"p4:next item write a"`` → ``"p:next item"``; ``"s4:a paso a paso"`` → ``"s:a paso"``."""
+    side, _, words = piece.partition(":")
+    split = words.split(" ")
+    return side[0] + ":" + " ".join(split[:2] if side[0] == "p" else split[-2:])
+
+
+def phrasings(single_turn: int, pieces: Mapping[str, int]) -> dict[str, float]:
+    """An account's phrasings and their shares of its single-turn prompts (public wrappers left out)."""
+    if single_turn <= 0:
+        return {}
+    out: dict[str, float] = {}
+    for piece, count in pieces.items():
+        if count < MIN_COUNT or count / single_turn < MIN_SHARE or is_public_wrapper(piece):
+            continue
+        key = _phrasing_key(piece)
+        share = min(1.0, count / single_turn)
+        if share > out.get(key, 0.0):
+            out[key] = share
+    if len(out) > _MAX_PHRASINGS:
+        out = dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0]))[:_MAX_PHRASINGS])
+    return out
+
+
+@dataclass(frozen=True)
+class BankOverlap:
+    """What two accounts' phrase banks have in common: how many distinct rare phrasings, their weighted overlap,
+    and the heaviest shared phrasing (for the cluster's ``shared`` list)."""
+
+    phrasings: int
+    mass: float
+    example: str
+    alternatives: int  # the most shared phrasings on one side (openers, or closers): a list to pick from, not one template
+
+    @property
+    def shared_bank(self) -> bool:
+        return self.phrasings >= BANK_PHRASINGS and self.alternatives >= 2 and self.mass >= BANK_MASS
+
+    def describe(self) -> str:
+        side, _, words = self.example.partition(":")
+        shown = f"{words} …" if side == "p" else f"… {words}"
+        return f"the same bank of rare prompt phrasings ({self.phrasings} shared, e.g. \u201c{shown}\u201d)"
+
+
+class PhraseBanks:
+    """Every account's phrasings, their rarity in the background, and pairwise overlaps."""
+
+    def __init__(self, by_account: Mapping[str, dict[str, float]], background: set[str]) -> None:
+        self.by_account = by_account
+        holders: dict[str, list[str]] = {}
+        for account, found in by_account.items():
+            for key in found:
+                holders.setdefault(key, []).append(account)
+        population = max(1, len(background))
+        self.holders = holders
+        self.weight = {key: w for key, members in holders.items() if len(members) >= 2
+                       and (w := rarity(sum(1 for m in members if m in background), population, RARE_SHARE_PHRASING)) >= RARE_ENOUGH}
+
+    def posting_lists(self) -> list[list[str]]:
+        """The accounts carrying each rare phrasing (candidate pairs come from these)."""
+        return [self.holders[key] for key in sorted(self.weight)]
+
+    def overlap(self, a: str, b: str) -> BankOverlap | None:
+        first, second = self.by_account.get(a), self.by_account.get(b)
+        if not first or not second:
+            return None
+        if len(second) < len(first):
+            first, second = second, first
+        count, mass, best, example = 0, 0.0, 0.0, ""
+        sides = {"p": 0, "s": 0}
+        for key, share in first.items():
+            other = second.get(key)
+            weight = self.weight.get(key)
+            if other is None or weight is None:
+                continue
+            value = weight * min(share, other)
+            count += 1
+            sides[key[0]] += 1
+            mass += value
+            if (value, key) > (best, example):
+                best, example = value, key
+        return BankOverlap(count, mass, example, max(sides.values())) if count else None
