@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, metavar="N",
                        help="run N gateway processes on the same port (needs state: redis://…; docs/deploy.md)")
 
+    _command(sub, "scorer", "distillguard.policy.central:scorer_command",
+             "the central online scorer for a fleet (state: redis://…, detection.scorer: central; docs/deploy.md)", opens_store=True)
+
     demo = _command(sub, "demo", "distillguard.demo.tour:demo_command", "the one-command tour", reads_settings=False)
     demo.add_argument("--serve", action="store_true", help="keep the demo model and gateway running after the summary (Ctrl-C stops)")
     demo.add_argument("--no-wait", action="store_true", help=argparse.SUPPRESS)  # the old default-off flag; exiting is now the default

@@ -169,6 +169,12 @@ class DetectionSettings(_Section):
     replay_max_age_h: float = Field(default=24.0, gt=0, description="... and only events younger than this many hours")
     snapshot_every_s: float = Field(default=1.0, gt=0, description="how often each gateway merges its flagged accounts and clusters "
                                     "into the store's risk snapshot and reads the others' (docs/policy.md)")
+    scorer: Literal["local", "central"] = Field(
+        default="local", description="local: each gateway process scores its own traffic in a child process; central (needs "
+                                     "state: redis://…): every replica streams its events to one `distillguard scorer` (docs/deploy.md)")
+    scorer_backlog_max: int = Field(default=50_000, ge=1, description="events waiting for the scorer at most (the child's queue, or "
+                                    "the fleet's Redis stream); past it new events are shed from scoring, counted and logged "
+                                    "(they are still in the event log)")
 
 
 class ServerSettings(_Section):
@@ -257,6 +263,13 @@ class Settings(BaseSettings):
         if value != "memory" and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("expected memory or a Redis URL (redis://host:port/db, rediss://…, unix:///path.sock)")
         return value
+
+    @model_validator(mode="after")
+    def _central_scorer_needs_redis(self) -> Settings:
+        if self.detection.scorer == "central" and self.state == "memory":
+            raise ValueError("detection.scorer: central needs state: redis://host:port/db (the replicas hand their events to the "
+                             "scorer through Redis); with state: memory use detection.scorer: local")
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -41,10 +41,22 @@ import sys
 import time
 from typing import Any
 
-__all__ = ["REPLAY_ENV", "main", "recv", "send"]
+__all__ = ["REPLAY_ENV", "REPORT_SHARE", "main", "next_report_delay", "recv", "replay", "send"]
 
 _HEADER = struct.Struct("!Q")
 REPLAY_ENV = "DISTILLGUARD_SCORER_REPLAY"
+REPORT_SHARE = 0.25  # reports may take at most this share of the scorer's time; the rest goes to updates
+
+
+def next_report_delay(publish_every_s: float, report_cost_s: float) -> float:
+    """Seconds until the next report: ``publish_every_s``, stretched so reports take at most ``REPORT_SHARE`` of the time.
+
+    A report (clustering over every account) costs more as accounts grow
+    (seconds at 100k); at a fixed cadence it would starve the updates and the
+    backlog would grow without end. Stretching the interval keeps the update
+    path at three quarters of the time whatever the report costs.
+    """
+    return max(publish_every_s, report_cost_s / REPORT_SHARE)
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:
@@ -82,17 +94,18 @@ def serve(inbox: int, outbox: int, publish_every_s: float) -> None:
     from distillguard.detect.scanner import Scanner
 
     scanner = Scanner()
-    replay = os.environ.pop(REPLAY_ENV, None)
-    if replay:
-        send(outbox, ("replayed", _replay(scanner, json.loads(replay))))
+    spec = os.environ.pop(REPLAY_ENV, None)
+    if spec:
+        send(outbox, ("replayed", replay(scanner, json.loads(spec))))
         send(outbox, ("report", scanner.report()))
     poller = select.poll()  # not select.select: the fd numbers are the gateway's and may exceed FD_SETSIZE
     poller.register(inbox, select.POLLIN)
     last = time.monotonic()
+    interval = publish_every_s
     dirty = False
     while True:
         # Block until a batch arrives; once there is something to publish, only until it is due.
-        timeout_ms = None if not dirty else max(0.0, (last + publish_every_s - time.monotonic()) * 1000.0)
+        timeout_ms = None if not dirty else max(0.0, (last + interval - time.monotonic()) * 1000.0)
         if poller.poll(timeout_ms):
             try:
                 batch = recv(inbox)
@@ -105,15 +118,19 @@ def serve(inbox: int, outbox: int, publish_every_s: float) -> None:
             dirty = True
             send(outbox, ("ack", len(batch)))
         now = time.monotonic()
-        if dirty and now - last >= publish_every_s:
+        if dirty and now - last >= interval:
+            started = time.process_time()
             send(outbox, ("report", scanner.report()))
+            interval = next_report_delay(publish_every_s, time.process_time() - started)
             last, dirty = now, False
     send(outbox, ("report", scanner.report()))
     send(outbox, ("stopped", None))
 
 
-def _replay(scanner: Any, spec: dict[str, Any]) -> int:
-    """Feed the scanner the store's recent events (see the module docstring); how many it took. Store errors end the replay, logged."""
+def replay(scanner: Any, spec: dict[str, Any], seen: set[str] | None = None) -> int:
+    """Feed the scanner the store's recent events (see the module docstring); how many it took. Store errors end the replay, logged.
+
+    ``seen`` collects the replayed events' request ids (the central scorer skips them when the stream brings them again)."""
     import orjson
 
     from distillguard.store.engine import make_engine
@@ -124,7 +141,10 @@ def _replay(scanner: Any, spec: dict[str, Any]) -> int:
     try:
         for line in recent_events(engine, upto_seq=int(spec["upto_seq"]), max_events=int(spec["max_events"]),
                                   max_age_s=float(spec["max_age_s"])):
-            scanner.update(orjson.loads(line))
+            event = orjson.loads(line)
+            scanner.update(event)
+            if seen is not None and event.get("request_id"):
+                seen.add(event["request_id"])
             n += 1
     except Exception as exc:  # a scorer that replayed part of the log is still better than none: go on live
         print(f"distillguard scorer: replay from the store stopped after {n} events ({exc}); scoring live events only",

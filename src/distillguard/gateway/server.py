@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import functools
 import logging
 import socket
 import sys
@@ -29,6 +30,7 @@ from distillguard.logs import configure as configure_logging
 
 if TYPE_CHECKING:
     from distillguard.policy import PolicyEngine
+    from distillguard.policy.link import ScorerFactory
 
 __all__ = ["build_gateway", "check_serving", "serve", "serve_command"]
 
@@ -55,7 +57,12 @@ def build_gateway(settings: Settings) -> Gateway:
         from distillguard.state.notify import RedisNotifier
 
         notifier = RedisNotifier(settings.state, PolicyEngine.new_writer_id(), timeout_s=settings.state_timeout_s)
-    policy = PolicyEngine(settings, registry=registry, notifier=notifier)
+    scorer: ScorerFactory | None = None
+    if settings.detection.scorer == "central":  # events go to the fleet's `distillguard scorer` through Redis (docs/deploy.md)
+        from distillguard.state.scorer_stream import StreamFeed
+
+        scorer = functools.partial(StreamFeed, url=settings.state, max_backlog=settings.detection.scorer_backlog_max)
+    policy = PolicyEngine(settings, registry=registry, notifier=notifier, scorer=scorer)
     plugins: list[Any] = [watermarker, policy]
     gateway = Gateway(settings, registry=registry, sink=sink, signals=signals, policy=policy, watermarker=watermarker, admin_plugins=plugins)
     _detection_metrics(gateway.metrics, policy)
@@ -74,6 +81,9 @@ def _detection_metrics(metrics: Metrics, policy: PolicyEngine) -> None:
                       lambda: float(len(policy.decisions())))
     metrics.add_gauge("distillguard_scorer_backlog_events", "Events observed but not yet covered by an online report.",
                       lambda: float(policy.scorer.backlog if policy.online else 0))
+    metrics.add_counter("dg_scorer_shed_events_total", "Events not scored because the scorer's backlog was at its bound "
+                        "(detection.scorer_backlog_max) or its hand-off failed; they are in the event log. By reason.",
+                        "reason", lambda: dict(policy.scorer.shed_by_reason))
     metrics.add_gauge("distillguard_scorer_up", "1 while the online scorer process runs (0 when it is gone or detection.online is off).",
                       lambda: float(policy.scorer_status()["status"] in ("ok", "stale")))
     metrics.add_gauge("distillguard_scorer_stale", "1 when risk decisions are stale: the scorer is down, or events wait and no report "

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 from distillguard.config import Settings
 from distillguard.policy.alerts import Alerter, cluster_band
 from distillguard.policy.decision import ALLOW, Decision
+from distillguard.policy.link import ScorerFactory, ScorerLink
 from distillguard.policy.online import OnlineScorer
 from distillguard.store.registry import Registry
 from distillguard.store.risk import RiskDocument, RiskStore
@@ -66,13 +67,16 @@ def _score(entry: dict[str, Any]) -> float:
 
 class PolicyEngine:
     def __init__(self, settings: Settings, registry: Any = None, *, publish_every_s: float = 1.0,
-                 risk_store: RiskStore | None = None, notifier: ChangeNotifier | None = None) -> None:
+                 risk_store: RiskStore | None = None, notifier: ChangeNotifier | None = None,
+                 scorer: ScorerFactory | None = None) -> None:
+        """``scorer`` makes the link to the scorer from the report callback; default: a child process (``detection.scorer: local``)."""
         self.settings = settings.detection
         self.online = settings.detection.online
         self.attestation_required = frozenset(settings.attestation.required_for_accounts)
         self.attestation_require_all = settings.attestation.require_all
         self.registry = registry
-        self.scorer = OnlineScorer(self._on_report, publish_every_s=publish_every_s)
+        self.scorer: ScorerLink = scorer(self._on_report) if scorer is not None else OnlineScorer(
+            self._on_report, publish_every_s=publish_every_s, max_backlog=settings.detection.scorer_backlog_max)
         self.alerter = Alerter(settings.alerts)
         self.risk_store = risk_store if risk_store is not None else RiskStore(registry.engine) if isinstance(registry, Registry) else None
         # This process, in the risk snapshot and its notices (a notifier's sender is the same id: it skips its own notices).

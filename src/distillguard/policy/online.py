@@ -5,8 +5,10 @@ or the detectors, and never competes with detection for the GIL), started
 with ``subprocess.Popen`` rather than ``multiprocessing``, whose spawn start
 method also starts a resource-tracker process that would sit beside the
 gateway for nothing. The worker is :mod:`distillguard.scorer_worker`; the two
-talk over a pair of pipes. The gateway side appends events to a deque (O(1));
-a pump thread ships them in batches; the worker updates the scanner and
+talk over a pair of pipes. The gateway side appends events to a deque (O(1)),
+bounded by ``max_backlog``: past it new events are shed from scoring (counted
+and logged by :class:`~distillguard.policy.shedding.ShedCounter`; they are in
+the event log all the same); a pump thread ships them in batches; the worker updates the scanner and
 publishes the full report back at a fixed cadence; a reader thread swaps the
 new risk table in. The worker exits on end of file of its inbox, so it goes
 when the gateway closes the pipe or dies, and ``close()`` always reaps it.
@@ -27,17 +29,21 @@ from collections.abc import Callable
 from typing import Any
 
 from distillguard import scorer_worker
+from distillguard.policy.shedding import ShedCounter, Sheds
 
 __all__ = ["OnlineScorer"]
 
 log = logging.getLogger("distillguard.policy.online")
 
 
-class OnlineScorer:
-    def __init__(self, on_report: Callable[[dict[str, Any]], None], *, publish_every_s: float = 1.0, batch_size: int = 500) -> None:
+class OnlineScorer(Sheds):
+    def __init__(self, on_report: Callable[[dict[str, Any]], None], *, publish_every_s: float = 1.0, batch_size: int = 500,
+                 max_backlog: int = 50_000) -> None:
         self.on_report = on_report
         self.publish_every_s = publish_every_s
         self.batch_size = batch_size
+        self.max_backlog = max_backlog  # events queued for the worker at most; more are shed from scoring (counted, logged)
+        self.shedding = ShedCounter(log, "the scorer queue")
         self._queue: collections.deque[dict[str, Any]] = collections.deque()
         self._stop = threading.Event()
         self.sent = 0  # events written to the worker's pipe
@@ -71,8 +77,12 @@ class OnlineScorer:
         return queued + self._taken - acknowledged
 
     def submit(self, event: dict[str, Any]) -> None:
-        if not self._failed:  # with the worker gone the queue would grow forever; events are in the event log
-            self._queue.append(event)
+        if self._failed:  # with the worker gone the queue would grow forever; events are in the event log
+            return
+        if len(self._queue) >= self.max_backlog:
+            self.shedding.add(1, "queue_full")
+            return
+        self._queue.append(event)
 
     def start(self, replay: dict[str, Any] | None = None) -> None:
         """Spawn the worker; ``replay`` (``scorer_worker.REPLAY_ENV``'s object) makes it rebuild from the store first."""
@@ -107,6 +117,7 @@ class OnlineScorer:
     def _pump_loop(self) -> None:
         queue = self._queue
         while (not self._stop.is_set() or queue) and not self._failed:
+            self.shedding.maybe_log()
             if not queue:
                 time.sleep(0.02)
                 continue
@@ -127,6 +138,7 @@ class OnlineScorer:
             for _ in range(n):
                 queue.popleft()
             return
+        self.shedding.maybe_log(force=True)
         with contextlib.suppress(OSError, ValueError):  # the worker may already be gone at shutdown
             scorer_worker.send(self._to_worker, None)
 

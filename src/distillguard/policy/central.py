@@ -1,0 +1,307 @@
+"""``distillguard scorer``: the fleet's one online scorer (``state: redis://…`` with ``detection.scorer: central``).
+
+With a scorer per replica, each sees only its replica's share of the traffic,
+so a hydra whose heads are spread over the replicas is never seen whole. Here
+every replica appends its events to the Redis stream ``dg:events``
+(:mod:`distillguard.state.scorer_stream`) and this process consumes it with a
+consumer group (``XREADGROUP``/``XACK``: a restarted scorer resumes where the
+last one stopped, pending entries first), feeds the same ``Scanner`` as
+``scan``, and hands its reports to an ordinary :class:`~distillguard.policy.PolicyEngine`,
+whose writer thread merges them into the store's risk snapshot under the
+fixed writer id :data:`WRITER_ID` and announces each merge on ``dg:policy`` —
+the same path one replica's decisions took to the others before, so replicas
+need nothing new to read them. Review items and alerts are opened here, once
+for the fleet.
+
+It trims what it has scored from the stream (``XTRIM MINID``), so the
+stream's length is the backlog, which the replicas bound (load shedding).
+
+On start, the engine loads the snapshot and this scorer replays the store's
+most recent events (:func:`distillguard.scorer_worker.replay`), noting their
+request ids so the same events still in the stream are not scored twice.
+
+Every ``HEARTBEAT_EVERY_S`` it rewrites the heartbeat key (short expiry): the
+replicas report the scorer ``down`` when it is missing. The heartbeat key is
+also the guard against a second scorer: one starts only when none beats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from typing import Any
+
+import orjson
+import redis
+
+from distillguard import scorer_worker
+from distillguard.config import Settings, load_settings
+from distillguard.exceptions import UsageError
+from distillguard.logs import configure as configure_logging
+from distillguard.policy.link import ReportCallback
+from distillguard.state.scorer_stream import GROUP, HEARTBEAT, HEARTBEAT_EVERY_S, HEARTBEAT_TTL_MS, STREAM
+
+__all__ = ["WRITER_ID", "CentralScorer", "scorer_command"]
+
+log = logging.getLogger("distillguard.scorer")
+
+WRITER_ID = "central-scorer"  # its entries in the risk snapshot: a restarted scorer replaces them (one scorer per fleet)
+CONSUMER = "central"
+
+
+def _after(entry_id: bytes) -> str:
+    """The smallest stream id greater than ``entry_id`` (``XTRIM MINID`` keeps ids at or above it)."""
+    ms, _, seq = entry_id.decode().partition("-")
+    return f"{ms}-{int(seq) + 1}"
+
+
+class CentralScorer:
+    """The :class:`~distillguard.policy.link.ScorerLink` inside ``distillguard scorer``: stream in, reports out."""
+
+    def __init__(self, on_report: ReportCallback, url: str, *, publish_every_s: float = 1.0, batch_size: int = 1000,
+                 block_ms: int = 200) -> None:
+        self.on_report = on_report
+        self.url = url
+        self.publish_every_s = publish_every_s
+        self.batch_size = batch_size
+        self.block_ms = block_ms
+        self._client = redis.Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=5.0)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._beater: threading.Thread | None = None
+        self._failed = False
+        self._backlog = 0
+        self._reports = 0
+        self._scored_in_report = 0
+        self._last_report_at: float | None = None
+        self._last_report_ts: float | None = None
+        self.consumed = 0  # stream entries scored
+        self.duplicates = 0  # stream entries skipped: already replayed from the store
+        self.malformed = 0
+        self.replayed: int | None = None
+        self.host = socket.gethostname()
+
+    # -- ScorerLink ----------------------------------------------------------------------------------
+    @property
+    def failed(self) -> bool:
+        return self._failed
+
+    @property
+    def backlog(self) -> int:
+        return self._backlog
+
+    @property
+    def shed(self) -> int:
+        return 0  # the replicas shed (they count it); the scorer takes whatever is in the stream
+
+    @property
+    def shed_by_reason(self) -> dict[str, int]:
+        return {}
+
+    @property
+    def last_report_at(self) -> float | None:
+        return self._last_report_at
+
+    @property
+    def reports(self) -> int:
+        return self._reports
+
+    @property
+    def scored_in_report(self) -> int:
+        return self._scored_in_report
+
+    def submit(self, event: dict[str, Any]) -> None:
+        """Not used: this process serves no requests (its events come from the stream)."""
+
+    def claim(self, wait_s: float = HEARTBEAT_TTL_MS / 1000 + 1.0) -> None:
+        """Become the fleet's scorer, or raise :class:`UsageError` naming the one that already is.
+
+        A scorer that was killed leaves its heartbeat for up to its expiry: wait that long for it to go.
+        """
+        deadline = time.monotonic() + wait_s
+        while True:
+            if self._client.set(HEARTBEAT, self._beat(), nx=True, px=HEARTBEAT_TTL_MS):
+                return
+            if time.monotonic() >= deadline:
+                raw = self._client.get(HEARTBEAT)
+                other = orjson.loads(raw) if raw else {}
+                raise UsageError(f"another distillguard scorer is running (pid {other.get('pid')} on {other.get('host')}); "
+                                 "a fleet has exactly one scorer: stop it first (docs/deploy.md)")
+            time.sleep(0.2)
+
+    def start(self, replay: dict[str, Any] | None = None) -> None:
+        with contextlib.suppress(redis.ResponseError):  # BUSYGROUP: it exists, with its position
+            self._client.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+        self._thread = threading.Thread(target=self._run, args=(replay,), name="distillguard-central-scorer", daemon=True)
+        self._beater = threading.Thread(target=self._beat_loop, name="distillguard-scorer-heartbeat", daemon=True)
+        self._thread.start()
+        self._beater.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        for thread in (self._thread, self._beater):
+            if thread is not None:
+                thread.join(30)
+        with contextlib.suppress(redis.RedisError):  # let the next scorer start at once
+            self._client.delete(HEARTBEAT)
+        self._client.close()
+
+    # -- heartbeat -----------------------------------------------------------------------------------
+    def _beat(self) -> bytes:
+        return orjson.dumps({"pid": os.getpid(), "host": self.host, "ts": time.time(), "last_report_ts": self._last_report_ts,
+                             "reports": self._reports, "events": self._scored_in_report, "backlog": self._backlog})
+
+    def _beat_loop(self) -> None:
+        failing = False
+        while not self._stop.wait(HEARTBEAT_EVERY_S):
+            if self._failed:
+                return  # no heartbeat: the replicas report the scorer down
+            try:
+                self._backlog = int(self._client.xlen(STREAM))
+                self._client.set(HEARTBEAT, self._beat(), px=HEARTBEAT_TTL_MS)
+            except redis.RedisError as exc:
+                if not failing:
+                    log.warning("scorer heartbeat: Redis unavailable (%s); retrying", exc)
+                failing = True
+                continue
+            failing = False
+
+    # -- scoring ------------------------------------------------------------------------------------
+    def _run(self, replay: dict[str, Any] | None) -> None:
+        try:
+            self._score(replay)
+        except Exception:
+            log.exception("central scorer: scoring stopped")
+            self._failed = True
+
+    def _score(self, replay: dict[str, Any] | None) -> None:
+        from distillguard.detect.scanner import Scanner  # numpy and the detectors: this process only
+
+        scanner = Scanner()
+        seen: set[str] = set()
+        if replay is not None:
+            self.replayed = scorer_worker.replay(scanner, replay, seen)
+            log.info("central scorer rebuilt from the %d most recent events of the store", self.replayed)
+        self._report(scanner)
+        interval = self.publish_every_s
+        next_report = time.monotonic() + interval
+        dirty = False
+        position = "0"  # first this consumer's pending entries (read before a crash, never acknowledged), then new ones
+        failing = False
+        while not self._stop.is_set():
+            try:
+                # RESP2: [[stream, [(id, fields), …]]]
+                reply: Any = self._client.xreadgroup(GROUP, CONSUMER, {STREAM: position}, count=self.batch_size,
+                                                     block=None if position == "0" else self.block_ms)
+                entries = reply[0][1] if reply else []
+                if entries:
+                    self._consume(scanner, entries, seen)
+                    dirty = True
+                elif position == "0":
+                    position = ">"
+                else:
+                    seen.clear()  # caught up: every entry older than the replay has come by
+            except redis.RedisError as exc:
+                if not failing:
+                    log.warning("central scorer: Redis unavailable (%s); retrying every second, the last decisions stay", exc)
+                failing = True
+                self._stop.wait(1.0)
+                continue
+            if failing:
+                log.info("central scorer: Redis answers again; scoring resumes")
+                failing = False
+            if dirty and time.monotonic() >= next_report:
+                cost = self._report(scanner)
+                interval = scorer_worker.next_report_delay(self.publish_every_s, cost)
+                next_report = time.monotonic() + interval
+                dirty = False
+        if dirty:
+            self._report(scanner)
+
+    def _consume(self, scanner: Any, entries: list[tuple[bytes, dict[bytes, bytes]]], seen: set[str]) -> None:
+        for _, fields in entries:
+            try:
+                event = orjson.loads(fields[b"e"])
+            except (KeyError, orjson.JSONDecodeError):
+                self.malformed += 1
+                continue
+            if seen and event.get("request_id") in seen:
+                seen.discard(event["request_id"])
+                self.duplicates += 1
+                continue
+            scanner.update(event)
+            self.consumed += 1
+        last = entries[-1][0]
+        pipe = self._client.pipeline(transaction=False)
+        pipe.xack(STREAM, GROUP, *[entry_id for entry_id, _ in entries])
+        pipe.xtrim(STREAM, minid=_after(last), approximate=False)  # scored: what is left is the backlog
+        pipe.execute()
+
+    def _report(self, scanner: Any) -> float:
+        """Report, hand it to the engine; the CPU seconds it took (this thread's)."""
+        started = time.thread_time()
+        report = scanner.report()
+        self._scored_in_report = scanner.events
+        try:
+            self.on_report(report)
+        except Exception:
+            log.exception("central scorer: applying a report failed")
+        self._reports += 1
+        self._last_report_at = time.monotonic()
+        self._last_report_ts = time.time()
+        return time.thread_time() - started
+
+
+def run_scorer(settings: Settings, stop: threading.Event) -> None:
+    """Run the fleet's scorer until ``stop`` is set (the command sets it on SIGTERM or SIGINT)."""
+    from distillguard.policy.engine import PolicyEngine
+    from distillguard.state.notify import RedisNotifier
+    from distillguard.store.registry import Registry
+
+    if settings.state == "memory":
+        raise UsageError("distillguard scorer is the central scorer of a fleet: it needs state: redis://host:port/db in the "
+                         "configuration (with state: memory each gateway runs its own scorer; docs/deploy.md)")
+    if not settings.detection.online:
+        raise UsageError("detection.online is false: there is nothing to score (set it to true, or do not run the scorer)")
+    if settings.detection.scorer != "central":
+        log.warning("detection.scorer is %r in this configuration: replicas with this setting score their own traffic and "
+                    "send nothing to this scorer (set detection.scorer: central for the fleet)", settings.detection.scorer)
+    registry = Registry(settings.database, timeout_s=settings.database_timeout_s)
+    links: list[CentralScorer] = []
+
+    def link(on_report: ReportCallback) -> CentralScorer:
+        links.append(CentralScorer(on_report, settings.state))
+        return links[-1]
+
+    notifier = RedisNotifier(settings.state, WRITER_ID, timeout_s=max(1.0, settings.state_timeout_s))
+    engine = PolicyEngine(settings, registry=registry, notifier=notifier, scorer=link)
+    scorer = links[0]
+    try:
+        scorer.claim()
+        engine.start()  # loads overrides and the snapshot, then starts the scorer with the store's replay
+        log.info("distillguard scorer: consuming %s (group %s) on %s; decisions go to the risk snapshot", STREAM, GROUP,
+                 settings.state.split("@")[-1])
+        while not stop.wait(1.0):
+            if scorer.failed:
+                raise RuntimeError("the central scorer stopped scoring (see the log above)")
+    finally:
+        engine.close()
+        registry.close()
+        log.info("distillguard scorer stopped: %d stream events scored, %d skipped as already replayed, %d malformed",
+                 scorer.consumed, scorer.duplicates, scorer.malformed)
+
+
+def scorer_command(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    configure_logging(settings.log_level, settings.log_format)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    run_scorer(settings, stop)
+    return 0
