@@ -33,6 +33,7 @@ __all__ = [
     "AlertSettings",
     "AttestationSettings",
     "DetectionSettings",
+    "EventWalSettings",
     "LimitSettings",
     "NetworkSettings",
     "PrivacySettings",
@@ -143,6 +144,19 @@ class NetworkSettings(_Section):
     region_action: Literal["flag", "block"] = "block"
 
 
+class EventWalSettings(_Section):
+    """The event write-ahead log (docs/store.md, "Durability"): each event is appended to a local file before its
+    response completes, so a killed process loses no acknowledged request's event."""
+
+    enabled: bool = True
+    dir: str | None = Field(default=None, description="where the segments go; default: the wal directory inside spill_dir "
+                                                      "(each worker of serve --workers has its own)")
+    segment_bytes: int = Field(default=64 * 1024 * 1024, ge=4096, description="a segment is rotated at this size and "
+                               "deleted once all its events are stored or spilled")
+    sync_interval_s: float | None = Field(default=None, gt=0, description="fdatasync the segment this often (the "
+                                          "power-loss bound); unset: the kernel writes back (a kill loses nothing anyway)")
+
+
 class PrivacySettings(_Section):
     """What the event log keeps (docs/signals.md)."""
 
@@ -241,6 +255,7 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     spill_dir: str = "./spill"
+    event_wal: EventWalSettings = Field(default_factory=EventWalSettings)
     log_level: str = "info"
     log_format: Literal["text", "json"] = Field(default="text", description="text lines, or one JSON object per line")
     limits: LimitSettings = Field(default_factory=LimitSettings)

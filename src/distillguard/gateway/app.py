@@ -125,7 +125,7 @@ class _Exchange:
     __slots__ = (
         "endpoint", "protocol", "started", "key", "payload", "model", "status", "summary", "error",
         "signals", "decision", "watermark_key", "request_id", "peer", "headers", "ts", "translated", "finished",
-        "streaming", "hide_usage", "summarised",
+        "streaming", "hide_usage", "summarised", "emitted",
     )
 
     def __init__(self, endpoint: str, protocol: str, scope: Scope) -> None:
@@ -147,6 +147,7 @@ class _Exchange:
         self.streaming = False  # a stream's status line has gone out: errors now end it in-band
         self.hide_usage = False  # we asked an OpenAI upstream for stream usage the client did not ask for
         self.summarised = False  # a repeated unauthenticated refusal: counted in a summary event, no event of its own
+        self.emitted = False  # the event has gone to the sink (just before the response's last bytes)
         self.request_id = new_request_id()
         client = scope.get("client")
         self.peer = client[0] if client else None
@@ -224,6 +225,11 @@ class Gateway:
             self.metrics.add_gauge("distillguard_event_queue_depth", "Events waiting to be written.", lambda: _sink_count(sink, "queued"))
             self.metrics.add_gauge("distillguard_events_written", "Events written to the store.", lambda: _sink_count(sink, "written"))
             self.metrics.add_gauge("distillguard_events_spilled", "Events spilled to local JSONL files.", lambda: _sink_count(sink, "spilled"))
+            self.metrics.add_gauge("distillguard_event_wal_degraded", "1 while the event write-ahead log cannot be written "
+                                   "(events are still stored, but not protected against a kill).",
+                                   lambda: _sink_count(sink, "wal_degraded"))
+            self.metrics.add_gauge("distillguard_event_wal_unprotected", "Events since start that the write-ahead log could "
+                                   "not take (degraded mode).", lambda: _sink_count(sink, "wal_failed"))
         self.metrics.add_gauge("distillguard_keys_loaded", "API keys in the in-memory table.", lambda: float(len(self.keys)))
         self.metrics.add_gauge("distillguard_key_table_full_loads", "Whole key-table loads (at start; later only after falling "
                                "behind the change log).", lambda: float(self.full_key_loads))
@@ -389,6 +395,7 @@ class Gateway:
     async def _model_request(self, route: tuple[str, str, str], scope: Scope, receive: Receive, send: Send) -> None:
         endpoint, protocol, upstream_path = route
         ex = _Exchange(endpoint, protocol, scope)
+        send = self._emitting_before_end(ex, send)
         slot: Slot | None = None
         admission: Admission | None = None
         self.metrics.in_flight += 1
@@ -448,7 +455,7 @@ class Gateway:
             if admission is not None:
                 self.limiter.settle(admission, _used_tokens(ex, admission.charged))
             self.metrics.observe(endpoint, ex.status, time.perf_counter() - ex.started)
-            if not ex.summarised:
+            if not ex.summarised and not ex.emitted:  # no response went out (client gone): the event goes now
                 self._emit_safely(ex)
 
     # -- refusals: logged and stored once per source (or key) per window, then summarised -------------
@@ -791,6 +798,23 @@ class Gateway:
         await self._respond(send, 200, orjson.dumps({"input_tokens": ex.summary.prompt_tokens}))
 
     # -- events -----------------------------------------------------------------------------
+    def _emitting_before_end(self, ex: _Exchange, send: Send) -> Send:
+        """``send``, except that the exchange's event goes to the sink just before the response's last bytes.
+
+        With the sink's write-ahead log that puts the event in a local file
+        before the client has its whole answer (the final JSON body, or a
+        stream's terminal chunk): a request the client saw complete has its
+        event even if the process is killed right after (docs/store.md).
+        """
+        async def send_emitting(message: Message) -> None:
+            if not ex.emitted and message["type"] == "http.response.body" and not message.get("more_body"):
+                ex.emitted = True
+                if not ex.summarised:
+                    self._emit_safely(ex)
+            await send(message)
+
+        return send_emitting
+
     def _emit_safely(self, ex: _Exchange) -> None:
         """:meth:`_emit`, and if building the event fails (a bug), a minimal event instead: none is ever dropped."""
         try:
@@ -923,6 +947,7 @@ class Gateway:
     async def _list_models(self, scope: Scope, send: Send) -> None:
         """``GET /v1/models``: authenticated, admitted by the limits like any request, and one event (``openai.models``)."""
         ex = _Exchange("openai.models", "openai", scope)
+        send = self._emitting_before_end(ex, send)
         slot: Slot | None = None
         admission: Admission | None = None
         try:
@@ -948,7 +973,7 @@ class Gateway:
             if admission is not None:
                 self.limiter.settle(admission, 0)
             self.metrics.observe(ex.endpoint, ex.status, time.perf_counter() - ex.started)
-            if not ex.summarised:
+            if not ex.summarised and not ex.emitted:  # no response went out (client gone): the event goes now
                 self._emit_safely(ex)
 
     async def _model_names(self) -> dict[str, str]:
@@ -1060,9 +1085,10 @@ def _body_kind(raw: bytes) -> str:
 
 
 def _sink_count(sink: EventSinkProtocol, name: str) -> float:
-    """One of the sink's counters, for a /metrics gauge (registered only for a sink that keeps stats)."""
+    """One of the sink's counters, for a /metrics gauge (registered only for a sink that keeps stats); 0 when it has
+    no such counter (the write-ahead log's, without a log)."""
     stats = sink.stats
-    return float(stats[name]) if stats is not None else 0.0
+    return float(stats.get(name) or 0) if stats is not None else 0.0
 
 
 def _header_value(value: bytes) -> bytes:

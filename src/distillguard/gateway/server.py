@@ -17,6 +17,7 @@ import functools
 import logging
 import socket
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from distillguard.config import Settings, load_settings, parse_listen
@@ -31,6 +32,7 @@ from distillguard.logs import configure as configure_logging
 if TYPE_CHECKING:
     from distillguard.policy import PolicyEngine
     from distillguard.policy.link import ScorerFactory
+    from distillguard.store.wal import WriteAheadLog
 
 __all__ = ["build_gateway", "check_serving", "serve", "serve_command"]
 
@@ -46,7 +48,7 @@ def build_gateway(settings: Settings) -> Gateway:
 
     registry = Registry(settings.database, timeout_s=settings.database_timeout_s)
     sink = EventSink(settings.database, settings.spill_dir, retention_days=settings.privacy.retention_days,
-                     timeout_s=settings.database_timeout_s)
+                     timeout_s=settings.database_timeout_s, wal=_event_wal(settings))
     signals = SignalCollector(settings, install_keys=registry.install_keys, enroll_store=registry.enroll_install,
                               shared_nonces=settings.state != "memory")
     watermarker = GatewayWatermarker(settings)
@@ -67,6 +69,18 @@ def build_gateway(settings: Settings) -> Gateway:
     gateway = Gateway(settings, registry=registry, sink=sink, signals=signals, policy=policy, watermarker=watermarker, admin_plugins=plugins)
     _detection_metrics(gateway.metrics, policy)
     return gateway
+
+
+def _event_wal(settings: Settings) -> WriteAheadLog | None:
+    """The event write-ahead log ``event_wal`` asks for (default: on, in ``spill_dir/wal``); a directory that cannot be
+    written is a ConfigError here, at start, not a surprise at the first request."""
+    from distillguard.store.wal import WriteAheadLog
+
+    wal = settings.event_wal
+    if not wal.enabled:
+        return None
+    return WriteAheadLog(wal.dir or Path(settings.spill_dir) / "wal", segment_bytes=wal.segment_bytes,
+                         sync_interval_s=wal.sync_interval_s)
 
 
 def _detection_metrics(metrics: Metrics, policy: PolicyEngine) -> None:

@@ -6,5 +6,7 @@ SQLite (WAL) is the default; PostgreSQL is used by giving a ``postgresql://`` UR
 from distillguard.store.export import iter_event_lines, iter_events, normalise_since
 from distillguard.store.registry import KeyRecord, Registry, hash_secret
 from distillguard.store.sink import EventSink
+from distillguard.store.wal import WriteAheadLog
 
-__all__ = ["EventSink", "KeyRecord", "Registry", "hash_secret", "iter_event_lines", "iter_events", "normalise_since"]
+__all__ = ["EventSink", "KeyRecord", "Registry", "hash_secret", "iter_event_lines", "iter_events", "normalise_since",
+           "WriteAheadLog"]

@@ -24,6 +24,14 @@ the store as not OK as soon as a write has been waiting longer than
 ``stall_after_s`` (so ``/readyz`` says so while the write is still blocked), and
 ``close`` spills whatever is left without asking a store that is known to be
 down, so that shutdown finishes within its grace period.
+
+With a write-ahead log (``wal.py``, on by default in ``serve``) ``submit`` also
+appends the event's JSON line to a local file before returning, so that a
+process killed outright loses nothing acknowledged: each queued event carries
+its segment, the writer and the guard report every stored or spilled batch to
+the log, and a segment is deleted once all of its events are. At start the
+segments of dead processes are turned into spill files and replayed like any
+other.
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from distillguard.events import format_ts
 from distillguard.store import schema
 from distillguard.store.engine import DEFAULT_TIMEOUT_S, make_engine
+from distillguard.store.wal import Segment, WriteAheadLog
 
 __all__ = ["EventSink", "event_row"]
 
@@ -62,17 +71,31 @@ def _encode(event: dict[str, Any]) -> bytes:
         return json.dumps(event, default=str, ensure_ascii=False).encode()
 
 
-def _row(event: dict[str, Any]) -> dict[str, Any]:
+def _row(event: dict[str, Any], body: str | None = None) -> dict[str, Any]:
     return {
         "request_id": event["request_id"],
         "ts": event["ts"],
         "account_id": event.get("account_id"),
         "endpoint": event.get("endpoint", ""),
-        "body": _encode(event).decode(),
+        "body": _encode(event).decode() if body is None else body,
     }
 
 
 event_row = _row  # the events table's row for one event (the importer writes exactly what the sink writes)
+
+# One queued event: the event, its JSON line when the write-ahead log has it (encoded once, on submit), and the
+# write-ahead segment it is in (None without a log, or when the log could not take it).
+_Item = tuple[dict[str, Any], bytes | None, Segment | None]
+
+
+def _item_row(item: _Item) -> dict[str, Any]:
+    line = item[1]
+    return _row(item[0], None if line is None else line[:-1].decode())
+
+
+def _item_line(item: _Item) -> bytes:
+    line = item[1]
+    return _encode(item[0]) + b"\n" if line is None else line
 
 
 class EventSink:
@@ -93,6 +116,7 @@ class EventSink:
         purge_interval_s: float = 3600.0,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         stall_after_s: float = 2.0,
+        wal: WriteAheadLog | None = None,
     ) -> None:
         self.database_url = database_url
         self.engine = engine or make_engine(database_url, timeout_s=timeout_s)
@@ -110,8 +134,9 @@ class EventSink:
         self._pressure = threading.Event()  # set by submit when the queue passes the low-water mark
         self._guard: threading.Thread | None = None
         self.retry_interval_s = retry_interval_s
-        self._queue: collections.deque[dict[str, Any]] = collections.deque()
-        self._held: list[list[dict[str, Any]]] = []  # batches neither stored nor spilled (disk full)
+        self._queue: collections.deque[_Item] = collections.deque()
+        self._held: list[list[_Item]] = []  # batches neither stored nor spilled (disk full)
+        self.wal = wal
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._spill_seq = itertools.count()
@@ -132,14 +157,21 @@ class EventSink:
 
     # -- hot path -------------------------------------------------------------
     def submit(self, event: dict[str, Any]) -> None:
-        """Queue one event; never blocks, never drops."""
-        self._queue.append(event)
+        """Queue one event; never blocks, never drops. With a write-ahead log, append it there first (one write)."""
+        wal = self.wal
+        if wal is None:
+            self._queue.append((event, None, None))
+        else:
+            line = _encode(event) + b"\n"
+            self._queue.append((event, line, wal.append(line)))
         self.submitted += 1
         if len(self._queue) > self.low_water and not self._pressure.is_set():
             self._pressure.set()  # wake the overflow guard; a flag read otherwise
 
     # -- lifecycle ------------------------------------------------------------
     def start(self) -> None:
+        if self.wal is not None and self._thread is None:
+            self._adopt_orphans(self.wal)
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="distillguard-event-sink", daemon=True)
             self._thread.start()
@@ -160,6 +192,11 @@ class EventSink:
         if not self.store_ok:  # known down or hung: spill the rest now rather than wait for the store once more
             self._next_retry = float("inf")
         self._drain_all(final=True)
+        if self.wal is not None:
+            left = self.wal.close()
+            if left:
+                log.error("%d events are neither stored nor spilled; their write-ahead segments in %s are kept and "
+                          "replayed by the next start", left, self.wal.directory)
         self.engine.dispose()
 
     def store_problem(self) -> str | None:
@@ -187,7 +224,15 @@ class EventSink:
             "store_ok": problem is None,
             "store_problem": problem,
             "spill_files": len(self._spill_files()),
+            **self._wal_stats(),
         }
+
+    def _wal_stats(self) -> dict[str, Any]:
+        wal = self.wal
+        if wal is None:
+            return {"wal": False}
+        return {"wal": True, "wal_appended": wal.appended, "wal_failed": wal.failed, "wal_degraded": wal.degraded,
+                "wal_segments": wal.segments}
 
     # -- writer thread ----------------------------------------------------------
     def _run(self) -> None:
@@ -229,8 +274,8 @@ class EventSink:
                     self._stop.wait(self.retry_interval_s)
                     break
 
-    def _take_batch(self, size: int | None = None) -> list[dict[str, Any]]:
-        batch: list[dict[str, Any]] = []
+    def _take_batch(self, size: int | None = None) -> list[_Item]:
+        batch: list[_Item] = []
         queue = self._queue
         limit = self.batch_size if size is None else size
         while len(batch) < limit:
@@ -258,13 +303,13 @@ class EventSink:
                       sum(len(b) for b in self._held))
             self._last_resort_dump()
 
-    def _deliver(self, batch: list[dict[str, Any]]) -> None:
+    def _deliver(self, batch: list[_Item]) -> None:
         """Store a batch, or spill it, or hold it in memory; exactly one of the three."""
         overloaded = len(self._queue) > self.high_water
         store_ready = self.store_ok or time.monotonic() >= self._next_retry
         if store_ready and not overloaded:
             try:
-                self._write_rows([_row(e) for e in batch])
+                self._write_rows([_item_row(item) for item in batch])
             except Exception as exc:
                 with self._lock:
                     self.errors += 1
@@ -274,6 +319,7 @@ class EventSink:
                 self._next_retry = time.monotonic() + self.retry_interval_s
             else:
                 self.written += len(batch)
+                self._commit(batch)
                 if not self.store_ok:
                     log.warning("event store recovered; replaying spill files")
                 self.store_ok = True
@@ -324,19 +370,57 @@ class EventSink:
         except OSError:
             return []
 
-    def _spill(self, batch: list[dict[str, Any]]) -> None:
+    def _commit(self, batch: list[_Item]) -> None:
+        """Tell the write-ahead log that these events are stored or spilled (its segments can then go)."""
+        if self.wal is None:
+            return
+        counts: dict[Segment, int] = {}
+        for item in batch:
+            segment = item[2]
+            if segment is not None:
+                counts[segment] = counts.get(segment, 0) + 1
+        if counts:
+            self.wal.committed(counts)
+
+    def _adopt_orphans(self, wal: WriteAheadLog) -> None:
+        """Turn the write-ahead segments of dead processes into spill files; the writer replays them into the store.
+
+        A spill file (fsync'd, then renamed) is written before the segments
+        are deleted, so a crash here only makes the next start do it again.
+        Replaying events that were stored already is harmless (``ON CONFLICT
+        DO NOTHING`` on ``request_id``).
+        """
+        for orphan in wal.orphans():
+            if orphan.lines:
+                try:
+                    self._write_spill_file(b"\n".join(orphan.lines) + b"\n")
+                except OSError as exc:  # the segments stay (the generator stops before deleting them): next start
+                    log.error("write-ahead log: cannot move %d recovered events of stopped process %s to %s (%s); their "
+                              "segments are kept for the next start", len(orphan.lines), orphan.owner, self.spill_dir, exc)
+                    return
+            log.warning("write-ahead log: recovered %d events of stopped process %s from %d segment(s)%s; they are "
+                        "replayed into the store (already stored ones are skipped)", len(orphan.lines), orphan.owner,
+                        len(orphan.segments), f", {orphan.torn} torn line(s) skipped" if orphan.torn else "")
+
+    def _write_spill_file(self, data: bytes) -> None:
         name = f"spill-{time.time_ns()}-{os.getpid()}-{next(self._spill_seq)}.jsonl"
         tmp = self.spill_dir / (name + ".part")
         try:
             self.spill_dir.mkdir(parents=True, exist_ok=True)
             with open(tmp, "wb") as handle:
-                handle.write(b"".join(_encode(e) + b"\n" for e in batch))
+                handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
             tmp.rename(self.spill_dir / name)
-        except OSError as exc:
+        except OSError:
             with contextlib.suppress(OSError):
                 tmp.unlink()  # a half-written part file would eat the space we are waiting for
+            raise
+
+    def _spill(self, batch: list[_Item]) -> None:
+        try:
+            self._write_spill_file(b"".join(_item_line(item) for item in batch))
+        except OSError as exc:
             with self._lock:
                 self.errors += 1
                 now = time.monotonic()
@@ -350,6 +434,7 @@ class EventSink:
             return
         with self._lock:
             self.spilled += len(batch)
+        self._commit(batch)
 
     def _replay_spill(self) -> None:
         """Replay spill files into the store, oldest first, one file at a time while the queue is at or below the
@@ -376,7 +461,7 @@ class EventSink:
         for batch in self._held:
             try:
                 with open(fallback, "ab") as handle:
-                    handle.write(b"".join(_encode(e) + b"\n" for e in batch))
+                    handle.write(b"".join(_item_line(item) for item in batch))
                 log.error("wrote %d unsaved events to %s", len(batch), fallback)
                 self.spilled += len(batch)
             except OSError as exc:

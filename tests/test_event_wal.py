@@ -1,0 +1,197 @@
+"""The event write-ahead log (store/wal.py): what a killed process leaves is replayed exactly once (issue #13, item 5).
+
+Unit tests drive a real sink on real files (SQLite and PostgreSQL); the
+end-to-end tests SIGKILL a real ``distillguard serve`` under load and count
+every acknowledged request id in the store after a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from distillguard.exceptions import ConfigError
+from distillguard.store import EventSink, Registry, iter_events
+from distillguard.store.sink import event_row
+from distillguard.store.wal import WriteAheadLog
+from tests.gateway_fixtures import RunningGateway, start_gateway
+from tests.pg_fixtures import PostgresServer, postgres  # noqa: F401 - fixture
+from tests.upstream_stub import UpstreamStub
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    server: PostgresServer = request.getfixturevalue("postgres")
+    url = str(server.url)  # type: ignore[attr-defined]
+    registry = Registry(url)  # one server for the session: start from empty tables
+    with registry.engine.begin() as conn:
+        for table in ("events", "api_keys", "installs", "audit_log", "reviews", "manual_overrides", "account_attributes",
+                      "risk_snapshot", "accounts"):
+            conn.execute(text(f"DELETE FROM {table}"))
+    registry.close()
+    return url
+
+
+def _event(i: int) -> dict:
+    return {"v": 1, "ts": f"2026-12-07T03:00:{i % 60:02d}.000Z", "request_id": f"req_{i:06d}", "account_id": "acct_x",
+            "endpoint": "openai.chat", "request": {"messages": [{"role": "user", "content": f"q{i}"}]},
+            "response": {"status": 200}}
+
+
+def _die(sink: EventSink) -> None:
+    """What SIGKILL does to a sink: its threads stop, its descriptors close (releasing the lock), nothing is cleaned up."""
+    wal = sink.wal
+    assert wal is not None
+    for segment in list(wal._segments):
+        if segment.fd >= 0:
+            os.close(segment.fd)
+            segment.fd = -1
+    os.close(wal._lock_fd)
+    sink.engine.dispose()
+
+
+def _ids(url: str) -> list[str]:
+    return [e["request_id"] for e in iter_events(url)]
+
+
+def test_a_killed_sinks_events_are_replayed_once_with_a_torn_last_line_skipped(
+    database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    spill, wal_dir = tmp_path / "spill", tmp_path / "wal"
+    first = EventSink(database_url, spill, wal=WriteAheadLog(wal_dir))
+    for i in range(40):  # the writer never ran: every event is only in memory and in the write-ahead file
+        first.submit(_event(i))
+    first._write_rows([event_row(_event(i)) for i in range(10)])  # 10 of them were stored before the kill
+    (segment,) = wal_dir.glob("*.wal")
+    with open(segment, "ab") as handle:
+        handle.write(b'{"v": 1, "request_id": "req_torn", "ts": "2026-12')  # the write a kill cut short
+    _die(first)
+
+    caplog.set_level(logging.WARNING, logger="distillguard.store")
+    second = EventSink(database_url, spill, wal=WriteAheadLog(wal_dir))
+    second.start()
+    deadline = time.time() + 10
+    while len(_ids(database_url)) < 40 and time.time() < deadline:
+        time.sleep(0.05)
+    second.close()
+    ids = _ids(database_url)
+    assert sorted(ids) == [f"req_{i:06d}" for i in range(40)]  # every event once: the 10 stored ones not twice
+    assert "ends in a torn write" in caplog.text and str(segment) in caplog.text
+    assert "recovered 40 events of stopped process" in caplog.text
+    assert not list(wal_dir.iterdir()) and not list(spill.glob("spill-*"))  # replayed, and nothing left behind
+
+
+def test_segments_rotate_and_go_once_stored_while_a_live_owners_are_left_alone(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    wal_dir = tmp_path / "wal"
+    other = WriteAheadLog(wal_dir)  # another live process's log in the same directory (a worker)
+    other.append(b'{"request_id": "req_other"}\n')
+    sink = EventSink(url, tmp_path / "spill", wal=WriteAheadLog(wal_dir, segment_bytes=4096), flush_interval_s=0.01)
+    sink.start()
+    for i in range(300):  # ~40 KB of events: about ten segments
+        sink.submit(_event(i))
+    deadline = time.time() + 10
+    while sink.stats["written"] < 300 and time.time() < deadline:
+        time.sleep(0.02)
+    assert sink.stats["wal_appended"] == 300 and sink.stats["wal_segments"] == 1  # the ones behind it are gone
+    assert len(list(wal_dir.glob(f"{other.owner}.*.wal"))) == 1  # alive (its lock is held): not adopted
+    sink.close()
+    assert sorted(p.name for p in wal_dir.iterdir()) == sorted(p.name for p in wal_dir.iterdir() if p.name.startswith(other.owner))
+    other.close()
+
+
+def test_an_unwritable_wal_directory_is_a_startup_error_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"event_wal.dir: cannot write the event write-ahead log in /dev/null/wal .*event_wal.enabled"):
+        WriteAheadLog("/dev/null/wal")
+
+
+def test_a_full_disk_degrades_the_wal_logged_and_counted_and_it_recovers(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """ENOSPC from the kernel (the segment's descriptor pointed at /dev/full): events are still stored, counted as
+    unprotected, one log line; a fresh segment is tried after retry_interval_s."""
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    wal = WriteAheadLog(tmp_path / "wal", retry_interval_s=0.3)
+    sink = EventSink(url, tmp_path / "spill", wal=wal, flush_interval_s=0.01)
+    sink.start()
+    caplog.set_level(logging.WARNING, logger="distillguard.store.wal")
+    sink.submit(_event(0))
+    full = os.open("/dev/full", os.O_WRONLY)
+    current = wal._current
+    assert current is not None
+    os.dup2(full, current.fd)
+    os.close(full)
+    for i in range(1, 6):
+        sink.submit(_event(i))
+    assert sink.stats["wal_degraded"] is True and sink.stats["wal_failed"] == 5
+    assert sum("cannot be written" in r.message and "No space left on device" in r.message for r in caplog.records) == 1
+    time.sleep(0.35)
+    sink.submit(_event(6))
+    assert sink.stats["wal_degraded"] is False and sink.stats["wal_appended"] == 2
+    assert any("writable again" in r.message for r in caplog.records)
+    sink.close()
+    assert sorted(_ids(url)) == [f"req_{i:06d}" for i in range(7)]  # degraded: stored all the same
+    assert not list((tmp_path / "wal").iterdir())
+
+
+# -- a real gateway, killed under load -----------------------------------------------------------------------------------
+
+
+def _acknowledged_under_load(gateway: RunningGateway, secret: str, seconds: float, clients: int = 8) -> tuple[list[str], threading.Event]:
+    """Closed-loop clients until the returned event is set; the request id of every complete 200 goes in the list."""
+    acknowledged: list[str] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        with httpx.Client(headers={"Authorization": f"Bearer {secret}"}, timeout=5) as http:
+            while not stop.is_set():
+                try:
+                    answer = http.post(gateway.base_url + "/chat/completions",
+                                       json={"model": "stub-1", "messages": [{"role": "user", "content": "hi"}],
+                                             "stream": len(acknowledged) % 2 == 1})
+                    answer.read()
+                except httpx.HTTPError:
+                    continue  # the kill: no complete answer, nothing acknowledged
+                if answer.status_code == 200:
+                    acknowledged.append(answer.headers["x-request-id"])
+
+    for _ in range(clients):
+        threading.Thread(target=client, daemon=True).start()
+    time.sleep(seconds)
+    return acknowledged, stop
+
+
+def test_sigkill_under_load_loses_no_acknowledged_event(database_url: str, tmp_path: Path, stub: UpstreamStub) -> None:
+    unlimited = {"requests_per_min": None, "tokens_per_min": None, "concurrent_requests": None, "daily_tokens": None}
+    gateway = start_gateway(tmp_path, stub.base_url, database=database_url, limits=unlimited)
+    try:
+        secret = gateway.create_key("kill-me")["secret"]
+        acknowledged, stop = _acknowledged_under_load(gateway, secret, 2.0)
+        gateway.proc.send_signal(signal.SIGKILL)  # while the clients keep sending
+        gateway.proc.wait(10)
+        stop.set()
+        time.sleep(0.2)
+        acked = list(acknowledged)
+        assert len(acked) > 100, "too little load to mean anything"
+        assert list((tmp_path / "spill" / "wal").glob("*.wal")), "the killed process left no write-ahead segment"
+        restarted = start_gateway(tmp_path, stub.base_url, database=database_url, limits=unlimited)
+        assert "write-ahead log: recovered" in restarted.log()
+        deadline = time.time() + 20
+        while list(restarted.spill_dir.glob("spill-*.jsonl")) and time.time() < deadline:
+            time.sleep(0.1)  # the writer replays the recovered events at start
+        assert restarted.stop() == 0
+    finally:
+        gateway.stop()
+    stored = _ids(database_url)
+    assert len(stored) == len(set(stored))  # exactly once
+    missing = set(acked) - set(stored)
+    assert not missing, f"{len(missing)} of {len(acked)} acknowledged requests have no stored event"
+    assert not list((tmp_path / "spill" / "wal").glob("*.wal"))
