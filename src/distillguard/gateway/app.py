@@ -69,6 +69,7 @@ from distillguard.gateway.types import (
     ClientSignals,
     EventSinkProtocol,
     KeyRegistryProtocol,
+    Message,
     PolicyDecision,
     PolicyEngineProtocol,
     Receive,
