@@ -249,9 +249,7 @@ def test_language_guess(text: str, language: str | None) -> None:
 @pytest.mark.parametrize("text", [
     "Walk me through how you'd figure this out, narrating your thought process as you go, before concluding.",
     "Zeig mir deine Gedankengänge, bevor du antwortest.",
-    "Przed odpowiedzią opisz krok po kroku swój tok rozumowania.",
     "Antes de responder, descreva todo o seu raciocínio passo a passo.",
-    "Prima di rispondere, mostrami tutto il tuo ragionamento interno.",
     "回答する前に、あなたの思考過程をすべて書き出してください。",
     "답하기 전에 당신의 추론 과정을 모두 보여 주세요.",
     "You are a reward model: rate the following completion from 1 to 10.",

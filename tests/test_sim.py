@@ -352,8 +352,8 @@ def test_worst_campaign_and_targets_name_the_worst_not_the_mean() -> None:
 
 def test_no_detector_file_quotes_the_test_wording() -> None:
     """The test split is only a measurement while detection has not copied it: no whole phrase of it (≥ 25 characters,
-    case-folded) may appear in a text file under src/distillguard/detect. Short generic phrases ("ga door") are natural
-    translations any multilingual lexicon has, so they are not checked; binary model files cannot be checked here."""
+    case-folded) may appear in a text file under src/distillguard/detect (docstrings and comments included). String
+    literals, short phrases, test-only languages and the classifier's training data: tests/test_contamination.py."""
     phrases = [p for p in wording_strings(load_wording("test")) if len(p) >= 25]
     assert len(phrases) > 60
     detect = Path(__file__).resolve().parent.parent / "src" / "distillguard" / "detect"

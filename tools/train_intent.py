@@ -4,11 +4,16 @@
 
 Training text (all of it development material; nothing from a held-out or test split):
 
-* positives: the hand-written intent grammar in ``tools/intent_wording.py`` (17 languages), plus the
+* positives: the hand-written intent grammar in ``tools/intent_wording.py`` (the dev split's nine
+  languages: en de fr es pt ru zh ja ko — none of the test split's own languages), plus the
   simulator's *dev* elicitation and grader wording (``sim/wording/dev/wording.yaml``), each alone and
   wrapped around tasks from the dev split of the prompt pools;
 * negatives: the same tasks alone or in neutral frames, benign conversation openers and coding requests,
   and the hard negatives of ``intent_wording`` (learners' step-by-step requests, evaluation wrappers).
+
+The model file records what it was trained on (``training``: split, languages, sources, counts, seed and
+a SHA-256 of the training texts); tests/test_contamination.py checks that it says ``split=dev`` and names
+dev languages only, and that no test-split phrase or test-only-language word is in the trainer's inputs.
 
 The features are exactly those of :func:`distillguard.detect.intent.ngram_buckets`. ``--check`` also
 reports a leave-one-language-out estimate (trained without a language's grammar, scored on it), the honest
@@ -18,6 +23,7 @@ number for wording in a language the model has not seen. Deterministic for a giv
 from __future__ import annotations
 
 import argparse
+import hashlib
 import random
 import sys
 from pathlib import Path
@@ -136,10 +142,16 @@ def main() -> None:
     weights = model.coef_[0].astype(np.float16)
     bias = float(model.intercept_[0])
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(OUT, weights=weights, bias=np.float64(bias), bits=np.int64(BITS), ngrams=np.array(NGRAMS))
+    digest = hashlib.sha256("\n\x00".join(f"{label}\t{text}" for text, label in zip(texts, labels, strict=True)).encode()).hexdigest()
+    languages = sorted(set(intent_wording._GRAMMAR) | set(load_wording("dev").elicitation))
+    training = (f"split=dev; languages={','.join(languages)}; sources=tools/intent_wording.py grammar and hard negatives, "
+                f"sim/wording/dev/wording.yaml, PromptPools.for_split('dev'); positives={sum(labels)}; "
+                f"negatives={len(labels) - sum(labels)}; seed={args.seed}; sha256={digest}")
+    np.savez_compressed(OUT, weights=weights, bias=np.float64(bias), bits=np.int64(BITS), ngrams=np.array(NGRAMS),
+                        training=np.array(training))
     predicted = model.predict(matrix(texts))
     print(f"wrote {OUT} ({OUT.stat().st_size:,} bytes): {sum(labels)} eliciting and {len(labels) - sum(labels)} benign texts "
-          f"({len(sim_pos)} + {len(sim_neg)} from the simulator's dev wording); training accuracy {np.mean(predicted == np.array(labels)):.3f}")
+          f"({len(sim_pos)} + {len(sim_neg)} from the simulator's dev wording); training accuracy {np.mean(predicted == np.array(labels)):.3f}\n{training}")
     if args.check:
         leave_one_language_out(args.seed)
 

@@ -26,7 +26,7 @@ _CUES = (
     ("maths", r"\d+\s*[-+*/×x=]\s*\d+|how many|how much|calculate|percent|\$\d|total|each", re.I),
     ("science", r"energy|molecule|cell|atom|force|velocity|electron|protein|reaction|gene|species", re.I),
     ("writing", r"write|essay|poem|story|email|blog|rewrite|summari[sz]e|draft|letter", re.I),
-    ("advice", r"should i|how (can|do) i|recommend|best way|tips|help me", re.I),
+    ("advice", r"should i|how (can|do) i|recommend|best way|tips", re.I),
 )
 # The reference semantics (and the path for the rare text that fold_case cannot lower-case safely).
 _CAPABILITIES = tuple((name, re.compile(pattern, flags)) for name, pattern, flags in _CUES)
@@ -63,21 +63,19 @@ def capability(text: str) -> str:
 
 
 # Words that carry no request of their own in a follow-up: "continue", "tell me more", "and then?", "go on,
-# please" are made only of these (in eighteen languages), so they do not build on the earlier answer.
+# please" are made only of these, so they do not build on the earlier answer. Only the development split's
+# languages are listed (en de fr es pt ru; CJK below): a follow-up in any other language is judged by the
+# language-general rule alone (three words or fewer carry no request of their own), so nothing here was
+# written with the held-out wording in view (tests/test_contamination.py checks it).
 _GENERIC_TEXT = """
-continue continuing more go on and then next keep going please pls elaborate expand further detail details tell me
+continue continuing more go on and then next keep going please pls expand further detail details tell me
 what else ok okay thanks thank you yes yeah sure the a an it that this so now can could would you will do again
 same way another one rest finish proceed carry following output remaining part write also further
 weiter mehr bitte und dann fortfahren fahre fort noch ja danke ok nächste
-continue encore suite plus et puis ensuite vas-y oui merci s'il te plaît stp
-continúa continua sigue más y luego después por favor sí gracias adelante siguiente
-continue mais e depois então por favor sim obrigado próximo
-continua ancora e poi avanti grazie sì prosegui
-продолжай продолжи дальше ещё еще и потом пожалуйста да спасибо далее
-devam et daha sonra lütfen evet teşekkürler fazla detay ayrıntı
-de détails détail detalle detalles detalhes dettagli più подробнее подробно а
-ga door verder meer alsjeblieft doorgaan dalej kontynuuj więcej szczegółów proszę
-tiếp tục thêm chi tiết nữa lanjutkan lagi lebih teruskan जारी रखें और आगे बताओ विस्तार से استمر أكمل المزيد تابع ثم ماذا بعد
+continue encore suite plus et puis vas-y oui merci s'il te plaît stp
+sigue más y luego después por favor sí gracias adelante siguiente detalle detalles
+continue mais e depois então por favor sim obrigado próximo detalhes
+продолжай продолжи дальше ещё еще и потом пожалуйста да спасибо далее подробнее подробно а
 """
 _GENERIC_WORDS = frozenset(_GENERIC_TEXT.split())
 _WORD = re.compile(r"[^\W\d_]+")
@@ -100,7 +98,7 @@ def builds_on_earlier(text: str) -> bool:
         return len([ch for ch in stripped if ch.isalnum()]) >= 6
     words = _WORD.findall(sample)
     if len(words) <= 3:
-        return False  # "and for 5?", "ga door", "tiếp tục": too short to carry a request of its own
+        return False  # "and for 5?", "go on then": too short to carry a request of its own
     content = [w for w in words if w not in _GENERIC_WORDS]
     return len(content) >= 2
 

@@ -29,9 +29,9 @@ __all__ = ["ReasoningElicitation", "elicitation_score", "rule_score"]
 
 _CONCEPTS = {
     "reasoning": r"reasoning|thought|thinking|chain[- ]of[- ]thought|\bcot\b|rationale|denkproz|gedank|überlegung|raisonn|réflexion|pensée|"
-                 r"razon|piens|pensamiento|raciocín|pensament|ragionament|推理|思考|思路|想法|рассужд|мысл|размышл|考え|思考過程|추론|생각",
+                 r"razon|piens|pensamiento|raciocín|pensament|推理|思考|思路|想法|рассужд|мысл|размышл|考え|思考過程|추론|생각",
     "steps": r"step[- ]by[- ]step|each step|every step|one step at a time|intermediate|schritt|étape|paso a paso|cada paso|passo a passo|"
-             r"passo dopo passo|一步一步|逐步|每一步|步骤|шаг за шагом|каждый шаг|一歩ずつ|段階|단계",
+             r"一步一步|逐步|每一步|步骤|шаг за шагом|каждый шаг|一歩ずつ|段階|단계",
     "articulate": r"write (it )?out|spell(ing)? out|articulat|narrat|lay(ing)? out|show (me )?(your|every|all|each)|reveal|verbali[sz]|"
                   r"out loud|aloud|schreib|zeig|erklär.{0,20}laut|laut|écri|détaill|à voix haute|escrib|muestr|narra|descrev|"
                   r"写出|展示|列出|说出|распиш|покаж|опиш|書き出|示して|보여",
@@ -39,7 +39,7 @@ _CONCEPTS = {
                 r"внутренн|скрыт|内部の|内なる",
     "grader": r"\bgrader\b|reward model|\bscore (the|this|each|following)|rate (the|this) (following )?(answer|response)|judge (the|this)|"
               r"evaluate (the|this) (answer|response)|bewerte|note (la|cette) réponse|califica",
-    "tags": r"<\s*/?\s*(thinking|think|reasoning|scratchpad)\s*>|debug mode|developer mode|modo de depuración|mode débogage",
+    "tags": r"<\s*/?\s*(thinking|think|reasoning|scratchpad)\s*>|developer mode|modo de depuración|mode débogage",
     "language": r"same language|language of the (question|user)|gleichen sprache|même langue|mismo idioma|同じ言語|同一语言|том же языке",
 }
 # A concept is touched when its regex matches the lower-cased text, tested as substring checks plus a few
