@@ -1,6 +1,6 @@
 """Fleet: one replica with `state: memory` vs one and three replicas sharing Redis, on the same upstream, in one run.
 
-    python bench/fleet.py [--duration 8] [--state-timeout 2.0]
+    python bench/fleet.py [--duration 8] [--rounds 3] [--state-timeout 2.0]
 
 Needs ``wrk`` and ``redis-server`` (Debian packages). For each set-up it runs
 wrk against every replica at once (JSON, c=1 and c=64 in total) and reports
@@ -45,7 +45,10 @@ def redis_calls(port: int) -> int:
     with socket.create_connection(("127.0.0.1", port)) as conn:
         conn.sendall(b"INFO commandstats\r\n")
         data = b""
-        while not data.endswith(b"\r\n") or data.count(b"\r\n") < 2:
+        while b"\r\n" not in data:
+            data += conn.recv(65536)
+        length = int(data[1:data.index(b"\r\n")])  # a bulk reply: $<length>\r\n<text>\r\n, often more than one read
+        while len(data) < data.index(b"\r\n") + 2 + length + 2:
             data += conn.recv(65536)
     calls = 0
     for line in data.decode().splitlines():
@@ -109,6 +112,8 @@ def scorer_propagation(roots: list[str], secret: str, account: str) -> list[floa
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternating measurements of every set-up (CPU and requests summed, p50/p99 the median)")
     parser.add_argument("--state-timeout", type=float, default=2.0,
                         help="state_timeout_s of the replicas (default 2 s: on a machine this loaded, 0.25 s trips fail_open)")
     parser.add_argument("--propagation-only", action="store_true",
@@ -182,39 +187,56 @@ def main() -> int:
         time.sleep(0.5)
         redis_url = f"redis://127.0.0.1:{redis_port}/0"
 
-        rows: list[tuple[str, str, dict[str, float]]] = []
+        rows: list[tuple[str, str, dict[str, Any]]] = []
         direct: dict[str, dict[str, float]] = {}
         for conns in (() if args.propagation_only else (1, 64)):
             run_wrk(upstream + "/chat/completions", conns, 2, False, None)
             direct[f"c={conns}"] = run_wrk(upstream + "/chat/completions", conns, max(4, args.duration // 2), False, None)
         setups = [("1 replica, memory", "mem1", 1, "memory"), ("1 replica, Redis", "redis1", 1, redis_url),
                   ("3 replicas, Redis", "redis3", 3, redis_url)][:0 if args.propagation_only else None]
-        for name, tag, n, state in setups:
-            targets = gateways(tag, n, state, UNLIMITED)
-            key = make_key([root for root, _ in targets])
-            for conns in (1, 64):
+        # Every set-up runs at once and the measurements alternate between them, round after round, so a
+        # change in the machine's load (other work on the shared cores) falls on all of them alike.
+        started = [(name, n, targets, key) for name, tag, n, state in setups
+                   for targets in [gateways(tag, n, state, UNLIMITED)] for key in [make_key([root for root, _ in targets])]]
+        for conns in (1, 64):
+            samples: dict[str, list[dict[str, float]]] = {name: [] for name, *_ in started}
+            for _round in range(args.rounds):
+                for name, n, targets, key in started:
+                    load(targets, key, conns if conns >= n else n, 2)  # warm-up
+                    duration = args.duration if conns > 1 else max(4, args.duration // 2)
+                    cpu_before = sum(cpu_s(p.pid) for _, p in targets)
+                    redis_cpu_before = cpu_s(redis_proc.pid)
+                    calls_before = redis_calls(redis_port)
+                    results = load(targets, key, conns if conns >= n else n, duration)
+                    samples[name].append({
+                        "requests": sum(r["rps"] for r in results) * duration, "seconds": duration,
+                        "p50_ms": sum(r["p50_ms"] for r in results) / len(results),
+                        "p99_ms": sum(r["p99_ms"] for r in results) / len(results),
+                        "cpu_s": sum(cpu_s(p.pid) for _, p in targets) - cpu_before,
+                        "redis_cpu_s": cpu_s(redis_proc.pid) - redis_cpu_before,
+                        "calls": redis_calls(redis_port) - calls_before,
+                        "errors": sum(r["non_2xx"] + r["socket_errors"] for r in results)})
+            for name, n, _, _ in started:
+                got = samples[name]
+                requests = max(1.0, sum(s["requests"] for s in got))
                 label = f"c={conns}" if n == 1 else f"c={max(conns, n)} ({max(1, conns // n)} per replica)"
-                load(targets, key, conns if conns >= n else n, 2)  # warm-up
-                duration = args.duration if conns > 1 else max(4, args.duration // 2)
-                cpu_before = sum(cpu_s(p.pid) for _, p in targets)
-                redis_cpu_before = cpu_s(redis_proc.pid)
-                calls_before = redis_calls(redis_port)
-                results = load(targets, key, conns if conns >= n else n, duration)
-                requests = sum(r["rps"] for r in results) * duration
                 row = {
-                    "rps": sum(r["rps"] for r in results),
-                    "p50_ms": sum(r["p50_ms"] for r in results) / len(results),
-                    "p99_ms": sum(r["p99_ms"] for r in results) / len(results),
-                    "cpu_ms_per_req": (sum(cpu_s(p.pid) for _, p in targets) - cpu_before) * 1000 / max(1.0, requests),
-                    "redis_cpu_ms_per_req": (cpu_s(redis_proc.pid) - redis_cpu_before) * 1000 / max(1.0, requests),
-                    "calls_per_req": (redis_calls(redis_port) - calls_before) / max(1.0, requests),
-                    "errors": sum(r["non_2xx"] + r["socket_errors"] for r in results),
+                    "rps": requests / sum(s["seconds"] for s in got),
+                    "p50_ms": statistics.median(s["p50_ms"] for s in got),
+                    "p99_ms": statistics.median(s["p99_ms"] for s in got),
+                    "cpu_ms_per_req": sum(s["cpu_s"] for s in got) * 1000 / requests,
+                    "redis_cpu_ms_per_req": sum(s["redis_cpu_s"] for s in got) * 1000 / requests,
+                    "calls_per_req": sum(s["calls"] for s in got) / requests,
+                    "errors": sum(s["errors"] for s in got),
                     "base": f"c={conns}",
+                    # the same ratio within each round: how much the rounds disagree
+                    "cpu_ms_rounds": [s["cpu_s"] * 1000 / max(1.0, s["requests"]) for s in got],
                 }
                 rows.append((name, label, row))
                 print(f"  {name:<20} {label:<22} {row['rps']:>8.0f} req/s  p50 {row['p50_ms']:.2f}  p99 {row['p99_ms']:.2f}  "
                       f"cpu {row['cpu_ms_per_req']:.3f} ms/req  redis {row['redis_cpu_ms_per_req']:.3f}  calls {row['calls_per_req']:.2f}",
                       file=sys.stderr, flush=True)
+        for _, _, targets, _ in started:
             for _, proc in targets:
                 proc.terminate()
                 proc.wait(30)
@@ -264,9 +286,11 @@ def main() -> int:
                                                   "(2 cores shared with other sessions' work).", *propagation_lines], began, digest)
             return 0
         lines = ["## Fleet: shared state in Redis (`bench/fleet.py`, issue #13)", "",
-                 f"`python bench/fleet.py --duration {args.duration}`; load average before: {load_before}, after: "
+                 f"`python bench/fleet.py --duration {args.duration} --rounds {args.rounds}`; load average before: {load_before}, after: "
                  f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} (2 cores shared with other sessions' work). Upstream: "
-                 "`bench/fast_upstream.py`; load: wrk, JSON chat completions, spread evenly over the replicas; detection off.",
+                 "`bench/fast_upstream.py`; load: wrk, JSON chat completions, spread evenly over the replicas; detection off. "
+                 f"The set-ups take turns, {args.rounds} round(s) of each: req/s and CPU per request over all rounds, "
+                 "p50/p99 the median of the rounds.",
                  "", "| set-up | load | req/s | added p50 (ms) | added p99 (ms) | gateway CPU ms/request | Redis CPU ms/request | Redis calls/request | errors |",
                  "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
         for name, label, row in rows:
@@ -278,6 +302,9 @@ def main() -> int:
         lines += ["", "| Redis over memory, 1 replica | c=1 | c=64 |", "|---|---:|---:|"]
         lines.append("| gateway CPU per request | " + " | ".join(
             f"{one_redis[c]['cpu_ms_per_req'] / memory[c]['cpu_ms_per_req'] - 1:+.0%}" for c in ("c=1", "c=64")) + " |")
+        lines.append("| the same, round by round | " + " | ".join(", ".join(
+            f"{r / m - 1:+.0%}" for r, m in zip(one_redis[c]["cpu_ms_rounds"], memory[c]["cpu_ms_rounds"], strict=True))
+            for c in ("c=1", "c=64")) + " |")
         lines.append("| added p50 (ms) | " + " | ".join(f"{one_redis[c]['p50_ms'] - memory[c]['p50_ms']:+.2f}" for c in ("c=1", "c=64")) + " |")
         lines += ["", "Limit overshoot: one key limited to 600 requests/min, 48 connections spread over three replicas for 5 s:", "",
                   "| set-up | admitted | attempted | admitted / limit | fail_open trips during the run |", "|---|---:|---:|---:|---:|"]

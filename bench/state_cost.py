@@ -18,12 +18,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from distillguard.config import LimitSettings
 from distillguard.gateway.limits import Limiter
 from distillguard.gateway.prompt_tokens import PromptCounter
 from distillguard.state import Quota
-from distillguard.state.redis_state import RedisState
+from distillguard.state.redis_state import ADMIT_LUA, RedisState
 from distillguard.store.registry import KeyRecord
 from gateway_overhead import free_port
 from measure import spawn_logged, src_digest, stop_sessions, write_report
@@ -76,6 +77,33 @@ async def redis_us(url: str, concurrency: int, per_task: int) -> tuple[float, fl
     return cpu, calls
 
 
+async def redis_py_us(url: str, concurrency: int, per_task: int) -> float:
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(url, max_connections=concurrency + 1)
+    sha = await client.script_load(ADMIT_LUA)
+    keys = [f"dg:{kind}:{quota.subject}" for quota in QUOTAS for kind in "wtcd"]
+    limits = [-1 if v is None else v for q in QUOTAS for v in (q.requests_per_min, q.tokens_per_min, q.concurrent_requests,
+                                                                 q.daily_tokens)]
+
+    async def worker(w: int) -> None:
+        settle: list[Any] = [0]  # the previous request's settlement rides along, as in RedisState
+        settle_keys: list[str] = []
+        for i in range(per_task):
+            rid = f"p{concurrency}-{w}-{i}"
+            reply = await client.evalsha(sha, len(keys) + len(settle_keys), *keys, *settle_keys, len(QUOTAS), 10, rid, 30_000, 0,
+                                         *limits, *settle)
+            assert reply[0] == 0, reply
+            await asyncio.sleep(0)
+            settle, settle_keys = [1, rid, 12, 10, reply[2], len(QUOTAS)], keys
+
+    started = time.process_time()
+    await asyncio.gather(*(worker(w) for w in range(concurrency)))
+    cpu = (time.process_time() - started) / (concurrency * per_task) * 1e6
+    await client.aclose()
+    return cpu
+
+
 def main() -> int:
     import uvloop
 
@@ -94,12 +122,16 @@ def main() -> int:
         memory = uvloop.run(memory_us())
         one = uvloop.run(redis_us(url, 1, 3_000))
         many = uvloop.run(redis_us(url, 64, 100))
+        base_one = uvloop.run(redis_py_us(url, 1, 3_000))
+        base_many = uvloop.run(redis_py_us(url, 64, 100))
         lines = ["## What admission costs the gateway, in process (`bench/state_cost.py`)", "",
                  "| path | gateway CPU µs per request | Redis calls per request |", "|---|---:|---:|",
                  f"| `memory`: slot + prompt count + admit + settle (small chat body) | {memory:.1f} | — |",
                  f"| prompt count alone, ~320 KB of ASCII text | {count_us():.1f} | — |",
                  f"| Redis: admit + settle, 1 at a time | {one[0]:.1f} | {one[1]:.2f} |",
-                 f"| Redis: admit + settle, 64 concurrent | {many[0]:.1f} | {many[1]:.2f} |"]
+                 f"| Redis: admit + settle, 64 concurrent | {many[0]:.1f} | {many[1]:.2f} |",
+                 f"| baseline: the same script through redis-py's `evalsha`, 1 at a time | {base_one:.1f} | 1.00 |",
+                 f"| baseline: the same through redis-py's `evalsha`, 64 concurrent | {base_many:.1f} | 1.00 |"]
         write_report("state_cost.md", lines, began, digest)
         return 0
     finally:

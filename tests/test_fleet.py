@@ -27,7 +27,7 @@ import pytest
 
 from distillguard.client import Identity, attesting_client, sign_request
 from distillguard.state import Quota, Refusal
-from distillguard.state.redis_state import RedisState
+from distillguard.state.redis_state import RedisAdmission, RedisState
 from tests.gateway_fixtures import RunningGateway, start_gateway, write_config
 from tests.redis_fixtures import RedisServer
 from tests.upstream_stub import UpstreamStub
@@ -70,6 +70,29 @@ def test_redis_windows_are_exact_settled_and_nonces_shared(redis: RedisServer) -
         assert await other.admit(nonce_quota, 1, "n2", ("nonce-abc", 10_000)) is None  # seen by the first replica
         await state.close()
         await other.close()
+
+    _run(scenario())
+
+
+def test_free_requests_leave_the_window_without_breaking_it(redis: RedisServer) -> None:
+    """Requests charged 0 tokens (model lists, count_tokens) leave the window too: their 0 must not become Lua's "-0".
+
+    Found by bench/fleet.py running longer than a minute: the script sent
+    ``HINCRBY … -0``, Redis refused it, and every admission of that key failed
+    (fail_open for the whole replica) from 60 s after the first free request.
+    """
+    async def scenario() -> None:
+        state = RedisState(redis.url)
+        await state.start()
+        quota = (Quota("key:free", 100, 10_000, None, None),)
+        seconds, _ = await state.client.time()
+        long_ago = (seconds - 61) * 1000  # on Redis' clock, as the script measures windows
+        await state.client.zadd("dg:w:key:free", {"old-free": long_ago})
+        await state.client.hset("dg:t:key:free", mapping={"old-free": 0, "=": 0})
+        assert isinstance(await state.admit(quota, 5, "now"), RedisAdmission)
+        assert await state.client.zscore("dg:w:key:free", "old-free") is None
+        assert int(await state.client.hget("dg:t:key:free", "=")) == 5
+        await state.close()
 
     _run(scenario())
 

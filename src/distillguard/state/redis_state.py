@@ -21,6 +21,11 @@ Settlements never wait for Redis: they are queued and ride along with the next
 admission, or go in one batched call a few milliseconds later when no request
 comes. Redis errors surface as :class:`StateUnavailable`; what to do then is
 :mod:`distillguard.state.resilient`'s job.
+
+The script calls go over :mod:`distillguard.state.redis_wire` connections, with
+each quota's keys and limits encoded in RESP once and reused: per request only
+the request id, the charge and the settlements are encoded. redis-py's client
+(``client``) is kept for everything off the hot path.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import contextlib
 import logging
 from typing import Any
 
+from distillguard.state.redis_wire import RedisWire, ReplyError, bulk, command
 from distillguard.state.types import Admission, Quota, Refusal, StateUnavailable
 
 __all__ = ["LEASE_MS", "RedisAdmission", "RedisState"]
@@ -94,7 +100,7 @@ for i = 1, n do
       local sum = 0
       for _, v in ipairs(redis.call('HMGET', tk, unpack(old))) do if v then sum = sum + tonumber(v) end end
       redis.call('HDEL', tk, unpack(old))
-      redis.call('HINCRBY', tk, '=', -sum)
+      if sum ~= 0 then redis.call('HINCRBY', tk, '=', -sum) end  -- Lua writes -0 as "-0", which HINCRBY refuses
       redis.call('ZREM', w, unpack(old))
     end
   end
@@ -173,29 +179,70 @@ def _keys(subject: str) -> tuple[bytes, bytes, bytes, bytes]:
 
 
 def _limit(value: int | None) -> bytes:
-    return b"-1" if value is None else str(value).encode()
+    return bulk(-1 if value is None else value)
+
+
+class _Script:
+    """One Lua script's two request heads: ``EVALSHA <sha>`` and, for a Redis that forgot it, ``EVAL <source>``."""
+
+    __slots__ = ("evalsha", "eval")
+
+    def __init__(self, sha: str, source: str) -> None:
+        self.evalsha = bulk(b"EVALSHA") + bulk(sha)
+        self.eval = bulk(b"EVAL") + bulk(source)
+
+
+class _Call:
+    """A script call's keys and arguments, already in RESP, with their counts (a RESP request states its length first)."""
+
+    __slots__ = ("keys", "n_keys", "args", "n_args")
+
+    def __init__(self) -> None:
+        self.keys: list[bytes] = []
+        self.n_keys = 0
+        self.args: list[bytes] = []
+        self.n_args = 0
+
+    def key(self, resp: bytes, items: int = 1) -> None:
+        self.keys.append(resp)
+        self.n_keys += items
+
+    def arg(self, resp: bytes, items: int = 1) -> None:
+        self.args.append(resp)
+        self.n_args += items
+
+    def request(self, head: bytes) -> bytes:
+        """The whole request: ``head`` (a :class:`_Script`'s ``evalsha`` or ``eval``), the key count, keys, arguments."""
+        return b"*%d\r\n%b%b%b%b" % (3 + self.n_keys + self.n_args, head, bulk(self.n_keys), b"".join(self.keys),
+                                      b"".join(self.args))
 
 
 class _Encoded:
-    """A quota's key names and limit arguments, encoded once (the same few quotas come back on every request)."""
+    """A quota's key names and limit arguments, in RESP once (the same few quotas come back on every request)."""
 
     __slots__ = ("keys", "limits", "leased")
 
     def __init__(self, quota: Quota) -> None:
-        self.keys = _keys(quota.subject)
-        self.limits = (_limit(quota.requests_per_min), _limit(quota.tokens_per_min), _limit(quota.concurrent_requests),
-                       _limit(quota.daily_tokens))
+        self.keys = b"".join(bulk(key) for key in _keys(quota.subject))  # four RESP items
+        self.limits = b"".join((_limit(quota.requests_per_min), _limit(quota.tokens_per_min),
+                                _limit(quota.concurrent_requests), _limit(quota.daily_tokens)))  # four RESP items
         self.leased = quota.concurrent_requests is not None
 
 
-class RedisAdmission:
-    __slots__ = ("request_id", "charged", "day", "subjects", "leased")
+def _no_script(reply: Any) -> bool:
+    return isinstance(reply, ReplyError) and str(reply).startswith("NOSCRIPT")
 
-    def __init__(self, request_id: str, charged: int, day: int, subjects: tuple[str, ...], leased: tuple[str, ...]) -> None:
+
+class RedisAdmission:
+    __slots__ = ("request_id", "charged", "day", "subjects", "keys", "leased")
+
+    def __init__(self, request_id: str, charged: int, day: int, subjects: tuple[str, ...], keys: bytes,
+                 leased: tuple[str, ...]) -> None:
         self.request_id = request_id
         self.charged = charged
         self.day = day
         self.subjects = subjects
+        self.keys = keys  # the subjects' four keys each, in RESP, for the settlement
         self.leased = leased  # subjects whose concurrency slot this request holds
 
 
@@ -214,12 +261,14 @@ class RedisState:
         # No per-read socket timeout (it costs a timer per read): the caller bounds each whole call
         # (distillguard.state.resilient), and connecting has its own timeout.
         self.client: Any = aioredis.Redis.from_url(url, socket_connect_timeout=timeout_s, health_check_interval=0)
-        self._admit_sha = self.client.register_script(ADMIT_LUA).sha
-        self._renew_sha = self.client.register_script(RENEW_LUA).sha
-        self._idle: list[Any] = []  # connections not in use: one per concurrent call, reused
+        self._admit = _Script(self.client.register_script(ADMIT_LUA).sha, ADMIT_LUA)
+        self._renew = _Script(self.client.register_script(RENEW_LUA).sha, RENEW_LUA)
+        self._lease_arg = bulk(lease_ms)
+        self._settings = self.client.connection_pool.make_connection()  # the URL's address, TLS and credentials; never connected
+        self._idle: list[RedisWire] = []  # connections not in use: one per concurrent call, reused
         self._encoded: dict[Quota, _Encoded] = {}
         self._outstanding = 0  # admission calls in flight
-        self._queued: list[tuple[list[Any], asyncio.Future[Any]]] = []  # admissions waiting to go in the next batch
+        self._queued: list[tuple[_Call, asyncio.Future[Any]]] = []  # admissions waiting to go in the next batch
         self._pending: list[tuple[RedisAdmission, int]] = []
         self._flush_handle: asyncio.TimerHandle | None = None
         self._flushing: asyncio.Task[None] | None = None
@@ -229,14 +278,20 @@ class RedisState:
 
     async def start(self) -> None:
         """Check that Redis answers and load the scripts; raises :class:`StateUnavailable` if it does not."""
-        loop = asyncio.get_running_loop()
         for conn in self._idle:  # connections from before an outage are dead
-            loop.create_task(conn.disconnect(nowait=True))
+            conn.close()
         self._idle.clear()
         try:
             async with asyncio.timeout(max(self.timeout_s, 2.0)):
-                await self.client.ping()
-                await self._call(self._admit_sha, ADMIT_LUA, [b"0", b"0", b"0", b"", b"0", b"0", b"0"])
+                conn = await self._connection()
+                if await conn.call(command("PING")) != b"PONG":
+                    conn.close()
+                    raise StateUnavailable("PING was not answered with PONG")
+                self._idle.append(conn)
+                # n = 0 subjects, 0 tokens, no request id, lease, no nonce, 0 settlements: loads the script, changes nothing
+                probe = _Call()
+                probe.arg(bulk(0) + bulk(0) + bulk(b"") + self._lease_arg + bulk(0) + bulk(0), 6)
+                await self._call(self._admit, probe)
         except Exception as exc:
             raise StateUnavailable(f"state {self.url}: {type(exc).__name__}: {exc}") from exc
         if self._renewer is None:
@@ -250,29 +305,29 @@ class RedisState:
             found = self._encoded[quota] = _Encoded(quota)
         return found
 
-    async def _call(self, sha: str, script: str, keys_and_args: list[Any]) -> Any:
-        """One script call on a connection of our own: the client's per-command machinery costs more than the round trip.
+    async def _connection(self) -> RedisWire:
+        return self._idle.pop() if self._idle else await RedisWire.open(self._settings, self.timeout_s)
 
-        ``keys_and_args`` starts with the number of keys. A connection whose call
-        failed or was cancelled (a timeout) is dropped, since its reply may still come.
+    async def _call(self, script: _Script, call: _Call) -> Any:
+        """One script call on a connection of our own (:mod:`distillguard.state.redis_wire`; see why there).
+
+        A connection whose call failed or was cancelled (a timeout) is closed,
+        since its reply may still come; an error reply raises :data:`ReplyError`.
         """
-        from redis.exceptions import NoScriptError
-
-        conn = self._idle.pop() if self._idle else self.client.connection_pool.make_connection()
+        conn = await self._connection()
         try:
-            await conn.send_packed_command(conn.pack_command("EVALSHA", sha, *keys_and_args), check_health=False)
-            try:
-                reply = await conn.read_response()
-            except NoScriptError:  # a restarted Redis forgot the script: send it once in full
-                await conn.send_packed_command(conn.pack_command("EVAL", script, *keys_and_args), check_health=False)
-                reply = await conn.read_response()
+            reply = await conn.call(call.request(script.evalsha))
+            if _no_script(reply):  # a restarted Redis forgot the script: send it once in full
+                reply = await conn.call(call.request(script.eval))
         except BaseException:
-            asyncio.get_running_loop().create_task(conn.disconnect(nowait=True))
+            conn.close()
             raise
         self._idle.append(conn)
+        if isinstance(reply, ReplyError):
+            raise reply
         return reply
 
-    async def _admit_call(self, keys_and_args: list[Any]) -> Any:
+    async def _admit_call(self, call: _Call) -> Any:
         """An admission call, sent at once while few are in flight, else coalesced with others into one pipelined write.
 
         Like a group commit: under load, the admissions that arrive while
@@ -283,12 +338,12 @@ class RedisState:
         if self._outstanding < MAX_PARALLEL:
             self._outstanding += 1
             try:
-                return await self._call(self._admit_sha, ADMIT_LUA, keys_and_args)
+                return await self._call(self._admit, call)
             finally:
                 self._outstanding -= 1
                 self._send_queued()
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queued.append((keys_and_args, future))
+        self._queued.append((call, future))
         return await future
 
     def _send_queued(self) -> None:
@@ -297,15 +352,13 @@ class RedisState:
             self._outstanding += 1
             asyncio.get_running_loop().create_task(self._run_batch(batch))
 
-    async def _run_batch(self, batch: list[tuple[list[Any], asyncio.Future[Any]]]) -> None:
-        from redis.exceptions import NoScriptError, ResponseError
-
+    async def _run_batch(self, batch: list[tuple[_Call, asyncio.Future[Any]]]) -> None:
         try:
             async with asyncio.timeout(self.timeout_s):
-                replies = await self._pipeline(self._admit_sha, [cmd for cmd, _ in batch])
-                missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+                replies = await self._pipeline(self._admit.evalsha, [call for call, _ in batch])
+                missing = [i for i, reply in enumerate(replies) if _no_script(reply)]
                 if missing:  # a restarted Redis forgot the script: send it in full, once per command that needed it
-                    again = await self._pipeline(None, [batch[i][0] for i in missing])
+                    again = await self._pipeline(self._admit.eval, [batch[i][0] for i in missing])
                     for i, reply in zip(missing, again, strict=True):
                         replies[i] = reply
         except BaseException as exc:
@@ -318,7 +371,7 @@ class RedisState:
         else:
             for (_, future), reply in zip(batch, replies, strict=True):
                 if not future.done():
-                    if isinstance(reply, ResponseError):
+                    if isinstance(reply, ReplyError):
                         future.set_exception(reply)
                     else:
                         future.set_result(reply)
@@ -326,22 +379,16 @@ class RedisState:
             self._outstanding -= 1
             self._send_queued()
 
-    async def _pipeline(self, sha: str | None, commands: list[list[Any]]) -> list[Any]:
+    async def _pipeline(self, head: bytes, calls: list[_Call]) -> list[Any]:
         """Several script calls in one write on one connection; error replies come back in the list, not raised."""
-        from redis.exceptions import ResponseError
-
-        conn = self._idle.pop() if self._idle else self.client.connection_pool.make_connection()
+        conn = await self._connection()
+        futures = conn.send(b"".join([call.request(head) for call in calls]), len(calls))
         try:
-            packed = conn.pack_commands([("EVALSHA", sha, *cmd) if sha else ("EVAL", ADMIT_LUA, *cmd) for cmd in commands])
-            await conn.send_packed_command(packed, check_health=False)
-            replies: list[Any] = []
-            for _ in commands:
-                try:
-                    replies.append(await conn.read_response())
-                except ResponseError as exc:
-                    replies.append(exc)
+            replies = [await future for future in futures]
         except BaseException:
-            asyncio.get_running_loop().create_task(conn.disconnect(nowait=True))
+            for future in futures:
+                future.cancel()
+            conn.close()
             raise
         self._idle.append(conn)
         return replies
@@ -349,20 +396,18 @@ class RedisState:
     async def admit(self, quotas: tuple[Quota, ...], tokens: int, request_id: str,
                     nonce: tuple[str, int] | None = None) -> RedisAdmission | Refusal | None:
         encoded = [self._encode(quota) for quota in quotas]
-        keys: list[Any] = []
-        args: list[Any] = [len(quotas), tokens, request_id, self.lease_ms, nonce[1] if nonce else 0]
-        for item in encoded:
-            keys += item.keys
-            args += item.limits
+        n = len(quotas)
+        subject_keys = b"".join([item.keys for item in encoded])
+        call = _Call()
+        call.key(subject_keys, 4 * n)
+        call.arg(b"%b%b%b%b%b" % (bulk(n), bulk(tokens), bulk(request_id), self._lease_arg, bulk(nonce[1] if nonce else 0)), 5)
+        call.arg(b"".join([item.limits for item in encoded]), 4 * n)
         if nonce is not None:
-            keys.append("dg:n:" + nonce[0])
-        if self._pending:
-            self._add_settlements(self._take_pending(), keys, args)
-        else:
-            args.append(0)
+            call.key(bulk("dg:n:" + nonce[0]))
+        self._add_settlements(self._take_pending() if self._pending else [], call)
         try:
             self.calls += 1
-            reply = await self._admit_call([len(keys), *keys, *args])
+            reply = await self._admit_call(call)
         except Exception as exc:
             raise StateUnavailable(f"state {self.url}: {type(exc).__name__}: {exc}") from exc
         if reply[0] == 2:
@@ -371,7 +416,7 @@ class RedisState:
             _, code, limit, now, at, index = (int(v) for v in reply)
             return Refusal(quotas[index - 1].subject, CODES[code - 1], limit, now, None if at < 0 else at)
         leased = tuple(q.subject for q, item in zip(quotas, encoded, strict=True) if item.leased)
-        admission = RedisAdmission(request_id, tokens, int(reply[2]), tuple(q.subject for q in quotas), leased)
+        admission = RedisAdmission(request_id, tokens, int(reply[2]), tuple(q.subject for q in quotas), subject_keys, leased)
         if leased:
             self._in_flight[request_id] = admission
         return admission
@@ -394,12 +439,13 @@ class RedisState:
         return pending
 
     @staticmethod
-    def _add_settlements(pending: list[tuple[RedisAdmission, int]], keys: list[Any], args: list[Any]) -> None:
-        args.append(len(pending))
+    def _add_settlements(pending: list[tuple[RedisAdmission, int]], call: _Call) -> None:
+        """The settlement arguments (their count, then five per settlement) and their subjects' keys."""
+        call.arg(bulk(len(pending)))
         for admission, tokens in pending:
-            args += (admission.request_id, tokens, admission.charged, admission.day, len(admission.subjects))
-            for subject in admission.subjects:
-                keys.extend(_keys(subject))
+            call.arg(b"%b%b%b%b%b" % (bulk(admission.request_id), bulk(tokens), bulk(admission.charged),
+                                      bulk(admission.day), bulk(len(admission.subjects))), 5)
+            call.key(admission.keys, 4 * len(admission.subjects))
 
     def _flush_soon(self) -> None:
         self._flush_handle = None
@@ -411,13 +457,13 @@ class RedisState:
         pending = self._take_pending()
         if not pending:
             return
-        keys: list[Any] = []
-        args: list[Any] = [0, 0, "", self.lease_ms, 0]
-        self._add_settlements(pending, keys, args)
+        call = _Call()
+        call.arg(bulk(0) + bulk(0) + bulk(b"") + self._lease_arg + bulk(0), 5)  # no subject to admit, no nonce
+        self._add_settlements(pending, call)
         try:
             self.calls += 1
             async with asyncio.timeout(self.timeout_s):
-                await self._call(self._admit_sha, ADMIT_LUA, [len(keys), *keys, *args])
+                await self._call(self._admit, call)
         except Exception as exc:  # the usage is lost, the slots come back when their leases expire
             log.warning("could not settle %d request(s) in %s (%s); their leases expire within %d s",
                         len(pending), self.url, type(exc).__name__, self.lease_ms // 1000)
@@ -428,14 +474,17 @@ class RedisState:
             running = list(self._in_flight.values())
             if not running:
                 continue
-            keys: list[Any] = [_keys(subject)[2] for a in running for subject in a.leased]
-            args: list[Any] = [self.lease_ms, *(a.request_id for a in running for _ in a.leased)]
+            call = _Call()
+            call.arg(self._lease_arg)
+            for admission in running:
+                for subject in admission.leased:
+                    call.key(bulk(_keys(subject)[2]))
+                    call.arg(bulk(admission.request_id))
             try:
                 async with asyncio.timeout(self.timeout_s):
-                    await self._call(self._renew_sha, RENEW_LUA, [len(keys), *keys, *args])
+                    await self._call(self._renew, call)
             except Exception as exc:
-                log.warning("could not renew %d concurrency lease(s) in %s: %s", len(keys), self.url, exc)
-
+                log.warning("could not renew %d concurrency lease(s) in %s: %s", call.n_keys, self.url, exc)
     async def close(self) -> None:
         if self._renewer is not None:
             self._renewer.cancel()
@@ -445,8 +494,7 @@ class RedisState:
             async with asyncio.timeout(2):
                 await self.flush()
         for conn in self._idle:
-            with contextlib.suppress(Exception):
-                await conn.disconnect()
+            conn.close()
         self._idle.clear()
         with contextlib.suppress(Exception):
             await self.client.aclose()

@@ -1,0 +1,153 @@
+"""The admission hot path's Redis connection: RESP requests written by us, replies parsed by hiredis.
+
+Why not redis-py's own connection: measured in ``bench/state_cost.py``, its
+asyncio streams (``StreamWriter.writelines`` + ``drain``, ``StreamReader``
+with a timeout context per read) and its generic ``pack_command`` cost the
+gateway more CPU per admission than the rest of the request's limiter work
+together, and more than the round trip itself. This module keeps only what
+one script call needs: an :class:`asyncio.Protocol` that writes bytes and
+hands each reply, in order, to the future waiting for it. The replies are
+parsed by ``hiredis`` (Redis' own C parser, maintained with Redis), never by
+hand. redis-py still does everything else: it reads the URL (address, TLS
+options, credentials, database), and the rest of distillguard (pub/sub
+notices, administration, tests) talks to Redis through it.
+
+What a request can hold: :func:`bulk` prefixes every argument with its
+length (RESP's bulk string), so no value — a client's attestation nonce with
+CR, LF or NUL in it included — can end an argument early or start a command
+of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import socket
+import ssl
+from typing import Any, cast
+
+import hiredis
+
+__all__ = ["RedisWire", "ReplyError", "WireClosed", "bulk", "command"]
+
+ReplyError = hiredis.ReplyError  # an error reply (``-ERR …``, ``-NOSCRIPT …``): returned as a value, not raised
+
+
+class WireClosed(ConnectionError):
+    """The connection to Redis closed, failed or sent something that is not RESP; waiting calls get this."""
+
+
+def bulk(value: bytes | str | int) -> bytes:
+    """One argument in RESP: ``$<length>\\r\\n<bytes>\\r\\n``."""
+    data = value if isinstance(value, bytes) else value.encode() if isinstance(value, str) else b"%d" % value
+    return b"$%d\r\n%b\r\n" % (len(data), data)
+
+
+def command(*args: bytes | str | int) -> bytes:
+    """A whole RESP request of ``args`` (the command name first)."""
+    return b"*%d\r\n" % len(args) + b"".join(bulk(arg) for arg in args)
+
+
+class RedisWire(asyncio.Protocol):
+    """One connection; calls may overlap (Redis answers in order, so replies go to the waiting futures in order).
+
+    Open with :meth:`open`; a connection that failed once is closed for good
+    (its late replies could otherwise be taken for the next call's).
+    """
+
+    def __init__(self) -> None:
+        self._reader = hiredis.Reader()
+        self._waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self._transport: asyncio.Transport | None = None
+        self.closed = False
+
+    @classmethod
+    async def open(cls, settings: Any, timeout_s: float) -> RedisWire:
+        """Connect as redis-py would for ``settings`` (a redis-py connection object, never connected): address, TLS, AUTH, SELECT."""
+        from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection
+        from redis.credentials import UsernamePasswordCredentialProvider
+
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(timeout_s):
+            wire: RedisWire
+            if isinstance(settings, UnixDomainSocketConnection):
+                _, wire = await loop.create_unix_connection(cls, settings.path)
+            else:
+                context: ssl.SSLContext | None = settings.ssl_context.get() if isinstance(settings, SSLConnection) else None
+                _, wire = await loop.create_connection(cls, settings.host, settings.port, ssl=context)
+            try:
+                provider = settings.credential_provider
+                if provider is None and (settings.username or settings.password):
+                    provider = UsernamePasswordCredentialProvider(settings.username, settings.password)
+                if provider is not None:
+                    wire._check(await wire.call(command("AUTH", *await provider.get_credentials_async())), "AUTH")
+                if settings.db:
+                    wire._check(await wire.call(command("SELECT", settings.db)), "SELECT")
+            except BaseException:
+                wire.close()
+                raise
+        return wire
+
+    @staticmethod
+    def _check(reply: Any, what: str) -> None:
+        if isinstance(reply, ReplyError):
+            raise WireClosed(f"Redis refused {what}: {reply}")
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):  # a request goes out whole, at once
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        reader.feed(data)
+        waiting = self._waiting
+        try:
+            while (reply := reader.gets()) is not False:
+                if not waiting:
+                    raise WireClosed("Redis sent a reply nobody asked for")
+                future = waiting.popleft()
+                if not future.done():  # a cancelled call: its reply is dropped (the connection closes anyway)
+                    future.set_result(reply)
+        except (hiredis.ProtocolError, WireClosed) as exc:
+            self._fail(WireClosed(f"Redis connection broken: {exc}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(WireClosed(f"Redis closed the connection ({exc or 'EOF'})"))
+
+    # -- calls ------------------------------------------------------------------------------
+    def send(self, requests: bytes, replies: int) -> list[asyncio.Future[Any]]:
+        """Write ``requests`` (one or more whole RESP requests) in one write; one future per reply expected."""
+        if self.closed or self._transport is None:
+            raise WireClosed("the Redis connection is closed")
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in range(replies)]
+        self._waiting.extend(futures)
+        self._transport.write(requests)
+        return futures
+
+    async def call(self, request: bytes) -> Any:
+        """One request, its reply (an error reply is returned as a :data:`ReplyError`, not raised).
+
+        Cancelled (a timeout): the connection is closed, since its reply may still come.
+        """
+        future = self.send(request, 1)[0]
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        self._fail(WireClosed("the Redis connection was closed"))
+        if self._transport is not None:
+            self._transport.close()
+
+    def _fail(self, exc: WireClosed) -> None:
+        self.closed = True
+        while self._waiting:
+            future = self._waiting.popleft()
+            if not future.done():
+                future.set_exception(exc)
