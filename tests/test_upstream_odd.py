@@ -176,7 +176,8 @@ def test_upstream_error_bodies_pass_with_credentials_masked(gateway: RunningGate
 def test_an_event_that_cannot_be_built_is_replaced_by_a_minimal_one(monkeypatch: pytest.MonkeyPatch) -> None:
     """A bug in building an event must not lose it: a minimal event with the status and error is stored instead."""
     from distillguard.config import Settings
-    from distillguard.gateway.app import Gateway, _Exchange
+    from distillguard.gateway.app import Gateway
+    from distillguard.gateway.exchange import Exchange
     from distillguard.gateway.types import EventSinkProtocol
 
     stored: list[dict] = []
@@ -186,14 +187,14 @@ def test_an_event_that_cannot_be_built_is_replaced_by_a_minimal_one(monkeypatch:
             stored.append(event)
 
     gateway = Gateway(Settings(), sink=Sink())
-    ex = _Exchange("openai.chat", "openai", {"headers": [], "client": ("198.51.100.4", 5000)})
+    ex = Exchange("openai.chat", "openai", {"headers": [], "client": ("198.51.100.4", 5000)})
     ex.status, ex.error = 502, "upstream_protocol_error: x"
 
     def broken(_: object) -> None:
         raise TypeError("a bug")
 
-    monkeypatch.setattr(gateway, "_emit", broken)
-    gateway._emit_safely(ex)
+    monkeypatch.setattr(gateway.emitter, "emit", broken)
+    gateway.emitter.emit_safely(ex)
     (event,) = stored
     assert event["request_id"] == ex.request_id and event["response"]["status"] == 502
     assert event["response"]["error"] == "upstream_protocol_error: x" and event["client"]["ip"] == "198.51.100.4"

@@ -31,6 +31,8 @@ from typing import IO, Any, NotRequired, TypedDict
 
 import orjson
 
+from distillguard.exceptions import DistillguardError
+
 __all__ = [
     "EVENT_VERSION",
     "REQUIRED_FIELDS",
@@ -227,7 +229,7 @@ def new_event(
     return event  # type: ignore[return-value]
 
 
-class EventFormatError(ValueError):
+class EventFormatError(DistillguardError, ValueError):
     """An event that breaks the v1 contract; ``location`` names the field, pydantic-style."""
 
     def __init__(self, location: str, problem: str) -> None:

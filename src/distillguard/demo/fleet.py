@@ -31,11 +31,12 @@ from types import FrameType
 from typing import Any
 
 from distillguard.demo.children import wait_until_answering
+from distillguard.exceptions import DistillguardError
 
 __all__ = ["Fleet", "main"]
 
 
-class FleetError(RuntimeError):
+class FleetError(DistillguardError, RuntimeError):
     """A piece of the fleet could not be started; the message says which and where its log is."""
 
 

@@ -14,6 +14,7 @@ import hashlib
 from collections.abc import Iterable
 
 from distillguard.gateway.errors import GatewayError
+from distillguard.gateway.wire import header
 from distillguard.store.registry import KeyRecord
 
 __all__ = ["KeyTable", "extract_secret"]
@@ -61,3 +62,7 @@ class KeyTable:
         if record.account_status != "active":
             raise GatewayError(403, f"Account {record.account_id} is {record.account_status}.", "account_suspended")
         return record
+
+    def authenticate_request(self, headers: list[tuple[bytes, bytes]]) -> KeyRecord:
+        """:meth:`authenticate` the key a request carries (``x-api-key`` or ``Authorization: Bearer``)."""
+        return self.authenticate(extract_secret(header(headers, b"authorization"), header(headers, b"x-api-key")))

@@ -14,6 +14,8 @@ from typing import Any
 
 import orjson
 
+from distillguard.exceptions import DistillguardError
+
 __all__ = [
     "MASK",
     "GatewayError",
@@ -77,7 +79,7 @@ _ANTHROPIC_TYPES = {
 
 
 @dataclass
-class GatewayError(Exception):
+class GatewayError(DistillguardError):
     """A refusal or failure the gateway answers itself, with a status and a reason a user can act on."""
 
     status: int

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 
 from distillguard.config import UpstreamSettings
 from distillguard.gateway.errors import GatewayError
-from distillguard.gateway.upstream_http import Origin
+from distillguard.gateway.types import UpstreamTransportProtocol
+from distillguard.gateway.upstream_http import Origin, UpstreamError
 
-__all__ = ["Router", "Upstream"]
+__all__ = ["Router", "Upstream", "get_document"]
 
 
 @dataclass(frozen=True)
@@ -80,3 +81,13 @@ class Router:
     def listed_models(self) -> list[tuple[str, Upstream]]:
         return [(name, u) for name, u in self._exact.items()]
 
+
+async def get_document(client: UpstreamTransportProtocol, upstream: Upstream, path: bytes) -> bytes:
+    """GET a small document from an upstream (health probe, model list); any non-2xx raises :class:`UpstreamError`."""
+    resp = await client.request(upstream.origin, b"GET", path, upstream.auth_lines, b"",
+                                connect_timeout=upstream.connect_timeout_s, read_timeout=upstream.read_timeout_s)
+    async with resp:
+        body = await resp.read()
+    if not 200 <= resp.status < 300:
+        raise UpstreamError(f"HTTP {resp.status}")
+    return body

@@ -41,6 +41,8 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from distillguard.exceptions import DistillguardError
+
 __all__ = [
     "Origin",
     "UpstreamBadResponse",
@@ -56,7 +58,7 @@ __all__ = [
 HIGH_WATER = 1 << 20  # bytes buffered for a slow client before reading from the upstream pauses
 
 
-class UpstreamError(Exception):
+class UpstreamError(DistillguardError):
     """Base of the client's failures (timeouts raise the built-in ``TimeoutError``)."""
 
 

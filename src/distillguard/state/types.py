@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from distillguard.exceptions import DistillguardError
+
 __all__ = [
     "DAY_MS",
     "WINDOW_MS",
@@ -70,7 +72,7 @@ class Admission(Protocol):
     charged: int
 
 
-class StateUnavailable(Exception):
+class StateUnavailable(DistillguardError):
     """The shared state backend did not answer (down, slow or refusing); the caller decides fail-open or fail-closed."""
 
 
