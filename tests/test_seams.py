@@ -131,11 +131,11 @@ async def test_the_admin_api_needs_only_its_context() -> None:
     """AdminAPI takes an AdminContext (no Gateway): status and the registry's accounts come from what it was given."""
     reloads: list[int] = []
 
-    async def reload_keys() -> None:
+    async def refresh_keys() -> None:
         reloads.append(1)
 
     context = AdminContext(Settings(), _Registry(), _Events(), None, (), ("up-a", "up-b"), has_signals=False,
-                           has_watermark=True, keys_loaded=lambda: 7, reload_keys=reload_keys)
+                           has_watermark=True, keys_loaded=lambda: 7, refresh_keys=refresh_keys)
     admin = AdminAPI(context)
     status = await admin.call("GET", "/admin/v1/status", {}, b"")
     accounts = await admin.call("GET", "/admin/v1/accounts", {}, b"")
