@@ -133,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--fail-on", choices=("medium", "high"), default=None,
                       help="exit 3 when an account at this risk level or above is found (cron, CI)")
     scan.add_argument("--strict", action="store_true", help="stop at the first malformed line")
+    scan.add_argument("--indicators", action="append", metavar="BUNDLE.json",
+                      help="STIX 2.1 indicators shared by other providers: matches become `shared_indicators` evidence (repeatable)")
     scan.add_argument("--accounts", metavar="ACCOUNTS.jsonl",
                       help="account metadata from `distillguard accounts export` (creation times, orgs, hashed attributes) for attribution")
 
@@ -158,6 +160,24 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--key-id", action="append", dest="key_ids", metavar="ID", help="key to test (repeatable)")
     detect.add_argument("--scheme", choices=("unigram", "kgw"), default="unigram", help="watermark scheme (default: unigram)")
     detect.add_argument("--tokenizer", metavar="tokenizer.json", help="the marking model's tokenizer (default: the demo model's)")
+
+    indicators = sub.add_parser("indicators", help="STIX 2.1 indicator bundles shared between providers").add_subparsers(
+        dest="action", metavar="ACTION")
+    indicators.required = True
+    ind_export = _command(indicators, "export", "distillguard.indicators.commands:export_command",
+                          "flagged accounts' shareable indicators as a STIX 2.1 bundle (docs/indicators.md)", opens_store=False)
+    ind_export.add_argument("--report", metavar="REPORT.json",
+                            help="take the flagged accounts from this scan report (default: the online scorer's, in the store)")
+    ind_export.add_argument("--events", nargs="+", metavar="FILE", help="read events from these logs (default: the store's)")
+    ind_export.add_argument("--min-risk", choices=("medium", "high"), default="high", help="which accounts count as flagged (default: high)")
+    ind_export.add_argument("--canary-key", action="append", metavar="KEY_ID", help="also share this canary key id (repeatable)")
+    ind_export.add_argument("--producer", default="distillguard", help="the identity named in the bundle (your organisation)")
+    ind_export.add_argument("--out", metavar="BUNDLE.json", help="write the bundle here (default: stdout)")
+    ind_import = _command(indicators, "import", "distillguard.indicators.commands:import_command",
+                          "load another provider's STIX 2.1 bundle into the store (docs/indicators.md)", opens_store=True)
+    ind_import.add_argument("file", metavar="FILE", help="a STIX 2.1 bundle (JSON), or - for stdin")
+    ind_import.add_argument("--source", metavar="NAME", help="who sent it (default: the bundle's identity name)")
+    _command(indicators, "list", "distillguard.indicators.commands:list_command", "the imported indicators, as JSON", opens_store=True)
 
     client = sub.add_parser("client", help="the attesting client SDK").add_subparsers(dest="action", metavar="ACTION")
     client.required = True

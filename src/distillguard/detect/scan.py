@@ -23,6 +23,7 @@ from distillguard.detect.report_table import format_report_table
 from distillguard.detect.scanner import Scanner
 from distillguard.events import EventFormatError, EventReadProblem, read_events
 from distillguard.exceptions import InputError
+from distillguard.indicators.model import IndicatorSet
 
 __all__ = ["scan_command", "scan_files"]
 
@@ -32,8 +33,10 @@ FAIL_LEVELS = {"medium": ("medium", "high"), "high": ("high",)}
 
 
 def scan_files(paths: list[str], *, strict: bool = False, progress: bool = False,
-               accounts: Mapping[str, AccountMeta] | None = None) -> tuple[dict[str, Any], list[EventReadProblem]]:
-    """Scan event logs; ``accounts`` is the operator's account metadata (`--accounts`, :func:`read_accounts`)."""
+               accounts: Mapping[str, AccountMeta] | None = None,
+               indicators: IndicatorSet | None = None) -> tuple[dict[str, Any], list[EventReadProblem]]:
+    """Scan event logs; ``accounts`` is the operator's account metadata (`--accounts`, :func:`read_accounts`),
+    ``indicators`` other providers' shared indicators (`--indicators`)."""
     problems: list[EventReadProblem] = []
 
     def warn(problem: EventReadProblem) -> None:
@@ -41,7 +44,7 @@ def scan_files(paths: list[str], *, strict: bool = False, progress: bool = False
         if len(problems) <= MAX_WARNINGS:
             print(f"warning: {problem} (skipped)", file=sys.stderr)
 
-    scanner = Scanner(accounts=accounts)
+    scanner = Scanner(accounts=accounts, indicators=indicators)
     started = time.monotonic()
     last = started
     for path in paths:
@@ -94,7 +97,13 @@ def _refuse_out_among_inputs(out: str | None, paths: list[str]) -> None:
 def scan_command(args: argparse.Namespace) -> int:
     _refuse_out_among_inputs(args.out, args.files)
     accounts = read_accounts(args.accounts) if getattr(args, "accounts", None) else None
-    report, problems = scan_files(args.files, strict=args.strict, progress=sys.stderr.isatty(), accounts=accounts)
+    indicators = None
+    if getattr(args, "indicators", None):
+        from distillguard.indicators.commands import read_bundle_file
+
+        indicators = IndicatorSet(i for path in args.indicators for i in read_bundle_file(path))
+    report, problems = scan_files(args.files, strict=args.strict, progress=sys.stderr.isatty(), accounts=accounts,
+                                  indicators=indicators)
     output_format = args.format or ("table" if sys.stdout.isatty() else "json")
     text = json.dumps(report, indent=1, ensure_ascii=False)
     if args.out:

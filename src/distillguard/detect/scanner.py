@@ -28,17 +28,20 @@ from distillguard.detect.pivot import ModelPivot
 from distillguard.detect.reasoning import ReasoningElicitation
 from distillguard.detect.relay import RelaySharing
 from distillguard.detect.rotation import NetworkRotation
+from distillguard.detect.shared_indicators import SharedIndicators
 from distillguard.detect.sharing import KeySharing
 from distillguard.detect.sustained import SustainedExtraction, burst_factor
 from distillguard.detect.templates import TemplatedPrompts
 from distillguard.detect.timing import Timing
 from distillguard.events import parse_ts
+from distillguard.indicators.model import IndicatorSet
 
 __all__ = ["DISTILL_BIAS", "DISTILL_WEIGHTS", "RESELLER_BIAS", "RESELLER_WEIGHTS", "Scanner", "burst_factor", "risk_band"]
 
 DISTILL_BIAS = -5.0
 DISTILL_WEIGHTS = {"cot_elicitation": 7.0, "coverage_sweep": 3.0, "token_economics": 2.0, "templated_prompts": 1.0,
-                   "timing": 1.5, "model_pivot": 3.0, "network_rotation": 4.0, "consistency": 1.0, "sustained_extraction": 1.5}
+                   "timing": 1.5, "model_pivot": 3.0, "network_rotation": 4.0, "consistency": 1.0, "sustained_extraction": 1.5,
+                   "shared_indicators": 2.5}  # present only with indicators supplied (detect/shared_indicators.py)
 RESELLER_BIAS = -4.0
 RESELLER_WEIGHTS = {"key_sharing": 8.0, "relay_sharing": 6.0, "consistency": 1.5, "timing": 1.0}
 HIGH, MEDIUM = 0.8, 0.5
@@ -55,8 +58,9 @@ def risk_band(score: float) -> str:
 class Scanner:
     """Incremental detection over events v1; ``report()`` gives the scan report v1 (DESIGN §5)."""
 
-    def __init__(self, accounts: Mapping[str, AccountMeta] | None = None) -> None:
-        """``accounts``: the operator's account metadata (`scan --accounts`, :func:`distillguard.detect.accounts.read_accounts`)."""
+    def __init__(self, accounts: Mapping[str, AccountMeta] | None = None, indicators: IndicatorSet | None = None) -> None:
+        """``accounts``: the operator's account metadata (`scan --accounts`, :func:`distillguard.detect.accounts.read_accounts`);
+        ``indicators``: other providers' shared indicators (`scan --indicators`), matched by :class:`SharedIndicators`."""
         self.metadata: Mapping[str, AccountMeta] = accounts or {}
         self.reasoning = ReasoningElicitation()
         self.coverage = CoverageSweep()
@@ -66,6 +70,8 @@ class Scanner:
         self.detectors: list[Detector] = [self.reasoning, self.coverage, TokenEconomics(), self.templates, self.timing,
                                           ModelPivot(), KeySharing(), NetworkRotation(), Consistency(), RelaySharing(),
                                           self.sustained]
+        if indicators is not None and len(indicators):
+            self.detectors.append(SharedIndicators(indicators))
         # The three detectors that read the prompt get it extracted once per event rather than once each.
         self._text_readers = (self.reasoning, self.coverage, self.templates)
         self._others = tuple(d for d in self.detectors if d not in self._text_readers)

@@ -30,7 +30,7 @@ from sqlalchemy import (
 )
 
 __all__ = ["create_tables", "metadata", "accounts", "api_keys", "installs", "events", "audit_log", "reviews", "counters",
-           "manual_overrides", "account_attributes", "risk_snapshot", "key_changes"]
+           "manual_overrides", "account_attributes", "risk_snapshot", "key_changes", "shared_indicators"]
 
 metadata = MetaData()
 
@@ -161,6 +161,18 @@ risk_snapshot = Table(
     Column("name", String(64), primary_key=True),
     Column("ts", Float, nullable=False),
     Column("document", JSON, nullable=False),
+)
+
+# Indicators imported from other providers' STIX 2.1 bundles (`distillguard indicators import`, docs/indicators.md):
+# one row per (kind, value, source); a re-import of the same bundle updates rather than duplicates.
+shared_indicators = Table(
+    "shared_indicators",
+    metadata,
+    Column("kind", String(20), primary_key=True),
+    Column("value", String(200), primary_key=True),
+    Column("source", String(200), primary_key=True),
+    Column("stix_id", String(100), nullable=True),
+    Column("imported_at", Float, nullable=False),
 )
 
 
