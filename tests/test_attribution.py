@@ -454,3 +454,34 @@ def test_one_shared_template_or_another_configuration_is_not_a_phrase_bank() -> 
     plain = bank_fleet(two, "plan", n=4, stream=False)
     found = bank_clusters(two, {a: 0.9 if a in streaming + plain else 0.05 for a in two.accounts})
     assert set(streaming) in found and set(plain) in found, found  # each fleet is linked within, never across
+
+
+def test_learners_with_one_phrasing_list_and_one_university_domain_are_not_a_hydra() -> None:
+    """Classmates: the same university's e-mail domain and the same ways of asking. Looking ordinary on their own,
+    they are not linked; the same traffic from accounts that already look like harvesting is (content and records)."""
+    university = hash_attribute("email_domain", "uni.example", "s")
+    meta = {f"learn{k}": AccountMeta(f"learn{k}", created_at=T0 - (200 - 17 * k) * DAY, attributes={"email_domain": university})
+            for k in range(6)}
+    scanner = Scanner(accounts=meta)
+    background(scanner, 200)  # the university's six accounts are 3 % of the log: its domain is rare
+    names = bank_fleet(scanner, "learn", requests=40)
+    ordinary = {a: 0.05 for a in scanner.accounts}
+    assert bank_clusters(scanner, ordinary) == []
+    suspect = {a: 0.9 if a in names else 0.05 for a in scanner.accounts}
+    assert bank_clusters(scanner, suspect) == [set(names)]
+
+
+def test_habits_tell_a_script_streaming_half_its_requests_from_one_streaming_most() -> None:
+    """Streaming shares on two offset grids: 0.5 and 0.85 share no habit (two configurations; the old none/some/all
+    bands called both "some" and let two rotating fleets merge), while shares 0.08 apart always share one."""
+    from distillguard.detect.attribution import _Account, _habits
+
+    def habits(streamed: int) -> set[str]:
+        state = _Account(requests=100, single_turn=100, streamed=streamed, lengths={6: 100})
+        state.hours = [5] * 20 + [0] * 4
+        return set(_habits(state))
+
+    assert not habits(50) & habits(85)
+    assert not habits(10) & habits(50)
+    for share in range(0, 93, 4):
+        assert habits(share) & habits(share + 8), share

@@ -208,13 +208,25 @@ def _band(share: float) -> str:
     return "none" if share <= 0.1 else "all" if share >= 0.9 else "some"
 
 
+# Streaming shares are compared on two grids of 0.3-wide bins offset by half a bin: two accounts whose shares differ
+# by less than 0.15 fall in one bin of at least one grid, two that differ by more than 0.3 in none. A script that
+# streams half its requests and one that streams nine in ten are two configurations; "some" covered both.
+_GRIDS = ((0.2, 0.6), (0.4, 0.8))
+
+
+def _bin(share: float, cuts: tuple[float, ...]) -> str:
+    low = max((c for c in cuts if c < share), default=0.0)
+    high = min((c for c in cuts if c >= share), default=1.0)
+    return f"{low:.0%}–{high:.0%}"
+
+
 def _habits(state: _Account) -> tuple[str, ...]:
     """How an account uses the API, coarsely: the distribution its requests come from, not any one value.
 
     Accounts of one campaign are driven by one script with one configuration, so they share these habits;
-    ordinary users differ from one another, and the habits common among them weigh little (rarity). Two
-    descriptions are given — with the prompt length, and with the daily rhythm — so that an account near the
-    edge of one band still matches its fleet on the other.
+    ordinary users differ from one another, and the habits common among them weigh little (rarity). Four
+    descriptions are given — with the prompt length, and with the daily rhythm, each with the streaming share on
+    two offset grids (``_GRIDS``) — so that an account near the edge of one band still matches its fleet on another.
     """
     requests = state.requests
     if requests < 10 or not state.lengths:
@@ -223,8 +235,11 @@ def _habits(state: _Account) -> tuple[str, ...]:
     doubled = state.hours + state.hours
     quiet = min(sum(doubled[i:i + 6]) for i in range(24)) / max(1, sum(state.hours))
     clock = "round the clock" if quiet >= 0.12 else "a daily rhythm" if quiet <= 0.03 else "mostly a daily rhythm"
-    usage = f"single-turn {_band(state.single_turn / requests)}, streaming {_band(state.streamed / requests)}"
-    return f"{usage}, prompts of {1 << max(0, length - 1)}–{(1 << length) - 1} characters", f"{usage}, {clock}"
+    out = []
+    for cuts in _GRIDS:
+        usage = f"single-turn {_band(state.single_turn / requests)}, streaming {_bin(state.streamed / requests, cuts)}"
+        out += [f"{usage}, prompts of {1 << max(0, length - 1)}–{(1 << length) - 1} characters", f"{usage}, {clock}"]
+    return tuple(out)
 
 
 def _net_label(net: tuple[Any, ...]) -> str:
@@ -262,7 +277,7 @@ KINDS: dict[str, tuple[str, float]] = {
     "short_wrapper": ("content", 0.35),  # two words: common in plain language too
     "system_prompt": ("content", 0.8),
     "params": ("content", 0.3),
-    "habits": ("content", 0.3),  # two descriptions, 0.51 together
+    "habits": ("content", 0.16),  # four descriptions, 0.50 together
     "install": ("infra", 1.0),
     "ip": ("infra", 0.6),
     "hosting_net": ("infra", 0.6),
