@@ -21,6 +21,7 @@ code that raises it and rooted here::
     │   ├── UpstreamDisconnected
     │   └── UpstreamBadResponse → UpstreamProtocolError
     ├── state.StateUnavailable          the shared state backend (Redis) did not answer
+    ├── state.redis_wire.WireClosed     the Redis connection closed or broke (also a ConnectionError)
     └── demo.fleet.FleetError           a piece of ``make fleet`` could not start (also a RuntimeError)
 
 Private exceptions used only as control flow inside one module (an HTTP

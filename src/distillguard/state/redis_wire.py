@@ -28,12 +28,14 @@ from typing import Any, cast
 
 import hiredis
 
+from distillguard.exceptions import DistillguardError
+
 __all__ = ["RedisWire", "ReplyError", "WireClosed", "bulk", "command"]
 
 ReplyError = hiredis.ReplyError  # an error reply (``-ERR …``, ``-NOSCRIPT …``): returned as a value, not raised
 
 
-class WireClosed(ConnectionError):
+class WireClosed(DistillguardError, ConnectionError):
     """The connection to Redis closed, failed or sent something that is not RESP; waiting calls get this."""
 
 
