@@ -14,10 +14,14 @@ clients. Each scenario runs on a fresh database and spill directory:
 
 Acknowledged = a 2xx the client received (its ``x-request-id``). Afterwards the
 lock is released, the gateway is started once more on the same database and
-spill directory and stopped with SIGTERM (its writer replays spill files at
+spill directory and stopped with SIGTERM (it turns a killed process's
+write-ahead segments into a spill file and its writer replays spill files at
 start), and lost = acknowledged ids absent from the store and from any spill file.
 
-    .venv/bin/python bench/event_durability.py [--seconds 6] [--concurrency 32] [--timeout 2]
+Each scenario runs with the event write-ahead log on (the default) and off
+(``event_wal.enabled: false``) in the same run, unless ``--wal`` picks one.
+
+    .venv/bin/python bench/event_durability.py [--seconds 6] [--concurrency 32] [--timeout 2] [--wal both|on|off]
 """
 
 from __future__ import annotations
@@ -81,9 +85,14 @@ def _spilled_ids(spill_dir: Path) -> list[str]:
             for line in path.read_bytes().splitlines() if line.strip()]
 
 
-def run_scenario(name: str, upstream: str, seconds: float, concurrency: int, timeout: float) -> dict[str, float]:
+def _wal_lines(spill_dir: Path) -> int:
+    """Event lines in write-ahead segments (what a killed process left for the next start)."""
+    return sum(path.read_bytes().count(b"\n") for path in (spill_dir / "wal").glob("*.wal"))
+
+
+def run_scenario(name: str, upstream: str, seconds: float, concurrency: int, timeout: float, wal: bool) -> dict[str, float]:
     work = Path(tempfile.mkdtemp(prefix=f"dg-durable-{name.replace('+', '-')}-"))
-    settings = {"log_level": "warning", "limits": NO_LIMITS, "database_timeout_s": timeout}
+    settings = {"log_level": "warning", "limits": NO_LIMITS, "database_timeout_s": timeout, "event_wal": {"enabled": wal}}
     gw: RunningGateway = start_gateway(work, upstream, **settings)
     load = Load(gw.base_url + "/chat/completions", gw.create_key("bench")["secret"], concurrency)
     load.thread.start()
@@ -104,6 +113,7 @@ def run_scenario(name: str, upstream: str, seconds: float, concurrency: int, tim
         lock.rollback()
         lock.close()
     queued_at_death = len(_spilled_ids(gw.spill_dir))
+    in_wal_at_death = _wal_lines(gw.spill_dir)
     again = start_gateway(work, upstream, **settings)  # replays the spill files at start, drains them at SIGTERM
     again.proc.send_signal(signal.SIGTERM)
     again.proc.wait(120)
@@ -112,7 +122,7 @@ def run_scenario(name: str, upstream: str, seconds: float, concurrency: int, tim
     spilled = set(_spilled_ids(gw.spill_dir))
     lost = acknowledged - stored - spilled
     return {"acknowledged": len(acknowledged), "rate": len(acknowledged) / (seconds * (2 if lock else 1)),
-            "failed": failed_before_signal, "spilled_at_death": queued_at_death, "lost": len(lost), "code": code or 0,
+            "failed": failed_before_signal, "spilled_at_death": queued_at_death, "wal_at_death": in_wal_at_death, "lost": len(lost), "code": code or 0,
             "exit_s": exit_s, "per_10k": 10_000 * len(lost) / max(1, len(acknowledged))}
 
 
@@ -122,6 +132,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32, help="closed-loop clients")
     parser.add_argument("--timeout", type=float, default=2.0, help="database_timeout_s of the gateway")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated subset of " + ", ".join(SCENARIOS))
+    parser.add_argument("--wal", choices=["both", "on", "off"], default="both", help="the event write-ahead log in each scenario")
     args = parser.parse_args()
     began, digest = time.perf_counter(), src_digest()
     procs: list = []
@@ -132,9 +143,11 @@ def main() -> None:
     wait(upstream + "/models")
     rows = []
     try:
-        for name in args.scenarios.split(","):
-            r = run_scenario(name, upstream, args.seconds, args.concurrency, args.timeout)
-            rows.append(f"| {name} | {r['acknowledged']:,} | {r['rate']:,.0f} | {r['failed']:,} | {r['spilled_at_death']:,} | "
+        modes = {"both": [True, False], "on": [True], "off": [False]}[args.wal]
+        for name, wal in [(name, wal) for name in args.scenarios.split(",") for wal in modes]:
+            r = run_scenario(name, upstream, args.seconds, args.concurrency, args.timeout, wal)
+            rows.append(f"| {name} | {'on' if wal else 'off'} | {r['acknowledged']:,} | {r['rate']:,.0f} | {r['failed']:,} | "
+                        f"{r['spilled_at_death']:,} | {r['wal_at_death']:,} | "
                         f"{int(r['code'])} in {r['exit_s']:.1f} s | {r['lost']:,} | {r['per_10k']:.1f} | "
                         f"{1000 * r['lost'] / max(1.0, r['rate']):.0f} |")
             print(rows[-1], flush=True)
@@ -148,8 +161,9 @@ def main() -> None:
         f"and signal while it is held; `database_timeout_s: {args.timeout:g}`. "
         "Machine shared with other engineers' work (2 cores): rates are low and noisy, the loss ratio is the figure.",
         "",
-        "| scenario | acknowledged (2xx) | ack/s | not 2xx before the signal | events in spill files at exit | exit | lost | lost per 10k | lost as ms of traffic |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| scenario | write-ahead log | acknowledged (2xx) | ack/s | not 2xx before the signal | events in spill files at exit | "
+        "event lines in write-ahead segments at exit | exit | lost | lost per 10k | lost as ms of traffic |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
         *rows,
     ]
     write_report("event_durability.md", lines, began, digest)

@@ -1,6 +1,6 @@
 """Gateway overhead: the same load against the upstream directly, distillguard, and LiteLLM's proxy, in one run.
 
-    python bench/gateway_overhead.py [--duration 8] [--skip-litellm]
+    python bench/gateway_overhead.py [--duration 8] [--skip-litellm] [--variants core,all]
 
 Needs ``wrk`` (Debian package) as the load generator, so the client is not the
 bottleneck, and LiteLLM in its own venv (``bench/.venv-litellm``, created with
@@ -9,7 +9,10 @@ distillguard runs twice: with the features issue #2 names (key auth, per-key
 and per-account limits, the SQLite event log; client signals and the policy
 engine are always on) and online detection off, and again with everything on
 (plus the online scorer, a child process running the detectors on every
-event).
+event). ``--variants`` picks which distillguard configurations run: ``core``
+(the first), ``all`` (everything on) and ``nowal`` (the first with the event
+write-ahead log off, ``event_wal.enabled: false``: its cost is ``core`` minus
+``nowal`` in the same run).
 """
 
 from __future__ import annotations
@@ -100,7 +103,10 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=8)
     parser.add_argument("--skip-litellm", action="store_true")
     parser.add_argument("--json", metavar="FILE")
+    parser.add_argument("--variants", default="core,all", help="distillguard configurations, comma-separated: core, all, nowal")
     args = parser.parse_args()
+    variants = {"core": ("distillguard", False, True), "all": ("distillguard, all on", True, True),
+                "nowal": ("distillguard, WAL off", False, False)}
     if not shutil.which("wrk"):
         raise SystemExit("wrk is needed: apt-get install wrk")
     work = Path(tempfile.mkdtemp(prefix="dg-bench-"))
@@ -121,12 +127,13 @@ def main() -> int:
         upstream = f"http://127.0.0.1:{up_port}/v1"
         wait(upstream + "/models")
         targets = [("upstream (direct)", upstream + "/chat/completions", None, up)]
-        for name, online in (("distillguard", False), ("distillguard, all on", True)):
+        for tag in args.variants.split(","):
+            name, online, wal = variants[tag]
             dg_port = free_port()
-            tag = "all" if online else "core"
             config = {"listen": f"127.0.0.1:{dg_port}", "database": f"sqlite:///{work / f'dg-{tag}.db'}", "admin_token": "bench",
                       "spill_dir": str(work / f"spill-{tag}"), "log_level": "warning",
                       "upstreams": [{"name": "fast", "base_url": upstream, "models": ["*"]}], "detection": {"online": online},
+                      "event_wal": {"enabled": wal},
                       "limits": {"requests_per_min": 10_000_000, "tokens_per_min": 10_000_000_000, "concurrent_requests": 1000, "daily_tokens": None}}
             (work / f"dg-{tag}.yaml").write_text(json.dumps(config))
             dg = spawn([PYTHON, "-m", "distillguard.cli", "serve", "--config", str(work / f"dg-{tag}.yaml")], f"distillguard-{tag}.log")
@@ -181,7 +188,7 @@ def main() -> int:
                 rss = "—" if name.startswith("upstream") else f"{r['rss_mb']:.0f}"
                 errs = int(r["non_2xx"] + r["socket_errors"])
                 print(f"| {label} | {name} | {r['rps']:.0f} | {ratio:.0%} | {added50} | {added99} | {r['cpu_ms_per_req']:.3f} | {rss} | {errs} |")
-        if "litellm proxy" in results:
+        if "litellm proxy" in results and {"distillguard", "distillguard, all on"} <= results.keys():
             print("\n| load | distillguard / LiteLLM throughput |")
             print("|---|---:|")
             for label in direct:

@@ -142,6 +142,26 @@ def test_a_full_disk_degrades_the_wal_logged_and_counted_and_it_recovers(tmp_pat
     assert not list((tmp_path / "wal").iterdir())
 
 
+def test_sync_interval_fdatasyncs_the_current_segment_in_the_background(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[int] = []
+    real = os.fdatasync
+
+    def counting(fd: int) -> None:
+        synced.append(fd)
+        real(fd)
+
+    monkeypatch.setattr("distillguard.store.wal.os.fdatasync", counting)
+    wal = WriteAheadLog(tmp_path / "wal", sync_interval_s=0.02)
+    segment = wal.append(b'{"request_id": "req_1"}\n')
+    assert segment is not None
+    time.sleep(0.2)
+    assert len(synced) >= 3 and set(synced) == {segment.fd}
+    wal.close()
+    count = len(synced)
+    time.sleep(0.1)
+    assert len(synced) == count  # the thread stopped with the log
+
+
 # -- a real gateway, killed under load -----------------------------------------------------------------------------------
 
 

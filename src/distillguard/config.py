@@ -151,7 +151,7 @@ class EventWalSettings(_Section):
     enabled: bool = True
     dir: str | None = Field(default=None, description="where the segments go; default: the wal directory inside spill_dir "
                                                       "(each worker of serve --workers has its own)")
-    segment_bytes: int = Field(default=64 * 1024 * 1024, ge=4096, description="a segment is rotated at this size and "
+    segment_bytes: int = Field(default=8 * 1024 * 1024, ge=4096, description="a segment is rotated at this size and "
                                "deleted once all its events are stored or spilled")
     sync_interval_s: float | None = Field(default=None, gt=0, description="fdatasync the segment this often (the "
                                           "power-loss bound); unset: the kernel writes back (a kill loses nothing anyway)")

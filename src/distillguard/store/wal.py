@@ -50,7 +50,7 @@ __all__ = ["Orphan", "Segment", "WriteAheadLog", "read_segment"]
 
 log = logging.getLogger("distillguard.store.wal")
 
-DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
+DEFAULT_SEGMENT_BYTES = 8 * 1024 * 1024
 
 
 class Segment:
