@@ -128,3 +128,18 @@ def emptied_database_url(request: pytest.FixtureRequest, sqlite_path: Path, tabl
         conn.execute(text(f"DELETE FROM {table}"))
     registry.close()
     return url
+
+
+def fresh_database(server: PostgresServer) -> str:
+    """A new, empty database of its own on the session's server, for a test that starts several processes on it
+    (its tables start empty; other tests' tables are untouched). Its URL."""
+    import uuid
+
+    import psycopg
+
+    name = "t_" + uuid.uuid4().hex[:12]
+    url = str(server.url)  # type: ignore[attr-defined]
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return url.rsplit("/", 1)[0] + "/" + name
+

@@ -10,20 +10,23 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 
 from distillguard.exceptions import ConfigError
 from distillguard.store import EventSink, Registry, iter_events
 from distillguard.store.sink import event_row
 from distillguard.store.wal import WriteAheadLog
-from tests.gateway_fixtures import RunningGateway, start_gateway
-from tests.pg_fixtures import PostgresServer, postgres  # noqa: F401 - fixture
+from tests.gateway_fixtures import start_gateway, write_config
+from tests.pg_fixtures import PostgresServer, fresh_database, postgres  # noqa: F401 - fixture
+from tests.redis_fixtures import RedisServer
 from tests.upstream_stub import UpstreamStub
 
 
@@ -165,7 +168,7 @@ def test_sync_interval_fdatasyncs_the_current_segment_in_the_background(tmp_path
 # -- a real gateway, killed under load -----------------------------------------------------------------------------------
 
 
-def _acknowledged_under_load(gateway: RunningGateway, secret: str, seconds: float, clients: int = 8) -> tuple[list[str], threading.Event]:
+def _acknowledged_under_load(base_url: str, secret: str, seconds: float, clients: int = 8) -> tuple[list[str], threading.Event]:
     """Closed-loop clients until the returned event is set; the request id of every complete 200 goes in the list."""
     acknowledged: list[str] = []
     stop = threading.Event()
@@ -174,7 +177,7 @@ def _acknowledged_under_load(gateway: RunningGateway, secret: str, seconds: floa
         with httpx.Client(headers={"Authorization": f"Bearer {secret}"}, timeout=5) as http:
             while not stop.is_set():
                 try:
-                    answer = http.post(gateway.base_url + "/chat/completions",
+                    answer = http.post(base_url + "/chat/completions",
                                        json={"model": "stub-1", "messages": [{"role": "user", "content": "hi"}],
                                              "stream": len(acknowledged) % 2 == 1})
                     answer.read()
@@ -194,7 +197,7 @@ def test_sigkill_under_load_loses_no_acknowledged_event(database_url: str, tmp_p
     gateway = start_gateway(tmp_path, stub.base_url, database=database_url, limits=unlimited)
     try:
         secret = gateway.create_key("kill-me")["secret"]
-        acknowledged, stop = _acknowledged_under_load(gateway, secret, 2.0)
+        acknowledged, stop = _acknowledged_under_load(gateway.base_url, secret, 2.0)
         gateway.proc.send_signal(signal.SIGKILL)  # while the clients keep sending
         gateway.proc.wait(10)
         stop.set()
@@ -215,3 +218,72 @@ def test_sigkill_under_load_loses_no_acknowledged_event(database_url: str, tmp_p
     missing = set(acked) - set(stored)
     assert not missing, f"{len(missing)} of {len(acked)} acknowledged requests have no stored event"
     assert not list((tmp_path / "spill" / "wal").glob("*.wal"))
+
+
+def _worker_pid(wal_dir: Path) -> int | None:
+    """The pid of the worker writing ``wal_dir`` (its lock file is ``<pid>-<ns>.lock``)."""
+    locks = list(wal_dir.glob("*.lock"))
+    return int(locks[0].name.split("-", 1)[0]) if len(locks) == 1 else None
+
+
+def test_a_killed_worker_is_replaced_and_its_events_replayed(tmp_path: Path, stub: UpstreamStub,
+                                                             postgres: PostgresServer) -> None:  # noqa: F811 - the fixture
+    """serve --workers 2: each worker logs to spill_dir/worker-<i>/wal; SIGKILL one under load, the supervisor starts
+    its replacement, which replays what it left; every acknowledged request is stored once."""
+    database = fresh_database(postgres)
+    redis = RedisServer(tmp_path / "redis").start()
+    config_path, config = write_config(tmp_path, [{"name": "stub", "base_url": stub.base_url, "models": ["*"]}],
+                                       database=database, state=redis.url, limits={"requests_per_min": None,
+                                       "tokens_per_min": None, "concurrent_requests": None, "daily_tokens": None})
+    log_path = tmp_path / "workers.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "distillguard.cli", "serve", "--workers", "2", "--config", str(config_path)],
+                                stdout=log, stderr=subprocess.STDOUT)
+    root = f"http://{config['listen']}"
+    wal_dirs = [tmp_path / "spill" / f"worker-{i}" / "wal" for i in range(2)]
+    stop: threading.Event | None = None
+    try:
+        deadline = time.time() + 60
+        while not all(_worker_pid(d) for d in wal_dirs) or _status(root + "/healthz") != 200:
+            assert proc.poll() is None and time.time() < deadline, log_path.read_text()
+            time.sleep(0.2)
+        admin = {"Authorization": "Bearer test-admin-token"}
+        account = httpx.post(root + "/admin/v1/accounts", headers=admin, json={"name": "w"}).json()
+        secret = httpx.post(root + f"/admin/v1/accounts/{account['account_id']}/keys", headers=admin, json={}).json()["secret"]
+        time.sleep(2)  # both workers load the key (a second's poll)
+        acknowledged, stop = _acknowledged_under_load(root + "/v1", secret, 2.0)
+        victim = _worker_pid(wal_dirs[0])
+        assert victim is not None
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.time() + 30
+        while _worker_pid(wal_dirs[0]) in (None, victim) or "write-ahead log: recovered" not in log_path.read_text():
+            assert time.time() < deadline, "no replacement worker replayed the killed one's log:\n" + log_path.read_text()
+            time.sleep(0.2)
+        time.sleep(1.0)  # traffic on the replacement too
+        stop.set()
+        time.sleep(0.3)
+        acked = list(acknowledged)
+    finally:
+        if stop is not None:
+            stop.set()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(60)
+        redis.stop()
+    assert code == 0
+    assert len(acked) > 100, "too little load to mean anything"
+    engine = create_engine(database.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.connect() as conn:
+        stored = [row[0] for row in conn.execute(text("SELECT request_id FROM events"))]
+    engine.dispose()
+    assert len(stored) == len(set(stored))
+    missing = set(acked) - set(stored)
+    assert not missing, f"{len(missing)} of {len(acked)} acknowledged requests have no stored event"
+    assert not [p for d in wal_dirs for p in d.glob("*.wal")]  # everything committed and cleaned up at SIGTERM
+
+
+def _status(url: str) -> int:
+    try:
+        return httpx.get(url, timeout=1).status_code
+    except httpx.HTTPError:
+        return 0
+

@@ -11,19 +11,17 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import anthropic
 import httpx
-import psycopg
 import pytest
 from sqlalchemy import create_engine, text
 
 from tests.gateway_fixtures import RunningGateway, start_gateway
-from tests.pg_fixtures import PostgresServer, postgres  # noqa: F401 - fixture
+from tests.pg_fixtures import PostgresServer, fresh_database, postgres  # noqa: F401 - fixture
 from tests.redis_fixtures import RedisServer
 from tests.test_fleet import _metric
 from tests.test_risk_durability import _harvest
@@ -32,15 +30,6 @@ from tests.upstream_stub import UpstreamStub
 DETECTION = {"flag_threshold": 0.5, "throttle_threshold": 0.8, "block_threshold": 0.99, "block_enabled": False,
              "throttle_requests_per_min": 1000}
 LIMITS = {"requests_per_min": None, "tokens_per_min": None, "concurrent_requests": 16, "daily_tokens": None}
-
-
-def _fresh_database(server: PostgresServer) -> str:
-    """A database of its own on the session's server (the fleet's tables start empty; other tests' are untouched)."""
-    name = "fleet_" + uuid.uuid4().hex[:12]
-    url = str(server.url)  # type: ignore[attr-defined]
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    return url.rsplit("/", 1)[0] + "/" + name
 
 
 def _start(tmp_path: Path, stub: UpstreamStub, database: str, redis: RedisServer) -> list[RunningGateway]:
@@ -78,7 +67,7 @@ def _wait_until(check: Any, what: str, timeout: float = 15.0) -> None:
 def test_three_replicas_keep_throttles_across_a_full_restart_and_ride_out_a_redis_restart(
     tmp_path: Path, stub: UpstreamStub, postgres: PostgresServer  # noqa: F811 - the fixture
 ) -> None:
-    database = _fresh_database(postgres)
+    database = fresh_database(postgres)
     redis = RedisServer(tmp_path / "redis").start()
     fleet = _start(tmp_path, stub, database, redis)
     try:
