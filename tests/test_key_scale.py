@@ -146,6 +146,13 @@ def test_key_changes_since_returns_only_the_keys_a_change_touched(any_database_u
         assert sorted((r.key_id, r.account_status) for r in delta.records) == sorted(
             [(second["key_id"], "active"), (created[7]["key_id"], "suspended")])
         assert registry.key_changes_since(-1) is None  # nothing loaded yet: load everything
+
+        limited = registry.create_accounts([NewAccount("limited", "acme", {"requests_per_min": 5}, key=True,
+                                                       key_limits={"tokens_per_min": 7, "daily_tokens": None})])[0]
+        record = {r.key_id: r for r in registry.key_snapshot()}[limited["key_id"]]
+        assert (record.org_id, dict(record.account_limits), dict(record.key_limits), record.revoked) == (
+            "acme", {"requests_per_min": 5}, {"tokens_per_min": 7, "daily_tokens": None}, False)
+        assert registry.get_account(limited["account_id"])["limits"] == {"requests_per_min": 5}  # type: ignore[index]
     finally:
         registry.close()
 
@@ -254,3 +261,52 @@ def test_cli_imports_accounts_from_jsonl_and_refuses_a_bad_file_whole(tmp_path: 
         assert len(registry.list_accounts()) == 1201  # the good first line was not created either
     finally:
         registry.close()
+
+
+# -- limiter state per key -------------------------------------------------------------------------------------
+
+
+class _Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_an_idle_key_keeps_only_todays_tokens_and_its_daily_quota_still_holds() -> None:
+    from distillguard.state import MemoryState, Quota, Refusal
+
+    clock = _Clock(86_400.0 * 20_000 + 3600)  # 01:00 UTC on some day
+    state = MemoryState(clock)
+    quota = (Quota("key:a", None, None, None, 100),)
+    first = state.admit_now(quota, 60, "r1")
+    assert first is not None and not isinstance(first, Refusal)
+    clock.now += 61
+    state.sweep(state.now_ms())
+    assert "key:a" not in state._subjects and state._parked == {"key:a": 60}  # no window log kept for an idle key
+    refused = state.admit_now(quota, 50, "r2")
+    assert isinstance(refused, Refusal) and refused.code == "daily_quota_exceeded"  # 60 + 50 > 100: the parked tokens count
+    admitted = state.admit_now(quota, 40, "r3")
+    assert admitted is not None and not isinstance(admitted, Refusal)
+    clock.now += 61
+    state.sweep(state.now_ms())
+    state.settle(admitted, 10)  # settled after its subject was swept (a request over 60 s): today's count follows
+    assert state.subject("key:a").day_tokens == 70
+    clock.now += 86_400
+    state.sweep(state.now_ms())
+    assert state._parked == {} and not state._subjects  # a new day forgets yesterday's tokens
+
+
+def test_limits_are_resolved_per_request_so_a_key_change_needs_no_invalidation() -> None:
+    from distillguard.config import LimitSettings
+    from distillguard.gateway.limits import Limiter
+
+    limiter = Limiter(LimitSettings(requests_per_min=60, tokens_per_min=None, concurrent_requests=None, daily_tokens=None))
+    record = KeyRecord("key_1", "h", "acct_1", None, False, "active")
+    assert limiter.quotas(record)[0].requests_per_min == 60
+    changed = KeyRecord("key_1", "h", "acct_1", None, False, "active", {"requests_per_min": 5}, {"tokens_per_min": 9})
+    key_quota, account_quota = limiter.quotas(changed)
+    assert (key_quota.subject, key_quota.requests_per_min, account_quota.subject, account_quota.tokens_per_min) == (
+        "key:key_1", 5, "acct:acct_1", 9)
+    assert not hasattr(limiter, "_quotas")  # no per-key cache that traffic over many keys would fill

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import Sequence
@@ -122,6 +123,7 @@ class Gateway:
         self._change_counter = -1
         self._keys_lock = asyncio.Lock()
         self.full_key_loads = 0  # whole-table loads: one at start, more only when this gateway fell behind the change log
+        self.freeze_gc_after_start = False  # set by `serve` (one gateway per process); tests leave their process alone
         self._poll_task: asyncio.Task[None] | None = None
         self._sample_task: asyncio.Task[None] | None = None
         self._refusal_task: asyncio.Task[None] | None = None
@@ -161,6 +163,11 @@ class Gateway:
         if self.registry is not None:
             await self.reload_keys()
             self._poll_task = asyncio.create_task(self._poll_registry(self.registry))
+        if self.freeze_gc_after_start:
+            # What exists now lives as long as the process (100,000 key records, modules, settings): keep it out of
+            # every later full collection, which otherwise walks it again and again under load (bench/accounts_scale.py).
+            gc.collect()
+            gc.freeze()
         if self.sink is not None:
             self.sink.start()
         if self.policy is not None:
@@ -193,7 +200,6 @@ class Gateway:
         counter = await asyncio.to_thread(registry.change_counter)
         records = await asyncio.to_thread(registry.key_snapshot)
         self.keys.load(records)
-        self.limiter.reset_cache()
         self.full_key_loads += 1
         await self._reload_overrides()
         self._change_counter = counter
@@ -216,7 +222,6 @@ class Gateway:
             if delta.counter == self._change_counter:
                 return
             self.keys.update(delta.records)
-            self.limiter.reset_cache(r.key_id for r in delta.records)
             await self._reload_overrides()
             self._change_counter = delta.counter
 

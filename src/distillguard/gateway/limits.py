@@ -22,7 +22,7 @@ refusals into API errors.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 
 from distillguard.config import LimitSettings
 from distillguard.gateway.errors import GatewayError
@@ -69,11 +69,12 @@ class Limiter:
         self.state = backend
         self._memory = backend if isinstance(backend, MemoryState) else None  # its admit needs no await
         self._running: dict[str, int] = {}
-        self._quotas: dict[str, tuple[Quota, Quota]] = {}
 
     # -- which limits apply --------------------------------------------------------------
     def _quota(self, subject: str, overrides: Mapping[str, int | None]) -> Quota:
         d = self.defaults
+        if not overrides:  # most keys and accounts: the defaults
+            return Quota(subject, d.requests_per_min, d.tokens_per_min, d.concurrent_requests, d.daily_tokens)
         return Quota(
             subject,
             overrides.get("requests_per_min", d.requests_per_min),
@@ -83,25 +84,20 @@ class Limiter:
         )
 
     def quotas(self, key: KeyRecord, throttle_rpm: int | None = None) -> tuple[Quota, Quota]:
-        """The key's and the account's limits; a policy throttle lowers the account's requests/min."""
-        found = self._quotas.get(key.key_id)
-        if found is None:
-            found = self._quotas[key.key_id] = (self._quota("key:" + key.key_id, key.key_limits or {}),
-                                                self._quota("acct:" + key.account_id, key.account_limits or {}))
-        if throttle_rpm is None:
-            return found
-        account = found[1]
-        rpm = throttle_rpm if account.requests_per_min is None else min(account.requests_per_min, throttle_rpm)
-        return found[0], Quota(account.subject, rpm, account.tokens_per_min, account.concurrent_requests, account.daily_tokens)
+        """The key's and the account's limits; a policy throttle lowers the account's requests/min.
 
-    def reset_cache(self, key_ids: Iterable[str] | None = None) -> None:
-        """Forget resolved limits: of ``key_ids`` (their records changed), or of every key (the table was reloaded)."""
-        if key_ids is None:
-            self._quotas.clear()
-            return
-        quotas = self._quotas
-        for key_id in key_ids:
-            quotas.pop(key_id, None)
+        Resolved on every request (two small objects, about a microsecond), not
+        cached per key: a cache would be per-key memory that traffic spread
+        over 100,000 keys keeps full and the garbage collector keeps walking
+        (measured slower than resolving, bench/accounts_scale.py), and a key
+        table change needs no invalidation.
+        """
+        key_quota = self._quota("key:" + key.key_id, key.key_limits)
+        account = self._quota("acct:" + key.account_id, key.account_limits)
+        if throttle_rpm is None:
+            return key_quota, account
+        rpm = throttle_rpm if account.requests_per_min is None else min(account.requests_per_min, throttle_rpm)
+        return key_quota, Quota(account.subject, rpm, account.tokens_per_min, account.concurrent_requests, account.daily_tokens)
 
     # -- 1. concurrency, from the first byte ------------------------------------------------
     def enter(self, key: KeyRecord) -> Slot:

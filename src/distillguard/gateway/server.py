@@ -174,6 +174,7 @@ def serve(settings: Settings, *, worker: int | None = None) -> None:
     # from a busy event loop each time; at the default 5 ms switch interval it falls behind under load.
     sys.setswitchinterval(0.0005)
     app = build_gateway(settings)
+    app.freeze_gc_after_start = True
     stats = EdgeStats()
     export_edge_stats(app.metrics, stats)
     also_listen: tuple[tuple[str, int], ...] = ()

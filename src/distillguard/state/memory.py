@@ -19,6 +19,15 @@ Admission and ``Retry-After`` are then exact:
 Concurrency is not here: the gateway counts it in process from a request's
 first byte (:class:`distillguard.gateway.limits.Limiter`). Everything runs on
 the event loop, so no locks.
+
+Memory is per *active* subject: a subject's window log exists only while it
+has requests in the last 60 s. A sweep every few thousand admissions drops
+subjects whose window is empty; if one still has tokens charged today (which
+a daily quota must remember until midnight UTC) only that number is kept, in
+a plain ``{subject: tokens}`` dict, and the subject is rebuilt from it on its
+next request. So a key that sent one request today costs about a hundred
+bytes until midnight, not a window log (~1 KB with its deque) — what spread
+traffic over 100,000 keys would otherwise pin (bench/accounts_scale.py).
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from typing import Any
 
 from distillguard.state.types import DAY_MS, WINDOW_MS, Admission, Quota, Refusal
 
@@ -46,23 +56,32 @@ class _Entry:
         self.day = day
 
 
-class _Subject:
-    __slots__ = ("log", "tokens", "horizon", "day", "day_tokens")
+class _Subject(deque[_Entry]):
+    """A subject's window log (oldest first) with its counters: one object for the garbage collector to walk, not two.
 
-    def __init__(self) -> None:
-        self.log: deque[_Entry] = deque()
-        self.tokens = 0  # sum of the tokens of the entries in ``log``
+    With traffic spread over 100,000 keys there are hundreds of thousands of
+    these, and every full collection visits each (bench/accounts_scale.py).
+    """
+
+    __slots__ = ("name", "tokens", "horizon", "day", "day_tokens")
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+        self.tokens = 0  # sum of the tokens of the entries in the log
         self.horizon = 0  # entries with ms + WINDOW_MS <= horizon have left the log
         self.day = -1
         self.day_tokens = 0
 
+    def __reduce__(self) -> Any:  # copy/deepcopy/pickle (a deque subclass with slots would lose its counters)
+        return _restore_subject, (self.name, list(self), self.tokens, self.horizon, self.day, self.day_tokens)
+
     def trim(self, now: int) -> None:
         if now > self.horizon:
             self.horizon = now
-        log = self.log
         cutoff = self.horizon - WINDOW_MS
-        while log and log[0].ms <= cutoff:
-            self.tokens -= log.popleft().tokens
+        while self and self[0].ms <= cutoff:
+            self.tokens -= self.popleft().tokens
 
     def in_window(self, entry: _Entry) -> bool:
         return entry.ms + WINDOW_MS > self.horizon
@@ -71,6 +90,13 @@ class _Subject:
         if self.day != day:
             self.day, self.day_tokens = day, 0
         return self.day_tokens
+
+
+def _restore_subject(name: str, entries: list[_Entry], tokens: int, horizon: int, day: int, day_tokens: int) -> _Subject:
+    subject = _Subject(name)
+    subject.extend(entries)
+    subject.tokens, subject.horizon, subject.day, subject.day_tokens = tokens, horizon, day, day_tokens
+    return subject
 
 
 class MemoryAdmission:
@@ -87,7 +113,7 @@ def check_quota(subject: _Subject, quota: Quota, tokens: int, now: int, day: int
     """The refusal ``quota`` calls for (the latest retry time among its limits), or None when it admits."""
     worst: Refusal | None = None
     rpm = quota.requests_per_min
-    log = subject.log
+    log = subject
     if rpm is not None and len(log) + 1 > rpm:
         # Admitted once the (len - rpm + 1) oldest entries have expired: the one at index len - rpm is the last of them.
         retry = log[len(log) - rpm].ms + WINDOW_MS if rpm > 0 else None
@@ -158,6 +184,8 @@ class MemoryState:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
         self._subjects: dict[str, _Subject] = {}
+        self._parked_day = -1  # the UTC day of _parked
+        self._parked: dict[str, int] = {}  # swept subjects' tokens charged on _parked_day (daily quotas)
         self._nonces: dict[int, NonceCache] = {}  # by TTL in ms (one per configured TTL, normally one)
         self._until_sweep = SWEEP_EVERY
 
@@ -167,7 +195,10 @@ class MemoryState:
     def subject(self, name: str) -> _Subject:
         found = self._subjects.get(name)
         if found is None:
-            found = self._subjects[name] = _Subject()
+            found = self._subjects[name] = _Subject(name)
+            parked = self._parked.pop(name, None)
+            if parked is not None:
+                found.day, found.day_tokens = self._parked_day, parked
         return found
 
     def check_nonce(self, nonce: str, ttl_ms: int) -> bool:
@@ -196,7 +227,7 @@ class MemoryState:
             return refusal
         entry = _Entry(now, tokens, day)
         for subject in subjects:
-            subject.log.append(entry)
+            subject.append(entry)
             subject.tokens += tokens
             if subject.day != day:
                 subject.day, subject.day_tokens = day, tokens
@@ -219,20 +250,31 @@ class MemoryState:
             return
         entry.tokens = tokens
         for subject in admission.subjects:
+            if self._subjects.get(subject.name) is not subject:  # swept while the request ran (over 60 s): only today's count is left
+                subject = self.subject(subject.name)
+                if subject.day == entry.day:
+                    subject.day_tokens = max(0, subject.day_tokens + delta)
+                continue
             if subject.in_window(entry):
                 subject.tokens += delta
             if subject.day == entry.day:
                 subject.day_tokens = max(0, subject.day_tokens + delta)
 
     def sweep(self, now: int) -> None:
-        """Forget subjects with nothing left to remember (no entry in the window, nothing used today)."""
-        self._until_sweep = SWEEP_EVERY
+        """Forget subjects with an empty window; park the tokens of those that used some today (see the module docstring)."""
+        # At most about one subject looked at per admission, however many there are (100,000 keys spread traffic over)
+        self._until_sweep = max(SWEEP_EVERY, len(self._subjects))
         day = now // DAY_MS
+        if self._parked_day != day:
+            self._parked_day, self._parked = day, {}
+        parked = self._parked
         idle = []
         for name, subject in self._subjects.items():
             subject.trim(now)
-            if not subject.log and (subject.day != day or subject.day_tokens == 0):
+            if not subject:  # an empty window
                 idle.append(name)
+                if subject.day == day and subject.day_tokens:
+                    parked[name] = subject.day_tokens
         for name in idle:
             del self._subjects[name]
 

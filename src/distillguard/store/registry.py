@@ -28,6 +28,7 @@ from distillguard.events import format_ts
 from distillguard.exceptions import NotFoundError, UsageError
 from distillguard.store import schema
 from distillguard.store.attributes import ATTRIBUTE_HASH, ATTRIBUTE_NAME
+from distillguard.store.bulk_insert import insert_rows
 from distillguard.store.engine import DEFAULT_TIMEOUT_S, make_engine
 
 __all__ = ["InstallKey", "KeyDelta", "KeyRecord", "NewAccount", "Registry", "hash_secret", "new_secret"]
@@ -191,7 +192,7 @@ class Registry:
         now = time.time()
         rows = [{"seq": seq, "key_id": k, "account_id": None, "ts": now} for k in keys]
         rows += [{"seq": seq, "key_id": None, "account_id": a, "ts": now} for a in accounts]
-        conn.execute(schema.key_changes.insert(), rows)
+        insert_rows(conn, schema.key_changes, rows)
         if seq % PRUNE_EVERY == 0:
             self._prune_key_changes(conn, now - KEY_CHANGES_RETENTION_S)
 
@@ -243,7 +244,7 @@ class Registry:
         All or nothing: an invalid item (empty name, bad limits, a name twice
         in the batch) raises :class:`UsageError` naming ``accounts.<index>``
         before anything is written. Rows go in with one multi-row insert per
-        table (executemany; batched ``VALUES`` on PostgreSQL), with the same
+        table (``COPY`` on PostgreSQL, one executemany on SQLite: store/bulk_insert.py), with the same
         audit rows as one-by-one creation and one change-counter bump, so
         gateways pick the new keys up incrementally. 10,000 accounts with keys
         take about a second (bench/accounts_scale.py).
@@ -283,10 +284,9 @@ class Registry:
                 entry["key_id"], entry["secret"] = key_id, secret
             created.append(entry)
         with self.engine.begin() as conn:
-            conn.execute(schema.accounts.insert(), accounts)
-            if keys:
-                conn.execute(schema.api_keys.insert(), keys)
-            conn.execute(schema.audit_log.insert(), audit)
+            insert_rows(conn, schema.accounts, accounts)
+            insert_rows(conn, schema.api_keys, keys)
+            insert_rows(conn, schema.audit_log, audit)
             self._bump(conn, keys=[k["key_id"] for k in keys])
         return created
 
