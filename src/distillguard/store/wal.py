@@ -44,6 +44,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
+
 from distillguard.exceptions import ConfigError
 
 __all__ = ["Orphan", "Segment", "WriteAheadLog", "read_segment"]
@@ -80,8 +82,9 @@ class Orphan:
 def read_segment(path: Path) -> tuple[list[bytes], int]:
     """The complete event lines of a segment, and the count of lines skipped as torn.
 
-    A line is kept only when it ends with a newline and is a JSON object
-    (``{`` … ``}``); the JSON is fully parsed later, on replay. A process
+    A line is kept only when it ends with a newline and parses as a JSON
+    object (a line that would not parse must not reach a spill file: the
+    replay would stop at it every time). A process
     killed in the middle of a write, or a short write on a full disk, leaves a
     line without its end: it is logged with file and line number and skipped
     (its request was never acknowledged: the write precedes the response).
@@ -92,9 +95,15 @@ def read_segment(path: Path) -> tuple[list[bytes], int]:
     kept: list[bytes] = []
     torn = 0
     for number, line in enumerate(lines, 1):
-        if line.startswith(b"{") and line.endswith(b"}"):
+        if not line:
+            continue
+        try:
+            whole = isinstance(orjson.loads(line), dict)
+        except orjson.JSONDecodeError:
+            whole = False
+        if whole:
             kept.append(line)
-        elif line:
+        else:
             torn += 1
             log.warning("write-ahead segment %s line %d is torn (%d bytes, not a JSON object); skipped", path, number, len(line))
     if tail:
