@@ -184,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     show = _command(client, "show", "distillguard.client.commands:show_command", "print exactly what the SDK sends", reads_settings=False)
     show.add_argument("--url", default="http://127.0.0.1:8700/v1/chat/completions")
     show.add_argument("--body", default='{"model": "demo-1", "messages": []}')
+    proxy = _command(client, "proxy", "distillguard.client.commands:proxy_command",
+                     "a local attesting sidecar for unmodified clients (docs/attestation.md)", reads_settings=False)
+    proxy.add_argument("--listen", default="127.0.0.1:8710", metavar="ADDR", help="HOST:PORT to listen on (default: 127.0.0.1:8710)")
+    proxy.add_argument("--to", required=True, metavar="URL", help="the gateway, e.g. http://127.0.0.1:8700")
     from distillguard.admin_cli import add_admin_parser
 
     add_admin_parser(sub, _command)
