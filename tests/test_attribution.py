@@ -450,6 +450,12 @@ def test_one_shared_template_or_another_configuration_is_not_a_phrase_bank() -> 
         background(scanner, 60)
     single = bank_fleet(one, "tmpl", openers=BANK_OPENERS[:1], closers=BANK_CLOSERS[:1])
     assert bank_clusters(one, {a: 0.9 if a in single else 0.05 for a in one.accounts}) == []
+    # One evaluation harness's wrapper on every prompt, and a benchmark's own endings recurring in a few percent.
+    recurring = ["The options are true and false.", "None of these apply here.", "All of the above are given."]
+    harness, endings = Scanner(), recurring * 14 + [f"Options: {x}{y}q {y}{x}z." for x in "abcdefghijklmnopqrst" for y in "abcdefghijklmnopqr"][:358]
+    background(harness, 60)
+    jobs = bank_fleet(harness, "job", n=4, openers=["Answer the following question with the letter only:"], closers=endings, requests=120)
+    assert bank_clusters(harness, {a: 0.9 if a in jobs else 0.05 for a in harness.accounts}) == []
     streaming = bank_fleet(two, "strm", n=4, stream=True)
     plain = bank_fleet(two, "plan", n=4, stream=False)
     found = bank_clusters(two, {a: 0.9 if a in streaming + plain else 0.05 for a in two.accounts})

@@ -41,6 +41,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from distillguard.detect.templates import normalise_system
@@ -86,8 +87,12 @@ _PUBLIC_WRAPPER_TEXT = tuple(_words(w) for w in PUBLIC_WRAPPERS)
 _PUBLIC_SYSTEM_HASHES = frozenset(h for h in (normalise_system(s) for s in PUBLIC_SYSTEM_PROMPTS) if h)
 
 
+@lru_cache(maxsize=1 << 16)
 def is_public_wrapper(piece: str) -> bool:
-    """True when a wrapper piece (``"s4:think step by step"``) is part of a published wrapper."""
+    """True when a wrapper piece (``"s4:think step by step"``) is part of a published wrapper.
+
+    Cached: clustering asks it for every piece of every account on every report, and pieces repeat across
+    accounts and reports."""
     text = piece[3:]
     return any(text in public for public in _PUBLIC_WRAPPER_TEXT)
 

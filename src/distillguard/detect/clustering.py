@@ -385,13 +385,13 @@ def find_clusters(
         # Between two accounts that look ordinary, a shared e-mail domain is what classmates or colleagues share: it
         # counts only with a second kind of record (the records rule below), never as the second family beside
         # common content (learners asking in the same words at one university).
-        families = _family_scores([(i, v) for i, v in shared if not (ordinary and i.kind == "attribute")])
+        families = _family_scores([(i, v) for i, v in shared if i.kind != "attribute"] if ordinary else shared)
         timing = sync.get((a, b))
         if timing:
             families["time"] = 1.0 - (1.0 - families.get("time", 0.0)) * (1.0 - timing)
         meta_kinds = {item.kind for item, value in shared if KINDS[item.kind][0] == "meta" and value >= 0.2}
-        records = _family_scores([(i, v) for i, v in shared if KINDS[i.kind][0] == "meta"]).get("meta", 0.0)
-        strength = _decide(families, identity, records if len(meta_kinds) >= 2 else 0.0)
+        records = _family_scores([(i, v) for i, v in shared if KINDS[i.kind][0] == "meta"]).get("meta", 0.0) if len(meta_kinds) >= 2 else 0.0
+        strength = _decide(families, identity, records)
         bank = None
         if strength == 0.0 and a not in background and b not in background:  # (neither is ordinary)
             # Content alone: a shared bank of rare phrasings and one configuration, accepted only between accounts

@@ -17,13 +17,15 @@ weight is its rarity among the background accounts (:func:`distillguard.detect.a
 a swept dataset's own first words ("Write a function …") and a language's
 common openings are carried by many ordinary accounts and weigh nothing. Two
 accounts share a bank when they share at least ``BANK_PHRASINGS`` distinct
-rare phrasings whose weighted overlap (the sum of rarity × the smaller of the
-two shares) reaches ``BANK_MASS``: one shared template — what two evaluation
-jobs with the same harness share — is never enough.
+rare phrasings, at least two of them alternatives on one side (several
+openers, or several closers), whose weighted overlap (the sum of rarity × the
+smaller of the two shares) reaches ``BANK_MASS``, half of it beyond the
+heaviest phrasing: one shared template — what two evaluation jobs with the same
+harness share, with the benchmark's own recurring endings — is never enough.
 
 Whether a shared bank alone may link two accounts is decided by clustering
-(:mod:`distillguard.detect.clustering`): only when at least one of them already
-looks like harvesting on its own, because ordinary people (learners asking in
+(:mod:`distillguard.detect.clustering`): only when both already look like
+harvesting on their own, because ordinary people (learners asking in
 the same words) share phrasings too.
 """
 
@@ -43,6 +45,7 @@ BANK_MASS = 0.3
 # dataset's common openings are carried by that many.
 RARE_SHARE_PHRASING = 100.0
 RARE_ENOUGH = 0.75
+ALTERNATIVE_MIN = 0.05
 MIN_COUNT = 2
 MIN_SHARE = 0.02
 _MAX_PHRASINGS = 64
@@ -80,11 +83,16 @@ class BankOverlap:
     phrasings: int
     mass: float
     example: str
-    alternatives: int  # the most shared phrasings on one side (openers, or closers): a list to pick from, not one template
+    alternatives: int  # the most shared phrasings worth ≥ ALTERNATIVE_MIN on one side (openers, or closers)
+    heaviest: float  # the largest single phrasing's part of ``mass``
 
     @property
     def shared_bank(self) -> bool:
-        return self.phrasings >= BANK_PHRASINGS and self.alternatives >= 2 and self.mass >= BANK_MASS
+        """A list to pick from, not one template: several phrasings, two of them alternatives on one side, and the
+        overlap at least ``BANK_MASS``, half of it beyond its heaviest phrasing (one harness's wrapper plus a
+        benchmark's own recurring endings is one template)."""
+        return (self.phrasings >= BANK_PHRASINGS and self.alternatives >= 2 and self.mass >= BANK_MASS
+                and self.mass - self.heaviest >= BANK_MASS / 2)
 
     def describe(self) -> str:
         side, _, words = self.example.partition(":")
@@ -125,8 +133,9 @@ class PhraseBanks:
                 continue
             value = weight * min(share, other)
             count += 1
-            sides[key[0]] += 1
+            if value >= ALTERNATIVE_MIN:
+                sides[key[0]] += 1
             mass += value
             if (value, key) > (best, example):
                 best, example = value, key
-        return BankOverlap(count, mass, example, max(sides.values())) if count else None
+        return BankOverlap(count, mass, example, max(sides.values()), best) if count else None
