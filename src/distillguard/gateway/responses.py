@@ -337,20 +337,23 @@ class _SSEReader(ABC):
     def _read_all(self, payloads: list[bytes]) -> None:
         """Read many ``data:`` payloads with one ``orjson.loads`` (a chunk often holds several events).
 
-        If any payload is not JSON, or the joined array does not split back
-        into one value per payload, they are read one by one instead.
+        The stream's ``[DONE]`` is looked for only as the last payload, where
+        servers send it; anything else unusual (an empty payload, ``[DONE]``
+        elsewhere, a payload that is not one JSON value) makes the joined array
+        fail to parse or to split back into one value per payload, and the
+        payloads are then read one by one, each with its own error.
         """
-        wanted = [p for p in payloads if p.strip() not in (b"", b"[DONE]")]
-        if len(wanted) != len(payloads) and any(p.strip() == b"[DONE]" for p in payloads):
+        if payloads and payloads[-1].strip() == b"[DONE]":
             self._done = True
-        if not wanted:
+            payloads = payloads[:-1]
+        if not payloads:
             return
         try:
-            values = orjson.loads(b"[" + b",".join(wanted) + b"]") if len(wanted) > 1 else [orjson.loads(wanted[0])]
+            values = orjson.loads(b"[" + b",".join(payloads) + b"]") if len(payloads) > 1 else [orjson.loads(payloads[0])]
         except orjson.JSONDecodeError:
             values = None
-        if values is None or len(values) != len(wanted):
-            for payload in wanted:
+        if values is None or len(values) != len(payloads):
+            for payload in payloads:
                 self._on_data(payload.strip(), rewrite=False)
             return
         for value in values:
