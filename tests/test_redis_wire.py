@@ -23,14 +23,14 @@ from hypothesis import strategies as st
 
 from distillguard.state import Quota, Refusal, StateUnavailable
 from distillguard.state.redis_state import MAX_PARALLEL, RedisAdmission, RedisState
-from distillguard.state.redis_wire import RedisWire, WireClosed, command
+from distillguard.state.redis_wire import RedisWire, WireClosed, WireTimeout, command
 from tests.redis_fixtures import RedisServer
 from tests.upstream_stub import free_port
 
 
 @pytest.fixture(scope="module")
 def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    server = RedisServer(tmp_path_factory.mktemp("redis"), extra_args=("--enable-debug-command", "yes")).start()  # DEBUG SLEEP
     yield server
     server.stop()
 
@@ -148,7 +148,47 @@ def test_a_broken_peer_fails_the_call_at_once(answer: bytes | None, error: str) 
     asyncio.run(scenario())
 
 
-def test_a_silent_redis_is_a_timeout_and_a_fresh_connection_afterwards(redis: RedisServer) -> None:
+def test_a_silent_peer_fails_the_call_at_its_deadline() -> None:
+    async def scenario() -> None:
+        server, url = await _fake_redis(b"")  # reads, never answers
+        settings: Any = aioredis.Redis.from_url(url).connection_pool.make_connection()
+        wire = await RedisWire.open(settings, 0.2)
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(WireTimeout, match="0.2 s"):
+            async with asyncio.timeout(3):  # a backstop for this test only: the wire's own deadline must fire first
+                await wire.call(command("PING"))
+        assert 0.19 <= asyncio.get_running_loop().time() - started < 1.5
+        assert wire.closed
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(scenario())
+
+
+def test_a_stalled_redis_fails_every_waiting_admission_within_its_timeout(redis: RedisServer) -> None:
+    """Redis busy (``DEBUG SLEEP``): the admissions in flight and those queued behind them fail after ``timeout_s``, not later."""
+    async def scenario() -> None:
+        state = RedisState(redis.url, timeout_s=0.3)
+        await state.start()
+        blocker = await RedisWire.open(aioredis.Redis.from_url(redis.url).connection_pool.make_connection(), 5.0)
+        stall = blocker.send(command("DEBUG", "SLEEP", "1.5"), 1)[0]  # connected already: Redis reads it first
+        await asyncio.sleep(0.1)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        results = await asyncio.gather(*(state.admit(QUOTA, 1, f"stalled-{i}") for i in range(4 * MAX_PARALLEL)),
+                                       return_exceptions=True)
+        elapsed = loop.time() - started
+        assert all(isinstance(r, StateUnavailable) for r in results), results
+        assert elapsed < 1.2, elapsed  # about one timeout, not one per queued batch, and not the stall's 1.5 s
+        assert await stall == b"OK"
+        blocker.close()
+        assert isinstance(await state.admit(QUOTA, 1, "after"), RedisAdmission)  # a fresh connection, once Redis answers
+        await state.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_silent_redis_cannot_start_and_a_live_one_can(redis: RedisServer) -> None:
     async def scenario() -> None:
         server, url = await _fake_redis(b"")  # reads, never answers
         state = RedisState(url, timeout_s=0.2)

@@ -19,8 +19,10 @@ Per subject (``key:<id>`` or ``acct:<id>``):
 
 Settlements never wait for Redis: they are queued and ride along with the next
 admission, or go in one batched call a few milliseconds later when no request
-comes. Redis errors surface as :class:`StateUnavailable`; what to do then is
-:mod:`distillguard.state.resilient`'s job.
+comes. Redis errors, and calls not answered within ``timeout_s``
+(``state_timeout_s``), surface as :class:`StateUnavailable`; what to do then
+is :mod:`distillguard.state.resilient`'s job. Admissions queued behind a call
+that timed out fail with it, so no caller waits much longer than ``timeout_s``.
 
 The script calls go over :mod:`distillguard.state.redis_wire` connections, with
 each quota's keys and limits encoded in RESP once and reused: per request only
@@ -35,7 +37,7 @@ import contextlib
 import logging
 from typing import Any
 
-from distillguard.state.redis_wire import RedisWire, ReplyError, bulk, command
+from distillguard.state.redis_wire import RedisWire, ReplyError, WireTimeout, bulk, command
 from distillguard.state.types import Admission, Quota, Refusal, StateUnavailable
 
 __all__ = ["LEASE_MS", "RedisAdmission", "RedisState"]
@@ -258,8 +260,8 @@ class RedisState:
         self.url = url
         self.timeout_s = timeout_s
         self.lease_ms = lease_ms
-        # No per-read socket timeout (it costs a timer per read): the caller bounds each whole call
-        # (distillguard.state.resilient), and connecting has its own timeout.
+        # redis-py's client is off the hot path (pub/sub, administration); the admission calls go over
+        # redis_wire connections, whose deadline (timeout_s) bounds each call without a timer per call.
         self.client: Any = aioredis.Redis.from_url(url, socket_connect_timeout=timeout_s, health_check_interval=0)
         self._admit = _Script(self.client.register_script(ADMIT_LUA).sha, ADMIT_LUA)
         self._renew = _Script(self.client.register_script(RENEW_LUA).sha, RENEW_LUA)
@@ -281,9 +283,10 @@ class RedisState:
         for conn in self._idle:  # connections from before an outage are dead
             conn.close()
         self._idle.clear()
+        patience = max(self.timeout_s, 2.0)  # connecting and loading the script may take longer than a call
         try:
-            async with asyncio.timeout(max(self.timeout_s, 2.0)):
-                conn = await self._connection()
+            async with asyncio.timeout(patience):
+                conn = await RedisWire.open(self._settings, patience)
                 if await conn.call(command("PING")) != b"PONG":
                     conn.close()
                     raise StateUnavailable("PING was not answered with PONG")
@@ -292,6 +295,7 @@ class RedisState:
                 probe = _Call()
                 probe.arg(bulk(0) + bulk(0) + bulk(b"") + self._lease_arg + bulk(0) + bulk(0), 6)
                 await self._call(self._admit, probe)
+                conn.set_timeout(self.timeout_s)
         except Exception as exc:
             raise StateUnavailable(f"state {self.url}: {type(exc).__name__}: {exc}") from exc
         if self._renewer is None:
@@ -306,6 +310,7 @@ class RedisState:
         return found
 
     async def _connection(self) -> RedisWire:
+        """An idle connection, or a new one; either fails a call whose reply takes longer than ``timeout_s``."""
         return self._idle.pop() if self._idle else await RedisWire.open(self._settings, self.timeout_s)
 
     async def _call(self, script: _Script, call: _Call) -> Any:
@@ -339,6 +344,12 @@ class RedisState:
             self._outstanding += 1
             try:
                 return await self._call(self._admit, call)
+            except WireTimeout as exc:  # Redis is slow: those queued for the next batch need not wait to find out
+                batch, self._queued = self._queued, []
+                for _, waiting in batch:
+                    if not waiting.done():
+                        waiting.set_exception(exc)
+                raise
             finally:
                 self._outstanding -= 1
                 self._send_queued()

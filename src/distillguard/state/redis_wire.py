@@ -30,13 +30,17 @@ import hiredis
 
 from distillguard.exceptions import DistillguardError
 
-__all__ = ["RedisWire", "ReplyError", "WireClosed", "bulk", "command"]
+__all__ = ["RedisWire", "ReplyError", "WireClosed", "WireTimeout", "bulk", "command"]
 
 ReplyError = hiredis.ReplyError  # an error reply (``-ERR …``, ``-NOSCRIPT …``): returned as a value, not raised
 
 
 class WireClosed(DistillguardError, ConnectionError):
     """The connection to Redis closed, failed or sent something that is not RESP; waiting calls get this."""
+
+
+class WireTimeout(WireClosed, TimeoutError):
+    """A reply took longer than the connection's ``timeout_s``: the connection is closed and every call on it fails."""
 
 
 def bulk(value: bytes | str | int) -> bytes:
@@ -55,12 +59,20 @@ class RedisWire(asyncio.Protocol):
 
     Open with :meth:`open`; a connection that failed once is closed for good
     (its late replies could otherwise be taken for the next call's).
+
+    Every call has a deadline, ``timeout_s`` after it was written: one timer
+    per connection, set for the oldest call still waiting (not a timer per
+    call, which cost more than the rest of a call's bookkeeping), fails the
+    connection with :class:`WireTimeout` when a reply is late.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, timeout_s: float | None = None) -> None:
+        self.timeout_s = timeout_s
         self._reader = hiredis.Reader()
         self._waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self._sent: collections.deque[float] = collections.deque()  # when each waiting call was written (loop time)
         self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self.closed = False
 
     @classmethod
@@ -73,10 +85,10 @@ class RedisWire(asyncio.Protocol):
         async with asyncio.timeout(timeout_s):
             wire: RedisWire
             if isinstance(settings, UnixDomainSocketConnection):
-                _, wire = await loop.create_unix_connection(cls, settings.path)
+                _, wire = await loop.create_unix_connection(lambda: cls(timeout_s), settings.path)
             else:
                 context: ssl.SSLContext | None = settings.ssl_context.get() if isinstance(settings, SSLConnection) else None
-                _, wire = await loop.create_connection(cls, settings.host, settings.port, ssl=context)
+                _, wire = await loop.create_connection(lambda: cls(timeout_s), settings.host, settings.port, ssl=context)
             try:
                 provider = settings.credential_provider
                 if provider is None and (settings.username or settings.password):
@@ -111,6 +123,7 @@ class RedisWire(asyncio.Protocol):
                 if not waiting:
                     raise WireClosed("Redis sent a reply nobody asked for")
                 future = waiting.popleft()
+                self._sent.popleft()
                 if not future.done():  # a cancelled call: its reply is dropped (the connection closes anyway)
                     future.set_result(reply)
         except (hiredis.ProtocolError, WireClosed) as exc:
@@ -127,8 +140,34 @@ class RedisWire(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in range(replies)]
         self._waiting.extend(futures)
+        self._sent.extend([loop.time()] * replies)
+        if self._timer is None and self.timeout_s is not None:
+            self._timer = loop.call_at(self._sent[0] + self.timeout_s, self._check_deadline)
         self._transport.write(requests)
         return futures
+
+    def set_timeout(self, timeout_s: float) -> None:
+        """Change the deadline of calls (e.g. after a slow start): the timer is set again for the new one."""
+        self.timeout_s = timeout_s
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._sent and not self.closed:
+            self._timer = asyncio.get_running_loop().call_at(self._sent[0] + timeout_s, self._check_deadline)
+
+    def _check_deadline(self) -> None:
+        """The timer: fail the connection if its oldest waiting call is late, else wait for that call's deadline."""
+        self._timer = None
+        if not self._sent or self.closed or self.timeout_s is None:
+            return  # nothing waits: the next call sets the timer again
+        deadline = self._sent[0] + self.timeout_s
+        loop = asyncio.get_running_loop()
+        if loop.time() >= deadline:
+            self._fail(WireTimeout(f"Redis did not answer within {self.timeout_s:g} s"))
+            if self._transport is not None:
+                self._transport.close()
+        else:
+            self._timer = loop.call_at(deadline, self._check_deadline)
 
     async def call(self, request: bytes) -> Any:
         """One request, its reply (an error reply is returned as a :data:`ReplyError`, not raised).
@@ -149,6 +188,10 @@ class RedisWire(asyncio.Protocol):
 
     def _fail(self, exc: WireClosed) -> None:
         self.closed = True
+        self._sent.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         while self._waiting:
             future = self._waiting.popleft()
             if not future.done():
