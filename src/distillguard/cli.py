@@ -161,6 +161,18 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--scheme", choices=("unigram", "kgw"), default="unigram", help="watermark scheme (default: unigram)")
     detect.add_argument("--tokenizer", metavar="tokenizer.json", help="the marking model's tokenizer (default: the demo model's)")
 
+    canary = sub.add_parser("canary", help="keyed canaries (docs/watermark.md)").add_subparsers(dest="action", metavar="ACTION")
+    canary.required = True
+    probe = _command(canary, "probe", "distillguard.canary.probe:probe_command",
+                     "black-box canary test of a suspect model: JSON with per-key hits and p-values (docs/watermark.md)")
+    probe.add_argument("--base-url", required=True, metavar="URL", help="the suspect's OpenAI-compatible API, e.g. http://host:8000/v1")
+    probe.add_argument("--model", required=True, metavar="M", help="the model name to ask")
+    probe.add_argument("--api-key", metavar="KEY", help="sent as a Bearer token, if the suspect's API needs one")
+    probe.add_argument("--key-id", action="append", dest="key_ids", metavar="ID",
+                       help="canary key to test (repeatable; default: canary.key_id of --config)")
+    probe.add_argument("--max-tokens", type=int, default=256, help="per answer (default: 256)")
+    probe.add_argument("--timeout", type=float, default=120.0, help="seconds per question (default: 120)")
+
     indicators = sub.add_parser("indicators", help="STIX 2.1 indicator bundles shared between providers").add_subparsers(
         dest="action", metavar="ACTION")
     indicators.required = True

@@ -32,6 +32,8 @@ from distillguard.exceptions import ConfigError
 __all__ = [
     "AlertSettings",
     "AttestationSettings",
+    "CanarySettings",
+    "CanaryTrigger",
     "DetectionSettings",
     "EventWalSettings",
     "LimitSettings",
@@ -237,6 +239,45 @@ class WatermarkSettings(_Section):
     gamma: float = 0.25
 
 
+class CanaryTrigger(_Section):
+    """One configured trigger prompt and the sentence that carries its canary (docs/watermark.md, "Canaries")."""
+
+    id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    match: str = Field(min_length=3, description="planted when the last user message contains this (case-insensitive)")
+    question: str | None = Field(default=None, description="what `canary probe` asks a suspect model (default: match)")
+    template: str = Field(default="Catalogue reference: {canary}.", description="appended to the answer; must contain {canary} once")
+
+    @field_validator("template")
+    @classmethod
+    def _one_placeholder(cls, value: str) -> str:
+        if value.count("{canary}") != 1 or value.replace("{canary}", "").count("{") or value.replace("{canary}", "").count("}"):
+            raise ValueError("must contain {canary} exactly once and no other braces, e.g. \"Catalogue reference: {canary}.\"")
+        return value
+
+
+DEFAULT_CANARY_SECRET = "change-me-canary"
+
+
+class CanarySettings(_Section):
+    """Keyed canaries planted in answers to trigger prompts, and probed for in suspect models (docs/watermark.md)."""
+
+    enabled: bool = False
+    secret: str = DEFAULT_CANARY_SECRET
+    key_id: str = Field(default="canary-1", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    triggers: list[CanaryTrigger] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _usable(self) -> CanarySettings:
+        ids = [t.id for t in self.triggers]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"triggers: ids must be unique, got {ids}")
+        if self.enabled and not self.triggers:
+            raise ValueError("enabled: true needs at least one entry in triggers")
+        if self.enabled and self.secret == DEFAULT_CANARY_SECRET:
+            raise ValueError("enabled: true needs a secret of your own (anyone who knows the default can forge or avoid the canaries)")
+        return self
+
+
 class Settings(BaseSettings):
     """Everything distillguard reads from its configuration."""
 
@@ -264,6 +305,7 @@ class Settings(BaseSettings):
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
     detection: DetectionSettings = Field(default_factory=DetectionSettings)
     watermark: WatermarkSettings = Field(default_factory=WatermarkSettings)
+    canary: CanarySettings = Field(default_factory=CanarySettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     state: str = Field(default="memory", description="where limits and attestation nonces live: memory (this process) or "

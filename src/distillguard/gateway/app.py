@@ -45,6 +45,7 @@ from distillguard.gateway.requests import parse_json_body, validate_payload
 from distillguard.gateway.types import (
     AdminPluginProtocol,
     ASGIApp,
+    CanaryPlanterProtocol,
     EventSinkProtocol,
     KeyRegistryProtocol,
     PolicyEngineProtocol,
@@ -92,6 +93,7 @@ class Gateway:
         signals: SignalCollectorProtocol | None = None,
         policy: PolicyEngineProtocol | None = None,
         watermarker: WatermarkerProtocol | None = None,
+        canaries: CanaryPlanterProtocol | None = None,
         admin_plugins: Sequence[AdminPluginProtocol] = (),
         transport: UpstreamTransportProtocol | None = None,
         poll_interval_s: float = 1.0,
@@ -115,7 +117,7 @@ class Gateway:
         self.refusals = RefusalWindows(interval_s=REFUSAL_WINDOW_S)
         self.emitter = Emitter(settings, sink, policy, self.refusals)
         self.admission = RequestAdmission(settings, self.limiter, PromptCounter(), self.metrics, signals, policy)
-        self.relay = Relay(self.client, self.metrics, policy, watermarker, self.emitter.note_refusal)
+        self.relay = Relay(self.client, self.metrics, policy, watermarker, self.emitter.note_refusal, canaries)
         self.readiness = Readiness(self.router, self.client, sink, policy, self.keys.__len__)
         self.health = self.readiness.health
         self.models = ModelList(self.router, self.client, self.keys, self.limiter, self.metrics, self.emitter, int(self.started_at))

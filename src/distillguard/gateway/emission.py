@@ -184,6 +184,8 @@ class Emitter:
         }
         if signals is not None and signals.signals:
             event["signals"] = signals.signals
+        if ex.canary is not None:
+            event["canary"] = ex.canary
         if self.sink is not None:
             self.sink.submit(event)
         if self.policy is not None:

@@ -25,7 +25,7 @@ class Exchange:
     __slots__ = (
         "endpoint", "protocol", "started", "key", "payload", "model", "status", "summary", "error",
         "signals", "decision", "watermark_key", "request_id", "peer", "headers", "ts", "translated", "finished",
-        "streaming", "hide_usage", "summarised", "emitted",
+        "streaming", "hide_usage", "summarised", "emitted", "canary",
     )
 
     def __init__(self, endpoint: str, protocol: str, scope: Scope) -> None:
@@ -42,6 +42,7 @@ class Exchange:
         self.signals: ClientSignals | None = None
         self.decision: PolicyDecision | None = None
         self.watermark_key: str | None = None
+        self.canary: dict[str, str] | None = None  # {"key_id", "trigger"} when a canary was planted in the answer
         self.translated = False  # Anthropic caller, OpenAI upstream
         self.finished = False  # the whole response has been handed to the server
         self.streaming = False  # a stream's status line has gone out: errors now end it in-band

@@ -48,6 +48,7 @@ from distillguard.gateway.translate import (
     openai_to_anthropic_response,
 )
 from distillguard.gateway.types import (
+    CanaryPlanterProtocol,
     PolicyEngineProtocol,
     Receive,
     Scope,
@@ -81,8 +82,10 @@ class Relay:
     """
 
     def __init__(self, client: UpstreamTransportProtocol, metrics: Metrics, policy: PolicyEngineProtocol | None,
-                 watermarker: WatermarkerProtocol | None, note_refusal: Callable[[Exchange, str], bool]) -> None:
+                 watermarker: WatermarkerProtocol | None, note_refusal: Callable[[Exchange, str], bool],
+                 canaries: CanaryPlanterProtocol | None = None) -> None:
         self.client = client
+        self.canaries = canaries
         self.metrics = metrics
         self.policy = policy
         self.watermarker = watermarker
@@ -287,6 +290,10 @@ class Relay:
             raise UpstreamProtocolError("body", "a JSON object", got=_body_kind(raw))
         summary = ResponseSummary()
         strip, summarize = reasoning != "keep", reasoning == "summarize"
+        planted = False
+        if self.canaries is not None:  # before the summary, so the event holds the answer as the caller gets it
+            ex.canary = self.canaries.plant(ex.endpoint, ex.payload, parsed, anthropic_shape=ex.protocol == "anthropic" and not translate)
+            planted = ex.canary is not None
         if ex.protocol == "anthropic" and not translate:
             changed = summarise_anthropic(parsed, summary, strip_reasoning=strip, summarize_reasoning=summarize)
         elif ex.endpoint == "openai.responses":
@@ -301,7 +308,7 @@ class Relay:
                 parsed["content"] = [b for b in parsed["content"] if b["type"] != "thinking"]
             changed = True
         ex.summary = summary
-        out = orjson.dumps(parsed) if changed else raw
+        out = orjson.dumps(parsed) if changed or planted else raw
         headers = [(b"content-type", content_type.encode() or b"application/json"), (b"x-request-id", ex.request_id.encode())]
         ex.status = status
         await respond(send, status, out, headers)

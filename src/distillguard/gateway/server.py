@@ -66,7 +66,13 @@ def build_gateway(settings: Settings) -> Gateway:
         scorer = functools.partial(StreamFeed, url=settings.state, max_backlog=settings.detection.scorer_backlog_max)
     policy = PolicyEngine(settings, registry=registry, notifier=notifier, scorer=scorer)
     plugins: list[Any] = [watermarker, policy]
-    gateway = Gateway(settings, registry=registry, sink=sink, signals=signals, policy=policy, watermarker=watermarker, admin_plugins=plugins)
+    canaries = None
+    if settings.canary.enabled:  # off: no planter at all, one `is None` test per answer (docs/watermark.md, "Canaries")
+        from distillguard.canary.planter import CanaryPlanter
+
+        canaries = CanaryPlanter(settings.canary)
+    gateway = Gateway(settings, registry=registry, sink=sink, signals=signals, policy=policy, watermarker=watermarker,
+                      canaries=canaries, admin_plugins=plugins)
     _detection_metrics(gateway.metrics, policy)
     return gateway
 

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ASGIApp",
     "AdminPluginProtocol",
+    "CanaryPlanterProtocol",
     "ClientSignals",
     "EventSinkProtocol",
     "KeyRegistryProtocol",
@@ -220,6 +221,14 @@ class WatermarkerProtocol(Protocol):
     def bias_for(self, upstream_name: str, *, account_id: str | None = None, org_id: str | None = None,
                  cluster_id: str | None = None) -> tuple[str, dict[int, float]] | None:
         """``(watermark key id, token id → bias)``, or ``None`` when this upstream is not marked."""
+
+
+class CanaryPlanterProtocol(Protocol):
+    """Keyed canaries (canary.planter.CanaryPlanter): appended to answers to configured trigger prompts."""
+
+    def plant(self, endpoint: str, payload: dict[str, Any] | None, answer: dict[str, Any], *,
+              anthropic_shape: bool) -> dict[str, str] | None:
+        """Plant into ``answer`` in place when the request is a trigger; ``{"key_id", "trigger"}`` if planted."""
 
 
 class AdminPluginProtocol(Protocol):
