@@ -210,7 +210,8 @@ def saturation_run(events: list[dict[str, Any]], publish_every_s: float) -> dict
     from distillguard.config import Settings
     from distillguard.policy import PolicyEngine
 
-    engine = PolicyEngine(Settings(), publish_every_s=publish_every_s)
+    # All events at once: the queue's bound (detection.scorer_backlog_max) must hold them, or the excess is shed.
+    engine = PolicyEngine(Settings(detection={"scorer_backlog_max": len(events) + 1}), publish_every_s=publish_every_s)
     engine.start()
     time.sleep(2.0)
     scorer = engine.scorer

@@ -367,6 +367,30 @@ def test_reports_with_the_cluster_cache_match_a_fresh_scan() -> None:
     assert online.report()["clusters"]
 
 
+def test_incremental_reports_match_a_fresh_scan_when_a_new_model_appears() -> None:
+    """report() recomputes only updated accounts, except when a model's first appearance moves (model_pivot reads every
+    account's traffic against the release): accounts that send nothing after that must still be rescored."""
+    release = T0 + 12 * 3600
+    # Events arrive out of time order, as from several replicas: the "old" accounts' traffic around the release
+    # arrives before the first m2 event does, and they are silent from then on.
+    events = [ev(f"old{k}", T0 + i * 1200 + k, f"question {i} about topic {k}", model="m1") for k in range(4) for i in range(48)]
+    events += [ev("pivot", release - 3600 * 6 + i * 600, f"task {i}", model="m1") for i in range(30)]
+    events += [ev("pivot", release + i * 300, f"task {i} on the new model", model="m2") for i in range(40)]
+    events.append(ev("late", release - 1800, "a delayed request on the new model", model="m2"))  # m2's first sight moves earlier
+    online = Scanner()
+    for i, event in enumerate(events):
+        online.update(event)
+        if i % 23 == 0:
+            online.report()
+    fresh = Scanner()
+    for event in events:
+        fresh.update(event)
+    final = online.report()
+    assert final == fresh.report()
+    assert evidence(final, "pivot", "model_pivot")["score"] > 0.5  # the case this guards is really there
+    assert any(e["detector"] == "model_pivot" for e in entry(final, "old0")["evidence"])  # rescored without new traffic
+
+
 # -- MinHash / LSH (distillguard.detect.minhash) ----------------------------------------------------------
 
 def _jaccard(a: set[str], b: set[str]) -> float:

@@ -1,0 +1,295 @@
+"""The fleet's central scorer (`distillguard scorer`): events/s, backlog and RSS at 1k, 10k and 100k accounts.
+
+    .venv/bin/python bench/central_scorer.py [--events 200000] [--accounts 1000,10000,100000] [--rate 5000] [--duration 30]
+
+What is measured, per account count K, against a real Debian ``redis-server``
+and a real ``distillguard scorer`` process (SQLite store, no replay):
+
+* **drain**: ``--events`` events of the ``default`` scenario (``bench/out/default.jsonl.gz``,
+  generated if missing), their accounts renamed round-robin over K accounts
+  (so every one of the K accounts is scored), are put in the stream with the
+  replicas' own append script (``StreamFeed``'s, batches of 500) before the
+  scorer starts; then the scorer is started and the stream length sampled
+  every 0.2 s. Events/s = events / (time from the first to the last consumed
+  batch), i.e. the scorer's whole path (XREADGROUP, JSON decode, Scanner
+  update, XACK + XTRIM, and the reports it publishes meanwhile: scanner,
+  policy engine, risk-snapshot merge). Scorer CPU seconds and peak RSS (VmHWM)
+  from /proc.
+* **paced** (at the largest K only): the same events appended at ``--rate``
+  events/s for ``--duration`` s while the scorer runs; the backlog (stream
+  length) sampled every 0.2 s: median, p99, max, and at the end of the feed.
+  The feeder runs in this process on the same machine, so it competes with
+  the scorer for the two cores.
+
+Baseline in the same run: the Scanner alone (``update`` only, no stream, no
+reports) over the same events in this process, events per CPU second — the
+ceiling the scorer's plumbing and reports are measured against.
+Writes the markdown to ``bench/out/central_scorer.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis
+import yaml
+
+from measure import OUT, percentile, src_digest, write_report
+
+DISTILLGUARD = str(Path(sys.executable).with_name("distillguard"))
+
+
+def load_events(n: int) -> list[bytes]:
+    path = OUT / "default.jsonl.gz"
+    if not path.exists():
+        OUT.mkdir(parents=True, exist_ok=True)
+        print(f"  generating {path}", file=sys.stderr)
+        subprocess.run([DISTILLGUARD, "simulate", "--scenario", "default", "--seed", "7", "--out", str(path),
+                        "--labels", str(OUT / "default.labels.json")], check=True)
+    lines: list[bytes] = []
+    with gzip.open(path, "rb") as f:
+        lines = [line for line in f if line.strip()]
+    return [lines[i % len(lines)] for i in range(n)]  # cycled when more are asked for than the file has
+
+
+def renamed(lines: list[bytes], accounts: int) -> list[bytes]:
+    out = []
+    for i, line in enumerate(lines):
+        event = orjson.loads(line)
+        event["account_id"] = f"acct_{i % accounts:06d}"
+        event["request_id"] = f"req_{i}"
+        out.append(orjson.dumps(event))
+    return out
+
+
+def start_redis(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        sys.exit("redis-server is not installed (Debian package redis-server)")
+    port = 6390 + os.getpid() % 500
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(directory)], stdout=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    for _ in range(100):
+        try:
+            client.ping()
+            return proc, url
+        except redis.RedisError:
+            time.sleep(0.05)
+    sys.exit("redis-server did not start")
+
+
+def append(client: redis.Redis, script: Any, lines: list[bytes], bound: int) -> None:
+    from distillguard.state.scorer_stream import STREAM
+
+    for start in range(0, len(lines), 500):
+        script(keys=[STREAM], args=[bound, *lines[start:start + 500]], client=client)
+
+
+def proc_stats(pid: int) -> tuple[float, float]:
+    """(CPU seconds, peak RSS MB) of a process so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        hwm = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("VmHWM"))
+        return cpu, hwm / 1024
+    except (OSError, StopIteration):
+        return float("nan"), float("nan")
+
+
+def start_scorer(directory: Path, url: str, bound: int) -> subprocess.Popen[bytes]:
+    config = {"database": f"sqlite:///{directory / 'store.db'}", "state": url, "log_level": "warning",
+              "detection": {"scorer": "central", "scorer_backlog_max": bound}}
+    path = directory / "scorer.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return subprocess.Popen([DISTILLGUARD, "scorer", "--config", str(path)], stdout=open(directory / "scorer.log", "ab"),  # noqa: SIM115
+                            stderr=subprocess.STDOUT)
+
+
+def wait_heartbeat(client: redis.Redis, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    from distillguard.state.scorer_stream import HEARTBEAT
+
+    deadline = time.monotonic() + timeout
+    while client.get(HEARTBEAT) is None:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            sys.exit("the scorer did not start (see its log)")
+        time.sleep(0.1)
+
+
+def stop_scorer(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def drain_run(work: Path, url: str, lines: list[bytes], accounts: int) -> dict[str, Any]:
+    from distillguard.state.scorer_stream import APPEND_LUA, STREAM
+
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    script = client.register_script(APPEND_LUA)
+    events = renamed(lines, accounts)
+    append(client, script, events, len(events) + 1)
+    directory = Path(tempfile.mkdtemp(dir=work))
+    proc = start_scorer(directory, url, len(events) + 1)
+    samples: list[tuple[float, int]] = []
+    first = last = None
+    while True:
+        length = int(client.xlen(STREAM))
+        now = time.monotonic()
+        samples.append((now, length))
+        if first is None and length < len(events):
+            first = now
+        if length == 0:
+            last = now
+            break
+        if proc.poll() is not None:
+            sys.exit(f"the scorer exited: {(directory / 'scorer.log').read_text()[-2000:]}")
+        time.sleep(0.2)
+    cpu, rss = proc_stats(proc.pid)
+    time.sleep(3.0)  # its last report and snapshot merge
+    beat = orjson.loads(client.get("dg:scorer:heartbeat") or b"{}")
+    stop_scorer(proc)
+    assert first is not None and last is not None
+    return {"accounts": accounts, "events": len(events), "seconds": last - first, "rate": len(events) / max(last - first, 1e-9),
+            "cpu_s": cpu, "per_cpu_s": len(events) / cpu if cpu > 0 else float("nan"), "rss_mb": rss, "reports": beat.get("reports", 0)}
+
+
+def paced_run(work: Path, url: str, lines: list[bytes], accounts: int, rate: float, duration: float) -> dict[str, Any]:
+    from distillguard.state.scorer_stream import APPEND_LUA, STREAM
+
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    script = client.register_script(APPEND_LUA)
+    events = renamed(lines[: int(rate * duration)], accounts)
+    directory = Path(tempfile.mkdtemp(dir=work))
+    bound = 10 * len(events)
+    proc = start_scorer(directory, url, bound)
+    wait_heartbeat(client, proc)
+    cpu0, _ = proc_stats(proc.pid)
+    samples: list[int] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        sampler_client = redis.Redis.from_url(url)
+        while not stop.wait(0.2):
+            samples.append(int(sampler_client.xlen(STREAM)))
+
+    watcher = threading.Thread(target=sample, daemon=True)
+    watcher.start()
+    started = time.monotonic()
+    batch = max(1, int(rate / 20))  # every 50 ms, as a replica's shipping thread does
+    for i in range(0, len(events), batch):
+        due = started + i / rate
+        now = time.monotonic()
+        if due > now:
+            time.sleep(due - now)
+        append(client, script, events[i:i + batch], bound)
+    fed = time.monotonic()
+    at_end = int(client.xlen(STREAM))
+    while int(client.xlen(STREAM)) > 0 and time.monotonic() < fed + 600:
+        time.sleep(0.2)
+    drained = time.monotonic()
+    stop.set()
+    watcher.join()
+    cpu, rss = proc_stats(proc.pid)
+    stop_scorer(proc)
+    return {"accounts": accounts, "events": len(events), "achieved_rate": len(events) / (fed - started),
+            "backlog_median": statistics.median(samples) if samples else 0, "backlog_p99": percentile([float(s) for s in samples], 99),
+            "backlog_max": max(samples) if samples else 0, "backlog_end": at_end, "drain_s": drained - fed,
+            "per_cpu_s": len(events) / (cpu - cpu0) if cpu > cpu0 else float("nan"), "rss_mb": rss}
+
+
+def scanner_baseline(lines: list[bytes], accounts: int) -> float:
+    from distillguard.detect.scanner import Scanner
+
+    events = [orjson.loads(line) for line in renamed(lines, accounts)]
+    scanner = Scanner()
+    started = time.process_time()
+    for event in events:
+        scanner.update(event)
+    return len(events) / (time.process_time() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--accounts", default="1000,10000,100000")
+    parser.add_argument("--rate", type=float, default=5000.0, help="paced run: events/s appended (at the largest account count)")
+    parser.add_argument("--duration", type=float, default=30.0)
+    args = parser.parse_args()
+    began = time.perf_counter()
+    digest = src_digest()
+    load = os.getloadavg()[0]
+    counts = [int(k) for k in args.accounts.split(",")]
+    lines = load_events(max(args.events, int(args.rate * args.duration)))
+    work = Path(tempfile.mkdtemp(prefix="dg-central-"))
+    redis_proc, url = start_redis(work)
+    try:
+        drains = []
+        for accounts in counts:
+            run = drain_run(work, url, lines[: args.events], accounts)
+            run["baseline"] = scanner_baseline(lines[: min(args.events, 50_000)], accounts)
+            drains.append(run)
+            print(f"  {accounts:,} accounts: {run['rate']:,.0f} ev/s, {run['per_cpu_s']:,.0f} ev/CPU-s, RSS {run['rss_mb']:,.0f} MB",
+                  file=sys.stderr)
+        paced = paced_run(work, url, lines, counts[-1], args.rate, args.duration)
+        print(f"  paced {paced['achieved_rate']:,.0f} ev/s at {counts[-1]:,} accounts: backlog max {paced['backlog_max']:,}",
+              file=sys.stderr)
+    finally:
+        redis_proc.terminate()
+        redis_proc.wait(10)
+        shutil.rmtree(work, ignore_errors=True)
+    lines_out = [
+        "# Central scorer (`distillguard scorer`)",
+        "",
+        f"Real `redis-server` and `distillguard scorer` processes on one machine ({os.cpu_count()} cores, load average "
+        f"{load:.2f} at start, shared with other work). Events of the `default` scenario, accounts renamed round-robin.",
+        "",
+        "## Drain: the stream filled first, then consumed",
+        "",
+        "| accounts | events | events/s (wall) | events per scorer CPU-s | Scanner.update alone, events per CPU-s (baseline) "
+        "| scorer share of baseline | reports | scorer peak RSS (MB) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for run in drains:
+        lines_out.append(f"| {run['accounts']:,} | {run['events']:,} | **{run['rate']:,.0f}** | {run['per_cpu_s']:,.0f} | "
+                         f"{run['baseline']:,.0f} | {run['per_cpu_s'] / run['baseline']:.0%} | {run['reports']} | {run['rss_mb']:,.0f} |")
+    lines_out += [
+        "",
+        f"## Paced: {args.rate:,.0f} events/s appended for {args.duration:g} s at {paced['accounts']:,} accounts",
+        "",
+        "| metric | value |",
+        "|---|---:|",
+        f"| achieved append rate (events/s) | {paced['achieved_rate']:,.0f} |",
+        f"| backlog (stream length) median | {paced['backlog_median']:,.0f} |",
+        f"| backlog p99 | {paced['backlog_p99']:,.0f} |",
+        f"| backlog max | {paced['backlog_max']:,} |",
+        f"| backlog at the end of the feed | {paced['backlog_end']:,} |",
+        f"| drain time after the feed (s) | {paced['drain_s']:.1f} |",
+        f"| events per scorer CPU-s | {paced['per_cpu_s']:,.0f} |",
+        f"| scorer peak RSS (MB) | {paced['rss_mb']:,.0f} |",
+        "",
+        "Command: `.venv/bin/python bench/central_scorer.py " + " ".join(sys.argv[1:]) + "`",
+    ]
+    write_report("central_scorer.md", lines_out, began, digest)
+
+
+if __name__ == "__main__":
+    main()
