@@ -13,11 +13,12 @@
    same gateway on an empty one (RSS difference / keys), and the key table
    alone under tracemalloc.
 3. Traffic: wrk at c=64 with every request on one key, then spread round-robin
-   over all the keys, alternating (two rounds each), ``detection.online`` off
+   over all the keys, alternating (``--rounds`` each, medians reported), ``detection.online`` off
    (the online scorer's own throughput is another part of the issue); req/s,
    p50/p99, gateway CPU ms per request and RSS after.
 
-Needs ``wrk``. Results are printed as Markdown (bench/RESULTS.md, "Accounts and keys at scale").
+Needs ``wrk``. The Markdown report is printed and written to bench/out/accounts_scale.md
+(recorded in bench/RESULTS.md, "Accounts and keys at scale").
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from pathlib import Path
 import httpx
 
 from gateway_overhead import cpu_s, free_port, wait
-from measure import percentile, source_line, spawn_logged, src_digest, stop_sessions
+from measure import percentile, spawn_logged, src_digest, stop_sessions, write_report
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.wire_probes import rss_mb  # noqa: E402
@@ -162,18 +163,61 @@ def snapshot_and_table_cost(database: str) -> tuple[float, float, int]:
         registry.close()
 
 
+def limiter_state_per_key(n: int) -> tuple[float, float]:
+    """Bytes of limiter state per key (tracemalloc): one request on each of ``n`` keys (own account each) within a
+    minute, then after 61 idle seconds and a sweep (what a key used today keeps until midnight UTC)."""
+    import asyncio
+
+    from distillguard.config import LimitSettings
+    from distillguard.gateway.limits import Limiter
+    from distillguard.state import MemoryState
+    from distillguard.store.registry import KeyRecord
+
+    now = [1_000_000.0]
+    records = [KeyRecord(f"key_{i:016x}", f"{i:064x}", f"acct_{i:016x}", None, False, "active") for i in range(n)]
+    gc.collect()
+    tracemalloc.start()
+    state = MemoryState(lambda: now[0])
+    limiter = Limiter(LimitSettings(requests_per_min=1000, tokens_per_min=None, concurrent_requests=None, daily_tokens=100_000), state)
+
+    async def traffic() -> None:
+        for i, record in enumerate(records):
+            slot = limiter.enter(record)
+            admission = await limiter.admit(record, 10, f"r{i}")
+            assert admission is not None
+            limiter.settle(admission, 20)
+            slot.release()
+
+    asyncio.run(traffic())
+    gc.collect()
+    active = tracemalloc.get_traced_memory()[0] / n
+    now[0] += 61
+    state.sweep(state.now_ms())
+    gc.collect()
+    idle = tracemalloc.get_traced_memory()[0] / n
+    tracemalloc.stop()
+    return active, idle
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--accounts", type=int, default=100_000)
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--singles", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3, help="traffic rounds per case, alternating (medians reported)")
     parser.add_argument("--skip-postgres", action="store_true")
+    parser.add_argument("--limiter-only", action="store_true", help="only the in-process limiter state per key")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is needed: apt-get install wrk")
     n = args.accounts
+    limiter_active, limiter_idle = limiter_state_per_key(n)
+    print(f"limiter state per key: {limiter_active:.0f} B in its minute, {limiter_idle:.0f} B idle", file=sys.stderr, flush=True)
+    if args.limiter_only:
+        return 0
     work = Path(tempfile.mkdtemp(prefix="dg-accounts-"))
     digest = src_digest()
+    began = time.perf_counter()
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     procs: list[subprocess.Popen[bytes]] = []
 
@@ -240,7 +284,7 @@ def main() -> int:
         url = root + "/v1/chat/completions"
         run_wrk(url, one_file, 2)  # warm-up
         rounds: dict[str, list[dict[str, float]]] = {"one key": [], f"{n:,} keys": []}
-        for _ in range(2):
+        for _ in range(args.rounds):
             for label, keys_file in (("one key", one_file), (f"{n:,} keys", all_file)):
                 before = cpu_s(gateway.pid)
                 result = run_wrk(url, keys_file, args.duration)
@@ -269,19 +313,23 @@ def main() -> int:
                   f"| gateway RSS idle, {keys_loaded:,} keys (restarted on the full database) | {rss_full:.1f} MB |",
                   f"| RSS per idle key | {per_key:.0f} B |",
                   f"| key table alone per key (tracemalloc, {table_keys:,} records) | {table_bytes:.0f} B |",
+                  f"| limiter state per key (tracemalloc, in process, {n:,} keys each with its own account): "
+                  f"within a minute of its request | {limiter_active:.0f} B |",
+                  f"| … the same keys idle after a sweep (today's tokens kept for daily quotas) | {limiter_idle:.0f} B |",
                   f"| gateway RSS after the bulk creation (the process that served it) | {rss_after_bulk:.1f} MB |", "",
-                  "| traffic, c=64, non-streaming | req/s (2 rounds) | vs one key | p50 ms | p99 ms | gateway CPU ms/request | RSS after (MB) | non-2xx |",
+                  f"| traffic, c=64, non-streaming | req/s ({args.rounds} rounds, alternating) | vs one key | p50 ms | p99 ms | gateway CPU ms/request | RSS after (MB) | non-2xx |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        base_cpu = statistics.median(r["cpu_ms"] for r in rounds["one key"])
         base = statistics.median(r["rps"] for r in rounds["one key"])
         for label, results in rounds.items():
             rps = statistics.median(r["rps"] for r in results)
             each = " / ".join(f"{r['rps']:.0f}" for r in results)
             lines.append(f"| {label} | {each} | {rps / base:.0%} | "
                          f"{statistics.median(r['p50_ms'] for r in results):.2f} | {statistics.median(r['p99_ms'] for r in results):.2f} | "
-                         f"{statistics.median(r['cpu_ms'] for r in results):.3f} | {max(r['rss_mb'] for r in results):.0f} | "
+                         f"{statistics.median(r['cpu_ms'] for r in results):.3f} "
+                         f"(×{statistics.median(r['cpu_ms'] for r in results) / base_cpu:.2f}) | {max(r['rss_mb'] for r in results):.0f} | "
                          f"{sum(int(r['non_2xx']) for r in results)} |")
-        lines += ["", source_line(digest)]
-        print("\n".join(lines))
+        write_report("accounts_scale.md", lines, began, digest)
         return 0
     finally:
         stop_sessions(procs)
