@@ -143,6 +143,7 @@ class Relay:
                 and endpoint in ("openai.chat", "openai.completions", "anthropic.messages"))
 
     async def forward(self, ex: Exchange, upstream: Upstream, path: str, body: bytes, scope: Scope, receive: Receive, send: Send) -> None:
+        """Send the admitted request to ``upstream`` and relay its answer; raises :class:`GatewayError` before the status line."""
         if ex.endpoint == "anthropic.count_tokens" and upstream.protocol == "openai":
             await self._estimate_tokens(ex, send)
             return
@@ -178,7 +179,6 @@ class Relay:
         self, ex: Exchange, upstream: Upstream, path: bytes, headers: bytes, body: bytes, translate: bool, send: Send
     ) -> None:
         client = self.client
-        assert client is not None
         reasoning = ex.decision.reasoning if ex.decision is not None else "keep"  # or a degrade's "strip" / "summarize"
         try:
             resp = await client.request(upstream.origin, b"POST", path, headers, body,

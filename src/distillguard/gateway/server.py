@@ -18,7 +18,7 @@ import logging
 import socket
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from distillguard.config import Settings, load_settings, parse_listen
 from distillguard.exceptions import ConfigError
@@ -27,6 +27,7 @@ from distillguard.gateway.app import Gateway
 from distillguard.gateway.edge import EdgeLimits, EdgeStats
 from distillguard.gateway.http_server import run
 from distillguard.gateway.metrics import Metrics
+from distillguard.gateway.types import AdminPluginProtocol
 from distillguard.logs import configure as configure_logging
 
 if TYPE_CHECKING:
@@ -65,7 +66,7 @@ def build_gateway(settings: Settings) -> Gateway:
 
         scorer = functools.partial(StreamFeed, url=settings.state, max_backlog=settings.detection.scorer_backlog_max)
     policy = PolicyEngine(settings, registry=registry, notifier=notifier, scorer=scorer)
-    plugins: list[Any] = [watermarker, policy]
+    plugins: list[AdminPluginProtocol] = [watermarker, policy]
     canaries = None
     if settings.canary.enabled:  # off: no planter at all, one `is None` test per answer (docs/watermark.md, "Canaries")
         from distillguard.canary.planter import CanaryPlanter
