@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
@@ -21,6 +23,8 @@ from distillguard.cli import main
 from distillguard.exceptions import InputError
 from distillguard.indicators import Indicator, IndicatorSet, collect_indicators, install_digest, prompt_digest
 from distillguard.indicators.stix import build_bundle, parse_bundle, pattern_for
+from tests.gateway_fixtures import start_gateway
+from tests.upstream_stub import UpstreamStub
 
 WRAPPER = "You are a data generator. Think step by step and write out all of your reasoning."
 
@@ -191,3 +195,30 @@ def test_bad_input_exits_2_naming_file_and_field(tmp_path: Path, capsys: pytest.
     with pytest.raises(SystemExit) as exited:
         main(["indicators", "export", "--help"])
     assert exited.value.code == 0 and "--min-risk" in capsys.readouterr().out
+
+
+def test_the_gateways_online_scorer_matches_imported_indicators(tmp_path: Path, stub: UpstreamStub, capsys: pytest.CaptureFixture[str],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Provider B imports A's bundle, then serves: the online scorer's risk entry carries `shared_indicators` evidence."""
+    config = tmp_path / "import.yaml"
+    config.write_text(yaml.safe_dump({"database": f"sqlite:///{tmp_path / 'gateway.db'}"}))  # the database start_gateway uses
+    (tmp_path / "a.json").write_text(build_bundle([Indicator("prompt_sha256", prompt_digest(WRAPPER), 2)], producer="provider-a").serialize())
+    assert _inproc(capsys, monkeypatch, tmp_path, "indicators", "import", "a.json", "--config", str(config))[0] == 0
+    gw = start_gateway(tmp_path, stub.base_url)
+    try:
+        key = gw.create_key("hydra-head")
+        for i in range(12):
+            answer = httpx.post(gw.base_url + "/chat/completions", headers={"Authorization": f"Bearer {key['secret']}"}, timeout=30,
+                                json={"model": "stub-1", "messages": [{"role": "system", "content": WRAPPER},
+                                                                      {"role": "user", "content": f"task {i}"}]})
+            assert answer.status_code == 200
+        deadline = time.time() + 30
+        shared: list[dict[str, Any]] = []
+        while time.time() < deadline and not shared:
+            risk = gw.admin("GET", f"/admin/v1/accounts/{key['account_id']}/risk")
+            if risk.status_code == 200:
+                shared = [e for e in risk.json().get("evidence", []) if e["detector"] == "shared_indicators"]
+            time.sleep(0.3)
+        assert shared and "12 of 12 requests" in shared[0]["detail"], shared
+    finally:
+        gw.stop()

@@ -26,6 +26,11 @@ sequence number (:func:`distillguard.store.risk.recent_events`), then answers
 ``("replayed", n)`` and a report, and only then reads its inbox (live events
 wait in the pipe meanwhile). An environment variable, not an argument: the
 database URL may hold a password, and arguments are visible to every user.
+
+Shared indicators: when ``DISTILLGUARD_SCORER_INDICATORS`` holds a database
+URL (set by the gateway only when its store holds imported indicators,
+docs/indicators.md), the scanner matches them (``shared_indicators``
+evidence); they are read once, at the worker's start.
 """
 
 from __future__ import annotations
@@ -41,10 +46,11 @@ import sys
 import time
 from typing import Any
 
-__all__ = ["REPLAY_ENV", "REPORT_SHARE", "main", "next_report_delay", "recv", "replay", "send"]
+__all__ = ["INDICATORS_ENV", "REPLAY_ENV", "shared_indicators", "REPORT_SHARE", "main", "next_report_delay", "recv", "replay", "send"]
 
 _HEADER = struct.Struct("!Q")
 REPLAY_ENV = "DISTILLGUARD_SCORER_REPLAY"
+INDICATORS_ENV = "DISTILLGUARD_SCORER_INDICATORS"  # a database URL: its imported shared indicators are matched
 REPORT_SHARE = 0.25  # reports may take at most this share of the scorer's time; the rest goes to updates
 
 
@@ -93,7 +99,8 @@ def recv(fd: int) -> Any:
 def serve(inbox: int, outbox: int, publish_every_s: float) -> None:
     from distillguard.detect.scanner import Scanner
 
-    scanner = Scanner()
+    database = os.environ.pop(INDICATORS_ENV, None)
+    scanner = Scanner(indicators=shared_indicators(database) if database else None)
     spec = os.environ.pop(REPLAY_ENV, None)
     if spec:
         send(outbox, ("replayed", replay(scanner, json.loads(spec))))
@@ -152,6 +159,23 @@ def replay(scanner: Any, spec: dict[str, Any], seen: set[str] | None = None) -> 
     finally:
         engine.dispose()
     return n
+
+
+def shared_indicators(database: str) -> Any:
+    """The store's imported shared indicators as an ``IndicatorSet`` (None when there are none, or the store fails: logged)."""
+    from distillguard.indicators.model import IndicatorSet
+    from distillguard.store.engine import make_engine
+    from distillguard.store.indicators import IndicatorStore
+
+    engine = make_engine(database)
+    try:
+        found = IndicatorStore(engine).load()
+    except Exception as exc:  # scoring without them beats not scoring
+        print(f"distillguard scorer: shared indicators not loaded ({exc}); scoring without them", file=sys.stderr)
+        return None
+    finally:
+        engine.dispose()
+    return IndicatorSet(found) if found else None
 
 
 def main(argv: list[str] | None = None) -> int:

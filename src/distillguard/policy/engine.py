@@ -121,6 +121,11 @@ class PolicyEngine:
                           "max_events": self.settings.replay_max_events, "max_age_s": self.settings.replay_max_age_h * 3600.0}
         self._started = True
         self.alerter.start()
+        if self.online and isinstance(self.scorer, OnlineScorer) and isinstance(self.registry, Registry):
+            from distillguard.store.indicators import IndicatorStore
+
+            if IndicatorStore(self.registry.engine).count():  # only then does the worker pay for loading them
+                self.scorer.indicators_database = self.registry.database_url
         if self.online:  # the scorer is a separate process: only spawned when its scores are wanted
             self.scorer.start(replay)
         self._writer = threading.Thread(target=self._write_loop, name="distillguard-audit", daemon=True)

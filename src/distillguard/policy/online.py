@@ -38,8 +38,10 @@ log = logging.getLogger("distillguard.policy.online")
 
 class OnlineScorer(Sheds):
     def __init__(self, on_report: Callable[[dict[str, Any]], None], *, publish_every_s: float = 1.0, batch_size: int = 500,
-                 max_backlog: int = 50_000) -> None:
+                 max_backlog: int = 50_000, indicators_database: str | None = None) -> None:
+        """``indicators_database``: the store whose imported shared indicators (docs/indicators.md) the worker matches."""
         self.on_report = on_report
+        self.indicators_database = indicators_database
         self.publish_every_s = publish_every_s
         self.batch_size = batch_size
         self.max_backlog = max_backlog  # events queued for the worker at most; more are shed from scoring (counted, logged)
@@ -92,6 +94,9 @@ class OnlineScorer(Sheds):
         # tree on sys.path): hand it our sys.path, in order, as multiprocessing's spawn did.
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         env.pop(scorer_worker.REPLAY_ENV, None)
+        env.pop(scorer_worker.INDICATORS_ENV, None)
+        if self.indicators_database is not None:
+            env[scorer_worker.INDICATORS_ENV] = self.indicators_database
         if replay is not None:
             env[scorer_worker.REPLAY_ENV] = json.dumps(replay)
         try:

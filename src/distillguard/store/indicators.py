@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
-from sqlalchemy import Engine, delete, insert, select
+from sqlalchemy import Engine, delete, func, insert, select
 
 from distillguard.indicators.model import KINDS, Indicator
 from distillguard.store import schema
@@ -32,6 +32,10 @@ class IndicatorStore:
                 conn.execute(delete(table).where(table.c.kind == kind, table.c.value == value, table.c.source == source))
                 conn.execute(insert(table).values(kind=kind, value=value, source=source, stix_id=stix_id, imported_at=now))
         return len(rows)
+
+    def count(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(schema.shared_indicators)).scalar_one())
 
     def load(self) -> list[Indicator]:
         table = schema.shared_indicators
