@@ -372,6 +372,10 @@ def test_store_unavailable_spills_and_replays(tmp_path: Path, stub: UpstreamStub
         while not any(gw.spill_dir.glob("spill-*.jsonl")) and time.time() < deadline:
             time.sleep(0.1)
         assert any(gw.spill_dir.glob("spill-*.jsonl")), "no spill file while the store was locked"
+        # The overflow guard spills as soon as a write has waited 2 s; the writer's own line comes when that write
+        # fails, at database_timeout_s (5 s): wait for it rather than expect it with the first spill file.
+        while "spilling" not in gw.log() and time.time() < deadline:
+            time.sleep(0.1)
         assert "spilling" in gw.log()
     finally:
         blocker.execute("ROLLBACK")
