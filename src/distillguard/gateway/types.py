@@ -306,6 +306,7 @@ if TYPE_CHECKING:  # mypy checks that each real implementation satisfies its sea
         engine: distillguard.policy.engine.PolicyEngine,
         decision: distillguard.policy.decision.Decision,
         watermarker: distillguard.watermark.gateway.GatewayWatermarker,
+        planter: distillguard.canary.planter.CanaryPlanter,
         sink: distillguard.store.sink.EventSink,
         client: distillguard.gateway.upstream_http.UpstreamClient,
         response: distillguard.gateway.upstream_http.UpstreamResponse,
@@ -318,12 +319,14 @@ if TYPE_CHECKING:  # mypy checks that each real implementation satisfies its sea
         _engine: PolicyEngineProtocol = engine
         _decision: PolicyDecision = decision
         _watermarker: WatermarkerProtocol = watermarker
+        _planter: CanaryPlanterProtocol = planter
         _plugins: Sequence[AdminPluginProtocol] = (watermarker, engine)
         _sink: EventSinkProtocol = sink
         _client: UpstreamTransportProtocol = client
         _response: UpstreamResponseProtocol = response
         _states: Collection[SharedState] = (memory, resilient)
 
+    import distillguard.canary.planter
     import distillguard.gateway.upstream_http
     import distillguard.policy.decision
     import distillguard.policy.engine
