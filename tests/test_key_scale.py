@@ -24,6 +24,7 @@ import yaml
 from distillguard.config import Settings
 from distillguard.gateway.app import Gateway
 from distillguard.store.registry import KeyRecord, NewAccount, Registry
+from tests.gateway_fixtures import RunningGateway
 from tests.pg_fixtures import emptied_database_url, postgres  # noqa: F401 - fixture
 from tests.upstream_stub import UpstreamStub
 
@@ -312,3 +313,26 @@ def test_limits_are_resolved_per_request_so_a_key_change_needs_no_invalidation()
     assert (key_quota.subject, key_quota.requests_per_min, account_quota.subject, account_quota.tokens_per_min) == (
         "key:key_1", 5, "acct:acct_1", 9)
     assert not hasattr(limiter, "_quotas")  # no per-key cache that traffic over many keys would fill
+
+
+def test_admin_cli_imports_through_the_bulk_endpoint_in_batches(gateway: RunningGateway, tmp_path: Path) -> None:
+    source = tmp_path / "remote.jsonl"
+    source.write_text("\n".join([json.dumps({"name": "remote-a", "key": True}),
+                                 json.dumps({"name": "remote-b", "org": "o", "key": {"limits": {"requests_per_min": 1}}}),
+                                 json.dumps({"name": "remote-c"})]) + "\n")
+    done = subprocess.run([sys.executable, "-m", "distillguard.cli", "admin", "accounts", "import", str(source), "--batch", "2",
+                           "--url", gateway.root_url, "--token", gateway.admin_token],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    out = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [o["name"] for o in out] == ["remote-a", "remote-b", "remote-c"] and out[2]["secret"] is None
+    assert "created 3 accounts and 2 keys" in done.stderr
+    statuses = [httpx.post(gateway.base_url + "/chat/completions", headers={"Authorization": f"Bearer {out[1]['secret']}"},
+                           json=CHAT, timeout=10).status_code for _ in range(2)]
+    assert statuses == [200, 429]  # created through the gateway: usable at once, with the key's own limit
+
+    source.write_text(json.dumps({"name": "ok"}) + "\n" + json.dumps({"name": "bad", "key": 3}) + "\n")
+    refused = subprocess.run([sys.executable, "-m", "distillguard.cli", "admin", "accounts", "import", str(source),
+                              "--url", gateway.root_url, "--token", gateway.admin_token],
+                             capture_output=True, text=True, timeout=60, check=False)
+    assert refused.returncode == 2 and "line 2" in refused.stderr and "key" in refused.stderr

@@ -76,6 +76,11 @@ def add_admin_parser(sub: Any, command: Any) -> None:
     show = leaf(accounts, "show", "an account with its keys and limits")
     show.add_argument("account_id", metavar="ACCOUNT")
     show.set_defaults(admin_action="accounts show")
+    bulk = leaf(accounts, "import", "create accounts (and keys) from JSONL through POST /admin/v1/accounts/bulk; "
+                                    "prints each with its secret, once (always JSON lines)")
+    bulk.add_argument("file", metavar="FILE.jsonl", help='one account a line: {"name": …, "org": …, "limits": {…}, "key": true}; - for stdin')
+    bulk.add_argument("--batch", type=int, default=10_000, metavar="N", help="accounts per request (default and most: 10000)")
+    bulk.set_defaults(admin_action="accounts import")
     limits = actions.add_parser("limits", help="account limits").add_subparsers(dest="limits_action", metavar="ACTION")
     limits.required = True
     limits_set = leaf(limits, "set", "replace an account's limits (unset ones fall back to the defaults)")
@@ -131,12 +136,26 @@ def admin_command(args: argparse.Namespace) -> int:
     url, token = _settings_defaults(args)
     client = _Client(url, token)
     action: str = args.admin_action
+    if action == "accounts import":  # JSON lines as each batch is created, however many batches
+        return _import_accounts(client, args)
     data = _call(client, action, args)
     if args.json:
         sys.stdout.write(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
     else:
         sys.stdout.write(_human(action, data))
     return 0
+
+
+def _import_accounts(client: _Client, args: argparse.Namespace) -> int:
+    from distillguard.store.accounts_file import create_in_batches, read_accounts_file
+
+    items = [account.model_dump(exclude_unset=True) for account in read_accounts_file(args.file)]
+
+    def create(chunk: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        created: list[dict[str, Any]] = client.call("POST", "/admin/v1/accounts/bulk", {"accounts": list(chunk)})["data"]
+        return created
+
+    return create_in_batches(items, args.batch, create, "admin accounts import")
 
 
 def _q(part: str) -> str:

@@ -5,10 +5,8 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import sys
-from pathlib import Path
 
 import orjson
-from pydantic import ValidationError
 
 from distillguard.config import Settings, load_settings
 from distillguard.exceptions import NotFoundError, UsageError
@@ -43,53 +41,11 @@ def accounts_create(args: argparse.Namespace) -> int:
 def accounts_import(args: argparse.Namespace) -> int:
     """``accounts import FILE.jsonl``: every line checked first (nothing is created from a file with a bad line), then
     created ``--batch`` accounts per transaction; each account goes to stdout as JSON with its key's secret, once."""
-    # The admin API's model: a line here is exactly an item of POST /admin/v1/accounts/bulk.
-    from distillguard.gateway.admin import BulkAccount, describe_validation_error
-    from distillguard.store.registry import NewAccount
+    from distillguard.store.accounts_file import create_in_batches, read_accounts_file
 
-    if args.batch < 1:
-        raise UsageError(f"--batch: expected a positive number of accounts, got {args.batch}")
-    text = sys.stdin.read() if args.file == "-" else _read_text(args.file)
-    items: list[NewAccount] = []
-    first_at: dict[str, int] = {}
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            account = BulkAccount.model_validate_json(line)
-        except ValidationError as exc:
-            raise UsageError(f"{args.file}, line {number}: {describe_validation_error(exc)}; nothing was created") from None
-        name = account.name.strip()
-        if name in first_at:
-            raise UsageError(f"{args.file}, line {number}: account {name!r} is also on line {first_at[name]}; "
-                             "list each account once; nothing was created")
-        first_at[name] = number
-        items.append(account.new_account())
-    if not items:
-        raise UsageError(f"{args.file}: no accounts in it (one JSON object a line)")
+    items = [account.new_account() for account in read_accounts_file(args.file)]
     registry = _registry(args)
-    keys = 0
-    for start in range(0, len(items), args.batch):
-        try:
-            created = registry.create_accounts(items[start:start + args.batch], actor="cli")
-        except Exception:
-            if start:
-                print(f"accounts import: the first {start} accounts were created (printed above); the rest were not",
-                      file=sys.stderr)
-            raise
-        sys.stdout.write("".join(orjson.dumps(c).decode() + "\n" for c in created))
-        sys.stdout.flush()
-        keys += sum(1 for c in created if c["key_id"])
-    print(f"created {len(items)} accounts and {keys} keys; the secrets above are shown once and stored only as hashes",
-          file=sys.stderr)
-    return 0
-
-
-def _read_text(path: str) -> str:
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: cannot read it ({exc})") from None
+    return create_in_batches(items, args.batch, lambda chunk: registry.create_accounts(chunk, actor="cli"), "accounts import")
 
 
 def accounts_list(args: argparse.Namespace) -> int:
