@@ -1,4 +1,4 @@
-"""What the event write-ahead log adds to ``EventSink.submit``, the gateway's per-request call: CPU µs per event.
+"""What the event write-ahead log adds to ``EventSink.submit``, the gateway's per-request call: CPU µs and memory per event.
 
     PYTHONPATH=src .venv/bin/python bench/event_wal_cost.py [--events 20000] [--rounds 7]
 
@@ -7,7 +7,8 @@ append to a deque; with it, encoding the event's JSON line (which the writer
 thread would otherwise do later, so that part moves rather than adds) and one
 ``os.write`` to the segment. Rounds alternate between the two so a busy
 machine disturbs both alike; CPU time of this thread (``time.thread_time``),
-not wall time. The whole-gateway figure is ``bench/gateway_overhead.py
+not wall time. Then the memory one queued event takes, with and without the
+log (tracemalloc). The whole-gateway figure is ``bench/gateway_overhead.py
 --variants core,nowal``.
 """
 
@@ -18,6 +19,7 @@ import statistics
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 
 import orjson
@@ -69,6 +71,24 @@ def _encode_only(events: list[dict]) -> float:
     return (time.thread_time() - started) * 1e6 / len(events)
 
 
+def _queued_bytes(work: Path, wal: bool, count: int) -> float:
+    """Bytes of memory per event waiting in the sink's queue: events built and submitted under tracemalloc, the caller
+    keeping no reference (as the gateway does), so what stays allocated is what the queue holds."""
+    work.mkdir()
+    sink = EventSink(f"sqlite:///{work / 'db.sqlite'}", work / "spill", high_water=count + 2,
+                     wal=WriteAheadLog(work / "wal") if wal else None)
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for _ in range(count):
+        sink.submit(_event())
+    used = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    if sink.wal is not None:
+        sink.wal.close()
+    sink.engine.dispose()
+    return used / count
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=20_000)
@@ -84,6 +104,7 @@ def main() -> None:
                 work.mkdir()
                 results[wal].append(_round(work, wal, [_event() for _ in range(args.events)]))
             encoding.append(_encode_only([_event() for _ in range(args.events)]))
+        memory = {wal: _queued_bytes(Path(tmp) / f"m{int(wal)}", wal, args.events) for wal in (False, True)}
     off, on = statistics.median(results[False]), statistics.median(results[True])
     lines = [
         "## Event write-ahead log: CPU per `submit` (`bench/event_wal_cost.py`)",
@@ -101,6 +122,10 @@ def main() -> None:
         "the JSON encoding, which the writer thread no longer does (it stores the line as encoded), so the process's "
         f"total grows by about {on - off - statistics.median(encoding):.2f} µs per event (the write system call and "
         "bookkeeping).",
+        "",
+        f"Memory per event waiting in the sink's queue (tracemalloc; events built and submitted with no other reference): "
+        f"{memory[False]:,.0f} bytes without the log (the event itself), {memory[True]:,.0f} bytes with it (its JSON "
+        "line plus the four fields of its row; the event itself can be freed).",
     ]
     write_report("event_wal_cost.md", lines, began, digest)
 

@@ -83,8 +83,9 @@ def _row(event: dict[str, Any], body: str | None = None) -> dict[str, Any]:
 
 event_row = _row  # the events table's row for one event (the importer writes exactly what the sink writes)
 
-# One queued event: the event, its JSON line when the write-ahead log has it (encoded once, on submit), and the
-# write-ahead segment it is in (None without a log, or when the log could not take it).
+# One queued event: the event (with a write-ahead log only the four fields of its row beside the body: the line holds
+# the rest, and ~1.5 KB per queued event instead of ~3.5 KB), its JSON line when the log has it (encoded once, on
+# submit), and the write-ahead segment it is in (None without a log, or when the log could not take it).
 _Item = tuple[dict[str, Any], bytes | None, Segment | None]
 
 
@@ -163,7 +164,9 @@ class EventSink:
             self._queue.append((event, None, None))
         else:
             line = _encode(event) + b"\n"
-            self._queue.append((event, line, wal.append(line)))
+            fields = {"request_id": event["request_id"], "ts": event["ts"], "account_id": event.get("account_id"),
+                      "endpoint": event.get("endpoint", "")}
+            self._queue.append((fields, line, wal.append(line)))
         self.submitted += 1
         if len(self._queue) > self.low_water and not self._pressure.is_set():
             self._pressure.set()  # wake the overflow guard; a flag read otherwise
