@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -146,7 +146,23 @@ class CoverageSweep(Detector):
         state.capabilities[kind] = state.capabilities.get(kind, 0) + 1
 
     def evidence(self, account_id: str) -> Evidence | None:
-        s = self.accounts.get(account_id)
+        return self._evidence_of(self.accounts.get(account_id))
+
+    def pooled(self, account_ids: Iterable[str]) -> Evidence | None:
+        """The evidence of several accounts' requests counted together, as if one actor sent them all (a cluster)."""
+        pool = _State()
+        for account in account_ids:
+            s = self.accounts.get(account)
+            if s is not None:
+                pool.requests += s.requests
+                pool.single_turn += s.single_turn
+                pool.follow_ups += s.follow_ups
+                pool.generic_follow_ups += s.generic_follow_ups
+                for kind, count in s.capabilities.items():
+                    pool.capabilities[kind] = pool.capabilities.get(kind, 0) + count
+        return self._evidence_of(pool)
+
+    def _evidence_of(self, s: _State | None) -> Evidence | None:
         if s is None or s.requests == 0:
             return None
         single = s.single_turn / s.requests

@@ -17,7 +17,7 @@ what is pending first, so results do not depend on when it is asked.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,7 +154,23 @@ class ReasoningElicitation(Detector):
     def evidence(self, account_id: str) -> Evidence | None:
         if self._pending:
             self.flush()
-        state = self.accounts.get(account_id)
+        return self._evidence_of(self.accounts.get(account_id))
+
+    def pooled(self, account_ids: Iterable[str]) -> Evidence | None:
+        """The evidence of several accounts' prompts counted together, as if one actor sent them all (a cluster)."""
+        if self._pending:
+            self.flush()
+        pool = _State()
+        for account in account_ids:
+            state = self.accounts.get(account)
+            if state is not None:
+                pool.prompts += state.prompts
+                pool.eliciting += state.eliciting
+                pool.by_rules += state.by_rules
+                pool.score_sum += state.score_sum
+        return self._evidence_of(pool)
+
+    def _evidence_of(self, state: _State | None) -> Evidence | None:
         if state is None or state.prompts == 0:
             return None
         share = state.eliciting / state.prompts

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from distillguard.detect.accounts import AccountMeta
-from distillguard.detect.base import Detector, Evidence, user_text
+from distillguard.detect.base import Detector, Evidence, logistic, user_text
 from distillguard.detect.clustering import Cluster, ClusterCache, FingerprintCollector, find_clusters
 from distillguard.detect.consistency import Consistency
 from distillguard.detect.coverage import CoverageSweep
@@ -45,6 +45,9 @@ DISTILL_WEIGHTS = {"cot_elicitation": 7.0, "coverage_sweep": 3.0, "token_economi
 RESELLER_BIAS = -4.0
 RESELLER_WEIGHTS = {"key_sharing": 8.0, "relay_sharing": 6.0, "consistency": 1.5, "timing": 1.0}
 HIGH, MEDIUM = 0.8, 0.5
+# How strongly a cluster's members must be tied (its coordination) before their pooled evidence counts for each of
+# them: logistic(coordination; midpoint, width).
+POOL_GATE = (0.5, 0.08)
 
 
 def _sigmoid(z: float) -> float:
@@ -161,11 +164,45 @@ class Scanner:
             cache[account] = (found, self._combine(account, found), generation)
         self._dirty = set()
 
+    def _pooled(self, cluster: Cluster) -> Evidence | None:
+        """A cluster's members scored together, as the one actor attribution says they are (``campaign_pooled``).
+
+        Distillation is extraction sustained across days *and accounts*: a fleet of 120 accounts sending a few
+        requests a day each has, per account, too little to score, but together it sends a sweep's volume with a
+        sweep's shape. The three detectors whose evidence is counts (elicitation share, coverage and single-turn
+        share, volume and persistence of what was extracted) are recomputed over the members' pooled counts; the
+        other detectors enter at the members' median. The result is scaled like an account's — by the pooled
+        burst, which coordination relieves as in :meth:`report` — and then by how strongly attribution ties the
+        members (``POOL_GATE``: a loosely tied group is not taken to be one actor). Every member gets at least it.
+        """
+        members = cluster.accounts
+        gate = logistic(cluster.coordination, POOL_GATE[0], POOL_GATE[1])
+        if gate < 0.05:
+            return None
+        together = [e for e in (self.reasoning.pooled(members), self.coverage.pooled(members), self.sustained.pooled(members))
+                    if e is not None]
+        by_name = {e.detector: e.score for e in together}
+        for name in DISTILL_WEIGHTS:
+            if name not in by_name:
+                values = sorted(next((e.score for e in self._evidence_cache[a][0] if e.detector == name), 0.0)
+                                for a in members if a in self._evidence_cache)
+                by_name[name] = values[len(values) // 2] if values else 0.0
+        distill = _sigmoid(DISTILL_BIAS + sum(w * by_name.get(n, 0.0) for n, w in DISTILL_WEIGHTS.items()))
+        distill *= burst_factor(min(self.sustained.pooled_burst(members), 1.0 - cluster.coordination))
+        score = distill * gate
+        parts = "; ".join(f"{e.detector}: {e.detail}" for e in together)
+        return Evidence("campaign_pooled", score,
+                        f"the {len(members)} accounts of {cluster.cluster_id} together: {parts} — scored as one actor "
+                        f"{distill:.2f}, × {gate:.2f} for how strongly they are tied (coordination {cluster.coordination:.2f})",
+                        numbers={"pooled_score": round(distill, 4), "gate": round(gate, 3), "members": len(members),
+                                 **{f"pooled_{e.detector}": round(e.score, 4) for e in together}})
+
     def report(self) -> dict[str, Any]:
         self._refresh()
         cached = self._evidence_cache
         clusters = self._clusters({a: d * burst_factor(b) for a, (_, (d, b, _), _) in cached.items()})
         membership = {a: c for c in clusters for a in c.accounts}
+        pooled = {c.cluster_id: self._pooled(c) for c in clusters}
         entries: list[dict[str, Any]] = []
         entry_cache = self._entry_cache
         for account in self.accounts:
@@ -173,13 +210,15 @@ class Scanner:
             cluster = membership.get(account)
             # The entry is rebuilt only when what it is made of changed: this account's evidence (recomputed in
             # report number `generation`) or its cluster.
+            together = pooled.get(cluster.cluster_id) if cluster is not None else None
             key = (generation, cluster.cluster_id, cluster.score, cluster.coordination, len(cluster.accounts),
-                   tuple(cluster.shared[:3])) if cluster is not None else (generation,)
+                   tuple(cluster.shared[:3]), together.score if together else None,
+                   together.detail if together else None) if cluster is not None else (generation,)
             hit = entry_cache.get(account)
             if hit is not None and hit[0] == key:
                 entries.append(hit[1])
                 continue
-            entry = self._entry(account, found, combined, cluster)
+            entry = self._entry(account, found, combined, cluster, together)
             entry_cache[account] = (key, entry)
             entries.append(entry)
         entries.sort(key=lambda e: (-max(float(e["distillation_score"]), float(e["reseller_score"])), str(e["account_id"])))
@@ -187,7 +226,7 @@ class Scanner:
                 "clusters": [c.as_report() for c in clusters]}
 
     def _entry(self, account: str, evidence: list[Evidence], combined: tuple[float, float, float],
-               cluster: Cluster | None) -> dict[str, Any]:
+               cluster: Cluster | None, together: Evidence | None = None) -> dict[str, Any]:
         """One account's entry of the report (DESIGN §5)."""
         distill, burst, resell = combined
         items = [e for e in evidence if e.score > 0.0 or e.detector in ("cot_elicitation", "key_sharing")]
@@ -202,6 +241,12 @@ class Scanner:
                            f"scored as the cluster it belongs to")
                 distill = lifted
             items.append(Evidence("hydra_cluster", cluster.score, detail))
+            if together is not None:
+                if together.score > distill:
+                    together = Evidence(together.detector, together.score, together.detail + f"; its own evidence scores {distill:.2f}",
+                                        numbers=together.numbers)
+                    distill = together.score
+                items.append(together)
         items.sort(key=lambda e: -e.score)
         return {
             "account_id": account,

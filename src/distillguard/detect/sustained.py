@@ -20,7 +20,7 @@ evaluation jobs out of the high band (docs/detection.md).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,8 +104,36 @@ class SustainedExtraction(Detector):
             return 0.0
         return (1.0 - persistence((s.last - s.first) / 3600.0, len(s.days))) * job_size(s.requests)
 
+    def _pool(self, account_ids: Iterable[str]) -> _State:
+        pool = _State()
+        for account in account_ids:
+            s = self.accounts.get(account)
+            if s is None or s.requests == 0:
+                continue
+            pool.requests += s.requests
+            pool.first = min(pool.first, s.first)
+            pool.last = max(pool.last, s.last)
+            pool.answer_tokens += s.answer_tokens
+            pool.reasoning_chars += s.reasoning_chars
+            if len(pool.days) < _MAX_DAYS:
+                pool.days |= s.days
+        return pool
+
+    def pooled_burst(self, account_ids: Iterable[str]) -> float:
+        """:meth:`burst` of several accounts taken together (a cluster's members, as one actor)."""
+        pool = self._pool(account_ids)
+        if pool.requests == 0:
+            return 0.0
+        return (1.0 - persistence((pool.last - pool.first) / 3600.0, len(pool.days))) * job_size(pool.requests)
+
+    def pooled(self, account_ids: Iterable[str]) -> Evidence | None:
+        """The evidence of several accounts' traffic taken together, as if one actor sent it all (a cluster)."""
+        return self._evidence_of(self._pool(account_ids))
+
     def evidence(self, account_id: str) -> Evidence | None:
-        s = self.accounts.get(account_id)
+        return self._evidence_of(self.accounts.get(account_id))
+
+    def _evidence_of(self, s: _State | None) -> Evidence | None:
         if s is None or s.requests == 0:
             return None
         span_h = (s.last - s.first) / 3600.0

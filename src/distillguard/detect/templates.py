@@ -21,6 +21,10 @@ from distillguard.detect.base import Detector, Evidence, confidence, logistic, u
 __all__ = ["TemplatedPrompts", "frame_of", "normalise_system", "wrapper_parts"]
 
 _WORDS = re.compile(r"\w+", re.UNICODE)
+# Frames are counted by their hash, not their text: only the counts are ever read (the templated share), and a
+# 512-frame table of ~80-character strings cost ~40 KB per account (≈ 150 MB on a 4,000-account log); as ints it
+# is ~15 KB. Python's str hash is per-process, which is fine for counts within one process; a 64-bit collision
+# between two of one account's 512 frames is negligible.
 _MAX_FRAMES = 512
 
 
@@ -96,7 +100,7 @@ def wrapper_parts(frame: str) -> tuple[str, ...]:
 class _State:
     requests: int = 0
     single_turn: int = 0
-    frames: dict[str, int] = field(default_factory=dict)
+    frames: dict[int, int] = field(default_factory=dict)  # hash(frame) -> single-turn prompts with it
     systems: dict[str, int] = field(default_factory=dict)
     wrappers: dict[str, int] = field(default_factory=dict)
 
@@ -123,8 +127,9 @@ class TemplatedPrompts(Detector):
         if len(messages) > 1:
             return  # follow-ups are conversation, not template use
         frame = frame_of(user_text(event) if text is None else text)
-        if frame in state.frames or len(state.frames) < _MAX_FRAMES:
-            state.frames[frame] = state.frames.get(frame, 0) + 1
+        key = hash(frame)
+        if key in state.frames or len(state.frames) < _MAX_FRAMES:
+            state.frames[key] = state.frames.get(key, 0) + 1
         state.single_turn += 1
         wrappers = state.wrappers
         for part in wrapper_parts(frame):
@@ -139,10 +144,6 @@ class TemplatedPrompts(Detector):
         system = normalise_system((event.get("request") or {}).get("system"))
         if system is not None and (system in state.systems or len(state.systems) < 64):
             state.systems[system] = state.systems.get(system, 0) + 1
-
-    def repeated_frames(self, account_id: str, minimum: int = 3) -> list[str]:
-        state = self.accounts.get(account_id)
-        return [f for f, c in state.frames.items() if c >= minimum] if state else []
 
     def wrappers(self, account_id: str) -> tuple[int, dict[str, int]]:
         """(single-turn prompts, {wrapper piece: prompts carrying it}) — see :func:`wrapper_parts`."""
