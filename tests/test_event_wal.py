@@ -140,13 +140,24 @@ def test_a_full_disk_degrades_the_wal_logged_and_counted_and_it_recovers(tmp_pat
     for i in range(1, 6):
         sink.submit(_event(i))
     assert sink.stats["wal_degraded"] is True and sink.stats["wal_failed"] == 5
+    time.sleep(0.35)  # the retry opens a new segment; the disk is still full: degraded still, and no new log lines
+    real_open = os.open
+
+    def new_segment_on_a_full_disk(path: str | os.PathLike[str], flags: int, mode: int = 0o777) -> int:
+        return real_open("/dev/full", os.O_WRONLY) if str(path).endswith(".wal") else real_open(path, flags, mode)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "open", new_segment_on_a_full_disk)
+        sink.submit(_event(6))
+    assert sink.stats["wal_degraded"] is True and sink.stats["wal_failed"] == 6
     assert sum("cannot be written" in r.message and "No space left on device" in r.message for r in caplog.records) == 1
+    assert not any("writable again" in r.message for r in caplog.records)
     time.sleep(0.35)
-    sink.submit(_event(6))
+    sink.submit(_event(7))
     assert sink.stats["wal_degraded"] is False and sink.stats["wal_appended"] == 2
     assert any("writable again" in r.message for r in caplog.records)
     sink.close()
-    assert sorted(_ids(url)) == [f"req_{i:06d}" for i in range(7)]  # degraded: stored all the same
+    assert sorted(_ids(url)) == [f"req_{i:06d}" for i in range(8)]  # degraded: stored all the same
     assert not list((tmp_path / "wal").iterdir())
 
 

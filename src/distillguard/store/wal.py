@@ -207,6 +207,10 @@ class WriteAheadLog:
         segment.size += written
         segment.appended += 1
         self.appended += 1
+        if self.degraded:  # recovered only once a write went through (a new file on a full disk opens, then fails)
+            self.degraded = False
+            log.warning("event write-ahead log writable again (%s); %d events were not protected meanwhile",
+                        segment.path, self.failed)
         return segment
 
     def _fail(self, segment: Segment, why: str) -> None:
@@ -236,10 +240,6 @@ class WriteAheadLog:
                 log.error("event write-ahead log: cannot open a new segment in %s (%s); events are not protected against a "
                           "kill until it can (metric distillguard_event_wal_degraded)", self.directory, exc.strerror or exc)
             return None
-        if self.degraded:
-            self.degraded = False
-            log.warning("event write-ahead log writable again (%s); %d events were not protected meanwhile",
-                        self._current.path, self.failed)
         return self._current
 
     def _close(self, segment: Segment) -> None:
