@@ -135,6 +135,18 @@ class ClusterCache:
     signatures: dict[tuple[str, str], tuple[int, Signature]] = field(default_factory=dict)
     overlaps: dict[tuple[str, str, str], tuple[int, int, int]] = field(default_factory=dict)
     candidate_pairs: int = 0  # pairs scored by the latest call (how much work it did; tests and benchmarks read it)
+    phrasings: dict[str, tuple[int, dict[str, float]]] = field(default_factory=dict)
+
+    def phrasings_of(self, account: str, templates: TemplateSource) -> dict[str, float]:
+        """An account's phrasings, recomputed only when it has sent a single-turn prompt since the last report
+        (its wrapper pieces change only then)."""
+        single_turn, pieces = templates.wrappers(account)
+        cached = self.phrasings.get(account)
+        if cached is not None and cached[0] == single_turn:
+            return cached[1]
+        found = phrasings(single_turn, pieces)
+        self.phrasings[account] = (single_turn, found)
+        return found
 
     def signature(self, kind: str, account: str, values: set[Any]) -> Signature:
         cached = self.signatures.get((kind, account))
@@ -302,7 +314,7 @@ def find_clusters(
     # campaigns in a log are, while a trait common among ordinary users (a free-mail domain) is common.
     background = {a for a in accounts if own_scores.get(a, 0.0) < BACKGROUND_BELOW}
     population = max(1, len(background))
-    banks = PhraseBanks({a: phrasings(*templates.wrappers(a)) for a in accounts}, background)
+    banks = PhraseBanks({a: cache.phrasings_of(a, templates) for a in accounts}, background)
     worth = {key: KINDS[key[0]][1] * _rarity_of(key[0], sum(1 for m in members if m in background), population)
              for key, members in holders.items() if len(members) >= 2}
 
@@ -361,23 +373,24 @@ def find_clusters(
             configurations[account] = _configuration(collector.accounts.get(account), templates, account)
         return configurations[account]
 
+    # Only the items worth something can be shared: the rest (an account's own addresses, installs, nets) are skipped
+    # once here rather than looked up for every candidate pair.
+    rated = {a: {k: (item, worth[k]) for k, item in keyed.items() if worth.get(k, 0.0) > 0.0} for a, keyed in items.items()}
     links: dict[tuple[str, str], _Link] = {}
     for a, b in candidates:
         org_a = org_of.get(a)
         if org_a is not None and org_a == org_of.get(b):
             continue
-        items_a, items_b = items[a], items[b]
+        items_a, items_b = rated[a], rated[b]
         if len(items_b) < len(items_a):
             items_a, items_b = items_b, items_a
         shared: list[tuple[Item, float]] = []
         identity = 0.0
-        for key, item in items_a.items():
-            other = items_b.get(key)
-            if other is None:
+        for key, (item, weight) in items_a.items():
+            match = items_b.get(key)
+            if match is None:
                 continue
-            value = worth.get(key, 0.0) * math.sqrt(min(item.share, other.share))
-            if value <= 0.0:
-                continue
+            value = weight * math.sqrt(min(item.share, match[0].share))
             shared.append((item, value))
             if key[0] in ("install", "payment"):
                 identity = max(identity, value)
