@@ -236,16 +236,28 @@ def _no_script(reply: Any) -> bool:
 
 
 class RedisAdmission:
-    __slots__ = ("request_id", "charged", "day", "subjects", "keys", "leased")
+    __slots__ = ("request_id", "charged", "day", "subjects", "keys", "leased", "settle_head", "settle_tail")
 
     def __init__(self, request_id: str, charged: int, day: int, subjects: tuple[str, ...], keys: bytes,
-                 leased: tuple[str, ...]) -> None:
+                 leased: tuple[str, ...], settle_head: bytes = b"", settle_tail: bytes = b"") -> None:
         self.request_id = request_id
         self.charged = charged
         self.day = day
         self.subjects = subjects
         self.keys = keys  # the subjects' four keys each, in RESP, for the settlement
         self.leased = leased  # subjects whose concurrency slot this request holds
+        # The settlement's arguments around the real usage, in RESP, made from what the admission encoded anyway:
+        # request id | tokens | charged, day, number of subjects.
+        self.settle_head = settle_head or bulk(request_id)
+        self.settle_tail = settle_tail or bulk(charged) + bulk(day) + _small(len(subjects))
+
+
+_SMALL = [bulk(i) for i in range(16)]
+
+
+def _small(value: int) -> bytes:
+    """``bulk(value)`` for the small counts of every call, made once."""
+    return _SMALL[value] if 0 <= value < len(_SMALL) else bulk(value)
 
 
 class RedisState:
@@ -275,6 +287,7 @@ class RedisState:
         self._flush_handle: asyncio.TimerHandle | None = None
         self._flushing: asyncio.Task[None] | None = None
         self._in_flight: dict[str, RedisAdmission] = {}
+        self._day, self._day_arg = -1, b""  # the UTC day of the last admission, and its RESP argument
         self._renewer: asyncio.Task[None] | None = None
         self.calls = 0  # round trips made, for the benchmark
 
@@ -411,7 +424,8 @@ class RedisState:
         subject_keys = b"".join([item.keys for item in encoded])
         call = _Call()
         call.key(subject_keys, 4 * n)
-        call.arg(b"%b%b%b%b%b" % (bulk(n), bulk(tokens), bulk(request_id), self._lease_arg, bulk(nonce[1] if nonce else 0)), 5)
+        rid, charge = bulk(request_id), bulk(tokens)
+        call.arg(b"%b%b%b%b%b" % (_small(n), charge, rid, self._lease_arg, bulk(nonce[1]) if nonce else _SMALL[0]), 5)
         call.arg(b"".join([item.limits for item in encoded]), 4 * n)
         if nonce is not None:
             call.key(bulk("dg:n:" + nonce[0]))
@@ -427,10 +441,17 @@ class RedisState:
             _, code, limit, now, at, index = (int(v) for v in reply)
             return Refusal(quotas[index - 1].subject, CODES[code - 1], limit, now, None if at < 0 else at)
         leased = tuple(q.subject for q, item in zip(quotas, encoded, strict=True) if item.leased)
-        admission = RedisAdmission(request_id, tokens, int(reply[2]), tuple(q.subject for q in quotas), subject_keys, leased)
+        day = int(reply[2])
+        day_arg = self._day_arg if day == self._day else self._new_day(day)
+        admission = RedisAdmission(request_id, tokens, day, tuple(q.subject for q in quotas), subject_keys, leased,
+                                   rid, charge + day_arg + _small(n))
         if leased:
             self._in_flight[request_id] = admission
         return admission
+
+    def _new_day(self, day: int) -> bytes:
+        self._day, self._day_arg = day, bulk(day)
+        return self._day_arg
 
     def settle(self, admission: Admission, tokens: int) -> None:
         assert isinstance(admission, RedisAdmission), "settled by the backend that admitted it"
@@ -443,19 +464,17 @@ class RedisState:
 
     # -- settlements ------------------------------------------------------------------------
     def _take_pending(self) -> list[tuple[RedisAdmission, int]]:
+        # The flush timer is left to run: when it fires with nothing pending it does nothing (cancelling and
+        # setting it again for every request cost more than an idle wake-up every few milliseconds).
         pending, self._pending = self._pending, []
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
         return pending
 
     @staticmethod
     def _add_settlements(pending: list[tuple[RedisAdmission, int]], call: _Call) -> None:
         """The settlement arguments (their count, then five per settlement) and their subjects' keys."""
-        call.arg(bulk(len(pending)))
+        call.arg(_small(len(pending)))
         for admission, tokens in pending:
-            call.arg(b"%b%b%b%b%b" % (bulk(admission.request_id), bulk(tokens), bulk(admission.charged),
-                                      bulk(admission.day), bulk(len(admission.subjects))), 5)
+            call.arg(b"%b%b%b" % (admission.settle_head, bulk(tokens), admission.settle_tail), 5)
             call.key(admission.keys, 4 * len(admission.subjects))
 
     def _flush_soon(self) -> None:
