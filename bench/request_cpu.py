@@ -148,7 +148,10 @@ async def _measure(args: argparse.Namespace, redis_url: str, work: Path) -> list
     gateways = {}
     for tag, state in (("memory", "memory"), ("Redis", redis_url)):
         gateway = build_gateway(_settings(work, tag, state))
-        gateway.client = gateway.relay.client = _Upstream()  # the upstream in memory (build_gateway wires the real client)
+        gateway.client = _Upstream()  # the upstream in memory (build_gateway wires the real client)
+        relay = getattr(gateway, "relay", None)  # (a tree from before the gateway's split has no relay: --src of an older tree)
+        if relay is not None:
+            relay.client = gateway.client
         await gateway.startup()
         gateway.keys.load([KeyRecord("key_b", hash_secret(SECRET), "acct_b", None, False, "active")])
         gateways[tag] = gateway
@@ -180,6 +183,8 @@ async def _measure(args: argparse.Namespace, redis_url: str, work: Path) -> list
             await _run(gateways["Redis" if tag == "redis" else "memory"], kind == "sse", args.requests, args.concurrency[-1])
             profiler.disable()
             pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(35)
+            if args.profile_out:
+                profiler.dump_stats(args.profile_out)
     finally:
         for gateway in gateways.values():
             await gateway.shutdown()
@@ -193,6 +198,7 @@ def main() -> int:
     parser.add_argument("--concurrency", default="1,64", type=lambda text: [int(c) for c in text.split(",")])
     parser.add_argument("--profile", choices=["json-memory", "sse-memory", "json-redis", "sse-redis"],
                         help="afterwards, one cProfile run (process CPU clock) of that variant, printed to stderr")
+    parser.add_argument("--profile-out", metavar="FILE", help="also write that profile (pstats) to FILE")
     args = parser.parse_args()
     if not shutil.which("redis-server"):
         raise SystemExit("redis-server is needed: apt-get install redis-server")
