@@ -6,8 +6,8 @@ What is measured, per account count K, against a real Debian ``redis-server``
 and a real ``distillguard scorer`` process (SQLite store, no replay):
 
 * **drain**: ``--events`` events of the ``default`` scenario (``bench/out/default.jsonl.gz``,
-  generated if missing), their accounts renamed round-robin over K accounts
-  (so every one of the K accounts is scored), are put in the stream with the
+  generated if missing), their accounts cloned to about K accounts
+  (``renamed``: each simulated account cloned to reach K), are put in the stream with the
   replicas' own append script (``StreamFeed``'s, batches of 500) before the
   scorer starts; then the scorer is started and the stream length sampled
   every 0.2 s. Events/s = events / (time from the first to the last consumed
@@ -65,11 +65,34 @@ def load_events(n: int) -> list[bytes]:
 
 
 def renamed(lines: list[bytes], accounts: int) -> list[bytes]:
+    """The events spread over about ``accounts`` accounts: each simulated account becomes ``c`` clones that take its
+    events in turn, each clone with its own key, address (third octet shifted), install and header fingerprint.
+
+    So a bot's clones share its wording (a hydra of ``c`` heads, as the detectors should see it) and a person's
+    clones are that many people with the same habits; every clone is scored. (Renaming round-robin instead makes
+    every account look like every other one: a worst case for clustering that no real population has.)
+    """
+    events = [orjson.loads(line) for line in lines]
+    originals = sorted({str(e.get("account_id")) for e in events})
+    clones = max(1, -(-accounts // len(originals)))
+    seen: dict[str, int] = {}
     out = []
-    for i, line in enumerate(lines):
-        event = orjson.loads(line)
-        event["account_id"] = f"acct_{i % accounts:06d}"
+    for i, event in enumerate(events):
+        original = str(event.get("account_id"))
+        j = seen.get(original, 0) % clones
+        seen[original] = seen.get(original, 0) + 1
+        event["account_id"] = f"{original}~{j}"
+        event["key_id"] = f"{event.get('key_id')}~{j}"
         event["request_id"] = f"req_{i}"
+        client = event.get("client") or {}
+        if j and isinstance(client.get("ip"), str) and client["ip"].count(".") == 3:
+            a, b, c, d = client["ip"].split(".")
+            client["ip"] = f"{a}.{(int(b) + j // 256) % 256}.{(int(c) + j) % 256}.{d}"
+        if j and client.get("header_fp"):
+            client["header_fp"] = f"{client['header_fp']}{j:x}"
+        attestation = event.get("attestation") or {}
+        if j and attestation.get("install_id"):
+            attestation["install_id"] = f"{attestation['install_id']}~{j}"
         out.append(orjson.dumps(event))
     return out
 
@@ -260,7 +283,9 @@ def main() -> None:
         "# Central scorer (`distillguard scorer`)",
         "",
         f"Real `redis-server` and `distillguard scorer` processes on one machine ({os.cpu_count()} cores, load average "
-        f"{load:.2f} at start, shared with other work). Events of the `default` scenario, accounts renamed round-robin.",
+        f"{load:.2f} at start, shared with other work). Events of the `default` scenario, each account cloned to reach "
+        "the account count (`renamed` in the script: clones take turns at their account's events, with their own "
+        "address, install and key).",
         "",
         "## Drain: the stream filled first, then consumed",
         "",

@@ -224,3 +224,21 @@ def test_the_scorer_refuses_memory_state_and_a_second_scorer(tmp_path: Path, stu
         assert result.returncode == 2 and "another distillguard scorer is running (pid 4242 on elsewhere)" in result.stderr
     finally:
         redis_client.Redis.from_url(redis.url).delete("dg:scorer:heartbeat")
+
+
+# -- report cadence: reports and clustering keep to their share of the scorer's time ----------------------------------
+
+
+def test_the_report_cadence_stretches_reports_and_clustering_by_their_own_cost() -> None:
+    from distillguard.scorer_worker import CLUSTER_SHARE, REPORT_SHARE, ReportCadence
+
+    cadence = ReportCadence(1.0)
+    now = cadence.next_report
+    assert cadence.due(now) and cadence.recluster(now)
+    cadence.reported(now, cost_s=0.05, cluster_cost_s=0.0)  # cheap: every second
+    assert cadence.next_report == now + 1.0
+    cadence.reported(now, cost_s=3.5, cluster_cost_s=3.0)  # 12 s of clustering at 100k accounts is this, scaled down
+    assert cadence.next_report == pytest.approx(now + 0.5 / REPORT_SHARE)
+    assert cadence.next_cluster == pytest.approx(now + 3.0 / CLUSTER_SHARE)
+    later = now + 0.5 / REPORT_SHARE
+    assert cadence.due(later) and not cadence.recluster(later)  # the next report reuses the clusters

@@ -101,7 +101,9 @@ def test_local_fleet_shares_one_limit_across_replicas_and_stops_cleanly(tmp_path
 def test_compose_file_describes_the_documented_layout() -> None:
     compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert set(services) == {"balancer", "gateway", "redis", "postgres", "model"}
+    assert set(services) == {"balancer", "gateway", "redis", "postgres", "model", "scorer"}
+    assert services["scorer"]["command"][0] == "scorer" and "deploy" not in services["scorer"]  # one scorer, never replicated
+    assert services["scorer"]["volumes"] == services["gateway"]["volumes"]  # the replicas' configuration
     assert services["redis"]["image"].startswith("redis:7") and services["postgres"]["image"].startswith("postgres:")
     assert services["gateway"]["build"]["dockerfile"] == "deploy/Dockerfile" and services["model"]["build"] == services["gateway"]["build"]
     assert (DEPLOY / services["gateway"]["build"]["context"]).resolve() == DEPLOY.parent.resolve()  # the repository root
@@ -126,6 +128,7 @@ def test_compose_file_describes_the_documented_layout() -> None:
             else:
                 os.environ[name] = value
     assert settings.state == "redis://redis:6379/0" and settings.database.startswith("postgresql://")
+    assert settings.detection.scorer == "central"
     assert settings.listen == "0.0.0.0:8700" and settings.upstreams[0].base_url == "http://model:8701/v1"
     assert check_admin_exposure(settings) is None  # a real token on a non-loopback listener: no refusal, no warning
     assert services["gateway"]["command"][:2] == ["serve", "--config"] and services["gateway"]["command"][2] == "/etc/distillguard/gateway.yaml"

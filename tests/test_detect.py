@@ -367,6 +367,23 @@ def test_reports_with_the_cluster_cache_match_a_fresh_scan() -> None:
     assert online.report()["clusters"]
 
 
+def test_a_report_without_reclustering_keeps_the_clusters_and_scores_the_accounts() -> None:
+    online, fresh = Scanner(), Scanner()
+    for scanner in (online, fresh):
+        _hydra(scanner, "zed", 9, "You are a meticulous expert tutor.", "Question: item {n}\n\nSolve it.")
+    first = online.report()
+    assert first["clusters"] and online.cluster_cost_s > 0
+    late = [ev("late", T0 + 50_000 + i * 60, f"Question: item {i}\n\nSolve it.", system="You are a meticulous expert tutor.")
+            for i in range(5)]
+    for event in late:
+        online.update(event)
+        fresh.update(event)
+    between = online.report(recluster=False)
+    assert online.cluster_cost_s == 0.0 and between["clusters"] == first["clusters"]  # the last clustering's
+    assert entry(between, "late")["requests"] == 5  # the accounts' own scores are current
+    assert online.report() == fresh.report()  # the next clustering catches up
+
+
 def test_incremental_reports_match_a_fresh_scan_when_a_new_model_appears() -> None:
     """report() recomputes only updated accounts, except when a model's first appearance moves (model_pivot reads every
     account's traffic against the release): accounts that send nothing after that must still be rescored."""

@@ -46,23 +46,51 @@ import sys
 import time
 from typing import Any
 
-__all__ = ["INDICATORS_ENV", "REPLAY_ENV", "shared_indicators", "REPORT_SHARE", "main", "next_report_delay", "recv", "replay", "send"]
+__all__ = ["CLUSTER_SHARE", "INDICATORS_ENV", "REPLAY_ENV", "REPORT_SHARE", "ReportCadence", "main", "next_report_delay", "recv",
+           "replay", "send", "shared_indicators"]
 
 _HEADER = struct.Struct("!Q")
 REPLAY_ENV = "DISTILLGUARD_SCORER_REPLAY"
 INDICATORS_ENV = "DISTILLGUARD_SCORER_INDICATORS"  # a database URL: its imported shared indicators are matched
-REPORT_SHARE = 0.25  # reports may take at most this share of the scorer's time; the rest goes to updates
+REPORT_SHARE = 0.10  # reports (accounts' scores) may take at most this share of the scorer's time ...
+CLUSTER_SHARE = 0.15  # ... and clustering at most this: updates always keep three quarters
 
 
-def next_report_delay(publish_every_s: float, report_cost_s: float) -> float:
-    """Seconds until the next report: ``publish_every_s``, stretched so reports take at most ``REPORT_SHARE`` of the time.
+def next_report_delay(every_s: float, cost_s: float, share: float = REPORT_SHARE) -> float:
+    """Seconds until the next run of something that cost ``cost_s``: ``every_s``, stretched to keep it at ``share``."""
+    return max(every_s, cost_s / share)
 
-    A report (clustering over every account) costs more as accounts grow
-    (seconds at 100k); at a fixed cadence it would starve the updates and the
-    backlog would grow without end. Stretching the interval keeps the update
-    path at three quarters of the time whatever the report costs.
+
+class ReportCadence:
+    """When the scorer reports, and when a report also re-clusters.
+
+    A report's cost grows with the accounts (scores of the accounts updated
+    since the last one) and, much faster, with the accounts clustering links:
+    at 100,000 accounts with hydras of hundreds of heads one clustering took
+    ~12 CPU-s. At a fixed cadence that starves the updates and the backlog
+    grows without end, so both are stretched by their own last cost: reports
+    keep at most ``REPORT_SHARE`` of the time and clustering ``CLUSTER_SHARE``
+    (a report between two clusterings reuses the last clusters). With cheap
+    reports both happen every ``every_s``.
     """
-    return max(publish_every_s, report_cost_s / REPORT_SHARE)
+
+    def __init__(self, every_s: float) -> None:
+        self.every_s = every_s
+        now = time.monotonic()
+        self.next_report = now + every_s
+        self.next_cluster = now
+
+    def due(self, now: float) -> bool:
+        return now >= self.next_report
+
+    def recluster(self, now: float) -> bool:
+        return now >= self.next_cluster
+
+    def reported(self, started: float, cost_s: float, cluster_cost_s: float) -> None:
+        """A report begun at ``started`` took ``cost_s`` CPU seconds, of which ``cluster_cost_s`` clustering (0: none)."""
+        self.next_report = started + next_report_delay(self.every_s, cost_s - cluster_cost_s)
+        if cluster_cost_s > 0:
+            self.next_cluster = started + next_report_delay(self.every_s, cluster_cost_s, CLUSTER_SHARE)
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:
@@ -107,12 +135,11 @@ def serve(inbox: int, outbox: int, publish_every_s: float) -> None:
         send(outbox, ("report", scanner.report()))
     poller = select.poll()  # not select.select: the fd numbers are the gateway's and may exceed FD_SETSIZE
     poller.register(inbox, select.POLLIN)
-    last = time.monotonic()
-    interval = publish_every_s
+    cadence = ReportCadence(publish_every_s)
     dirty = False
     while True:
         # Block until a batch arrives; once there is something to publish, only until it is due.
-        timeout_ms = None if not dirty else max(0.0, (last + interval - time.monotonic()) * 1000.0)
+        timeout_ms = None if not dirty else max(0.0, (cadence.next_report - time.monotonic()) * 1000.0)
         if poller.poll(timeout_ms):
             try:
                 batch = recv(inbox)
@@ -125,11 +152,11 @@ def serve(inbox: int, outbox: int, publish_every_s: float) -> None:
             dirty = True
             send(outbox, ("ack", len(batch)))
         now = time.monotonic()
-        if dirty and now - last >= interval:
+        if dirty and cadence.due(now):
             started = time.process_time()
-            send(outbox, ("report", scanner.report()))
-            interval = next_report_delay(publish_every_s, time.process_time() - started)
-            last, dirty = now, False
+            send(outbox, ("report", scanner.report(recluster=cadence.recluster(now))))
+            cadence.reported(now, time.process_time() - started, scanner.cluster_cost_s)
+            dirty = False
     send(outbox, ("report", scanner.report()))
     send(outbox, ("stopped", None))
 

@@ -3,12 +3,13 @@
 Starts what docs/deploy.md describes — a load balancer (Debian's ``haproxy``,
 when installed) in front of N gateway replicas that share their limits and
 nonces through one ``redis-server`` and their accounts, keys and events through
-one PostgreSQL, all proxying to the demo model — so the layout can be tried
+one PostgreSQL, with one central scorer (``distillguard scorer``) scoring every
+replica's traffic, all proxying to the demo model — so the layout can be tried
 (and is tested, tests/test_deploy_fleet.py) without containers. Every piece is
 a child process started the way an operator would start it; the launcher
 prints where each one listens, writes the same as JSON to ``fleet.json`` in its
 working directory, and on Ctrl-C or SIGTERM stops them in dependency order:
-balancer, gateways (which drain their events into PostgreSQL), model, Redis,
+balancer, gateways (which drain their events into PostgreSQL), scorer, model, Redis,
 PostgreSQL. The PostgreSQL data directory is temporary and removed at stop.
 """
 
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -156,6 +158,7 @@ class Fleet:
             "spill_dir": str(self.workdir / f"spill-{index}"),
             "upstreams": [{"name": "demo", "base_url": upstream, "protocol": "openai", "models": ["*"]}],
             "network": {"trusted_proxies": ["127.0.0.1/32"]},  # the balancer's X-Forwarded-For is believed
+            "detection": {"scorer": "central"},  # one `distillguard scorer` for the fleet (start_scorer)
         }
 
     def start_gateways(self, database: str, state: str, upstream: str) -> list[str]:
@@ -171,6 +174,24 @@ class Fleet:
         roots = [f"http://127.0.0.1:{port}" for _, port, _ in started]
         self.info["gateways"] = roots
         return roots
+
+    def start_scorer(self, roots: list[str]) -> None:
+        """The fleet's one scorer, with a replica's configuration; started after the replicas made the schema."""
+        proc = self._spawn("scorer", [sys.executable, "-m", "distillguard.cli", "scorer", "--config", str(self.workdir / "gateway-0.yaml")])
+        deadline = time.monotonic() + 60
+        while True:  # until a replica hears its heartbeat
+            if proc.poll() is not None:
+                raise FleetError(f"scorer exited with {proc.returncode}; see {self.workdir / 'scorer.log'}")
+            try:
+                with urllib.request.urlopen(roots[0] + "/readyz", timeout=2) as answer:
+                    if json.loads(answer.read())["scorer"]["status"] == "ok":
+                        break
+            except (OSError, ValueError, KeyError):
+                pass
+            if time.monotonic() > deadline:
+                raise FleetError(f"the replicas never heard the scorer within 60 s; see {self.workdir / 'scorer.log'}")
+            time.sleep(0.2)
+        self.info["scorer"] = {"pid": proc.pid, "log": str(self.workdir / "scorer.log")}
 
     def start_balancer(self, roots: list[str]) -> str | None:
         binary = shutil.which("haproxy")
@@ -207,6 +228,7 @@ backend gateways
         state = self.start_redis()
         upstream = self.start_model()
         roots = self.start_gateways(database, state, upstream)
+        self.start_scorer(roots)
         self.start_balancer(roots)
         self.info["pids"] = {name: proc.pid for name, proc in self.procs}
         (self.workdir / "fleet.json").write_text(json.dumps(self.info, indent=2))
@@ -221,7 +243,7 @@ backend gateways
         """Stop everything, dependents first; True when every child exited by itself on SIGTERM."""
         clean = True
         groups = [[p for p in self.procs if p[0] == "haproxy"], [p for p in self.procs if p[0].startswith("gateway-")],
-                  [p for p in self.procs if p[0] in ("demo-model", "redis")]]
+                  [p for p in self.procs if p[0] == "scorer"], [p for p in self.procs if p[0] in ("demo-model", "redis")]]
         for group in groups:  # the balancer first, the gateways (draining events into PostgreSQL) next, what they use last
             for _, proc in group:
                 if proc.poll() is None:
@@ -253,6 +275,7 @@ def _print_summary(info: dict[str, Any]) -> None:
     for index, root in enumerate(info["gateways"]):
         print(f"  gateway replica {index}:        {root}/v1   log: {info['workdir']}/gateway-{index}.log")
     print(f"  shared state (Redis):      {info['redis']}")
+    print(f"  central scorer:            pid {info['scorer']['pid']}   log: {info['scorer']['log']}")
     print(f"  database (PostgreSQL):     {info['postgresql']}   (temporary: removed at stop)")
     print(f"  upstream (demo model):     {info['upstream']}   models demo-1, demo-2")
     print(f"  admin API: {front}/admin/v1/   console: {front}/admin/ui/   admin token: {token}")

@@ -15,6 +15,7 @@ and timing evidence.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -96,6 +97,8 @@ class Scanner:
         self._evidence_cache: dict[str, tuple[list[Evidence], tuple[float, float, float], int]] = {}  # ..., generation
         self._entry_cache: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
         self._releases_seen: dict[str, float] = {}
+        self._last_clusters: list[Cluster] | None = None
+        self.cluster_cost_s = 0.0  # CPU seconds the last report spent clustering (this thread's)
 
     def update(self, event: Mapping[str, Any]) -> None:
         account = event.get("account_id")
@@ -148,8 +151,12 @@ class Scanner:
         self._reports += 1
         if self._cluster_cache is None and self._reports > 1:
             self._cluster_cache = ClusterCache()
-        return find_clusters(self.fingerprints, self.templates, {a: self.timing.buckets(a) for a in self.accounts}, own,
-                             self.metadata, self._cluster_cache)
+        started = time.thread_time()
+        clusters = find_clusters(self.fingerprints, self.templates, {a: self.timing.buckets(a) for a in self.accounts}, own,
+                                 self.metadata, self._cluster_cache)
+        self.cluster_cost_s = time.thread_time() - started
+        self._last_clusters = clusters
+        return clusters
 
     def _refresh(self) -> None:
         """Recompute the evidence of the accounts updated since the last report (of all, when a model's first sight moved)."""
@@ -197,10 +204,18 @@ class Scanner:
                         numbers={"pooled_score": round(distill, 4), "gate": round(gate, 3), "members": len(members),
                                  **{f"pooled_{e.detector}": round(e.score, 4) for e in together}})
 
-    def report(self) -> dict[str, Any]:
+    def report(self, *, recluster: bool = True) -> dict[str, Any]:
+        """The scan report v1. ``recluster=False`` (the online scorer, between clusterings) reuses the clusters found
+        by the last report that clustered — clustering is the part whose cost grows with the accounts linked — and
+        sets ``cluster_cost_s`` to 0; accounts' own scores are always current."""
         self._refresh()
         cached = self._evidence_cache
-        clusters = self._clusters({a: d * burst_factor(b) for a, (_, (d, b, _), _) in cached.items()})
+        if recluster or self._last_clusters is None:
+            clusters = self._clusters({a: d * burst_factor(b) for a, (_, (d, b, _), _) in cached.items()})
+        else:
+            self._reports += 1
+            self.cluster_cost_s = 0.0
+            clusters = self._last_clusters
         membership = {a: c for c in clusters for a in c.accounts}
         pooled = {c.cluster_id: self._pooled(c) for c in clusters}
         entries: list[dict[str, Any]] = []

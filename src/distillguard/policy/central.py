@@ -189,8 +189,7 @@ class CentralScorer:
             self.replayed = scorer_worker.replay(scanner, replay, seen)
             log.info("central scorer rebuilt from the %d most recent events of the store", self.replayed)
         self._report(scanner)
-        interval = self.publish_every_s
-        next_report = time.monotonic() + interval
+        cadence = scorer_worker.ReportCadence(self.publish_every_s)
         dirty = False
         position = "0"  # first this consumer's pending entries (read before a crash, never acknowledged), then new ones
         failing = False
@@ -208,6 +207,11 @@ class CentralScorer:
                 else:
                     seen.clear()  # caught up: every entry older than the replay has come by
             except redis.RedisError as exc:
+                if "NOGROUP" in str(exc):  # Redis restarted without persistence: the stream and its group are gone
+                    with contextlib.suppress(redis.RedisError):
+                        self._client.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+                        log.warning("central scorer: the stream's consumer group was gone (Redis restarted?); recreated it")
+                        continue
                 if not failing:
                     log.warning("central scorer: Redis unavailable (%s); retrying every second, the last decisions stay", exc)
                 failing = True
@@ -216,10 +220,10 @@ class CentralScorer:
             if failing:
                 log.info("central scorer: Redis answers again; scoring resumes")
                 failing = False
-            if dirty and time.monotonic() >= next_report:
-                cost = self._report(scanner)
-                interval = scorer_worker.next_report_delay(self.publish_every_s, cost)
-                next_report = time.monotonic() + interval
+            now = time.monotonic()
+            if dirty and cadence.due(now):
+                cost = self._report(scanner, recluster=cadence.recluster(now))
+                cadence.reported(now, cost, scanner.cluster_cost_s)
                 dirty = False
         if dirty:
             self._report(scanner)
@@ -243,10 +247,10 @@ class CentralScorer:
         pipe.xtrim(STREAM, minid=_after(last), approximate=False)  # scored: what is left is the backlog
         pipe.execute()
 
-    def _report(self, scanner: Any) -> float:
+    def _report(self, scanner: Any, *, recluster: bool = True) -> float:
         """Report, hand it to the engine; the CPU seconds it took (this thread's)."""
         started = time.thread_time()
-        report = scanner.report()
+        report = scanner.report(recluster=recluster)
         self._scored_in_report = scanner.events
         try:
             self.on_report(report)
