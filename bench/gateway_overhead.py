@@ -1,6 +1,6 @@
 """Gateway overhead: the same load against the upstream directly, distillguard, and LiteLLM's proxy, in one run.
 
-    python bench/gateway_overhead.py [--duration 8] [--skip-litellm] [--variants core,all]
+    python bench/gateway_overhead.py [--duration 8] [--skip-litellm] [--variants core,all] [--rounds 1]
 
 Needs ``wrk`` (Debian package) as the load generator, so the client is not the
 bottleneck, and LiteLLM in its own venv (``bench/.venv-litellm``, created with
@@ -12,7 +12,10 @@ engine are always on) and online detection off, and again with everything on
 event). ``--variants`` picks which distillguard configurations run: ``core``
 (the first), ``all`` (everything on) and ``nowal`` (the first with the event
 write-ahead log off, ``event_wal.enabled: false``: its cost is ``core`` minus
-``nowal`` in the same run).
+``nowal`` in the same run). Every load is measured on all targets back to
+back; ``--rounds N`` repeats that N times, reversing the target order on odd
+rounds, and the table shows medians (a busy moment on a shared machine then
+cannot fall on one target's whole series).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -98,11 +102,19 @@ def run_wrk(url: str, connections: int, duration: int, stream: bool, key: str | 
             "socket_errors": sum(int(n) for n in socket_errors.groups()) if socket_errors else 0}
 
 
+def _median(runs: list[dict[str, float]]) -> dict[str, float]:
+    """One row from several rounds: medians, errors summed."""
+    return {key: sum(r[key] for r in runs) if key in ("non_2xx", "socket_errors") else statistics.median(r[key] for r in runs)
+            for key in runs[0]}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=8)
     parser.add_argument("--skip-litellm", action="store_true")
     parser.add_argument("--json", metavar="FILE")
+    parser.add_argument("--rounds", type=int, default=1, help="measure every load this many times, alternating the target "
+                        "order; the table shows medians")
     parser.add_argument("--variants", default="core,all", help="distillguard configurations, comma-separated: core, all, nowal")
     args = parser.parse_args()
     variants = {"core": ("distillguard", False, True), "all": ("distillguard, all on", True, True),
@@ -156,24 +168,28 @@ def main() -> int:
             targets.append(("litellm proxy", f"http://127.0.0.1:{ll_port}/v1/chat/completions", ll_key, ll))
         elif not args.skip_litellm:
             print(f"note: {LITELLM} not found; LiteLLM column skipped (see the docstring to create it)", file=sys.stderr)
-        results: dict[str, dict[str, dict[str, float]]] = {}
-        for name, url, auth, proc in targets:
+        samples: dict[str, dict[str, list[dict[str, float]]]] = {}
+        # Each load is measured on every target back to back (and, with --rounds, again in reverse target order), so a
+        # busy moment on the shared machine does not land on one target's whole series.
+        for round_no in range(args.rounds):
             for stream in (False, True):
                 for conns in (1, 64):
-                    label = f"{'stream' if stream else 'json'} c={conns}"
-                    run_wrk(url, conns, 2, stream, auth)  # warm-up
-                    duration = args.duration if conns > 1 else max(4, args.duration // 2)
-                    cpu_before = cpu_s(proc.pid)
-                    result = run_wrk(url, conns, duration, stream, auth)
-                    # CPU per request of the process under test (for "direct", the upstream itself):
-                    # the figure least disturbed by whatever else the machine is doing.
-                    result["cpu_ms_per_req"] = (cpu_s(proc.pid) - cpu_before) * 1000 / max(1.0, result["rps"] * duration)
-                    result["rss_mb"] = rss_mb(proc.pid)
-                    results.setdefault(name, {})[label] = result
-                    print(f"  {name:<18} {label:<14} {result['rps']:>9.0f} req/s  p50 {result['p50_ms']:.2f} ms  p99 {result['p99_ms']:.2f} ms"
-                          f"  cpu {result['cpu_ms_per_req']:.3f} ms/req"
-                          + (f"  non-2xx {result['non_2xx']}" if result["non_2xx"] else "")
-                          + (f"  socket errors {result['socket_errors']}" if result["socket_errors"] else ""), file=sys.stderr, flush=True)
+                    for name, url, auth, proc in (targets if round_no % 2 == 0 else targets[::-1]):
+                        label = f"{'stream' if stream else 'json'} c={conns}"
+                        run_wrk(url, conns, 2, stream, auth)  # warm-up
+                        duration = args.duration if conns > 1 else max(4, args.duration // 2)
+                        cpu_before = cpu_s(proc.pid)
+                        result = run_wrk(url, conns, duration, stream, auth)
+                        # CPU per request of the process under test (for "direct", the upstream itself):
+                        # the figure least disturbed by whatever else the machine is doing.
+                        result["cpu_ms_per_req"] = (cpu_s(proc.pid) - cpu_before) * 1000 / max(1.0, result["rps"] * duration)
+                        result["rss_mb"] = rss_mb(proc.pid)
+                        samples.setdefault(name, {}).setdefault(label, []).append(result)
+                        print(f"  {name:<18} {label:<14} {result['rps']:>9.0f} req/s  p50 {result['p50_ms']:.2f} ms  p99 {result['p99_ms']:.2f} ms"
+                              f"  cpu {result['cpu_ms_per_req']:.3f} ms/req"
+                              + (f"  non-2xx {result['non_2xx']}" if result["non_2xx"] else "")
+                              + (f"  socket errors {result['socket_errors']}" if result["socket_errors"] else ""), file=sys.stderr, flush=True)
+        results = {name: {label: _median(runs) for label, runs in by_label.items()} for name, by_label in samples.items()}
         direct = results["upstream (direct)"]
         print(f"\nLoad average before the run: {load_before}; after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}. {source_line(digest)}")
         print("\n| load | target | req/s | vs upstream | added p50 (ms) | added p99 (ms) | CPU ms/request | RSS (MB) | errors |")
