@@ -180,6 +180,16 @@ def test_sync_interval_fdatasyncs_the_current_segment_in_the_background(tmp_path
     time.sleep(0.1)
     assert len(synced) == count  # the thread stopped with the log
 
+    rare = WriteAheadLog(tmp_path / "wal2", sync_interval_s=3600, segment_bytes=4096)  # the thread will not fire here
+    first = rare.append(b'{"request_id": "req_1"}\n' + b" " * 4096)
+    assert first is not None and not synced[count:]
+    inode = os.fstat(first.fd).st_ino
+    inodes: list[int] = []
+    monkeypatch.setattr("distillguard.store.wal.os.fdatasync", lambda fd: inodes.append(os.fstat(fd).st_ino))
+    rare.append(b'{"request_id": "req_2"}\n')  # rotates: the finished, uncommitted segment is synced before it closes
+    assert inodes == [inode]
+    rare.close()
+
 
 # -- a real gateway, killed under load -----------------------------------------------------------------------------------
 

@@ -127,6 +127,7 @@ class WriteAheadLog:
         self.directory = Path(directory)
         self.segment_bytes = segment_bytes
         self.retry_interval_s = retry_interval_s
+        self._sync_interval_s = sync_interval_s
         self.owner = f"{os.getpid()}-{time.time_ns()}"
         self.appended = 0  # events written to a segment
         self.failed = 0  # events that could not be written (degraded mode): stored as usual, not protected against a kill
@@ -246,6 +247,9 @@ class WriteAheadLog:
         """Mark a segment finished; delete it at once when everything in it is already committed."""
         with self._lock:
             segment.closed = True
+            if self._sync_interval_s is not None and segment.committed < segment.appended:
+                with contextlib.suppress(OSError):  # its tail is covered by the power-loss bound too (once per segment)
+                    os.fdatasync(segment.fd)
             with contextlib.suppress(OSError):
                 os.close(segment.fd)
             segment.fd = -1
