@@ -127,8 +127,11 @@ class _AllowPolicy:
         return None
 
 
-async def _drive(requests: int, stream: bool) -> float:
-    """CPU µs per request for ``requests`` chat requests through one Gateway's ASGI entry."""
+async def _drive(requests: int, stream: bool, *, extra_settings: dict[str, Any] | None = None, request_body: bytes = BODY) -> float:
+    """CPU µs per request for ``requests`` chat requests through one Gateway's ASGI entry.
+
+    ``extra_settings`` are more configuration keys (e.g. ``canary``: bench/canary_cost.py); with ``canary.enabled`` the
+    gateway gets its canary planter, as ``build_gateway`` would give it."""
     from distillguard.config import Settings
     from distillguard.gateway import Gateway
     from distillguard.store.registry import KeyRecord, hash_secret
@@ -136,9 +139,13 @@ async def _drive(requests: int, stream: bool) -> float:
     # Limits high enough never to refuse, but not off: every request still takes a slot and is admitted and settled.
     settings = Settings(upstreams=[{"name": "up", "base_url": "http://127.0.0.1:9/v1", "models": ["*"]}],
                         limits={"requests_per_min": 10**9, "tokens_per_min": 10**12, "concurrent_requests": 10**6,
-                                "daily_tokens": 10**15})
+                                "daily_tokens": 10**15}, **(extra_settings or {}))
     transport, sink = _Transport(), _Sink()
     kwargs: dict[str, Any] = {"sink": sink, "policy": _AllowPolicy()}
+    if extra_settings and extra_settings.get("canary", {}).get("enabled"):
+        from distillguard.canary import CanaryPlanter
+
+        kwargs["canaries"] = CanaryPlanter(settings.canary)
     if "transport" in inspect.signature(Gateway.__init__).parameters:
         kwargs["transport"] = transport
     gateway = Gateway(settings, **kwargs)
@@ -146,7 +153,7 @@ async def _drive(requests: int, stream: bool) -> float:
     await gateway.startup()
     if "transport" not in kwargs:
         gateway.client = transport  # type: ignore[assignment]  # the tree before the transport seam
-    body = BODY.replace(b'"max_tokens"', b'"stream":true,"max_tokens"') if stream else BODY
+    body = request_body.replace(b'"max_tokens"', b'"stream":true,"max_tokens"') if stream else request_body
     headers = [(b"host", b"gateway"), (b"authorization", b"Bearer sk-bench"), (b"content-type", b"application/json"),
                (b"content-length", str(len(body)).encode())]
     statuses: list[int] = []
