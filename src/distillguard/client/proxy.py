@@ -66,7 +66,7 @@ class AttestingProxy:
         self.forwarded = 0
 
     def signer(self, api_key: str) -> AsyncAttestingTransport:
-        """One transport per API key: each key's account enrolls the install once (the SDK's own rule)."""
+        """One transport per API key (the SDK's shape); the install enrolls once per gateway, with the first key seen."""
         signer = self.signers.get(api_key)
         if signer is None:
             signer = self.signers[api_key] = AsyncAttestingTransport(api_key, self.to, identity=self.identity, inner=self.inner,
