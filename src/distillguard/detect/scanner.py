@@ -7,7 +7,9 @@ behaviour always yields the same score whatever else is in the log. It is
 then scaled by how *sustained* the account's extraction is
 (``burst_factor``): a one-off burst — a benchmark evaluation — cannot reach the
 high band however it is worded, because distillation is extraction sustained
-over days. Cluster membership then lifts accounts that look light alone. The
+over days. Cluster membership then lifts accounts that look light alone: to
+0.9 × the cluster's score, or to the members' evidence pooled as one actor
+(``campaign_pooled``) when attribution ties them tightly. The
 reseller score is the same construction over the sharing, relay, consistency
 and timing evidence.
 """
