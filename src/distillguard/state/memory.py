@@ -21,12 +21,13 @@ first byte (:class:`distillguard.gateway.limits.Limiter`). Everything runs on
 the event loop, so no locks.
 
 Memory is per *active* subject: a subject's window log exists only while it
-has requests in the last 60 s. A sweep every few thousand admissions drops
-subjects whose window is empty; if one still has tokens charged today (which
+has requests in the last 60 s. A sweep every 4,096 admissions (every N with
+N subjects, so about one subject is looked at per admission) drops subjects
+whose window is empty; if one still has tokens charged today (which
 a daily quota must remember until midnight UTC) only that number is kept, in
 a plain ``{subject: tokens}`` dict, and the subject is rebuilt from it on its
-next request. So a key that sent one request today costs about a hundred
-bytes until midnight, not a window log (~1 KB with its deque) — what spread
+next request. So a key that sent one request today costs about 150 bytes
+until midnight, not a window log (~1 KB with its deque) — what spread
 traffic over 100,000 keys would otherwise pin (bench/accounts_scale.py).
 """
 
