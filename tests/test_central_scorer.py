@@ -229,16 +229,18 @@ def test_the_scorer_refuses_memory_state_and_a_second_scorer(tmp_path: Path, stu
 # -- report cadence: reports and clustering keep to their share of the scorer's time ----------------------------------
 
 
-def test_the_report_cadence_stretches_reports_and_clustering_by_their_own_cost() -> None:
+def test_the_report_cadence_keeps_reports_and_clustering_to_their_share_of_the_scorers_cpu() -> None:
     from distillguard.scorer_worker import CLUSTER_SHARE, REPORT_SHARE, ReportCadence
 
-    cadence = ReportCadence(1.0)
+    cpu = [0.0]
+    cadence = ReportCadence(1.0, lambda: cpu[0])
     now = cadence.next_report
-    assert cadence.due(now) and cadence.recluster(now)
-    cadence.reported(now, cost_s=0.05, cluster_cost_s=0.0)  # cheap: every second
-    assert cadence.next_report == now + 1.0
+    assert cadence.due(now) and cadence.recluster()
     cadence.reported(now, cost_s=3.5, cluster_cost_s=3.0)  # 12 s of clustering at 100k accounts is this, scaled down
-    assert cadence.next_report == pytest.approx(now + 0.5 / REPORT_SHARE)
-    assert cadence.next_cluster == pytest.approx(now + 3.0 / CLUSTER_SHARE)
-    later = now + 0.5 / REPORT_SHARE
-    assert cadence.due(later) and not cadence.recluster(later)  # the next report reuses the clusters
+    later = now + 1.0  # a second later on the wall clock, but the scorer had no CPU meanwhile (a busy machine)
+    assert not cadence.due(later)
+    assert cadence.due(later, idle=True)  # nothing waiting: a due report is not held back
+    cpu[0] += 0.5 * (1 / REPORT_SHARE - 1)  # updates have now had the rest of the scorer's CPU
+    assert cadence.due(later) and not cadence.recluster()  # the next report reuses the clusters ...
+    cpu[0] += 3.0 * (1 / CLUSTER_SHARE - 1)
+    assert cadence.recluster()  # ... until clustering's share is kept

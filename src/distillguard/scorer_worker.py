@@ -44,21 +44,17 @@ import signal
 import struct
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["CLUSTER_SHARE", "INDICATORS_ENV", "REPLAY_ENV", "REPORT_SHARE", "ReportCadence", "main", "next_report_delay", "recv",
-           "replay", "send", "shared_indicators"]
+__all__ = ["CLUSTER_SHARE", "INDICATORS_ENV", "REPLAY_ENV", "REPORT_SHARE", "ReportCadence", "main", "recv", "replay", "send",
+           "shared_indicators"]
 
 _HEADER = struct.Struct("!Q")
 REPLAY_ENV = "DISTILLGUARD_SCORER_REPLAY"
 INDICATORS_ENV = "DISTILLGUARD_SCORER_INDICATORS"  # a database URL: its imported shared indicators are matched
 REPORT_SHARE = 0.10  # reports (accounts' scores) may take at most this share of the scorer's time ...
 CLUSTER_SHARE = 0.15  # ... and clustering at most this: updates always keep three quarters
-
-
-def next_report_delay(every_s: float, cost_s: float, share: float = REPORT_SHARE) -> float:
-    """Seconds until the next run of something that cost ``cost_s``: ``every_s``, stretched to keep it at ``share``."""
-    return max(every_s, cost_s / share)
 
 
 class ReportCadence:
@@ -68,29 +64,37 @@ class ReportCadence:
     since the last one) and, much faster, with the accounts clustering links:
     at 100,000 accounts with hydras of hundreds of heads one clustering took
     ~12 CPU-s. At a fixed cadence that starves the updates and the backlog
-    grows without end, so both are stretched by their own last cost: reports
-    keep at most ``REPORT_SHARE`` of the time and clustering ``CLUSTER_SHARE``
-    (a report between two clusterings reuses the last clusters). With cheap
-    reports both happen every ``every_s``.
+    grows without end. So a report is due ``every_s`` after the last one *and*
+    once the scorer has spent on updates enough CPU time that the last
+    report's cost is at most ``REPORT_SHARE`` of the whole (likewise clustering
+    and ``CLUSTER_SHARE``; a report between two clusterings reuses the last
+    clusters). CPU time, not wall time: on a busy machine the scorer gets a
+    fraction of a core, and a wall-clock budget would let reports eat it all.
+    When the scorer is idle (nothing waiting) a due report is never held back.
     """
 
-    def __init__(self, every_s: float) -> None:
+    def __init__(self, every_s: float, cpu_clock: Callable[[], float] = time.thread_time) -> None:
         self.every_s = every_s
-        now = time.monotonic()
-        self.next_report = now + every_s
-        self.next_cluster = now
+        self.cpu_clock = cpu_clock
+        self.next_report = time.monotonic() + every_s
+        self._report_mark = self._cluster_mark = cpu_clock()
+        self._report_need = self._cluster_need = 0.0
 
-    def due(self, now: float) -> bool:
-        return now >= self.next_report
+    def due(self, now: float, *, idle: bool = False) -> bool:
+        return now >= self.next_report and (idle or self.cpu_clock() - self._report_mark >= self._report_need)
 
-    def recluster(self, now: float) -> bool:
-        return now >= self.next_cluster
+    def recluster(self) -> bool:
+        return self.cpu_clock() - self._cluster_mark >= self._cluster_need
 
     def reported(self, started: float, cost_s: float, cluster_cost_s: float) -> None:
-        """A report begun at ``started`` took ``cost_s`` CPU seconds, of which ``cluster_cost_s`` clustering (0: none)."""
-        self.next_report = started + next_report_delay(self.every_s, cost_s - cluster_cost_s)
+        """A report begun at ``started`` (monotonic) cost ``cost_s`` CPU seconds, ``cluster_cost_s`` of them clustering."""
+        mark = self.cpu_clock()
+        self.next_report = started + self.every_s
+        self._report_mark = mark
+        self._report_need = (cost_s - cluster_cost_s) * (1.0 / REPORT_SHARE - 1.0)
         if cluster_cost_s > 0:
-            self.next_cluster = started + next_report_delay(self.every_s, cluster_cost_s, CLUSTER_SHARE)
+            self._cluster_mark = mark
+            self._cluster_need = cluster_cost_s * (1.0 / CLUSTER_SHARE - 1.0)
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:
@@ -135,12 +139,13 @@ def serve(inbox: int, outbox: int, publish_every_s: float) -> None:
         send(outbox, ("report", scanner.report()))
     poller = select.poll()  # not select.select: the fd numbers are the gateway's and may exceed FD_SETSIZE
     poller.register(inbox, select.POLLIN)
-    cadence = ReportCadence(publish_every_s)
+    cadence = ReportCadence(publish_every_s, time.process_time)
     dirty = False
     while True:
         # Block until a batch arrives; once there is something to publish, only until it is due.
         timeout_ms = None if not dirty else max(0.0, (cadence.next_report - time.monotonic()) * 1000.0)
-        if poller.poll(timeout_ms):
+        ready = poller.poll(timeout_ms)
+        if ready:
             try:
                 batch = recv(inbox)
             except EOFError:  # the gateway closed the pipe without saying goodbye, or died
@@ -152,9 +157,9 @@ def serve(inbox: int, outbox: int, publish_every_s: float) -> None:
             dirty = True
             send(outbox, ("ack", len(batch)))
         now = time.monotonic()
-        if dirty and cadence.due(now):
+        if dirty and cadence.due(now, idle=not ready):
             started = time.process_time()
-            send(outbox, ("report", scanner.report(recluster=cadence.recluster(now))))
+            send(outbox, ("report", scanner.report(recluster=cadence.recluster())))
             cadence.reported(now, time.process_time() - started, scanner.cluster_cost_s)
             dirty = False
     send(outbox, ("report", scanner.report()))

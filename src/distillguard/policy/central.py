@@ -221,8 +221,8 @@ class CentralScorer:
                 log.info("central scorer: Redis answers again; scoring resumes")
                 failing = False
             now = time.monotonic()
-            if dirty and cadence.due(now):
-                cost = self._report(scanner, recluster=cadence.recluster(now))
+            if dirty and cadence.due(now, idle=not entries):
+                cost = self._report(scanner, recluster=cadence.recluster())
                 cadence.reported(now, cost, scanner.cluster_cost_s)
                 dirty = False
         if dirty:
