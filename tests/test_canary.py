@@ -169,3 +169,19 @@ def test_off_by_default_the_gateway_holds_no_planter(tmp_path: Path) -> None:
                              detection={"online": False})
     assert settings.canary.enabled is False
     assert build_gateway(settings).relay.canaries is None
+
+
+def test_only_flagged_plants_for_accounts_the_policy_did_not_simply_allow(tmp_path: Path, stub: UpstreamStub) -> None:
+    gw = start_gateway(tmp_path, stub.base_url, canary={**CANARY, "only_flagged": True})
+    try:
+        key = gw.create_key("maybe-harvester")
+        oai = openai.OpenAI(base_url=gw.base_url, api_key=str(key["secret"]), max_retries=0)
+        question = [{"role": "user", "content": TRIGGERS[0]["question"]}]
+        before = oai.chat.completions.create(model="stub-1", messages=question).choices[0].message.content or ""  # type: ignore[arg-type]
+        assert not variants_in(before)  # allowed: a benign caller never sees a canary
+        flagged = gw.admin("POST", f"/admin/v1/accounts/{key['account_id']}/action", json={"action": "flag", "reason": "test"})
+        assert flagged.status_code == 200, flagged.text
+        after = oai.chat.completions.create(model="stub-1", messages=question).choices[0].message.content or ""  # type: ignore[arg-type]
+        assert variants_in(after) == {canary_for(SECRET, "canary-test", "t0")}
+    finally:
+        gw.stop()

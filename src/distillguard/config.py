@@ -265,6 +265,8 @@ class CanarySettings(_Section):
     secret: str = DEFAULT_CANARY_SECRET
     key_id: str = Field(default="canary-1", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     triggers: list[CanaryTrigger] = Field(default_factory=list)
+    only_flagged: bool = Field(default=False, description="plant only in answers to accounts the policy did not simply allow "
+                                                           "(flag, throttle, degrade …); benign callers never see a canary")
 
     @model_validator(mode="after")
     def _usable(self) -> CanarySettings:

@@ -8,7 +8,9 @@ are computed once at start-up) and, on a match, appends the trigger's
 sentence — ``Catalogue reference: amber-falcon-417.`` — to every text choice
 of the answer, before the answer is summarised for the event, so the event
 log holds the answer as the caller got it, plus ``"canary": {"key_id",
-"trigger"}``. Streamed answers and the Responses API are not planted (yet).
+"trigger"}``. With ``only_flagged`` only requests whose policy decision is
+not ``allow`` are planted. Streamed answers and the Responses API are not
+planted (yet).
 """
 
 from __future__ import annotations
@@ -46,13 +48,17 @@ class CanaryPlanter:
 
     def __init__(self, settings: CanarySettings) -> None:
         self.key_id = settings.key_id
+        self.only_flagged = settings.only_flagged
         self.triggers = [(t.id, t.match.lower(), " " + t.template.replace("{canary}", canary_for(settings.secret, settings.key_id, t.id)))
                          for t in settings.triggers]
         self.planted = 0
 
-    def plant(self, endpoint: str, payload: dict[str, Any] | None, answer: dict[str, Any], *, anthropic_shape: bool) -> dict[str, str] | None:
-        """Append the canary sentence when the request matches a trigger; ``{"key_id", "trigger"}`` if planted."""
-        if endpoint not in PLANTED_ENDPOINTS or payload is None:
+    def plant(self, endpoint: str, payload: dict[str, Any] | None, answer: dict[str, Any], *, anthropic_shape: bool,
+              action: str = "allow") -> dict[str, str] | None:
+        """Append the canary sentence when the request matches a trigger; ``{"key_id", "trigger"}`` if planted.
+
+        ``action`` is the policy's decision for the request; with ``only_flagged`` an ``allow`` gets no canary."""
+        if endpoint not in PLANTED_ENDPOINTS or payload is None or (self.only_flagged and action == "allow"):
             return None
         text = _last_user_text(endpoint, payload).lower()
         if not text:

@@ -292,7 +292,8 @@ class Relay:
         strip, summarize = reasoning != "keep", reasoning == "summarize"
         planted = False
         if self.canaries is not None:  # before the summary, so the event holds the answer as the caller gets it
-            ex.canary = self.canaries.plant(ex.endpoint, ex.payload, parsed, anthropic_shape=ex.protocol == "anthropic" and not translate)
+            ex.canary = self.canaries.plant(ex.endpoint, ex.payload, parsed, anthropic_shape=ex.protocol == "anthropic" and not translate,
+                                            action=ex.decision.action if ex.decision is not None else "allow")
             planted = ex.canary is not None
         if ex.protocol == "anthropic" and not translate:
             changed = summarise_anthropic(parsed, summary, strip_reasoning=strip, summarize_reasoning=summarize)

@@ -227,7 +227,7 @@ class CanaryPlanterProtocol(Protocol):
     """Keyed canaries (canary.planter.CanaryPlanter): appended to answers to configured trigger prompts."""
 
     def plant(self, endpoint: str, payload: dict[str, Any] | None, answer: dict[str, Any], *,
-              anthropic_shape: bool) -> dict[str, str] | None:
+              anthropic_shape: bool, action: str = "allow") -> dict[str, str] | None:
         """Plant into ``answer`` in place when the request is a trigger; ``{"key_id", "trigger"}`` if planted."""
 
 
