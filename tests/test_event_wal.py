@@ -194,8 +194,13 @@ def test_sync_interval_fdatasyncs_the_current_segment_in_the_background(tmp_path
 # -- a real gateway, killed under load -----------------------------------------------------------------------------------
 
 
-def _acknowledged_under_load(base_url: str, secret: str, seconds: float, clients: int = 8) -> tuple[list[str], threading.Event]:
-    """Closed-loop clients until the returned event is set; the request id of every complete 200 goes in the list."""
+def _acknowledged_under_load(base_url: str, secret: str, seconds: float, clients: int = 8,
+                             at_least: int = 300, cap_s: float = 30.0) -> tuple[list[str], threading.Event]:
+    """Closed-loop clients until the returned event is set; the request id of every complete 200 goes in the list.
+
+    Returns after ``seconds`` once ``at_least`` requests were acknowledged (at most ``cap_s``): on a loaded
+    machine two seconds gave six requests, too few for a kill to land mid-traffic.
+    """
     acknowledged: list[str] = []
     stop = threading.Event()
 
@@ -215,6 +220,9 @@ def _acknowledged_under_load(base_url: str, secret: str, seconds: float, clients
     for _ in range(clients):
         threading.Thread(target=client, daemon=True).start()
     time.sleep(seconds)
+    deadline = time.monotonic() + cap_s
+    while len(acknowledged) < at_least and time.monotonic() < deadline:
+        time.sleep(0.1)
     return acknowledged, stop
 
 
