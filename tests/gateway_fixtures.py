@@ -117,7 +117,7 @@ def start_gateway(
         env={**os.environ, **(env or {})},
     )
     root = f"http://{config['listen']}"
-    deadline = time.time() + 30
+    deadline = time.time() + 60  # a start-up at load 20+ took over 30 s (test_fleet_restart)
     while time.time() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"gateway exited with {proc.returncode}:\n{log_path.read_text()}")
