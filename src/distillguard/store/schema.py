@@ -28,6 +28,7 @@ from sqlalchemy import (
     Text,
     text,
 )
+from sqlalchemy.exc import OperationalError
 
 __all__ = ["create_tables", "metadata", "accounts", "api_keys", "installs", "events", "audit_log", "reviews", "counters",
            "manual_overrides", "account_attributes", "risk_snapshot", "key_changes", "shared_indicators"]
@@ -185,9 +186,18 @@ def create_tables(engine: Engine) -> None:
     On PostgreSQL the check-then-create runs in one transaction under an
     advisory lock, so a process that waited finds the tables another created
     (PostgreSQL's DDL is transactional) instead of failing on a duplicate
-    type. SQLite serialises writers by itself.
+    type. SQLite has no such lock and ``create_all`` checks before it creates,
+    so two processes starting on a fresh file can both decide to create a
+    table: the loser's "already exists" is retried, and the retry's check then
+    finds the winner's table.
     """
-    with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _SCHEMA_LOCK})
-        metadata.create_all(conn)
+    for attempt in range(5):
+        try:
+            with engine.begin() as conn:
+                if conn.dialect.name == "postgresql":
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _SCHEMA_LOCK})
+                metadata.create_all(conn)
+            return
+        except OperationalError as exc:
+            if engine.dialect.name != "sqlite" or "already exists" not in str(exc) or attempt == 4:
+                raise
