@@ -150,6 +150,29 @@ def test_leftover_spill_files_are_replayed_on_start(tmp_path: Path) -> None:
     assert len(list(iter_events(url))) == 7 and not list(spill.glob("spill-*"))
 
 
+def test_a_spill_line_that_is_not_an_event_is_quarantined_and_the_rest_replayed(tmp_path: Path,
+                                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """A torn or hand-edited line must not stop every later replay (the store stayed 'down' for good) nor vanish."""
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    bad = [b'{"request_id": "req_torn", "ts": "2026-', b"[1, 2, 3]", b'{"no_request_id": true}']
+    good = [json.dumps(_event(i)).encode() for i in range(5)]
+    (spill / "spill-1-1-0.jsonl").write_bytes(b"\n".join(good[:2] + bad + good[2:]) + b"\n")
+    (spill / "spill-2-1-0.jsonl").write_bytes(json.dumps(_event(5)).encode() + b"\n")  # a later file still replays
+    sink = EventSink(url, spill)
+    with caplog.at_level("ERROR", logger="distillguard"):
+        sink.start()
+        deadline = time.time() + 5
+        while sink.stats["replayed"] < 6 and time.time() < deadline:
+            time.sleep(0.05)
+        sink.close()
+    assert len(list(iter_events(url))) == 6 and sink.stats["quarantined"] == 3 and sink.stats["store_ok"]
+    assert (spill / "spill-1-1-0.jsonl.bad").read_bytes() == b"".join(line + b"\n" for line in bad)
+    assert not list(spill.glob("spill-*.jsonl"))
+    assert "spill-1-1-0.jsonl line 3 is not an event" in caplog.text
+
+
 def test_unwritable_spill_dir_holds_events_in_memory_and_says_so(tmp_path: Path) -> None:
     """Store down and spill impossible (a path under /dev/null): events stay queued, never dropped silently."""
     sink = EventSink(f"sqlite:///{tmp_path / 'db.sqlite'}", "/dev/null/spill", retry_interval_s=60)

@@ -146,6 +146,8 @@ class Gateway:
             self.metrics.add_gauge("distillguard_event_queue_depth", "Events waiting to be written.", lambda: _sink_count(sink, "queued"))
             self.metrics.add_gauge("distillguard_events_written", "Events written to the store.", lambda: _sink_count(sink, "written"))
             self.metrics.add_gauge("distillguard_events_spilled", "Events spilled to local JSONL files.", lambda: _sink_count(sink, "spilled"))
+            self.metrics.add_gauge("distillguard_spill_lines_quarantined", "Spill-file lines that were not events, kept "
+                                   "in <file>.bad beside it instead of replayed.", lambda: _sink_count(sink, "quarantined"))
             self.metrics.add_gauge("distillguard_event_wal_degraded", "1 while the event write-ahead log cannot be written "
                                    "(events are still stored, but not protected against a kill).",
                                    lambda: _sink_count(sink, "wal_degraded"))

@@ -151,6 +151,7 @@ class EventSink:
         self.written = 0
         self.spilled = 0
         self.replayed = 0
+        self.quarantined = 0  # spill-file lines that were not events, kept in <file>.bad
         self.errors = 0
         self.submitted = 0
         backend = self.engine.url.get_backend_name()
@@ -222,6 +223,7 @@ class EventSink:
             "written": self.written,
             "spilled": self.spilled,
             "replayed": self.replayed,
+            "quarantined": self.quarantined,
             "purged": self.purged,
             "errors": self.errors,
             "store_ok": problem is None,
@@ -446,7 +448,7 @@ class EventSink:
             if len(self._queue) > self.low_water:
                 return
             try:
-                events = [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+                events = self._readable_events(path)
                 for start in range(0, len(events), self.batch_size):
                     self._write_rows([_row(e) for e in events[start : start + self.batch_size]])
             except Exception as exc:
@@ -458,6 +460,38 @@ class EventSink:
             self.replayed += len(events)
             self.store_ok = True
             log.info("replayed %d spilled events from %s", len(events), path.name)
+
+    def _readable_events(self, path: Path) -> list[dict[str, Any]]:
+        """The spill file's events; lines that are not an event are moved to ``<name>.bad`` beside it.
+
+        One unreadable line (a torn write, a hand-edited file) must neither stop every later replay, which would keep
+        the store marked down for good, nor be dropped silently: it is kept byte for byte, logged with its line
+        number and counted (``quarantined``).
+        """
+        events: list[dict[str, Any]] = []
+        bad: list[bytes] = []
+        for number, line in enumerate(path.read_bytes().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                event = orjson.loads(line)
+                if not isinstance(event, dict):
+                    raise TypeError("not a JSON object")
+                _row(event)  # the fields a row needs
+            except (orjson.JSONDecodeError, TypeError, KeyError) as exc:
+                log.error("spill file %s line %d is not an event (%s); kept in %s.bad", path.name, number,
+                          type(exc).__name__, path.name)
+                bad.append(line)
+                continue
+            events.append(event)
+        if bad:
+            with open(path.with_name(path.name + ".bad"), "ab") as handle:
+                handle.write(b"".join(line + b"\n" for line in bad))
+                handle.flush()
+                os.fsync(handle.fileno())
+            with self._lock:
+                self.quarantined += len(bad)
+        return events
 
     def _last_resort_dump(self) -> None:
         fallback = Path(os.environ.get("TMPDIR", "/tmp")) / f"distillguard-unsaved-{os.getpid()}.jsonl"
