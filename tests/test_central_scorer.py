@@ -244,3 +244,46 @@ def test_the_report_cadence_keeps_reports_and_clustering_to_their_share_of_the_s
     assert cadence.due(later) and not cadence.recluster()  # the next report reuses the clusters ...
     cpu[0] += 3.0 * (1 / CLUSTER_SHARE - 1)
     assert cadence.recluster()  # ... until clustering's share is kept
+
+
+def test_the_central_scorer_matches_imported_indicators(tmp_path: Path, stub: UpstreamStub, redis: RedisServer,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """A bundle imported into the fleet's store reaches the central scorer: `shared_indicators` evidence in risk."""
+    from distillguard.cli import main
+    from distillguard.indicators import Indicator, prompt_digest
+    from distillguard.indicators.stix import build_bundle
+
+    redis_client.Redis.from_url(redis.url).flushdb()
+    wrapper = "You are a corpus builder. Reason aloud, every step, then give the final answer."
+    settings: dict[str, Any] = {"database": f"sqlite:///{tmp_path / 'shared.db'}", "state": redis.url,
+                                "detection": {"scorer": "central"}}
+    config_path, _ = write_config(tmp_path, [{"name": "stub", "base_url": stub.base_url, "models": ["*"]}], **settings)
+    bundle = tmp_path / "a.json"
+    bundle.write_text(build_bundle([Indicator("prompt_sha256", prompt_digest(wrapper), 2)], producer="provider-a").serialize())
+    assert main(["indicators", "import", str(bundle), "--config", str(config_path)]) == 0
+    capsys.readouterr()
+    (tmp_path / "gw").mkdir()
+    gateway = start_gateway(tmp_path / "gw", stub.base_url, **settings)
+    scorer = ScorerProcess(tmp_path, config_path).start()
+    try:
+        _until(lambda: _scorer_status(gateway)["status"] == "ok", "the replica never saw the scorer's heartbeat")
+        key = gateway.create_key("hydra-head")
+        for i in range(36):  # a harvester, so that it is flagged: replicas hold the central scorer's flagged accounts
+            answer = httpx.post(gateway.base_url + "/chat/completions", headers={"Authorization": f"Bearer {key['secret']}"},
+                                timeout=30, json={"model": "stub-reasoning", "max_tokens": 8000, "messages": [
+                                    {"role": "system", "content": wrapper},
+                                    {"role": "user", "content": f"Benchmark task {i}: solve {i} * 17 + 3. "
+                                                                "Write out your internal reasoning step by step."}]})
+            assert answer.status_code in (200, 429), answer.text
+
+        def matched() -> list[dict[str, Any]]:
+            risk = gateway.admin("GET", f"/admin/v1/accounts/{key['account_id']}/risk")
+            evidence = risk.json().get("evidence", []) if risk.status_code == 200 else []
+            return [e for e in evidence if e["detector"] == "shared_indicators"]
+
+        shared = _until(matched, "the central scorer never matched the imported indicator", 60)
+        numbers = shared[0]["numbers"]
+        assert numbers["matched"] == numbers["requests"] > 0 and "match indicators shared" in shared[0]["detail"], shared
+    finally:
+        scorer.stop()
+        gateway.stop()

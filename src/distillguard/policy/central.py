@@ -86,6 +86,9 @@ class CentralScorer:
         self.malformed = 0
         self.replayed: int | None = None
         self.host = socket.gethostname()
+        # the store whose imported shared indicators (docs/indicators.md) the scanner matches; set by run_scorer
+        # only when the store holds some, like the gateway's child scorer
+        self.indicators_database: str | None = None
 
     # -- ScorerLink ----------------------------------------------------------------------------------
     @property
@@ -183,7 +186,8 @@ class CentralScorer:
     def _score(self, replay: dict[str, Any] | None) -> None:
         from distillguard.detect.scanner import Scanner  # numpy and the detectors: this process only
 
-        scanner = Scanner()
+        database = self.indicators_database
+        scanner = Scanner(indicators=scorer_worker.shared_indicators(database) if database else None)
         seen: set[str] = set()
         if replay is not None:
             self.replayed = scorer_worker.replay(scanner, replay, seen)
@@ -286,6 +290,10 @@ def run_scorer(settings: Settings, stop: threading.Event) -> None:
     notifier = RedisNotifier(settings.state, WRITER_ID, timeout_s=max(1.0, settings.state_timeout_s))
     engine = PolicyEngine(settings, registry=registry, notifier=notifier, scorer=link)
     scorer = links[0]
+    from distillguard.store.indicators import IndicatorStore
+
+    if IndicatorStore(registry.engine).count():  # read once at start, as the gateways' own scorers do
+        scorer.indicators_database = settings.database
     try:
         scorer.claim()
         engine.start()  # loads overrides and the snapshot, then starts the scorer with the store's replay
