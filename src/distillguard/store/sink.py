@@ -448,27 +448,27 @@ class EventSink:
             if len(self._queue) > self.low_water:
                 return
             try:
-                events = self._readable_events(path)
-                for start in range(0, len(events), self.batch_size):
-                    self._write_rows([_row(e) for e in events[start : start + self.batch_size]])
+                rows = self._readable_rows(path)
+                for start in range(0, len(rows), self.batch_size):
+                    self._write_rows(rows[start : start + self.batch_size])
             except Exception as exc:
                 self.store_ok = False
                 self._next_retry = time.monotonic() + self.retry_interval_s
                 log.warning("replay of %s deferred: %s", path.name, exc)
                 return
             path.unlink()
-            self.replayed += len(events)
+            self.replayed += len(rows)
             self.store_ok = True
-            log.info("replayed %d spilled events from %s", len(events), path.name)
+            log.info("replayed %d spilled events from %s", len(rows), path.name)
 
-    def _readable_events(self, path: Path) -> list[dict[str, Any]]:
-        """The spill file's events; lines that are not an event are moved to ``<name>.bad`` beside it.
+    def _readable_rows(self, path: Path) -> list[dict[str, Any]]:
+        """The store rows of the spill file's events; lines that are not an event are moved to ``<name>.bad`` beside it.
 
         One unreadable line (a torn write, a hand-edited file) must neither stop every later replay, which would keep
         the store marked down for good, nor be dropped silently: it is kept byte for byte, logged with its line
         number and counted (``quarantined``).
         """
-        events: list[dict[str, Any]] = []
+        rows: list[dict[str, Any]] = []
         bad: list[bytes] = []
         for number, line in enumerate(path.read_bytes().splitlines(), 1):
             if not line.strip():
@@ -477,13 +477,13 @@ class EventSink:
                 event = orjson.loads(line)
                 if not isinstance(event, dict):
                     raise TypeError("not a JSON object")
-                _row(event)  # the fields a row needs
+                row = _row(event)  # KeyError without the fields a row needs
             except (orjson.JSONDecodeError, TypeError, KeyError) as exc:
                 log.error("spill file %s line %d is not an event (%s); kept in %s.bad", path.name, number,
                           type(exc).__name__, path.name)
                 bad.append(line)
                 continue
-            events.append(event)
+            rows.append(row)
         if bad:
             with open(path.with_name(path.name + ".bad"), "ab") as handle:
                 handle.write(b"".join(line + b"\n" for line in bad))
@@ -491,7 +491,7 @@ class EventSink:
                 os.fsync(handle.fileno())
             with self._lock:
                 self.quarantined += len(bad)
-        return events
+        return rows
 
     def _last_resort_dump(self) -> None:
         fallback = Path(os.environ.get("TMPDIR", "/tmp")) / f"distillguard-unsaved-{os.getpid()}.jsonl"
