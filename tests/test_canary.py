@@ -21,9 +21,12 @@ import anthropic
 import openai
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from distillguard.canary import VARIANT_COUNT, canary_for, variants_in
+from distillguard.canary import VARIANT_COUNT, StreamCanary, canary_for, variants_in
 from distillguard.canary.probe import Probe, binomial_tail, score_probes
+from distillguard.canary.stream import stream_canary
 from distillguard.cli import main
 from distillguard.config import load_settings
 from distillguard.exceptions import ConfigError
@@ -185,3 +188,119 @@ def test_only_flagged_plants_for_accounts_the_policy_did_not_simply_allow(tmp_pa
         assert variants_in(after) == {canary_for(SECRET, "canary-test", "t0")}
     finally:
         gw.stop()
+
+
+STREAM_TRIGGERS = [{"id": f"s{i}", "match": f"ledger line of depot {i}", "question": f"What is the ledger line of depot {i}?"}
+                   for i in range(7)]
+STREAM_CANARY = {"enabled": True, "secret": SECRET, "key_id": "canary-streams", "triggers": STREAM_TRIGGERS}
+
+
+def test_streamed_and_responses_api_answers_carry_the_canary_and_convict_a_suspect(tmp_path: Path, stub: UpstreamStub) -> None:
+    """Streams (OpenAI chat and completions, Anthropic native and translated) and the Responses API, with the official SDKs."""
+    upstreams = [{"name": "claude", "base_url": stub.base_url, "protocol": "anthropic", "models": ["claude-*"], "timeout_s": 3},
+                 {"name": "stub", "base_url": stub.base_url, "protocol": "openai", "models": ["*"], "timeout_s": 3}]
+    gw = start_gateway(tmp_path, upstreams=upstreams, canary=STREAM_CANARY)
+    try:
+        secret = str(gw.create_key("stream-harvester")["secret"])
+        oai = openai.OpenAI(base_url=gw.base_url, api_key=secret, max_retries=0)
+        claude = anthropic.Anthropic(base_url=gw.root_url, api_key=secret, max_retries=0)
+        q = [t["question"] for t in STREAM_TRIGGERS]
+        harvested: dict[str, str] = {}
+
+        chunks = oai.chat.completions.create(model="stub-1", messages=[{"role": "user", "content": q[0]}], stream=True)
+        harvested[q[0]] = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        pieces = oai.completions.create(model="stub-1", prompt=q[1], stream=True)  # ends with [DONE], no finish reason
+        harvested[q[1]] = "".join(c.choices[0].text for c in pieces if c.choices)
+        for i, model in ((2, "stub-1"), (3, "claude-3")):  # translated from an OpenAI upstream, and native
+            with claude.messages.stream(model=model, max_tokens=64, messages=[{"role": "user", "content": q[i]}]) as stream:
+                streamed = "".join(stream.text_stream)
+                final = stream.get_final_message()
+            harvested[q[i]] = "".join(b.text for b in final.content if b.type == "text")
+            assert streamed == harvested[q[i]] and final.stop_reason == "end_turn"
+        with oai.responses.stream(model="stub-1", input=q[4]) as rstream:
+            deltas = "".join(e.delta for e in rstream if e.type == "response.output_text.delta")
+            response = rstream.get_final_response()
+        harvested[q[4]] = response.output_text
+        assert deltas == response.output_text
+        harvested[q[5]] = oai.responses.create(model="stub-1", input=[{"role": "user", "content": q[5]}]).output_text
+        usage_asked = oai.chat.completions.create(model="stub-1", messages=[{"role": "user", "content": q[6]}], stream=True,
+                                                  stream_options={"include_usage": True})
+        harvested[q[6]] = "".join(c.choices[0].delta.content or "" for c in usage_asked if c.choices)
+
+        for trigger in STREAM_TRIGGERS:  # the answer, then the sentence, exactly once
+            canary = canary_for(SECRET, "canary-streams", trigger["id"])
+            assert harvested[trigger["question"]] == "The answer is forty-two. Catalogue reference: " + canary + ".", trigger
+        plain = oai.chat.completions.create(model="stub-1", messages=[{"role": "user", "content": "plain"}], stream=True)
+        assert not variants_in("".join(c.choices[0].delta.content or "" for c in plain if c.choices))
+
+        events = gw.events(expect=8)
+        planted = {e["canary"]["trigger"]: e for e in events if e.get("canary")}
+        assert sorted(planted) == [t["id"] for t in STREAM_TRIGGERS]
+        for trigger in STREAM_TRIGGERS:  # the event records the answer as the caller got it
+            assert planted[trigger["id"]]["response"]["text"] == harvested[trigger["question"]]
+        assert planted["s4"]["endpoint"] == planted["s5"]["endpoint"] == "openai.responses"
+    finally:
+        gw.stop()
+
+    _Memorised.answers = harvested
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), _Memorised)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        config = tmp_path / "probe.yaml"
+        config.write_text(yaml.safe_dump({"canary": STREAM_CANARY}))
+        out = subprocess.run([sys.executable, "-m", "distillguard.cli", "canary", "probe", "--base-url",
+                              f"http://127.0.0.1:{server.server_port}/v1", "--model", "suspect-1", "--config", str(config)],
+                             capture_output=True, text=True, timeout=120)
+    finally:
+        server.shutdown()
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["probes"] == 7 and result["results"][0]["hits"] == 7 and result["min_p_value_corrected"] < 1e-30
+
+
+def _split_feed(canary: StreamCanary, stream: bytes, cuts: list[int]) -> bytes:
+    points = sorted({c % (len(stream) + 1) for c in cuts})
+    pieces = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True)]
+    return b"".join(canary.feed(p) for p in pieces) + canary.flush()
+
+
+def _sse_events(raw: bytes) -> list[dict[str, Any]]:
+    return [json.loads(line[5:]) for line in raw.splitlines() if line.startswith(b"data:") and line[5:].strip() != b"[DONE]"]
+
+
+@given(cuts=st.lists(st.integers(min_value=0, max_value=5000), max_size=12))
+@settings(max_examples=40, deadline=None)
+def test_stream_filters_plant_once_wherever_the_chunks_are_cut(cuts: list[int]) -> None:
+    base = {"id": "c", "object": "chat.completion.chunk", "model": "m"}
+    chat = b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in [
+        {**base, "choices": [{"index": 0, "delta": {"content": "A"}, "finish_reason": None},
+                             {"index": 1, "delta": {"content": "B"}, "finish_reason": None}]},
+        {**base, "choices": [{"index": 1, "delta": {"content": "b"}, "finish_reason": "stop"}]},  # text and finish in one chunk
+        {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]},
+    ]) + b"data: [DONE]\n\n"
+    parts: list[str] = []
+    out = _split_feed(stream_canary("openai", " X.", {}, parts), chat, cuts)
+    texts = {0: "", 1: ""}
+    for chunk in _sse_events(out):
+        for choice in chunk["choices"]:
+            texts[choice["index"]] += choice["delta"].get("content") or ""
+    assert texts == {0: "A X.", 1: "Bb X."} and parts == [" X.", " X."] and out.endswith(b"data: [DONE]\n\n")
+
+    responses = b"".join(b"event: " + e["type"].encode() + b"\ndata: " + json.dumps(e).encode() + b"\n\n" for e in [
+        {"type": "response.output_text.delta", "item_id": "m1", "output_index": 0, "content_index": 0, "delta": "Hi", "sequence_number": 3},
+        {"type": "response.completed", "sequence_number": 4, "response": {"output": [
+            {"id": "m1", "type": "message", "content": [{"type": "output_text", "text": "Hi"}]}]}},  # no .done events at all
+    ])
+    canary = stream_canary("responses", " X.", {}, [])
+    events = _sse_events(_split_feed(canary, responses, cuts))
+    assert [e["sequence_number"] for e in events] == [3, 4, 5] and canary.planted
+    assert "".join(e["delta"] for e in events[:2]) == "Hi X."
+    assert events[2]["response"]["output"][0]["content"][0]["text"] == "Hi X."
+
+    anthropic_stream = b"".join(b"event: " + e["type"].encode() + b"\ndata: " + json.dumps(e).encode() + b"\n\n" for e in [
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "t", "name": "f", "input": {}}},
+        {"type": "content_block_stop", "index": 0},
+        {"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 3}},
+    ])
+    canary = stream_canary("anthropic", " X.", {}, [])  # no text block: nothing is planted
+    assert _split_feed(canary, anthropic_stream, cuts) == anthropic_stream and not canary.planted

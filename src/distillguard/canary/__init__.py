@@ -8,6 +8,7 @@ answers repeats when asked the trigger question again.
 from __future__ import annotations
 
 from distillguard.canary.planter import CanaryPlanter
+from distillguard.canary.stream import AnswerShape, StreamCanary
 from distillguard.canary.variants import VARIANT_COUNT, canary_for, variants_in
 
-__all__ = ["VARIANT_COUNT", "CanaryPlanter", "canary_for", "variants_in"]
+__all__ = ["VARIANT_COUNT", "AnswerShape", "CanaryPlanter", "StreamCanary", "canary_for", "variants_in"]

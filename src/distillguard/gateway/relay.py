@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import orjson
 
@@ -53,6 +54,7 @@ from distillguard.gateway.types import (
     Receive,
     Scope,
     Send,
+    StreamCanaryProtocol,
     UpstreamResponseProtocol,
     UpstreamTransportProtocol,
     WatermarkerProtocol,
@@ -66,6 +68,9 @@ from distillguard.gateway.upstream_http import (
     UpstreamUnreachable,
 )
 from distillguard.gateway.wire import SSE_HEADERS, ClientDisconnected, header, respond
+
+if TYPE_CHECKING:
+    from distillguard.canary.stream import AnswerShape
 
 __all__ = ["Relay"]
 
@@ -241,6 +246,15 @@ class Relay:
         else:
             reader = AnthropicStreamReader(strip_reasoning=strip, summarize_reasoning=summarize)
         ex.summary = reader.summary
+        canary = None
+        if self.canaries is not None:  # a trigger prompt's stream gets a filter that plants the canary where it ends
+            canary = self.canaries.for_stream(ex.endpoint, ex.payload, reader.summary.text_parts, shape=_answer_shape(ex, translate),
+                                              action=ex.decision.action if ex.decision is not None else "allow")
+        await self._relay_stream_body(ex, resp, reader, canary, translate, send)
+
+    async def _relay_stream_body(self, ex: Exchange, resp: UpstreamResponseProtocol,
+                                 reader: OpenAIStreamReader | AnthropicStreamReader | ResponsesStreamReader,
+                                 canary: StreamCanaryProtocol | None, translate: bool, send: Send) -> None:
         translator = StreamTranslator(ex.model or "", estimate_prompt_tokens(ex.endpoint, ex.payload or {})) if translate else None
         ex.status = 200
         ex.streaming = True
@@ -249,6 +263,10 @@ class Relay:
         usage_filter = UsageChunkFilter() if ex.hide_usage else None
         while (chunk := await resp.next_chunk()) is not None:
             out = reader.feed(chunk)
+            if canary is not None:
+                out = canary.feed(out)
+                if canary.planted:  # the event goes out with the stream's last write: it must know by then
+                    ex.canary = canary.info
             if translator is not None:
                 out = translator.feed(out)
             elif usage_filter is not None:
@@ -259,6 +277,10 @@ class Relay:
             if out:
                 await send({"type": "http.response.body", "body": out, "more_body": True})
         rest = reader.flush()
+        if canary is not None:
+            rest = canary.feed(rest) + canary.flush()
+            if canary.planted:
+                ex.canary = canary.info
         if not reader.ended:  # cut short: what arrived goes out, then the in-band error (not a made-up end)
             if translator is not None:
                 rest = translator.feed(rest)
@@ -292,7 +314,7 @@ class Relay:
         strip, summarize = reasoning != "keep", reasoning == "summarize"
         planted = False
         if self.canaries is not None:  # before the summary, so the event holds the answer as the caller gets it
-            ex.canary = self.canaries.plant(ex.endpoint, ex.payload, parsed, anthropic_shape=ex.protocol == "anthropic" and not translate,
+            ex.canary = self.canaries.plant(ex.endpoint, ex.payload, parsed, shape=_answer_shape(ex, translate),
                                             action=ex.decision.action if ex.decision is not None else "allow")
             planted = ex.canary is not None
         if ex.protocol == "anthropic" and not translate:
@@ -349,6 +371,13 @@ class Relay:
         ex.summary.prompt_tokens = estimate_prompt_tokens(ex.endpoint, ex.payload or {})
         ex.summary.completion_tokens = 0
         await respond(send, 200, orjson.dumps({"input_tokens": ex.summary.prompt_tokens}))
+
+
+def _answer_shape(ex: Exchange, translate: bool) -> AnswerShape:
+    """How the upstream's answer is laid out where the canary is planted (before an OpenAI → Anthropic translation)."""
+    if ex.endpoint == "openai.responses":
+        return "responses"
+    return "anthropic" if ex.protocol == "anthropic" and not translate else "openai"
 
 
 def _body_kind(raw: bytes) -> str:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from distillguard.state.types import StateBackend as SharedState
 
 if TYPE_CHECKING:
+    from distillguard.canary.stream import AnswerShape
     from distillguard.gateway.upstream_http import Origin
     from distillguard.store.registry import KeyDelta, KeyRecord, NewAccount
 
@@ -48,6 +49,7 @@ __all__ = [
     "Send",
     "SharedState",
     "SignalCollectorProtocol",
+    "StreamCanaryProtocol",
     "UpstreamResponseProtocol",
     "UpstreamTransportProtocol",
     "WatermarkerProtocol",
@@ -223,12 +225,29 @@ class WatermarkerProtocol(Protocol):
         """``(watermark key id, token id → bias)``, or ``None`` when this upstream is not marked."""
 
 
+class StreamCanaryProtocol(Protocol):
+    """A filter on a relayed stream that plants a canary where the answer ends (canary.stream.StreamCanary)."""
+
+    planted: bool
+    info: dict[str, str]  # the event's ``canary`` object, once planted
+
+    def feed(self, data: bytes) -> bytes:
+        """The bytes to send on for ``data`` (whole SSE events; a partial one is held until it is whole)."""
+
+    def flush(self) -> bytes:
+        """What is left at the end of the stream."""
+
+
 class CanaryPlanterProtocol(Protocol):
     """Keyed canaries (canary.planter.CanaryPlanter): appended to answers to configured trigger prompts."""
 
     def plant(self, endpoint: str, payload: dict[str, Any] | None, answer: dict[str, Any], *,
-              anthropic_shape: bool, action: str = "allow") -> dict[str, str] | None:
+              shape: AnswerShape, action: str = "allow") -> dict[str, str] | None:
         """Plant into ``answer`` in place when the request is a trigger; ``{"key_id", "trigger"}`` if planted."""
+
+    def for_stream(self, endpoint: str, payload: dict[str, Any] | None, text_parts: list[str], *,
+                   shape: AnswerShape, action: str = "allow") -> StreamCanaryProtocol | None:
+        """A filter planting into the stream when the request is a trigger (it appends to ``text_parts`` too), else None."""
 
 
 class AdminPluginProtocol(Protocol):
