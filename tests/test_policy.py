@@ -112,7 +112,7 @@ def test_harvester_is_flagged_degraded_and_reviewed_through_the_gateway(gateway:
     risk = None
     while time.time() < deadline:
         response = gateway.admin("GET", f"/admin/v1/accounts/{harvester['account_id']}/risk")
-        if response.status_code == 200 and response.json()["distillation_score"] >= 0.5:
+        if response.status_code == 200 and response.json().get("distillation_score", 0) >= 0.5:
             risk = response.json()
             break
         time.sleep(0.3)
@@ -147,6 +147,10 @@ def test_harvester_is_flagged_degraded_and_reviewed_through_the_gateway(gateway:
         time.sleep(0.2)
     assert found
     assert gateway.admin("GET", "/admin/v1/accounts/acct_unknown/risk").status_code == 404
+    silent = gateway.create_key("silent")  # exists, has sent nothing: a 200 that says so, not a 404
+    quiet = gateway.admin("GET", f"/admin/v1/accounts/{silent['account_id']}/risk")
+    assert quiet.status_code == 200 and quiet.json()["scored"] is False and "flag_threshold 0.5" in quiet.json()["detail"]
+    assert risk["scored"] is True
 
 
 @pytest.mark.parametrize("status", [None, "invalid", "expired", "replayed", "missing_key"])

@@ -111,7 +111,7 @@ def test_a_throttled_harvester_stays_throttled_and_flagged_across_a_gateway_rest
         for i in range(80):
             _harvest(client, i)
             risk = gw.admin("GET", f"/admin/v1/accounts/{account}/risk")
-            if risk.status_code == 200 and risk.json()["distillation_score"] >= 0.8:
+            if risk.status_code == 200 and risk.json().get("distillation_score", 0) >= 0.8:
                 throttled = True
                 break
             time.sleep(0.05)
@@ -201,7 +201,7 @@ def test_a_block_and_a_scorer_decision_reach_the_other_replica_within_a_second(t
 
         def b_throttles() -> bool:
             risk = b.admin("GET", f"/admin/v1/accounts/{account}/risk")
-            return risk.status_code == 200 and risk.json()["distillation_score"] >= 0.8
+            return risk.status_code == 200 and risk.json().get("distillation_score", 0) >= 0.8
 
         assert _seconds_until(b_throttles) < 1.0
         # The store is shared: only an event stamped after this moment is b's request (a's harvest came before).

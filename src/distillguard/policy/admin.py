@@ -84,6 +84,23 @@ async def _missing_account(engine: PolicyEngine, account_id: str) -> tuple[int, 
     return None
 
 
+def _not_scored(engine: PolicyEngine, account_id: str) -> dict[str, Any]:
+    """The answer for an existing account that this process holds no risk for (never a 404: the account exists).
+
+    Why there may be none: a scorer keeps every account it scored, but a
+    process learns other scorers' results — the fleet's central scorer's, or
+    other gateways' — only from the risk snapshot, which holds the accounts at
+    or above ``flag_threshold`` (docs/policy.md). So "no entry" means below
+    that threshold wherever it was scored, or no scored traffic yet.
+    """
+    threshold = engine.settings.flag_threshold
+    where = ("the fleet's central scorer publishes" if engine.settings.scorer == "central"
+             else "this process's scorer has not scored it, and other gateways' scorers publish")
+    return {"account_id": account_id, "scored": False, "risk": None,
+            "detail": f"Not scored here yet: {where} only accounts at or above flag_threshold {threshold:g} to the risk snapshot, "
+                      f"so this account is below {threshold:g} wherever it was scored, or has sent no scored traffic yet."}
+
+
 def review_members(engine: PolicyEngine, review: dict[str, Any]) -> list[str]:
     """The accounts a review item is about: the account itself, or a cluster's members then and now."""
     subject = str(review["subject"])
@@ -99,9 +116,12 @@ async def handle(engine: PolicyEngine, method: str, path: str, query: dict[str, 
     registry = engine.registry
     if len(parts) == 3 and parts[0] == "accounts" and parts[2] == "risk" and method == "GET":
         entry = engine.risk(parts[1])
-        if entry is None:
+        if entry is not None:
+            return 200, {**entry, "scored": True}
+        if registry is None:  # nothing to tell an unknown account from an unscored one
             return _error(404, f"No risk yet for account {parts[1]!r}: it has sent no scored traffic.")
-        return 200, entry
+        missing = await _missing_account(engine, parts[1])
+        return missing if missing is not None else (200, _not_scored(engine, parts[1]))
     if parts == ["flagged"] and method == "GET":
         return 200, engine.flagged()
     if parts == ["audit"] and method == "GET":
