@@ -8,10 +8,12 @@ peak RSS, not the whole process family's.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,19 +31,35 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
+@functools.cache
+def measured_package() -> Path:
+    """The ``distillguard`` package the measured children run: what ``sys.executable`` imports with this environment.
+
+    Not the tree this script sits in: the venv's editable install points at one
+    checkout and ``PYTHONPATH`` may name another, and a digest of the wrong
+    one would say "unchanged" about code that was never measured. Asked of a
+    child so that the benchmark process itself need not import the package.
+    """
+    found = subprocess.run([sys.executable, "-c", "import distillguard, os; print(os.path.dirname(os.path.abspath(distillguard.__file__)))"],
+                           capture_output=True, text=True, check=True)
+    return Path(found.stdout.strip())
+
+
 def src_digest() -> str:
-    """A short hash of the package sources, to tell whether the code changed while the benchmark ran."""
+    """A short hash of the measured package's sources, to tell whether the code changed while the benchmark ran."""
+    package = measured_package()
     digest = hashlib.sha256()
-    for path in sorted((ROOT / "src" / "distillguard").rglob("*.py")):
-        digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package.parent).as_posix().encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:12]
 
 
 def source_line(start: str) -> str:
     end = src_digest()
+    where = f"`{measured_package()}`"
     if end == start:
-        return f"Source: `src/distillguard` digest `{start}`, unchanged during the run."
-    return f"Source: `src/distillguard` **changed during the run** (digest `{start}` → `{end}`): rows may mix code versions."
+        return f"Source: {where} digest `{start}`, unchanged during the run."
+    return f"Source: {where} **changed during the run** (digest `{start}` → `{end}`): rows may mix code versions."
 
 
 def write_report(name: str, lines: list[str], began: float, digest: str) -> None:

@@ -16,7 +16,8 @@ import os
 import sys
 import time
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from distillguard.detect.accounts import AccountMeta, read_accounts
 from distillguard.detect.report_table import format_report_table
@@ -25,7 +26,7 @@ from distillguard.events import EventFormatError, EventReadProblem, read_events
 from distillguard.exceptions import InputError
 from distillguard.indicators.model import IndicatorSet
 
-__all__ = ["scan_command", "scan_files"]
+__all__ = ["ScanOptions", "run_scan", "scan_command", "scan_files"]
 
 MAX_WARNINGS = 20
 EXIT_FOUND = 3  # --fail-on: an account at that level was found
@@ -94,38 +95,62 @@ def _refuse_out_among_inputs(out: str | None, paths: list[str]) -> None:
             raise InputError(f"--out {out}: is also an input file; writing the report there would destroy the events (choose another path)")
 
 
+@dataclass(frozen=True)
+class ScanOptions:
+    """What ``distillguard scan`` was asked, typed (the parser is in cli.py; every field is one of its options)."""
+
+    files: list[str]
+    out: str | None = None
+    format: Literal["table", "json"] | None = None
+    fail_on: Literal["medium", "high"] | None = None
+    strict: bool = False
+    indicators: list[str] = field(default_factory=list)
+    accounts: str | None = None
+
+    @classmethod
+    def from_namespace(cls, args: argparse.Namespace) -> ScanOptions:
+        """Read the parsed command line once, by name: a renamed option fails here, not deep inside the scan."""
+        return cls(files=list(args.files), out=args.out, format=args.format, fail_on=args.fail_on, strict=bool(args.strict),
+                   indicators=list(args.indicators or ()), accounts=args.accounts)
+
+
 def scan_command(args: argparse.Namespace) -> int:
-    _refuse_out_among_inputs(args.out, args.files)
-    accounts = read_accounts(args.accounts) if getattr(args, "accounts", None) else None
+    return run_scan(ScanOptions.from_namespace(args))
+
+
+def run_scan(options: ScanOptions) -> int:
+    """The command: scan, write the report and/or the table, summarise on stderr; exit 3 with ``fail_on`` and a finding."""
+    _refuse_out_among_inputs(options.out, options.files)
+    accounts = read_accounts(options.accounts) if options.accounts else None
     indicators = None
-    if getattr(args, "indicators", None):
+    if options.indicators:
         from distillguard.indicators.commands import read_bundle_file
 
-        indicators = IndicatorSet(i for path in args.indicators for i in read_bundle_file(path))
-    report, problems = scan_files(args.files, strict=args.strict, progress=sys.stderr.isatty(), accounts=accounts,
+        indicators = IndicatorSet(i for path in options.indicators for i in read_bundle_file(path))
+    report, problems = scan_files(options.files, strict=options.strict, progress=sys.stderr.isatty(), accounts=accounts,
                                   indicators=indicators)
-    output_format = args.format or ("table" if sys.stdout.isatty() else "json")
+    output_format = options.format or ("table" if sys.stdout.isatty() else "json")
     text = json.dumps(report, indent=1, ensure_ascii=False)
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as handle:
+    if options.out:
+        with open(options.out, "w", encoding="utf-8") as handle:
             handle.write(text + "\n")
     if output_format == "table":
-        names = _account_names(args.accounts) if getattr(args, "accounts", None) else {}
+        names = _account_names(options.accounts) if options.accounts else {}
         sys.stdout.write(format_report_table(report, names=names, width=_terminal_width()))
-    elif not args.out:
+    elif not options.out:
         sys.stdout.write(text + "\n")
     high = sum(1 for a in report["accounts"] if a["risk"] == "high")
     summary = f"scanned {report['events']} events, {report['accounts_seen']} accounts: {high} high risk, {len(report['clusters'])} clusters"
     if problems:
         summary += f"; {len(problems)} malformed line(s) skipped"
-    if args.out:
-        summary += f"; report written to {args.out}"
+    if options.out:
+        summary += f"; report written to {options.out}"
     print(summary, file=sys.stderr)
-    if args.fail_on:
-        levels = FAIL_LEVELS[args.fail_on]
+    if options.fail_on:
+        levels = FAIL_LEVELS[options.fail_on]
         found = sum(1 for a in report["accounts"] if a["risk"] in levels)
         if found:
-            print(f"--fail-on {args.fail_on}: {found} account(s) at {' or '.join(levels)} risk; exit {EXIT_FOUND}", file=sys.stderr)
+            print(f"--fail-on {options.fail_on}: {found} account(s) at {' or '.join(levels)} risk; exit {EXIT_FOUND}", file=sys.stderr)
             return EXIT_FOUND
     return 0
 
