@@ -491,3 +491,64 @@ def test_habits_tell_a_script_streaming_half_its_requests_from_one_streaming_mos
     assert not habits(10) & habits(50)
     for share in range(0, 93, 4):
         assert habits(share) & habits(share + 8), share
+
+
+# -- generic follow-ups: the second half of a phrase bank --------------------------------------------------------
+
+PRIVATE_FOLLOW_UPS = ["Keep it coming.", "Elaborate further, fully.", "And the part after that?", "Expand the last section now."]
+COMMON_FOLLOW_UPS = ["Can you explain it more simply?", "Where did that number come from?", "Is there a faster way to do it?"]
+
+
+def conversation_fleet(scanner: Scanner, prefix: str, follow_ups: list[str], n: int = 6, conversations: int = 30) -> list[str]:
+    """Accounts whose first turns are plain swept tasks (no opener, no closer, nothing in common) and whose second
+    turns are generic follow-ups drawn from ``follow_ups``; each from its own home address, at its own hours."""
+    import random
+
+    rng = random.Random(prefix)
+    names = [f"{prefix}{k}" for k in range(n)]
+    for k, name in enumerate(names):
+        for i in range(conversations):
+            t = T0 + k * 977.0 + i * 9000.0 * rng.uniform(0.5, 1.5)
+            first = task(i * n + k + 31 * len(prefix))
+            kwargs: dict[str, Any] = {"ip": f"10.{150 + k}.{sum(map(ord, prefix)) % 250}.3", "asn": 7000 + k,
+                                      "header": rng.choice(["fp-openai", "fp-anthropic", "fp-curl"])}
+            scanner.update(ev(name, t, first, **kwargs))
+            follow = ev(name, t + 90.0, "", **kwargs)
+            follow["request"]["messages"] = [{"role": "user", "content": first}, {"role": "assistant", "content": "an answer"},
+                                             {"role": "user", "content": rng.choice(follow_ups)}]
+            scanner.update(follow)
+    return names
+
+
+def test_shared_generic_follow_ups_link_suspects_and_common_ones_do_not() -> None:
+    """A hydra imitating people continues its conversations with generic follow-ups from its own list: suspects that
+    share that rare list are linked (and the evidence says so), while the follow-ups everybody uses — here carried
+    by a third of the log's ordinary accounts — link no one, and ordinary-looking accounts are never linked on them."""
+    scanner = Scanner()
+    background(scanner, 60)
+    names = conversation_fleet(scanner, "imit", PRIVATE_FOLLOW_UPS)
+    suspect = {a: 0.9 if a in names else 0.05 for a in scanner.accounts}
+    assert bank_clusters(scanner, suspect) == [set(names)]
+    from distillguard.detect.clustering import find_clusters
+
+    buckets = {a: scanner.timing.buckets(a) for a in scanner.accounts}
+    cluster = find_clusters(scanner.fingerprints, scanner.templates, buckets, suspect)[0]
+    assert any("(follow-up)" in s for s in cluster.shared), cluster.shared
+    assert bank_clusters(scanner, {a: 0.05 for a in scanner.accounts}) == []
+
+    common = Scanner()
+    background(common, 60)
+    conversation_fleet(common, "pupil", COMMON_FOLLOW_UPS, n=20)  # ordinary learners asking the usual questions
+    names = conversation_fleet(common, "susp", COMMON_FOLLOW_UPS)
+    assert bank_clusters(common, {a: 0.9 if a in names else 0.05 for a in common.accounts}) == []
+
+
+def test_phrasings_in_scripts_without_spaces_are_the_clause_not_the_clause_and_the_tasks_first_word() -> None:
+    """In Chinese or Japanese ``\\w+`` matches a whole clause: an opener is one "word", so the phrasing is that clause
+    alone (with the task's first word beside it, every task would make a new phrasing and no bank would be shared)."""
+    from distillguard.detect.phrasebank import phrasings
+
+    pieces = {"p2:下一题 write": 6, "p2:下一题 what": 5, "p2:next item": 4, "s2:请回答完整": 7, "s2:por favor": 3}
+    found = phrasings(40, pieces)
+    assert found["p:下一题"] == 6 / 40 and found["s:请回答完整"] == 7 / 40
+    assert found["p:next item"] == 4 / 40 and "p:下一题 write" not in found

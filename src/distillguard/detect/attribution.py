@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+from distillguard.detect.base import count_heavy
 from distillguard.detect.templates import normalise_system
 
 __all__ = ["AttributionCollector", "Item", "PUBLIC_SYSTEM_PROMPTS", "PUBLIC_WRAPPERS", "account_items", "is_public_wrapper",
@@ -51,6 +52,10 @@ __all__ = ["AttributionCollector", "Item", "PUBLIC_SYSTEM_PROMPTS", "PUBLIC_WRAP
 
 _CAP_VALUES = 64
 _CAP_PARAMS = 32
+_CAP_FOLLOW_UPS = 32
+# A generic follow-up ("Go on.", "Und weiter?") is a short turn; a real one quotes or asks about the answer.
+FOLLOW_UP_MAX_CHARS = 80
+FOLLOW_UP_MAX_WORDS = 10
 
 # Published, widely copied prompt wrappers: zero-shot chain of thought (Kojima et al. 2022), the APE and OPRO
 # variants (Zhou et al. 2022; Yang et al. 2023), the common maths-evaluation instruction, and the evaluation
@@ -79,8 +84,11 @@ PUBLIC_SYSTEM_PROMPTS = (
 )
 
 
+_WORD = re.compile(r"\w+")
+
+
 def _words(text: str) -> str:
-    return " ".join(re.findall(r"\w+", text.lower()))
+    return " ".join(_WORD.findall(text.lower()))
 
 
 _PUBLIC_WRAPPER_TEXT = tuple(_words(w) for w in PUBLIC_WRAPPERS)
@@ -129,6 +137,8 @@ class _Account:
     streamed: int = 0
     lengths: dict[int, int] = field(default_factory=dict)
     hours: list[int] = field(default_factory=lambda: [0] * 24)
+    follow_ups: int = 0  # requests continuing a conversation with a short user turn
+    follow_up_texts: dict[str, int] = field(default_factory=dict)  # that turn's words → count (lossy, _CAP_FOLLOW_UPS)
 
 
 _SCALARS = (str, int, float, bool, type(None))
@@ -189,6 +199,8 @@ class AttributionCollector:
             content = last.get("content") if isinstance(last, dict) else None
             if isinstance(content, str):
                 _bump(state.lengths, len(content).bit_length(), 24)
+                if len(messages) > 1 and len(content) <= FOLLOW_UP_MAX_CHARS:
+                    self._follow_up(state, content)
         ts = event.get("_t")
         if isinstance(ts, float):
             state.hours[int(ts // 3600) % 24] += 1
@@ -207,6 +219,20 @@ class AttributionCollector:
         else:
             profile = (_scalar(client.get("header_fp")),)
         _bump(state.profiles, profile, 8)
+
+    @staticmethod
+    def _follow_up(state: _Account, content: str) -> None:
+        """Count a short follow-up turn by its words (lossy: when the table is full, turns seen once are dropped)."""
+        words = _WORD.findall(content.lower())
+        if not words or len(words) > FOLLOW_UP_MAX_WORDS:
+            return
+        state.follow_ups += 1
+        count_heavy(state.follow_up_texts, " ".join(words), _CAP_FOLLOW_UPS)
+
+    def follow_ups(self, account_id: str) -> tuple[int, dict[str, int]]:
+        """(short follow-up turns, {their words: count}) of one account; see :mod:`distillguard.detect.phrasebank`."""
+        state = self.accounts.get(account_id)
+        return (state.follow_ups, state.follow_up_texts) if state else (0, {})
 
 
 def _band(share: float) -> str:

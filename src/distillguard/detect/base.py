@@ -18,7 +18,7 @@ from typing import Any, Generic, TypeVar
 
 from distillguard.events import parse_ts
 
-__all__ = ["AccountStates", "Detector", "Evidence", "confidence", "event_time", "logistic", "user_text"]
+__all__ = ["AccountStates", "Detector", "Evidence", "confidence", "count_heavy", "event_time", "logistic", "user_text"]
 
 S = TypeVar("S")
 
@@ -44,6 +44,20 @@ def user_text(event: Mapping[str, Any]) -> str:
             content = message.get("content")
             return content if isinstance(content, str) else ""
     return ""
+
+
+def count_heavy(table: dict[str, int], key: str, cap: int) -> None:
+    """Count ``key`` in a table of at most ``cap`` keys, keeping the heavy hitters: when the table is full, the keys
+    seen once are dropped to make room (a key that recurs in a good share of an account's traffic survives every
+    pruning; one-off text, which is most of it, does not)."""
+    if key in table:
+        table[key] += 1
+        return
+    if len(table) >= cap:
+        for once in [k for k, c in table.items() if c == 1]:
+            del table[once]
+    if len(table) < cap:
+        table[key] = 1
 
 
 def event_time(event: Mapping[str, Any]) -> float:

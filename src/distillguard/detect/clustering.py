@@ -135,17 +135,18 @@ class ClusterCache:
     signatures: dict[tuple[str, str], tuple[int, Signature]] = field(default_factory=dict)
     overlaps: dict[tuple[str, str, str], tuple[int, int, int]] = field(default_factory=dict)
     candidate_pairs: int = 0  # pairs scored by the latest call (how much work it did; tests and benchmarks read it)
-    phrasings: dict[str, tuple[int, dict[str, float]]] = field(default_factory=dict)
+    phrasings: dict[str, tuple[tuple[int, int], dict[str, float]]] = field(default_factory=dict)
 
-    def phrasings_of(self, account: str, templates: TemplateSource) -> dict[str, float]:
-        """An account's phrasings, recomputed only when it has sent a single-turn prompt since the last report
-        (its wrapper pieces change only then)."""
+    def phrasings_of(self, account: str, templates: TemplateSource, collector: AttributionCollector) -> dict[str, float]:
+        """An account's phrasings, recomputed only when it has sent a single-turn prompt or a short follow-up since
+        the last report (its wrapper pieces and follow-up texts change only then)."""
         single_turn, pieces = templates.wrappers(account)
+        follow_ups, texts = collector.follow_ups(account)
         cached = self.phrasings.get(account)
-        if cached is not None and cached[0] == single_turn:
+        if cached is not None and cached[0] == (single_turn, follow_ups):
             return cached[1]
-        found = phrasings(single_turn, pieces)
-        self.phrasings[account] = (single_turn, found)
+        found = phrasings(single_turn, pieces, follow_ups, texts)
+        self.phrasings[account] = ((single_turn, follow_ups), found)
         return found
 
     def signature(self, kind: str, account: str, values: set[Any]) -> Signature:
@@ -314,7 +315,7 @@ def find_clusters(
     # campaigns in a log are, while a trait common among ordinary users (a free-mail domain) is common.
     background = {a for a in accounts if own_scores.get(a, 0.0) < BACKGROUND_BELOW}
     population = max(1, len(background))
-    banks = PhraseBanks({a: cache.phrasings_of(a, templates) for a in accounts}, background)
+    banks = PhraseBanks({a: cache.phrasings_of(a, templates, collector) for a in accounts}, background)
     worth = {key: KINDS[key[0]][1] * _rarity_of(key[0], sum(1 for m in members if m in background), population)
              for key, members in holders.items() if len(members) >= 2}
 

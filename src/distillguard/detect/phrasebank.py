@@ -51,25 +51,38 @@ MIN_SHARE = 0.02
 _MAX_PHRASINGS = 64
 
 
+def _unspaced(word: str) -> bool:
+    """Whether a word is written in a script without spaces between words (Chinese, Japanese): there ``\\w+``
+    matches a whole clause, so one "word" is already a phrasing."""
+    return any("\u3040" <= ch <= "\u30ff" or "\u3400" <= ch <= "\u9fff" or "\uf900" <= ch <= "\ufaff" for ch in word)
+
+
 def _phrasing_key(piece: str) -> str:
-    """``"p4:next item write a"`` → ``"p:next item"``; ``"s4:a paso a paso"`` → ``"s:a paso"``."""
+    """``"p4:next item write a"`` → ``"p:next item"``; ``"s4:a paso a paso"`` → ``"s:a paso"``; in a script without
+    spaces the clause alone: ``"p2:下一题 write"`` → ``"p:下一题"`` (the second "word" is already the task's)."""
     side, _, words = piece.partition(":")
     split = words.split(" ")
+    edge = split[0] if side[0] == "p" else split[-1]
+    if _unspaced(edge):
+        return side[0] + ":" + edge
     return side[0] + ":" + " ".join(split[:2] if side[0] == "p" else split[-2:])
 
 
-def phrasings(single_turn: int, pieces: Mapping[str, int]) -> dict[str, float]:
-    """An account's phrasings and their shares of its single-turn prompts (public wrappers left out)."""
-    if single_turn <= 0:
-        return {}
+def phrasings(single_turn: int, pieces: Mapping[str, int], follow_ups: int = 0,
+              follow_up_texts: Mapping[str, int] | None = None) -> dict[str, float]:
+    """An account's phrasings and their shares (public wrappers left out): wrapper pieces as a share of its
+    single-turn prompts, and short follow-up turns (``"f:go on"``) as a share of its follow-ups."""
     out: dict[str, float] = {}
-    for piece, count in pieces.items():
+    for piece, count in pieces.items() if single_turn > 0 else ():
         if count < MIN_COUNT or count / single_turn < MIN_SHARE or is_public_wrapper(piece):
             continue
         key = _phrasing_key(piece)
         share = min(1.0, count / single_turn)
         if share > out.get(key, 0.0):
             out[key] = share
+    for text, count in (follow_up_texts or {}).items() if follow_ups > 0 else ():
+        if count >= MIN_COUNT and count / follow_ups >= MIN_SHARE:
+            out["f:" + text] = min(1.0, count / follow_ups)
     if len(out) > _MAX_PHRASINGS:
         out = dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0]))[:_MAX_PHRASINGS])
     return out
@@ -96,7 +109,7 @@ class BankOverlap:
 
     def describe(self) -> str:
         side, _, words = self.example.partition(":")
-        shown = f"{words} …" if side == "p" else f"… {words}"
+        shown = f"{words} …" if side == "p" else f"… {words}" if side == "s" else f"(follow-up) {words}"
         return f"the same bank of rare prompt phrasings ({self.phrasings} shared, e.g. \u201c{shown}\u201d)"
 
 
@@ -125,7 +138,7 @@ class PhraseBanks:
         if len(second) < len(first):
             first, second = second, first
         count, mass, best, example = 0, 0.0, 0.0, ""
-        sides = {"p": 0, "s": 0}
+        sides = {"p": 0, "s": 0, "f": 0}
         for key, share in first.items():
             other = second.get(key)
             weight = self.weight.get(key)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from distillguard.detect.base import Detector, Evidence, confidence, logistic, user_text
+from distillguard.detect.base import Detector, Evidence, confidence, count_heavy, logistic, user_text
 
 __all__ = ["TemplatedPrompts", "frame_of", "normalise_system", "wrapper_parts"]
 
@@ -133,14 +133,7 @@ class TemplatedPrompts(Detector):
         state.single_turn += 1
         wrappers = state.wrappers
         for part in wrapper_parts(frame):
-            if part in wrappers:
-                wrappers[part] += 1
-                continue
-            if len(wrappers) >= _MAX_WRAPPERS:
-                for seen_once in [p for p, c in wrappers.items() if c == 1]:
-                    del wrappers[seen_once]
-            if len(wrappers) < _MAX_WRAPPERS:
-                wrappers[part] = 1
+            count_heavy(wrappers, part, _MAX_WRAPPERS)
         system = normalise_system((event.get("request") or {}).get("system"))
         if system is not None and (system in state.systems or len(state.systems) < 64):
             state.systems[system] = state.systems.get(system, 0) + 1
