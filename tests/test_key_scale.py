@@ -123,7 +123,7 @@ def any_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
         registry = Registry(url)
         with registry.engine.begin() as conn:  # a clean registry: these tests count keys
-            for table in ("installs", "account_attributes", "api_keys", "accounts"):
+            for table in ("installs", "account_attributes", "account_external_ids", "api_keys", "accounts"):
                 conn.execute(text(f"DELETE FROM {table}"))
             conn.execute(text("UPDATE counters SET value = 0 WHERE name = 'key_changes_pruned'"))
         registry.close()
@@ -210,6 +210,8 @@ async def test_bulk_endpoint_creates_accounts_and_keys_that_work_at_once(
     ({"accounts": []}, "accounts"),
     ({"accounts": [{"name": "same"}, {"name": "other"}, {"name": "same"}]}, "accounts.2.name"),
     ({"accounts": [{"name": f"n{i}"} for i in range(10_001)]}, "accounts"),
+    ({"accounts": [{"name": "a", "external_id": "crm:1"}, {"name": "b", "external_id": "crm:1"}]}, "accounts.1.external_id"),
+    ({"accounts": [{"name": "a", "external_id": "has space"}]}, "accounts.0.external_id"),
 ])
 async def test_bulk_endpoint_refuses_bad_batches_whole(replicas: list[tuple[Gateway, httpx.AsyncClient]],
                                                        body: dict[str, Any], where: str) -> None:
@@ -219,6 +221,42 @@ async def test_bulk_endpoint_refuses_bad_batches_whole(replicas: list[tuple[Gate
     assert response.status_code == 422, response.text
     assert response.json()["error"]["code"] == "invalid_request" and where in response.json()["error"]["message"]
     assert len(a.registry.list_accounts()) == before  # nothing of a refused batch is created
+
+
+async def test_a_bulk_batch_sent_again_finds_its_accounts_by_external_id(replicas: list[tuple[Gateway, httpx.AsyncClient]]) -> None:
+    """A retry after a timeout (here: to the other replica) creates only what the first attempt did not."""
+    (a, client_a), (_, client_b) = replicas
+    items = [{"name": f"crm-{i}", "external_id": f"crm:{i}", "key": True} for i in range(3)]
+    first = await _admin(client_a, "POST", "/accounts/bulk", {"accounts": items})
+    again = await _admin(client_b, "POST", "/accounts/bulk", {"accounts": [*items, {"name": "crm-3", "external_id": "crm:3"}]})
+    assert first.status_code == again.status_code == 201, again.text
+    assert first.json()["created"] == {"accounts": 3, "keys": 3} and first.json()["existing"] == 0
+    assert again.json()["created"] == {"accounts": 1, "keys": 0} and again.json()["existing"] == 3
+    data = again.json()["data"]
+    assert [d["status"] for d in data] == ["exists", "exists", "exists", "created"]
+    assert [d["account_id"] for d in data[:3]] == [d["account_id"] for d in first.json()["data"]]
+    assert all(d["secret"] is None and d["key_id"] is None for d in data[:3])  # shown once, in the first answer
+    assert sorted(x["name"] for x in a.registry.list_accounts() if x["name"].startswith("crm-")) == ["crm-0", "crm-1", "crm-2", "crm-3"]
+    assert len(a.registry.list_keys()) == 3
+
+
+def test_two_retries_of_one_batch_racing_create_it_once(any_database_url: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    registries = [Registry(any_database_url), Registry(any_database_url)]
+    try:
+        batch = [NewAccount(f"race-{i}", key=True, external_id=f"race:{i}") for i in range(200)]
+        with ThreadPoolExecutor(2) as pool:
+            results = list(pool.map(lambda r: r.create_accounts(batch), registries))
+        assert sorted({row["status"] for row in result}.pop() for result in results) == ["created", "exists"]
+        assert [r["account_id"] for r in results[0]] == [r["account_id"] for r in results[1]]
+        assert len(registries[0].list_accounts()) == 200 and len(registries[0].list_keys()) == 200
+        mixed = registries[1].create_accounts([NewAccount("race-0", external_id="race:0"), NewAccount("fresh", external_id="race:new"),
+                                               NewAccount("no id")])
+        assert [m["status"] for m in mixed] == ["exists", "created", "created"]
+    finally:
+        for registry in registries:
+            registry.close()
 
 
 async def test_bulk_endpoint_has_a_body_limit(replicas: list[tuple[Gateway, httpx.AsyncClient]]) -> None:
@@ -262,6 +300,15 @@ def test_cli_imports_accounts_from_jsonl_and_refuses_a_bad_file_whole(tmp_path: 
         refused = _cli(config, "accounts", "import", str(bad))
         assert refused.returncode == 2 and "line 2" in refused.stderr and "limits.daily_tokens" in refused.stderr
         assert len(registry.list_accounts()) == 1201  # the good first line was not created either
+
+        with_ids = tmp_path / "with_ids.jsonl"
+        with_ids.write_text("".join(json.dumps({"name": f"crm-{i}", "external_id": f"crm:{i}", "key": True}) + "\n" for i in range(3)))
+        assert _cli(config, "accounts", "import", str(with_ids)).returncode == 0
+        rerun = _cli(config, "accounts", "import", str(with_ids))  # the first run's answer was lost: run it again
+        assert rerun.returncode == 0, rerun.stderr
+        assert [json.loads(line)["status"] for line in rerun.stdout.splitlines()] == ["exists"] * 3
+        assert "created 0 accounts and 0 keys" in rerun.stderr and "3 already existed" in rerun.stderr
+        assert len(registry.list_accounts()) == 1204
     finally:
         registry.close()
 

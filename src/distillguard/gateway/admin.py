@@ -103,11 +103,15 @@ class BulkAccount(AccountCreate):
     """One account of ``POST /admin/v1/accounts/bulk`` (and a line of ``accounts import``): ``key`` true, or its limits, issues a key."""
 
     key: bool | KeyCreate = False
+    external_id: str | None = Field(default=None, min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$",
+                                    description="your own id for the account (printable ASCII, no spaces): a batch sent again "
+                                                "answers status 'exists' for it instead of creating it twice")
 
     def new_account(self) -> NewAccount:
         key_limits = self.key.limits if isinstance(self.key, KeyCreate) else None
         return NewAccount(self.name, self.org, self.limits.model_dump(exclude_unset=True) if self.limits else None,
-                          key=self.key is not False, key_limits=key_limits.model_dump(exclude_unset=True) if key_limits else None)
+                          key=self.key is not False, key_limits=key_limits.model_dump(exclude_unset=True) if key_limits else None,
+                          external_id=self.external_id)
 
 
 class BulkAccounts(_Body):
@@ -334,7 +338,9 @@ class AdminAPI:
             items = [a.new_account() for a in batch.accounts]
             created = await asyncio.to_thread(lambda: registry.create_accounts(items, actor="admin"))
             await ctx.refresh_keys()  # the new keys only, however many the table holds
-            return 201, {"data": created, "created": {"accounts": len(created), "keys": sum(1 for c in created if c["key_id"])}}
+            fresh = [c for c in created if c["status"] == "created"]
+            return 201, {"data": created, "created": {"accounts": len(fresh), "keys": sum(1 for c in fresh if c["key_id"])},
+                         "existing": len(created) - len(fresh)}
         if len(parts) == 2 and parts[0] == "accounts" and method == "GET":
             found = await asyncio.to_thread(registry.get_account, parts[1])
             if found is None:

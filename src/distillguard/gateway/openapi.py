@@ -219,15 +219,20 @@ def _paths() -> dict[str, Any]:
             "post": _admin("create an account", {"$ref": "#/components/schemas/Account"}, body=AccountCreate, created=True),
         },
         "/admin/v1/accounts/bulk": {"post": _admin(
-            "create up to 10,000 accounts, each with a key if asked, in one transaction (the secrets are in this answer only)",
-            {"type": "object", "required": ["data", "created"], "properties": {
-                "data": {"type": "array", "items": {"type": "object", "required": ["account_id", "name", "org_id", "key_id", "secret"],
+            "create up to 10,000 accounts, each with a key if asked, in one transaction (the secrets are in this answer only); "
+            "an item whose external_id the store already holds is answered with status 'exists' and not created again",
+            {"type": "object", "required": ["data", "created", "existing"], "properties": {
+                "data": {"type": "array", "items": {"type": "object", "required": ["account_id", "name", "org_id", "external_id", "key_id",
+                                                                                   "secret", "status"],
                                                     "properties": {"account_id": {"type": "string"}, "name": {"type": "string"},
                                                                    "org_id": {"type": ["string", "null"]},
+                                                                   "external_id": {"type": ["string", "null"]},
                                                                    "key_id": {"type": ["string", "null"]},
-                                                                   "secret": {"type": ["string", "null"]}}}},
+                                                                   "secret": {"type": ["string", "null"]},
+                                                                   "status": {"enum": ["created", "exists"]}}}},
                 "created": {"type": "object", "required": ["accounts", "keys"],
-                            "properties": {"accounts": {"type": "integer"}, "keys": {"type": "integer"}}}}},
+                            "properties": {"accounts": {"type": "integer"}, "keys": {"type": "integer"}}},
+                "existing": {"type": "integer"}}},
             body=BulkAccounts, created=True)},
         "/admin/v1/accounts/{account_id}": {"get": _admin("one account with its keys", {"$ref": "#/components/schemas/Account"},
                                                           parameters=[account_id])},

@@ -36,6 +36,7 @@ def read_accounts_file(path: str) -> list[BulkAccount]:
         raise UsageError(f"{path}: cannot read it ({exc})") from None
     accounts: list[BulkAccount] = []
     first_at: dict[str, int] = {}
+    external_at: dict[str, int] = {}
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
@@ -48,6 +49,11 @@ def read_accounts_file(path: str) -> list[BulkAccount]:
             raise UsageError(f"{path}, line {number}: account {name!r} is also on line {first_at[name]}; "
                              "list each account once; nothing was created")
         first_at[name] = number
+        if account.external_id is not None:
+            if account.external_id in external_at:
+                raise UsageError(f"{path}, line {number}: external_id {account.external_id!r} is also on line "
+                                 f"{external_at[account.external_id]}; each account has its own; nothing was created")
+            external_at[account.external_id] = number
         accounts.append(account)
     if not accounts:
         raise UsageError(f"{path}: no accounts in it (one JSON object a line)")
@@ -62,7 +68,7 @@ def create_in_batches(items: Sequence[T], batch: int, create: Callable[[Sequence
     """
     if batch < 1:
         raise UsageError(f"--batch: expected a positive number of accounts, got {batch}")
-    keys = 0
+    keys = existing = 0
     for start in range(0, len(items), batch):
         try:
             created = create(items[start:start + batch])
@@ -73,6 +79,9 @@ def create_in_batches(items: Sequence[T], batch: int, create: Callable[[Sequence
         sys.stdout.write("".join(orjson.dumps(c).decode() + "\n" for c in created))
         sys.stdout.flush()
         keys += sum(1 for c in created if c["key_id"])
-    print(f"created {len(items)} accounts and {keys} keys; the secrets above are shown once and stored only as hashes",
-          file=sys.stderr)
+        existing += sum(1 for c in created if c.get("status") == "exists")
+    again = (f"; {existing} already existed (their external_id was stored by an earlier run: not created again, no secret shown)"
+             if existing else "")
+    print(f"created {len(items) - existing} accounts and {keys} keys; the secrets above are shown once and stored only as hashes"
+          f"{again}", file=sys.stderr)
     return 0

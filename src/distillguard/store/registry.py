@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from distillguard.events import format_ts
@@ -135,6 +135,7 @@ class NewAccount:
     limits: Mapping[str, Any] | None = None
     key: bool = False
     key_limits: Mapping[str, Any] | None = None
+    external_id: str | None = None  # the caller's id: a batch sent again finds the account instead of creating it twice
 
 
 class InstallKey(str):
@@ -241,22 +242,29 @@ class Registry:
     def create_accounts(self, items: Sequence[NewAccount], *, actor: str = "cli") -> list[dict[str, Any]]:
         """Create many accounts, each with a key when asked, in one transaction; the secrets are returned once.
 
-        All or nothing: an invalid item (empty name, bad limits, a name twice
-        in the batch) raises :class:`UsageError` naming ``accounts.<index>``
-        before anything is written. Rows go in with one multi-row insert per
-        table (``COPY`` on PostgreSQL, one executemany on SQLite: store/bulk_insert.py), with the same
-        audit rows as one-by-one creation and one change-counter bump, so
-        gateways pick the new keys up incrementally. 10,000 accounts with keys
-        take about a second (bench/accounts_scale.py).
+        All or nothing: an invalid item (empty name, bad limits, a name or an
+        ``external_id`` twice in the batch) raises :class:`UsageError` naming
+        ``accounts.<index>`` before anything is written. Rows go in with one
+        multi-row insert per table (``COPY`` on PostgreSQL, one executemany on
+        SQLite: store/bulk_insert.py), with the same audit rows as one-by-one
+        creation and one change-counter bump, so gateways pick the new keys up
+        incrementally. 10,000 accounts with keys take about a second
+        (bench/accounts_scale.py).
+
+        Retries are safe for items with an ``external_id``: one the store
+        already holds is not created again but answered with the stored
+        account and ``"status": "exists"`` (its key's secret is not shown
+        again; it was shown once); new ones get ``"status": "created"``. Two
+        retries racing each other: with ids, the transaction takes the change
+        counter's row lock before it looks them up, so the second waits for the
+        first to commit and then finds its accounts; should one still collide
+        on the unique id, its transaction is run again.
         """
         if not items:
             raise UsageError("accounts: give at least one account")
-        now = time.time()
-        accounts: list[dict[str, Any]] = []
-        keys: list[dict[str, Any]] = []
-        audit: list[dict[str, Any]] = []
-        created: list[dict[str, Any]] = []
+        checked: list[tuple[NewAccount, str, dict[str, Any] | None, dict[str, Any] | None]] = []
         first_at: dict[str, int] = {}
+        external_at: dict[str, int] = {}
         for i, item in enumerate(items):
             name = item.name.strip() if isinstance(item.name, str) else ""
             if not name:
@@ -265,30 +273,77 @@ class Registry:
                 raise UsageError(f"accounts.{i}.name: {name!r} is also accounts.{first_at[name]}.name; "
                                  "list each account once (names need not be unique across batches)")
             first_at[name] = i
-            limits = _clean_limits_at(item.limits, f"accounts.{i}.")
-            key_limits = _clean_limits_at(item.key_limits, f"accounts.{i}.key.")
-            account_id = _new_id("acct")
-            accounts.append({"account_id": account_id, "name": name, "org_id": item.org, "status": "active", "limits": limits,
-                             "created_at": now})
-            audit.append({"ts": now, "actor": actor, "action": "account.create", "target": account_id,
-                          "detail": {"name": name, "org_id": item.org, "limits": limits}})
-            entry: dict[str, Any] = {"account_id": account_id, "name": name, "org_id": item.org, "key_id": None, "secret": None}
-            if item.key:
-                secret = new_secret()
-                key_id = _new_id("key")
-                prefix = secret[: len(SECRET_PREFIX) + 4]
-                keys.append({"key_id": key_id, "account_id": account_id, "secret_hash": hash_secret(secret), "prefix": prefix,
-                             "revoked": False, "limits": key_limits, "created_at": now})
-                audit.append({"ts": now, "actor": actor, "action": "key.create", "target": key_id,
-                              "detail": {"account_id": account_id, "prefix": prefix}})
-                entry["key_id"], entry["secret"] = key_id, secret
-            created.append(entry)
+            if item.external_id is not None:
+                if item.external_id in external_at:
+                    raise UsageError(f"accounts.{i}.external_id: {item.external_id!r} is also accounts.{external_at[item.external_id]}"
+                                     ".external_id; each account has its own")
+                external_at[item.external_id] = i
+            checked.append((item, name, _clean_limits_at(item.limits, f"accounts.{i}."), _clean_limits_at(item.key_limits, f"accounts.{i}.key.")))
+        for attempt in range(3):
+            try:
+                return self._create_checked(checked, list(external_at), actor)
+            except IntegrityError:  # a concurrent retry stored one of these external ids first: look again
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _create_checked(self, checked: Sequence[tuple[NewAccount, str, dict[str, Any] | None, dict[str, Any] | None]],
+                        external_ids: list[str], actor: str) -> list[dict[str, Any]]:
+        now = time.time()
+        accounts: list[dict[str, Any]] = []
+        keys: list[dict[str, Any]] = []
+        audit: list[dict[str, Any]] = []
+        external: list[dict[str, Any]] = []
+        created: list[dict[str, Any]] = []
         with self.engine.begin() as conn:
+            if external_ids:  # take the change counter's lock first: a concurrent retry waits here, then sees our ids
+                counters = schema.counters
+                conn.execute(update(counters).where(counters.c.name == "changes").values(value=counters.c.value))
+            existing = self._existing_external(conn, external_ids)
+            for item, name, limits, key_limits in checked:
+                found = existing.get(item.external_id) if item.external_id is not None else None
+                if found is not None:
+                    created.append({**found, "external_id": item.external_id, "key_id": None, "secret": None, "status": "exists"})
+                    continue
+                account_id = _new_id("acct")
+                accounts.append({"account_id": account_id, "name": name, "org_id": item.org, "status": "active", "limits": limits,
+                                 "created_at": now})
+                audit.append({"ts": now, "actor": actor, "action": "account.create", "target": account_id,
+                              "detail": {"name": name, "org_id": item.org, "limits": limits, "external_id": item.external_id}})
+                if item.external_id is not None:
+                    external.append({"external_id": item.external_id, "account_id": account_id, "created_at": now})
+                entry: dict[str, Any] = {"account_id": account_id, "name": name, "org_id": item.org, "external_id": item.external_id,
+                                         "key_id": None, "secret": None, "status": "created"}
+                if item.key:
+                    secret = new_secret()
+                    key_id = _new_id("key")
+                    prefix = secret[: len(SECRET_PREFIX) + 4]
+                    keys.append({"key_id": key_id, "account_id": account_id, "secret_hash": hash_secret(secret), "prefix": prefix,
+                                 "revoked": False, "limits": key_limits, "created_at": now})
+                    audit.append({"ts": now, "actor": actor, "action": "key.create", "target": key_id,
+                                  "detail": {"account_id": account_id, "prefix": prefix}})
+                    entry["key_id"], entry["secret"] = key_id, secret
+                created.append(entry)
             insert_rows(conn, schema.accounts, accounts)
+            if external:  # through SQLAlchemy, so that a duplicate id is an IntegrityError on every driver
+                conn.execute(insert(schema.account_external_ids), external)
             insert_rows(conn, schema.api_keys, keys)
             insert_rows(conn, schema.audit_log, audit)
-            self._bump(conn, keys=[k["key_id"] for k in keys])
+            if accounts:
+                self._bump(conn, keys=[k["key_id"] for k in keys])
         return created
+
+    @staticmethod
+    def _existing_external(conn: Any, external_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """external id → the stored account's ``account_id``, ``name``, ``org_id``, for those of ``external_ids`` already held."""
+        found: dict[str, dict[str, Any]] = {}
+        ext, acc = schema.account_external_ids, schema.accounts
+        for start in range(0, len(external_ids), 500):  # SQLite bounds the parameters of one statement
+            rows = conn.execute(select(ext.c.external_id, acc.c.account_id, acc.c.name, acc.c.org_id)
+                                .join(acc, acc.c.account_id == ext.c.account_id)
+                                .where(ext.c.external_id.in_(external_ids[start:start + 500]))).all()
+            found.update({row.external_id: {"account_id": row.account_id, "name": row.name, "org_id": row.org_id} for row in rows})
+        return found
 
     def get_account(self, account_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:

@@ -31,7 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import OperationalError
 
 __all__ = ["create_tables", "metadata", "accounts", "api_keys", "installs", "events", "audit_log", "reviews", "counters",
-           "manual_overrides", "account_attributes", "risk_snapshot", "key_changes", "shared_indicators"]
+           "manual_overrides", "account_attributes", "account_external_ids", "risk_snapshot", "key_changes", "shared_indicators"]
 
 metadata = MetaData()
 
@@ -140,6 +140,18 @@ manual_overrides = Table(
     Column("reason", Text, nullable=False),
     Column("actor", String(200), nullable=False),
     Column("ts", Float, nullable=False),
+)
+
+# The caller's own id for an account created in bulk (``external_id`` of ``POST /admin/v1/accounts/bulk`` and of
+# ``accounts import`` lines): unique, so a retried batch (a timeout, a re-run import) finds its accounts instead of
+# creating them twice. A table of its own rather than a column: ``create_all`` adds missing tables to an existing
+# database, never columns.
+account_external_ids = Table(
+    "account_external_ids",
+    metadata,
+    Column("external_id", String(200), primary_key=True),
+    Column("account_id", String(64), ForeignKey("accounts.account_id"), nullable=False, index=True),
+    Column("created_at", Float, nullable=False),
 )
 
 # Operator-supplied account attributes (signup e-mail domain, payment fingerprint, …), stored only as keyed hashes
