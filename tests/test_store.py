@@ -386,3 +386,46 @@ def test_queue_goes_to_disk_while_a_store_write_hangs(tmp_path: Path) -> None:
     sink.close()
     ids = sorted(json.loads(line)["request_id"] for p in (tmp_path / "spill").glob("spill-*.jsonl") for line in p.read_text().splitlines())
     assert ids == [f"req_{i:06d}" for i in range(301)]
+
+
+_SPILL_REPLAYER = r"""
+import json, logging, sys, time
+from pathlib import Path
+from distillguard.store import EventSink
+logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+database, spill, go = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+sink = EventSink(database, spill, flush_interval_s=0.01)
+while not go.exists():
+    time.sleep(0.005)
+sink.start()  # the writer replays the directory at once
+deadline = time.time() + 60
+while list(spill.glob("spill-*.jsonl")) and time.time() < deadline:
+    time.sleep(0.02)
+alive = sink._thread is not None and sink._thread.is_alive()
+sink.close()
+print(json.dumps({"replayed": sink.replayed, "store_ok": sink.store_ok, "writer_alive": alive}))
+"""
+
+
+def test_two_processes_sharing_a_spill_dir_replay_each_file_once(tmp_path: Path) -> None:
+    """Each spill file is replayed by exactly one of two gateways started on one directory (a flock claim each)."""
+    database, spill, go = f"sqlite:///{tmp_path / 'shared.db'}", tmp_path / "spill", tmp_path / "go"
+    spill.mkdir()
+    files, per_file = 80, 150
+    for f in range(files):
+        lines = b"".join(json.dumps(_event(f * per_file + i)).encode() + b"\n" for i in range(per_file))
+        (spill / f"spill-{1_000_000 + f}-1-{f}.jsonl").write_bytes(lines)
+    EventSink(database, tmp_path / "unused").close()  # the schema, before two processes race to create it
+    procs = [subprocess.Popen([sys.executable, "-c", _SPILL_REPLAYER, database, str(spill), str(go)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    time.sleep(1.0)  # both imported and waiting
+    go.touch()
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=90)
+        assert proc.returncode == 0, err
+        assert "Traceback" not in err and "deferred" not in err, err
+        results.append(json.loads(out))
+    assert all(r["store_ok"] and r["writer_alive"] for r in results), results
+    assert sum(r["replayed"] for r in results) == files * per_file, results  # none replayed twice
+    assert not list(spill.glob("spill-*")) and len(list(iter_events(database))) == files * per_file

@@ -32,12 +32,19 @@ its segment, the writer and the guard report every stored or spilled batch to
 the log, and a segment is deleted once all of its events are. At start the
 segments of dead processes are turned into spill files and replayed like any
 other.
+
+Gateways may share one spill directory. Each writes only files of its own
+(``spill-<ns>-<pid>-<n>.jsonl``, written under ``.part`` and renamed when
+complete), and a file is replayed by the one process that claims it with an
+exclusive ``flock`` (released by the kernel if that process dies, so the file is
+then claimed again); the others skip it.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import fcntl
 import itertools
 import json
 import logging
@@ -443,25 +450,36 @@ class EventSink:
 
     def _replay_spill(self) -> None:
         """Replay spill files into the store, oldest first, one file at a time while the queue is at or below the
-        low-water mark: live events come first, and replaying never lets the queue grow past its marks."""
+        low-water mark: live events come first, and replaying never lets the queue grow past its marks.
+
+        Several gateways may share one spill directory (docs/store.md), so each
+        file is replayed by whoever claims it (:func:`_claim_spill_file`); the
+        others skip it rather than read it twice or find it gone halfway.
+        """
         for path in self._spill_files():
             if len(self._queue) > self.low_water:
                 return
+            claim = _claim_spill_file(path)
+            if claim is None:  # another process is replaying it, or has just finished
+                continue
             try:
-                rows = self._readable_rows(path)
-                for start in range(0, len(rows), self.batch_size):
-                    self._write_rows(rows[start : start + self.batch_size])
-            except Exception as exc:
-                self.store_ok = False
-                self._next_retry = time.monotonic() + self.retry_interval_s
-                log.warning("replay of %s deferred: %s", path.name, exc)
-                return
-            path.unlink()
+                try:
+                    rows = self._readable_rows(path, _read_all(claim))
+                    for start in range(0, len(rows), self.batch_size):
+                        self._write_rows(rows[start : start + self.batch_size])
+                except Exception as exc:
+                    self.store_ok = False
+                    self._next_retry = time.monotonic() + self.retry_interval_s
+                    log.warning("replay of %s deferred: %s", path.name, exc)
+                    return
+                path.unlink()  # still under the claim: no other process can have removed it
+            finally:
+                os.close(claim)  # releases the claim
             self.replayed += len(rows)
             self.store_ok = True
             log.info("replayed %d spilled events from %s", len(rows), path.name)
 
-    def _readable_rows(self, path: Path) -> list[dict[str, Any]]:
+    def _readable_rows(self, path: Path, data: bytes) -> list[dict[str, Any]]:
         """The store rows of the spill file's events; lines that are not an event are moved to ``<name>.bad`` beside it.
 
         One unreadable line (a torn write, a hand-edited file) must neither stop every later replay, which would keep
@@ -470,7 +488,7 @@ class EventSink:
         """
         rows: list[dict[str, Any]] = []
         bad: list[bytes] = []
-        for number, line in enumerate(path.read_bytes().splitlines(), 1):
+        for number, line in enumerate(data.splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -504,3 +522,35 @@ class EventSink:
             except OSError as exc:
                 log.critical("LOST %d events: store, spill dir and %s all failed (%s)", len(batch), fallback, exc)
         self._held = []
+
+
+def _claim_spill_file(path: Path) -> int | None:
+    """An open descriptor holding an exclusive ``flock`` on the spill file, or None when it is not ours to replay.
+
+    Why a lock and not a rename: the kernel drops the lock when its holder dies,
+    so a file whose replayer was killed halfway is simply claimed again by the
+    next one (replaying stored events again is harmless: ``ON CONFLICT DO
+    NOTHING`` on ``request_id``), with no stale claim to clean up. Not ours:
+    gone already, locked by another process, or removed between our open and
+    our lock (no links left: that process replayed it).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.fstat(fd).st_nlink == 0:
+            raise FileNotFoundError(path)
+    except (BlockingIOError, FileNotFoundError):
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _read_all(fd: int) -> bytes:
+    with open(fd, "rb", closefd=False) as handle:
+        return handle.read()
