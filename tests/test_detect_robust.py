@@ -78,6 +78,31 @@ def test_persistence_is_low_for_a_burst_and_high_across_days() -> None:
     assert found is not None and found.numbers["active_days"] == 9 and found.score > 0.6
 
 
+def _summary_app(scanner: Scanner, account: str, answer_tokens: int) -> None:
+    """An API app: one fixed system prompt, templated single-turn requests round the clock for two weeks."""
+    topics = ("printer", "login", "invoice", "refund", "VPN", "laptop", "e-mail", "badge", "payroll", "Wi-Fi", "calendar", "monitor")
+    for i in range(14 * 96):
+        text = f"Ticket #{i}: the {topics[i % len(topics)]} on floor {i % 9} stopped working after update {i % 13}. Summarise for the dashboard."
+        scanner.update(event(account, T0 + i * 900, [text], answer_tokens=answer_tokens, system="You summarise support tickets into one line.",
+                             max_tokens=64 if answer_tokens < 64 else 2048))
+
+
+def test_sustained_volume_of_one_line_answers_is_not_extraction() -> None:
+    # The fixed `hard` scenario's API apps: ~30-token answers, hundreds of thousands of tokens over weeks. The same
+    # traffic with paragraph answers is what a training set is made of.
+    scanner = Scanner()
+    _summary_app(scanner, "dashboard", answer_tokens=27)
+    _summary_app(scanner, "harvest", answer_tokens=450)
+    report = scanner.report()
+    app = numbers(report, "dashboard", "sustained_extraction")
+    assert app["active_days"] >= 14 and app["answer_tokens"] > 30_000 and app["mean_answer_tokens"] == 27
+    app_score = next(e for e in entry(report, "dashboard")["evidence"] if e["detector"] == "sustained_extraction")
+    assert app_score["score"] < 0.1 and "little to distil" in app_score["detail"]
+    assert next(e for e in entry(report, "harvest")["evidence"] if e["detector"] == "sustained_extraction")["score"] > 0.8
+    assert entry(report, "dashboard")["risk"] != "high"
+    assert entry(report, "dashboard")["distillation_score"] < entry(report, "harvest")["distillation_score"] - 0.1
+
+
 def _eval_burst(scanner: Scanner, account: str, start: float, n: int) -> None:
     for i in range(n):
         task = TASKS[i % len(TASKS)].format(n=i)

@@ -295,7 +295,7 @@ class _FixedReport(Scanner):
         super().__init__()
         self.fixed = {"v": 1, "events": 0, "accounts_seen": len(entries), "accounts": entries, "clusters": clusters}
 
-    def report(self) -> dict:
+    def report(self, *, recluster: bool = True) -> dict:
         return self.fixed
 
 

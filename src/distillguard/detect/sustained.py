@@ -9,7 +9,11 @@ stops for good. So this detector measures two things:
   between its first and last request and its distinct active UTC days. A
   one-off burst has a span of hours and one or two active days;
 * **volume**: completion tokens and reasoning characters received, per active
-  day and in total.
+  day and in total;
+* **substance**: how long the answers are on average. A training set is made
+  of answers worth imitating; an API app that asks for one-line labels or
+  dashboard summaries (``max_tokens`` 64, ~30 tokens an answer) can receive
+  hundreds of thousands of tokens over weeks without harvesting anything.
 
 The score (volume that is also sustained) is evidence like any other; the
 *burst* — a batch of hundreds of requests that has not been sustained — is
@@ -26,7 +30,7 @@ from typing import Any
 
 from distillguard.detect.base import AccountStates, Detector, Evidence, event_time, logistic
 
-__all__ = ["BURST_FLOOR", "SustainedExtraction", "burst_factor", "job_size", "persistence"]
+__all__ = ["BURST_FLOOR", "SustainedExtraction", "burst_factor", "job_size", "persistence", "substance"]
 
 _MAX_DAYS = 400
 # A one-off burst keeps at most this share of its distillation score (see burst_factor).
@@ -41,6 +45,15 @@ def persistence(span_hours: float, active_days: int) -> float:
     """
     value = logistic(span_hours, 16.0, 3.5)
     return value if active_days >= 2 else min(value, 0.5)
+
+
+def substance(mean_answer_tokens: float) -> float:
+    """[0, 1]: whether the answers are worth distilling, from their mean length in tokens (reasoning included).
+
+    0.07 at 30 tokens (a label, a one-line summary), 0.5 at 80, 0.97 at 150 (a paragraph); the simulated and
+    real campaigns' answers run to hundreds of tokens.
+    """
+    return logistic(mean_answer_tokens, 80.0, 20.0)
 
 
 def job_size(requests: int) -> float:
@@ -145,13 +158,17 @@ class SustainedExtraction(Detector):
         # Midpoint 60,000 tokens (about 150 long answers); 10x that is near 1. A person's chat over weeks stays
         # well under it; it is the long-run flow a training set needs.
         volume = logistic(math.log10(1.0 + extracted), math.log10(60_000), 0.3)
-        score = sustained * volume
+        mean_answer = extracted / s.requests
+        worth = substance(mean_answer)
+        score = sustained * volume * worth
         return Evidence(
             self.name, score,
             f"{s.answer_tokens:,} answer tokens and {s.reasoning_chars:,} reasoning characters received over {days} active "
             f"day{'s' if days != 1 else ''} ({span_h:.0f} h from first to last request; "
             f"{s.requests / max(1, days):.0f} requests per active day)"
+            + (f"; answers average {mean_answer:.0f} tokens: short labels or summaries, little to distil" if worth < 0.5 else "")
             + (f"; a one-off batch so far, so the distillation score is scaled by {burst_factor(burst):.2f}" if burst > 0.25 else ""),
             numbers={"answer_tokens": s.answer_tokens, "reasoning_chars": s.reasoning_chars, "active_days": days,
-                     "span_hours": round(span_h, 1), "persistence": round(sustained, 3), "burst": round(burst, 3)},
+                     "span_hours": round(span_h, 1), "persistence": round(sustained, 3), "burst": round(burst, 3),
+                     "mean_answer_tokens": round(mean_answer, 1)},
         )
