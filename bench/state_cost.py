@@ -1,6 +1,7 @@
-"""What admission costs the gateway's own CPU, in process: `state: memory` vs Redis at 1 and 64 concurrent requests.
+"""What admission costs the gateway's own CPU, in process: `state: memory` vs Redis at 1 and 64 concurrent requests;
+and what it costs Redis: the admission script of today against the one before (``bench/admit_before.lua``).
 
-    python bench/state_cost.py
+    python bench/state_cost.py [--rounds 5] [--per-round 4000]
 
 Runs on uvloop as the gateway does, against a ``redis-server`` it starts on
 loopback. The whole-gateway figures (bench/fleet.py) move with whatever else
@@ -8,12 +9,25 @@ the machine does; these isolate the limiter's share of a request: for
 `memory`, the concurrency slot, the prompt count, the admission and the
 settlement; for Redis, one admission and its settlement (which rides along
 with the next admission).
+
+Redis' side: the same admissions (each carrying the previous one's
+settlement, as in a steady stream) with today's script through
+:class:`RedisState`, and with the script before this stop's rewrite called
+with its own argument layout over the same connection code; rounds
+alternate, and each reports Redis' CPU per admission (``INFO cpu``, user +
+system, the whole server: the script, parsing, the socket) and the script's
+own time (``INFO commandstats``, ``usec_per_call`` of ``EVALSHA``). The
+median over rounds is shown, and the baseline's. Within one run the
+windows do not fill for a minute, so no entry leaves a window here; in a
+steady stream about one entry per request does (two more calls).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -24,7 +38,8 @@ from distillguard.config import LimitSettings
 from distillguard.gateway.limits import Limiter
 from distillguard.gateway.prompt_tokens import PromptCounter
 from distillguard.state import Quota
-from distillguard.state.redis_state import ADMIT_LUA, RedisState
+from distillguard.state.redis_state import RedisState
+from distillguard.state.redis_wire import RedisWire, command
 from distillguard.store.registry import KeyRecord
 from gateway_overhead import free_port
 from measure import spawn_logged, src_digest, stop_sessions, write_report
@@ -33,6 +48,12 @@ PAYLOAD = {"model": "m", "messages": [{"role": "system", "content": "You are hel
                                       {"role": "user", "content": "Say something about benchmarks."}], "max_tokens": 256}
 BIG = {"model": "m", "messages": [{"role": "user", "content": "lorem ipsum dolor sit amet " * 4_000}] * 3}  # ~320 KB of text
 QUOTAS = (Quota("key:bench", 10**9, 10**12, 1000, None), Quota("acct:bench", 10**9, 10**12, 1000, 10**15))
+BEFORE_LUA = (Path(__file__).resolve().parent / "admit_before.lua").read_text()
+
+
+def _limits(quotas: tuple[Quota, ...]) -> list[int]:
+    return [-1 if v is None else v for q in quotas for v in (q.requests_per_min, q.tokens_per_min, q.concurrent_requests,
+                                                             q.daily_tokens)]
 
 
 async def memory_us(n: int = 20_000) -> float:
@@ -81,10 +102,9 @@ async def redis_py_us(url: str, concurrency: int, per_task: int) -> float:
     import redis.asyncio as aioredis
 
     client = aioredis.Redis.from_url(url, max_connections=concurrency + 1)
-    sha = await client.script_load(ADMIT_LUA)
-    keys = [f"dg:{kind}:{quota.subject}" for quota in QUOTAS for kind in "wtcd"]
-    limits = [-1 if v is None else v for q in QUOTAS for v in (q.requests_per_min, q.tokens_per_min, q.concurrent_requests,
-                                                                 q.daily_tokens)]
+    sha = await client.script_load(BEFORE_LUA)  # the script of its time: the layout below is its own
+    keys = [f"dg:{kind}:{quota.subject}-py" for quota in QUOTAS for kind in "wtcd"]
+    limits = _limits(QUOTAS)
 
     async def worker(w: int) -> None:
         settle: list[Any] = [0]  # the previous request's settlement rides along, as in RedisState
@@ -104,8 +124,91 @@ async def redis_py_us(url: str, concurrency: int, per_task: int) -> float:
     return cpu
 
 
+def _redis_cpu(client: Any) -> tuple[float, int, int]:
+    """Redis' CPU seconds so far, and EVALSHA's calls and microseconds (``INFO``)."""
+    cpu = client.info("cpu")
+    stats = client.info("commandstats").get("cmdstat_evalsha", {"calls": 0, "usec": 0})
+    return cpu["used_cpu_user"] + cpu["used_cpu_sys"], int(stats["calls"]), int(stats["usec"])
+
+
+async def before_script(url: str, concurrency: int, n: int, tag: str) -> None:
+    """``n`` admissions with the script before this stop's rewrite, its own argument layout, over our connection."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(url)
+    sha = await client.script_load(BEFORE_LUA)
+    conn = await RedisWire.open(client.connection_pool.make_connection(), 5.0)
+    quotas = tuple(Quota(q.subject + "-before", q.requests_per_min, q.tokens_per_min, q.concurrent_requests, q.daily_tokens)
+                   for q in QUOTAS)
+    keys = [f"dg:{kind}:{quota.subject}" for quota in quotas for kind in "wtcd"]
+    limits = _limits(quotas)
+    previous: list[tuple[str, int]] = []  # the last batch's request ids and days: each settles with one of this batch
+    done = 0
+    while done < n:
+        batch = []
+        for i in range(concurrency):  # one pipelined write
+            rid = f"{tag}-{done + i}"
+            settle: list[Any] = [1, previous[i][0], 12, 10, previous[i][1], len(quotas)] if previous else [0]
+            batch.append(command("EVALSHA", sha, len(keys) * (2 if previous else 1), *keys, *(keys if previous else []),
+                                 len(quotas), 10, rid, 30_000, 0, *limits, *settle))
+        replies = [await future for future in conn.send(b"".join(batch), len(batch))]
+        assert all(not isinstance(reply, Exception) and reply[0] == 0 for reply in replies), replies[:1]
+        previous = [(f"{tag}-{done + i}", int(reply[2])) for i, reply in enumerate(replies)]
+        done += concurrency
+    conn.close()
+    await client.aclose()
+
+
+async def after_script(url: str, concurrency: int, n: int, tag: str) -> None:
+    """``n`` admissions through :class:`RedisState` (today's script), each settled as the next goes."""
+    state = RedisState(url, timeout_s=5.0)
+    await state.start()
+    quotas = tuple(Quota(q.subject + "-after", q.requests_per_min, q.tokens_per_min, q.concurrent_requests, q.daily_tokens)
+                   for q in QUOTAS)
+
+    async def worker(w: int) -> None:
+        for i in range(n // concurrency):
+            admission = await state.admit(quotas, 10, f"{tag}-{w}-{i}")
+            await asyncio.sleep(0)
+            state.settle(admission, 12)  # type: ignore[arg-type]
+
+    await asyncio.gather(*(worker(w) for w in range(concurrency)))
+    await state.close()
+
+
+def redis_side(url: str, rounds: int, per_round: int) -> dict[tuple[str, int], list[tuple[float, float]]]:
+    """Per (script, concurrency): each round's Redis CPU µs per admission and EVALSHA µs per call; rounds alternate.
+
+    And per (script, 0): the bytes its keys hold per admission still in the window, at the end.
+    """
+    import redis
+    import uvloop
+
+    client = redis.Redis.from_url(url)
+    out: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    for r in range(rounds):
+        for concurrency in (1, 64):
+            for name, run in (("before", before_script), ("after", after_script)):
+                cpu0, calls0, usec0 = _redis_cpu(client)
+                uvloop.run(run(url, concurrency, per_round, f"{name}{concurrency}-{r}"))
+                cpu1, calls1, usec1 = _redis_cpu(client)
+                out.setdefault((name, concurrency), []).append(
+                    ((cpu1 - cpu0) / per_round * 1e6, (usec1 - usec0) / max(1, calls1 - calls0)))
+    for name, kinds in (("before", "wtcd"), ("after", "whcd")):  # what the windows hold now, every admission still in them
+        keys = [f"dg:{kind}:{q.subject}-{name}" for q in QUOTAS for kind in kinds]
+        size = sum(client.memory_usage(key, samples=0) or 0 for key in keys)
+        out[(name, 0)] = [(size / (2 * rounds * per_round), 0.0)]
+    client.close()
+    return out
+
+
 def main() -> int:
     import uvloop
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds of the Redis-side comparison (medians)")
+    parser.add_argument("--per-round", type=int, default=4000, help="admissions per script, concurrency and round")
+    args = parser.parse_args()
 
     if not shutil.which("redis-server"):
         raise SystemExit("redis-server is needed: apt-get install redis-server")
@@ -124,6 +227,7 @@ def main() -> int:
         many = uvloop.run(redis_us(url, 64, 100))
         base_one = uvloop.run(redis_py_us(url, 1, 3_000))
         base_many = uvloop.run(redis_py_us(url, 64, 100))
+        side = redis_side(url, args.rounds, args.per_round)
         lines = ["## What admission costs the gateway, in process (`bench/state_cost.py`)", "",
                  "| path | gateway CPU µs per request | Redis calls per request |", "|---|---:|---:|",
                  f"| `memory`: slot + prompt count + admit + settle (small chat body) | {memory:.1f} | — |",
@@ -131,7 +235,21 @@ def main() -> int:
                  f"| Redis: admit + settle, 1 at a time | {one[0]:.1f} | {one[1]:.2f} |",
                  f"| Redis: admit + settle, 64 concurrent | {many[0]:.1f} | {many[1]:.2f} |",
                  f"| baseline: the same script through redis-py's `evalsha`, 1 at a time | {base_one:.1f} | 1.00 |",
-                 f"| baseline: the same through redis-py's `evalsha`, 64 concurrent | {base_many:.1f} | 1.00 |"]
+                 f"| baseline: the same through redis-py's `evalsha`, 64 concurrent | {base_many:.1f} | 1.00 |",
+                 "", "The redis-py baseline calls the script before this stop's rewrite (`bench/admit_before.lua`).", "",
+                 f"Redis' own cost per admission (with the previous one's settlement), median of {args.rounds} alternating "
+                 f"rounds of {args.per_round:,} admissions each; today's script vs the one before:", "",
+                 "| concurrency | Redis CPU µs / admission: before | today | today / before | EVALSHA µs / call: before | today "
+                 "| Redis CPU µs, each round (today) |", "|---|---:|---:|---:|---:|---:|---|"]
+        for concurrency in (1, 64):
+            before, after = side[("before", concurrency)], side[("after", concurrency)]
+            b_cpu, a_cpu = statistics.median(x[0] for x in before), statistics.median(x[0] for x in after)
+            lines.append(f"| {concurrency} | {b_cpu:.1f} | {a_cpu:.1f} | {a_cpu / b_cpu:.2f} | "
+                         f"{statistics.median(x[1] for x in before):.1f} | {statistics.median(x[1] for x in after):.1f} | "
+                         + ", ".join(f"{x[0]:.1f}" for x in after) + " |")
+        lines += ["", f"Memory of the two subjects' keys at the end (`MEMORY USAGE`), per admission still in the window: "
+                      f"before {side[('before', 0)][0][0]:.0f} bytes, today {side[('after', 0)][0][0]:.1f} bytes "
+                      "(today's grows with the window's 0.1 s slots, at most 600 per subject, not with its requests)."]
         write_report("state_cost.md", lines, began, digest)
         return 0
     finally:

@@ -60,7 +60,7 @@ def test_redis_windows_are_exact_settled_and_nonces_shared(redis: RedisServer) -
         for admission in results[:5]:
             state.settle(admission, 150)  # type: ignore[arg-type]
         await state.flush()
-        assert int(await state.client.hget("dg:t:key:exact", "=")) == 750  # the real usage replaced the estimates
+        assert int(await state.client.hget("dg:h:key:exact", "t")) == 750  # the real usage replaced the estimates
         tokens = (Quota("key:tok", None, 1_000, None, None),)
         assert isinstance(await state.admit(tokens, 1_001, "big"), Refusal)
         nonce_quota = (Quota("key:nonce", None, None, None, None),)
@@ -74,25 +74,83 @@ def test_redis_windows_are_exact_settled_and_nonces_shared(redis: RedisServer) -
     _run(scenario())
 
 
-def test_free_requests_leave_the_window_without_breaking_it(redis: RedisServer) -> None:
-    """Requests charged 0 tokens (model lists, count_tokens) leave the window too: their 0 must not become Lua's "-0".
+def test_slots_leave_the_window_with_their_tokens_and_free_requests_do_not_break_it(redis: RedisServer) -> None:
+    """A slot leaves the window when its latest admission is 60 s old, taking its requests and tokens with it.
 
-    Found by bench/fleet.py running longer than a minute: the script sent
-    ``HINCRBY … -0``, Redis refused it, and every admission of that key failed
-    (fail_open for the whole replica) from 60 s after the first free request.
+    Also the old "-0" bug: requests charged 0 tokens (model lists,
+    count_tokens) leaving the window once made the script send ``HINCRBY … -0``,
+    which Redis refuses, so every admission of that key failed 60 s after the
+    first free request (found by bench/fleet.py running longer than a minute).
     """
     async def scenario() -> None:
         state = RedisState(redis.url)
         await state.start()
-        quota = (Quota("key:free", 100, 10_000, None, None),)
-        seconds, _ = await state.client.time()
-        long_ago = (seconds - 61) * 1000  # on Redis' clock, as the script measures windows
-        await state.client.zadd("dg:w:key:free", {"old-free": long_ago})
-        await state.client.hset("dg:t:key:free", mapping={"old-free": 0, "=": 0})
-        assert isinstance(await state.admit(quota, 5, "now"), RedisAdmission)
-        assert await state.client.zscore("dg:w:key:free", "old-free") is None
-        assert int(await state.client.hget("dg:t:key:free", "=")) == 5
+        quota = (Quota("key:slots", 3, 1_000, None, None),)
+        seconds, micros = await state.client.time()
+        now = seconds * 1000 + micros // 1000
+        old, recent = (now - 61_000) // 100, (now - 30_000) // 100  # on Redis' clock, as the script measures windows
+        # three requests in the window: a free one and a paid one long ago, one 30 s ago
+        await state.client.zadd("dg:w:key:slots", {str(old): now - 61_000, str(recent): now - 30_000})
+        await state.client.hset("dg:h:key:slots", mapping={"n": 3, "t": 900, f"n{old}": 2, f"t{old}": 0 + 600,
+                                                           f"n{recent}": 1, f"t{recent}": 300})
+        admitted = await state.admit(quota, 5, "now")
+        assert isinstance(admitted, RedisAdmission)  # the old slot left: 1 + 1 requests, 305 tokens
+        assert await state.client.zscore("dg:w:key:slots", str(old)) is None
+        assert await state.client.hget("dg:h:key:slots", f"n{old}") is None
+        assert await state.client.hmget("dg:h:key:slots", ["n", "t"]) == [b"2", b"305"]
+        assert not isinstance(await state.admit(quota, 0, "free"), Refusal)
+        refused = await state.admit(quota, 0, "one-too-many")  # 3 in the window: refused until the 30 s old slot leaves
+        assert isinstance(refused, Refusal) and refused.code == "rate_limit_exceeded"
+        assert refused.retry_at_ms is not None and 29_000 < refused.retry_at_ms - refused.now_ms <= 30_000
+        state.settle(admitted, 50)  # the real usage replaces the estimate in its slot and in the window
+        await state.flush()
+        assert await state.client.hget("dg:h:key:slots", "t") == b"350"
         await state.close()
+
+    _run(scenario())
+
+
+def test_redis_decides_like_memory_on_a_random_sequence_of_admissions_and_settlements(redis: RedisServer) -> None:
+    """The Redis script and the in-process backend must give the same answer to every admission.
+
+    Requests/min, tokens/min and daily tokens on a key and its account, with
+    settlements that raise and lower the charge (the script moves each entry's
+    tokens with it) and free requests: 400 steps well inside one minute, so
+    the two clocks (Redis' ``TIME``, the process's) cannot disagree on a window.
+    """
+    import random
+
+    from distillguard.state.memory import MemoryState
+
+    async def scenario() -> None:
+        rng = random.Random(13)
+        shared = RedisState(redis.url)
+        await shared.start()
+        local = MemoryState()
+        # Within one minute tokens/min and daily tokens both bind on the total: one seed where each binds first.
+        for seed, quotas in enumerate([(Quota("key:diff0", 40, 3_000, None, 9_000), Quota("acct:diff0", 60, 4_000, None, 8_000)),
+                                       (Quota("key:diff1", 60, None, None, 2_500), Quota("acct:diff1", 40, 9_000, None, 3_500))]):
+            open_redis: list[Any] = []
+            open_memory: list[Any] = []
+            for step in range(200):
+                if open_redis and rng.random() < 0.5:  # settle one of the running requests, in random order
+                    i = rng.randrange(len(open_redis))
+                    tokens = rng.choice([0, 1, 50, 400]) + open_redis[i].charged * rng.choice([0, 1, 2])
+                    shared.settle(open_redis.pop(i), tokens)
+                    local.settle(open_memory.pop(i), tokens)
+                    await shared.flush()
+                    continue
+                tokens = rng.choice([0, 10, 100, 700, 2_500])
+                got = await shared.admit(quotas, tokens, f"d{seed}-{step}")
+                want = local.admit_now(quotas, tokens, f"d{seed}-{step}")
+                what = f"seed {seed} step {step}: {tokens} tokens"
+                if isinstance(want, Refusal):
+                    assert isinstance(got, Refusal) and (got.code, got.subject, got.limit) == (want.code, want.subject, want.limit), what
+                else:
+                    assert isinstance(got, RedisAdmission), (what, got)
+                    open_redis.append(got)
+                    open_memory.append(want)
+        await shared.close()
 
     _run(scenario())
 

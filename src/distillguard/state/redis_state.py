@@ -8,14 +8,26 @@ requests/min, tokens/min, concurrency and daily tokens and, only if all admit,
 charges them. Windows are measured on Redis' clock (``TIME``), so replicas
 with skewed clocks still share one exact window.
 
-Per subject (``key:<id>`` or ``acct:<id>``):
+The window is kept in 0.1 s *slots*, not one entry per request: a slot
+holds the requests and tokens admitted in its 100 ms and the time of its
+latest admission, and leaves the window when that latest admission does. So
+no 60 s window ever holds more than a limit (a slot counts for as long as
+its newest request would), a request may be refused up to 0.1 s before an
+exact per-request log would admit it, and Redis' work and memory per
+request stay the same however many requests a window holds — with one
+entry per request, a key at 3,000 requests/s kept 180,000 entries per
+subject and every insert got slower (bench/RESULTS.md, "Redis' own cost per
+admission"). Per subject (``key:<id>`` or ``acct:<id>``):
 
-- ``dg:w:<subject>`` sorted set: request id → admission time (ms), the last 60 s;
-- ``dg:t:<subject>`` hash: request id → tokens charged, and ``=`` → their sum;
+- ``dg:w:<subject>`` sorted set: slot number → its latest admission (ms);
+- ``dg:h:<subject>`` hash: ``n`` and ``t``, the window's requests and tokens,
+  and ``n<slot>``, ``t<slot>`` per slot;
 - ``dg:c:<subject>`` sorted set: request id → lease expiry (ms): concurrency.
   A replica renews its leases every ``LEASE_MS / 3``; a killed replica's
   slots come back when its leases expire;
 - ``dg:d:<subject>`` hash: ``day`` (UTC day number) and ``used`` tokens.
+
+Keys' expiry is renewed by a slot's first admission, not by every request.
 
 Settlements never wait for Redis: they are queued and ride along with the next
 admission, or go in one batched call a few milliseconds later when no request
@@ -49,33 +61,39 @@ SETTLE_DELAY_S = 0.005
 MAX_PARALLEL = 2  # admission calls in flight at once; more wait and go together in the next call  # how long a settlement may wait for an admission to ride along with
 CODES = ("rate_limit_exceeded", "token_rate_limit_exceeded", "daily_quota_exceeded", "concurrency_limit_exceeded", "request_too_large")
 
-# KEYS: 4 per admitted subject (w, t, c, d), then the nonce key if ARGV[5] > 0, then 4 per settled subject.
+# KEYS: 4 per admitted subject (w, h, c, d), then the nonce key if ARGV[5] > 0, then 4 per settled subject.
 # ARGV: n_subjects, charge, request_id, lease_ms, nonce_ttl_ms, 4 limits per subject (-1: none),
-#       n_settlements, then per settlement: request_id, tokens, charged, day, n_subjects.
+#       n_settlements, then per settlement: request_id, tokens - charged, admitted at (ms), day,
+#       flags (one digit per subject: 1 window, 2 lease, 4 daily tokens, summed).
 ADMIT_LUA = r"""
-local W, DAY = 60000, 86400000
+local W, DAY, S = 60000, 86400000, 100
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local day = math.floor(now / DAY)
 local n, charge, rid, lease = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 local nonce_ttl = tonumber(ARGV[5])
-local k_settle = 4 * n + (nonce_ttl > 0 and 1 or 0)
+local k = 4 * n + (nonce_ttl > 0 and 1 or 0)
 local a = 6 + 4 * n
 local m = tonumber(ARGV[a]); a = a + 1
 for _ = 1, m do
-  local srid, tokens, charged, sday, k = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), ARGV[a + 3], tonumber(ARGV[a + 4])
+  local srid, delta, slot, sday, flags = ARGV[a], tonumber(ARGV[a + 1]), string.format('%d', math.floor(tonumber(ARGV[a + 2]) / S)), tonumber(ARGV[a + 3]), ARGV[a + 4]
   a = a + 5
-  for _ = 1, k do
-    local tk, ck, dk = KEYS[k_settle + 2], KEYS[k_settle + 3], KEYS[k_settle + 4]
-    k_settle = k_settle + 4
-    local old = redis.call('HGET', tk, srid)
-    if old then
-      redis.call('HSET', tk, srid, tokens)
-      redis.call('HINCRBY', tk, '=', tokens - tonumber(old))
-    end
-    redis.call('ZREM', ck, srid)
-    if tokens ~= charged and redis.call('HGET', dk, 'day') == sday then
-      if redis.call('HINCRBY', dk, 'used', tokens - charged) < 0 then redis.call('HSET', dk, 'used', 0) end
+  for j = 1, #flags do
+    local f = string.byte(flags, j) - 48
+    local h, c, d = KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
+    k = k + 4
+    if f % 4 >= 2 then redis.call('ZREM', c, srid) end
+    if delta ~= 0 then
+      if f % 2 == 1 then
+        local v = redis.call('HMGET', h, 't', 't' .. slot)
+        if v[2] then  -- its slot is still in the window (else its tokens left with it)
+          redis.call('HSET', h, 't', math.max(0, tonumber(v[1] or '0') + delta) + 0, 't' .. slot, math.max(0, tonumber(v[2]) + delta) + 0)
+        end
+      end
+      if f >= 4 then
+        local v = redis.call('HMGET', d, 'day', 'used')
+        if tonumber(v[1]) == sday then redis.call('HSET', d, 'used', math.max(0, tonumber(v[2] or '0') + delta) + 0) end
+      end
     end
   end
 end
@@ -91,72 +109,80 @@ local function refuse(code, limit, at, i)
     worst_code, worst_limit, worst_at, worst_subject = code, limit, at, i
   end
 end
+-- The moment enough of the window's oldest slots have left for `need` requests (field 'n') or tokens ('t') to go.
+local function leaves(w, h, field, need)
+  local slots = redis.call('ZRANGE', w, 0, -1, 'WITHSCORES')
+  if #slots == 0 then return -1 end
+  local names = {}
+  for j = 1, #slots, 2 do names[#names + 1] = field .. slots[j] end
+  local got = redis.call('HMGET', h, unpack(names))
+  for j = 1, #got do
+    need = need - tonumber(got[j] or '0')
+    if need <= 0 then return tonumber(slots[2 * j]) + W end
+  end
+  return -1
+end
+local slot = string.format('%d', math.floor(now / S))
+local ns, ts = 'n' .. slot, 't' .. slot
+local win = {}  -- per subject: requests and tokens in the window, and in this slot; today's tokens; whether the slot is new
 for i = 1, n do
-  local w, tk, ck, dk = KEYS[4 * i - 3], KEYS[4 * i - 2], KEYS[4 * i - 1], KEYS[4 * i]
-  local b = 5 + 4 * i - 3
+  local w, h, c, d = KEYS[4 * i - 3], KEYS[4 * i - 2], KEYS[4 * i - 1], KEYS[4 * i]
+  local b = 4 * i + 2
   local rpm, tpm, conc, daily = tonumber(ARGV[b]), tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
+  local count, sum, scount, stokens, used = 0, 0, 0, 0, 0
   if rpm >= 0 or tpm >= 0 then
-    while true do  -- drop entries that left the window, in slices that keep unpack() small
-      local old = redis.call('ZRANGEBYSCORE', w, '-inf', now - W, 'LIMIT', 0, 500)
-      if #old == 0 then break end
-      local sum = 0
-      for _, v in ipairs(redis.call('HMGET', tk, unpack(old))) do if v then sum = sum + tonumber(v) end end
-      redis.call('HDEL', tk, unpack(old))
-      if sum ~= 0 then redis.call('HINCRBY', tk, '=', -sum) end  -- Lua writes -0 as "-0", which HINCRBY refuses
-      redis.call('ZREM', w, unpack(old))
+    local v = redis.call('HMGET', h, 'n', 't', ns, ts)
+    count, sum, scount, stokens = tonumber(v[1] or '0'), tonumber(v[2] or '0'), tonumber(v[3] or '0'), tonumber(v[4] or '0')
+    local old = redis.call('ZRANGEBYSCORE', w, '-inf', now - W)  -- slots whose latest admission left the window
+    if #old > 0 then
+      local names = {}
+      for j, s in ipairs(old) do names[2 * j - 1] = 'n' .. s; names[2 * j] = 't' .. s end
+      local got = redis.call('HMGET', h, unpack(names))
+      for j = 1, #got, 2 do count = count - tonumber(got[j] or '0'); sum = sum - tonumber(got[j + 1] or '0') end
+      count, sum = math.max(0, count) + 0, math.max(0, sum) + 0
+      redis.call('HDEL', h, unpack(names))
+      redis.call('ZREMRANGEBYRANK', w, 0, #old - 1)
+      redis.call('HSET', h, 'n', count, 't', sum)
     end
-  end
-  if rpm >= 0 then
-    local count = redis.call('ZCARD', w)
-    if count + 1 > rpm then
-      local at = -1
-      if rpm > 0 then at = tonumber(redis.call('ZRANGE', w, count - rpm, count - rpm, 'WITHSCORES')[2]) + W end
-      refuse(1, rpm, at, i)
-    end
-  end
-  if tpm >= 0 then
-    local sum = tonumber(redis.call('HGET', tk, '=') or '0')
-    if charge > tpm then refuse(5, tpm, -1, i)
-    elseif sum + charge > tpm then
-      local excess, at = sum + charge - tpm, -1
-      local entries = redis.call('ZRANGE', w, 0, -1, 'WITHSCORES')
-      for j = 1, #entries, 2 do
-        excess = excess - tonumber(redis.call('HGET', tk, entries[j]) or '0')
-        if excess <= 0 then at = tonumber(entries[j + 1]) + W; break end
-      end
-      refuse(2, tpm, at, i)
+    if rpm >= 0 and count + 1 > rpm then refuse(1, rpm, rpm > 0 and leaves(w, h, 'n', count + 1 - rpm) or -1, i) end
+    if tpm >= 0 then
+      if charge > tpm then refuse(5, tpm, -1, i)
+      elseif sum + charge > tpm then refuse(2, tpm, leaves(w, h, 't', sum + charge - tpm), i) end
     end
   end
   if daily >= 0 then
-    local used = 0
-    if redis.call('HGET', dk, 'day') == tostring(day) then used = tonumber(redis.call('HGET', dk, 'used') or '0') end
+    local v = redis.call('HMGET', d, 'day', 'used')
+    if tonumber(v[1]) == day then used = tonumber(v[2] or '0') end
     if charge > daily then refuse(5, daily, -1, i)
     elseif used + charge > daily then refuse(3, daily, (day + 1) * DAY, i) end
   end
-  if conc >= 0 then
-    redis.call('ZREMRANGEBYSCORE', ck, '-inf', now)
-    if redis.call('ZCARD', ck) >= conc then refuse(4, conc, -1, i) end
-  end
+  if conc >= 0 and redis.call('ZCOUNT', c, '(' .. now, '+inf') >= conc then refuse(4, conc, -1, i) end
+  win[i] = {count, sum, scount, stokens, used}
 end
 if worst_code ~= nil then return {1, worst_code, worst_limit, now, worst_at, worst_subject} end
 for i = 1, n do
-  local w, tk, ck, dk = KEYS[4 * i - 3], KEYS[4 * i - 2], KEYS[4 * i - 1], KEYS[4 * i]
-  local b = 5 + 4 * i - 3
-  if tonumber(ARGV[b]) >= 0 or tonumber(ARGV[b + 1]) >= 0 then
-    redis.call('ZADD', w, now, rid)
-    redis.call('HSET', tk, rid, charge)
-    redis.call('HINCRBY', tk, '=', charge)
-    redis.call('PEXPIRE', w, W + 1000)
-    redis.call('PEXPIRE', tk, W + 1000)
+  local w, h, c, d = KEYS[4 * i - 3], KEYS[4 * i - 2], KEYS[4 * i - 1], KEYS[4 * i]
+  local b = 4 * i + 2
+  local x = win[i]
+  local windowed = tonumber(ARGV[b]) >= 0 or tonumber(ARGV[b + 1]) >= 0
+  -- the keys' expiry is renewed by the first admission of a slot, not by every request (with a window; else always)
+  local fresh = not windowed or x[3] == 0
+  if windowed then
+    redis.call('ZADD', w, 'GT', now, slot)  -- a slot's score: its latest admission, which decides when it leaves
+    redis.call('HSET', h, 'n', x[1] + 1, 't', x[2] + charge, ns, x[3] + 1, ts, x[4] + charge)
+    if fresh then
+      redis.call('PEXPIRE', w, W + 2 * S)
+      redis.call('PEXPIRE', h, W + 2 * S)
+    end
   end
   if tonumber(ARGV[b + 2]) >= 0 then
-    redis.call('ZADD', ck, now + lease, rid)
-    redis.call('PEXPIRE', ck, 2 * lease)
+    if now % 16 == 0 then redis.call('ZREMRANGEBYSCORE', c, '-inf', now) end  -- now and then: the leases of dead replicas
+    redis.call('ZADD', c, now + lease, rid)
+    if fresh then redis.call('PEXPIRE', c, 2 * lease) end  -- outlives every lease taken in this slot
   end
   if tonumber(ARGV[b + 3]) >= 0 then
-    if redis.call('HGET', dk, 'day') ~= tostring(day) then redis.call('HSET', dk, 'day', day, 'used', 0) end
-    redis.call('HINCRBY', dk, 'used', charge)
-    redis.call('PEXPIRE', dk, 2 * DAY)
+    redis.call('HSET', d, 'day', day, 'used', x[5] + charge)
+    if fresh then redis.call('PEXPIRE', d, 2 * DAY) end
   end
 end
 return {0, now, day}
@@ -176,8 +202,9 @@ return #KEYS
 
 
 def _keys(subject: str) -> tuple[bytes, bytes, bytes, bytes]:
+    """A subject's window slots, window counts, leases and daily count, in the order the script takes them."""
     name = subject.encode()
-    return b"dg:w:" + name, b"dg:t:" + name, b"dg:c:" + name, b"dg:d:" + name
+    return b"dg:w:" + name, b"dg:h:" + name, b"dg:c:" + name, b"dg:d:" + name
 
 
 def _limit(value: int | None) -> bytes:
@@ -222,13 +249,16 @@ class _Call:
 class _Encoded:
     """A quota's key names and limit arguments, in RESP once (the same few quotas come back on every request)."""
 
-    __slots__ = ("keys", "limits", "leased")
+    __slots__ = ("keys", "limits", "leased", "flag")
 
     def __init__(self, quota: Quota) -> None:
         self.keys = b"".join(bulk(key) for key in _keys(quota.subject))  # four RESP items
         self.limits = b"".join((_limit(quota.requests_per_min), _limit(quota.tokens_per_min),
                                 _limit(quota.concurrent_requests), _limit(quota.daily_tokens)))  # four RESP items
         self.leased = quota.concurrent_requests is not None
+        # what its settlement must undo: 1 the window's entry, 2 the lease, 4 the daily count (a digit, summed)
+        windowed = quota.requests_per_min is not None or quota.tokens_per_min is not None
+        self.flag = b"%d" % (windowed + 2 * self.leased + 4 * (quota.daily_tokens is not None))
 
 
 def _no_script(reply: Any) -> bool:
@@ -236,20 +266,21 @@ def _no_script(reply: Any) -> bool:
 
 
 class RedisAdmission:
-    __slots__ = ("request_id", "charged", "day", "subjects", "keys", "leased", "settle_head", "settle_tail")
+    """One request admitted by Redis, with what its settlement needs already in RESP."""
 
-    def __init__(self, request_id: str, charged: int, day: int, subjects: tuple[str, ...], keys: bytes,
-                 leased: tuple[str, ...], settle_head: bytes = b"", settle_tail: bytes = b"") -> None:
+    __slots__ = ("request_id", "charged", "subjects", "keys", "leased", "settle_head", "settle_tail")
+
+    def __init__(self, request_id: str, charged: int, subjects: tuple[str, ...], keys: bytes,
+                 leased: tuple[str, ...], settle_head: bytes, settle_tail: bytes) -> None:
         self.request_id = request_id
         self.charged = charged
-        self.day = day
         self.subjects = subjects
         self.keys = keys  # the subjects' four keys each, in RESP, for the settlement
         self.leased = leased  # subjects whose concurrency slot this request holds
-        # The settlement's arguments around the real usage, in RESP, made from what the admission encoded anyway:
-        # request id | tokens | charged, day, number of subjects.
-        self.settle_head = settle_head or bulk(request_id)
-        self.settle_tail = settle_tail or bulk(charged) + bulk(day) + _small(len(subjects))
+        # The settlement's arguments around the real usage, in RESP: the request id (head) and the admission's
+        # time, day and the subjects' flags (tail); between them goes the difference to the charge.
+        self.settle_head = settle_head
+        self.settle_tail = settle_tail
 
 
 _SMALL = [bulk(i) for i in range(16)]
@@ -424,8 +455,8 @@ class RedisState:
         subject_keys = b"".join([item.keys for item in encoded])
         call = _Call()
         call.key(subject_keys, 4 * n)
-        rid, charge = bulk(request_id), bulk(tokens)
-        call.arg(b"%b%b%b%b%b" % (_small(n), charge, rid, self._lease_arg, bulk(nonce[1]) if nonce else _SMALL[0]), 5)
+        rid = bulk(request_id)
+        call.arg(b"%b%b%b%b%b" % (_small(n), _small(tokens), rid, self._lease_arg, bulk(nonce[1]) if nonce else _SMALL[0]), 5)
         call.arg(b"".join([item.limits for item in encoded]), 4 * n)
         if nonce is not None:
             call.key(bulk("dg:n:" + nonce[0]))
@@ -443,8 +474,8 @@ class RedisState:
         leased = tuple(q.subject for q, item in zip(quotas, encoded, strict=True) if item.leased)
         day = int(reply[2])
         day_arg = self._day_arg if day == self._day else self._new_day(day)
-        admission = RedisAdmission(request_id, tokens, day, tuple(q.subject for q in quotas), subject_keys, leased,
-                                   rid, charge + day_arg + _small(n))
+        admission = RedisAdmission(request_id, tokens, tuple(q.subject for q in quotas), subject_keys, leased,
+                                   rid, bulk(reply[1]) + day_arg + bulk(b"".join([item.flag for item in encoded])))
         if leased:
             self._in_flight[request_id] = admission
         return admission
@@ -474,7 +505,7 @@ class RedisState:
         """The settlement arguments (their count, then five per settlement) and their subjects' keys."""
         call.arg(_small(len(pending)))
         for admission, tokens in pending:
-            call.arg(b"%b%b%b" % (admission.settle_head, bulk(tokens), admission.settle_tail), 5)
+            call.arg(b"%b%b%b" % (admission.settle_head, _small(tokens - admission.charged), admission.settle_tail), 5)
             call.key(admission.keys, 4 * len(admission.subjects))
 
     def _flush_soon(self) -> None:
@@ -515,6 +546,7 @@ class RedisState:
                     await self._call(self._renew, call)
             except Exception as exc:
                 log.warning("could not renew %d concurrency lease(s) in %s: %s", call.n_keys, self.url, exc)
+
     async def close(self) -> None:
         if self._renewer is not None:
             self._renewer.cancel()
