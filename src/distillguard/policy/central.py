@@ -23,12 +23,26 @@ request ids so the same events still in the stream are not scored twice.
 Every ``HEARTBEAT_EVERY_S`` it rewrites the heartbeat key (short expiry): the
 replicas report the scorer ``down`` when it is missing. The heartbeat key is
 also the guard against a second scorer: one starts only when none beats.
+
+Redis losing its data (restarted without persistence, flushed, failed over to
+an empty replica) takes the stream with it: the events appended but not yet
+scored, and those the replicas shed while Redis was down, would go unscored.
+The scorer notices when its consumer group is gone (``NOGROUP``), creates it
+again, and :data:`REBUILD_DELAY_S` later — time for the replicas' event
+writers to store what they served — scores the store's events since its
+checkpoint (the newest event it had scored, less :data:`REBUILD_MARGIN_S` for
+replicas whose events reach the stream late), skipping every event it has
+already scored (the request ids of its last :data:`REBUILD_MARGIN_S` × 2
+seconds of events) and noting the rest so the new stream's copies are not
+scored twice. At most ``detection.replay_max_events`` events are taken.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
+import datetime as dt
 import logging
 import os
 import signal
@@ -42,6 +56,7 @@ import redis
 
 from distillguard import scorer_worker
 from distillguard.config import Settings, load_settings
+from distillguard.events import format_ts
 from distillguard.exceptions import UsageError
 from distillguard.logs import configure as configure_logging
 from distillguard.policy.link import ReportCallback
@@ -53,6 +68,8 @@ log = logging.getLogger("distillguard.scorer")
 
 WRITER_ID = "central-scorer"  # its entries in the risk snapshot: a restarted scorer replaces them (one scorer per fleet)
 CONSUMER = "central"
+REBUILD_DELAY_S = 2.0  # after the stream vanished: how long the replicas' event writers get to store what they served
+REBUILD_MARGIN_S = 10.0  # events of one replica may reach the stream this much later than another's of the same time
 
 
 def _after(entry_id: bytes) -> str:
@@ -85,6 +102,15 @@ class CentralScorer:
         self.duplicates = 0  # stream entries skipped: already replayed from the store
         self.malformed = 0
         self.replayed: int | None = None
+        self.stream_losses = 0  # times the stream and its consumer group were found gone (Redis lost its data)
+        self.rebuilt = 0  # events scored from the store after such a loss
+        # the store to rebuild from after a loss, and at most how many events (set by run_scorer); None: no rebuild
+        self.database: str | None = None
+        self.rebuild_max_events = 100_000
+        self._checkpoint = format_ts()  # the newest event scored (ISO 8601 UTC: ordered as strings)
+        self._recent: collections.deque[tuple[str, str]] = collections.deque()  # (ts, request id) of the last events scored
+        self._recent_ids: set[str] = set()
+        self._rebuild: tuple[float, str] | None = None  # (when, from which ts) a rebuild from the store is due
         self.host = socket.gethostname()
         # the store whose imported shared indicators (docs/indicators.md) the scanner matches; set by run_scorer
         # only when the store holds some, like the gateway's child scorer
@@ -211,10 +237,11 @@ class CentralScorer:
                 else:
                     seen.clear()  # caught up: every entry older than the replay has come by
             except redis.RedisError as exc:
-                if "NOGROUP" in str(exc):  # Redis restarted without persistence: the stream and its group are gone
+                if "NOGROUP" in str(exc):  # Redis lost its data: the stream and its group are gone
                     with contextlib.suppress(redis.RedisError):
                         self._client.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
-                        log.warning("central scorer: the stream's consumer group was gone (Redis restarted?); recreated it")
+                        position = "0"
+                        self._lost()
                         continue
                 if not failing:
                     log.warning("central scorer: Redis unavailable (%s); retrying every second, the last decisions stay", exc)
@@ -224,6 +251,9 @@ class CentralScorer:
             if failing:
                 log.info("central scorer: Redis answers again; scoring resumes")
                 failing = False
+            if self._rebuild is not None and time.monotonic() >= self._rebuild[0]:
+                self._rebuild_from_store(scanner, seen)
+                dirty = True
             now = time.monotonic()
             if dirty and cadence.due(now, idle=not entries):
                 cost = self._report(scanner, recluster=cadence.recluster())
@@ -233,6 +263,7 @@ class CentralScorer:
             self._report(scanner)
 
     def _consume(self, scanner: Any, entries: list[tuple[bytes, dict[bytes, bytes]]], seen: set[str]) -> None:
+        recent, recent_ids = self._recent, self._recent_ids
         for _, fields in entries:
             try:
                 event = orjson.loads(fields[b"e"])
@@ -245,11 +276,68 @@ class CentralScorer:
                 continue
             scanner.update(event)
             self.consumed += 1
+            ts, request_id = event.get("ts"), event.get("request_id")
+            if isinstance(ts, str) and isinstance(request_id, str):
+                recent.append((ts, request_id))
+                recent_ids.add(request_id)
+                if ts > self._checkpoint:
+                    self._checkpoint = ts
+        self._forget_before(_shift(self._checkpoint, -2 * REBUILD_MARGIN_S))
         last = entries[-1][0]
         pipe = self._client.pipeline(transaction=False)
         pipe.xack(STREAM, GROUP, *[entry_id for entry_id, _ in entries])
         pipe.xtrim(STREAM, minid=_after(last), approximate=False)  # scored: what is left is the backlog
         pipe.execute()
+
+    def _forget_before(self, ts: str) -> None:
+        recent, recent_ids = self._recent, self._recent_ids
+        while recent and recent[0][0] < ts:
+            recent_ids.discard(recent.popleft()[1])
+
+    def _lost(self) -> None:
+        """The stream and its group were gone: schedule the rebuild from the store (see the module docstring)."""
+        self.stream_losses += 1
+        since = _shift(self._checkpoint, -REBUILD_MARGIN_S)
+        if self.database is None:
+            log.error("central scorer: the stream and its consumer group were gone (Redis lost its data); events that "
+                      "were in it are not scored (no store to rebuild from)")
+            return
+        log.warning("central scorer: the stream and its consumer group were gone (Redis restarted without persistence, "
+                    "flushed or failed over); recreated them, and in %g s the store's events since %s are scored",
+                    REBUILD_DELAY_S, since)
+        self._rebuild = (time.monotonic() + REBUILD_DELAY_S, since)
+
+    def _rebuild_from_store(self, scanner: Any, seen: set[str]) -> None:
+        """Score the store's events since the checkpoint that this scorer has not scored (logged; store errors too)."""
+        from distillguard.store.engine import make_engine
+        from distillguard.store.risk import RiskStore, recent_events
+
+        assert self._rebuild is not None and self.database is not None
+        since = self._rebuild[1]
+        self._rebuild = None
+        engine = make_engine(self.database)
+        taken = skipped = 0
+        try:
+            upto = RiskStore(engine).last_event_seq()
+            max_age_s = time.time() - dt.datetime.fromisoformat(since).timestamp()
+            for line in recent_events(engine, upto_seq=upto, max_events=self.rebuild_max_events, max_age_s=max_age_s):
+                event = orjson.loads(line)
+                request_id = event.get("request_id")
+                if request_id in self._recent_ids or request_id in seen:
+                    skipped += 1
+                    continue
+                scanner.update(event)
+                if isinstance(request_id, str):
+                    seen.add(request_id)  # its copy may still come through the new stream
+                taken += 1
+        except Exception as exc:  # what was rebuilt stays scored; the rest is lost to scoring (it is in the log)
+            log.error("central scorer: rebuilding from the store stopped after %d events (%s: %s)", taken,
+                      type(exc).__name__, exc)
+        finally:
+            engine.dispose()
+        self.rebuilt += taken
+        log.warning("central scorer: scored %d events from the store that the lost stream held or never got "
+                    "(%d already scored, skipped)", taken, skipped)
 
     def _report(self, scanner: Any, *, recluster: bool = True) -> float:
         """Report, hand it to the engine; the CPU seconds it took (this thread's)."""
@@ -264,6 +352,11 @@ class CentralScorer:
         self._last_report_at = time.monotonic()
         self._last_report_ts = time.time()
         return time.thread_time() - started
+
+
+def _shift(ts: str, seconds: float) -> str:
+    """An event time ``seconds`` later (or earlier), in the same ISO 8601 form (so it compares as a string)."""
+    return format_ts(dt.datetime.fromisoformat(ts).timestamp() + seconds)
 
 
 def run_scorer(settings: Settings, stop: threading.Event) -> None:
@@ -290,6 +383,8 @@ def run_scorer(settings: Settings, stop: threading.Event) -> None:
     notifier = RedisNotifier(settings.state, WRITER_ID, timeout_s=max(1.0, settings.state_timeout_s))
     engine = PolicyEngine(settings, registry=registry, notifier=notifier, scorer=link)
     scorer = links[0]
+    scorer.database = settings.database  # to rebuild from if Redis loses the stream
+    scorer.rebuild_max_events = max(settings.detection.replay_max_events, 1000)
     from distillguard.store.indicators import IndicatorStore
 
     if IndicatorStore(registry.engine).count():  # read once at start, as the gateways' own scorers do
