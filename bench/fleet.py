@@ -1,13 +1,16 @@
 """Fleet: one replica with `state: memory` vs one and three replicas sharing Redis, on the same upstream, in one run.
 
-    python bench/fleet.py [--duration 8] [--rounds 3] [--state-timeout 2.0]
+    python bench/fleet.py [--duration 8] [--rounds 5] [--state-timeout 2.0]
 
 Needs ``wrk`` and ``redis-server`` (Debian packages). For each set-up it runs
 wrk against every replica at once (JSON, c=1 and c=64 in total) and reports
 throughput, latency added over the upstream (p50/p99, the mean over the
 replicas' wrk runs), CPU ms per request of the gateway processes, Redis' own
-CPU ms per request, and Redis script calls per request (from ``INFO
-commandstats``: the round trips). Then it measures limit overshoot: a key
+CPU ms per request, the two together (what a request costs the fleet), Redis
+script calls per request (from ``INFO commandstats``: the round trips) and
+the script's own time per call (``usec_per_call``). The set-ups take turns
+round after round; CPU per request is the median of the rounds' figures, so
+one round disturbed by other work on the machine does not move it. Then it measures limit overshoot: a key
 limited to 600 requests/min hammered through three replicas for a few
 seconds, with Redis state and — the baseline — with per-process memory state.
 """
@@ -40,8 +43,8 @@ PYTHON = sys.executable
 UNLIMITED = {"requests_per_min": 10_000_000, "tokens_per_min": 10_000_000_000, "concurrent_requests": 1000, "daily_tokens": None}
 
 
-def redis_calls(port: int) -> int:
-    """Script calls Redis has served so far (EVAL + EVALSHA): one per round trip the gateways made."""
+def redis_calls(port: int) -> tuple[int, int]:
+    """Script calls Redis has served so far (EVAL + EVALSHA: one per round trip the gateways made) and their microseconds."""
     with socket.create_connection(("127.0.0.1", port)) as conn:
         conn.sendall(b"INFO commandstats\r\n")
         data = b""
@@ -50,11 +53,12 @@ def redis_calls(port: int) -> int:
         length = int(data[1:data.index(b"\r\n")])  # a bulk reply: $<length>\r\n<text>\r\n, often more than one read
         while len(data) < data.index(b"\r\n") + 2 + length + 2:
             data += conn.recv(65536)
-    calls = 0
+    calls = usec = 0
     for line in data.decode().splitlines():
         if line.startswith(("cmdstat_evalsha:", "cmdstat_eval:")):
             calls += int(line.split("calls=")[1].split(",")[0])
-    return calls
+            usec += int(line.split("usec=")[1].split(",")[0])
+    return calls, usec
 
 
 def answered(root: str) -> Counter[int]:
@@ -112,8 +116,8 @@ def scorer_propagation(roots: list[str], secret: str, account: str) -> list[floa
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="alternating measurements of every set-up (CPU and requests summed, p50/p99 the median)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="alternating measurements of every set-up (CPU per request, p50 and p99: the median of the rounds)")
     parser.add_argument("--state-timeout", type=float, default=2.0,
                         help="state_timeout_s of the replicas (default 2 s: on a machine this loaded, 0.25 s trips fail_open)")
     parser.add_argument("--propagation-only", action="store_true",
@@ -203,7 +207,7 @@ def main() -> int:
             for _round in range(args.rounds):
                 for name, n, targets, key in started:
                     load(targets, key, conns if conns >= n else n, 2)  # warm-up
-                    duration = args.duration if conns > 1 else max(4, args.duration // 2)
+                    duration = args.duration
                     cpu_before = sum(cpu_s(p.pid) for _, p in targets)
                     redis_cpu_before = cpu_s(redis_proc.pid)
                     calls_before = redis_calls(redis_port)
@@ -214,7 +218,8 @@ def main() -> int:
                         "p99_ms": sum(r["p99_ms"] for r in results) / len(results),
                         "cpu_s": sum(cpu_s(p.pid) for _, p in targets) - cpu_before,
                         "redis_cpu_s": cpu_s(redis_proc.pid) - redis_cpu_before,
-                        "calls": redis_calls(redis_port) - calls_before,
+                        "calls": redis_calls(redis_port)[0] - calls_before[0],
+                        "script_us": redis_calls(redis_port)[1] - calls_before[1],
                         "errors": sum(r["non_2xx"] + r["socket_errors"] for r in results)})
             for name, n, _, _ in started:
                 got = samples[name]
@@ -224,17 +229,22 @@ def main() -> int:
                     "rps": requests / sum(s["seconds"] for s in got),
                     "p50_ms": statistics.median(s["p50_ms"] for s in got),
                     "p99_ms": statistics.median(s["p99_ms"] for s in got),
-                    "cpu_ms_per_req": sum(s["cpu_s"] for s in got) * 1000 / requests,
-                    "redis_cpu_ms_per_req": sum(s["redis_cpu_s"] for s in got) * 1000 / requests,
+                    "cpu_ms_per_req": statistics.median(s["cpu_s"] * 1000 / max(1.0, s["requests"]) for s in got),
+                    "redis_cpu_ms_per_req": statistics.median(s["redis_cpu_s"] * 1000 / max(1.0, s["requests"]) for s in got),
+                    "whole_ms_per_req": statistics.median((s["cpu_s"] + s["redis_cpu_s"]) * 1000 / max(1.0, s["requests"])
+                                                          for s in got),
                     "calls_per_req": sum(s["calls"] for s in got) / requests,
+                    "script_us_per_call": sum(s["script_us"] for s in got) / max(1.0, sum(s["calls"] for s in got)),
                     "errors": sum(s["errors"] for s in got),
                     "base": f"c={conns}",
                     # the same ratio within each round: how much the rounds disagree
                     "cpu_ms_rounds": [s["cpu_s"] * 1000 / max(1.0, s["requests"]) for s in got],
+                    "whole_ms_rounds": [(s["cpu_s"] + s["redis_cpu_s"]) * 1000 / max(1.0, s["requests"]) for s in got],
                 }
                 rows.append((name, label, row))
                 print(f"  {name:<20} {label:<22} {row['rps']:>8.0f} req/s  p50 {row['p50_ms']:.2f}  p99 {row['p99_ms']:.2f}  "
-                      f"cpu {row['cpu_ms_per_req']:.3f} ms/req  redis {row['redis_cpu_ms_per_req']:.3f}  calls {row['calls_per_req']:.2f}",
+                      f"cpu {row['cpu_ms_per_req']:.3f} ms/req  redis {row['redis_cpu_ms_per_req']:.3f}  whole "
+                      f"{row['whole_ms_per_req']:.3f}  calls {row['calls_per_req']:.2f}",
                       file=sys.stderr, flush=True)
         for _, _, targets, _ in started:
             for _, proc in targets:
@@ -289,22 +299,25 @@ def main() -> int:
                  f"`python bench/fleet.py --duration {args.duration} --rounds {args.rounds}`; load average before: {load_before}, after: "
                  f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} (2 cores shared with other sessions' work). Upstream: "
                  "`bench/fast_upstream.py`; load: wrk, JSON chat completions, spread evenly over the replicas; detection off. "
-                 f"The set-ups take turns, {args.rounds} round(s) of each: req/s and CPU per request over all rounds, "
-                 "p50/p99 the median of the rounds.",
-                 "", "| set-up | load | req/s | added p50 (ms) | added p99 (ms) | gateway CPU ms/request | Redis CPU ms/request | Redis calls/request | errors |",
-                 "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+                 f"The set-ups take turns, {args.rounds} round(s) of {args.duration} s each: req/s over all rounds; CPU per "
+                 "request, p50 and p99 the median of the rounds. Whole = gateway processes + Redis, per request.",
+                 "", "| set-up | load | req/s | added p50 (ms) | added p99 (ms) | gateway CPU ms/request | Redis CPU ms/request "
+                 "| whole CPU ms/request | Redis calls/request | script µs/call | errors |",
+                 "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for name, label, row in rows:
             base = direct[row["base"]]
             lines.append(f"| {name} | {label} | {row['rps']:.0f} | {row['p50_ms'] - base['p50_ms']:.2f} | {row['p99_ms'] - base['p99_ms']:.2f} | "
-                         f"{row['cpu_ms_per_req']:.3f} | {row['redis_cpu_ms_per_req']:.3f} | {row['calls_per_req']:.2f} | {int(row['errors'])} |")
+                         f"{row['cpu_ms_per_req']:.3f} | {row['redis_cpu_ms_per_req']:.3f} | {row['whole_ms_per_req']:.3f} | "
+                         f"{row['calls_per_req']:.2f} | {row['script_us_per_call']:.1f} | {int(row['errors'])} |")
         memory = {row["base"]: row for name, _, row in rows if name == "1 replica, memory"}
         one_redis = {row["base"]: row for name, _, row in rows if name == "1 replica, Redis"}
         lines += ["", "| Redis over memory, 1 replica | c=1 | c=64 |", "|---|---:|---:|"]
-        lines.append("| gateway CPU per request | " + " | ".join(
-            f"{one_redis[c]['cpu_ms_per_req'] / memory[c]['cpu_ms_per_req'] - 1:+.0%}" for c in ("c=1", "c=64")) + " |")
-        lines.append("| the same, round by round | " + " | ".join(", ".join(
-            f"{r / m - 1:+.0%}" for r, m in zip(one_redis[c]["cpu_ms_rounds"], memory[c]["cpu_ms_rounds"], strict=True))
-            for c in ("c=1", "c=64")) + " |")
+        for what, field in (("gateway", "cpu"), ("whole (gateway + Redis)", "whole")):
+            lines.append(f"| {what} CPU per request, median of the rounds | " + " | ".join(
+                f"{one_redis[c][field + '_ms_per_req'] / memory[c]['cpu_ms_per_req'] - 1:+.0%}" for c in ("c=1", "c=64")) + " |")
+            lines.append("| the same, round by round | " + " | ".join(", ".join(
+                f"{r / m - 1:+.0%}" for r, m in zip(one_redis[c][field + "_ms_rounds"], memory[c]["cpu_ms_rounds"], strict=True))
+                for c in ("c=1", "c=64")) + " |")
         lines.append("| added p50 (ms) | " + " | ".join(f"{one_redis[c]['p50_ms'] - memory[c]['p50_ms']:+.2f}" for c in ("c=1", "c=64")) + " |")
         lines += ["", "Limit overshoot: one key limited to 600 requests/min, 48 connections spread over three replicas for 5 s:", "",
                   "| set-up | admitted | attempted | admitted / limit | fail_open trips during the run |", "|---|---:|---:|---:|---:|"]
