@@ -264,30 +264,39 @@ def test_the_central_scorer_matches_imported_indicators(tmp_path: Path, stub: Up
     config_path, _ = write_config(tmp_path, [{"name": "stub", "base_url": stub.base_url, "models": ["*"]}], **settings)
     bundle = tmp_path / "a.json"
     bundle.write_text(build_bundle([Indicator("prompt_sha256", prompt_digest(wrapper), 2)], producer="provider-a").serialize())
-    assert main(["indicators", "import", str(bundle), "--config", str(config_path)]) == 0
-    capsys.readouterr()
     (tmp_path / "gw").mkdir()
     gateway = start_gateway(tmp_path / "gw", stub.base_url, **settings)
     scorer = ScorerProcess(tmp_path, config_path).start()
     try:
         _until(lambda: _scorer_status(gateway)["status"] == "ok", "the replica never saw the scorer's heartbeat")
+        # Imported while the scorer runs: it must notice without a restart.
+        assert main(["indicators", "import", str(bundle), "--config", str(config_path)]) == 0
+        capsys.readouterr()
         key = gateway.create_key("hydra-head")
-        for i in range(36):  # a harvester, so that it is flagged: replicas hold the central scorer's flagged accounts
-            answer = httpx.post(gateway.base_url + "/chat/completions", headers={"Authorization": f"Bearer {key['secret']}"},
-                                timeout=30, json={"model": "stub-reasoning", "max_tokens": 8000, "messages": [
-                                    {"role": "system", "content": wrapper},
-                                    {"role": "user", "content": f"Benchmark task {i}: solve {i} * 17 + 3. "
-                                                                "Write out your internal reasoning step by step."}]})
-            assert answer.status_code in (200, 429), answer.text
+        sent = 0
+
+        def harvest(n: int) -> None:  # a harvester, so that it is flagged: replicas hold the central scorer's flagged accounts
+            nonlocal sent
+            for i in range(sent, sent + n):
+                answer = httpx.post(gateway.base_url + "/chat/completions", headers={"Authorization": f"Bearer {key['secret']}"},
+                                    timeout=30, json={"model": "stub-reasoning", "max_tokens": 8000, "messages": [
+                                        {"role": "system", "content": wrapper},
+                                        {"role": "user", "content": f"Benchmark task {i}: solve {i} * 17 + 3. "
+                                                                    "Write out your internal reasoning step by step."}]})
+                assert answer.status_code in (200, 429), answer.text
+            sent += n
+
+        harvest(36)
 
         def matched() -> list[dict[str, Any]]:
+            harvest(2)  # the scorer checks for new indicators every few seconds: events after that match
             risk = gateway.admin("GET", f"/admin/v1/accounts/{key['account_id']}/risk")
             evidence = risk.json().get("evidence", []) if risk.status_code == 200 else []
             return [e for e in evidence if e["detector"] == "shared_indicators"]
 
         shared = _until(matched, "the central scorer never matched the imported indicator", 60)
         numbers = shared[0]["numbers"]
-        assert numbers["matched"] == numbers["requests"] > 0 and "match indicators shared" in shared[0]["detail"], shared
+        assert 0 < numbers["matched"] <= numbers["requests"] and "match indicators shared" in shared[0]["detail"], shared
     finally:
         scorer.stop()
         gateway.stop()

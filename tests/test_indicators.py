@@ -197,28 +197,44 @@ def test_bad_input_exits_2_naming_file_and_field(tmp_path: Path, capsys: pytest.
     assert exited.value.code == 0 and "--min-risk" in capsys.readouterr().out
 
 
-def test_the_gateways_online_scorer_matches_imported_indicators(tmp_path: Path, stub: UpstreamStub, capsys: pytest.CaptureFixture[str],
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """Provider B imports A's bundle, then serves: the online scorer's risk entry carries `shared_indicators` evidence."""
+OPERATION = "You are the Acme travel desk. Answer briefly."  # nothing in it raises the risk score by itself
+
+
+def test_indicators_imported_while_the_gateway_runs_reach_its_scorer_and_policy(
+        tmp_path: Path, stub: UpstreamStub, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Provider B serves, then imports A's bundle (an operation's plain-looking system prompt): without a restart the online scorer matches it (`shared_indicators`
+    evidence), and `detection.indicator_action: block` blocks the account on that alone; an account sending an
+    ordinary prompt is not touched."""
     config = tmp_path / "import.yaml"
     config.write_text(yaml.safe_dump({"database": f"sqlite:///{tmp_path / 'gateway.db'}"}))  # the database start_gateway uses
-    (tmp_path / "a.json").write_text(build_bundle([Indicator("prompt_sha256", prompt_digest(WRAPPER), 2)], producer="provider-a").serialize())
-    assert _inproc(capsys, monkeypatch, tmp_path, "indicators", "import", "a.json", "--config", str(config))[0] == 0
-    gw = start_gateway(tmp_path, stub.base_url)
+    (tmp_path / "a.json").write_text(build_bundle([Indicator("prompt_sha256", prompt_digest(OPERATION), 2)], producer="provider-a").serialize())
+    gw = start_gateway(tmp_path, stub.base_url, detection={"indicator_action": "block"})
     try:
-        key = gw.create_key("hydra-head")
-        for i in range(12):
-            answer = httpx.post(gw.base_url + "/chat/completions", headers={"Authorization": f"Bearer {key['secret']}"}, timeout=30,
-                                json={"model": "stub-1", "messages": [{"role": "system", "content": WRAPPER},
-                                                                      {"role": "user", "content": f"task {i}"}]})
-            assert answer.status_code == 200
-        deadline = time.time() + 30
-        shared: list[dict[str, Any]] = []
-        while time.time() < deadline and not shared:
-            risk = gw.admin("GET", f"/admin/v1/accounts/{key['account_id']}/risk")
-            if risk.status_code == 200:
-                shared = [e for e in risk.json().get("evidence", []) if e["detector"] == "shared_indicators"]
-            time.sleep(0.3)
-        assert shared and "12 of 12 requests" in shared[0]["detail"], shared
+        key, person = gw.create_key("hydra-head"), gw.create_key("person")
+
+        def ask(secret: str, system: str, i: int) -> httpx.Response:
+            return httpx.post(gw.base_url + "/chat/completions", headers={"Authorization": f"Bearer {secret}"}, timeout=30,
+                              json={"model": "stub-1", "messages": [{"role": "system", "content": system},
+                                                                    {"role": "user", "content": f"task {i}"}]})
+
+        assert all(ask(key["secret"], OPERATION, i).status_code == 200 for i in range(6))  # nothing imported yet
+        assert _inproc(capsys, monkeypatch, tmp_path, "indicators", "import", "a.json", "--config", str(config))[0] == 0
+        deadline, i, refused = time.time() + 40, 6, None
+        while time.time() < deadline and refused is None:
+            answer = ask(key["secret"], OPERATION, i)
+            assert ask(person["secret"], "You are a helpful assistant.", i).status_code == 200
+            refused = answer if answer.status_code == 403 else None
+            i += 1
+            time.sleep(0.2)
+        assert refused is not None, "the imported indicator never reached the running gateway's scorer and policy"
+        assert "indicators shared by other providers" in refused.json()["error"]["message"]
+        risk = gw.admin("GET", f"/admin/v1/accounts/{key['account_id']}/risk").json()
+        shared = [e for e in risk["evidence"] if e["detector"] == "shared_indicators"]
+        assert shared and "match indicators shared by other providers" in shared[0]["detail"], risk
+        account = gw.admin("GET", f"/admin/v1/accounts/{key['account_id']}").json()
+        assert account["policy"] == {"action": "block", "rule": "shared_indicators"}
+        assert gw.admin("GET", f"/admin/v1/accounts/{person['account_id']}").json()["policy"]["action"] == "allow"
+        reviews = gw.admin("GET", "/admin/v1/review").json()["data"]
+        assert any(r["subject"] == key["account_id"] and "shared indicators (block)" in r["reason"] for r in reviews), reviews
     finally:
         gw.stop()

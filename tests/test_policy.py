@@ -153,6 +153,19 @@ def test_harvester_is_flagged_degraded_and_reviewed_through_the_gateway(gateway:
     assert risk["scored"] is True
 
 
+@pytest.mark.parametrize(("action", "expected"), [("evidence", "allow"), ("flag", "flag"), ("throttle", "throttle"), ("block", "block")])
+def test_a_matched_shared_indicator_gets_the_configured_action(action: str, expected: str) -> None:
+    assert Settings().detection.indicator_action == "flag"  # the documented default
+    engine = PolicyEngine(Settings(detection={"indicator_action": action}))
+    shared = {"detector": "shared_indicators", "score": 0.9, "detail": "12 of 12 requests match indicators shared by other providers"}
+    entry = {"account_id": "a", "distillation_score": 0.3, "reseller_score": 0.0, "risk": "low", "cluster_id": None, "evidence": [shared]}
+    decision = engine._risk_decision(entry)
+    assert decision.action == expected and decision.rule == (None if expected == "allow" else "shared_indicators")
+    assert engine._risk_decision({**entry, "evidence": [{**shared, "score": 0.2}]}).action == "allow"  # a stray match: no action
+    harvesting = engine._risk_decision({**entry, "distillation_score": 0.9})  # the score's own rule wins when it is stronger
+    assert harvesting.action == ("block" if action == "block" else "throttle")
+
+
 @pytest.mark.parametrize("status", [None, "invalid", "expired", "replayed", "missing_key"])
 def test_an_account_that_must_attest_is_challenged_unless_the_attestation_is_valid(status: str | None) -> None:
     engine = PolicyEngine(Settings(attestation={"required_for_accounts": ["acct_must"]}))

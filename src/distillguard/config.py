@@ -191,6 +191,14 @@ class DetectionSettings(_Section):
     scorer_backlog_max: int = Field(default=50_000, ge=1, description="events waiting for the scorer at most (the child's queue, or "
                                     "the fleet's Redis stream); past it new events are shed from scoring, counted and logged "
                                     "(they are still in the event log)")
+    indicator_action: Literal["evidence", "flag", "throttle", "block"] = Field(
+        default="flag", description="what an account matching imported shared indicators gets by itself (its shared_indicators "
+                                    "evidence at or above indicator_min_score): evidence (only its weight in the score), flag "
+                                    "(flagged and a review item), throttle or block; the risk-based action wins when it is "
+                                    "stronger (docs/policy.md, docs/indicators.md)")
+    indicator_min_score: float = Field(default=0.5, ge=0.0, le=1.0, description="the shared_indicators evidence score at which "
+                                       "indicator_action applies (0.5: about a fifth of the account's requests match, "
+                                       "with several matching requests; docs/detection.md)")
 
 
 class ServerSettings(_Section):

@@ -28,9 +28,11 @@ wait in the pipe meanwhile). An environment variable, not an argument: the
 database URL may hold a password, and arguments are visible to every user.
 
 Shared indicators: when ``DISTILLGUARD_SCORER_INDICATORS`` holds a database
-URL (set by the gateway only when its store holds imported indicators,
-docs/indicators.md), the scanner matches them (``shared_indicators``
-evidence); they are read once, at the worker's start.
+URL (the gateway's store, docs/indicators.md), the worker watches its imported
+indicators (:class:`distillguard.store.indicators.IndicatorWatch`): loaded at
+start when there are any, and reloaded within ``CHECK_EVERY_S`` of an
+``indicators import``; the scanner matches them (``shared_indicators``
+evidence).
 """
 
 from __future__ import annotations
@@ -47,8 +49,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["CLUSTER_SHARE", "INDICATORS_ENV", "REPLAY_ENV", "REPORT_SHARE", "ReportCadence", "main", "recv", "replay", "send",
-           "shared_indicators"]
+__all__ = ["CLUSTER_SHARE", "INDICATORS_ENV", "REPLAY_ENV", "REPORT_SHARE", "ReportCadence", "indicator_watch", "main", "recv",
+           "replay", "send", "take_indicators"]
 
 _HEADER = struct.Struct("!Q")
 REPLAY_ENV = "DISTILLGUARD_SCORER_REPLAY"
@@ -132,7 +134,9 @@ def serve(inbox: int, outbox: int, publish_every_s: float) -> None:
     from distillguard.detect.scanner import Scanner
 
     database = os.environ.pop(INDICATORS_ENV, None)
-    scanner = Scanner(indicators=shared_indicators(database) if database else None)
+    watch = indicator_watch(database) if database else None
+    scanner = Scanner()
+    take_indicators(scanner, watch)
     spec = os.environ.pop(REPLAY_ENV, None)
     if spec:
         send(outbox, ("replayed", replay(scanner, json.loads(spec))))
@@ -142,9 +146,14 @@ def serve(inbox: int, outbox: int, publish_every_s: float) -> None:
     cadence = ReportCadence(publish_every_s, time.process_time)
     dirty = False
     while True:
-        # Block until a batch arrives; once there is something to publish, only until it is due.
+        # Block until a batch arrives; once there is something to publish, only until it is due (and, with
+        # indicators watched, at most until their next check).
         timeout_ms = None if not dirty else max(0.0, (cadence.next_report - time.monotonic()) * 1000.0)
+        if watch is not None:
+            check_ms = watch.seconds_to_check() * 1000.0
+            timeout_ms = check_ms if timeout_ms is None else min(timeout_ms, check_ms)
         ready = poller.poll(timeout_ms)
+        take_indicators(scanner, watch)
         if ready:
             try:
                 batch = recv(inbox)
@@ -193,21 +202,25 @@ def replay(scanner: Any, spec: dict[str, Any], seen: set[str] | None = None) -> 
     return n
 
 
-def shared_indicators(database: str) -> Any:
-    """The store's imported shared indicators as an ``IndicatorSet`` (None when there are none, or the store fails: logged)."""
-    from distillguard.indicators.model import IndicatorSet
-    from distillguard.store.engine import make_engine
-    from distillguard.store.indicators import IndicatorStore
+def indicator_watch(database: str) -> Any:
+    """An :class:`~distillguard.store.indicators.IndicatorWatch` on ``database`` (None when the store cannot be reached: logged)."""
+    from distillguard.store.indicators import IndicatorWatch
 
-    engine = make_engine(database)
     try:
-        found = IndicatorStore(engine).load()
+        return IndicatorWatch(database, complain=lambda message: print(f"distillguard scorer: {message}", file=sys.stderr))
     except Exception as exc:  # scoring without them beats not scoring
-        print(f"distillguard scorer: shared indicators not loaded ({exc}); scoring without them", file=sys.stderr)
+        print(f"distillguard scorer: shared indicators not watched ({exc}); scoring without them", file=sys.stderr)
         return None
-    finally:
-        engine.dispose()
-    return IndicatorSet(found) if found else None
+
+
+def take_indicators(scanner: Any, watch: Any) -> None:
+    """Hand the scanner the store's indicators when they changed (the first call loads them, if there are any)."""
+    if watch is None:
+        return
+    changed = watch.poll()
+    if changed is not None:
+        scanner.set_indicators(changed)
+        print(f"distillguard scorer: matching {len(changed)} shared indicators (change counter {watch.version})", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -102,6 +102,22 @@ class Scanner:
         self._last_clusters: list[Cluster] | None = None
         self.cluster_cost_s = 0.0  # CPU seconds the last report spent clustering (this thread's)
 
+    def set_indicators(self, indicators: IndicatorSet) -> None:
+        """Match ``indicators`` from now on (a running scorer's store had new ones imported, store/indicators.py).
+
+        With indicators already loaded the detector keeps its counts, and later
+        events are matched against the new set; otherwise the detector starts
+        now, so its share of matching requests counts the events from here on.
+        """
+        current = next((d for d in self.detectors if isinstance(d, SharedIndicators)), None)
+        if current is not None:
+            current.indicators = indicators
+            return
+        if not len(indicators):
+            return
+        self.detectors.append(SharedIndicators(indicators))
+        self._others = tuple(d for d in self.detectors if d not in self._text_readers)
+
     def update(self, event: Mapping[str, Any]) -> None:
         account = event.get("account_id")
         if account is None:

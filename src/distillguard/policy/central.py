@@ -112,9 +112,6 @@ class CentralScorer:
         self._recent_ids: set[str] = set()
         self._rebuild: tuple[float, str] | None = None  # (when, from which ts) a rebuild from the store is due
         self.host = socket.gethostname()
-        # the store whose imported shared indicators (docs/indicators.md) the scanner matches; set by run_scorer
-        # only when the store holds some, like the gateway's child scorer
-        self.indicators_database: str | None = None
 
     # -- ScorerLink ----------------------------------------------------------------------------------
     @property
@@ -164,10 +161,11 @@ class CentralScorer:
                                  "a fleet has exactly one scorer: stop it first (docs/deploy.md)")
             time.sleep(0.2)
 
-    def start(self, replay: dict[str, Any] | None = None) -> None:
+    def start(self, replay: dict[str, Any] | None = None, indicators_database: str | None = None) -> None:
         with contextlib.suppress(redis.ResponseError):  # BUSYGROUP: it exists, with its position
             self._client.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
-        self._thread = threading.Thread(target=self._run, args=(replay,), name="distillguard-central-scorer", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(replay, indicators_database), name="distillguard-central-scorer",
+                                        daemon=True)
         self._beater = threading.Thread(target=self._beat_loop, name="distillguard-scorer-heartbeat", daemon=True)
         self._thread.start()
         self._beater.start()
@@ -202,18 +200,19 @@ class CentralScorer:
             failing = False
 
     # -- scoring ------------------------------------------------------------------------------------
-    def _run(self, replay: dict[str, Any] | None) -> None:
+    def _run(self, replay: dict[str, Any] | None, indicators_database: str | None) -> None:
         try:
-            self._score(replay)
+            self._score(replay, indicators_database)
         except Exception:
             log.exception("central scorer: scoring stopped")
             self._failed = True
 
-    def _score(self, replay: dict[str, Any] | None) -> None:
+    def _score(self, replay: dict[str, Any] | None, indicators_database: str | None) -> None:
         from distillguard.detect.scanner import Scanner  # numpy and the detectors: this process only
 
-        database = self.indicators_database
-        scanner = Scanner(indicators=scorer_worker.shared_indicators(database) if database else None)
+        watch = scorer_worker.indicator_watch(indicators_database) if indicators_database else None
+        scanner = Scanner()
+        scorer_worker.take_indicators(scanner, watch)  # loaded now, and reloaded within seconds of an import
         seen: set[str] = set()
         if replay is not None:
             self.replayed = scorer_worker.replay(scanner, replay, seen)
@@ -224,6 +223,7 @@ class CentralScorer:
         position = "0"  # first this consumer's pending entries (read before a crash, never acknowledged), then new ones
         failing = False
         while not self._stop.is_set():
+            scorer_worker.take_indicators(scanner, watch)
             try:
                 # RESP2: [[stream, [(id, fields), …]]]
                 reply: Any = self._client.xreadgroup(GROUP, CONSUMER, {STREAM: position}, count=self.batch_size,
@@ -261,6 +261,8 @@ class CentralScorer:
                 dirty = False
         if dirty:
             self._report(scanner)
+        if watch is not None:
+            watch.close()
 
     def _consume(self, scanner: Any, entries: list[tuple[bytes, dict[bytes, bytes]]], seen: set[str]) -> None:
         recent, recent_ids = self._recent, self._recent_ids
@@ -385,13 +387,9 @@ def run_scorer(settings: Settings, stop: threading.Event) -> None:
     scorer = links[0]
     scorer.database = settings.database  # to rebuild from if Redis loses the stream
     scorer.rebuild_max_events = max(settings.detection.replay_max_events, 1000)
-    from distillguard.store.indicators import IndicatorStore
-
-    if IndicatorStore(registry.engine).count():  # read once at start, as the gateways' own scorers do
-        scorer.indicators_database = settings.database
     try:
         scorer.claim()
-        engine.start()  # loads overrides and the snapshot, then starts the scorer with the store's replay
+        engine.start()  # loads overrides and the snapshot, then starts the scorer with the store's replay and indicators
         log.info("distillguard scorer: consuming %s (group %s) on %s; decisions go to the risk snapshot", STREAM, GROUP,
                  settings.state.split("@")[-1])
         while not stop.wait(1.0):

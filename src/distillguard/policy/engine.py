@@ -61,6 +61,9 @@ LOGPROBS_CAP = 0
 STALE_AFTER_S = 30.0  # events waiting and no report for this long: the scorer's decisions are stale (scorer_status)
 
 
+_RANK = {"allow": 0, "evidence": 0, "flag": 1, "challenge": 1, "degrade": 2, "throttle": 3, "block": 4}
+
+
 def _score(entry: dict[str, Any]) -> float:
     return float(max(entry["distillation_score"], entry["reseller_score"]))
 
@@ -121,13 +124,9 @@ class PolicyEngine:
                           "max_events": self.settings.replay_max_events, "max_age_s": self.settings.replay_max_age_h * 3600.0}
         self._started = True
         self.alerter.start()
-        if self.online and isinstance(self.scorer, OnlineScorer) and isinstance(self.registry, Registry):
-            from distillguard.store.indicators import IndicatorStore
-
-            if IndicatorStore(self.registry.engine).count():  # only then does the worker pay for loading them
-                self.scorer.indicators_database = self.registry.database_url
         if self.online:  # the scorer is a separate process: only spawned when its scores are wanted
-            self.scorer.start(replay)
+            # The scorer loads the store's shared indicators and reloads them after an import (store/indicators.py).
+            self.scorer.start(replay, self.registry.database_url if isinstance(self.registry, Registry) else None)
         self._writer = threading.Thread(target=self._write_loop, name="distillguard-audit", daemon=True)
         self._writer.start()
         if self.notifier is not None:
@@ -179,7 +178,33 @@ class PolicyEngine:
         return self._risk_decisions.get(account_id, ALLOW)
 
     def _risk_decision(self, entry: dict[str, Any]) -> Decision:
-        """The action an account's risk entry calls for (computed once per report, not per request)."""
+        """The action an account's risk entry calls for (computed once per report, not per request).
+
+        The score's rule, raised to ``detection.indicator_action`` when the
+        account matches imported shared indicators (:meth:`_indicated`).
+        """
+        decision = self._score_decision(entry)
+        if not self._indicated(entry):
+            return decision
+        action = self.settings.indicator_action
+        if _RANK[action] <= _RANK[decision.action]:
+            return decision
+        score = max(entry["distillation_score"], entry["reseller_score"])
+        if action == "block":
+            return Decision("block", "shared_indicators", "This account is blocked pending review: its traffic matches threat "
+                                                          "indicators shared by other providers.", risk=score)
+        if action == "throttle":  # a degrade's reasoning rule is kept under the throttle
+            return Decision("throttle", "shared_indicators", throttle_rpm=self.settings.throttle_requests_per_min, risk=score,
+                            reasoning=decision.reasoning, max_top_logprobs=decision.max_top_logprobs)
+        return Decision("flag", "shared_indicators", risk=score)
+
+    def _indicated(self, entry: dict[str, Any]) -> bool:
+        """Whether ``detection.indicator_action`` applies: shared-indicator evidence at or above ``indicator_min_score``."""
+        if self.settings.indicator_action == "evidence":
+            return False
+        return any(e["detector"] == "shared_indicators" and e["score"] >= self.settings.indicator_min_score for e in entry["evidence"])
+
+    def _score_decision(self, entry: dict[str, Any]) -> Decision:
         score = max(entry["distillation_score"], entry["reseller_score"])
         s = self.settings
         reasoning = next((e["score"] for e in entry["evidence"] if e["detector"] == "cot_elicitation"), 0.0)
@@ -230,7 +255,8 @@ class PolicyEngine:
         self._alert(report)
         for entry in report["accounts"]:
             score = max(entry["distillation_score"], entry["reseller_score"])
-            if score < threshold:
+            indicated = self._indicated(entry)
+            if score < threshold and not indicated:
                 continue
             cluster = cluster_of.get(entry["account_id"])
             subject = cluster["cluster_id"] if cluster is not None else entry["account_id"]
@@ -242,6 +268,10 @@ class PolicyEngine:
                           "evidence": entry["evidence"][:3],
                           "reason": f"cluster of {len(cluster['accounts'])} accounts, score {cluster['score']:.2f}: "
                                     f"shared {', '.join(cluster['shared'][:4]) or 'indicators'}"}
+            elif score < threshold:  # below the flag threshold: here for the shared indicators alone
+                shared = next(e for e in entry["evidence"] if e["detector"] == "shared_indicators")
+                detail = {"score": score, "evidence": entry["evidence"][:3],
+                          "reason": f"shared indicators ({self.settings.indicator_action}): {shared['detail']}"}
             else:
                 top = entry["evidence"][0]["detail"] if entry["evidence"] else ""
                 detail = {"score": score, "evidence": entry["evidence"][:3], "reason": f"risk {score:.2f}: {top}"}
@@ -295,7 +325,8 @@ class PolicyEngine:
         try:
             seq = self._report_seq
             if seq != self._synced_seq:
-                accounts = [e for e in self._own_risk.values() if _score(e) >= threshold]
+                # below the threshold, an account acted on for its shared indicators goes too: other processes enforce it
+                accounts = [e for e in self._own_risk.values() if _score(e) >= threshold or self._indicated(e)]
                 clusters = [c for c in self._own_clusters if c["score"] >= threshold]
                 document = self.risk_store.merge(self.writer_id, accounts, clusters)
                 self._synced_seq = seq
@@ -367,7 +398,7 @@ class PolicyEngine:
 
     def flagged(self) -> dict[str, Any]:
         threshold = self.settings.flag_threshold
-        accounts = [e for e in self._risk.values() if max(e["distillation_score"], e["reseller_score"]) >= threshold]
+        accounts = [e for e in self._risk.values() if max(e["distillation_score"], e["reseller_score"]) >= threshold or self._indicated(e)]
         accounts.sort(key=lambda e: -max(e["distillation_score"], e["reseller_score"]))
         return {"accounts": accounts, "clusters": [c for c in self._clusters if c["score"] >= threshold]}
 

@@ -50,8 +50,12 @@ class ScorerLink(Protocol):
 
     def submit(self, event: dict[str, Any]) -> None: ...
 
-    def start(self, replay: dict[str, Any] | None = None) -> None:
-        """Begin; ``replay`` (``scorer_worker.REPLAY_ENV``'s object) asks to rebuild from the store first, where that applies."""
+    def start(self, replay: dict[str, Any] | None = None, indicators_database: str | None = None) -> None:
+        """Begin; ``replay`` (``scorer_worker.REPLAY_ENV``'s object) asks to rebuild from the store first, where that applies.
+
+        ``indicators_database``: the store whose imported shared indicators the
+        scorer matches and watches for new imports (store/indicators.py,
+        ``IndicatorWatch``), where it scores itself."""
 
     def close(self) -> None: ...
 

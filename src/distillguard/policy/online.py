@@ -38,10 +38,8 @@ log = logging.getLogger("distillguard.policy.online")
 
 class OnlineScorer(Sheds):
     def __init__(self, on_report: Callable[[dict[str, Any]], None], *, publish_every_s: float = 1.0, batch_size: int = 500,
-                 max_backlog: int = 50_000, indicators_database: str | None = None) -> None:
-        """``indicators_database``: the store whose imported shared indicators (docs/indicators.md) the worker matches."""
+                 max_backlog: int = 50_000) -> None:
         self.on_report = on_report
-        self.indicators_database = indicators_database
         self.publish_every_s = publish_every_s
         self.batch_size = batch_size
         self.max_backlog = max_backlog  # events queued for the worker at most; more are shed from scoring (counted, logged)
@@ -86,8 +84,9 @@ class OnlineScorer(Sheds):
             return
         self._queue.append(event)
 
-    def start(self, replay: dict[str, Any] | None = None) -> None:
-        """Spawn the worker; ``replay`` (``scorer_worker.REPLAY_ENV``'s object) makes it rebuild from the store first."""
+    def start(self, replay: dict[str, Any] | None = None, indicators_database: str | None = None) -> None:
+        """Spawn the worker; ``replay`` (``scorer_worker.REPLAY_ENV``'s object) makes it rebuild from the store first, and
+        ``indicators_database`` makes it match (and watch) that store's imported shared indicators (docs/indicators.md)."""
         inbox_r, inbox_w = os.pipe()
         outbox_r, outbox_w = os.pipe()
         # The worker must import the same modules as the gateway (its distillguard may come from a source
@@ -95,8 +94,8 @@ class OnlineScorer(Sheds):
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         env.pop(scorer_worker.REPLAY_ENV, None)
         env.pop(scorer_worker.INDICATORS_ENV, None)
-        if self.indicators_database is not None:
-            env[scorer_worker.INDICATORS_ENV] = self.indicators_database
+        if indicators_database is not None:
+            env[scorer_worker.INDICATORS_ENV] = indicators_database
         if replay is not None:
             env[scorer_worker.REPLAY_ENV] = json.dumps(replay)
         try:

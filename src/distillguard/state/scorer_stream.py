@@ -141,8 +141,8 @@ class StreamFeed(Sheds):
             return
         self._buffer.append(event)
 
-    def start(self, replay: dict[str, Any] | None = None) -> None:
-        """Start the shipping thread (``replay`` does not apply: the central scorer rebuilds itself)."""
+    def start(self, replay: dict[str, Any] | None = None, indicators_database: str | None = None) -> None:
+        """Start the shipping thread (``replay`` and ``indicators_database`` do not apply: the central scorer has its own)."""
         self._read_heartbeat()  # /readyz is right from the first request
         self._thread = threading.Thread(target=self._loop, name="distillguard-scorer-stream", daemon=True)
         self._thread.start()

@@ -1,26 +1,40 @@
 """Shared indicators imported from other providers (table ``shared_indicators``, docs/indicators.md).
 
 Upsert on (kind, value, source): importing the same or a newer bundle from a
-provider again refreshes its rows instead of duplicating them.
+provider again refreshes its rows instead of duplicating them. Every import
+also bumps the ``indicators`` row of table ``counters`` in the same
+transaction, so running scorers notice a change with one primary-key read
+(:class:`IndicatorWatch`) instead of reloading the table on a timer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
-from sqlalchemy import Engine, delete, func, insert, select
+from sqlalchemy import Engine, delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
-from distillguard.indicators.model import KINDS, Indicator
+from distillguard.indicators.model import KINDS, Indicator, IndicatorSet
 from distillguard.store import schema
 
-__all__ = ["IndicatorStore"]
+__all__ = ["CHECK_EVERY_S", "IndicatorStore", "IndicatorWatch"]
+
+CHECK_EVERY_S = 5.0  # how often a running scorer reads the change counter: an import takes effect within this
+_COUNTER = "indicators"
 
 
 class IndicatorStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         schema.create_tables(engine)
+        counters = schema.counters
+        with engine.connect() as conn:
+            exists = conn.execute(select(counters.c.value).where(counters.c.name == _COUNTER)).first()
+        if exists is None:  # another process may create the row first: its IntegrityError rolls back only this
+            with contextlib.suppress(IntegrityError), engine.begin() as conn:
+                conn.execute(insert(counters).values(name=_COUNTER, value=0))
 
     def add(self, indicators: Iterable[Indicator], source: str) -> int:
         """Store ``indicators`` under ``source`` (replacing equal rows); returns how many distinct rows were written."""
@@ -31,11 +45,20 @@ class IndicatorStore:
             for (kind, value), stix_id in rows.items():
                 conn.execute(delete(table).where(table.c.kind == kind, table.c.value == value, table.c.source == source))
                 conn.execute(insert(table).values(kind=kind, value=value, source=source, stix_id=stix_id, imported_at=now))
+            counters = schema.counters
+            conn.execute(update(counters).where(counters.c.name == _COUNTER).values(value=counters.c.value + 1))
         return len(rows)
 
     def count(self) -> int:
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(schema.shared_indicators)).scalar_one())
+
+    def version(self) -> int:
+        """The change counter: bumped by every import (0 before the first)."""
+        counters = schema.counters
+        with self.engine.connect() as conn:
+            value = conn.execute(select(counters.c.value).where(counters.c.name == _COUNTER)).scalar()
+        return int(value or 0)
 
     def load(self) -> list[Indicator]:
         table = schema.shared_indicators
@@ -43,3 +66,56 @@ class IndicatorStore:
             rows = conn.execute(select(table.c.kind, table.c.value, table.c.source, table.c.stix_id)
                                 .order_by(table.c.source, table.c.kind, table.c.value)).all()
         return [Indicator(kind, value, source=source, stix_id=stix_id) for kind, value, source, stix_id in rows if kind in KINDS]
+
+
+class IndicatorWatch:
+    """A running scorer's view of the store's imported indicators: loaded at start, reloaded when an import changes them.
+
+    The one place that decides whether a scorer matches indicators: the
+    gateways' child scorers (scorer_worker.py) and the fleet's central scorer
+    (policy/central.py) each hold one and ask :meth:`poll` from their loop;
+    it reads the change counter at most every ``check_every_s`` and the whole
+    table only when the counter moved. Store errors are reported through
+    ``complain`` and leave the current indicators in force.
+    """
+
+    def __init__(self, database_url: str, *, check_every_s: float = CHECK_EVERY_S,
+                 complain: Callable[[str], None] = print, clock: Callable[[], float] = time.monotonic) -> None:
+        from distillguard.store.engine import make_engine
+
+        self.check_every_s = check_every_s
+        self.complain = complain
+        self.clock = clock
+        self.engine = make_engine(database_url)
+        self.store: IndicatorStore | None = None
+        self.version = -1
+        self.next_check = 0.0
+        self.current: IndicatorSet | None = None
+
+    def poll(self) -> IndicatorSet | None:
+        """The new indicator set when it changed since the last call (an empty one when all are gone), else None."""
+        now = self.clock()
+        if now < self.next_check:
+            return None
+        self.next_check = now + self.check_every_s
+        try:
+            store = self.store = self.store or IndicatorStore(self.engine)
+            version = store.version()
+            if version == self.version:
+                return None
+            loaded = IndicatorSet(store.load())
+        except Exception as exc:  # scoring with the indicators we have beats not scoring
+            self.complain(f"shared indicators not (re)loaded ({exc}); scoring with the {len(self.current or ())} loaded before")
+            return None
+        first = self.version < 0
+        self.version = version
+        if first and not len(loaded):
+            return None  # none imported yet: the scanner keeps no detector for them
+        self.current = loaded
+        return loaded
+
+    def seconds_to_check(self) -> float:
+        return max(0.0, self.next_check - self.clock())
+
+    def close(self) -> None:
+        self.engine.dispose()
