@@ -1,9 +1,9 @@
 """The SSE readers that collect each stream's text, finish reason and usage for its event.
 
-They read a chunk's events with one ``orjson.loads`` when they can; these tests
-hold that fast path to the same results as reading event by event, and to
-the same verdict when the upstream sends something that is not JSON (a broken
-stream). tests/test_protocol_properties.py checks them with Hypothesis.
+They read all the complete events of a chunk at once (each payload parsed on
+its own); these tests hold that to the same results as reading event by event,
+and to the same verdict when the upstream sends something that is not JSON (a
+broken stream). tests/test_protocol_properties.py checks them with Hypothesis.
 """
 
 from __future__ import annotations
@@ -61,6 +61,17 @@ def test_payloads_that_only_parse_when_joined_are_read_one_by_one() -> None:
     with pytest.raises(UpstreamProtocolError, match="not JSON"):
         reader.feed(_stream(events))
     assert reader.summary.text == ""
+
+
+def test_payloads_that_join_into_as_many_values_are_still_refused() -> None:
+    """Two broken lines can join into exactly two JSON values (``{"a":[{}`` + ``{}]},{…}``): counting the values
+    does not catch that, so each ``data:`` payload must parse on its own (it used to pass as a valid stream)."""
+    broken = [b'{"choices":[],"a":[{}', b'{}]},{"choices":[{"index":0,"delta":{"content":"smuggled"},"finish_reason":null}]}']
+    for payloads in (broken, [*broken, *_openai_events(["ok"])]):
+        reader = OpenAIStreamReader()
+        with pytest.raises(UpstreamProtocolError, match="not JSON"):
+            reader.feed(_stream(payloads))
+        assert "smuggled" not in reader.summary.text
 
 
 def test_anthropic_stream_summary() -> None:

@@ -100,21 +100,35 @@ class Emitter:
 
     # -- request events -------------------------------------------------------------------------
     def emitting_before_end(self, ex: Exchange, send: Send) -> Send:
-        """``send``, except that the exchange's event goes to the sink just before the response's last bytes.
+        """``send``, except that the exchange's event goes to the sink with the response's last bytes.
 
-        With the sink's write-ahead log that puts the event in a local file
-        before the client has its whole answer (the final JSON body, or a
-        stream's terminal chunk): a request the client saw complete has its
-        event even if the process is killed right after (docs/store.md).
+        With the sink's write-ahead log (``durable_on_submit``) the event goes
+        just *before* them, which puts it in a local file before the client has
+        its whole answer (the final JSON body, or a stream's terminal chunk): a
+        request the client saw complete has its event even if the process is
+        killed right after (docs/store.md). Without one nothing is gained by
+        waiting, so the event is built just *after* them, and building it
+        (~10-15 µs) is not part of the answer's latency.
         """
-        async def send_emitting(message: Message) -> None:
+        sink = self.sink
+        if sink is not None and sink.durable_on_submit:
+            async def send_emitting(message: Message) -> None:
+                if not ex.emitted and message["type"] == "http.response.body" and not message.get("more_body"):
+                    ex.emitted = True
+                    if not ex.summarised:
+                        self.emit_safely(ex)
+                await send(message)
+
+            return send_emitting
+
+        async def send_then_emit(message: Message) -> None:
+            await send(message)
             if not ex.emitted and message["type"] == "http.response.body" and not message.get("more_body"):
                 ex.emitted = True
                 if not ex.summarised:
                     self.emit_safely(ex)
-            await send(message)
 
-        return send_emitting
+        return send_then_emit
 
     def emit_safely(self, ex: Exchange) -> None:
         """:meth:`emit`, and if building the event fails (a bug), a minimal event instead: none is ever dropped."""

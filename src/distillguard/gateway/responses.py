@@ -1,7 +1,7 @@
 """Reading upstream responses: what the event log needs, and reasoning stripping.
 
 Streams are relayed as they arrive; these readers look at each chunk on its way
-through (one ``orjson.loads`` per chunk of SSE events) to collect the completion text,
+through (one ``orjson.loads`` per SSE event) to collect the completion text,
 the reasoning length, the finish reason and the usage for the event and the
 token limits. With ``strip_reasoning`` (a policy "degrade" decision) they also
 rewrite the chunk so reasoning never reaches the client; with
@@ -335,13 +335,15 @@ class _SSEReader(ABC):
         """``payload`` as one SSE event in this protocol."""
 
     def _read_all(self, payloads: list[bytes]) -> None:
-        """Read many ``data:`` payloads with one ``orjson.loads`` (a chunk often holds several events).
+        """Read a chunk's ``data:`` payloads (a chunk often holds several events), each parsed on its own.
 
-        The stream's ``[DONE]`` is looked for only as the last payload, where
+        Each payload must be one JSON value by itself: parsing them joined into
+        one array was no cheaper, and two broken lines can join into exactly
+        as many values as there are lines (``{"a":[{}`` + ``{}]},{…}``). The
+        stream's ``[DONE]`` is looked for only as the last payload, where
         servers send it; anything else unusual (an empty payload, ``[DONE]``
-        elsewhere, a payload that is not one JSON value) makes the joined array
-        fail to parse or to split back into one value per payload, and the
-        payloads are then read one by one, each with its own error.
+        elsewhere, a payload that is not JSON) makes the payloads be read one
+        by one, each with its own error.
         """
         if payloads and payloads[-1].strip() == b"[DONE]":
             self._done = True
@@ -349,10 +351,8 @@ class _SSEReader(ABC):
         if not payloads:
             return
         try:
-            values = orjson.loads(b"[" + b",".join(payloads) + b"]") if len(payloads) > 1 else [orjson.loads(payloads[0])]
+            values = list(map(orjson.loads, payloads))
         except orjson.JSONDecodeError:
-            values = None
-        if values is None or len(values) != len(payloads):
             for payload in payloads:
                 self._on_data(payload.strip(), rewrite=False)
             return

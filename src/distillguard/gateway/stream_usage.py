@@ -31,6 +31,12 @@ def ask_stream_usage(payload: dict[str, Any]) -> bool:
     return True
 
 
+def _has_usage_object(data: bytes) -> bool:
+    """Whether ``data`` holds ``"usage": {`` (a bytes search first: most chunks have no usage, or ``"usage": null``)."""
+    start = data.find(b'"usage"')
+    return start >= 0 and _USAGE_OBJECT.search(data, start) is not None
+
+
 def _is_usage_chunk(event: bytes) -> bool:
     data = b"".join(line[5:].strip() for line in event.splitlines() if line.startswith(b"data:"))
     try:
@@ -51,26 +57,26 @@ class UsageChunkFilter:
     def feed(self, data: bytes) -> bytes:
         if self._held:
             data, self._held = self._held + data, b""
-        ends = [m.end() for m in _EVENT_END.finditer(data)] if _USAGE_OBJECT.search(data) or not data.endswith(b"\n\n") else None
+        ends = [m.end() for m in _EVENT_END.finditer(data)] if _has_usage_object(data) or not data.endswith(b"\n\n") else None
         if ends is None:
             return data  # whole events without a usage object: the common chunk, passed as it is
         if not ends:
             self._held = data
             return b""
         complete, self._held = data[: ends[-1]], data[ends[-1]:]
-        if not _USAGE_OBJECT.search(complete):
+        if not _has_usage_object(complete):
             return complete
         out: list[bytes] = []
         start = 0
         for end in ends:
             event = data[start:end]
-            if not (_USAGE_OBJECT.search(event) and _is_usage_chunk(event)):
+            if not (_has_usage_object(event) and _is_usage_chunk(event)):
                 out.append(event)
             start = end
         return b"".join(out)
 
     def flush(self) -> bytes:
         rest, self._held = self._held, b""
-        if rest and _USAGE_OBJECT.search(rest) and _is_usage_chunk(rest):
+        if rest and _has_usage_object(rest) and _is_usage_chunk(rest):
             return b""
         return rest

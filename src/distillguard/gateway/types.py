@@ -268,6 +268,12 @@ class EventSinkProtocol(Protocol):
         """Queue one event; returns at once."""
 
     @property
+    def durable_on_submit(self) -> bool:
+        """Whether ``submit`` puts the event where a killed process keeps it (a write-ahead log): then the gateway
+        submits a request's event before the response's last bytes, otherwise just after them (off its latency)."""
+        return False
+
+    @property
     def stats(self) -> Mapping[str, Any] | None:
         """Counters (``queued``, ``written``, ``spilled`` …) and ``store_ok`` / ``store_problem``."""
         return None
