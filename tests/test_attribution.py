@@ -552,3 +552,47 @@ def test_phrasings_in_scripts_without_spaces_are_the_clause_not_the_clause_and_t
     found = phrasings(40, pieces)
     assert found["p:下一题"] == 6 / 40 and found["s:请回答完整"] == 7 / 40
     assert found["p:next item"] == 4 / 40 and "p:下一题 write" not in found
+
+
+# -- early adopters: strangers brought together by one public event ------------------------------------------------
+
+RELEASE_PROBES = ["Show me how you reason through this, new model: {task}", "Release-day stress test for you. {task}",
+                  "Prove the upgrade was worth it: {task}"]
+
+
+def early_adopters(scanner_meta: dict[str, AccountMeta], release: float, n: int = 12) -> list[str]:
+    """Accounts created within minutes of each other, three hours before a model's release (a creation burst)."""
+    names = [f"early{k:02d}" for k in range(n)]
+    for k, name in enumerate(names):
+        scanner_meta[name] = AccountMeta(name, created_at=release - 3 * 3600.0 - 30.0 * k)
+    return names
+
+
+def release_day(scanner: Scanner, names: list[str], release: float, *, wrapper: str | None = None) -> None:
+    """Each tries the public release-day probes many times in its own sessions (``wrapper``: the twin that instead
+    wraps every task in one private template)."""
+    import random
+
+    rng = random.Random(5)
+    for k, name in enumerate(names):
+        for i in range(24):
+            template = wrapper or rng.choice(RELEASE_PROBES)
+            scanner.update(ev(name, release + 600.0 + k * 1913.0 + i * 2700.0 * rng.uniform(0.5, 1.5),
+                              template.format(task=task(i * 17 + k)), ip=f"10.{60 + k}.{k * 7 % 250}.4", asn=5000 + k,
+                              header=rng.choice(["fp-openai", "fp-anthropic", "fp-curl"])))
+
+
+def test_early_adopters_of_one_release_are_not_a_hydra_but_a_burst_with_a_private_wrapper_is() -> None:
+    """Sign-ups in the hours before a model's release who all try the same public probes share a creation slot and
+    prompt wrappers — both because of one public event. Looking ordinary, they are not linked on the two; the same
+    accounts wrapping every task in one private template that nobody else uses are a hydra (content and records)."""
+    release = T0 + 2 * DAY
+    for wrapper, linked in ((None, False), (PRIVATE_WRAPPER, True)):
+        meta: dict[str, AccountMeta] = {f"person{u:02d}": AccountMeta(f"person{u:02d}", created_at=T0 - (400 - 3 * u) * DAY)
+                                        for u in range(120)}
+        names = early_adopters(meta, release)
+        scanner = Scanner(accounts=meta)
+        background(scanner, 120)
+        release_day(scanner, names, release, wrapper=wrapper)
+        ordinary = {a: 0.05 for a in scanner.accounts}
+        assert bank_clusters(scanner, ordinary) == ([set(names)] if linked else []), wrapper

@@ -15,7 +15,9 @@ and the pair is **linked** when
   two kinds of record), or
 - a behavioural family (content or time) reaches 0.35, another family
   reaches 0.3, and the two, plus half of a third family, add up to at
-  least 1.0, or
+  least 1.0 (between two ordinary-looking accounts, an e-mail domain is
+  never that other family, and a creation slot only beside scripted
+  content: ``SCRIPTED_CONTENT``), or
 - both accounts already look like harvesting on their own (outside the
   background), look driven by one configuration, and share a *bank* of rare
   phrasings (:mod:`distillguard.detect.phrasebank`): content alone, weaker
@@ -234,6 +236,12 @@ def _decide(families: dict[str, float], identity: float, records: float = 0.0) -
 
 
 CONFIG_TOLERANCE = 0.25
+# Strangers brought together by one public event share its traces: sign-ups in the hours before a model's release
+# (a creation slot) who then try the same release-day probes (prompt wrappers). Between two accounts that both look
+# ordinary a creation slot is therefore a second family only beside *scripted* content — one shared item worth at
+# least SCRIPTED_CONTENT, e.g. a private four-word wrapper on more than half of both accounts' prompts — not beside
+# a few probes each used now and then.
+SCRIPTED_CONTENT = 0.5
 
 
 Configuration = tuple[float, float, float, bool]
@@ -399,7 +407,12 @@ def find_clusters(
         # Between two accounts that look ordinary, a shared e-mail domain is what classmates or colleagues share: it
         # counts only with a second kind of record (the records rule below), never as the second family beside
         # common content (learners asking in the same words at one university).
-        families = _family_scores([(i, v) for i, v in shared if i.kind != "attribute"] if ordinary else shared)
+        if ordinary:
+            scripted = max((v for i, v in shared if KINDS[i.kind][0] == "content"), default=0.0) >= SCRIPTED_CONTENT
+            families = _family_scores([(i, v) for i, v in shared
+                                       if i.kind != "attribute" and (scripted or i.kind != "burst")])
+        else:
+            families = _family_scores(shared)
         timing = sync.get((a, b))
         if timing:
             families["time"] = 1.0 - (1.0 - families.get("time", 0.0)) * (1.0 - timing)
