@@ -269,7 +269,7 @@ def _sse_events(raw: bytes) -> list[dict[str, Any]]:
 
 
 @given(cuts=st.lists(st.integers(min_value=0, max_value=5000), max_size=12))
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=100, deadline=None)
 def test_stream_filters_plant_once_wherever_the_chunks_are_cut(cuts: list[int]) -> None:
     base = {"id": "c", "object": "chat.completion.chunk", "model": "m"}
     chat = b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in [

@@ -24,8 +24,10 @@ point where the upstream says the answer is finished:
   the sentence too, and every later ``sequence_number`` moves up by one, so the
   SDK's accumulated answer and the final response agree.
 
-Only requests that ask a trigger prompt get a filter (canary/planter.py), so
-the JSON parsing of every event here is paid by those alone.
+Only requests that ask a trigger prompt get a filter (canary/planter.py), and
+the filters look at each event's bytes before they parse it: an OpenAI stream
+has an event parsed until its choice has shown text, and then only where a
+finish reason is set (bench/RESULTS.md, "Keyed canaries in streams").
 """
 
 from __future__ import annotations
@@ -42,30 +44,52 @@ AnswerShape = Literal["openai", "anthropic", "responses"]
 """How an answer (or its stream) is laid out: OpenAI chat/completions, Anthropic Messages, the OpenAI Responses API."""
 
 _EVENT_END = re.compile(rb"\r?\n\r?\n")
+_FINISHING = re.compile(rb'"finish_reason"\s*:\s*"')  # a finish reason that is not null
+_INDEX = re.compile(rb'"index"\s*:\s*(\d+)')
 
 
 class _Event:
-    """One SSE event: its ``event:`` name (if any) and its ``data:`` payload, parsed when it is a JSON object."""
+    """One SSE event: its bytes, and on first use its ``event:`` name (if any) and ``data:`` payload (a JSON object, else None).
 
-    __slots__ = ("name", "payload", "raw")
+    Parsed lazily: the filters look at the bytes first and parse only the
+    events that can matter to them.
+    """
+
+    __slots__ = ("_name", "_payload", "_parsed", "raw")
 
     def __init__(self, raw: bytes) -> None:
         self.raw = raw
-        self.name: bytes | None = None
+        self._parsed = False
+        self._name: bytes | None = None
+        self._payload: dict[str, Any] | None = None
+
+    def _parse(self) -> None:
+        self._parsed = True
         data: list[bytes] = []
-        for line in raw.splitlines():
+        for line in self.raw.splitlines():
             if line.startswith(b"data:"):
                 data.append(line[5:].strip())
             elif line.startswith(b"event:"):
-                self.name = line[6:].strip()
-        self.payload: dict[str, Any] | None = None
+                self._name = line[6:].strip()
         if data:
             try:
                 value = orjson.loads(b"\n".join(data))
             except orjson.JSONDecodeError:
                 return  # [DONE], or something the stream reader has already complained about
             if type(value) is dict:
-                self.payload = value
+                self._payload = value
+
+    @property
+    def name(self) -> bytes | None:
+        if not self._parsed:
+            self._parse()
+        return self._name
+
+    @property
+    def payload(self) -> dict[str, Any] | None:
+        if not self._parsed:
+            self._parse()
+        return self._payload
 
 
 def _sse(payload: dict[str, Any], name: bytes | None) -> bytes:
@@ -84,6 +108,7 @@ class StreamCanary(ABC):
         self.sentence = sentence
         self.info = info
         self.planted = False
+        self.passthrough = False  # set once nothing more can change: chunks then go through untouched
         self._text_parts = text_parts
         self._held = b""
 
@@ -91,6 +116,10 @@ class StreamCanary(ABC):
         """The bytes to send on for ``data``: its whole events, rewritten where the canary goes."""
         if self._held:
             data, self._held = self._held + data, b""
+        elif self.passthrough:
+            return data
+        if len(data) > 2 and data.find(b"\n\n") == len(data) - 2:  # one whole event, the usual chunk
+            return self._event(_Event(data))
         ends = [m.end() for m in _EVENT_END.finditer(data)]
         if not ends:
             self._held = data
@@ -125,14 +154,20 @@ class _OpenAICanary(StreamCanary):
     def __init__(self, sentence: str, info: dict[str, str], text_parts: list[str]) -> None:
         super().__init__(sentence, info, text_parts)
         self._with_text: set[int] = set()  # choice indices that produced text
+        self._with_text_bytes: set[bytes] = set()  # the same, as they appear in the stream
         self._finished: set[int] = set()
         self._template: dict[str, Any] = {}  # the last chunk's top-level fields, for a chunk of our own before [DONE]
         self._chat = True  # chat chunks carry ``delta``; completions chunks ``text``
 
     def _event(self, event: _Event) -> bytes:
+        raw = event.raw
+        if self._template and not _FINISHING.search(raw) and b"[DONE]" not in raw:
+            indices = _INDEX.findall(raw)  # choices' (and tool calls') indices: all known to have text, nothing to learn here
+            if indices and self._with_text_bytes.issuperset(indices):
+                return raw
         payload = event.payload
         if payload is None:
-            return self._before_done() + event.raw if b"[DONE]" in event.raw else event.raw
+            return self._before_done() + raw if b"[DONE]" in raw else raw
         choices = payload.get("choices")
         if type(choices) is not list:
             return event.raw
@@ -147,6 +182,7 @@ class _OpenAICanary(StreamCanary):
             self._chat = part is delta
             if type(part.get(key)) is str and part[key]:
                 self._with_text.add(index)
+                self._with_text_bytes.add(str(index).encode())
             finish = choice.get("finish_reason")
             if type(finish) is str and finish:
                 self._finished.add(index)
@@ -177,8 +213,10 @@ class _AnthropicCanary(StreamCanary):
         self._had_text = False
 
     def _event(self, event: _Event) -> bytes:
+        if self.planted or (b'"content_block_start"' not in event.raw and b'"message_delta"' not in event.raw):
+            return event.raw
         payload = event.payload
-        if self.planted or payload is None:
+        if payload is None:
             return event.raw
         kind = payload.get("type")
         if kind == "content_block_start":
@@ -195,10 +233,12 @@ class _AnthropicCanary(StreamCanary):
             {"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": self._planting()}},
             {"type": "content_block_stop", "index": index},
         ]
+        self.passthrough = True
         return b"".join(_sse(p, str(p["type"]).encode()) for p in added) + event.raw
 
 
 _RESPONSES_END = frozenset(("response.completed", "response.incomplete", "response.failed"))
+_RESPONSES_END_BYTES = tuple(b'"' + kind.encode() + b'"' for kind in _RESPONSES_END)
 
 
 class _ResponsesCanary(StreamCanary):
@@ -209,9 +249,13 @@ class _ResponsesCanary(StreamCanary):
         self._part: tuple[Any, Any, Any] | None = None  # (item_id, output_index, content_index) of the first text part
 
     def _event(self, event: _Event) -> bytes:
+        raw = event.raw
+        if not self.planted and self._part is not None and b"response.output_text.done" not in raw \
+                and not any(end in raw for end in _RESPONSES_END_BYTES):
+            return raw  # nothing to plant at, and nothing to renumber yet
         payload = event.payload
         if payload is None:
-            return event.raw
+            return raw
         kind = payload.get("type")
         if not self.planted:
             if kind == "response.output_text.delta" and self._part is None:
