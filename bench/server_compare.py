@@ -51,7 +51,9 @@ def app() -> Any:
     from distillguard.gateway.server import build_gateway
 
     sys.setswitchinterval(0.0005)  # as `distillguard serve` does
-    return build_gateway(load_settings(os.environ["DG_BENCH_CONFIG"]))
+    gateway = build_gateway(load_settings(os.environ["DG_BENCH_CONFIG"]))
+    gateway.freeze_gc_after_start = True  # as `distillguard serve` does (gc.freeze and the young-generation threshold)
+    return gateway
 
 
 def server_command(name: str, config: Path, host: str, port: int) -> list[str] | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from distillguard.config import Settings
 from distillguard.gateway.errors import GatewayError
 from distillguard.gateway.exchange import Exchange
-from distillguard.gateway.limits import Limiter
+from distillguard.gateway.limits import Limiter, Slot
 from distillguard.gateway.metrics import Metrics
 from distillguard.gateway.prompt_tokens import PromptCounter
 from distillguard.gateway.types import PolicyEngineProtocol, Scope, SignalCollectorProtocol
@@ -58,14 +58,17 @@ class RequestAdmission:
                 throttle_rpm = decision.throttle_rpm or self.settings.detection.throttle_requests_per_min
         return throttle_rpm
 
-    async def admit(self, ex: Exchange, key: KeyRecord, upstream: Upstream, throttle_rpm: int | None) -> Admission:
-        """Charge the prompt against the limits (with a shared nonce cache, check the attestation's nonce in the same call)."""
+    async def admit(self, ex: Exchange, key: KeyRecord, upstream: Upstream, throttle_rpm: int | None, slot: Slot | None = None) -> Admission:
+        """Charge the prompt against the limits (with a shared nonce cache, check the attestation's nonce in the same call).
+
+        ``slot`` is the request's concurrency slot: its limits, resolved when it was taken, are reused.
+        """
         # count_tokens asks the upstream to count, not to generate: a request, but no tokens
         tokens = 0 if ex.endpoint == "anthropic.count_tokens" else self.prompt_counter.count(ex.payload or {}, upstream.settings.tokenizer)
         signals = ex.signals
         collector = self.signals
         nonce = signals.nonce if signals is not None and collector is not None else None
-        admission = await self.limiter.admit(key, tokens, ex.request_id, throttle_rpm=throttle_rpm,
+        admission = await self.limiter.admit(key, tokens, ex.request_id, throttle_rpm=throttle_rpm, slot=slot,
                                              nonce=(nonce, collector.nonce_ttl_ms) if nonce and collector is not None else None)
         if admission is not None:
             return admission
@@ -81,6 +84,6 @@ class RequestAdmission:
                                    "account_blocked" if decision.action == "block" else "attestation_required")
             if decision.action == "throttle":
                 throttle_rpm = decision.throttle_rpm or self.settings.detection.throttle_requests_per_min
-        admission = await self.limiter.admit(key, tokens, ex.request_id, throttle_rpm=throttle_rpm)
+        admission = await self.limiter.admit(key, tokens, ex.request_id, throttle_rpm=throttle_rpm, slot=slot)
         assert admission is not None
         return admission

@@ -74,6 +74,11 @@ ROUTES: dict[tuple[str, str], tuple[str, str, str]] = {
     ("POST", "/v1/messages"): ("anthropic.messages", "anthropic", "/messages"),
     ("POST", "/v1/messages/count_tokens"): ("anthropic.count_tokens", "anthropic", "/messages/count_tokens"),
 }
+# The young generation's collection threshold in a serving process (CPython's default: 700 allocations). A request
+# allocates a few hundred GC-tracked objects, nearly all freed by reference counting within the request, so at the
+# default a young collection ran every few requests and walked mostly the objects of the requests in flight: ~6 % of
+# the gateway's CPU under load (perf, bench/RESULTS.md "Gateway CPU per request"); at 10,000, ~2 %.
+YOUNG_GC_THRESHOLD = 10_000
 REFUSAL_WINDOW_S = 10.0  # refusals are logged and (unauthenticated) stored once per source per window, then summarised
 
 
@@ -125,7 +130,7 @@ class Gateway:
         self._change_counter = -1
         self._keys_lock = asyncio.Lock()
         self.full_key_loads = 0  # whole-table loads: one at start, more only when this gateway fell behind the change log
-        self.freeze_gc_after_start = False  # set by `serve` (one gateway per process); tests leave their process alone
+        self.freeze_gc_after_start = False  # set by `serve` (one gateway per process; also YOUNG_GC_THRESHOLD); tests leave theirs alone
         self._poll_task: asyncio.Task[None] | None = None
         self._sample_task: asyncio.Task[None] | None = None
         self._refusal_task: asyncio.Task[None] | None = None
@@ -172,6 +177,8 @@ class Gateway:
             # every later full collection, which otherwise walks it again and again under load (bench/accounts_scale.py).
             gc.collect()
             gc.freeze()
+            _, older, oldest = gc.get_threshold()
+            gc.set_threshold(YOUNG_GC_THRESHOLD, older, oldest)
         if self.sink is not None:
             self.sink.start()
         if self.policy is not None:
@@ -309,7 +316,7 @@ class Gateway:
             ex.model = validate_payload(endpoint, payload)
             upstream = self.router.route(ex.model)
             throttle_rpm = self.admission.screen(ex, key, scope, body)
-            admission = await self.admission.admit(ex, key, upstream, throttle_rpm)
+            admission = await self.admission.admit(ex, key, upstream, throttle_rpm, slot)
             await self.relay.forward(ex, upstream, upstream_path, body, scope, receive, send)
         except GatewayError as exc:
             ex.status, ex.error = exc.status, exc.event_error

@@ -43,11 +43,12 @@ __all__ = ["Limiter", "Slot"]
 class Slot:
     """A request's place in this process's concurrency count, from its first byte; ``release`` is idempotent."""
 
-    __slots__ = ("_counts", "_subjects")
+    __slots__ = ("_counts", "_subjects", "quotas")
 
-    def __init__(self, counts: dict[str, int], subjects: tuple[str, ...]) -> None:
+    def __init__(self, counts: dict[str, int], subjects: tuple[str, ...], quotas: tuple[Quota, Quota]) -> None:
         self._counts = counts
         self._subjects = subjects
+        self.quotas = quotas  # the key's and the account's limits, resolved once for the request (admit reuses them)
 
     def release(self) -> None:
         counts = self._counts
@@ -86,18 +87,15 @@ class Limiter:
     def quotas(self, key: KeyRecord, throttle_rpm: int | None = None) -> tuple[Quota, Quota]:
         """The key's and the account's limits; a policy throttle lowers the account's requests/min.
 
-        Resolved on every request (two small objects, about a microsecond), not
-        cached per key: a cache would be per-key memory that traffic spread
-        over 100,000 keys keeps full and the garbage collector keeps walking
-        (measured slower than resolving, bench/accounts_scale.py), and a key
-        table change needs no invalidation.
+        Resolved on every request (two small objects, about a microsecond; once
+        per request: :meth:`enter` keeps them in the :class:`Slot` for
+        :meth:`admit`), not cached per key: a cache would be per-key memory that
+        traffic spread over 100,000 keys keeps full and the garbage collector
+        keeps walking (measured slower than resolving, bench/accounts_scale.py),
+        and a key table change needs no invalidation.
         """
-        key_quota = self._quota("key:" + key.key_id, key.key_limits)
-        account = self._quota("acct:" + key.account_id, key.account_limits)
-        if throttle_rpm is None:
-            return key_quota, account
-        rpm = throttle_rpm if account.requests_per_min is None else min(account.requests_per_min, throttle_rpm)
-        return key_quota, Quota(account.subject, rpm, account.tokens_per_min, account.concurrent_requests, account.daily_tokens)
+        return _throttled((self._quota("key:" + key.key_id, key.key_limits), self._quota("acct:" + key.account_id, key.account_limits)),
+                          throttle_rpm)
 
     # -- 1. concurrency, from the first byte ------------------------------------------------
     def enter(self, key: KeyRecord) -> Slot:
@@ -111,20 +109,21 @@ class Limiter:
         subjects = (key_quota.subject, account_quota.subject)
         for subject in subjects:
             running[subject] = running.get(subject, 0) + 1
-        return Slot(running, subjects)
+        return Slot(running, subjects, (key_quota, account_quota))
 
     def running(self, subject: str) -> int:
         return self._running.get(subject, 0)
 
     # -- 2. admission, before forwarding ----------------------------------------------------------
     async def admit(self, key: KeyRecord, tokens: int, request_id: str, *, throttle_rpm: int | None = None,
-                    nonce: tuple[str, int] | None = None) -> Admission | None:
+                    nonce: tuple[str, int] | None = None, slot: Slot | None = None) -> Admission | None:
         """Charge ``tokens`` of prompt and admit the request, or raise a 429 (503 when shared state fails closed).
 
         Returns None when ``nonce`` was used before (a replayed attestation):
         nothing is charged then, and the caller decides whether to serve it.
+        ``slot``, the request's from :meth:`enter`, saves resolving its limits again.
         """
-        quotas = self.quotas(key, throttle_rpm)
+        quotas = self.quotas(key, throttle_rpm) if slot is None else _throttled(slot.quotas, throttle_rpm)
         memory = self._memory
         result: Admission | Refusal | None
         try:
@@ -143,6 +142,15 @@ class Limiter:
     def settle(self, admission: Admission, tokens: int) -> None:
         """Charge the real usage instead of the prompt estimate (never blocks)."""
         self.state.settle(admission, tokens)
+
+
+def _throttled(quotas: tuple[Quota, Quota], throttle_rpm: int | None) -> tuple[Quota, Quota]:
+    """``quotas`` (key, account) with a policy throttle applied to the account's requests/min."""
+    if throttle_rpm is None:
+        return quotas
+    key_quota, account = quotas
+    rpm = throttle_rpm if account.requests_per_min is None else min(account.requests_per_min, throttle_rpm)
+    return key_quota, Quota(account.subject, rpm, account.tokens_per_min, account.concurrent_requests, account.daily_tokens)
 
 
 def _error(refusal: Refusal, tokens: int) -> GatewayError:

@@ -57,7 +57,7 @@ class ModelList:
         try:
             ex.key = key = self.keys.authenticate_request(ex.headers)
             slot = self.limiter.enter(key)
-            admission = await self.limiter.admit(key, 0, ex.request_id)  # a request, no tokens
+            admission = await self.limiter.admit(key, 0, ex.request_id, slot=slot)  # a request, no tokens
             data = [{"id": name, "object": "model", "created": self.created, "owned_by": owner}
                     for name, owner in sorted((await self.model_names()).items())]
             ex.status = 200

@@ -38,11 +38,13 @@ from distillguard.signals.network import (
     header_fingerprint,
     protect_ip,
 )
-from distillguard.signals.protocol import b64url_decode, enrollment_message
+from distillguard.signals.protocol import SIGNALS_HEADER, b64url_decode, enrollment_message
 
 __all__ = ["EnrollmentError", "SignalCollector", "SignalResult"]
 
 log = logging.getLogger("distillguard.signals")
+# A request carrying none of these has no attestation (AttestationVerifier.verify answers None for it).
+_ATTESTATION_HEADERS = frozenset(("signature-input", "signature", SIGNALS_HEADER.lower()))
 
 
 @dataclass
@@ -85,19 +87,25 @@ class SignalCollector:
     def collect(self, method: str, path_qs: str, headers: list[tuple[bytes, bytes]], peer_ip: str | None, body: bytes,
                 *, key_id: str | None = None, account_id: str | None = None) -> SignalResult:
         names: list[str] = []
-        decoded: list[tuple[str, str]] = []
+        header_map: dict[str, str] = {}
+        attests = False
         for raw_name, raw_value in headers:
             name = raw_name.decode("latin-1")
             names.append(name)
-            decoded.append((name, raw_value.decode("latin-1")))
-        header_map = {n.lower(): v for n, v in decoded}
+            lower = name.lower()
+            header_map[lower] = raw_value.decode("latin-1")
+            if lower in _ATTESTATION_HEADERS:
+                attests = True
         ip = client_ip(peer_ip, header_map, self.trusted)
         geo = self.geo.lookup(ip)
-        scheme = forwarded_scheme(peer_ip, header_map, self.trusted)
-        url = f"{scheme}://{header_map.get('host', 'localhost')}{path_qs}"
         verifier = self.verifier
         verifier.deferred_nonce = None
-        attestation = verifier.verify(method, url, decoded, body, account_id=account_id)
+        attestation = None
+        if attests:  # else the verifier answers None (no attestation) without anything to look at: skip its work
+            scheme = forwarded_scheme(peer_ip, header_map, self.trusted)
+            url = f"{scheme}://{header_map.get('host', 'localhost')}{path_qs}"
+            decoded = [(raw_name.decode("latin-1"), raw_value.decode("latin-1")) for raw_name, raw_value in headers]
+            attestation = verifier.verify(method, url, decoded, body, account_id=account_id)
         accept_language = header_map.get("accept-language")
         signals = consistency_signals(attestation, geo, accept_language)
         if attestation is None and self.requires_attestation(account_id):
