@@ -365,3 +365,35 @@ def test_no_detector_file_quotes_the_test_wording() -> None:
             if found:
                 quoted[path.name] = found[:3]
     assert not quoted, f"test-split wording copied into detection code: {quoted}"
+
+
+class _CaughtAfter(Scanner):
+    """Reports the campaign's account ``c0`` in `high` once it has seen ``after`` of its events; records re-clusterings."""
+
+    def __init__(self, after: int) -> None:
+        super().__init__()
+        self.after, self.seen, self.reclusters = after, 0, []
+
+    def update(self, event: dict) -> None:
+        self.seen += event.get("account_id") == "c0"
+
+    def report(self, *, recluster: bool = True) -> dict:
+        self.reclusters.append(recluster)
+        score = 0.95 if self.seen >= self.after else 0.1
+        return {"v": 1, "events": 0, "accounts_seen": 2, "clusters": [],
+                "accounts": [_entry("c0", score), _entry("b0", 0.0)]}
+
+
+def test_eval_reads_time_to_detect_on_a_fine_grid(tmp_path: Path) -> None:
+    # 40,000 events, the campaign caught after 1,100 of them: a look every 500 events reports 3.75 % of its
+    # requests (at 40 looks, one every 1,000, it was 5 %); one look in five re-clusters, and the last one.
+    path = tmp_path / "e.jsonl"
+    line = '{"v": 1, "ts": "2026-10-01T00:00:00Z", "account_id": "c0", "endpoint": "openai.chat"}\n'
+    path.write_text(line * 40_000)
+    labels = {"accounts": {"c0": {"label": "distiller", "campaign": "camp_1"}, "b0": {"label": "benign"}},
+              "campaigns": {"camp_1": {"archetype": "sampled", "accounts": ["c0"]}}, "events": 40_000}
+    scanner = _CaughtAfter(1_100)
+    result = evaluate([str(path)], labels, scanner=scanner)
+    assert result["checkpoint_every_events"] == 500
+    assert result["campaigns"]["camp_1"]["ours_share_of_requests_before_first_detection"] == pytest.approx(0.0375)
+    assert len(scanner.reclusters) == 81 and sum(scanner.reclusters) == 17 and scanner.reclusters[0] and scanner.reclusters[-1]
