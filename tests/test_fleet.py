@@ -90,14 +90,14 @@ def test_slots_leave_the_window_with_their_tokens_and_free_requests_do_not_break
         now = seconds * 1000 + micros // 1000
         old, recent = (now - 61_000) // 100, (now - 30_000) // 100  # on Redis' clock, as the script measures windows
         # three requests in the window: a free one and a paid one long ago, one 30 s ago
-        await state.client.zadd("dg:w:key:slots", {str(old): now - 61_000, str(recent): now - 30_000})
-        await state.client.hset("dg:h:key:slots", mapping={"n": 3, "t": 900, f"n{old}": 2, f"t{old}": 0 + 600,
-                                                           f"n{recent}": 1, f"t{recent}": 300})
+        await state.client.hset("dg:h:key:slots", mapping={
+            "n": 3, "t": 900, "o": old, "om": now - 61_000, "l": recent,
+            f"n{old}": 2, f"t{old}": 600, f"m{old}": now - 61_000, f"n{recent}": 1, f"t{recent}": 300, f"m{recent}": now - 30_000})
         admitted = await state.admit(quota, 5, "now")
         assert isinstance(admitted, RedisAdmission)  # the old slot left: 1 + 1 requests, 305 tokens
-        assert await state.client.zscore("dg:w:key:slots", str(old)) is None
-        assert await state.client.hget("dg:h:key:slots", f"n{old}") is None
-        assert await state.client.hmget("dg:h:key:slots", ["n", "t"]) == [b"2", b"305"]
+        assert await state.client.hmget("dg:h:key:slots", [f"n{old}", f"t{old}", f"m{old}"]) == [None, None, None]
+        n, t, o = await state.client.hmget("dg:h:key:slots", ["n", "t", "o"])
+        assert (n, t) == (b"2", b"305") and old < int(o) <= recent  # o: a lower bound of the oldest slot left
         assert not isinstance(await state.admit(quota, 0, "free"), Refusal)
         refused = await state.admit(quota, 0, "one-too-many")  # 3 in the window: refused until the 30 s old slot leaves
         assert isinstance(refused, Refusal) and refused.code == "rate_limit_exceeded"
@@ -146,6 +146,12 @@ def test_redis_decides_like_memory_on_a_random_sequence_of_admissions_and_settle
                 what = f"seed {seed} step {step}: {tokens} tokens"
                 if isinstance(want, Refusal):
                     assert isinstance(got, Refusal) and (got.code, got.subject, got.limit) == (want.code, want.subject, want.limit), what
+                    if want.retry_at_ms is None:
+                        assert got.retry_at_ms is None, what
+                    else:  # Redis' slot frees with its latest request: the same moment, or up to 0.1 s later (two clocks)
+                        assert got.retry_at_ms is not None, what
+                        late = (got.retry_at_ms - got.now_ms) - (want.retry_at_ms - want.now_ms)
+                        assert -30 <= late <= 150, (what, late)
                 else:
                     assert isinstance(got, RedisAdmission), (what, got)
                     open_redis.append(got)

@@ -17,17 +17,22 @@ exact per-request log would admit it, and Redis' work and memory per
 request stay the same however many requests a window holds — with one
 entry per request, a key at 3,000 requests/s kept 180,000 entries per
 subject and every insert got slower (bench/RESULTS.md, "Redis' own cost per
-admission"). Per subject (``key:<id>`` or ``acct:<id>``):
+admission"). Per subject (``key:<id>`` or ``acct:<id>``), two keys:
 
-- ``dg:w:<subject>`` sorted set: slot number → its latest admission (ms);
-- ``dg:h:<subject>`` hash: ``n`` and ``t``, the window's requests and tokens,
-  and ``n<slot>``, ``t<slot>`` per slot;
+- ``dg:h:<subject>`` hash: ``n`` and ``t``, the window's requests and tokens;
+  per slot ``n<slot>``, ``t<slot>`` and ``m<slot>`` (its latest admission,
+  ms); ``o`` the oldest slot that may still be in the window and ``om`` its
+  latest admission (-1: not known yet), ``l`` the latest slot; ``day`` (UTC
+  day number) and ``used``, that day's tokens. One hash, so a request reads
+  it once and writes it once;
 - ``dg:c:<subject>`` sorted set: request id → lease expiry (ms): concurrency.
   A replica renews its leases every ``LEASE_MS / 3``; a killed replica's
-  slots come back when its leases expire;
-- ``dg:d:<subject>`` hash: ``day`` (UTC day number) and ``used`` tokens.
+  slots come back when its leases expire.
 
-Keys' expiry is renewed by a slot's first admission, not by every request.
+Expiry is renewed by a slot's first admission, not by every request: 60.2 s
+for a window, two days when the hash also counts daily tokens (a window's
+slots older than 60 s are then removed by the next request, whatever their
+number).
 
 Settlements never wait for Redis: they are queued and ride along with the next
 admission, or go in one batched call a few milliseconds later when no request
@@ -56,14 +61,15 @@ __all__ = ["LEASE_MS", "RedisAdmission", "RedisState"]
 
 log = logging.getLogger("distillguard.state")
 
+SLOT_MS = 100  # the window's slots (S in the script)
 LEASE_MS = 30_000  # a concurrency slot's lease; renewed every third of it while the request runs
 SETTLE_DELAY_S = 0.005
 MAX_PARALLEL = 2  # admission calls in flight at once; more wait and go together in the next call  # how long a settlement may wait for an admission to ride along with
 CODES = ("rate_limit_exceeded", "token_rate_limit_exceeded", "daily_quota_exceeded", "concurrency_limit_exceeded", "request_too_large")
 
-# KEYS: 4 per admitted subject (w, h, c, d), then the nonce key if ARGV[5] > 0, then 4 per settled subject.
+# KEYS: 2 per admitted subject (h, c), then the nonce key if ARGV[5] > 0, then 2 per settled subject.
 # ARGV: n_subjects, charge, request_id, lease_ms, nonce_ttl_ms, 4 limits per subject (-1: none),
-#       n_settlements, then per settlement: request_id, tokens - charged, admitted at (ms), day,
+#       n_settlements, then per settlement: request_id, tokens - charged, its slot (admission ms // 100), day,
 #       flags (one digit per subject: 1 window, 2 lease, 4 daily tokens, summed).
 ADMIT_LUA = r"""
 local W, DAY, S = 60000, 86400000, 100
@@ -72,34 +78,35 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local day = math.floor(now / DAY)
 local n, charge, rid, lease = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 local nonce_ttl = tonumber(ARGV[5])
-local k = 4 * n + (nonce_ttl > 0 and 1 or 0)
+local k = 2 * n + (nonce_ttl > 0 and 1 or 0)
 local a = 6 + 4 * n
 local m = tonumber(ARGV[a]); a = a + 1
 for _ = 1, m do
-  local srid, delta, slot, sday, flags = ARGV[a], tonumber(ARGV[a + 1]), string.format('%d', math.floor(tonumber(ARGV[a + 2]) / S)), tonumber(ARGV[a + 3]), ARGV[a + 4]
+  local srid, delta, sts, sday, flags = ARGV[a], tonumber(ARGV[a + 1]), 't' .. ARGV[a + 2], tonumber(ARGV[a + 3]), ARGV[a + 4]
   a = a + 5
   for j = 1, #flags do
     local f = string.byte(flags, j) - 48
-    local h, c, d = KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
-    k = k + 4
+    local h, c = KEYS[k + 1], KEYS[k + 2]
+    k = k + 2
     if f % 4 >= 2 then redis.call('ZREM', c, srid) end
-    if delta ~= 0 then
-      if f % 2 == 1 then
-        local v = redis.call('HMGET', h, 't', 't' .. slot)
-        if v[2] then  -- its slot is still in the window (else its tokens left with it)
-          redis.call('HSET', h, 't', math.max(0, tonumber(v[1] or '0') + delta) + 0, 't' .. slot, math.max(0, tonumber(v[2]) + delta) + 0)
+    if delta ~= 0 and (f % 2 == 1 or f >= 4) then
+      local v = redis.call('HMGET', h, 't', sts, 'day', 'used')
+      if f % 2 == 1 and v[2] then  -- its slot is still in the window (else its tokens left with it)
+        if f >= 4 and tonumber(v[3]) == sday then
+          redis.call('HSET', h, 't', math.max(0, tonumber(v[1] or '0') + delta) + 0, sts, math.max(0, tonumber(v[2]) + delta) + 0,
+                     'used', math.max(0, tonumber(v[4] or '0') + delta) + 0)
+        else
+          redis.call('HSET', h, 't', math.max(0, tonumber(v[1] or '0') + delta) + 0, sts, math.max(0, tonumber(v[2]) + delta) + 0)
         end
-      end
-      if f >= 4 then
-        local v = redis.call('HMGET', d, 'day', 'used')
-        if tonumber(v[1]) == sday then redis.call('HSET', d, 'used', math.max(0, tonumber(v[2] or '0') + delta) + 0) end
+      elseif f >= 4 and tonumber(v[3]) == sday then
+        redis.call('HSET', h, 'used', math.max(0, tonumber(v[4] or '0') + delta) + 0)
       end
     end
   end
 end
 if n == 0 then return {0, now, day} end
 if nonce_ttl > 0 then
-  if not redis.call('SET', KEYS[4 * n + 1], '1', 'NX', 'PX', nonce_ttl) then return {2} end
+  if not redis.call('SET', KEYS[2 * n + 1], '1', 'NX', 'PX', nonce_ttl) then return {2} end
 end
 local worst_code, worst_limit, worst_at, worst_subject = nil, 0, -1, 0
 local function refuse(code, limit, at, i)
@@ -109,80 +116,103 @@ local function refuse(code, limit, at, i)
     worst_code, worst_limit, worst_at, worst_subject = code, limit, at, i
   end
 end
--- The moment enough of the window's oldest slots have left for `need` requests (field 'n') or tokens ('t') to go.
-local function leaves(w, h, field, need)
-  local slots = redis.call('ZRANGE', w, 0, -1, 'WITHSCORES')
-  if #slots == 0 then return -1 end
-  local names = {}
-  for j = 1, #slots, 2 do names[#names + 1] = field .. slots[j] end
-  local got = redis.call('HMGET', h, unpack(names))
-  for j = 1, #got do
-    need = need - tonumber(got[j] or '0')
-    if need <= 0 then return tonumber(slots[2 * j]) + W end
+-- When enough of the window's oldest slots (o..l) have left for `need` requests (field 'n') or tokens ('t') to fit.
+local function leaves(h, o, l, field, need)
+  if not o then return -1 end
+  for first = o, l, 16 do  -- 16 slots per call: the oldest non-empty slot is usually enough
+    local names = {}
+    for s = first, math.min(l, first + 15) do names[#names + 1] = field .. s; names[#names + 1] = 'm' .. s end
+    local got = redis.call('HMGET', h, unpack(names))
+    for j = 1, #got, 2 do
+      if got[j] then
+        need = need - tonumber(got[j])
+        if need <= 0 then return tonumber(got[j + 1]) + W end
+      end
+    end
   end
   return -1
 end
-local slot = string.format('%d', math.floor(now / S))
-local ns, ts = 'n' .. slot, 't' .. slot
-local win = {}  -- per subject: requests and tokens in the window, and in this slot; today's tokens; whether the slot is new
+local cur = math.floor(now / S)
+local cut = math.floor((now - W) / S)  -- slots up to this one may have left the window (those before it have)
+local ns, ts, ms = 'n' .. cur, 't' .. cur, 'm' .. cur
+local x = {}  -- per subject: {requests, tokens, oldest slot, its latest admission, latest slot, today's tokens, this slot's requests, tokens, dirty}
 for i = 1, n do
-  local w, h, c, d = KEYS[4 * i - 3], KEYS[4 * i - 2], KEYS[4 * i - 1], KEYS[4 * i]
+  local h, c = KEYS[2 * i - 1], KEYS[2 * i]
   local b = 4 * i + 2
   local rpm, tpm, conc, daily = tonumber(ARGV[b]), tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
-  local count, sum, scount, stokens, used = 0, 0, 0, 0, 0
-  if rpm >= 0 or tpm >= 0 then
-    local v = redis.call('HMGET', h, 'n', 't', ns, ts)
-    count, sum, scount, stokens = tonumber(v[1] or '0'), tonumber(v[2] or '0'), tonumber(v[3] or '0'), tonumber(v[4] or '0')
-    local old = redis.call('ZRANGEBYSCORE', w, '-inf', now - W)  -- slots whose latest admission left the window
-    if #old > 0 then
-      local names = {}
-      for j, s in ipairs(old) do names[2 * j - 1] = 'n' .. s; names[2 * j] = 't' .. s end
-      local got = redis.call('HMGET', h, unpack(names))
-      for j = 1, #got, 2 do count = count - tonumber(got[j] or '0'); sum = sum - tonumber(got[j + 1] or '0') end
-      count, sum = math.max(0, count) + 0, math.max(0, sum) + 0
-      redis.call('HDEL', h, unpack(names))
-      redis.call('ZREMRANGEBYRANK', w, 0, #old - 1)
-      redis.call('HSET', h, 'n', count, 't', sum)
+  local v = redis.call('HMGET', h, 'n', 't', 'o', 'om', 'l', 'day', 'used', ns, ts)
+  local count, sum, o, om, l = tonumber(v[1] or '0'), tonumber(v[2] or '0'), tonumber(v[3]), tonumber(v[4]), tonumber(v[5])
+  local used = tonumber(v[6]) == day and tonumber(v[7] or '0') or 0
+  local dirty = false
+  if o and o <= cut and (not om or om <= now - W) then  -- the oldest slot may have left: look at the slots up to `cut`
+    local last = math.min(cut, l or cut)
+    local names = {}
+    for s = o, last do names[#names + 1] = 'n' .. s; names[#names + 1] = 't' .. s; names[#names + 1] = 'm' .. s end
+    local got = #names > 0 and redis.call('HMGET', h, unpack(names)) or {}
+    local gone = {}
+    o, om = nil, nil
+    for j = 1, #got, 3 do
+      if got[j] then
+        if tonumber(got[j + 2]) <= now - W then
+          count, sum = count - tonumber(got[j]), sum - tonumber(got[j + 1])
+          gone[#gone + 1] = names[j]; gone[#gone + 1] = names[j + 1]; gone[#gone + 1] = names[j + 2]
+        else
+          o, om = tonumber(string.sub(names[j], 2)), tonumber(got[j + 2])
+          break
+        end
+      end
     end
-    if rpm >= 0 and count + 1 > rpm then refuse(1, rpm, rpm > 0 and leaves(w, h, 'n', count + 1 - rpm) or -1, i) end
-    if tpm >= 0 then
-      if charge > tpm then refuse(5, tpm, -1, i)
-      elseif sum + charge > tpm then refuse(2, tpm, leaves(w, h, 't', sum + charge - tpm), i) end
-    end
+    if not o and l and last < l then o = last + 1 end  -- the oldest slot left is after `cut`; its time is read when it matters
+    if #gone > 0 then redis.call('HDEL', h, unpack(gone)) end
+    count, sum, dirty = math.max(0, count) + 0, math.max(0, sum) + 0, true
+  end
+  if rpm >= 0 and count + 1 > rpm then refuse(1, rpm, rpm > 0 and leaves(h, o, l, 'n', count + 1 - rpm) or -1, i) end
+  if tpm >= 0 then
+    if charge > tpm then refuse(5, tpm, -1, i)
+    elseif sum + charge > tpm then refuse(2, tpm, leaves(h, o, l, 't', sum + charge - tpm), i) end
   end
   if daily >= 0 then
-    local v = redis.call('HMGET', d, 'day', 'used')
-    if tonumber(v[1]) == day then used = tonumber(v[2] or '0') end
     if charge > daily then refuse(5, daily, -1, i)
     elseif used + charge > daily then refuse(3, daily, (day + 1) * DAY, i) end
   end
   if conc >= 0 and redis.call('ZCOUNT', c, '(' .. now, '+inf') >= conc then refuse(4, conc, -1, i) end
-  win[i] = {count, sum, scount, stokens, used}
+  x[i] = {count, sum, o, om, l, used, tonumber(v[8] or '0'), tonumber(v[9] or '0'), dirty}
 end
-if worst_code ~= nil then return {1, worst_code, worst_limit, now, worst_at, worst_subject} end
-for i = 1, n do
-  local w, h, c, d = KEYS[4 * i - 3], KEYS[4 * i - 2], KEYS[4 * i - 1], KEYS[4 * i]
-  local b = 4 * i + 2
-  local x = win[i]
-  local windowed = tonumber(ARGV[b]) >= 0 or tonumber(ARGV[b + 1]) >= 0
-  -- the keys' expiry is renewed by the first admission of a slot, not by every request (with a window; else always)
-  local fresh = not windowed or x[3] == 0
-  if windowed then
-    redis.call('ZADD', w, 'GT', now, slot)  -- a slot's score: its latest admission, which decides when it leaves
-    redis.call('HSET', h, 'n', x[1] + 1, 't', x[2] + charge, ns, x[3] + 1, ts, x[4] + charge)
-    if fresh then
-      redis.call('PEXPIRE', w, W + 2 * S)
-      redis.call('PEXPIRE', h, W + 2 * S)
+if worst_code ~= nil then
+  for i = 1, n do  -- keep what the look at the old slots found
+    local y = x[i]
+    if y[9] then
+      if y[3] then redis.call('HSET', KEYS[2 * i - 1], 'n', y[1], 't', y[2], 'o', y[3], 'om', y[4] or -1)
+      else redis.call('HSET', KEYS[2 * i - 1], 'n', 0, 't', 0, 'o', cur, 'om', -1) end
     end
   end
+  return {1, worst_code, worst_limit, now, worst_at, worst_subject}
+end
+for i = 1, n do
+  local h, c = KEYS[2 * i - 1], KEYS[2 * i]
+  local b = 4 * i + 2
+  local y = x[i]
+  local windowed, daily = tonumber(ARGV[b]) >= 0 or tonumber(ARGV[b + 1]) >= 0, tonumber(ARGV[b + 3]) >= 0
+  -- expiry is renewed by the first admission of a slot (with a window; else by each)
+  local fresh = not windowed or y[7] == 0
+  if windowed then
+    local o, om = y[3], y[4]
+    if not o then o, om = cur, now elseif o == cur then om = now end
+    if daily then
+      redis.call('HSET', h, 'n', y[1] + 1, 't', y[2] + charge, 'o', o, 'om', om or -1, 'l', cur, ns, y[7] + 1, ts, y[8] + charge,
+                 ms, now, 'day', day, 'used', y[6] + charge)
+    else
+      redis.call('HSET', h, 'n', y[1] + 1, 't', y[2] + charge, 'o', o, 'om', om or -1, 'l', cur, ns, y[7] + 1, ts, y[8] + charge,
+                 ms, now)
+    end
+  elseif daily then
+    redis.call('HSET', h, 'day', day, 'used', y[6] + charge)
+  end
+  if fresh and (windowed or daily) then redis.call('PEXPIRE', h, daily and 2 * DAY or W + 2 * S) end
   if tonumber(ARGV[b + 2]) >= 0 then
     if now % 16 == 0 then redis.call('ZREMRANGEBYSCORE', c, '-inf', now) end  -- now and then: the leases of dead replicas
     redis.call('ZADD', c, now + lease, rid)
     if fresh then redis.call('PEXPIRE', c, 2 * lease) end  -- outlives every lease taken in this slot
-  end
-  if tonumber(ARGV[b + 3]) >= 0 then
-    redis.call('HSET', d, 'day', day, 'used', x[5] + charge)
-    if fresh then redis.call('PEXPIRE', d, 2 * DAY) end
   end
 end
 return {0, now, day}
@@ -201,10 +231,10 @@ return #KEYS
 """
 
 
-def _keys(subject: str) -> tuple[bytes, bytes, bytes, bytes]:
-    """A subject's window slots, window counts, leases and daily count, in the order the script takes them."""
+def _keys(subject: str) -> tuple[bytes, bytes]:
+    """A subject's counts (window slots and daily tokens) and its leases, in the order the script takes them."""
     name = subject.encode()
-    return b"dg:w:" + name, b"dg:h:" + name, b"dg:c:" + name, b"dg:d:" + name
+    return b"dg:h:" + name, b"dg:c:" + name
 
 
 def _limit(value: int | None) -> bytes:
@@ -252,7 +282,7 @@ class _Encoded:
     __slots__ = ("keys", "limits", "leased", "flag")
 
     def __init__(self, quota: Quota) -> None:
-        self.keys = b"".join(bulk(key) for key in _keys(quota.subject))  # four RESP items
+        self.keys = b"".join(bulk(key) for key in _keys(quota.subject))  # two RESP items
         self.limits = b"".join((_limit(quota.requests_per_min), _limit(quota.tokens_per_min),
                                 _limit(quota.concurrent_requests), _limit(quota.daily_tokens)))  # four RESP items
         self.leased = quota.concurrent_requests is not None
@@ -275,10 +305,10 @@ class RedisAdmission:
         self.request_id = request_id
         self.charged = charged
         self.subjects = subjects
-        self.keys = keys  # the subjects' four keys each, in RESP, for the settlement
+        self.keys = keys  # the subjects' two keys each, in RESP, for the settlement
         self.leased = leased  # subjects whose concurrency slot this request holds
         # The settlement's arguments around the real usage, in RESP: the request id (head) and the admission's
-        # time, day and the subjects' flags (tail); between them goes the difference to the charge.
+        # slot, day and the subjects' flags (tail); between them goes the difference to the charge.
         self.settle_head = settle_head
         self.settle_tail = settle_tail
 
@@ -454,7 +484,7 @@ class RedisState:
         n = len(quotas)
         subject_keys = b"".join([item.keys for item in encoded])
         call = _Call()
-        call.key(subject_keys, 4 * n)
+        call.key(subject_keys, 2 * n)
         rid = bulk(request_id)
         call.arg(b"%b%b%b%b%b" % (_small(n), _small(tokens), rid, self._lease_arg, bulk(nonce[1]) if nonce else _SMALL[0]), 5)
         call.arg(b"".join([item.limits for item in encoded]), 4 * n)
@@ -475,7 +505,7 @@ class RedisState:
         day = int(reply[2])
         day_arg = self._day_arg if day == self._day else self._new_day(day)
         admission = RedisAdmission(request_id, tokens, tuple(q.subject for q in quotas), subject_keys, leased,
-                                   rid, bulk(reply[1]) + day_arg + bulk(b"".join([item.flag for item in encoded])))
+                                   rid, bulk(int(reply[1]) // SLOT_MS) + day_arg + bulk(b"".join([item.flag for item in encoded])))
         if leased:
             self._in_flight[request_id] = admission
         return admission
@@ -506,7 +536,7 @@ class RedisState:
         call.arg(_small(len(pending)))
         for admission, tokens in pending:
             call.arg(b"%b%b%b" % (admission.settle_head, _small(tokens - admission.charged), admission.settle_tail), 5)
-            call.key(admission.keys, 4 * len(admission.subjects))
+            call.key(admission.keys, 2 * len(admission.subjects))
 
     def _flush_soon(self) -> None:
         self._flush_handle = None
@@ -539,7 +569,7 @@ class RedisState:
             call.arg(self._lease_arg)
             for admission in running:
                 for subject in admission.leased:
-                    call.key(bulk(_keys(subject)[2]))
+                    call.key(bulk(_keys(subject)[1]))
                     call.arg(bulk(admission.request_id))
             try:
                 async with asyncio.timeout(self.timeout_s):
