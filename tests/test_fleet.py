@@ -375,7 +375,7 @@ def test_workers_refuse_memory_state(tmp_path: Path, stub: UpstreamStub) -> None
     assert "needs shared state" in result.stderr and "state: redis://" in result.stderr
 
 
-def test_workers_share_one_port_and_one_limit(tmp_path: Path, stub: UpstreamStub, redis: RedisServer) -> None:
+def test_workers_share_one_port_and_one_limit_also_after_redis_lost_its_data(tmp_path: Path, stub: UpstreamStub, redis: RedisServer) -> None:
     config_path, config = write_config(tmp_path, [{"name": "stub", "base_url": stub.base_url, "models": ["*"]}], state=redis.url)
     log = open(tmp_path / "workers.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen([sys.executable, "-m", "distillguard.cli", "serve", "--workers", "2", "--config", str(config_path)],
@@ -402,6 +402,29 @@ def test_workers_share_one_port_and_one_limit(tmp_path: Path, stub: UpstreamStub
         assert statuses.count(200) == 10 and statuses.count(429) == 20
         workers_seen = (tmp_path / "workers.log").read_text().count("listening on")
         assert workers_seen == 2
+
+        def new_key(rpm: int | None) -> str:
+            account = httpx.post(root + "/admin/v1/accounts", headers=headers, json={"name": "w", "limits": {"requests_per_min": rpm}})
+            return str(httpx.post(root + f"/admin/v1/accounts/{account.json()['account_id']}/keys", headers=headers,
+                                  json={}).json()["secret"])
+
+        def burst(key: str, n: int) -> list[int]:
+            return [httpx.post(root + "/v1/chat/completions", headers={"Authorization": f"Bearer {key}", "Connection": "close"},
+                               json={"model": "stub-1", "messages": [{"role": "user", "content": "hi"}]}).status_code
+                    for _ in range(n)]
+
+        # Redis restarted without persistence: both workers notice (fail_open, then back within about a second),
+        # send the script again, and share limits again; the windows start empty (docs/deploy.md).
+        warm, fresh = new_key(None), new_key(10)
+        redis.stop()
+        redis.start()
+        time.sleep(1.5)  # both workers load the new keys
+        assert set(burst(warm, 8)) == {200}  # the first calls find dead connections: served by local limits meanwhile
+        time.sleep(2.5)  # each worker's probe finds Redis again
+        after = burst(fresh, 30)
+        assert after.count(200) == 10 and after.count(429) == 20, after
+        again = burst(secret, 30)  # the first key's window was lost with Redis' data: its limit starts over
+        assert again.count(200) == 10 and again.count(429) == 20, again
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
