@@ -86,9 +86,9 @@ def test_password_user_and_database_come_from_the_url(tmp_path: Path) -> None:
                 state = RedisState(url)
                 await state.start()
                 assert isinstance(await state.admit(QUOTA, 1, "r1"), RedisAdmission)
-                assert await state.client.exists("dg:h:key:wire") == 1  # the client of the same URL: database 3
+                assert await state.client.exists("dg:s:key:wire") == 1  # the client of the same URL: database 3
                 other = aioredis.Redis.from_url(f"redis://:s3cret@127.0.0.1:{server.port}/0")
-                assert await other.exists("dg:h:key:wire") == 0
+                assert await other.exists("dg:s:key:wire") == 0
                 await other.aclose()
                 await state.client.flushdb()
                 await state.close()

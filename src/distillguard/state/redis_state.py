@@ -19,12 +19,18 @@ entry per request, a key at 3,000 requests/s kept 180,000 entries per
 subject and every insert got slower (bench/RESULTS.md, "Redis' own cost per
 admission"). Per subject (``key:<id>`` or ``acct:<id>``), two keys:
 
-- ``dg:h:<subject>`` hash: ``n`` and ``t``, the window's requests and tokens;
-  per slot ``n<slot>``, ``t<slot>`` and ``m<slot>`` (its latest admission,
-  ms); ``o`` the oldest slot that may still be in the window and ``om`` its
-  latest admission (-1: not known yet), ``l`` the latest slot; ``day`` (UTC
-  day number) and ``used``, that day's tokens. One hash, so a request reads
-  it once and writes it once;
+- ``dg:s:<subject>`` hash, the fields every request reads and writes: ``n``
+  and ``t``, the window's requests and tokens; ``cs``, ``cn``, ``ct``,
+  ``cm``: the latest slot, its requests, tokens and latest admission (ms);
+  ``o`` the oldest slot that may still be in the window and ``om`` its latest
+  admission (-1: not known yet); ``day`` (UTC day number) and ``used``, that
+  day's tokens;
+- ``dg:a:<subject>`` hash, the window's older slots: ``n<slot>``,
+  ``t<slot>``, ``m<slot>``, written when the next slot starts, read when one
+  may have left (and by a settlement of its request). Apart because Redis
+  keeps a hash of up to 512 fields as one list that every write may move:
+  with the slots in the hash every request writes, a busy key's admission
+  cost grew with its slots (+35 % at 250 fields, measured);
 - ``dg:c:<subject>`` sorted set: request id → lease expiry (ms): concurrency.
   A replica renews its leases every ``LEASE_MS / 3``; a killed replica's
   slots come back when its leases expire.
@@ -67,7 +73,7 @@ SETTLE_DELAY_S = 0.005
 MAX_PARALLEL = 2  # admission calls in flight at once; more wait and go together in the next call  # how long a settlement may wait for an admission to ride along with
 CODES = ("rate_limit_exceeded", "token_rate_limit_exceeded", "daily_quota_exceeded", "concurrency_limit_exceeded", "request_too_large")
 
-# KEYS: 2 per admitted subject (h, c), then the nonce key if ARGV[5] > 0, then 2 per settled subject.
+# KEYS: 3 per admitted subject (s, a, c), then the nonce key if ARGV[5] > 0, then 3 per settled subject.
 # ARGV: n_subjects, charge, request_id, lease_ms, nonce_ttl_ms, 4 limits per subject (-1: none),
 #       n_settlements, then per settlement: request_id, tokens - charged, its slot (admission ms // 100), day,
 #       flags (one digit per subject: 1 window, 2 lease, 4 daily tokens, summed).
@@ -78,35 +84,42 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local day = math.floor(now / DAY)
 local n, charge, rid, lease = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 local nonce_ttl = tonumber(ARGV[5])
-local k = 2 * n + (nonce_ttl > 0 and 1 or 0)
+local k = 3 * n + (nonce_ttl > 0 and 1 or 0)
 local a = 6 + 4 * n
 local m = tonumber(ARGV[a]); a = a + 1
+local function fix(v) return math.max(0, v) + 0 end  -- never below 0, and never Lua's "-0"
 for _ = 1, m do
-  local srid, delta, sts, sday, flags = ARGV[a], tonumber(ARGV[a + 1]), 't' .. ARGV[a + 2], tonumber(ARGV[a + 3]), ARGV[a + 4]
+  local srid, delta, sslot, sday, flags = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), ARGV[a + 4]
   a = a + 5
   for j = 1, #flags do
     local f = string.byte(flags, j) - 48
-    local h, c = KEYS[k + 1], KEYS[k + 2]
-    k = k + 2
+    local h, ar, c = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
+    k = k + 3
     if f % 4 >= 2 then redis.call('ZREM', c, srid) end
     if delta ~= 0 and (f % 2 == 1 or f >= 4) then
-      local v = redis.call('HMGET', h, 't', sts, 'day', 'used')
-      if f % 2 == 1 and v[2] then  -- its slot is still in the window (else its tokens left with it)
-        if f >= 4 and tonumber(v[3]) == sday then
-          redis.call('HSET', h, 't', math.max(0, tonumber(v[1] or '0') + delta) + 0, sts, math.max(0, tonumber(v[2]) + delta) + 0,
-                     'used', math.max(0, tonumber(v[4] or '0') + delta) + 0)
+      local v = redis.call('HMGET', h, 't', 'cs', 'ct', 'day', 'used')
+      local set = {}
+      if f % 2 == 1 then  -- its tokens move with it if its slot is still in the window
+        if tonumber(v[2]) == sslot then
+          set = {'t', fix(tonumber(v[1] or '0') + delta), 'ct', fix(tonumber(v[3] or '0') + delta)}
         else
-          redis.call('HSET', h, 't', math.max(0, tonumber(v[1] or '0') + delta) + 0, sts, math.max(0, tonumber(v[2]) + delta) + 0)
+          local old = redis.call('HGET', ar, 't' .. sslot)
+          if old then
+            redis.call('HSET', ar, 't' .. sslot, fix(tonumber(old) + delta))
+            set = {'t', fix(tonumber(v[1] or '0') + delta)}
+          end
         end
-      elseif f >= 4 and tonumber(v[3]) == sday then
-        redis.call('HSET', h, 'used', math.max(0, tonumber(v[4] or '0') + delta) + 0)
       end
+      if f >= 4 and tonumber(v[4]) == sday then
+        set[#set + 1] = 'used'; set[#set + 1] = fix(tonumber(v[5] or '0') + delta)
+      end
+      if #set > 0 then redis.call('HSET', h, unpack(set)) end
     end
   end
 end
 if n == 0 then return {0, now, day} end
 if nonce_ttl > 0 then
-  if not redis.call('SET', KEYS[2 * n + 1], '1', 'NX', 'PX', nonce_ttl) then return {2} end
+  if not redis.call('SET', KEYS[3 * n + 1], '1', 'NX', 'PX', nonce_ttl) then return {2} end
 end
 local worst_code, worst_limit, worst_at, worst_subject = nil, 0, -1, 0
 local function refuse(code, limit, at, i)
@@ -116,45 +129,28 @@ local function refuse(code, limit, at, i)
     worst_code, worst_limit, worst_at, worst_subject = code, limit, at, i
   end
 end
--- When enough of the window's oldest slots (o..l) have left for `need` requests (field 'n') or tokens ('t') to fit.
-local function leaves(h, o, l, field, need)
-  if not o then return -1 end
-  for first = o, l, 16 do  -- 16 slots per call: the oldest non-empty slot is usually enough
-    local names = {}
-    for s = first, math.min(l, first + 15) do names[#names + 1] = field .. s; names[#names + 1] = 'm' .. s end
-    local got = redis.call('HMGET', h, unpack(names))
-    for j = 1, #got, 2 do
-      if got[j] then
-        need = need - tonumber(got[j])
-        if need <= 0 then return tonumber(got[j + 1]) + W end
-      end
-    end
-  end
-  return -1
-end
 local cur = math.floor(now / S)
 local cut = math.floor((now - W) / S)  -- slots up to this one may have left the window (those before it have)
-local ns, ts, ms = 'n' .. cur, 't' .. cur, 'm' .. cur
-local x = {}  -- per subject: {requests, tokens, oldest slot, its latest admission, latest slot, today's tokens, this slot's requests, tokens, dirty}
+local x = {}
 for i = 1, n do
-  local h, c = KEYS[2 * i - 1], KEYS[2 * i]
+  local h, ar, c = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
   local b = 4 * i + 2
   local rpm, tpm, conc, daily = tonumber(ARGV[b]), tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
-  local v = redis.call('HMGET', h, 'n', 't', 'o', 'om', 'l', 'day', 'used', ns, ts)
-  local count, sum, o, om, l = tonumber(v[1] or '0'), tonumber(v[2] or '0'), tonumber(v[3]), tonumber(v[4]), tonumber(v[5])
-  local used = tonumber(v[6]) == day and tonumber(v[7] or '0') or 0
-  local dirty = false
-  if o and o <= cut and (not om or om <= now - W) then  -- the oldest slot may have left: look at the slots up to `cut`
-    local last = math.min(cut, l or cut)
+  -- the window's requests and tokens; the oldest slot that may be in it, and that slot's latest admission (-1: unknown);
+  -- the latest slot (cs) with its requests, tokens and latest admission (the older slots: fields n<s>, t<s>, m<s> of `ar`)
+  local v = redis.call('HMGET', h, 'n', 't', 'o', 'om', 'cs', 'cn', 'ct', 'cm', 'day', 'used')
+  local y = {n = tonumber(v[1] or '0'), t = tonumber(v[2] or '0'), o = tonumber(v[3]), om = tonumber(v[4] or '-1'),
+             cs = tonumber(v[5]), cn = tonumber(v[6] or '0'), ct = tonumber(v[7] or '0'), cm = tonumber(v[8] or '-1'),
+             used = tonumber(v[9]) == day and tonumber(v[10] or '0') or 0, dirty = false}
+  if y.o and y.o <= cut and y.om <= now - W then  -- the oldest slot may have left: look at the slots up to `cut`
     local names = {}
-    for s = o, last do names[#names + 1] = 'n' .. s; names[#names + 1] = 't' .. s; names[#names + 1] = 'm' .. s end
-    local got = #names > 0 and redis.call('HMGET', h, unpack(names)) or {}
-    local gone = {}
-    o, om = nil, nil
+    for s = y.o, math.min(cut, y.cs - 1) do names[#names + 1] = 'n' .. s; names[#names + 1] = 't' .. s; names[#names + 1] = 'm' .. s end
+    local got = #names > 0 and redis.call('HMGET', ar, unpack(names)) or {}
+    local gone, o, om = {}, nil, -1
     for j = 1, #got, 3 do
       if got[j] then
         if tonumber(got[j + 2]) <= now - W then
-          count, sum = count - tonumber(got[j]), sum - tonumber(got[j + 1])
+          y.n, y.t = y.n - tonumber(got[j]), y.t - tonumber(got[j + 1])
           gone[#gone + 1] = names[j]; gone[#gone + 1] = names[j + 1]; gone[#gone + 1] = names[j + 2]
         else
           o, om = tonumber(string.sub(names[j], 2)), tonumber(got[j + 2])
@@ -162,53 +158,82 @@ for i = 1, n do
         end
       end
     end
-    if not o and l and last < l then o = last + 1 end  -- the oldest slot left is after `cut`; its time is read when it matters
-    if #gone > 0 then redis.call('HDEL', h, unpack(gone)) end
-    count, sum, dirty = math.max(0, count) + 0, math.max(0, sum) + 0, true
+    if not o then  -- every older slot left: the latest slot is the oldest
+      if y.cs <= cut and y.cm <= now - W then  -- and it left too: the window is empty
+        y.n, y.t, y.cs, y.cn, y.ct, y.cm, o, om = 0, 0, nil, 0, 0, -1, nil, -1
+      else
+        o, om = y.cs, y.cm
+      end
+    end
+    if #gone > 0 then redis.call('HDEL', ar, unpack(gone)) end
+    y.n, y.t, y.o, y.om, y.dirty = fix(y.n), fix(y.t), o, om, true
   end
-  if rpm >= 0 and count + 1 > rpm then refuse(1, rpm, rpm > 0 and leaves(h, o, l, 'n', count + 1 - rpm) or -1, i) end
+  -- when enough of the oldest slots have left for `need` requests (field 'n') or tokens ('t') to fit; 16 slots a call
+  local function leaves(field, need)
+    if not y.o then return -1 end
+    for first = y.o, y.cs - 1, 16 do
+      local names = {}
+      for s = first, math.min(y.cs - 1, first + 15) do names[#names + 1] = field .. s; names[#names + 1] = 'm' .. s end
+      local got = redis.call('HMGET', ar, unpack(names))
+      for j = 1, #got, 2 do
+        if got[j] then
+          need = need - tonumber(got[j])
+          if need <= 0 then return tonumber(got[j + 1]) + W end
+        end
+      end
+    end
+    need = need - (field == 'n' and y.cn or y.ct)
+    if need <= 0 then return y.cm + W end
+    return -1
+  end
+  if rpm >= 0 and y.n + 1 > rpm then refuse(1, rpm, rpm > 0 and leaves('n', y.n + 1 - rpm) or -1, i) end
   if tpm >= 0 then
     if charge > tpm then refuse(5, tpm, -1, i)
-    elseif sum + charge > tpm then refuse(2, tpm, leaves(h, o, l, 't', sum + charge - tpm), i) end
+    elseif y.t + charge > tpm then refuse(2, tpm, leaves('t', y.t + charge - tpm), i) end
   end
   if daily >= 0 then
     if charge > daily then refuse(5, daily, -1, i)
-    elseif used + charge > daily then refuse(3, daily, (day + 1) * DAY, i) end
+    elseif y.used + charge > daily then refuse(3, daily, (day + 1) * DAY, i) end
   end
   if conc >= 0 and redis.call('ZCOUNT', c, '(' .. now, '+inf') >= conc then refuse(4, conc, -1, i) end
-  x[i] = {count, sum, o, om, l, used, tonumber(v[8] or '0'), tonumber(v[9] or '0'), dirty}
+  x[i] = y
 end
 if worst_code ~= nil then
   for i = 1, n do  -- keep what the look at the old slots found
     local y = x[i]
-    if y[9] then
-      if y[3] then redis.call('HSET', KEYS[2 * i - 1], 'n', y[1], 't', y[2], 'o', y[3], 'om', y[4] or -1)
-      else redis.call('HSET', KEYS[2 * i - 1], 'n', 0, 't', 0, 'o', cur, 'om', -1) end
+    if y.dirty then
+      if y.cs then redis.call('HSET', KEYS[3 * i - 2], 'n', y.n, 't', y.t, 'o', y.o, 'om', y.om)
+      else redis.call('HDEL', KEYS[3 * i - 2], 'n', 't', 'o', 'om', 'cs', 'cn', 'ct', 'cm') end
     end
   end
   return {1, worst_code, worst_limit, now, worst_at, worst_subject}
 end
 for i = 1, n do
-  local h, c = KEYS[2 * i - 1], KEYS[2 * i]
+  local h, ar, c = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
   local b = 4 * i + 2
   local y = x[i]
   local windowed, daily = tonumber(ARGV[b]) >= 0 or tonumber(ARGV[b + 1]) >= 0, tonumber(ARGV[b + 3]) >= 0
-  -- expiry is renewed by the first admission of a slot (with a window; else by each)
-  local fresh = not windowed or y[7] == 0
+  local fresh = not windowed or y.cs ~= cur  -- the first admission of a slot renews the keys' expiry (not every request)
+  local set = {}
   if windowed then
-    local o, om = y[3], y[4]
-    if not o then o, om = cur, now elseif o == cur then om = now end
-    if daily then
-      redis.call('HSET', h, 'n', y[1] + 1, 't', y[2] + charge, 'o', o, 'om', om or -1, 'l', cur, ns, y[7] + 1, ts, y[8] + charge,
-                 ms, now, 'day', day, 'used', y[6] + charge)
-    else
-      redis.call('HSET', h, 'n', y[1] + 1, 't', y[2] + charge, 'o', o, 'om', om or -1, 'l', cur, ns, y[7] + 1, ts, y[8] + charge,
-                 ms, now)
+    local o, om = y.o, y.om
+    if fresh and y.cs then  -- the latest slot becomes an older one: into the archive
+      redis.call('HSET', ar, 'n' .. y.cs, y.cn, 't' .. y.cs, y.ct, 'm' .. y.cs, y.cm)
+      y.cn, y.ct = 0, 0
     end
-  elseif daily then
-    redis.call('HSET', h, 'day', day, 'used', y[6] + charge)
+    if not o then o = cur end
+    if o == cur then om = now end
+    for _, f in ipairs({'n', y.n + 1, 't', y.t + charge, 'o', o, 'om', om, 'cs', cur, 'cn', y.cn + 1, 'ct', y.ct + charge,
+                        'cm', now}) do set[#set + 1] = f end
   end
-  if fresh and (windowed or daily) then redis.call('PEXPIRE', h, daily and 2 * DAY or W + 2 * S) end
+  if daily then set[#set + 1] = 'day'; set[#set + 1] = day; set[#set + 1] = 'used'; set[#set + 1] = y.used + charge end
+  if #set > 0 then
+    redis.call('HSET', h, unpack(set))
+    if fresh then
+      redis.call('PEXPIRE', h, daily and 2 * DAY or W + 2 * S)
+      if windowed then redis.call('PEXPIRE', ar, daily and 2 * DAY or W + 2 * S) end  -- no longer than the counts
+    end
+  end
   if tonumber(ARGV[b + 2]) >= 0 then
     if now % 16 == 0 then redis.call('ZREMRANGEBYSCORE', c, '-inf', now) end  -- now and then: the leases of dead replicas
     redis.call('ZADD', c, now + lease, rid)
@@ -231,10 +256,10 @@ return #KEYS
 """
 
 
-def _keys(subject: str) -> tuple[bytes, bytes]:
-    """A subject's counts (window slots and daily tokens) and its leases, in the order the script takes them."""
+def _keys(subject: str) -> tuple[bytes, bytes, bytes]:
+    """A subject's counts, its window's older slots and its leases, in the order the script takes them."""
     name = subject.encode()
-    return b"dg:h:" + name, b"dg:c:" + name
+    return b"dg:s:" + name, b"dg:a:" + name, b"dg:c:" + name
 
 
 def _limit(value: int | None) -> bytes:
@@ -282,7 +307,7 @@ class _Encoded:
     __slots__ = ("keys", "limits", "leased", "flag")
 
     def __init__(self, quota: Quota) -> None:
-        self.keys = b"".join(bulk(key) for key in _keys(quota.subject))  # two RESP items
+        self.keys = b"".join(bulk(key) for key in _keys(quota.subject))  # three RESP items
         self.limits = b"".join((_limit(quota.requests_per_min), _limit(quota.tokens_per_min),
                                 _limit(quota.concurrent_requests), _limit(quota.daily_tokens)))  # four RESP items
         self.leased = quota.concurrent_requests is not None
@@ -305,7 +330,7 @@ class RedisAdmission:
         self.request_id = request_id
         self.charged = charged
         self.subjects = subjects
-        self.keys = keys  # the subjects' two keys each, in RESP, for the settlement
+        self.keys = keys  # the subjects' three keys each, in RESP, for the settlement
         self.leased = leased  # subjects whose concurrency slot this request holds
         # The settlement's arguments around the real usage, in RESP: the request id (head) and the admission's
         # slot, day and the subjects' flags (tail); between them goes the difference to the charge.
@@ -484,7 +509,7 @@ class RedisState:
         n = len(quotas)
         subject_keys = b"".join([item.keys for item in encoded])
         call = _Call()
-        call.key(subject_keys, 2 * n)
+        call.key(subject_keys, 3 * n)
         rid = bulk(request_id)
         call.arg(b"%b%b%b%b%b" % (_small(n), _small(tokens), rid, self._lease_arg, bulk(nonce[1]) if nonce else _SMALL[0]), 5)
         call.arg(b"".join([item.limits for item in encoded]), 4 * n)
@@ -536,7 +561,7 @@ class RedisState:
         call.arg(_small(len(pending)))
         for admission, tokens in pending:
             call.arg(b"%b%b%b" % (admission.settle_head, _small(tokens - admission.charged), admission.settle_tail), 5)
-            call.key(admission.keys, 2 * len(admission.subjects))
+            call.key(admission.keys, 3 * len(admission.subjects))
 
     def _flush_soon(self) -> None:
         self._flush_handle = None
@@ -569,7 +594,7 @@ class RedisState:
             call.arg(self._lease_arg)
             for admission in running:
                 for subject in admission.leased:
-                    call.key(bulk(_keys(subject)[1]))
+                    call.key(bulk(_keys(subject)[2]))
                     call.arg(bulk(admission.request_id))
             try:
                 async with asyncio.timeout(self.timeout_s):
