@@ -66,7 +66,7 @@ def test_quiet_fleet_tied_tightly_is_scored_as_one_actor() -> None:
     accounts = [f"fleet{i}" for i in range(40)]
     _fleet(scanner, accounts, per_account_day=1, days=3, eliciting=True)
     scanner._refresh()
-    own = max(scanner._evidence_cache[a][1][0] for a in accounts)
+    own = max(scanner._evidence_cache[a][0][0] for a in accounts)
     tight = scanner._pooled(_cluster(accounts, 0.9))
     assert tight is not None
     # Three requests per account are too few on their own; 120 eliciting sweep requests over three days are not.

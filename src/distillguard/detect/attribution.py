@@ -120,7 +120,7 @@ def rarity(holders: int, population: int, rare_share: float = RARE_SHARE) -> flo
     return max(0.0, min(1.0, math.log((population + 10) / (holders + 1)) / math.log(rare_share)))
 
 
-@dataclass
+@dataclass(slots=True)  # one per account: no per-instance __dict__ (docs/detection.md, "Memory")
 class _Account:
     requests: int = 0
     installs: set[str] = field(default_factory=set)

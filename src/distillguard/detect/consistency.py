@@ -53,7 +53,7 @@ def event_checks(event: Mapping[str, Any]) -> tuple[bool, set[str]]:
     return True, failed
 
 
-@dataclass
+@dataclass(slots=True)  # one per account: no per-instance __dict__ (docs/detection.md, "Memory")
 class _State:
     checked: int = 0
     inconsistent: int = 0
@@ -79,7 +79,7 @@ class Consistency(Detector):
         s.checked += 1
         if failed:
             s.inconsistent += 1
-            for name in failed:
+            for name in sorted(failed):  # a set of str: its order changes with the process's hash seed, the report must not
                 s.by_check[name] = s.by_check.get(name, 0) + 1
 
     def evidence(self, account_id: str) -> Evidence | None:
@@ -90,7 +90,7 @@ class Consistency(Detector):
         # Midpoint 40 %: a VPN now and then stays under it; a client whose stated place is mostly not where its
         # requests come from does not.
         score = logistic(share, 0.4, 0.1) * confidence(s.checked, 15.0)
-        parts = ", ".join(f"{name.replace('_', ' ')} {count}" for name, count in sorted(s.by_check.items(), key=lambda kv: -kv[1]))
+        parts = ", ".join(f"{name.replace('_', ' ')} {count}" for name, count in sorted(s.by_check.items(), key=lambda kv: (-kv[1], kv[0])))
         return Evidence(self.name, score,
                         f"{s.inconsistent} of {s.checked} attested requests inconsistent with their network ({share:.0%})"
                         + (f": {parts}" if parts else ""),

@@ -103,7 +103,7 @@ def builds_on_earlier(text: str) -> bool:
     return len(content) >= 2
 
 
-@dataclass
+@dataclass(slots=True)  # one per account: no per-instance __dict__ (docs/detection.md, "Memory")
 class _State:
     requests: int = 0
     single_turn: int = 0

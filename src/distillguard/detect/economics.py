@@ -8,15 +8,23 @@ also ask for logprobs, but for one-token answers, so length dominates here.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from distillguard.detect.base import AccountStates, Detector, Evidence, confidence, logistic
+from distillguard.detect.base import (
+    AccountStates,
+    Detector,
+    Distinct,
+    Evidence,
+    add_distinct,
+    confidence,
+    logistic,
+)
 
 __all__ = ["TokenEconomics"]
 
 
-@dataclass
+@dataclass(slots=True)  # one per account: no per-instance __dict__ (docs/detection.md, "Memory")
 class _State:
     requests: int = 0
     completion_tokens: int = 0
@@ -24,7 +32,7 @@ class _State:
     pinned_high: int = 0
     multi_sample: int = 0
     logprobs: int = 0
-    temperatures: set[float] = field(default_factory=set)
+    temperatures: Distinct[float] = ()  # a small tuple, then a set (base.add_distinct)
 
 
 class TokenEconomics(Detector):
@@ -51,8 +59,8 @@ class TokenEconomics(Detector):
         if params.get("logprobs"):
             state.logprobs += 1
         temperature = params.get("temperature")
-        if isinstance(temperature, int | float) and len(state.temperatures) < 32:
-            state.temperatures.add(round(float(temperature), 2))
+        if isinstance(temperature, int | float):
+            state.temperatures = add_distinct(state.temperatures, round(float(temperature), 2), 32)
 
     def evidence(self, account_id: str) -> Evidence | None:
         s = self.accounts.get(account_id)

@@ -9,8 +9,8 @@ work where it was on the first day.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from distillguard.detect.base import Detector, Evidence, confidence, logistic
@@ -19,12 +19,27 @@ from distillguard.events import parse_ts
 __all__ = ["ModelPivot"]
 
 
+# An account's (model, hour) counts are pruned when they pass this many: what is kept is every hour inside a known
+# release's first day and the last ``_KEEP_RECENT_H`` hours. A release first seen later opens its window at its
+# first event, so for events in time order (up to a day out of order) nothing pruned is ever read again; the state
+# no longer grows with the hours an account is active.
+_PRUNE_AT = 256
+_KEEP_RECENT_H = 48
+
+
+@dataclass(slots=True)
+class _State:
+    hours: dict[tuple[str, int], int] = field(default_factory=dict)
+    first_hour: int = 2**62  # the account's earliest hour: whether it was active before a release
+    newest_hour: int = -(2**62)
+
+
 class ModelPivot(Detector):
     name = "model_pivot"
 
     def __init__(self) -> None:
         self.first_seen: dict[str, float] = {}
-        self.accounts: dict[str, dict[tuple[str, int], int]] = defaultdict(dict)
+        self.accounts: dict[str, _State] = {}
 
     def update(self, event: Mapping[str, Any]) -> None:
         account, model = event.get("account_id"), event.get("model")
@@ -35,21 +50,35 @@ class ModelPivot(Detector):
             ts = parse_ts(event["ts"])
         if model not in self.first_seen or ts < self.first_seen[model]:
             self.first_seen[model] = ts
-        hours = self.accounts[account]
-        key = (model, int(ts // 3600))
+        state = self.accounts.get(account)
+        if state is None:
+            state = self.accounts[account] = _State()
+        hour = int(ts // 3600)
+        state.first_hour = min(state.first_hour, hour)
+        state.newest_hour = max(state.newest_hour, hour)
+        hours = state.hours
+        key = (model, hour)
         hours[key] = hours.get(key, 0) + 1
+        if len(hours) > _PRUNE_AT:
+            self._prune(state)
+
+    def _prune(self, state: _State) -> None:
+        windows = [int(t // 3600) for t in self.first_seen.values()]
+        recent = state.newest_hour - _KEEP_RECENT_H
+        state.hours = {(m, h): c for (m, h), c in state.hours.items() if h >= recent or any(0 <= h - w < 24 for w in windows)}
 
     def evidence(self, account_id: str) -> Evidence | None:
-        hours = self.accounts.get(account_id)
-        if not hours or len(self.first_seen) < 2:
+        state = self.accounts.get(account_id)
+        if state is None or not state.hours or len(self.first_seen) < 2:
             return None
+        hours = state.hours
         oldest = min(self.first_seen.values())
         best: tuple[float, str, int, int] | None = None
         for model, released in self.first_seen.items():
             if released - oldest < 6 * 3600:
                 continue  # there from the start of the log: no release observed
             start = int(released // 3600)
-            before = sum(c for (m, h), c in hours.items() if h < start)
+            active_before = state.first_hour < start
             window = [(m, c) for (m, h), c in hours.items() if start <= h < start + 24]
             total = sum(c for _, c in window)
             on_new = sum(c for m, c in window if m == model)
@@ -57,7 +86,7 @@ class ModelPivot(Detector):
                 continue
             share = on_new / total
             # Accounts that start the day of a release and use only it are pivots too (fresh hydra heads).
-            if before == 0 and share < 0.99:
+            if not active_before and share < 0.99:
                 continue
             candidate = (share * confidence(total, 8.0), model, on_new, total)
             if best is None or candidate[0] > best[0]:

@@ -83,7 +83,7 @@ def elicitation_score(text: str, system: str | None = None) -> tuple[float, froz
     return score, hits
 
 
-@dataclass
+@dataclass(slots=True)  # one per account: no per-instance __dict__ (docs/detection.md, "Memory")
 class _State:
     prompts: int = 0
     eliciting: int = 0

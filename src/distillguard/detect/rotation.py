@@ -16,7 +16,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from distillguard.detect.base import AccountStates, Detector, Evidence, confidence, event_time, logistic
+from distillguard.detect.base import (
+    AccountStates,
+    Detector,
+    Distinct,
+    Evidence,
+    add_distinct,
+    confidence,
+    event_time,
+    logistic,
+)
 
 __all__ = ["NetworkRotation", "network_of"]
 
@@ -33,13 +42,13 @@ def network_of(ip: str) -> str:
     return ip[:19]
 
 
-@dataclass
+@dataclass(slots=True)  # one per account: no per-instance __dict__ (docs/detection.md, "Memory")
 class _State:
     requests: int = 0
     day: int = -1
-    nets: set[str] = field(default_factory=set)
-    asns: set[Any] = field(default_factory=set)
-    install_nets: dict[str, set[str]] = field(default_factory=dict)
+    nets: Distinct[str] = ()  # small tuples, then sets (base.add_distinct)
+    asns: Distinct[Any] = ()
+    install_nets: dict[str, Distinct[str]] = field(default_factory=dict)
     with_network: int = 0  # requests carrying an address
     fresh: int = 0  # requests from a network not yet seen by the account that day (beyond the first of the day)
     repeat_day_requests: int = 0  # requests that could have been fresh (not the first of their day)
@@ -69,17 +78,16 @@ class NetworkRotation(Detector):
         day = int(ts // 86400)
         if day != s.day:
             s.day, s.days = day, s.days + 1
-            s.nets, s.asns, s.install_nets = set(), set(), {}
+            s.nets, s.asns, s.install_nets = (), (), {}
         else:
             s.repeat_day_requests += 1
             if network not in s.nets:
                 s.fresh += 1
         s.with_network += 1
-        if len(s.nets) < _CAP:
-            s.nets.add(network)
+        s.nets = add_distinct(s.nets, network, _CAP)
         asn = (client.get("geo") or {}).get("asn")
-        if asn is not None and len(s.asns) < _CAP:
-            s.asns.add(asn)
+        if asn is not None:
+            s.asns = add_distinct(s.asns, asn, _CAP)
         s.peak_nets = max(s.peak_nets, len(s.nets))
         s.peak_asns = max(s.peak_asns, len(s.asns))
         attestation = event.get("attestation") or {}
@@ -89,11 +97,10 @@ class NetworkRotation(Detector):
             seen = s.install_nets.get(install)
             if seen is None:
                 if len(s.install_nets) < _INSTALL_CAP:
-                    s.install_nets[install] = {network}
+                    s.install_nets[install] = (network,)
             elif network not in seen:
                 s.install_hops += 1
-                if len(seen) < _CAP:
-                    seen.add(network)
+                s.install_nets[install] = add_distinct(seen, network, _CAP)
 
     def evidence(self, account_id: str) -> Evidence | None:
         s = self.accounts.get(account_id)

@@ -9,35 +9,45 @@ interleaved within an hour are counted by their opening messages.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from distillguard.detect.base import AccountStates, Detector, Evidence, confidence, event_time, logistic
+from distillguard.detect.base import (
+    AccountStates,
+    Detector,
+    Distinct,
+    Evidence,
+    add_distinct,
+    confidence,
+    event_time,
+    logistic,
+)
 
 __all__ = ["KeySharing"]
 
 _CAP = 256
 
 
-def _add(values: set[str], value: Any) -> None:
-    if value is not None and value != "" and len(values) < _CAP:
-        values.add(str(value))
+def _add(values: Distinct[str], value: Any) -> Distinct[str]:
+    if value is None or value == "":
+        return values
+    return add_distinct(values, str(value), _CAP)
 
 
-@dataclass
+@dataclass(slots=True)  # one per account: no per-instance __dict__ (docs/detection.md, "Memory")
 class _State:
     requests: int = 0
-    installs: set[str] = field(default_factory=set)
-    prefixes: set[str] = field(default_factory=set)
-    asns: set[str] = field(default_factory=set)
-    countries: set[str] = field(default_factory=set)
-    timezones: set[str] = field(default_factory=set)
+    # Distinct values as small tuples, then sets (base.add_distinct): ~1.3 KB less per light account.
+    installs: Distinct[str] = ()
+    prefixes: Distinct[str] = ()
+    asns: Distinct[str] = ()
+    countries: Distinct[str] = ()
+    timezones: Distinct[str] = ()
     hour: int = -1
-    hour_installs: set[str] = field(default_factory=set)
-    hour_countries: set[str] = field(default_factory=set)
-    hour_threads: set[str] = field(default_factory=set)
+    hour_installs: Distinct[str] = ()
+    hour_countries: Distinct[str] = ()
+    hour_threads: Distinct[int] = ()  # hash() of the openings: only how many differ is read
     peak_installs: int = 0
     peak_countries: int = 0
     peak_threads: int = 0
@@ -65,21 +75,23 @@ class KeySharing(Detector):
         install = attestation.get("install_id")
         ip = client.get("ip") or ""
         country = geo.get("country")
-        _add(s.installs, install)
-        _add(s.prefixes, ip.rsplit(".", 1)[0] if "." in ip else ip[:19])
-        _add(s.asns, geo.get("asn"))
-        _add(s.countries, country)
-        _add(s.timezones, attestation.get("tz"))
+        s.installs = _add(s.installs, install)
+        s.prefixes = _add(s.prefixes, ip.rsplit(".", 1)[0] if "." in ip else ip[:19])
+        s.asns = _add(s.asns, geo.get("asn"))
+        s.countries = _add(s.countries, country)
+        s.timezones = _add(s.timezones, attestation.get("tz"))
         hour = int(ts // 3600)
         if hour != s.hour:
             s.hour = hour
-            s.hour_installs, s.hour_countries, s.hour_threads = set(), set(), set()
-        _add(s.hour_installs, install)
-        _add(s.hour_countries, attestation.get("tz") or country)
+            s.hour_installs, s.hour_countries, s.hour_threads = (), (), ()
+        s.hour_installs = _add(s.hour_installs, install)
+        s.hour_countries = _add(s.hour_countries, attestation.get("tz") or country)
         messages = (event.get("request") or {}).get("messages") or []
         if messages and isinstance(messages[0], dict):
-            opener = str(messages[0].get("content", ""))[:200]
-            _add(s.hour_threads, hashlib.blake2b(opener.encode(), digest_size=8).hexdigest())
+            # Python's string hash (this process's): distinct openings within one hour are only counted, and a
+            # 64-bit collision among an hour's few hundred at most is negligible; a blake2b digest as text cost
+            # ~1 µs and 65 bytes more per opening.
+            s.hour_threads = add_distinct(s.hour_threads, hash(str(messages[0].get("content", ""))[:200]), _CAP)
         s.peak_installs = max(s.peak_installs, len(s.hour_installs))
         s.peak_countries = max(s.peak_countries, len(s.hour_countries))
         s.peak_threads = max(s.peak_threads, len(s.hour_threads))

@@ -25,10 +25,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from distillguard.detect.base import AccountStates, Detector, Evidence, event_time, logistic
+from distillguard.detect.base import (
+    AccountStates,
+    Detector,
+    Distinct,
+    Evidence,
+    add_distinct,
+    event_time,
+    logistic,
+)
 
 __all__ = ["BURST_FLOOR", "SustainedExtraction", "burst_factor", "job_size", "persistence", "substance"]
 
@@ -70,12 +78,12 @@ def burst_factor(burst: float) -> float:
     return 1.0 - (1.0 - BURST_FLOOR) * burst
 
 
-@dataclass
+@dataclass(slots=True)  # one per account: no per-instance __dict__ (docs/detection.md, "Memory")
 class _State:
     requests: int = 0
     first: float = math.inf
     last: float = -math.inf
-    days: set[int] = field(default_factory=set)
+    days: Distinct[int] = ()  # a small tuple, then a set (base.add_distinct)
     answer_tokens: int = 0
     reasoning_chars: int = 0
 
@@ -94,8 +102,7 @@ class SustainedExtraction(Detector):
         s.requests += 1
         s.first = min(s.first, ts)
         s.last = max(s.last, ts)
-        if len(s.days) < _MAX_DAYS:
-            s.days.add(int(ts // 86400))
+        s.days = add_distinct(s.days, int(ts // 86400), _MAX_DAYS)
         response = event.get("response") or {}
         s.answer_tokens += int(response.get("completion_tokens") or 0)
         s.reasoning_chars += int(response.get("reasoning_chars") or 0)
@@ -119,6 +126,7 @@ class SustainedExtraction(Detector):
 
     def _pool(self, account_ids: Iterable[str]) -> _State:
         pool = _State()
+        days: set[int] = set()
         for account in account_ids:
             s = self.accounts.get(account)
             if s is None or s.requests == 0:
@@ -128,8 +136,9 @@ class SustainedExtraction(Detector):
             pool.last = max(pool.last, s.last)
             pool.answer_tokens += s.answer_tokens
             pool.reasoning_chars += s.reasoning_chars
-            if len(pool.days) < _MAX_DAYS:
-                pool.days |= s.days
+            if len(days) < _MAX_DAYS:
+                days.update(s.days)
+        pool.days = days
         return pool
 
     def pooled_burst(self, account_ids: Iterable[str]) -> float:

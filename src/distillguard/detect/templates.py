@@ -96,7 +96,7 @@ def wrapper_parts(frame: str) -> tuple[str, ...]:
     return ("p2:" + " ".join(first[:2]), "p4:" + " ".join(first[:4]), "s2:" + " ".join(last[-2:]), "s4:" + " ".join(last[-4:]))
 
 
-@dataclass
+@dataclass(slots=True)  # one per account: no per-instance __dict__ (docs/detection.md, "Memory")
 class _State:
     requests: int = 0
     single_turn: int = 0

@@ -12,21 +12,31 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from distillguard.detect.base import AccountStates, Detector, Evidence, confidence, event_time, logistic
+from distillguard.detect.base import (
+    AccountStates,
+    Detector,
+    Distinct,
+    Evidence,
+    add_distinct,
+    confidence,
+    event_time,
+    logistic,
+)
 
 __all__ = ["Timing"]
 
 _MAX_BUCKETS = 4096
+_MAX_DAYS = 400  # active days counted (as sustained.py): the state must not grow with the log's length
 
 
-@dataclass
+@dataclass(slots=True)  # one per account: no per-instance __dict__ (docs/detection.md, "Memory")
 class _State:
     requests: int = 0
     utc_hours: list[int] = field(default_factory=lambda: [0] * 24)
     local_day: int = 0
     local_known: int = 0
-    days: set[int] = field(default_factory=set)
-    buckets: set[int] = field(default_factory=set)
+    days: Distinct[int] = ()  # small tuple, then a set (base.add_distinct)
+    buckets: Distinct[int] = ()
 
 
 class Timing(Detector):
@@ -43,9 +53,8 @@ class Timing(Detector):
         state.requests += 1
         hour = int(ts // 3600)
         state.utc_hours[hour % 24] += 1
-        state.days.add(hour // 24)
-        if len(state.buckets) < _MAX_BUCKETS:
-            state.buckets.add(int(ts // 300))
+        state.days = add_distinct(state.days, hour // 24, _MAX_DAYS)
+        state.buckets = add_distinct(state.buckets, int(ts // 300), _MAX_BUCKETS)
         attestation = event.get("attestation") or {}
         offset = attestation.get("utc_offset_min")
         if isinstance(offset, int):
@@ -56,7 +65,10 @@ class Timing(Detector):
 
     def buckets(self, account_id: str) -> set[int]:
         state = self.accounts.get(account_id)
-        return state.buckets if state else set()
+        if state is None:
+            return set()
+        buckets = state.buckets
+        return buckets if isinstance(buckets, set) else set(buckets)  # a light account's few, held as a tuple
 
     def evidence(self, account_id: str) -> Evidence | None:
         s = self.accounts.get(account_id)
