@@ -1,6 +1,6 @@
 """Gateway overhead: the same load against the upstream directly, distillguard, and LiteLLM's proxy, in one run.
 
-    python bench/gateway_overhead.py [--duration 8] [--skip-litellm] [--variants core,all] [--rounds 1]
+    python bench/gateway_overhead.py [--duration 8] [--skip-litellm] [--variants core,all] [--rounds 1] [--before REV]
 
 Needs ``wrk`` (Debian package) as the load generator, so the client is not the
 bottleneck, and LiteLLM in its own venv (``bench/.venv-litellm``, created with
@@ -15,7 +15,10 @@ write-ahead log off, ``event_wal.enabled: false``: its cost is ``core`` minus
 ``nowal`` in the same run). Every load is measured on all targets back to
 back; ``--rounds N`` repeats that N times, reversing the target order on odd
 rounds, and the table shows medians (a busy moment on a shared machine then
-cannot fall on one target's whole series).
+cannot fall on one target's whole series). ``--before REV`` adds the ``core``
+set-up served by the source tree of git revision ``REV`` (``git archive``),
+measured beside the current tree's in the same rounds: the change's effect as a
+ratio taken under the same load.
 """
 
 from __future__ import annotations
@@ -116,6 +119,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1, help="measure every load this many times, alternating the target "
                         "order; the table shows medians")
     parser.add_argument("--variants", default="core,all", help="distillguard configurations, comma-separated: core, all, nowal")
+    parser.add_argument("--before", metavar="REV", help="also serve the core set-up from git revision REV's source, in the same rounds")
     args = parser.parse_args()
     variants = {"core": ("distillguard", False, True), "all": ("distillguard, all on", True, True),
                 "nowal": ("distillguard, WAL off", False, False)}
@@ -139,7 +143,15 @@ def main() -> int:
         upstream = f"http://127.0.0.1:{up_port}/v1"
         wait(upstream + "/models")
         targets = [("upstream (direct)", upstream + "/chat/completions", None, up)]
-        for tag in args.variants.split(","):
+        tags = args.variants.split(",")
+        if args.before:
+            before_src = work / "before"
+            before_src.mkdir()
+            archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.before, "src"], capture_output=True, check=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(before_src)], input=archive, check=True)
+            variants["before"] = (f"distillguard before ({args.before})", False, True)
+            tags.append("before")
+        for tag in tags:
             name, online, wal = variants[tag]
             dg_port = free_port()
             config = {"listen": f"127.0.0.1:{dg_port}", "database": f"sqlite:///{work / f'dg-{tag}.db'}", "admin_token": "bench",
@@ -148,7 +160,8 @@ def main() -> int:
                       "event_wal": {"enabled": wal},
                       "limits": {"requests_per_min": 10_000_000, "tokens_per_min": 10_000_000_000, "concurrent_requests": 1000, "daily_tokens": None}}
             (work / f"dg-{tag}.yaml").write_text(json.dumps(config))
-            dg = spawn([PYTHON, "-m", "distillguard.cli", "serve", "--config", str(work / f"dg-{tag}.yaml")], f"distillguard-{tag}.log")
+            tree = {"PYTHONPATH": os.pathsep.join([str(work / "before" / "src"), os.environ.get("PYTHONPATH", "")])} if tag == "before" else None
+            dg = spawn([PYTHON, "-m", "distillguard.cli", "serve", "--config", str(work / f"dg-{tag}.yaml")], f"distillguard-{tag}.log", tree)
             dg_root = f"http://127.0.0.1:{dg_port}"
             wait(dg_root + "/healthz")
             admin = {"Authorization": "Bearer bench"}
@@ -211,6 +224,14 @@ def main() -> int:
                 ours = results["distillguard"][label]["rps"], results["distillguard, all on"][label]["rps"]
                 theirs = max(1e-9, results["litellm proxy"][label]["rps"])
                 print(f"| {label} | {ours[0] / theirs:.1f}× ({ours[1] / theirs:.1f}× all on) |")
+        before_name = variants["before"][0] if args.before else None
+        if before_name in results and "distillguard" in results:
+            print(f"\n| load | CPU ms/request, {before_name} | now | now / before | req/s now / before |")
+            print("|---|---:|---:|---:|---:|")
+            for label in direct:
+                b, n = results[before_name][label], results["distillguard"][label]
+                print(f"| {label} | {b['cpu_ms_per_req']:.3f} | {n['cpu_ms_per_req']:.3f} | {n['cpu_ms_per_req'] / b['cpu_ms_per_req']:.2f} | "
+                      f"{n['rps'] / b['rps']:.2f} |")
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=2))
         return 0

@@ -1,6 +1,7 @@
 """The gateway app under three HTTP servers, side by side: cost (wrk) and the edge probes.
 
     python bench/server_compare.py [--duration 6] [--servers own,uvicorn,granian] [--skip-probes] [--skip-load] [--flood 15]
+    python bench/server_compare.py --app echo [--duration 6]    # the servers alone, around a trivial app
 
 Every server runs the same ASGI application (``build_gateway`` on the same
 configuration) in front of the same canned upstream (``bench/fast_upstream.py``):
@@ -16,6 +17,12 @@ marked pass/fail with what was seen; then two bounded floods on loopback (an
 endless chunked trailer on five connections, 1,000 trickling connections)
 while a normal client measures its latency and the server's RSS is sampled. uvicorn and granian are only needed for
 this comparison; it skips a server that is not installed.
+
+``--app echo`` measures the servers themselves: each runs the same trivial ASGI
+app (:func:`echo_app`: reads the body, answers the benchmark upstream's canned
+JSON), so CPU per request is the server's own cost (parsing, the ASGI
+plumbing, the socket writes) without the gateway's, which otherwise dominates
+the comparison. No probes or floods then (they test the gateway's edge).
 """
 
 from __future__ import annotations
@@ -56,22 +63,49 @@ def app() -> Any:
     return gateway
 
 
-def server_command(name: str, config: Path, host: str, port: int) -> list[str] | None:
+async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """A trivial ASGI app for ``--app echo``: lifespan, then every request's body read and the canned JSON answered."""
+    from fast_upstream import BODY
+
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            await send({"type": message["type"] + ".complete"})
+            if message["type"] == "lifespan.shutdown":
+                return
+    if scope["type"] != "http":
+        return
+    while (await receive()).get("more_body"):
+        pass
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": BODY})
+
+
+def server_command(name: str, config: Path, host: str, port: int, app_name: str = "gateway") -> list[str] | None:
     bench = str(ROOT / "bench")
+    factory = "server_compare:app" if app_name == "gateway" else "server_compare:echo_factory"
     if name == "own":
+        if app_name == "echo":
+            return [PYTHON, "-c", f"import sys; sys.path.insert(0, {bench!r}); import server_compare; "
+                    f"from distillguard.gateway.http_server import run; run(server_compare.echo_app, {host!r}, {port})"]
         return [PYTHON, "-m", "distillguard.cli", "serve", "--config", str(config)]
     if name == "uvicorn":
         if not (BIN / "uvicorn").exists():
             return None
-        return [str(BIN / "uvicorn"), "--factory", "server_compare:app", "--app-dir", bench, "--host", host, "--port", str(port),
+        return [str(BIN / "uvicorn"), "--factory", factory, "--app-dir", bench, "--host", host, "--port", str(port),
                 "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning", "--backlog", "4096"]
     if name == "granian":
         if not (BIN / "granian").exists():
             return None
         return [str(BIN / "granian"), "--interface", "asgi", "--factory", "--working-dir", bench, "--host", host, "--port", str(port),
                 "--loop", "uvloop", "--no-access-log", "--log-level", "warning", "--backlog", "4096",
-                "--http1-header-read-timeout", "10000", "server_compare:app"]
+                "--http1-header-read-timeout", "10000", factory]
     raise SystemExit(f"unknown server {name!r}")
+
+
+def echo_factory() -> Any:
+    """ASGI factory for uvicorn and granian under ``--app echo``."""
+    return echo_app
 
 
 class Launched:
@@ -79,7 +113,7 @@ class Launched:
         self.name, self.proc, self.root, self.key, self.log = name, proc, root, key, log
 
 
-def launch(name: str, work: Path, upstream: str, extra: dict[str, Any] | None = None) -> Launched | None:
+def launch(name: str, work: Path, upstream: str, extra: dict[str, Any] | None = None, app_name: str = "gateway") -> Launched | None:
     port = free_port()
     config = {"listen": f"127.0.0.1:{port}", "database": f"sqlite:///{work / f'dg-{name}.db'}", "admin_token": "bench",
               "spill_dir": str(work / f"spill-{name}"), "log_level": "warning",
@@ -90,7 +124,7 @@ def launch(name: str, work: Path, upstream: str, extra: dict[str, Any] | None = 
               **(extra or {})}
     path = work / f"dg-{name}.yaml"
     path.write_text(json.dumps(config))
-    cmd = server_command(name, path, "127.0.0.1", port)
+    cmd = server_command(name, path, "127.0.0.1", port, app_name)
     if cmd is None:
         print(f"note: {name} is not installed; skipped", file=sys.stderr)
         return None
@@ -100,6 +134,8 @@ def launch(name: str, work: Path, upstream: str, extra: dict[str, Any] | None = 
         proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, cwd=work, env=env, start_new_session=True)
     root = f"http://127.0.0.1:{port}"
     wait(root + "/healthz", timeout=60)
+    if app_name == "echo":
+        return Launched(name, proc, root, "", log)
     admin = {"Authorization": "Bearer bench"}
     account = httpx.post(root + "/admin/v1/accounts", json={"name": "bench"}, headers=admin).json()
     key = httpx.post(root + f"/admin/v1/accounts/{account['account_id']}/keys", json={}, headers=admin).json()["secret"]
@@ -182,7 +218,11 @@ def main() -> int:
     parser.add_argument("--only", help="comma-separated parts of probe names to run")
     parser.add_argument("--flood", type=float, default=15.0, metavar="SECONDS",
                         help="length of the endless-trailer and slow-client floods (0: skip them)")
+    parser.add_argument("--app", choices=["gateway", "echo"], default="gateway",
+                        help="what the servers run: the gateway (default), or a trivial app to measure the servers alone")
     args = parser.parse_args()
+    if args.app == "echo":
+        args.skip_probes, args.flood = True, 0.0
     if not args.skip_load and not shutil.which("wrk"):
         raise SystemExit("wrk is needed: apt-get install wrk")
     began = time.perf_counter()
@@ -199,11 +239,11 @@ def main() -> int:
     floods: dict[str, dict[str, dict[str, float]]] = {}
     try:
         wait(upstream + "/models")
-        if not args.skip_load:
+        if not args.skip_load and args.app == "gateway":  # (an echo app proxies nothing: no baseline to add to)
             direct = Launched("direct", up, upstream.rsplit("/v1", 1)[0], "", work / "upstream.log")
             loads["upstream (direct)"] = load_rows(direct, args.duration)
         for name in args.servers.split(","):
-            target = launch(name, work, upstream)
+            target = launch(name, work, upstream, app_name=args.app)
             if target is None:
                 continue
             try:
@@ -224,7 +264,8 @@ def main() -> int:
                 stop(target.proc)
     finally:
         stop(up)
-    lines = [f"Load average before: {load_before}; after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}.", ""]
+    lines = [f"Load average before: {load_before}; after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}."
+             + (" The servers around a trivial app (`--app echo`): their own cost." if args.app == "echo" else ""), ""]
     if loads:
         lines += ["| load | server | req/s | vs upstream | added p50 (ms) | added p99 (ms) | CPU ms/request | RSS (MB) | errors |",
                   "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -258,7 +299,7 @@ def main() -> int:
                 lines.append(f"| {title} | {name} | {f['requests']:.0f} | {f['failed']:.0f} | {f['p50_ms']:.1f} | {f['p99_ms']:.1f} | "
                              f"{f['max_ms']:.1f} | {f['rss_start_mb']:.0f} → {f['rss_peak_mb']:.0f} |")
         lines.append("")
-    write_report("server_compare.md", lines, began, digest)
+    write_report("server_compare.md" if args.app == "gateway" else "server_compare_echo.md", lines, began, digest)
     print(source_line(digest), file=sys.stderr)
     return 0
 
