@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -44,6 +45,19 @@ def _run(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
+COUNTS = ("n", "t", "o", "om", "cs", "cn", "ct", "cm", "day", "used")  # dg:s:<subject>: ten packed doubles (redis_state.py)
+
+
+async def _counts(state: RedisState, subject: str) -> dict[str, float]:
+    raw = await state.client.get(f"dg:s:{subject}")
+    return dict(zip(COUNTS, struct.unpack("<10d", raw), strict=True)) if raw else {}
+
+
+async def _set_counts(state: RedisState, subject: str, **values: float) -> None:
+    packed = struct.pack("<10d", *(values.get(name, -1 if name in ("o", "om", "cs", "cm", "day") else 0) for name in COUNTS))
+    await state.client.set(f"dg:s:{subject}", packed)
+
+
 # -- the backend itself ----------------------------------------------------------------------------------
 
 
@@ -60,7 +74,7 @@ def test_redis_windows_are_exact_settled_and_nonces_shared(redis: RedisServer) -
         for admission in results[:5]:
             state.settle(admission, 150)  # type: ignore[arg-type]
         await state.flush()
-        assert int(await state.client.hget("dg:s:key:exact", "t")) == 750  # the real usage replaced the estimates
+        assert (await _counts(state, "key:exact"))["t"] == 750  # the real usage replaced the estimates
         tokens = (Quota("key:tok", None, 1_000, None, None),)
         assert isinstance(await state.admit(tokens, 1_001, "big"), Refusal)
         nonce_quota = (Quota("key:nonce", None, None, None, None),)
@@ -90,22 +104,21 @@ def test_slots_leave_the_window_with_their_tokens_and_free_requests_do_not_break
         now = seconds * 1000 + micros // 1000
         old, recent = (now - 61_000) // 100, (now - 30_000) // 100  # on Redis' clock, as the script measures windows
         # three requests in the window: a free one and a paid one long ago, one 30 s ago
-        await state.client.hset("dg:s:key:slots", mapping={  # the counts and the latest slot
-            "n": 3, "t": 900, "o": old, "om": now - 61_000, "cs": recent, "cn": 1, "ct": 300, "cm": now - 30_000})
+        await _set_counts(state, "key:slots", n=3, t=900, o=old, om=now - 61_000, cs=recent, cn=1, ct=300, cm=now - 30_000)
         await state.client.hset("dg:a:key:slots", mapping={f"n{old}": 2, f"t{old}": 600, f"m{old}": now - 61_000})  # an older one
         admitted = await state.admit(quota, 5, "now")
         assert isinstance(admitted, RedisAdmission)  # the old slot left: 1 + 1 requests, 305 tokens
         assert await state.client.hmget("dg:a:key:slots", [f"n{old}", f"t{old}", f"m{old}"]) == [None, None, None]
         assert await state.client.hget("dg:a:key:slots", f"n{recent}") == b"1"  # the latest slot went to the archive
-        n, t, o = await state.client.hmget("dg:s:key:slots", ["n", "t", "o"])
-        assert (n, t) == (b"2", b"305") and old < int(o) <= recent  # o: a lower bound of the oldest slot left
+        counts = await _counts(state, "key:slots")
+        assert (counts["n"], counts["t"]) == (2, 305) and old < counts["o"] <= recent  # o: a lower bound of the oldest slot left
         assert not isinstance(await state.admit(quota, 0, "free"), Refusal)
         refused = await state.admit(quota, 0, "one-too-many")  # 3 in the window: refused until the 30 s old slot leaves
         assert isinstance(refused, Refusal) and refused.code == "rate_limit_exceeded"
         assert refused.retry_at_ms is not None and 29_000 < refused.retry_at_ms - refused.now_ms <= 30_000
         state.settle(admitted, 50)  # the real usage replaces the estimate in its slot and in the window
         await state.flush()
-        assert await state.client.hget("dg:s:key:slots", "t") == b"350"
+        assert (await _counts(state, "key:slots"))["t"] == 350
         # a request settled after its slot went to the archive: the archived slot and the window both change
         wide = (Quota("key:archived", 100, 10_000, None, None),)
         first = await state.admit(wide, 100, "first")
@@ -115,7 +128,7 @@ def test_slots_leave_the_window_with_their_tokens_and_free_requests_do_not_break
         state.settle(first, 40)
         await state.flush()
         archived = [value for field, value in (await state.client.hgetall("dg:a:key:archived")).items() if field.startswith(b"t")]
-        assert archived == [b"40"] and await state.client.hget("dg:s:key:archived", "t") == b"41"
+        assert archived == [b"40"] and (await _counts(state, "key:archived"))["t"] == 41
         await state.close()
 
     _run(scenario())
