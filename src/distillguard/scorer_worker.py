@@ -30,9 +30,10 @@ database URL may hold a password, and arguments are visible to every user.
 Shared indicators: when ``DISTILLGUARD_SCORER_INDICATORS`` holds a database
 URL (the gateway's store, docs/indicators.md), the worker watches its imported
 indicators (:class:`distillguard.store.indicators.IndicatorWatch`): loaded at
-start when there are any, and reloaded within ``CHECK_EVERY_S`` of an
-``indicators import``; the scanner matches them (``shared_indicators``
-evidence).
+start when there are any, and reloaded by the watch's own thread within
+``CHECK_EVERY_S`` of an ``indicators import`` (the scoring loop never waits for
+the store); the scanner matches them (``shared_indicators`` evidence) from the
+next batch on.
 """
 
 from __future__ import annotations
@@ -146,15 +147,11 @@ def serve(inbox: int, outbox: int, publish_every_s: float) -> None:
     cadence = ReportCadence(publish_every_s, time.process_time)
     dirty = False
     while True:
-        # Block until a batch arrives; once there is something to publish, only until it is due (and, with
-        # indicators watched, at most until their next check).
+        # Block until a batch arrives; once there is something to publish, only until it is due.
         timeout_ms = None if not dirty else max(0.0, (cadence.next_report - time.monotonic()) * 1000.0)
-        if watch is not None:
-            check_ms = watch.seconds_to_check() * 1000.0
-            timeout_ms = check_ms if timeout_ms is None else min(timeout_ms, check_ms)
         ready = poller.poll(timeout_ms)
-        take_indicators(scanner, watch)
         if ready:
+            take_indicators(scanner, watch)  # new indicators (loaded by the watch's thread) apply from this batch on
             try:
                 batch = recv(inbox)
             except EOFError:  # the gateway closed the pipe without saying goodbye, or died

@@ -10,6 +10,7 @@ transaction, so running scorers notice a change with one primary-key read
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable, Iterable
 
@@ -73,49 +74,65 @@ class IndicatorWatch:
 
     The one place that decides whether a scorer matches indicators: the
     gateways' child scorers (scorer_worker.py) and the fleet's central scorer
-    (policy/central.py) each hold one and ask :meth:`poll` from their loop;
-    it reads the change counter at most every ``check_every_s`` and the whole
-    table only when the counter moved. Store errors are reported through
-    ``complain`` and leave the current indicators in force.
+    (policy/central.py) each hold one. The first load happens in the
+    constructor, before scoring starts; after that a daemon thread reads the
+    change counter every ``check_every_s`` and the whole table only when the
+    counter moved, and :meth:`poll` hands over what it loaded. The scoring loop
+    therefore never waits for the store (a frozen database only delays new
+    indicators). Store errors are reported through ``complain`` and leave the
+    current indicators in force.
     """
 
     def __init__(self, database_url: str, *, check_every_s: float = CHECK_EVERY_S,
-                 complain: Callable[[str], None] = print, clock: Callable[[], float] = time.monotonic) -> None:
+                 complain: Callable[[str], None] = print) -> None:
         from distillguard.store.engine import make_engine
 
         self.check_every_s = check_every_s
         self.complain = complain
-        self.clock = clock
         self.engine = make_engine(database_url)
         self.store: IndicatorStore | None = None
         self.version = -1
-        self.next_check = 0.0
         self.current: IndicatorSet | None = None
+        self._ready: IndicatorSet | None = None  # loaded by the thread, not yet handed over
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._check()
+        self._thread = threading.Thread(target=self._loop, name="distillguard-indicator-watch", daemon=True)
+        self._thread.start()
 
-    def poll(self) -> IndicatorSet | None:
-        """The new indicator set when it changed since the last call (an empty one when all are gone), else None."""
-        now = self.clock()
-        if now < self.next_check:
-            return None
-        self.next_check = now + self.check_every_s
+    def _check(self) -> None:
         try:
             store = self.store = self.store or IndicatorStore(self.engine)
             version = store.version()
             if version == self.version:
-                return None
+                return
             loaded = IndicatorSet(store.load())
         except Exception as exc:  # scoring with the indicators we have beats not scoring
             self.complain(f"shared indicators not (re)loaded ({exc}); scoring with the {len(self.current or ())} loaded before")
-            return None
+            return
         first = self.version < 0
         self.version = version
         if first and not len(loaded):
-            return None  # none imported yet: the scanner keeps no detector for them
-        self.current = loaded
-        return loaded
+            return  # none imported yet: the scanner keeps no detector for them
+        with self._lock:
+            self._ready = loaded
 
-    def seconds_to_check(self) -> float:
-        return max(0.0, self.next_check - self.clock())
+    def _loop(self) -> None:
+        while not self._stop.wait(self.check_every_s):
+            self._check()
+
+    def poll(self) -> IndicatorSet | None:
+        """The new indicator set when it changed since the last call (an empty one when all are gone), else None; never blocks."""
+        if self._ready is None:
+            return None
+        with self._lock:
+            ready, self._ready = self._ready, None
+        self.current = ready
+        return ready
 
     def close(self) -> None:
-        self.engine.dispose()
+        """Stop watching; the thread, if a store call holds it, ends with the process (it is a daemon)."""
+        self._stop.set()
+        self._thread.join(0.5)
+        if not self._thread.is_alive():
+            self.engine.dispose()
