@@ -194,10 +194,10 @@ def redis_side(url: str, rounds: int, per_round: int) -> dict[tuple[str, int], l
                 cpu1, calls1, usec1 = _redis_cpu(client)
                 out.setdefault((name, concurrency), []).append(
                     ((cpu1 - cpu0) / per_round * 1e6, (usec1 - usec0) / max(1, calls1 - calls0)))
-    for name, kinds in (("before", "wtcd"), ("after", "whcd")):  # what the windows hold now, every admission still in them
+    for name, kinds in (("before", "wtcd"), ("after", "sac")):  # what the windows hold now, every admission still in them
         keys = [f"dg:{kind}:{q.subject}-{name}" for q in QUOTAS for kind in kinds]
         size = sum(client.memory_usage(key, samples=0) or 0 for key in keys)
-        out[(name, 0)] = [(size / (2 * rounds * per_round), 0.0)]
+        out[(name, 0)] = [(size / (2 * rounds * per_round), float(size))]
     client.close()
     return out
 
@@ -247,9 +247,11 @@ def main() -> int:
             lines.append(f"| {concurrency} | {b_cpu:.1f} | {a_cpu:.1f} | {a_cpu / b_cpu:.2f} | "
                          f"{statistics.median(x[1] for x in before):.1f} | {statistics.median(x[1] for x in after):.1f} | "
                          + ", ".join(f"{x[0]:.1f}" for x in after) + " |")
-        lines += ["", f"Memory of the two subjects' keys at the end (`MEMORY USAGE`), per admission still in the window: "
-                      f"before {side[('before', 0)][0][0]:.0f} bytes, today {side[('after', 0)][0][0]:.1f} bytes "
-                      "(today's grows with the window's 0.1 s slots, at most 600 per subject, not with its requests)."]
+        admissions = 2 * args.rounds * args.per_round
+        lines += ["", f"Memory of the two subjects' keys at the end (`MEMORY USAGE`), with all {admissions:,} admissions still in "
+                      f"the window: before {side[('before', 0)][0][1]:,.0f} bytes ({side[('before', 0)][0][0]:.0f} per admission), "
+                      f"today {side[('after', 0)][0][1]:,.0f} bytes (it grows with the window's 0.1 s slots, at most 600 per "
+                      "subject, not with its requests)."]
         write_report("state_cost.md", lines, began, digest)
         return 0
     finally:

@@ -34,7 +34,7 @@ checkpoint (the newest event it had scored, less :data:`REBUILD_MARGIN_S` for
 replicas whose events reach the stream late), skipping every event it has
 already scored (the request ids of its last :data:`REBUILD_MARGIN_S` × 2
 seconds of events) and noting the rest so the new stream's copies are not
-scored twice. At most ``detection.replay_max_events`` events are taken.
+scored twice. At most ``detection.replay_max_events`` events are taken (1,000 if it is lower).
 """
 
 from __future__ import annotations
