@@ -114,7 +114,11 @@ class Evidence:
     numbers: dict[str, Any] = field(default_factory=dict)
 
     def as_report(self) -> dict[str, Any]:
-        return {"detector": self.detector, "score": round(self.score, 4), "detail": self.detail, **({"numbers": self.numbers} if self.numbers else {})}
+        # Built in place (no throw-away dict to unpack): a report rebuilds this for every updated account's evidence.
+        entry = {"detector": self.detector, "score": round(self.score, 4), "detail": self.detail}
+        if self.numbers:
+            entry["numbers"] = self.numbers
+        return entry
 
 
 class Detector(ABC):

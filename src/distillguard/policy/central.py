@@ -353,6 +353,7 @@ class CentralScorer:
         self._reports += 1
         self._last_report_at = time.monotonic()
         self._last_report_ts = time.time()
+        scorer_worker.settle_heap()  # after the report: its entries and the state it read are long-lived
         return time.thread_time() - started
 
 
