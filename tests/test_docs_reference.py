@@ -295,3 +295,26 @@ def test_metrics_named_on_other_pages_exist(page: str) -> None:
     not_metrics = {"dg_console"}  # the console's session cookie (docs/console.md)
     unknown = sorted(name for name in named - not_metrics - documented if not name.endswith("_"))
     assert not unknown, f"{page} names metrics that are not exported: {unknown}"
+
+
+# --- the map of the code ------------------------------------------------------------------------------------
+
+
+def test_every_package_and_top_level_module_is_in_architecture_md() -> None:
+    """docs/architecture.md's package table names every package and top-level module of src/distillguard, and nothing else."""
+    source = ROOT / "src" / "distillguard"
+    packages = {f"{p.name}/" for p in source.iterdir() if (p / "__init__.py").exists()}
+    modules = {p.stem for p in source.glob("*.py") if p.stem not in ("__init__", "__main__")}
+    table = PAGES["docs/architecture.md"].split("## Packages", 1)[1].split("\n## ", 1)[0]
+    documented = {name.removesuffix(".py") for name in re.findall(r"^\| `([\w/.]+)` \|", table, re.MULTILINE)}
+    actual = packages | modules  # a module may be written `events` or `admin_cli.py`
+    assert documented == actual, (f"missing from the table: {sorted(actual - documented)}; "
+                                  f"in the table but not in src/distillguard: {sorted(documented - actual)}")
+
+
+def test_every_gateway_module_is_named_in_architecture_md() -> None:
+    """docs/architecture.md says what each module of gateway/ does ("The gateway's modules, one job each")."""
+    text = PAGES["docs/architecture.md"].split("The gateway's modules, one job each", 1)[1].split("\n\n", 1)[0]
+    missing = sorted(p.name for p in (ROOT / "src" / "distillguard" / "gateway").glob("*.py")
+                     if p.name != "__init__.py" and f"`{p.name}`" not in text)
+    assert not missing, f"gateway modules architecture.md does not describe: {missing}"
