@@ -318,3 +318,74 @@ def test_every_gateway_module_is_named_in_architecture_md() -> None:
     missing = sorted(p.name for p in (ROOT / "src" / "distillguard" / "gateway").glob("*.py")
                      if p.name != "__init__.py" and f"`{p.name}`" not in text)
     assert not missing, f"gateway modules architecture.md does not describe: {missing}"
+
+
+def test_every_table_and_column_is_in_store_md() -> None:
+    """docs/store.md's schema section names every table of store/schema.py with each of its columns."""
+    from sqlalchemy import MetaData
+
+    from distillguard.store import schema
+
+    metadata = next(value for value in vars(schema).values() if isinstance(value, MetaData))
+    text = PAGES["docs/store.md"].split("## Schema", 1)[1].split("\n## ", 1)[0]
+    missing = []
+    for table in metadata.sorted_tables:
+        if f"`{table.name}`" not in text:
+            missing.append(table.name)
+            continue
+        # the table's own section (### `name`) or its row in the table of small tables
+        own = re.search(r"### `" + table.name + r"`\n(.*?)(?=\n### |\Z)", text, re.S)
+        row = re.search(r"^\| `" + table.name + r"` \|.*$", text, re.M)
+        where = own.group(1) if own else row.group(0) if row else ""
+        missing += [f"{table.name}.{column.name}" for column in table.columns if f"`{column.name}`" not in where]
+    assert not missing, f"docs/store.md does not describe: {missing}"
+
+
+# --- the event log ------------------------------------------------------------------------------------------
+
+
+def _field_paths(value: Any, prefix: str = "") -> Iterator[str]:
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            yield prefix + key
+            yield from _field_paths(inner, prefix + key + ".")
+    elif isinstance(value, list):
+        for item in value:
+            yield from _field_paths(item, prefix)
+
+
+def test_every_field_of_real_events_is_in_events_md(gateway: RunningGateway) -> None:
+    """docs/events.md describes every field the gateway writes: answered, streamed, refused and Anthropic requests."""
+    key = gateway.create_key("docs-events")
+    auth = {"Authorization": f"Bearer {key['secret']}"}
+    chat = {"model": "stub-1", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]}
+    with httpx.Client(timeout=30) as client:
+        ids = [client.post(gateway.base_url + "/chat/completions", headers=auth, json=chat).headers["x-request-id"],
+               client.post(gateway.base_url + "/chat/completions", headers=auth, json={**chat, "stream": True}).headers["x-request-id"],
+               client.post(gateway.root_url + "/v1/messages", headers={"x-api-key": key["secret"]},
+                           json={"model": "stub-1", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}).headers["x-request-id"],
+               client.post(gateway.base_url + "/chat/completions", headers={"Authorization": "Bearer sk-dg-wrong"}, json=chat)
+               .headers["x-request-id"]]
+    events = [gateway.event(request_id) for request_id in ids]
+    text = PAGES["docs/events.md"]
+
+
+    def described(path: str) -> bool:  # a field table row names `field`, or `parent.field` (`geo.country`, `params.n`)
+        parts = path.split(".")
+        return f"`{parts[-1]}`" in text or f"`{'.'.join(parts[-2:])}`" in text or f"`{parts[-1]}." in text
+
+    missing = sorted({path for event in events for path in _field_paths(event) if not described(path)})
+    assert not missing, f"event fields docs/events.md does not describe: {missing}"
+
+
+def test_health_and_readiness_answer_as_gateway_md_says(gateway: RunningGateway) -> None:
+    """gateway.md, "Health, readiness, metrics": the shapes of /healthz and /readyz (scorer: status, last_report_age_s, backlog)."""
+    assert "`200 {\"status\":\"ok\"}`" in GATEWAY_MD
+    health = httpx.get(gateway.root_url + "/healthz", timeout=10)
+    assert (health.status_code, health.json()) == (200, {"status": "ok"})
+    ready = httpx.get(gateway.root_url + "/readyz", timeout=10)
+    assert ready.status_code == 200, ready.text
+    body = ready.json()
+    assert set(body) == {"status", "problems", "keys_loaded", "scorer"} and body["status"] == "ready" and body["problems"] == []
+    assert set(body["scorer"]) == {"status", "last_report_age_s", "backlog"}
+    assert body["scorer"]["status"] in ("ok", "stale", "down", "off")
