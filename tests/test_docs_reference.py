@@ -389,3 +389,19 @@ def test_health_and_readiness_answer_as_gateway_md_says(gateway: RunningGateway)
     assert set(body) == {"status", "problems", "keys_loaded", "scorer"} and body["status"] == "ready" and body["problems"] == []
     assert set(body["scorer"]) == {"status", "last_report_age_s", "backlog"}
     assert body["scorer"]["status"] in ("ok", "stale", "down", "off")
+
+
+# --- dependencies -------------------------------------------------------------------------------------------
+
+
+def test_every_dependency_has_a_row_in_the_readme() -> None:
+    """README.md's "Dependencies and why" table names every dependency and extra of pyproject.toml."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = [*project["dependencies"], *(r for extra in project["optional-dependencies"].values() for r in extra)]
+    names = {re.match(r"[A-Za-z0-9_.-]+", r).group(0).lower() for r in requirements}  # type: ignore[union-attr]
+    table = PAGES["README.md"].split("## Dependencies and why", 1)[1]
+    first_cells = " ".join(line.split("|")[1].lower() for line in table.splitlines() if line.startswith("| "))
+    missing = sorted(name for name in names if not re.search(r"(?<![\w-])" + re.escape(name) + r"(?![\w-])", first_cells))
+    assert not missing, f"dependencies without a row in README.md: {missing}"
