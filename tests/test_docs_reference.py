@@ -223,6 +223,29 @@ def test_admin_subcommands_are_in_console_md() -> None:
     assert not missing, f"docs/console.md's `distillguard admin` table lacks: {missing}"
 
 
+DESIGN_COMMANDS = [  # DESIGN §3 (a contract tested from outside): each synopsis, written out, parses as written
+    "serve --config gw.yaml", "demo", "demo --serve", "demo --no-wait", "accounts create alice --org acme --json",
+    "accounts list --json", "keys create acct_1 --json", "keys revoke key_1",
+    "scan a.jsonl b.jsonl.gz - --out r.json --accounts acc.jsonl --format table --fail-on medium",
+    "scan a.jsonl --format json --fail-on high", "accounts export", "events import e.jsonl", "scorer --config gw.yaml",
+    "admin --url http://gw:8700 --token T risk acct_1", "admin flagged", "admin review list", "admin block acct_1",
+    "admin unblock cl_1", "admin throttle acct_1", "admin degrade acct_1", "admin keys list", "admin accounts show acct_1",
+    "admin limits set acct_1 --requests-per-min 60", "client show", "client proxy --listen 127.0.0.1:8710 --to http://gw",
+    "canary probe --base-url http://x/v1 --model m", "indicators export", "indicators import b.json",
+    "simulate --scenario default --seed 1 --out e.jsonl.gz --labels l.json", "eval --events e.jsonl.gz --labels l.json",
+    "watermark detect --text-file f.txt --key-id a --key-id b", "accounts list --config gw.yaml",
+]
+
+
+@pytest.mark.parametrize("line", DESIGN_COMMANDS)
+def test_design_command_synopses_parse(line: str) -> None:
+    """Every command line of DESIGN §3 is accepted by the parser as written (parsed only, not run)."""
+    args = build_parser().parse_args(line.split())
+    assert args.handler
+    if line.startswith("admin --url"):  # the options before the command reach the handler
+        assert (args.url, args.token) == ("http://gw:8700", "T")
+
+
 # --- endpoints ----------------------------------------------------------------------------------------------
 
 ROUTE = re.compile(r"`(?:(GET|POST|PUT|DELETE)` or `)?(GET|POST|PUT|DELETE) (/(?:v1|admin/v1|healthz|readyz|metrics|openapi\.json)[^\s`?]*)")

@@ -35,14 +35,18 @@ LIMIT_FLAGS = ("requests_per_min", "tokens_per_min", "concurrent_requests", "dai
 def add_admin_parser(sub: Any, command: Any) -> None:
     """Register ``admin`` and its subcommands; ``command`` is cli.py's ``_command`` (adds ``--config``)."""
     admin = sub.add_parser("admin", help="the admin API from the command line", description=__doc__.splitlines()[0])
+    # DESIGN §3 writes `distillguard admin [--url URL --token T] COMMAND`: accepted before the command as well as after it.
+    admin.add_argument("--url", help="gateway base URL (default: http://<listen> from the configuration)")
+    admin.add_argument("--token", help="admin token (default: admin_token from the configuration)")
     actions = admin.add_subparsers(dest="action", metavar="ACTION")
     actions.required = True
     handler = "distillguard.admin_cli:admin_command"
 
     def leaf(parent: Any, name: str, help_text: str) -> argparse.ArgumentParser:
         parser: argparse.ArgumentParser = command(parent, name, handler, help_text)
-        parser.add_argument("--url", help="gateway base URL (default: http://<listen> from the configuration)")
-        parser.add_argument("--token", help="admin token (default: admin_token from the configuration)")
+        # SUPPRESS: when not given here, a value given before the command (`admin --url U risk …`) is kept
+        parser.add_argument("--url", default=argparse.SUPPRESS, help="gateway base URL (default: http://<listen> from the configuration)")
+        parser.add_argument("--token", default=argparse.SUPPRESS, help="admin token (default: admin_token from the configuration)")
         parser.add_argument("--json", action="store_true", help="print the API's JSON")
         parser.set_defaults(admin_action=name)
         return parser
