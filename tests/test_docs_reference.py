@@ -390,6 +390,8 @@ def test_every_field_of_real_events_is_in_events_md(gateway: RunningGateway) -> 
                client.post(gateway.base_url + "/chat/completions", headers={"Authorization": "Bearer sk-dg-wrong"}, json=chat)
                .headers["x-request-id"]]
     events = [gateway.event(request_id) for request_id in ids]
+    for event in events:  # DESIGN §4: writers always write these
+        assert {"v", "ts", "request_id", "account_id", "endpoint", "request", "response"} <= set(event), event
     text = PAGES["docs/events.md"]
 
 
