@@ -430,3 +430,31 @@ def test_every_dependency_has_a_row_in_the_readme() -> None:
     first_cells = " ".join(line.split("|")[1].lower() for line in table.splitlines() if line.startswith("| "))
     missing = sorted(name for name in names if not re.search(r"(?<![\w-])" + re.escape(name) + r"(?![\w-])", first_cells))
     assert not missing, f"dependencies without a row in README.md: {missing}"
+
+
+def test_every_page_is_in_the_docs_index() -> None:
+    """docs/README.md's table links every page of docs/ (and only pages that exist)."""
+    index = PAGES["docs/README.md"]
+    linked = set(re.findall(r"\]\(([\w-]+\.(?:md|yaml))\)", index))
+    pages = {p.name for p in DOCS.glob("*.md")} - {"README.md"}
+    assert pages <= linked, f"pages missing from docs/README.md: {sorted(pages - linked)}"
+    assert all((DOCS / name).exists() for name in linked), sorted(linked)
+
+
+def test_python_imports_in_the_docs_resolve() -> None:
+    """Every `from distillguard… import …` (and `import distillguard…`) written in README.md or docs/ names what exists."""
+    import importlib
+
+    problems = []
+    seen = 0
+    for page, text in PAGES.items():
+        for module, names in re.findall(r"^\s*from (distillguard[\w.]*) import ([\w, ]+)$", text, re.MULTILINE):
+            seen += 1
+            try:
+                imported = importlib.import_module(module)
+            except ImportError as exc:
+                problems.append(f"{page}: {module}: {exc}")
+                continue
+            problems += [f"{page}: {module}.{name}" for name in (n.strip() for n in names.split(",")) if name and not hasattr(imported, name)]
+    assert seen >= 10, seen
+    assert not problems, problems
