@@ -458,3 +458,16 @@ def test_python_imports_in_the_docs_resolve() -> None:
             problems += [f"{page}: {module}.{name}" for name in (n.strip() for n in names.split(",")) if name and not hasattr(imported, name)]
     assert seen >= 10, seen
     assert not problems, problems
+
+
+def test_files_and_tests_named_in_the_docs_exist() -> None:
+    """A repository path (`src/…`, `tests/…`, `bench/…`, `deploy/…`, `tools/…`, `.ci/…`) or `tests/x.py::test_y` named in the docs exists."""
+    missing = []
+    for page, text in PAGES.items():
+        for path, test in re.findall(r"(?<![\w/.])((?:src|tests|bench|deploy|tools|\.ci)/[\w./-]*\w)(?:::(\w+))?", text):
+            target = ROOT / path
+            if not target.exists():
+                missing.append(f"{page}: {path}")
+            elif test and f"def {test}(" not in target.read_text():
+                missing.append(f"{page}: {path}::{test}")
+    assert not missing, missing
