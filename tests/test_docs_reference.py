@@ -471,3 +471,19 @@ def test_files_and_tests_named_in_the_docs_exist() -> None:
             elif test and f"def {test}(" not in target.read_text():
                 missing.append(f"{page}: {path}::{test}")
     assert not missing, missing
+
+
+def test_commands_that_read_no_settings_are_the_ones_docs_readme_names() -> None:
+    """docs/README.md names the commands that only check --config (reads_settings=False in cli.py), all of them."""
+    root = build_parser()
+    actual = set()
+    for words in _leaf_commands(root):
+        leaf = root
+        for word in words:
+            leaf = _subcommands(leaf)[word]
+        if leaf.get_default("reads_settings") is False:
+            actual.add(" ".join(words))
+    sentence = re.search(r"Every command accepts `--config FILE`[^;]*;(.*?)read no settings", PAGES["docs/README.md"], re.S)
+    assert sentence, "docs/README.md no longer says which commands read no settings"
+    named = set(re.findall(r"`([a-z -]+)`", sentence.group(1)))
+    assert named == actual, f"docs/README.md names {sorted(named)}; cli.py: {sorted(actual)}"
