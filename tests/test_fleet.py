@@ -185,6 +185,22 @@ def test_redis_decides_like_memory_on_a_random_sequence_of_admissions_and_settle
     _run(scenario())
 
 
+def test_todays_tokens_carry_over_from_the_layout_before(redis: RedisServer) -> None:
+    """A gateway of this version takes a subject's daily count from the old ``dg:d:`` key (an upgrade keeps the day)."""
+    async def scenario() -> None:
+        state = RedisState(redis.url)
+        await state.start()
+        seconds, _ = await state.client.time()
+        await state.client.hset("dg:d:acct:upgraded", mapping={"day": seconds // 86_400, "used": 950})
+        quota = (Quota("acct:upgraded", None, None, None, 1_000),)
+        refused = await state.admit(quota, 100, "after-upgrade")
+        assert isinstance(refused, Refusal) and refused.code == "daily_quota_exceeded"
+        assert isinstance(await state.admit(quota, 50, "fits"), RedisAdmission)
+        await state.close()
+
+    _run(scenario())
+
+
 def test_a_killed_replicas_concurrency_slots_come_back_when_their_leases_expire(redis: RedisServer) -> None:
     async def scenario() -> None:
         quotas = (Quota("key:lease", None, None, 1, None),)

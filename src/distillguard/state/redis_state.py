@@ -154,7 +154,14 @@ for i = 1, n do
   local rpm, tpm, conc, daily = tonumber(ARGV[b]), tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
   -- the window's requests and tokens; the oldest slot that may be in it, and that slot's latest admission (-1: unknown);
   -- the latest slot (cs) with its requests, tokens and latest admission (the older slots: fields n<s>, t<s>, m<s> of `ar`)
-  local y = load(h) or {n = 0, t = 0, om = -1, cn = 0, ct = 0, cm = -1, dayv = -1, used = 0, dirty = false}
+  local y = load(h)
+  if not y then
+    y = {n = 0, t = 0, om = -1, cn = 0, ct = 0, cm = -1, dayv = -1, used = 0, dirty = false}
+    if daily >= 0 then  -- today's tokens as a gateway before this layout counted them (dg:d:<subject>), if any
+      local before = redis.call('HMGET', 'dg:d:' .. string.sub(h, 6), 'day', 'used')
+      if tonumber(before[1]) == day then y.dayv, y.used = day, tonumber(before[2] or '0') end
+    end
+  end
   y.today = y.dayv == day and y.used or 0
   if y.o and y.o <= cut and y.om <= now - W then  -- the oldest slot may have left: look at the slots up to `cut`
     local names = {}
