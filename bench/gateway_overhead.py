@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -111,6 +112,38 @@ def _median(runs: list[dict[str, float]]) -> dict[str, float]:
             for key in runs[0]}
 
 
+Spawn = Callable[[list[str], str, "dict[str, str] | None"], "subprocess.Popen[bytes]"]
+
+
+def checkout_src(rev: str, into: Path) -> Path:
+    """``src/`` of git revision ``rev`` extracted under ``into`` (``git archive``); returns ``into / "src"``."""
+    into.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "src"], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into / "src"
+
+
+def start_gateway(work: Path, tag: str, upstream: str, spawn: Spawn, *, online: bool = False, wal: bool = True,
+                  src: Path | None = None) -> tuple[str, str, subprocess.Popen[bytes]]:
+    """``distillguard serve`` with the benchmark's configuration (``src``: another source tree first on the path), an
+    account and a key; returns its root URL, the key and the process."""
+    port = free_port()
+    config = {"listen": f"127.0.0.1:{port}", "database": f"sqlite:///{work / f'dg-{tag}.db'}", "admin_token": "bench",
+              "spill_dir": str(work / f"spill-{tag}"), "log_level": "warning",
+              "upstreams": [{"name": "fast", "base_url": upstream, "models": ["*"]}], "detection": {"online": online},
+              "event_wal": {"enabled": wal},
+              "limits": {"requests_per_min": 10_000_000, "tokens_per_min": 10_000_000_000, "concurrent_requests": 1000, "daily_tokens": None}}
+    (work / f"dg-{tag}.yaml").write_text(json.dumps(config))
+    tree = {"PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")])} if src is not None else None
+    proc = spawn([PYTHON, "-m", "distillguard.cli", "serve", "--config", str(work / f"dg-{tag}.yaml")], f"distillguard-{tag}.log", tree)
+    root = f"http://127.0.0.1:{port}"
+    wait(root + "/healthz")
+    admin = {"Authorization": "Bearer bench"}
+    account = httpx.post(root + "/admin/v1/accounts", json={"name": "bench"}, headers=admin).json()
+    key = httpx.post(root + f"/admin/v1/accounts/{account['account_id']}/keys", json={}, headers=admin).json()["secret"]
+    return root, key, proc
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=8)
@@ -145,29 +178,14 @@ def main() -> int:
         targets = [("upstream (direct)", upstream + "/chat/completions", None, up)]
         tags = args.variants.split(",")
         if args.before:
-            before_src = work / "before"
-            before_src.mkdir()
-            archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.before, "src"], capture_output=True, check=True).stdout
-            subprocess.run(["tar", "-x", "-C", str(before_src)], input=archive, check=True)
+            checkout_src(args.before, work / "before")
             variants["before"] = (f"distillguard before ({args.before})", False, True)
             tags.append("before")
         for tag in tags:
             name, online, wal = variants[tag]
-            dg_port = free_port()
-            config = {"listen": f"127.0.0.1:{dg_port}", "database": f"sqlite:///{work / f'dg-{tag}.db'}", "admin_token": "bench",
-                      "spill_dir": str(work / f"spill-{tag}"), "log_level": "warning",
-                      "upstreams": [{"name": "fast", "base_url": upstream, "models": ["*"]}], "detection": {"online": online},
-                      "event_wal": {"enabled": wal},
-                      "limits": {"requests_per_min": 10_000_000, "tokens_per_min": 10_000_000_000, "concurrent_requests": 1000, "daily_tokens": None}}
-            (work / f"dg-{tag}.yaml").write_text(json.dumps(config))
-            tree = {"PYTHONPATH": os.pathsep.join([str(work / "before" / "src"), os.environ.get("PYTHONPATH", "")])} if tag == "before" else None
-            dg = spawn([PYTHON, "-m", "distillguard.cli", "serve", "--config", str(work / f"dg-{tag}.yaml")], f"distillguard-{tag}.log", tree)
-            dg_root = f"http://127.0.0.1:{dg_port}"
-            wait(dg_root + "/healthz")
-            admin = {"Authorization": "Bearer bench"}
-            account = httpx.post(dg_root + "/admin/v1/accounts", json={"name": "bench"}, headers=admin).json()
-            key = httpx.post(dg_root + f"/admin/v1/accounts/{account['account_id']}/keys", json={}, headers=admin).json()["secret"]
-            targets.append((name, dg_root + "/v1/chat/completions", key, dg))
+            root, key, dg = start_gateway(work, tag, upstream, spawn, online=online, wal=wal,
+                                          src=work / "before" / "src" if tag == "before" else None)
+            targets.append((name, root + "/v1/chat/completions", key, dg))
         if not args.skip_litellm and LITELLM.exists():
             ll_port = free_port()
             (work / "litellm.yaml").write_text(
