@@ -179,10 +179,11 @@ def test_one_scorer_sees_a_hydra_spread_over_three_replicas_survives_a_restart_a
                 risk = _until(lambda g=gateway, h=head: (r := g.admin("GET", f"/admin/v1/accounts/{h['account_id']}/risk")).status_code
                               == 200 and r.json().get("requests") == 36 and r.json(), "a head's full risk never reached a replica")
                 assert risk["cluster_id"] == cluster["cluster_id"]
-            unflagged = gateway.admin("GET", f"/admin/v1/accounts/{person['account_id']}/risk")  # exists, never flagged: no 404
-            assert unflagged.status_code == 200 and unflagged.json()["scored"] is False, unflagged.text
-            assert "central scorer" in unflagged.json()["detail"] and unflagged.json()["account_id"] == person["account_id"]
-            assert gateway.admin("GET", "/admin/v1/accounts/acct_nobody/risk").status_code == 404
+            unflagged = gateway.admin("GET", f"/admin/v1/accounts/{person['account_id']}/risk")  # exists, never flagged: a 404 that says why
+            assert unflagged.status_code == 404 and unflagged.json()["error"]["code"] == "account_not_scored", unflagged.text
+            assert "central scorer" in unflagged.json()["error"]["message"] and person["account_id"] in unflagged.json()["error"]["message"]
+            nobody = gateway.admin("GET", "/admin/v1/accounts/acct_nobody/risk")
+            assert nobody.status_code == 404 and nobody.json()["error"]["code"] != "account_not_scored", nobody.text
         metrics = httpx.get(gateways[1].root_url + "/metrics").text
         assert "distillguard_scorer_up 1" in metrics and 'dg_scorer_shed_events_total' in metrics
 

@@ -373,7 +373,7 @@ def harvester(gateway: RunningGateway) -> dict[str, Any]:
     deadline = time.time() + 20
     while time.time() < deadline:
         response = gateway.admin("GET", f"/admin/v1/accounts/{key['account_id']}/risk")
-        if response.status_code == 200 and response.json()["scored"]:
+        if response.status_code == 200:
             risk = response.json()
             cot = max((e["score"] for e in risk["evidence"] if e["detector"] == "cot_elicitation"), default=0.0)
             if risk["distillation_score"] >= 0.5 and cot >= 0.7:

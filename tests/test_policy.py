@@ -147,9 +147,10 @@ def test_harvester_is_flagged_degraded_and_reviewed_through_the_gateway(gateway:
         time.sleep(0.2)
     assert found
     assert gateway.admin("GET", "/admin/v1/accounts/acct_unknown/risk").status_code == 404
-    silent = gateway.create_key("silent")  # exists, has sent nothing: a 200 that says so, not a 404
+    silent = gateway.create_key("silent")  # exists, has sent nothing: a 404 that says so (a 200 is always a report entry)
     quiet = gateway.admin("GET", f"/admin/v1/accounts/{silent['account_id']}/risk")
-    assert quiet.status_code == 200 and quiet.json()["scored"] is False and "flag_threshold 0.5" in quiet.json()["detail"]
+    assert quiet.status_code == 404 and quiet.json()["error"]["code"] == "account_not_scored", quiet.text
+    assert "flag_threshold 0.5" in quiet.json()["error"]["message"]
     assert risk["scored"] is True
 
 

@@ -220,8 +220,6 @@ def _score(entry: dict[str, Any]) -> str:
 
 
 def _risk_text(entry: dict[str, Any]) -> str:
-    if entry.get("scored") is False:
-        return f"{entry['account_id']}: {entry.get('detail', 'not scored yet')}\n"
     head = (f"{entry['account_id']}: {entry['risk']} risk (distillation {entry['distillation_score']:.2f}, "
             f"reseller {entry['reseller_score']:.2f}, cluster {entry.get('cluster_id') or '-'})\n")
     rows = [(e["detector"], f"{e['score']:.2f}", e["detail"]) for e in entry.get("evidence", [])]

@@ -84,21 +84,27 @@ async def _missing_account(engine: PolicyEngine, account_id: str) -> tuple[int, 
     return None
 
 
-def _not_scored(engine: PolicyEngine, account_id: str) -> dict[str, Any]:
-    """The answer for an existing account that this process holds no risk for (never a 404: the account exists).
+def _not_scored(engine: PolicyEngine, account_id: str) -> tuple[int, object]:
+    """The 404 for an existing account that this process holds no risk entry for, saying why in words.
 
-    Why there may be none: a scorer keeps every account it scored, but a
-    process learns other scorers' results — the fleet's central scorer's, or
-    other gateways' — only from the risk snapshot, which holds the accounts at
-    or above ``flag_threshold`` (docs/policy.md). So "no entry" means below
-    that threshold wherever it was scored, or no scored traffic yet.
+    DESIGN §7: a 200 from this endpoint is a report's account entry, so an
+    account with no entry cannot get a 200 (a client polling until 200 and
+    then reading ``distillation_score`` must keep working). The code
+    ``account_not_scored`` tells it from an unknown account
+    (whose 404 carries no code). Why there may be no entry: a scorer keeps every
+    account it scored, but a process learns other scorers' results — the
+    fleet's central scorer's, or other gateways' — only from the risk
+    snapshot, which holds the accounts at or above ``flag_threshold``
+    (docs/policy.md). So "no entry" means below that threshold wherever it
+    was scored, or no scored traffic yet.
     """
     threshold = engine.settings.flag_threshold
     where = ("the fleet's central scorer publishes" if engine.settings.scorer == "central"
              else "this process's scorer has not scored it, and other gateways' scorers publish")
-    return {"account_id": account_id, "scored": False, "risk": None,
-            "detail": f"Not scored here yet: {where} only accounts at or above flag_threshold {threshold:g} to the risk snapshot, "
-                      f"so this account is below {threshold:g} wherever it was scored, or has sent no scored traffic yet."}
+    message = (f"Account {account_id!r} exists but has no risk entry here: {where} only accounts at or above "
+               f"flag_threshold {threshold:g} to the risk snapshot, so it is below {threshold:g} wherever it was "
+               f"scored, or has sent no scored traffic yet.")
+    return 404, {"error": {"message": message, "type": "not_found_error", "code": "account_not_scored"}}
 
 
 def review_members(engine: PolicyEngine, review: dict[str, Any]) -> list[str]:
@@ -121,7 +127,7 @@ async def handle(engine: PolicyEngine, method: str, path: str, query: dict[str, 
         if registry is None:  # nothing to tell an unknown account from an unscored one
             return _error(404, f"No risk yet for account {parts[1]!r}: it has sent no scored traffic.")
         missing = await _missing_account(engine, parts[1])
-        return missing if missing is not None else (200, _not_scored(engine, parts[1]))
+        return missing if missing is not None else _not_scored(engine, parts[1])
     if parts == ["flagged"] and method == "GET":
         return 200, engine.flagged()
     if parts == ["audit"] and method == "GET":
