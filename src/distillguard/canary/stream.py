@@ -38,12 +38,13 @@ from typing import Any, Literal
 
 import orjson
 
+from distillguard.sse import EventFramer
+
 __all__ = ["AnswerShape", "StreamCanary", "stream_canary"]
 
 AnswerShape = Literal["openai", "anthropic", "responses"]
 """How an answer (or its stream) is laid out: OpenAI chat/completions, Anthropic Messages, the OpenAI Responses API."""
 
-_EVENT_END = re.compile(rb"\r?\n\r?\n")
 _FINISHING = re.compile(rb'"finish_reason"\s*:\s*"')  # a finish reason that is not null
 _INDEX = re.compile(rb'"index"\s*:\s*(\d+)')
 
@@ -110,31 +111,20 @@ class StreamCanary(ABC):
         self.planted = False
         self.passthrough = False  # set once nothing more can change: chunks then go through untouched
         self._text_parts = text_parts
-        self._held = b""
+        self._frames = EventFramer()
 
     def feed(self, data: bytes) -> bytes:
         """The bytes to send on for ``data``: its whole events, rewritten where the canary goes."""
-        if self._held:
-            data, self._held = self._held + data, b""
-        elif self.passthrough:
+        if self.passthrough and not self._frames.held:
             return data
+        data = self._frames.join(data)
         if len(data) > 2 and data.find(b"\n\n") == len(data) - 2:  # one whole event, the usual chunk
             return self._event(_Event(data))
-        ends = [m.end() for m in _EVENT_END.finditer(data)]
-        if not ends:
-            self._held = data
-            return b""
-        complete, self._held = data[: ends[-1]], data[ends[-1]:]
-        out: list[bytes] = []
-        start = 0
-        for end in ends:
-            out.append(self._event(_Event(complete[start:end])))
-            start = end
-        return b"".join(out)
+        return b"".join([self._event(_Event(event)) for event in self._frames.events(data)])
 
     def flush(self) -> bytes:
         """The end of the stream: an unterminated last event is handled like a terminated one."""
-        rest, self._held = self._held, b""
+        rest = self._frames.flush()
         return self._event(_Event(rest)) if rest.strip() else rest
 
     def _planting(self) -> str:

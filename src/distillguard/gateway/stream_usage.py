@@ -16,10 +16,11 @@ from typing import Any
 
 import orjson
 
+from distillguard.sse import EventFramer
+
 __all__ = ["UsageChunkFilter", "ask_stream_usage"]
 
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
-_EVENT_END = re.compile(rb"\r?\n\r?\n")
 
 
 def ask_stream_usage(payload: dict[str, Any]) -> bool:
@@ -49,34 +50,20 @@ def _is_usage_chunk(event: bytes) -> bool:
 class UsageChunkFilter:
     """Passes an SSE stream through whole events at a time, leaving out the usage-only chunk."""
 
-    __slots__ = ("_held",)
+    __slots__ = ("_frames",)
 
     def __init__(self) -> None:
-        self._held = b""
+        self._frames = EventFramer()
 
     def feed(self, data: bytes) -> bytes:
-        if self._held:
-            data, self._held = self._held + data, b""
-        ends = [m.end() for m in _EVENT_END.finditer(data)] if _has_usage_object(data) or not data.endswith(b"\n\n") else None
-        if ends is None:
+        data = self._frames.join(data)
+        if not _has_usage_object(data) and data.endswith(b"\n\n"):
             return data  # whole events without a usage object: the common chunk, passed as it is
-        if not ends:
-            self._held = data
-            return b""
-        complete, self._held = data[: ends[-1]], data[ends[-1]:]
-        if not _has_usage_object(complete):
-            return complete
-        out: list[bytes] = []
-        start = 0
-        for end in ends:
-            event = data[start:end]
-            if not (_has_usage_object(event) and _is_usage_chunk(event)):
-                out.append(event)
-            start = end
-        return b"".join(out)
+        events = self._frames.events(data)
+        return b"".join(event for event in events if not (_has_usage_object(event) and _is_usage_chunk(event)))
 
     def flush(self) -> bytes:
-        rest, self._held = self._held, b""
+        rest = self._frames.flush()
         if rest and _has_usage_object(rest) and _is_usage_chunk(rest):
             return b""
         return rest
