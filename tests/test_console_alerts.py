@@ -140,9 +140,11 @@ def _metric_names(exposition: str) -> set[str]:
 
 def test_metrics_count_flagged_accounts_and_clusters(pop: Population) -> None:
     text = httpx.get(pop.gateway.root_url + "/metrics").text
-    values = dict(re.findall(r"^(distillguard_(?:flagged_accounts|flagged_clusters|scored_accounts)) (\S+)$", text, flags=re.M))
+    values = dict(re.findall(r"^(distillguard_(?:flagged_clusters|scored_accounts)) (\S+)$", text, flags=re.M))
+    by_source = dict(re.findall(r'^distillguard_flagged_accounts\{source="(\w+)"\} (\S+)$', text, flags=re.M))
     flagged = pop.gateway.admin("GET", "/admin/v1/flagged").json()
-    assert float(values["distillguard_flagged_accounts"]) == len(flagged["accounts"]) >= 5
+    assert set(by_source) == {"score", "shared_indicators"}
+    assert float(by_source["score"]) + float(by_source["shared_indicators"]) == len(flagged["accounts"]) >= 5
     assert float(values["distillguard_flagged_clusters"]) == len(flagged["clusters"]) == 1
     assert float(values["distillguard_scored_accounts"]) == 7
     assert re.search(r'^distillguard_alerts_total\{outcome="sent"\} [1-9]', text, flags=re.M)

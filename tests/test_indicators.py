@@ -9,6 +9,7 @@ becomes `shared_indicators` evidence in a scan.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -236,5 +237,7 @@ def test_indicators_imported_while_the_gateway_runs_reach_its_scorer_and_policy(
         assert gw.admin("GET", f"/admin/v1/accounts/{person['account_id']}").json()["policy"]["action"] == "allow"
         reviews = gw.admin("GET", "/admin/v1/review").json()["data"]
         assert any(r["subject"] == key["account_id"] and "shared indicators (block)" in r["reason"] for r in reviews), reviews
+        metrics = httpx.get(gw.root_url + "/metrics").text  # flagged on the indicators alone: counted, under its source
+        assert re.search(r'^distillguard_flagged_accounts\{source="shared_indicators"\} 1\.0$', metrics, flags=re.M), metrics
     finally:
         gw.stop()

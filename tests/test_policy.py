@@ -167,6 +167,23 @@ def test_a_matched_shared_indicator_gets_the_configured_action(action: str, expe
     assert harvesting.action == ("block" if action == "block" else "throttle")
 
 
+def test_flagged_counts_include_accounts_flagged_for_shared_indicators_alone() -> None:
+    """The metric counts every account /admin/v1/flagged lists: an account below the threshold that matches shared
+    indicators is there too (detection.indicator_action acts on it), under its own source label."""
+    engine = PolicyEngine(Settings())
+    shared = {"detector": "shared_indicators", "score": 0.9, "detail": "12 of 12 requests match indicators shared by other providers"}
+    entry = {"distillation_score": 0.3, "reseller_score": 0.0, "risk": "low", "cluster_id": None, "requests": 12}
+    engine._on_report({"accounts": [{**entry, "account_id": "indicated", "evidence": [shared]},
+                                    {**entry, "account_id": "both", "distillation_score": 0.8, "evidence": [shared]},
+                                    {**entry, "account_id": "scored", "reseller_score": 0.7, "evidence": []},
+                                    {**entry, "account_id": "quiet", "evidence": []}], "clusters": []})
+    by_source, clusters = engine.flagged_counts()
+    assert by_source == {"score": 2, "shared_indicators": 1} and clusters == 0
+    assert sum(by_source.values()) == len(engine.flagged()["accounts"])
+    engine.settings = engine.settings.model_copy(update={"indicator_action": "evidence"})  # evidence only: nothing acted on
+    assert engine.flagged_counts()[0] == {"score": 2, "shared_indicators": 0}
+
+
 @pytest.mark.parametrize("status", [None, "invalid", "expired", "replayed", "missing_key"])
 def test_an_account_that_must_attest_is_challenged_unless_the_attestation_is_valid(status: str | None) -> None:
     engine = PolicyEngine(Settings(attestation={"required_for_accounts": ["acct_must"]}))

@@ -43,6 +43,7 @@ class Metrics:
         self.in_flight = 0
         self.gauges: list[tuple[str, str, Callable[[], float]]] = []
         self.counters: list[tuple[str, str, str, Callable[[], Mapping[str, int]]]] = []
+        self.labeled_gauges: list[tuple[str, str, str, Callable[[], Mapping[str, float]]]] = []
         # (unix time, requests, refused, policy actions) every SAMPLE_EVERY_S: the console's traffic charts
         self.history: deque[tuple[float, int, int, dict[str, int]]] = deque(maxlen=HISTORY_SAMPLES)
 
@@ -62,6 +63,10 @@ class Metrics:
 
     def add_gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
         self.gauges.append((name, help_text, read))
+
+    def add_labeled_gauge(self, name: str, help_text: str, label: str, read: Callable[[], Mapping[str, float]]) -> None:
+        """A gauge with one series per ``label`` value: ``read()`` gives each value's number (read at scrape time)."""
+        self.labeled_gauges.append((name, help_text, label, read))
 
     def add_counter(self, name: str, help_text: str, label: str, read: Callable[[], Mapping[str, int]]) -> None:
         """A counter kept elsewhere (the HTTP server's): ``read()`` gives its value per ``label`` value."""
@@ -102,6 +107,9 @@ class Metrics:
                 f"distillguard_in_flight_requests {self.in_flight}"]
         for name, help_text, read in self.gauges:
             out += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {read()}"]
+        for name, help_text, label, read_values in self.labeled_gauges:
+            out += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+            out += [f'{name}{{{label}="{value}"}} {float(n)}' for value, n in sorted(read_values().items())]
         for name, help_text, label, read_counts in self.counters:
             out += [f"# HELP {name} {help_text}", f"# TYPE {name} counter"]
             out += [f'{name}{{{label}="{value}"}} {n}' for value, n in sorted(read_counts().items())]

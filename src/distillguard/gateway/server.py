@@ -92,8 +92,10 @@ def _event_wal(settings: Settings) -> WriteAheadLog | None:
 
 def _detection_metrics(metrics: Metrics, policy: PolicyEngine) -> None:
     """What detection and the policy engine know, on /metrics (read at scrape time, never per request)."""
-    metrics.add_gauge("distillguard_flagged_accounts", "Accounts at or above detection.flag_threshold in the latest online report.",
-                      lambda: float(policy.flagged_counts()[0]))
+    metrics.add_labeled_gauge("distillguard_flagged_accounts", "Accounts flagged in the latest online report, by source: score "
+                              "(at or above detection.flag_threshold) or shared_indicators (below it, acted on for matching "
+                              "imported shared indicators: detection.indicator_action).", "source",
+                              lambda: policy.flagged_counts()[0])
     metrics.add_gauge("distillguard_flagged_clusters", "Clusters at or above detection.flag_threshold in the latest online report.",
                       lambda: float(policy.flagged_counts()[1]))
     metrics.add_gauge("distillguard_scored_accounts", "Accounts in the online scorer's latest report.",

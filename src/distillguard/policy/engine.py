@@ -402,11 +402,21 @@ class PolicyEngine:
         accounts.sort(key=lambda e: -max(e["distillation_score"], e["reseller_score"]))
         return {"accounts": accounts, "clusters": [c for c in self._clusters if c["score"] >= threshold]}
 
-    def flagged_counts(self) -> tuple[int, int]:
-        """How many accounts and clusters are at or above the flag threshold (for /metrics: no lists built)."""
+    def flagged_counts(self) -> tuple[dict[str, int], int]:
+        """The accounts :meth:`flagged` lists, by source, and the flagged clusters (for /metrics: no lists built).
+
+        Source ``score``: at or above the flag threshold; ``shared_indicators``: below it, listed because the account
+        matches imported shared indicators and ``detection.indicator_action`` acts on them. Each account counts once
+        (under ``score`` when both hold), so the two add up to the length of :meth:`flagged`'s accounts.
+        """
         threshold = self.settings.flag_threshold
-        accounts = sum(1 for e in self._risk.values() if max(e["distillation_score"], e["reseller_score"]) >= threshold)
-        return accounts, sum(1 for c in self._clusters if c["score"] >= threshold)
+        by_score = indicated = 0
+        for e in self._risk.values():
+            if max(e["distillation_score"], e["reseller_score"]) >= threshold:
+                by_score += 1
+            elif self._indicated(e):
+                indicated += 1
+        return {"score": by_score, "shared_indicators": indicated}, sum(1 for c in self._clusters if c["score"] >= threshold)
 
     def risk_table(self) -> dict[str, dict[str, Any]]:
         """Every scored account's latest entry (replaced whole by each report: do not mutate; its identity says when it changed)."""
