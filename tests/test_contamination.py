@@ -15,8 +15,9 @@ trainer (tools/train_intent.py with tools/intent_wording.py) builds:
   Polish, Turkish, Arabic, Hindi, Vietnamese, Indonesian) appears in them, nor a stem of five or more letters
   that begins only such words, unless the dev wording has it.
 
-The one exemption: ``PUBLIC_WRAPPERS`` in detect/attribution.py, published prompt wrappers cited there
-(Kojima et al. 2022, Zhou et al. 2022, Yang et al. 2023) that benign evaluation jobs use in either split.
+The one exemption: ``PUBLIC_WRAPPERS`` and ``PUBLIC_SYSTEM_PROMPTS`` in detect/attribution.py, published prompt
+wrappers cited there (Kojima et al. 2022, Zhou et al. 2022, Yang et al. 2023) and stock SDK/model system prompts,
+that legitimate users and some campaigns use in every split (each split also has public wording detection does not list).
 """
 
 from __future__ import annotations
@@ -48,9 +49,9 @@ def _norm(text: str) -> str:
 
 
 def _public_wrappers() -> set[str]:
-    from distillguard.detect.attribution import PUBLIC_WRAPPERS
+    from distillguard.detect.attribution import PUBLIC_SYSTEM_PROMPTS, PUBLIC_WRAPPERS
 
-    return {_norm(w) for w in PUBLIC_WRAPPERS}
+    return {_norm(w) for w in (*PUBLIC_WRAPPERS, *PUBLIC_SYSTEM_PROMPTS)}
 
 
 def _literals(path: Path) -> Iterator[str]:

@@ -81,6 +81,8 @@ class CampaignParams:
     payments: str = "unique"  # unique | pooled | shared | none
     email: str = "webmail"  # webmail | custom | mixed
     ua: str = "shared"  # shared | varied
+    public_wrappers: float = 0.0  # share of prompts in a public chain-of-thought wrapper instead of the campaign's own
+    public_system: float = 0.0  # share of accounts sending a stock public system prompt instead of the campaign's own
     capped: bool = False
 
     def expected_requests(self) -> float:
@@ -141,6 +143,8 @@ def sample_campaign(rng: random.Random, archetype: str, wording: Wording, *, day
         p.payments = rng.choice(("unique", "pooled", "pooled", "shared", "none"))
         p.email = rng.choice(("webmail", "webmail", "mixed", "custom"))
         p.ua = rng.choice(("shared", "varied"))
+        p.public_wrappers = rng.choice((0.0, 0.0, rng.uniform(0.05, 0.5)))
+        p.public_system = rng.choice((0.0, 0.0, rng.uniform(0.2, 1.0)))
     elif archetype == "quiet_sweep":
         p.accounts, p.rate = rng.randint(20, 60), rng.uniform(20, 60)
         p.start_day, p.lifetime_days = rng.uniform(0, 1), days
@@ -154,6 +158,7 @@ def sample_campaign(rng: random.Random, archetype: str, wording: Wording, *, day
         p.elicit, p.grader, p.network, p.hosting_asns = rng.uniform(0.0, 0.25), 0.0, "hosting", rng.randint(2, 3)
         p.creation, p.payments, p.email, p.ua, p.params = "burst", "pooled", "webmail", "shared", "benign"
         p.languages = languages(rng.randint(1, 2))
+        p.public_wrappers = rng.choice((0.0, rng.uniform(0.05, 0.3)))  # beside its two short wrappers
     elif archetype == "imitates_people":
         p.accounts, p.rate = rng.randint(20, 80), rng.uniform(10, 40)
         p.start_day, p.lifetime_days = rng.uniform(0, 1.5), days
@@ -163,6 +168,7 @@ def sample_campaign(rng: random.Random, archetype: str, wording: Wording, *, day
         p.languages = languages(rng.randint(4, 8))
         p.creation, p.payments, p.email, p.ua = "spread", "unique", "webmail", "varied"
         p.benign_mix = rng.uniform(0.1, 0.3)
+        p.public_system = rng.choice((0.0, rng.uniform(0.2, 0.6)))  # as people's chat clients send a default one
     elif archetype == "grader":
         p.accounts, p.rate = rng.randint(10, 40), rng.uniform(20, 100)
         p.start_day, p.lifetime_days = rng.uniform(0, 2), days
@@ -257,6 +263,8 @@ class Fleet(Actor):
             weight = rng.lognormvariate(0, 0.5) if p.archetype != "sleeper_fleet" else rng.uniform(4, 12) / max(p.rate, 1e-9)
             language = p.languages[0] if rng.random() < 0.6 else rng.choice(p.languages)
             system = shared_system if p.system == "shared" else self._system() if p.system == "per_account" else None
+            if p.public_system and rng.random() < p.public_system:
+                system = rng.choice(wording.public_systems)
             members.append(_Member(account, f"key_{rng.getrandbits(64):016x}", client, weight,
                                    clock.utc_offset_min if p.timing == "per_account_daytime" else home.utc_offset_min, language, system,
                                    rotating=not on_hosting and p.network in ("per_request", "mixed")))
@@ -325,6 +333,8 @@ class Fleet(Actor):
         if p.grader and rng.random() < p.grader:
             template = rng.choice(wording.graders)
             return template.format(task=task, answer=excerpt(pools, rng, 120)), True, language
+        if p.public_wrappers and rng.random() < p.public_wrappers:  # the wrapper evaluation harnesses publish
+            return rng.choice(wording.public_cot_wrappers).format(task=task), True, language
         if p.wrappers == "paraphrased":
             opener = rng.choice(wording.in_language(wording.openers, language))
             closer = rng.choice(wording.in_language(wording.closers, language))

@@ -32,6 +32,8 @@ from distillguard.sim.splits import Wording
 __all__ = ["CodingAgent", "EvalJob", "LightApp", "Person", "benign_params", "local_start"]
 
 HOMEWORK_POOLS = ("gsm8k", "mmlu", "seed_tasks", "gsm8k")
+# Share of learners' homework questions wrapped in a public chain-of-thought wrapper ("… Let's think step by step.").
+PUBLIC_WRAPPER_SHARE = 0.1
 
 
 def benign_params(rng: random.Random, *, stream: bool = True) -> dict[str, object]:
@@ -71,6 +73,7 @@ class Person(Actor):
     models: tuple[str, ...] = ("demo-1",)
     org: str | None = None
     population: str = "person"
+    system: str | None = None  # a stock public system prompt the person's chat client sends, or none
 
     def events(self) -> Iterator[TimedEvent]:
         rng, pools, wording, client = self.rng, self.pools, self.wording, self.client
@@ -108,6 +111,8 @@ class Person(Actor):
         elif self.style == "learner" and rng.random() < 0.65:
             task = pools.sweep_task(rng, rng.choice(HOMEWORK_POOLS))
             ask = rng.choice(wording.in_language(wording.learner_asks, self.language))
+            if rng.random() < PUBLIC_WRAPPER_SHARE:  # the trick everyone has read about
+                ask = rng.choice(wording.public_cot_wrappers)
             turns = [ask.format(task=task)] + rng.sample(wording.learner_followups, min(len(wording.learner_followups), rng.choice((0, 1, 1, 2, 3))))
             reasoning = ask.strip() != "{task}"
         elif self.style == "early_adopter" and self.release_ts is not None and ts >= self.release_ts:
@@ -129,7 +134,7 @@ class Person(Actor):
             if isinstance(cap, int):
                 tokens = min(tokens, cap)
             text = excerpt(pools, rng, tokens)
-            yield self._event(ts, account, key, client, model=model, system=None, messages=messages, params=params,
+            yield self._event(ts, account, key, client, model=model, system=self.system, messages=messages, params=params,
                               completion_tokens=tokens, text=text, reasoning_chars=tokens * 2 if reasoning else 0, org=self.org)
             messages = [*messages, {"role": "assistant", "content": text}]
             ts += 20 + rng.expovariate(1 / 90) + len(text) / 20

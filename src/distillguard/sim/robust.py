@@ -12,6 +12,7 @@ import datetime as dt
 import random
 from typing import TYPE_CHECKING, Any
 
+from distillguard.sim.campaign_wording import CampaignNeeds, deal_private_wording
 from distillguard.sim.corpora import PromptPools
 from distillguard.sim.fleet import Fleet, sample_campaign
 from distillguard.sim.metadata import AccountMeta, MetaMaker
@@ -33,6 +34,8 @@ NEGATIVE_POPULATIONS: tuple[tuple[str, str, int], ...] = (
     ("light_app", "heavy_benign", 12), ("eval_job", "heavy_benign", 8), ("coding_agent", "heavy_benign", 20),
 )
 OFFICES = 4
+# Share of people whose chat client sends a stock system prompt ("You are a helpful assistant.") on every request.
+PUBLIC_SYSTEM_SHARE = 0.15
 RELAY_RESELLERS = 6
 CLASSIC_RESELLERS = 2
 
@@ -77,7 +80,8 @@ def build_robust(scenario: Scenario, seed: int, split: str) -> tuple[list[Actor]
             acct, r = account(), child()
             place = pick_place(r)
             client = home_client(r, place, attested=r.random() < 0.6)
-            kw: dict[str, Any] = {"style": "chat", "hours": "day", "network": "home", "sessions_per_day": r.uniform(0.3, 2.5)}
+            kw: dict[str, Any] = {"style": "chat", "hours": "day", "network": "home", "sessions_per_day": r.uniform(0.3, 2.5),
+                                  "system": r.choice(wording.public_systems) if r.random() < PUBLIC_SYSTEM_SHARE else None}
             meta = maker.person(acct)
             if population == "coder":
                 kw["style"] = "coder"
@@ -118,10 +122,11 @@ def build_robust(scenario: Scenario, seed: int, split: str) -> tuple[list[Actor]
             client = Client(egress.ip, egress.asn, egress.country, False, ua, header_fp(family), r.random() < 0.5,
                             f"inst_{r.getrandbits(64):016x}", place.tz, place.utc_offset_min, place.locale)
             style = r.choice(("chat", "chat", "coder"))
+            system = r.choice(wording.public_systems) if r.random() < PUBLIC_SYSTEM_SHARE else None
             created = onboarding + (r.uniform(0, 0.2) if r.random() < 0.8 else r.uniform(1, 200)) * DAY
             add(Person("benign", [acct], rng=child(), pools=pools, wording=wording, client=client, start=start, days=days, models=models,
                        release_ts=release_ts, style=style, hours="work", network="office", sessions_per_day=r.uniform(0.5, 2.5),
-                       org=org, population="office"), "office",
+                       org=org, population="office", system=system), "office",
                 [maker.person(acct, domain=domain, created_at=created, org_id=org, card=card)])
 
     # -- one-off evaluation jobs: several share the same public wrapper; some on the release day ------------------
@@ -172,22 +177,27 @@ def build_robust(scenario: Scenario, seed: int, split: str) -> tuple[list[Actor]
         add(Reseller("reseller", [acct], rng=child(), pools=pools, start=start, days=days, end_users=rng.randint(10, 30), models=models,
                      release_ts=release_ts), "reseller_classic")
 
-    # -- campaigns -------------------------------------------------------------------------------------------
+    # -- campaigns: each draws its private wording from its own share of the split's (campaign_wording.py) ---------
     campaigns: dict[str, Any] = {}
     designs = [*scenario.campaign_designs, *(["sampled"] * scenario.sampled_campaigns)]
-    for c, archetype in enumerate(designs, start=1):
+    drawn = []
+    for archetype in designs:
         r = child()
-        params = sample_campaign(r, archetype, wording, days=days, release_day=release_day, budget=scenario.campaign_budget)
+        drawn.append((archetype, r, sample_campaign(r, archetype, wording, days=days, release_day=release_day,
+                                                    budget=scenario.campaign_budget)))
+    shares = deal_private_wording(wording, [CampaignNeeds.of(params) for _, _, params in drawn], child())
+    for c, ((archetype, r, params), share) in enumerate(zip(drawn, shares, strict=True), start=1):
         campaign = f"camp_{c}"
         accounts = [account() for _ in range(params.accounts)]
         replacements = [account() for _ in range(params.accounts)] if params.ban_replace else []
-        fleet = Fleet("distiller", accounts, campaign=campaign, rng=r, pools=pools, wording=wording, params=params, start=start, days=days,
-                      models=models, replacement_accounts=replacements, release_ts=release_ts)
+        fleet = Fleet("distiller", accounts, campaign=campaign, rng=r, pools=pools, wording=share.wording, params=params, start=start,
+                      days=days, models=models, replacement_accounts=replacements, release_ts=release_ts)
         actors.append(fleet)
         for acct in accounts + replacements:
             labels[acct] = {"label": "distiller", "campaign": campaign, "population": archetype}
         metas.extend(campaign_metadata(maker, r, params, accounts, replacements, start))
-        campaigns[campaign] = {**params.as_label(), "size": params.accounts, "accounts": accounts + replacements, "replacements": replacements}
+        campaigns[campaign] = {**params.as_label(), "size": params.accounts, "accounts": accounts + replacements, "replacements": replacements,
+                               "shared_wording": list(share.shared)}
     if len(models) > 1:
         for actor in actors:
             actor.reasoning_model = models[-1]

@@ -32,7 +32,7 @@ Split = Literal["dev", "test"]
 SPLITS: tuple[Split, ...] = ("dev", "test")
 
 _LISTS = ("short_wrappers", "campaign_systems", "system_suffixes", "graders", "public_cot_wrappers", "learner_followups",
-          "coding_followups", "app_systems", "webapp_systems", "early_adopter_probes", "agent_systems", "agent_steps")
+          "coding_followups", "app_systems", "webapp_systems", "early_adopter_probes", "agent_systems", "agent_steps", "public_systems")
 _BY_LANGUAGE = ("elicitation", "frames", "openers", "closers", "followups", "learner_asks")
 
 
@@ -59,6 +59,7 @@ class Wording:
     early_adopter_probes: list[str]
     agent_systems: list[str]
     agent_steps: list[str]
+    public_systems: list[str]  # stock system prompts (SDK and UI defaults) people, apps and campaigns all send
 
     @property
     def languages(self) -> tuple[str, ...]:

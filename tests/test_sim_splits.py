@@ -1,0 +1,174 @@
+"""The simulator cannot flatter us: each campaign writes its own wording, public wording is shared with legitimate
+users, and the fixed scenarios stay exactly what earlier results were measured on."""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import random
+import re
+from pathlib import Path
+
+import pytest
+
+from distillguard.events import read_events
+from distillguard.sim.campaign_wording import (
+    PRIVATE_BY_LANGUAGE,
+    PRIVATE_LISTS,
+    CampaignNeeds,
+    deal_private_wording,
+)
+from distillguard.sim.corpora import PromptPools
+from distillguard.sim.fleet import CampaignParams, Fleet, sample_campaign
+from distillguard.sim.scenarios import SCENARIOS, Scenario, load_scenario, simulate
+from distillguard.sim.splits import load_wording
+
+ROBUST_SMALL = {"scale": 0.3, "sampled_campaigns": 2, "campaign_budget": 2500, "days": 4, "new_model_day": 2.0}
+DESIGNS = ["quiet_sweep", "sleeper_fleet", "imitates_people", "grader", "sampled", "sampled", "sampled", "sampled"]
+
+
+def _digest(scenario: Scenario, seed: int, split: str, tmp: Path) -> str:
+    _, labels = simulate(scenario, seed, tmp / "e.jsonl", split=split, accounts_out=tmp / "a.jsonl")
+    h = hashlib.sha256(re.sub(rb'"request_id":"req_[0-9a-f]+",', b"", (tmp / "e.jsonl").read_bytes()))  # request ids are random
+    h.update(json.dumps(labels, sort_keys=True).encode())
+    h.update((tmp / "a.jsonl").read_bytes())
+    return h.hexdigest()[:32]
+
+
+# Digests taken before per-campaign wording and the holdout split were added (main at f982862): a change to the
+# fixed scenarios' streams breaks every earlier result measured on them, so it must be deliberate.
+_STEALTHY_SMALL = {**SCENARIOS["small"], "held_out": True, "models": ["demo-1", "demo-2"], "new_model_day": 1.5,
+                   "campaigns": [{"accounts": 6, "requests_per_account_day": 30, "residential": True, "timing": "balanced",
+                                  "paraphrase": True, "languages": ["en", "de", "ja"], "benign_mix": 0.3, "pivot": True}]}
+FIXED_DIGESTS = {
+    ("small", "dev", 11): "29a8661e4a991c9d2e2dde02873141f9",
+    ("small", "test", 5): "7b1983edd759b13b7073f369187d8321",
+    ("stealthy_small", "dev", 11): "7c62d465dc86ce93c2d66310ad816937",
+    ("stealthy_small", "test", 5): "8e483dfd10d47231f183a92c906f2233",
+}
+
+
+@pytest.mark.parametrize(("name", "split", "seed"), sorted(FIXED_DIGESTS))
+def test_fixed_scenarios_are_byte_identical(name: str, split: str, seed: int, tmp_path: Path) -> None:
+    scenario = load_scenario("small") if name == "small" else Scenario(**_STEALTHY_SMALL)
+    assert _digest(scenario, seed, split, tmp_path) == FIXED_DIGESTS[(name, split, seed)]
+
+
+@pytest.mark.parametrize("split", ["dev", "test"])
+def test_campaigns_get_disjoint_shares_of_private_wording(split: str) -> None:
+    wording = load_wording(split)
+    checked = collections.Counter()
+    for seed in range(60):
+        rng = random.Random(seed)
+        params = [sample_campaign(rng, design, wording, days=7, release_day=3.5) for design in DESIGNS]
+        needs = [CampaignNeeds.of(p) for p in params]
+        shares = deal_private_wording(wording, needs, random.Random(seed))
+        assert not any(s.shared for s in shares), [s.shared for s in shares]  # the split has enough of every list
+        for key in PRIVATE_LISTS:
+            owners: dict[str, int] = {}
+            for i, share in enumerate(shares):
+                items = getattr(share.wording, key)
+                assert bool(items) == needs[i].uses(key), (key, i)  # only campaigns that use a list get a share of it
+                for item in items:
+                    assert owners.setdefault(item, i) == i, f"{key}: {item!r} dealt to campaigns {owners[item]} and {i}"
+                    checked[key] += 1
+                assert set(items) <= set(getattr(wording, key))
+        for key in PRIVATE_BY_LANGUAGE:
+            owners = {}
+            for i, share in enumerate(shares):
+                for lang, items in getattr(share.wording, key).items():
+                    for item in items:
+                        if item in ("", "{task}"):
+                            continue  # a bare task or no closer is nobody's wording
+                        assert owners.setdefault(item, i) == i, f"{key}.{lang}: {item!r} dealt to campaigns {owners[item]} and {i}"
+                        checked[key] += 1
+        # Public lists are everyone's: untouched.
+        assert all(s.wording.public_cot_wrappers == wording.public_cot_wrappers for s in shares)
+        assert all(s.wording.public_systems == wording.public_systems for s in shares)
+    assert min(checked.values()) > 50, checked
+
+
+def test_too_few_phrases_wrap_around_and_say_so() -> None:
+    wording = load_wording("dev")
+    needs = [CampaignNeeds(languages=("en",), grader=True) for _ in range(len(wording.graders) + 2)]
+    shares = deal_private_wording(wording, needs, random.Random(1))
+    assert all(s.wording.graders for s in shares) and any("graders" in s.shared for s in shares)
+    # A language that runs out is written in the campaign's own English instead: no sharing.
+    german = [CampaignNeeds(languages=("de",), elicitation=True) for _ in range(4)]
+    shares = deal_private_wording(wording, german, random.Random(1))
+    assert not any(s.shared for s in shares)
+    assert sum(1 for s in shares if s.wording.elicitation.get("de")) == len(wording.elicitation["de"])
+
+
+def _private_phrases(split: str) -> dict[str, str]:
+    """Distinctive private phrases of a split (≥ 15 characters, placeholders cut) → the list they come from."""
+    wording = load_wording(split)
+    out: dict[str, str] = {}
+    for key in ("short_wrappers", "campaign_systems", "graders", "system_suffixes"):
+        for text in getattr(wording, key):
+            out[max(text.split("{task}"), key=len).strip()] = key
+    for key in ("elicitation", "openers", "closers", "frames"):
+        for lang, texts in getattr(wording, key).items():
+            for text in texts:
+                out[max(text.split("{task}"), key=len).strip()] = f"{key}.{lang}"
+    return {p: k for p, k in out.items() if len(p) >= 15}
+
+
+@pytest.fixture(scope="module")
+def robust_dev(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict], dict]:
+    base = tmp_path_factory.mktemp("robust_dev")
+    scenario = load_scenario("robust").model_copy(update=ROBUST_SMALL)
+    _, labels = simulate(scenario, 7, base / "e.jsonl.gz", split="dev", accounts_out=base / "a.jsonl")
+    return list(read_events([base / "e.jsonl.gz"])), labels
+
+
+def _texts(event: dict) -> list[str]:
+    return [m["content"] for m in event["request"]["messages"] if m["role"] == "user"] + [event["request"]["system"] or ""]
+
+
+def test_no_two_campaigns_of_a_world_say_the_same_private_phrase(robust_dev: tuple[list[dict], dict]) -> None:
+    events, labels = robust_dev
+    phrases = _private_phrases("dev")
+    users: dict[str, set[str]] = collections.defaultdict(set)
+    for event in events:
+        campaign = labels["accounts"][event["account_id"]]["campaign"]
+        if campaign:
+            for phrase in phrases:
+                if any(phrase in text for text in _texts(event)):
+                    users[phrase].add(campaign)
+    assert len(users) >= 10  # campaigns do use private wording
+    assert {p: c for p, c in users.items() if len(c) > 1} == {}
+    assert all(not c["shared_wording"] for c in labels["campaigns"].values())
+
+
+def test_public_wording_is_used_by_campaigns_and_legitimate_accounts(robust_dev: tuple[list[dict], dict]) -> None:
+    events, labels = robust_dev
+    wording = load_wording("dev")
+    heads = [max(w.split("{task}"), key=len).strip() for w in wording.public_cot_wrappers]
+
+    def public_use(evts: list[dict]) -> tuple[set[str], set[str]]:
+        wrappers = {h for e in evts for h in heads for m in e["request"]["messages"] if m["role"] == "user" and h in m["content"]}
+        systems = {e["request"]["system"] for e in evts if e["request"]["system"] in wording.public_systems}
+        return wrappers, systems
+
+    legit = [e for e in events if labels["accounts"][e["account_id"]]["label"] in ("benign", "heavy_benign")]
+    wrappers, systems = public_use(legit)
+    assert len(wrappers) >= 2 and len(systems) >= 2
+    by_population = collections.Counter(labels["accounts"][e["account_id"]]["population"] for e in legit
+                                        if e["request"]["system"] in wording.public_systems)
+    assert by_population["person"] > 0
+    learners = [e for e in legit if labels["accounts"][e["account_id"]]["population"] == "learner"]
+    assert public_use(learners)[0]  # students copy the public trick too, not only evaluation jobs
+    # A campaign that uses public wording says the same public phrases as legitimate accounts.
+    params = CampaignParams(accounts=6, rate=200, lifetime_days=1, public_wrappers=0.5, public_system=1.0, system="per_account",
+                            wrappers="few", elicit=0.3)
+    share = deal_private_wording(wording, [CampaignNeeds.of(params)], random.Random(2))[0]
+    fleet = Fleet("distiller", [f"c{i}" for i in range(6)], campaign="camp_x", rng=random.Random(2), pools=PromptPools.for_split("dev"),
+                  wording=share.wording, params=params, start=0.0, days=1)
+    campaign = [item[2] for item in fleet.events()]
+    c_wrappers, c_systems = public_use(campaign)
+    assert c_wrappers & wrappers and c_systems & systems
+    # … and uses its own wording for the rest.
+    assert sum(1 for e in campaign if not any(h in _texts(e)[0] for h in heads)) > 0.3 * len(campaign)
+    assert all(0 <= c["public_wrappers"] <= 0.5 and 0 <= c["public_system"] <= 1 for c in labels["campaigns"].values())
