@@ -95,3 +95,51 @@ def test_a_pooled_score_lifts_members_in_the_report() -> None:
     member = next(a for a in report["accounts"] if a["account_id"] == "fleet3")
     assert member["distillation_score"] >= 0.8
     assert any(e["detector"] == "campaign_pooled" for e in member["evidence"])
+
+
+def _sleeper_day_one(scanner: Scanner, accounts: list[str]) -> None:
+    """A sleeper fleet's first day: each account sends six single-turn requests over daytime hours, one in
+    sixteen of the fleet's prompts eliciting reasoning, long answers, from one hosting network."""
+    n = 0
+    for k in range(6):
+        for i, account in enumerate(accounts):
+            n += 1
+            task = TASKS[n % len(TASKS)].format(n=n)
+            text = f"{task}\n\n{ELICIT}" if n % 16 == 0 else task
+            scanner.update(event(account, T0 + 8 * HOUR + k * 1.5 * HOUR + i * 30, [text], answer_tokens=500,
+                                 ip=f"203.0.113.{i % 200}", asn=16509, hosting=True))
+
+
+def test_sleeper_fleet_tied_tightly_reaches_high_on_its_first_day() -> None:
+    """Extraction spread across a hundred accounts is sustained, as extraction across days is: the fleet's first
+    day, pooled, is high although no member is (counted over one day alone, the pool scores 0.62)."""
+    scanner = Scanner()
+    accounts = [f"sleeper{i}" for i in range(100)]
+    _sleeper_day_one(scanner, accounts)
+    scanner._refresh()
+    own = max(scanner._evidence_cache[a][0][0] for a in accounts)
+    tight = scanner._pooled(_cluster(accounts, 0.9))
+    assert tight is not None and tight.score >= 0.8 > own, (tight.detail, own)
+    assert tight.numbers["pooled_sustained_extraction"] > 0.7 and tight.numbers["pooled_token_economics"] > 0.3
+    assert "sustained across accounts" in tight.detail
+    # The same day's traffic from a group attribution ties only weakly is not lifted to high by its spread.
+    looser = scanner._pooled(_cluster(accounts, 0.45))
+    assert looser is None or looser.score < 0.5, looser.detail
+
+
+def test_one_off_evaluation_jobs_pooled_stay_below_high() -> None:
+    """Three benchmark runs with a public reasoning wrapper, each hundreds of prompts within an hour, even if
+    attribution tied them tightly: one benchmark's narrow capability mix and no elicitation keep them low."""
+    scanner = Scanner()
+    accounts = [f"evaljob{i}" for i in range(3)]
+    for j, account in enumerate(accounts):
+        for n in range(600):
+            text = f"Solve for x: {n}x + {j} = {n + 22}.\nLet's think step by step."
+            scanner.update(event(account, T0 + j * DAY + 10 * HOUR + n * 5, [text], answer_tokens=400, asn=16509,
+                                 hosting=True, ip=f"198.51.100.{j}", max_tokens=4096))
+    scanner._refresh()
+    pooled = scanner._pooled(_cluster(accounts, 0.95))
+    assert pooled is not None and pooled.score < 0.8, pooled.detail
+    scanner._clusters = lambda own: []  # type: ignore[method-assign]
+    report = scanner.report()
+    assert all(a["distillation_score"] < 0.8 for a in report["accounts"])

@@ -7,7 +7,7 @@ also ask for logprobs, but for one-token answers, so length dominates here.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,8 +62,32 @@ class TokenEconomics(Detector):
         if isinstance(temperature, int | float):
             state.temperatures = add_distinct(state.temperatures, round(float(temperature), 2), 32)
 
+    def pooled(self, account_ids: Iterable[str]) -> Evidence | None:
+        """The evidence of several accounts' requests counted together, as if one actor sent them all (a cluster).
+
+        A fleet member sending six requests a day has too few for :func:`confidence` on its own; its fleet's long
+        answers, counted together, do not.
+        """
+        pool = _State()
+        temperatures: set[float] = set()
+        for account in account_ids:
+            s = self.accounts.get(account)
+            if s is not None:
+                pool.requests += s.requests
+                pool.completion_tokens += s.completion_tokens
+                pool.prompt_tokens += s.prompt_tokens
+                pool.pinned_high += s.pinned_high
+                pool.multi_sample += s.multi_sample
+                pool.logprobs += s.logprobs
+                if len(temperatures) < 32:
+                    temperatures.update(s.temperatures)
+        pool.temperatures = temperatures
+        return self._evidence_of(pool)
+
     def evidence(self, account_id: str) -> Evidence | None:
-        s = self.accounts.get(account_id)
+        return self._evidence_of(self.accounts.get(account_id))
+
+    def _evidence_of(self, s: _State | None) -> Evidence | None:
         if s is None or s.requests == 0:
             return None
         mean_out = s.completion_tokens / s.requests

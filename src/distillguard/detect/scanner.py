@@ -74,7 +74,8 @@ class Scanner:
         self.timing = Timing()
         self.sustained = SustainedExtraction()
         self.pivot = ModelPivot()
-        self.detectors: list[Detector] = [self.reasoning, self.coverage, TokenEconomics(), self.templates, self.timing,
+        self.economics = TokenEconomics()
+        self.detectors: list[Detector] = [self.reasoning, self.coverage, self.economics, self.templates, self.timing,
                                           self.pivot, KeySharing(), NetworkRotation(), Consistency(), RelaySharing(),
                                           self.sustained]
         if indicators is not None and len(indicators):
@@ -207,9 +208,11 @@ class Scanner:
 
         Distillation is extraction sustained across days *and accounts*: a fleet of 120 accounts sending a few
         requests a day each has, per account, too little to score, but together it sends a sweep's volume with a
-        sweep's shape. The three detectors whose evidence is counts (elicitation share, coverage and single-turn
-        share, volume and persistence of what was extracted) are recomputed over the members' pooled counts; the
-        other detectors enter at the members' median. The result is scaled like an account's — by the pooled
+        sweep's shape. The four detectors whose evidence is counts (elicitation share, coverage and single-turn
+        share, answer lengths and sampling parameters, volume and persistence of what was extracted) are
+        recomputed over the members' pooled counts — persistence across accounts counting as persistence across
+        days, as far as coordination ties them (:meth:`SustainedExtraction.pooled`); the other detectors enter at
+        the members' median. The result is scaled like an account's — by the pooled
         burst, which coordination relieves as in :meth:`report` — and then by how strongly attribution ties the
         members (``POOL_GATE``: a loosely tied group is not taken to be one actor). Every member gets at least it.
         """
@@ -217,8 +220,9 @@ class Scanner:
         gate = logistic(cluster.coordination, POOL_GATE[0], POOL_GATE[1])
         if gate < 0.05:
             return None
-        together = [e for e in (self.reasoning.pooled(members), self.coverage.pooled(members), self.sustained.pooled(members))
-                    if e is not None]
+        pooled = (self.reasoning.pooled(members), self.coverage.pooled(members), self.economics.pooled(members),
+                  self.sustained.pooled(members, across=cluster.coordination))
+        together = [e for e in pooled if e is not None]
         by_name = {e.detector: e.score for e in together}
         for name in DISTILL_WEIGHTS:
             if name not in by_name:

@@ -148,19 +148,27 @@ class SustainedExtraction(Detector):
             return 0.0
         return (1.0 - persistence((pool.last - pool.first) / 3600.0, len(pool.days))) * job_size(pool.requests)
 
-    def pooled(self, account_ids: Iterable[str]) -> Evidence | None:
-        """The evidence of several accounts' traffic taken together, as if one actor sent it all (a cluster)."""
-        return self._evidence_of(self._pool(account_ids))
+    def pooled(self, account_ids: Iterable[str], across: float = 0.0) -> Evidence | None:
+        """The evidence of several accounts' traffic taken together, as if one actor sent it all (a cluster).
+
+        ``across`` (the cluster's coordination, in [0, 1]) is how firmly the extraction is sustained across
+        *accounts*: persistence is then ``max(over time, across)``. Distillation is extraction sustained across
+        days or across accounts — a fleet that spreads a sweep's volume over a hundred accounts on its first
+        day has no one-off batch's shape, just as :meth:`Scanner.report` relieves a tightly tied member's burst
+        by the same coordination.
+        """
+        return self._evidence_of(self._pool(account_ids), across)
 
     def evidence(self, account_id: str) -> Evidence | None:
         return self._evidence_of(self.accounts.get(account_id))
 
-    def _evidence_of(self, s: _State | None) -> Evidence | None:
+    def _evidence_of(self, s: _State | None, across: float = 0.0) -> Evidence | None:
         if s is None or s.requests == 0:
             return None
         span_h = (s.last - s.first) / 3600.0
         days = len(s.days)
-        sustained = persistence(span_h, days)
+        over_time = persistence(span_h, days)
+        sustained = max(over_time, min(1.0, max(0.0, across)))
         burst = (1.0 - sustained) * job_size(s.requests)
         # Reasoning characters count as tokens at 4 characters a token.
         extracted = s.answer_tokens + s.reasoning_chars / 4
@@ -176,6 +184,7 @@ class SustainedExtraction(Detector):
             f"day{'s' if days != 1 else ''} ({span_h:.0f} h from first to last request; "
             f"{s.requests / max(1, days):.0f} requests per active day)"
             + (f"; answers average {mean_answer:.0f} tokens: short labels or summaries, little to distil" if worth < 0.5 else "")
+            + (f"; sustained across accounts as firmly as they are tied ({sustained:.2f})" if sustained > over_time else "")
             + (f"; a one-off batch so far, so the distillation score is scaled by {burst_factor(burst):.2f}" if burst > 0.25 else ""),
             numbers={"answer_tokens": s.answer_tokens, "reasoning_chars": s.reasoning_chars, "active_days": days,
                      "span_hours": round(span_h, 1), "persistence": round(sustained, 3), "burst": round(burst, 3),
