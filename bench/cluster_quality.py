@@ -1,6 +1,6 @@
 """Hydra attribution on the `robust` family: does each campaign land in pure clusters, and nothing else?
 
-    .venv/bin/python bench/cluster_quality.py [--seeds 1 2 3] [--without-accounts] [--split dev|test]
+    .venv/bin/python bench/cluster_quality.py [--seeds 1 2 3] [--without-accounts] [--split dev|test|holdout]
 
 For each seed: ``distillguard simulate --scenario robust --split dev --seed N`` (kept in
 ``bench/out/robust-dev-N.*``), then one ``Scanner`` over the events with the simulated
@@ -16,8 +16,9 @@ clustering cost (``find_clusters`` CPU seconds and candidate pairs, beside the n
 of accounts: all pairs would be n(n−1)/2).
 
 Attribution is tuned on the dev split only; ``--split test`` is for the one final
-measurement on held-out seeds (RESULTS.md says when it was run), never for tuning.
-Writes ``bench/out/cluster_quality.md`` (``cluster_quality-test.md`` for the test split).
+measurement on held-out seeds (RESULTS.md says when it was run), never for tuning, and
+``--split holdout`` (seeds 7001 and up) for the blind check nobody tunes on, ever.
+Writes ``bench/out/cluster_quality.md`` (``cluster_quality-test.md``, ``-holdout.md`` for the others).
 """
 
 from __future__ import annotations
@@ -143,7 +144,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--without-accounts", action="store_true", help="scan without the simulated account metadata")
-    parser.add_argument("--split", choices=("dev", "test"), default="dev", help="test: the one final held-out measurement, never for tuning")
+    parser.add_argument("--split", choices=("dev", "test", "holdout"), default="dev",
+                        help="test: the one final held-out measurement, never for tuning; holdout: the blind check, never tuned on")
     parser.add_argument("--baseline-src", type=Path, help="another tree's src/ (e.g. from git archive): time its find_clusters on the same state")
     args = parser.parse_args()
     began, digest = time.perf_counter(), src_digest()

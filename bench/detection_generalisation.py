@@ -1,11 +1,12 @@
-"""Does detection generalise? The `robust` family on its dev split and its test split, side by side, beside the baseline.
+"""Does detection generalise? The `robust` family on its dev, test and hold-out splits, side by side, beside the baseline.
 
-    python bench/detection_generalisation.py [--dev-seeds 1 2 3] [--test-seeds 1001 1002 1003]
+    python bench/detection_generalisation.py [--dev-seeds 1 2 3] [--test-seeds 1001 1002 1003] [--holdout-seeds 7001 7002]
         [--fixed default stealthy pivot bench/scenarios/hard.yaml] [--fixed-seed 4242] [--without-accounts] [--reuse] [--jobs 2]
 
 For every seed it runs ``distillguard simulate --scenario robust --split S
 --seed N`` and ``distillguard eval --json --accounts`` (the simulated account metadata,
-as an operator's ``scan --accounts``; ``--without-accounts`` leaves it out), then prints, for dev and test:
+as an operator's ``scan --accounts``; ``--without-accounts`` leaves it out), then prints, for dev and test
+(and holdout, a third column, when ``--holdout-seeds`` are given):
 
 * distiller recall at 0.5 % benign FPR and reseller recall at 1 % (mean over
   seeds and the worst seed), ROC AUC, legitimate accounts in the `high` band;
@@ -15,9 +16,10 @@ as an operator's ``scan --accounts``; ``--without-accounts`` leaves it out), the
 * which legitimate sub-populations reach `high` / `medium`;
 * the rate-limit baseline beside each.
 
-The dev and test seeds are disjoint and the split is mixed into the seed, so
-the two columns are different worlds with different wording and prompts
-(docs/evaluation.md). The fixed scenarios (``--fixed``) run at
+The seeds of the splits are disjoint and the split is mixed into the seed, so
+the columns are different worlds with different wording and prompts
+(docs/evaluation.md). The hold-out split is never tuned on: run it only for a
+final measurement and record it (bench/RESULTS.md), never to pick a change. The fixed scenarios (``--fixed``) run at
 ``--fixed-seed`` for comparison with earlier results. Outputs go to
 ``bench/out/generalisation/``; the report to ``bench/out/detection_generalisation.md``.
 """
@@ -154,6 +156,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dev-seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--test-seeds", type=int, nargs="+", default=[1001, 1002, 1003])
+    parser.add_argument("--holdout-seeds", type=int, nargs="*", default=[],
+                        help="seeds of the hold-out split (7001 and up by convention; default none): a final check, never for tuning")
     parser.add_argument("--fixed", nargs="*", default=["default", "stealthy", "pivot", str(ROOT / "bench" / "scenarios" / "hard.yaml")])
     parser.add_argument("--fixed-seed", type=int, default=4242)
     parser.add_argument("--without-accounts", dest="with_accounts", action="store_false",
@@ -161,32 +165,35 @@ def main() -> int:
     parser.add_argument("--reuse", action="store_true", help="reuse results already in bench/out/generalisation")
     parser.add_argument("--jobs", type=int, default=2, help="simulate+eval runs at a time (default 2)")
     args = parser.parse_args()
-    if set(args.dev_seeds) & set(args.test_seeds):
-        parser.error("dev and test seeds must be disjoint")
+    seeds_of = {"dev": args.dev_seeds, "test": args.test_seeds, "holdout": args.holdout_seeds}
+    splits = [split for split, seeds in seeds_of.items() if seeds]
+    for a, b in (("dev", "test"), ("dev", "holdout"), ("test", "holdout")):
+        if set(seeds_of[a]) & set(seeds_of[b]):
+            parser.error(f"{a} and {b} seeds must be disjoint")
     began, digest = time.perf_counter(), src_digest()
     # Every (scenario, split, seed) is its own pair of subprocesses: run --jobs of them at a time.
-    work = [("robust", "dev", seed) for seed in args.dev_seeds] + [("robust", "test", seed) for seed in args.test_seeds]
+    work = [("robust", split, seed) for split in splits for seed in seeds_of[split]]
     work += [(scenario, "dev", args.fixed_seed) for scenario in args.fixed]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         done = dict(zip(work, pool.map(lambda w: run(*w, with_accounts=args.with_accounts, reuse=args.reuse), work), strict=True))
-    runs = {split: [done[("robust", split, seed)] for seed in seeds] for split, seeds in (("dev", args.dev_seeds), ("test", args.test_seeds))}
+    runs = {split: [done[("robust", split, seed)] for seed in seeds_of[split]] for split in splits}
     summaries = {split: summarise(r) for split, r in runs.items()}
-    lines = [f"## robust family: dev seeds {args.dev_seeds} vs test seeds {args.test_seeds}"
+    lines = [f"## robust family: {' vs '.join(f'{split} seeds {seeds_of[split]}' for split in splits)}"
              f"{', with account metadata' if args.with_accounts else ', events only'}", "",
-             f"events per seed: dev {_counts(runs['dev'])}; test {_counts(runs['test'])}", "",
-             "| metric | dev: distillguard | dev: rate-limit baseline | test: distillguard | test: rate-limit baseline |", "|---|---|---|---|---|"]
-    for metric in summaries["dev"]:
-        lines.append(f"| {metric} | {summaries['dev'][metric]['ours']} | {summaries['dev'][metric]['baseline']} | "
-                     f"{summaries['test'][metric]['ours']} | {summaries['test'][metric]['baseline']} |")
+             "events per seed: " + "; ".join(f"{split} {_counts(runs[split])}" for split in splits), "",
+             "| metric | " + " | ".join(f"{split}: distillguard | {split}: rate-limit baseline" for split in splits) + " |",
+             "|---|" + "---|---|" * len(splits)]
+    for metric in summaries[splits[0]]:
+        lines.append(f"| {metric} | " + " | ".join(f"{summaries[s][metric]['ours']} | {summaries[s][metric]['baseline']}" for s in splits) + " |")
     lines += ["", "Per campaign design (ours; worst over every campaign of that design in the split's seeds; "
               "`high*` = share of accounts in `high` by either score):", "",
-              "| design | dev n | dev worst recall | dev worst high* | dev worst pure-cluster share | dev worst share before `high` | "
-              "test n | test worst recall | test worst high* | test worst pure-cluster share | test worst share before `high` |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "| design | " + " | ".join(f"{s} n | {s} worst recall | {s} worst high* | {s} worst pure-cluster share | "
+                                         f"{s} worst share before `high`" for s in splits) + " |",
+              "|---|" + "---:|" * 5 * len(splits)]
     designs = {split: by_design(r) for split, r in runs.items()}
-    for design in sorted(set(designs["dev"]) | set(designs["test"])):
+    for design in sorted(set().union(*designs.values())):
         cells = []
-        for split in ("dev", "test"):
+        for split in splits:
             d = designs[split].get(design)
             if not d:
                 cells += ["0", "—", "—", "—", "—"]
@@ -194,11 +201,11 @@ def main() -> int:
             cells += [str(len(d["recall"])), _worst(d["recall"]), _worst(d["high_any"]), _worst(d["pure"]), _worst(d["before"], higher_is_worse=True)]
         lines.append(f"| {design} | " + " | ".join(cells) + " |")
     lines += ["", "Legitimate sub-populations and resellers (accounts / in `high` / in `medium`, either score, summed over seeds):", "",
-              "| population | dev accounts | dev high | dev medium | test accounts | test high | test medium |", "|---|---:|---:|---:|---:|---:|---:|"]
+              "| population | " + " | ".join(f"{s} accounts | {s} high | {s} medium" for s in splits) + " |",
+              "|---|" + "---:|" * 3 * len(splits)]
     pops = {split: populations(r) for split, r in runs.items()}
-    for name in sorted(set(pops["dev"]) | set(pops["test"])):
-        dv, tv = pops["dev"].get(name, [0, 0, 0]), pops["test"].get(name, [0, 0, 0])
-        lines.append(f"| {name} | {dv[0]} | {dv[1]} | {dv[2]} | {tv[0]} | {tv[1]} | {tv[2]} |")
+    for name in sorted(set().union(*pops.values())):
+        lines.append(f"| {name} | " + " | ".join(" | ".join(str(x) for x in pops[s].get(name, [0, 0, 0])) for s in splits) + " |")
     if args.fixed:
         lines += ["", f"## fixed scenarios at seed {args.fixed_seed} (dev split)", "",
                   "| scenario | events | distiller AUC | recall @ 0.5 % | baseline | reseller recall @ 1 % | baseline | legit. in `high` | "

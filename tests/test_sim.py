@@ -350,16 +350,17 @@ def test_worst_campaign_and_targets_name_the_worst_not_the_mean() -> None:
     assert not checks["campaign_share_before_detection"]["met"]
 
 
-def test_no_detector_file_quotes_the_test_wording() -> None:
-    """The test split is only a measurement while detection has not copied it: no whole phrase of it (≥ 25 characters,
-    case-folded) may appear in a text file under src/distillguard/detect (docstrings and comments included). String
-    literals, short phrases, test-only languages and the classifier's training data: tests/test_contamination.py."""
-    from distillguard.detect.attribution import (
-        PUBLIC_SYSTEM_PROMPTS,  # published stock prompts, in every split
-    )
+@pytest.mark.parametrize("split", ["test", "holdout"])
+def test_no_detector_file_quotes_the_test_wording(split: str) -> None:
+    """The test and hold-out splits are only a measurement while detection has not copied them: no whole phrase of
+    them (≥ 25 characters, case-folded) may appear in a text file under src/distillguard/detect (docstrings and
+    comments included). String literals, short phrases, split-only languages and the classifier's training data:
+    tests/test_contamination.py."""
+    # Published stock system prompts are in every split.
+    from distillguard.detect.attribution import PUBLIC_SYSTEM_PROMPTS
 
     public = {" ".join(s.lower().split()) for s in PUBLIC_SYSTEM_PROMPTS}
-    phrases = [p for p in wording_strings(load_wording("test")) if len(p) >= 25 and p not in public]
+    phrases = [p for p in wording_strings(load_wording(split)) if len(p) >= 25 and p not in public]
     assert len(phrases) > 60
     detect = Path(__file__).resolve().parent.parent / "src" / "distillguard" / "detect"
     quoted = {}
@@ -369,7 +370,7 @@ def test_no_detector_file_quotes_the_test_wording() -> None:
             found = [p for p in phrases if p in text]
             if found:
                 quoted[path.name] = found[:3]
-    assert not quoted, f"test-split wording copied into detection code: {quoted}"
+    assert not quoted, f"{split}-split wording copied into detection code: {quoted}"
 
 
 class _CaughtAfter(Scanner):

@@ -8,6 +8,8 @@ import hashlib
 import json
 import random
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,7 +24,7 @@ from distillguard.sim.campaign_wording import (
 from distillguard.sim.corpora import PromptPools
 from distillguard.sim.fleet import CampaignParams, Fleet, sample_campaign
 from distillguard.sim.scenarios import SCENARIOS, Scenario, load_scenario, simulate
-from distillguard.sim.splits import load_wording
+from distillguard.sim.splits import load_wording, wording_strings
 
 ROBUST_SMALL = {"scale": 0.3, "sampled_campaigns": 2, "campaign_budget": 2500, "days": 4, "new_model_day": 2.0}
 DESIGNS = ["quiet_sweep", "sleeper_fleet", "imitates_people", "grader", "sampled", "sampled", "sampled", "sampled"]
@@ -172,3 +174,75 @@ def test_public_wording_is_used_by_campaigns_and_legitimate_accounts(robust_dev:
     # … and uses its own wording for the rest.
     assert sum(1 for e in campaign if not any(h in _texts(e)[0] for h in heads)) > 0.3 * len(campaign)
     assert all(0 <= c["public_wrappers"] <= 0.5 and 0 <= c["public_system"] <= 1 for c in labels["campaigns"].values())
+
+
+# -- the hold-out split --------------------------------------------------------------------------------------------
+def test_holdout_wording_is_its_own_in_languages_no_other_split_has() -> None:
+    dev, test, holdout = (wording_strings(load_wording(split)) for split in ("dev", "test", "holdout"))
+    assert len(holdout) > 200
+    assert holdout.isdisjoint(dev), sorted(holdout & dev)[:5]
+    assert holdout.isdisjoint(test), sorted(holdout & test)[:5]
+    languages = set(load_wording("holdout").languages) - {"en"}
+    assert len(languages) >= 8
+    assert languages.isdisjoint(load_wording("dev").languages) and languages.isdisjoint(load_wording("test").languages)
+    # Every language has its own phrasings for every table a campaign uses, not an English fallback.
+    wording = load_wording("holdout")
+    for table in ("elicitation", "frames", "openers", "closers", "followups"):
+        assert languages <= set(getattr(wording, table)), table
+
+
+def test_holdout_prompts_are_a_slice_no_other_split_has() -> None:
+    pools = {split: PromptPools.for_split(split) for split in ("dev", "test", "holdout")}
+
+    def items(p: PromptPools) -> set[str]:
+        return {c[0] for c in p.conversations} | {t for ts in p.sweeps.values() for t in ts} | set(p.answers) | set(p.coding)
+
+    sets = {split: items(p) for split, p in pools.items()}
+    assert len(sets["holdout"]) > 1500 and len(pools["holdout"].conversations) > 200
+    assert sets["holdout"].isdisjoint(sets["dev"]) and sets["holdout"].isdisjoint(sets["test"]) and sets["dev"].isdisjoint(sets["test"])
+    # Together the three cover exactly the two historical halves.
+    halves = items(PromptPools.halves("dev")) | items(PromptPools.halves("test"))
+    assert sets["dev"] | sets["test"] | sets["holdout"] == halves
+
+
+def test_corner_campaigns_reach_the_corners_dev_rarely_samples() -> None:
+    wording = load_wording("holdout")
+    rng = random.Random(11)
+    drawn = [sample_campaign(rng, "corner", wording, days=7, release_day=3.5, budget=8_000) for _ in range(200)]
+    assert any(c.accounts == 5 for c in drawn) and any(c.accounts == 500 and c.rate == 2.0 for c in drawn)
+    assert any(c.rate >= 299 for c in drawn)
+    assert any(c.elicit == 0.0 for c in drawn) and any(c.elicit == 0.8 for c in drawn)
+    for axis, value in (("wrappers", "paraphrased"), ("network", "per_request"), ("attest", True), ("stream", 0.9), ("benign_mix", 0.5),
+                        ("ban_replace", True), ("pivot", True), ("system", "per_account"), ("public_system", 1.0)):
+        share = sum(1 for c in drawn if getattr(c, axis) == value) / len(drawn)
+        assert share >= 0.3, (axis, share)  # "sampled" alone reaches these less often
+    assert any(len(c.languages) == 8 for c in drawn)
+    assert all(c.expected_requests() <= 8_000 * 1.01 for c in drawn)
+
+
+def test_holdout_runs_from_the_cli_with_its_own_mix(tmp_path: Path, robust_dev: tuple[list[dict], dict]) -> None:
+    scenario = tmp_path / "holdout-small.yaml"
+    scenario.write_text("extends: robust\n" + "".join(f"{k}: {v}\n" for k, v in ROBUST_SMALL.items()))
+    out = subprocess.run([sys.executable, "-m", "distillguard.cli", "simulate", "--scenario", str(scenario), "--split", "holdout",
+                          "--seed", "7001", "--out", str(tmp_path / "h.jsonl.gz"), "--labels", str(tmp_path / "h.json")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    labels = json.loads((tmp_path / "h.json").read_text())
+    assert labels["split"] == "holdout"
+    designs = collections.Counter(c["archetype"] for c in labels["campaigns"].values())
+    assert designs["corner"] == ROBUST_SMALL["sampled_campaigns"] + 2 and "sampled" not in designs
+    # More learners and evaluation jobs per person than dev.
+    populations = {name: collections.Counter(v["population"] for v in lab["accounts"].values())
+                   for name, lab in (("holdout", labels), ("dev", robust_dev[1]))}
+    for population in ("learner", "eval_job", "office"):
+        assert populations["holdout"][population] / populations["holdout"]["person"] > populations["dev"][population] / populations["dev"]["person"]
+    # Nothing a user or system prompt says is in the dev world.
+    events = list(read_events([tmp_path / "h.jsonl.gz"]))
+    said = {t for e in events for t in _texts(e) if t}
+    dev_said = {t for e in robust_dev[0] for t in _texts(e) if t}
+    assert len(said) > 1000 and not said & dev_said
+    # The fixed scenarios have no hold-out split: a clear error, not a world built from overlapping prompts.
+    out = subprocess.run([sys.executable, "-m", "distillguard.cli", "simulate", "--scenario", "small", "--split", "holdout", "--seed", "1",
+                          "--out", str(tmp_path / "x.jsonl"), "--labels", str(tmp_path / "x.json")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "robust family only" in out.stderr
+

@@ -143,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--seed", type=int, required=True)
     simulate.add_argument("--out", required=True, metavar="EVENTS.jsonl.gz")
     simulate.add_argument("--labels", required=True, metavar="LABELS.json")
-    simulate.add_argument("--split", choices=("dev", "test"), default="dev", help="dev (tune on it) or test (report it); default dev")
+    simulate.add_argument("--split", choices=("dev", "test", "holdout"), default="dev",
+                          help="dev (tune on it), test (report it) or holdout (robust only; never tune on it); default dev")
     simulate.add_argument("--accounts-out", metavar="ACCOUNTS.jsonl",
                           help="account metadata as `accounts export` writes it (default: beside LABELS, *.accounts.jsonl)")
 

@@ -15,7 +15,7 @@ import hashlib
 import importlib.resources
 import json
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 __all__ = ["PromptPools", "SWEEP_POOLS"]
@@ -103,29 +103,41 @@ class PromptPools:
 
     @classmethod
     def for_split(cls, split: str) -> PromptPools:
-        """The prompts of one split (``dev`` or ``test``): disjoint halves of every pool, cut by a keyed hash.
+        """The prompts of one split of the ``robust`` family: three disjoint parts of every pool, cut by keyed hashes.
 
-        Conversations go by their first turn (branches of one OpenAssistant tree, and the same
-        question in two corpora, land on the same side); every other item by its own text. Both
-        halves of a pool also serve as its "held-out" half, so the older actors, which ask for
-        ``held_out`` prompts, stay inside the split.
+        ``holdout`` gets a quarter of every pool (a keyed SHA-256 of the prompt: first byte < 64); ``dev``
+        and ``test`` get their halves (``halves``) minus that quarter, so none of the three shares a prompt.
+        Conversations go by their first turn (branches of one OpenAssistant tree, and the same question in
+        two corpora, land on the same side); HumanEval tasks together with the coders' copy of them; every
+        other item by its own text. Both halves of a pool also serve as its "held-out" half, so the older
+        actors, which ask for ``held_out`` prompts, stay inside the split.
         """
-        cached = _CACHE.get(f"split:{split}")
+        if split not in ("dev", "test", "holdout"):
+            raise ValueError(f"split must be dev, test or holdout, got {split!r}")
+        return cls._cut(f"robust:{split}", lambda key: _in_holdout(key) if split == "holdout"
+                        else not _in_holdout(key) and _in_test_half(key) == (split == "test"))
+
+    @classmethod
+    def halves(cls, split: str) -> PromptPools:
+        """The two halves the fixed scenarios have used since before the hold-out split (``dev`` or ``test``).
+
+        Kept so that a fixed scenario on ``--split test`` stays byte-identical; they overlap the hold-out
+        quarter, which is why the fixed scenarios do not run on ``holdout``.
+        """
+        return cls._cut(f"half:{split}", lambda key: _in_test_half(key) == (split == "test"))
+
+    @classmethod
+    def _cut(cls, name: str, keep: Callable[[bytes], bool]) -> PromptPools:
+        cached = _CACHE.get(name)
         if cached is not None:
             return cached
         full = cls.load()
-        want = split == "test"
-
-        def side(text: str) -> bool:
-            key = text.removeprefix(_HUMANEVAL_FRAME)  # a HumanEval task and the coders' copy of it go together
-            return hashlib.sha256(b"distillguard-split-v1|" + key.encode()).digest()[0] % 2 == 1
-
-        conversations = [c for c in full.conversations + full.conversations_held_out if side(c[0]) == want]
-        sweeps = {name: [t for t in full.sweeps[name] + full.sweeps_held_out[name] if side(t) == want] for name in full.sweeps}
+        conversations = [c for c in full.conversations + full.conversations_held_out if keep(_key(c[0]))]
+        sweeps = {pool: [t for t in full.sweeps[pool] + full.sweeps_held_out[pool] if keep(_key(t))] for pool in full.sweeps}
         pools = cls(conversations=conversations, conversations_held_out=conversations,
-                    answers=[a for a in full.answers if side(a) == want], coding=[c for c in full.coding if side(c) == want],
+                    answers=[a for a in full.answers if keep(_key(a))], coding=[c for c in full.coding if keep(_key(c))],
                     sweeps=sweeps, sweeps_held_out=sweeps, eval_items=sweeps["mmlu"])
-        _CACHE[f"split:{split}"] = pools
+        _CACHE[name] = pools
         return pools
 
     def conversation(self, rng: random.Random, held_out: bool = False) -> list[str]:
@@ -137,3 +149,15 @@ class PromptPools:
 
 
 _CACHE: dict[str, PromptPools] = {}
+
+
+def _key(text: str) -> bytes:
+    return text.removeprefix(_HUMANEVAL_FRAME).encode()  # a HumanEval task and the coders' copy of it go together
+
+
+def _in_test_half(key: bytes) -> bool:
+    return hashlib.sha256(b"distillguard-split-v1|" + key).digest()[0] % 2 == 1
+
+
+def _in_holdout(key: bytes) -> bool:
+    return hashlib.sha256(b"distillguard-holdout-v1|" + key).digest()[0] < 64

@@ -11,7 +11,9 @@ space (``archetype="sampled"``) or around a named design seen in the wild:
 * ``imitates_people`` — streams, attests one enrolled install per account,
   2–3-turn conversations with generic follow-ups, reasoning requests in
   paraphrases and several languages, local daytime on its own home address;
-* ``grader`` — grader / reward-model prompts on rotating residential addresses.
+* ``grader`` — grader / reward-model prompts on rotating residential addresses;
+* ``corner`` (the hold-out split's sampled campaigns) — drawn like ``sampled``, then
+  pushed into the corners of the space that ``sampled`` rarely reaches (``_corners``).
 
 A campaign's expected size is capped (``budget`` requests) by shortening its
 lifetime first and then its rate, so one seed of the family stays quick to
@@ -24,7 +26,7 @@ import dataclasses
 import math
 import random
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,7 +47,7 @@ from distillguard.sim.world import (
 __all__ = ["ARCHETYPES", "MIN_REQUESTS", "CampaignParams", "Fleet", "sample_campaign"]
 
 _DIGITS = re.compile(r"(?<![\w.])\d{1,4}(?![\w.])")
-ARCHETYPES = ("quiet_sweep", "sleeper_fleet", "imitates_people", "grader", "sampled")
+ARCHETYPES = ("quiet_sweep", "sleeper_fleet", "imitates_people", "grader", "sampled", "corner")
 TIMINGS = ("synchronised", "balanced", "uniform", "daytime", "per_account_daytime")
 NETWORKS = ("per_request", "per_account", "hosting", "mixed")
 
@@ -99,6 +101,37 @@ def _log_uniform(rng: random.Random, low: float, high: float) -> float:
 
 
 MIN_REQUESTS = 1_500
+CORNER_SHARE = 0.35  # each axis of a ``corner`` campaign goes to an extreme with this probability
+
+
+def _corners(rng: random.Random, p: CampaignParams, languages: Callable[[int], tuple[str, ...]], release_day: float | None) -> None:
+    """Push a sampled campaign into corners of the space dev's ``sampled`` draws rarely reach (hold-out split only).
+
+    Sizes go to one corner more often than not: 5 accounts, 500 accounts at 2 requests a day, or 2 or 300
+    requests per account-day (the size rule below may still raise a small campaign's rate to the floor).
+    Every other axis goes to an extreme with probability ``CORNER_SHARE``: 0 % or 80 % elicitation, wrappers
+    paraphrased per request, a new residential address per request, one enrolled install per account, 90 %
+    streamed, half benign openers, ban-and-replace, model pivot, half multi-turn, a system prompt per account,
+    eight languages, public wording on every account and half the prompts.
+    """
+    size = rng.choice(("few", "mass", "slow", "fast", "none"))
+    if size == "few":
+        p.accounts = 5
+    elif size == "mass":
+        p.accounts, p.rate = 500, 2.0
+    elif size == "slow":
+        p.rate = 2.0
+    elif size == "fast":
+        p.rate = 300.0
+    extremes: list[tuple[str, Any]] = [
+        ("elicit", rng.choice((0.0, 0.8))), ("wrappers", "paraphrased"), ("network", "per_request"), ("attest", True),
+        ("stream", 0.9), ("benign_mix", 0.5), ("ban_replace", True), ("multi_turn", 0.5), ("system", "per_account"),
+        ("languages", languages(8)), ("public_system", 1.0), ("public_wrappers", 0.5)]
+    if release_day is not None:
+        extremes.append(("pivot", True))
+    for axis, value in extremes:
+        if rng.random() < CORNER_SHARE:
+            setattr(p, axis, value)
 
 
 def sample_campaign(rng: random.Random, archetype: str, wording: Wording, *, days: int, release_day: float | None,
@@ -117,7 +150,7 @@ def sample_campaign(rng: random.Random, archetype: str, wording: Wording, *, day
         return tuple(["en", *picked][:k]) if rng.random() < 0.7 else tuple(picked or ["en"])
 
     p = CampaignParams(archetype=archetype)
-    if archetype == "sampled":
+    if archetype in ("sampled", "corner"):
         p.accounts = int(_log_uniform(rng, 5, 500))
         p.rate = _log_uniform(rng, 2, 300)
         p.start_day = rng.uniform(0, days * 0.5)
@@ -145,6 +178,8 @@ def sample_campaign(rng: random.Random, archetype: str, wording: Wording, *, day
         p.ua = rng.choice(("shared", "varied"))
         p.public_wrappers = rng.choice((0.0, 0.0, rng.uniform(0.05, 0.5)))
         p.public_system = rng.choice((0.0, 0.0, rng.uniform(0.2, 1.0)))
+        if archetype == "corner":
+            _corners(rng, p, languages, release_day)
     elif archetype == "quiet_sweep":
         p.accounts, p.rate = rng.randint(20, 60), rng.uniform(20, 60)
         p.start_day, p.lifetime_days = rng.uniform(0, 1), days

@@ -34,6 +34,13 @@ NEGATIVE_POPULATIONS: tuple[tuple[str, str, int], ...] = (
     ("light_app", "heavy_benign", 12), ("eval_job", "heavy_benign", 8), ("coding_agent", "heavy_benign", 20),
 )
 OFFICES = 4
+# The hold-out split's legitimate mix differs from dev/test on purpose, towards the negatives that look most like
+# campaigns: twice the learners, 2.5 times the evaluation jobs, twice the offices, more light apps and VPN users.
+HOLDOUT_COUNTS = {"person": 450, "coder": 70, "learner": 300, "night_owl": 40, "vpn": 60, "cloud_desktop": 30,
+                  "early_adopter": 60, "light_app": 25, "eval_job": 20, "coding_agent": 25}
+HOLDOUT_OFFICES = 8
+# …and its sampled campaigns are ``corner`` draws (sim/fleet.py), two more of them than the scenario asks for.
+HOLDOUT_EXTRA_CAMPAIGNS = 2
 # Share of people whose chat client sends a stock system prompt ("You are a helpful assistant.") on every request.
 PUBLIC_SYSTEM_SHARE = 0.15
 RELAY_RESELLERS = 6
@@ -72,7 +79,8 @@ def build_robust(scenario: Scenario, seed: int, split: str) -> tuple[list[Actor]
     universities = [maker.own_domain("edu") for _ in range(8)]
     semester_starts = [start - rng.uniform(20, 400) * DAY for _ in range(3)]
     learner_langs = [lang for lang in wording.learner_asks if lang != "en"]
-    counts = {pop: n(c) for pop, _, c in NEGATIVE_POPULATIONS}
+    holdout = split == "holdout"
+    counts = {pop: n(HOLDOUT_COUNTS[pop] if holdout else c) for pop, _, c in NEGATIVE_POPULATIONS}
 
     # -- people ------------------------------------------------------------------------------------------
     for population in ("person", "coder", "learner", "night_owl", "vpn", "cloud_desktop", "early_adopter"):
@@ -109,7 +117,7 @@ def build_robust(scenario: Scenario, seed: int, split: str) -> tuple[list[Actor]
                        release_ts=release_ts, population=population, **kw), population, [meta])
 
     # -- offices: many people, one egress address, one company domain, one org, one card, one onboarding day --
-    for _ in range(n(OFFICES)):
+    for _ in range(n(HOLDOUT_OFFICES if holdout else OFFICES)):
         r = child()
         place = pick_place(r)
         egress = home_client(r, place, attested=False)
@@ -179,7 +187,8 @@ def build_robust(scenario: Scenario, seed: int, split: str) -> tuple[list[Actor]
 
     # -- campaigns: each draws its private wording from its own share of the split's (campaign_wording.py) ---------
     campaigns: dict[str, Any] = {}
-    designs = [*scenario.campaign_designs, *(["sampled"] * scenario.sampled_campaigns)]
+    designs = [*scenario.campaign_designs, *(["corner"] * (scenario.sampled_campaigns + HOLDOUT_EXTRA_CAMPAIGNS) if holdout
+                                             else ["sampled"] * scenario.sampled_campaigns)]
     drawn = []
     for archetype in designs:
         r = child()

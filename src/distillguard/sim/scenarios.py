@@ -152,19 +152,22 @@ def _reorder(stream: Iterator[TimedEvent], window_s: float = 6 * 3600) -> Iterat
 def build_actors(scenario: Scenario, seed: int, split: str = "dev") -> tuple[list[Actor], dict[str, Any], list[AccountMeta]]:
     """The actors of one world, its labels and its account metadata.
 
-    ``robust`` builds from its family (``sim/robust.py``). The fixed scenarios keep their
-    historical streams on the dev split (``random.Random(seed)``, the dev half of the prompts
+    ``robust`` builds from its family (``sim/robust.py``), on any split. The fixed scenarios keep
+    their historical streams on the dev split (``random.Random(seed)``, the dev half of the prompts
     unless ``held_out``); on the test split they mix the split into the seed and use the test
-    prompts and the held-out phrasings.
+    half of the prompts and the held-out phrasings; they have no hold-out split.
     """
     if split not in SPLITS:
         raise InputError(f"--split: expected one of {list(SPLITS)}, got {split!r}")
     if scenario.family == "robust":
         robust_actors, robust_labels, robust_metas = build_robust(scenario, seed, split)
         return robust_actors, {"scenario": scenario.name, "seed": seed, "split": split, **robust_labels}, robust_metas
+    if split == "holdout":
+        raise InputError("--split holdout is for the robust family only (--scenario robust, or a YAML file with extends: robust): "
+                         "the fixed scenarios' wording and prompts overlap it")
     if split == "test":
         rng = split_rng(seed, split, scenario.name)
-        pools = PromptPools.for_split("test")
+        pools = PromptPools.halves("test")
         scenario = scenario.model_copy(update={"held_out": True})
     else:
         rng = random.Random(seed)

@@ -1,19 +1,21 @@
-"""Dev and test splits that share nothing: seeds, wording and prompts.
+"""Dev, test and hold-out splits that share nothing: seeds, wording and prompts.
 
-Detectors are tuned on the ``dev`` split and reported on ``test``. The two share
+Detectors are tuned on the ``dev`` split and reported on ``test``; ``holdout``
+is for a blind check that nobody tunes on, ever (the test split had been run once
+per session for several sessions, so it is no longer blind). The three share
 
 * **no random stream**: the split's name is mixed into the seed, so
   ``--split dev --seed 3`` and ``--split test --seed 3`` are unrelated worlds;
 * **no wording**: campaign paraphrases, languages' phrasings, wrappers, system
   prompts, follow-ups, learners' and apps' phrasings live in
-  ``sim/wording/dev/wording.yaml`` and ``sim/wording/test/wording.yaml``,
-  written independently (the test file by a red-team pass that did not look at
-  the detectors); ``tests/test_sim.py`` asserts no string is in both;
-* **no prompts**: every bundled corpus is cut in two by a keyed hash of the
-  prompt (conversations by their first turn, so branches of one tree stay on
-  one side) — see ``PromptPools.for_split``.
+  ``sim/wording/<split>/wording.yaml``, written independently (test by a
+  red-team pass that did not look at the detectors; holdout later, fresh, in
+  languages neither other split has); tests assert no string is in two of them;
+* **no prompts**: every bundled corpus is cut by keyed hashes of the prompt
+  (conversations by their first turn, so branches of one tree stay on one side) —
+  see ``PromptPools.for_split``.
 
-Detection code must never import the test wording; only the simulator does.
+Detection code must never import the test or hold-out wording; only the simulator does.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ import yaml
 
 __all__ = ["SPLITS", "Split", "Wording", "load_wording", "split_rng", "wording_strings"]
 
-Split = Literal["dev", "test"]
-SPLITS: tuple[Split, ...] = ("dev", "test")
+Split = Literal["dev", "test", "holdout"]
+SPLITS: tuple[Split, ...] = ("dev", "test", "holdout")
 
 _LISTS = ("short_wrappers", "campaign_systems", "system_suffixes", "graders", "public_cot_wrappers", "learner_followups",
           "coding_followups", "app_systems", "webapp_systems", "early_adopter_probes", "agent_systems", "agent_steps", "public_systems")
@@ -74,7 +76,7 @@ _CACHE: dict[str, Wording] = {}
 
 
 def load_wording(split: str) -> Wording:
-    """The wording file of ``split`` (``dev`` or ``test``), validated and cached."""
+    """The wording file of ``split`` (``dev``, ``test`` or ``holdout``), validated and cached."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     cached = _CACHE.get(split)
