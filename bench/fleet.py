@@ -1,6 +1,6 @@
 """Fleet: one replica with `state: memory` vs one and three replicas sharing Redis, on the same upstream, in one run.
 
-    python bench/fleet.py [--duration 8] [--rounds 5] [--state-timeout 2.0]
+    python bench/fleet.py [--duration 8] [--rounds 5] [--state-timeout 2.0] [--pin] [--no-unix]
 
 Needs ``wrk`` and ``redis-server`` (Debian packages). For each set-up it runs
 wrk against every replica at once (JSON, c=1 and c=64 in total) and reports
@@ -10,9 +10,24 @@ CPU ms per request, the two together (what a request costs the fleet), Redis
 script calls per request (from ``INFO commandstats``: the round trips) and
 the script's own time per call (``usec_per_call``). The set-ups take turns
 round after round; CPU per request is the median of the rounds' figures, so
-one round disturbed by other work on the machine does not move it. Then it measures limit overshoot: a key
-limited to 600 requests/min hammered through three replicas for a few
-seconds, with Redis state and — the baseline — with per-process memory state.
+one round disturbed by other work on the machine does not move it; the
+Redis-over-memory ratio is also given per round (each round measures the
+set-ups one right after the other, in an order that alternates round by
+round) and as the median of those paired ratios. One replica with Redis is
+measured twice: over TCP, what a fleet has, and over a Unix socket (``state:
+unix:///…``), what a Redis on the gateway's own host allows (``--no-unix``
+leaves it out).
+
+``--pin`` gives the gateway processes CPU 0 and runs everything else (wrk, the
+upstream, Redis) on the other CPUs, as in a deployment where Redis runs on
+its own host: without it, on a 2-core machine, the gateway's core runs Redis'
+script or wrk while the gateway waits for Redis, and the gateway pays for
+that in caches refilled after every round trip (a cost of sharing the
+machine, not of the gateway).
+
+Then it measures limit overshoot: a key limited to 600 requests/min hammered
+through three replicas for a few seconds, with Redis state and — the
+baseline — with per-process memory state.
 """
 
 from __future__ import annotations
@@ -120,10 +135,13 @@ def main() -> int:
                         help="alternating measurements of every set-up (CPU per request, p50 and p99: the median of the rounds)")
     parser.add_argument("--state-timeout", type=float, default=2.0,
                         help="state_timeout_s of the replicas (default 2 s: on a machine this loaded, 0.25 s trips fail_open)")
+    parser.add_argument("--pin", action="store_true",
+                        help="gateways on CPU 0, wrk, the upstream and Redis on the other CPUs (see the module docstring)")
+    parser.add_argument("--no-unix", action="store_true", help="leave out the set-up with Redis over a Unix socket")
     parser.add_argument("--propagation-only", action="store_true",
                         help="only the decision propagation stage (written to bench/out/fleet_propagation.md)")
     args = parser.parse_args()
-    for tool in ("wrk", "redis-server"):
+    for tool in ("wrk", "redis-server", *(("taskset",) if args.pin else ())):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} is needed: apt-get install {tool}")
     work = Path(tempfile.mkdtemp(prefix="dg-fleet-"))
@@ -131,6 +149,13 @@ def main() -> int:
     began = time.perf_counter()
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     procs: list[subprocess.Popen[bytes]] = []
+    pin_gateway: list[str] = []
+    if args.pin:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            raise SystemExit("--pin needs at least 2 CPUs")
+        os.sched_setaffinity(0, cpus[1:])  # this process and its children: wrk, the upstream, Redis
+        pin_gateway = ["taskset", "-c", str(cpus[0])]
     account_of: dict[str, str] = {}  # benchmark key → its account
 
     def spawn(cmd: list[str], log: str) -> subprocess.Popen[bytes]:
@@ -147,7 +172,7 @@ def main() -> int:
                       "upstreams": [{"name": "fast", "base_url": upstream, "models": ["*"]}], "detection": detection or {"online": False},
                       "limits": limits}
             (work / f"{tag}-{i}.yaml").write_text(json.dumps(config))
-            proc = spawn([PYTHON, "-m", "distillguard.cli", "serve", "--config", str(work / f"{tag}-{i}.yaml")], f"{tag}-{i}.log")
+            proc = spawn([*pin_gateway, PYTHON, "-m", "distillguard.cli", "serve", "--config", str(work / f"{tag}-{i}.yaml")], f"{tag}-{i}.log")
             wait(f"http://127.0.0.1:{port}/healthz")
             out.append((f"http://127.0.0.1:{port}", proc))
         return out
@@ -186,8 +211,9 @@ def main() -> int:
         upstream = f"http://127.0.0.1:{up_port}/v1"
         wait(upstream + "/models")
         redis_port = free_port()
+        redis_socket = work / "redis.sock"
         redis_proc = spawn(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                            "--dir", str(work)], "redis.log")
+                            "--dir", str(work), "--unixsocket", str(redis_socket), "--unixsocketperm", "700"], "redis.log")
         time.sleep(0.5)
         redis_url = f"redis://127.0.0.1:{redis_port}/0"
 
@@ -197,6 +223,7 @@ def main() -> int:
             run_wrk(upstream + "/chat/completions", conns, 2, False, None)
             direct[f"c={conns}"] = run_wrk(upstream + "/chat/completions", conns, max(4, args.duration // 2), False, None)
         setups = [("1 replica, memory", "mem1", 1, "memory"), ("1 replica, Redis", "redis1", 1, redis_url),
+                  *([] if args.no_unix else [("1 replica, Redis (Unix socket)", "redis1u", 1, f"unix://{redis_socket}")]),
                   ("3 replicas, Redis", "redis3", 3, redis_url)][:0 if args.propagation_only else None]
         # Every set-up runs at once and the measurements alternate between them, round after round, so a
         # change in the machine's load (other work on the shared cores) falls on all of them alike.
@@ -204,8 +231,8 @@ def main() -> int:
                    for targets in [gateways(tag, n, state, UNLIMITED)] for key in [make_key([root for root, _ in targets])]]
         for conns in (1, 64):
             samples: dict[str, list[dict[str, float]]] = {name: [] for name, *_ in started}
-            for _round in range(args.rounds):
-                for name, n, targets, key in started:
+            for round_ in range(args.rounds):
+                for name, n, targets, key in (started if round_ % 2 == 0 else started[::-1]):  # no set-up always first
                     load(targets, key, conns if conns >= n else n, 2)  # warm-up
                     duration = args.duration
                     cpu_before = sum(cpu_s(p.pid) for _, p in targets)
@@ -296,11 +323,14 @@ def main() -> int:
                                                   "(2 cores shared with other sessions' work).", *propagation_lines], began, digest)
             return 0
         lines = ["## Fleet: shared state in Redis (`bench/fleet.py`, issue #13)", "",
-                 f"`python bench/fleet.py --duration {args.duration} --rounds {args.rounds}`; load average before: {load_before}, after: "
+                 f"`python bench/fleet.py --duration {args.duration} --rounds {args.rounds}{' --pin' if args.pin else ''}"
+                 f"{' --no-unix' if args.no_unix else ''}`; load average before: {load_before}, after: "
                  f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} (2 cores shared with other sessions' work). Upstream: "
                  "`bench/fast_upstream.py`; load: wrk, JSON chat completions, spread evenly over the replicas; detection off. "
                  f"The set-ups take turns, {args.rounds} round(s) of {args.duration} s each: req/s over all rounds; CPU per "
-                 "request, p50 and p99 the median of the rounds. Whole = gateway processes + Redis, per request.",
+                 "request, p50 and p99 the median of the rounds. Whole = gateway processes + Redis, per request. "
+                 + ("Pinned: the gateways on CPU 0, wrk, the upstream and Redis on the others." if args.pin else
+                    "Not pinned: every process on any CPU."),
                  "", "| set-up | load | req/s | added p50 (ms) | added p99 (ms) | gateway CPU ms/request | Redis CPU ms/request "
                  "| whole CPU ms/request | Redis calls/request | script µs/call | errors |",
                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -310,15 +340,23 @@ def main() -> int:
                          f"{row['cpu_ms_per_req']:.3f} | {row['redis_cpu_ms_per_req']:.3f} | {row['whole_ms_per_req']:.3f} | "
                          f"{row['calls_per_req']:.2f} | {row['script_us_per_call']:.1f} | {int(row['errors'])} |")
         memory = {row["base"]: row for name, _, row in rows if name == "1 replica, memory"}
-        one_redis = {row["base"]: row for name, _, row in rows if name == "1 replica, Redis"}
-        lines += ["", "| Redis over memory, 1 replica | c=1 | c=64 |", "|---|---:|---:|"]
-        for what, field in (("gateway", "cpu"), ("whole (gateway + Redis)", "whole")):
-            lines.append(f"| {what} CPU per request, median of the rounds | " + " | ".join(
-                f"{one_redis[c][field + '_ms_per_req'] / memory[c]['cpu_ms_per_req'] - 1:+.0%}" for c in ("c=1", "c=64")) + " |")
-            lines.append("| the same, round by round | " + " | ".join(", ".join(
-                f"{r / m - 1:+.0%}" for r, m in zip(one_redis[c][field + "_ms_rounds"], memory[c]["cpu_ms_rounds"], strict=True))
-                for c in ("c=1", "c=64")) + " |")
-        lines.append("| added p50 (ms) | " + " | ".join(f"{one_redis[c]['p50_ms'] - memory[c]['p50_ms']:+.2f}" for c in ("c=1", "c=64")) + " |")
+        for title, setup in (("Redis over memory, 1 replica", "1 replica, Redis"),
+                             ("Redis over a Unix socket over memory, 1 replica", "1 replica, Redis (Unix socket)")):
+            one_redis = {row["base"]: row for name, _, row in rows if name == setup}
+            if not one_redis:
+                continue
+            lines += ["", f"| {title} | c=1 | c=64 |", "|---|---:|---:|"]
+            for what, field in (("gateway", "cpu"), ("whole (gateway + Redis)", "whole")):
+                paired = {c: [r / m - 1 for r, m in zip(one_redis[c][field + "_ms_rounds"], memory[c]["cpu_ms_rounds"], strict=True)]
+                          for c in ("c=1", "c=64")}
+                lines.append(f"| {what} CPU per request, median of the rounds | " + " | ".join(
+                    f"{one_redis[c][field + '_ms_per_req'] / memory[c]['cpu_ms_per_req'] - 1:+.0%}" for c in ("c=1", "c=64")) + " |")
+                lines.append("| the same, round by round | " + " | ".join(", ".join(f"{r:+.0%}" for r in paired[c])
+                                                                         for c in ("c=1", "c=64")) + " |")
+                lines.append("| median of those paired ratios | " + " | ".join(f"{statistics.median(paired[c]):+.0%}"
+                                                                             for c in ("c=1", "c=64")) + " |")
+            lines.append("| added p50 (ms) | " + " | ".join(f"{one_redis[c]['p50_ms'] - memory[c]['p50_ms']:+.2f}"
+                                                         for c in ("c=1", "c=64")) + " |")
         lines += ["", "Limit overshoot: one key limited to 600 requests/min, 48 connections spread over three replicas for 5 s:", "",
                   "| set-up | admitted | attempted | admitted / limit | fail_open trips during the run |", "|---|---:|---:|---:|---:|"]
         for name, admitted, attempted, trips in overshoot:

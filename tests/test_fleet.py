@@ -141,6 +141,8 @@ def test_redis_decides_like_memory_on_a_random_sequence_of_admissions_and_settle
     settlements that raise and lower the charge (the script moves each entry's
     tokens with it) and free requests: 400 steps well inside one minute, so
     the two clocks (Redis' ``TIME``, the process's) cannot disagree on a window.
+    Half the settlements go alone, half ride along with the next admission
+    (where the script reads and writes each subject once for both).
     """
     import random
 
@@ -162,7 +164,8 @@ def test_redis_decides_like_memory_on_a_random_sequence_of_admissions_and_settle
                     tokens = rng.choice([0, 1, 50, 400]) + open_redis[i].charged * rng.choice([0, 1, 2])
                     shared.settle(open_redis.pop(i), tokens)
                     local.settle(open_memory.pop(i), tokens)
-                    await shared.flush()
+                    if rng.random() < 0.5:
+                        await shared.flush()
                     continue
                 tokens = rng.choice([0, 10, 100, 700, 2_500])
                 got = await shared.admit(quotas, tokens, f"d{seed}-{step}")
@@ -181,6 +184,37 @@ def test_redis_decides_like_memory_on_a_random_sequence_of_admissions_and_settle
                     open_redis.append(got)
                     open_memory.append(want)
         await shared.close()
+
+    _run(scenario())
+
+
+def test_a_settlement_and_the_next_admission_read_and_write_each_subject_once(redis: RedisServer) -> None:
+    """What the script costs Redis per request (bench/RESULTS.md): each subject's counts are read and written once per call.
+
+    A steady stream of one key: every admission carries the previous request's
+    settlement (a changed token count, a lease to release) for the same two
+    subjects; before, each settled subject cost a GET and a SET of its own.
+    A subject with only a concurrency limit has no counts to read at all.
+    """
+    async def scenario() -> None:
+        state = RedisState(redis.url)
+        await state.start()
+        both = (Quota("key:once", 10_000, 1_000_000, 100, None), Quota("acct:once", 10_000, 1_000_000, 100, None))
+        only_leases = (Quota("key:once2", 10_000, None, None, None), Quota("acct:once2", None, None, 100, None))
+        for quotas, reads in ((both, 2), (only_leases, 1)):
+            previous = await state.admit(quotas, 10, "warm")
+            await state.client.config_resetstat()
+            for i in range(20):
+                assert isinstance(previous, RedisAdmission)
+                state.settle(previous, 25)  # queued: it rides along with the next admission
+                previous = await state.admit(quotas, 10, f"r{i}")
+            stats = await state.client.info("commandstats")
+            assert stats["cmdstat_evalsha"]["calls"] == 20  # one call per request, settlement included
+            assert stats["cmdstat_get"]["calls"] == 20 * reads, stats["cmdstat_get"]
+            assert stats["cmdstat_set"]["calls"] == 20 * reads, stats["cmdstat_set"]
+            if quotas is both:
+                assert (await _counts(state, "key:once"))["t"] == 10 + 20 * 25  # every settlement applied: 20 × 25, the last 10
+        await state.close()
 
     _run(scenario())
 

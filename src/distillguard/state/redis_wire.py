@@ -72,6 +72,7 @@ class RedisWire(asyncio.Protocol):
         self._waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
         self._sent: collections.deque[float] = collections.deque()  # when each waiting call was written (loop time)
         self._transport: asyncio.Transport | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # kept: get_running_loop() costs a getpid() system call
         self._timer: asyncio.TimerHandle | None = None
         self.closed = False
 
@@ -110,6 +111,7 @@ class RedisWire(asyncio.Protocol):
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
+        self._loop = asyncio.get_running_loop()
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):  # a request goes out whole, at once
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -145,6 +147,20 @@ class RedisWire(asyncio.Protocol):
             self._timer = loop.call_at(self._sent[0] + self.timeout_s, self._check_deadline)
         self._transport.write(requests)
         return futures
+
+    def send_one(self, request: bytes) -> asyncio.Future[Any]:
+        """Write one whole RESP request; the future gets its reply. :meth:`send` for one, with nothing it does not need."""
+        loop = self._loop
+        if self.closed or self._transport is None or loop is None:
+            raise WireClosed("the Redis connection is closed")
+        future = loop.create_future()
+        self._waiting.append(future)
+        sent = loop.time()
+        self._sent.append(sent)
+        if self._timer is None and self.timeout_s is not None:
+            self._timer = loop.call_at(sent + self.timeout_s, self._check_deadline)
+        self._transport.write(request)
+        return future
 
     def set_timeout(self, timeout_s: float) -> None:
         """Change the deadline of calls (e.g. after a slow start): the timer is set again for the new one."""
