@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import random
+import tracemalloc
 
 import pytest
 from hypothesis import given, settings
@@ -211,6 +213,62 @@ def test_retry_after_is_the_earliest_second_the_same_request_is_admitted(
 
     assert admitted_after(wait)
     assert wait == 1 or not admitted_after(wait - 1)
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), gap_ms=st.integers(25, 60))
+def test_settling_keeps_every_window_sum_exact_across_log_compaction(seed: int, gap_ms: int) -> None:
+    """Settles land on their own entry, or nowhere once it left the window, also after the log's arrays were compacted.
+
+    Thousands of requests, so the trimmed front of each log is compacted several times while admissions are pending
+    (the reference keeps every request; the subject's sum and length must match the requests of the last 60 s).
+    """
+    rng = random.Random(seed)
+    clock = Clock(1_000.0)
+    state = MemoryState(clock)
+    quotas = (Quota("key:k", 10**9, 10**12, None, None), Quota("acct:a", 10**9, 10**12, None, None))
+    now_ms = 1_000_000
+    admitted: list[list[int]] = []  # [ms, tokens now] of every request
+    pending: list[tuple[object, int]] = []
+    for _ in range(6_000):
+        now_ms += rng.randint(0, 2 * gap_ms)
+        clock.now = now_ms / 1000
+        tokens = rng.randint(0, 300)
+        admission = state.admit_now(quotas, tokens, "r")
+        assert admission is not None and not isinstance(admission, Refusal)
+        admitted.append([now_ms, tokens])
+        pending.append((admission, len(admitted) - 1))
+        while pending and rng.random() < 0.5:  # settle a random pending request with its real usage
+            settled, index = pending.pop(rng.randrange(len(pending)))
+            usage = rng.randint(0, 400)
+            state.settle(settled, usage)  # type: ignore[arg-type]
+            admitted[index][1] = usage
+        if rng.random() < 0.02:  # compare with the reference now and then (each comparison walks every request)
+            inside = [n for t, n in admitted if t > now_ms - 60_000]
+            for name in ("key:k", "acct:a"):
+                subject = state._subjects[name]
+                assert (len(subject), subject.tokens) == (len(inside), sum(inside))
+    assert state._subjects["key:k"].base > 0  # the log was compacted along the way
+
+
+def test_the_window_log_costs_a_few_bytes_per_request() -> None:
+    """A minute's log holds every request of the last 60 s (408,000 at 6,800 requests/s): 16 bytes per request and
+    subject, where an object per request cost ~146 bytes for the key and the account together (bench/RESULTS.md,
+    "All-on RSS")."""
+    clock = Clock(1_000.0)
+    state = MemoryState(clock)
+    quotas = (Quota("key:k", 10**9, 10**12, None, None), Quota("acct:a", 10**9, 10**12, None, None))
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(20_000):
+            clock.now = 1_000.0 + i / 6_800
+            state.settle(state.admit_now(quotas, 300, "r"), 265)  # type: ignore[arg-type]
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(state._subjects["key:k"]) == 20_000
+    assert held / 20_000 < 48, f"{held / 20_000:.0f} bytes per logged request"
 
 
 # -- prompt counting and stream usage --------------------------------------------------------------------

@@ -176,3 +176,50 @@ def test_close_without_start_and_twice() -> None:
     scorer.close()
     scorer.close()
     assert scorer._process is not None and scorer._process.returncode == 0
+
+
+# What the worker must not load: the gateway's configuration (pydantic), attestation (cryptography), the policy engine,
+# the store (SQLAlchemy) when it neither replays nor watches indicators. Each is megabytes of resident memory in a process
+# that runs beside every gateway (bench/RESULTS.md, "All-on RSS").
+_NOT_IN_THE_WORKER = ("pydantic", "pydantic_settings", "cryptography", "http_message_signatures", "yaml", "sqlalchemy",
+                      "distillguard.config", "distillguard.signals.collector", "distillguard.signals.attestation",
+                      "distillguard.policy", "distillguard.gateway")
+
+
+def test_the_worker_loads_only_what_scoring_needs(tmp_path: Path) -> None:
+    """The worker's own loop (``scorer_worker.serve``) scores a scenario in a fresh interpreter; then its modules are listed."""
+    simulate(load_scenario("small"), 1, tmp_path / "e.jsonl")
+    code = f"""
+import json, os, sys, threading
+from distillguard import scorer_worker
+from distillguard.events import read_events
+events = list(read_events([{str(tmp_path / 'e.jsonl')!r}]))
+inbox_r, inbox_w = os.pipe()
+outbox_r, outbox_w = os.pipe()
+kinds = []
+def feed():
+    scorer_worker.send(inbox_w, events)
+    scorer_worker.send(inbox_w, None)
+def drain():
+    while True:
+        kind, _ = scorer_worker.recv(outbox_r)
+        kinds.append(kind)
+        if kind == "stopped":
+            return
+threads = [threading.Thread(target=feed), threading.Thread(target=drain)]
+for thread in threads:
+    thread.start()
+scorer_worker.serve(inbox_r, outbox_w, 0.1)
+for thread in threads:
+    thread.join()
+print(json.dumps({{"kinds": kinds, "numpy": "numpy" in sys.modules,
+                  "unwanted": sorted(m for m in sys.modules if m.split(".")[0] in {_NOT_IN_THE_WORKER!r}
+                                     or m.startswith({tuple(m for m in _NOT_IN_THE_WORKER if "." in m)!r}))}}))
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISTILLGUARD_SCORER_")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["kinds"][-2:] == ["report", "stopped"] and "ack" in result["kinds"]  # it did score the events
+    assert result["numpy"]  # the detectors were loaded, so the check below means something
+    assert result["unwanted"] == []
