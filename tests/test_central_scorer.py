@@ -157,6 +157,7 @@ def test_one_scorer_sees_a_hydra_spread_over_three_replicas_survives_a_restart_a
         _until(lambda: all(_scorer_status(g)["status"] == "ok" for g in gateways), "the replicas never saw the scorer's heartbeat")
         heads = [gateways[0].create_key(f"hydra-{k}") for k in range(4)]
         person = gateways[0].create_key("person")
+        quiet = gateways[0].create_key("quiet")
         members = {h["account_id"] for h in heads}
         clients = [httpx.Client(base_url=g.base_url, timeout=30) for g in gateways]
         _until(lambda: all(c.get("/models", headers={"authorization": f"Bearer {person['secret']}"}).status_code == 200
@@ -179,9 +180,15 @@ def test_one_scorer_sees_a_hydra_spread_over_three_replicas_survives_a_restart_a
                 risk = _until(lambda g=gateway, h=head: (r := g.admin("GET", f"/admin/v1/accounts/{h['account_id']}/risk")).status_code
                               == 200 and r.json().get("requests") == 36 and r.json(), "a head's full risk never reached a replica")
                 assert risk["cluster_id"] == cluster["cluster_id"]
-            unflagged = gateway.admin("GET", f"/admin/v1/accounts/{person['account_id']}/risk")  # exists, never flagged: a 404 that says why
-            assert unflagged.status_code == 404 and unflagged.json()["error"]["code"] == "account_not_scored", unflagged.text
-            assert "central scorer" in unflagged.json()["error"]["message"] and person["account_id"] in unflagged.json()["error"]["message"]
+            # Scored, never flagged: its entry comes from the central scorer's published risk table, as a single gateway
+            # answers from its own scorer's report (the risk snapshot holds only flagged accounts).
+            unflagged = _until(lambda g=gateway: (r := g.admin("GET", f"/admin/v1/accounts/{person['account_id']}/risk"))
+                               .status_code == 200 and r, "an unflagged account's risk never reached a replica")
+            assert unflagged.json()["scored"] is True and unflagged.json()["account_id"] == person["account_id"]
+            assert unflagged.json()["distillation_score"] < 0.5 and unflagged.json()["requests"] >= 3, unflagged.text
+            silent = gateway.admin("GET", f"/admin/v1/accounts/{quiet['account_id']}/risk")  # exists, sent nothing: a 404 that says why
+            assert silent.status_code == 404 and silent.json()["error"]["code"] == "account_not_scored", silent.text
+            assert "central scorer" in silent.json()["error"]["message"] and quiet["account_id"] in silent.json()["error"]["message"]
             nobody = gateway.admin("GET", "/admin/v1/accounts/acct_nobody/risk")
             assert nobody.status_code == 404 and nobody.json()["error"]["code"] != "account_not_scored", nobody.text
         metrics = httpx.get(gateways[1].root_url + "/metrics").text

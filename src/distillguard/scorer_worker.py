@@ -102,17 +102,24 @@ class ReportCadence:
 
 
 def settle_heap() -> None:
-    """Put everything alive now out of the cyclic garbage collector's reach (``gc.freeze``); called after each report.
+    """Collect the cyclic garbage made since the last call, then put everything alive out of the collector's reach
+    (``gc.freeze``); called after each report.
 
     A scorer's state is millions of small, long-lived objects (every account's counters, sets and report entry),
     and each of CPython's full collections walks all of them: the more accounts, the more of the scorer's time.
     At 70,000 accounts (the bench's spread, 200,000 events, in one process on the shared machine, 2026-12-07)
-    decoding and updating ran at 5,068 events per CPU-s, and at 7,431 with a freeze every 5,000 events. Frozen
-    objects are still freed by reference counting when dropped (a replaced report entry, a pruned set); only a
-    reference cycle that becomes garbage after its freeze is never collected, and the detectors' state and the
-    reports hold no cycles — the cycles a scorer does make (exceptions and their tracebacks) are collected young,
-    before the next report.
+    decoding and updating ran at 5,068 events per CPU-s, and at 7,431 with a freeze every 5,000 events.
+
+    What a freeze does not do: frozen objects are still freed by reference counting when dropped (a replaced
+    report entry, a pruned set), so replacing account state does not grow the permanent generation (its count
+    follows the live objects: tests/test_scorer_heap.py). But the collector never looks at a frozen object again,
+    so a reference cycle that is already garbage when it is frozen — one made since the last report and not yet
+    collected, e.g. an exception kept with its traceback, a closure that refers to itself — would be held for the
+    rest of the process. Hence the ``gc.collect()`` first: it walks only what is not frozen, i.e. what the last
+    report and the updates since made — a few per cent of a report's CPU (bench/heap_freeze.py). A cycle that becomes
+    garbage *after* its freeze is still never collected; the detectors' state and the reports hold no cycles.
     """
+    gc.collect()
     gc.freeze()
 
 

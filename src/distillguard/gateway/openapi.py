@@ -250,8 +250,9 @@ def _paths() -> dict[str, Any]:
             "a manual policy override (docs/policy.md)", {"type": "object", "required": ["account_id", "action"]},
             body=_manual_action(), parameters=[account_id])},
         "/admin/v1/accounts/{account_id}/risk": {"get": _admin(
-            "the account's risk entry, as in a scan report, with scored: true; 404 with code account_not_scored for an "
-            "existing account this process holds no entry for", _OBJECT, parameters=[account_id])},
+            "the account's risk entry, as in a scan report, with scored: true (with the fleet's central scorer, every "
+            "account it scored); 404 with code account_not_scored for an existing account with no entry; 503 when the "
+            "central scorer's risk table in Redis cannot be read", _OBJECT, parameters=[account_id])},
         "/admin/v1/keys": {"get": _admin("keys (prefix only, never secrets)", list_of,
                                          parameters=[_query("account_id", "only this account's keys")])},
         "/admin/v1/keys/{key_id}": {"delete": _admin("revoke a key", {"type": "object", "required": ["key_id", "revoked"]},

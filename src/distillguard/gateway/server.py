@@ -61,11 +61,14 @@ def build_gateway(settings: Settings) -> Gateway:
 
         notifier = RedisNotifier(settings.state, PolicyEngine.new_writer_id(), timeout_s=settings.state_timeout_s)
     scorer: ScorerFactory | None = None
+    published_risk = None
     if settings.detection.scorer == "central":  # events go to the fleet's `distillguard scorer` through Redis (docs/deploy.md)
+        from distillguard.state.risk_table import RedisRiskTable
         from distillguard.state.scorer_stream import StreamFeed
 
         scorer = functools.partial(StreamFeed, url=settings.state, max_backlog=settings.detection.scorer_backlog_max)
-    policy = PolicyEngine(settings, registry=registry, notifier=notifier, scorer=scorer)
+        published_risk = RedisRiskTable(settings.state, timeout_s=max(1.0, settings.state_timeout_s))
+    policy = PolicyEngine(settings, registry=registry, notifier=notifier, scorer=scorer, published_risk=published_risk)
     plugins: list[AdminPluginProtocol] = [watermarker, policy]
     canaries = None
     if settings.canary.enabled:  # off: no planter at all, one `is None` test per answer (docs/watermark.md, "Canaries")

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import SQLAlchemyError
 
+from distillguard.state.types import StateUnavailable
+
 if TYPE_CHECKING:
     from distillguard.policy.engine import PolicyEngine
 
@@ -91,19 +93,26 @@ def _not_scored(engine: PolicyEngine, account_id: str) -> tuple[int, object]:
     account with no entry cannot get a 200 (a client polling until 200 and
     then reading ``distillation_score`` must keep working). The code
     ``account_not_scored`` tells it from an unknown account
-    (whose 404 carries no code). Why there may be no entry: a scorer keeps every
-    account it scored, but a process learns other scorers' results — the
-    fleet's central scorer's, or other gateways' — only from the risk
-    snapshot, which holds the accounts at or above ``flag_threshold``
-    (docs/policy.md). So "no entry" means below that threshold wherever it
-    was scored, or no scored traffic yet.
+    (whose 404 carries no code). Why there may be no entry: with the fleet's
+    central scorer, every account it scored is in its published risk table
+    (state/risk_table.py), so "no entry" means no scored traffic yet (or not
+    reported yet: reports come every second or so). Otherwise a scorer keeps
+    every account it scored, but a process learns other gateways' scorers'
+    results only from the risk snapshot, which holds the accounts at or above
+    ``flag_threshold`` (docs/policy.md): "no entry" means below that threshold
+    wherever it was scored, or no scored traffic yet.
     """
-    threshold = engine.settings.flag_threshold
-    where = ("the fleet's central scorer publishes" if engine.settings.scorer == "central"
-             else "this process's scorer has not scored it, and other gateways' scorers publish")
-    message = (f"Account {account_id!r} exists but has no risk entry here: {where} only accounts at or above "
-               f"flag_threshold {threshold:g} to the risk snapshot, so it is below {threshold:g} wherever it was "
-               f"scored, or has sent no scored traffic yet.")
+    if engine.published_risk is not None:
+        message = (f"Account {account_id!r} exists but has no risk entry: the fleet's central scorer has published none "
+                   "for it, so it has sent no scored traffic yet (or the scorer has not reported since its first request: "
+                   "reports come every second or so; the scorer may be down, see /readyz).")
+    else:
+        threshold = engine.settings.flag_threshold
+        where = ("the fleet's central scorer publishes" if engine.settings.scorer == "central"
+                 else "this process's scorer has not scored it, and other gateways' scorers publish")
+        message = (f"Account {account_id!r} exists but has no risk entry here: {where} only accounts at or above "
+                   f"flag_threshold {threshold:g} to the risk snapshot, so it is below {threshold:g} wherever it was "
+                   f"scored, or has sent no scored traffic yet.")
     return 404, {"error": {"message": message, "type": "not_found_error", "code": "account_not_scored"}}
 
 
@@ -122,6 +131,13 @@ async def handle(engine: PolicyEngine, method: str, path: str, query: dict[str, 
     registry = engine.registry
     if len(parts) == 3 and parts[0] == "accounts" and parts[2] == "risk" and method == "GET":
         entry = engine.risk(parts[1])
+        if entry is None and engine.published_risk is not None:  # the fleet's central scorer: every account it scored
+            try:
+                entry = await asyncio.to_thread(engine.published_risk.get, parts[1])
+            except StateUnavailable as exc:
+                log.error("risk of %s: %s", parts[1], exc)
+                return _error(503, f"The risk of {parts[1]!r} cannot be read now: {exc}. Retry; accounts at or above "
+                                   "flag_threshold are still answered from the risk snapshot.")
         if entry is not None:
             return 200, {**entry, "scored": True}
         if registry is None:  # nothing to tell an unknown account from an unscored one

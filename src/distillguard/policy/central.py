@@ -11,7 +11,10 @@ whose writer thread merges them into the store's risk snapshot under the
 fixed writer id :data:`WRITER_ID` and announces each merge on ``dg:policy`` —
 the same path one replica's decisions took to the others before, so replicas
 need nothing new to read them. Review items and alerts are opened here, once
-for the fleet.
+for the fleet. The snapshot holds only the flagged accounts (what replicas
+enforce); every account's entry also goes to the Redis hash ``dg:risk:accounts``
+(:mod:`distillguard.state.risk_table`: only changed entries, bounded per
+report), which the replicas' risk endpoint reads for the others.
 
 It trims what it has scored from the stream (``XTRIM MINID``), so the
 stream's length is the backlog, which the replicas bound (load shedding).
@@ -60,6 +63,7 @@ from distillguard.events import format_ts
 from distillguard.exceptions import UsageError
 from distillguard.logs import configure as configure_logging
 from distillguard.policy.link import ReportCallback
+from distillguard.state.risk_table import RiskTablePublisher
 from distillguard.state.scorer_stream import GROUP, HEARTBEAT, HEARTBEAT_EVERY_S, HEARTBEAT_TTL_MS, STREAM
 
 __all__ = ["WRITER_ID", "CentralScorer", "scorer_command"]
@@ -89,6 +93,7 @@ class CentralScorer:
         self.batch_size = batch_size
         self.block_ms = block_ms
         self._client = redis.Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=5.0)
+        self.risk_table = RiskTablePublisher(self._client)  # every scored account, for the replicas' risk endpoint
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._beater: threading.Thread | None = None
@@ -350,6 +355,10 @@ class CentralScorer:
             self.on_report(report)
         except Exception:
             log.exception("central scorer: applying a report failed")
+        try:
+            self.risk_table.publish(report["accounts"])  # bounded per report; Redis errors are logged there and retried next time
+        except Exception:
+            log.exception("central scorer: publishing the risk table failed")
         self._reports += 1
         self._last_report_at = time.monotonic()
         self._last_report_ts = time.time()

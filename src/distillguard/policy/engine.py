@@ -52,6 +52,7 @@ from distillguard.store.risk import RiskDocument, RiskStore
 
 if TYPE_CHECKING:
     from distillguard.state.notify import ChangeNotifier
+    from distillguard.state.risk_table import PublishedRisk
 
 __all__ = ["PolicyEngine"]
 
@@ -71,8 +72,11 @@ def _score(entry: dict[str, Any]) -> float:
 class PolicyEngine:
     def __init__(self, settings: Settings, registry: Any = None, *, publish_every_s: float = 1.0,
                  risk_store: RiskStore | None = None, notifier: ChangeNotifier | None = None,
-                 scorer: ScorerFactory | None = None) -> None:
-        """``scorer`` makes the link to the scorer from the report callback; default: a child process (``detection.scorer: local``)."""
+                 scorer: ScorerFactory | None = None, published_risk: PublishedRisk | None = None) -> None:
+        """``scorer`` makes the link to the scorer from the report callback; default: a child process (``detection.scorer: local``).
+
+        ``published_risk``: the central scorer's table of every account it scored (state/risk_table.py), which the
+        risk endpoint reads for accounts this process holds no entry for (below the flag threshold)."""
         self.settings = settings.detection
         self.online = settings.detection.online
         self.attestation_required = frozenset(settings.attestation.required_for_accounts)
@@ -88,6 +92,7 @@ class PolicyEngine:
         self._own_clusters: list[dict[str, Any]] = []
         self._shared: RiskDocument = {"ts": 0.0, "accounts": {}, "clusters": {}}  # the store's snapshot, as last read
         self.notifier = notifier  # Redis pub/sub with state: redis (state/notify.py): other processes reload at once
+        self.published_risk = published_risk
         self._sync_now = threading.Event()  # set by a new report: merge it into the snapshot without waiting for the tick
         self._view_lock = threading.Lock()  # the reader thread and the writer thread both rebuild the view
         self._report_seq = self._synced_seq = 0
@@ -143,6 +148,8 @@ class PolicyEngine:
         self._sync_snapshot(force=True)
         if self.notifier is not None:
             self.notifier.close()
+        if self.published_risk is not None:
+            self.published_risk.close()
         self.alerter.close()
 
     # -- hot path ------------------------------------------------------------------------------
