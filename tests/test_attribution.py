@@ -596,3 +596,57 @@ def test_early_adopters_of_one_release_are_not_a_hydra_but_a_burst_with_a_privat
         release_day(scanner, names, release, wrapper=wrapper)
         ordinary = {a: 0.05 for a in scanner.accounts}
         assert bank_clusters(scanner, ordinary) == ([set(names)] if linked else []), wrapper
+
+
+# -- a large private bank needs no per-account suspicion -------------------------------------------------------------
+
+LARGE_OPENERS = ["Next item for the corpus:", "Queue entry follows.", "Process the record below.", "Batch input, handle it:",
+                 "Ticket incoming, resolve:", "Work unit attached:"]
+LARGE_CLOSERS = ["Be exhaustive, as always.", "Full detail per the spec.", "No shortcuts on this one.", "Mind the rubric strictly.",
+                 "Leave nothing implicit."]
+
+
+def test_a_large_private_bank_links_accounts_that_look_ordinary_and_a_handful_of_shared_phrasings_does_not() -> None:
+    """Per-account scores miss a quiet campaign on traffic unlike the development split's, so attribution must not hang
+    on them: accounts drawing openers and closers from one large private list (six or more rare phrasings in common,
+    more than strangers copying a few public probes share) are linked even when each looks ordinary. Their twin drawing
+    from a handful of phrasings (two openers, two closers) is not, nor are two fleets with lists of their own merged."""
+    from distillguard.detect.phrasebank import BANK_ALONE
+
+    large, small = Scanner(), Scanner()
+    for scanner in (large, small):
+        background(scanner, 300)  # a fleet of 6 is 2 % of the log: its phrasings stay rare
+    first = bank_fleet(large, "imit", openers=LARGE_OPENERS, closers=LARGE_CLOSERS)
+    second = bank_fleet(large, "other", openers=[f"{o} (v2)" for o in ("Here is work", "Consider the case", "Payload reads")],
+                        closers=["Sign off when complete.", "Answer in the house style.", "Cover every branch."])
+    ordinary = {a: 0.05 for a in large.accounts}
+    found = bank_clusters(large, ordinary)
+    assert set(first) in found, found
+    assert not any(c & set(first) and c & set(second) for c in found), found  # two operators, two lists: never one cluster
+    assert BANK_ALONE > 4
+    few = bank_fleet(small, "imit", openers=LARGE_OPENERS[:2], closers=LARGE_CLOSERS[:2])
+    assert bank_clusters(small, {a: 0.05 for a in small.accounts}) == []
+    assert bank_clusters(small, {a: 0.9 if a in few else 0.05 for a in small.accounts}) == [set(few)]  # suspects: any bank
+
+
+def test_an_item_many_accounts_share_adds_to_a_link_but_starts_no_candidate_pair(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Candidate generation skips items worth under ``CANDIDATE_MIN`` (habits and parameters a third of the log shares):
+    fewer pairs are scored than when every item starts pairs, and the clusters are the same — the fleet sharing a
+    private wrapper on a data-centre /24 is found either way."""
+    from distillguard.detect import clustering
+
+    scanner = Scanner()
+    background(scanner, 80)
+    names = fleet(scanner, "hydra", wrapper=PRIVATE_WRAPPER, ip=HOSTING_24, hosting=True)
+    buckets = {a: scanner.timing.buckets(a) for a in scanner.accounts}
+
+    def run() -> tuple[list[set[str]], int]:
+        cache = clustering.ClusterCache()
+        found = clustering.find_clusters(scanner.fingerprints, scanner.templates, buckets, {}, cache=cache)
+        return [set(c.accounts) for c in found], cache.candidate_pairs
+
+    pruned, pruned_pairs = run()
+    monkeypatch.setattr(clustering, "CANDIDATE_MIN", 0.0)
+    everything, all_pairs = run()
+    assert pruned == everything == [set(names)]
+    assert pruned_pairs < 0.8 * all_pairs, (pruned_pairs, all_pairs)

@@ -18,10 +18,11 @@ and the pair is **linked** when
   least 1.0 (between two ordinary-looking accounts, an e-mail domain is
   never that other family, and a creation slot only beside scripted
   content: ``SCRIPTED_CONTENT``), or
-- both accounts already look like harvesting on their own (outside the
-  background), look driven by one configuration, and share a *bank* of rare
-  phrasings (:mod:`distillguard.detect.phrasebank`): content alone, weaker
-  than any two-family link.
+- the two accounts look driven by one configuration and share a *bank* of
+  rare phrasings (:mod:`distillguard.detect.phrasebank`): content alone,
+  weaker than any two-family link; any bank between accounts that both
+  already look like harvesting on their own (outside the background), a
+  large one (``BANK_ALONE`` phrasings) otherwise.
 
 So a public wrapper (no weight), a shared office (infra and meta only) or two
 evaluation jobs with the same stock parameters (content 0.3) never link on
@@ -29,9 +30,10 @@ their own, while a fleet that shares a wrapper and a hosting /24, or a
 system prompt and a creation slot, does. Accounts of one organisation are
 never linked: the organisation already says they are one customer.
 
-Candidate pairs come from posting lists (accounts carrying an item; every
-pair when at most 12 do, else each holder against the 8 holders with the
-smallest stable hash — the cluster stays connected through them) and from a
+Candidate pairs come from posting lists (accounts carrying an item worth at
+least ``CANDIDATE_MIN``; every pair when at most 12 do, else each holder
+against the 6 holders with the smallest stable hash — the cluster stays
+connected through them) and from a
 MinHash LSH index over active 5-minute buckets for synchronised activity, so
 the work grows with the number of accounts times the items they carry, never
 with all pairs. Linked accounts are grouped by weighted label propagation
@@ -63,7 +65,7 @@ from distillguard.detect.attribution import (
 )
 from distillguard.detect.base import logistic
 from distillguard.detect.minhash import LSHIndex, MinHasher, Signature
-from distillguard.detect.phrasebank import PhraseBanks, phrasings
+from distillguard.detect.phrasebank import BANK_ALONE, BANK_PHRASINGS, PhraseBanks, phrasings
 
 __all__ = ["Cluster", "ClusterCache", "FingerprintCollector", "TemplateSource", "creation_bursts", "find_clusters", "rank_labels",
            "stable_cluster_id"]
@@ -72,8 +74,11 @@ FingerprintCollector = AttributionCollector  # the name the Scanner has always u
 
 MIN_REQUESTS = 3
 ALL_PAIRS_UP_TO = 12
-HUBS = 8
+HUBS = 6
 IDENTITY_LINK = 0.8
+# An item worth less than this (a client profile, a habit many accounts share) adds to a link but starts no candidate
+# pair: a pair sharing only such items never reaches a link, and their long posting lists were a quarter of the pairs.
+CANDIDATE_MIN = 0.15
 RECORDS_LINK = 0.65
 BACKGROUND_BELOW = 0.5
 BEHAVIOUR_MIN, OTHER_MIN, LINK_SUM = 0.35, 0.3, 1.0
@@ -207,14 +212,6 @@ def _rarity_of(kind: str, holders: int, population: int) -> float:
     return rarity(holders, population, RARE_SHARE_ATTRIBUTE if kind == "attribute" else RARE_SHARE)
 
 
-def _family_scores(shared: list[tuple[Item, float]]) -> dict[str, float]:
-    remaining: dict[str, float] = {}
-    for item, value in shared:
-        family = KINDS[item.kind][0]
-        remaining[family] = remaining.get(family, 1.0) * (1.0 - value)
-    return {family: 1.0 - rest for family, rest in remaining.items()}
-
-
 def _decide(families: dict[str, float], identity: float, records: float = 0.0) -> float:
     """The link's strength in [0, 2], or 0 when the pair is not linked (rules in the module docstring).
 
@@ -242,6 +239,7 @@ CONFIG_TOLERANCE = 0.25
 # least SCRIPTED_CONTENT, e.g. a private four-word wrapper on more than half of both accounts' prompts — not beside
 # a few probes each used now and then.
 SCRIPTED_CONTENT = 0.5
+_IDENTITY_KINDS = frozenset({"install", "payment"})
 
 
 Configuration = tuple[float, float, float, bool]
@@ -330,7 +328,7 @@ def find_clusters(
     # 2. Candidate pairs from the posting lists of items worth something.
     candidates: set[tuple[str, str]] = set()
     for key, value in worth.items():
-        if value < 0.05:
+        if value < CANDIDATE_MIN:
             continue
         _add_pairs(candidates, holders[key])
 
@@ -384,47 +382,64 @@ def find_clusters(
 
     # Only the items worth something can be shared: the rest (an account's own addresses, installs, nets) are skipped
     # once here rather than looked up for every candidate pair.
-    rated = {a: {k: (item, worth[k]) for k, item in keyed.items() if worth.get(k, 0.0) > 0.0} for a, keyed in items.items()}
+    # Each value carries its item, weight × rarity, √share and family, so a pair's shared items are one set
+    # intersection (in C) and a few multiplications per shared item, not a lookup per item either account carries.
+    # Keys are numbered: a tuple's hash is recomputed on every lookup, an int's is itself.
+    number = {key: n for n, key in enumerate(k for k, v in worth.items() if v > 0.0)}
+    rated = {a: {number[k]: (item, worth[k], math.sqrt(item.share), KINDS[k[0]][0]) for k, item in keyed.items() if k in number}
+             for a, keyed in items.items()}
     links: dict[tuple[str, str], _Link] = {}
     for a, b in candidates:
         org_a = org_of.get(a)
         if org_a is not None and org_a == org_of.get(b):
             continue
         items_a, items_b = rated[a], rated[b]
-        if len(items_b) < len(items_a):
-            items_a, items_b = items_b, items_a
-        shared: list[tuple[Item, float]] = []
-        identity = 0.0
-        for key, (item, weight) in items_a.items():
-            match = items_b.get(key)
-            if match is None:
-                continue
-            value = weight * math.sqrt(min(item.share, match[0].share))
-            shared.append((item, value))
-            if key[0] in ("install", "payment"):
-                identity = max(identity, value)
-        ordinary = a in background and b in background
         # Between two accounts that look ordinary, a shared e-mail domain is what classmates or colleagues share: it
-        # counts only with a second kind of record (the records rule below), never as the second family beside
-        # common content (learners asking in the same words at one university).
-        if ordinary:
-            scripted = max((v for i, v in shared if KINDS[i.kind][0] == "content"), default=0.0) >= SCRIPTED_CONTENT
-            families = _family_scores([(i, v) for i, v in shared
-                                       if i.kind != "attribute" and (scripted or i.kind != "burst")])
-        else:
-            families = _family_scores(shared)
+        # counts only with a second kind of record (the records rule), never as the second family beside common
+        # content (learners asking in the same words at one university); a creation slot counts only beside
+        # scripted content (SCRIPTED_CONTENT).
+        ordinary = a in background and b in background
+        shared: list[tuple[Item, float]] = []
+        identity = content_best = 0.0
+        rest: dict[str, float] = {}
+        meta_rest = slot_rest = 1.0
+        meta_kinds: set[str] = set()
+        for shared_key in items_a.keys() & items_b.keys():
+            item, weight, root_a, family = items_a[shared_key]
+            value = weight * min(root_a, items_b[shared_key][2])
+            shared.append((item, value))
+            kind = item.kind
+            if kind in _IDENTITY_KINDS and value > identity:
+                identity = value
+            if family == "meta":
+                meta_rest *= 1.0 - value
+                if value >= 0.2:
+                    meta_kinds.add(kind)
+                if ordinary and kind == "attribute":
+                    continue
+                if ordinary and kind == "burst":
+                    slot_rest *= 1.0 - value
+                    continue
+            elif family == "content" and value > content_best:
+                content_best = value
+            rest[family] = rest.get(family, 1.0) * (1.0 - value)
+        if slot_rest < 1.0 and content_best >= SCRIPTED_CONTENT:
+            rest["meta"] = rest.get("meta", 1.0) * slot_rest
+        families = {family: 1.0 - remaining for family, remaining in rest.items()}
         timing = sync.get((a, b))
         if timing:
             families["time"] = 1.0 - (1.0 - families.get("time", 0.0)) * (1.0 - timing)
-        meta_kinds = {item.kind for item, value in shared if KINDS[item.kind][0] == "meta" and value >= 0.2}
-        records = _family_scores([(i, v) for i, v in shared if KINDS[i.kind][0] == "meta"]).get("meta", 0.0) if len(meta_kinds) >= 2 else 0.0
+        records = 1.0 - meta_rest if len(meta_kinds) >= 2 else 0.0
         strength = _decide(families, identity, records)
         bank = None
-        if strength == 0.0 and a not in background and b not in background:  # (neither is ordinary)
-            # Content alone: a shared bank of rare phrasings and one configuration, accepted only between accounts
-            # that already look like harvesting (phrasebank module docstring). Weaker than any two-family link.
+        suspects = a not in background and b not in background
+        if strength == 0.0 and banks.may_share(a, b, BANK_PHRASINGS if suspects else BANK_ALONE):
+            # Content alone: a shared bank of rare phrasings and one configuration (phrasebank module docstring),
+            # weaker than any two-family link. Between accounts that already look like harvesting any bank will do;
+            # otherwise only a large one (``BANK_ALONE``), so attribution does not hang on per-account scores.
             bank = banks.overlap(a, b)
-            if bank is not None and bank.shared_bank and _same_configuration(configuration(a), configuration(b)):
+            if (bank is not None and bank.shared_bank and (suspects or bank.phrasings >= BANK_ALONE)
+                    and _same_configuration(configuration(a), configuration(b))):
                 strength = min(1.0, bank.mass)
             else:
                 bank = None
@@ -447,6 +462,7 @@ def find_clusters(
             member_links[community[a]].append(link)
 
     clusters: list[Cluster] = []
+    texts: dict[Item, str] = {}  # each item's words, once: links repeat the same items many times
     for members in sorted((g for g in groups.values() if len(g) >= 3), key=lambda g: (-len(g), g[0])):
         group_links = member_links[community[members[0]]]
         shared_weight: dict[str, float] = defaultdict(float)
@@ -454,7 +470,10 @@ def find_clusters(
         for link in group_links:
             families_seen.update(f for f, v in link.families.items() if v >= 0.3)
             for item, value in link.items:
-                text = item.value if item.kind in ("sync", "bank") else describe(item, len(holders.get((item.kind, item.value), ())))
+                text = texts.get(item)
+                if text is None:
+                    key = (item.kind, item.value)
+                    text = texts[item] = item.value if item.kind in ("sync", "bank") else describe(item, len(holders.get(key, ())))
                 shared_weight[text] += value
         clusters.append(_score_cluster(members, group_links, families_seen, rank_labels(shared_weight)[:8], own_scores))
     return clusters

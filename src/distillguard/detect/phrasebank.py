@@ -24,9 +24,10 @@ heaviest phrasing: one shared template — what two evaluation jobs with the sam
 harness share, with the benchmark's own recurring endings — is never enough.
 
 Whether a shared bank alone may link two accounts is decided by clustering
-(:mod:`distillguard.detect.clustering`): only when both already look like
-harvesting on their own, because ordinary people (learners asking in
-the same words) share phrasings too.
+(:mod:`distillguard.detect.clustering`): any bank when both already look like
+harvesting on their own; otherwise only a large one (``BANK_ALONE`` rare
+phrasings in common), because ordinary people (learners asking in the same
+words, early adopters trying the same release-day probes) share a few.
 """
 
 from __future__ import annotations
@@ -36,9 +37,13 @@ from dataclasses import dataclass
 
 from distillguard.detect.attribution import is_public_wrapper, rarity
 
-__all__ = ["BANK_MASS", "BANK_PHRASINGS", "BankOverlap", "PhraseBanks", "phrasings"]
+__all__ = ["BANK_ALONE", "BANK_MASS", "BANK_PHRASINGS", "BankOverlap", "PhraseBanks", "phrasings"]
 
 BANK_PHRASINGS = 3
+# Between two accounts that do not both look like harvesting on their own, a bank must be large: at least this many
+# distinct rare phrasings in common. Strangers copying the same public probes or course prompts share a handful (up to
+# five on the development split's release-day probes); an operator's generated list of paraphrases gives more.
+BANK_ALONE = 6
 BANK_MASS = 0.3
 # Phrasings are judged more strictly than other items: a phrasing counts fully only when at most 1 % of the
 # background carries it, and not at all beyond about 3 % (weight below RARE_ENOUGH) — a language's or a
@@ -126,10 +131,16 @@ class PhraseBanks:
         self.holders = holders
         self.weight = {key: w for key, members in holders.items() if len(members) >= 2
                        and (w := rarity(sum(1 for m in members if m in background), population, RARE_SHARE_PHRASING)) >= RARE_ENOUGH}
+        weight = self.weight
+        self.rare_count = {account: n for account, found in by_account.items() if (n := sum(1 for key in found if key in weight))}
 
     def posting_lists(self) -> list[list[str]]:
         """The accounts carrying each rare phrasing (candidate pairs come from these)."""
         return [self.holders[key] for key in sorted(self.weight)]
+
+    def may_share(self, a: str, b: str, phrasings: int) -> bool:
+        """Whether both accounts carry at least ``phrasings`` rare phrasings (a cheap test before :meth:`overlap`)."""
+        return min(self.rare_count.get(a, 0), self.rare_count.get(b, 0)) >= phrasings
 
     def overlap(self, a: str, b: str) -> BankOverlap | None:
         first, second = self.by_account.get(a), self.by_account.get(b)
