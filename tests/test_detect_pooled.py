@@ -43,6 +43,12 @@ def _cluster(accounts: list[str], coordination: float) -> Cluster:
     return Cluster("cl_test", accounts, 0.3, ["a shared wrapper"], coordination, ["content", "network"])
 
 
+def _best_own(scanner: Scanner, accounts: list[str]) -> float:
+    """The highest of the accounts' own distillation scores (before any cluster lifts them)."""
+    scanner._refresh()
+    return max(scanner._evidence_cache[a][0][0] for a in accounts)
+
+
 def test_pooled_counts_are_the_members_counts_added() -> None:
     scanner = Scanner()
     accounts = [f"a{i}" for i in range(6)]
@@ -65,8 +71,7 @@ def test_quiet_fleet_tied_tightly_is_scored_as_one_actor() -> None:
     scanner = Scanner()
     accounts = [f"fleet{i}" for i in range(40)]
     _fleet(scanner, accounts, per_account_day=1, days=3, eliciting=True)
-    scanner._refresh()
-    own = max(scanner._evidence_cache[a][0][0] for a in accounts)
+    own = _best_own(scanner, accounts)
     tight = scanner._pooled(_cluster(accounts, 0.9))
     assert tight is not None
     # Three requests per account are too few on their own; 120 eliciting sweep requests over three days are not.
@@ -116,8 +121,7 @@ def test_sleeper_fleet_tied_tightly_reaches_high_on_its_first_day() -> None:
     scanner = Scanner()
     accounts = [f"sleeper{i}" for i in range(100)]
     _sleeper_day_one(scanner, accounts)
-    scanner._refresh()
-    own = max(scanner._evidence_cache[a][0][0] for a in accounts)
+    own = _best_own(scanner, accounts)
     tight = scanner._pooled(_cluster(accounts, 0.9))
     assert tight is not None and tight.score >= 0.8 > own, (tight.detail, own)
     assert tight.numbers["pooled_sustained_extraction"] > 0.7 and tight.numbers["pooled_token_economics"] > 0.3
@@ -143,3 +147,18 @@ def test_one_off_evaluation_jobs_pooled_stay_below_high() -> None:
     scanner._clusters = lambda own: []  # type: ignore[method-assign]
     report = scanner.report()
     assert all(a["distillation_score"] < 0.8 for a in report["accounts"])
+
+
+def test_tight_fleet_sweeping_without_any_reasoning_wording_is_high_and_a_loose_one_is_not() -> None:
+    """No elicitation, ordinary parameters, one hosting network: what is left is attribution (the fleet), the
+    sweep's shape and its sustained volume — three independent families that together reach high (without
+    attribution as a family the pool scores 0.73, medium), while the same traffic loosely tied stays low."""
+    scanner = Scanner()
+    accounts = [f"sweep{i}" for i in range(24)]
+    _fleet(scanner, accounts, per_account_day=25, days=2, eliciting=False)
+    own = _best_own(scanner, accounts)
+    tight = scanner._pooled(_cluster(accounts, 0.9))
+    assert tight is not None and tight.score >= 0.8 > own, (tight.detail, own)
+    assert tight.numbers["pooled_cot_elicitation"] == 0.0 and "one more family" in tight.detail
+    loose = scanner._pooled(_cluster(accounts, 0.4))
+    assert loose is None or loose.score < 0.5, loose.detail

@@ -51,6 +51,11 @@ HIGH, MEDIUM = 0.8, 0.5
 # How strongly a cluster's members must be tied (its coordination) before their pooled evidence counts for each of
 # them: logistic(coordination; midpoint, width).
 POOL_GATE = (0.5, 0.08)
+# In a cluster's pooled score, how strongly attribution ties the members (its coordination, in [0, 1]) is one more
+# family of evidence beside the detectors', weighted as the sweep's shape is: a tight fleet alone stays low
+# (σ(−5 + 3) ≈ 0.12), a tight fleet sending a sweep is medium, and with a sweep's volume sustained it is high —
+# three independent families, none of them the wording.
+POOL_TIED_WEIGHT = 3.0
 
 
 def _sigmoid(z: float) -> float:
@@ -212,7 +217,9 @@ class Scanner:
         share, answer lengths and sampling parameters, volume and persistence of what was extracted) are
         recomputed over the members' pooled counts — persistence across accounts counting as persistence across
         days, as far as coordination ties them (:meth:`SustainedExtraction.pooled`); the other detectors enter at
-        the members' median. The result is scaled like an account's — by the pooled
+        the members' median, and the cluster's coordination is one more family (``POOL_TIED_WEIGHT``): a fleet's
+        attribution, a sweep's shape and its sustained volume are three independent families that together reach
+        high, where any one of them alone does not. The result is scaled like an account's — by the pooled
         burst, which coordination relieves as in :meth:`report` — and then by how strongly attribution ties the
         members (``POOL_GATE``: a loosely tied group is not taken to be one actor). Every member gets at least it.
         """
@@ -229,13 +236,15 @@ class Scanner:
                 values = sorted(next((e.score for e in self._evidence_of(a) if e.detector == name), 0.0)
                                 for a in members if a in self._evidence_cache)
                 by_name[name] = values[len(values) // 2] if values else 0.0
-        distill = _sigmoid(DISTILL_BIAS + sum(w * by_name.get(n, 0.0) for n, w in DISTILL_WEIGHTS.items()))
+        distill = _sigmoid(DISTILL_BIAS + sum(w * by_name.get(n, 0.0) for n, w in DISTILL_WEIGHTS.items())
+                           + POOL_TIED_WEIGHT * cluster.coordination)
         distill *= burst_factor(min(self.sustained.pooled_burst(members), 1.0 - cluster.coordination))
         score = distill * gate
         parts = "; ".join(f"{e.detector}: {e.detail}" for e in together)
         return Evidence("campaign_pooled", score,
                         f"the {len(members)} accounts of {cluster.cluster_id} together: {parts} — scored as one actor "
-                        f"{distill:.2f}, × {gate:.2f} for how strongly they are tied (coordination {cluster.coordination:.2f})",
+                        f"{distill:.2f} with how strongly they are tied as one more family of evidence, × {gate:.2f} for it "
+                        f"(coordination {cluster.coordination:.2f})",
                         numbers={"pooled_score": round(distill, 4), "gate": round(gate, 3), "members": len(members),
                                  **{f"pooled_{e.detector}": round(e.score, 4) for e in together}})
 
