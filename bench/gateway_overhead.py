@@ -18,7 +18,13 @@ rounds, and the table shows medians (a busy moment on a shared machine then
 cannot fall on one target's whole series). ``--before REV`` adds the ``core``
 set-up served by the source tree of git revision ``REV`` (``git archive``),
 measured beside the current tree's in the same rounds: the change's effect as a
-ratio taken under the same load.
+ratio taken under the same load (with ``all`` among the variants, REV's all-on
+set-up too).
+
+RSS is the sum of ``VmRSS`` over the process and its descendants (the gateway
+and its online scorer child), read right after each load; shared library pages
+count once per process, so it is an upper bound. The progress lines on stderr
+also give the process's own share ("own").
 """
 
 from __future__ import annotations
@@ -78,6 +84,17 @@ def cpu_s(pid: int) -> float:
         except (OSError, ValueError, IndexError):
             continue
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def own_rss_mb(pid: int) -> float:
+    """Resident memory of the process alone (``rss_mb`` adds its descendants: for distillguard, the online scorer)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return 0.0
 
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
@@ -181,10 +198,13 @@ def main() -> int:
             checkout_src(args.before, work / "before")
             variants["before"] = (f"distillguard before ({args.before})", False, True)
             tags.append("before")
+            if "all" in tags:  # everything on, also from REV: what the change did to the all-on RSS and CPU
+                variants["before_all"] = (f"distillguard, all on, before ({args.before})", True, True)
+                tags.append("before_all")
         for tag in tags:
             name, online, wal = variants[tag]
             root, key, dg = start_gateway(work, tag, upstream, spawn, online=online, wal=wal,
-                                          src=work / "before" / "src" if tag == "before" else None)
+                                          src=work / "before" / "src" if tag.startswith("before") else None)
             targets.append((name, root + "/v1/chat/completions", key, dg))
         if not args.skip_litellm and LITELLM.exists():
             ll_port = free_port()
@@ -215,9 +235,10 @@ def main() -> int:
                         # the figure least disturbed by whatever else the machine is doing.
                         result["cpu_ms_per_req"] = (cpu_s(proc.pid) - cpu_before) * 1000 / max(1.0, result["rps"] * duration)
                         result["rss_mb"] = rss_mb(proc.pid)
+                        result["rss_own_mb"] = own_rss_mb(proc.pid)  # without its children (the online scorer)
                         samples.setdefault(name, {}).setdefault(label, []).append(result)
                         print(f"  {name:<18} {label:<14} {result['rps']:>9.0f} req/s  p50 {result['p50_ms']:.2f} ms  p99 {result['p99_ms']:.2f} ms"
-                              f"  cpu {result['cpu_ms_per_req']:.3f} ms/req"
+                              f"  cpu {result['cpu_ms_per_req']:.3f} ms/req  rss {result['rss_mb']:.0f} MB ({result['rss_own_mb']:.0f} own)"
                               + (f"  non-2xx {result['non_2xx']}" if result["non_2xx"] else "")
                               + (f"  socket errors {result['socket_errors']}" if result["socket_errors"] else ""), file=sys.stderr, flush=True)
         results = {name: {label: _median(runs) for label, runs in by_label.items()} for name, by_label in samples.items()}

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -223,3 +224,45 @@ print(json.dumps({{"kinds": kinds, "numpy": "numpy" in sys.modules,
     assert result["kinds"][-2:] == ["report", "stopped"] and "ack" in result["kinds"]  # it did score the events
     assert result["numpy"]  # the detectors were loaded, so the check below means something
     assert result["unwanted"] == []
+
+
+def _bench_like_event(i: int) -> dict[str, Any]:
+    """An event like bench/gateway_overhead.py's: one short user turn and a ~1 KB answer (a fresh object each time)."""
+    return {"v": 1, "ts": "2026-12-07T09:17:13.593Z", "request_id": f"req_{i:024x}", "account_id": "acct_69e87ed4213977a1",
+            "key_id": "key_d09c0edfd310fd75", "org_id": None, "endpoint": "openai.chat", "model": "bench-model",
+            "client": {"ip": "127.0.0.1", "user_agent": None, "header_fp": "846b3a9229ce9875",
+                       "geo": {"country": None, "asn": None, "hosting": None}},
+            "attestation": None,
+            "request": {"system": None, "messages": [{"role": "user", "content": "Say something about benchmarks."}],
+                        "params": {"temperature": None, "max_tokens": 256, "n": None, "logprobs": False, "top_logprobs": None,
+                                   "stream": False, "tools": 0}},
+            "response": {"status": 200, "text": f"{i} " + "benchmarks measure " * 55, "reasoning_chars": 0, "prompt_tokens": 8,
+                         "completion_tokens": 256, "finish_reason": "length", "latency_ms": 0.4},
+            "policy": {"action": "allow", "rule": None}, "watermark": {"key_id": None}}
+
+
+def test_a_backlog_waits_as_compact_frames_not_event_dicts() -> None:
+    """While the worker is behind, each waiting event costs the gateway its pickled scoring view (~380 B here), not the
+    event dict (~4 KB): a backlog of 50,000 held ~200 MB before (bench/RESULTS.md, "All-on RSS")."""
+    scorer = OnlineScorer(lambda report: None, publish_every_s=0.2)
+    scorer.start()
+    assert scorer._process is not None
+    os.kill(scorer._process.pid, signal.SIGSTOP)  # the worker falls behind: nothing leaves the pipe
+    n = 20_000
+    try:
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(n):
+            scorer.submit(_bench_like_event(i))
+        deadline = time.monotonic() + 30
+        while scorer._queue and time.monotonic() < deadline:  # the pump frames what is queued within linger_s
+            time.sleep(0.05)
+        held = tracemalloc.get_traced_memory()[0] - before
+        backlog = scorer.backlog
+    finally:
+        tracemalloc.stop()
+        os.kill(scorer._process.pid, signal.SIGCONT)
+    assert scorer.wait_idle(60)
+    scorer.close()
+    assert backlog == n and not scorer.shedding.total
+    assert held / n < 1_000, f"{held / n:.0f} bytes per waiting event"

@@ -51,8 +51,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["CLUSTER_SHARE", "INDICATORS_ENV", "REPLAY_ENV", "REPORT_SHARE", "ReportCadence", "indicator_watch", "main", "recv",
-           "replay", "send", "settle_heap", "take_indicators"]
+__all__ = ["CLUSTER_SHARE", "INDICATORS_ENV", "REPLAY_ENV", "REPORT_SHARE", "ReportCadence", "frame", "indicator_watch", "main",
+           "recv", "replay", "scoring_view", "send", "send_frame", "settle_heap", "take_indicators"]
 
 _HEADER = struct.Struct("!Q")
 REPLAY_ENV = "DISTILLGUARD_SCORER_REPLAY"
@@ -123,6 +123,31 @@ def settle_heap() -> None:
     gc.freeze()
 
 
+def scoring_view(event: dict[str, Any]) -> dict[str, Any]:
+    """The event without what no detector reads: the answer's text and the contents of earlier non-user turns.
+
+    The answer is a third of a typical event's JSON and conversation history grows with every turn, while the
+    detectors read the answer's token counts, the user turns, and only the first and last message whole
+    (tests/test_scorer_stream_view.py checks that a scan of these views equals a scan of the full events). Both
+    scorers receive these: the fleet's central one through the Redis stream (decoding time and Redis memory
+    saved) and a gateway's child through its pipe, where the views wait, pickled, while the child is behind —
+    ~380 bytes an event instead of a ~4 KB event dict in the gateway (bench/RESULTS.md, "All-on RSS"). The
+    event log keeps the whole event. A detector that starts reading another field must keep it here.
+    """
+    view = dict(event)
+    response = event.get("response")
+    if isinstance(response, dict) and "text" in response:
+        view["response"] = {k: v for k, v in response.items() if k != "text"}
+    request = event.get("request")
+    messages = request.get("messages") if isinstance(request, dict) else None
+    if isinstance(request, dict) and isinstance(messages, list) and len(messages) > 2:
+        last = len(messages) - 1
+        trimmed = [m if i in (0, last) or not isinstance(m, dict) or m.get("role") == "user" or "content" not in m
+                   else {**m, "content": ""} for i, m in enumerate(messages)]
+        view["request"] = {**request, "messages": trimmed}
+    return view
+
+
 def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
@@ -141,11 +166,20 @@ def _read_exact(fd: int, size: int) -> bytearray:
     return buffer
 
 
+def frame(message: Any) -> bytes:
+    """One message as it goes on the pipe (header and pickle), to be written later with :func:`send_frame`."""
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return _HEADER.pack(len(data)) + data
+
+
+def send_frame(fd: int, data: bytes) -> None:
+    """Write one framed message (blocking). Only one thread may send on a given fd."""
+    _write_all(fd, data)
+
+
 def send(fd: int, message: Any) -> None:
     """Write one message (blocking). Only one thread may send on a given fd."""
-    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    _write_all(fd, _HEADER.pack(len(data)))
-    _write_all(fd, data)
+    send_frame(fd, frame(message))
 
 
 def recv(fd: int) -> Any:

@@ -8,9 +8,14 @@ gateway for nothing. The worker is :mod:`distillguard.scorer_worker`; the two
 talk over a pair of pipes. The gateway side appends events to a deque (O(1)),
 bounded by ``max_backlog``: past it new events are shed from scoring (counted
 and logged by :class:`~distillguard.policy.shedding.ShedCounter`; they are in
-the event log all the same); a pump thread ships them in batches; the worker updates the scanner and
-publishes the full report back at a fixed cadence; a reader thread swaps the
-new risk table in. The worker exits on end of file of its inbox, so it goes
+the event log all the same). A pump thread takes them off the deque within
+``linger_s`` and turns each batch into one pickled frame of the events'
+:func:`~distillguard.scorer_worker.scoring_view`; a writer thread writes the
+frames to the pipe. So while the worker is behind, what waits in the gateway
+is ~380 bytes an event, not a ~4 KB event dict: a backlog of 50,000 events
+held ~200 MB of the gateway's memory before (bench/RESULTS.md, "All-on RSS").
+The worker updates the scanner and publishes the full report back at a fixed
+cadence; a reader thread swaps the new risk table in. The worker exits on end of file of its inbox, so it goes
 when the gateway closes the pipe or dies, and ``close()`` always reaps it.
 """
 
@@ -21,6 +26,7 @@ import contextlib
 import json
 import logging
 import os
+import queue as queues
 import subprocess
 import sys
 import threading
@@ -38,15 +44,18 @@ log = logging.getLogger("distillguard.policy.online")
 
 class OnlineScorer(Sheds):
     def __init__(self, on_report: Callable[[dict[str, Any]], None], *, publish_every_s: float = 1.0, batch_size: int = 500,
-                 max_backlog: int = 50_000) -> None:
+                 max_backlog: int = 50_000, linger_s: float = 0.02) -> None:
         self.on_report = on_report
         self.publish_every_s = publish_every_s
         self.batch_size = batch_size
-        self.max_backlog = max_backlog  # events queued for the worker at most; more are shed from scoring (counted, logged)
+        self.linger_s = linger_s  # an event waits at most about this long as a dict before the pump frames it
+        self.max_backlog = max_backlog  # events waiting for the worker at most; more are shed from scoring (counted, logged)
         self.shedding = ShedCounter(log, "the scorer queue")
         self._queue: collections.deque[dict[str, Any]] = collections.deque()
         self._stop = threading.Event()
-        self.sent = 0  # events written to the worker's pipe
+        self.sent = 0  # events written to the worker's pipe (by the writer thread only)
+        self.framed = 0  # events the pump has framed for the writer (by the pump only; framed - sent are waiting as frames)
+        self._frames: queues.SimpleQueue[tuple[bytes, int] | None] = queues.SimpleQueue()  # pump → writer; None: the last
         self.acknowledged = 0  # events the worker has scored
         self.reports = 0
         self.scored_in_report = 0  # events covered by the latest report (set before on_report is called with it)
@@ -79,7 +88,7 @@ class OnlineScorer(Sheds):
     def submit(self, event: dict[str, Any]) -> None:
         if self._failed:  # with the worker gone the queue would grow forever; events are in the event log
             return
-        if len(self._queue) >= self.max_backlog:
+        if len(self._queue) + self.framed - self.sent >= self.max_backlog:
             self.shedding.add(1, "queue_full")
             return
         self._queue.append(event)
@@ -114,37 +123,54 @@ class OnlineScorer(Sheds):
             os.close(outbox_w)
         self._to_worker, self._from_worker = inbox_w, outbox_r
         self._pump = threading.Thread(target=self._pump_loop, name="distillguard-scorer-pump", daemon=True)
+        self._writer = threading.Thread(target=self._write_loop, name="distillguard-scorer-writer", daemon=True)
         self._reader = threading.Thread(target=self._read_loop, name="distillguard-scorer-reader", daemon=True)
         self._pump.start()
+        self._writer.start()
         self._reader.start()
 
     def _pump_loop(self) -> None:
+        """Frame queued events for the writer: a batch when ``batch_size`` are waiting, else what ``linger_s`` gathered."""
         queue = self._queue
+        framed_at = time.monotonic()
         while (not self._stop.is_set() or queue) and not self._failed:
             self.shedding.maybe_log()
-            if not queue:
-                time.sleep(0.02)
+            waited = time.monotonic() - framed_at
+            if not queue or (len(queue) < self.batch_size and not self._stop.is_set() and waited < self.linger_s):
+                time.sleep(self.linger_s if not queue else self.linger_s - waited)
                 continue
+            framed_at = time.monotonic()
             # Only this thread pops, so the queue holds at least n events until we take them.
             n = min(len(queue), self.batch_size)
             self._taken += n  # before popping: see `backlog`
-            batch = [queue.popleft() for _ in range(n)]
-            try:
-                scorer_worker.send(self._to_worker, batch)
-            except (OSError, ValueError) as exc:
-                self._fail(f"online scorer is gone ({exc}); events are no longer scored online (they are in the event log)")
-                break
-            self.sent += n
+            data = scorer_worker.frame([scorer_worker.scoring_view(queue.popleft()) for _ in range(n)])
+            self.framed += n
+            self._frames.put((data, n))
         if self._failed:
             # Let go of what is queued; it stays counted in `backlog` (observed, never scored).
             n = len(queue)
             self._taken += n
             for _ in range(n):
                 queue.popleft()
-            return
-        self.shedding.maybe_log(force=True)
-        with contextlib.suppress(OSError, ValueError):  # the worker may already be gone at shutdown
-            scorer_worker.send(self._to_worker, None)
+        else:
+            self.shedding.maybe_log(force=True)
+        self._frames.put(None)
+
+    def _write_loop(self) -> None:
+        """Write the pump's frames to the worker (blocking while it is behind), then its goodbye."""
+        while (item := self._frames.get()) is not None:
+            data, n = item
+            if self._failed:
+                continue  # let go: still counted in `backlog` (observed, never scored); `submit` takes no more
+            try:
+                scorer_worker.send_frame(self._to_worker, data)
+            except (OSError, ValueError) as exc:
+                self._fail(f"online scorer is gone ({exc}); events are no longer scored online (they are in the event log)")
+                continue
+            self.sent += n
+        if not self._failed:
+            with contextlib.suppress(OSError, ValueError):  # the worker may already be gone at shutdown
+                scorer_worker.send(self._to_worker, None)
 
     def _fail(self, message: str) -> None:
         """The worker is gone: stop queueing (``submit`` drops events) and say so once."""
@@ -206,15 +232,17 @@ class OnlineScorer(Sheds):
         self._stop.set()
         if self._process is None:
             return
-        self._pump.join(timeout_s)  # drains the queue, then sends the worker its goodbye
+        self._pump.join(timeout_s)  # frames what is queued
+        self._writer.join(timeout_s)  # writes it, then sends the worker its goodbye
         self._reader.join(timeout_s)  # until the worker's last report and "stopped"
         self._reap(timeout_s)
-        # The worker is gone, so neither thread can still be blocked on a pipe; close our ends once they are done.
+        # The worker is gone, so no thread can still be blocked on a pipe; close our ends once they are done.
         self._pump.join(1.0)
+        self._writer.join(1.0)
         self._reader.join(1.0)
         for name in ("_to_worker", "_from_worker"):
             fd = getattr(self, name)
-            thread = self._pump if name == "_to_worker" else self._reader
+            thread = self._writer if name == "_to_worker" else self._reader
             if fd >= 0 and not thread.is_alive():
                 with contextlib.suppress(OSError):
                     os.close(fd)

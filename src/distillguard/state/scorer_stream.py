@@ -34,6 +34,7 @@ import redis
 
 from distillguard.policy.link import ReportCallback
 from distillguard.policy.shedding import ShedCounter, Sheds
+from distillguard.scorer_worker import scoring_view  # also what the gateway's own child scorer receives
 
 __all__ = ["APPEND_LUA", "GROUP", "HEARTBEAT", "HEARTBEAT_EVERY_S", "HEARTBEAT_TTL_MS", "STREAM", "StreamFeed", "encode_event",
            "scoring_view"]
@@ -58,29 +59,6 @@ for i = 2, #ARGV do
 end
 return {n, length + n}
 """
-
-
-def scoring_view(event: dict[str, Any]) -> dict[str, Any]:
-    """The event without what no detector reads: the answer's text and the contents of earlier non-user turns.
-
-    The answer is a third of a typical event's JSON and conversation history grows with every turn, while the
-    detectors read the answer's token counts, the user turns, and only the first and last message whole
-    (tests/test_scorer_stream_view.py checks that a scan of these views equals a scan of the full events). The
-    central scorer decodes every entry, so what is left out here is decoding time and Redis memory saved; the
-    event log keeps the whole event. A detector that starts reading another field must keep it here.
-    """
-    view = dict(event)
-    response = event.get("response")
-    if isinstance(response, dict) and "text" in response:
-        view["response"] = {k: v for k, v in response.items() if k != "text"}
-    request = event.get("request")
-    messages = request.get("messages") if isinstance(request, dict) else None
-    if isinstance(request, dict) and isinstance(messages, list) and len(messages) > 2:
-        last = len(messages) - 1
-        trimmed = [m if i in (0, last) or not isinstance(m, dict) or m.get("role") == "user" or "content" not in m
-                   else {**m, "content": ""} for i, m in enumerate(messages)]
-        view["request"] = {**request, "messages": trimmed}
-    return view
 
 
 def encode_event(event: dict[str, Any]) -> bytes:
