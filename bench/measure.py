@@ -99,9 +99,13 @@ def stop_sessions(procs: list[subprocess.Popen[bytes]], grace_s: float = 30) -> 
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-def spawn_logged(procs: list[subprocess.Popen[bytes]], work: Path, cmd: list[str], log: str) -> subprocess.Popen[bytes]:
-    """Start a child in ``work`` with its output in ``work/<log>``, in its own session, and add it to ``procs`` for :func:`stop_sessions`."""
+def spawn_logged(procs: list[subprocess.Popen[bytes]], work: Path, cmd: list[str], log: str,
+                 env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start a child in ``work`` with its output in ``work/<log>``, in its own session, and add it to ``procs`` for :func:`stop_sessions`.
+
+    ``env``: variables set for the child on top of this process's environment."""
     with open(work / log, "wb") as handle:  # the child keeps its own copy of the descriptor
-        proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, cwd=work, start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, cwd=work, env={**os.environ, **(env or {})},
+                                start_new_session=True)
     procs.append(proc)
     return proc
