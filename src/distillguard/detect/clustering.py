@@ -48,6 +48,7 @@ import hashlib
 import math
 from collections import defaultdict
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -156,7 +157,7 @@ class ClusterCache:
         self.phrasings[account] = ((single_turn, follow_ups), found)
         return found
 
-    def signature(self, kind: str, account: str, values: set[Any]) -> Signature:
+    def signature(self, kind: str, account: str, values: AbstractSet[Any]) -> Signature:
         cached = self.signatures.get((kind, account))
         if cached is not None and cached[0] == len(values):
             return cached[1]
@@ -285,7 +286,7 @@ def _add_pairs(candidates: set[tuple[str, str]], members: list[str]) -> None:
 def find_clusters(
     collector: AttributionCollector,
     templates: TemplateSource,
-    buckets: Mapping[str, set[int]],
+    buckets: Mapping[str, AbstractSet[int]],
     own_scores: Mapping[str, float],
     metadata: Mapping[str, AccountMeta] | None = None,
     cache: ClusterCache | None = None,
