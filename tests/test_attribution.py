@@ -650,3 +650,28 @@ def test_an_item_many_accounts_share_adds_to_a_link_but_starts_no_candidate_pair
     everything, all_pairs = run()
     assert pruned == everything == [set(names)]
     assert pruned_pairs < 0.8 * all_pairs, (pruned_pairs, all_pairs)
+
+
+def test_a_bank_links_ordinary_accounts_only_when_large_and_framing_much_of_their_prompts() -> None:
+    """Between accounts that do not both look like harvesting, a bank links only when it has ``BANK_ALONE`` phrasings
+    and frames at least ``BANK_ALONE_MASS`` of both accounts' prompts. Two relays carrying dozens of people's
+    conversations share many rare phrasings by chance, a few percent each (the development split's relay pairs that
+    pass the count: overlaps 0.31-0.41): a bank by the count, not by what it frames. An operator's list frames most of what its accounts send."""
+    from distillguard.detect.phrasebank import BANK_ALONE, BANK_ALONE_MASS, PhraseBanks
+
+    def banks(shared: dict[str, float]) -> PhraseBanks:
+        others = {f"person{u}": {f"p:own words {u}": 0.5} for u in range(300)}
+        return PhraseBanks({"a": dict(shared), "b": dict(shared), **others}, {"a", "b", *others})
+
+    crowd = {"p:hello there": 0.06, "p:good morning": 0.06, **{f"p:chat {i}": 0.03 for i in range(8)}}
+    overlap = banks(crowd).overlap("a", "b")
+    assert overlap is not None and overlap.shared_bank and overlap.phrasings >= BANK_ALONE and overlap.mass < BANK_ALONE_MASS
+    assert not overlap.links(suspects=False) and overlap.links(suspects=True)
+
+    script = {**{f"p:next item {i}": 0.12 for i in range(3)}, **{f"s:be complete {i}": 0.12 for i in range(3)}}
+    overlap = banks(script).overlap("a", "b")
+    assert overlap is not None and overlap.links(suspects=False)
+
+    few = {**{f"p:next item {i}": 0.2 for i in range(3)}, **{f"s:be complete {i}": 0.2 for i in range(2)}}
+    overlap = banks(few).overlap("a", "b")
+    assert overlap is not None and overlap.mass >= BANK_ALONE_MASS and not overlap.links(suspects=False) and overlap.links(suspects=True)

@@ -437,10 +437,9 @@ def find_clusters(
         if strength == 0.0 and banks.may_share(a, b, BANK_PHRASINGS if suspects else BANK_ALONE):
             # Content alone: a shared bank of rare phrasings and one configuration (phrasebank module docstring),
             # weaker than any two-family link. Between accounts that already look like harvesting any bank will do;
-            # otherwise only a large one (``BANK_ALONE``), so attribution does not hang on per-account scores.
+            # otherwise only a large one (BankOverlap.links), so attribution does not hang on per-account scores.
             bank = banks.overlap(a, b)
-            if (bank is not None and bank.shared_bank and (suspects or bank.phrasings >= BANK_ALONE)
-                    and _same_configuration(configuration(a), configuration(b))):
+            if bank is not None and bank.links(suspects) and _same_configuration(configuration(a), configuration(b)):
                 strength = min(1.0, bank.mass)
             else:
                 bank = None

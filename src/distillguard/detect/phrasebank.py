@@ -37,13 +37,18 @@ from dataclasses import dataclass
 
 from distillguard.detect.attribution import is_public_wrapper, rarity
 
-__all__ = ["BANK_ALONE", "BANK_MASS", "BANK_PHRASINGS", "BankOverlap", "PhraseBanks", "phrasings"]
+__all__ = ["BANK_ALONE", "BANK_ALONE_MASS", "BANK_MASS", "BANK_PHRASINGS", "BankOverlap", "PhraseBanks", "phrasings"]
 
 BANK_PHRASINGS = 3
 # Between two accounts that do not both look like harvesting on their own, a bank must be large: at least this many
 # distinct rare phrasings in common. Strangers copying the same public probes or course prompts share a handful (up to
 # five on the development split's release-day probes); an operator's generated list of paraphrases gives more.
 BANK_ALONE = 6
+# ... and it must frame a large part of both accounts' prompts: a weighted overlap of at least this much. A relay
+# carrying dozens of people's conversations shares many rare phrasings with another relay by chance, each a few
+# percent of its traffic (0.31-0.41 for the development split's relay pairs that pass the count); an operator's list
+# frames most of what its accounts send.
+BANK_ALONE_MASS = 0.5
 BANK_MASS = 0.3
 # Phrasings are judged more strictly than other items: a phrasing counts fully only when at most 1 % of the
 # background carries it, and not at all beyond about 3 % (weight below RARE_ENOUGH) — a language's or a
@@ -111,6 +116,12 @@ class BankOverlap:
         benchmark's own recurring endings is one template)."""
         return (self.phrasings >= BANK_PHRASINGS and self.alternatives >= 2 and self.mass >= BANK_MASS
                 and self.mass - self.heaviest >= BANK_MASS / 2)
+
+    def links(self, suspects: bool) -> bool:
+        """Whether this bank alone links two accounts with one configuration: any shared bank between two accounts that
+        already look like harvesting (``suspects``); otherwise a large one — ``BANK_ALONE`` phrasings framing at
+        least ``BANK_ALONE_MASS`` of both accounts' prompts."""
+        return self.shared_bank and (suspects or (self.phrasings >= BANK_ALONE and self.mass >= BANK_ALONE_MASS))
 
     def describe(self) -> str:
         side, _, words = self.example.partition(":")
