@@ -42,7 +42,8 @@ __all__ = ["BANK_ALONE", "BANK_ALONE_MASS", "BANK_MASS", "BANK_PHRASINGS", "Bank
 BANK_PHRASINGS = 3
 # Between two accounts that do not both look like harvesting on their own, a bank must be large: at least this many
 # distinct rare phrasings in common. Strangers copying the same public probes or course prompts share a handful (up to
-# five on the development split's release-day probes); an operator's generated list of paraphrases gives more.
+# five between early adopters on the development split; six for one pair on its simulation before per-campaign wording,
+# a lone link that formed no cluster); an operator's generated list gives more.
 BANK_ALONE = 6
 # ... and it must frame a large part of both accounts' prompts: a weighted overlap of at least this much. A relay
 # carrying dozens of people's conversations shares many rare phrasings with another relay by chance, each a few
