@@ -7,10 +7,12 @@ bottleneck, and LiteLLM in its own venv (``bench/.venv-litellm``, created with
 ``python -m venv bench/.venv-litellm && bench/.venv-litellm/bin/pip install 'litellm[proxy]'``).
 distillguard runs twice: with the features issue #2 names (key auth, per-key
 and per-account limits, the SQLite event log; client signals and the policy
-engine are always on) and online detection off, and again with everything on
-(plus the online scorer, a child process running the detectors on every
-event). ``--variants`` picks which distillguard configurations run: ``core``
-(the first), ``all`` (everything on) and ``nowal`` (the first with the event
+engine are always on) and online detection off, and again "all on": the same
+plus online detection (the online scorer, a child process running the
+detectors on every event; ``serve``'s default). Watermarking and canaries
+stay off in both (they need keys and triggers of one's own). ``--variants``
+picks which distillguard configurations run: ``core``
+(the first), ``all`` (online detection too) and ``nowal`` (the first with the event
 write-ahead log off, ``event_wal.enabled: false``: its cost is ``core`` minus
 ``nowal`` in the same run). Every load is measured on all targets back to
 back; ``--rounds N`` repeats that N times, reversing the target order on odd
