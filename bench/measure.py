@@ -22,6 +22,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
 
+# The measured children run in scratch directories: a relative ``PYTHONPATH=src:bench`` would name no tree there
+# and they would silently run the venv's editable install instead of the tree the report names.
+if os.environ.get("PYTHONPATH"):
+    os.environ["PYTHONPATH"] = os.pathsep.join(str(Path(p).resolve()) for p in os.environ["PYTHONPATH"].split(os.pathsep) if p)
+
 
 def percentile(values: list[float], q: float) -> float:
     """The nearest-rank ``q``-th percentile; NaN for no values."""

@@ -57,7 +57,6 @@ def app() -> Any:
     from distillguard.config import load_settings
     from distillguard.gateway.server import build_gateway
 
-    sys.setswitchinterval(0.0005)  # as `distillguard serve` does
     gateway = build_gateway(load_settings(os.environ["DG_BENCH_CONFIG"]))
     gateway.freeze_gc_after_start = True  # as `distillguard serve` does (gc.freeze and the young-generation threshold)
     return gateway

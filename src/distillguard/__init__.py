@@ -6,3 +6,7 @@ Everything else is internal and may change.
 """
 
 __version__ = "0.1.0"
+
+from distillguard._compiled import guard_stale_build as _guard_stale_build
+
+_guard_stale_build()  # a compiled module older than its source is never run (see distillguard/_compiled.py)

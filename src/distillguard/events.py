@@ -310,8 +310,8 @@ def read_events(
                     continue
                 try:
                     event = validate_event(orjson.loads(line))
-                except (orjson.JSONDecodeError, EventFormatError) as exc:
-                    message = str(exc) if isinstance(exc, EventFormatError) else f"malformed JSON ({exc})"
+                except (orjson.JSONDecodeError, EventFormatError) as bad:
+                    message = str(bad) if isinstance(bad, EventFormatError) else f"malformed JSON ({bad})"
                     problem = EventReadProblem(path, lineno, message)
                     if strict:
                         raise EventFormatError(f"{path}:{lineno}", message) from None

@@ -331,8 +331,8 @@ class Gateway:
         except ClientDisconnected:
             ex.status, ex.error = 499, "client_disconnected"
             log.info("%s %s: client disconnected, upstream request cancelled", scope["method"], scope["path"])
-        except Exception as exc:  # a bug must still produce an API-shaped answer and an event
-            ex.status, ex.error = 500, f"internal_error: {type(exc).__name__}"
+        except Exception as bug:  # a bug must still produce an API-shaped answer and an event
+            ex.status, ex.error = 500, f"internal_error: {type(bug).__name__}"
             log.exception("%s %s: internal error", scope["method"], scope["path"])
             with contextlib.suppress(Exception):
                 if ex.streaming:  # the status line is out: end the stream with an in-band error

@@ -17,6 +17,7 @@ lock everyone out with nothing logged.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import ipaddress
 import logging
 import resource
@@ -32,6 +33,9 @@ FD_RESERVE = 128  # descriptors kept for the listening socket, the store, logs, 
 LOG_INTERVAL_S = 10.0  # at most one summary line per interval while limits bite
 
 
+DEFAULT_MAX_CONNECTIONS = 10_000
+
+
 @dataclass(frozen=True)
 class EdgeLimits:
     """What a client may hold of the server, and for how long (``server:`` in the configuration)."""
@@ -40,7 +44,7 @@ class EdgeLimits:
     head_timeout_s: float = 10.0  # from a head's first byte to its end, in total
     body_timeout_s: float = 30.0  # from the end of a head to the end of its body, in total
     send_timeout_s: float = 60.0  # a client that takes none of its answer for this long is cut off
-    max_connections: int = 10_000  # lowered at start to what the descriptor limit allows
+    max_connections: int = DEFAULT_MAX_CONNECTIONS  # lowered at start to what the descriptor limit allows
     max_connections_per_ip: int = 256
     # Peers that are not one client (load balancers: ``network.trusted_proxies``) are exempt from the per-IP cap.
     per_ip_exempt: tuple[str, ...] = ()
@@ -85,10 +89,10 @@ def fitted(limits: EdgeLimits) -> EdgeLimits:
     if limits.max_connections <= budget:
         return limits
     # A warning when the operator asked for more; the default is simply fitted to the machine.
-    level = logging.INFO if limits.max_connections == EdgeLimits.max_connections else logging.WARNING
+    level = logging.INFO if limits.max_connections == DEFAULT_MAX_CONNECTIONS else logging.WARNING
     log.log(level, "max_connections %d lowered to %d: the open-file limit leaves room for no more "
             "(raise `ulimit -n` to allow more)", limits.max_connections, budget)
-    return EdgeLimits(**{**limits.__dict__, "max_connections": budget})
+    return dataclasses.replace(limits, max_connections=budget)
 
 
 class Peer(Protocol):

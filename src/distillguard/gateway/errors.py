@@ -9,7 +9,6 @@ makes a refusal readable to the user.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -78,15 +77,24 @@ _ANTHROPIC_TYPES = {
 }
 
 
-@dataclass
 class GatewayError(DistillguardError):
-    """A refusal or failure the gateway answers itself, with a status and a reason a user can act on."""
+    """A refusal or failure the gateway answers itself, with a status and a reason a user can act on.
 
-    status: int
-    message: str
-    code: str
-    retry_after: float | None = None
-    detail: str | None = None  # what the event records beyond the code (e.g. which upstream field broke)
+    A plain class rather than a dataclass: mypyc compiles this module, and a compiled exception cannot be one.
+    """
+
+    def __init__(self, status: int, message: str, code: str, retry_after: float | None = None,
+                 detail: str | None = None) -> None:
+        super().__init__()
+        self.status = status
+        self.message = message
+        self.code = code
+        self.retry_after = retry_after
+        self.detail = detail  # what the event records beyond the code (e.g. which upstream field broke)
+
+    def __repr__(self) -> str:
+        return (f"GatewayError(status={self.status!r}, message={self.message!r}, code={self.code!r}, "
+                f"retry_after={self.retry_after!r}, detail={self.detail!r})")
 
     def __str__(self) -> str:
         return f"{self.status} {self.code}: {self.message}"

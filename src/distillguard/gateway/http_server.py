@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import re
 import signal
@@ -302,6 +303,8 @@ class _Cycle:
 
 class _HttpConnection(asyncio.Protocol):
     """One client connection: parses requests, runs the app per request, writes responses in order."""
+
+    __deletable__ = ["parser"]  # connection_lost drops it (compiled with mypyc, an attribute must say so)
 
     def __init__(self, server: HttpServer) -> None:
         self.server = server
@@ -713,7 +716,7 @@ class HttpServer:
         self.backlog = backlog
         limits = limits or EdgeLimits()
         if keepalive_timeout_s is not None:
-            limits = EdgeLimits(**{**limits.__dict__, "keepalive_timeout_s": keepalive_timeout_s})
+            limits = dataclasses.replace(limits, keepalive_timeout_s=keepalive_timeout_s)
         self.limits = limits = fitted(limits)
         self.stats = stats or EdgeStats()
         self.caps: ConnectionCaps[_HttpConnection] = ConnectionCaps(limits, self.stats)
@@ -755,9 +758,10 @@ class HttpServer:
         self._idle = asyncio.Event()
         lifespan = _Lifespan(self.app)
         await lifespan.startup()
-        servers = [await self.loop.create_server(lambda: _HttpConnection(self), host, port, backlog=self.backlog, reuse_address=True,
-                                                 reuse_port=self.reuse_port or None)
-                   for host, port in ((self.host, self.port), *self.also_listen)]
+        servers = []
+        for host, port in ((self.host, self.port), *self.also_listen):  # a loop, not a comprehension: mypyc cannot await in one
+            servers.append(await self.loop.create_server(lambda: _HttpConnection(self), host, port, backlog=self.backlog,
+                                                         reuse_address=True, reuse_port=self.reuse_port or None))
         if install_signal_handlers:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self.loop.add_signal_handler(sig, self.stop)

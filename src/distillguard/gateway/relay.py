@@ -201,14 +201,14 @@ class Relay:
             log.warning("upstream %s: %s", upstream.name, exc)
             raise GatewayError(503, f"The upstream model server '{upstream.name}' is at its connection limit; retry shortly.",
                                "upstream_busy", retry_after=1) from None
-        except (UpstreamUnreachable, UpstreamDisconnected) as exc:
+        except (UpstreamUnreachable, UpstreamDisconnected) as lost:
             self.metrics.upstream_errors[(upstream.name, "connect")] += 1
             if ex.streaming:  # the stream had started: end it with an in-band error event
                 ex.status, ex.error = 502, "upstream_disconnected_mid_stream"
-                log.warning("upstream %s dropped mid-stream: %s", upstream.name, exc)
+                log.warning("upstream %s dropped mid-stream: %s", upstream.name, lost)
                 await self.end_stream_with_error(ex, send, 502, "The upstream model server dropped the stream.")
                 return
-            raise GatewayError(502, f"The upstream model server '{upstream.name}' could not be reached ({type(exc).__name__}).", "upstream_unreachable") from None
+            raise GatewayError(502, f"The upstream model server '{upstream.name}' could not be reached ({type(lost).__name__}).", "upstream_unreachable") from None
         except TimeoutError:
             self.metrics.upstream_errors[(upstream.name, "timeout")] += 1
             if ex.streaming:
@@ -217,17 +217,17 @@ class Relay:
                 await self.end_stream_with_error(ex, send, 504, "The upstream model server stopped sending.")
                 return
             raise GatewayError(504, f"The upstream model server '{upstream.name}' did not answer within {upstream.settings.timeout_s:g}s.", "upstream_timeout") from None
-        except UpstreamBadResponse as exc:
+        except UpstreamBadResponse as broken:
             self.metrics.upstream_errors[(upstream.name, "payload")] += 1
-            what = "upstream_protocol_error" if isinstance(exc, UpstreamProtocolError) else "upstream_bad_response"
+            what = "upstream_protocol_error" if isinstance(broken, UpstreamProtocolError) else "upstream_bad_response"
             log.warning("upstream %s broke the protocol for %s (%s): %s", upstream.name, ex.endpoint,
-                        "mid-stream" if ex.streaming else "before answering", exc)
+                        "mid-stream" if ex.streaming else "before answering", broken)
             if ex.streaming:
-                ex.status, ex.error = 502, f"{what}: {exc}"
-                await self.end_stream_with_error(ex, send, 502, f"The upstream model server sent a broken stream ({exc}).")
+                ex.status, ex.error = 502, f"{what}: {broken}"
+                await self.end_stream_with_error(ex, send, 502, f"The upstream model server sent a broken stream ({broken}).")
                 return
-            raise GatewayError(502, f"The upstream model server '{upstream.name}' sent a broken response ({exc}).", what,
-                               detail=str(exc)) from None
+            raise GatewayError(502, f"The upstream model server '{upstream.name}' sent a broken response ({broken}).", what,
+                               detail=str(broken)) from None
 
     @staticmethod
     async def end_stream_with_error(ex: Exchange, send: Send, status: int, message: str) -> None:

@@ -16,10 +16,10 @@ import errno
 import functools
 import logging
 import socket
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from distillguard._compiled import COMPILED, compiled_in_use
 from distillguard.config import Settings, load_settings, parse_listen
 from distillguard.exceptions import ConfigError
 from distillguard.gateway.admin import check_admin_exposure
@@ -182,11 +182,11 @@ def serve(settings: Settings, *, worker: int | None = None) -> None:
     configure_logging(settings.log_level, settings.log_format)
     if worker is None:
         check_serving(settings)
-    # The event writer thread gives up the interpreter lock inside every SQLite call and must win it back
-    # from a busy event loop each time; at the default 5 ms switch interval it falls behind under load.
-    sys.setswitchinterval(0.0005)
     app = build_gateway(settings)
     app.freeze_gc_after_start = True
+    compiled = compiled_in_use()
+    log.info("per-request modules: %s", f"{len(compiled)} of {len(COMPILED)} compiled with mypyc" if compiled else
+             "pure Python (the install compiled nothing: docs/architecture.md, \"Compiled hot path\")")
     stats = EdgeStats()
     export_edge_stats(app.metrics, stats)
     also_listen: tuple[tuple[str, int], ...] = ()

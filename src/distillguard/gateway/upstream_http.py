@@ -254,10 +254,9 @@ class UpstreamResponse:
                 raise self._error
             await self._wait()
 
-    async def iter_chunks(self) -> AsyncIterator[bytes]:
+    def iter_chunks(self) -> AsyncIterator[bytes]:
         """The body in pieces as they arrive (see :meth:`next_chunk`)."""
-        while (piece := await self.next_chunk()) is not None:
-            yield piece
+        return _Chunks(self)
 
     async def __aenter__(self) -> UpstreamResponse:
         return self
@@ -275,6 +274,22 @@ class UpstreamResponse:
             conn.pool_release()
         else:
             conn.close()
+
+
+class _Chunks:
+    """:meth:`UpstreamResponse.iter_chunks`: an async iterator as a class (mypyc compiles no async generators)."""
+
+    def __init__(self, response: UpstreamResponse) -> None:
+        self._response = response
+
+    def __aiter__(self) -> _Chunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        piece = await self._response.next_chunk()
+        if piece is None:
+            raise StopAsyncIteration
+        return piece
 
 
 class _Connection(asyncio.Protocol):
@@ -582,8 +597,8 @@ class UpstreamClient:
             if exc.errno is None and timeout is not None:  # ours, not the kernel's ETIMEDOUT
                 raise UpstreamUnreachable(f"connecting to {origin.host}:{origin.port} took longer than {timeout:g}s") from None
             raise UpstreamUnreachable(f"cannot connect to {origin.host}:{origin.port}: {exc.strerror or exc}") from None
-        except OSError as exc:
-            raise UpstreamUnreachable(f"cannot connect to {origin.host}:{origin.port}: {exc.strerror or exc}") from None
+        except OSError as failed:
+            raise UpstreamUnreachable(f"cannot connect to {origin.host}:{origin.port}: {failed.strerror or failed}") from None
         if conn.closed:  # lost already (it never was in _all: give its place back here)
             raise UpstreamUnreachable(f"the connection to {origin.host}:{origin.port} closed as it opened")
         self._all.add(conn)

@@ -104,6 +104,10 @@ class AttestationVerifier:
     def has_key(self, install_id: str) -> bool:
         return self.installs.peek(install_id) is not None
 
+    def clear_deferred_nonce(self) -> None:
+        """Forget the last request's deferred nonce (the signal collector calls it before each request)."""
+        self.deferred_nonce = None
+
     def verify(self, method: str, url: str, headers: Iterable[tuple[str, str]], body: bytes,
                account_id: str | None = None) -> dict[str, Any] | None:
         """The event's ``attestation`` object, or None when the request carries no attestation.

@@ -99,7 +99,7 @@ class SignalCollector:
         ip = client_ip(peer_ip, header_map, self.trusted)
         geo = self.geo.lookup(ip)
         verifier = self.verifier
-        verifier.deferred_nonce = None
+        verifier.clear_deferred_nonce()  # a call, not `= None`: compiled, a None assigned here would be trusted below
         attestation = None
         if attests:  # else the verifier answers None (no attestation) without anything to look at: skip its work
             scheme = forwarded_scheme(peer_ip, header_map, self.trusted)
@@ -218,7 +218,7 @@ class SignalCollector:
                 raise EnrollmentError(403, f"{exc}; revoke the key and issue a new one, or ask the operator to raise "
                                            "attestation.max_installs_per_key") from None
             raise EnrollmentError(409, str(exc)) from None
-        except Exception as exc:
-            log.warning("storing the enrollment of install %s failed: %s", install_id, exc)
+        except Exception as failed:
+            log.warning("storing the enrollment of install %s failed: %s", install_id, failed)
             raise EnrollmentError(503, "enrollment could not be stored; try again") from None
         return result is not False
