@@ -54,10 +54,14 @@ def _extensions() -> list[Extension]:
     from mypyc.build import mypycify
 
     paths = [str(Path("src", *name.split(".")).with_suffix(".py")) for name in COMPILED]
-    # The build environment holds none of the runtime dependencies (nor the pydantic plugin of the project's mypy
-    # configuration): mypyc types them as Any, which costs a little speed at their call sites and nothing else;
-    # modules it only follows (config, detectors) are not checked here (`make lint` does).
-    options = ["--config-file", os.devnull, "--ignore-missing-imports", "--follow-imports", "silent", "--python-version", "3.11"]
+    # Third-party packages are typed as Any (`--no-site-packages`), whatever the interpreter running the build has
+    # installed: a library's stubs may promise less than it does (httptools' `URL.query` is typed `bytes` and is
+    # None for a URL without a query), and compiled code checks every declared type at run time, so trusting a
+    # stub would turn its mistake into a TypeError on every request; and the build must not depend on whether the
+    # dependencies happened to be installed before it. Any costs a little speed at those call sites and nothing
+    # else. Modules it only follows (config, detectors) are not checked here (`make lint` does).
+    options = ["--config-file", os.devnull, "--no-site-packages", "--ignore-missing-imports", "--follow-imports", "silent",
+               "--python-version", "3.11"]
     return list(mypycify(options + paths, opt_level="3", debug_level="0", group_name="distillguard._gateway"))
 
 
