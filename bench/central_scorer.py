@@ -47,20 +47,15 @@ import redis
 import yaml
 
 from distillguard.state.scorer_stream import encode_event
-from measure import OUT, percentile, src_digest, write_report
+from measure import OUT, percentile, scenario_events, src_digest, write_report
 
 DISTILLGUARD = str(Path(sys.executable).with_name("distillguard"))
 
 
 def load_events(n: int) -> tuple[list[bytes], dict[str, str]]:
     """``n`` events of the ``default`` scenario (cycled when more are asked for than it has) and each account's label."""
-    path = OUT / "default.jsonl.gz"
+    path = scenario_events("default", 7)
     labels_path = OUT / "default.labels.json"
-    if not path.exists() or not labels_path.exists():
-        OUT.mkdir(parents=True, exist_ok=True)
-        print(f"  generating {path}", file=sys.stderr)
-        subprocess.run([DISTILLGUARD, "simulate", "--scenario", "default", "--seed", "7", "--out", str(path),
-                        "--labels", str(labels_path)], check=True)
     with gzip.open(path, "rb") as f:
         lines = [line for line in f if line.strip()]
     labels = {account: str(entry["label"]) for account, entry in orjson.loads(labels_path.read_bytes())["accounts"].items()}

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 
-from measure import OUT, src_digest, write_report
+from measure import scenario_events, src_digest, write_report
 
 CHILD = r"""
 import gc, gzip, json, sys, time
@@ -76,11 +76,7 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
     digest = src_digest()
-    path = OUT / "default.jsonl.gz"
-    if not path.exists():
-        OUT.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "distillguard.cli", "simulate", "--scenario", "default", "--seed", "7", "--out", str(path),
-                        "--labels", str(OUT / "default.labels.json")], check=True)
+    path = scenario_events("default", 7)
     results = {}
     for variant in VARIANTS:
         done = subprocess.run([sys.executable, "-c", CHILD, str(path), variant, str(args.passes), str(args.reports_per_pass),

@@ -28,6 +28,22 @@ if os.environ.get("PYTHONPATH"):
     os.environ["PYTHONPATH"] = os.pathsep.join(str(Path(p).resolve()) for p in os.environ["PYTHONPATH"].split(os.pathsep) if p)
 
 
+def scenario_events(scenario: str, seed: int) -> Path:
+    """``bench/out/<scenario>.jsonl.gz`` and its labels, simulated (``distillguard simulate``) when either is missing.
+
+    Several benchmarks read the same file (``default``, seed 7) so that their numbers describe the same traffic; the
+    first one to need it writes it.
+    """
+    path = OUT / f"{scenario}.jsonl.gz"
+    labels = OUT / f"{scenario}.labels.json"
+    if not path.exists() or not labels.exists():
+        print(f"  generating {path} (distillguard simulate --scenario {scenario} --seed {seed})", file=sys.stderr)
+        OUT.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "distillguard.cli", "simulate", "--scenario", scenario, "--seed", str(seed),
+                        "--out", str(path), "--labels", str(labels)], check=True)
+    return path
+
+
 def percentile(values: list[float], q: float) -> float:
     """The nearest-rank ``q``-th percentile; NaN for no values."""
     if not values:

@@ -32,7 +32,6 @@ import collections
 import gzip
 import os
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -41,7 +40,7 @@ from typing import Any
 
 import orjson
 
-from measure import OUT, percentile, src_digest, write_report
+from measure import percentile, scenario_events, src_digest, write_report
 
 DISTILLGUARD = str(Path(sys.executable).with_name("distillguard"))
 
@@ -56,12 +55,7 @@ def median(values: list[float]) -> float:
 
 
 def load_events(n: int, seed: int) -> list[dict[str, Any]]:
-    path = OUT / "default.jsonl.gz"
-    if not path.exists():
-        OUT.mkdir(parents=True, exist_ok=True)
-        print(f"  generating {path}", file=sys.stderr)
-        subprocess.run([DISTILLGUARD, "simulate", "--scenario", "default", "--seed", str(seed), "--out", str(path),
-                        "--labels", str(OUT / "default.labels.json")], check=True)
+    path = scenario_events("default", seed)
     events: list[dict[str, Any]] = []
     with gzip.open(path, "rb") as lines:
         for line in lines:

@@ -27,14 +27,13 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from measure import OUT, run_measured, src_digest, write_report
+from measure import run_measured, scenario_events, src_digest, write_report
 
 DISTILLGUARD = str(Path(sys.executable).with_name("distillguard"))
 
@@ -66,17 +65,6 @@ BASELINES = ("gunzip+orjson", "read_events")
 def summarise(runs: list[dict[str, Any]]) -> dict[str, float]:
     return {k: statistics.median([r[k] for r in runs]) for k in ("wall_s", "cpu_s", "rss_mb")} | {
         "wall_min": min(r["wall_s"] for r in runs), "wall_max": max(r["wall_s"] for r in runs)}
-
-
-def ensure_events(scenario: str, seed: int) -> Path:
-    path = OUT / f"{scenario}.jsonl.gz"
-    labels = OUT / f"{scenario}.labels.json"
-    if not path.exists() or not labels.exists():
-        print(f"  generating {path} (distillguard simulate --scenario {scenario} --seed {seed})", file=sys.stderr)
-        OUT.mkdir(parents=True, exist_ok=True)
-        subprocess.run([DISTILLGUARD, "simulate", "--scenario", scenario, "--seed", str(seed), "--out", str(path),
-                        "--labels", str(labels)], check=True)
-    return path
 
 
 def pin_file(path: Path, directory: Path) -> Path:
@@ -127,7 +115,7 @@ def main() -> None:
     digest = src_digest()
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="dg-bench-scan-files-") as pinned:
-        results = {name: bench_file(pin_file(ensure_events(name, args.seed), Path(pinned)), args.repeat) for name in args.scenarios}
+        results = {name: bench_file(pin_file(scenario_events(name, args.seed), Path(pinned)), args.repeat) for name in args.scenarios}
 
     lines = [
         "# `distillguard scan`: throughput and memory",
