@@ -40,6 +40,7 @@ from distillguard.sim.corpora import PromptPools  # noqa: E402
 from distillguard.sim.splits import load_wording  # noqa: E402
 
 BITS = 18
+PUBLIC_WRAPPER_REPEAT = 20
 OUT = Path(__file__).resolve().parents[1] / "src" / "distillguard" / "detect" / "intent_model.npz"
 
 
@@ -56,8 +57,13 @@ def sim_dev_wording() -> tuple[list[str], list[str]]:
     except (FileNotFoundError, ModuleNotFoundError, ValueError):
         return [], []
     positives = [p for phrases in wording.elicitation.values() for p in phrases] + list(wording.graders)
-    negatives = list(wording.public_cot_wrappers) + list(wording.learner_followups) + list(wording.coding_followups)
+    # Evaluation jobs send one public wrapper around hundreds of benchmark items (maths, multiple choice, code):
+    # three samples of each wrapper were too few against ~1,800 eliciting texts, and the wrapper around a
+    # multiple-choice item scored as eliciting. Each public wrapper is sampled PUBLIC_WRAPPER_REPEAT times.
+    negatives = PUBLIC_WRAPPER_REPEAT * list(wording.public_cot_wrappers) + list(wording.learner_followups)
+    negatives += list(wording.coding_followups)
     negatives += list(wording.short_wrappers) + list(wording.app_systems) + list(wording.webapp_systems) + list(wording.campaign_systems)
+    negatives += list(wording.public_systems) + list(wording.agent_systems) + list(wording.agent_steps) + list(wording.system_suffixes)
     for table in (wording.learner_asks, wording.frames, wording.openers, wording.closers, wording.followups):
         negatives += [p for phrases in table.values() for p in phrases]
     return positives, negatives
