@@ -46,6 +46,7 @@ __all__ = [
     "WebhookSettings",
     "DEFAULT_ADMIN_TOKEN",
     "DEFAULT_WATERMARK_SECRET",
+    "MAX_LIMIT",
     "load_settings",
     "new_database_notice",
     "parse_listen",
@@ -53,6 +54,10 @@ __all__ = [
 
 DEFAULT_ADMIN_TOKEN = "change-me"
 DEFAULT_WATERMARK_SECRET = "change-me-watermark"
+# The largest limit accepted (config, admin API, `accounts import`): 2**53, exact in every JSON reader and in Redis'
+# Lua numbers. Larger values would be stored and then fail every later write of them (orjson and SQLite stop at
+# 64 bits), so one such admin request once made `GET /admin/v1/accounts` a 500 for good; ``null`` is unlimited.
+MAX_LIMIT = 2**53
 
 
 class _Section(BaseModel):
@@ -115,10 +120,10 @@ class UpstreamSettings(_Section):
 class LimitSettings(_Section):
     """Default limits; keys and accounts may override them. ``None`` means unlimited."""
 
-    requests_per_min: int | None = 600
-    tokens_per_min: int | None = 400_000
-    concurrent_requests: int | None = 32
-    daily_tokens: int | None = 20_000_000
+    requests_per_min: int | None = Field(default=600, ge=0, le=MAX_LIMIT)
+    tokens_per_min: int | None = Field(default=400_000, ge=0, le=MAX_LIMIT)
+    concurrent_requests: int | None = Field(default=32, ge=0, le=MAX_LIMIT)
+    daily_tokens: int | None = Field(default=20_000_000, ge=0, le=MAX_LIMIT)
 
 
 class AttestationSettings(_Section):

@@ -30,7 +30,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
-from distillguard.config import DEFAULT_ADMIN_TOKEN, Settings, parse_listen
+from distillguard.config import DEFAULT_ADMIN_TOKEN, MAX_LIMIT, Settings, parse_listen
 from distillguard.events import format_ts, parse_ts
 from distillguard.exceptions import ConfigError, NotFoundError, UsageError
 from distillguard.gateway.errors import error_body
@@ -83,10 +83,10 @@ class _Body(BaseModel):
 class Limits(_Body):
     """Per-account or per-key limits; a key that is left out is not changed, ``null`` means unlimited."""
 
-    requests_per_min: int | None = Field(default=None, ge=0)
-    tokens_per_min: int | None = Field(default=None, ge=0)
-    concurrent_requests: int | None = Field(default=None, ge=0)
-    daily_tokens: int | None = Field(default=None, ge=0)
+    requests_per_min: int | None = Field(default=None, ge=0, le=MAX_LIMIT)
+    tokens_per_min: int | None = Field(default=None, ge=0, le=MAX_LIMIT)
+    concurrent_requests: int | None = Field(default=None, ge=0, le=MAX_LIMIT)
+    daily_tokens: int | None = Field(default=None, ge=0, le=MAX_LIMIT)
 
 
 class AccountCreate(_Body):

@@ -124,7 +124,8 @@ def request_part(endpoint: str, payload: dict[str, Any], prompt_mode: str = "kee
     if endpoint in ("openai.chat", "anthropic.messages", "anthropic.count_tokens"):
         if endpoint != "openai.chat" and payload.get("system"):
             system_parts.append(flatten_content(payload["system"]))
-        for message in payload.get("messages") or []:
+        messages_in = payload.get("messages")  # a refused request is recorded too: `messages` may be any JSON value here
+        for message in messages_in if isinstance(messages_in, list) else ():
             if not isinstance(message, dict):
                 continue
             role = as_text(message.get("role"))
