@@ -133,6 +133,23 @@ def _hydra_cluster(gateway: RunningGateway, members: set[str]) -> dict[str, Any]
     return next((c for c in flagged.get("clusters", []) if members <= set(c["accounts"])), None)
 
 
+def _gauge(gateway: RunningGateway, name: str) -> float:
+    line = next(line for line in httpx.get(gateway.root_url + "/metrics").text.splitlines() if line.startswith(name + " "))
+    return float(line.split()[1])
+
+
+def _published(gateway: RunningGateway, account_id: str) -> dict[str, Any]:
+    return dict(gateway.admin("GET", f"/admin/v1/accounts/{account_id}/risk").json()["published"])
+
+
+def _console(gateway: RunningGateway) -> httpx.Client:
+    """A client signed in to the replica's console with the admin token (its session cookie set by hand: plain HTTP)."""
+    signed = httpx.post(gateway.root_url + "/admin/ui/login", data={"token": gateway.admin_token})
+    assert signed.status_code == 303, signed.text
+    cookie = signed.headers["set-cookie"].split(";")[0]
+    return httpx.Client(base_url=gateway.root_url + "/admin/ui/", headers={"cookie": cookie}, timeout=30)
+
+
 def _scorer_status(gateway: RunningGateway) -> dict[str, Any]:
     ready = httpx.get(gateway.root_url + "/readyz")
     assert ready.status_code == 200  # informational: a replica serves whatever the scorer's state
@@ -186,6 +203,7 @@ def test_one_scorer_sees_a_hydra_spread_over_three_replicas_survives_a_restart_a
                                .status_code == 200 and r, "an unflagged account's risk never reached a replica")
             assert unflagged.json()["scored"] is True and unflagged.json()["account_id"] == person["account_id"]
             assert unflagged.json()["distillation_score"] < 0.5 and unflagged.json()["requests"] >= 3, unflagged.text
+            assert unflagged.json()["published"]["current"] is True and unflagged.json()["published"]["at"].endswith("Z")
             silent = gateway.admin("GET", f"/admin/v1/accounts/{quiet['account_id']}/risk")  # exists, sent nothing: a 404 that says why
             assert silent.status_code == 404 and silent.json()["error"]["code"] == "account_not_scored", silent.text
             assert "central scorer" in silent.json()["error"]["message"] and quiet["account_id"] in silent.json()["error"]["message"]
@@ -193,6 +211,18 @@ def test_one_scorer_sees_a_hydra_spread_over_three_replicas_survives_a_restart_a
             assert nobody.status_code == 404 and nobody.json()["error"]["code"] != "account_not_scored", nobody.text
         metrics = httpx.get(gateways[1].root_url + "/metrics").text
         assert "distillguard_scorer_up 1" in metrics and 'dg_scorer_shed_events_total' in metrics
+        # What a replica shows of the central scorer's work: every account it scored (the four heads and the person),
+        # not only the flagged ones its risk snapshot holds; the console's pages read the scorer's table for the rest.
+        _until(lambda: _gauge(gateways[1], "distillguard_scored_accounts") == 5, "the replica's gauge never counted the scorer's accounts")
+        console = _console(gateways[2])
+        assert "(of 5 scored)" in console.get("").text
+        page = console.get(f"accounts/{person['account_id']}").text
+        assert "has published no score" not in page and f"{unflagged.json()['distillation_score']:.2f}" in page, page[:3000]
+        console.close()
+        first_generation = unflagged.json()["published"]["generation"]
+        # An entry this scorer published that the next one will not hold (its account's events are not in the store).
+        table = redis_client.Redis.from_url(redis.url)
+        table.hset("dg:risk:accounts", "acct_gone", table.hget("dg:risk:accounts", person["account_id"]))  # type: ignore[arg-type]
 
         # A restarted scorer rebuilds from the store and keeps the cluster.
         assert scorer.stop() == 0
@@ -203,6 +233,12 @@ def test_one_scorer_sees_a_hydra_spread_over_three_replicas_survives_a_restart_a
         for gateway in gateways:
             again = _hydra_cluster(gateway, members)
             assert again is not None and again["cluster_id"] == cluster["cluster_id"]
+        # It publishes what it holds under its own generation and sweeps away what it does not hold.
+        _until(lambda: gateways[0].admin("GET", f"/admin/v1/accounts/{person['account_id']}/risk").json()["published"]
+               == {**_published(gateways[0], person["account_id"]), "generation": first_generation + 1, "current": True},
+               "the restarted scorer never republished the person's entry")
+        _until(lambda: not table.hexists("dg:risk:accounts", "acct_gone"), "the restarted scorer never swept an entry it does not hold")
+        table.close()
 
         # A killed scorer: every replica says so and keeps serving with the last decisions.
         scorer.stop(signal.SIGKILL)

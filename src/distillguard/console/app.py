@@ -32,6 +32,7 @@ from distillguard.console.session import COOKIE, LIFETIME_S, Session, SessionKey
 from distillguard.events import format_ts, parse_ts
 from distillguard.exceptions import NotFoundError, UsageError
 from distillguard.policy.engine import PolicyEngine
+from distillguard.state.types import StateUnavailable
 from distillguard.store.registry import Registry
 
 if TYPE_CHECKING:
@@ -268,7 +269,7 @@ class Console:
                           traffic_svg=charts.stacked_bars(labels, traffic, title="requests per interval"),
                           actions_svg=charts.stacked_bars(labels, actions, title="policy actions per interval"),
                           scorer=scorer, sink=self.sink.stats if self.sink is not None else None, by_action=by_action,
-                          scored=len(engine.risk_table()) if engine is not None else 0, online=bool(engine and engine.online))
+                          scored=engine.scored_count() if engine is not None else 0, online=bool(engine and engine.online))
 
     def _traffic(self, bars: int = 48) -> tuple[list[str], dict[str, list[float]], dict[str, list[float]]]:
         history = list(self.metrics.history)
@@ -292,6 +293,20 @@ class Console:
             for name in action_names:
                 actions[name].append(after[3].get(name, 0) - before[3].get(name, 0))
         return labels, {"requests": allowed, "refused": refused}, actions
+
+    async def _with_published(self, table: dict[str, dict[str, Any]], account_ids: list[str]) -> tuple[dict[str, dict[str, Any]], str | None]:
+        """``table`` plus, with the fleet's central scorer, its published entries of ``account_ids`` (the engine holds only
+        the flagged accounts' then), and a note when that table cannot be read now."""
+        engine = self.engine
+        if engine is None or not engine.scores_elsewhere or not account_ids:
+            return table, None
+        try:
+            found = await asyncio.to_thread(engine.published_entries, account_ids)
+        except StateUnavailable as exc:
+            log.warning("console: %s", exc)
+            return table, ("The risk of accounts below the flag threshold comes from the central scorer's table in Redis, "
+                           f"which cannot be read now ({exc}); only flagged accounts show a risk.")
+        return ({**table, **found} if found else table), None
 
     def _risk_sorted(self, band: str = "") -> list[str]:
         """Scored account ids by risk, highest first (``band``: only that risk band); sorted once per scorer report."""
@@ -337,11 +352,17 @@ class Console:
         elif sort == "risk":
             ids = self._risk_sorted(risk)  # the band asked for, already sorted: only sliced below
             risk_applied = True
-            note = "Sorted by risk: the accounts the online scorer has seen. Sort by newest to list every account."
+            note = ("Sorted by risk: the flagged accounts of the fleet's central scorer (the risk snapshot); accounts below "
+                    "the flag threshold are not listed here but show their risk on their own page and when sorted by newest."
+                    if engine is not None and engine.scores_elsewhere else
+                    "Sorted by risk: the accounts the online scorer has seen. Sort by newest to list every account.")
             if status == "active":
                 suspended = {a["account_id"] for a in await asyncio.to_thread(store.accounts_with_status, "suspended")}
                 ids = [a for a in ids if a not in decisions and a not in suspended]
         if ids is not None:
+            if not risk_applied:  # a search or a status list (bounded): the central scorer's entries of all of them
+                table, unreadable = await self._with_published(table, ids)
+                note = unreadable or note
             if risk and not risk_applied:
                 ids = [a for a in ids if (table.get(a) or {}).get("risk") == risk]
             total = len(ids)
@@ -355,6 +376,8 @@ class Console:
                 newest = [a for a in newest if a.get("status") != "suspended"]
             accounts = {a["account_id"]: a for a in newest}
             page_ids = [a["account_id"] for a in newest]
+            table, unreadable = await self._with_published(table, page_ids)
+            note = unreadable or note
             if risk:
                 page_ids = [a for a in page_ids if (table.get(a) or {}).get("risk") == risk]
                 note = f"Risk {risk} within this page of newest accounts; sort by risk to filter them all."
@@ -378,6 +401,10 @@ class Console:
 
         account, keys, events, audit = await asyncio.to_thread(read)
         entry = engine.risk(account_id) if engine is not None else None
+        unreadable = None
+        if entry is None:
+            found, unreadable = await self._with_published({}, [account_id])
+            entry = found.get(account_id)
         if account is None and entry is None and not events:
             return self._page(404, "error.html", request.session, message=f"No account {account_id!r} in the store or the scorer.")
         decisions = engine.decisions() if engine is not None else {}
@@ -410,7 +437,8 @@ class Console:
         overrides = (account or {}).get("limits") or {}
         limits = [{"name": n, "value": overrides.get(n), "default": defaults.get(n), "overridden": n in overrides} for n in defaults]
         return self._page(200, "account.html", request.session, msg=request.query.get("msg"), account_id=account_id, account=account,
-                          entry=entry, status=self._status_of(account, account_id, decisions), decision=decisions.get(account_id),
+                          entry=entry, unreadable=unreadable, central=bool(engine and engine.scores_elsewhere),
+                          status=self._status_of(account, account_id, decisions), decision=decisions.get(account_id),
                           manual=manual, keys=keys, events_shown=len(events), audit=audit, prompts=prompts,
                           prompt_mode=self.settings.privacy.prompt_mode, timeline_svg=charts.risk_line(points),
                           networks=networks.most_common(8), countries=countries.most_common(8), asns=asns.most_common(8),
@@ -458,14 +486,14 @@ class Console:
         members = [m for c in clusters for m in c["accounts"]]
         accounts = await asyncio.to_thread(self.store.accounts_by_id, members) if self.store else {}
         decisions = engine.decisions() if engine is not None else {}
-        table = engine.risk_table() if engine is not None else {}
+        table, unreadable = await self._with_published(engine.risk_table() if engine is not None else {}, members)
         shown = []
         for cluster in clusters:
             rows = [{"account_id": m, "name": (accounts.get(m) or {}).get("name", m), "org": (accounts.get(m) or {}).get("org_id"),
                      "risk": table.get(m), "status": self._status_of(accounts.get(m), m, decisions)} for m in cluster["accounts"]]
             graph = charts.cluster_graph([(r["account_id"], r["name"], (r["risk"] or {}).get("risk", "low")) for r in rows], cluster["shared"])
             shown.append({"cluster": cluster, "rows": rows, "graph": graph})
-        return self._page(200, "clusters.html", request.session, msg=request.query.get("msg"), clusters=shown,
+        return self._page(200, "clusters.html", request.session, msg=request.query.get("msg") or unreadable, clusters=shown,
                           threshold=self.settings.detection.flag_threshold, actions=ACCOUNT_ACTIONS)
 
     async def cluster_action(self, request: _Request) -> _Response:

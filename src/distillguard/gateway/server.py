@@ -101,8 +101,9 @@ def _detection_metrics(metrics: Metrics, policy: PolicyEngine) -> None:
                               lambda: policy.flagged_counts()[0])
     metrics.add_gauge("distillguard_flagged_clusters", "Clusters at or above detection.flag_threshold in the latest online report.",
                       lambda: float(policy.flagged_counts()[1]))
-    metrics.add_gauge("distillguard_scored_accounts", "Accounts in the online scorer's latest report.",
-                      lambda: float(len(policy.risk_table())))
+    metrics.add_gauge("distillguard_scored_accounts", "Accounts in the online scorer's latest report (with detection.scorer: "
+                      "central, the fleet's central scorer's, from its heartbeat: every account it scored, not only those "
+                      "this replica holds).", lambda: float(policy.scored_count()))
     metrics.add_gauge("distillguard_enforced_accounts", "Accounts whose requests are not simply allowed now (manual or risk-based).",
                       lambda: float(len(policy.decisions())))
     metrics.add_gauge("distillguard_scorer_backlog_events", "Events observed but not yet covered by an online report.",

@@ -101,6 +101,7 @@ class CentralScorer:
         self._backlog = 0
         self._reports = 0
         self._scored_in_report = 0
+        self._scored_accounts = 0
         self._last_report_at: float | None = None
         self._last_report_ts: float | None = None
         self.consumed = 0  # stream entries scored
@@ -147,6 +148,10 @@ class CentralScorer:
     def scored_in_report(self) -> int:
         return self._scored_in_report
 
+    @property
+    def scored_accounts(self) -> int | None:
+        return self._scored_accounts
+
     def submit(self, event: dict[str, Any]) -> None:
         """Not used: this process serves no requests (its events come from the stream)."""
 
@@ -187,7 +192,8 @@ class CentralScorer:
     # -- heartbeat -----------------------------------------------------------------------------------
     def _beat(self) -> bytes:
         return orjson.dumps({"pid": os.getpid(), "host": self.host, "ts": time.time(), "last_report_ts": self._last_report_ts,
-                             "reports": self._reports, "events": self._scored_in_report, "backlog": self._backlog})
+                             "reports": self._reports, "events": self._scored_in_report, "backlog": self._backlog,
+                             "accounts": self._scored_accounts, "generation": self.risk_table.generation})
 
     def _beat_loop(self) -> None:
         failing = False
@@ -351,6 +357,7 @@ class CentralScorer:
         started = time.thread_time()
         report = scanner.report(recluster=recluster)
         self._scored_in_report = scanner.events
+        self._scored_accounts = len(report["accounts"])
         try:
             self.on_report(report)
         except Exception:

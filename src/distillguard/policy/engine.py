@@ -40,6 +40,7 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from distillguard.config import Settings
@@ -426,8 +427,29 @@ class PolicyEngine:
         return {"score": by_score, "shared_indicators": indicated}, sum(1 for c in self._clusters if c["score"] >= threshold)
 
     def risk_table(self) -> dict[str, dict[str, Any]]:
-        """Every scored account's latest entry (replaced whole by each report: do not mutate; its identity says when it changed)."""
+        """Every scored account's latest entry (replaced whole by each report: do not mutate; its identity says when it changed).
+
+        With the fleet's central scorer (:attr:`scores_elsewhere`) only the flagged accounts, from the risk snapshot:
+        the others' entries are in its published table (:meth:`published_entries`)."""
         return self._risk
+
+    @property
+    def scores_elsewhere(self) -> bool:
+        """The fleet's central scorer scores this process's traffic: :meth:`risk_table` holds only flagged accounts."""
+        return self.published_risk is not None
+
+    def scored_count(self) -> int:
+        """Accounts the online scorer scored: those of its latest report here, or the central scorer's count (its heartbeat)."""
+        counted = self.scorer.scored_accounts if self.online else None
+        return counted if counted is not None else len(self._risk)
+
+    def published_entries(self, account_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The central scorer's published entries of those of ``account_ids`` this process holds none for (blocking: one
+        round trip; call it in a thread). Empty without a central scorer; raises ``StateUnavailable`` when Redis cannot be read."""
+        if self.published_risk is None:
+            return {}
+        missing = [a for a in dict.fromkeys(account_ids) if a not in self._risk]
+        return self.published_risk.get_many(missing) if missing else {}
 
     def decisions(self) -> dict[str, Decision]:
         """The accounts whose requests are not simply allowed now (manual overrides, then risk), without auditing anything."""

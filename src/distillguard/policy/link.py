@@ -48,6 +48,11 @@ class ScorerLink(Protocol):
     def scored_in_report(self) -> int:
         """Events covered by the latest report."""
 
+    @property
+    def scored_accounts(self) -> int | None:
+        """Accounts in the latest report of a scorer this process does not hold the report of (the fleet's central
+        scorer, from its heartbeat); ``None`` where the engine has the report itself."""
+
     def submit(self, event: dict[str, Any]) -> None: ...
 
     def start(self, replay: dict[str, Any] | None = None, indicators_database: str | None = None) -> None:

@@ -59,6 +59,7 @@ class OnlineScorer(Sheds):
         self.acknowledged = 0  # events the worker has scored
         self.reports = 0
         self.scored_in_report = 0  # events covered by the latest report (set before on_report is called with it)
+        self.scored_accounts: int | None = None  # the engine holds this scorer's reports: it counts their accounts itself
         self._taken = 0  # events the pump has taken off the queue (counted *before* they leave it)
         self._applied = 0  # events covered by the latest report whose on_report call has returned
         self._failed = False

@@ -43,7 +43,7 @@ log = logging.getLogger("distillguard.state.scorer_stream")
 
 STREAM = "dg:events"  # entries: {"e": one event as JSON (its scoring_view)}
 GROUP = "scorer"  # the consumer group of the central scorer (its position survives a restart)
-HEARTBEAT = "dg:scorer:heartbeat"  # JSON {"pid", "host", "ts", "last_report_ts", "reports", "events", "backlog"}
+HEARTBEAT = "dg:scorer:heartbeat"  # JSON {"pid", "host", "ts", "last_report_ts", "reports", "events", "backlog", "accounts", "generation"}
 HEARTBEAT_EVERY_S = 0.5
 HEARTBEAT_TTL_MS = 3000  # missing this long: the scorer is down
 
@@ -85,6 +85,7 @@ class StreamFeed(Sheds):
         self._stream_length = 0
         self._heartbeat: dict[str, Any] | None = None
         self._heartbeat_read_at = 0.0
+        self._scored_accounts = 0
         self._checked = False
         self._redis_failing = False
         self.appended = 0
@@ -112,6 +113,11 @@ class StreamFeed(Sheds):
     @property
     def scored_in_report(self) -> int:
         return int(self._heartbeat["events"]) if self._heartbeat else 0
+
+    @property
+    def scored_accounts(self) -> int | None:
+        """The central scorer's accounts in its latest report, as its last heartbeat heard said (0 before any)."""
+        return self._scored_accounts
 
     def submit(self, event: dict[str, Any]) -> None:
         if len(self._buffer) >= self.buffer_max:
@@ -186,5 +192,6 @@ class StreamFeed(Sheds):
             log.info("central scorer: heartbeat back (pid %s on %s)", beat.get("pid"), beat.get("host"))
         if beat is not None:
             self._stream_length = int(beat.get("backlog", self._stream_length))
+            self._scored_accounts = int(beat.get("accounts") or self._scored_accounts)
         self._heartbeat = beat
         self._checked = True
