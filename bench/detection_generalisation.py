@@ -155,7 +155,8 @@ def _worst(values: list[Any], higher_is_worse: bool = False) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dev-seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--test-seeds", type=int, nargs="+", default=[1001, 1002, 1003])
+    parser.add_argument("--test-seeds", type=int, nargs="*", default=[1001, 1002, 1003],
+                        help="seeds of the test split (1001-6999); `--test-seeds` alone runs none: a dev-only run for tuning")
     parser.add_argument("--holdout-seeds", type=int, nargs="*", default=[],
                         help="seeds of the hold-out split (7001 and up by convention; default none): a final check, never for tuning")
     parser.add_argument("--fixed", nargs="*", default=["default", "stealthy", "pivot", str(ROOT / "bench" / "scenarios" / "hard.yaml")])
@@ -167,6 +168,8 @@ def main() -> int:
     args = parser.parse_args()
     seeds_of = {"dev": args.dev_seeds, "test": args.test_seeds, "holdout": args.holdout_seeds}
     splits = [split for split, seeds in seeds_of.items() if seeds]
+    if not splits:
+        parser.error("no seeds: give --dev-seeds, --test-seeds or --holdout-seeds")
     for a, b in (("dev", "test"), ("dev", "holdout"), ("test", "holdout")):
         if set(seeds_of[a]) & set(seeds_of[b]):
             parser.error(f"{a} and {b} seeds must be disjoint")

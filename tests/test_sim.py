@@ -91,8 +91,9 @@ def test_simulate_cli_writes_events_and_labels(tmp_path: Path) -> None:
 import collections  # noqa: E402
 import random  # noqa: E402
 import re  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 
-from distillguard.sim.fleet import ARCHETYPES, sample_campaign  # noqa: E402
+from distillguard.sim.fleet import ARCHETYPES, CampaignParams, sample_campaign  # noqa: E402
 from distillguard.sim.splits import load_wording, wording_strings  # noqa: E402
 
 ROBUST_SMALL = {"scale": 0.3, "sampled_campaigns": 2, "campaign_budget": 2500, "days": 4, "new_model_day": 2.0}
@@ -210,6 +211,19 @@ def test_sampled_campaigns_cover_the_space() -> None:
         assert len({getattr(c, axis) for c in drawn}) >= 2, axis
     assert any(c.attest for c in drawn) and any(c.ban_replace for c in drawn) and any(c.pivot for c in drawn)
     assert max(len(c.languages) for c in drawn) >= 8 and len(wording.languages) >= 8
+    # As budgeted in a world (8,000 requests), the draws reach every edge of the issue's space with real mass, jointly too:
+    # ~500 accounts at 2-3 requests a day for days is the corner the hold-out split found undetected (recall 0.654).
+    fitted = [sample_campaign(random.Random(i), "sampled", wording, days=7, release_day=3.5, budget=8_000) for i in range(1000)]
+
+    def share(test: Callable[[CampaignParams], bool]) -> float:
+        return sum(1 for c in fitted if test(c)) / len(fitted)
+
+    assert share(lambda c: c.accounts <= 8) >= 0.15 and share(lambda c: c.accounts >= 300) >= 0.15
+    assert share(lambda c: c.rate <= 3) >= 0.05 and share(lambda c: c.rate >= 200) >= 0.05
+    assert share(lambda c: c.accounts >= 300 and c.rate <= 3.5 and c.lifetime_days >= 3) >= 0.03  # the log-uniform draw: 0.006
+    assert share(lambda c: c.lifetime_days >= 5) >= 0.1 and share(lambda c: c.lifetime_days <= 1.2) >= 0.1
+    assert share(lambda c: c.elicit >= 0.7) >= 0.1
+    assert all(c.expected_requests() <= 8_000 * 1.01 for c in fitted)
     capped = [sample_campaign(random.Random(i), "sampled", wording, days=7, release_day=None, budget=3000) for i in range(50)]
     assert all(1_499 <= c.expected_requests() <= 3000 * 1.01 or c.rate in (2.0, 300.0) for c in capped)
     assert any(c.capped for c in capped)
@@ -403,3 +417,32 @@ def test_eval_reads_time_to_detect_on_a_fine_grid(tmp_path: Path) -> None:
     assert result["checkpoint_every_events"] == 500
     assert result["campaigns"]["camp_1"]["ours_share_of_requests_before_first_detection"] == pytest.approx(0.0375)
     assert len(scanner.reclusters) == 81 and sum(scanner.reclusters) == 17 and scanner.reclusters[0] and scanner.reclusters[-1]
+
+
+def test_eval_on_a_robust_world_counts_every_campaign_and_population_once(robust: dict, tmp_path: Path) -> None:
+    """On a whole simulated world (the real scanner), eval's per-campaign, per-population and worst-campaign numbers
+    are counts of what the log holds: each campaign's accounts that sent a request (replacements included) and their
+    requests, every scored account in exactly one population, the worst campaign the minimum, not the mean."""
+    events, labels, metas = robust["dev"]
+    path = tmp_path / "e.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in events))
+    result = evaluate([str(path)], labels)
+    sent = collections.Counter(e["account_id"] for e in events)
+    for campaign, info in labels["campaigns"].items():
+        row = result["campaigns"][campaign]
+        members = [a for a in info["accounts"] if a in sent]
+        assert row["accounts"] == len(members) and row["requests"] == sum(sent[a] for a in members), campaign
+        assert set(info["replacements"]) <= set(info["accounts"])
+        for key in ("ours_recall_at_fpr_0.005", "share_high_any_score", "share_in_clusters", "share_in_pure_clusters"):
+            assert 0.0 <= row[key] <= 1.0, (campaign, key)
+        assert row["share_in_pure_clusters"] <= row["share_in_clusters"]
+    populations = result["populations"]
+    assert sum(row["accounts"] for row in populations.values()) == result["accounts"] == len(sent)
+    for population in {v["population"] for v in labels["accounts"].values()}:
+        expected = sum(1 for a, v in labels["accounts"].items() if v["population"] == population and a in sent)
+        assert populations[population]["accounts"] == expected, population
+    negatives_high = sum(row["high"] for row in populations.values() if row["label"] in ("benign", "heavy_benign"))
+    assert result["targets"]["negatives_high"]["value"] == negatives_high
+    recalls = {c: row["ours_recall_at_fpr_0.005"] for c, row in result["campaigns"].items()}
+    assert result["worst_campaign"]["recall_at_fpr"]["value"] == min(recalls.values())
+    assert result["classes"]["distiller"]["positives"] == sum(1 for a, v in labels["accounts"].items() if v["label"] == "distiller")

@@ -100,6 +100,72 @@ def _log_uniform(rng: random.Random, low: float, high: float) -> float:
     return math.exp(rng.uniform(math.log(low), math.log(high)))
 
 
+def _uniform(rng: random.Random, low: float, high: float) -> float:
+    return rng.uniform(low, high)
+
+
+def _u_shaped(rng: random.Random, low: float, high: float) -> float:
+    """A draw over [low, high] with real mass near both ends: Beta(½, ½), the arcsine law.
+
+    It still covers the interior (40 % of draws fall in the middle half), but a fifth land in each tenth at the
+    ends — where a uniform draw puts a tenth, and a log-uniform draw of two axes puts 1 % in a joint corner.
+    """
+    return low + (high - low) * rng.betavariate(0.5, 0.5)
+
+
+def _log_u_shaped(rng: random.Random, low: float, high: float) -> float:
+    return math.exp(_u_shaped(rng, math.log(low), math.log(high)))
+
+
+@dataclass(frozen=True)
+class SpaceDraws:
+    """How ``_draw_space`` draws the continuous axes: sizes and rates (``size``), lifetimes and shares (``share``)."""
+
+    size: Callable[[random.Random, float, float], float]
+    share: Callable[[random.Random, float, float], float]
+
+
+# Dev's and test's ``sampled`` campaigns: every continuous axis U-shaped (log-scale for accounts and rates), so a
+# world's campaigns reach 5 and 500 accounts, 2 and 300 requests/account-day, one-day and whole-week lifetimes, 0 and
+# 80 % elicitation — the whole of the issue's space, not mostly its middle.
+SPACE = SpaceDraws(size=_log_u_shaped, share=_u_shaped)
+# The draws ``sampled`` had up to stop 13, kept as the base of the hold-out's ``corner`` campaigns (random stream unchanged).
+CORNER_BASE = SpaceDraws(size=_log_uniform, share=_uniform)
+
+
+def _draw_space(rng: random.Random, p: CampaignParams, draws: SpaceDraws, *, days: int, release_day: float | None,
+                languages: Callable[[int], tuple[str, ...]]) -> None:
+    """Draw every axis of the space independently (docs/evaluation.md, "The `robust` family")."""
+    size, share = draws.size, draws.share
+    p.accounts = int(size(rng, 5, 500))
+    p.rate = size(rng, 2, 300)
+    p.start_day = rng.uniform(0, days * 0.5)
+    p.lifetime_days = share(rng, 1, days - p.start_day)
+    p.timing = rng.choice(TIMINGS)
+    p.stream = rng.choice((0.0, 0.0, 0.5, 0.9))
+    p.attest = rng.random() < 0.3
+    p.tz_consistent = rng.random() < 0.6
+    p.multi_turn = rng.choice((0.0, 0.0, 0.2, 0.5))
+    p.system = rng.choice(("none", "shared", "per_account"))
+    p.wrappers = rng.choice(("none", "few", "paraphrased", "short"))
+    p.elicit = rng.choice((0.0, share(rng, 0, 0.8), share(rng, 0, 0.8)))
+    p.languages = languages(rng.choice((1, 1, 2, 3, 5, 8)))
+    p.grader = rng.choice((0.0, 0.0, 0.0, share(rng, 0.05, 0.5)))
+    p.network = rng.choice(NETWORKS)
+    p.hosting_asns = rng.randint(1, 3)
+    p.creation = rng.choice(("burst", "waves", "spread"))
+    p.benign_mix = rng.choice((0.0, 0.0, share(rng, 0.05, 0.5)))
+    p.ban_replace = rng.random() < 0.25
+    p.pivot = release_day is not None and rng.random() < 0.3
+    p.params = rng.choice(("benign", "benign", "pinned"))
+    p.pools = tuple(rng.sample(SWEEP_POOLS, rng.randint(1, len(SWEEP_POOLS))))
+    p.payments = rng.choice(("unique", "pooled", "pooled", "shared", "none"))
+    p.email = rng.choice(("webmail", "webmail", "mixed", "custom"))
+    p.ua = rng.choice(("shared", "varied"))
+    p.public_wrappers = rng.choice((0.0, 0.0, share(rng, 0.05, 0.5)))
+    p.public_system = rng.choice((0.0, 0.0, share(rng, 0.2, 1.0)))
+
+
 MIN_REQUESTS = 1_500
 CORNER_SHARE = 0.35  # each axis of a ``corner`` campaign goes to an extreme with this probability
 
@@ -150,36 +216,15 @@ def sample_campaign(rng: random.Random, archetype: str, wording: Wording, *, day
         return tuple(["en", *picked][:k]) if rng.random() < 0.7 else tuple(picked or ["en"])
 
     p = CampaignParams(archetype=archetype)
+    slow_first = False
     if archetype in ("sampled", "corner"):
-        p.accounts = int(_log_uniform(rng, 5, 500))
-        p.rate = _log_uniform(rng, 2, 300)
-        p.start_day = rng.uniform(0, days * 0.5)
-        p.lifetime_days = rng.uniform(1, days - p.start_day)
-        p.timing = rng.choice(TIMINGS)
-        p.stream = rng.choice((0.0, 0.0, 0.5, 0.9))
-        p.attest = rng.random() < 0.3
-        p.tz_consistent = rng.random() < 0.6
-        p.multi_turn = rng.choice((0.0, 0.0, 0.2, 0.5))
-        p.system = rng.choice(("none", "shared", "per_account"))
-        p.wrappers = rng.choice(("none", "few", "paraphrased", "short"))
-        p.elicit = rng.choice((0.0, rng.uniform(0, 0.8), rng.uniform(0, 0.8)))
-        p.languages = languages(rng.choice((1, 1, 2, 3, 5, 8)))
-        p.grader = rng.choice((0.0, 0.0, 0.0, rng.uniform(0.05, 0.5)))
-        p.network = rng.choice(NETWORKS)
-        p.hosting_asns = rng.randint(1, 3)
-        p.creation = rng.choice(("burst", "waves", "spread"))
-        p.benign_mix = rng.choice((0.0, 0.0, rng.uniform(0.05, 0.5)))
-        p.ban_replace = rng.random() < 0.25
-        p.pivot = release_day is not None and rng.random() < 0.3
-        p.params = rng.choice(("benign", "benign", "pinned"))
-        p.pools = tuple(rng.sample(SWEEP_POOLS, rng.randint(1, len(SWEEP_POOLS))))
-        p.payments = rng.choice(("unique", "pooled", "pooled", "shared", "none"))
-        p.email = rng.choice(("webmail", "webmail", "mixed", "custom"))
-        p.ua = rng.choice(("shared", "varied"))
-        p.public_wrappers = rng.choice((0.0, 0.0, rng.uniform(0.05, 0.5)))
-        p.public_system = rng.choice((0.0, 0.0, rng.uniform(0.2, 1.0)))
+        # Dev and test draw every continuous axis with real mass at both ends (``SPACE``); the hold-out's corners
+        # keep the draws they were made with (``CORNER_BASE``), so its worlds are what they were when first run.
+        _draw_space(rng, p, SPACE if archetype == "sampled" else CORNER_BASE, days=days, release_day=release_day, languages=languages)
         if archetype == "corner":
             _corners(rng, p, languages, release_day)
+        else:
+            slow_first = rng.random() < 0.5
     elif archetype == "quiet_sweep":
         p.accounts, p.rate = rng.randint(20, 60), rng.uniform(20, 60)
         p.start_day, p.lifetime_days = rng.uniform(0, 1), days
@@ -224,7 +269,10 @@ def sample_campaign(rng: random.Random, archetype: str, wording: Wording, *, day
             p.lifetime_days = min(days - p.start_day, p.lifetime_days * MIN_REQUESTS / p.expected_requests())
     if p.expected_requests() > budget:
         p.capped = True
-        p.lifetime_days = max(1.0, budget / (p.accounts * p.rate * (1 + 1.5 * p.multi_turn)))
+        if slow_first:  # a slow, long campaign: the rate goes down first (how 500 accounts end up at 2-3 a day all week)
+            p.rate = max(2.0, budget / (p.accounts * p.lifetime_days * (1 + 1.5 * p.multi_turn)))
+        if p.expected_requests() > budget:  # a burst: the lifetime shortened first, then the rate
+            p.lifetime_days = max(1.0, budget / (p.accounts * p.rate * (1 + 1.5 * p.multi_turn)))
         if p.expected_requests() > budget:
             p.rate = max(2.0, budget / (p.accounts * p.lifetime_days * (1 + 1.5 * p.multi_turn)))
     return p
