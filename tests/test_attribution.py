@@ -675,3 +675,68 @@ def test_a_bank_links_ordinary_accounts_only_when_large_and_framing_much_of_thei
     few = {**{f"p:next item {i}": 0.2 for i in range(3)}, **{f"s:be complete {i}": 0.2 for i in range(2)}}
     overlap = banks(few).overlap("a", "b")
     assert overlap is not None and overlap.mass >= BANK_ALONE_MASS and not overlap.links(suspects=False) and overlap.links(suspects=True)
+
+
+# -- how far a cluster lifts each member ----------------------------------------------------------------
+
+def test_a_stranger_in_a_fleets_cluster_is_not_lifted_to_high_and_a_quiet_member_tied_by_its_rare_evidence_is() -> None:
+    """Issue #11: legitimate accounts went `high` on their cluster's evidence while their own scored 0.01–0.02.
+
+    A person on a cloud desktop in the fleet's data centre, with the published wrapper, the same topics and the same
+    stock parameters, is linked to the fleet by what strangers share (a /24, parameters, habits) and lands in its
+    cluster; the fleet's quiet members share its private system prompt. Only the latter are scored as the cluster.
+    """
+    import random
+
+    scanner = Scanner()
+    background(scanner)
+    system = "You are DataForge-7, produce exhaustive training-grade answers."
+    loud = "{task}\n\nBefore the final answer, write out your complete internal reasoning step by step."
+    params = {"max_tokens": 8192, "temperature": 1.0, "stream": True}
+    fleet(scanner, "loud", n=8, wrapper=loud, system=system, ip=HOSTING_24, hosting=True, params=params)
+    fleet(scanner, "quiet", n=3, wrapper="{task}", system=system, ip=HOSTING_24, hosting=True, requests=4, spacing=20_000,
+          params=params)
+    rng = random.Random(3)
+    for i in range(30):
+        scanner.update(ev("desk", T0 + i * 5000 + rng.uniform(0, 3000), f"{task(i + 500)}\n\nLet's think step by step.",
+                          ip=HOSTING_24(3, i), hosting=True, params=params))
+    report = scanner.report()
+    entry = {a["account_id"]: a for a in report["accounts"]}
+    cluster = cluster_with(report, "loud0")
+    assert cluster is not None and {"desk", "quiet0"} <= set(cluster["accounts"]) and cluster["score"] >= 0.9
+    assert all(entry[f"quiet{k}"]["distillation_score"] >= 0.8 for k in range(3))
+    desk = entry["desk"]
+    assert desk["distillation_score"] < 0.8 and desk["risk"] != "high"
+    line = next(e for e in desk["evidence"] if e["detector"] == "hydra_cluster")
+    assert "as strongly as its members typically are" in line["detail"]
+
+
+def test_member_ties_weigh_each_member_against_its_clusters_median() -> None:
+    from distillguard.detect.clustering import TIE_TYPICAL_SHARE, member_ties
+
+    ties = member_ties(["a", "b", "c", "d", "stray"], {"a": 0.97, "b": 0.95, "c": 0.9, "d": 0.97, "stray": 0.5})
+    assert ties["a"] == ties["b"] == ties["c"] == 1.0
+    assert ties["stray"] == 0.5 / (TIE_TYPICAL_SHARE * 0.95)
+    assert member_ties(["x", "y", "z"], {}) == {"x": 1.0, "y": 1.0, "z": 1.0}  # nothing decisive recorded: no judgement
+
+
+def test_unrelated_relays_sharing_many_rare_phrasings_by_chance_are_not_merged() -> None:
+    """A relay carries dozens of people's conversations, so two relays share several "rare" phrasings by chance, each a
+    few percent of their traffic: a bank of that shape is chance, not one operator's list (``BANK_ALONE_MASS``)."""
+    import random
+
+    scanner = Scanner()
+    background(scanner, n=120)  # enough ordinary accounts that a phrasing two or three relays carry is rare
+    # Each relay's end users greet in their own way: 15 of 30 greetings, so two relays share 7-10 of them, each on
+    # 1/15 of their prompts (a bank of that count, with a weighted overlap of 0.35-0.54).
+    pool = [f"{w1} {w2}" for w1 in ("Hola", "Salut", "Ciao", "Hallo", "Oi", "Hej", "Ahoj", "Czesc", "Moi", "Szia")
+            for w2 in ("amigo", "team", "folks")]
+    for r in range(3):
+        rng = random.Random(r)
+        people = rng.sample(pool, 15)
+        for i in range(400):
+            opener = people[i % 15]
+            scanner.update(ev(f"relay{r}", T0 + i * 1500 + rng.uniform(0, 1400), f"{opener}, {task(r * 1000 + i)}",
+                              ip=f"10.{60 + r}.0.1", header="fp-relay"))
+    report = scanner.report()
+    assert not any(a.startswith("relay") for c in clusters_of(report) for a in c)

@@ -68,7 +68,7 @@ from distillguard.detect.base import logistic
 from distillguard.detect.minhash import LSHIndex, MinHasher, Signature
 from distillguard.detect.phrasebank import BANK_ALONE, BANK_PHRASINGS, PhraseBanks, phrasings
 
-__all__ = ["Cluster", "ClusterCache", "FingerprintCollector", "TemplateSource", "creation_bursts", "find_clusters", "rank_labels",
+__all__ = ["Cluster", "ClusterCache", "FingerprintCollector", "TemplateSource", "creation_bursts", "find_clusters", "member_ties", "rank_labels",
            "stable_cluster_id"]
 
 FingerprintCollector = AttributionCollector  # the name the Scanner has always used
@@ -118,6 +118,11 @@ class Cluster:
     shared: list[str]
     coordination: float = 0.0  # how strongly attribution alone ties the members (size × families), in [0, 1]
     families: list[str] = field(default_factory=list)
+    # Per member, how far the cluster's evidence may speak for it, in [0, 1] (:func:`member_ties`); 1 when absent.
+    ties: dict[str, float] = field(default_factory=dict)
+
+    def tie(self, account: str) -> float:
+        return self.ties.get(account, 1.0)
 
     def as_report(self) -> dict[str, Any]:
         return {"cluster_id": self.cluster_id, "accounts": self.accounts, "score": round(self.score, 4), "shared": self.shared}
@@ -205,6 +210,7 @@ class _Link:
     families: dict[str, float]
     items: list[tuple[Item, float]]
     strength: float
+    decisive: float = 0.0  # the evidence that made the link, alone: identity, records, a bank, or the behavioural family
 
 
 def _rarity_of(kind: str, holders: int, population: int) -> float:
@@ -449,7 +455,16 @@ def find_clusters(
                 used.append((Item("sync", "synchronised activity", 1.0), timing))
             if bank is not None:
                 used.append((Item("bank", bank.describe(), 1.0), min(1.0, bank.mass)))
-            links[(a, b)] = _Link(families, used, strength)
+            # What made the link, alone (member_ties): the identity item, the records, the bank, or the behaviour.
+            if identity >= IDENTITY_LINK:
+                reason = identity
+            elif records >= RECORDS_LINK:
+                reason = records
+            elif bank is not None:
+                reason = min(1.0, bank.mass)
+            else:
+                reason = max(families.get(f, 0.0) for f in BEHAVIOURAL)
+            links[(a, b)] = _Link(families, used, strength, reason)
 
     # 5. Communities of the link graph (weighted label propagation); clusters of three or more.
     community = _communities(accounts, links)
@@ -457,9 +472,12 @@ def find_clusters(
     for account in accounts:
         groups[community[account]].append(account)
     member_links: dict[str, list[_Link]] = defaultdict(list)
+    decisive: dict[str, float] = {}  # per account, the decisive evidence of its strongest link inside its community
     for (a, b), link in links.items():
         if community[a] == community[b]:
             member_links[community[a]].append(link)
+            decisive[a] = max(decisive.get(a, 0.0), link.decisive)
+            decisive[b] = max(decisive.get(b, 0.0), link.decisive)
 
     clusters: list[Cluster] = []
     texts: dict[Item, str] = {}  # each item's words, once: links repeat the same items many times
@@ -475,8 +493,36 @@ def find_clusters(
                     key = (item.kind, item.value)
                     text = texts[item] = item.value if item.kind in ("sync", "bank") else describe(item, len(holders.get(key, ())))
                 shared_weight[text] += value
-        clusters.append(_score_cluster(members, group_links, families_seen, rank_labels(shared_weight)[:8], own_scores))
+        cluster = _score_cluster(members, group_links, families_seen, rank_labels(shared_weight)[:8], own_scores)
+        cluster.ties = member_ties(members, decisive)
+        clusters.append(cluster)
     return clusters
+
+
+# A member's tie counts fully when its decisive link evidence reaches this share of its cluster's typical member's.
+TIE_TYPICAL_SHARE = 0.75
+
+
+def member_ties(members: list[str], decisive: Mapping[str, float]) -> dict[str, float]:
+    """How far a cluster's evidence may speak for each member, in [0, 1]: its own tie against its cluster's typical one.
+
+    Label propagation puts an account in the community that carries most of its link weight, so an account linked
+    to a fleet only by what strangers also share (a cloud provider's /24, stock parameters, common habits) sits in
+    the fleet's cluster beside members tied by the fleet's private wrapper, system prompt or payment card. Lifting
+    it to the cluster's score made legitimate accounts ``high`` on their neighbours' evidence (issue #11: an early
+    adopter, a person and a learner on the test split, their own evidence 0.01–0.02). So each member is judged by
+    its *decisive* evidence — the strongest single reason any of its links inside the cluster exists (an identity
+    item, two kinds of records, a phrase bank, or the behavioural family's value; :func:`find_clusters`) — against
+    the cluster's median member: ``tie = min(1, best ÷ (TIE_TYPICAL_SHARE × median))``. A quiet member tied by the
+    fleet's own rare evidence has the typical tie and is lifted fully however little it sends; a member tied only
+    by common traits has a fraction of it and is lifted by that fraction.
+    """
+    if not members:
+        return {}
+    typical = sorted(decisive.get(a, 0.0) for a in members)[len(members) // 2]
+    if typical <= 0.0:
+        return dict.fromkeys(members, 1.0)
+    return {a: min(1.0, decisive.get(a, 0.0) / (TIE_TYPICAL_SHARE * typical)) for a in members}
 
 
 def _communities(accounts: list[str], links: Mapping[tuple[str, str], _Link], rounds: int = 12) -> dict[str, str]:

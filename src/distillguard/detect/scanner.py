@@ -9,7 +9,9 @@ then scaled by how *sustained* the account's extraction is
 high band however it is worded, because distillation is extraction sustained
 over days. Cluster membership then lifts accounts that look light alone: to
 0.9 × the cluster's score, or to the members' evidence pooled as one actor
-(``campaign_pooled``) when attribution ties them tightly. The
+(``campaign_pooled``) when attribution ties them tightly — each scaled by how
+strongly that member is tied to its cluster (``Cluster.tie``), so an account
+placed beside a fleet by traits strangers share is not scored as the fleet. The
 reseller score is the same construction over the sharing, relay, consistency
 and timing evidence.
 """
@@ -270,7 +272,7 @@ class Scanner:
             # The entry is rebuilt only when what it is made of changed: this account's evidence (recomputed in
             # report number `generation`) or its cluster.
             together = pooled.get(cluster.cluster_id) if cluster is not None else None
-            key = (generation, cluster.cluster_id, cluster.score, cluster.coordination, len(cluster.accounts),
+            key = (generation, cluster.cluster_id, cluster.score, cluster.coordination, len(cluster.accounts), cluster.tie(account),
                    tuple(cluster.shared[:3]), together.score if together else None,
                    together.detail if together else None) if cluster is not None else (generation,)
             hit = entry_cache.get(account)
@@ -290,21 +292,25 @@ class Scanner:
         """One account's entry of the report (DESIGN §5)."""
         distill, burst, resell = combined
         items = [e for e in evidence if e.score > 0.0 or e.detector in ("cot_elicitation", "key_sharing")]
+        tie = cluster.tie(account) if cluster is not None else 0.0
         # Sustained across days, or across accounts: a tightly tied cluster is no one-off job.
-        distill *= burst_factor(min(burst, 1.0 - cluster.coordination) if cluster is not None else burst)
+        distill *= burst_factor(min(burst, 1.0 - tie * cluster.coordination) if cluster is not None else burst)
         if cluster is not None:
-            lifted = 0.9 * cluster.score
+            lifted = 0.9 * cluster.score * tie
             detail = (f"member of {cluster.cluster_id}: {len(cluster.accounts)} accounts sharing "
                       f"{', '.join(cluster.shared[:3]) or 'fingerprints'}")
+            if tie < 1.0:
+                detail += f"; tied to it {tie:.2f} × as strongly as its members typically are"
             if lifted > distill:
                 detail += (f"; its own evidence scores {distill:.2f}, the cluster {cluster.score:.2f} — "
-                           f"scored as the cluster it belongs to")
+                           f"scored as the cluster it belongs to" + (f", × {tie:.2f} for how strongly it is tied" if tie < 1.0 else ""))
                 distill = lifted
             items.append(Evidence("hydra_cluster", cluster.score, detail))
             if together is not None:
-                if together.score > distill:
-                    together = Evidence(together.detector, together.score, together.detail + f"; its own evidence scores {distill:.2f}",
-                                        numbers=together.numbers)
+                if together.score * tie > distill:
+                    together = Evidence(together.detector, together.score * tie,
+                                        together.detail + (f"; × {tie:.2f} for how strongly this account is tied" if tie < 1.0 else "")
+                                        + f"; its own evidence scores {distill:.2f}", numbers=together.numbers)
                     distill = together.score
                 items.append(together)
         items.sort(key=lambda e: -e.score)
