@@ -11,7 +11,7 @@ from distillguard.detect.clustering import Cluster
 from distillguard.detect.coverage import CoverageSweep
 from distillguard.detect.reasoning import ReasoningElicitation
 from distillguard.detect.sustained import SustainedExtraction
-from tests.test_detect_robust import DAY, HOUR, T0, TASKS, event
+from tests.test_detect_robust import CODE_TASKS, DAY, HOUR, T0, TASKS, event
 
 ELICIT = "Before the final answer, write out your complete internal reasoning step by step."
 
@@ -133,7 +133,8 @@ def test_sleeper_fleet_tied_tightly_reaches_high_on_its_first_day() -> None:
 
 def test_one_off_evaluation_jobs_pooled_stay_below_high() -> None:
     """Three benchmark runs with a public reasoning wrapper, each hundreds of prompts within an hour, even if
-    attribution tied them tightly: one benchmark's narrow capability mix and no elicitation keep them low."""
+    attribution tied them tightly: each member is a one-off batch job, so tied together they are still one-off
+    runs (the pooled score keeps the burst factor, half of it) although their 1,800 maths prompts are a sweep in depth."""
     scanner = Scanner()
     accounts = [f"evaljob{i}" for i in range(3)]
     for j, account in enumerate(accounts):
@@ -144,6 +145,7 @@ def test_one_off_evaluation_jobs_pooled_stay_below_high() -> None:
     scanner._refresh()
     pooled = scanner._pooled(_cluster(accounts, 0.95))
     assert pooled is not None and pooled.score < 0.8, pooled.detail
+    assert pooled.numbers["pooled_coverage_sweep"] > 0.9  # the depth is seen; the burst is what holds them
     scanner._clusters = lambda own: []  # type: ignore[method-assign]
     report = scanner.report()
     assert all(a["distillation_score"] < 0.8 for a in report["accounts"])
@@ -162,3 +164,22 @@ def test_tight_fleet_sweeping_without_any_reasoning_wording_is_high_and_a_loose_
     assert tight.numbers["pooled_cot_elicitation"] == 0.0 and "one more family" in tight.detail
     loose = scanner._pooled(_cluster(accounts, 0.4))
     assert loose is None or loose.score < 0.5, loose.detail
+
+
+def test_tight_fleet_sweeping_one_capability_is_high() -> None:
+    """A code-only sweep spread over 24 accounts (25 single-turn coding tasks per account-day, two days, no
+    elicitation): no capability breadth, but its depth in one capability is a sweep's, and with attribution and the
+    sustained volume that reaches high (before depth counted, coverage_sweep was 0 and the pool 0.48)."""
+    scanner = Scanner()
+    accounts = [f"coder{i}" for i in range(24)]
+    n = 0
+    for day in range(2):
+        for i, account in enumerate(accounts):
+            for k in range(25):
+                n += 1
+                task = CODE_TASKS[n % len(CODE_TASKS)].format(n=n)
+                scanner.update(event(account, T0 + day * DAY + 9 * HOUR + i * 60 + k * 900, [task], answer_tokens=500))
+    own = _best_own(scanner, accounts)
+    tight = scanner._pooled(_cluster(accounts, 0.9))
+    assert tight is not None and tight.score >= 0.8 > own, (tight.detail, own)
+    assert tight.numbers["pooled_coverage_sweep"] > 0.9 and "one domain in depth" in tight.detail

@@ -117,11 +117,11 @@ def test_one_off_evaluation_burst_is_not_high_but_the_same_sustained_is() -> Non
         _eval_burst(scanner, "harvester", T0 + day * DAY + 3 * HOUR, 240)
     report = scanner.report()
     assert entry(report, "eval-job")["risk"] != "high"
-    assert entry(report, "eval-job")["distillation_score"] < 0.65
+    assert entry(report, "eval-job")["distillation_score"] < 0.55
     assert entry(report, "harvester")["distillation_score"] > entry(report, "eval-job")["distillation_score"] + 0.15
     assert numbers(report, "harvester", "sustained_extraction")["active_days"] == 5
     why = next(e for e in entry(report, "eval-job")["evidence"] if e["detector"] == "sustained_extraction")
-    assert "one-off batch so far, so the distillation score is scaled by 0.70" in why["detail"]
+    assert "one-off batch so far, so the distillation score is scaled by 0.5" in why["detail"]
     assert why["numbers"]["burst"] > 0.95
 
 
@@ -159,6 +159,64 @@ def test_sweep_dressed_as_conversations_with_generic_follow_ups_is_still_a_sweep
     assert found is not None
     assert found.numbers["generic_follow_ups"] > 40 and found.numbers["follow_ups"] == 0
     assert found.score > 0.8
+
+
+CODE_TASKS = ["Complete this Python function:\n\ndef sum_digits_{n}(x):\n    \"\"\"Return the sum of the digits of x.\"\"\"",
+              "Write a function to find the {n}-th smallest element of an unsorted array.",
+              "Implement a function that checks whether a string of {n} brackets is balanced.",
+              "Write a Python program that merges {n} sorted lists into one sorted list."]
+
+
+def _code_request(detector: CoverageSweep, account: str, turns: list[str]) -> None:
+    messages = [m for k, t in enumerate(turns)
+                for m in ([{"role": "user", "content": t}] + ([{"role": "assistant", "content": "def f(): pass"}] if k < len(turns) - 1 else []))]
+    detector.update({"account_id": account, "request": {"messages": messages}})
+
+
+def test_a_sweep_of_one_capability_in_depth_is_a_sweep_and_a_heavy_coder_is_not() -> None:
+    """Harvesting one domain is still harvesting: 300 single-turn coding tasks (and generic "continue"s) have no
+    capability breadth at all, but their depth in one capability is a sweep's. A heavy coder sends as many coding
+    requests, in conversations whose follow-ups ask something of their own."""
+    detector = CoverageSweep()
+    for n in range(300):
+        task = CODE_TASKS[n % len(CODE_TASKS)].format(n=n)
+        _code_request(detector, "code-sweep", [task] if n % 4 else [task, "continue"])
+    for n in range(100):  # 400 requests: conversations of four turns that build on the answers
+        task = CODE_TASKS[n % len(CODE_TASKS)].format(n=n)
+        turns = [task, "That fails on an empty list, can you fix it?", "Now add type hints and a docstring for it.",
+                 "Write three pytest tests for the edge cases you handled."]
+        for k in range(1, 5):
+            _code_request(detector, "heavy-coder", turns[:k])
+    sweep, coder = detector.evidence("code-sweep"), detector.evidence("heavy-coder")
+    assert sweep is not None and coder is not None
+    assert sweep.numbers["breadth_bits"] == 0.0 and sweep.score > 0.9, sweep.detail
+    assert "one domain in depth" in sweep.detail and "(code)" in sweep.detail
+    assert coder.score < 0.05, coder.detail
+    # A few dozen single-turn coding questions are not yet depth.
+    small = CoverageSweep()
+    for n in range(40):
+        _code_request(small, "asker", [CODE_TASKS[n % len(CODE_TASKS)].format(n=n)])
+    found = small.evidence("asker")
+    assert found is not None and found.score < 0.2, found.detail
+
+
+def test_a_single_account_sweeping_code_for_days_is_medium_and_a_code_api_app_is_low() -> None:
+    """One account, 60 single-turn coding tasks a day for five days, long answers: no elicitation, no breadth — the
+    depth of its sweep, its long answers and its sustained volume take it to medium (0.16 before depth counted);
+    alone, without elicitation or a fleet, it is not high. An API app sends the same coding prompts at the same
+    rate with short answers (a linter bot's one-line verdicts): nothing worth distilling, low (0.23)."""
+    scanner = Scanner()
+    for day in range(5):
+        for k in range(60):
+            n = day * 60 + k
+            task = CODE_TASKS[n % len(CODE_TASKS)].format(n=n)
+            t = T0 + day * DAY + 8 * HOUR + k * 600
+            scanner.update(event("code-sweeper", t, [task], answer_tokens=600, ip="159.89.10.5", asn=14061, hosting=True))
+            scanner.update(event("lint-app", t + 5, [task], answer_tokens=25, max_tokens=64, system="Reply PASS or FAIL."))
+    report = scanner.report()
+    assert entry(report, "code-sweeper")["risk"] == "medium", entry(report, "code-sweeper")
+    assert numbers(report, "code-sweeper", "coverage_sweep")["depth_requests"] == 300
+    assert entry(report, "lint-app")["risk"] == "low", entry(report, "lint-app")
 
 
 # -- rotating addresses ----------------------------------------------------------------------------------------------
@@ -289,6 +347,10 @@ def test_paraphrased_and_translated_elicitation_is_recognised(text: str) -> None
     "Explícame paso a paso cómo resolver una ecuación cuadrática.",
     "I wrote this proof, is my reasoning correct?",
     "Write a poem about autumn.",
+    # An evaluation job's public wrapper around a multiple-choice item (the dev split's wording).
+    "Answer the following question. Think step by step, then write the final answer after \"Answer:\".\n\n"
+    "Which of these is a noble gas?\nA. Oxygen\nB. Argon\nC. Nitrogen\nD. Carbon",
+    "Which of these is a noble gas?\nA. Oxygen\nB. Argon\nC. Nitrogen\nD. Carbon\nPlease reason step by step, and put your final answer within \\boxed{}.",
 ])
 def test_learner_and_benchmark_wording_is_not_elicitation(text: str) -> None:
     assert elicitation_score(f"What is 17 * 23?\n\n{text}")[0] < 0.5

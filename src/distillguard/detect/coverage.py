@@ -2,8 +2,10 @@
 
 A person converses: follow-ups that carry earlier answers, on a few topics.
 A sweep fires single-turn prompts across many capabilities (maths, code,
-science, writing, ...). Capabilities are recognised by cheap cues; breadth is
-the entropy of the capability mix, in bits.
+science, writing, ...) — or hundreds of them into one capability: harvesting
+one domain in depth is still harvesting. Capabilities are recognised by cheap
+cues; breadth is the entropy of the capability mix, in bits; depth is how many
+unbuilt requests went into the one recognised capability most asked for.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from typing import Any
 from distillguard.detect.base import Detector, Evidence, confidence, logistic, user_text
 from distillguard.detect.textmatch import StemSearch, fold_case
 
-__all__ = ["CoverageSweep", "builds_on_earlier", "capability"]
+__all__ = ["DEPTH_MIDPOINT", "CoverageSweep", "builds_on_earlier", "capability"]
+
+# Unbuilt requests into one capability at which depth counts as half a sweep (see CoverageSweep._evidence_of).
+DEPTH_MIDPOINT = 100.0
 
 # Cues are tried in order; the first that matches names the request's capability.
 _CUES = (
@@ -171,13 +176,24 @@ class CoverageSweep(Detector):
         unbuilt = (s.single_turn + s.generic_follow_ups) / s.requests
         total = sum(s.capabilities.values())
         entropy = -sum((c / total) * math.log2(c / total) for c in s.capabilities.values() if c)
-        # Midpoints: 85 % single-turn, 1.6 bits of capability mix (about three capabilities in even use).
-        score = logistic(unbuilt, 0.85, 0.05) * logistic(entropy, 1.6, 0.25) * confidence(s.requests, 20.0)
+        # Depth: the unbuilt requests (estimated as the unbuilt share of them) in the recognised capability asked
+        # most — "other" is no capability. A code-only sweep has no breadth at all; a heavy coder converses (follow-ups
+        # that build), an API app's one capability comes with short answers (token_economics, sustained_extraction).
+        domain, in_domain = max(((k, v) for k, v in s.capabilities.items() if k != "other"), key=lambda kv: kv[1],
+                                default=("other", 0))
+        deep = in_domain * unbuilt
+        # Midpoints: 85 % single-turn; 1.6 bits of capability mix (about three capabilities in even use) or
+        # DEPTH_MIDPOINT unbuilt requests into one capability (0.12 at 50, 0.88 at 200, 0.99 at 400).
+        breadth = logistic(entropy, 1.6, 0.25)
+        depth = logistic(math.log10(1.0 + deep), math.log10(DEPTH_MIDPOINT), 0.15)
+        score = logistic(unbuilt, 0.85, 0.05) * max(breadth, depth) * confidence(s.requests, 20.0)
         top = ", ".join(f"{k} {v}" for k, v in sorted(s.capabilities.items(), key=lambda kv: -kv[1])[:5])
+        detail = (f"{single:.0%} single-turn, {s.follow_ups} follow-ups building on earlier answers, {s.generic_follow_ups} generic "
+                  f"(\"continue\", \"more\"); capability mix {entropy:.2f} bits ({top})")
+        if depth > breadth and depth >= 0.5:
+            detail += f"; about {deep:.0f} unbuilt requests into one capability ({domain}): a sweep of one domain in depth"
         return Evidence(
-            self.name, score,
-            f"{single:.0%} single-turn, {s.follow_ups} follow-ups building on earlier answers, {s.generic_follow_ups} generic "
-            f"(\"continue\", \"more\"); capability mix {entropy:.2f} bits ({top})",
+            self.name, score, detail,
             numbers={"single_turn": round(single, 3), "breadth_bits": round(entropy, 3), "follow_ups": s.follow_ups,
-                     "generic_follow_ups": s.generic_follow_ups},
+                     "generic_follow_ups": s.generic_follow_ups, "depth_requests": round(deep, 1)},
         )

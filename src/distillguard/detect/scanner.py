@@ -222,7 +222,8 @@ class Scanner:
         the members' median, and the cluster's coordination is one more family (``POOL_TIED_WEIGHT``): a fleet's
         attribution, a sweep's shape and its sustained volume are three independent families that together reach
         high, where any one of them alone does not. The result is scaled like an account's — by the pooled
-        burst, which coordination relieves as in :meth:`report` — and then by how strongly attribution ties the
+        burst, which coordination relieves as in :meth:`report` unless the typical member is itself a one-off batch
+        job — and then by how strongly attribution ties the
         members (``POOL_GATE``: a loosely tied group is not taken to be one actor). Every member gets at least it.
         """
         members = cluster.accounts
@@ -240,7 +241,11 @@ class Scanner:
                 by_name[name] = values[len(values) // 2] if values else 0.0
         distill = _sigmoid(DISTILL_BIAS + sum(w * by_name.get(n, 0.0) for n, w in DISTILL_WEIGHTS.items())
                            + POOL_TIED_WEIGHT * cluster.coordination)
-        distill *= burst_factor(min(self.sustained.pooled_burst(members), 1.0 - cluster.coordination))
+        # Coordination relieves the pooled burst (a fleet's first day is not a one-off batch) — unless the members
+        # are each a one-off batch job themselves: several evaluation runs tied together are still one-off runs.
+        bursts = sorted(self.sustained.burst(a) for a in members)
+        typical_burst = bursts[len(bursts) // 2] if bursts else 0.0
+        distill *= burst_factor(max(min(self.sustained.pooled_burst(members), 1.0 - cluster.coordination), typical_burst))
         score = distill * gate
         parts = "; ".join(f"{e.detector}: {e.detail}" for e in together)
         return Evidence("campaign_pooled", score,

@@ -42,7 +42,7 @@ __all__ = ["BURST_FLOOR", "SustainedExtraction", "burst_factor", "job_size", "pe
 
 _MAX_DAYS = 400
 # A one-off burst keeps at most this share of its distillation score (see burst_factor).
-BURST_FLOOR = 0.7
+BURST_FLOOR = 0.5
 
 
 def persistence(span_hours: float, active_days: int) -> float:
@@ -72,8 +72,10 @@ def job_size(requests: int) -> float:
 def burst_factor(burst: float) -> float:
     """What share of its distillation score an account keeps, from how much it is a one-off burst (0 to 1).
 
-    From 1 (not a burst) down to ``BURST_FLOOR``: a large one-off burst tops out in the medium band (0.7 < 0.8)
-    and has to come back on another day — or belong to a cluster — to reach high.
+    From 1 (not a burst) down to ``BURST_FLOOR``: a large one-off burst tops out at the edge of the medium band
+    (0.5) and has to come back on another day — or belong to a cluster — to reach high. At 0.7 (until stop 14)
+    release-day evaluation jobs, whose one benchmark is a sweep in depth (coverage_sweep), sat at 0.64–0.70 and
+    set the 0.5 %-FPR threshold: a one-day burst that never returns should not resemble sustained extraction.
     """
     return 1.0 - (1.0 - BURST_FLOOR) * burst
 
