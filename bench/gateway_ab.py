@@ -1,6 +1,7 @@
 """Two source trees of the gateway under the same load at the same time: CPU per request, paired.
 
     python bench/gateway_ab.py --before REV [--pairs 5] [--duration 6] [--loads sse:64,json:64,sse:1,json:1]
+    python bench/gateway_ab.py --before-src DIR ...   (DIR: an already-built ``src/``, e.g. a compiled checkout)
 
 Why paired and concurrent: on a machine shared with other work, CPU per
 request of a whole gateway moves by ±30 % from one run to the next (it is paid
@@ -15,12 +16,20 @@ alike. Each pair gives a ratio (now / before) of CPU per request of the two
 processes (all threads); the table shows the median ratio over the pairs, and
 the medians of each side. Absolute figures are inflated by the two set-ups
 sharing the machine; the ratio is the figure to read.
+
+``git archive`` gives source only, so ``--before REV`` runs that tree as pure
+Python, even when the current tree is a compiled build (``setup.py``). To
+compare two compiled builds, build the other tree in place (``setup.py
+build_ext --inplace`` in a copy of it) and pass its ``src/`` as
+``--before-src``. The report says, for each side, whether its compiled modules
+were current (a stale build runs from source: ``distillguard/_compiled.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import runpy
 import statistics
 import subprocess
 import sys
@@ -33,9 +42,22 @@ from gateway_overhead import PYTHON, ROOT, checkout_src, cpu_s, free_port, run_w
 from measure import source_line, src_digest, stop_sessions, write_report
 
 
+def build_state(src: Path) -> str:
+    """Whether the tree under ``src`` runs compiled: its extension modules present and built from its current source."""
+    compiled = runpy.run_path(str(src / "distillguard" / "_compiled.py"))
+    root = src.resolve()
+    if not compiled["_built_here"](root):
+        return "pure Python (no compiled build)"
+    stale = compiled["stale_modules"](root)
+    return f"**stale compiled build, runs from source** ({len(stale)} modules changed)" if stale else "compiled (current build)"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--before", required=True, metavar="REV", help="git revision to compare the current tree with")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--before", metavar="REV", help="git revision to compare the current tree with (its source, pure Python)")
+    which.add_argument("--before-src", metavar="DIR", type=Path, help="an already-built src/ directory to compare with "
+                       "(e.g. a compiled copy of another revision)")
     parser.add_argument("--pairs", type=int, default=5)
     parser.add_argument("--duration", type=int, default=6)
     parser.add_argument("--loads", default="sse:64,json:64,sse:1,json:1", help="kind:connections, comma-separated")
@@ -55,7 +77,8 @@ def main() -> int:
 
     lines = []
     try:
-        before_src = checkout_src(args.before, work / "before")
+        before_src = checkout_src(args.before, work / "before") if args.before else args.before_src.resolve()
+        now_src = ROOT / "src"
         sides = {}
         for tag, src in (("before", before_src), ("now", None)):
             port = free_port()
@@ -63,8 +86,10 @@ def main() -> int:
             upstream = f"http://127.0.0.1:{port}/v1"
             wait(upstream + "/models")
             sides[tag] = start_gateway(work, tag, upstream, spawn, src=src)
-        lines += [f"Load average before: {load_before}. `before` is `{args.before}`; `now` is the current tree. "
-                  f"{args.pairs} pairs of {args.duration} s per load, both set-ups driven at the same time.", "",
+        named = f"`{args.before}` (git archive: source only)" if args.before else f"`{before_src}`"
+        lines += [f"Load average before: {load_before}. `before` is {named}, {build_state(before_src)}; `now` is the "
+                  f"current tree, {build_state(now_src)}. {args.pairs} pairs of {args.duration} s per load, both set-ups "
+                  "driven at the same time.", "",
                   "| load | CPU ms/request, before (median) | now (median) | now / before, median of pairs | pairs | "
                   "req/s now / before (median) |", "|---|---:|---:|---:|---|---:|"]
         for load in args.loads.split(","):

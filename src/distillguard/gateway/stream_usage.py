@@ -57,6 +57,8 @@ class UsageChunkFilter:
 
     def feed(self, data: bytes) -> bytes:
         data = self._frames.join(data)
+        if not data:  # (the relay feeds the reader's empty flush at every stream's end)
+            return data
         if not _has_usage_object(data) and data.endswith(b"\n\n"):
             return data  # whole events without a usage object: the common chunk, passed as it is
         events = self._frames.events(data)

@@ -275,7 +275,15 @@ class EventSink:
                 if self._spill_files() and (self.store_ok or time.monotonic() >= self._next_retry):
                     self._replay_spill()
                 continue
-            self._drain_all(final=False)
+            began = time.monotonic()
+            self._drain_all(final=False, at_most=len(self._queue))
+            # One round per flush interval while events keep coming, unless a whole batch is already waiting: a
+            # transaction per few events (what draining back to back gave at thousands of requests/s) rewrote the same
+            # table and index pages into SQLite's log again and again and made it checkpoint far more often, all of it
+            # CPU of the gateway's process (bench/RESULTS.md, "SSE at c=64").
+            pause = self.flush_interval_s - (time.monotonic() - began)
+            if pause > 0 and len(self._queue) < self.batch_size:
+                self._stop.wait(pause)
 
     def _guard_queue(self) -> None:
         """The overflow guard: spill everything above the low-water mark at once (everything, while the store is down or
@@ -311,7 +319,9 @@ class EventSink:
                 break
         return batch
 
-    def _drain_all(self, *, final: bool) -> None:
+    def _drain_all(self, *, final: bool, at_most: int | None = None) -> None:
+        """Deliver the held batches, then the queue: all of it (``final``, and by default), or ``at_most`` events of it
+        (the writer's round: what was queued when it began, not what keeps arriving meanwhile)."""
         with self._lock:
             held, self._held = self._held, []
         for i, batch in enumerate(held):
@@ -320,8 +330,11 @@ class EventSink:
                 with self._lock:
                     self._held.extend(held[i + 1 :])
                 return
-        while self._queue:
-            self._deliver(self._take_batch())
+        left = len(self._queue) if final or at_most is None else at_most
+        while self._queue and (final or left > 0):
+            batch = self._take_batch(None if final else min(self.batch_size, left))
+            left -= len(batch)
+            self._deliver(batch)
             if not final and (self._stop.is_set() or self._held):
                 break
         if final and self._held:
