@@ -12,6 +12,11 @@ clients. Each scenario runs on a fresh database and spill directory:
   after their deadline, as with a stopped server; chmod would not do, the bench
   runs as root), then the signal while the store is still locked.
 
+``--store postgresql`` runs the same scenarios on a PostgreSQL server started
+from Debian's packages (tests/pg_fixtures.py), one new database per scenario;
+its outage is the server stopped (``pg_ctl stop -m fast``: connections refused,
+as in issue #13's "30 s PostgreSQL stop"), started again after the signal.
+
 Acknowledged = a 2xx the client received (its ``x-request-id``). Afterwards the
 lock is released, the gateway is started once more on the same database and
 spill directory and stopped with SIGTERM (it turns a killed process's
@@ -22,62 +27,33 @@ Each scenario runs with the event write-ahead log on (the default) and off
 (``event_wal.enabled: false``) in the same run, unless ``--wal`` picks one.
 
     .venv/bin/python bench/event_durability.py [--seconds 6] [--concurrency 32] [--timeout 2] [--wal both|on|off]
+                                               [--store sqlite|postgresql]
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import signal
 import sqlite3
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-import aiohttp
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.gateway_fixtures import RunningGateway, start_gateway  # noqa: E402
+from tests.pg_fixtures import PostgresServer, fresh_database  # noqa: E402
 
 from distillguard.store import iter_events  # noqa: E402
 from gateway_overhead import free_port, wait  # noqa: E402
-from measure import ROOT, spawn_logged, src_digest, stop_sessions, write_report  # noqa: E402
+from measure import ROOT, ClosedLoop, spawn_logged, src_digest, stop_sessions, write_report  # noqa: E402
 
 CHAT = {"model": "bench-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
 NO_LIMITS = {"requests_per_min": None, "tokens_per_min": None, "concurrent_requests": None, "daily_tokens": None}
 SCENARIOS = ["sigterm", "sigkill", "outage+sigterm", "outage+sigkill"]
-
-
-class Load:
-    """Closed-loop clients on one asyncio loop in a thread; keeps the request id of every 2xx answer."""
-
-    def __init__(self, url: str, secret: str, concurrency: int) -> None:
-        self.url, self.headers, self.concurrency = url, {"Authorization": f"Bearer {secret}"}, concurrency
-        self.acknowledged: list[str] = []
-        self.failed = 0
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
-
-    async def _client(self, session: aiohttp.ClientSession) -> None:
-        while not self.stop.is_set():
-            try:
-                async with session.post(self.url, headers=self.headers, json=CHAT) as answer:
-                    await answer.read()
-                    if 200 <= answer.status < 300 and answer.headers.get("x-request-id"):
-                        self.acknowledged.append(answer.headers["x-request-id"])
-                    else:
-                        self.failed += 1
-            except (TimeoutError, aiohttp.ClientError):
-                self.failed += 1
-                await asyncio.sleep(0.01)
-
-    async def _run(self) -> None:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
-            await asyncio.gather(*(self._client(session) for _ in range(self.concurrency)))
 
 
 def _spilled_ids(spill_dir: Path) -> list[str]:
@@ -90,15 +66,22 @@ def _wal_lines(spill_dir: Path) -> int:
     return sum(path.read_bytes().count(b"\n") for path in (spill_dir / "wal").glob("*.wal"))
 
 
-def run_scenario(name: str, upstream: str, seconds: float, concurrency: int, timeout: float, wal: bool) -> dict[str, float]:
+def run_scenario(name: str, upstream: str, seconds: float, concurrency: int, timeout: float, wal: bool,
+                 pg: PostgresServer | None = None) -> dict[str, float]:
     work = Path(tempfile.mkdtemp(prefix=f"dg-durable-{name.replace('+', '-')}-"))
     settings = {"log_level": "warning", "limits": NO_LIMITS, "database_timeout_s": timeout, "event_wal": {"enabled": wal}}
+    if pg is not None:
+        settings["database"] = fresh_database(pg)
     gw: RunningGateway = start_gateway(work, upstream, **settings)
-    load = Load(gw.base_url + "/chat/completions", gw.create_key("bench")["secret"], concurrency)
+    load = ClosedLoop(gw.base_url + "/chat/completions", gw.create_key("bench")["secret"], CHAT, concurrency)
     load.thread.start()
     time.sleep(seconds)
     lock: sqlite3.Connection | None = None
-    if name.startswith("outage"):
+    outage = name.startswith("outage")
+    if outage and pg is not None:
+        pg.stop()
+        time.sleep(seconds)
+    elif outage:
         lock = sqlite3.connect(gw.database.removeprefix("sqlite:///"), isolation_level=None, timeout=30)
         lock.execute("BEGIN EXCLUSIVE")
         time.sleep(seconds)
@@ -112,6 +95,8 @@ def run_scenario(name: str, upstream: str, seconds: float, concurrency: int, tim
     if lock is not None:
         lock.rollback()
         lock.close()
+    if outage and pg is not None:
+        pg.restart()
     queued_at_death = len(_spilled_ids(gw.spill_dir))
     in_wal_at_death = _wal_lines(gw.spill_dir)
     again = start_gateway(work, upstream, **settings)  # replays the spill files at start, drains them at SIGTERM
@@ -121,7 +106,7 @@ def run_scenario(name: str, upstream: str, seconds: float, concurrency: int, tim
     stored = {e["request_id"] for e in iter_events(gw.database)}
     spilled = set(_spilled_ids(gw.spill_dir))
     lost = acknowledged - stored - spilled
-    return {"acknowledged": len(acknowledged), "rate": len(acknowledged) / (seconds * (2 if lock else 1)),
+    return {"acknowledged": len(acknowledged), "rate": len(acknowledged) / (seconds * (2 if outage else 1)),
             "failed": failed_before_signal, "spilled_at_death": queued_at_death, "wal_at_death": in_wal_at_death, "lost": len(lost), "code": code or 0,
             "exit_s": exit_s, "per_10k": 10_000 * len(lost) / max(1, len(acknowledged))}
 
@@ -133,9 +118,14 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=2.0, help="database_timeout_s of the gateway")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated subset of " + ", ".join(SCENARIOS))
     parser.add_argument("--wal", choices=["both", "on", "off"], default="both", help="the event write-ahead log in each scenario")
+    parser.add_argument("--store", choices=["sqlite", "postgresql"], default="sqlite",
+                        help="the event store; postgresql: a server from Debian's packages, its outage a stop")
     args = parser.parse_args()
     began, digest = time.perf_counter(), src_digest()
     procs: list = []
+    pg = PostgresServer() if args.store == "postgresql" else None
+    if pg is not None:
+        pg.url = pg.start()  # type: ignore[attr-defined]
     work = Path(tempfile.mkdtemp(prefix="dg-durable-up-"))
     up_port = free_port()
     spawn_logged(procs, work, [sys.executable, str(ROOT / "bench" / "fast_upstream.py"), "--port", str(up_port)], "upstream.log")
@@ -145,7 +135,7 @@ def main() -> None:
     try:
         modes = {"both": [True, False], "on": [True], "off": [False]}[args.wal]
         for name, wal in [(name, wal) for name in args.scenarios.split(",") for wal in modes]:
-            r = run_scenario(name, upstream, args.seconds, args.concurrency, args.timeout, wal)
+            r = run_scenario(name, upstream, args.seconds, args.concurrency, args.timeout, wal, pg)
             rows.append(f"| {name} | {'on' if wal else 'off'} | {r['acknowledged']:,} | {r['rate']:,.0f} | {r['failed']:,} | "
                         f"{r['spilled_at_death']:,} | {r['wal_at_death']:,} | "
                         f"{int(r['code'])} in {r['exit_s']:.1f} s | {r['lost']:,} | {r['per_10k']:.1f} | "
@@ -153,12 +143,16 @@ def main() -> None:
             print(rows[-1], flush=True)
     finally:
         stop_sessions(procs)
+        if pg is not None:
+            pg.cleanup()
+    outage = (f"outages stop the PostgreSQL server (`pg_ctl stop -m fast`) for another {args.seconds:g} s and signal while it "
+              "is down" if pg is not None else
+              f"outages hold SQLite's exclusive lock for another {args.seconds:g} s and signal while it is held")
     lines = [
         "## Events lost per 10,000 acknowledged requests (`bench/event_durability.py`)",
         "",
-        f"One gateway on SQLite, fast upstream, {args.concurrency} closed-loop aiohttp clients on the same machine; "
-        f"{args.seconds:g} s of load before the signal; outages hold SQLite's exclusive lock for another {args.seconds:g} s "
-        f"and signal while it is held; `database_timeout_s: {args.timeout:g}`. "
+        f"One gateway on {'PostgreSQL' if pg is not None else 'SQLite'}, fast upstream, {args.concurrency} closed-loop aiohttp "
+        f"clients on the same machine; {args.seconds:g} s of load before the signal; {outage}; `database_timeout_s: {args.timeout:g}`. "
         "Machine shared with other engineers' work (2 cores): rates are low and noisy, the loss ratio is the figure.",
         "",
         "| scenario | write-ahead log | acknowledged (2xx) | ack/s | not 2xx before the signal | events in spill files at exit | "
@@ -166,7 +160,7 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|---|---|---|",
         *rows,
     ]
-    write_report("event_durability.md", lines, began, digest)
+    write_report(f"event_durability{'_postgresql' if pg is not None else ''}.md", lines, began, digest)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ peak RSS, not the whole process family's.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import hashlib
@@ -15,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -130,3 +132,44 @@ def spawn_logged(procs: list[subprocess.Popen[bytes]], work: Path, cmd: list[str
                                 start_new_session=True)
     procs.append(proc)
     return proc
+
+
+class ClosedLoop:
+    """``concurrency`` aiohttp clients on one asyncio loop in a thread, each posting ``body`` again as soon as its
+    answer is read, until :attr:`stop` is set. Every answer is kept as (sent at, status, seconds, ``x-request-id``);
+    connection errors are counted (the gateway going away under a signal is one)."""
+
+    def __init__(self, url: str, secret: str, body: dict[str, Any], concurrency: int) -> None:
+        self.url, self.headers, self.body, self.concurrency = url, {"Authorization": f"Bearer {secret}"}, body, concurrency
+        self.answers: list[tuple[float, int, float, str]] = []
+        self.errors = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    @property
+    def acknowledged(self) -> list[str]:
+        """The request ids of the 2xx answers: what the clients were told was done."""
+        return [rid for _, status, _, rid in self.answers if 200 <= status < 300 and rid]
+
+    @property
+    def failed(self) -> int:
+        return self.errors + sum(1 for _, status, _, rid in self.answers if not (200 <= status < 300 and rid))
+
+    async def _client(self, session: Any) -> None:
+        import aiohttp
+
+        while not self.stop.is_set():
+            sent = time.time()
+            try:
+                async with session.post(self.url, headers=self.headers, json=self.body) as answer:
+                    await answer.read()
+                    self.answers.append((sent, answer.status, time.time() - sent, answer.headers.get("x-request-id", "")))
+            except (TimeoutError, aiohttp.ClientError):
+                self.errors += 1
+                await asyncio.sleep(0.01)
+
+    async def _run(self) -> None:
+        import aiohttp  # only the benchmarks that drive load need it
+
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+            await asyncio.gather(*(self._client(session) for _ in range(self.concurrency)))

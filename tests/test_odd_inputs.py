@@ -43,8 +43,8 @@ FIELDS = ["model", "messages", "stream", "max_tokens", "temperature", "n", "logp
 MESSAGE_FIELDS = ["role", "content", "tool_calls", "reasoning_content"]
 CONTENT_PARTS: list[Any] = [[{"type": "text", "text": 5}], [{"type": 5}], [{"type": "tool_use", "id": 5, "name": 5, "input": 5}],
                             [{"type": "tool_result", "tool_use_id": 5, "content": [5]}], [{"type": "text"}]]
-HEADERS = ["user-agent", "anthropic-version", "anthropic-beta", "x-forwarded-for", "x-distillguard-attestation",
-           "x-distillguard-install", "content-type", "x-stainless-os"]
+HEADERS = ["user-agent", "anthropic-version", "anthropic-beta", "x-forwarded-for", "x-real-ip", "accept-language",
+           "dg-client-signals", "signature", "signature-input", "content-type", "x-request-id"]
 HEADER_VALUES = [b"\xff\xfe", b"a\x00b", b"\x80" * 300, b""]
 
 
@@ -149,6 +149,36 @@ def _raw(gateway: RunningGateway, data: bytes) -> bytes:
                 break
             answer += chunk
     return answer
+
+
+# Framing a parser may hand the application as None, or not at all: each is answered with a status line (501 for a
+# transfer coding the server does not know, RFC 9112 §6.1), never a closed connection.
+FRAMINGS: dict[str, tuple[bytes, bytes]] = {
+    "absolute-form": (b"GET http://gw/healthz HTTP/1.1\r\nHost: gw\r\n\r\n", b"200"),
+    "fragment": (b"GET /healthz#x HTTP/1.1\r\nHost: gw\r\n\r\n", b"200"),
+    "no query, empty host": (b"GET /healthz HTTP/1.1\r\nHost: \r\n\r\n", b"200"),
+    "asterisk-form": (b"OPTIONS * HTTP/1.1\r\nHost: gw\r\n\r\n", b"404"),
+    "CONNECT": (b"CONNECT gw:80 HTTP/1.1\r\nHost: gw\r\n\r\n", b"400"),
+    "HTTP/2 preface": (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", b"400"),
+    "TLS client hello": (bytes.fromhex("16030100a5010000a10303") + bytes(200), b"400"),
+    "negative length": (b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Length: -1\r\n\r\n{}", b"400"),
+    "100-digit length": (b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Length: " + b"9" * 100 + b"\r\n\r\n{}", b"400"),
+    "length list": (b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Length: 2, 2\r\n\r\n{}", b"400"),
+    "unknown coding": (b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: xchunked\r\n\r\n", b"501"),
+    "chunk extension not UTF-8": (b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                  b"2;a=\xff\r\n{}\r\n0\r\n\r\n", b"400"),
+    "header name not UTF-8": (b"GET /healthz HTTP/1.1\r\nHost: gw\r\nX\xffA: b\r\n\r\n", b"400"),
+    "host not UTF-8": (b"GET /healthz HTTP/1.1\r\nHost: \xff\xfe\r\n\r\n", b"400"),
+    "path %00 and %ff": (b"GET /v1/%00%ff HTTP/1.1\r\nHost: gw\r\n\r\n", b"404"),
+    "query not UTF-8": (b"GET /admin/v1/events?since=\xff HTTP/1.1\r\nHost: gw\r\n\r\n", b"400"),
+}
+
+
+@pytest.mark.parametrize("framing", list(FRAMINGS))
+def test_odd_framing_gets_a_status_line(gateway: RunningGateway, framing: str) -> None:
+    data, status = FRAMINGS[framing]
+    answer = _raw(gateway, data)
+    assert answer.startswith(b"HTTP/1.1 " + status + b" "), answer[:200]
 
 
 @pytest.mark.parametrize("name", HEADERS)
