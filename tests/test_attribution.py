@@ -718,6 +718,12 @@ def test_member_ties_weigh_each_member_against_its_clusters_median() -> None:
     assert ties["a"] == ties["b"] == ties["c"] == 1.0
     assert ties["stray"] == 0.5 / (TIE_TYPICAL_SHARE * 0.95)
     assert member_ties(["x", "y", "z"], {}) == {"x": 1.0, "y": 1.0, "z": 1.0}  # nothing decisive recorded: no judgement
+    # Tied by one family (an e-mail domain and a sign-up slot: the records rule) where the typical member is tied by three:
+    # a third, however strong that one link; two families, or one identity item, count fully.
+    kinds = {"a": {"content", "infra", "meta"}, "b": {"content", "infra", "meta"}, "d": {"content", "infra", "meta"}, "c": {"content", "meta"},
+             "records": {"meta"}, "card": {"meta", "identity"}}
+    ties = member_ties(list(kinds), dict.fromkeys(kinds, 0.9), kinds)
+    assert ties["records"] == 1 / 3 and ties["a"] == ties["c"] == ties["card"] == 1.0
 
 
 def test_unrelated_relays_sharing_many_rare_phrasings_by_chance_are_not_merged() -> None:
@@ -740,3 +746,32 @@ def test_unrelated_relays_sharing_many_rare_phrasings_by_chance_are_not_merged()
                               ip=f"10.{60 + r}.0.1", header="fp-relay"))
     report = scanner.report()
     assert not any(a.startswith("relay") for c in clusters_of(report) for a in c)
+
+
+def test_a_large_quiet_fleet_rotating_addresses_clusters_and_vpn_users_do_not() -> None:
+    """A 60-account fleet, 8 requests each on a new residential network every time, one private wrapper: so many
+    accounts rotate that, judged by its share of the log, rotating looked common and stopped counting as a family.
+    Rotation is rare by construction (few people's traffic does it); VPN users who rotate, with their own wording,
+    stay apart."""
+    import random
+
+    scanner = Scanner()
+    background(scanner, n=150)
+    rng = random.Random(11)
+    for u in range(12):  # people on VPNs: a new exit most of the time, their own words
+        for i in range(12):
+            scanner.update(ev(f"vpn{u:02d}", T0 + u * 500 + i * 20_000 + rng.uniform(0, 9000),
+                              f"{rng.choice(OPENERS)} {rng.choice(TOPICS)} {rng.choice(CLOSERS)}", ip=f"10.{rng.randrange(256)}.{rng.randrange(256)}.3",
+                              asn=rng.choice([9009, 60068, 212238])))
+    wrapper = "Résous le problème suivant, sans détour.\n\n{task}"
+    for k in range(60):
+        for i in range(8):
+            scanner.update(ev(f"q{k:03d}", T0 + k * 37 + i * 40_000 + rng.uniform(0, 30_000), wrapper.format(task=task(k * 8 + i)),
+                              ip=f"{rng.randrange(11, 220)}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}",
+                              asn=rng.randrange(1000, 60000)))
+    report = scanner.report()
+    fleet_clusters = [c for c in clusters_of(report) if any(a.startswith("q") for a in c)]
+    assert len(fleet_clusters) == 1
+    (cluster,) = fleet_clusters
+    assert len(cluster) >= 57 and all(a.startswith("q") for a in cluster)
+    assert not any(a.startswith("vpn") for c in clusters_of(report) for a in c)

@@ -211,11 +211,18 @@ class _Link:
     items: list[tuple[Item, float]]
     strength: float
     decisive: float = 0.0  # the evidence that made the link, alone: identity, records, a bank, or the behavioural family
+    identity: bool = False  # made by one identity item (the same enrolled install or payment fingerprint)
 
 
 def _rarity_of(kind: str, holders: int, population: int) -> float:
     if kind == "burst":
         return 1.0  # rare by construction (an excess over the creation rate), however many accounts it holds
+    if kind == "rotation":
+        # Rare by construction too: a new network on most requests is what few people's traffic does (VPN users
+        # switch some of the time), but a large campaign rotating addresses made it common in the background it is
+        # judged against — 690 of 2,100 accounts on dev seed 4 — so its rarity fell to 0.45 and the trait stopped
+        # counting as a family exactly when a campaign was big enough to matter.
+        return 1.0
     return rarity(holders, population, RARE_SHARE_ATTRIBUTE if kind == "attribute" else RARE_SHARE)
 
 
@@ -464,7 +471,7 @@ def find_clusters(
                 reason = min(1.0, bank.mass)
             else:
                 reason = max(families.get(f, 0.0) for f in BEHAVIOURAL)
-            links[(a, b)] = _Link(families, used, strength, reason)
+            links[(a, b)] = _Link(families, used, strength, reason, identity >= IDENTITY_LINK)
 
     # 5. Communities of the link graph (weighted label propagation); clusters of three or more.
     community = _communities(accounts, links)
@@ -473,11 +480,15 @@ def find_clusters(
         groups[community[account]].append(account)
     member_links: dict[str, list[_Link]] = defaultdict(list)
     decisive: dict[str, float] = {}  # per account, the decisive evidence of its strongest link inside its community
+    kinds: dict[str, set[str]] = defaultdict(set)  # per account, the families (and "identity") of its links there
     for (a, b), link in links.items():
         if community[a] == community[b]:
             member_links[community[a]].append(link)
             decisive[a] = max(decisive.get(a, 0.0), link.decisive)
             decisive[b] = max(decisive.get(b, 0.0), link.decisive)
+            tying = {f for f, v in link.families.items() if v >= 0.3} | ({"identity"} if link.identity else set())
+            kinds[a] |= tying
+            kinds[b] |= tying
 
     clusters: list[Cluster] = []
     texts: dict[Item, str] = {}  # each item's words, once: links repeat the same items many times
@@ -494,7 +505,7 @@ def find_clusters(
                     text = texts[item] = item.value if item.kind in ("sync", "bank") else describe(item, len(holders.get(key, ())))
                 shared_weight[text] += value
         cluster = _score_cluster(members, group_links, families_seen, rank_labels(shared_weight)[:8], own_scores)
-        cluster.ties = member_ties(members, decisive)
+        cluster.ties = member_ties(members, decisive, kinds)
         clusters.append(cluster)
     return clusters
 
@@ -503,26 +514,39 @@ def find_clusters(
 TIE_TYPICAL_SHARE = 0.75
 
 
-def member_ties(members: list[str], decisive: Mapping[str, float]) -> dict[str, float]:
+def member_ties(members: list[str], decisive: Mapping[str, float], kinds: Mapping[str, AbstractSet[str]] | None = None) -> dict[str, float]:
     """How far a cluster's evidence may speak for each member, in [0, 1]: its own tie against its cluster's typical one.
 
     Label propagation puts an account in the community that carries most of its link weight, so an account linked
-    to a fleet only by what strangers also share (a cloud provider's /24, stock parameters, common habits) sits in
-    the fleet's cluster beside members tied by the fleet's private wrapper, system prompt or payment card. Lifting
-    it to the cluster's score made legitimate accounts ``high`` on their neighbours' evidence (issue #11: an early
-    adopter, a person and a learner on the test split, their own evidence 0.01–0.02). So each member is judged by
-    its *decisive* evidence — the strongest single reason any of its links inside the cluster exists (an identity
-    item, two kinds of records, a phrase bank, or the behavioural family's value; :func:`find_clusters`) — against
-    the cluster's median member: ``tie = min(1, best ÷ (TIE_TYPICAL_SHARE × median))``. A quiet member tied by the
-    fleet's own rare evidence has the typical tie and is lifted fully however little it sends; a member tied only
-    by common traits has a fraction of it and is lifted by that fraction.
+    to a fleet only by what strangers also share (a cloud provider's /24, stock parameters, common habits; a
+    free-mail domain and a sign-up in the same hour) sits in the fleet's cluster beside members tied by the fleet's
+    private wrapper, system prompt or payment card. Lifting it to the cluster's score made legitimate accounts
+    ``high`` on their neighbours' evidence (issue #11: an early adopter, a person and a learner on the test split,
+    their own evidence 0.01–0.02; on dev seed 3 an early adopter tied to a 24-account fleet by the records rule
+    alone). So each member is judged against its cluster's median member twice, and the weaker judgement counts:
+
+    - its *decisive* evidence — the strongest single reason any of its links inside the cluster exists (an identity
+      item, two kinds of records, a phrase bank, or the behavioural family's value; :func:`find_clusters`):
+      ``min(1, best ÷ (TIE_TYPICAL_SHARE × median))``;
+    - the *families* tying it (``kinds``: content, time, infra, meta at ≥ 0.3 in one of its links): a member tied
+      by one family where the typical member is tied by several counts for ``1 ÷ typical``; two or more families,
+      or one identity item (the same enrolled install or payment fingerprint), count fully.
+
+    A quiet member tied by the fleet's own rare evidence has the typical tie and is lifted fully however little it
+    sends; a member tied by common traits only, or by one kind of evidence, is lifted by the fraction.
     """
     if not members:
         return {}
+    kinds = kinds or {}
     typical = sorted(decisive.get(a, 0.0) for a in members)[len(members) // 2]
-    if typical <= 0.0:
-        return dict.fromkeys(members, 1.0)
-    return {a: min(1.0, decisive.get(a, 0.0) / (TIE_TYPICAL_SHARE * typical)) for a in members}
+    typical_kinds = sorted(len(kinds.get(a, ())) for a in members)[len(members) // 2]
+    out = {}
+    for a in members:
+        strong = min(1.0, decisive.get(a, 0.0) / (TIE_TYPICAL_SHARE * typical)) if typical > 0.0 else 1.0
+        found = kinds.get(a, frozenset())
+        wide = 1.0 if "identity" in found or len(found) >= 2 or not typical_kinds else min(1.0, len(found) / typical_kinds)
+        out[a] = min(strong, wide)
+    return out
 
 
 def _communities(accounts: list[str], links: Mapping[tuple[str, str], _Link], rounds: int = 12) -> dict[str, str]:
