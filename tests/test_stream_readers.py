@@ -9,12 +9,15 @@ broken stream). tests/test_protocol_properties.py checks them with Hypothesis.
 from __future__ import annotations
 
 import random
+import re
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from distillguard.gateway.responses import AnthropicStreamReader, OpenAIStreamReader
+from distillguard.gateway.responses import AnthropicStreamReader, OpenAIStreamReader, _data_payloads
 from distillguard.gateway.upstream_http import UpstreamProtocolError
 
 
@@ -92,3 +95,11 @@ def test_anthropic_stream_summary() -> None:
     out = stripping.feed(body) + stripping.flush()
     assert b"hmm, let me see" not in out and b"Hello" in out
     assert stripping.summary.stripped_chars == len("hmm, let me see")
+
+
+@given(st.lists(st.sampled_from([b"data:", b"data: ", b"data", b"event: x", b"\n", b"\r\n", b"\r", b" ", b":", b"{}",
+                                 b'"data: q"', b"[DONE]", b"x"]), max_size=30).map(b"".join))
+def test_data_lines_are_found_exactly_as_the_regular_expression_finds_them(lines: bytes) -> None:
+    """The readers' ``bytes.find`` scan for ``data:`` lines replaced this regular expression; it must agree on any input:
+    a ``data:`` inside a line is not a payload, a CR stays in the payload (JSON ignores it), a last line may lack its LF."""
+    assert _data_payloads(lines) == re.findall(rb"^data:(.*)$", lines, re.MULTILINE)

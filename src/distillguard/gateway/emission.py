@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import time
 from typing import Any
 
@@ -31,6 +32,14 @@ __all__ = ["LOGGED_ONLY", "Emitter"]
 log = logging.getLogger("distillguard.gateway")
 
 LOGGED_ONLY = frozenset(("unknown_route", "distillguard.enroll"))  # refusals summarised in the log; these requests have no events
+
+
+def latency_ms(started: float) -> float:
+    """Milliseconds since ``started`` (a ``perf_counter`` reading), to hundredths, as events record them.
+
+    Not ``round(x, 2)``: for a float that goes through its decimal digits, ~0.6 µs per request, as much as building
+    the rest of the response part; this is the same value (half-way cases round up rather than to even)."""
+    return math.floor((time.perf_counter() - started) * 100_000 + 0.5) / 100
 
 
 class Emitter:
@@ -148,7 +157,7 @@ class Emitter:
                 "client": {"ip": ex.peer, "user_agent": None, "header_fp": None, "geo": {"country": None, "asn": None, "hosting": None}},
                 "attestation": None, "request": {"system": None, "messages": [], "params": {}},
                 "response": {"status": ex.status, "text": None, "reasoning_chars": 0, "prompt_tokens": None, "completion_tokens": None,
-                             "finish_reason": None, "latency_ms": round((time.perf_counter() - ex.started) * 1000, 2),
+                             "finish_reason": None, "latency_ms": latency_ms(ex.started),
                              "error": ex.error or f"event_error: {type(exc).__name__}"},
                 "policy": {"action": "allow", "rule": None}, "watermark": {"key_id": ex.watermark_key},
             }
@@ -194,7 +203,7 @@ class Emitter:
                 "prompt_tokens": summary.prompt_tokens if summary is not None else None,
                 "completion_tokens": summary.completion_tokens if summary is not None else None,
                 "finish_reason": finish_reason,
-                "latency_ms": round((time.perf_counter() - ex.started) * 1000, 2),
+                "latency_ms": latency_ms(ex.started),
                 "error": ex.error,
             },
             "policy": policy,

@@ -224,7 +224,23 @@ def summarise_anthropic(
     return changed
 
 
-_DATA_LINE = re.compile(rb"^data:(.*)$", re.MULTILINE)  # JSON ignores the surrounding whitespace
+def _data_payloads(lines: bytes) -> list[bytes]:
+    """What follows ``data:`` on each line of ``lines`` that starts with it, up to the line's end (JSON ignores the
+    whitespace around a payload: the space after the colon, a CR before the LF).
+
+    Exactly what ``re.findall(rb"^data:(.*)$", lines, re.MULTILINE)`` finds, by ``bytes.find``: a quarter of the time
+    of that regular expression, which tries every position (bench/RESULTS.md, "SSE at c=64").
+    """
+    payloads: list[bytes] = []
+    start = lines.find(b"data:")
+    while start >= 0:
+        end = lines.find(b"\n", start)
+        if start == 0 or lines[start - 1] == 10:  # at the start of a line (10: LF)
+            payloads.append(lines[start + 5 :] if end < 0 else lines[start + 5 : end])
+        if end < 0:
+            break
+        start = lines.find(b"data:", end + 1)
+    return payloads
 
 
 class _SSEReader(ABC):
@@ -249,7 +265,7 @@ class _SSEReader(ABC):
             return chunk if not self.strip_reasoning else b""
         complete, self._buffer = data[: last_newline + 1], data[last_newline + 1 :]
         if not self.strip_reasoning:
-            self._read_all(_DATA_LINE.findall(complete))
+            self._read_all(_data_payloads(complete))
             return chunk
         if self.summarize_reasoning:
             return self._summarise_lines(complete.split(b"\n")[:-1])

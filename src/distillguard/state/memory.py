@@ -297,7 +297,7 @@ class MemoryState:
         idle = []
         for name, subject in self._subjects.items():
             subject.trim(now)
-            if not subject:  # an empty window
+            if len(subject) == 0:  # an empty window
                 idle.append(name)
                 if subject.day == day and subject.day_tokens:
                     parked[name] = subject.day_tokens

@@ -159,6 +159,8 @@ class EventSink:
         self._spill_seq = itertools.count()
         self._next_retry = 0.0
         self._next_spill_complaint = 0.0
+        self._spilled_since_look = True  # (first write: look for what a previous process left)
+        self._next_spill_look = 0.0
         self.retention_days = retention_days
         self.purge_interval_s = purge_interval_s
         self._next_purge = time.monotonic() + min(60.0, purge_interval_s)  # first purge soon after start
@@ -362,7 +364,7 @@ class EventSink:
                 if not self.store_ok:
                     log.warning("event store recovered; replaying spill files")
                 self.store_ok = True
-                if self._spill_files():
+                if self._spill_look_due() and self._spill_files():
                     self._replay_spill()
                 return
         self._spill(batch)
@@ -412,6 +414,18 @@ class EventSink:
             self._write_started = None
 
     # -- spill and replay ------------------------------------------------------------
+    def _spill_look_due(self) -> bool:
+        """Whether a store write should be followed by a look for spill files to replay: at once when this process has
+        spilled since the last look (the store has just come back), else once per retry interval (files of another
+        gateway sharing the directory, or of a previous process). A directory listing after every write was ~5 % of
+        the writer thread's CPU under load (bench/RESULTS.md, "SSE at c=64")."""
+        now = time.monotonic()
+        if not self._spilled_since_look and now < self._next_spill_look:
+            return False
+        self._spilled_since_look = False
+        self._next_spill_look = now + self.retry_interval_s
+        return True
+
     def _spill_files(self) -> list[Path]:
         try:
             return sorted(self.spill_dir.glob("spill-*.jsonl"))
@@ -482,6 +496,7 @@ class EventSink:
             return
         with self._lock:
             self.spilled += len(batch)
+        self._spilled_since_look = True
         self._commit(batch)
 
     def _replay_spill(self) -> None:
