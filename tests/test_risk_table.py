@@ -148,3 +148,36 @@ def test_a_restarted_scorer_stamps_its_generation_and_sweeps_what_it_does_not_ho
     assert dropped.removed == 1 and not client.hexists(KEY, "acct_new")
     reader.close()
     client.close()
+
+
+def test_the_scanner_names_the_entries_it_rebuilt_and_the_publisher_trusts_it(redis: RedisServer) -> None:
+    """``Scanner.rebuilt`` is exactly the accounts whose entry object is new; the publisher looks only at those, and keeps
+    hashes, not the entries (the old version of a rebuilt entry is free as soon as the scanner drops it)."""
+    from distillguard.detect.scanner import Scanner
+    from tests.test_scorer_heap import _event
+
+    scanner = Scanner()
+    for account in range(3):
+        for i in range(4):
+            scanner.update(_event(account, i))
+    first = {e["account_id"]: e for e in scanner.report()["accounts"]}
+    assert scanner.rebuilt == set(first)
+    scanner.update(_event(1, 9))
+    second = {e["account_id"]: e for e in scanner.report(recluster=False)["accounts"]}
+    assert scanner.rebuilt == {"acct_1"}
+    assert second["acct_0"] is first["acct_0"] and second["acct_1"] is not first["acct_1"] and second["acct_1"]["requests"] == 5
+
+    client = CountingRedis.from_url(redis.url)
+    client.written = []
+    client.flushdb()
+    publisher = RiskTablePublisher(client)
+    publisher.publish(list(first.values()), set(first))
+    assert sorted(client.written) == ["acct_0", "acct_1", "acct_2"]
+    client.written.clear()
+    publisher.publish(list(second.values()), scanner.rebuilt)
+    assert client.written == ["acct_1"]
+    client.written.clear()
+    tampered = {**second["acct_2"], "requests": 99}  # not rebuilt by the scanner's account: taken as unchanged
+    publisher.publish([second["acct_0"], second["acct_1"], tampered], {"acct_1"})
+    assert client.written == []
+    client.close()

@@ -105,7 +105,7 @@ class AccountStates(dict[str, S], Generic[S]):
         return state
 
 
-@dataclass
+@dataclass(slots=True)  # ~9 per updated account held through a report: no per-instance __dict__
 class Evidence:
     detector: str
     score: float

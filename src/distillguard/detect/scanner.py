@@ -50,6 +50,7 @@ DISTILL_WEIGHTS = {"cot_elicitation": 7.0, "coverage_sweep": 3.0, "token_economi
 RESELLER_BIAS = -4.0
 RESELLER_WEIGHTS = {"key_sharing": 8.0, "relay_sharing": 6.0, "consistency": 1.5, "timing": 1.0}
 HIGH, MEDIUM = 0.8, 0.5
+SHOWN_AT_ZERO = ("cot_elicitation", "key_sharing")  # evidence an entry lists even at score 0; others only above it
 # How strongly a cluster's members must be tied (its coordination) before their pooled evidence counts for each of
 # them: logistic(coordination; midpoint, width).
 POOL_GATE = (0.5, 0.08)
@@ -62,6 +63,11 @@ POOL_TIED_WEIGHT = 3.0
 
 def _sigmoid(z: float) -> float:
     return 1.0 / (1.0 + math.exp(-z))
+
+
+def _shown(evidence: list[Evidence]) -> list[Evidence]:
+    """The evidence an entry lists: above zero, or one of ``SHOWN_AT_ZERO``."""
+    return [e for e in evidence if e.score > 0.0 or e.detector in SHOWN_AT_ZERO]
 
 
 def risk_band(score: float) -> str:
@@ -114,6 +120,9 @@ class Scanner:
         self._releases_seen: dict[str, float] = {}
         self._last_clusters: list[Cluster] | None = None
         self.cluster_cost_s = 0.0  # CPU seconds the last report spent clustering (this thread's)
+        # The accounts whose entry the last report built anew; every other entry is the very object of the report before
+        # (the central scorer's risk table publishes only these, state/risk_table.py).
+        self.rebuilt: set[str] = set()
 
     def set_indicators(self, indicators: IndicatorSet) -> None:
         """Match ``indicators`` from now on (a running scorer's store had new ones imported, store/indicators.py).
@@ -196,18 +205,24 @@ class Scanner:
             self._releases_seen = releases
             self._dirty = set(self.accounts)
         cache = self._evidence_cache
+        entries = self._entry_cache
         generation = self._reports
         fresh = self._fresh = {}
         for account in self._dirty:
-            found = fresh[account] = self._evidence(account)
+            # Its entry is rebuilt in this report whatever happens (its generation changes): let the old one go before
+            # the new evidence is made, not after, so that a report over many updated accounts does not hold both.
+            entries.pop(account, None)
+            found = self._evidence(account)
             cache[account] = (self._combine(account, found), generation)
+            fresh[account] = _shown(found)
         self._dirty = set()
 
     def _evidence_of(self, account: str) -> list[Evidence]:
-        """An account's evidence as of the last refresh: this report's, or recomputed from its unchanged state."""
+        """An account's evidence as of the last refresh, as far as its entry or a cluster's pooled score reads it (a zero
+        score reads as absent): this report's, or recomputed from its unchanged state."""
         found = self._fresh.get(account)
         if found is None:
-            found = self._fresh[account] = self._evidence(account)
+            found = self._fresh[account] = _shown(self._evidence(account))
         return found
 
     def _pooled(self, cluster: Cluster) -> Evidence | None:
@@ -271,6 +286,8 @@ class Scanner:
         pooled = {c.cluster_id: self._pooled(c) for c in clusters}
         entries: list[dict[str, Any]] = []
         entry_cache = self._entry_cache
+        rebuilt = self.rebuilt = set()
+        fresh = self._fresh
         for account in self.accounts:
             combined, generation = cached[account]
             cluster = membership.get(account)
@@ -285,7 +302,9 @@ class Scanner:
                 entries.append(hit[1])
                 continue
             entry = self._entry(account, self._evidence_of(account), combined, cluster, together)
+            fresh.pop(account, None)  # in the entry now: its Evidence objects go as the loop goes, not at its end
             entry_cache[account] = (key, entry)
+            rebuilt.add(account)
             entries.append(entry)
         self._fresh = {}  # what this report computed is in its entries now
         entries.sort(key=lambda e: (-max(float(e["distillation_score"]), float(e["reseller_score"])), str(e["account_id"])))
@@ -296,7 +315,7 @@ class Scanner:
                cluster: Cluster | None, together: Evidence | None = None) -> dict[str, Any]:
         """One account's entry of the report (DESIGN §5)."""
         distill, burst, resell = combined
-        items = [e for e in evidence if e.score > 0.0 or e.detector in ("cot_elicitation", "key_sharing")]
+        items = _shown(evidence)
         tie = cluster.tie(account) if cluster is not None else 0.0
         # Sustained across days, or across accounts: a tightly tied cluster is no one-off job.
         distill *= burst_factor(min(burst, 1.0 - tie * cluster.coordination) if cluster is not None else burst)

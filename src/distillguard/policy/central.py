@@ -363,7 +363,8 @@ class CentralScorer:
         except Exception:
             log.exception("central scorer: applying a report failed")
         try:
-            self.risk_table.publish(report["accounts"])  # bounded per report; Redis errors are logged there and retried next time
+            # bounded per report; Redis errors are logged there and retried next time
+            self.risk_table.publish(report["accounts"], scanner.rebuilt)
         except Exception:
             log.exception("central scorer: publishing the risk table failed")
         self._reports += 1
@@ -400,7 +401,9 @@ def run_scorer(settings: Settings, stop: threading.Event) -> None:
         return links[-1]
 
     notifier = RedisNotifier(settings.state, WRITER_ID, timeout_s=max(1.0, settings.state_timeout_s))
-    engine = PolicyEngine(settings, registry=registry, notifier=notifier, scorer=link)
+    # It serves no requests: of each report it needs only what goes to the risk snapshot (every account's entry goes to
+    # the risk table in Redis), so the previous report's other entries are not kept while the scanner builds the next.
+    engine = PolicyEngine(settings, registry=registry, notifier=notifier, scorer=link, hold_unflagged=False)
     scorer = links[0]
     scorer.database = settings.database  # to rebuild from if Redis loses the stream
     scorer.rebuild_max_events = max(settings.detection.replay_max_events, 1000)

@@ -73,11 +73,14 @@ def _score(entry: dict[str, Any]) -> float:
 class PolicyEngine:
     def __init__(self, settings: Settings, registry: Any = None, *, publish_every_s: float = 1.0,
                  risk_store: RiskStore | None = None, notifier: ChangeNotifier | None = None,
-                 scorer: ScorerFactory | None = None, published_risk: PublishedRisk | None = None) -> None:
+                 scorer: ScorerFactory | None = None, published_risk: PublishedRisk | None = None,
+                 hold_unflagged: bool = True) -> None:
         """``scorer`` makes the link to the scorer from the report callback; default: a child process (``detection.scorer: local``).
 
         ``published_risk``: the central scorer's table of every account it scored (state/risk_table.py), which the
-        risk endpoint reads for accounts this process holds no entry for (below the flag threshold)."""
+        risk endpoint reads for accounts this process holds no entry for (below the flag threshold).
+        ``hold_unflagged=False`` (the fleet's central scorer, which serves no requests): of each report only the entries
+        that go to the risk snapshot are kept (at or above the threshold, or acted on for shared indicators)."""
         self.settings = settings.detection
         self.online = settings.detection.online
         self.attestation_required = frozenset(settings.attestation.required_for_accounts)
@@ -94,6 +97,7 @@ class PolicyEngine:
         self._shared: RiskDocument = {"ts": 0.0, "accounts": {}, "clusters": {}}  # the store's snapshot, as last read
         self.notifier = notifier  # Redis pub/sub with state: redis (state/notify.py): other processes reload at once
         self.published_risk = published_risk
+        self.hold_unflagged = hold_unflagged
         self._sync_now = threading.Event()  # set by a new report: merge it into the snapshot without waiting for the tick
         self._view_lock = threading.Lock()  # the reader thread and the writer thread both rebuild the view
         self._report_seq = self._synced_seq = 0
@@ -253,12 +257,13 @@ class PolicyEngine:
     # -- scorer feed -----------------------------------------------------------------------------
     def _on_report(self, report: dict[str, Any]) -> None:
         with self._view_lock:
-            self._own_risk = {entry["account_id"]: entry for entry in report["accounts"]}
+            threshold = self.settings.flag_threshold
+            self._own_risk = {entry["account_id"]: entry for entry in report["accounts"]
+                              if self.hold_unflagged or _score(entry) >= threshold or self._indicated(entry)}
             self._own_clusters = report["clusters"]
             self._report_seq += 1
             self._rebuild_view()
         self._sync_now.set()
-        threshold = self.settings.flag_threshold
         cluster_of = {member: cluster for cluster in self._clusters if cluster["score"] >= threshold for member in cluster["accounts"]}
         self._alert(report)
         for entry in report["accounts"]:

@@ -22,12 +22,14 @@ never decodes with the wrong one.
 Incremental and bounded: :class:`RiskTablePublisher` sends only the entries
 that changed since the last report (any field: score, level, cluster, evidence,
 request count), at most ``max_per_report`` per report; the rest wait, latest
-version only, oldest change first, for the next report. An entry the scanner
-did not rebuild is the same object as in the last report, so finding the
-changed ones costs one identity test per account; rebuilt entries are compared
-by value (a rebuilt entry is often equal). The previous report's entries are
-the ones the policy engine holds anyway. A publish that fails (Redis down)
-keeps its entries waiting and is logged once per outage.
+version only, oldest change first, for the next report. The scanner says which
+entries it rebuilt (``Scanner.rebuilt``); the others are unchanged, so finding
+the changed ones costs one set lookup per account, and a rebuilt entry is
+compared with the hash of the JSON last written for it (a rebuilt entry is
+often equal). Only those hashes are kept, not the last report's entries: those
+kept the old version of every rebuilt entry alive while the scanner built the
+next report. A publish that fails (Redis down) keeps its entries waiting and is
+logged once per outage.
 
 Redis losing its data (restart without persistence, flush) empties the hash:
 the scorer notices that the hash is gone (one ``EXISTS`` per report) and
@@ -52,7 +54,7 @@ import logging
 import struct
 import time
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -116,8 +118,12 @@ class EntryCodec:
         return cls(sample[-DICT_BYTES:])
 
     def encode(self, entry: Mapping[str, Any]) -> bytes:
+        return self.encode_json(_json(entry))
+
+    def encode_json(self, data: bytes) -> bytes:
+        """The stored value of an entry already serialised by :func:`_json`."""
         deflate = self._base.copy()
-        return self._header + deflate.compress(_json(entry)) + deflate.flush()
+        return self._header + deflate.compress(data) + deflate.flush()
 
     def decode(self, account_id: str, value: bytes) -> dict[str, Any]:
         inflate = zlib.decompressobj(-WBITS, zdict=self.zdict)
@@ -223,7 +229,10 @@ class RiskTablePublisher:
     def __init__(self, client: redis.Redis, *, max_per_report: int = MAX_PER_REPORT) -> None:
         self._client = client
         self.max_per_report = max_per_report
-        self._previous: dict[str, Mapping[str, Any]] = {}  # the last report's entries, by account (identity tells "unchanged")
+        # Every account of the last report → hash of its entry's JSON as last written (None: not written yet). Digests,
+        # not the entries: holding the last report's entries kept the old version of every rebuilt entry alive while
+        # the scanner built the next report (bench/RESULTS.md, "The central scorer's memory").
+        self._known: dict[str, int | None] = {}
         self._waiting: dict[str, Mapping[str, Any]] = {}  # changed, not yet written: latest version, oldest change first
         self._failing = False
         self._codec: EntryCodec | None = None  # Redis's dictionary if it has one, else made from the first report
@@ -232,25 +241,36 @@ class RiskTablePublisher:
         self.published = 0  # entries written since start
         self.swept = 0  # fields of accounts this scorer does not hold, deleted since start
 
-    def publish(self, entries: Iterable[Mapping[str, Any]]) -> PublishStats:
+    def publish(self, entries: Iterable[Mapping[str, Any]], rebuilt: Container[str] | None = None) -> PublishStats:
+        """Write the entries that changed since the last report (bounded), delete the accounts no longer held.
+
+        ``rebuilt``: the accounts whose entry the report built anew (``Scanner.rebuilt``); any other account already
+        known is taken as unchanged without looking at it. ``None``: every entry is compared (by its JSON's hash)."""
         stats = PublishStats()
-        previous, waiting = self._previous, self._waiting
+        known, waiting = self._known, self._waiting
         current: dict[str, Mapping[str, Any]] = {}
-        kept = 0
+        seen = 0
         for entry in entries:
             account = str(entry["account_id"])
             current[account] = entry
-            last = previous.get(account)
-            if last is not None:
-                kept += 1
-                if entry is last or entry == last:
+            if account in waiting:
+                waiting[account] = entry  # keeps its place in the queue, with its latest version
+                seen += account in known
+                continue
+            if account in known:
+                seen += 1
+                if rebuilt is not None and account not in rebuilt:
                     continue
+                if hash(_json(entry)) == known[account]:
+                    continue
+            else:
+                known[account] = None
             stats.changed += 1
-            waiting[account] = entry  # an account already waiting keeps its place with its newer entry
-        self._previous = current
+            waiting[account] = entry
         # Accounts of the last report missing from this one (the scanner dropped them): their entries go too.
-        dropped = [a for a in previous if a not in current] if kept < len(previous) else []
+        dropped = [a for a in known if a not in current] if seen < len(known) else []
         for account in dropped:
+            del known[account]
             waiting.pop(account, None)
         try:
             if self._codec is None:
@@ -318,18 +338,23 @@ class RiskTablePublisher:
     def _send(self, waiting: dict[str, Mapping[str, Any]], codec: EntryCodec) -> tuple[int, int]:
         """Write the oldest ``max_per_report`` waiting entries; each leaves the queue once its chunk is written."""
         sent = size = 0
+        known = self._known
         while waiting and sent < self.max_per_report:
             accounts = []
+            digests = []
             mapping: dict[str, bytes] = {}
             for account, entry in waiting.items():
-                mapping[account] = value = codec.encode(entry)
+                data = _json(entry)
+                mapping[account] = value = codec.encode_json(data)
+                digests.append(hash(data))
                 size += len(value)
                 accounts.append(account)
                 if len(accounts) >= min(CHUNK, self.max_per_report - sent):
                     break
             self._client.hset(KEY, mapping=mapping)  # type: ignore[arg-type]  # redis-py's hints want a mapping of str | bytes | int | float
-            for account in accounts:
+            for account, digest in zip(accounts, digests, strict=True):
                 del waiting[account]
+                known[account] = digest
             sent += len(accounts)
             self.published += len(accounts)
         return sent, size
