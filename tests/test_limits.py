@@ -8,7 +8,6 @@ docs/gateway.md: no 60 s window ever holds more than the limit, and
 from __future__ import annotations
 
 import asyncio
-import copy
 import random
 import tracemalloc
 
@@ -199,15 +198,27 @@ def test_retry_after_is_the_earliest_second_the_same_request_is_admitted(
         now_ms += gap_ms
         clock.now = now_ms / 1000
         state.admit_now(quotas, tokens, "r")
+
+    def replayed() -> MemoryState:
+        """A state that went through the same admissions, reading the test's clock: a probe admits, so each probe gets
+        its own (a copy by replay: the compiled ``MemoryState`` cannot be deep-copied)."""
+        trial, at_ms = MemoryState(clock), start_ms
+        for gap_ms, tokens in steps:
+            at_ms += gap_ms
+            clock.now = at_ms / 1000
+            trial.admit_now(quotas, tokens, "r")
+        return trial
+
+    probed = replayed()
     clock.now = now_ms / 1000
-    refusal = copy.deepcopy(state, {id(clock): clock}).admit_now(quotas, probe, "probe")
+    refusal = probed.admit_now(quotas, probe, "probe")
     if not isinstance(refusal, Refusal) or refusal.retry_at_ms is None:
         return
     wait = retry_after_s(refusal)
     assert wait is not None
 
     def admitted_after(seconds: int) -> bool:
-        trial = copy.deepcopy(state, {id(clock): clock})  # the copy must keep reading the test's clock
+        trial = replayed()
         clock.now = (now_ms + seconds * 1000) / 1000
         return not isinstance(trial.admit_now(quotas, probe, "probe"), Refusal)
 

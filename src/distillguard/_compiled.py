@@ -31,9 +31,10 @@ from pathlib import Path
 from types import ModuleType
 
 # The modules a proxied request runs through (profiled under load; bench/RESULTS.md, "mypyc"). They are compiled
-# as one group: calls between them are C calls. Not here: ``gateway/types.py`` (its protocols are subclassed by
-# test fakes, and an interpreted class cannot inherit from a compiled protocol), ``state/memory.py``, and modules
-# off the per-request path.
+# as one group: calls between them are C calls. ``state/memory.py`` joined once its window log no longer subclassed
+# ``deque`` (its admission and settlement were the largest interpreted part of a request left: bench/RESULTS.md, "SSE
+# at c=64"). Not here: ``gateway/types.py`` (its protocols are subclassed by test fakes, and an interpreted class
+# cannot inherit from a compiled protocol), and modules off the per-request path.
 COMPILED: tuple[str, ...] = (
     "distillguard.events",
     "distillguard.sse",
@@ -59,6 +60,7 @@ COMPILED: tuple[str, ...] = (
     "distillguard.gateway.wire",
     "distillguard.signals.collector",
     "distillguard.signals.network",
+    "distillguard.state.memory",
 )
 SOURCES_FILE = "_compiled_sources.json"  # written by setup.py's build beside this module: {module: sha256 of its source}
 
