@@ -249,7 +249,7 @@ class RiskTablePublisher:
         stats = PublishStats()
         known, waiting = self._known, self._waiting
         current: dict[str, Mapping[str, Any]] = {}
-        seen = 0
+        seen, before = 0, len(known)  # accounts of the last report found in this one, and how many it had
         for entry in entries:
             account = str(entry["account_id"])
             current[account] = entry
@@ -268,7 +268,7 @@ class RiskTablePublisher:
             stats.changed += 1
             waiting[account] = entry
         # Accounts of the last report missing from this one (the scanner dropped them): their entries go too.
-        dropped = [a for a in known if a not in current] if seen < len(known) else []
+        dropped = [a for a in known if a not in current] if seen < before else []
         for account in dropped:
             del known[account]
             waiting.pop(account, None)
