@@ -654,6 +654,47 @@ async def test_a_post_on_a_connection_closed_while_idle_goes_on_a_new_one(
     assert len(server.requests) == 2
 
 
+@pytest.mark.parametrize("interim", [b"HTTP/1.1 100 Continue\r\n\r\n", b"HTTP/1.1 103 Early Hints\r\nLink: </x>; rel=preload\r\n\r\n"])
+async def test_an_interim_1xx_is_not_the_answer_and_never_answers_the_next_request(
+        serve: Callable[[Handler], Awaitable[RawServer]], client: UpstreamClient, interim: bytes) -> None:
+    """A 1xx before the answer, in its own packet: it was taken for the answer (an empty body, a 502), and the real
+    answer, arriving later on the pooled connection, was read by the next request as its own."""
+    async def handler(conn: Conn) -> None:
+        await conn.read_request()
+        await conn.send(interim)
+        await asyncio.sleep(0.2)
+        await conn.send(http_response(b'{"for": "first"}'))
+        while await conn.read_request() is not None:
+            await conn.send(http_response(b'{"for": "second"}'))
+
+    server = await serve(handler)
+    async with await post(client, server.origin) as first:
+        assert (first.status, await first.read()) == (200, b'{"for": "first"}')
+    async with await post(client, server.origin) as second:
+        assert (second.status, await second.read()) == (200, b'{"for": "second"}')
+    assert server.connections == 1
+
+
+@pytest.mark.parametrize(("answer", "why"), [
+    (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n", "switched protocols"),
+    (http_response(b"{}", status=b"999 Odd"), "status 999 is no HTTP status"),
+    (http_response(b"{}", status=b"099 Odd"), "status 99 is no HTTP status"),
+])
+async def test_an_upgrade_or_a_status_outside_200_599_is_a_bad_response(
+        serve: Callable[[Handler], Awaitable[RawServer]], client: UpstreamClient, answer: bytes, why: str) -> None:
+    """101 used to escape the parser as an exception the loop logged with a traceback; 999 was relayed as a status."""
+    async def handler(conn: Conn) -> None:
+        await conn.read_request()
+        await conn.send(answer)
+        await conn.wait_eof()
+
+    server = await serve(handler)
+    with pytest.raises(UpstreamBadResponse, match=why):
+        async with await post(client, server.origin) as response:
+            await response.read()
+    assert client.open_connections == 0
+
+
 def test_idle_expiry_defaults_below_common_upstream_keep_alives() -> None:
     assert UpstreamClient().idle_timeout_s <= 4.0
     from distillguard.config import UpstreamSettings

@@ -307,6 +307,7 @@ class _Connection(asyncio.Protocol):
         self._paused = False
         self._raw_headers: dict[str, str] = {}
         self._keep_alive = True
+        self._informational = False  # the message being parsed is a 1xx interim response, not the answer
         self._timer: asyncio.TimerHandle | None = None  # checks the read timeout of the response's current wait
 
     # -- asyncio.Protocol ----------------------------------------------------------------
@@ -321,6 +322,9 @@ class _Connection(asyncio.Protocol):
         response.bytes_seen = True
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:  # 101 Switching Protocols (or an upgrade) to a plain POST: not HTTP any more
+            response._fail(UpstreamBadResponse("the upstream switched protocols (an upgrade) instead of answering"))
+            self.close()
         except httptools.HttpParserError as exc:
             response._fail(UpstreamBadResponse(f"invalid HTTP from the upstream: {exc}"))
             self.close()
@@ -344,16 +348,29 @@ class _Connection(asyncio.Protocol):
         self._raw_headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        # A 1xx other than 101 (100 Continue, 103 Early Hints) is an interim response: the answer follows on the same
+        # connection (RFC 9110 §15.2). Taken for the answer, it once failed the request as an empty body and left the
+        # real answer on the pooled connection, where the *next* request read it as its own.
+        self._informational = 100 <= status < 200
         response = self.response
-        if response is not None:
-            response._headers_complete(self.parser.get_status_code(), self._raw_headers)
+        if response is None or self._informational:
+            return
+        if not 200 <= status <= 599:
+            response._fail(UpstreamBadResponse(f"status {status} is no HTTP status (200-599 expected)"))
+            self.close()
+            return
+        response._headers_complete(status, self._raw_headers)
 
     def on_body(self, body: bytes) -> None:
         response = self.response
-        if response is not None:
+        if response is not None and not self._informational and not self.closed:
             response._feed(body)
 
     def on_message_complete(self) -> None:
+        if self._informational or self.closed:  # an interim response ends; or the rest of a refused one
+            self._informational = False
+            return
         self._keep_alive = self.parser.should_keep_alive()
         response = self.response
         if response is not None:
