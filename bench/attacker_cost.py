@@ -1,6 +1,7 @@
 """What it costs an attacker to stay below `medium`: accounts needed to harvest 100,000 answers a week, ours vs a rate limit.
 
-    python bench/attacker_cost.py [--rates 2 5 15 40 100 300] [--designs quiet_sweep imitates_people] [--days 3] [--cap 150] [--seed 7]
+    python bench/attacker_cost.py [--rates 1 2 5 15 40 100 300] [--designs quiet_sweep imitates_people sleeper_fleet grader]
+        [--days 3] [--cap 150] [--seed 7]
 
 For each campaign design and per-account rate r (requests per account-day),
 a campaign that would harvest 100,000 answers a week needs N = ⌈100,000 / 7r⌉
@@ -13,7 +14,16 @@ lift included). The rate-limit baseline (``sim.evaluate.RateLimitBaseline``:
 events.
 
 The attacker's cheapest way to stay below `medium` is the highest rate r* at
-which at least 95 % of the accounts stay below; its cost is N(r*) accounts.
+which at least 95 % of the accounts stay below; its cost is N(r*) accounts, and
+the attacker picks the design whose N(r*) is smallest (the last table's last
+row). Every design keeps its own wording, networks, timing and metadata but is
+played at the probed rate with the same log-normal spread over its accounts
+(a sleeper fleet's own rule pins each account to 4-12 a day whatever the
+rate). Rates are probed slowest first; once two rates in a row leave fewer
+than half of the accounts below `medium`, the faster ones are not simulated
+(reported as "not probed": more requests per account only add evidence). The
+realised rate (the campaign's requests, follow-ups included, per account that
+sent one, per day) is printed beside the nominal one.
 Simulating at most ``--cap`` accounts (and fewer days than a week) gives the
 detectors *less* cross-account evidence than a real fleet of N accounts would
 leave, so the costs measured for us are lower bounds.
@@ -51,6 +61,7 @@ def accounts_needed(rate: float) -> int:
 
 
 def probe(design: str, rate: float, *, days: int, cap: int, seed: int) -> dict[str, Any]:
+    """Simulate ``min(N(rate), cap)`` accounts of ``design`` at ``rate`` in a legitimate background; score them."""
     scenario = load_scenario("robust").model_copy(update={"scale": 0.3, "days": days, "campaign_designs": [], "sampled_campaigns": 0,
                                                           "models": ["demo-1"], "new_model_day": None})
     actors, labels, metas = build_actors(scenario, seed, "dev")
@@ -59,6 +70,7 @@ def probe(design: str, rate: float, *, days: int, cap: int, seed: int) -> dict[s
     needed = accounts_needed(rate)
     params.accounts, params.rate, params.start_day, params.lifetime_days = min(needed, cap), rate, 0.0, float(days)
     params.ban_replace, params.ban_day, params.pivot = False, None, False
+    params.archetype = "probe"  # the same per-account spread for every design (Fleet pins a sleeper fleet's accounts to 4-12 a day)
     accounts = [f"acct_probe{i:05d}{rng.getrandbits(32):08x}" for i in range(params.accounts)]
     start = parse_ts(scenario.start)
     fleet = Fleet("distiller", accounts, campaign="probe", rng=rng, pools=actors[0].pools, wording=load_wording("dev"), params=params,
@@ -69,33 +81,44 @@ def probe(design: str, rate: float, *, days: int, cap: int, seed: int) -> dict[s
         write_accounts(path, metas)
         scanner = Scanner(accounts=read_accounts(str(path)))
     baseline = RateLimitBaseline()
-    events = 0
+    events, campaign_requests, members = 0, 0, set(accounts)
     for event in event_stream([*actors, fleet]):
         scanner.update(event)
         baseline.update(event, parse_ts(event["ts"]))
         events += 1
+        campaign_requests += event.get("account_id") in members
     report = {e["account_id"]: e for e in scanner.report()["accounts"]}
     ours = [max(float(report[a]["distillation_score"]), float(report[a]["reseller_score"])) for a in accounts if a in report]
     base = [baseline.score(a) for a in accounts if a in report]
     return {"design": design, "rate": rate, "needed": needed, "simulated": len(ours), "events": events,
+            "realised_rate": campaign_requests / len(ours) / days if ours else None,
             "ours_below": sum(1 for s in ours if s < MEDIUM) / len(ours) if ours else None,
             "baseline_below": sum(1 for s in base if s < MEDIUM) / len(base) if base else None,
             "ours_median": sorted(ours)[len(ours) // 2] if ours else None}
 
 
-def cheapest(rows: list[dict[str, Any]], key: str) -> tuple[float | None, int | None]:
-    """The highest probed rate at which the campaign stays below `medium`, and the accounts it then needs."""
+GIVE_UP_BELOW = 0.5  # two rates in a row with fewer than half the accounts below `medium`: faster ones are not probed
+
+
+def cheapest(rows: list[dict[str, Any]], key: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The fastest probed row at which the campaign stays below `medium`, and the next faster probed row (which did not)."""
     ok = [r for r in rows if r[key] is not None and r[key] >= STAY_BELOW]
     if not ok:
         return None, None
     best = max(ok, key=lambda r: r["rate"])
-    return best["rate"], best["needed"]
+    faster = [r for r in rows if r["rate"] > best["rate"]]
+    return best, min(faster, key=lambda r: r["rate"]) if faster else None
+
+
+def realised_needed(row: dict[str, Any]) -> int:
+    """Accounts for 100,000 answers a week at the rate the probe's accounts really sent (follow-ups and spread included)."""
+    return accounts_needed(row["realised_rate"] or row["rate"])
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rates", type=float, nargs="+", default=[2, 5, 15, 40, 100, 300])
-    parser.add_argument("--designs", nargs="+", default=["quiet_sweep", "imitates_people"])
+    parser.add_argument("--rates", type=float, nargs="+", default=[1, 2, 5, 15, 40, 100, 300])
+    parser.add_argument("--designs", nargs="+", default=["quiet_sweep", "imitates_people", "sleeper_fleet", "grader"])
     parser.add_argument("--days", type=int, default=3)
     parser.add_argument("--cap", type=int, default=150)
     parser.add_argument("--seed", type=int, default=7)
@@ -104,35 +127,50 @@ def main() -> int:
     lines = ["## Attacker's cost of staying below `medium` (`bench/attacker_cost.py`)", "",
              f"Harvest target {HARVEST_PER_WEEK:,} answers a week; a design stays below when ≥ {STAY_BELOW:.0%} of its accounts do. "
              f"{args.days} simulated days, at most {args.cap} accounts simulated per point, seed {args.seed}, dev split.", "",
-             "| design | requests / account-day | accounts needed | simulated | events | ours: share below `medium` | ours: median risk score "
-             "| baseline: share below `medium` |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| design | requests / account-day | realised | accounts needed | simulated | events | ours: share below `medium` "
+             "| ours: median risk score | baseline: share below `medium` |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     summary = []
+    rows_of: dict[str, list[dict[str, Any]]] = {}
     for design in args.designs:
-        rows = []
-        for rate in args.rates:
+        rows: list[dict[str, Any]] = []
+        rows_of[design] = rows
+        for rate in sorted(args.rates):
+            failing = [r for r in rows[-2:] if r["ours_below"] is not None and r["ours_below"] < GIVE_UP_BELOW]
+            if len(rows) >= 2 and len(failing) == 2:
+                lines.append(f"| {design} | {rate:g} | — | {accounts_needed(rate):,} | not probed | — | — | — | — |")
+                continue
             row = probe(design, rate, days=args.days, cap=args.cap, seed=args.seed)
             rows.append(row)
             print(f"  {design} at {rate:g}/day: {row}", file=sys.stderr)
-            lines.append(f"| {design} | {rate:g} | {row['needed']:,} | {row['simulated']} | {row['events']:,} | {row['ours_below']:.2f} | "
-                         f"{row['ours_median']:.3f} | {row['baseline_below']:.2f} |")
+            lines.append(f"| {design} | {rate:g} | {row['realised_rate']:.1f} | {row['needed']:,} | {row['simulated']} | {row['events']:,} | "
+                         f"{row['ours_below']:.2f} | {row['ours_median']:.3f} | {row['baseline_below']:.2f} |")
         summary.append((design, cheapest(rows, "ours_below"), cheapest(rows, "baseline_below")))
     # The baseline's limit, exactly: under 2,000 requests a day (and 30 a minute) an account stays below its midpoint.
     base_rate = BASELINE_LIMITS["requests_per_day"] - 1
     base_accounts = accounts_needed(base_rate)
     lines += ["", "| design | ours: highest rate that stays below `medium` | ours: accounts for 100k/week | "
               "rate limit: highest rate below | rate limit: accounts | ratio |", "|---|---:|---:|---:|---:|---:|"]
-    for design, (rate, needed), _ in summary:
-        if rate is None:
-            slowest = min(args.rates)
-            ours_rate, ours_accounts, ratio = f"< {slowest:g}", f"> {accounts_needed(slowest):,}", f"> {accounts_needed(slowest) / base_accounts:.0f}×"
-        else:
+    bounds = []  # per design: (lowest cost in accounts, row text)
+    for design, (best, faster), _ in summary:
+        if best is None:
+            slowest = min(rows_of[design], key=lambda r: r["rate"])
+            low = realised_needed(slowest)
+            bounds.append((low, f"< {slowest['rate']:g}", f"> {low:,}", f"> {low / base_accounts:.0f}×"))
+        elif faster is not None:
             # The true highest safe rate lies between r* and the next probed rate, which did not stay below.
-            faster = [r for r in args.rates if r > rate]
-            low = accounts_needed(min(faster)) if faster else needed
-            ours_rate = f"{rate:g} (not {min(faster):g})" if faster else f"≥ {rate:g}"
-            ours_accounts = f"{low:,}–{needed:,}" if faster else f"≤ {needed:,}"
-            ratio = f"{low / base_accounts:.0f}–{needed / base_accounts:.0f}×" if faster else f"≤ {needed / base_accounts:.0f}×"
-        lines.append(f"| {design} | {ours_rate} | {ours_accounts} | {base_rate:,} (limit: 2,000/day) | {base_accounts} | {ratio} |")
+            low, high = realised_needed(faster), realised_needed(best)
+            bounds.append((low, f"{best['rate']:g} (not {faster['rate']:g})", f"{low:,}–{high:,}",
+                           f"{low / base_accounts:.0f}–{high / base_accounts:.0f}×"))
+        else:
+            high = realised_needed(best)
+            bounds.append((0, f"≥ {best['rate']:g}", f"≤ {high:,}", f"≤ {high / base_accounts:.0f}×"))
+        _, rate_text, accounts_text, ratio = bounds[-1]
+        lines.append(f"| {design} | {rate_text} | {accounts_text} | {base_rate:,} (limit: 2,000/day) | {base_accounts} | {ratio} |")
+    # The attacker picks the design that needs the fewest accounts.
+    cheapest_low, rate_text, accounts_text, ratio = min(bounds, key=lambda b: b[0])
+    lines.append(f"| **the attacker's cheapest design** | {rate_text} | {accounts_text} | {base_rate:,} | {base_accounts} | **{ratio}** |")
+    lines += ["", "Accounts are counted at the realised rate (the campaign's requests per account that sent one, per day), "
+              "not the nominal one."]
     write_report("attacker_cost.md", lines, began, digest)
     return 0
 

@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -53,6 +55,24 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def _cpu_run(cmd: list[str]) -> tuple[str, float]:
+    """Run ``cmd``; its stdout and the CPU seconds (user + system) of that child alone.
+
+    Wall time on a shared machine says little; the child's own rusage (``os.wait4``) is comparable across runs
+    even when two seeds run at once (``--jobs``), which ``RUSAGE_CHILDREN`` is not.
+    """
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
+        assert proc.stdout is not None
+        out = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            err.seek(0)
+            raise subprocess.CalledProcessError(proc.returncode, cmd, out, err.read().decode(errors="replace"))
+    return out, usage.ru_utime + usage.ru_stime
+
+
 def run(scenario: str, split: str, seed: int, *, with_accounts: bool, reuse: bool) -> dict[str, Any]:
     name = f"{Path(scenario).stem}.{split}.{seed}"
     events, labels, accounts, result = (RUNS / f"{name}.jsonl.gz", RUNS / f"{name}.labels.json", RUNS / f"{name}.accounts.jsonl",
@@ -65,13 +85,13 @@ def run(scenario: str, split: str, seed: int, *, with_accounts: bool, reuse: boo
                     "--labels", str(labels), "--accounts-out", str(accounts)], check=True, capture_output=True)
     simulated = time.perf_counter()
     extra = ["--accounts", str(accounts)] if with_accounts else []
-    out = subprocess.run([*DG, "eval", "--events", str(events), "--labels", str(labels), "--json", *extra],
-                         check=True, capture_output=True, text=True)
-    data: dict[str, Any] = json.loads(out.stdout)
-    data["bench_seconds"] = {"simulate": round(simulated - started, 1), "eval": round(time.perf_counter() - simulated, 1)}
+    out, cpu = _cpu_run([*DG, "eval", "--events", str(events), "--labels", str(labels), "--json", *extra])
+    data: dict[str, Any] = json.loads(out)
+    data["bench_seconds"] = {"simulate": round(simulated - started, 1), "eval": round(time.perf_counter() - simulated, 1),
+                             "eval_cpu": round(cpu, 1)}
     result.write_text(json.dumps(data, indent=1))
-    print(f"  {name}: {data['events']:,} events, simulate {data['bench_seconds']['simulate']} s, eval {data['bench_seconds']['eval']} s",
-          file=sys.stderr)
+    print(f"  {name}: {data['events']:,} events, {data['accounts']:,} accounts, simulate {data['bench_seconds']['simulate']} s, "
+          f"eval {data['bench_seconds']['eval']} s wall, {data['bench_seconds']['eval_cpu']} CPU-s", file=sys.stderr)
     return data
 
 
@@ -146,6 +166,10 @@ def _counts(runs: list[dict[str, Any]]) -> str:
     return ", ".join(f"{r['events']:,}" for r in runs)
 
 
+def _cpu(runs: list[dict[str, Any]]) -> str:
+    return ", ".join(str(r.get("bench_seconds", {}).get("eval_cpu", "—")) for r in runs)
+
+
 def _worst(values: list[Any], higher_is_worse: bool = False) -> str:
     if any(v is None for v in values):
         return "never" if higher_is_worse else "—"
@@ -184,6 +208,7 @@ def main() -> int:
     lines = [f"## robust family: {' vs '.join(f'{split} seeds {seeds_of[split]}' for split in splits)}"
              f"{', with account metadata' if args.with_accounts else ', events only'}", "",
              "events per seed: " + "; ".join(f"{split} {_counts(runs[split])}" for split in splits), "",
+             "eval CPU-seconds per seed: " + "; ".join(f"{split} {_cpu(runs[split])}" for split in splits), "",
              "| metric | " + " | ".join(f"{split}: distillguard | {split}: rate-limit baseline" for split in splits) + " |",
              "|---|" + "---|---|" * len(splits)]
     for metric in summaries[splits[0]]:

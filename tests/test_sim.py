@@ -224,6 +224,9 @@ def test_sampled_campaigns_cover_the_space() -> None:
     assert share(lambda c: c.lifetime_days >= 5) >= 0.1 and share(lambda c: c.lifetime_days <= 1.2) >= 0.1
     assert share(lambda c: c.elicit >= 0.7) >= 0.1
     assert all(c.expected_requests() <= 8_000 * 1.01 for c in fitted)
+    # Over 300 accounts a campaign is never synchronised (every pair co-active makes eval's clustering quadratic).
+    assert not any(c.timing == "synchronised" and c.accounts > 300 for c in fitted)
+    assert any(c.timing == "synchronised" and c.accounts > 100 for c in fitted)
     capped = [sample_campaign(random.Random(i), "sampled", wording, days=7, release_day=None, budget=3000) for i in range(50)]
     assert all(1_499 <= c.expected_requests() <= 3000 * 1.01 or c.rate in (2.0, 300.0) for c in capped)
     assert any(c.capped for c in capped)
