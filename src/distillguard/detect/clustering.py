@@ -38,7 +38,9 @@ MinHash LSH index over active 5-minute buckets for synchronised activity, so
 the work grows with the number of accounts times the items they carry, never
 with all pairs. Linked accounts are grouped by weighted label propagation
 (:func:`_communities`), so two fleets that a few links join stay apart;
-groups of three or more are clusters.
+groups of three or more are clusters. Each member also gets its *tie*
+(:func:`member_ties`): how strongly its own links, not its cluster's, tie it
+there — the scanner lifts a member only that far.
 """
 
 from __future__ import annotations
