@@ -12,8 +12,10 @@ space (``archetype="sampled"``) or around a named design seen in the wild:
   2–3-turn conversations with generic follow-ups, reasoning requests in
   paraphrases and several languages, local daytime on its own home address;
 * ``grader`` — grader / reward-model prompts on rotating residential addresses;
-* ``corner`` (the hold-out split's sampled campaigns) — drawn like ``sampled``, then
-  pushed into the corners of the space that ``sampled`` rarely reaches (``_corners``).
+* ``corner`` (the hold-out split's sampled campaigns) — drawn as ``sampled`` was when the
+  hold-out split was made (``CORNER_BASE``), then pushed into the corners of the space
+  (``_corners``); dev's and test's ``sampled`` draws (``SPACE``) now reach those regions
+  by their own U-shaped draws, without the corners' fixed values.
 
 A campaign's expected size is capped (``budget`` requests) by shortening its
 lifetime first and then its rate, so one seed of the family stays quick to
@@ -177,7 +179,7 @@ CORNER_SHARE = 0.35  # each axis of a ``corner`` campaign goes to an extreme wit
 
 
 def _corners(rng: random.Random, p: CampaignParams, languages: Callable[[int], tuple[str, ...]], release_day: float | None) -> None:
-    """Push a sampled campaign into corners of the space dev's ``sampled`` draws rarely reach (hold-out split only).
+    """Push a campaign into corners of the space dev's ``sampled`` draws rarely reached when the hold-out was made (hold-out only).
 
     Sizes go to one corner more often than not: 5 accounts, 500 accounts at 2 requests a day, or 2 or 300
     requests per account-day (the size rule below may still raise a small campaign's rate to the floor).
