@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from distillguard.events import parse_ts
 
-__all__ = ["AccountStates", "Detector", "Evidence", "confidence", "count_heavy", "event_time", "logistic", "user_text"]
+__all__ = ["AccountStates", "Detector", "Evidence", "confidence", "count_heavy", "event_time", "logistic", "typical", "user_text"]
 
 S = TypeVar("S")
 
@@ -29,6 +29,15 @@ def logistic(x: float, midpoint: float, width: float) -> float:
     if z < -35:
         return 0.0
     return 1.0 / (1.0 + math.exp(-z))
+
+
+def typical(values: Iterable[float]) -> float:
+    """A group's typical member's value: the upper median (the middle one, or the higher of the two), 0 when empty.
+
+    What a cluster's members are compared with (their ties, their bursts, their detectors' scores): one member's own
+    value, never an average that one loud member can pull."""
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2] if ordered else 0.0
 
 
 def confidence(n: int, scale: float = 12.0) -> float:

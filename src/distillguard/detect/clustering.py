@@ -66,7 +66,7 @@ from distillguard.detect.attribution import (
     describe,
     rarity,
 )
-from distillguard.detect.base import logistic
+from distillguard.detect.base import logistic, typical
 from distillguard.detect.minhash import LSHIndex, MinHasher, Signature
 from distillguard.detect.phrasebank import BANK_ALONE, BANK_PHRASINGS, PhraseBanks, phrasings
 
@@ -540,11 +540,11 @@ def member_ties(members: list[str], decisive: Mapping[str, float], kinds: Mappin
     if not members:
         return {}
     kinds = kinds or {}
-    typical = sorted(decisive.get(a, 0.0) for a in members)[len(members) // 2]
-    typical_kinds = sorted(len(kinds.get(a, ())) for a in members)[len(members) // 2]
+    typical_tie = typical(decisive.get(a, 0.0) for a in members)
+    typical_kinds = typical(len(kinds.get(a, ())) for a in members)
     out = {}
     for a in members:
-        strong = min(1.0, decisive.get(a, 0.0) / (TIE_TYPICAL_SHARE * typical)) if typical > 0.0 else 1.0
+        strong = min(1.0, decisive.get(a, 0.0) / (TIE_TYPICAL_SHARE * typical_tie)) if typical_tie > 0.0 else 1.0
         found = kinds.get(a, frozenset())
         wide = 1.0 if "identity" in found or len(found) >= 2 or not typical_kinds else min(1.0, len(found) / typical_kinds)
         out[a] = min(strong, wide)

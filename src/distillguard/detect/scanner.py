@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from distillguard.detect.accounts import AccountMeta
-from distillguard.detect.base import Detector, Evidence, logistic, user_text
+from distillguard.detect.base import Detector, Evidence, logistic, typical, user_text
 from distillguard.detect.clustering import Cluster, ClusterCache, FingerprintCollector, find_clusters
 from distillguard.detect.consistency import Consistency
 from distillguard.detect.coverage import CoverageSweep
@@ -251,15 +251,13 @@ class Scanner:
         by_name = {e.detector: e.score for e in together}
         for name in DISTILL_WEIGHTS:
             if name not in by_name:
-                values = sorted(next((e.score for e in self._evidence_of(a) if e.detector == name), 0.0)
-                                for a in members if a in self._evidence_cache)
-                by_name[name] = values[len(values) // 2] if values else 0.0
+                by_name[name] = typical(next((e.score for e in self._evidence_of(a) if e.detector == name), 0.0)
+                                        for a in members if a in self._evidence_cache)
         distill = _sigmoid(DISTILL_BIAS + sum(w * by_name.get(n, 0.0) for n, w in DISTILL_WEIGHTS.items())
                            + POOL_TIED_WEIGHT * cluster.coordination)
         # Coordination relieves the pooled burst (a fleet's first day is not a one-off batch) — unless the members
         # are each a one-off batch job themselves: several evaluation runs tied together are still one-off runs.
-        bursts = sorted(self.sustained.burst(a) for a in members)
-        typical_burst = bursts[len(bursts) // 2] if bursts else 0.0
+        typical_burst = typical(self.sustained.burst(a) for a in members)
         distill *= burst_factor(max(min(self.sustained.pooled_burst(members), 1.0 - cluster.coordination), typical_burst))
         score = distill * gate
         parts = "; ".join(f"{e.detector}: {e.detail}" for e in together)
