@@ -49,7 +49,7 @@ import redis
 import yaml
 
 from distillguard.state.scorer_stream import encode_event
-from measure import OUT, percentile, scenario_events, src_digest, write_report
+from measure import OUT, percentile, proc_stats, scenario_events, src_digest, write_report
 
 DISTILLGUARD = str(Path(sys.executable).with_name("distillguard"))
 
@@ -146,17 +146,6 @@ def append(client: redis.Redis, script: Any, lines: list[bytes], bound: int) -> 
 
     for start in range(0, len(lines), 500):
         script(keys=[STREAM], args=[bound, *lines[start:start + 500]], client=client)
-
-
-def proc_stats(pid: int) -> tuple[float, float]:
-    """(CPU seconds, peak RSS MB) of a process so far."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        hwm = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("VmHWM"))
-        return cpu, hwm / 1024
-    except (OSError, StopIteration):
-        return float("nan"), float("nan")
 
 
 def start_scorer(directory: Path, url: str, bound: int) -> subprocess.Popen[bytes]:

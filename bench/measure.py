@@ -1,8 +1,10 @@
-"""What every benchmark here shares: percentiles, child processes measured with wait4, a source digest, the report writer.
+"""What every benchmark here shares: percentiles, measured child processes, a source digest, the report writer.
 
 The digest tells a reader whether the code changed while a long benchmark ran
-(rows would then mix versions); `wait4` gives one child's own CPU time and
-peak RSS, not the whole process family's.
+(rows would then mix versions); `wait4` gives one child's own CPU time, and the
+child's own ``VmHWM`` (read from /proc while it runs) its peak RSS — not
+``wait4``'s ``ru_maxrss``, which on Linux starts an exec'd child at its
+launcher's high-water mark.
 """
 
 from __future__ import annotations
@@ -93,12 +95,42 @@ def write_report(name: str, lines: list[str], began: float, digest: str) -> None
     print(text)
 
 
-def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run one child; its own wall time, CPU time and peak RSS (from wait4, not the whole family)."""
+def proc_stats(pid: int) -> tuple[float, float]:
+    """(CPU seconds, peak RSS MB) of a live process so far; NaN once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        hwm = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("VmHWM"))
+        return cpu, hwm / 1024
+    except (OSError, StopIteration):
+        return float("nan"), float("nan")
+
+
+def run_measured(cmd: list[str], env: dict[str, str] | None = None, poll_s: float = 0.05) -> dict[str, Any]:
+    """Run one child; its own wall time, CPU time (wait4) and peak RSS.
+
+    The peak is the child's own ``VmHWM``, polled every ``poll_s`` while it runs (the high-water mark only grows, so
+    the last read misses at most what the child added in its final ``poll_s``). ``wait4``'s ``ru_maxrss`` is not
+    used: a child started with vfork + exec (Python's subprocess does) inherits its launcher's high-water mark
+    there, so a launcher holding data would be reported as the child's peak."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
+        peak = [0.0]
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.is_set():
+                rss = proc_stats(proc.pid)[1]
+                if rss == rss:  # not NaN: still running
+                    peak[0] = max(peak[0], rss)
+                done.wait(poll_s)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
         _, status, usage = os.wait4(proc.pid, 0)
+        done.set()
+        watcher.join()
         wall = time.perf_counter() - started
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
@@ -106,8 +138,7 @@ def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> dict[str,
         stdout, stderr = out.read().decode(), err.read().decode()
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{stderr[-2000:]}")
-    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "rss_mb": usage.ru_maxrss / 1024,
-            "stdout": stdout, "stderr": stderr}
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "rss_mb": peak[0], "stdout": stdout, "stderr": stderr}
 
 
 def stop_sessions(procs: list[subprocess.Popen[bytes]], grace_s: float = 30) -> None:

@@ -4,7 +4,7 @@
 
 What is measured: ``distillguard scan FILE --out REPORT.json`` as a subprocess,
 ``--repeat`` times per file; wall time, CPU time (user+sys, robust when other
-jobs share the machine), events/s and peak RSS of that one child (``os.wait4``).
+jobs share the machine), events/s and peak RSS of that one child (CPU from ``os.wait4``, peak from its own ``VmHWM``).
 The files are the simulator's ``large`` and ``default`` scenarios (seed 7), kept
 in ``bench/out/<scenario>.jsonl.gz``; ``bench/simulate_speed.py`` leaves the large
 one there, and this script generates whichever is missing.
@@ -120,7 +120,7 @@ def main() -> None:
     lines = [
         "# `distillguard scan`: throughput and memory",
         "",
-        f"Medians over {args.repeat} runs per row, each a fresh process (peak RSS from `wait4`). Load average at start: "
+        f"Medians over {args.repeat} runs per row, each a fresh process (peak RSS: the child's own VmHWM, polled). Load average at start: "
         f"{load:.2f} on {os.cpu_count()} cores — events/CPU-s is the contention-free number.",
         "",
         "| file | run | events | wall s (min–max) | CPU s | events/s (wall) | events/CPU-s | peak RSS MB | scan vs this: wall | CPU |",

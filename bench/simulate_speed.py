@@ -5,7 +5,7 @@
 What is measured: ``distillguard simulate --scenario large --seed 7 --out X.jsonl.gz
 --labels L.json`` as a subprocess, ``--repeat`` times; wall time, CPU time
 (user+sys, robust when other jobs share the machine) and peak RSS of that one
-child (``os.wait4``), events/s and time per 1M events. The ``default`` scenario
+child (CPU from ``os.wait4``, peak from its own ``VmHWM``), events/s and time per 1M events. The ``default`` scenario
 (~10× fewer events) is run as well, so the peak RSS of two sizes shows whether
 memory grows with the run. The target from the issue is 1M events in ≤ 3 min
 with bounded memory.
@@ -156,7 +156,7 @@ def main() -> None:
         "# `distillguard simulate`: time and memory",
         "",
         f"`distillguard simulate --scenario {args.scenario} --seed {args.seed}` writes **{n_big:,} events** "
-        f"({size_mb:,.0f} MB gzip JSONL); medians over {args.repeat} runs, each a fresh process (peak RSS from `wait4`). "
+        f"({size_mb:,.0f} MB gzip JSONL); medians over {args.repeat} runs, each a fresh process (peak RSS: the child's own VmHWM, polled). "
         f"Load average at start: {load:.2f} on {os.cpu_count()} cores — CPU s (user+sys) is the contention-free number.",
         "",
         "| run | events | wall s (min–max) | CPU s | events/s (wall) | events/CPU-s | wall s per 1M events | peak RSS MB | vs simulate: wall | CPU |",
