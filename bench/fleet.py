@@ -25,9 +25,15 @@ script or wrk while the gateway waits for Redis, and the gateway pays for
 that in caches refilled after every round trip (a cost of sharing the
 machine, not of the gateway).
 
-Then it measures limit overshoot: a key limited to 600 requests/min hammered
-through three replicas for a few seconds, with Redis state and — the
-baseline — with per-process memory state.
+With Redis, a replica far below a key's limits admits from headroom it
+reserved in Redis (``state_headroom_ms``, docs/deploy.md) instead of making a
+round trip per request; the set-up "1 replica, Redis, per request" turns that
+off (``state_headroom_ms: 0``) to show the per-request path in the same run.
+
+Then it measures limit overshoot: a key limited to 600 requests/min (headroom
+slices of 6 requests) and one limited to 6,000 (slices of 60) hammered through
+three replicas for a few seconds, with Redis state and — the baseline — with
+per-process memory state; with the Redis calls made per admitted request.
 """
 
 from __future__ import annotations
@@ -161,8 +167,8 @@ def main() -> int:
     def spawn(cmd: list[str], log: str) -> subprocess.Popen[bytes]:
         return spawn_logged(procs, work, cmd, log)
 
-    def gateways(tag: str, n: int, state: str, limits: dict[str, Any],
-                 detection: dict[str, Any] | None = None) -> list[tuple[str, subprocess.Popen[bytes]]]:
+    def gateways(tag: str, n: int, state: str, limits: dict[str, Any], detection: dict[str, Any] | None = None,
+                 extra: dict[str, Any] | None = None) -> list[tuple[str, subprocess.Popen[bytes]]]:
         out = []
         for i in range(n):
             port = free_port()
@@ -170,7 +176,7 @@ def main() -> int:
                       "spill_dir": str(work / f"spill-{tag}-{i}"), "log_level": "warning", "state": state,
                       "state_timeout_s": args.state_timeout,
                       "upstreams": [{"name": "fast", "base_url": upstream, "models": ["*"]}], "detection": detection or {"online": False},
-                      "limits": limits}
+                      "limits": limits, **(extra or {})}
             (work / f"{tag}-{i}.yaml").write_text(json.dumps(config))
             proc = spawn([*pin_gateway, PYTHON, "-m", "distillguard.cli", "serve", "--config", str(work / f"{tag}-{i}.yaml")], f"{tag}-{i}.log")
             wait(f"http://127.0.0.1:{port}/healthz")
@@ -222,13 +228,17 @@ def main() -> int:
         for conns in (() if args.propagation_only else (1, 64)):
             run_wrk(upstream + "/chat/completions", conns, 2, False, None)
             direct[f"c={conns}"] = run_wrk(upstream + "/chat/completions", conns, max(4, args.duration // 2), False, None)
-        setups = [("1 replica, memory", "mem1", 1, "memory"), ("1 replica, Redis", "redis1", 1, redis_url),
-                  *([] if args.no_unix else [("1 replica, Redis (Unix socket)", "redis1u", 1, f"unix://{redis_socket}")]),
-                  ("3 replicas, Redis", "redis3", 3, redis_url)][:0 if args.propagation_only else None]
+        per_request = {"state_headroom_ms": 0}
+        setups: list[tuple[str, str, int, str, dict[str, Any]]] = [
+            ("1 replica, memory", "mem1", 1, "memory", {}), ("1 replica, Redis", "redis1", 1, redis_url, {}),
+            ("1 replica, Redis, per request", "redis1p", 1, redis_url, per_request),
+            *([] if args.no_unix else [("1 replica, Redis (Unix socket)", "redis1u", 1, f"unix://{redis_socket}", {})]),
+            ("3 replicas, Redis", "redis3", 3, redis_url, {})][:0 if args.propagation_only else None]
         # Every set-up runs at once and the measurements alternate between them, round after round, so a
         # change in the machine's load (other work on the shared cores) falls on all of them alike.
-        started = [(name, n, targets, key) for name, tag, n, state in setups
-                   for targets in [gateways(tag, n, state, UNLIMITED)] for key in [make_key([root for root, _ in targets])]]
+        started = [(name, n, targets, key) for name, tag, n, state, extra in setups
+                   for targets in [gateways(tag, n, state, UNLIMITED, extra=extra)]
+                   for key in [make_key([root for root, _ in targets])]]
         for conns in (1, 64):
             samples: dict[str, list[dict[str, float]]] = {name: [] for name, *_ in started}
             for round_ in range(args.rounds):
@@ -271,25 +281,31 @@ def main() -> int:
                 rows.append((name, label, row))
                 print(f"  {name:<20} {label:<22} {row['rps']:>8.0f} req/s  p50 {row['p50_ms']:.2f}  p99 {row['p99_ms']:.2f}  "
                       f"cpu {row['cpu_ms_per_req']:.3f} ms/req  redis {row['redis_cpu_ms_per_req']:.3f}  whole "
-                      f"{row['whole_ms_per_req']:.3f}  calls {row['calls_per_req']:.2f}",
+                      f"{row['whole_ms_per_req']:.3f}  calls {row['calls_per_req']:.4f}",
                       file=sys.stderr, flush=True)
         for _, _, targets, _ in started:
             for _, proc in targets:
                 proc.terminate()
                 proc.wait(30)
 
-        overshoot: list[tuple[str, int, int, int]] = []
-        for name, tag, state in (("3 replicas, Redis", "over-redis", redis_url), ("3 replicas, memory (baseline)", "over-mem", "memory"))[:0 if args.propagation_only else None]:
+        overshoot: list[tuple[str, int, int, int, int, float]] = []
+        over_setups = [(f"3 replicas, {what}", f"over-{tag}-{limit}", state, limit) for limit in (600, 6_000)
+                       for what, tag, state in (("Redis", "redis", redis_url), ("memory (baseline)", "mem", "memory"))]
+        for name, tag, state, limit in over_setups[:0 if args.propagation_only else None]:
             targets = gateways(tag, 3, state, UNLIMITED)
-            key = make_key([root for root, _ in targets], limits={"requests_per_min": 600, "tokens_per_min": None})
+            key = make_key([root for root, _ in targets], limits={"requests_per_min": limit, "tokens_per_min": None})
             before = [answered(root) for root, _ in targets]
+            calls_before = redis_calls(redis_port)[0]
             results = load(targets, key, 48, 5)
             counts = [answered(root) for root, _ in targets]  # exact, from each replica's /metrics
+            calls = redis_calls(redis_port)[0] - calls_before if state != "memory" else 0
             admitted = sum(c[200] for c in counts) - sum(b[200] for b in before)
             attempted = sum(sum(c.values()) for c in counts) - sum(sum(b.values()) for b in before)
             trips = sum((work / f"{tag}-{i}.log").read_text().count("until it answers again") for i in range(3))
-            overshoot.append((name, admitted, attempted, trips))
-            print(f"  overshoot {name}: {admitted} admitted of {attempted}", file=sys.stderr, flush=True)
+            # calls per admitted request: the refused ones (each decided in Redis) are left out by subtracting them
+            per_admitted = max(0, calls - (attempted - admitted)) / max(1, admitted)
+            overshoot.append((name, limit, admitted, attempted, trips, per_admitted))
+            print(f"  overshoot {name} {limit}/min: {admitted} admitted of {attempted}; {calls} Redis calls", file=sys.stderr, flush=True)
             for _, proc in targets:
                 proc.terminate()
                 proc.wait(30)
@@ -338,9 +354,11 @@ def main() -> int:
             base = direct[row["base"]]
             lines.append(f"| {name} | {label} | {row['rps']:.0f} | {row['p50_ms'] - base['p50_ms']:.2f} | {row['p99_ms'] - base['p99_ms']:.2f} | "
                          f"{row['cpu_ms_per_req']:.3f} | {row['redis_cpu_ms_per_req']:.3f} | {row['whole_ms_per_req']:.3f} | "
-                         f"{row['calls_per_req']:.2f} | {row['script_us_per_call']:.1f} | {int(row['errors'])} |")
+                         f"{row['calls_per_req']:.4f} | {row['script_us_per_call']:.1f} | {int(row['errors'])} |")
         memory = {row["base"]: row for name, _, row in rows if name == "1 replica, memory"}
+        summary: list[str] = []
         for title, setup in (("Redis over memory, 1 replica", "1 replica, Redis"),
+                             ("Redis per request (`state_headroom_ms: 0`) over memory, 1 replica", "1 replica, Redis, per request"),
                              ("Redis over a Unix socket over memory, 1 replica", "1 replica, Redis (Unix socket)")):
             one_redis = {row["base"]: row for name, _, row in rows if name == setup}
             if not one_redis:
@@ -357,10 +375,21 @@ def main() -> int:
                                                                              for c in ("c=1", "c=64")) + " |")
             lines.append("| added p50 (ms) | " + " | ".join(f"{one_redis[c]['p50_ms'] - memory[c]['p50_ms']:+.2f}"
                                                          for c in ("c=1", "c=64")) + " |")
-        lines += ["", "Limit overshoot: one key limited to 600 requests/min, 48 connections spread over three replicas for 5 s:", "",
-                  "| set-up | admitted | attempted | admitted / limit | fail_open trips during the run |", "|---|---:|---:|---:|---:|"]
-        for name, admitted, attempted, trips in overshoot:
-            lines.append(f"| {name} | {admitted} | {attempted} | {admitted / 600:.3f} | {trips if 'Redis' in name else '—'} |")
+            summary.append(f"{title} at c=1: gateway CPU per request {one_redis['c=1']['cpu_ms_per_req'] / memory['c=1']['cpu_ms_per_req'] - 1:+.0%}, "
+                           f"whole (gateway + Redis) {one_redis['c=1']['whole_ms_per_req'] / memory['c=1']['cpu_ms_per_req'] - 1:+.0%}, "
+                           f"added p50 {one_redis['c=1']['p50_ms'] - memory['c=1']['p50_ms']:+.2f} ms; Redis calls per request "
+                           f"{one_redis['c=1']['calls_per_req']:.3f}")
+        for line in summary:
+            print("  " + line, file=sys.stderr, flush=True)
+        lines += ["", "Limit overshoot: one key limited to 600 (headroom slices of 6) or 6,000 requests/min (slices of 60), "
+                  "48 connections spread over three replicas for 5 s. Calls per admitted request: Redis script calls during "
+                  "the run less one per refused request (each refusal is decided in Redis), over the requests admitted:", "",
+                  "| set-up | limit/min | admitted | attempted | admitted / limit | Redis calls per admitted request "
+                  "| fail_open trips during the run |", "|---|---:|---:|---:|---:|---:|---:|"]
+        for name, limit, admitted, attempted, trips, per_admitted in overshoot:
+            redis_row = "Redis" in name
+            lines.append(f"| {name} | {limit} | {admitted} | {attempted} | {admitted / limit:.3f} | "
+                         f"{f'{per_admitted:.3f}' if redis_row else '—'} | {trips if redis_row else '—'} |")
         lines += propagation_lines
         write_report("fleet.md", lines, began, digest)
         return 0

@@ -97,7 +97,7 @@ def test_slots_leave_the_window_with_their_tokens_and_free_requests_do_not_break
     first free request (found by bench/fleet.py running longer than a minute).
     """
     async def scenario() -> None:
-        state = RedisState(redis.url)
+        state = RedisState(redis.url, headroom_ms=0)  # every request decided in Redis: the window's own mechanics
         await state.start()
         quota = (Quota("key:slots", 3, 1_000, None, None),)
         seconds, micros = await state.client.time()
@@ -197,7 +197,7 @@ def test_a_settlement_and_the_next_admission_read_and_write_each_subject_once(re
     A subject with only a concurrency limit has no counts to read at all.
     """
     async def scenario() -> None:
-        state = RedisState(redis.url)
+        state = RedisState(redis.url, headroom_ms=0)  # the per-request path (with headroom most requests make no call)
         await state.start()
         both = (Quota("key:once", 10_000, 1_000_000, 100, None), Quota("acct:once", 10_000, 1_000_000, 100, None))
         only_leases = (Quota("key:once2", 10_000, None, None, None), Quota("acct:once2", None, None, 100, None))
@@ -410,8 +410,8 @@ def test_redis_stopped_and_restarted_under_load(tmp_path: Path, stub: UpstreamSt
                 anthropic.Anthropic(base_url=gateway.root_url, api_key=key["secret"], max_retries=0).messages.create(
                     model="stub-1", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
             assert info.value.status_code == 503
+        up_at = time.time()  # before Redis starts: the gateway's probe may find it before start() has seen it answer
         redis.start()
-        up_at = time.time()
         deadline = time.time() + 10
         while _metric(gateway, "dg_state_degraded") != 0:
             assert time.time() < deadline, "the gateway never went back to shared state"

@@ -328,6 +328,9 @@ class Settings(BaseSettings):
     state_failure: Literal["fail_open", "fail_closed"] = Field(
         default="fail_open", description="when Redis fails: serve with this replica's own limits, or refuse with 503")
     state_timeout_s: float = Field(default=0.25, gt=0, description="longest a Redis call may take before state_failure applies")
+    state_headroom_ms: int = Field(default=500, ge=0, le=5000, description=(
+        "with Redis: how long a replica may admit from a slice of headroom reserved far below every limit, without a "
+        "round trip per request (0: every request asks Redis; docs/deploy.md)"))
 
     @field_validator("state")
     @classmethod

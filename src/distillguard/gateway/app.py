@@ -113,7 +113,7 @@ class Gateway:
         self.poll_interval_s = poll_interval_s
         self.router = Router(settings.upstreams)
         self.keys = KeyTable()
-        self.state = open_state(settings.state, settings.state_failure, settings.state_timeout_s)
+        self.state = open_state(settings.state, settings.state_failure, settings.state_timeout_s, settings.state_headroom_ms)
         self.limiter = Limiter(settings.limits, self.state)
         self.metrics = Metrics()
         self.client: UpstreamTransportProtocol = transport if transport is not None else UpstreamClient()

@@ -33,8 +33,11 @@ __all__ = [
 ]
 
 
-def open_state(url: str, failure: str = "fail_open", timeout_s: float = 0.25) -> StateBackend:
-    """The backend ``state`` names: ``memory``, or ``redis://…`` / ``rediss://…`` / ``unix://…`` (wrapped for ``failure``)."""
+def open_state(url: str, failure: str = "fail_open", timeout_s: float = 0.25, headroom_ms: int = 500) -> StateBackend:
+    """The backend ``state`` names: ``memory``, or ``redis://…`` / ``rediss://…`` / ``unix://…`` (wrapped for ``failure``).
+
+    ``headroom_ms`` (``state_headroom_ms``): how long a replica may admit from headroom it reserved (0: never).
+    """
     if url == "memory":
         return MemoryState()
     from distillguard.state.redis_state import (
@@ -42,4 +45,4 @@ def open_state(url: str, failure: str = "fail_open", timeout_s: float = 0.25) ->
     )
     from distillguard.state.resilient import ResilientState
 
-    return ResilientState(RedisState(url, timeout_s=timeout_s), "fail_closed" if failure == "fail_closed" else "fail_open")
+    return ResilientState(RedisState(url, timeout_s=timeout_s, headroom_ms=headroom_ms), "fail_closed" if failure == "fail_closed" else "fail_open")

@@ -1,7 +1,7 @@
 """Limits and nonces shared by every replica through Redis (``state: redis://host:port/db``).
 
 One Lua script does a request's whole admission atomically, in one round
-trip: it first applies the settlements this replica has queued since its last
+trip (or none, from headroom: below): it first applies the settlements this replica has queued since its last
 call (real usage replacing prompt estimates, concurrency slots released), then
 records the attestation nonce (``SET NX PX``), then checks every subject's
 requests/min, tokens/min, concurrency and daily tokens and, only if all admit,
@@ -45,6 +45,22 @@ for a window, two days when the hash also counts daily tokens (a window's
 slots older than 60 s are then removed by the next request, whatever their
 number).
 
+Headroom: one round trip per request is most of what Redis state costs a
+fleet (the gateway's call and Redis' own work: about half again a request's
+CPU at one connection, bench/RESULTS.md), and most requests are nowhere near
+a limit. So when the script admits a request of a key and account far below
+every limit, it also reserves a slice of each for the asking replica — up to
+1/100 of requests/min and of tokens/min, 1/1000 of the daily quota, a pool of
+1/16 of the concurrency limit (lease-set members ``<prefix><i>``; the request
+holds the first), each at most 1/8 of what is left, all or none — counted
+at once, with the slot's latest admission set to the grant's end (now +
+``headroom_ms``), so the slot stays in the window 60 s past any request
+admitted from it. The replica admits the next requests from the slices in
+process (:class:`_Headroom`) until ``headroom_ms`` after it asked, or until
+the quota changes (a throttle, new limits), then hands back what is left with
+its next call. Near a limit there is no slice, and every request is decided
+here one by one. docs/deploy.md ("Headroom") states the bounds.
+
 Settlements never wait for Redis: they are queued and ride along with the next
 admission, or go in one batched call a few milliseconds later when no request
 comes. Redis errors, and calls not answered within ``timeout_s``
@@ -64,24 +80,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import time
 from typing import Any
 
 from distillguard.state.redis_wire import RedisWire, ReplyError, WireTimeout, bulk, command
 from distillguard.state.types import Admission, Quota, Refusal, StateUnavailable
 
-__all__ = ["LEASE_MS", "RedisAdmission", "RedisState"]
+__all__ = ["HEADROOM_MS", "LEASE_MS", "RedisAdmission", "RedisState"]
 
 log = logging.getLogger("distillguard.state")
 
 SLOT_MS = 100  # the window's slots (S in the script)
 LEASE_MS = 30_000  # a concurrency slot's lease; renewed every third of it while the request runs
-SETTLE_DELAY_S = 0.005
-MAX_PARALLEL = 2  # admission calls in flight at once; more wait and go together in the next call  # how long a settlement may wait for an admission to ride along with
+HEADROOM_MS = 500  # how long a replica may admit from a headroom grant (state_headroom_ms; at most 5 s: the script's TTL)
+SETTLE_DELAY_S = 0.005  # how long a settlement may wait for an admission to ride along with
+MAX_PARALLEL = 2  # admission calls in flight at once; more wait and go together in the next call
 CODES = ("rate_limit_exceeded", "token_rate_limit_exceeded", "daily_quota_exceeded", "concurrency_limit_exceeded", "request_too_large")
 
 # KEYS: 3 per admitted subject (s, a, c), then the nonce key if ARGV[5] > 0, then 3 per settled subject.
-# ARGV: n_subjects, charge, request_id, lease_ms, nonce_ttl_ms, 4 limits per subject (-1: none),
-#       n_settlements, then per settlement: request_id, tokens - charged, its slot (admission ms // 100), day,
+# ARGV: n_subjects, charge, request_id, lease_ms, nonce_ttl_ms, headroom_ms (0: ask for none), pool member prefix,
+#       4 limits per subject (-1: none), n_settlements, then per settlement: request_id (or a pool member), tokens to add,
+#       requests to add (negative: a headroom grant's unused part), its slot (admission ms // 100), day,
 #       flags (one digit per subject: 1 window, 2 lease, 4 daily tokens, summed).
 ADMIT_LUA = r"""
 local W, DAY, S = 60000, 86400000, 100
@@ -89,9 +109,10 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local day = math.floor(now / DAY)
 local n, charge, rid, lease = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
-local nonce_ttl = tonumber(ARGV[5])
+local nonce_ttl, hold, prefix = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
 local k = 3 * n + (nonce_ttl > 0 and 1 or 0)
-local a = 6 + 4 * n
+local a = 8 + 4 * n
+local TTL = W + 2 * S + 5000  -- a window's keys outlive its latest slot, whose last admission may lie up to 5 s ahead (headroom)
 local m = tonumber(ARGV[a]); a = a + 1
 local function fix(v) return math.max(0, v) + 0 end  -- never below 0, and never Lua's "-0"
 -- A subject's counts, one packed string (a GET and a SET per request; a hash cost a write per field):
@@ -128,25 +149,32 @@ local function store_dirty()  -- what settlements or a look at the old slots cha
   end
 end
 for _ = 1, m do
-  local srid, delta, sslot, sday, flags = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), ARGV[a + 4]
-  a = a + 5
+  local srid, delta, dn = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local sslot, sday, flags = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]), ARGV[a + 5]
+  a = a + 6
   for j = 1, #flags do
     local f = string.byte(flags, j) - 48
     local h, ar, c = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
     k = k + 3
     if f % 4 >= 2 then redis.call('ZREM', c, srid) end
-    if delta ~= 0 and (f % 2 == 1 or f >= 4) then
+    if (delta ~= 0 or dn ~= 0) and (f % 2 == 1 or f >= 4) then
       local y = load(h)  -- gone (expired, or Redis lost it): nothing to correct
       if y then
         local changed = false
-        if f % 2 == 1 then  -- its tokens move with it if its slot is still in the window
+        if f % 2 == 1 then  -- its tokens (and a grant's unused requests) move with it if its slot is still in the window
           if y.cs == sslot then
-            y.t, y.ct, changed = fix(y.t + delta), fix(y.ct + delta), true
-          else
+            y.t, y.ct, y.n, y.cn, changed = fix(y.t + delta), fix(y.ct + delta), fix(y.n + dn), fix(y.cn + dn), true
+          elseif dn == 0 then
             local old = redis.call('HGET', ar, 't' .. sslot)
             if old then
               redis.call('HSET', ar, 't' .. sslot, fix(tonumber(old) + delta))
               y.t, changed = fix(y.t + delta), true
+            end
+          else
+            local old = redis.call('HMGET', ar, 't' .. sslot, 'n' .. sslot)
+            if old[1] then
+              redis.call('HSET', ar, 't' .. sslot, fix(tonumber(old[1]) + delta), 'n' .. sslot, fix(tonumber(old[2]) + dn))
+              y.t, y.n, changed = fix(y.t + delta), fix(y.n + dn), true
             end
           end
         end
@@ -173,7 +201,7 @@ local cut = math.floor((now - W) / S)  -- slots up to this one may have left the
 local x = {}
 for i = 1, n do
   local h, ar, c = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
-  local b = 4 * i + 2
+  local b = 4 * i + 4
   local rpm, tpm, conc, daily = tonumber(ARGV[b]), tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
   -- the window's requests and tokens; the oldest slot that may be in it, and that slot's latest admission (-1: unknown);
   -- the latest slot (cs) with its requests, tokens and latest admission (the older slots: fields n<s>, t<s>, m<s> of `ar`)
@@ -214,9 +242,11 @@ for i = 1, n do
     if #gone > 0 then redis.call('HDEL', ar, unpack(gone)) end
     y.n, y.t, y.o, y.om, y.dirty = fix(y.n), fix(y.t), o, om, true
   end
-  -- when enough of the oldest slots have left for `need` requests (field 'n') or tokens ('t') to fit; 16 slots a call
+  -- when enough of the oldest slots have left for `need` requests (field 'n') or tokens ('t') to fit; 16 slots a call.
+  -- A slot leaves with its latest admission, which for a headroom grant lies ahead of the next slots' (`latest`).
   local function leaves(field, need)
     if not y.o then return -1 end
+    local latest = -1
     for first = y.o, y.cs - 1, 16 do
       local names = {}
       for s = first, math.min(y.cs - 1, first + 15) do names[#names + 1] = field .. s; names[#names + 1] = 'm' .. s end
@@ -224,12 +254,13 @@ for i = 1, n do
       for j = 1, #got, 2 do
         if got[j] then
           need = need - tonumber(got[j])
-          if need <= 0 then return tonumber(got[j + 1]) + W end
+          latest = math.max(latest, tonumber(got[j + 1]))
+          if need <= 0 then return latest + W end
         end
       end
     end
     need = need - (field == 'n' and y.cn or y.ct)
-    if need <= 0 then return y.cm + W end
+    if need <= 0 then return math.max(latest, y.cm) + W end
     return -1
   end
   if rpm >= 0 and y.n + 1 > rpm then refuse(1, rpm, rpm > 0 and leaves('n', y.n + 1 - rpm) or -1, i) end
@@ -241,42 +272,83 @@ for i = 1, n do
     if charge > daily then refuse(5, daily, -1, i)
     elseif y.today + charge > daily then refuse(3, daily, (day + 1) * DAY, i) end
   end
-  if conc >= 0 and redis.call('ZCOUNT', c, '(' .. now, '+inf') >= conc then refuse(4, conc, -1, i) end
+  if conc >= 0 then
+    y.held = redis.call('ZCOUNT', c, '(' .. now, '+inf')
+    if y.held >= conc then refuse(4, conc, -1, i) end
+  end
   x[i] = y
 end
 if worst_code ~= nil then
   store_dirty()  -- the settlements, and what the look at the old slots found
   return {1, worst_code, worst_limit, now, worst_at, worst_subject}
 end
+-- Headroom (see the module docstring): far below every limit of every subject, reserve a slice of each for this
+-- replica to admit from without asking; near any limit, none at all (then every request is decided here, exactly).
+local grant = nil
+if hold > 0 then
+  grant = {}
+  for i = 1, n do
+    local b = 4 * i + 4
+    local rpm, tpm, conc, daily = tonumber(ARGV[b]), tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
+    local y = x[i]
+    local gr, gt, gp = -1, -1, -1  -- -1: no such limit
+    if rpm >= 0 then gr = math.min(math.floor(rpm / 100), math.floor((rpm - y.n - 1) / 8)) end
+    if tpm >= 0 or daily >= 0 then
+      gt = 9007199254740992
+      if tpm >= 0 then gt = math.min(gt, math.floor(tpm / 100), math.floor((tpm - y.t - charge) / 8)) end
+      if daily >= 0 then
+        gt = math.min(gt, math.floor(daily / 1000), math.floor((daily - y.today - charge) / 8))
+        hold = math.min(hold, (day + 1) * DAY - 1 - now)  -- used up before midnight UTC: on today's quota
+      end
+    end
+    if conc >= 0 then gp = math.min(math.floor(conc / 16), math.floor((conc - y.held) / 8)) end
+    if (rpm >= 0 and gr < 1) or ((tpm >= 0 or daily >= 0) and gt < 1) or (conc >= 0 and gp < 1) then grant = nil; break end
+    grant[i] = {gr, gt, gp}
+  end
+  if hold < 20 then grant = nil end
+end
+local reply = {0, now, day}
+if grant then reply[4] = hold end
 for i = 1, n do
   local h, ar, c = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
-  local b = 4 * i + 2
+  local b = 4 * i + 4
   local y = x[i]
+  local g = grant and grant[i]
+  local gr, gt = g and math.max(g[1], 0) or 0, g and math.max(g[2], 0) or 0
   local windowed, daily = tonumber(ARGV[b]) >= 0 or tonumber(ARGV[b + 1]) >= 0, tonumber(ARGV[b + 3]) >= 0
   local fresh = not windowed or y.cs ~= cur  -- the first admission of a slot renews the keys' expiry (not every request)
   if windowed then
     if fresh and y.cs then  -- the latest slot becomes an older one: into the archive
       redis.call('HSET', ar, 'n' .. y.cs, y.cn, 't' .. y.cs, y.ct, 'm' .. y.cs, y.cm)
-      y.cn, y.ct = 0, 0
+      y.cn, y.ct, y.cm = 0, 0, -1
     end
     if not y.o then y.o = cur end
-    if y.o == cur then y.om = now end
-    y.n, y.t, y.cs, y.cn, y.ct, y.cm = y.n + 1, y.t + charge, cur, y.cn + 1, y.ct + charge, now
+    -- a grant's requests count as if admitted at the grant's end: its slot stays in the window 60 s past the last of them
+    y.n, y.t, y.cs, y.cn, y.ct, y.cm = y.n + 1 + gr, y.t + charge + gt, cur, y.cn + 1 + gr, y.ct + charge + gt,
+                                       math.max(y.cm, g and now + hold or now)
+    if y.o == cur then y.om = y.cm end
   end
-  if daily then y.dayv, y.used = day, y.today + charge end
+  if daily then y.dayv, y.used = day, y.today + charge + gt end
   if windowed or daily then
-    local ttl = daily and 2 * DAY or W + 2 * S
-    store(h, y, fresh and ttl or nil)
-    if fresh and windowed then redis.call('PEXPIRE', ar, ttl) end  -- the archive lives no longer than the counts
+    local ttl = daily and 2 * DAY or TTL
+    store(h, y, (fresh or g) and ttl or nil)
+    if (fresh or g) and windowed then redis.call('PEXPIRE', ar, ttl) end  -- the archive lives no longer than the counts
   end
   if tonumber(ARGV[b + 2]) >= 0 then
     if now % 16 == 0 then redis.call('ZREMRANGEBYSCORE', c, '-inf', now) end  -- now and then: the leases of dead replicas
-    redis.call('ZADD', c, now + lease, rid)
-    if fresh then redis.call('PEXPIRE', c, 2 * lease) end  -- outlives every lease taken in this slot
+    if g then  -- a pool of concurrency slots (members prefix..1 to prefix..gp); this request holds the first
+      local members = {}
+      for j = 1, g[3] do members[#members + 1] = now + lease; members[#members + 1] = prefix .. j end
+      redis.call('ZADD', c, unpack(members))
+    else
+      redis.call('ZADD', c, now + lease, rid)
+    end
+    if fresh or g then redis.call('PEXPIRE', c, 2 * lease) end  -- outlives every lease taken in this slot
   end
+  if g then reply[#reply + 1] = g[1]; reply[#reply + 1] = g[2]; reply[#reply + 1] = g[3] end
 end
 store_dirty()  -- settled subjects this call did not admit
-return {0, now, day}
+return reply
 """
 
 # KEYS: the lease sets; ARGV: lease_ms, then one request id per key.
@@ -352,25 +424,28 @@ class _Call:
 class _Encoded:
     """A quota's key names and limit arguments, in RESP once (the same few quotas come back on every request)."""
 
-    __slots__ = ("quota", "keys", "limits", "leased", "flag")
+    __slots__ = ("quota", "subject", "keys", "limits", "leased", "flag", "counted")
 
     def __init__(self, quota: Quota) -> None:
         self.quota = quota
+        self.subject = quota.subject
         self.keys = b"".join(bulk(key) for key in _keys(quota.subject))  # three RESP items
         self.limits = b"".join((_limit(quota.requests_per_min), _limit(quota.tokens_per_min),
                                 _limit(quota.concurrent_requests), _limit(quota.daily_tokens)))  # four RESP items
         self.leased = quota.concurrent_requests is not None
         # what its settlement must undo: 1 the window's entry, 2 the lease, 4 the daily count (a digit, summed)
         windowed = quota.requests_per_min is not None or quota.tokens_per_min is not None
-        self.flag = b"%d" % (windowed + 2 * self.leased + 4 * (quota.daily_tokens is not None))
+        self.counted = windowed + 4 * (quota.daily_tokens is not None)  # the flag without the lease
+        self.flag = b"%d" % (self.counted + 2 * self.leased)
 
 
 class _Subjects:
     """A request's quotas together, in RESP once: what every admission of the same key and account sends alike."""
 
-    __slots__ = ("subjects", "keys", "n_keys", "count", "limits", "n_limits", "leased", "flags")
+    __slots__ = ("parts", "subjects", "keys", "n_keys", "count", "limits", "n_limits", "leased", "flags")
 
     def __init__(self, parts: tuple[_Encoded, ...]) -> None:
+        self.parts = parts
         self.subjects = tuple(part.quota.subject for part in parts)
         self.keys = b"".join(part.keys for part in parts)
         self.n_keys = 3 * len(parts)
@@ -381,29 +456,66 @@ class _Subjects:
         self.flags = bulk(b"".join(part.flag for part in parts))
 
 
+class _Headroom:
+    """A slice of one subject's limits that Redis reserved for this replica: requests, tokens, concurrency slots.
+
+    Reserved means already counted in Redis (the requests and tokens in the
+    window's slot of the grant, whose latest admission is the grant's end;
+    the slots as pool members ``<prefix><n>`` of the subject's lease set), so
+    admitting from it cannot take the fleet past a limit. It is used until
+    ``expires`` (this process's monotonic clock, counted from before the call
+    that got it, so it ends no later than Redis counts it), until its quota
+    changes (a throttle or new limits make a new :class:`_Encoded`), or until
+    a newer grant of the same subject replaces it; then :meth:`RedisState._retire`
+    hands back what is left.
+    """
+
+    __slots__ = ("encoded", "expires", "requests", "tokens", "pooled", "free", "tail", "retired")
+
+    def __init__(self, encoded: _Encoded, expires: float, requests: int, tokens: int, free: list[bytes], tail: bytes) -> None:
+        self.encoded = encoded
+        self.expires = expires
+        self.requests = requests  # left to admit; -1: the subject has no requests/min limit
+        self.tokens = tokens  # left to charge; -1: no tokens/min nor daily limit
+        self.pooled = encoded.leased  # concurrency-limited: a request needs one of the free pool members
+        self.free = free  # pool members not held by a request
+        self.tail = tail  # RESP: the grant's slot and day, what its settlements name
+        self.retired = False
+
+
 def _no_script(reply: Any) -> bool:
     return isinstance(reply, ReplyError) and str(reply).startswith("NOSCRIPT")
 
 
 class RedisAdmission:
-    """One request admitted by Redis, with what its settlement needs already in RESP."""
+    """One request admitted by Redis or from headroom, with what its settlement needs already in RESP.
 
-    __slots__ = ("request_id", "charged", "subjects", "keys", "leased", "settle_head", "settle_tail")
+    ``headroom`` is None for a request Redis decided on its own (settled in
+    Redis: its tokens, its lease); else the grant each subject admitted it
+    from, and ``members`` the pool member (concurrency slot) it holds there.
+    """
+
+    __slots__ = ("request_id", "charged", "subjects", "keys", "leased", "settle_head", "settle_tail", "headroom", "members")
 
     def __init__(self, request_id: str, charged: int, subjects: tuple[str, ...], keys: bytes,
-                 leased: tuple[str, ...], settle_head: bytes, settle_tail: bytes) -> None:
+                 leased: tuple[str, ...], settle_head: bytes, settle_tail: bytes,
+                 headroom: tuple[_Headroom, ...] | None = None, members: tuple[bytes | None, ...] = ()) -> None:
         self.request_id = request_id
         self.charged = charged
         self.subjects = subjects
         self.keys = keys  # the subjects' three keys each, in RESP, for the settlement
         self.leased = leased  # subjects whose concurrency slot this request holds
         # The settlement's arguments around the real usage, in RESP: the request id (head) and the admission's
-        # slot, day and the subjects' flags (tail); between them goes the difference to the charge.
+        # slot, day and the subjects' flags (tail); between them go the difference to the charge and 0 requests.
         self.settle_head = settle_head
         self.settle_tail = settle_tail
+        self.headroom = headroom
+        self.members = members
 
 
 _SMALL = [bulk(i) for i in range(16)]
+_EMPTY = bulk(b"")
+_FLAGS = [bulk(i) for i in range(8)]  # one subject's settlement flags
 
 
 def _bulk_int(value: int) -> bytes:
@@ -414,7 +526,10 @@ def _bulk_int(value: int) -> bytes:
 
 def _small(value: int) -> bytes:
     """``bulk(value)`` for the small counts of every call, made once."""
-    return _SMALL[value] if 0 <= value < len(_SMALL) else bulk(value)
+    return _SMALL[value] if 0 <= value < len(_SMALL) else _bulk_int(value)
+
+
+Settlement = tuple[bytes, int, bytes]  # keys in RESP, how many, the six arguments in RESP (see ADMIT_LUA)
 
 
 class RedisState:
@@ -423,18 +538,22 @@ class RedisState:
     name = "redis"
     degraded = False  # a failing call raises StateUnavailable; ResilientState, which wraps this, is what degrades
 
-    def __init__(self, url: str, *, timeout_s: float = 0.25, lease_ms: int = LEASE_MS) -> None:
+    def __init__(self, url: str, *, timeout_s: float = 0.25, lease_ms: int = LEASE_MS, headroom_ms: int = HEADROOM_MS) -> None:
         import redis.asyncio as aioredis  # only a fleet pays for the client
 
+        if not 0 <= headroom_ms <= 5000:
+            raise ValueError(f"headroom_ms={headroom_ms}: expected 0 (none) to 5000 (the script keeps windows 5 s longer)")
         self.url = url
         self.timeout_s = timeout_s
         self.lease_ms = lease_ms
+        self.headroom_ms = headroom_ms
         # redis-py's client is off the hot path (pub/sub, administration); the admission calls go over
         # redis_wire connections, whose deadline (timeout_s) bounds each call without a timer per call.
         self.client: Any = aioredis.Redis.from_url(url, socket_connect_timeout=timeout_s, health_check_interval=0)
         self._admit = _Script(self.client.register_script(ADMIT_LUA).sha, ADMIT_LUA)
         self._renew = _Script(self.client.register_script(RENEW_LUA).sha, RENEW_LUA)
         self._lease_arg = bulk(lease_ms)
+        self._hold_arg = bulk(headroom_ms)
         self._settings = self.client.connection_pool.make_connection()  # the URL's address, TLS and credentials; never connected
         self._idle: list[RedisWire] = []  # connections not in use: one per concurrent call, reused
         # RESP made once: per subject (checked against the request's quota, which a throttle may change), and per
@@ -443,19 +562,29 @@ class RedisState:
         self._combined: dict[tuple[_Encoded, ...], _Subjects] = {}
         self._outstanding = 0  # admission calls in flight
         self._queued: list[tuple[tuple[int, bytes], asyncio.Future[Any]]] = []  # admissions waiting for the next batch
-        self._pending: list[tuple[RedisAdmission, int]] = []
+        self._pending: list[Settlement] = []
         self._flush_handle: asyncio.TimerHandle | None = None
         self._flushing: asyncio.Task[None] | None = None
         self._in_flight: dict[str, RedisAdmission] = {}
         self._day, self._day_arg = -1, b""  # the UTC day of the last admission, and its RESP argument
         self._renewer: asyncio.Task[None] | None = None
+        # headroom: each subject's current grant; combinations with a call asking for one in flight; pool member names
+        self._heads: dict[str, _Headroom] = {}
+        self._asking: set[_Subjects] = set()
+        self._prefix = b"h:" + os.urandom(6).hex().encode() + b":"  # this process's pool members, unique in the fleet
+        self._grants = 0
+        self._sweep_handle: asyncio.TimerHandle | None = None
         self.calls = 0  # round trips made, for the benchmark
+        self.local = 0  # requests admitted from headroom, without a round trip
 
     async def start(self) -> None:
         """Check that Redis answers and load the scripts; raises :class:`StateUnavailable` if it does not."""
         for conn in self._idle:  # connections from before an outage are dead
             conn.close()
         self._idle.clear()
+        for head in list(self._heads.values()):  # Redis may have lost them: their returns change nothing then
+            self._retire(head)
+        self._heads.clear()
         patience = max(self.timeout_s, 2.0)  # connecting and loading the script may take longer than a call
         try:
             async with asyncio.timeout(patience):
@@ -464,9 +593,9 @@ class RedisState:
                     conn.close()
                     raise StateUnavailable("PING was not answered with PONG")
                 self._idle.append(conn)
-                # n = 0 subjects, 0 tokens, no request id, lease, no nonce, 0 settlements: loads the script, changes nothing
+                # n = 0 subjects, 0 tokens, no request id, lease, no nonce, no headroom, 0 settlements: loads the script
                 probe = _Call()
-                probe.arg(bulk(0) + bulk(0) + bulk(b"") + self._lease_arg + bulk(0) + bulk(0), 6)
+                probe.arg(bulk(0) + bulk(0) + _EMPTY + self._lease_arg + bulk(0) + bulk(0) + _EMPTY + bulk(0), 8)
                 await self._call(self._admit, probe.body())
                 conn.set_timeout(self.timeout_s)
         except Exception as exc:
@@ -493,20 +622,20 @@ class RedisState:
             combined = self._combined[key] = _Subjects(key)
         return combined
 
-    async def _connection(self) -> RedisWire:
-        """An idle connection, or a new one; either fails a call whose reply takes longer than ``timeout_s``."""
-        return self._idle.pop() if self._idle else await RedisWire.open(self._settings, self.timeout_s)
-
     async def _call(self, script: _Script, body: tuple[int, bytes]) -> Any:
         """One script call on a connection of our own (:mod:`distillguard.state.redis_wire`; see why there).
 
-        A connection whose call failed or was cancelled (a timeout) is closed,
-        since its reply may still come; an error reply raises :data:`ReplyError`.
+        An idle connection is reused, else one is opened; either fails a call
+        whose reply takes longer than ``timeout_s``. A Redis that forgot the
+        script (a restart, a failover) gets it once in full on the same
+        connection. A connection whose call failed or was cancelled (a
+        timeout) is closed, since its reply may still come; an error reply
+        raises :data:`ReplyError`.
         """
-        conn = await self._connection()
+        conn = self._idle.pop() if self._idle else await RedisWire.open(self._settings, self.timeout_s)
         try:
             reply = await conn.call(_request(script.evalsha, body))
-            if _no_script(reply):  # a restarted Redis forgot the script: send it once in full
+            if _no_script(reply):
                 reply = await conn.call(_request(script.eval, body))
         except BaseException:
             conn.close()
@@ -523,26 +652,10 @@ class RedisState:
         ``MAX_PARALLEL`` calls are out go together in the next one (one write,
         one read of all the replies), which costs the gateway far less CPU per
         request than a call each; a lone request never waits for company.
-        The usual case, a call while fewer are out and a connection is idle,
-        goes straight to the connection (one future awaited, no coroutine in
-        between: at c=1 each layer showed in the gateway's CPU per request).
         """
         if self._outstanding < MAX_PARALLEL:
             self._outstanding += 1
             try:
-                if self._idle:
-                    conn = self._idle.pop()
-                    try:
-                        reply = await conn.send_one(_request(self._admit.evalsha, body))
-                        if _no_script(reply):  # a restarted Redis forgot the script: send it once in full
-                            reply = await conn.send_one(_request(self._admit.eval, body))
-                    except BaseException:
-                        conn.close()  # its reply may still come
-                        raise
-                    self._idle.append(conn)
-                    if isinstance(reply, ReplyError):
-                        raise reply
-                    return reply
                 return await self._call(self._admit, body)
             except WireTimeout as exc:  # Redis is slow: those queued for the next batch need not wait to find out
                 batch, self._queued = self._queued, []
@@ -593,7 +706,7 @@ class RedisState:
 
     async def _pipeline(self, head: bytes, bodies: list[tuple[int, bytes]]) -> list[Any]:
         """Several script calls in one write on one connection; error replies come back in the list, not raised."""
-        conn = await self._connection()
+        conn = self._idle.pop() if self._idle else await RedisWire.open(self._settings, self.timeout_s)
         futures = conn.send(b"".join([_request(head, body) for body in bodies]), len(bodies))
         try:
             replies = [await future for future in futures]
@@ -608,6 +721,10 @@ class RedisState:
     async def admit(self, quotas: tuple[Quota, ...], tokens: int, request_id: str,
                     nonce: tuple[str, int] | None = None) -> RedisAdmission | Refusal | None:
         subjects = self._subjects(quotas)
+        if nonce is None and self.headroom_ms:  # a nonce must be checked in Redis: the fleet's one replay cache
+            local = self._from_headroom(subjects, tokens, request_id)
+            if local is not None:
+                return local
         rid = request_id.encode()
         rid = b"$%d\r\n%b\r\n" % (len(rid), rid)
         # KEYS: the subjects', the nonce's, the settled subjects'; ARGV: see ADMIT_LUA
@@ -617,29 +734,43 @@ class RedisState:
         else:
             nonce_key, nonce_ttl = bulk("dg:n:" + nonce[0]), bulk(nonce[1])
             n_keys += 1
+        asking = bool(self.headroom_ms) and subjects not in self._asking  # one call at a time asks for the same grant
+        if asking:
+            self._grants += 1
+            prefix = self._prefix + b"%d:" % self._grants
+            hold, prefix_arg = self._hold_arg, bulk(prefix)
+            self._asking.add(subjects)
+        else:
+            prefix, hold, prefix_arg = b"", _SMALL[0], _EMPTY
         settled_keys = settled_args = b""
         settled = 0
         if self._pending:
-            pending = self._take_pending()
+            pending, self._pending = self._pending, []  # the flush timer is left to run (see _flush_soon)
             settled = len(pending)
-            settled_keys = b"".join([admission.keys for admission, _ in pending])
-            n_keys += sum([3 * len(admission.subjects) for admission, _ in pending])
-            settled_args = b"".join([b"%b%b%b" % (admission.settle_head, _small(used - admission.charged), admission.settle_tail)
-                                     for admission, used in pending])
-        body = (7 + n_keys + subjects.n_limits + 5 * settled,
-                b"%b%b%b%b%b%b%b%b%b%b%b%b" % (_small(n_keys), subjects.keys, nonce_key, settled_keys, subjects.count, _small(tokens),
-                                                rid, self._lease_arg, nonce_ttl, subjects.limits, _small(settled), settled_args))
+            settled_keys = b"".join([keys for keys, _, _ in pending])
+            n_keys += sum([n for _, n, _ in pending])
+            settled_args = b"".join([args for _, _, args in pending])
+        body = (9 + n_keys + subjects.n_limits + 6 * settled,
+                b"%b%b%b%b%b%b%b%b%b%b%b%b%b%b" % (_small(n_keys), subjects.keys, nonce_key, settled_keys, subjects.count,
+                                                    _small(tokens), rid, self._lease_arg, nonce_ttl, hold, prefix_arg,
+                                                    subjects.limits, _small(settled), settled_args))
+        sent = time.monotonic()
         try:
             self.calls += 1
             reply = await self._admit_call(body)
         except Exception as exc:
             raise StateUnavailable(f"state {self.url}: {type(exc).__name__}: {exc}") from exc
+        finally:
+            if asking:
+                self._asking.discard(subjects)
         status = reply[0]
         if status == 0:
             day = reply[2]
+            tail = _bulk_int(reply[1] // SLOT_MS) + (self._day_arg if day == self._day else self._new_day(day))
+            if len(reply) > 3:  # a headroom grant came with it
+                return self._granted(subjects, reply, sent, prefix, tail, request_id, tokens, rid)
             admission = RedisAdmission(request_id, tokens, subjects.subjects, subjects.keys, subjects.leased, rid,
-                                       _bulk_int(reply[1] // SLOT_MS) + (self._day_arg if day == self._day else self._new_day(day))
-                                       + subjects.flags)
+                                       tail + subjects.flags)
             if subjects.leased:
                 self._in_flight[request_id] = admission
             return admission
@@ -652,38 +783,144 @@ class RedisState:
         self._day, self._day_arg = day, bulk(day)
         return self._day_arg
 
+    # -- headroom ---------------------------------------------------------------------------
+    def _from_headroom(self, subjects: _Subjects, tokens: int, request_id: str) -> RedisAdmission | None:
+        """Admit from every subject's current grant without a round trip, or None when one of them cannot."""
+        heads = self._heads
+        now = time.monotonic()
+        found = []
+        for part in subjects.parts:
+            head = heads.get(part.subject)
+            if (head is None or head.encoded is not part or head.expires <= now or head.requests == 0
+                    or 0 <= head.tokens < tokens or (head.pooled and not head.free)):
+                return None
+            found.append(head)
+        members: list[bytes | None] = []
+        for head in found:
+            if head.requests > 0:
+                head.requests -= 1
+            if head.tokens > 0:
+                head.tokens -= tokens
+            members.append(head.free.pop() if head.pooled else None)
+        self.local += 1
+        admission = RedisAdmission(request_id, tokens, subjects.subjects, subjects.keys, subjects.leased, b"", b"",
+                                   tuple(found), tuple(members))
+        if subjects.leased:
+            self._in_flight[request_id] = admission
+        return admission
+
+    def _granted(self, subjects: _Subjects, reply: list[int], sent: float, prefix: bytes, tail: bytes,
+                 request_id: str, tokens: int, rid: bytes) -> RedisAdmission:
+        """The request Redis admitted with a grant: keep the grant per subject; the request holds its first pool member."""
+        expires = sent + reply[3] / 1000
+        heads = self._heads
+        found = []
+        members: list[bytes | None] = []
+        for j, part in enumerate(subjects.parts):
+            requests, granted_tokens, pool = reply[4 + 3 * j:7 + 3 * j]
+            head = _Headroom(part, expires, requests, granted_tokens,
+                             [prefix + b"%d" % i for i in range(pool, 1, -1)], tail)  # members 2..pool; the request has 1
+            old = heads.get(part.subject)
+            if old is not None:
+                self._retire(old)
+            heads[part.subject] = head
+            found.append(head)
+            members.append(prefix + b"1" if pool > 0 else None)
+        if self._sweep_handle is None:
+            self._sweep_handle = asyncio.get_running_loop().call_later(reply[3] / 1000 + 0.01, self._sweep)
+        admission = RedisAdmission(request_id, tokens, subjects.subjects, subjects.keys, subjects.leased, rid,
+                                   tail + subjects.flags, tuple(found), tuple(members))
+        if subjects.leased:
+            self._in_flight[request_id] = admission
+        return admission
+
+    def _retire(self, head: _Headroom) -> None:
+        """Hand back what is left of a grant (unused requests and tokens, free pool members), once."""
+        if head.retired:
+            return
+        head.retired = True
+        encoded = head.encoded
+        free, head.free = head.free, []
+        requests, tokens = max(head.requests, 0), max(head.tokens, 0)
+        if not (requests or tokens or free):
+            return
+        first = free.pop() if free else None
+        self._queue((encoded.keys, 3, b"%b%b%b%b%b" % (_EMPTY if first is None else bulk(first), _small(-tokens),
+                                                      _small(-requests), head.tail,
+                                                      _FLAGS[encoded.counted + (2 if first is not None else 0)])))
+        for member in free:
+            self._queue((encoded.keys, 3, b"%b%b%b%b%b" % (bulk(member), _SMALL[0], _SMALL[0], head.tail, _FLAGS[2])))
+
+    def _sweep(self) -> None:
+        """Retire expired grants (a subject that went quiet gives its headroom back); again while any is left."""
+        self._sweep_handle = None
+        now = time.monotonic()
+        heads = self._heads
+        expired = [subject for subject, head in heads.items() if head.expires <= now]
+        for subject in expired:
+            self._retire(heads.pop(subject))
+        if heads:
+            wait = max(0.01, min(head.expires for head in heads.values()) - now + 0.01)
+            self._sweep_handle = asyncio.get_running_loop().call_later(wait, self._sweep)
+
+    # -- settlements ------------------------------------------------------------------------
     def settle(self, admission: Admission, tokens: int) -> None:
         assert isinstance(admission, RedisAdmission), "settled by the backend that admitted it"
-        self._in_flight.pop(admission.request_id, None)
-        if tokens == admission.charged and not admission.leased:
-            return  # nothing to change in Redis
-        self._pending.append((admission, tokens))
+        if admission.leased:
+            self._in_flight.pop(admission.request_id, None)
+        found = admission.headroom
+        if found is None:  # decided by Redis alone: settled there
+            if tokens == admission.charged and not admission.leased:
+                return  # nothing to change in Redis
+            self._queue((admission.keys, 3 * len(admission.subjects),
+                         b"%b%b%b%b" % (admission.settle_head, _small(tokens - admission.charged), _SMALL[0], admission.settle_tail)))
+            return
+        delta = tokens - admission.charged
+        now = time.monotonic()
+        heads = self._heads
+        for head, member in zip(found, admission.members, strict=True):
+            live = not head.retired and head.expires > now
+            if member is not None:
+                if live:
+                    head.free.append(member)  # back in the pool, for the next request
+                else:
+                    self._queue((head.encoded.keys, 3, b"%b%b%b%b%b" % (bulk(member), _SMALL[0], _SMALL[0], head.tail, _FLAGS[2])))
+            if delta == 0 or head.tokens < 0:
+                continue
+            if delta < 0 and live:
+                head.tokens -= delta  # the grant's again
+                continue
+            current = heads.get(head.encoded.subject) if delta > 0 else None
+            if (current is not None and current.encoded is head.encoded and not current.retired and current.expires > now
+                    and current.tokens >= delta):
+                current.tokens -= delta  # the completion's tokens, from headroom already counted in Redis
+                continue
+            self._queue((head.encoded.keys, 3, b"%b%b%b%b%b" % (_EMPTY, _small(delta), _SMALL[0], head.tail,
+                                                                _FLAGS[head.encoded.counted])))
+
+    def _queue(self, settlement: Settlement) -> None:
+        self._pending.append(settlement)
         if self._flush_handle is None:
             self._flush_handle = asyncio.get_running_loop().call_later(SETTLE_DELAY_S, self._flush_soon)
 
-    # -- settlements ------------------------------------------------------------------------
-    def _take_pending(self) -> list[tuple[RedisAdmission, int]]:
-        # The flush timer is left to run: when it fires with nothing pending it does nothing (cancelling and
-        # setting it again for every request cost more than an idle wake-up every few milliseconds).
-        pending, self._pending = self._pending, []
-        return pending
-
     def _flush_soon(self) -> None:
+        # The timer is left to run when an admission takes the pending settlements: when it fires with nothing
+        # pending it does nothing (cancelling and setting it again for every request cost more than an idle wake-up).
         self._flush_handle = None
         if self._pending and (self._flushing is None or self._flushing.done()):
             self._flushing = asyncio.get_running_loop().create_task(self.flush())
 
     async def flush(self) -> None:
         """Send every queued settlement now, in one call."""
-        pending = self._take_pending()
+        pending, self._pending = self._pending, []
         if not pending:
             return
         call = _Call()
-        call.arg(bulk(0) + bulk(0) + bulk(b"") + self._lease_arg + bulk(0), 5)  # no subject to admit, no nonce
+        call.arg(bulk(0) + bulk(0) + _EMPTY + self._lease_arg + bulk(0) + bulk(0) + _EMPTY, 7)  # nothing to admit
         call.arg(_small(len(pending)))
-        for admission, tokens in pending:
-            call.arg(b"%b%b%b" % (admission.settle_head, _small(tokens - admission.charged), admission.settle_tail), 5)
-            call.key(admission.keys, 3 * len(admission.subjects))
+        for keys, n, args in pending:
+            call.arg(args, 6)
+            call.key(keys, n)
         try:
             self.calls += 1
             async with asyncio.timeout(self.timeout_s):
@@ -701,9 +938,15 @@ class RedisState:
             call = _Call()
             call.arg(self._lease_arg)
             for admission in running:
-                for subject in admission.leased:
-                    call.key(bulk(_keys(subject)[2]))
-                    call.arg(bulk(admission.request_id))
+                if admission.headroom is None:
+                    for subject in admission.leased:
+                        call.key(bulk(_keys(subject)[2]))
+                        call.arg(bulk(admission.request_id))
+                else:  # the pool members it holds
+                    for head, member in zip(admission.headroom, admission.members, strict=True):
+                        if member is not None:
+                            call.key(bulk(_keys(head.encoded.subject)[2]))
+                            call.arg(bulk(member))
             try:
                 async with asyncio.timeout(self.timeout_s):
                     await self._call(self._renew, call.body())
@@ -715,6 +958,12 @@ class RedisState:
             self._renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._renewer
+        if self._sweep_handle is not None:
+            self._sweep_handle.cancel()
+            self._sweep_handle = None
+        for head in self._heads.values():  # what this replica reserved goes back to the fleet
+            self._retire(head)
+        self._heads.clear()
         with contextlib.suppress(Exception):
             async with asyncio.timeout(2):
                 await self.flush()

@@ -190,7 +190,7 @@ class RedisWire(asyncio.Protocol):
 
         Cancelled (a timeout): the connection is closed, since its reply may still come.
         """
-        future = self.send(request, 1)[0]
+        future = self.send_one(request)
         try:
             return await future
         except asyncio.CancelledError:
