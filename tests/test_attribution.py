@@ -268,6 +268,74 @@ def test_candidate_pairs_grow_linearly_with_accounts_sharing_an_item() -> None:
         assert 0 < cache.candidate_pairs <= 2 * n * HUBS  # hubs, plus LSH pairs; all pairs would be 1.1 million at 1,500
 
 
+# -- synchronised activity under a co-firing crowd (issue #11: the work must not grow with the square of a crowd) --------
+
+ROUNDS = [(t - t % 300) + 10 for t in (T0 + 1000 * i + (i * i * 37) % 700 for i in range(12))]  # + 49 s stays in the bucket
+
+
+def crowd_state(n: int, *, distinct: bool, hydra: int = 0) -> tuple[Scanner, dict[str, float]]:
+    """``n`` accounts firing in the same 12 five-minute buckets (each with two of its own too, when ``distinct``), their
+    own words and home addresses, beside ordinary people; and ``hydra`` accounts firing with them that also share a
+    private wrapper and a hosting /24."""
+    scanner = Scanner()
+    background(scanner)
+    for k in range(n):
+        own_rounds = [T0 + (20 + 10 * j) * DAY + 600 * k for j in range(2)] if distinct else []
+        for i, t in enumerate(ROUNDS + own_rounds):
+            scanner.update(ev(f"crowd{k:05d}", t + k % 50, task(i * n + k), ip=f"10.{k // 250}.{k % 250}.1"))
+    for k in range(hydra):
+        for i, t in enumerate(ROUNDS):
+            scanner.update(ev(f"hydra{k}", t + 7 * k, PRIVATE_WRAPPER.format(task=task(10_000 + i * hydra + k)), ip=HOSTING_24(k, i),
+                              hosting=True))
+    return scanner, {a: 0.0 for a in scanner.accounts}
+
+
+def crowd_clusters(scanner: Scanner, own: dict[str, float]) -> tuple[list[set[str]], Any]:
+    from distillguard.detect.clustering import ClusterCache, find_clusters
+
+    cache = ClusterCache()
+    found = find_clusters(scanner.fingerprints, scanner.templates, {a: scanner.timing.buckets(a) for a in scanner.accounts}, own, None,
+                          cache)
+    return [set(c.accounts) for c in found], cache
+
+
+def test_a_cofiring_crowd_costs_exact_checks_and_pairs_linear_in_its_size() -> None:
+    """Accounts that fire together are an attacker's choice: checking every pair LSH returns cost the square of the crowd."""
+    from distillguard.detect.clustering import HUBS, SYNC_TRIES
+
+    work = {}
+    for n in (200, 400):
+        _, cache = crowd_clusters(*crowd_state(n, distinct=True))
+        work[n] = cache.sync_checks, cache.candidate_pairs
+        assert 0 < cache.sync_checks <= n * SYNC_TRIES  # every pair would be 19,900 / 79,800
+        assert 0 < cache.candidate_pairs <= n * (SYNC_TRIES + 2 * HUBS)
+    assert work[400][0] <= 2.3 * work[200][0] and work[400][1] <= 2.3 * work[200][1]  # linear: 2×; all pairs: 4×
+
+
+def test_identical_bucket_sets_are_checked_once_per_class() -> None:
+    """300 accounts with one bucket set are one class: every exact check involving them is made by its representative,
+    once per other class (checking each pair would be 44,850 checks among them alone)."""
+    scanner, own = crowd_state(300, distinct=False)
+    _, cache = crowd_clusters(scanner, own)
+    crowd = [key for key in cache.overlaps if key[1].startswith("crowd") or key[2].startswith("crowd")]
+    assert crowd and all("crowd00000" in key for key in crowd)
+    assert len(crowd) <= 30  # at most one per ordinary person
+
+
+def test_a_cofiring_hydra_hidden_in_a_cofiring_crowd_still_forms_its_pure_cluster() -> None:
+    """Eight accounts sharing a wrapper and a /24 fire in the same minutes as 300 strangers (more than any account's LSH
+    tries): their pairs are checked through the items they share, so the crowd neither hides nor joins them. (The crowd,
+    one script's accounts with one set of habits, may form clusters of its own; ordinary people never do.)"""
+    from distillguard.detect.clustering import SYNC_TRIES
+
+    for distinct in (False, True):
+        scanner, own = crowd_state(300, distinct=distinct, hydra=8)
+        assert SYNC_TRIES < 300  # more strangers than any account's LSH tries
+        clusters, _ = crowd_clusters(scanner, own)
+        assert {f"hydra{k}" for k in range(8)} in clusters
+        assert not any(a.startswith("person") for c in clusters for a in c)
+
+
 # -- account metadata input ---------------------------------------------------------------------------
 
 def test_accounts_file_is_validated_with_file_line_and_field(tmp_path: Path) -> None:

@@ -545,6 +545,25 @@ def test_minhash_is_deterministic_across_instances_and_processes() -> None:
     assert results[0] == results[1]
 
 
+def test_lsh_nearest_ranks_the_most_similar_first_and_bounds_a_crowd() -> None:
+    """500 keys whose sets all overlap fill every bucket: each answer stays within ``limit``, and the key most like the
+    query still comes first although every bucket it is in is a crowd (sorted by the rest of the signature)."""
+    from distillguard.detect.minhash import LSHIndex, MinHasher
+
+    hasher = MinHasher(num_perm=64, seed=7)
+    base = [f"bucket {i}" for i in range(40)]
+    sets = {f"crowd{k:03d}": base[k % 40:] + base[:k % 40 // 2] + [f"c{k} {j}" for j in range(30)] for k in range(500)}
+    sets.update({"near": base[:37] + ["own a", "own b", "own c"], "query": base})  # inserted last: ties cannot favour them
+    for crowd in (1000, 24):
+        index: LSHIndex[str] = LSHIndex(0.25, num_perm=64, weights=(0.02, 0.98))
+        for key, values in sets.items():
+            index.insert(key, hasher.signature(values))
+        nearest = index.nearest(limit=10, crowd=crowd)
+        assert set(nearest) == set(sets)
+        assert all(len(found) <= 10 and key not in found for key, found in nearest.items())
+        assert nearest["query"][0] == "near" and nearest["near"][0] == "query"
+
+
 def test_scanner_never_imports_scipy_or_datasketch() -> None:
     code = ("import sys\n"
             "from distillguard.detect.scanner import Scanner\n"

@@ -34,8 +34,10 @@ datasketch for the thresholds used in clustering).
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Hashable, Iterable
 from functools import lru_cache
+from itertools import chain
 from typing import Generic, TypeVar
 
 import numpy as np
@@ -144,21 +146,74 @@ class LSHIndex(Generic[K]):
         self.bands, self.rows = optimal_bands(threshold, num_perm, *weights)
         self._tables: list[dict[bytes, list[K]]] = [{} for _ in range(self.bands)]
         self._keys: set[K] = set()
+        self._signatures: dict[K, Signature] = {}
 
     def _band_keys(self, signature: Signature) -> list[bytes]:
         if len(signature) != self.num_perm:
             raise ValueError(f"expected a signature of {self.num_perm} values, got {len(signature)}")
-        data = np.ascontiguousarray(signature, dtype=np.uint32)
-        r = self.rows
-        return [data[i * r:(i + 1) * r].tobytes() for i in range(self.bands)]
+        data = np.ascontiguousarray(signature, dtype=np.uint32).tobytes()
+        width = 4 * self.rows
+        return [data[i * width:(i + 1) * width] for i in range(self.bands)]
 
     def insert(self, key: K, signature: Signature) -> None:
         if key in self._keys:
             raise ValueError(f"key {key!r} is already in the index")
         bands = self._band_keys(signature)  # validates the signature before anything is stored
         self._keys.add(key)
+        self._signatures[key] = signature
         for table, band in zip(self._tables, bands, strict=True):
             table.setdefault(band, []).append(key)
+
+    def nearest(self, limit: int, crowd: int) -> dict[K, list[K]]:
+        """Every key's ``limit`` likeliest matches: the keys sharing the most bands with it, most first, without itself.
+
+        Why not :meth:`query` for everyone: which keys share buckets is the data's choice, and where many keys share
+        one (accounts an attacker makes fire together, or a busy hour), querying every key returns the whole crowd
+        each time — work in the square of its size. Here a bucket of more than ``crowd`` keys is sorted by the rest
+        of the signature (rotated to start after the band, so keys agreeing on more further values sit closer), and
+        each of its keys counts only its ``crowd`` neighbours in that order. A key so counts at most
+        ``bands × crowd`` others, and every key's answer is bounded by ``limit``, so the whole call is linear in the
+        number of keys. The more bands two keys share, the likelier their sets are similar (each band matches with
+        probability ``Jaccard ** rows``), so the matches an exact check would confirm come first. Ties keep the
+        order in which keys were inserted (insert in a deterministic order for a deterministic answer).
+        """
+        half = max(1, crowd // 2)
+        position: list[dict[K, int]] = []  # per band, a key's place in its sorted crowd (only for crowded buckets)
+        ordered: list[dict[bytes, list[K]]] = []
+        big_endian: dict[K, bytes] = {}  # the signatures of crowded keys, as bytes that sort like the values
+        for band, table in enumerate(self._tables):
+            cut = 4 * band * self.rows
+            places: dict[K, int] = {}
+            crowds: dict[bytes, list[K]] = {}
+            for value, keys in table.items():
+                if len(keys) > crowd:
+                    for k in keys:
+                        if k not in big_endian:
+                            big_endian[k] = self._signatures[k].astype(">u4").tobytes()
+                    # Rotated to start after the band: keys agreeing on more of the following values sit closer.
+                    rest = sorted(keys, key=lambda k: big_endian[k][cut:] + big_endian[k][:cut])
+                    crowds[value] = rest
+                    places.update((k, i) for i, k in enumerate(rest))
+            position.append(places)
+            ordered.append(crowds)
+        out: dict[K, list[K]] = {}
+        for key, signature in self._signatures.items():
+            lists: list[list[K]] = []
+            for table, places, crowds, value in zip(self._tables, position, ordered, self._band_keys(signature), strict=True):
+                where = places.get(key)
+                if where is None:
+                    lists.append(table[value])
+                else:
+                    lists.append(crowds[value][max(0, where - half):where + half + 1])
+            if sum(len(keys) for keys in lists) - len(lists) <= limit:
+                seen = dict.fromkeys(chain.from_iterable(lists))
+                seen.pop(key, None)
+                out[key] = list(seen)
+                continue
+            counts = Counter(chain.from_iterable(lists))
+            del counts[key]
+            out[key] = [k for k, _ in counts.most_common(limit)]
+        return out
 
     def query(self, signature: Signature) -> set[K]:
         """Keys sharing at least one band with ``signature`` (a key inserted with it included)."""
