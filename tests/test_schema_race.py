@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+# Each process imports first, says so, then blocks on its stdin until the test closes every stdin at once: all of them
+# start creating tables together however long their start-up took. (A start time 1.5 s ahead, spun on, was missed by
+# processes still importing on a loaded machine, which then raced nobody, and the spinning took the CPU the others
+# needed to get there.)
 _CREATE = """
-import sys, time
+import sys
 from sqlalchemy import create_engine
 from distillguard.store.schema import create_tables
 engine = create_engine("sqlite:///" + sys.argv[1], connect_args={"timeout": 30})
-start = float(sys.argv[2])
-while time.time() < start:
-    pass
+print("ready", flush=True)
+sys.stdin.read()
 create_tables(engine)
 """
 
@@ -23,12 +25,20 @@ create_tables(engine)
 def test_processes_creating_one_fresh_sqlite_schema_at_once_all_succeed(tmp_path: Path) -> None:
     for round_ in range(3):
         database = tmp_path / f"race-{round_}.db"
-        start = time.time() + 1.5  # every process is up and spinning before the go
-        procs = [subprocess.Popen([sys.executable, "-c", _CREATE, str(database), str(start)], stderr=subprocess.PIPE)
-                 for _ in range(6)]
+        procs = [subprocess.Popen([sys.executable, "-c", _CREATE, str(database)], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(6)]
+        pipes = [(proc.stdin, proc.stdout, proc.stderr) for proc in procs]
+        for _, out, err in pipes:
+            assert out is not None and err is not None
+            assert out.readline() == b"ready\n", err.read()  # (the readline returns at EOF if the process died)
+        for stdin, _, _ in pipes:  # the go: every process's read returns
+            assert stdin is not None
+            stdin.close()
         failures = []
-        for proc in procs:
-            _, err = proc.communicate(timeout=60)
-            if proc.returncode != 0:
-                failures.append(err.decode(errors="replace").strip().splitlines()[-1])
+        for proc, (_, out, err) in zip(procs, pipes, strict=True):
+            assert out is not None and err is not None
+            if proc.wait(timeout=60) != 0:
+                failures.append(err.read().decode(errors="replace").strip().splitlines()[-1])
+            out.close()
+            err.close()
         assert not failures, f"round {round_}: {failures}"
