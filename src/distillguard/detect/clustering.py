@@ -520,15 +520,15 @@ def _synchronised(buckets: Mapping[str, AbstractSet[int]], candidates: AbstractS
     high = max(max(s) for s in sets.values())
     span = max(1, high - low + 1)
     signatures = {a: cache.signature("buckets", a, s) for a, s in sorted(sets.items())}
-    # Classes of identical bucket sets: same signature first (cheap), then the same set.
+    # Classes of identical bucket sets: the same signature (cheap), then the same set as the first account with that
+    # signature. Only the first: sets that differ where no permutation looks can share a signature, and comparing each
+    # with every earlier one would be quadratic again; such an account is its own class (its tries are bounded).
     representative: dict[str, str] = {}
     members: dict[str, list[str]] = defaultdict(list)
-    by_signature: dict[bytes, list[str]] = defaultdict(list)
+    first: dict[bytes, str] = {}
     for account, signature in signatures.items():
-        same = by_signature[signature.tobytes()]
-        rep = next((r for r in same if sets[r] == sets[account]), None)
-        if rep is None:
-            same.append(account)
+        rep = first.setdefault(signature.tobytes(), account)
+        if rep != account and sets[rep] != sets[account]:
             rep = account
         representative[account] = rep
         members[rep].append(account)
@@ -536,29 +536,31 @@ def _synchronised(buckets: Mapping[str, AbstractSet[int]], candidates: AbstractS
     overlaps: dict[tuple[str, str, str], tuple[int, int, int]] = {}
     values: dict[tuple[str, str], float] = {}  # per pair of classes (representatives, ordered)
 
+    size = {a: len(s) for a, s in sets.items()}
+
     def value(x: str, y: str) -> float:
         a, b = representative[x], representative[y]
         if a > b:
             a, b = b, a
         key = (a, b)
-        if key in values:
-            return values[key]
-        set_a, set_b = sets[a], sets[b]
+        result = values.get(key)
+        if result is not None:
+            return result
         result = 0.0
-        small, large = sorted((len(set_a), len(set_b)))
-        if small / large >= SYNC_JACCARD:
+        n_a, n_b = size[a], size[b]
+        if min(n_a, n_b) >= SYNC_JACCARD * max(n_a, n_b):
             if a == b:
-                common = len(set_a)
+                common = n_a
             else:
                 seen = cache.overlaps.get(("buckets", a, b))
-                if seen is not None and seen[0] == len(set_a) and seen[1] == len(set_b):
+                if seen is not None and seen[0] == n_a and seen[1] == n_b:
                     common = seen[2]
                 else:
-                    common = len(set_a & set_b)
+                    common = len(sets[a] & sets[b])
                     cache.sync_checks += 1
-                overlaps[("buckets", a, b)] = (len(set_a), len(set_b), common)
-            jaccard = common / (len(set_a) + len(set_b) - common)
-            p, q = len(set_a) / span, len(set_b) / span
+                overlaps[("buckets", a, b)] = (n_a, n_b, common)
+            jaccard = common / (n_a + n_b - common)
+            p, q = n_a / span, n_b / span
             chance = p * q / max(1e-9, p + q - p * q)
             if jaccard >= SYNC_JACCARD and jaccard >= SYNC_LIFT * chance:
                 result = SYNC_WEIGHT * min(1.0, (jaccard - 0.15) / 0.3)
