@@ -8,7 +8,8 @@ loopback. The whole-gateway figures (bench/fleet.py) move with whatever else
 the machine does; these isolate the limiter's share of a request: for
 `memory`, the concurrency slot, the prompt count, the admission and the
 settlement; for Redis, one admission and its settlement (which rides along
-with the next admission).
+with the next admission), every request asking Redis (``headroom_ms=0``) and
+with headroom (most requests admitted in process from a reserved slice).
 
 Redis' side: the same admissions (each carrying the previous one's
 settlement, as in a steady stream) with today's script through
@@ -38,7 +39,7 @@ from distillguard.config import LimitSettings
 from distillguard.gateway.limits import Limiter
 from distillguard.gateway.prompt_tokens import PromptCounter
 from distillguard.state import Quota
-from distillguard.state.redis_state import RedisState
+from distillguard.state.redis_state import HEADROOM_MS, RedisState
 from distillguard.state.redis_wire import RedisWire, command
 from distillguard.store.registry import KeyRecord
 from gateway_overhead import free_port
@@ -79,8 +80,9 @@ def count_us(n: int = 500) -> float:
     return (time.process_time() - started) / n * 1e6
 
 
-async def redis_us(url: str, concurrency: int, per_task: int) -> tuple[float, float]:
-    state = RedisState(url, timeout_s=5.0)
+async def redis_us(url: str, concurrency: int, per_task: int, headroom_ms: int = 0) -> tuple[float, float]:
+    """Gateway CPU µs and Redis calls per admit + settle; ``headroom_ms`` 0: every request asks Redis."""
+    state = RedisState(url, timeout_s=5.0, headroom_ms=headroom_ms)
     await state.start()
 
     async def worker(w: int) -> None:
@@ -160,8 +162,8 @@ async def before_script(url: str, concurrency: int, n: int, tag: str) -> None:
 
 
 async def after_script(url: str, concurrency: int, n: int, tag: str) -> None:
-    """``n`` admissions through :class:`RedisState` (today's script), each settled as the next goes."""
-    state = RedisState(url, timeout_s=5.0)
+    """``n`` admissions through :class:`RedisState` (today's script, every one asking Redis), each settled as the next goes."""
+    state = RedisState(url, timeout_s=5.0, headroom_ms=0)
     await state.start()
     quotas = tuple(Quota(q.subject + "-after", q.requests_per_min, q.tokens_per_min, q.concurrent_requests, q.daily_tokens)
                    for q in QUOTAS)
@@ -225,6 +227,8 @@ def main() -> int:
         memory = uvloop.run(memory_us())
         one = uvloop.run(redis_us(url, 1, 3_000))
         many = uvloop.run(redis_us(url, 64, 100))
+        one_h = uvloop.run(redis_us(url, 1, 3_000, HEADROOM_MS))
+        many_h = uvloop.run(redis_us(url, 64, 100, HEADROOM_MS))
         base_one = uvloop.run(redis_py_us(url, 1, 3_000))
         base_many = uvloop.run(redis_py_us(url, 64, 100))
         side = redis_side(url, args.rounds, args.per_round)
@@ -234,6 +238,8 @@ def main() -> int:
                  f"| prompt count alone, ~320 KB of ASCII text | {count_us():.1f} | — |",
                  f"| Redis: admit + settle, 1 at a time | {one[0]:.1f} | {one[1]:.2f} |",
                  f"| Redis: admit + settle, 64 concurrent | {many[0]:.1f} | {many[1]:.2f} |",
+                 f"| Redis with headroom ({HEADROOM_MS} ms): admit + settle, 1 at a time | {one_h[0]:.1f} | {one_h[1]:.3f} |",
+                 f"| Redis with headroom ({HEADROOM_MS} ms): admit + settle, 64 concurrent | {many_h[0]:.1f} | {many_h[1]:.3f} |",
                  f"| baseline: the same script through redis-py's `evalsha`, 1 at a time | {base_one:.1f} | 1.00 |",
                  f"| baseline: the same through redis-py's `evalsha`, 64 concurrent | {base_many:.1f} | 1.00 |",
                  "", "The redis-py baseline calls the script before this stop's rewrite (`bench/admit_before.lua`).", "",

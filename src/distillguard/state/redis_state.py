@@ -51,8 +51,8 @@ CPU at one connection, bench/RESULTS.md), and most requests are nowhere near
 a limit. So when the script admits a request of a key and account far below
 every limit, it also reserves a slice of each for the asking replica — up to
 1/100 of requests/min and of tokens/min, 1/1000 of the daily quota, a pool of
-1/16 of the concurrency limit (lease-set members ``<prefix><i>``; the request
-holds the first), each at most 1/8 of what is left, all or none — counted
+1/16 of the concurrency limit and at most twice what the replica runs
+(lease-set members ``<prefix><i>``; the request holds the first), each at most 1/8 of what is left, all or none — counted
 at once, with the slot's latest admission set to the grant's end (now +
 ``headroom_ms``), so the slot stays in the window 60 s past any request
 admitted from it. The replica admits the next requests from the slices in
@@ -100,7 +100,7 @@ CODES = ("rate_limit_exceeded", "token_rate_limit_exceeded", "daily_quota_exceed
 
 # KEYS: 3 per admitted subject (s, a, c), then the nonce key if ARGV[5] > 0, then 3 per settled subject.
 # ARGV: n_subjects, charge, request_id, lease_ms, nonce_ttl_ms, headroom_ms (0: ask for none), pool member prefix,
-#       4 limits per subject (-1: none), n_settlements, then per settlement: request_id (or a pool member), tokens to add,
+#       the most pool members wanted, 4 limits per subject (-1: none), n_settlements, then per settlement: request_id (or a pool member), tokens to add,
 #       requests to add (negative: a headroom grant's unused part), its slot (admission ms // 100), day,
 #       flags (one digit per subject: 1 window, 2 lease, 4 daily tokens, summed).
 ADMIT_LUA = r"""
@@ -109,9 +109,9 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local day = math.floor(now / DAY)
 local n, charge, rid, lease = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
-local nonce_ttl, hold, prefix = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
+local nonce_ttl, hold, prefix, want = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8])
 local k = 3 * n + (nonce_ttl > 0 and 1 or 0)
-local a = 8 + 4 * n
+local a = 9 + 4 * n
 local TTL = W + 2 * S + 5000  -- a window's keys outlive its latest slot, whose last admission may lie up to 5 s ahead (headroom)
 local m = tonumber(ARGV[a]); a = a + 1
 local function fix(v) return math.max(0, v) + 0 end  -- never below 0, and never Lua's "-0"
@@ -201,7 +201,7 @@ local cut = math.floor((now - W) / S)  -- slots up to this one may have left the
 local x = {}
 for i = 1, n do
   local h, ar, c = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
-  local b = 4 * i + 4
+  local b = 4 * i + 5
   local rpm, tpm, conc, daily = tonumber(ARGV[b]), tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
   -- the window's requests and tokens; the oldest slot that may be in it, and that slot's latest admission (-1: unknown);
   -- the latest slot (cs) with its requests, tokens and latest admission (the older slots: fields n<s>, t<s>, m<s> of `ar`)
@@ -288,7 +288,7 @@ local grant = nil
 if hold > 0 then
   grant = {}
   for i = 1, n do
-    local b = 4 * i + 4
+    local b = 4 * i + 5
     local rpm, tpm, conc, daily = tonumber(ARGV[b]), tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
     local y = x[i]
     local gr, gt, gp = -1, -1, -1  -- -1: no such limit
@@ -301,7 +301,7 @@ if hold > 0 then
         hold = math.min(hold, (day + 1) * DAY - 1 - now)  -- used up before midnight UTC: on today's quota
       end
     end
-    if conc >= 0 then gp = math.min(math.floor(conc / 16), math.floor((conc - y.held) / 8)) end
+    if conc >= 0 then gp = math.min(math.floor(conc / 16), math.floor((conc - y.held) / 8), want) end
     if (rpm >= 0 and gr < 1) or ((tpm >= 0 or daily >= 0) and gt < 1) or (conc >= 0 and gp < 1) then grant = nil; break end
     grant[i] = {gr, gt, gp}
   end
@@ -311,7 +311,7 @@ local reply = {0, now, day}
 if grant then reply[4] = hold end
 for i = 1, n do
   local h, ar, c = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
-  local b = 4 * i + 4
+  local b = 4 * i + 5
   local y = x[i]
   local g = grant and grant[i]
   local gr, gt = g and math.max(g[1], 0) or 0, g and math.max(g[2], 0) or 0
@@ -595,7 +595,7 @@ class RedisState:
                 self._idle.append(conn)
                 # n = 0 subjects, 0 tokens, no request id, lease, no nonce, no headroom, 0 settlements: loads the script
                 probe = _Call()
-                probe.arg(bulk(0) + bulk(0) + _EMPTY + self._lease_arg + bulk(0) + bulk(0) + _EMPTY + bulk(0), 8)
+                probe.arg(bulk(0) + bulk(0) + _EMPTY + self._lease_arg + bulk(0) + bulk(0) + _EMPTY + bulk(0) + bulk(0), 9)
                 await self._call(self._admit, probe.body())
                 conn.set_timeout(self.timeout_s)
         except Exception as exc:
@@ -738,10 +738,11 @@ class RedisState:
         if asking:
             self._grants += 1
             prefix = self._prefix + b"%d:" % self._grants
-            hold, prefix_arg = self._hold_arg, bulk(prefix)
+            # a pool as large as this replica's demand: twice what it runs now (capped by the script: 1/16 of the limit)
+            hold, prefix_arg, want = self._hold_arg, bulk(prefix), _small(2 * len(self._in_flight) + 2)
             self._asking.add(subjects)
         else:
-            prefix, hold, prefix_arg = b"", _SMALL[0], _EMPTY
+            prefix, hold, prefix_arg, want = b"", _SMALL[0], _EMPTY, _SMALL[0]
         settled_keys = settled_args = b""
         settled = 0
         if self._pending:
@@ -750,10 +751,10 @@ class RedisState:
             settled_keys = b"".join([keys for keys, _, _ in pending])
             n_keys += sum([n for _, n, _ in pending])
             settled_args = b"".join([args for _, _, args in pending])
-        body = (9 + n_keys + subjects.n_limits + 6 * settled,
-                b"%b%b%b%b%b%b%b%b%b%b%b%b%b%b" % (_small(n_keys), subjects.keys, nonce_key, settled_keys, subjects.count,
-                                                    _small(tokens), rid, self._lease_arg, nonce_ttl, hold, prefix_arg,
-                                                    subjects.limits, _small(settled), settled_args))
+        body = (10 + n_keys + subjects.n_limits + 6 * settled,
+                b"%b%b%b%b%b%b%b%b%b%b%b%b%b%b%b" % (_small(n_keys), subjects.keys, nonce_key, settled_keys, subjects.count,
+                                                      _small(tokens), rid, self._lease_arg, nonce_ttl, hold, prefix_arg, want,
+                                                      subjects.limits, _small(settled), settled_args))
         sent = time.monotonic()
         try:
             self.calls += 1
@@ -916,7 +917,7 @@ class RedisState:
         if not pending:
             return
         call = _Call()
-        call.arg(bulk(0) + bulk(0) + _EMPTY + self._lease_arg + bulk(0) + bulk(0) + _EMPTY, 7)  # nothing to admit
+        call.arg(bulk(0) + bulk(0) + _EMPTY + self._lease_arg + bulk(0) + bulk(0) + _EMPTY + bulk(0), 8)  # nothing to admit
         call.arg(_small(len(pending)))
         for keys, n, args in pending:
             call.arg(args, 6)
