@@ -6,6 +6,14 @@ science, writing, ...) — or hundreds of them into one capability: harvesting
 one domain in depth is still harvesting. Capabilities are recognised by cheap
 cues; breadth is the entropy of the capability mix, in bits; depth is how many
 unbuilt requests went into the one recognised capability most asked for.
+
+Cues are English and a sweep's wrapper need not be (a French frame around
+every task reads as "other"), so the sweep's third shape needs no cue at all:
+**independent volume**, how many requests that no later turn builds on
+received an answer worth keeping (`substance`, as in
+:mod:`~distillguard.detect.sustained`). People's single-shot questions over a
+week are a few dozen at most, in between conversations; a light app's
+hundreds get one-line answers.
 """
 
 from __future__ import annotations
@@ -17,12 +25,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from distillguard.detect.base import Detector, Evidence, confidence, logistic, user_text
+from distillguard.detect.followups import builds_on_earlier, is_follow_up
+from distillguard.detect.sustained import substance
 from distillguard.detect.textmatch import StemSearch, fold_case
 
-__all__ = ["DEPTH_MIDPOINT", "CoverageSweep", "builds_on_earlier", "capability"]
+__all__ = ["DEPTH_MIDPOINT", "INDEPENDENT_MIDPOINT", "CoverageSweep", "builds_on_earlier", "capability", "is_follow_up"]
 
 # Unbuilt requests into one capability at which depth counts as half a sweep (see CoverageSweep._evidence_of).
 DEPTH_MIDPOINT = 100.0
+# Unbuilt requests with substantial answers, in any capability, at which independent volume counts as half a sweep
+# (0.07 at 30, 0.5 at 60, 0.94 at 110). Dev worlds of the `robust` family: people, learners, coders and early
+# adopters send at most 29 unbuilt requests in a week; a 24-account campaign's accounts 60-80 each in three days.
+INDEPENDENT_MIDPOINT = 60.0
 
 # Cues are tried in order; the first that matches names the request's capability.
 _CUES = (
@@ -67,53 +81,13 @@ def capability(text: str) -> str:
     return "other"
 
 
-# Words that carry no request of their own in a follow-up: "continue", "tell me more", "and then?", "go on,
-# please" are made only of these, so they do not build on the earlier answer. Only the development split's
-# languages are listed (en de fr es pt ru; CJK below): a follow-up in any other language is judged by the
-# language-general rule alone (three words or fewer carry no request of their own), so nothing here was
-# written with the held-out wording in view (tests/test_contamination.py checks it).
-_GENERIC_TEXT = """
-continue continuing more go on and then next keep going please pls expand further detail details tell me
-what else ok okay thanks thank you yes yeah sure the a an it that this so now can could would you will do again
-same way another one rest finish proceed carry following output remaining part write also further
-weiter mehr bitte und dann fortfahren fahre fort noch ja danke ok nächste
-continue encore suite plus et puis vas-y oui merci s'il te plaît stp
-sigue más y luego después por favor sí gracias adelante siguiente detalle detalles
-continue mais e depois então por favor sim obrigado próximo detalhes
-продолжай продолжи дальше ещё еще и потом пожалуйста да спасибо далее подробнее подробно а
-"""
-_GENERIC_WORDS = frozenset(_GENERIC_TEXT.split())
-_WORD = re.compile(r"[^\W\d_]+")
-_CJK_GENERIC = ("继续", "更多", "然后呢", "接着", "続けて", "もっと", "次", "계속", "더")
-
-
-def builds_on_earlier(text: str) -> bool:
-    """Whether a follow-up turn asks something of its own, rather than a generic "continue" or "more".
-
-    A follow-up builds on the conversation when it has more than three words, at least two of them not generic
-    filler (:data:`_GENERIC_WORDS`); a CJK follow-up when it is longer than a short generic phrase.
-    """
-    sample = text[:400].strip().lower()
-    if not sample:
-        return False
-    if not sample.isascii() and any("\u3040" <= ch <= "\u9fff" or "\uac00" <= ch <= "\ud7af" for ch in sample[:40]):
-        stripped = sample
-        for phrase in _CJK_GENERIC:
-            stripped = stripped.replace(phrase, "")
-        return len([ch for ch in stripped if ch.isalnum()]) >= 6
-    words = _WORD.findall(sample)
-    if len(words) <= 3:
-        return False  # "and for 5?", "go on then": too short to carry a request of its own
-    content = [w for w in words if w not in _GENERIC_WORDS]
-    return len(content) >= 2
-
-
 @dataclass(slots=True)  # one per account: no per-instance __dict__ (docs/detection.md, "Memory")
 class _State:
     requests: int = 0
     single_turn: int = 0
     follow_ups: int = 0  # follow-ups that build on the earlier answer
     generic_follow_ups: int = 0  # "continue", "more", "and then?"
+    unbuilt_tokens: int = 0  # answer tokens (reasoning characters at 4 a token) of the unbuilt requests
     capabilities: dict[str, int] = field(default_factory=dict)
 
 
@@ -134,19 +108,24 @@ class CoverageSweep(Detector):
         state = self.accounts.get(account)
         if state is None:
             state = self.accounts[account] = _State()
-        messages = (event.get("request") or {}).get("messages") or []
         state.requests += 1
         topic = text
-        if any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages):
+        unbuilt = True
+        if is_follow_up(event):
             if builds_on_earlier(text):
                 state.follow_ups += 1
+                unbuilt = False
             else:
                 state.generic_follow_ups += 1
                 # "continue" has no capability of its own: the conversation's opening request says what is swept.
+                messages = (event.get("request") or {}).get("messages") or []
                 first = next((m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "user"), "")
                 topic = first if isinstance(first, str) else ""
         else:
             state.single_turn += 1
+        if unbuilt:
+            response = event.get("response") or {}
+            state.unbuilt_tokens += int(response.get("completion_tokens") or 0) + int(response.get("reasoning_chars") or 0) // 4
         kind = capability(topic[:2000])
         state.capabilities[kind] = state.capabilities.get(kind, 0) + 1
 
@@ -163,6 +142,7 @@ class CoverageSweep(Detector):
                 pool.single_turn += s.single_turn
                 pool.follow_ups += s.follow_ups
                 pool.generic_follow_ups += s.generic_follow_ups
+                pool.unbuilt_tokens += s.unbuilt_tokens
                 for kind, count in s.capabilities.items():
                     pool.capabilities[kind] = pool.capabilities.get(kind, 0) + count
         return self._evidence_of(pool)
@@ -182,18 +162,28 @@ class CoverageSweep(Detector):
         domain, in_domain = max(((k, v) for k, v in s.capabilities.items() if k != "other"), key=lambda kv: kv[1],
                                 default=("other", 0))
         deep = in_domain * unbuilt
+        # Independent volume: the unbuilt requests whatever their capability, as far as their answers are worth
+        # keeping (substance of their mean answer: a light app's one-line labels are not).
+        independent = s.single_turn + s.generic_follow_ups
+        worth = substance(s.unbuilt_tokens / independent) if independent else 0.0
         # Midpoints: 85 % single-turn; 1.6 bits of capability mix (about three capabilities in even use) or
-        # DEPTH_MIDPOINT unbuilt requests into one capability (0.12 at 50, 0.88 at 200, 0.99 at 400).
+        # DEPTH_MIDPOINT unbuilt requests into one capability (0.12 at 50, 0.88 at 200, 0.99 at 400) or
+        # INDEPENDENT_MIDPOINT unbuilt requests with substantial answers.
         breadth = logistic(entropy, 1.6, 0.25)
         depth = logistic(math.log10(1.0 + deep), math.log10(DEPTH_MIDPOINT), 0.15)
-        score = logistic(unbuilt, 0.85, 0.05) * max(breadth, depth) * confidence(s.requests, 20.0)
+        volume = logistic(math.log10(1.0 + independent), math.log10(INDEPENDENT_MIDPOINT), 0.12) * worth
+        score = logistic(unbuilt, 0.85, 0.05) * max(breadth, depth, volume) * confidence(s.requests, 20.0)
         top = ", ".join(f"{k} {v}" for k, v in sorted(s.capabilities.items(), key=lambda kv: -kv[1])[:5])
         detail = (f"{single:.0%} single-turn, {s.follow_ups} follow-ups building on earlier answers, {s.generic_follow_ups} generic "
                   f"(\"continue\", \"more\"); capability mix {entropy:.2f} bits ({top})")
         if depth > breadth and depth >= 0.5:
             detail += f"; about {deep:.0f} unbuilt requests into one capability ({domain}): a sweep of one domain in depth"
+        elif volume > breadth and volume >= 0.5:
+            detail += (f"; {independent} independent requests that nothing built on, answered with "
+                       f"{s.unbuilt_tokens / independent:.0f} tokens on average: single-shot harvesting whatever the topic")
         return Evidence(
             self.name, score, detail,
             numbers={"single_turn": round(single, 3), "breadth_bits": round(entropy, 3), "follow_ups": s.follow_ups,
-                     "generic_follow_ups": s.generic_follow_ups, "depth_requests": round(deep, 1)},
+                     "generic_follow_ups": s.generic_follow_ups, "depth_requests": round(deep, 1),
+                     "independent_requests": independent},
         )

@@ -93,8 +93,8 @@ class Scanner:
                                           self.sustained]
         if indicators is not None and len(indicators):
             self.detectors.append(SharedIndicators(indicators))
-        # The three detectors that read the prompt get it extracted once per event rather than once each.
-        self._text_readers = (self.reasoning, self.coverage, self.templates)
+        # The detectors that read the prompt get it extracted once per event rather than once each.
+        self._text_readers = (self.reasoning, self.coverage, self.templates, self.sustained)
         self._others = tuple(d for d in self.detectors if d not in self._text_readers)
         self.fingerprints = FingerprintCollector()
         self.events = 0

@@ -15,6 +15,14 @@ stops for good. So this detector measures two things:
   dashboard summaries (``max_tokens`` 64, ~30 tokens an answer) can receive
   hundreds of thousands of tokens over weeks without harvesting anything.
 
+What counts as extracted is the answers nothing later builds on: single-turn
+requests and generic follow-ups ("continue", "more"). A coding agent's tool
+loop or a learner's conversation receives hundreds of answers over a week,
+each the context of the next request (:func:`~distillguard.detect.followups.builds_on_earlier`);
+a harvest is made of independent ones. On the dev worlds of the `robust`
+family, coding agents' volume of every answer (sustained 0.4–0.7) set the
+0.5 %-FPR threshold that small campaigns' accounts had to pass.
+
 The score (volume that is also sustained) is evidence like any other; the
 *burst* — a batch of hundreds of requests that has not been sustained — is
 what :class:`~distillguard.detect.scanner.Scanner` uses to keep one-off
@@ -36,7 +44,9 @@ from distillguard.detect.base import (
     add_distinct,
     event_time,
     logistic,
+    user_text,
 )
+from distillguard.detect.followups import builds_on_earlier, is_follow_up
 
 __all__ = ["BURST_FLOOR", "SustainedExtraction", "burst_factor", "job_size", "persistence", "substance"]
 
@@ -88,6 +98,8 @@ class _State:
     days: Distinct[int] = ()  # a small tuple, then a set (base.add_distinct)
     answer_tokens: int = 0
     reasoning_chars: int = 0
+    built: int = 0  # follow-ups that build on an earlier answer, and what they received (tokens, reasoning at 4 a token)
+    built_tokens: int = 0
 
 
 class SustainedExtraction(Detector):
@@ -97,6 +109,10 @@ class SustainedExtraction(Detector):
         self.accounts: AccountStates[_State] = AccountStates(_State)
 
     def update(self, event: Mapping[str, Any]) -> None:
+        self.update_with_text(event, user_text(event))
+
+    def update_with_text(self, event: Mapping[str, Any], text: str) -> None:
+        """``update`` with the event's ``user_text`` already extracted (the Scanner extracts it once for all)."""
         s = self.accounts.of(event)
         if s is None:
             return
@@ -106,8 +122,12 @@ class SustainedExtraction(Detector):
         s.last = max(s.last, ts)
         s.days = add_distinct(s.days, int(ts // 86400), _MAX_DAYS)
         response = event.get("response") or {}
-        s.answer_tokens += int(response.get("completion_tokens") or 0)
-        s.reasoning_chars += int(response.get("reasoning_chars") or 0)
+        tokens, reasoning = int(response.get("completion_tokens") or 0), int(response.get("reasoning_chars") or 0)
+        s.answer_tokens += tokens
+        s.reasoning_chars += reasoning
+        if is_follow_up(event) and builds_on_earlier(text):
+            s.built += 1
+            s.built_tokens += tokens + reasoning // 4
 
     def persistence(self, account_id: str) -> float:
         s = self.accounts.get(account_id)
@@ -138,6 +158,8 @@ class SustainedExtraction(Detector):
             pool.last = max(pool.last, s.last)
             pool.answer_tokens += s.answer_tokens
             pool.reasoning_chars += s.reasoning_chars
+            pool.built += s.built
+            pool.built_tokens += s.built_tokens
             if len(days) < _MAX_DAYS:
                 days.update(s.days)
         pool.days = days
@@ -172,12 +194,13 @@ class SustainedExtraction(Detector):
         over_time = persistence(span_h, days)
         sustained = max(over_time, min(1.0, max(0.0, across)))
         burst = (1.0 - sustained) * job_size(s.requests)
-        # Reasoning characters count as tokens at 4 characters a token.
-        extracted = s.answer_tokens + s.reasoning_chars / 4
+        # Reasoning characters count as tokens at 4 characters a token; answers that a later turn built on are a
+        # conversation's or an agent's working context, not extracted.
+        extracted = max(0.0, s.answer_tokens + s.reasoning_chars / 4 - s.built_tokens)
         # Midpoint 60,000 tokens (about 150 long answers); 10x that is near 1. A person's chat over weeks stays
         # well under it; it is the long-run flow a training set needs.
         volume = logistic(math.log10(1.0 + extracted), math.log10(60_000), 0.3)
-        mean_answer = extracted / s.requests
+        mean_answer = extracted / max(1, s.requests - s.built)
         worth = substance(mean_answer)
         score = sustained * volume * worth
         return Evidence(
@@ -185,10 +208,12 @@ class SustainedExtraction(Detector):
             f"{s.answer_tokens:,} answer tokens and {s.reasoning_chars:,} reasoning characters received over {days} active "
             f"day{'s' if days != 1 else ''} ({span_h:.0f} h from first to last request; "
             f"{s.requests / max(1, days):.0f} requests per active day)"
+            + (f"; {s.built} follow-ups built on earlier answers ({s.built_tokens:,} tokens not counted as extracted)" if s.built else "")
             + (f"; answers average {mean_answer:.0f} tokens: short labels or summaries, little to distil" if worth < 0.5 else "")
             + (f"; sustained across accounts as firmly as they are tied ({sustained:.2f})" if sustained > over_time else "")
             + (f"; a one-off batch so far, so the distillation score is scaled by {burst_factor(burst):.2f}" if burst > 0.25 else ""),
             numbers={"answer_tokens": s.answer_tokens, "reasoning_chars": s.reasoning_chars, "active_days": days,
                      "span_hours": round(span_h, 1), "persistence": round(sustained, 3), "burst": round(burst, 3),
-                     "mean_answer_tokens": round(mean_answer, 1)},
+                     "mean_answer_tokens": round(mean_answer, 1),
+                     "extracted_tokens": round(extracted), "built_on": s.built},
         )
