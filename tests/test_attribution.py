@@ -810,8 +810,13 @@ def test_unrelated_relays_sharing_many_rare_phrasings_by_chance_are_not_merged()
         people = rng.sample(pool, 15)
         for i in range(400):
             opener = people[i % 15]
-            scanner.update(ev(f"relay{r}", T0 + i * 1500 + rng.uniform(0, 1400), f"{opener}, {task(r * 1000 + i)}",
-                              ip=f"10.{60 + r}.0.1", header="fp-relay"))
+            event = ev(f"relay{r}", T0 + i * 1500 + rng.uniform(0, 1400), f"{opener}, {task(r * 1000 + i)}",
+                       ip=f"10.{60 + r}.0.1", header="fp-relay")
+            if i % 2:  # the people behind a relay converse: every other request asks about the answer before it
+                first = f"{opener}, {task(r * 1000 + i - 1)}"
+                event["request"]["messages"] = [{"role": "user", "content": first}, {"role": "assistant", "content": "An answer."},
+                                                {"role": "user", "content": f"{opener}, why does the second point hold for my case?"}]
+            scanner.update(event)
     report = scanner.report()
     assert not any(a.startswith("relay") for c in clusters_of(report) for a in c)
 
