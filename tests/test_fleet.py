@@ -25,6 +25,7 @@ import anthropic
 import httpx
 import openai
 import pytest
+import redis as redis_client
 
 from distillguard.client import Identity, attesting_client, sign_request
 from distillguard.state import Quota, Refusal
@@ -381,7 +382,8 @@ def _metric(gateway: RunningGateway, name: str) -> float:
 def test_redis_stopped_and_restarted_under_load(tmp_path: Path, stub: UpstreamStub, mode: str) -> None:
     redis = RedisServer(tmp_path / "redis").start()
     (tmp_path / "gw").mkdir()
-    unlimited = {"requests_per_min": None, "tokens_per_min": None, "concurrent_requests": 8, "daily_tokens": None}
+    # far below every limit: the replica admits from headroom (tests/test_headroom.py) until Redis stops
+    unlimited = {"requests_per_min": 100_000, "tokens_per_min": None, "concurrent_requests": 32, "daily_tokens": None}
     gateway = start_gateway(tmp_path / "gw", stub.base_url, state=redis.url, state_failure=mode, limits=unlimited)
     try:
         key = gateway.create_key("outage")
@@ -401,6 +403,8 @@ def test_redis_stopped_and_restarted_under_load(tmp_path: Path, stub: UpstreamSt
         worker.start()
         time.sleep(0.5)
         assert _metric(gateway, "dg_state_degraded") == 0
+        pool = redis_client.Redis.from_url(redis.url).zrange(f"dg:c:key:{key['key_id']}", 0, -1)
+        assert any(member.startswith(b"h:") for member in pool), pool  # the replica holds headroom (a pool slot) as Redis stops
         redis.stop()
         down_at = time.time()
         time.sleep(1.5)
