@@ -334,27 +334,34 @@ def _shares(counts: Mapping[Any, int], total: int, minimum_share: float, minimum
 
 
 def account_items(state: _Account | None, single_turn: int, wrappers: Mapping[str, int], systems: Mapping[str, int],
-                  attributes: Mapping[str, str], bursts: Sequence[str]) -> list[Item]:
-    """Every item an account carries (public wrappers and stock system prompts left out)."""
+                  attributes: Mapping[str, str], bursts: Sequence[str], minimum_count: int | None = None) -> list[Item]:
+    """Every item an account carries (public wrappers and stock system prompts left out).
+
+    An item must recur (two or three times, by kind) to count; ``minimum_count=1`` takes every value the account
+    shows at all, as :mod:`distillguard.detect.cohorts` does for accounts of one or two requests."""
     items: list[Item] = []
-    for piece, share in _shares(wrappers, single_turn, WRAPPER_SHARE, 3):
+
+    def recurs(count: int) -> int:
+        return count if minimum_count is None else minimum_count
+
+    for piece, share in _shares(wrappers, single_turn, WRAPPER_SHARE, recurs(3)):
         if not is_public_wrapper(piece):
             items.append(Item("wrapper" if piece[1] == "4" else "short_wrapper", piece, share))
-    for system, share in _shares(systems, max(1, single_turn), 0.05, 2):
+    for system, share in _shares(systems, max(1, single_turn), 0.05, recurs(2)):
         if system not in _PUBLIC_SYSTEM_HASHES:
             items.append(Item("system_prompt", system, min(1.0, share)))
     if state is not None:
         requests = state.requests
-        items += [Item("params", _params_label(value), share) for value, share in _shares(state.params, requests, 0.25)]
+        items += [Item("params", _params_label(value), share) for value, share in _shares(state.params, requests, 0.25, recurs(2))]
         items += [Item("install", value, 1.0) for value in state.installs]
-        items += [Item("ip", value, share) for value, share in _shares(state.ips, requests, 0.1)]
-        for net, share in _shares(state.nets, requests, 0.1):
+        items += [Item("ip", value, share) for value, share in _shares(state.ips, requests, 0.1, recurs(2))]
+        for net, share in _shares(state.nets, requests, 0.1, recurs(2)):
             items.append(Item("hosting_net" if net[0] else "net", _net_label(net), share))
-        items += [Item("hosting_asn", f"AS{value}", share) for value, share in _shares(state.hosting_asns, requests, 0.3)]
+        items += [Item("hosting_asn", f"AS{value}", share) for value, share in _shares(state.hosting_asns, requests, 0.3, recurs(2))]
         if requests >= 8 and state.net_switches / (requests - 1) >= 0.6:
             kind = "hosting" if state.hosting * 2 >= requests else "residential"
             items.append(Item("rotation", f"a new {kind} network on most requests", state.net_switches / (requests - 1)))
-        items += [Item("profile", _profile_label(value), share) for value, share in _shares(state.profiles, requests, 0.5)]
+        items += [Item("profile", _profile_label(value), share) for value, share in _shares(state.profiles, requests, 0.5, recurs(2))]
         items += [Item("habits", habits, 1.0) for habits in _habits(state)]
     for name, value in attributes.items():
         items.append(Item("payment" if name in _IDENTITY_ATTRIBUTES else "attribute", f"{name}={value}", 1.0))

@@ -68,6 +68,7 @@ from distillguard.detect.attribution import (
     rarity,
 )
 from distillguard.detect.base import logistic, typical
+from distillguard.detect.cohorts import burst_runs, cohort_traits, find_cohorts
 from distillguard.detect.minhash import LSHIndex, MinHasher, Signature
 from distillguard.detect.phrasebank import BANK_ALONE, BANK_PHRASINGS, PhraseBanks, phrasings
 
@@ -450,7 +451,13 @@ def find_clusters(
                 reason = max(families.get(f, 0.0) for f in BEHAVIOURAL)
             links[(a, b)] = _Link(families, used, strength, reason, identity >= IDENTITY_LINK)
 
-    # 5. Communities of the link graph (weighted label propagation); clusters of three or more.
+    # 5. Cohorts: the quiet accounts of one creation burst that share a trait far more often than chance (cohorts module).
+    # They join the link graph from their first request, through hubs as a posting list does.
+    certainty = _cohort_links(links, collector, templates, metadata, bursts, own_scores, org_of)
+    if certainty:
+        accounts = sorted(set(accounts) | certainty.keys())
+
+    # 6. Communities of the link graph (weighted label propagation); clusters of three or more.
     community = _communities(accounts, links)
     groups: dict[str, list[str]] = defaultdict(list)
     for account in accounts:
@@ -479,9 +486,10 @@ def find_clusters(
                 text = texts.get(item)
                 if text is None:
                     key = (item.kind, item.value)
-                    text = texts[item] = item.value if item.kind in ("sync", "bank") else describe(item, len(holders.get(key, ())))
+                    text = texts[item] = item.value if item.kind in _SELF_DESCRIBED else describe(item, len(holders.get(key, ())))
                 shared_weight[text] += value
-        cluster = _score_cluster(members, group_links, families_seen, rank_labels(shared_weight)[:8], own_scores)
+        cluster = _score_cluster(members, group_links, families_seen, rank_labels(shared_weight)[:8], own_scores,
+                                 sum(certainty.get(a, 0.0) for a in members) / len(members))
         cluster.ties = member_ties(members, decisive, kinds)
         clusters.append(cluster)
     return clusters
@@ -596,6 +604,60 @@ def _synchronised(buckets: Mapping[str, AbstractSet[int]], candidates: AbstractS
     return sync
 
 
+_SELF_DESCRIBED = frozenset({"sync", "bank", "cohort"})  # link items whose value is already their words
+# A cohort link (cohorts module): as strong as a plain two-family link, and what made it is the cohort itself.
+COHORT_STRENGTH = 1.0
+
+
+def _cohort_links(links: dict[tuple[str, str], _Link], collector: AttributionCollector, templates: TemplateSource,
+                  metadata: Mapping[str, AccountMeta], bursts: Mapping[str, tuple[str, ...]], own_scores: Mapping[str, float],
+                  org_of: Mapping[str, str]) -> dict[str, float]:
+    """Add each significant cohort's links (every member to the cohort's hubs) to ``links``; return each member's
+    certainty (its most significant cohort's, :attr:`Cohort.certainty`).
+
+    The link is two families — the block's (meta: a creation burst) and the trait's own — so a member tied by it
+    counts as widely tied (``member_ties``); a pair already linked keeps its link with the cohort added to what it
+    shares.
+    """
+    active = collector.accounts
+    blocks = burst_runs(metadata, (a for a in bursts if a in active))
+    if not blocks:
+        return {}
+    empty: Mapping[str, str] = {}
+
+    def traits(account: str, in_block: bool) -> set[Item]:
+        single_turn, wrappers = templates.wrappers(account)
+        meta = metadata.get(account)
+        state = active.get(account)
+        return cohort_traits(account_items(state, single_turn, wrappers, templates.systems(account), meta.attributes if meta else empty,
+                                           (), minimum_count=1),
+                             scripted_only=in_block and state is not None and state.requests >= MIN_REQUESTS)
+
+    background = (a for a in active if own_scores.get(a, 0.0) < BACKGROUND_BELOW)
+    members: dict[str, float] = {}
+    for cohort in find_cohorts(traits, blocks, background):
+        text = (f"{describe(cohort.trait, len(cohort.members))} on {len(cohort.members)} of the {cohort.n} accounts of one "
+                f"creation burst ({cohort.block.label}; {cohort.expected:.1f} expected by chance)")
+        item = (Item("cohort", text, 1.0), 1.0)
+        families = {cohort.block.family: 0.6}
+        trait_family = KINDS[cohort.trait.kind][0]
+        families[trait_family] = max(families.get(trait_family, 0.0), 0.3, KINDS[cohort.trait.kind][1])
+        hubs = sorted(cohort.members, key=_stable_hash)[:HUBS]
+        for a in cohort.members:
+            for hub in hubs:
+                if a == hub or (org_of.get(a) is not None and org_of.get(a) == org_of.get(hub)):
+                    continue
+                pair = (a, hub) if a < hub else (hub, a)
+                link = links.get(pair)
+                if link is None:
+                    links[pair] = _Link(dict(families), [item], COHORT_STRENGTH, COHORT_STRENGTH)
+                elif item not in link.items:
+                    link.items.append(item)
+        for a in cohort.members:
+            members[a] = max(members.get(a, 0.0), cohort.certainty)
+    return members
+
+
 # A member's tie counts fully when its decisive link evidence reaches this share of its cluster's typical member's.
 TIE_TYPICAL_SHARE = 0.75
 
@@ -667,11 +729,12 @@ def _communities(accounts: list[str], links: Mapping[tuple[str, str], _Link], ro
 
 
 def _score_cluster(members: list[str], links: list[_Link], families: set[str], shared: list[str],
-                   own_scores: Mapping[str, float]) -> Cluster:
+                   own_scores: Mapping[str, float], cohort: float = 0.0) -> Cluster:
     """A cluster's score: its members' own scores, lifted by how strongly attribution ties them.
 
     ``base = 0.5 × mean + 0.5 × mean of the top half`` of the members' own distillation scores;
-    ``coordination = logistic(size; 5, 1.5) × min(1, families tying them ÷ 3) × mean link strength (≤ 1)``;
+    ``coordination = logistic(size; 5, 1.5) × min(1, families tying them ÷ 3) × mean link strength (≤ 1)``, or
+    ``logistic(size; 5, 1.5) ×`` the members' mean cohort certainty (``cohort``, :attr:`Cohort.certainty`) when larger;
     ``score = base + (1 − base) × lift × coordination`` with ``lift`` 0.8 when ``base ≥ 0.4`` (members partly
     suspicious already) and 0.6 otherwise — so a large, tightly tied fleet of quiet accounts reaches the
     medium band on attribution alone, and only its members' own evidence takes it to high.
@@ -680,7 +743,10 @@ def _score_cluster(members: list[str], links: list[_Link], families: set[str], s
     half = max(1, len(scores) // 2)
     base = 0.5 * sum(scores) / len(scores) + 0.5 * sum(scores[:half]) / half
     mean_strength = min(1.0, sum(link.strength for link in links) / max(1, len(links)))
-    coordination = logistic(len(members), 5, 1.5) * min(1.0, len(families) / 3) * mean_strength
+    size = logistic(len(members), 5, 1.5)
+    # A cohort (cohorts module) ties its members as one actor by a test against chance, not by pairs of accounts: its
+    # certainty, over the members, is the coordination when it says more than the links' families do.
+    coordination = max(size * min(1.0, len(families) / 3) * mean_strength, size * cohort)
     lift = 0.8 if base >= 0.4 else 0.6
     score = base + (1 - base) * lift * coordination
     return Cluster(stable_cluster_id(members), members, min(1.0, score), shared, coordination, sorted(families))

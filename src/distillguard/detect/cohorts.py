@@ -1,0 +1,230 @@
+"""Cohorts: the quiet accounts of one creation burst that share a trait far more often than chance would.
+
+A campaign of hundreds of accounts at two or three requests each is loud, its
+accounts are not: one or two requests give an account no recurring wrapper, no
+synchronised activity and no habits, so pairwise attribution
+(:mod:`distillguard.detect.clustering`, which needs ``MIN_REQUESTS`` of an
+account) never sees them. What ties them is the campaign's shape: the operator
+made them in one creation burst (the operator's records, ``scan --accounts``)
+and drives them with one script, so a trait of that script — a client profile,
+a request-parameter profile, a private prompt wrapper, a hosting /24 — is carried by far more of the burst's accounts than the
+background's share of that trait would put there.
+
+That is the test, a null model per (burst, trait): with ``n`` accounts of the
+burst active and a share ``p`` of a fixed sample of the background (accounts
+outside any burst that do not look like distillers on their own) carrying the
+trait, the ``k`` burst accounts carrying it form a *cohort* when
+
+- ``k ≥ COHORT_MIN``,
+- the trait is ``COHORT_LIFT`` times over-represented (``k/n ≥ COHORT_LIFT × p``), and
+- ``P(Binomial(n, p) ≥ k) ≤ 10^COHORT_LOG10_P`` (strict: a log holds thousands of
+  (burst, trait) pairs).
+
+So strangers who signed up in the same hours — early adopters before a model's
+release, a class on its first day — are not a cohort: their clients,
+parameters and wording are the background's. Unrelated legitimate accounts on
+one popular ISP or behind one office address are no cohort either: an address,
+a residential network and an e-mail domain are never a cohort's trait (an office
+onboarded in one afternoon shares all three), and people's clients, parameters
+and wording are the background's. Every account is tested
+against the traits it shows at all (any single observation), so a cohort is
+found from the first request of each member; its cost is the burst members'
+traits plus a bounded background sample, never pairs of accounts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import heapq
+import math
+import zlib
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from distillguard.detect.accounts import AccountMeta
+from distillguard.detect.attribution import Item
+
+__all__ = ["COHORT_KINDS", "Block", "Cohort", "burst_runs", "cohort_traits", "find_cohorts", "log10_binomial_tail"]
+
+COHORT_MIN = 5
+COHORT_LIFT = 4.0
+COHORT_LOG10_P = -8.0
+# A burst run: accounts of creation bursts (``clustering.creation_bursts``) whose creation times follow each other
+# within this gap. Two fleets created the same afternoon may share one run; their traits then tell them apart.
+RUN_GAP_S = 1800.0
+# How many background accounts the null model reads (the first by a stable hash): its cost stays bounded however
+# large the log, and the sample's share of a trait is what "by chance" means.
+NULL_SAMPLE = 4000
+# The traits a cohort may share, by the attribution kind they are (family, and so what a link made of them says).
+# Left out: identity items (an install or card already links on its own), habits (need ten requests), rotation
+# (needs eight) and creation slots (the burst itself is the block).
+# Also left out: an exact address, a residential /24 and an e-mail domain — what an office's or a campus's people share
+# when they are onboarded together (one burst, one egress address, one company domain), which is not one operator.
+COHORT_KINDS = frozenset({"profile", "params", "hosting_net", "hosting_asn", "wrapper", "system_prompt"})
+_SCRIPTED_KINDS = frozenset({"wrapper", "system_prompt"})
+SCRIPTED_SHARE = 0.5
+# How much a cohort says about its members being one actor, in [0, 1]: its binomial tail's −log10 over this.
+COHORT_CERTAIN_LOG10_P = 20.0
+# A carrier joins its cohort when fewer than this many of the block's strangers are expected to carry all the block's
+# significant traits it carries (``find_cohorts``).
+STRANGERS_MAX = 0.25
+
+
+@dataclass(frozen=True)
+class Block:
+    """Accounts that came together by one record: a creation burst's run (family ``meta``, the operator's records).
+    A cohort is a block's carriers of one trait."""
+
+    label: str
+    family: str
+    members: tuple[str, ...]
+    strangers: float  # how many of the members the block's time span alone would bring: the background's rate × its span
+
+
+@dataclass(frozen=True)
+class Cohort:
+    """The ``members`` of one ``block`` that carry ``trait``, where the background's share ``p`` of it would put
+    ``n × p`` of the block's ``n``; ``log10_p`` is the binomial tail of seeing that many."""
+
+    block: Block
+    trait: Item
+    members: tuple[str, ...]
+    p: float
+    log10_p: float
+
+    @property
+    def n(self) -> int:
+        return len(self.block.members)
+
+    @property
+    def expected(self) -> float:
+        return self.n * self.p
+
+    @property
+    def certainty(self) -> float:
+        """How surely the members are one actor, in [0, 1]: ``−log10_p / COHORT_CERTAIN_LOG10_P``, at most 1."""
+        return min(1.0, -self.log10_p / COHORT_CERTAIN_LOG10_P)
+
+
+def burst_runs(metadata: Mapping[str, AccountMeta], in_burst: Iterable[str]) -> list[Block]:
+    """The burst accounts grouped into runs of creation times at most ``RUN_GAP_S`` apart; a run's strangers are what
+    the metadata's average creation rate puts in its span (plus an hour)."""
+    created = [t for m in metadata.values() if (t := m.created_at) is not None]
+    if not created:
+        return []
+    rate = len(created) / max(86_400.0, max(created) - min(created))
+    times = sorted((t, a) for a in in_burst if (m := metadata.get(a)) is not None and (t := m.created_at) is not None)
+    runs: list[Block] = []
+    current: list[tuple[float, str]] = []
+    for t, account in times:
+        if current and t - current[-1][0] > RUN_GAP_S:
+            runs.append(_run(current, rate))
+            current = []
+        current.append((t, account))
+    if current:
+        runs.append(_run(current, rate))
+    return runs
+
+
+def _run(members: list[tuple[float, str]], rate: float) -> Block:
+    first, last = members[0][0], members[-1][0]
+    return Block(f"{len(members)} accounts created {_when(first)}–{_when(last)[-9:]}", "meta", tuple(a for _, a in members),
+                 rate * (last - first + 3600.0))
+
+
+def _when(ts: float) -> str:
+    return f"{dt.datetime.fromtimestamp(ts, dt.UTC):%Y-%m-%d %H:%M} UTC"
+
+
+def cohort_traits(items: Iterable[Item], scripted_only: bool = False) -> set[Item]:
+    """The traits a cohort may share among an account's items (``account_items(..., minimum_count=1)``: every value it
+    shows at all), shares dropped: carrying a trait is what the null model counts.
+
+    ``scripted_only`` (a block member with a history of its own): a wrapper or system prompt counts only when it frames
+    at least ``SCRIPTED_SHARE`` of the account's prompts — a script's template, not probes tried now and then:
+    strangers who signed up before a model's release and each try the same public release-day probes share a burst
+    and those wrappers because of one public event. The background sample is never filtered so, or a phrase common in
+    people's prompts would look rare beside quiet accounts, whose one or two prompts all carry it."""
+    return {Item(i.kind, i.value, 1.0) for i in items
+            if i.kind in COHORT_KINDS and not (scripted_only and i.kind in _SCRIPTED_KINDS and i.share < SCRIPTED_SHARE)}
+
+
+def _stable(account: str) -> int:
+    return zlib.crc32(account.encode())  # any stable order will do: the sample only has to be the same on every run
+
+
+def log10_binomial_tail(k: int, n: int, p: float) -> float:
+    """log10 P(Binomial(n, p) ≥ k), summed in log space from ``k`` (the terms fall fast once k > n·p)."""
+    if k <= 0:
+        return 0.0
+    if k > n:
+        return -math.inf
+    p = min(max(p, 1e-12), 1 - 1e-12)
+    lp, lq = math.log(p), math.log1p(-p)
+    base = math.lgamma(n + 1)
+    terms = [base - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * lp + (n - i) * lq for i in range(k, min(n, k + 400) + 1)]
+    top = max(terms)
+    return (top + math.log(sum(math.exp(t - top) for t in terms))) / math.log(10)
+
+
+def find_cohorts(traits: Callable[[str, bool], set[Item]], blocks: Sequence[Block], background: Iterable[str]) -> list[Cohort]:
+    """Every significant (block, trait) cohort, largest first (module docstring).
+
+    ``traits(account, in_block)``: an account's traits (:func:`cohort_traits`), as a block member or as part of the
+    background sample; ``blocks``: :func:`burst_runs` of the accounts with at
+    least one request; ``background``: accounts that do not look like distillers on their own.
+    Blocks are judged against a sample of the background outside every block.
+    """
+    tested: list[tuple[Block, dict[Item, list[str]]]] = []
+    wanted: set[Item] = set()
+    for block in blocks:
+        if len(block.members) < COHORT_MIN:
+            continue
+        carriers: dict[Item, list[str]] = defaultdict(list)
+        for account in block.members:
+            for trait in traits(account, True):
+                carriers[trait].append(account)
+        carriers = {t: m for t, m in carriers.items() if len(m) >= COHORT_MIN}
+        if carriers:
+            wanted.update(carriers)
+            tested.append((block, carriers))
+    in_blocks = {a for block in blocks for a in block.members}
+    sample = heapq.nsmallest(NULL_SAMPLE, (a for a in background if a not in in_blocks), key=_stable)
+    if not wanted or not sample:
+        return []
+    seen: dict[Item, int] = defaultdict(int)
+    for account in sample:
+        for trait in traits(account, False):
+            if trait in wanted:
+                seen[trait] += 1
+    cohorts = []
+    for block, carriers in tested:
+        n = len(block.members)
+        significant: list[tuple[Item, list[str], float, float]] = []
+        for trait, members in carriers.items():
+            k = len(members)
+            p = (seen.get(trait, 0) + 1) / (len(sample) + 2)
+            if k / n < COHORT_LIFT * p:
+                continue
+            tail = log10_binomial_tail(k, n, p)
+            if tail <= COHORT_LOG10_P:
+                significant.append((trait, members, p, tail))
+        if not significant:
+            continue
+        # Which carriers are the operator's: the block also holds strangers (those who signed up or first came in the
+        # same hours), and a stranger carries a trait at the background's rate. Their number is the larger of what the
+        # block's span brings at the background's rate and the block's accounts outside its largest cohort; an account
+        # is admitted when the strangers expected to carry every significant trait it carries stay below STRANGERS_MAX.
+        _, top, top_p, _ = max(significant, key=lambda s: (len(s[1]), -s[2]))
+        strangers = max(1.0, block.strangers, n - len(top)) / (1.0 - top_p)
+        chance = dict.fromkeys(block.members, strangers)
+        for _, members, p, _ in significant:
+            for a in members:
+                chance[a] *= p
+        for trait, members, p, tail in significant:
+            admitted = tuple(sorted(a for a in members if chance[a] <= STRANGERS_MAX))
+            if len(admitted) >= COHORT_MIN:
+                cohorts.append(Cohort(block, trait, admitted, p, tail))
+    cohorts.sort(key=lambda c: (-len(c.members), c.block.label, c.trait.kind, c.trait.value))
+    return cohorts

@@ -1,0 +1,120 @@
+"""Cohorts (detect/cohorts.py): hundreds of quiet accounts of one campaign clustered and caught; strangers never merged."""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any
+
+from distillguard.detect import Scanner
+from distillguard.detect.accounts import AccountMeta
+from distillguard.detect.cohorts import log10_binomial_tail
+from distillguard.detect.scanner import HIGH
+from distillguard.events import format_ts
+
+T0 = 1_790_000_000.0
+HOUR, DAY = 3600.0, 86_400.0
+CLIENTS = ["fp-openai-py", "fp-anthropic-py", "fp-curl", "fp-chrome", "fp-firefox", "fp-safari", "fp-node", "fp-go"]
+PARAMS = [{"max_tokens": 1024, "temperature": 0.7, "stream": True}, {"temperature": 1.0, "stream": True}, {},
+          {"max_tokens": 4096, "stream": False}, {"temperature": 0.2}, {"max_tokens": 2048, "temperature": 0.7}]
+SUBJECTS = ["integrals", "the Krebs cycle", "TCP handshakes", "French verbs", "tax brackets", "sourdough", "Rust lifetimes",
+            "plate tectonics", "the Roman republic", "bond yields", "photosynthesis", "hash tables", "chess openings"]
+OPENERS = ["hey, quick one:", "Can you explain", "I was wondering about", "what's the deal with", "Help me understand",
+           "Is it true that", "My teacher mentioned", "Could you summarise", "ok so", "Please tell me about"]
+
+
+def ev(account: str, t: float, prompt: str, *, ip: str, asn: int, header: str, params: dict[str, Any]) -> dict[str, Any]:
+    return {"v": 1, "ts": format_ts(t), "request_id": f"req_{account}_{t}", "account_id": account, "org_id": None,
+            "endpoint": "openai.chat", "model": "m1",
+            "client": {"ip": ip, "user_agent": "ua", "header_fp": header, "geo": {"country": "US", "asn": asn, "hosting": False}},
+            "attestation": None, "request": {"system": None, "messages": [{"role": "user", "content": prompt}], "params": params},
+            "response": {"status": 200, "text": "x " * 300, "prompt_tokens": 40, "completion_tokens": 600}}
+
+
+def maths_task(i: int) -> str:
+    """One item of a swept maths dataset: its own numbers and wording, no wrapper."""
+    rng = random.Random(i)
+    a, b, c = rng.randint(3, 90), rng.randint(2, 40), rng.randint(2, 9)
+    who = rng.choice(["Maria", "Tom", "A farmer", "The school", "Kenji", "A baker", "Priya", "The club"])
+    thing = rng.choice(["apples", "tickets", "litres of paint", "books", "marbles", "bricks", "stamps", "cupcakes"])
+    return (f"{who} has {a} {thing} and gets {b} more each week for {c} weeks, then gives away a third of them. "
+            f"How many {thing} are left? Give the final number.")
+
+
+def people(scanner_meta: dict[str, AccountMeta], n: int, *, prefix: str = "person", requests: int = 12,
+           created: Any = None) -> list[tuple[str, dict[str, Any]]]:
+    """Ordinary people: their own clients, parameters, home addresses and questions, at their own times."""
+    rng = random.Random(prefix)
+    out = []
+    for u in range(n):
+        name = f"{prefix}{u:03d}"
+        scanner_meta[name] = AccountMeta(name, created_at=created(u, rng) if created else T0 - rng.uniform(30, 900) * DAY)
+        header, params = rng.choice(CLIENTS), rng.choice(PARAMS)
+        home, asn = f"10.{rng.randrange(256)}.{rng.randrange(256)}.7", rng.choice([3320, 7018, 7922, 3209])
+        for _ in range(requests):
+            t = T0 + rng.uniform(0, 3 * DAY)
+            out.append(ev(name, t, f"{rng.choice(OPENERS)} {rng.choice(SUBJECTS)} {rng.choice(['', 'again', 'for my exam', 'please'])}",
+                          ip=home, asn=asn, header=header, params=params))
+    return out
+
+
+def replay(meta: dict[str, AccountMeta], events: list[dict[str, Any]]) -> Scanner:
+    scanner = Scanner(accounts=meta)
+    for event in sorted(events, key=lambda e: e["ts"]):
+        scanner.update(event)
+    return scanner
+
+
+def test_a_300_account_hydra_at_two_requests_each_is_one_pure_cluster_and_high() -> None:
+    """300 accounts made in one afternoon, each sending two prompts of one maths sweep from a new residential address
+    with ordinary parameters: no account has anything to score or to pair on, but 300 of the burst's accounts on one
+    client profile that an eighth of the background uses is no chance (cohorts module), and the union is a sweep."""
+    meta: dict[str, AccountMeta] = {}
+    events = people(meta, 400)
+    rng = random.Random(11)
+    hydra = [f"hydra{k:03d}" for k in range(300)]
+    for k, name in enumerate(hydra):
+        meta[name] = AccountMeta(name, created_at=T0 - 2 * DAY + rng.uniform(0, 5 * HOUR))
+        for i in range(2):
+            events.append(ev(name, T0 + DAY + rng.uniform(0, DAY), maths_task(k * 2 + i),
+                             ip=f"172.{rng.randrange(16, 32)}.{rng.randrange(256)}.{rng.randrange(1, 255)}", asn=rng.choice([3320, 7018, 7922]),
+                             header="fp-openai-py", params=rng.choice(PARAMS)))
+    report = replay(meta, events).report()
+    entries = {e["account_id"]: e for e in report["accounts"]}
+    hydra_clusters = [c for c in report["clusters"] if set(c["accounts"]) & set(hydra)]
+    assert len(hydra_clusters) == 1
+    assert set(hydra_clusters[0]["accounts"]) == set(hydra)  # every member, and no one else: pure
+    assert any("one creation burst" in s for s in hydra_clusters[0]["shared"])
+    assert all(entries[a]["distillation_score"] >= HIGH for a in hydra)
+    assert not [a for a, e in entries.items() if a.startswith("person") and e["risk"] == "high"]
+
+
+def test_300_strangers_at_two_requests_on_one_isp_or_behind_one_office_address_do_not_cluster() -> None:
+    """The null model's other side: 300 legitimate accounts of two requests each, all on one ISP's /24 — or all behind
+    one egress address with one company domain, onboarded in one afternoon (a creation burst) — use the background's
+    clients, parameters and wording, so nothing they share is over-represented; no cohort, no cluster, no one high."""
+    onboarding = T0 - 40 * DAY
+    for shape in ("isp", "office"):
+        meta: dict[str, AccountMeta] = {}
+        events = people(meta, 400)
+        quiet = people(meta, 300, prefix="local", requests=2,
+                       created=(lambda u, rng: onboarding + rng.uniform(0, 4 * HOUR)) if shape == "office" else None)
+        for event in quiet:
+            if shape == "office":
+                event["client"]["ip"], event["client"]["geo"]["asn"] = "203.0.113.10", 7922
+                meta[event["account_id"]] = AccountMeta(event["account_id"], created_at=meta[event["account_id"]].created_at,
+                                                        attributes={"email_domain": "h1:" + "ab" * 16})
+            else:
+                event["client"]["ip"], event["client"]["geo"]["asn"] = f"81.2.69.{random.Random(event['ts']).randrange(1, 255)}", 3320
+        report = replay(meta, events + quiet).report()
+        locals_ = [e for e in report["accounts"] if e["account_id"].startswith("local")]
+        assert len(locals_) == 300
+        assert [e["account_id"] for e in locals_ if e["cluster_id"]] == [], shape
+        assert max(e["distillation_score"] for e in locals_) < HIGH, shape
+
+
+def test_binomial_tail_matches_the_exact_sum() -> None:
+    for k, n, p in ((5, 20, 0.1), (30, 300, 0.05), (1, 10, 0.5), (12, 12, 0.0116)):
+        exact = sum(math.comb(n, i) * p ** i * (1 - p) ** (n - i) for i in range(k, n + 1))
+        assert abs(log10_binomial_tail(k, n, p) - math.log10(exact)) < 1e-9
+    assert log10_binomial_tail(0, 10, 0.3) == 0.0
