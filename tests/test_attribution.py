@@ -771,7 +771,7 @@ def test_a_stranger_in_a_fleets_cluster_is_not_lifted_to_high_and_a_quiet_member
     report = scanner.report()
     entry = {a["account_id"]: a for a in report["accounts"]}
     cluster = cluster_with(report, "loud0")
-    assert cluster is not None and {"desk", "quiet0"} <= set(cluster["accounts"]) and cluster["score"] >= 0.9
+    assert cluster is not None and {"desk", "quiet0"} <= set(cluster["accounts"]) and cluster["score"] >= 0.85
     assert all(entry[f"quiet{k}"]["distillation_score"] >= 0.8 for k in range(3))
     desk = entry["desk"]
     assert desk["distillation_score"] < 0.8 and desk["risk"] != "high"
@@ -780,12 +780,16 @@ def test_a_stranger_in_a_fleets_cluster_is_not_lifted_to_high_and_a_quiet_member
 
 
 def test_member_ties_weigh_each_member_against_its_clusters_median() -> None:
-    from distillguard.detect.clustering import TIE_TYPICAL_SHARE, member_ties
+    from distillguard.detect.clustering import PRIVATE_FULL, TIE_TYPICAL_SHARE, member_ties
 
     ties = member_ties(["a", "b", "c", "d", "stray"], {"a": 0.97, "b": 0.95, "c": 0.9, "d": 0.97, "stray": 0.5})
     assert ties["a"] == ties["b"] == ties["c"] == 1.0
     assert ties["stray"] == 0.5 / (TIE_TYPICAL_SHARE * 0.95)
-    assert member_ties(["x", "y", "z"], {}) == {"x": 1.0, "y": 1.0, "z": 1.0}  # nothing decisive recorded: no judgement
+    # Nothing private ties them (surface traits only: an office's address, stock parameters, common habits): no lift.
+    assert member_ties(["x", "y", "z"], {}) == {"x": 0.0, "y": 0.0, "z": 0.0}
+    # Weakly tied by anything private, the whole cluster is lifted only as far: private evidence ÷ PRIVATE_FULL.
+    weak = member_ties(["x", "y", "z"], {"x": 0.15, "y": 0.15, "z": 0.15})
+    assert weak == {"x": 0.15 / PRIVATE_FULL, "y": 0.15 / PRIVATE_FULL, "z": 0.15 / PRIVATE_FULL}
     # Tied by one family (an e-mail domain and a sign-up slot: the records rule) where the typical member is tied by three:
     # a third, however strong that one link; two families, or one identity item, count fully.
     kinds = {"a": {"content", "infra", "meta"}, "b": {"content", "infra", "meta"}, "d": {"content", "infra", "meta"}, "c": {"content", "meta"},

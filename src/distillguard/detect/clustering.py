@@ -40,8 +40,10 @@ account checked against a bounded number of its likeliest matches
 the items they carry, never with all pairs — whoever fires together. Linked accounts are grouped by weighted label propagation
 (:func:`_communities`), so two fleets that a few links join stay apart;
 groups of three or more are clusters. Each member also gets its *tie*
-(:func:`member_ties`): how strongly its own links, not its cluster's, tie it
-there — the scanner lifts a member only that far.
+(:func:`member_ties`): how strongly its own links' *private* evidence — what
+they share beyond the traits unrelated legitimate accounts share all the time
+(``SURFACE_KINDS``), net of what chance explains (:mod:`distillguard.detect.chance`)
+— ties it there; the scanner lifts a member only that far.
 """
 
 from __future__ import annotations
@@ -68,9 +70,10 @@ from distillguard.detect.attribution import (
     rarity,
 )
 from distillguard.detect.base import logistic, typical
+from distillguard.detect.chance import ChanceModel
 from distillguard.detect.cohorts import burst_runs, cohort_traits, find_cohorts
 from distillguard.detect.minhash import LSHIndex, MinHasher, Signature
-from distillguard.detect.phrasebank import BANK_ALONE, BANK_PHRASINGS, PhraseBanks, phrasings
+from distillguard.detect.phrasebank import BANK_ALONE, BANK_PHRASINGS, BankOverlap, PhraseBanks, phrasings
 
 __all__ = ["Cluster", "ClusterCache", "FingerprintCollector", "TemplateSource", "creation_bursts", "find_clusters", "member_ties", "rank_labels",
            "stable_cluster_id"]
@@ -218,7 +221,10 @@ class _Link:
     families: dict[str, float]
     items: list[tuple[Item, float]]
     strength: float
-    decisive: float = 0.0  # the evidence that made the link, alone: identity, records, a bank, or the behavioural family
+    # The link's *private* evidence (member_ties): what it shares that unrelated legitimate accounts rarely share —
+    # a private wrapper or system prompt, a phrase bank, an install, a payment card, a creation slot, rotation,
+    # synchronised activity — each discounted by how often chance alone would share it (``_chance_free``).
+    private: float = 0.0
     identity: bool = False  # made by one identity item (the same enrolled install or payment fingerprint)
 
 
@@ -262,6 +268,17 @@ CONFIG_TOLERANCE = 0.25
 # a few probes each used now and then.
 SCRIPTED_CONTENT = 0.5
 _IDENTITY_KINDS = frozenset({"install", "payment"})
+# What unrelated legitimate accounts share all the time: a residential or office /24 or an exact address (an office, a
+# campus, a carrier's NAT, a VPN's exit), a hosting ASN, stock request parameters, coarse habits, a client
+# profile, an e-mail domain. These still make links (beside a behavioural family) and put accounts in clusters, but
+# never tie a member to its cluster's evidence on their own (member_ties): issue #11's test split put two people, a
+# learner, a coder and a night owl in a campaign that imitates people, tied by such traits as strongly as its members
+# were tied by their weak phrase banks and records, and lifted them to `high` at tie 1.0.
+SURFACE_KINDS = frozenset({"net", "ip", "hosting_asn", "params", "habits", "profile", "attribute"})
+# Items an account carries many of (its wrapper pieces, system prompts, installs): the more it carries, the more it
+# shares with anyone by chance (a relay's dozens of people; a heavy user's many openers).
+_CHANCE_GROUPS = {"wrapper": "wrapper", "short_wrapper": "wrapper", "system_prompt": "system_prompt", "install": "install",
+                  "hosting_net": "hosting_net"}
 
 
 Configuration = tuple[float, float, float, bool]
@@ -288,6 +305,30 @@ def _same_configuration(x: Configuration | None, y: Configuration | None) -> boo
     if x is None or y is None:
         return False
     return all(abs(p - q) <= CONFIG_TOLERANCE for p, q in zip(x[:3], y[:3], strict=True)) and x[3] == y[3]
+
+
+def _private(a: str, b: str, shared: list[tuple[Item, float]], timing: float | None, bank: BankOverlap | None,
+             chance: Mapping[str, ChanceModel], bank_chance: ChanceModel) -> float:
+    """A link's private evidence in [0, 1]: noisy-OR of what it shares beyond ``SURFACE_KINDS`` — each many-valued
+    group's items discounted by how surely chance would not share that many of them (:class:`ChanceModel`) —,
+    synchronised activity (already judged against chance overlap) and a shared phrase bank (likewise discounted)."""
+    counts: dict[str, int] = defaultdict(int)
+    for item, _ in shared:
+        group = _CHANCE_GROUPS.get(item.kind)
+        if group is not None:
+            counts[group] += 1
+    free = {group: chance[group].free(a, b, n) for group, n in counts.items()}
+    rest = 1.0
+    for item, value in shared:
+        if item.kind in SURFACE_KINDS:
+            continue
+        group = _CHANCE_GROUPS.get(item.kind)
+        rest *= 1.0 - value * (free[group] if group is not None else 1.0)
+    if timing:
+        rest *= 1.0 - timing
+    if bank is not None:
+        rest *= 1.0 - min(1.0, bank.mass) * bank_chance.free(a, b, bank.phrasings)
+    return 1.0 - rest
 
 
 def _add_pairs(candidates: set[tuple[str, str]], members: list[str]) -> None:
@@ -344,8 +385,8 @@ def find_clusters(
     background = {a for a in accounts if own_scores.get(a, 0.0) < BACKGROUND_BELOW}
     population = max(1, len(background))
     banks = PhraseBanks({a: cache.phrasings_of(a, templates, collector) for a in accounts}, background)
-    worth = {key: KINDS[key[0]][1] * _rarity_of(key[0], sum(1 for m in members if m in background), population)
-             for key, members in holders.items() if len(members) >= 2}
+    in_background = {key: sum(1 for m in members if m in background) for key, members in holders.items() if len(members) >= 2}
+    worth = {key: KINDS[key[0]][1] * _rarity_of(key[0], count, population) for key, count in in_background.items()}
 
     # 2. Candidate pairs from the posting lists of items worth something.
     candidates: set[tuple[str, str]] = set()
@@ -380,6 +421,13 @@ def find_clusters(
     number = {key: n for n, key in enumerate(k for k, v in worth.items() if v > 0.0)}
     rated = {a: {number[k]: (item, worth[k], math.sqrt(item.share), KINDS[k[0]][0]) for k, item in keyed.items() if k in number}
              for a, keyed in items.items()}
+    # The null model of what unrelated accounts share by chance (detect/chance.py), per group of many-valued items and
+    # for the rare phrasings of phrase banks: only what it does not explain ties a member to its cluster (member_ties).
+    by_chance = {group: ChanceModel({a: [k for k in keyed if _CHANCE_GROUPS.get(k[0]) == group and k in number] for a, keyed in items.items()},
+                                 in_background, background)
+              for group in set(_CHANCE_GROUPS.values())}
+    bank_chance = ChanceModel({a: [k for k in found if k in banks.weight] for a, found in banks.by_account.items()},
+                              {k: sum(1 for m in banks.holders[k] if m in background) for k in banks.weight}, background)
     links: dict[tuple[str, str], _Link] = {}
     for a, b in candidates:
         org_a = org_of.get(a)
@@ -438,18 +486,16 @@ def find_clusters(
             used = [(item, value) for item, value in shared if value >= 0.1]
             if timing:
                 used.append((Item("sync", "synchronised activity", 1.0), timing))
+            if bank is None and banks.may_share(a, b, BANK_PHRASINGS):
+                # Linked on other evidence: a shared bank still counts as private evidence (not as a link) when it is one.
+                found_bank = banks.overlap(a, b)
+                bank_evidence = found_bank if found_bank is not None and found_bank.shared_bank else None
+            else:
+                bank_evidence = bank
             if bank is not None:
                 used.append((Item("bank", bank.describe(), 1.0), min(1.0, bank.mass)))
-            # What made the link, alone (member_ties): the identity item, the records, the bank, or the behaviour.
-            if identity >= IDENTITY_LINK:
-                reason = identity
-            elif records >= RECORDS_LINK:
-                reason = records
-            elif bank is not None:
-                reason = min(1.0, bank.mass)
-            else:
-                reason = max(families.get(f, 0.0) for f in BEHAVIOURAL)
-            links[(a, b)] = _Link(families, used, strength, reason, identity >= IDENTITY_LINK)
+            links[(a, b)] = _Link(families, used, strength, _private(a, b, shared, timing, bank_evidence, by_chance, bank_chance),
+                                  identity >= IDENTITY_LINK)
 
     # 5. Cohorts: the quiet accounts of one creation burst that share a trait far more often than chance (cohorts module).
     # They join the link graph from their first request, through hubs as a posting list does.
@@ -463,13 +509,18 @@ def find_clusters(
     for account in accounts:
         groups[community[account]].append(account)
     member_links: dict[str, list[_Link]] = defaultdict(list)
-    decisive: dict[str, float] = {}  # per account, the decisive evidence of its strongest link inside its community
+    # Per account, its two most private links inside its community (member_ties reads their mean): a member whose one
+    # private link goes to another stray of the cluster, not to the fleet, is not tied as the fleet is.
+    private: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
     kinds: dict[str, set[str]] = defaultdict(set)  # per account, the families (and "identity") of its links there
     for (a, b), link in links.items():
         if community[a] == community[b]:
             member_links[community[a]].append(link)
-            decisive[a] = max(decisive.get(a, 0.0), link.decisive)
-            decisive[b] = max(decisive.get(b, 0.0), link.decisive)
+            for end in (a, b):
+                best = private[end]
+                if link.private > best[1]:
+                    best[1] = link.private
+                    best.sort(reverse=True)
             tying = {f for f, v in link.families.items() if v >= 0.3} | ({"identity"} if link.identity else set())
             kinds[a] |= tying
             kinds[b] |= tying
@@ -490,7 +541,7 @@ def find_clusters(
                 shared_weight[text] += value
         cluster = _score_cluster(members, group_links, families_seen, rank_labels(shared_weight)[:8], own_scores,
                                  sum(certainty.get(a, 0.0) for a in members) / len(members))
-        cluster.ties = member_ties(members, decisive, kinds)
+        cluster.ties = member_ties(members, {a: sum(private[a]) / 2 for a in members if a in private}, kinds)
         clusters.append(cluster)
     return clusters
 
@@ -650,47 +701,56 @@ def _cohort_links(links: dict[tuple[str, str], _Link], collector: AttributionCol
                 pair = (a, hub) if a < hub else (hub, a)
                 link = links.get(pair)
                 if link is None:
-                    links[pair] = _Link(dict(families), [item], COHORT_STRENGTH, COHORT_STRENGTH)
+                    links[pair] = _Link(dict(families), [item], COHORT_STRENGTH, private=COHORT_STRENGTH)
                 elif item not in link.items:
                     link.items.append(item)
+                    link.private = max(link.private, COHORT_STRENGTH)  # a cohort is rare by construction (cohorts module)
         for a in cohort.members:
             members[a] = max(members.get(a, 0.0), cohort.certainty)
     return members
 
 
-# A member's tie counts fully when its decisive link evidence reaches this share of its cluster's typical member's.
+# A member's tie counts fully when its private link evidence reaches this share of its cluster's typical member's ...
 TIE_TYPICAL_SHARE = 0.75
+# ... and this much in absolute terms: a cluster whose members are tied only weakly by anything private lifts them
+# only as far (PRIVATE_FULL).
+PRIVATE_FULL = 0.3
 
 
-def member_ties(members: list[str], decisive: Mapping[str, float], kinds: Mapping[str, AbstractSet[str]] | None = None) -> dict[str, float]:
-    """How far a cluster's evidence may speak for each member, in [0, 1]: its own tie against its cluster's typical one.
+def member_ties(members: list[str], private: Mapping[str, float], kinds: Mapping[str, AbstractSet[str]] | None = None) -> dict[str, float]:
+    """How far a cluster's evidence may speak for each member, in [0, 1]: its own private tie against its cluster's.
 
     Label propagation puts an account in the community that carries most of its link weight, so an account linked
-    to a fleet only by what strangers also share (a cloud provider's /24, stock parameters, common habits; a
-    free-mail domain and a sign-up in the same hour) sits in the fleet's cluster beside members tied by the fleet's
-    private wrapper, system prompt or payment card. Lifting it to the cluster's score made legitimate accounts
-    ``high`` on their neighbours' evidence (issue #11: an early adopter, a person and a learner on the test split,
-    their own evidence 0.01–0.02; on dev seed 3 an early adopter tied to a 24-account fleet by the records rule
-    alone). So each member is judged against its cluster's median member twice, and the weaker judgement counts:
+    to a fleet only by what strangers also share (a cloud provider's /24, an office's address, stock parameters,
+    common habits, a free-mail domain) sits in the fleet's cluster beside members tied by the fleet's private
+    wrapper, system prompt, phrase bank or payment card. Lifting it to the cluster's score made legitimate accounts
+    ``high`` on their neighbours' evidence (issue #11's test split: at stop 13 an early adopter, a person and a
+    learner, their own evidence 0.01–0.02; at stop 14 two people, a learner, a coder and a night owl in a campaign
+    that imitates people, tied by such traits — content and meta — as strongly as the campaign's members were tied
+    by their weak phrase banks and records). So a member is judged only by its *private* evidence (``private``:
+    the most any of its links inside the cluster shares beyond ``SURFACE_KINDS``, net of what chance explains —
+    :func:`_private`, :mod:`distillguard.detect.chance`), three times, and the weakest judgement counts:
 
-    - its *decisive* evidence — the strongest single reason any of its links inside the cluster exists (an identity
-      item, two kinds of records, a phrase bank, or the behavioural family's value; :func:`find_clusters`):
-      ``min(1, best ÷ (TIE_TYPICAL_SHARE × median))``;
-    - the *families* tying it (``kinds``: content, time, infra, meta at ≥ 0.3 in one of its links): a member tied
+    - against its cluster's median member: ``min(1, private ÷ (TIE_TYPICAL_SHARE × median))`` — a member unlike
+      the rest of its cluster is not lifted as they are;
+    - in absolute terms: ``min(1, private ÷ PRIVATE_FULL)`` — surface traits alone give a tie of 0, whatever the
+      rest of the cluster is tied by, and a cluster tied by nothing private lifts no one;
+    - by the *families* tying it (``kinds``: content, time, infra, meta at ≥ 0.3 in one of its links): a member tied
       by one family where the typical member is tied by several counts for ``1 ÷ typical``; two or more families,
       or one identity item (the same enrolled install or payment fingerprint), count fully.
 
     A quiet member tied by the fleet's own rare evidence has the typical tie and is lifted fully however little it
-    sends; a member tied by common traits only, or by one kind of evidence, is lifted by the fraction.
+    sends.
     """
     if not members:
         return {}
     kinds = kinds or {}
-    typical_tie = typical(decisive.get(a, 0.0) for a in members)
+    typical_tie = typical(private.get(a, 0.0) for a in members)
     typical_kinds = typical(len(kinds.get(a, ())) for a in members)
     out = {}
     for a in members:
-        strong = min(1.0, decisive.get(a, 0.0) / (TIE_TYPICAL_SHARE * typical_tie)) if typical_tie > 0.0 else 1.0
+        own = private.get(a, 0.0)
+        strong = min(1.0, own / (TIE_TYPICAL_SHARE * typical_tie), own / PRIVATE_FULL) if typical_tie > 0.0 else 0.0
         found = kinds.get(a, frozenset())
         wide = 1.0 if "identity" in found or len(found) >= 2 or not typical_kinds else min(1.0, len(found) / typical_kinds)
         out[a] = min(strong, wide)

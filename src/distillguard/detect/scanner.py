@@ -2,7 +2,9 @@
 
 Combination (docs/detection.md): each detector's score is already on a fixed
 [0, 1] scale; the distillation score is a logistic function of their weighted
-sum, with weights and bias fixed in code (``DISTILL_WEIGHTS``), so the same
+sum, with weights and bias fixed in code (``DISTILL_WEIGHTS``) and each
+independent family's part capped (``DISTILL_FAMILIES``, ``FAMILY_CAP``: one
+family alone stays below high, two reach it), so the same
 behaviour always yields the same score whatever else is in the log. It is
 then scaled by how *sustained* the account's extraction is
 (``burst_factor``): a one-off burst — a benchmark evaluation — cannot reach the
@@ -41,12 +43,21 @@ from distillguard.detect.timing import Timing
 from distillguard.events import parse_ts
 from distillguard.indicators.model import IndicatorSet
 
-__all__ = ["DISTILL_BIAS", "DISTILL_WEIGHTS", "RESELLER_BIAS", "RESELLER_WEIGHTS", "Scanner", "burst_factor", "risk_band"]
+__all__ = ["DISTILL_BIAS", "DISTILL_FAMILIES", "DISTILL_WEIGHTS", "FAMILY_CAP", "RESELLER_BIAS", "RESELLER_WEIGHTS", "Scanner", "burst_factor", "distill_logit", "risk_band"]
 
 DISTILL_BIAS = -5.0
 DISTILL_WEIGHTS = {"cot_elicitation": 7.0, "coverage_sweep": 3.0, "token_economics": 2.0, "templated_prompts": 1.0,
                    "timing": 1.5, "model_pivot": 3.0, "network_rotation": 4.0, "consistency": 1.0, "sustained_extraction": 1.5,
                    "shared_indicators": 2.5}  # present only with indicators supplied (detect/shared_indicators.py)
+# The independent families of distillation evidence, and the most any one of them adds inside σ: 6.0, so one family
+# alone — a learner's step-by-step wording, however often; a sweep's shape; rotating networks — reaches at most
+# σ(−5 + 6) ≈ 0.73 (medium), and only a second family takes an account to high (≥ 0.8, σ⁻¹(0.8) + 5 ≈ 6.39).
+# Only the wording family's weights (7 + 1) exceed the cap; every other family's sum is below it.
+DISTILL_FAMILIES = {"cot_elicitation": "wording", "templated_prompts": "wording", "coverage_sweep": "shape",
+                    "token_economics": "shape", "timing": "volume over time", "sustained_extraction": "volume over time",
+                    "network_rotation": "network", "consistency": "network", "model_pivot": "release",
+                    "shared_indicators": "indicators"}
+FAMILY_CAP = 6.0
 RESELLER_BIAS = -4.0
 RESELLER_WEIGHTS = {"key_sharing": 8.0, "relay_sharing": 6.0, "consistency": 1.5, "timing": 1.0}
 HIGH, MEDIUM = 0.8, 0.5
@@ -68,6 +79,15 @@ def _sigmoid(z: float) -> float:
 def _shown(evidence: list[Evidence]) -> list[Evidence]:
     """The evidence an entry lists: above zero, or one of ``SHOWN_AT_ZERO``."""
     return [e for e in evidence if e.score > 0.0 or e.detector in SHOWN_AT_ZERO]
+
+
+def distill_logit(by_name: Mapping[str, float]) -> float:
+    """The distillation score's argument to σ: the bias plus each family's weighted evidence, capped (``FAMILY_CAP``)."""
+    families: dict[str, float] = {}
+    for name, weight in DISTILL_WEIGHTS.items():
+        family = DISTILL_FAMILIES[name]
+        families[family] = families.get(family, 0.0) + weight * by_name.get(name, 0.0)
+    return DISTILL_BIAS + sum(min(FAMILY_CAP, v) for v in families.values())
 
 
 def risk_band(score: float) -> str:
@@ -175,7 +195,7 @@ class Scanner:
     def _combine(self, account: str, evidence: list[Evidence]) -> tuple[float, float, float]:
         """(distillation before the burst factor, how much the account is a one-off burst, reseller)."""
         by_name = {e.detector: e.score for e in evidence}
-        distill = _sigmoid(DISTILL_BIAS + sum(w * by_name.get(n, 0.0) for n, w in DISTILL_WEIGHTS.items()))
+        distill = _sigmoid(distill_logit(by_name))
         resell = _sigmoid(RESELLER_BIAS + sum(w * by_name.get(n, 0.0) for n, w in RESELLER_WEIGHTS.items()))
         return distill, self.sustained.burst(account), resell
 
@@ -253,8 +273,7 @@ class Scanner:
             if name not in by_name:
                 by_name[name] = typical(next((e.score for e in self._evidence_of(a) if e.detector == name), 0.0)
                                         for a in members if a in self._evidence_cache)
-        distill = _sigmoid(DISTILL_BIAS + sum(w * by_name.get(n, 0.0) for n, w in DISTILL_WEIGHTS.items())
-                           + POOL_TIED_WEIGHT * cluster.coordination)
+        distill = _sigmoid(distill_logit(by_name) + POOL_TIED_WEIGHT * cluster.coordination)
         # Coordination relieves the pooled burst (a fleet's first day is not a one-off batch) — unless the members
         # are each a one-off batch job themselves: several evaluation runs tied together are still one-off runs.
         typical_burst = typical(self.sustained.burst(a) for a in members)
