@@ -51,7 +51,9 @@ class PostgresServer:
         if self.as_root:
             shutil.chown(self.root, "postgres", "postgres")
             os.chmod(self.root, 0o755)
-        out = self._run(self.initdb, "-D", self.data, "-U", "postgres", "--auth=trust", "-E", "UTF8")
+        # --no-sync: a throwaway server need not fsync its fresh cluster. The sync cost 3.7 of initdb's 5.3 s at load 20,
+        # and files that reached the disk then took 3.5 s (against 0.15 s) to delete at the session's end.
+        out = self._run(self.initdb, "-D", self.data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
         if out.returncode != 0:
             raise RuntimeError(f"initdb failed: {out.stderr.strip()[:500]}")
         options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
