@@ -108,28 +108,39 @@ def start_gateway(
     """Start ``distillguard serve`` on a free port and wait until it answers."""
     if upstreams is None:
         upstreams = [{"name": "stub", "base_url": upstream_base_url, "protocol": "openai", "models": ["*"], "timeout_s": 3}]
-    config_path, config = write_config(tmp_path, upstreams, **extra)
     log_path = tmp_path / "gateway.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "distillguard.cli", "serve", "--config", str(config_path)],
-        stdout=open(log_path, "wb"),  # noqa: SIM115 - lives as long as the process
-        stderr=subprocess.STDOUT,
-        env={**os.environ, **(env or {})},
-    )
-    root = f"http://{config['listen']}"
-    deadline = time.time() + 60  # a start-up at load 20+ took over 30 s (test_fleet_restart)
-    while time.time() < deadline:
-        if proc.poll() is not None:
+    for attempt in range(5):
+        config_path, config = write_config(tmp_path, upstreams, **extra)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "distillguard.cli", "serve", "--config", str(config_path)],
+            stdout=open(log_path, "wb"),  # noqa: SIM115 - lives as long as the process
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+        root = f"http://{config['listen']}"
+        if _answers_healthz(proc, root, log_path):
+            break
+        # The free port was taken before the gateway bound it: by another process's listener or by any outgoing
+        # connection's local port, which the kernel takes from the same range (seen with make fleet's gateways on a
+        # machine running several suites). A new port, unless the test chose its own.
+        if "listen" in extra or "already in use" not in log_path.read_text(errors="replace") or attempt == 4:
             raise RuntimeError(f"gateway exited with {proc.returncode}:\n{log_path.read_text()}")
-        try:
-            if httpx.get(root + "/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        raise RuntimeError(f"gateway did not start:\n{log_path.read_text()}")
     return RunningGateway(
         base_url=root + "/v1", root_url=root, admin_token=ADMIN_TOKEN, proc=proc, config_path=config_path,
         database=config["database"], spill_dir=Path(config["spill_dir"]), log_path=log_path,
     )
+
+
+def _answers_healthz(proc: subprocess.Popen[bytes], root: str, log_path: Path) -> bool:
+    """Waits until the gateway answers ``/healthz`` (True) or exits (False); raises if it does neither in 60 s."""
+    deadline = time.time() + 60  # a start-up at load 20+ took over 30 s (test_fleet_restart)
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            if httpx.get(root + "/healthz", timeout=1).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"gateway did not start:\n{log_path.read_text()}")

@@ -162,18 +162,29 @@ class Fleet:
         }
 
     def start_gateways(self, database: str, state: str, upstream: str) -> list[str]:
-        started = []
-        for index in range(self.replicas):
-            port = _free_port()
-            config = self.workdir / f"gateway-{index}.yaml"
-            config.write_text(json.dumps(self.gateway_config(index, port, database, state, upstream), indent=2))  # JSON is YAML
+        started = [self._spawn_gateway(index, database, state, upstream) for index in range(self.replicas)]
+        roots = []
+        for index, (port, proc) in enumerate(started):  # started together, awaited together: they boot in parallel
             name = f"gateway-{index}"
-            started.append((name, port, self._spawn(name, [sys.executable, "-m", "distillguard.cli", "serve", "--config", str(config)])))
-        for name, port, proc in started:  # started together, awaited together: they boot in parallel
-            self._wait_http(name, proc, f"http://127.0.0.1:{port}/healthz")
-        roots = [f"http://127.0.0.1:{port}" for _, port, _ in started]
+            for _ in range(3):
+                problem = wait_until_answering(f"http://127.0.0.1:{port}/healthz", proc)
+                # The free port can be taken before the replica binds it (another listener, or any outgoing connection's
+                # local port, which the kernel takes from the same range): that replica starts again on a new one.
+                if problem is None or "already in use" not in (self.workdir / f"{name}.log").read_text(errors="replace"):
+                    break
+                self.procs.remove((name, proc))  # (it exited: not a child that died while the fleet ran)
+                port, proc = self._spawn_gateway(index, database, state, upstream)
+            if problem is not None:
+                raise FleetError(f"{name} {problem}; see {self.workdir / (name + '.log')}")
+            roots.append(f"http://127.0.0.1:{port}")
         self.info["gateways"] = roots
         return roots
+
+    def _spawn_gateway(self, index: int, database: str, state: str, upstream: str) -> tuple[int, subprocess.Popen[bytes]]:
+        port = _free_port()
+        config = self.workdir / f"gateway-{index}.yaml"
+        config.write_text(json.dumps(self.gateway_config(index, port, database, state, upstream), indent=2))  # JSON is YAML
+        return port, self._spawn(f"gateway-{index}", [sys.executable, "-m", "distillguard.cli", "serve", "--config", str(config)])
 
     def start_scorer(self, roots: list[str]) -> None:
         """The fleet's one scorer, with a replica's configuration; started after the replicas made the schema."""
