@@ -11,7 +11,8 @@ with this tree's package and with the baseline's (``--baseline-src``, e.g. ``git
 one after the other: CPU seconds, exact bucket-set checks (this tree: ``ClusterCache.sync_checks``; the baseline has no
 counter, so its ``len(ClusterCache.overlaps)``, which with a fresh cache is the same count), candidate pairs scored,
 the child's peak RSS, and whether the hydra is one cluster holding nothing else. A baseline child is stopped after
-``--baseline-cpu`` CPU seconds (the table says so); the work it would have done is then ``N²/2`` checks and more.
+``--baseline-cpu`` CPU seconds, and any child that maps more than ``--memory-mb`` (the table says which and why); the
+work the baseline would have done is then ``N²/2`` checks and more.
 Writes ``bench/out/cofiring_cost.md``.
 """
 
@@ -109,9 +110,10 @@ print(cpu, checks, cache.candidate_pairs, len(clusters), int(pure), rss)
 """
 
 
-def run(state: Path, src: Path, cpu_limit: int) -> dict[str, Any]:
+def run(state: Path, src: Path, cpu_limit: int, memory_mb: int) -> dict[str, Any]:
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_CPU, (cpu_limit, cpu_limit + 5))
+        resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20, memory_mb << 20))  # the all-pairs baseline's overlaps
 
     done = subprocess.run([sys.executable, "-c", _CHILD, str(state)], capture_output=True, text=True, preexec_fn=limit,
                           env={**os.environ, "PYTHONPATH": str(src)})
@@ -127,6 +129,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[400, 2000, 10000])
     parser.add_argument("--baseline-src", type=Path, required=True, help="the baseline tree's src/ (e.g. main's, from git archive)")
     parser.add_argument("--baseline-cpu", type=int, default=300, help="CPU seconds after which a baseline child is stopped")
+    parser.add_argument("--memory-mb", type=int, default=4096, help="address space a child may map (the machine is shared)")
     args = parser.parse_args()
     began, digest = time.perf_counter(), src_digest()
     lines = ["# Clustering's cost under a co-firing crowd: this tree vs the baseline, same state", "",
@@ -141,7 +144,7 @@ def main() -> None:
             count = scanned_state(n, state)
             accounts = ORDINARY + n + HYDRA
             for name, src, cpu_limit in (("this tree", ROOT / "src", 3600), ("baseline", args.baseline_src, args.baseline_cpu)):
-                r = run(state, src, cpu_limit)
+                r = run(state, src, cpu_limit, args.memory_mb)
                 if r["stopped"]:
                     lines.append(f"| {n:,} | {count:,} | {name} | > {cpu_limit} (stopped: {r['why'][:60]}) | — | — | — | — | — |")
                 else:
