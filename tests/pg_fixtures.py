@@ -56,10 +56,16 @@ class PostgresServer:
         out = self._run(self.initdb, "-D", self.data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
         if out.returncode != 0:
             raise RuntimeError(f"initdb failed: {out.stderr.strip()[:500]}")
-        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
-        out = self._run(self.pg_ctl, "-D", self.data, "-o", options, "-l", os.path.join(self.root, "log"), "-w", "start")
-        if out.returncode != 0:
-            raise RuntimeError(f"pg_ctl start failed: {out.stderr.strip()[:500]}")
+        for attempt in range(5):
+            options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+            out = self._run(self.pg_ctl, "-D", self.data, "-o", options, "-l", os.path.join(self.root, "log"), "-w", "start")
+            if out.returncode == 0:
+                break
+            # The free port may have been taken before the server bound it (another listener, or an outgoing
+            # connection's local port from the same range): a new port rather than every PostgreSQL test skipped.
+            if "already in use" not in Path(self.root, "log").read_text(errors="replace") or attempt == 4:
+                raise RuntimeError(f"pg_ctl start failed: {out.stderr.strip()[:500]}")
+            self.port = free_port()
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def stop(self) -> None:
