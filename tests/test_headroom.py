@@ -10,7 +10,7 @@ limit there is no slice, so every request is decided in Redis; concurrency
 pools never take a key past its concurrent limit; a killed replica's slice
 is bounded (60 s past its grant's end for the window, one lease for pool
 slots); a block, a throttle and new limits reach a replica that holds a
-slice within a second.
+slice within a second; a key seen now and then reserves nothing.
 """
 
 from __future__ import annotations
@@ -117,6 +117,26 @@ def test_near_a_limit_every_request_is_decided_in_redis(redis: RedisServer) -> N
     asyncio.run(scenario())
 
 
+def test_a_key_seen_now_and_then_reserves_nothing(redis: RedisServer) -> None:
+    """Headroom only for a key and account called for within two headroom periods: a one-off would reserve and hand back."""
+    async def scenario() -> None:
+        state = RedisState(redis.url, headroom_ms=100)
+        await state.start()
+        quotas = (Quota("key:rare", 100_000, None, None, None),)
+        for step in range(3):  # one request every 0.3 s: more than two periods apart
+            got = await state.admit(quotas, 1, f"rare{step}")
+            assert isinstance(got, RedisAdmission) and got.headroom is None
+            await asyncio.sleep(0.3)
+        assert (await _counts(state, "key:rare"))["n"] == 3  # nothing reserved
+        got = await state.admit(quotas, 1, "busy1")  # 0.3 s after the last call: still no slice
+        assert isinstance(got, RedisAdmission) and got.headroom is None
+        got = await state.admit(quotas, 1, "busy2")  # right after: busy now, a slice with it
+        assert isinstance(got, RedisAdmission) and got.headroom is not None
+        await state.close()
+
+    asyncio.run(scenario())
+
+
 def test_concurrency_pools_never_pass_the_limit_and_come_back(redis: RedisServer) -> None:
     """32 concurrent on a key (pools of 2): three replicas holding requests open get 32 in all, then release every slot."""
     async def scenario() -> None:
@@ -151,6 +171,10 @@ def test_a_killed_replicas_headroom_is_bounded(redis: RedisServer) -> None:
         quotas = (Quota("key:doomed", 1_000, None, 32, None),)
         doomed = RedisState(redis.url, lease_ms=600, headroom_ms=500)
         await doomed.start()
+        warm = await doomed.admit(quotas, 0, "warm")  # a key's first call asks for no headroom: it may be a one-off
+        assert isinstance(warm, RedisAdmission) and warm.headroom is None
+        doomed.settle(warm, 0)
+        await doomed.flush()
         seconds, micros = await doomed.client.time()
         granted_at = seconds * 1000 + micros // 1000
         first = await doomed.admit(quotas, 0, "first")
@@ -160,7 +184,7 @@ def test_a_killed_replicas_headroom_is_bounded(redis: RedisServer) -> None:
         if doomed._sweep_handle is not None:
             doomed._sweep_handle.cancel()
         counts = await _counts(doomed, "key:doomed")
-        assert counts["n"] == 1 + 10
+        assert counts["n"] == 1 + 1 + 10
         assert counts["cm"] <= granted_at + 500 + 100  # the slot leaves the window 60 s after the grant's end, not later
         assert await doomed.client.zcard("dg:c:key:doomed") == 2
         survivor = RedisState(redis.url, lease_ms=600, headroom_ms=0)

@@ -58,7 +58,10 @@ at once, with the slot's latest admission set to the grant's end (now +
 admitted from it. The replica admits the next requests from the slices in
 process (:class:`_Headroom`) until ``headroom_ms`` after it asked, or until
 the quota changes (a throttle, new limits), then hands back what is left with
-its next call. Near a limit there is no slice, and every request is decided
+its next call (a sweep every ``headroom_ms`` finds the grants of subjects
+that went quiet). Only a key and account this replica called Redis for
+within two headroom periods get a slice: one seen once a minute would only
+reserve and hand back. Near a limit there is no slice, and every request is decided
 here one by one. docs/deploy.md ("Headroom") states the bounds.
 
 Settlements never wait for Redis: they are queued and ride along with the next
@@ -442,10 +445,11 @@ class _Encoded:
 class _Subjects:
     """A request's quotas together, in RESP once: what every admission of the same key and account sends alike."""
 
-    __slots__ = ("parts", "subjects", "keys", "n_keys", "count", "limits", "n_limits", "leased", "flags")
+    __slots__ = ("parts", "subjects", "keys", "n_keys", "count", "limits", "n_limits", "leased", "flags", "asked_at")
 
     def __init__(self, parts: tuple[_Encoded, ...]) -> None:
         self.parts = parts
+        self.asked_at = -1e9  # when this replica last called Redis for this key and account (monotonic s)
         self.subjects = tuple(part.quota.subject for part in parts)
         self.keys = b"".join(part.keys for part in parts)
         self.n_keys = 3 * len(parts)
@@ -554,6 +558,7 @@ class RedisState:
         self._renew = _Script(self.client.register_script(RENEW_LUA).sha, RENEW_LUA)
         self._lease_arg = bulk(lease_ms)
         self._hold_arg = bulk(headroom_ms)
+        self._busy_s = 2 * headroom_ms / 1000
         self._settings = self.client.connection_pool.make_connection()  # the URL's address, TLS and credentials; never connected
         self._idle: list[RedisWire] = []  # connections not in use: one per concurrent call, reused
         # RESP made once: per subject (checked against the request's quota, which a throttle may change), and per
@@ -734,7 +739,11 @@ class RedisState:
         else:
             nonce_key, nonce_ttl = bulk("dg:n:" + nonce[0]), bulk(nonce[1])
             n_keys += 1
-        asking = bool(self.headroom_ms) and subjects not in self._asking  # one call at a time asks for the same grant
+        # Headroom only for a key and account this replica called Redis for within two headroom periods (a busy one:
+        # a key seen once a minute would never use its slice), and by one call at a time.
+        sent = time.monotonic()
+        asking = bool(self.headroom_ms) and sent - subjects.asked_at < self._busy_s and subjects not in self._asking
+        subjects.asked_at = sent
         if asking:
             self._grants += 1
             prefix = self._prefix + b"%d:" % self._grants
@@ -755,7 +764,6 @@ class RedisState:
                 b"%b%b%b%b%b%b%b%b%b%b%b%b%b%b%b" % (_small(n_keys), subjects.keys, nonce_key, settled_keys, subjects.count,
                                                       _small(tokens), rid, self._lease_arg, nonce_ttl, hold, prefix_arg, want,
                                                       subjects.limits, _small(settled), settled_args))
-        sent = time.monotonic()
         try:
             self.calls += 1
             reply = await self._admit_call(body)
@@ -828,7 +836,7 @@ class RedisState:
             found.append(head)
             members.append(prefix + b"1" if pool > 0 else None)
         if self._sweep_handle is None:
-            self._sweep_handle = asyncio.get_running_loop().call_later(reply[3] / 1000 + 0.01, self._sweep)
+            self._sweep_handle = asyncio.get_running_loop().call_later(self.headroom_ms / 1000, self._sweep)
         admission = RedisAdmission(request_id, tokens, subjects.subjects, subjects.keys, subjects.leased, rid,
                                    tail + subjects.flags, tuple(found), tuple(members))
         if subjects.leased:
@@ -853,7 +861,12 @@ class RedisState:
             self._queue((encoded.keys, 3, b"%b%b%b%b%b" % (bulk(member), _SMALL[0], _SMALL[0], head.tail, _FLAGS[2])))
 
     def _sweep(self) -> None:
-        """Retire expired grants (a subject that went quiet gives its headroom back); again while any is left."""
+        """Retire expired grants, every ``headroom_ms`` while any is held: a subject that went quiet gives its headroom back.
+
+        A busy subject's grant is replaced (and retired) by its next one as it
+        ends; this is for the others, so one pass over the grants per period,
+        not a timer per grant.
+        """
         self._sweep_handle = None
         now = time.monotonic()
         heads = self._heads
@@ -861,8 +874,7 @@ class RedisState:
         for subject in expired:
             self._retire(heads.pop(subject))
         if heads:
-            wait = max(0.01, min(head.expires for head in heads.values()) - now + 0.01)
-            self._sweep_handle = asyncio.get_running_loop().call_later(wait, self._sweep)
+            self._sweep_handle = asyncio.get_running_loop().call_later(self.headroom_ms / 1000, self._sweep)
 
     # -- settlements ------------------------------------------------------------------------
     def settle(self, admission: Admission, tokens: int) -> None:
