@@ -222,8 +222,9 @@ class _Link:
     items: list[tuple[Item, float]]
     strength: float
     # The link's *private* evidence (member_ties): what it shares that unrelated legitimate accounts rarely share —
-    # a private wrapper or system prompt, a phrase bank, an install, a payment card, a creation slot, rotation,
-    # synchronised activity — each discounted by how often chance alone would share it (``_chance_free``).
+    # a private wrapper or system prompt, a phrase bank, an install, a payment card, a creation slot, a data-centre
+    # /24, rotation, synchronised activity, a cohort — each many-valued group discounted by how often chance alone
+    # would share that much (:func:`_private`, :mod:`distillguard.detect.chance`).
     private: float = 0.0
     identity: bool = False  # made by one identity item (the same enrolled install or payment fingerprint)
 
