@@ -13,7 +13,8 @@ import pytest
 
 from distillguard.detect import Scanner
 from distillguard.detect.consistency import Consistency
-from distillguard.detect.coverage import CoverageSweep, builds_on_earlier
+from distillguard.detect.coverage import CoverageSweep
+from distillguard.detect.followups import builds_on_earlier
 from distillguard.detect.intent import load_intent_model, prepare
 from distillguard.detect.langid import guess_language
 from distillguard.detect.reasoning import elicitation_score

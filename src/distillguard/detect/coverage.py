@@ -26,10 +26,10 @@ from typing import Any
 
 from distillguard.detect.base import Detector, Evidence, confidence, logistic, user_text
 from distillguard.detect.followups import builds_on_earlier, is_follow_up
-from distillguard.detect.sustained import substance
+from distillguard.detect.sustained import answer_tokens, substance
 from distillguard.detect.textmatch import StemSearch, fold_case
 
-__all__ = ["DEPTH_MIDPOINT", "INDEPENDENT_MIDPOINT", "CoverageSweep", "builds_on_earlier", "capability", "is_follow_up"]
+__all__ = ["DEPTH_MIDPOINT", "INDEPENDENT_MIDPOINT", "CoverageSweep", "capability"]
 
 # Unbuilt requests into one capability at which depth counts as half a sweep (see CoverageSweep._evidence_of).
 DEPTH_MIDPOINT = 100.0
@@ -124,8 +124,7 @@ class CoverageSweep(Detector):
         else:
             state.single_turn += 1
         if unbuilt:
-            response = event.get("response") or {}
-            state.unbuilt_tokens += int(response.get("completion_tokens") or 0) + int(response.get("reasoning_chars") or 0) // 4
+            state.unbuilt_tokens += answer_tokens(event.get("response") or {})
         kind = capability(topic[:2000])
         state.capabilities[kind] = state.capabilities.get(kind, 0) + 1
 

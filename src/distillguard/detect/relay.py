@@ -33,7 +33,7 @@ from distillguard.detect.base import (
     logistic,
     user_text,
 )
-from distillguard.detect.coverage import builds_on_earlier
+from distillguard.detect.followups import builds_on_earlier
 from distillguard.detect.langid import guess_language
 
 __all__ = ["RelaySharing"]

@@ -48,7 +48,7 @@ from distillguard.detect.base import (
 )
 from distillguard.detect.followups import builds_on_earlier, is_follow_up
 
-__all__ = ["BURST_FLOOR", "SustainedExtraction", "burst_factor", "job_size", "persistence", "substance"]
+__all__ = ["BURST_FLOOR", "SustainedExtraction", "answer_tokens", "burst_factor", "job_size", "persistence", "substance"]
 
 _MAX_DAYS = 400
 # A one-off burst keeps at most this share of its distillation score (see burst_factor).
@@ -63,6 +63,12 @@ def persistence(span_hours: float, active_days: int) -> float:
     """
     value = logistic(span_hours, 16.0, 3.5)
     return value if active_days >= 2 else min(value, 0.5)
+
+
+def answer_tokens(response: Mapping[str, Any]) -> int:
+    """What one answer gave, in tokens: its completion plus its reasoning trace at 4 characters a token. Coverage's
+    independent volume and this detector's built-on answers count the same way."""
+    return int(response.get("completion_tokens") or 0) + int(response.get("reasoning_chars") or 0) // 4
 
 
 def substance(mean_answer_tokens: float) -> float:
@@ -127,7 +133,7 @@ class SustainedExtraction(Detector):
         s.reasoning_chars += reasoning
         if is_follow_up(event) and builds_on_earlier(text):
             s.built += 1
-            s.built_tokens += tokens + reasoning // 4
+            s.built_tokens += answer_tokens(response)
 
     def persistence(self, account_id: str) -> float:
         s = self.accounts.get(account_id)
