@@ -36,7 +36,7 @@ def held(work: Any) -> int:
 
 
 def main() -> None:
-    from distillguard.detect.base import user_text
+    from distillguard.detect.context import EventContext
     from distillguard.detect.scanner import Scanner
     from distillguard.events import parse_ts
 
@@ -50,15 +50,15 @@ def main() -> None:
     events = [orjson.loads(line) for line in spread(lines, args.accounts, labels)]
     for event in events:
         event["_t"] = parse_ts(event["ts"])
-    texts = [user_text(event) for event in events]
+    contexts = [EventContext(event) for event in events]
     tracemalloc.start()
     probe = Scanner()
     rows: list[tuple[str, int]] = []
     for detector in [*probe.detectors, probe.fingerprints]:
-        if detector in probe._text_readers:
+        if detector in probe._context_readers:
             def feed(d: Any = detector) -> None:
-                for event, text in zip(events, texts, strict=True):
-                    d.update_with_text(event, text)
+                for context in contexts:
+                    d.update_with(context)
                 getattr(d, "flush", lambda: None)()
         else:
             def feed(d: Any = detector) -> None:

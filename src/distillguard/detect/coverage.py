@@ -24,8 +24,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from distillguard.detect.base import Detector, Evidence, confidence, logistic, user_text
-from distillguard.detect.followups import builds_on_earlier, is_follow_up
+from distillguard.detect.base import Detector, Evidence, confidence, logistic
+from distillguard.detect.context import EventContext
 from distillguard.detect.sustained import answer_tokens, substance
 from distillguard.detect.textmatch import StemSearch, fold_case
 
@@ -98,10 +98,11 @@ class CoverageSweep(Detector):
         self.accounts: dict[str, _State] = {}
 
     def update(self, event: Mapping[str, Any]) -> None:
-        self.update_with_text(event, user_text(event))
+        self.update_with(EventContext(event))
 
-    def update_with_text(self, event: Mapping[str, Any], text: str) -> None:
-        """``update`` with the event's ``user_text`` already extracted (the Scanner extracts it once for all)."""
+    def update_with(self, context: EventContext) -> None:
+        """``update`` reading the prompt from the event's shared context (the Scanner works it out once for all)."""
+        event = context.event
         account = event.get("account_id")
         if account is None:
             return
@@ -109,10 +110,10 @@ class CoverageSweep(Detector):
         if state is None:
             state = self.accounts[account] = _State()
         state.requests += 1
-        topic = text
+        topic = context.text
         unbuilt = True
-        if is_follow_up(event):
-            if builds_on_earlier(text):
+        if context.follow_up:
+            if context.builds_on_earlier:
                 state.follow_ups += 1
                 unbuilt = False
             else:

@@ -4,14 +4,14 @@ A person's follow-up carries a request of its own about the answer it got
 ("why is the second step allowed?"); a harvester's "continue" or "more", or a
 new single-turn prompt, does not. Coverage (unbuilt share, independent
 volume), sustained extraction (what was extracted) and relay sharing read
-this, often for the same prompt, so the last few answers are cached.
+this for the same prompt: the Scanner asks once per event and hands them the
+answer (:class:`~distillguard.detect.context.EventContext`).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from functools import lru_cache
 from typing import Any
 
 __all__ = ["builds_on_earlier", "is_follow_up"]
@@ -43,7 +43,6 @@ _WORD = re.compile(r"[^\W\d_]+")
 _CJK_GENERIC = ("继续", "更多", "然后呢", "接着", "続けて", "もっと", "次", "계속", "더")
 
 
-@lru_cache(maxsize=4)  # the three readers ask in turn about the same str, whose hash Python caches
 def builds_on_earlier(text: str) -> bool:
     """Whether a follow-up turn asks something of its own, rather than a generic "continue" or "more".
 

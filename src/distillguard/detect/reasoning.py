@@ -21,11 +21,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from distillguard.detect.base import Detector, Evidence, confidence, logistic, user_text
+from distillguard.detect.base import Detector, Evidence, confidence, logistic
+from distillguard.detect.context import EventContext
 from distillguard.detect.intent import load_intent_model, prepare
 from distillguard.detect.textmatch import StemSearch
 
-__all__ = ["ReasoningElicitation", "elicitation_score", "rule_score"]
+__all__ = ["ELICITING", "ReasoningElicitation", "elicitation_score", "elicits_by_rules", "rule_score"]
 
 _CONCEPTS = {
     "reasoning": r"reasoning|thought|thinking|chain[- ]of[- ]thought|\bcot\b|rationale|denkproz|gedank|überlegung|raisonn|réflexion|pensée|"
@@ -65,6 +66,34 @@ def rule_score(text: str) -> tuple[float, frozenset[str]]:
     return 0.15, hits
 
 
+ELICITING = 0.5  # a prompt whose score (rules or classifier) reaches this counts as eliciting
+_BY_NAME = dict(_SEARCHES)
+_DECISIVE = (_BY_NAME["tags"], _BY_NAME["grader"])
+_REASONING = _BY_NAME["reasoning"]
+_WITH_REASONING = (_BY_NAME["articulate"], _BY_NAME["internal"], _BY_NAME["language"])
+
+
+def elicits_by_rules(text: str) -> bool:
+    """Exactly ``rule_score(text)[0] >= ELICITING``, testing only the concepts that decide it, in the order that
+    decides soonest.
+
+    The scanner needs only this of the rules (whether the classifier must read the prompt, and whether the rules
+    recognised it), and :func:`rule_score` tests all seven concepts' stems on every prompt (~200 substring
+    searches, ~24 µs on a typical 260-character prompt: the largest single cost of a scorer's update). The
+    verdict depends on three facts: forced thinking tags or a grading request (0.9), or the model's reasoning
+    together with the articulate, internal or same-language concept (0.7 and up); "steps" alone or with another
+    concept stays at 0.4, any other hit at 0.15. Most prompts touch no "reasoning" stem, so three concepts are
+    tested, not seven. tests/test_reasoning_rules.py checks the equivalence on the development corpus and on
+    every stem.
+    """
+    if not text:
+        return False
+    lowered = text.lower()
+    if any(touches(lowered) for touches in _DECISIVE):
+        return True
+    return _REASONING(lowered) and any(touches(lowered) for touches in _WITH_REASONING)
+
+
 def _worth_reading(text: str, system: str | None) -> bool:
     """Whether the classifier has words to read: a request with no user text (a completion, an embedding, a
     model list) or a two-letter "hi" would otherwise be scored on the model's bias and a few padding n-grams."""
@@ -88,7 +117,6 @@ class _State:
     prompts: int = 0
     eliciting: int = 0
     by_rules: int = 0  # of the eliciting prompts, those the rules recognised (the rest: the classifier alone)
-    score_sum: float = 0.0
 
 
 _BATCH = 32
@@ -96,19 +124,21 @@ _BATCH = 32
 
 class ReasoningElicitation(Detector):
     name = "cot_elicitation"
-    threshold = 0.5
+    threshold = ELICITING
 
     def __init__(self) -> None:
         self.accounts: dict[str, _State] = {}
         self.model = load_intent_model()
-        self._pending: list[tuple[_State, str, float]] = []
-        self._system_rules: dict[str, float] = {}
+        self._pending: list[_State] = []  # waiting for the classifier, with their prepared texts in _pending_texts
+        self._pending_texts: list[str] = []
+        self._system_rules: dict[str, bool] = {}
 
     def update(self, event: Mapping[str, Any]) -> None:
-        self.update_with_text(event, user_text(event))
+        self.update_with(EventContext(event))
 
-    def update_with_text(self, event: Mapping[str, Any], text: str) -> None:
-        """``update`` with the event's ``user_text`` already extracted (the Scanner extracts it once for all)."""
+    def update_with(self, context: EventContext) -> None:
+        """``update`` reading the prompt from the event's shared context (the Scanner works it out once for all)."""
+        event, text = context.event, context.text
         account = event.get("account_id")
         if account is None:
             return
@@ -118,38 +148,42 @@ class ReasoningElicitation(Detector):
         system = (event.get("request") or {}).get("system") or ""
         if not isinstance(system, str):
             system = ""
-        rules, _ = rule_score(text)
-        if system:
-            # An account's system prompt repeats: its rule score is worked out once.
+        # Only whether the rules reach ELICITING matters here (elicits_by_rules): the classifier reads the prompt
+        # when they do not, and the account's counts record which of the two recognised it.
+        rules = elicits_by_rules(text)
+        if system and not rules:
+            # An account's system prompt repeats: its rules' verdict is worked out once.
             cached = self._system_rules.get(system)
             if cached is None:
-                cached = rule_score(system)[0]
+                cached = elicits_by_rules(system)
                 if len(self._system_rules) < 4096:
                     self._system_rules[system] = cached
-            rules = max(rules, cached)
-        if self.model is None or rules >= self.threshold or not _worth_reading(text, system):
+            rules = cached
+        if rules or self.model is None or not _worth_reading(text, system):
             self._count(state, rules, rules)  # the rules have decided: the classifier can only agree or add less
             return
-        self._pending.append((state, prepare(text, system), rules))
+        self._pending.append(state)
+        self._pending_texts.append(prepare(text, system))
         if len(self._pending) >= _BATCH:
             self.flush()
 
-    def _count(self, state: _State, score: float, rules: float) -> None:
+    @staticmethod
+    def _count(state: _State, eliciting: bool, by_rules: bool) -> None:
         state.prompts += 1
-        state.score_sum += score
-        if score >= self.threshold:
+        if eliciting:
             state.eliciting += 1
-            if rules >= self.threshold:
+            if by_rules:
                 state.by_rules += 1
 
     def flush(self) -> None:
-        """Score the prompts waiting for the classifier."""
+        """Score the prompts waiting for the classifier (the rules did not reach ELICITING on any of them)."""
         if not self._pending or self.model is None:
             return
-        pending, self._pending = self._pending, []
-        probabilities = self.model.probabilities([text for _, text, _ in pending])
-        for (state, _, rules), probability in zip(pending, probabilities, strict=True):
-            self._count(state, max(rules, float(probability)), rules)
+        pending, texts = self._pending, self._pending_texts
+        self._pending, self._pending_texts = [], []
+        probabilities = self.model.probabilities(texts)
+        for state, probability in zip(pending, probabilities, strict=True):
+            self._count(state, float(probability) >= self.threshold, False)
 
     def evidence(self, account_id: str) -> Evidence | None:
         if self._pending:
@@ -167,7 +201,6 @@ class ReasoningElicitation(Detector):
                 pool.prompts += state.prompts
                 pool.eliciting += state.eliciting
                 pool.by_rules += state.by_rules
-                pool.score_sum += state.score_sum
         return self._evidence_of(pool)
 
     def _evidence_of(self, state: _State | None) -> Evidence | None:

@@ -31,9 +31,8 @@ from distillguard.detect.base import (
     confidence,
     event_time,
     logistic,
-    user_text,
 )
-from distillguard.detect.followups import builds_on_earlier
+from distillguard.detect.context import EventContext
 from distillguard.detect.langid import guess_language
 
 __all__ = ["RelaySharing"]
@@ -85,6 +84,11 @@ class RelaySharing(Detector):
         self.accounts: AccountStates[_State] = AccountStates(_State)
 
     def update(self, event: Mapping[str, Any]) -> None:
+        self.update_with(EventContext(event))
+
+    def update_with(self, context: EventContext) -> None:
+        """``update`` reading the prompt from the event's shared context (the Scanner works it out once for all)."""
+        event = context.event
         s = self.accounts.of(event)
         if s is None:
             return
@@ -101,7 +105,7 @@ class RelaySharing(Detector):
         if turns == 2:
             # A conversation is counted once, at its first follow-up: single-turn traffic (most of a sweep's)
             # never pays for the language guess, and "continue" does not make a conversation.
-            if builds_on_earlier(user_text(event)):
+            if context.builds_on_earlier:
                 s.real_conversations += 1
             language = guess_language(first)
             if language is not None:

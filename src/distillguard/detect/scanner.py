@@ -26,9 +26,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from distillguard.detect.accounts import AccountMeta
-from distillguard.detect.base import Detector, Evidence, logistic, typical, user_text
+from distillguard.detect.base import Detector, Evidence, logistic, typical
 from distillguard.detect.clustering import Cluster, ClusterCache, FingerprintCollector, find_clusters
 from distillguard.detect.consistency import Consistency
+from distillguard.detect.context import ContextReader, EventContext
 from distillguard.detect.coverage import CoverageSweep
 from distillguard.detect.economics import TokenEconomics
 from distillguard.detect.pivot import ModelPivot
@@ -108,14 +109,15 @@ class Scanner:
         self.sustained = SustainedExtraction()
         self.pivot = ModelPivot()
         self.economics = TokenEconomics()
+        self.relay = RelaySharing()
         self.detectors: list[Detector] = [self.reasoning, self.coverage, self.economics, self.templates, self.timing,
-                                          self.pivot, KeySharing(), NetworkRotation(), Consistency(), RelaySharing(),
+                                          self.pivot, KeySharing(), NetworkRotation(), Consistency(), self.relay,
                                           self.sustained]
         if indicators is not None and len(indicators):
             self.detectors.append(SharedIndicators(indicators))
-        # The detectors that read the prompt get it extracted once per event rather than once each.
-        self._text_readers = (self.reasoning, self.coverage, self.templates, self.sustained)
-        self._others = tuple(d for d in self.detectors if d not in self._text_readers)
+        # The detectors that read the prompt get it worked out once per event (an EventContext) rather than once each.
+        self._context_readers: tuple[ContextReader, ...] = (self.reasoning, self.coverage, self.templates, self.sustained, self.relay)
+        self._others = tuple(d for d in self.detectors if d not in self._context_readers)
         self.fingerprints = FingerprintCollector()
         self.events = 0
         self.accounts: dict[str, int] = {}
@@ -158,7 +160,7 @@ class Scanner:
         if not len(indicators):
             return
         self.detectors.append(SharedIndicators(indicators))
-        self._others = tuple(d for d in self.detectors if d not in self._text_readers)
+        self._others = tuple(d for d in self.detectors if d not in self._context_readers)
 
     def update(self, event: Mapping[str, Any]) -> None:
         account = event.get("account_id")
@@ -176,9 +178,9 @@ class Scanner:
         self.events += 1
         self.accounts[account] = self.accounts.get(account, 0) + 1
         self._dirty.add(account)
-        text = user_text(event)
-        for reader in self._text_readers:
-            reader.update_with_text(event, text)
+        context = EventContext(event)
+        for reader in self._context_readers:
+            reader.update_with(context)
         for detector in self._others:
             detector.update(event)
         self.fingerprints.update(event)

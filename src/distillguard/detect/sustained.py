@@ -44,9 +44,8 @@ from distillguard.detect.base import (
     add_distinct,
     event_time,
     logistic,
-    user_text,
 )
-from distillguard.detect.followups import builds_on_earlier, is_follow_up
+from distillguard.detect.context import EventContext
 
 __all__ = ["BURST_FLOOR", "SustainedExtraction", "answer_tokens", "burst_factor", "job_size", "persistence", "substance"]
 
@@ -115,10 +114,11 @@ class SustainedExtraction(Detector):
         self.accounts: AccountStates[_State] = AccountStates(_State)
 
     def update(self, event: Mapping[str, Any]) -> None:
-        self.update_with_text(event, user_text(event))
+        self.update_with(EventContext(event))
 
-    def update_with_text(self, event: Mapping[str, Any], text: str) -> None:
-        """``update`` with the event's ``user_text`` already extracted (the Scanner extracts it once for all)."""
+    def update_with(self, context: EventContext) -> None:
+        """``update`` reading the prompt from the event's shared context (the Scanner works it out once for all)."""
+        event = context.event
         s = self.accounts.of(event)
         if s is None:
             return
@@ -131,7 +131,7 @@ class SustainedExtraction(Detector):
         tokens, reasoning = int(response.get("completion_tokens") or 0), int(response.get("reasoning_chars") or 0)
         s.answer_tokens += tokens
         s.reasoning_chars += reasoning
-        if is_follow_up(event) and builds_on_earlier(text):
+        if context.follow_up and context.builds_on_earlier:
             s.built += 1
             s.built_tokens += answer_tokens(response)
 

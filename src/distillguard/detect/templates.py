@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from distillguard.detect.base import Detector, Evidence, confidence, count_heavy, logistic, user_text
+from distillguard.detect.base import Detector, Evidence, confidence, count_heavy, logistic
+from distillguard.detect.context import EventContext
 
 __all__ = ["TemplatedPrompts", "frame_of", "normalise_system", "wrapper_parts"]
 
@@ -112,10 +113,11 @@ class TemplatedPrompts(Detector):
         self.accounts: dict[str, _State] = {}
 
     def update(self, event: Mapping[str, Any]) -> None:
-        self.update_with_text(event, None)
+        self.update_with(EventContext(event))
 
-    def update_with_text(self, event: Mapping[str, Any], text: str | None) -> None:
-        """``update`` with the event's ``user_text`` already extracted (the Scanner extracts it once for all)."""
+    def update_with(self, context: EventContext) -> None:
+        """``update`` reading the prompt from the event's shared context (the Scanner works it out once for all)."""
+        event = context.event
         account = event.get("account_id")
         if account is None:
             return
@@ -126,7 +128,7 @@ class TemplatedPrompts(Detector):
         messages = (event.get("request") or {}).get("messages") or []
         if len(messages) > 1:
             return  # follow-ups are conversation, not template use
-        frame = frame_of(user_text(event) if text is None else text)
+        frame = frame_of(context.text)
         key = hash(frame)
         if key in state.frames or len(state.frames) < _MAX_FRAMES:
             state.frames[key] = state.frames.get(key, 0) + 1
