@@ -47,8 +47,8 @@ from typing import Any
 from distillguard.detect.base import count_heavy
 from distillguard.detect.templates import normalise_system
 
-__all__ = ["AttributionCollector", "Item", "PUBLIC_SYSTEM_PROMPTS", "PUBLIC_WRAPPERS", "account_items", "is_public_wrapper",
-           "rarity"]
+__all__ = ["ROTATION_SHARE", "AttributionCollector", "Item", "PUBLIC_SYSTEM_PROMPTS", "PUBLIC_WRAPPERS", "account_items",
+           "is_public_wrapper", "rarity"]
 
 _CAP_VALUES = 64
 _CAP_PARAMS = 32
@@ -139,6 +139,8 @@ class _Account:
     hours: list[int] = field(default_factory=lambda: [0] * 24)
     follow_ups: int = 0  # requests continuing a conversation with a short user turn
     follow_up_texts: dict[str, int] = field(default_factory=dict)  # that turn's words → count (lossy, _CAP_FOLLOW_UPS)
+    first_seen: float = -1.0  # the account's earliest and latest request (POSIX seconds; -1 until one with a time):
+    last_seen: float = -1.0  # the arrivals module
 
 
 _SCALARS = (str, int, float, bool, type(None))
@@ -204,6 +206,10 @@ class AttributionCollector:
         ts = event.get("_t")
         if isinstance(ts, float):
             state.hours[int(ts // 3600) % 24] += 1
+            if state.first_seen < 0 or ts < state.first_seen:
+                state.first_seen = ts
+            if ts > state.last_seen:
+                state.last_seen = ts
         params = request.get("params") or {}
         if params.get("stream"):
             state.streamed += 1
@@ -324,6 +330,8 @@ BEHAVIOURAL = frozenset({"content", "time"})
 # A wrapper is the operator's template: it frames a good part of the account's prompts. Phrases that recur in a
 # few percent of them are more often the swept dataset's own wording (shared by everyone sweeping it).
 WRAPPER_SHARE = 0.12
+# Rotation: a new network (/24) on at least this share of an account's requests after its first.
+ROTATION_SHARE = 0.6
 _IDENTITY_ATTRIBUTES = frozenset({"payment_fp", "payment", "card_fp"})
 
 
@@ -358,7 +366,7 @@ def account_items(state: _Account | None, single_turn: int, wrappers: Mapping[st
         for net, share in _shares(state.nets, requests, 0.1, recurs(2)):
             items.append(Item("hosting_net" if net[0] else "net", _net_label(net), share))
         items += [Item("hosting_asn", f"AS{value}", share) for value, share in _shares(state.hosting_asns, requests, 0.3, recurs(2))]
-        if requests >= 8 and state.net_switches / (requests - 1) >= 0.6:
+        if requests >= 8 and state.net_switches / (requests - 1) >= ROTATION_SHARE:
             kind = "hosting" if state.hosting * 2 >= requests else "residential"
             items.append(Item("rotation", f"a new {kind} network on most requests", state.net_switches / (requests - 1)))
         items += [Item("profile", _profile_label(value), share) for value, share in _shares(state.profiles, requests, 0.5, recurs(2))]

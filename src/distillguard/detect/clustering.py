@@ -58,11 +58,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from distillguard.detect.accounts import AccountMeta
+from distillguard.detect.arrivals import arrival_blocks
 from distillguard.detect.attribution import (
     BEHAVIOURAL,
     KINDS,
     RARE_SHARE,
     RARE_SHARE_ATTRIBUTE,
+    ROTATION_SHARE,
     AttributionCollector,
     Item,
     account_items,
@@ -673,6 +675,8 @@ def _cohort_links(links: dict[tuple[str, str], _Link], collector: AttributionCol
     """
     active = collector.accounts
     blocks = burst_runs(metadata, (a for a in bursts if a in active))
+    blocks += arrival_blocks({a: (s.first_seen, s.requests) for a, s in active.items() if s.first_seen >= 0},
+                             max((s.last_seen for s in active.values()), default=0.0), bursts.keys(), metadata)
     if not blocks:
         return {}
     empty: Mapping[str, str] = {}
@@ -681,15 +685,21 @@ def _cohort_links(links: dict[tuple[str, str], _Link], collector: AttributionCol
         single_turn, wrappers = templates.wrappers(account)
         meta = metadata.get(account)
         state = active.get(account)
-        return cohort_traits(account_items(state, single_turn, wrappers, templates.systems(account), meta.attributes if meta else empty,
-                                           (), minimum_count=1),
-                             scripted_only=in_block and state is not None and state.requests >= MIN_REQUESTS)
+        found = account_items(state, single_turn, wrappers, templates.systems(account), meta.attributes if meta else empty, (),
+                              minimum_count=1)
+        if state is not None and 2 <= state.requests < 8 and state.net_switches >= ROTATION_SHARE * (state.requests - 1):
+            # A new network on most requests from the second one on: what a script drawing a proxy per request does;
+            # people's home and office addresses stay put. (As a link item rotation needs eight requests.)
+            kind = "hosting" if state.hosting * 2 >= state.requests else "residential"
+            found.append(Item("rotation", f"a new {kind} network on most requests", 1.0))
+        return cohort_traits(found, scripted_only=in_block and state is not None and state.requests >= MIN_REQUESTS)
 
     background = (a for a in active if own_scores.get(a, 0.0) < BACKGROUND_BELOW)
     members: dict[str, float] = {}
     for cohort in find_cohorts(traits, blocks, background):
+        origin = "creation burst" if cohort.block.family == "meta" else "arrival surge"
         text = (f"{describe(cohort.trait, len(cohort.members))} on {len(cohort.members)} of the {cohort.n} accounts of one "
-                f"creation burst ({cohort.block.label}; {cohort.expected:.1f} expected by chance)")
+                f"{origin} ({cohort.block.label}; {cohort.expected:.1f} expected by chance)")
         item = (Item("cohort", text, 1.0), 1.0)
         families = {cohort.block.family: 0.6}
         trait_family = KINDS[cohort.trait.kind][0]

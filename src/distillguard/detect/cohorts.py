@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from distillguard.detect.accounts import AccountMeta
 from distillguard.detect.attribution import Item
 
-__all__ = ["COHORT_KINDS", "Block", "Cohort", "burst_runs", "cohort_traits", "find_cohorts", "log10_binomial_tail"]
+__all__ = ["ARRIVAL_KINDS", "COHORT_KINDS", "Block", "Cohort", "burst_runs", "cohort_traits", "find_cohorts", "log10_binomial_tail"]
 
 COHORT_MIN = 5
 COHORT_LIFT = 4.0
@@ -62,12 +62,16 @@ NULL_SAMPLE = 4000
 # Also left out: an exact address, a residential /24 and an e-mail domain — what an office's or a campus's people share
 # when they are onboarded together (one burst, one egress address, one company domain), which is not one operator.
 COHORT_KINDS = frozenset({"profile", "params", "hosting_net", "hosting_asn", "wrapper", "system_prompt"})
+# An arrival surge (arrivals module) may also share rotation: a new network on most requests from the second on. Not a
+# creation run's: a run chains bursts over hours, and on dev seed 9 two campaigns made in one run that both draw a
+# proxy per request became one cohort by it.
+ARRIVAL_KINDS = COHORT_KINDS | {"rotation"}
 _SCRIPTED_KINDS = frozenset({"wrapper", "system_prompt"})
 SCRIPTED_SHARE = 0.5
 # How much a cohort says about its members being one actor, in [0, 1]: its binomial tail's −log10 over this.
 COHORT_CERTAIN_LOG10_P = 20.0
-# A carrier joins its cohort when fewer than this many of the block's strangers are expected to carry all the block's
-# significant traits it carries (``find_cohorts``).
+# A carrier of a creation burst's run joins its cohort when fewer than this many of the run's strangers are expected to
+# match it (``find_cohorts``, ``Block.admit_below``).
 STRANGERS_MAX = 0.25
 
 
@@ -80,6 +84,13 @@ class Block:
     family: str
     members: tuple[str, ...]
     strangers: float  # how many of the members the block's time span alone would bring: the background's rate × its span
+    # A carrier is admitted to a cohort when fewer than this many of the block's strangers are expected to carry what it
+    # carries (``find_cohorts``); arrival surges ask for less (arrivals module: a public event brings strangers together).
+    admit_below: float = STRANGERS_MAX
+    kinds: frozenset[str] = COHORT_KINDS  # the traits its cohorts may share
+    # How a carrier's match is counted (``find_cohorts``): per trait (a creation burst's run), or per kind of trait,
+    # by the background's share carrying any of the block's significant values of that kind (an arrival surge).
+    by_kind: bool = False
 
 
 @dataclass(frozen=True)
@@ -147,7 +158,7 @@ def cohort_traits(items: Iterable[Item], scripted_only: bool = False) -> set[Ite
     and those wrappers because of one public event. The background sample is never filtered so, or a phrase common in
     people's prompts would look rare beside quiet accounts, whose one or two prompts all carry it."""
     return {Item(i.kind, i.value, 1.0) for i in items
-            if i.kind in COHORT_KINDS and not (scripted_only and i.kind in _SCRIPTED_KINDS and i.share < SCRIPTED_SHARE)}
+            if i.kind in ARRIVAL_KINDS and not (scripted_only and i.kind in _SCRIPTED_KINDS and i.share < SCRIPTED_SHARE)}
 
 
 def _stable(account: str) -> int:
@@ -184,7 +195,8 @@ def find_cohorts(traits: Callable[[str, bool], set[Item]], blocks: Sequence[Bloc
         carriers: dict[Item, list[str]] = defaultdict(list)
         for account in block.members:
             for trait in traits(account, True):
-                carriers[trait].append(account)
+                if trait.kind in block.kinds:
+                    carriers[trait].append(account)
         carriers = {t: m for t, m in carriers.items() if len(m) >= COHORT_MIN}
         if carriers:
             wanted.update(carriers)
@@ -194,10 +206,13 @@ def find_cohorts(traits: Callable[[str, bool], set[Item]], blocks: Sequence[Bloc
     if not wanted or not sample:
         return []
     seen: dict[Item, int] = defaultdict(int)
+    carried: list[frozenset[Item]] = []  # each sample account's wanted traits (for the per-kind unions below)
     for account in sample:
-        for trait in traits(account, False):
-            if trait in wanted:
-                seen[trait] += 1
+        mine = frozenset(t for t in traits(account, False) if t in wanted)
+        for trait in mine:
+            seen[trait] += 1
+        if mine:
+            carried.append(mine)
     cohorts = []
     for block, carriers in tested:
         n = len(block.members)
@@ -215,15 +230,31 @@ def find_cohorts(traits: Callable[[str, bool], set[Item]], blocks: Sequence[Bloc
         # Which carriers are the operator's: the block also holds strangers (those who signed up or first came in the
         # same hours), and a stranger carries a trait at the background's rate. Their number is the larger of what the
         # block's span brings at the background's rate and the block's accounts outside its largest cohort; an account
-        # is admitted when the strangers expected to carry every significant trait it carries stay below STRANGERS_MAX.
+        # is admitted when the strangers expected to match it stay below the block's ``admit_below``: the product of
+        # the shares of the significant traits it carries, or, ``by_kind``, of the background's share carrying *any*
+        # of the block's significant values of each kind it matches (client profile, parameters, wrapper, ...) — a
+        # script's accounts spread over several common parameter sets, and a stranger needs to hit only one of them.
         _, top, top_p, _ = max(significant, key=lambda s: (len(s[1]), -s[2]))
         strangers = max(1.0, block.strangers, n - len(top)) / (1.0 - top_p)
         chance = dict.fromkeys(block.members, strangers)
-        for _, members, p, _ in significant:
-            for a in members:
-                chance[a] *= p
+        if block.by_kind:
+            kinds: dict[str, set[Item]] = defaultdict(set)
+            for trait, _, _, _ in significant:
+                kinds[trait.kind].add(trait)
+            union = {kind: (sum(1 for mine in carried if not mine.isdisjoint(values)) + 1) / (len(sample) + 2)
+                     for kind, values in kinds.items()}
+            matched: dict[str, set[str]] = defaultdict(set)
+            for trait, members, _, _ in significant:
+                for a in members:
+                    matched[a].add(trait.kind)
+            for a, found in matched.items():
+                chance[a] *= math.prod(union[kind] for kind in found)
+        else:
+            for _, members, p, _ in significant:
+                for a in members:
+                    chance[a] *= p
         for trait, members, p, tail in significant:
-            admitted = tuple(sorted(a for a in members if chance[a] <= STRANGERS_MAX))
+            admitted = tuple(sorted(a for a in members if chance[a] <= block.admit_below))
             if len(admitted) >= COHORT_MIN:
                 cohorts.append(Cohort(block, trait, admitted, p, tail))
     cohorts.sort(key=lambda c: (-len(c.members), c.block.label, c.trait.kind, c.trait.value))
