@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import random
 
-from distillguard.detect import Scanner
+import pytest
+
+from distillguard.detect import Scanner, clustering
 from distillguard.detect.accounts import AccountMeta
 from distillguard.detect.chance import ChanceModel, poisson_below
 from distillguard.detect.scanner import DISTILL_BIAS, FAMILY_CAP, HIGH, distill_logit
@@ -64,22 +66,27 @@ def campus(quiet: int = 0) -> Scanner:
     return scanner
 
 
-def test_people_sharing_a_campaigns_campus_domain_habits_and_topics_are_in_its_cluster_but_not_lifted() -> None:
+def test_people_sharing_a_campaigns_campus_domain_habits_and_topics_are_neither_lifted_nor_admitted(monkeypatch: pytest.MonkeyPatch) -> None:
     """The mechanism of issue #11's test split, rebuilt on our own wording: people tied to a campaign by a /24, an
     e-mail domain, parameters and habits (content and meta, like the campaign's own members) were lifted at tie 1.0
-    (0.85–0.86 here before the rule, ties 0.86; own evidence ≤ 0.03). Tied by nothing private, they are not lifted."""
-    scanner = campus()
-    report = scanner.report()
-    entry = {e["account_id"]: e for e in report["accounts"]}
-    cluster = cluster_with(report, "camp0")
-    assert cluster is not None and cluster["score"] >= 0.9
-    assert sum(1 for k in range(4) if f"look{k}" in cluster["accounts"]) >= 2  # what makes the case: they are clustered
-    assert all(entry[f"camp{k}"]["distillation_score"] >= HIGH for k in range(10))
-    for k in range(4):
-        look = entry[f"look{k}"]
-        assert look["distillation_score"] < 0.5, (look["account_id"], look["distillation_score"])
-    clustered = next(c for c in scanner._last_clusters or [] if c.cluster_id == cluster["cluster_id"])
-    assert all(clustered.tie(f"look{k}") < 0.5 for k in range(4) if f"look{k}" in cluster["accounts"])
+    (0.85–0.86 here before the rule, ties 0.86; own evidence ≤ 0.03). Tied by nothing private, they are not lifted —
+    and, since cluster admission (``clustering.admitted``), not in its cluster at all. With admission switched off
+    (``ADMIT_TIE`` 0) they are in it, which is what makes the case, and the private-tie rule alone keeps them low."""
+    for admit in (0.0, clustering.ADMIT_TIE):
+        monkeypatch.setattr(clustering, "ADMIT_TIE", admit)
+        scanner = campus()
+        report = scanner.report()
+        entry = {e["account_id"]: e for e in report["accounts"]}
+        cluster = cluster_with(report, "camp0")
+        assert cluster is not None and cluster["score"] >= 0.9
+        looks = sum(1 for k in range(4) if f"look{k}" in cluster["accounts"])
+        assert looks >= 2 if admit == 0.0 else looks == 0, (admit, cluster["accounts"])
+        assert all(entry[f"camp{k}"]["distillation_score"] >= HIGH for k in range(10))
+        for k in range(4):
+            look = entry[f"look{k}"]
+            assert look["distillation_score"] < 0.5, (look["account_id"], look["distillation_score"])
+        clustered = next(c for c in scanner._last_clusters or [] if c.cluster_id == cluster["cluster_id"])
+        assert all(clustered.tie(f"look{k}") < 0.5 for k in range(4) if f"look{k}" in cluster["accounts"])
 
 
 def test_a_quiet_member_tied_by_the_campaigns_private_system_prompt_is_still_lifted() -> None:

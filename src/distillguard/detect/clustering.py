@@ -38,8 +38,9 @@ MinHash LSH index over active 5-minute buckets for synchronised activity, each
 account checked against a bounded number of its likeliest matches
 (:func:`_synchronised`), so the work grows with the number of accounts times
 the items they carry, never with all pairs — whoever fires together. Linked accounts are grouped by weighted label propagation
-(:func:`_communities`), so two fleets that a few links join stay apart;
-groups of three or more are clusters. Each member also gets its *tie*
+(:func:`_communities`), so two fleets that a few links join stay apart; each
+community admits only the accounts tied to it by private evidence (:func:`admitted`), and groups of three or more
+admitted members are clusters. Each member also gets its *tie*
 (:func:`member_ties`): how strongly its own links' *private* evidence — what
 they share beyond the traits unrelated legitimate accounts share all the time
 (``SURFACE_KINDS``), net of what chance explains (:mod:`distillguard.detect.chance`)
@@ -77,8 +78,8 @@ from distillguard.detect.cohorts import burst_runs, cohort_traits, find_cohorts
 from distillguard.detect.minhash import LSHIndex, MinHasher, Signature
 from distillguard.detect.phrasebank import BANK_ALONE, BANK_PHRASINGS, BankOverlap, PhraseBanks, phrasings
 
-__all__ = ["Cluster", "ClusterCache", "FingerprintCollector", "TemplateSource", "creation_bursts", "find_clusters", "member_ties", "rank_labels",
-           "stable_cluster_id"]
+__all__ = ["Cluster", "ClusterCache", "FingerprintCollector", "TemplateSource", "admitted", "creation_bursts", "find_clusters", "member_ties",
+           "rank_labels", "stable_cluster_id"]
 
 FingerprintCollector = AttributionCollector  # the name the Scanner has always used
 
@@ -511,27 +512,32 @@ def find_clusters(
     groups: dict[str, list[str]] = defaultdict(list)
     for account in accounts:
         groups[community[account]].append(account)
-    member_links: dict[str, list[_Link]] = defaultdict(list)
-    # Per account, its two most private links inside its community (member_ties reads their mean): a member whose one
-    # private link goes to another stray of the cluster, not to the fleet, is not tied as the fleet is.
-    private: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
-    kinds: dict[str, set[str]] = defaultdict(set)  # per account, the families (and "identity") of its links there
+    community_links: dict[str, list[tuple[str, str, _Link]]] = defaultdict(list)
     for (a, b), link in links.items():
-        if community[a] == community[b]:
-            member_links[community[a]].append(link)
-            for end in (a, b):
-                best = private[end]
-                if link.private > best[1]:
-                    best[1] = link.private
-                    best.sort(reverse=True)
-            tying = {f for f, v in link.families.items() if v >= 0.3} | ({"identity"} if link.identity else set())
-            kinds[a] |= tying
-            kinds[b] |= tying
+        if community[a] == community[b] and len(groups[community[a]]) >= 3:
+            community_links[community[a]].append((a, b, link))
+    # 7. Admission (admitted): each community keeps the members tied to it by private evidence; the rest leave it.
+    kept: list[tuple[list[str], list[tuple[str, str, _Link]]]] = []
+    for label, group in groups.items():
+        if len(group) < 3:
+            continue
+        members = admitted(group, community_links[label])
+        if len(members) >= 3:
+            inside = set(members)
+            kept.append((members, [t for t in community_links[label] if t[0] in inside and t[1] in inside]))
 
     clusters: list[Cluster] = []
     texts: dict[Item, str] = {}  # each item's words, once: links repeat the same items many times
-    for members in sorted((g for g in groups.values() if len(g) >= 3), key=lambda g: (-len(g), g[0])):
-        group_links = member_links[community[members[0]]]
+    for members, member_links in sorted(kept, key=lambda g: (-len(g[0]), g[0][0])):
+        group_links = [link for _, _, link in member_links]
+        # Per member, its two most private links inside its cluster (member_ties reads their mean): a member whose one
+        # private link goes to another stray of the cluster, not to the fleet, is not tied as the fleet is.
+        private = _top_private(set(members), member_links)
+        kinds: dict[str, set[str]] = defaultdict(set)  # per member, the families (and "identity") of its links there
+        for a, b, link in member_links:
+            tying = {f for f, v in link.families.items() if v >= 0.3} | ({"identity"} if link.identity else set())
+            kinds[a] |= tying
+            kinds[b] |= tying
         shared_weight: dict[str, float] = defaultdict(float)
         families_seen: set[str] = set()
         for link in group_links:
@@ -544,7 +550,7 @@ def find_clusters(
                 shared_weight[text] += value
         cluster = _score_cluster(members, group_links, families_seen, rank_labels(shared_weight)[:8], own_scores,
                                  sum(certainty.get(a, 0.0) for a in members) / len(members))
-        cluster.ties = member_ties(members, {a: sum(private[a]) / 2 for a in members if a in private}, kinds)
+        cluster.ties = member_ties(members, private, kinds)
         clusters.append(cluster)
     return clusters
 
@@ -760,12 +766,62 @@ def member_ties(members: list[str], private: Mapping[str, float], kinds: Mapping
     typical_kinds = typical(len(kinds.get(a, ())) for a in members)
     out = {}
     for a in members:
-        own = private.get(a, 0.0)
-        strong = min(1.0, own / (TIE_TYPICAL_SHARE * typical_tie), own / PRIVATE_FULL) if typical_tie > 0.0 else 0.0
+        strong = _private_tie(private.get(a, 0.0), typical_tie)
         found = kinds.get(a, frozenset())
         wide = 1.0 if "identity" in found or len(found) >= 2 or not typical_kinds else min(1.0, len(found) / typical_kinds)
         out[a] = min(strong, wide)
     return out
+
+
+def _private_tie(own: float, typical_tie: float) -> float:
+    """A member's private evidence judged against its cluster's typical member's and in absolute terms (member_ties)."""
+    return min(1.0, own / (TIE_TYPICAL_SHARE * typical_tie), own / PRIVATE_FULL) if typical_tie > 0.0 else 0.0
+
+
+# A member is admitted to its community's cluster only when its private tie (_private_tie) reaches this: its two most
+# private links there carry at least half what a typical member's do and at least 0.15 in absolute terms.
+ADMIT_TIE = 0.5
+ADMIT_ROUNDS = 4
+
+
+def _top_private(members: AbstractSet[str], links: list[tuple[str, str, _Link]]) -> dict[str, float]:
+    """Per member, the mean of its two most private links to other members (0 when it has none)."""
+    best: dict[str, list[float]] = {a: [0.0, 0.0] for a in members}
+    for a, b, link in links:
+        if a in members and b in members:
+            for end in (a, b):
+                top = best[end]
+                if link.private > top[1]:
+                    top[1] = link.private
+                    top.sort(reverse=True)
+    return {a: sum(top) / 2 for a, top in best.items()}
+
+
+def admitted(members: list[str], links: list[tuple[str, str, _Link]]) -> list[str]:
+    """The members of one community that its cluster admits: those tied to the others by private evidence.
+
+    Label propagation puts an account in the community holding most of its link weight, and a link can be made of
+    what strangers share (``SURFACE_KINDS``: a campus /24, a popular client, stock parameters, daytime habits, a
+    free-mail or university domain): an ordinary person sharing all of that with a few members of a campaign that
+    imitates people sits in its community on one or two such links, while the members are tied to one another by
+    their private bank of phrasings, wrappers, installs or cards. Issue #11's test split had such people in its
+    `imitates_people` cluster, so the campaign counted as not clustered at all (purity below 0.95). So each member
+    is admitted only when its private tie to the others — the mean of its two most private links inside the group,
+    judged against the group's median member (``_private_tie``) — reaches ``ADMIT_TIE``; whoever is not admitted is
+    removed, the rest are judged again without the links to them (a stray's link to another stray stops counting),
+    until nothing changes (at most ``ADMIT_ROUNDS``). A group tied by nothing private admits no one: it was made of
+    what strangers share. What is not admitted is left out of every cluster (never a cluster of the leftovers).
+    """
+    current = set(members)
+    for _ in range(ADMIT_ROUNDS):
+        private = _top_private(current, links)
+        typical_tie = typical(private.values())
+        keep = {a for a in current if _private_tie(private[a], typical_tie) >= ADMIT_TIE}
+        if keep == current or len(keep) < 3:
+            current = keep
+            break
+        current = keep
+    return sorted(current)
 
 
 def _communities(accounts: list[str], links: Mapping[tuple[str, str], _Link], rounds: int = 12) -> dict[str, str]:
