@@ -310,3 +310,28 @@ def test_stream_usage_is_asked_for_and_hidden_unless_the_client_asked() -> None:
         usage_filter = UsageChunkFilter()
         out = usage_filter.feed(stream[:cut]) + usage_filter.feed(stream[cut:]) + usage_filter.flush()
         assert out == stream.replace(b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1}}\n\n', b"")
+
+
+def test_the_usage_chunk_is_hidden_wherever_it_is_split_when_the_reader_says_when_usage_came() -> None:
+    """The relay lets whole events pass the filter unscanned until the stream reader has read a usage object
+    (``usage_seen``): the usage-only chunk is still hidden for every split into two or three reads, and still counted."""
+    from distillguard.gateway.responses import OpenAIStreamReader
+
+    usage = b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1}}\n\n'
+    stream = (b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}],"usage":null}\n\n'
+              b'data: {"choices":[{"index":0,"delta":{"content":" there"}}],"usage":null}\n\n' + usage + b"data: [DONE]\n\n")
+    for first in range(1, len(stream) - 1, 3):
+        for second in (first + 1, first + 7, len(stream) - 1):
+            if not first < second < len(stream):
+                continue
+            reader, usage_filter, out = OpenAIStreamReader(), UsageChunkFilter(), b""
+            for piece in (stream[:first], stream[first:second], stream[second:]):
+                out += usage_filter.feed(reader.feed(piece), reader.usage_seen)
+            out += usage_filter.feed(reader.flush()) + usage_filter.flush()
+            assert out == stream.replace(usage, b"")
+            assert (reader.summary.prompt_tokens, reader.summary.completion_tokens, reader.summary.text) == (3, 1, "hi there")
+    reader = OpenAIStreamReader()
+    reader.feed(stream[: stream.index(usage)])
+    assert not reader.usage_seen  # ("usage": null is no usage object)
+    reader.feed(usage)
+    assert reader.usage_seen

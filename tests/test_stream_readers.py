@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from distillguard.gateway.responses import AnthropicStreamReader, OpenAIStreamReader, _data_payloads
+from distillguard.gateway.responses import AnthropicStreamReader, OpenAIStreamReader
 from distillguard.gateway.upstream_http import UpstreamProtocolError
 
 
@@ -97,9 +97,37 @@ def test_anthropic_stream_summary() -> None:
     assert stripping.summary.stripped_chars == len("hmm, let me see")
 
 
-@given(st.lists(st.sampled_from([b"data:", b"data: ", b"data", b"event: x", b"\n", b"\r\n", b"\r", b" ", b":", b"{}",
+_Q = b'{"choices":[{"index":0,"delta":{"content":"q"}}]}'
+_R = b'{"choices":[{"index":0,"delta":{"content":"r"},"finish_reason":null}]}'
+
+
+@given(st.lists(st.sampled_from([b"data:", b"data: ", b"data", b"event: x", b"\n", b"\r\n", b"\r", b" ", b":", b"{}", _Q, _R, _R,
                                  b'"data: q"', b"[DONE]", b"x"]), max_size=30).map(b"".join))
 def test_data_lines_are_found_exactly_as_the_regular_expression_finds_them(lines: bytes) -> None:
     """The readers' ``bytes.find`` scan for ``data:`` lines replaced this regular expression; it must agree on any input:
-    a ``data:`` inside a line is not a payload, a CR stays in the payload (JSON ignores it), a last line may lack its LF."""
-    assert _data_payloads(lines) == re.findall(rb"^data:(.*)$", lines, re.MULTILINE)
+    a ``data:`` inside a line is not a payload, a CR stays in the payload (JSON ignores it), only complete lines are read
+    (a last line without its LF waits for the next chunk). The reader's text and its verdict are those of reading each
+    payload the expression finds."""
+    complete = lines[: lines.rfind(b"\n") + 1]
+    expected: tuple[str, ...] | str = ()
+    text = ""
+    for payload in re.findall(rb"^data:(.*)$", complete, re.MULTILINE):
+        payload = payload.strip()
+        if payload in (b"", b"[DONE]"):
+            continue
+        try:
+            value = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            expected = "error"
+            break
+        if type(value) is not dict:
+            expected = "error"
+            break
+        text += "".join(choice["delta"]["content"] for choice in value.get("choices", ()))
+    reader = OpenAIStreamReader()
+    try:
+        reader.feed(lines)
+    except UpstreamProtocolError:
+        assert expected == "error"
+    else:
+        assert expected != "error" and reader.summary.text == text

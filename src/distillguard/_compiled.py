@@ -54,6 +54,7 @@ COMPILED: tuple[str, ...] = (
     "distillguard.gateway.requests",
     "distillguard.gateway.responses",
     "distillguard.gateway.shapes",
+    "distillguard.gateway.stream_template",
     "distillguard.gateway.stream_usage",
     "distillguard.gateway.upstream",
     "distillguard.gateway.upstream_http",

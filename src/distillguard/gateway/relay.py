@@ -261,6 +261,7 @@ class Relay:
         await send({"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, (b"x-request-id", ex.request_id.encode())]})
         tail = b""
         usage_filter = UsageChunkFilter() if ex.hide_usage else None
+        tracks_usage = isinstance(reader, OpenAIStreamReader)  # the reader that says when a usage object has come
         while (chunk := await resp.next_chunk()) is not None:
             out = reader.feed(chunk)
             if canary is not None:
@@ -270,7 +271,7 @@ class Relay:
             if translator is not None:
                 out = translator.feed(out)
             elif usage_filter is not None:
-                out = usage_filter.feed(out)
+                out = usage_filter.feed(out, reader.usage_seen or not tracks_usage)
             if resp.at_eof:  # the last piece: send it with the end of the stream, in one write
                 tail = out
                 break

@@ -1,7 +1,8 @@
 """Reading upstream responses: what the event log needs, and reasoning stripping.
 
 Streams are relayed as they arrive; these readers look at each chunk on its way
-through (one ``orjson.loads`` per SSE event) to collect the completion text,
+through (one ``orjson.loads`` per SSE event, or of only its text once a text
+delta's shape is learnt: gateway/stream_template.py) to collect the completion text,
 the reasoning length, the finish reason and the usage for the event and the
 token limits. With ``strip_reasoning`` (a policy "degrade" decision) they also
 rewrite the chunk so reasoning never reaches the client; with
@@ -27,6 +28,7 @@ from distillguard.gateway.shapes import (
     opt_dict,
     opt_str,
 )
+from distillguard.gateway.stream_template import learn, text_between
 from distillguard.gateway.upstream_http import UpstreamProtocolError
 
 __all__ = [
@@ -224,25 +226,6 @@ def summarise_anthropic(
     return changed
 
 
-def _data_payloads(lines: bytes) -> list[bytes]:
-    """What follows ``data:`` on each line of ``lines`` that starts with it, up to the line's end (JSON ignores the
-    whitespace around a payload: the space after the colon, a CR before the LF).
-
-    Exactly what ``re.findall(rb"^data:(.*)$", lines, re.MULTILINE)`` finds, by ``bytes.find``: a quarter of the time
-    of that regular expression, which tries every position (bench/RESULTS.md, "SSE at c=64").
-    """
-    payloads: list[bytes] = []
-    start = lines.find(b"data:")
-    while start >= 0:
-        end = lines.find(b"\n", start)
-        if start == 0 or lines[start - 1] == 10:  # at the start of a line (10: LF)
-            payloads.append(lines[start + 5 :] if end < 0 else lines[start + 5 : end])
-        if end < 0:
-            break
-        start = lines.find(b"data:", end + 1)
-    return payloads
-
-
 class _SSEReader(ABC):
     END: str  # what a whole stream ends with, for the error when one is cut short
 
@@ -252,6 +235,9 @@ class _SSEReader(ABC):
         self.summarize_reasoning = summarize_reasoning
         self._buffer = b""
         self._done = False  # the stream's own end marker ([DONE]) was seen
+        self._template: tuple[bytes, bytes] | None = None  # the bytes around a text delta's literal on its line (stream_template.py)
+        self._learning = True  # one try per stream: a stream whose first text delta has no usable split gets no other
+        self.usage_seen = False  # an OpenAI event with a usage object was read (stream_usage.py skips its scan until then)
         if summarize_reasoning:  # only a degraded account's stream pays for the held-back state
             self._event_lines: list[bytes] = []  # the lines of the event being read
             self._start_summarising()
@@ -263,9 +249,12 @@ class _SSEReader(ABC):
         if last_newline < 0:
             self._buffer = data
             return chunk if not self.strip_reasoning else b""
-        complete, self._buffer = data[: last_newline + 1], data[last_newline + 1 :]
+        if last_newline == len(data) - 1:  # the usual chunk, whole lines only: no copies
+            complete, self._buffer = data, b""
+        else:
+            complete, self._buffer = data[: last_newline + 1], data[last_newline + 1 :]
         if not self.strip_reasoning:
-            self._read_all(_data_payloads(complete))
+            self._read_all(complete)
             return chunk
         if self.summarize_reasoning:
             return self._summarise_lines(complete.split(b"\n")[:-1])
@@ -350,32 +339,57 @@ class _SSEReader(ABC):
     def _sse(payload: dict[str, Any]) -> bytes:
         """``payload`` as one SSE event in this protocol."""
 
-    def _read_all(self, payloads: list[bytes]) -> None:
-        """Read a chunk's ``data:`` payloads (a chunk often holds several events), each parsed on its own.
+    def _read_all(self, lines: bytes) -> None:
+        """Read the ``data:`` payloads of complete lines (a chunk often holds several events), each on its own, in order.
 
-        Each payload must be one JSON value by itself: parsing them joined into
-        one array was no cheaper, and two broken lines can join into exactly
-        as many values as there are lines (``{"a":[{}`` + ``{}]},{…}``). The
-        stream's ``[DONE]`` is looked for only as the last payload, where
-        servers send it; anything else unusual (an empty payload, ``[DONE]``
-        elsewhere, a payload that is not JSON) makes the payloads be read one
-        by one, each with its own error.
+        A payload is what follows ``data:`` at the start of a line, up to its
+        LF (JSON ignores the space after the colon and a CR before the LF):
+        what the regular expression ``^data:(.*)$`` finds, by one ``split``
+        (a third of the time of a ``bytes.find`` scan, half of which was
+        that expression's). Each payload must be one JSON value by itself (two
+        broken lines can join into one valid value, so they are never parsed
+        joined). A text delta shaped like the one learnt earlier in the
+        stream has only its text decoded (gateway/stream_template.py); an
+        object is parsed whole; anything else (``[DONE]``, an empty payload, a
+        payload that is not a JSON object) goes through :meth:`_on_data`, with
+        its own error.
         """
-        if payloads and payloads[-1].strip() == b"[DONE]":
-            self._done = True
-            payloads = payloads[:-1]
-        if not payloads:
+        template = self._template
+        for line in lines.split(b"\n"):
+            if not line.startswith(b"data:"):
+                continue
+            if template is not None:
+                text = text_between(line, template[0], template[1])
+                if text is not None:
+                    if text:
+                        self.summary.text_parts.append(text)
+                    continue
+            self._read_payload(line[5:])
+            template = self._template
+
+    def _read_payload(self, payload: bytes) -> None:
+        if not (payload.startswith(b"{") or payload.startswith(b" {")):  # [DONE], nothing, or no object: one by one
+            self._on_data(payload.strip(), rewrite=False)
             return
         try:
-            values = list(map(orjson.loads, payloads))
+            value = orjson.loads(payload)
         except orjson.JSONDecodeError:
-            for payload in payloads:
-                self._on_data(payload.strip(), rewrite=False)
-            return
-        for value in values:
-            if type(value) is not dict:
-                raise UpstreamProtocolError("data", "a JSON object", value)
-            self._read(value, rewrite=False)
+            raise UpstreamProtocolError("data", "a JSON object", got="text that is not JSON") from None
+        if type(value) is not dict:  # (cannot be: it began with a brace)
+            raise UpstreamProtocolError("data", "a JSON object", value)
+        self._read(value, rewrite=False)
+        if self._learning and self._learnable(value) is not None:
+            self._learning = False
+            learnt = self._learn(payload)
+            if learnt is not None:  # matched against whole lines
+                self._template = (b"data:" + learnt[0], learnt[1])
+
+    def _learnable(self, payload: dict[str, Any]) -> str | None:
+        """The text of an event whose other events differ only in it (stream_template.py); None: not such an event."""
+        return None
+
+    def _learn(self, raw: bytes) -> tuple[bytes, bytes] | None:
+        return None
 
     def _on_data(self, data: bytes, *, rewrite: bool) -> bytes | None:
         """Read one SSE ``data:`` payload; return a rewritten payload, or None to keep it."""
@@ -426,6 +440,12 @@ class OpenAIStreamReader(_SSEReader):
     @staticmethod
     def _sse(payload: dict[str, Any]) -> bytes:
         return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+    def _learnable(self, payload: dict[str, Any]) -> str | None:
+        return _delta_text(payload)
+
+    def _learn(self, raw: bytes) -> tuple[bytes, bytes] | None:
+        return learn(raw, b"content", _delta_text)
 
     def _summary_chunk(self, template: dict[str, Any], index: Any) -> dict[str, Any]:
         key, pieces = self._held.pop(index)
@@ -522,10 +542,27 @@ class OpenAIStreamReader(_SSEReader):
         if usage is not None:
             if type(usage) is not dict:
                 raise UpstreamProtocolError("usage", "an object", usage)
+            self.usage_seen = True
             if usage:
                 summary.prompt_tokens = opt_count(usage.get("prompt_tokens"), "usage.prompt_tokens")
                 summary.completion_tokens = opt_count(usage.get("completion_tokens"), "usage.completion_tokens")
         return changed
+
+
+def _delta_text(payload: dict[str, Any]) -> str | None:
+    """The text of an OpenAI chunk that is one choice's text and nothing else the reader looks at (no finish reason,
+    no usage, a delta of only ``content``); None for any other chunk. Reading such a chunk only appends its text."""
+    choices = payload.get("choices")
+    if type(choices) is not list or len(choices) != 1 or payload.get("usage") is not None:
+        return None
+    choice = choices[0]
+    if type(choice) is not dict or choice.get("finish_reason") is not None:
+        return None
+    delta = choice.get("delta")
+    if type(delta) is not dict or len(delta) != 1:
+        return None
+    text = delta.get("content")
+    return text if type(text) is str else None
 
 
 def _carries_something(choice: dict[str, Any]) -> bool:

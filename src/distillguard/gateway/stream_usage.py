@@ -55,11 +55,18 @@ class UsageChunkFilter:
     def __init__(self) -> None:
         self._frames = EventFramer()
 
-    def feed(self, data: bytes) -> bytes:
+    def feed(self, data: bytes, usage_seen: bool = True) -> bytes:
+        """``data`` without the usage-only chunk, in whole events (a partial event at its end is held back).
+
+        ``usage_seen``: whether the stream reader has read an event with a usage
+        object so far (``OpenAIStreamReader.usage_seen``; every ``data:`` line
+        passes through the reader before it gets here). Until it has, whole
+        events pass without a byte scan.
+        """
         data = self._frames.join(data)
         if not data:  # (the relay feeds the reader's empty flush at every stream's end)
             return data
-        if not _has_usage_object(data) and data.endswith(b"\n\n"):
+        if data.endswith(b"\n\n") and not (usage_seen and _has_usage_object(data)):
             return data  # whole events without a usage object: the common chunk, passed as it is
         events = self._frames.events(data)
         return b"".join(event for event in events if not (_has_usage_object(event) and _is_usage_chunk(event)))
