@@ -110,8 +110,9 @@ class Scanner:
         self.pivot = ModelPivot()
         self.economics = TokenEconomics()
         self.relay = RelaySharing()
+        self.rotation = NetworkRotation()
         self.detectors: list[Detector] = [self.reasoning, self.coverage, self.economics, self.templates, self.timing,
-                                          self.pivot, KeySharing(), NetworkRotation(), Consistency(), self.relay,
+                                          self.pivot, KeySharing(), self.rotation, Consistency(), self.relay,
                                           self.sustained]
         if indicators is not None and len(indicators):
             self.detectors.append(SharedIndicators(indicators))
@@ -252,9 +253,10 @@ class Scanner:
 
         Distillation is extraction sustained across days *and accounts*: a fleet of 120 accounts sending a few
         requests a day each has, per account, too little to score, but together it sends a sweep's volume with a
-        sweep's shape. The four detectors whose evidence is counts (elicitation share, coverage and single-turn
-        share, answer lengths and sampling parameters, volume and persistence of what was extracted) are
-        recomputed over the members' pooled counts — persistence across accounts counting as persistence across
+        sweep's shape. The five detectors whose evidence is counts (elicitation share, coverage and single-turn
+        share, answer lengths and sampling parameters, volume and persistence of what was extracted, fresh
+        networks beyond a day's third: :meth:`NetworkRotation.pooled`) are recomputed over the members' pooled
+        counts — persistence across accounts counting as persistence across
         days, as far as coordination ties them (:meth:`SustainedExtraction.pooled`); the other detectors enter at
         the members' median, and the cluster's coordination is one more family (``POOL_TIED_WEIGHT``): a fleet's
         attribution, a sweep's shape and its sustained volume are three independent families that together reach
@@ -268,7 +270,7 @@ class Scanner:
         if gate < 0.05:
             return None
         pooled = (self.reasoning.pooled(members), self.coverage.pooled(members), self.economics.pooled(members),
-                  self.sustained.pooled(members, across=cluster.coordination))
+                  self.sustained.pooled(members, across=cluster.coordination), self.rotation.pooled(members))
         together = [e for e in pooled if e is not None]
         by_name = {e.detector: e.score for e in together}
         for name in DISTILL_WEIGHTS:
