@@ -135,6 +135,29 @@ def test_streams_are_relayed_as_they_arrive(gateway: RunningGateway, secret: str
     assert len(arrivals) >= 5
 
 
+def test_a_stream_read_through_its_learnt_template_is_stored_whole(gateway: RunningGateway, secret: str) -> None:
+    """Deltas arriving 0.2 s apart (one read each) after a role chunk, the usage chunk hidden from a client that did not
+    ask: the text deltas after the first are read by their text alone (gateway/stream_template.py); the client and
+    the stored event still get every word, the usage still counts."""
+    chunks: list[bytes] = []
+    with httpx.stream(
+        "POST", gateway.base_url + "/chat/completions", headers={"Authorization": f"Bearer {secret}"},
+        json={"model": "stub-slow-stream", "messages": [{"role": "user", "content": "template probe"}], "stream": True}, timeout=30,
+    ) as response:
+        chunks.extend(response.iter_raw())
+    body = b"".join(chunks)
+    assert b'"usage":{' not in body and body.endswith(b"data: [DONE]\n\n")
+    words = [orjson.loads(line[6:])["choices"][0]["delta"].get("content") for line in body.split(b"\n") if line.startswith(b"data: {")]
+    sent = "".join(word for word in words if word)
+    deadline = time.time() + 5
+    mine: list[dict] = []
+    while not mine and time.time() < deadline:
+        mine = [e for e in gateway.events() if e["request"]["messages"] and e["request"]["messages"][-1]["content"] == "template probe"]
+    assert len(mine) == 1
+    assert sent and mine[0]["response"]["text"] == sent and mine[0]["response"]["finish_reason"] == "stop"
+    assert mine[0]["response"]["completion_tokens"] == len([word for word in words if word])  # the hidden chunk's count
+
+
 def test_events_record_every_request(gateway: RunningGateway, secret: str) -> None:
     client = openai.OpenAI(base_url=gateway.base_url, api_key=secret)
     client.chat.completions.create(model="stub-1", messages=[{"role": "system", "content": "S"}, {"role": "user", "content": [{"type": "text", "text": "multi"}, {"type": "text", "text": "part"}]}])
