@@ -92,6 +92,11 @@ def test_a_few_fresh_networks_a_day_speak_early_and_a_vpn_user_reusing_exits_doe
     assert fresh is not None and fresh.numbers["beyond_crowd_fresh"] == 5 and fresh.score > 0.7, fresh.detail
     assert vpn is not None and vpn.numbers["rotation_llr"] < 0 and vpn.score < 0.05, vpn.detail
     assert traveller is not None and traveller.numbers["beyond_crowd_fresh"] == 0 and traveller.score < 0.05, traveller.detail
+    # Without an outcome the route adds nothing (its logistic gives 0.011 at LLR 0, × 4 inside the score, for everyone).
+    for i in range(20):
+        detector.update({"account_id": "home", "_t": T0 + i * HOUR, "client": {"ip": "81.2.3.4", "geo": {"asn": 3320}}})
+    home = detector.evidence("home")
+    assert home is not None and home.numbers["beyond_crowd"] == 0 and home.score < 0.005, home.detail
     # Five accounts with four requests a day each, every one from a new network: each alone is not rotation yet (one
     # outcome beyond its third network), together they are one pool rotating through twenty.
     for a in range(5):

@@ -41,7 +41,7 @@ from distillguard.detect.base import (
     typical,
 )
 
-__all__ = ["CROWD", "NetworkRotation", "network_of", "rotation_llr"]
+__all__ = ["CROWD", "NetworkRotation", "network_of", "rotation_llr", "sequential"]
 
 _CAP = 512
 _INSTALL_CAP = 64
@@ -54,6 +54,16 @@ P_ROTATING, P_PEOPLE = 0.9, 0.3
 LLR_MIDPOINT, LLR_WIDTH = 4.5, 1.0
 _FRESH_LLR = math.log(P_ROTATING / P_PEOPLE)
 _REUSED_LLR = math.log((1.0 - P_ROTATING) / (1.0 - P_PEOPLE))
+
+
+def sequential(llr: float) -> float:
+    """The sequential route's score: ``logistic(LLR; LLR_MIDPOINT, LLR_WIDTH)`` when the outcomes favour rotation, else 0.
+
+    Without an outcome (no day past ``CROWD`` networks: nearly every account) the route says nothing, rather than the
+    logistic's 0.011 at 0 — which, × the weight 4, lifted every legitimate account's score a little (dev seed 1: an
+    early adopter from 0.498 to 0.506, into ``medium``).
+    """
+    return logistic(llr, LLR_MIDPOINT, LLR_WIDTH) if llr > 0 else 0.0
 
 
 def rotation_llr(fresh: int, reused: int) -> float:
@@ -143,7 +153,7 @@ class NetworkRotation(Detector):
             return None
         by_day = _by_day(s)
         llr = rotation_llr(s.crowded_fresh, s.crowded - s.crowded_fresh)
-        score = max(by_day, logistic(llr, LLR_MIDPOINT, LLR_WIDTH))
+        score = max(by_day, sequential(llr))
         fresh = s.fresh / s.repeat_day_requests if s.repeat_day_requests else 0.0
         per_day = s.with_network / max(1, s.days)
         install_hop = s.install_hops / s.install_requests if s.install_requests else 0.0
@@ -174,7 +184,7 @@ class NetworkRotation(Detector):
         fresh = sum(s.crowded_fresh for s in states)
         llr = rotation_llr(fresh, crowded - fresh)
         by_day = typical(_by_day(s) for s in states)
-        score = max(by_day, logistic(llr, LLR_MIDPOINT, LLR_WIDTH))
+        score = max(by_day, sequential(llr))
         return Evidence(self.name, score,
                         f"beyond each day's first {CROWD} networks, {fresh} of {crowded} requests came from yet another "
                         f"(log-likelihood ratio {llr:+.1f}); the typical member's day-by-day rotation scores {by_day:.2f}",
