@@ -114,20 +114,3 @@ def test_a_detector_fed_alone_sees_what_the_scanner_hands_it() -> None:
             assert ours is not None and theirs is not None
             assert (ours.score, ours.detail, ours.numbers) == (theirs.score, theirs.detail, theirs.numbers), (account, name)
 
-
-def test_a_scorer_behind_its_backlog_reports_at_half_the_share_and_never_holds_back_when_idle() -> None:
-    from distillguard.scorer_worker import REPORT_SHARE, REPORT_SHARE_BEHIND, ReportCadence
-
-    assert REPORT_SHARE_BEHIND == REPORT_SHARE / 2
-    cpu = [0.0]
-    cadence = ReportCadence(1.0, lambda: cpu[0])
-    now = cadence.next_report
-    assert cadence.due(now) and cadence.due(now, behind=True)  # the first report is never held back
-    cadence.reported(now, cost_s=0.5, cluster_cost_s=0.0)
-    later = now + 1.0
-    cpu[0] += 0.5 * (1 / REPORT_SHARE - 1)  # the updates had 90 % of the CPU: due, unless behind
-    assert cadence.due(later) and not cadence.due(later, behind=True)
-    assert cadence.due(later, idle=True, behind=True)  # nothing waits (the backlog read is stale): report
-    cpu[0] += 0.5 * (1 / REPORT_SHARE_BEHIND - 1 / REPORT_SHARE)  # now 95 %
-    assert cadence.due(later, behind=True)
-    assert not cadence.due(now + 0.5, behind=True)  # and never sooner than every_s after the last

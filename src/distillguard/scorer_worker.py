@@ -51,7 +51,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["BEHIND_EVENTS", "CLUSTER_SHARE", "INDICATORS_ENV", "REPLAY_ENV", "REPORT_SHARE", "REPORT_SHARE_BEHIND", "ReportCadence", "frame", "indicator_watch", "main",
+__all__ = ["CLUSTER_SHARE", "INDICATORS_ENV", "REPLAY_ENV", "REPORT_SHARE", "ReportCadence", "frame", "indicator_watch", "main",
            "recv", "replay", "scoring_view", "send", "send_frame", "settle_heap", "take_indicators"]
 
 _HEADER = struct.Struct("!Q")
@@ -59,10 +59,6 @@ REPLAY_ENV = "DISTILLGUARD_SCORER_REPLAY"
 INDICATORS_ENV = "DISTILLGUARD_SCORER_INDICATORS"  # a database URL: its imported shared indicators are matched
 REPORT_SHARE = 0.10  # reports (accounts' scores) may take at most this share of the scorer's time ...
 CLUSTER_SHARE = 0.15  # ... and clustering at most this: updates always keep three quarters
-# While at least BEHIND_EVENTS events wait (the central scorer's stream), reports may take only this share: a scorer
-# that fell behind spends what reports would have taken on catching up, and its next report covers more events.
-REPORT_SHARE_BEHIND = 0.05
-BEHIND_EVENTS = 10_000
 
 
 class ReportCadence:
@@ -78,15 +74,7 @@ class ReportCadence:
     and ``CLUSTER_SHARE``; a report between two clusterings reuses the last
     clusters). CPU time, not wall time: on a busy machine the scorer gets a
     fraction of a core, and a wall-clock budget would let reports eat it all.
-    When the scorer is idle (nothing waiting) a due report is never held back;
-    when it is *behind* (``BEHIND_EVENTS`` or more waiting, which only the
-    central scorer can tell: its stream's length) reports keep to
-    ``REPORT_SHARE_BEHIND`` instead. Why: at 100,000 accounts nearly every
-    event dirties an account that the next report re-scores (~45 µs each,
-    about a quarter of the event's own update), so a backlog's drain spent up
-    to ``REPORT_SHARE`` of its CPU on reports; at half that share the newest
-    events' decisions come sooner, and each report covers what the last one
-    skipped.
+    When the scorer is idle (nothing waiting) a due report is never held back.
     """
 
     def __init__(self, every_s: float, cpu_clock: Callable[[], float] = time.thread_time) -> None:
@@ -94,13 +82,10 @@ class ReportCadence:
         self.cpu_clock = cpu_clock
         self.next_report = time.monotonic() + every_s
         self._report_mark = self._cluster_mark = cpu_clock()
-        self._report_need = self._behind_need = self._cluster_need = 0.0
+        self._report_need = self._cluster_need = 0.0
 
-    def due(self, now: float, *, idle: bool = False, behind: bool = False) -> bool:
-        """Whether a report is due: ``idle`` when nothing waits, ``behind`` when ``BEHIND_EVENTS`` or more do."""
-        if now < self.next_report:
-            return False
-        return idle or self.cpu_clock() - self._report_mark >= (self._behind_need if behind else self._report_need)
+    def due(self, now: float, *, idle: bool = False) -> bool:
+        return now >= self.next_report and (idle or self.cpu_clock() - self._report_mark >= self._report_need)
 
     def recluster(self) -> bool:
         return self.cpu_clock() - self._cluster_mark >= self._cluster_need
@@ -111,7 +96,6 @@ class ReportCadence:
         self.next_report = started + self.every_s
         self._report_mark = mark
         self._report_need = (cost_s - cluster_cost_s) * (1.0 / REPORT_SHARE - 1.0)
-        self._behind_need = (cost_s - cluster_cost_s) * (1.0 / REPORT_SHARE_BEHIND - 1.0)
         if cluster_cost_s > 0:
             self._cluster_mark = mark
             self._cluster_need = cluster_cost_s * (1.0 / CLUSTER_SHARE - 1.0)

@@ -266,7 +266,7 @@ class CentralScorer:
                 self._rebuild_from_store(scanner, seen)
                 dirty = True
             now = time.monotonic()
-            if dirty and cadence.due(now, idle=not entries, behind=self._backlog >= scorer_worker.BEHIND_EVENTS):
+            if dirty and cadence.due(now, idle=not entries):
                 cost = self._report(scanner, recluster=cadence.recluster())
                 cadence.reported(now, cost, scanner.cluster_cost_s)
                 dirty = False
