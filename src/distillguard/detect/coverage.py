@@ -34,10 +34,10 @@ __all__ = ["DEPTH_MIDPOINT", "INDEPENDENT_MIDPOINT", "CoverageSweep", "capabilit
 # Unbuilt requests into one capability at which depth counts as half a sweep (see CoverageSweep._evidence_of).
 DEPTH_MIDPOINT = 100.0
 # Unbuilt requests with substantial answers, in any capability, at which independent volume counts as half a sweep
-# (0.14 at 29, 0.5 at 50, 0.74 at 66, 0.95 at 110). Dev worlds of the `robust` family: people, learners, coders and
-# early adopters send at most 29-33 unbuilt requests in a week, and those with as many send a third or more of their
-# requests as follow-ups that build on the answers (the unbuilt-share factor then keeps this part near 0); a 24-account
-# campaign's accounts 60-80 each in three days, every one unbuilt. Until stop 15 the midpoint was 60, which left such
+# (0.14 at 29, 0.5 at 50, 0.74 at 66, 0.95 at 110). Dev worlds of the `robust` family (seeds 1-2): people, learners,
+# coders, night owls and early adopters send at most 33 unbuilt requests in a week, at unbuilt shares of 0.39-0.84 (the
+# unbuilt-share factor, half at 0.85, takes most of this part away); a 24-account campaign's accounts 60-80 each in
+# three days, every one unbuilt. Until stop 15 the midpoint was 60, which left such
 # an account at 0.55-0.66 here and its own score at 0.29-0.40 (dev seed 1, camp_7) with 70 harvested answers; lower
 # than 50, a person's week of 35 single-shot questions among conversations (tests/test_detect_harvest.py) passes 0.1.
 INDEPENDENT_MIDPOINT = 50.0
