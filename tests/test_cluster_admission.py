@@ -168,3 +168,31 @@ def test_evaluation_jobs_with_one_public_wrapper_and_light_apps_with_a_stock_sys
     for name in ("eval0", "eval1", "eval2", "app0", "app1"):
         assert name not in clustered, name
         assert entry[name]["distillation_score"] < HIGH, entry[name]
+
+
+def test_two_fleets_of_one_creation_burst_stay_two_clusters_although_one_cohort_spans_both() -> None:
+    """Two campaigns created in one afternoon on one client profile: a cohort (detect/cohorts.py) holds both, and links
+    every member to the same six hubs. Each fleet's own accounts are tied pairwise by its private system prompt; the
+    hubs' hundreds of cohort links must not carry both fleets to one label (dev seed 11: a sleeper fleet and a
+    294-account campaign in one cluster, neither counted as clustered)."""
+    from tests.test_cohorts import HOUR, people, replay
+
+    meta: dict[str, AccountMeta] = {}
+    events = people(meta, 400)
+    rng = random.Random(5)
+    fleets = {"alpha": "You are Ledger-7. Reply in the house format; cite the ticket number.",
+              "beta": "You are Quill. Answer as the archive's curator; never mention the archive."}
+    for f, (name, system) in enumerate(fleets.items()):
+        for k in range(40):
+            account = f"{name}{k:02d}"
+            meta[account] = AccountMeta(account, created_at=T0 - 2 * DAY + f * 2 * HOUR + rng.uniform(0, 2 * HOUR))
+            for i in range(12):
+                events.append(turns_event(account, T0 + rng.uniform(0, 3 * DAY), [task(f * 10_000 + k * 100 + i)], system=system,
+                                          ip=f"172.{rng.randrange(16, 32)}.{rng.randrange(256)}.{rng.randrange(1, 255)}",
+                                          header="fp-openai-py", params={"max_tokens": 1024, "temperature": 0.7, "stream": True}))
+    report = replay(meta, events).report()
+    for name in fleets:
+        own = {f"{name}{k:02d}" for k in range(40)}
+        best = max(report["clusters"], key=lambda c: len(own & set(c["accounts"])))
+        assert len(own & set(best["accounts"])) >= 32, (name, len(own & set(best["accounts"])))
+        assert len(own & set(best["accounts"])) / len(best["accounts"]) >= 0.95, (name, len(best["accounts"]))

@@ -230,6 +230,7 @@ class _Link:
     # would share that much (:func:`_private`, :mod:`distillguard.detect.chance`).
     private: float = 0.0
     identity: bool = False  # made by one identity item (the same enrolled install or payment fingerprint)
+    hub: bool = False  # made only by a cohort, member to hub (_cohort_links): weighed per account in _communities
 
 
 def _rarity_of(kind: str, holders: int, population: int) -> float:
@@ -718,7 +719,7 @@ def _cohort_links(links: dict[tuple[str, str], _Link], collector: AttributionCol
                 pair = (a, hub) if a < hub else (hub, a)
                 link = links.get(pair)
                 if link is None:
-                    links[pair] = _Link(dict(families), [item], COHORT_STRENGTH, private=COHORT_STRENGTH)
+                    links[pair] = _Link(dict(families), [item], COHORT_STRENGTH, private=COHORT_STRENGTH, hub=True)
                 elif item not in link.items:
                     link.items.append(item)
                     link.private = max(link.private, COHORT_STRENGTH)  # a cohort is rare by construction (cohorts module)
@@ -824,6 +825,9 @@ def admitted(members: list[str], links: list[tuple[str, str, _Link]]) -> list[st
     return sorted(current)
 
 
+HUB_WEIGHT = 0.1
+
+
 def _communities(accounts: list[str], links: Mapping[tuple[str, str], _Link], rounds: int = 12) -> dict[str, str]:
     """Each account's community: weighted label propagation over the links, deterministic.
 
@@ -833,10 +837,25 @@ def _communities(accounts: list[str], links: Mapping[tuple[str, str], _Link], ro
     smallest label), so two dense groups joined by a few links keep their own labels. Accounts are visited in
     sorted order and labels start as the accounts' own ids, so the result never depends on arrival order.
     """
+    # A cohort links each of its members to the same few hubs, so a hub holds one link per member of the cohort; when
+    # one cohort spans two fleets (both created in one burst run, sharing the trait tested), the hubs' hundreds of
+    # cohort links carried them — and through them everyone — to one label, whatever the fleets' own pairwise ties
+    # said (dev seed 11: a 101-account sleeper fleet and a 294-account campaign in one cluster). So an account's
+    # cohort-only links together weigh as much as ``HUBS`` of them, each at ``HUB_WEIGHT`` of its strength: a member's
+    # own few hub links count, a hub's hundreds are scaled down to that, and wherever an account has pairwise links
+    # they decide its label — a cohort member with nothing else still takes its hubs' label. (Scaling alone was not
+    # enough: in the first round the other fleet's labels are still scattered, and the hubs' links carried the first
+    # fleet's label into the second; tests/test_cluster_admission.py.)
+    hub_links: dict[str, int] = defaultdict(int)
+    for (a, b), link in links.items():
+        if link.hub:
+            hub_links[a] += 1
+            hub_links[b] += 1
     neighbours: dict[str, list[tuple[str, float]]] = defaultdict(list)
     for (a, b), link in links.items():
-        neighbours[a].append((b, link.strength))
-        neighbours[b].append((a, link.strength))
+        for end, other in ((a, b), (b, a)):
+            scale = HUB_WEIGHT * min(1.0, HUBS / hub_links[end]) if link.hub else 1.0
+            neighbours[end].append((other, link.strength * scale))
     label = {a: a for a in accounts}
     linked = sorted(neighbours)
     for _ in range(rounds):
