@@ -16,26 +16,22 @@ from __future__ import annotations
 
 import argparse
 import random
-import statistics
 import time
 import tracemalloc
-from typing import Any
 
+from cohort_cost import (  # the same population's pieces and timing as cohorts' cost
+    CLIENTS,
+    T0,
+    WORDS,
+    event,
+    timed,
+)
 from distillguard.detect import clustering
 from distillguard.detect.arrivals import arrival_blocks
 from distillguard.detect.attribution import AttributionCollector
-from distillguard.detect.clustering import ClusterCache, find_clusters
 from distillguard.detect.templates import TemplatedPrompts
 
-T0 = 1_790_000_000.0
 DAY = 86_400.0
-CLIENTS = [f"fp-{i}" for i in range(12)]
-WORDS = ["integrals", "verbs", "taxes", "bread", "lifetimes", "tectonics", "Rome", "bonds", "leaves", "hashes", "chess", "tides"]
-
-
-def event(account: str, t: float, prompt: str, header: str, params: dict[str, Any], ip: str) -> dict[str, Any]:
-    return {"account_id": account, "_t": t, "client": {"ip": ip, "header_fp": header, "geo": {"asn": 3320, "hosting": False}},
-            "request": {"messages": [{"role": "user", "content": prompt}], "params": params}}
 
 
 def build(n: int) -> tuple[AttributionCollector, TemplatedPrompts, dict[str, float]]:
@@ -64,16 +60,6 @@ def build(n: int) -> tuple[AttributionCollector, TemplatedPrompts, dict[str, flo
     return collector, templates, {a: 0.0 for a in collector.accounts}
 
 
-def timed(collector: AttributionCollector, templates: TemplatedPrompts, scores: dict[str, float], repeat: int) -> tuple[float, list[int]]:
-    costs, sizes = [], []
-    for _ in range(repeat):
-        started = time.process_time()
-        found = find_clusters(collector, templates, {}, scores, None, ClusterCache())
-        costs.append(time.process_time() - started)
-        sizes = sorted((len(c.accounts) for c in found), reverse=True)
-    return statistics.median(costs), sizes
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--accounts", type=int, nargs="+", default=[10_000, 100_000])
@@ -87,10 +73,10 @@ def main() -> None:
         real = clustering.arrival_blocks
         clustering.arrival_blocks = lambda *a, **k: []  # type: ignore[assignment]  # the tree before arrival surges
         try:
-            off, _ = timed(collector, templates, scores, args.repeat)
+            off, _ = timed(collector, templates, None, scores, args.repeat)
         finally:
             clustering.arrival_blocks = real
-        on, sizes = timed(collector, templates, scores, args.repeat)
+        on, sizes = timed(collector, templates, None, scores, args.repeat)
         active = collector.accounts
         activity = {a: (s.first_seen, s.requests) for a, s in active.items()}
         end = max(s.last_seen for s in active.values())
