@@ -47,8 +47,8 @@ from typing import Any
 from distillguard.detect.base import count_heavy
 from distillguard.detect.templates import normalise_system
 
-__all__ = ["ROTATION_SHARE", "AttributionCollector", "Item", "PUBLIC_SYSTEM_PROMPTS", "PUBLIC_WRAPPERS", "account_items",
-           "is_public_wrapper", "rarity"]
+__all__ = ["ROTATION_MIN_REQUESTS", "AttributionCollector", "Item", "PUBLIC_SYSTEM_PROMPTS", "PUBLIC_WRAPPERS", "account_items",
+           "is_public_wrapper", "rarity", "rotation_item"]
 
 _CAP_VALUES = 64
 _CAP_PARAMS = 32
@@ -330,8 +330,10 @@ BEHAVIOURAL = frozenset({"content", "time"})
 # A wrapper is the operator's template: it frames a good part of the account's prompts. Phrases that recur in a
 # few percent of them are more often the swept dataset's own wording (shared by everyone sweeping it).
 WRAPPER_SHARE = 0.12
-# Rotation: a new network (/24) on at least this share of an account's requests after its first.
+# Rotation: a new network (/24) on at least this share of an account's requests after its first, over at least
+# ROTATION_MIN_REQUESTS requests for a link item (cohorts of arrival surges ask it from the second request on).
 ROTATION_SHARE = 0.6
+ROTATION_MIN_REQUESTS = 8
 _IDENTITY_ATTRIBUTES = frozenset({"payment_fp", "payment", "card_fp"})
 
 
@@ -339,6 +341,17 @@ def _shares(counts: Mapping[Any, int], total: int, minimum_share: float, minimum
     if total <= 0:
         return []
     return [(value, count / total) for value, count in counts.items() if count >= minimum_count and count / total >= minimum_share]
+
+
+def rotation_item(state: _Account, min_requests: int = ROTATION_MIN_REQUESTS) -> Item | None:
+    """The ``rotation`` item when a new network came with most of the account's requests after its first (at least
+    ``min_requests`` of them): what a script drawing a proxy per request does; people's home and office addresses stay
+    put."""
+    requests = state.requests
+    if requests < max(2, min_requests) or state.net_switches / (requests - 1) < ROTATION_SHARE:
+        return None
+    kind = "hosting" if state.hosting * 2 >= requests else "residential"
+    return Item("rotation", f"a new {kind} network on most requests", state.net_switches / (requests - 1))
 
 
 def account_items(state: _Account | None, single_turn: int, wrappers: Mapping[str, int], systems: Mapping[str, int],
@@ -366,9 +379,9 @@ def account_items(state: _Account | None, single_turn: int, wrappers: Mapping[st
         for net, share in _shares(state.nets, requests, 0.1, recurs(2)):
             items.append(Item("hosting_net" if net[0] else "net", _net_label(net), share))
         items += [Item("hosting_asn", f"AS{value}", share) for value, share in _shares(state.hosting_asns, requests, 0.3, recurs(2))]
-        if requests >= 8 and state.net_switches / (requests - 1) >= ROTATION_SHARE:
-            kind = "hosting" if state.hosting * 2 >= requests else "residential"
-            items.append(Item("rotation", f"a new {kind} network on most requests", state.net_switches / (requests - 1)))
+        rotating = rotation_item(state)
+        if rotating is not None:
+            items.append(rotating)
         items += [Item("profile", _profile_label(value), share) for value, share in _shares(state.profiles, requests, 0.5, recurs(2))]
         items += [Item("habits", habits, 1.0) for habits in _habits(state)]
     for name, value in attributes.items():

@@ -65,12 +65,13 @@ from distillguard.detect.attribution import (
     KINDS,
     RARE_SHARE,
     RARE_SHARE_ATTRIBUTE,
-    ROTATION_SHARE,
+    ROTATION_MIN_REQUESTS,
     AttributionCollector,
     Item,
     account_items,
     describe,
     rarity,
+    rotation_item,
 )
 from distillguard.detect.base import logistic, typical
 from distillguard.detect.chance import ChanceModel
@@ -694,11 +695,11 @@ def _cohort_links(links: dict[tuple[str, str], _Link], collector: AttributionCol
         state = active.get(account)
         found = account_items(state, single_turn, wrappers, templates.systems(account), meta.attributes if meta else empty, (),
                               minimum_count=1)
-        if state is not None and 2 <= state.requests < 8 and state.net_switches >= ROTATION_SHARE * (state.requests - 1):
-            # A new network on most requests from the second one on: what a script drawing a proxy per request does;
-            # people's home and office addresses stay put. (As a link item rotation needs eight requests.)
-            kind = "hosting" if state.hosting * 2 >= state.requests else "residential"
-            found.append(Item("rotation", f"a new {kind} network on most requests", 1.0))
+        if state is not None and state.requests < ROTATION_MIN_REQUESTS:
+            # Rotation from the second request on (as a link item it needs ROTATION_MIN_REQUESTS, already in `found`).
+            rotating = rotation_item(state, min_requests=2)
+            if rotating is not None:
+                found.append(rotating)
         return cohort_traits(found, scripted_only=in_block and state is not None and state.requests >= MIN_REQUESTS)
 
     background = (a for a in active if own_scores.get(a, 0.0) < BACKGROUND_BELOW)
