@@ -40,7 +40,7 @@ from pathlib import Path
 import httpx
 
 from gateway_overhead import cpu_s, free_port, wait
-from measure import percentile, spawn_logged, src_digest, stop_sessions, write_report
+from measure import percentile, scratch_dir, spawn_logged, src_digest, stop_sessions, write_report
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.wire_probes import rss_mb  # noqa: E402
@@ -215,7 +215,7 @@ def main() -> int:
     print(f"limiter state per key: {limiter_active:.0f} B in its minute, {limiter_idle:.0f} B idle", file=sys.stderr, flush=True)
     if args.limiter_only:
         return 0
-    work = Path(tempfile.mkdtemp(prefix="dg-accounts-"))
+    work = scratch_dir("dg-accounts-")
     digest = src_digest()
     began = time.perf_counter()
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())

@@ -30,7 +30,6 @@ import random
 import re
 import shutil
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -41,7 +40,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.measure import OUT, percentile, src_digest, write_report  # noqa: E402
+from bench.measure import OUT, percentile, scratch_dir, src_digest, write_report  # noqa: E402
 
 ADMIN = "bench-admin-token"
 SERVER_TARGET_MS, BROWSER_TARGET_MS = 300.0, 1000.0
@@ -168,7 +167,7 @@ def main() -> int:
     args = parser.parse_args()
     began, digest = time.perf_counter(), src_digest()
     rng = random.Random(14)
-    work = Path(tempfile.mkdtemp(prefix="dg-console-bench-"))
+    work = scratch_dir("dg-console-bench-")
     pg = None
     database = args.database
     if database is None:

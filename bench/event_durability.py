@@ -36,7 +36,6 @@ import argparse
 import signal
 import sqlite3
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -49,7 +48,7 @@ from tests.pg_fixtures import PostgresServer, fresh_database  # noqa: E402
 
 from distillguard.store import iter_events  # noqa: E402
 from gateway_overhead import free_port, wait  # noqa: E402
-from measure import ROOT, ClosedLoop, spawn_logged, src_digest, stop_sessions, write_report  # noqa: E402
+from measure import ROOT, ClosedLoop, scratch_dir, spawn_logged, src_digest, stop_sessions, write_report  # noqa: E402
 
 CHAT = {"model": "bench-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
 NO_LIMITS = {"requests_per_min": None, "tokens_per_min": None, "concurrent_requests": None, "daily_tokens": None}
@@ -68,7 +67,7 @@ def _wal_lines(spill_dir: Path) -> int:
 
 def run_scenario(name: str, upstream: str, seconds: float, concurrency: int, timeout: float, wal: bool,
                  pg: PostgresServer | None = None) -> dict[str, float]:
-    work = Path(tempfile.mkdtemp(prefix=f"dg-durable-{name.replace('+', '-')}-"))
+    work = scratch_dir(f"dg-durable-{name.replace('+', '-')}-")
     settings = {"log_level": "warning", "limits": NO_LIMITS, "database_timeout_s": timeout, "event_wal": {"enabled": wal}}
     if pg is not None:
         settings["database"] = fresh_database(pg)
@@ -126,7 +125,7 @@ def main() -> None:
     pg = PostgresServer() if args.store == "postgresql" else None
     if pg is not None:
         pg.url = pg.start()  # type: ignore[attr-defined]
-    work = Path(tempfile.mkdtemp(prefix="dg-durable-up-"))
+    work = scratch_dir("dg-durable-up-")
     up_port = free_port()
     spawn_logged(procs, work, [sys.executable, str(ROOT / "bench" / "fast_upstream.py"), "--port", str(up_port)], "upstream.log")
     upstream = f"http://127.0.0.1:{up_port}/v1"

@@ -46,7 +46,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -57,7 +56,7 @@ from typing import Any
 import httpx
 
 from gateway_overhead import cpu_s, free_port, run_wrk, wait
-from measure import spawn_logged, src_digest, stop_sessions, write_report
+from measure import scratch_dir, spawn_logged, src_digest, stop_sessions, write_report
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -150,7 +149,7 @@ def main() -> int:
     for tool in ("wrk", "redis-server", *(("taskset",) if args.pin else ())):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} is needed: apt-get install {tool}")
-    work = Path(tempfile.mkdtemp(prefix="dg-fleet-"))
+    work = scratch_dir("dg-fleet-")
     digest = src_digest()
     began = time.perf_counter()
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())

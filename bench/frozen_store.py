@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from tests.pg_fixtures import PostgresServer  # noqa: E402
 from tests.upstream_stub import UpstreamStub  # noqa: E402
 
 from distillguard.store import iter_events  # noqa: E402
-from measure import percentile, src_digest, write_report  # noqa: E402
+from measure import percentile, scratch_dir, src_digest, write_report  # noqa: E402
 
 CLIENTS = 8
 CHAT = {"model": "stub-1", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
@@ -76,7 +75,7 @@ def main() -> None:
     pg = PostgresServer()
     url = pg.start()
     stub = UpstreamStub().start()
-    work = Path(tempfile.mkdtemp(prefix="dg-frozen-"))
+    work = scratch_dir("dg-frozen-")
     gw = start_gateway(work, stub.base_url, database=url, database_timeout_s=args.timeout, log_level="warning",
                        limits={"requests_per_min": None, "tokens_per_min": None, "concurrent_requests": None, "daily_tokens": None})
     try:

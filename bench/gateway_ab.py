@@ -33,13 +33,12 @@ import runpy
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 from gateway_overhead import PYTHON, ROOT, checkout_src, cpu_s, free_port, run_wrk, start_gateway, wait
-from measure import source_line, src_digest, stop_sessions, write_report
+from measure import scratch_dir, source_line, src_digest, stop_sessions, write_report
 
 
 def build_state(src: Path) -> str:
@@ -64,7 +63,7 @@ def main() -> int:
     args = parser.parse_args()
     began = time.perf_counter()
     digest = src_digest()
-    work = Path(tempfile.mkdtemp(prefix="dg-ab-"))
+    work = scratch_dir("dg-ab-")
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     procs: list[subprocess.Popen[bytes]] = []
 

@@ -1,6 +1,6 @@
 """Gateway overhead: the same load against the upstream directly, distillguard, and LiteLLM's proxy, in one run.
 
-    python bench/gateway_overhead.py [--duration 8] [--skip-litellm] [--variants core,all] [--rounds 1] [--before REV]
+    python bench/gateway_overhead.py [--rounds 3] [--duration 6] [--settle 5] [--variants core,all] [--skip-litellm] [--before REV]
 
 Needs ``wrk`` (Debian package) as the load generator, so the client is not the
 bottleneck, and LiteLLM in its own venv (``bench/.venv-litellm``, created with
@@ -14,19 +14,41 @@ stay off in both (they need keys and triggers of one's own). ``--variants``
 picks which distillguard configurations run: ``core``
 (the first), ``all`` (online detection too) and ``nowal`` (the first with the event
 write-ahead log off, ``event_wal.enabled: false``: its cost is ``core`` minus
-``nowal`` in the same run). Every load is measured on all targets back to
-back; ``--rounds N`` repeats that N times, reversing the target order on odd
-rounds, and the table shows medians (a busy moment on a shared machine then
-cannot fall on one target's whole series). ``--before REV`` adds the ``core``
-set-up served by the source tree of git revision ``REV`` (``git archive``),
-measured beside the current tree's in the same rounds: the change's effect as a
-ratio taken under the same load (with ``all`` among the variants, REV's all-on
-set-up too).
+``nowal`` in the same run). ``--before REV`` adds the ``core`` set-up served by
+the source tree of git revision ``REV`` (``git archive``), measured beside the
+current tree's in the same rounds (with ``all`` among the variants, REV's
+all-on set-up too).
+
+How one round's accident is kept from deciding a figure (issue #12: a gateway
+round measured right after LiteLLM's SSE run read 18.8 % of direct, the round
+before 26.6 %):
+
+- one target runs at a time: each round starts every distillguard target
+  afresh (its own database), measures it, then stops its whole process tree
+  and waits until every process of it has exited (``bench/quiesce.py``);
+  LiteLLM, two orders of magnitude slower (one round decides its ratio), is
+  measured once, after every distillguard round, so nothing follows it;
+- before each measurement the run waits, up to ``--settle`` seconds, until
+  the processes still up use < 3 % of a core and the whole machine (from
+  ``/proc/stat``) is < 15 % busy; every measurement's line says how that went,
+  and the report counts the measurements where it did not settle;
+- the direct upstream is measured next to every target, load by load (odd
+  rounds: the target first): each share of direct is the ratio within one
+  adjacent pair, and the table shows the median of the rounds and every
+  round's share. ``--rounds`` defaults to 3.
+
+Cost: per distillguard target and round, 4 loads × 2 sides of ``--duration``
+seconds at c=64 and half that at c=1 (plus 2 s of warm-up for the gateway
+side and the settle waits), about 50 s on a quiet machine; ``--rounds 3
+--variants core,all`` with LiteLLM takes about 6 minutes there (each settle
+wait that runs out adds its ``--settle`` seconds on a busy machine).
 
 RSS is the sum of ``VmRSS`` over the process and its descendants (the gateway
-and its online scorer child), read right after each load; shared library pages
-count once per process, so it is an upper bound. The progress lines on stderr
-also give the process's own share ("own").
+and its online scorer child), read right after each load, the largest of the
+rounds in the table; shared library pages count once per process, so it is an
+upper bound. The progress lines on stderr also give the process's own share
+("own"). The scratch directory is removed on exit, also on Ctrl-C and SIGTERM
+(``DG_BENCH_KEEP=1`` keeps it).
 """
 
 from __future__ import annotations
@@ -47,10 +69,11 @@ from pathlib import Path
 
 import httpx
 
-from measure import source_line, src_digest, stop_sessions
+from measure import scratch_dir, source_line, spawn_logged, src_digest, stop_sessions
+from quiesce import log, settle, stop_tree, tree_cpu_s
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.wire_probes import process_tree, rss_mb  # noqa: E402  (the same /proc readings the edge probes use)
+from tests.wire_probes import rss_mb  # noqa: E402  (the same /proc readings the edge probes use)
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -78,14 +101,7 @@ def wait(url: str, timeout: float = 120, headers: dict[str, str] | None = None) 
 
 def cpu_s(pid: int) -> float:
     """CPU seconds (user + system) used so far by a process and its live descendants."""
-    ticks = 0
-    for current in process_tree(pid):
-        try:
-            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-            ticks += int(fields[11]) + int(fields[12])  # utime, stime
-        except (OSError, ValueError, IndexError):
-            continue
-    return ticks / os.sysconf("SC_CLK_TCK")
+    return tree_cpu_s([pid])
 
 
 def own_rss_mb(pid: int) -> float:
@@ -163,38 +179,99 @@ def start_gateway(work: Path, tag: str, upstream: str, spawn: Spawn, *, online: 
     return root, key, proc
 
 
+LOADS = [(False, 1), (False, 64), (True, 1), (True, 64)]  # (stream, connections)
+
+
+def label_of(stream: bool, conns: int) -> str:
+    return f"{'stream' if stream else 'json'} c={conns}"
+
+
+Target = tuple[str, str, "str | None", "subprocess.Popen[bytes]"]  # name, URL, key, process
+
+
+class Bench:
+    """One run's processes, load settings and samples; :meth:`pair` measures the direct upstream and a target side by
+    side, the settle wait before each measurement."""
+
+    def __init__(self, work: Path, duration: int, settle_s: float) -> None:
+        self.work, self.duration, self.settle_s = work, duration, settle_s
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.samples: dict[str, dict[str, list[dict[str, float]]]] = {}
+        self.settle_lines: list[str] = []
+
+    def spawn(self, cmd: list[str], log: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        return spawn_logged(self.procs, self.work, cmd, log, env)
+
+    def stop(self, proc: subprocess.Popen[bytes], name: str) -> None:
+        """Stop a target's whole process tree and wait for it to be gone: nothing of it runs while the next is measured."""
+        took = stop_tree(proc)
+        self.procs.remove(proc)
+        log(f"  {name}: stopped, its processes gone in {took:.1f} s")
+
+    def measure(self, name: str, url: str, auth: str | None, proc: subprocess.Popen[bytes], stream: bool, conns: int,
+                *, warm_s: int, direct: subprocess.Popen[bytes]) -> dict[str, float]:
+        label = label_of(stream, conns)
+        note = settle([direct.pid, proc.pid], max_wait_s=self.settle_s)
+        self.settle_lines.append(note)
+        if warm_s:
+            run_wrk(url, conns, warm_s, stream, auth)
+        duration = self.duration if conns > 1 else max(3, self.duration // 2)
+        cpu_before = cpu_s(proc.pid)
+        result = run_wrk(url, conns, duration, stream, auth)
+        # CPU per request of the process under test (for "direct", the upstream itself): the figure least disturbed by
+        # whatever else the machine is doing.
+        result["cpu_ms_per_req"] = (cpu_s(proc.pid) - cpu_before) * 1000 / max(1.0, result["rps"] * duration)
+        result["rss_mb"] = rss_mb(proc.pid)
+        result["rss_own_mb"] = own_rss_mb(proc.pid)  # without its children (the online scorer)
+        self.samples.setdefault(name, {}).setdefault(label, []).append(result)
+        log(f"  {name:<18} {label:<14} {result['rps']:>9.0f} req/s  p50 {result['p50_ms']:.2f} ms  p99 {result['p99_ms']:.2f} ms"
+            f"  cpu {result['cpu_ms_per_req']:.3f} ms/req  rss {result['rss_mb']:.0f} MB ({result['rss_own_mb']:.0f} own)"
+            + (f"  non-2xx {result['non_2xx']}" if result["non_2xx"] else "")
+            + (f"  socket errors {result['socket_errors']}" if result["socket_errors"] else "") + f"  [{note}]")
+        return result
+
+    def pairs(self, name: str, url: str, auth: str | None, proc: subprocess.Popen[bytes], direct: Target, *,
+              direct_first: bool, warm_s: int) -> None:
+        """Every load on the direct upstream and on the target, adjacent; the target's share of direct per pair."""
+        for stream, conns in LOADS:
+            sides = [(*direct, 0), (name, url, auth, proc, warm_s)]
+            got = {}
+            for side_name, side_url, side_auth, side_proc, warm in (sides if direct_first else sides[::-1]):
+                got[side_name] = self.measure(side_name, side_url, side_auth, side_proc, stream, conns, warm_s=warm,
+                                              direct=direct[3])
+            mine, theirs = got[name], got[direct[0]]
+            mine["share"] = mine["rps"] / theirs["rps"]
+            mine["added_p50_ms"] = mine["p50_ms"] - theirs["p50_ms"]
+            mine["added_p99_ms"] = mine["p99_ms"] - theirs["p99_ms"]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--duration", type=int, default=8)
+    parser.add_argument("--duration", type=int, default=6, help="seconds per measurement at c=64 (half, at least 3, at c=1)")
     parser.add_argument("--skip-litellm", action="store_true")
     parser.add_argument("--json", metavar="FILE")
-    parser.add_argument("--rounds", type=int, default=1, help="measure every load this many times, alternating the target "
-                        "order; the table shows medians")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of every distillguard target, a fresh process each, "
+                        "in alternating order; the table shows medians and every round's share of direct")
+    parser.add_argument("--settle", type=float, default=5.0, metavar="S", help="longest wait, before each measurement, for "
+                        "the machine's CPU to settle (logged with each measurement)")
     parser.add_argument("--variants", default="core,all", help="distillguard configurations, comma-separated: core, all, nowal")
     parser.add_argument("--before", metavar="REV", help="also serve the core set-up from git revision REV's source, in the same rounds")
     args = parser.parse_args()
+    began = time.perf_counter()
     variants = {"core": ("distillguard", False, True), "all": ("distillguard, all on", True, True),
                 "nowal": ("distillguard, WAL off", False, False)}
     if not shutil.which("wrk"):
         raise SystemExit("wrk is needed: apt-get install wrk")
-    work = Path(tempfile.mkdtemp(prefix="dg-bench-"))
+    work = scratch_dir("dg-bench-")
     digest = src_digest()
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def spawn(cmd: list[str], log: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        with open(work / log, "wb") as handle:  # the child keeps its own copy of the descriptor
-            proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, cwd=work, env={**os.environ, **(env or {})},
-                                    start_new_session=True)
-        procs.append(proc)
-        return proc
-
+    bench = Bench(work, args.duration, args.settle)
     try:
         up_port = free_port()
-        up = spawn([PYTHON, str(ROOT / "bench" / "fast_upstream.py"), "--port", str(up_port)], "upstream.log")
+        up = bench.spawn([PYTHON, str(ROOT / "bench" / "fast_upstream.py"), "--port", str(up_port)], "upstream.log")
         upstream = f"http://127.0.0.1:{up_port}/v1"
         wait(upstream + "/models")
-        targets = [("upstream (direct)", upstream + "/chat/completions", None, up)]
+        direct: Target = ("upstream (direct)", upstream + "/chat/completions", None, up)
         tags = args.variants.split(",")
         if args.before:
             checkout_src(args.before, work / "before")
@@ -203,81 +280,85 @@ def main() -> int:
             if "all" in tags:  # everything on, also from REV: what the change did to the all-on RSS and CPU
                 variants["before_all"] = (f"distillguard, all on, before ({args.before})", True, True)
                 tags.append("before_all")
-        for tag in tags:
-            name, online, wal = variants[tag]
-            root, key, dg = start_gateway(work, tag, upstream, spawn, online=online, wal=wal,
-                                          src=work / "before" / "src" if tag.startswith("before") else None)
-            targets.append((name, root + "/v1/chat/completions", key, dg))
+        for stream, conns in LOADS:  # the direct upstream warmed once; it stays up for the whole run
+            run_wrk(direct[1], conns, 1, stream, None)
+        # One target at a time: a fresh gateway (its own database) per round, every load paired with the direct
+        # upstream, then the gateway stopped and gone before the next starts. Odd rounds reverse the target order
+        # and measure the gateway before direct in each pair.
+        for round_no in range(args.rounds):
+            for tag in (tags if round_no % 2 == 0 else tags[::-1]):
+                name, online, wal = variants[tag]
+                root, key, dg = start_gateway(work, f"{tag}-r{round_no}", upstream, bench.spawn, online=online, wal=wal,
+                                              src=work / "before" / "src" if tag.startswith("before") else None)
+                bench.pairs(name, root + "/v1/chat/completions", key, dg, direct, direct_first=round_no % 2 == 0, warm_s=2)
+                bench.stop(dg, name)
         if not args.skip_litellm and LITELLM.exists():
+            # Once, last: its throughput is two orders of magnitude below ours (one round decides the ratio), and
+            # nothing is measured after it.
             ll_port = free_port()
             (work / "litellm.yaml").write_text(
                 "model_list:\n  - model_name: bench-model\n    litellm_params:\n      model: openai/bench-model\n"
                 f"      api_base: {upstream}\n      api_key: unused\n")
             # LiteLLM refuses to start without a master key; with one and no database it checks only that key.
             ll_key = "sk-bench-" + "0" * 32
-            ll = spawn([str(LITELLM), "--config", str(work / "litellm.yaml"), "--port", str(ll_port), "--host", "127.0.0.1"], "litellm.log",
-                       env={"LITELLM_LOG": "ERROR", "LITELLM_MASTER_KEY": ll_key})
+            ll = bench.spawn([str(LITELLM), "--config", str(work / "litellm.yaml"), "--port", str(ll_port), "--host", "127.0.0.1"],
+                             "litellm.log", env={"LITELLM_LOG": "ERROR", "LITELLM_MASTER_KEY": ll_key})
             wait(f"http://127.0.0.1:{ll_port}/health/liveliness", timeout=240)
-            targets.append(("litellm proxy", f"http://127.0.0.1:{ll_port}/v1/chat/completions", ll_key, ll))
+            bench.pairs("litellm proxy", f"http://127.0.0.1:{ll_port}/v1/chat/completions", ll_key, ll, direct,
+                        direct_first=True, warm_s=2)
+            bench.stop(ll, "litellm proxy")
         elif not args.skip_litellm:
-            print(f"note: {LITELLM} not found; LiteLLM column skipped (see the docstring to create it)", file=sys.stderr)
-        samples: dict[str, dict[str, list[dict[str, float]]]] = {}
-        # Each load is measured on every target back to back (and, with --rounds, again in reverse target order), so a
-        # busy moment on the shared machine does not land on one target's whole series.
-        for round_no in range(args.rounds):
-            for stream in (False, True):
-                for conns in (1, 64):
-                    for name, url, auth, proc in (targets if round_no % 2 == 0 else targets[::-1]):
-                        label = f"{'stream' if stream else 'json'} c={conns}"
-                        run_wrk(url, conns, 2, stream, auth)  # warm-up
-                        duration = args.duration if conns > 1 else max(4, args.duration // 2)
-                        cpu_before = cpu_s(proc.pid)
-                        result = run_wrk(url, conns, duration, stream, auth)
-                        # CPU per request of the process under test (for "direct", the upstream itself):
-                        # the figure least disturbed by whatever else the machine is doing.
-                        result["cpu_ms_per_req"] = (cpu_s(proc.pid) - cpu_before) * 1000 / max(1.0, result["rps"] * duration)
-                        result["rss_mb"] = rss_mb(proc.pid)
-                        result["rss_own_mb"] = own_rss_mb(proc.pid)  # without its children (the online scorer)
-                        samples.setdefault(name, {}).setdefault(label, []).append(result)
-                        print(f"  {name:<18} {label:<14} {result['rps']:>9.0f} req/s  p50 {result['p50_ms']:.2f} ms  p99 {result['p99_ms']:.2f} ms"
-                              f"  cpu {result['cpu_ms_per_req']:.3f} ms/req  rss {result['rss_mb']:.0f} MB ({result['rss_own_mb']:.0f} own)"
-                              + (f"  non-2xx {result['non_2xx']}" if result["non_2xx"] else "")
-                              + (f"  socket errors {result['socket_errors']}" if result["socket_errors"] else ""), file=sys.stderr, flush=True)
-        results = {name: {label: _median(runs) for label, runs in by_label.items()} for name, by_label in samples.items()}
-        direct = results["upstream (direct)"]
-        print(f"\nLoad average before the run: {load_before}; after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}. {source_line(digest)}")
-        print("\n| load | target | req/s | vs upstream | added p50 (ms) | added p99 (ms) | CPU ms/request | RSS (MB) | errors |")
-        print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-        for label in direct:
-            for name in results:
-                r = results[name][label]
-                d = direct[label]
-                ratio = r["rps"] / d["rps"]
-                added50 = "—" if name.startswith("upstream") else f"{r['p50_ms'] - d['p50_ms']:.2f}"
-                added99 = "—" if name.startswith("upstream") else f"{r['p99_ms'] - d['p99_ms']:.2f}"
-                rss = "—" if name.startswith("upstream") else f"{r['rss_mb']:.0f}"
-                errs = int(r["non_2xx"] + r["socket_errors"])
-                print(f"| {label} | {name} | {r['rps']:.0f} | {ratio:.0%} | {added50} | {added99} | {r['cpu_ms_per_req']:.3f} | {rss} | {errs} |")
-        if "litellm proxy" in results and {"distillguard", "distillguard, all on"} <= results.keys():
-            print("\n| load | distillguard / LiteLLM throughput |")
-            print("|---|---:|")
-            for label in direct:
-                ours = results["distillguard"][label]["rps"], results["distillguard, all on"][label]["rps"]
-                theirs = max(1e-9, results["litellm proxy"][label]["rps"])
-                print(f"| {label} | {ours[0] / theirs:.1f}× ({ours[1] / theirs:.1f}× all on) |")
-        before_name = variants["before"][0] if args.before else None
-        if before_name in results and "distillguard" in results:
-            print(f"\n| load | CPU ms/request, {before_name} | now | now / before | req/s now / before |")
-            print("|---|---:|---:|---:|---:|")
-            for label in direct:
-                b, n = results[before_name][label], results["distillguard"][label]
-                print(f"| {label} | {b['cpu_ms_per_req']:.3f} | {n['cpu_ms_per_req']:.3f} | {n['cpu_ms_per_req'] / b['cpu_ms_per_req']:.2f} | "
-                      f"{n['rps'] / b['rps']:.2f} |")
-        if args.json:
-            Path(args.json).write_text(json.dumps(results, indent=2))
-        return 0
+            log(f"note: {LITELLM} not found; LiteLLM column skipped (see the docstring to create it)")
     finally:
-        stop_sessions(procs)
+        stop_sessions(bench.procs)
+    report(bench, args, load_before, digest, variants, began)
+    return 0
+
+
+def report(bench: Bench, args: argparse.Namespace, load_before: str, digest: str, variants: dict[str, tuple[str, bool, bool]],
+           began: float) -> None:
+    samples = bench.samples
+    results = {name: {label: _median(runs) for label, runs in by_label.items()} for name, by_label in samples.items()}
+    unsettled = sum("not settled" in line for line in bench.settle_lines)
+    print(f"\nLoad average before the run: {load_before}; after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}. "
+          f"{args.rounds} round(s), {args.duration} s per measurement at c=64; CPU settled before {len(bench.settle_lines) - unsettled} "
+          f"of {len(bench.settle_lines)} measurements (wait ≤ {args.settle:.0f} s). Runtime {time.perf_counter() - began:.0f} s. "
+          f"{source_line(digest)}")
+    print("\nShares of direct, added latencies: per pair (the target and the direct upstream measured back to back), median "
+          "over rounds; req/s and CPU: medians; RSS: the largest of the rounds.")
+    print("\n| load | target | req/s | vs upstream | rounds: vs upstream | added p50 (ms) | added p99 (ms) | CPU ms/request | RSS (MB) | errors |")
+    print("|---|---|---:|---:|---|---:|---:|---:|---:|---:|")
+    for stream, conns in LOADS:
+        label = label_of(stream, conns)
+        for name, by_label in samples.items():
+            runs = by_label[label]
+            r = results[name][label]
+            errs = sum(int(x["non_2xx"] + x["socket_errors"]) for x in runs)
+            if name.startswith("upstream"):
+                print(f"| {label} | {name} | {r['rps']:.0f} | 100% | — | — | — | {r['cpu_ms_per_req']:.3f} | — | {errs} |")
+                continue
+            shares = ", ".join(f"{x['share']:.1%}" for x in runs)
+            print(f"| {label} | {name} | {r['rps']:.0f} | {r['share']:.1%} | {shares} | {r['added_p50_ms']:.2f} | "
+                  f"{r['added_p99_ms']:.2f} | {r['cpu_ms_per_req']:.3f} | {max(x['rss_mb'] for x in runs):.0f} | {errs} |")
+    if "litellm proxy" in results and {"distillguard", "distillguard, all on"} <= results.keys():
+        print("\n| load | distillguard / LiteLLM throughput |")
+        print("|---|---:|")
+        for stream, conns in LOADS:
+            label = label_of(stream, conns)
+            ours = results["distillguard"][label]["rps"], results["distillguard, all on"][label]["rps"]
+            theirs = max(1e-9, results["litellm proxy"][label]["rps"])
+            print(f"| {label} | {ours[0] / theirs:.1f}× ({ours[1] / theirs:.1f}× all on) |")
+    before_name = variants["before"][0] if args.before else None
+    if before_name in results and "distillguard" in results:
+        print(f"\n| load | CPU ms/request, {before_name} | now | now / before | req/s now / before |")
+        print("|---|---:|---:|---:|---:|")
+        for stream, conns in LOADS:
+            label = label_of(stream, conns)
+            b, n = results[before_name][label], results["distillguard"][label]
+            print(f"| {label} | {b['cpu_ms_per_req']:.3f} | {n['cpu_ms_per_req']:.3f} | {n['cpu_ms_per_req'] / b['cpu_ms_per_req']:.2f} | "
+                  f"{n['rps'] / b['rps']:.2f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"medians": results, "samples": samples}, indent=2))
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from pathlib import Path
 import httpx
 
 from gateway_overhead import BODY, PYTHON, ROOT, free_port, rss_mb, wait
-from measure import source_line, src_digest, stop_sessions
+from measure import scratch_dir, source_line, src_digest, stop_sessions
 
 LUA = """
 local valid = "%(key)s"
@@ -73,7 +73,7 @@ def main() -> int:
     parser.add_argument("--invalid", type=float, default=0.9)
     parser.add_argument("--close", action="store_true", help="a new connection per request (Connection: close)")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="dg-flood-"))
+    work = scratch_dir("dg-flood-")
     digest = src_digest()
     began = time.perf_counter()
     procs: list[subprocess.Popen[bytes]] = []

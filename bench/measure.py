@@ -10,10 +10,12 @@ launcher's high-water mark.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import functools
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -151,6 +153,36 @@ def stop_sessions(procs: list[subprocess.Popen[bytes]], grace_s: float = 30) -> 
             proc.wait(grace_s)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+_SCRATCH: list[Path] = []
+
+
+def _remove_scratch() -> None:
+    for path in _SCRATCH:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the caller's ``finally`` (children stopped), then atexit
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A fresh ``/tmp/<prefix>*`` directory for one benchmark run, removed when the benchmark exits — normally, by an
+    exception, Ctrl-C, SIGTERM or SIGHUP (turned into ``SystemExit`` so that the caller's ``finally`` stops its children
+    first). Only SIGKILL leaves it behind. Why: interrupted runs left their databases and spill directories in /tmp,
+    once 55 GB of them. ``DG_BENCH_KEEP=1`` keeps it (its path is printed) for a post-mortem."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    if os.environ.get("DG_BENCH_KEEP") == "1":
+        print(f"  scratch directory kept (DG_BENCH_KEEP=1): {path}", file=sys.stderr)
+        return path
+    if not _SCRATCH:
+        atexit.register(_remove_scratch)
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            if signal.getsignal(signum) in (signal.SIG_DFL, None) and threading.current_thread() is threading.main_thread():
+                signal.signal(signum, _exit_on_signal)
+    _SCRATCH.append(path)
+    return path
 
 
 def spawn_logged(procs: list[subprocess.Popen[bytes]], work: Path, cmd: list[str], log: str,

@@ -19,7 +19,6 @@ import argparse
 import signal
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from tests.redis_fixtures import RedisServer  # noqa: E402
 
 from distillguard.store import iter_events  # noqa: E402
 from gateway_overhead import free_port, wait  # noqa: E402
-from measure import ROOT, ClosedLoop, spawn_logged, src_digest, stop_sessions, write_report  # noqa: E402
+from measure import ROOT, ClosedLoop, scratch_dir, spawn_logged, src_digest, stop_sessions, write_report  # noqa: E402
 
 CHAT = {"model": "bench-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
 UNLIMITED = {"requests_per_min": None, "tokens_per_min": None, "concurrent_requests": 64, "daily_tokens": None}
@@ -47,7 +46,7 @@ def _degraded(root: str) -> float:
 
 
 def run_mode(mode: str, upstream: str, seconds: float, concurrency: int) -> list[str]:
-    work = Path(tempfile.mkdtemp(prefix=f"dg-redis-outage-{mode}-"))
+    work = scratch_dir(f"dg-redis-outage-{mode}-")
     redis = RedisServer(work / "redis").start()
     (work / "gw").mkdir()
     gw = start_gateway(work / "gw", upstream, state=redis.url, state_failure=mode, limits=UNLIMITED, log_level="warning",
@@ -95,7 +94,7 @@ def main() -> None:
     args = parser.parse_args()
     began, digest = time.perf_counter(), src_digest()
     procs: list = []
-    work = Path(tempfile.mkdtemp(prefix="dg-redis-outage-up-"))
+    work = scratch_dir("dg-redis-outage-up-")
     up_port = free_port()
     spawn_logged(procs, work, [sys.executable, str(ROOT / "bench" / "fast_upstream.py"), "--port", str(up_port)], "upstream.log")
     upstream = f"http://127.0.0.1:{up_port}/v1"

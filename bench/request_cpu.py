@@ -32,7 +32,6 @@ import pstats
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
@@ -45,7 +44,7 @@ from distillguard.gateway.upstream_http import Origin
 from distillguard.store.registry import KeyRecord, hash_secret
 from fast_upstream import BODY, STREAM
 from gateway_overhead import free_port
-from measure import spawn_logged, src_digest, stop_sessions, write_report
+from measure import scratch_dir, spawn_logged, src_digest, stop_sessions, write_report
 
 SECRET = "sk-bench-in-process"
 REQUEST = (b'{"model":"bench-model","messages":[{"role":"user","content":"Say something about benchmarks."}],'
@@ -215,7 +214,7 @@ def main() -> int:
         raise SystemExit("redis-server is needed: apt-get install redis-server")
     import uvloop
 
-    work = Path(tempfile.mkdtemp(prefix="dg-request-cpu-"))
+    work = scratch_dir("dg-request-cpu-")
     digest = src_digest()
     began = time.perf_counter()
     procs: list[Any] = []

@@ -24,7 +24,6 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -41,7 +40,7 @@ from gateway_overhead import (
     start_gateway,
     wait,
 )
-from measure import spawn_logged, src_digest, stop_sessions, write_report
+from measure import scratch_dir, spawn_logged, src_digest, stop_sessions, write_report
 
 sys.path.insert(0, str(ROOT))
 from tests.wire_probes import process_tree  # noqa: E402
@@ -81,7 +80,7 @@ def main() -> None:
     args = parser.parse_args()
     began = time.perf_counter()
     digest = src_digest()
-    work = Path(tempfile.mkdtemp(prefix="dg-backlog-"))
+    work = scratch_dir("dg-backlog-")
     procs: list[subprocess.Popen[bytes]] = []
 
     def spawn(cmd: list[str], log: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:

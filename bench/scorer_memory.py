@@ -34,7 +34,7 @@ import redis
 
 from central_scorer import append, load_events, spread, start_redis
 from distillguard.state.scorer_stream import APPEND_LUA
-from measure import src_digest, write_report
+from measure import scratch_dir, src_digest, write_report
 
 CHILD = r"""
 import functools, gc, json, os, sys, threading, time, tracemalloc
@@ -176,7 +176,7 @@ def main() -> None:
     variants = args.variants.split(",")
     lines, labels = load_events(args.events)
     events = spread(lines, args.accounts, labels)
-    work = Path(tempfile.mkdtemp(prefix="dg-scorer-mem-"))
+    work = scratch_dir("dg-scorer-mem-")
     del lines
     redis_proc, url = start_redis(work)
     results: dict[tuple[str, str], list[dict[str, Any]]] = {}

@@ -35,7 +35,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -44,7 +43,7 @@ from typing import Any
 import httpx
 
 from gateway_overhead import cpu_s, free_port, rss_mb, run_wrk, wait
-from measure import percentile, source_line, src_digest, write_report
+from measure import percentile, scratch_dir, source_line, src_digest, write_report
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -226,7 +225,7 @@ def main() -> int:
         raise SystemExit("wrk is needed: apt-get install wrk")
     began = time.perf_counter()
     digest = src_digest()
-    work = Path(tempfile.mkdtemp(prefix="dg-servers-"))
+    work = scratch_dir("dg-servers-")
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     up_port = free_port()
     with open(work / "upstream.log", "wb") as handle:

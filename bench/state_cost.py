@@ -30,7 +30,6 @@ import asyncio
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,7 @@ from distillguard.state.redis_state import HEADROOM_MS, RedisState
 from distillguard.state.redis_wire import RedisWire, command
 from distillguard.store.registry import KeyRecord
 from gateway_overhead import free_port
-from measure import spawn_logged, src_digest, stop_sessions, write_report
+from measure import scratch_dir, spawn_logged, src_digest, stop_sessions, write_report
 
 PAYLOAD = {"model": "m", "messages": [{"role": "system", "content": "You are helpful."},
                                       {"role": "user", "content": "Say something about benchmarks."}], "max_tokens": 256}
@@ -214,7 +213,7 @@ def main() -> int:
 
     if not shutil.which("redis-server"):
         raise SystemExit("redis-server is needed: apt-get install redis-server")
-    work = Path(tempfile.mkdtemp(prefix="dg-state-cost-"))
+    work = scratch_dir("dg-state-cost-")
     digest = src_digest()
     began = time.perf_counter()
     procs: list = []
