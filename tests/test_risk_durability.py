@@ -90,6 +90,38 @@ def test_a_store_failure_keeps_the_current_decisions(tmp_path: Path) -> None:
     engine.registry.close()
 
 
+def test_a_poll_decodes_the_snapshot_only_when_another_process_changed_it(database_url: str) -> None:
+    """Without a report of its own, each tick reads the snapshot's time; the document only after another writer's merge."""
+    loads: list[float] = []
+
+    class Counting(RiskStore):
+        def load(self) -> Any:
+            document = super().load()
+            loads.append(document["ts"])
+            return document
+
+    first, second = _engine(database_url), _engine(database_url)
+    second.risk_store = Counting(second.registry.engine)
+    first._on_report({"accounts": [_entry("acct_p", 0.9)], "clusters": []})
+    first._sync_snapshot(force=True)
+    second._sync_snapshot(force=True)
+    assert len(loads) == 1 and second.decide("acct_p", None).action == "throttle"
+    for _ in range(3):
+        second._sync_snapshot(force=True)
+    assert len(loads) == 1  # unchanged: its time alone was read
+    first._on_report({"accounts": [_entry("acct_p", 0.97)], "clusters": []})
+    first._sync_snapshot(force=True)
+    second._sync_snapshot(force=True)
+    assert len(loads) == 2 and second.decide("acct_p", None).action == "block"
+    RiskStore(first.registry.engine).clear()  # an operator starting over: the row is gone, and so are its decisions
+    second._sync_snapshot(force=True)
+    assert len(loads) == 3 and second.decide("acct_p", None).action == "allow"
+    second._sync_snapshot(force=True)
+    assert len(loads) == 3
+    for engine in (first, second):
+        engine.registry.close()
+
+
 def _harvest(client: anthropic.Anthropic, i: int) -> str:
     """One reasoning-harvesting request; the HTTP status it got (or 200)."""
     try:

@@ -95,6 +95,7 @@ class PolicyEngine:
         self._own_risk: dict[str, dict[str, Any]] = {}  # this process's scorer's latest report
         self._own_clusters: list[dict[str, Any]] = []
         self._shared: RiskDocument = {"ts": 0.0, "accounts": {}, "clusters": {}}  # the store's snapshot, as last read
+        self._shared_stamp: float | None = None  # the stored snapshot's time when it was last read or written here
         self.notifier = notifier  # Redis pub/sub with state: redis (state/notify.py): other processes reload at once
         self.published_risk = published_risk
         self.hold_unflagged = hold_unflagged
@@ -343,9 +344,14 @@ class PolicyEngine:
                 clusters = [c for c in self._own_clusters if c["score"] >= threshold]
                 document = self.risk_store.merge(self.writer_id, accounts, clusters)
                 self._synced_seq = seq
+                self._shared_stamp = document["ts"]
                 merged = True
             else:
+                stamp = self.risk_store.stamp()
+                if stamp == self._shared_stamp:
+                    return  # nobody merged since it was last read here: nothing to decode
                 document = self.risk_store.load()
+                self._shared_stamp = stamp
         except Exception as exc:  # the store is down: keep enforcing what we have, try again next time
             log.error("risk snapshot: store unavailable (%s); keeping the current decisions, retrying", exc)
             return

@@ -78,6 +78,15 @@ class RiskStore:
         return {"ts": float(document.get("ts", 0.0)), "accounts": dict(document.get("accounts") or {}),
                 "clusters": dict(document.get("clusters") or {})}
 
+    def stamp(self) -> float | None:
+        """The stored snapshot's time (None without one): one small read, so a process that polls the snapshot
+        decodes the whole document only when another writer changed it (a document of thousands of flagged entries
+        is megabytes of JSON, and every gateway process and the central scorer poll every ``snapshot_every_s``)."""
+        table = schema.risk_snapshot
+        with self.engine.connect() as conn:
+            value = conn.execute(select(table.c.ts).where(table.c.name == _ROW)).scalar()
+        return None if value is None else float(value)
+
     def merge(self, writer: str, accounts: Iterable[dict[str, Any]], clusters: Iterable[dict[str, Any]]) -> RiskDocument:
         """Merge one writer's flagged accounts and clusters (its whole current view) and return the stored result.
 
