@@ -5,6 +5,10 @@ wire formats (tests/upstream_stub.py); ``gateway`` is ``distillguard serve`` in
 a subprocess in front of it. Both are module-scoped: one of each per test
 module. A module that needs other gateway settings defines its own ``gateway``
 fixture, which takes precedence over this one.
+
+It also starts ``mypy`` in the background once collection has selected
+``test_mypy_is_clean``, and moves that test to the end of the run
+(tests/background_checks.py says why).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.background_checks import BackgroundCheck, tool
 from tests.gateway_fixtures import RunningGateway, start_gateway
 from tests.upstream_stub import UpstreamStub
 
@@ -29,3 +34,36 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, stub: UpstreamStub) -> Ite
     gw = start_gateway(tmp_path_factory.mktemp("gw"), stub.base_url)
     yield gw
     gw.stop()
+
+
+_MYPY_TEST = "tests/test_code_quality.py::test_mypy_is_clean"
+_MYPY = pytest.StashKey[BackgroundCheck]()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """``test_mypy_is_clean`` goes last, so that its background run has the whole suite's time to finish in."""
+    items.sort(key=lambda item: item.nodeid == _MYPY_TEST)  # stable: every other test keeps its place
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    mypy = tool("mypy")
+    if mypy is not None and any(item.nodeid == _MYPY_TEST for item in session.items):
+        session.config.stash[_MYPY] = BackgroundCheck([mypy])
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    check = session.config.stash.get(_MYPY, None)
+    if check is not None:
+        check.stop()
+
+
+@pytest.fixture
+def background_mypy(request: pytest.FixtureRequest) -> BackgroundCheck:
+    """The mypy run started at collection (a new one if this test was not among those collected then)."""
+    check = request.config.stash.get(_MYPY, None)
+    if check is None:
+        mypy = tool("mypy")
+        if mypy is None:
+            pytest.skip("mypy is not installed (it comes with the dev extra)")
+        check = request.config.stash[_MYPY] = BackgroundCheck([mypy])
+    return check
