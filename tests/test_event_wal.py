@@ -22,7 +22,7 @@ from sqlalchemy import create_engine, text
 
 from distillguard.exceptions import ConfigError
 from distillguard.store import EventSink, Registry, iter_events
-from distillguard.store.sink import event_row
+from distillguard.store.sink import _row_params, event_row
 from distillguard.store.wal import WriteAheadLog
 from tests.gateway_fixtures import start_gateway, write_config
 from tests.pg_fixtures import PostgresServer, fresh_database, postgres  # noqa: F401 - fixture
@@ -74,7 +74,7 @@ def test_a_killed_sinks_events_are_replayed_once_with_a_torn_last_line_skipped(
     first = EventSink(database_url, spill, wal=WriteAheadLog(wal_dir))
     for i in range(40):  # the writer never ran: every event is only in memory and in the write-ahead file
         first.submit(_event(i))
-    first._write_rows([event_row(_event(i)) for i in range(10)])  # 10 of them were stored before the kill
+    first._write_rows([_row_params(event_row(_event(i))) for i in range(10)])  # 10 of them were stored before the kill
     (segment,) = wal_dir.glob("*.wal")
     with open(segment, "r+b") as handle:  # a line that looks whole but is not JSON (a disk's garbage): skipped too
         data = handle.read().split(b"\n")

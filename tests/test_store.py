@@ -97,7 +97,7 @@ class _CountingSink(EventSink):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.transactions: list[int] = []
 
-    def _write_rows(self, rows: list[dict]) -> None:
+    def _write_rows(self, rows: list[tuple]) -> None:
         super()._write_rows(rows)
         if rows:
             self.transactions.append(len(rows))
@@ -382,7 +382,7 @@ class _SlowFlakyStore(EventSink):
     calls = 0
     max_queued = 0
 
-    def _write_rows(self, rows: list[dict]) -> None:
+    def _write_rows(self, rows: list[tuple]) -> None:
         self.calls += 1
         time.sleep(0.03)
         if self.calls % 25 == 0:
@@ -426,7 +426,7 @@ def test_queue_stays_under_high_water_with_slow_store_and_spill_backlog(tmp_path
 class _HangingStore(EventSink):
     """A store whose every insert hangs for 3 s and then fails."""
 
-    def _write_rows(self, rows: list[dict]) -> None:
+    def _write_rows(self, rows: list[tuple]) -> None:
         self._write_started = time.monotonic()
         time.sleep(3)
         raise OSError("store hung (test)")
@@ -491,3 +491,50 @@ def test_two_processes_sharing_a_spill_dir_replay_each_file_once(tmp_path: Path)
     assert all(r["store_ok"] and r["writer_alive"] for r in results), results
     assert sum(r["replayed"] for r in results) == files * per_file, results  # none replayed twice
     assert not list(spill.glob("spill-*")) and len(list(iter_events(database))) == files * per_file
+
+
+def test_a_new_sqlite_database_gets_16k_pages_and_an_existing_one_keeps_its_own(tmp_path: Path) -> None:
+    """The event writer's CPU per event depends on SQLite's page size (one write-ahead frame per page); a database the
+    gateway creates gets 16 KiB pages, one created before keeps its page size and its events (SQLite cannot change it
+    in WAL mode, and must not be asked to rewrite a user's file)."""
+    import sqlite3
+
+    from distillguard.store.engine import SQLITE_PAGE_SIZE
+
+    fresh = EventSink(f"sqlite:///{tmp_path / 'fresh.db'}", tmp_path / "spill-fresh")
+    fresh.start()
+    fresh.submit(_event(1))
+    fresh.close()
+    with sqlite3.connect(tmp_path / "fresh.db") as conn:
+        assert conn.execute("PRAGMA page_size").fetchone()[0] == SQLITE_PAGE_SIZE == 16384
+    old_path = tmp_path / "old.db"
+    with sqlite3.connect(old_path) as conn:  # an earlier version's database: SQLite's default pages, WAL mode
+        conn.execute("PRAGMA page_size=4096")
+        conn.execute("PRAGMA journal_mode=WAL")
+    first = EventSink(f"sqlite:///{old_path}", tmp_path / "spill-old")
+    first.start()
+    first.submit(_event(2))
+    first.close()
+    again = EventSink(f"sqlite:///{old_path}", tmp_path / "spill-old")
+    again.start()
+    again.submit(_event(3))
+    again.close()
+    with sqlite3.connect(old_path) as conn:
+        assert conn.execute("PRAGMA page_size").fetchone()[0] == 4096
+        assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 2
+
+
+@pytest.mark.parametrize("count", [1, 129, 300])
+def test_every_event_of_a_batch_is_stored_exactly_once_with_its_own_body(tmp_path: Path, count: int) -> None:
+    """The writer's insert parameters come straight from the queued items (no row dicts): every event lands once, with
+    its own body, and an event submitted twice inside one batch (a replay overlapping live traffic) gives one row."""
+    sink = EventSink(f"sqlite:///{tmp_path / 'e.db'}", tmp_path / "spill")
+    for i in range(count):
+        sink.submit(_event(i))
+    sink.submit(_event(0))  # the same request id again, in the same batch
+    sink.start()
+    sink.close()
+    with sink.engine.connect() as conn:
+        rows = conn.execute(text("SELECT request_id, body FROM events ORDER BY seq")).all()
+    assert sorted(r[0] for r in rows) == sorted(f"req_{i:06d}" for i in range(count))
+    assert all(json.loads(body)["request_id"] == rid for rid, body in rows)
