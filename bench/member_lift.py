@@ -20,6 +20,7 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from distillguard.detect.accounts import read_accounts
 from distillguard.detect.scanner import HIGH, MEDIUM, Scanner
@@ -31,23 +32,30 @@ RUNS = OUT / "member_lift"
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def simulate(scenario: str, seed: int) -> Path:
-    stem = RUNS / f"{Path(scenario).stem}.dev.{seed}"
+def simulate(scenario: str, seed: int, runs: Path = RUNS) -> Path:
+    stem = runs / f"{Path(scenario).stem}.dev.{seed}"
     if not Path(f"{stem}.labels.json").exists():
-        RUNS.mkdir(parents=True, exist_ok=True)
+        runs.mkdir(parents=True, exist_ok=True)
         subprocess.run([sys.executable, "-m", "distillguard.cli", "simulate", "--scenario", scenario, "--split", "dev", "--seed", str(seed),
                         "--out", f"{stem}.jsonl.gz", "--labels", f"{stem}.labels.json", "--accounts-out", f"{stem}.accounts.jsonl"],
                        check=True, stdout=subprocess.DEVNULL)
     return stem
 
 
-def measure(stem: Path) -> str:
+def replay(stem: Path) -> tuple[Scanner, dict[str, Any], dict[str, Any], dict[str, dict[str, Any]]]:
+    """One simulated log through a ``Scanner`` with its account metadata: (scanner, final report, labels, per-account
+    label info)."""
     scanner = Scanner(accounts=read_accounts(f"{stem}.accounts.jsonl"))
     for event in read_events([f"{stem}.jsonl.gz"]):
         scanner.update(event)
     report = scanner.report()
     labels = json.loads(Path(f"{stem}.labels.json").read_text())
     info = {a: v if isinstance(v, dict) else {"label": v} for a, v in labels["accounts"].items()}
+    return scanner, report, labels, info
+
+
+def measure(stem: Path) -> str:
+    scanner, report, labels, info = replay(stem)
     ours = {e["account_id"]: e for e in report["accounts"]}
     label = {a: info.get(a, {}).get("label") for a in ours}
     negatives = [a for a in ours if label[a] in NEGATIVE]

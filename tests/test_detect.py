@@ -134,15 +134,22 @@ def test_cluster_ids_do_not_change_when_another_cluster_appears() -> None:
 
 
 def test_model_pivot_within_a_day_of_release() -> None:
+    """A harvest moved to the new model (two requests an hour, 48 in its first day) is a pivot; an account moving a
+    dozen requests is not yet (the share is counted with confidence scale 24: an early adopter trying the new model
+    a dozen times is not a harvest's pivot), nor is one that keeps most of its work on the old model."""
     scanner = Scanner()
     release = T0 + 5 * 86400
-    for i in range(200):
-        t = T0 + i * 3600
+    for i in range(400):
+        t = T0 + i * 1800
         scanner.update(ev("pivoter", t, f"sweep {i}", model="m2" if t >= release else "m1"))
-        scanner.update(ev("steady", t + 5, f"chat {i}", history=1, model="m2" if (t >= release and i % 5 == 0) else "m1"))
+        if i % 2 == 0:
+            scanner.update(ev("steady", t + 5, f"chat {i}", history=1, model="m2" if (t >= release and i % 10 == 0) else "m1"))
+        if i % 4 == 0 and t < release + 86400:
+            scanner.update(ev("trying", t + 9, f"hello {i}", history=1, model="m2" if t >= release else "m1"))
     report = scanner.report()
     assert evidence(report, "pivoter", "model_pivot")["score"] > 0.8
     assert evidence(report, "steady", "model_pivot")["score"] < 0.2
+    assert evidence(report, "trying", "model_pivot")["score"] < 0.2  # 12 requests, all on the new model
 
 
 def test_scores_do_not_depend_on_arrival_order() -> None:

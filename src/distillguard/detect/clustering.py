@@ -134,6 +134,10 @@ class Cluster:
     families: list[str] = field(default_factory=list)
     # Per member, how far the cluster's evidence may speak for it, in [0, 1] (:func:`member_ties`); 1 when absent.
     ties: dict[str, float] = field(default_factory=dict)
+    # The typical member's private link evidence (the upper median of :func:`_top_private`, in [0, 1]): how surely
+    # what ties the members is theirs alone — a private wrapper, an install, a card, a creation slot — rather than
+    # what strangers share. The scanner's pooled gate reads it beside ``coordination``.
+    private: float = 0.0
 
     def tie(self, account: str) -> float:
         return self.ties.get(account, 1.0)
@@ -553,6 +557,7 @@ def find_clusters(
         cluster = _score_cluster(members, group_links, families_seen, rank_labels(shared_weight)[:8], own_scores,
                                  sum(certainty.get(a, 0.0) for a in members) / len(members))
         cluster.ties = member_ties(members, private, kinds)
+        cluster.private = typical(private.values())
         clusters.append(cluster)
     return clusters
 

@@ -44,7 +44,8 @@ from distillguard.detect.timing import Timing
 from distillguard.events import parse_ts
 from distillguard.indicators.model import IndicatorSet
 
-__all__ = ["DISTILL_BIAS", "DISTILL_FAMILIES", "DISTILL_WEIGHTS", "FAMILY_CAP", "RESELLER_BIAS", "RESELLER_WEIGHTS", "Scanner", "burst_factor", "distill_logit", "risk_band"]
+__all__ = ["DISTILL_BIAS", "DISTILL_FAMILIES", "DISTILL_WEIGHTS", "FAMILY_CAP", "POOL_PRIVATE_FULL", "RESELLER_BIAS", "RESELLER_WEIGHTS",
+           "SECOND_FAMILY", "Scanner", "attributed", "burst_factor", "distill_logit", "risk_band"]
 
 DISTILL_BIAS = -5.0
 DISTILL_WEIGHTS = {"cot_elicitation": 7.0, "coverage_sweep": 3.0, "token_economics": 2.0, "templated_prompts": 1.0,
@@ -59,6 +60,12 @@ DISTILL_FAMILIES = {"cot_elicitation": "wording", "templated_prompts": "wording"
                     "network_rotation": "network", "consistency": "network", "model_pivot": "release",
                     "shared_indicators": "indicators"}
 FAMILY_CAP = 6.0
+# What the other families together must add before they count as a second family: below it, an account whose
+# strongest family is at the cap stays at the cap, σ(−5 + 6) ≈ 0.73. Without it, crumbs of other families — a
+# learner's round-the-clock hours (timing 0.38 → 0.58), single-turn share (coverage 0.05 → 0.15), answer lengths —
+# took a learner asking for reasoning in every prompt from 0.73 to 0.86 (`high`). One family with a third of its
+# strength (a sweep's shape at 0.33: 1.0) is a second family.
+SECOND_FAMILY = 1.0
 RESELLER_BIAS = -4.0
 RESELLER_WEIGHTS = {"key_sharing": 8.0, "relay_sharing": 6.0, "consistency": 1.5, "timing": 1.0}
 HIGH, MEDIUM = 0.8, 0.5
@@ -66,6 +73,9 @@ SHOWN_AT_ZERO = ("cot_elicitation", "key_sharing")  # evidence an entry lists ev
 # How strongly a cluster's members must be tied (its coordination) before their pooled evidence counts for each of
 # them: logistic(coordination; midpoint, width).
 POOL_GATE = (0.5, 0.08)
+# What the gate reads: the cluster's coordination, or — when its typical member is tied to the others by private
+# evidence — its size × how private that evidence is, counted fully from POOL_PRIVATE_FULL (attributed()).
+POOL_PRIVATE_FULL = 0.5
 # In a cluster's pooled score, how strongly attribution ties the members (its coordination, in [0, 1]) is one more
 # family of evidence beside the detectors', weighted as the sweep's shape is: a tight fleet alone stays low
 # (σ(−5 + 3) ≈ 0.12), a tight fleet sending a sweep is medium, and with a sweep's volume sustained it is high —
@@ -82,13 +92,34 @@ def _shown(evidence: list[Evidence]) -> list[Evidence]:
     return [e for e in evidence if e.score > 0.0 or e.detector in SHOWN_AT_ZERO]
 
 
+def attributed(cluster: Cluster) -> float:
+    """How surely a cluster's members are one actor, in [0, 1]: what the pooled gate (``POOL_GATE``) reads.
+
+    Coordination counts the link families tying the members against three (content, time, infra, meta), so a fleet
+    tied by two — a private system prompt and the operator's payment card, say — had coordination about 0.65 and its
+    gate, σ((0.65 − 0.5) / 0.08) = 0.87, held its pooled score below 0.87 however strong the evidence pooled was
+    (below high at 0.6). Two families are what every link needs already; what says the members are one actor is that
+    those ties are *private* — shared by them and by almost no stranger (``Cluster.private``: its typical member's
+    private link evidence, net of chance). So the gate reads the larger of the coordination and the cluster's size ×
+    ``min(1, private ÷ POOL_PRIVATE_FULL)``. Strangers tied only by what strangers share have private evidence near
+    0 (they are not even admitted to a cluster, ``clustering.admitted``), so nothing changes for them.
+    """
+    size = logistic(len(cluster.accounts), 5, 1.5)
+    return max(cluster.coordination, size * min(1.0, cluster.private / POOL_PRIVATE_FULL))
+
+
 def distill_logit(by_name: Mapping[str, float]) -> float:
-    """The distillation score's argument to σ: the bias plus each family's weighted evidence, capped (``FAMILY_CAP``)."""
+    """The distillation score's argument to σ: the bias plus each family's weighted evidence, capped (``FAMILY_CAP``);
+    while the families other than the strongest add less than ``SECOND_FAMILY`` together, at most the bias plus the cap."""
     families: dict[str, float] = {}
     for name, weight in DISTILL_WEIGHTS.items():
         family = DISTILL_FAMILIES[name]
         families[family] = families.get(family, 0.0) + weight * by_name.get(name, 0.0)
-    return DISTILL_BIAS + sum(min(FAMILY_CAP, v) for v in families.values())
+    capped = sorted((min(FAMILY_CAP, v) for v in families.values()), reverse=True)
+    total = sum(capped)
+    if total - capped[0] < SECOND_FAMILY:
+        total = min(total, FAMILY_CAP)
+    return DISTILL_BIAS + total
 
 
 def risk_band(score: float) -> str:
@@ -266,7 +297,7 @@ class Scanner:
         members (``POOL_GATE``: a loosely tied group is not taken to be one actor). Every member gets at least it.
         """
         members = cluster.accounts
-        gate = logistic(cluster.coordination, POOL_GATE[0], POOL_GATE[1])
+        gate = logistic(attributed(cluster), POOL_GATE[0], POOL_GATE[1])
         if gate < 0.05:
             return None
         pooled = (self.reasoning.pooled(members), self.coverage.pooled(members), self.economics.pooled(members),
@@ -287,7 +318,7 @@ class Scanner:
         return Evidence("campaign_pooled", score,
                         f"the {len(members)} accounts of {cluster.cluster_id} together: {parts} — scored as one actor "
                         f"{distill:.2f} with how strongly they are tied as one more family of evidence, × {gate:.2f} for it "
-                        f"(coordination {cluster.coordination:.2f})",
+                        f"(coordination {cluster.coordination:.2f}, private ties {cluster.private:.2f})",
                         numbers={"pooled_score": round(distill, 4), "gate": round(gate, 3), "members": len(members),
                                  **{f"pooled_{e.detector}": round(e.score, 4) for e in together}})
 

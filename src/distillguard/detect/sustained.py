@@ -47,7 +47,7 @@ from distillguard.detect.base import (
 )
 from distillguard.detect.context import EventContext
 
-__all__ = ["BURST_FLOOR", "SustainedExtraction", "answer_tokens", "burst_factor", "job_size", "persistence", "substance"]
+__all__ = ["BATCH_REQUESTS", "BURST_FLOOR", "TWO_DAYS_H", "SustainedExtraction", "answer_tokens", "burst_factor", "burst_of", "job_size", "persistence", "substance"]
 
 _MAX_DAYS = 400
 # A one-off burst keeps at most this share of its distillation score (see burst_factor).
@@ -82,6 +82,28 @@ def substance(mean_answer_tokens: float) -> float:
 def job_size(requests: int) -> float:
     """[0, 1]: how much an account's volume looks like a batch job (0.03 at 50 requests, 0.5 at 150, 0.97 at 250)."""
     return logistic(requests, 150.0, 30.0)
+
+
+# A large batch (BATCH_REQUESTS and more) counts as sustained only once it has gone on for more than two days.
+TWO_DAYS_H = 48.0
+BATCH_REQUESTS = 400.0
+
+
+def burst_of(span_hours: float, active_days: int, requests: int) -> float:
+    """[0, 1]: how much ``requests`` sent over ``span_hours`` on ``active_days`` UTC days are a one-off batch.
+
+    ``(1 − persistence) × job_size(requests)`` — a few dozen requests in a minute are scored on what they ask, not
+    held back as a job; 500 in an hour, never again, are — or, for a large batch (0.5 at ``BATCH_REQUESTS``, 0.97
+    at 600), ``(1 − min(persistence, max(0.5, logistic(span; 48 h, 3 h))))``: a batch of a benchmark's size that ends
+    within two days has not come back, whatever UTC days it touches. A one-off evaluation run across midnight, paced
+    overnight, or in two halves on consecutive days (1,500 prompts with a reasoning wrapper from a data centre) was
+    ``high`` at 0.86–0.998 when two active days counted as sustained (``persistence`` 0.9 from a day on). Only large
+    batches: on dev, an imitates-people campaign's accounts (150–240 requests over about two days) lost 0.07–0.17 of
+    their score when the two-day rule applied to every account.
+    """
+    value = persistence(span_hours, active_days)
+    two_day = min(value, max(0.5, logistic(span_hours, TWO_DAYS_H, 3.0)))
+    return max((1.0 - value) * job_size(requests), (1.0 - two_day) * logistic(requests, BATCH_REQUESTS, 60.0))
 
 
 def burst_factor(burst: float) -> float:
@@ -142,15 +164,13 @@ class SustainedExtraction(Detector):
         return persistence((s.last - s.first) / 3600.0, len(s.days))
 
     def burst(self, account_id: str) -> float:
-        """[0, 1]: a large batch of requests that has not (yet) been sustained — an evaluation job's shape.
-
-        ``(1 − persistence) × job_size(requests)``: a few dozen requests in a minute are scored on what they
-        ask, not held back as a job; 500 in an hour, never again, are.
-        """
+        """[0, 1]: a large batch of requests that has not (yet) been sustained — an evaluation job's shape
+        (:func:`burst_of`: a few dozen requests in a minute are scored on what they ask, not held back as a job;
+        500 in an hour, never again, are; 1,500 over two days are too)."""
         s = self.accounts.get(account_id)
         if s is None or s.requests == 0:
             return 0.0
-        return (1.0 - persistence((s.last - s.first) / 3600.0, len(s.days))) * job_size(s.requests)
+        return burst_of((s.last - s.first) / 3600.0, len(s.days), s.requests)
 
     def _pool(self, account_ids: Iterable[str]) -> _State:
         pool = _State()
@@ -176,7 +196,7 @@ class SustainedExtraction(Detector):
         pool = self._pool(account_ids)
         if pool.requests == 0:
             return 0.0
-        return (1.0 - persistence((pool.last - pool.first) / 3600.0, len(pool.days))) * job_size(pool.requests)
+        return burst_of((pool.last - pool.first) / 3600.0, len(pool.days), pool.requests)
 
     def pooled(self, account_ids: Iterable[str], across: float = 0.0) -> Evidence | None:
         """The evidence of several accounts' traffic taken together, as if one actor sent it all (a cluster).
@@ -199,7 +219,9 @@ class SustainedExtraction(Detector):
         days = len(s.days)
         over_time = persistence(span_h, days)
         sustained = max(over_time, min(1.0, max(0.0, across)))
-        burst = (1.0 - sustained) * job_size(s.requests)
+        burst = burst_of(span_h, days, s.requests)
+        if sustained > over_time:  # sustained across accounts: a fleet's spread is no one-off batch
+            burst = min(burst, 1.0 - sustained)
         # Reasoning characters count as tokens at 4 characters a token; answers that a later turn built on are a
         # conversation's or an agent's working context, not extracted.
         extracted = max(0.0, s.answer_tokens + s.reasoning_chars / 4 - s.built_tokens)
