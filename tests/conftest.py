@@ -6,6 +6,10 @@ a subprocess in front of it. Both are module-scoped: one of each per test
 module. A module that needs other gateway settings defines its own ``gateway``
 fixture, which takes precedence over this one.
 
+``robust_worlds`` (tests/sim_fixtures.py) is registered here rather than
+imported by the modules that use it: an imported fixture is a separate
+definition in each module, and would be built once per module.
+
 It also starts ``mypy`` in the background once collection has selected
 ``test_mypy_is_clean``, and moves that test to the end of the run
 (tests/background_checks.py says why).
@@ -19,6 +23,7 @@ import pytest
 
 from tests.background_checks import BackgroundCheck, tool
 from tests.gateway_fixtures import RunningGateway, start_gateway
+from tests.sim_fixtures import robust_worlds  # noqa: F401 - a session fixture must be registered once, here
 from tests.upstream_stub import UpstreamStub
 
 

@@ -95,21 +95,13 @@ from collections.abc import Callable  # noqa: E402
 
 from distillguard.sim.fleet import ARCHETYPES, CampaignParams, sample_campaign  # noqa: E402
 from distillguard.sim.splits import load_wording, wording_strings  # noqa: E402
-
-ROBUST_SMALL = {"scale": 0.3, "sampled_campaigns": 2, "campaign_budget": 2500, "days": 4, "new_model_day": 2.0}
+from tests.sim_fixtures import RobustWorld  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def robust(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[list[dict], dict, list[dict]]]:
-    """A small robust world on each split (same seed): events, labels, account metadata."""
-    out: dict[str, tuple[list[dict], dict, list[dict]]] = {}
-    scenario = load_scenario("robust").model_copy(update=ROBUST_SMALL)
-    for split in ("dev", "test"):
-        base = tmp_path_factory.mktemp(f"robust_{split}")
-        _, labels = simulate(scenario, 7, base / "e.jsonl.gz", split=split, accounts_out=base / "accounts.jsonl")
-        metas = [json.loads(line) for line in (base / "accounts.jsonl").read_text().splitlines()]
-        out[split] = (list(read_events([base / "e.jsonl.gz"])), labels, metas)
-    return out
+def robust(robust_worlds: dict[str, RobustWorld]) -> dict[str, RobustWorld]:
+    """A small robust world on each split (same seed): events, labels, account metadata (tests/sim_fixtures.py, one per session)."""
+    return robust_worlds
 
 
 def _by_population(events: list[dict], labels: dict) -> dict[str, list[dict]]:

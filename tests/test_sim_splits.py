@@ -25,8 +25,8 @@ from distillguard.sim.corpora import PromptPools
 from distillguard.sim.fleet import CampaignParams, Fleet, sample_campaign
 from distillguard.sim.scenarios import SCENARIOS, Scenario, load_scenario, simulate
 from distillguard.sim.splits import load_wording, wording_strings
+from tests.sim_fixtures import ROBUST_SMALL, RobustWorld
 
-ROBUST_SMALL = {"scale": 0.3, "sampled_campaigns": 2, "campaign_budget": 2500, "days": 4, "new_model_day": 2.0}
 DESIGNS = ["quiet_sweep", "sleeper_fleet", "imitates_people", "grader", "sampled", "sampled", "sampled", "sampled"]
 
 
@@ -129,11 +129,9 @@ def _private_phrases(split: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def robust_dev(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict], dict]:
-    base = tmp_path_factory.mktemp("robust_dev")
-    scenario = load_scenario("robust").model_copy(update=ROBUST_SMALL)
-    _, labels = simulate(scenario, 7, base / "e.jsonl.gz", split="dev", accounts_out=base / "a.jsonl")
-    return list(read_events([base / "e.jsonl.gz"])), labels
+def robust_dev(robust_worlds: dict[str, RobustWorld]) -> tuple[list[dict], dict]:
+    events, labels, _ = robust_worlds["dev"]  # the same world test_sim.py reads (tests/sim_fixtures.py)
+    return events, labels
 
 
 def _texts(event: dict) -> list[str]:
