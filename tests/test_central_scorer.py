@@ -294,6 +294,46 @@ def test_the_report_cadence_keeps_reports_and_clustering_to_their_share_of_the_s
     assert cadence.recluster()  # ... until clustering's share is kept
 
 
+def test_under_steady_load_re_scoring_is_not_budgeted_so_reports_keep_their_cadence() -> None:
+    """Re-scoring the accounts updated since the last report costs the same share whenever the report comes; budgeting
+    it made each late report dearer and the next one later still (reports at 1, 5.6, 23 s in the paced bench)."""
+    from distillguard.scorer_worker import REPORT_SHARE, ReportCadence
+
+    def run(behind: bool, seconds: int = 120) -> list[float]:
+        """A scorer fed 1 CPU-s of updates per wall second; a report costs 0.02 s plus 0.4 s per second of updates since
+        the last one (re-scoring, here 40 % of the update time: mostly distinct accounts). When each report came."""
+        cpu = [0.0]
+        cadence = ReportCadence(1.0, lambda: cpu[0])
+        start = cadence.next_report - 1.0
+        since, times = 0.0, []
+        for tick in range(1, seconds * 10 + 1):
+            now = start + tick / 10
+            cpu[0] += 0.1
+            since += 0.1
+            if cadence.due(now, behind=behind):
+                rescore = 0.4 * since
+                cpu[0] += 0.02 + rescore
+                cadence.reported(now, 0.02 + rescore, 0.0, rescore)
+                since = 0.0
+                times.append(now - start)
+        return times
+
+    steady = run(behind=False)
+    assert max(b - a for a, b in zip(steady, steady[1:], strict=False)) <= 1.05  # every second, as docs/detection.md says
+    drain = run(behind=True)  # budgeted whole (catching up): rarer and rarer, as before — fine for a drain only
+    assert len(drain) < 10 and drain[-1] - drain[-2] > 20
+    # The part that does not follow the updated accounts is still held to its share.
+    cpu = [0.0]
+    cadence = ReportCadence(1.0, lambda: cpu[0])
+    now = cadence.next_report
+    cadence.reported(now, cost_s=1.5, cluster_cost_s=0.0, rescore_cost_s=0.5)
+    assert not cadence.due(now + 1.0)
+    cpu[0] += 1.0 * (1 / REPORT_SHARE - 1)
+    assert cadence.due(now + 1.0) and not cadence.due(now + 1.0, behind=True)
+    cpu[0] += 0.5 * (1 / REPORT_SHARE - 1)
+    assert cadence.due(now + 1.0, behind=True)
+
+
 def test_the_central_scorer_matches_imported_indicators(tmp_path: Path, stub: UpstreamStub, redis: RedisServer,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     """A bundle imported into the fleet's store reaches the central scorer: `shared_indicators` evidence in risk."""

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from distillguard.detect.scanner import Scanner
-from distillguard.scorer_worker import settle_heap
+from distillguard.scorer_worker import HeapSettler, settle_heap
 
 
 @pytest.fixture(autouse=True)
@@ -72,3 +72,22 @@ def test_refreezing_after_every_report_does_not_grow_the_permanent_generation_wh
     assert max(settled) - min(settled) <= 0.02 * min(settled), frozen
     gc.unfreeze()
     assert gc.collect() == 0, "garbage was held in the permanent generation"
+
+
+def test_the_heap_is_settled_every_so_many_events_as_well_as_after_each_report() -> None:
+    settler = HeapSettler(every=100)
+    settle_heap()
+    frozen = gc.get_freeze_count()
+    kept = [[i] for i in range(500)]  # long-lived state the updates made
+    settler.counted(60)
+    assert gc.get_freeze_count() == frozen  # not yet: 60 of 100
+    a, b = _Node(), _Node()
+    a.other, b.other = b, a
+    gone = weakref.ref(a)
+    del a, b
+    settler.counted(40)
+    assert gc.get_freeze_count() >= frozen + len(kept)  # settled: the new state is out of the collector's reach ...
+    assert gone() is None  # ... and garbage made meanwhile was collected first, not frozen
+    frozen = gc.get_freeze_count()
+    settler.counted(99)
+    assert gc.get_freeze_count() == frozen  # the count started again at the settle

@@ -174,6 +174,9 @@ class Scanner:
         self._releases_seen: dict[str, float] = {}
         self._last_clusters: list[Cluster] | None = None
         self.cluster_cost_s = 0.0  # CPU seconds the last report spent clustering (this thread's)
+        # ... and re-scoring the accounts updated since the one before, their evidence and entries (what a later report
+        # would pay as well: scorer_worker.ReportCadence budgets only the rest of a report under steady load)
+        self.rescore_cost_s = 0.0
         # The accounts whose entry the last report built anew; every other entry is the very object of the report before
         # (the central scorer's risk table publishes only these, state/risk_table.py).
         self.rebuilt: set[str] = set()
@@ -262,6 +265,7 @@ class Scanner:
         entries = self._entry_cache
         generation = self._reports
         fresh = self._fresh = {}
+        started = time.thread_time()
         for account in self._dirty:
             # Its entry is rebuilt in this report whatever happens (its generation changes): let the old one go before
             # the new evidence is made, not after, so that a report over many updated accounts does not hold both.
@@ -270,6 +274,7 @@ class Scanner:
             cache[account] = (self._combine(account, found), generation)
             fresh[account] = _shown(found)
         self._dirty = set()
+        self.rescore_cost_s = time.thread_time() - started
 
     def _evidence_of(self, account: str) -> list[Evidence]:
         """An account's evidence as of the last refresh, as far as its entry or a cluster's pooled score reads it (a zero
@@ -340,6 +345,8 @@ class Scanner:
         entry_cache = self._entry_cache
         rebuilt = self.rebuilt = set()
         fresh = self._fresh
+        clock = time.thread_time
+        building = 0.0
         for account in self.accounts:
             combined, generation = cached[account]
             cluster = membership.get(account)
@@ -353,12 +360,15 @@ class Scanner:
             if hit is not None and hit[0] == key:
                 entries.append(hit[1])
                 continue
+            started = clock()
             entry = self._entry(account, self._evidence_of(account), combined, cluster, together)
+            building += clock() - started
             fresh.pop(account, None)  # in the entry now: its Evidence objects go as the loop goes, not at its end
             entry_cache[account] = (key, entry)
             rebuilt.add(account)
             entries.append(entry)
         self._fresh = {}  # what this report computed is in its entries now
+        self.rescore_cost_s += building
         entries.sort(key=lambda e: (-max(float(e["distillation_score"]), float(e["reseller_score"])), str(e["account_id"])))
         return {"v": 1, "events": self.events, "accounts_seen": len(self.accounts), "accounts": entries,
                 "clusters": [c.as_report() for c in clusters]}

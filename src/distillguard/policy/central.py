@@ -73,6 +73,9 @@ log = logging.getLogger("distillguard.scorer")
 WRITER_ID = "central-scorer"  # its entries in the risk snapshot: a restarted scorer replaces them (one scorer per fleet)
 CONSUMER = "central"
 REBUILD_DELAY_S = 2.0  # after the stream vanished: how long the replicas' event writers get to store what they served
+# Events waiting in the stream from which the scorer counts as behind (a drain, not steady load): reports are then
+# budgeted whole, re-scoring included (scorer_worker.ReportCadence). Two seconds of events at 5,000/s.
+BEHIND = 10_000
 REBUILD_MARGIN_S = 10.0  # events of one replica may reach the stream this much later than another's of the same time
 
 
@@ -98,7 +101,9 @@ class CentralScorer:
         self._thread: threading.Thread | None = None
         self._beater: threading.Thread | None = None
         self._failed = False
-        self._backlog = 0
+        self._heap = scorer_worker.HeapSettler()
+        self._backlog = 0  # the stream's length, read by the heartbeat thread
+        self._waiting = 0  # ... and by the scoring thread after its last batch
         self._reports = 0
         self._scored_in_report = 0
         self._scored_accounts = 0
@@ -266,9 +271,9 @@ class CentralScorer:
                 self._rebuild_from_store(scanner, seen)
                 dirty = True
             now = time.monotonic()
-            if dirty and cadence.due(now, idle=not entries):
-                cost = self._report(scanner, recluster=cadence.recluster())
-                cadence.reported(now, cost, scanner.cluster_cost_s)
+            if dirty and cadence.due(now, idle=not entries, behind=self._waiting >= BEHIND):
+                cost, follows = self._report(scanner, recluster=cadence.recluster())
+                cadence.reported(now, cost, scanner.cluster_cost_s, scanner.rescore_cost_s + follows)
                 dirty = False
         if dirty:
             self._report(scanner)
@@ -295,12 +300,14 @@ class CentralScorer:
                 recent_ids.add(request_id)
                 if ts > self._checkpoint:
                     self._checkpoint = ts
+        self._heap.counted(len(entries))
         self._forget_before(_shift(self._checkpoint, -2 * REBUILD_MARGIN_S))
         last = entries[-1][0]
         pipe = self._client.pipeline(transaction=False)
         pipe.xack(STREAM, GROUP, *[entry_id for entry_id, _ in entries])
         pipe.xtrim(STREAM, minid=_after(last), approximate=False)  # scored: what is left is the backlog
-        pipe.execute()
+        pipe.xlen(STREAM)  # ... which the report cadence asks about (same round trip)
+        self._waiting = int(pipe.execute()[-1])
 
     def _forget_before(self, ts: str) -> None:
         recent, recent_ids = self._recent, self._recent_ids
@@ -352,8 +359,10 @@ class CentralScorer:
         log.warning("central scorer: scored %d events from the store that the lost stream held or never got "
                     "(%d already scored, skipped)", taken, skipped)
 
-    def _report(self, scanner: Any, *, recluster: bool = True) -> float:
-        """Report, hand it to the engine; the CPU seconds it took (this thread's)."""
+    def _report(self, scanner: Any, *, recluster: bool = True) -> tuple[float, float]:
+        """Report, hand it to the engine; the CPU seconds it took (this thread's), and those of them publishing the
+        risk table and settling the heap (whose cost, like re-scoring's, follows the accounts updated since the last
+        report: the changed entries, the objects made since the last settle)."""
         started = time.thread_time()
         report = scanner.report(recluster=recluster)
         self._scored_in_report = scanner.events
@@ -362,16 +371,20 @@ class CentralScorer:
             self.on_report(report)
         except Exception:
             log.exception("central scorer: applying a report failed")
+        publishing = time.thread_time()
         try:
             # bounded per report; Redis errors are logged there and retried next time
             self.risk_table.publish(report["accounts"], scanner.rebuilt)
         except Exception:
             log.exception("central scorer: publishing the risk table failed")
+        publishing = time.thread_time() - publishing
         self._reports += 1
         self._last_report_at = time.monotonic()
         self._last_report_ts = time.time()
-        scorer_worker.settle_heap()  # after the report: its entries and the state it read are long-lived
-        return time.thread_time() - started
+        settling = time.thread_time()
+        self._heap.settle()  # after the report: its entries and the state it read are long-lived
+        done = time.thread_time()
+        return done - started, publishing + done - settling
 
 
 def _shift(ts: str, seconds: float) -> str:
