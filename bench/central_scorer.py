@@ -21,7 +21,8 @@ and a real ``distillguard scorer`` process (SQLite store, no replay):
   through the report covering the last events does not.
 * **paced** (at the largest K only): the first of the same events appended at ``--rate``
   events/s for ``--duration`` s while the scorer runs; the backlog (stream
-  length) sampled every 0.2 s: median, p99, max, and at the end of the feed.
+  length) sampled every 0.2 s: median, p90, p99, max during the feed, at the end of the feed,
+  and its largest sample per 5 s window until it drained.
   The feeder runs in this process on the same machine, so it competes with
   the scorer for the two cores.
 
@@ -242,16 +243,21 @@ def paced_run(work: Path, url: str, spread_events: list[bytes], accounts: int, r
     wait_heartbeat(client, proc)
     cpu0, _ = proc_stats(proc.pid)
     samples: list[int] = []
+    series: list[tuple[float, int]] = []  # (seconds since the feed began, stream length)
     stop = threading.Event()
 
     def sample() -> None:
         sampler_client = redis.Redis.from_url(url)
         while not stop.wait(0.2):
-            samples.append(int(sampler_client.xlen(STREAM)))
+            length = int(sampler_client.xlen(STREAM))
+            series.append((time.monotonic() - started, length))
+            if not fed_at:
+                samples.append(length)
 
+    fed_at: list[float] = []  # set once the feed is over: the backlog percentiles are of the feed only
+    started = time.monotonic()
     watcher = threading.Thread(target=sample, daemon=True)
     watcher.start()
-    started = time.monotonic()
     batch = max(1, int(rate / 20))  # every 50 ms, as a replica's shipping thread does
     for i in range(0, len(events), batch):
         due = started + i / rate
@@ -260,6 +266,7 @@ def paced_run(work: Path, url: str, spread_events: list[bytes], accounts: int, r
             time.sleep(due - now)
         append(client, script, events[i:i + batch], bound)
     fed = time.monotonic()
+    fed_at.append(fed)
     at_end = int(client.xlen(STREAM))
     while int(client.xlen(STREAM)) > 0 and time.monotonic() < fed + 600:
         time.sleep(0.2)
@@ -270,9 +277,18 @@ def paced_run(work: Path, url: str, spread_events: list[bytes], accounts: int, r
     stop_scorer(proc)
     return {"accounts": accounts, "events": len(events), "achieved_rate": len(events) / (fed - started),
             "backlog_median": statistics.median(samples) if samples else 0, "backlog_p99": percentile([float(s) for s in samples], 99),
+            "backlog_p90": percentile([float(s) for s in samples], 90), "windows": windows(series, 5.0),
             "backlog_max": max(samples) if samples else 0, "backlog_end": at_end, "drain_s": drained - fed,
             "per_cpu_s": len(events) / (cpu - cpu0) if cpu > cpu0 else float("nan"), "rss_mb": rss,
             "distinct": len({orjson.loads(line)["account_id"] for line in events})}
+
+
+def windows(series: list[tuple[float, int]], width: float) -> list[tuple[float, int]]:
+    """The backlog's largest sample in each ``width``-second window since the feed began: (window start, max)."""
+    out: dict[int, int] = {}
+    for at, length in series:
+        out[int(at // width)] = max(out.get(int(at // width), 0), length)
+    return [(k * width, v) for k, v in sorted(out.items())]
 
 
 def scanner_baseline(lines: list[bytes]) -> float:
@@ -350,12 +366,16 @@ def main() -> None:
         "|---|---:|",
         f"| achieved append rate (events/s) | {paced['achieved_rate']:,.0f} |",
         f"| backlog (stream length) median | {paced['backlog_median']:,.0f} |",
+        f"| backlog p90 | {paced['backlog_p90']:,.0f} |",
         f"| backlog p99 | {paced['backlog_p99']:,.0f} |",
         f"| backlog max | {paced['backlog_max']:,} |",
         f"| backlog at the end of the feed | {paced['backlog_end']:,} |",
         f"| drain time after the feed (s) | {paced['drain_s']:.1f} |",
         f"| events per scorer CPU-s | {paced['per_cpu_s']:,.0f} |",
         f"| scorer peak RSS (MB) | {paced['rss_mb']:,.0f} |",
+        "",
+        "Backlog, largest sample per 5 s since the feed began (the feed ends at "
+        f"{args.duration:g} s): " + ", ".join(f"{at:g}–{at + 5:g} s {length:,}" for at, length in paced["windows"]),
         "",
         "Command: `.venv/bin/python bench/central_scorer.py " + " ".join(sys.argv[1:]) + "`",
     ]
