@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -288,11 +289,13 @@ def test_admission_is_atomic_across_processes(redis: RedisServer) -> None:
 
 def _fleet(tmp_path: Path, stub: UpstreamStub, redis: RedisServer, n: int, **extra: Any) -> list[RunningGateway]:
     database = f"sqlite:///{tmp_path / 'shared.db'}"
-    gateways = []
-    for i in range(n):
+
+    def one(i: int) -> RunningGateway:
         (tmp_path / f"gw{i}").mkdir()
-        gateways.append(start_gateway(tmp_path / f"gw{i}", stub.base_url, database=database, state=redis.url, **extra))
-    return gateways
+        return start_gateway(tmp_path / f"gw{i}", stub.base_url, database=database, state=redis.url, **extra)
+
+    with ThreadPoolExecutor(n) as pool:  # at once, as a deploy would: each start is mostly waiting for imports
+        return list(pool.map(one, range(n)))
 
 
 def _wait_for_key(gateways: list[RunningGateway], secret: str) -> None:
@@ -303,69 +306,72 @@ def _wait_for_key(gateways: list[RunningGateway], secret: str) -> None:
             time.sleep(0.1)
 
 
-def test_three_gateways_share_one_60_per_minute_key(tmp_path: Path, stub: UpstreamStub, redis: RedisServer) -> None:
-    gateways = _fleet(tmp_path, stub, redis, 3)
-    try:
-        key = gateways[0].create_key("fleet", limits={"requests_per_min": 60, "tokens_per_min": None})
-        _wait_for_key(gateways, key["secret"])
-        statuses: list[int] = []
-        lock = threading.Lock()
-
-        def hammer(gateway: RunningGateway) -> None:
-            with httpx.Client(headers={"Authorization": f"Bearer {key['secret']}"}, timeout=30) as client:
-                for _ in range(50):
-                    response = client.post(gateway.base_url + "/chat/completions",
-                                           json={"model": "stub-1", "messages": [{"role": "user", "content": "hi"}]})
-                    with lock:
-                        statuses.append(response.status_code)
-
-        threads = [threading.Thread(target=hammer, args=(gw,)) for gw in gateways for _ in range(2)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        # 300 requests through 3 replicas within seconds; the model-list probes above also counted (3 requests).
-        assert statuses.count(200) <= 60 and statuses.count(200) >= 57, statuses.count(200)
-        assert set(statuses) == {200, 429}
-    finally:
-        for gateway in gateways:
-            gateway.stop()
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory, stub: UpstreamStub, redis: RedisServer) -> Iterator[list[RunningGateway]]:
+    """Three gateways on one SQLite store and the module's Redis, shared by the two tests below. Each test creates
+    its own account and key, so neither sees the other's limits or nonces; starting the gateways was most of each
+    test's time (five starts, now three)."""
+    gateways = _fleet(tmp_path_factory.mktemp("fleet"), stub, redis, 3)
+    yield gateways
+    for gateway in gateways:
+        gateway.stop()
 
 
-def test_an_attestation_replayed_to_another_replica_is_caught(tmp_path: Path, stub: UpstreamStub, redis: RedisServer) -> None:
-    first, second = _fleet(tmp_path, stub, redis, 2)
-    try:
-        key = first.create_key("attested")
-        _wait_for_key([first, second], key["secret"])
-        identity = Identity.load_or_create(tmp_path / "sdk")
-        client = openai.OpenAI(base_url=first.base_url, api_key=key["secret"],
-                               http_client=attesting_client(api_key=key["secret"], base_url=first.base_url, identity=identity))
-        client.chat.completions.create(model="stub-1", messages=[{"role": "user", "content": "enroll"}])  # enrolls, through the first
-        headers = {"Authorization": f"Bearer {key['secret']}", "Content-Type": "application/json"}
+def test_three_gateways_share_one_60_per_minute_key(fleet: list[RunningGateway]) -> None:
+    gateways = fleet
+    key = gateways[0].create_key("fleet", limits={"requests_per_min": 60, "tokens_per_min": None})
+    _wait_for_key(gateways, key["secret"])
+    statuses: list[int] = []
+    lock = threading.Lock()
 
-        def signed(text: str) -> tuple[dict[str, str], bytes]:
-            body = b'{"model": "stub-1", "messages": [{"role": "user", "content": "' + text.encode() + b'"}]}'
-            request = httpx.Request("POST", first.base_url + "/chat/completions", content=body, headers=headers)
-            sign_request(request, identity)
-            return {k: v for k, v in request.headers.items() if k.lower() != "content-length"}, body  # keeps Host: the first's
+    def hammer(gateway: RunningGateway) -> None:
+        with httpx.Client(headers={"Authorization": f"Bearer {key['secret']}"}, timeout=30) as client:
+            for _ in range(50):
+                response = client.post(gateway.base_url + "/chat/completions",
+                                       json={"model": "stub-1", "messages": [{"role": "user", "content": "hi"}]})
+                with lock:
+                    statuses.append(response.status_code)
 
-        deadline = time.time() + 10
-        while True:  # the second replica learns the enrollment from the shared database
-            sent, body = signed("warm-up")
-            warm = httpx.post(second.base_url + "/chat/completions", headers=sent, content=body)  # Host: the first's, as via a balancer
-            if second.event(warm.headers["x-request-id"])["attestation"]["status"] == "valid":
-                break
-            assert time.time() < deadline, "the second replica never accepted the enrolled install"
-            time.sleep(0.2)
-        sent, body = signed("replayed-across")
-        original = httpx.post(first.base_url + "/chat/completions", headers=sent, content=body)
-        replay = httpx.post(second.base_url + "/chat/completions", headers=sent, content=body)
-        assert original.status_code == 200 and replay.status_code == 200  # this account need not attest: served, but marked
-        assert first.event(original.headers["x-request-id"])["attestation"]["status"] == "valid"
-        assert second.event(replay.headers["x-request-id"])["attestation"]["status"] == "replayed"
-    finally:
-        first.stop()
-        second.stop()
+    threads = [threading.Thread(target=hammer, args=(gw,)) for gw in gateways for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # 300 requests through 3 replicas within seconds; the model-list probes above also counted (3 requests).
+    assert statuses.count(200) <= 60 and statuses.count(200) >= 57, statuses.count(200)
+    assert set(statuses) == {200, 429}
+
+
+def test_an_attestation_replayed_to_another_replica_is_caught(tmp_path: Path, fleet: list[RunningGateway]) -> None:
+    first, second = fleet[0], fleet[1]
+    key = first.create_key("attested")
+    _wait_for_key([first, second], key["secret"])
+    identity = Identity.load_or_create(tmp_path / "sdk")
+    client = openai.OpenAI(base_url=first.base_url, api_key=key["secret"],
+                           http_client=attesting_client(api_key=key["secret"], base_url=first.base_url, identity=identity))
+    client.chat.completions.create(model="stub-1", messages=[{"role": "user", "content": "enroll"}])  # enrolls, through the first
+    headers = {"Authorization": f"Bearer {key['secret']}", "Content-Type": "application/json"}
+
+    def signed(text: str) -> tuple[dict[str, str], bytes]:
+        body = b'{"model": "stub-1", "messages": [{"role": "user", "content": "' + text.encode() + b'"}]}'
+        request = httpx.Request("POST", first.base_url + "/chat/completions", content=body, headers=headers)
+        sign_request(request, identity)
+        return {k: v for k, v in request.headers.items() if k.lower() != "content-length"}, body  # keeps Host: the first's
+
+    deadline = time.time() + 10
+    while True:  # the second replica learns the enrollment from the shared database
+        sent, body = signed("warm-up")
+        warm = httpx.post(second.base_url + "/chat/completions", headers=sent, content=body)  # Host: the first's, as via a balancer
+        if second.event(warm.headers["x-request-id"])["attestation"]["status"] == "valid":
+            break
+        assert time.time() < deadline, "the second replica never accepted the enrolled install"
+        time.sleep(0.2)
+    sent, body = signed("replayed-across")
+    original = httpx.post(first.base_url + "/chat/completions", headers=sent, content=body)
+    replay = httpx.post(second.base_url + "/chat/completions", headers=sent, content=body)
+    assert original.status_code == 200 and replay.status_code == 200  # this account need not attest: served, but marked
+    assert first.event(original.headers["x-request-id"])["attestation"]["status"] == "valid"
+    assert second.event(replay.headers["x-request-id"])["attestation"]["status"] == "replayed"
 
 
 # -- Redis failing under load ---------------------------------------------------------------------------------
