@@ -7,38 +7,53 @@ import subprocess
 import sys
 from pathlib import Path
 
-# Each process imports first, says so, then blocks on its stdin until the test closes every stdin at once: all of them
-# start creating tables together however long their start-up took. (A start time 1.5 s ahead, spun on, was missed by
-# processes still importing on a loaded machine, which then raced nobody, and the spinning took the CPU the others
-# needed to get there.)
+# Each process imports first, says so, then blocks on its stdin until the test sends every process the round's
+# database at once: all of them start creating tables together however long their start-up took. (A start time
+# 1.5 s ahead, spun on, was missed by processes still importing on a loaded machine, which then raced nobody, and
+# the spinning took the CPU the others needed to get there.) The same six processes race in every round, each on a
+# new file with a new engine (create_tables keeps nothing between calls): importing SQLAlchemy in 18 processes was
+# most of the test's time.
 _CREATE = """
 import sys
 from sqlalchemy import create_engine
 from distillguard.store.schema import create_tables
-engine = create_engine("sqlite:///" + sys.argv[1], connect_args={"timeout": 30})
 print("ready", flush=True)
-sys.stdin.read()
-create_tables(engine)
+for line in sys.stdin:
+    engine = create_engine("sqlite:///" + line.strip(), connect_args={"timeout": 30})
+    try:
+        create_tables(engine)
+    except Exception as exc:
+        print("failed:", type(exc).__name__, str(exc).splitlines()[0], flush=True)
+    else:
+        print("done", flush=True)
+    engine.dispose()
 """
 
 
 def test_processes_creating_one_fresh_sqlite_schema_at_once_all_succeed(tmp_path: Path) -> None:
-    for round_ in range(3):
-        database = tmp_path / f"race-{round_}.db"
-        procs = [subprocess.Popen([sys.executable, "-c", _CREATE, str(database)], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(6)]
-        pipes = [(proc.stdin, proc.stdout, proc.stderr) for proc in procs]
-        for _, out, err in pipes:
-            assert out is not None and err is not None
-            assert out.readline() == b"ready\n", err.read()  # (the readline returns at EOF if the process died)
-        for stdin, _, _ in pipes:  # the go: every process's read returns
-            assert stdin is not None
-            stdin.close()
-        failures = []
-        for proc, (_, out, err) in zip(procs, pipes, strict=True):
-            assert out is not None and err is not None
-            if proc.wait(timeout=60) != 0:
-                failures.append(err.read().decode(errors="replace").strip().splitlines()[-1])
-            out.close()
-            err.close()
-        assert not failures, f"round {round_}: {failures}"
+    procs = [subprocess.Popen([sys.executable, "-c", _CREATE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE) for _ in range(6)]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None and proc.stderr is not None
+            assert proc.stdout.readline() == b"ready\n", proc.stderr.read()  # (the readline returns at EOF if it died)
+        for round_ in range(3):
+            database = tmp_path / f"race-{round_}.db"
+            for proc in procs:  # the go: every process's read returns
+                assert proc.stdin is not None
+                proc.stdin.write(f"{database}\n".encode())
+                proc.stdin.flush()
+            answers = [proc.stdout.readline().decode(errors="replace").strip() for proc in procs if proc.stdout]
+            assert answers == ["done"] * 6, f"round {round_}: {answers}"
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.close()
+            assert proc.wait(timeout=60) == 0
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            for pipe in (proc.stdin, proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
