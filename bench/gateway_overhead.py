@@ -40,8 +40,9 @@ before 26.6 %):
 Cost: per distillguard target and round, 4 loads × 2 sides of ``--duration``
 seconds at c=64 and half that at c=1 (plus 2 s of warm-up for the gateway
 side and the settle waits), about 50 s on a quiet machine; ``--rounds 3
---variants core,all`` with LiteLLM takes about 6 minutes there (each settle
-wait that runs out adds its ``--settle`` seconds on a busy machine).
+--variants core,all`` with LiteLLM took 648 s at load 17–20, where every
+settle wait ran out (56 × 5 s); with ~1 s waits on a quiet machine that makes
+about 7 minutes (an estimate: not yet timed on a quiet machine).
 
 RSS is the sum of ``VmRSS`` over the process and its descendants (the gateway
 and its online scorer child), read right after each load, the largest of the

@@ -53,7 +53,7 @@ def deadline_of(engine: Engine) -> Deadline | None:
 # The page size of a database SQLite creates (an existing database keeps its own: SQLite ignores the pragma there). An
 # event is ~2 KB, so a default 4 KiB page holds one or two, and SQLite's write-ahead log takes one frame (two write
 # calls) per changed page: with 16 KiB pages the event writer thread spent ~10 % less CPU per request in the gateway
-# under SSE load (bench/RESULTS.md, "Less CPU per event, stop 17").
+# under SSE load (bench/RESULTS.md, "Less CPU per event, and an overhead measurement one round cannot decide").
 SQLITE_PAGE_SIZE = 16384
 
 

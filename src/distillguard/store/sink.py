@@ -412,7 +412,7 @@ class EventSink:
         writer's CPU is the gateway process's CPU (bench/RESULTS.md, "Gateway CPU
         per request"). Multi-row ``VALUES`` statements of 128 rows cost more CPU
         per event than this in the gateway, measured (bench/RESULTS.md, "Less CPU
-        per event, stop 17").
+        per event, and an overhead measurement one round cannot decide").
         """
         if not rows:
             return
