@@ -23,6 +23,13 @@ by the operator's records) are left out: a burst of sign-ups is :func:`~distillg
 case, and people who sign up for a new model on its release day are the surge a release brings. Without
 metadata every account counts. Cost: one pass over the accounts' first-seen times and an array of hourly
 counts; no pairs.
+
+A surge is counted over all accounts, so a campaign ramped up over many hours, started inside the log's warm-up,
+or small beside a large log's arrivals makes none. So every window of ``WINDOWS_H`` hours is a block as well
+(``_windows``): not an excess of the hour, but a test of each trait's own arrivals in it against the trait's
+share among accounts that arrived at other times (``Block.exclusive``), with a carrier admitted only through a
+kind of trait that is rare in the background (``Block.rare_below``): a window is one of many, and its strangers
+are all of its hours' arrivals.
 """
 
 from __future__ import annotations
@@ -53,13 +60,23 @@ ARRIVAL_MIN = 20
 # the same hours for one public reason (a model's release, a launch post) and then share that day's popular client
 # and parameter sets: on dev seed 1, 0.25 admitted three people of a release-day surge into a campaign's cohort.
 ADMIT_BELOW = 0.01
+# Arrival windows: every window of these many hours (stepped by half of it) with at least WINDOW_MIN first-seen accounts
+# is a block too. A trait far more common among one window's arrivals than in the background is a script's arrival
+# rate, not the log's: a campaign too small beside everyone's arrivals, or ramped up over hours, makes no hour surge
+# (20 accounts over six hours; 500 in a log of 100,000), yet the arrivals on its traits are the trait's own surge.
+WINDOWS_H = (4, 24)
+WINDOW_MIN = 10
+# A window's carrier must match one kind of its significant traits that at most this share of the background carries
+# (``Block.rare_below``): a private wrapper, system prompt or parameter set, a hosting network, rotation.
+WINDOW_RARE = 0.01
 # Created less than this before its first request: the account's arrival is its sign-up, not a surge's.
 NEW_ACCOUNT_S = 86_400.0
 
 
 def arrival_blocks(activity: Mapping[str, tuple[float, int]], log_end: float, exclude: AbstractSet[str],
                    metadata: Mapping[str, AccountMeta] | None = None) -> list[Block]:
-    """Blocks of accounts first seen in a surge of arrivals (module docstring), earliest first.
+    """Blocks of accounts first seen in a surge of arrivals (module docstring), earliest first, then every arrival
+    window (``WINDOWS_H``) of at least ``WINDOW_MIN`` accounts, earliest first, shorter windows first.
 
     ``activity``: each account's first request (POSIX seconds) and its number of requests; ``log_end``: the latest
     request of the log; ``exclude``: accounts already in another block (a creation burst's run); ``metadata``:
@@ -82,15 +99,13 @@ def arrival_blocks(activity: Mapping[str, tuple[float, int]], log_end: float, ex
         return []
     first, last = min(by_hour), max(by_hour)
     counts = [len(by_hour.get(h, ())) for h in range(first, last + 1)]
-    surging: list[tuple[int, float]] = []  # (hour, its baseline)
-    for i, count in enumerate(counts):
-        if count < ARRIVAL_EXCESS * BASELINE_FLOOR:
-            continue
+    baselines: list[float] = []  # each hour's expected arrivals
+    for i in range(len(counts)):
         around = counts[max(0, i - CONTEXT_H):max(0, i - GUARD_H)] + counts[i + GUARD_H + 1:i + CONTEXT_H + 1]
-        baseline = max(BASELINE_FLOOR, statistics.median(around) if around else 0.0,
-                       _warm_up((first + i) * HOUR_S - log_start, rates))
-        if count >= ARRIVAL_EXCESS * baseline:
-            surging.append((first + i, baseline))
+        baselines.append(max(BASELINE_FLOOR, statistics.median(around) if around else 0.0,
+                             _warm_up((first + i) * HOUR_S - log_start, rates)))
+    surging = [(first + i, baselines[i]) for i, count in enumerate(counts)
+               if count >= ARRIVAL_EXCESS * BASELINE_FLOOR and count >= ARRIVAL_EXCESS * baselines[i]]
     blocks: list[Block] = []
     run: list[tuple[int, float]] = []
     for hour, baseline in surging:
@@ -99,6 +114,26 @@ def arrival_blocks(activity: Mapping[str, tuple[float, int]], log_end: float, ex
             run = []
         run.append((hour, baseline))
     blocks += _block(run, by_hour)
+    return blocks + _windows(first, counts, baselines, by_hour)
+
+
+def _windows(first: int, counts: list[int], baselines: list[float], by_hour: Mapping[int, list[str]]) -> list[Block]:
+    """Every ``WINDOWS_H`` window of hours, stepped by half its length, holding at least ``WINDOW_MIN`` arrivals: a
+    block whose strangers are all its hours' expected arrivals (an excess only of the trait, not of the hour)."""
+    blocks = []
+    for width in WINDOWS_H:
+        step = max(1, width // 2)
+        for i in range(0, max(1, len(counts) - step), step):
+            hours = range(i, min(len(counts), i + width))
+            n = sum(counts[h] for h in hours)
+            if n < WINDOW_MIN:
+                continue
+            members = tuple(a for h in hours for a in sorted(by_hour.get(first + h, ())))
+            start, end = (first + hours[0]) * HOUR_S, (first + hours[-1] + 1) * HOUR_S
+            expected = sum(baselines[h] for h in hours)
+            label = f"{n} accounts first seen {_when(start)}–{_when(end)}, where such hours bring {expected:.0f}"
+            blocks.append(Block(label, "time", members, expected, ADMIT_BELOW, ARRIVAL_KINDS, by_kind=True,
+                                origin=f"{width}-hour arrival window", exclusive=False, rare_below=WINDOW_RARE))
     return blocks
 
 
@@ -120,7 +155,7 @@ def _block(run: list[tuple[int, float]], by_hour: Mapping[int, list[str]]) -> li
     expected = sum(baseline for _, baseline in run)
     label = (f"{len(members)} accounts first seen {_when(start)}–{_when(end)[-9:]}, where the hours around "
              f"bring {expected:.0f}")
-    return [Block(label, "time", members, expected, ADMIT_BELOW, ARRIVAL_KINDS, by_kind=True)]
+    return [Block(label, "time", members, expected, ADMIT_BELOW, ARRIVAL_KINDS, by_kind=True, origin="arrival surge")]
 
 
 def _when(ts: float) -> str:

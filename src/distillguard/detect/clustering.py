@@ -710,9 +710,8 @@ def _cohort_links(links: dict[tuple[str, str], _Link], collector: AttributionCol
     background = (a for a in active if own_scores.get(a, 0.0) < BACKGROUND_BELOW)
     members: dict[str, float] = {}
     for cohort in find_cohorts(traits, blocks, background):
-        origin = "creation burst" if cohort.block.family == "meta" else "arrival surge"
         text = (f"{describe(cohort.trait, len(cohort.members))} on {len(cohort.members)} of the {cohort.n} accounts of one "
-                f"{origin} ({cohort.block.label}; {cohort.expected:.1f} expected by chance)")
+                f"{cohort.block.origin} ({cohort.block.label}; {cohort.expected:.1f} expected by chance)")
         item = (Item("cohort", text, 1.0), 1.0)
         families = {cohort.block.family: 0.6}
         trait_family = KINDS[cohort.trait.kind][0]
