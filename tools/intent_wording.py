@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import random
 
-__all__ = ["hard_negatives", "intent_sentences"]
+__all__ = ["hard_negative_groups", "hard_negatives", "intent_sentences", "intent_sentences_by_language"]
 
 # language: (verbs, objects, manners, pattern) — pattern puts the slots in the language's order.
 _GRAMMAR: dict[str, tuple[list[str], list[str], list[str], str]] = {
@@ -137,21 +137,80 @@ _NEGATIVE_SENTENCES = [
 ]
 
 
-def intent_sentences(rng: random.Random, per_language: int = 60) -> list[str]:
-    """Eliciting sentences: a sample of each language's grammar, plus the fixed extras."""
-    out: list[str] = []
-    for verbs, objects, manners, pattern in _GRAMMAR.values():
+# Neutral wording in every language of the grammar: task wrappers, instructions about form, and system prompts that
+# ask for nothing about the model's reasoning. Without them most non-English text the classifier saw was eliciting,
+# and a neutral wrapper in German or Spanish ("handle the request below … end of request") scored as eliciting by
+# its language alone (0.5-0.75). Written here for the classifier, not taken from the simulator's wording.
+_NEUTRAL: dict[str, list[str]] = {
+    "en": ["Please deal with the request below.", "That is all for this request.", "Here is the task you need to complete:",
+           "Reply in English and keep it short.", "Only give the final result, no commentary.", "Thanks in advance!",
+           "You are an assistant that answers customers' questions politely.", "Use a formal tone in your reply.",
+           "Format the output as a table.", "The text to work on follows.", "Reply with yes or no."],
+    "de": ["Bitte kümmere dich um die folgende Anfrage.", "Ende der Anfrage.", "Hier ist die Aufgabe, die du erledigen sollst:",
+           "Antworte auf Deutsch und fasse dich kurz.", "Gib nur das Endergebnis an, ohne Kommentar.", "Vielen Dank im Voraus!",
+           "Du bist ein Assistent, der die Fragen von Kunden höflich beantwortet.", "Verwende in deiner Antwort einen förmlichen Ton.",
+           "Formatiere die Ausgabe als Tabelle.", "Der zu bearbeitende Text folgt.", "Antworte mit Ja oder Nein.",
+           "Übersetze den folgenden Text ins Englische.", "Fasse den folgenden Artikel in drei Sätzen zusammen."],
+    "fr": ["Occupe-toi de la requête ci-dessous, s'il te plaît.", "Fin du message.", "Voici la tâche que tu dois accomplir :",
+           "Réponds en français et sois bref.", "Donne seulement la réponse finale, sans commentaire.", "Merci d'avance !",
+           "Tu es un assistant qui répond poliment aux questions des clients.", "Utilise un ton formel dans ta réponse.",
+           "Présente la sortie sous forme de tableau.", "Le texte à traiter suit.", "Réponds par oui ou par non.",
+           "Traduis le texte suivant en anglais.", "Résume l'article suivant en trois phrases."],
+    "es": ["Ocúpate de la petición de abajo, por favor.", "Fin del mensaje.", "Esta es la tarea que debes completar:",
+           "Responde en español y sé breve.", "Da solo el resultado final, sin comentarios.", "¡Gracias de antemano!",
+           "Eres un asistente que responde con amabilidad a las preguntas de los clientes.", "Usa un tono formal en tu respuesta.",
+           "Presenta el resultado en forma de tabla.", "El texto que hay que procesar va debajo.", "Responde con sí o no.",
+           "Traduce el siguiente texto al inglés.", "Resume el siguiente artículo en tres frases."],
+    "pt": ["Cuide do pedido abaixo, por favor.", "Fim da mensagem.", "Esta é a tarefa que você deve concluir:",
+           "Responda em português e seja breve.", "Dê só o resultado final, sem comentários.", "Obrigado desde já!",
+           "Você é um assistente que responde com educação às perguntas dos clientes.", "Use um tom formal ao responder.",
+           "Apresente o resultado em forma de tabela.", "A seguir vem o texto a processar.", "Responda com sim ou não.",
+           "Traduza o texto seguinte para o inglês.", "Resuma o artigo seguinte em três frases."],
+    "ru": ["Пожалуйста, выполни запрос ниже.", "Конец запроса.", "Вот задание, которое нужно выполнить:",
+           "Отвечай по-русски и кратко.", "Напиши только итоговый результат, без комментариев.", "Заранее спасибо!",
+           "Ты ассистент, который вежливо отвечает на вопросы клиентов.", "Используй в ответе официальный тон.",
+           "Оформи результат в виде таблицы.", "Ниже следует текст для обработки.", "Ответь да или нет.",
+           "Переведи следующий текст на английский.", "Кратко перескажи следующую статью в трёх предложениях."],
+    "zh": ["请处理下面的请求。", "请求结束。", "这是你需要完成的任务：", "请用中文简短回答。", "只给出最终结果，不要评论。",
+           "先谢谢了！", "你是一个礼貌回答客户问题的助手。", "回答时请使用正式的语气。", "请把结果整理成表格。",
+           "需要处理的文本如下。", "请回答是或否。", "把下面的文字翻译成英文。", "用三句话概括下面的文章。"],
+    "ja": ["以下の依頼に対応してください。", "依頼は以上です。", "これがあなたにやってほしい作業です：", "日本語で簡潔に答えてください。",
+           "最終的な結果だけを書いてください。コメントは不要です。", "よろしくお願いします！", "あなたはお客様の質問に丁寧に答えるアシスタントです。",
+           "丁寧な言葉づかいで答えてください。", "結果を表の形でまとめてください。", "処理するテキストは次のとおりです。",
+           "はいかいいえで答えてください。", "次の文章を英語に翻訳してください。", "次の記事を三文で要約してください。"],
+    "ko": ["아래 요청을 처리해 주세요.", "요청은 여기까지입니다.", "완료해야 할 작업은 다음과 같습니다:", "한국어로 짧게 답해 주세요.",
+           "설명 없이 최종 결과만 알려 주세요.", "미리 감사드립니다!", "당신은 고객의 질문에 친절하게 답하는 도우미입니다.",
+           "격식 있는 말투로 답해 주세요.", "결과를 표로 정리해 주세요.", "처리할 텍스트는 다음과 같습니다.", "예 또는 아니요로 답하세요.",
+           "다음 글을 영어로 번역해 주세요.", "다음 기사를 세 문장으로 요약해 주세요."],
+}
+
+
+def intent_sentences_by_language(rng: random.Random, per_language: int = 60) -> list[tuple[str, str]]:
+    """(language, sentence) of :func:`intent_sentences`; the extras' language is "" (the trainer guesses it)."""
+    out: list[tuple[str, str]] = []
+    for language, (verbs, objects, manners, pattern) in _GRAMMAR.items():
         combos = list(itertools.product(verbs, objects, manners))
         for verb, obj, manner in rng.sample(combos, min(per_language, len(combos))):
-            out.append(" ".join(pattern.format(verb=verb, obj=obj, manner=manner).split()).replace(" .", "."))
-    return out + list(_EXTRA)
+            out.append((language, " ".join(pattern.format(verb=verb, obj=obj, manner=manner).split()).replace(" .", ".")))
+    return out + [("", sentence) for sentence in _EXTRA]
+
+
+def intent_sentences(rng: random.Random, per_language: int = 60) -> list[str]:
+    """Eliciting sentences: a sample of each language's grammar, plus the fixed extras."""
+    return [sentence for _, sentence in intent_sentences_by_language(rng, per_language)]
+
+
+def hard_negative_groups() -> dict[str, list[tuple[str, str]]]:
+    """The hard negatives by family, each sentence with its language: ``learner`` (step-by-step explanations of a
+    topic), ``misc`` (evaluation wrappers, feedback requests, ordinary requests that use the words) and ``neutral
+    wrappers`` (task wrappers, instructions about form and system prompts in every language of the grammar)."""
+    learner = [(lang, frame.format(t=topic)) for lang, frames in _NEGATIVE_FRAMES.items()
+               for frame in frames for topic in _TOPICS.get(lang, [])]
+    misc = [("", sentence) for sentence in _NEGATIVE_SENTENCES]  # "": the trainer guesses the language
+    neutral = [(lang, sentence) for lang, sentences in _NEUTRAL.items() for sentence in sentences]
+    return {"misc": misc, "learner": learner, "neutral wrappers": neutral}
 
 
 def hard_negatives() -> list[str]:
     """Benign wording nearest to elicitation: learners' step-by-step requests, evaluation wrappers, feedback requests."""
-    out = list(_NEGATIVE_SENTENCES)
-    for lang, frames in _NEGATIVE_FRAMES.items():
-        for frame in frames:
-            for topic in _TOPICS.get(lang, []):
-                out.append(frame.format(t=topic))
-    return out
+    return [text for group in hard_negative_groups().values() for _, text in group]
