@@ -1,6 +1,9 @@
 """The margin between campaigns and legitimate accounts on the `robust` dev seeds, in logit units.
 
-    python bench/margin.py [--seeds 1 2 ... 12] [--jobs 2] [--tag NAME] [--top 20]
+    python bench/margin.py [--seeds 1 2 ... 12] [--jobs 2] [--tag NAME] [--top 20] [--perturb] [--summary-only]
+
+``--perturb`` scans each seed with its legitimate accounts moved towards campaigns (:func:`perturb`: evaluation
+jobs paced over 36 hours with a campaign-like reasoning request, one person in five on hosting /24s).
 
 For each seed it runs ``distillguard simulate --scenario robust --split dev --seed N`` (kept in
 ``bench/out/margin/`` and reused), replays the log through a ``Scanner`` with the simulated account metadata and
@@ -25,12 +28,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import zlib
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from distillguard.detect.scanner import DISTILL_FAMILIES, HIGH, MEDIUM
+from distillguard.events import format_ts, parse_ts
 from distillguard.sim.evaluate import NEGATIVE, _recall_at_fpr
 from measure import OUT
 from member_lift import replay, simulate
@@ -38,11 +44,59 @@ from member_lift import replay, simulate
 RUNS = OUT / "margin"
 
 
-def scan(seed: int, tag: str) -> Path:
+# The perturbations (--perturb): dev's legitimate accounts moved towards campaigns along axes the hidden sets vary.
+STRETCH_S = 36 * 3600.0  # every evaluation job paced over 36 hours (dev's run within an hour or two)
+CAMPAIGN_LIKE = " Before the final answer, write out your complete reasoning step by step."
+HOSTING_ASN = 16509  # one in five people behind a cloud desktop or VPN exit: a handful of hosting /24s among them
+
+
+def _stable(text: str) -> int:
+    return zlib.crc32(text.encode())
+
+
+def perturb(events: Iterable[dict[str, Any]], info: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Dev made harder for legitimate accounts, deterministically: each evaluation job paced over ``STRETCH_S`` (two
+    UTC days or three) with a campaign-like reasoning request appended to every prompt; one in five people on hosting
+    /24s (``HOSTING_ASN``, 32 /24s shared among them). Campaigns are left as they are. Re-sorted by time."""
+    events = list(events)
+    first: dict[str, float] = {}
+    last: dict[str, float] = {}
+    population = {a: row.get("population") for a, row in info.items()}
+    for event in events:
+        account = event.get("account_id")
+        if population.get(account) == "eval_job":
+            t = parse_ts(event["ts"])
+            first[account] = min(first.get(account, t), t)
+            last[account] = max(last.get(account, t), t)
+    out = []
+    for event in events:
+        account = event.get("account_id")
+        kind = population.get(account)
+        if kind == "eval_job" and account in first:
+            t0 = first[account]
+            t = t0 + (parse_ts(event["ts"]) - t0) * STRETCH_S / max(60.0, last[account] - t0)
+            request = dict(event.get("request") or {})
+            messages = [dict(m) for m in request.get("messages") or ()]
+            if messages and isinstance(messages[-1].get("content"), str):
+                messages[-1]["content"] += CAMPAIGN_LIKE
+            request["messages"] = messages
+            event = {**event, "ts": format_ts(t), "request": request}
+        elif kind == "person" and account is not None and _stable(account) % 5 == 0:
+            h = _stable(account)
+            client = dict(event.get("client") or {})
+            client["geo"] = {**(client.get("geo") or {}), "hosting": True, "asn": HOSTING_ASN}
+            client["ip"] = f"3.{(h >> 8) % 8}.{(h >> 16) % 4}.{h % 250 + 2}"
+            event = {**event, "client": client}
+        out.append(event)
+    out.sort(key=lambda e: parse_ts(e["ts"]))
+    return out
+
+
+def scan(seed: int, tag: str, perturbed: bool = False) -> Path:
     """Every account's final score and own evidence on one seed, written to ``<tag>.<seed>.json``."""
     stem = simulate("robust", seed, RUNS)
     out = RUNS / f"{tag}.{seed}.json"
-    scanner, report, labels, info = replay(stem)
+    scanner, report, labels, info = replay(stem, perturb if perturbed else None)
     designs = {c: row.get("design") for c, row in (labels.get("campaigns") or {}).items()}
     clusters = scanner._last_clusters or []
     ties = {a: c.tie(a) for c in clusters for a in c.accounts}
@@ -154,10 +208,12 @@ def main() -> None:
     parser.add_argument("--tag", default="current")
     parser.add_argument("--top", type=int, default=20)
     parser.add_argument("--summary-only", action="store_true", help="read the per-seed files of an earlier run with this tag")
+    parser.add_argument("--perturb", action="store_true", help="scan dev made harder for legitimate accounts (perturb())")
     args = parser.parse_args()
     if not args.summary_only:
+        n = len(args.seeds)
         with ProcessPoolExecutor(args.jobs) as pool:
-            list(pool.map(scan, args.seeds, [args.tag] * len(args.seeds)))
+            list(pool.map(scan, args.seeds, [args.tag] * n, [args.perturb] * n))
     summarise(args.tag, args.seeds, args.top)
 
 

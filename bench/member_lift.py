@@ -19,6 +19,7 @@ import json
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -42,15 +43,20 @@ def simulate(scenario: str, seed: int, runs: Path = RUNS) -> Path:
     return stem
 
 
-def replay(stem: Path) -> tuple[Scanner, dict[str, Any], dict[str, Any], dict[str, dict[str, Any]]]:
+Events = Iterable[dict[str, Any]]
+
+
+def replay(stem: Path, transform: Callable[[Events, dict[str, dict[str, Any]]], Events] | None = None
+           ) -> tuple[Scanner, dict[str, Any], dict[str, Any], dict[str, dict[str, Any]]]:
     """One simulated log through a ``Scanner`` with its account metadata: (scanner, final report, labels, per-account
-    label info)."""
-    scanner = Scanner(accounts=read_accounts(f"{stem}.accounts.jsonl"))
-    for event in read_events([f"{stem}.jsonl.gz"]):
-        scanner.update(event)
-    report = scanner.report()
+    label info). ``transform(events, info)`` may rewrite the events on their way (bench/margin.py's perturbations)."""
     labels = json.loads(Path(f"{stem}.labels.json").read_text())
     info = {a: v if isinstance(v, dict) else {"label": v} for a, v in labels["accounts"].items()}
+    scanner = Scanner(accounts=read_accounts(f"{stem}.accounts.jsonl"))
+    events: Events = read_events([f"{stem}.jsonl.gz"])
+    for event in transform(events, info) if transform is not None else events:
+        scanner.update(event)
+    report = scanner.report()
     return scanner, report, labels, info
 
 

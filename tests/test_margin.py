@@ -155,3 +155,22 @@ def test_a_person_whose_only_evidence_is_the_wording_stays_below_high_in_a_campa
         own = next(e["score"] for e in entries[person]["evidence"] if e["detector"] == "cot_elicitation")
         assert own > 0.8, entries[person]  # the wording family at its maximum ...
         assert entries[person]["distillation_score"] < HIGH, entries[person]  # ... and below high at every level
+
+
+def test_a_fleet_pivots_with_a_harvests_volume_and_its_members_alone_do_not() -> None:
+    """Twelve accounts each moving ten requests to a new model on its first day: counted per account, ten requests
+    are an early adopter's try (confidence scale 24: score near 0); pooled, 120 requests all moved are a pivot."""
+    scanner = Scanner()
+    members = [f"pivot{k}" for k in range(12)]
+    release = T0 + 3 * DAY
+    for k, account in enumerate(members):
+        for i in range(10):  # before the release, on the old model
+            scanner.update(ev(account, T0 + i * 6 * HOUR + k * 60, task(k * 100 + i)) | {"model": "m1"})
+        for i in range(10):  # its first day, all on the new one
+            scanner.update(ev(account, release + 600 + i * 2 * HOUR + k * 60, task(k * 100 + 50 + i)) | {"model": "m2"})
+    scanner.update(ev("someone", release, "hello") | {"model": "m2"})  # the release's first sight
+    own = [scanner.pivot.evidence(a) for a in members]
+    assert all(e is not None and e.score < 0.2 for e in own), [e.score for e in own if e]
+    pooled = scanner.pivot.pooled(members)
+    assert pooled is not None and pooled.score > 0.9 and pooled.numbers["in_window"] == 120, pooled
+    assert scanner.pivot.pooled(["nobody"]) is None

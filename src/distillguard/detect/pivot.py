@@ -10,7 +10,7 @@ not a harvest's day (``CONFIDENCE_SCALE``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,19 +74,37 @@ class ModelPivot(Detector):
 
     def evidence(self, account_id: str) -> Evidence | None:
         state = self.accounts.get(account_id)
-        if state is None or not state.hours or len(self.first_seen) < 2:
+        if state is None or not state.hours:
             return None
-        hours = state.hours
+        return self._evidence_of([state])
+
+    def pooled(self, account_ids: Iterable[str]) -> Evidence | None:
+        """The evidence of several accounts' traffic taken together, as if one actor sent it all (a cluster).
+
+        A fleet pivots with a harvest's volume although each member sends the new model a dozen requests: counted
+        per account, the confidence scale (``CONFIDENCE_SCALE``) that keeps an early adopter's dozen low kept a
+        fleet's members low too, and the cluster's pooled score took the members' median.
+        """
+        states = [s for s in (self.accounts.get(a) for a in account_ids) if s is not None and s.hours]
+        return self._evidence_of(states) if states else None
+
+    def _evidence_of(self, states: list[_State]) -> Evidence | None:
+        if len(self.first_seen) < 2:
+            return None
         oldest = min(self.first_seen.values())
+        first_hour = min(s.first_hour for s in states)
         best: tuple[float, str, int, int] | None = None
         for model, released in self.first_seen.items():
             if released - oldest < 6 * 3600:
                 continue  # there from the start of the log: no release observed
             start = int(released // 3600)
-            active_before = state.first_hour < start
-            window = [(m, c) for (m, h), c in hours.items() if start <= h < start + 24]
-            total = sum(c for _, c in window)
-            on_new = sum(c for m, c in window if m == model)
+            active_before = first_hour < start
+            total = on_new = 0
+            for state in states:
+                for (m, h), c in state.hours.items():
+                    if start <= h < start + 24:
+                        total += c
+                        on_new += c if m == model else 0
             if total == 0:
                 continue
             share = on_new / total

@@ -289,9 +289,10 @@ class Scanner:
 
         Distillation is extraction sustained across days *and accounts*: a fleet of 120 accounts sending a few
         requests a day each has, per account, too little to score, but together it sends a sweep's volume with a
-        sweep's shape. The five detectors whose evidence is counts (elicitation share, coverage and single-turn
+        sweep's shape. The six detectors whose evidence is counts (elicitation share, coverage and single-turn
         share, answer lengths and sampling parameters, volume and persistence of what was extracted, fresh
-        networks beyond a day's third: :meth:`NetworkRotation.pooled`) are recomputed over the members' pooled
+        networks beyond a day's third: :meth:`NetworkRotation.pooled`, the share of a release's first day on the new
+        model: :meth:`ModelPivot.pooled`) are recomputed over the members' pooled
         counts — persistence across accounts counting as persistence across
         days, as far as coordination ties them (:meth:`SustainedExtraction.pooled`); the other detectors enter at
         the members' median, and the cluster's coordination is one more family (``POOL_TIED_WEIGHT``): a fleet's
@@ -306,7 +307,8 @@ class Scanner:
         if gate < 0.05:
             return None
         pooled = (self.reasoning.pooled(members), self.coverage.pooled(members), self.economics.pooled(members),
-                  self.sustained.pooled(members, across=cluster.coordination), self.rotation.pooled(members))
+                  self.sustained.pooled(members, across=cluster.coordination), self.rotation.pooled(members),
+                  self.pivot.pooled(members))
         together = [e for e in pooled if e is not None]
         by_name = {e.detector: e.score for e in together}
         for name in DISTILL_WEIGHTS:
