@@ -24,7 +24,7 @@ from tests.gateway_fixtures import RunningGateway, start_gateway
 from tests.pg_fixtures import PostgresServer, fresh_database, postgres  # noqa: F401 - fixture
 from tests.redis_fixtures import RedisServer
 from tests.test_fleet import _metric
-from tests.test_risk_durability import _harvest
+from tests.test_risk_durability import _harvest_until_throttled
 from tests.upstream_stub import UpstreamStub
 
 DETECTION = {"flag_threshold": 0.5, "throttle_threshold": 0.8, "block_threshold": 0.99, "block_enabled": False,
@@ -83,11 +83,9 @@ def test_three_replicas_keep_throttles_across_a_full_restart_and_ride_out_a_redi
         assert a.admin("POST", f"/admin/v1/accounts/{manual['account_id']}/action",
                        json={"action": "throttle", "reason": "test"}).status_code == 200
         client = anthropic.Anthropic(base_url=a.root_url, api_key=harvester["secret"], max_retries=0)
-        for i in range(80):  # the scorer's throttle, earned on replica a only
-            _harvest(client, i)
-            if a.admin("GET", f"/admin/v1/accounts/{harvester['account_id']}/risk").json().get("distillation_score", 0) >= 0.8:
-                break
-        else:
+        # the scorer's throttle, earned on replica a only
+        if not _harvest_until_throttled(client, lambda: float(
+                a.admin("GET", f"/admin/v1/accounts/{harvester['account_id']}/risk").json().get("distillation_score", 0))):
             pytest.fail("the harvester never reached the throttle threshold on replica a")
         engine = create_engine(database.replace("postgresql://", "postgresql+psycopg://"))
         with engine.connect() as conn:  # merged into the store's risk snapshot within a second or two

@@ -7,7 +7,7 @@ import re
 import signal
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +132,28 @@ def _harvest(client: anthropic.Anthropic, i: int) -> str:
     return "200"
 
 
+def _harvest_until_throttled(client: anthropic.Anthropic, score: Callable[[], float], requests: int = 200,
+                             wait_s: float = 30.0) -> bool:
+    """Harvest until the account's distillation score reaches the throttle threshold (0.8); whether it did.
+
+    One family of evidence alone (here the wording: every prompt asks for the reasoning) stays below `high` by design
+    (scanner.FAMILY_CAP, SECOND_FAMILY), so this harvester crosses 0.8 only once coverage and answer lengths add a
+    second family — after ~60-70 requests on a quiet machine. The online scorer's reports lag the traffic on a busy
+    one, so after the requests the score is polled for ``wait_s`` more before giving up.
+    """
+    for i in range(requests):
+        _harvest(client, i)
+        if score() >= 0.8:
+            return True
+        time.sleep(0.02)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if score() >= 0.8:
+            return True
+        time.sleep(0.2)
+    return False
+
+
 def test_a_throttled_harvester_stays_throttled_and_flagged_across_a_gateway_restart(tmp_path: Path, stub: UpstreamStub) -> None:
     detection = {"flag_threshold": 0.5, "throttle_threshold": 0.8, "block_threshold": 0.99, "block_enabled": False}
     gw = start_gateway(tmp_path, stub.base_url, detection=detection)
@@ -139,15 +161,12 @@ def test_a_throttled_harvester_stays_throttled_and_flagged_across_a_gateway_rest
         key = gw.create_key("harvester")
         account = key["account_id"]
         client = anthropic.Anthropic(base_url=gw.root_url, api_key=key["secret"], max_retries=0)
-        throttled = False
-        for i in range(80):
-            _harvest(client, i)
+
+        def score() -> float:
             risk = gw.admin("GET", f"/admin/v1/accounts/{account}/risk")
-            if risk.status_code == 200 and risk.json().get("distillation_score", 0) >= 0.8:
-                throttled = True
-                break
-            time.sleep(0.05)
-        assert throttled, "the harvester never reached the throttle threshold"
+            return float(risk.json().get("distillation_score", 0)) if risk.status_code == 200 else 0.0
+
+        assert _harvest_until_throttled(client, score), "the harvester never reached the throttle threshold"
         registry = Registry(gw.database)
         deadline = time.time() + 5  # the snapshot is merged into the store every second
         while time.time() < deadline and account not in RiskStore(registry.engine).load()["accounts"]:
@@ -224,11 +243,7 @@ def test_a_block_and_a_scorer_decision_reach_the_other_replica_within_a_second(t
         key = a.create_key("harvester")
         account = key["account_id"]
         client = anthropic.Anthropic(base_url=a.root_url, api_key=key["secret"], max_retries=0)
-        for i in range(80):
-            _harvest(client, i)
-            if a.admin("GET", f"/admin/v1/accounts/{account}/risk").json().get("distillation_score", 0) >= 0.8:
-                break
-        else:
+        if not _harvest_until_throttled(client, lambda: float(a.admin("GET", f"/admin/v1/accounts/{account}/risk").json().get("distillation_score", 0))):
             pytest.fail("the harvester never reached the throttle threshold on replica a")
 
         def b_throttles() -> bool:
