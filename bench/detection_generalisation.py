@@ -2,6 +2,7 @@
 
     python bench/detection_generalisation.py [--dev-seeds 1 2 3] [--test-seeds 1001 1002 1003] [--holdout-seeds 7001 7002]
         [--fixed default stealthy pivot bench/scenarios/hard.yaml] [--fixed-seed 4242] [--without-accounts] [--reuse] [--jobs 2]
+        [--family robust|robust_stress]
 
 For every seed it runs ``distillguard simulate --scenario robust --split S
 --seed N`` and ``distillguard eval --json --accounts`` (the simulated account metadata,
@@ -189,23 +190,27 @@ def main() -> int:
                         help="evaluate from the events alone (default: with the simulated account metadata, as `scan --accounts`)")
     parser.add_argument("--reuse", action="store_true", help="reuse results already in bench/out/generalisation")
     parser.add_argument("--jobs", type=int, default=2, help="simulate+eval runs at a time (default 2)")
+    parser.add_argument("--family", default="robust", choices=("robust", "robust_stress"),
+                        help="robust_stress: one campaign in each joint corner of the space, dev seeds only (docs/evaluation.md)")
     args = parser.parse_args()
     seeds_of = {"dev": args.dev_seeds, "test": args.test_seeds, "holdout": args.holdout_seeds}
     splits = [split for split, seeds in seeds_of.items() if seeds]
     if not splits:
         parser.error("no seeds: give --dev-seeds, --test-seeds or --holdout-seeds")
+    if args.family == "robust_stress" and splits != ["dev"]:
+        parser.error("--family robust_stress has a dev split only: give --dev-seeds and an empty --test-seeds")
     for a, b in (("dev", "test"), ("dev", "holdout"), ("test", "holdout")):
         if set(seeds_of[a]) & set(seeds_of[b]):
             parser.error(f"{a} and {b} seeds must be disjoint")
     began, digest = time.perf_counter(), src_digest()
     # Every (scenario, split, seed) is its own pair of subprocesses: run --jobs of them at a time.
-    work = [("robust", split, seed) for split in splits for seed in seeds_of[split]]
+    work = [(args.family, split, seed) for split in splits for seed in seeds_of[split]]
     work += [(scenario, "dev", args.fixed_seed) for scenario in args.fixed]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         done = dict(zip(work, pool.map(lambda w: run(*w, with_accounts=args.with_accounts, reuse=args.reuse), work), strict=True))
-    runs = {split: [done[("robust", split, seed)] for seed in seeds_of[split]] for split in splits}
+    runs = {split: [done[(args.family, split, seed)] for seed in seeds_of[split]] for split in splits}
     summaries = {split: summarise(r) for split, r in runs.items()}
-    lines = [f"## robust family: {' vs '.join(f'{split} seeds {seeds_of[split]}' for split in splits)}"
+    lines = [f"## {args.family} family: {' vs '.join(f'{split} seeds {seeds_of[split]}' for split in splits)}"
              f"{', with account metadata' if args.with_accounts else ', events only'}", "",
              "events per seed: " + "; ".join(f"{split} {_counts(runs[split])}" for split in splits), "",
              "eval CPU-seconds per seed: " + "; ".join(f"{split} {_cpu(runs[split])}" for split in splits), "",

@@ -46,10 +46,10 @@ from distillguard.sim.world import (
     user_agent,
 )
 
-__all__ = ["ARCHETYPES", "MIN_REQUESTS", "CampaignParams", "Fleet", "sample_campaign"]
+__all__ = ["ARCHETYPES", "MIN_REQUESTS", "STRESS_CORNERS", "CampaignParams", "Fleet", "sample_campaign"]
 
 _DIGITS = re.compile(r"(?<![\w.])\d{1,4}(?![\w.])")
-ARCHETYPES = ("quiet_sweep", "sleeper_fleet", "imitates_people", "grader", "sampled", "corner")
+ARCHETYPES = ("quiet_sweep", "sleeper_fleet", "imitates_people", "grader", "sampled", "corner", "stress_<corner>")
 TIMINGS = ("synchronised", "balanced", "uniform", "daytime", "per_account_daytime")
 NETWORKS = ("per_request", "per_account", "hosting", "mixed")
 
@@ -75,7 +75,7 @@ class CampaignParams:
     grader: float = 0.0
     network: str = "hosting"
     hosting_asns: int = 1
-    creation: str = "spread"  # burst | waves | spread
+    creation: str = "spread"  # burst | waves | spread | staggered (aged reserves replacing accounts one at a time)
     benign_mix: float = 0.0
     ban_replace: bool = False
     ban_day: float | None = None
@@ -174,6 +174,58 @@ def _draw_space(rng: random.Random, p: CampaignParams, draws: SpaceDraws, *, day
     p.public_system = rng.choice((0.0, 0.0, share(rng, 0.2, 1.0)))
 
 
+def _stress_corner(rng: random.Random, p: CampaignParams, corner: str, languages: Callable[[int], tuple[str, ...]], *, days: int,
+                   release_day: float | None) -> bool:
+    """Push a dev-drawn campaign (``_draw_space`` with ``SPACE``) into one joint corner of the space (``STRESS_CORNERS``).
+
+    ``sampled`` draws every axis independently, so a *combination* of extremes — 500 accounts at two requests a day
+    all week, each request from a new residential address, no creation burst, nothing in the wording — is a draw
+    in hundreds. These set the axes that make a corner and leave the rest as drawn. Dev split only
+    (``robust_stress``). Returns whether the size rule should lower the rate before the lifetime.
+    """
+    if corner == "wide_slow":  # hundreds of accounts, 2-3 requests a day all week, nothing shared but the task pools
+        p.accounts, p.rate = rng.randint(300, 500), rng.uniform(2, 3)
+        p.start_day = rng.uniform(0, 0.5)
+        p.lifetime_days = days - p.start_day
+        p.timing, p.network, p.creation, p.ua = rng.choice(("uniform", "per_account_daytime")), "per_request", "spread", "varied"
+        p.system, p.wrappers, p.elicit, p.grader, p.multi_turn = "none", "none", rng.uniform(0, 0.1), 0.0, 0.0
+        p.payments, p.email, p.params, p.ban_replace, p.pivot = rng.choice(("unique", "none")), "webmail", "benign", False, False
+        p.public_wrappers = p.public_system = p.benign_mix = 0.0
+        return True
+    if corner == "silent_systems":  # one system prompt per account, no elicitation, no wrapper
+        p.system, p.wrappers, p.elicit, p.grader, p.public_wrappers = "per_account", "none", 0.0, 0.0, 0.0
+        p.network, p.creation = rng.choice(("per_account", "per_request")), "spread"
+    elif corner == "replace_staggered":  # ban-and-replace from aged reserves, each account replaced at its own time
+        p.ban_replace, p.creation, p.network = True, "staggered", rng.choice(("per_account", "per_request"))
+        p.payments, p.email = rng.choice(("unique", "none")), "webmail"
+    elif corner == "benign_heavy":  # most requests are ordinary conversations
+        p.benign_mix, p.elicit = rng.uniform(0.6, 0.8), rng.uniform(0, 0.2)
+        p.wrappers, p.network, p.creation = rng.choice(("none", "paraphrased")), "per_account", rng.choice(("spread", "waves"))
+    elif corner == "people_like":  # streams, attests, follows up, per-account daytime, many languages
+        p.stream, p.attest, p.tz_consistent, p.timing = 1.0, True, True, "per_account_daytime"
+        p.multi_turn, p.wrappers, p.languages = rng.uniform(0.7, 0.9), "paraphrased", languages(8)
+        p.elicit, p.network, p.creation, p.ua = rng.uniform(0.2, 0.8), "per_account", "spread", "varied"
+        p.public_system, p.benign_mix, p.params, p.grader = rng.uniform(0.3, 0.8), rng.uniform(0.2, 0.4), "benign", 0.0
+    elif corner == "polyglot_elicit":  # 70-80 % elicitation, paraphrased per request in eight languages
+        p.elicit, p.wrappers, p.languages = rng.uniform(0.7, 0.8), "paraphrased", languages(8)
+        p.network, p.grader = rng.choice(("per_request", "per_account")), 0.0
+    elif corner == "grader_rotating":  # mostly grader / reward-model prompts, a new address per request
+        p.grader, p.network, p.elicit, p.wrappers = rng.uniform(0.6, 0.9), "per_request", rng.uniform(0, 0.2), "none"
+    elif corner == "release_newcomers":  # accounts made hours before a release, on the new model from its first hour
+        if release_day is not None:
+            p.pivot, p.start_day = True, release_day
+            p.lifetime_days = rng.uniform(1, days - release_day)
+        p.creation, p.elicit, p.network = "burst", rng.uniform(0.1, 0.5), rng.choice(("per_account", "per_request"))
+    else:
+        raise ValueError(f"unknown stress corner {corner!r}; one of {STRESS_CORNERS}")
+    return rng.random() < 0.5
+
+
+# The joint corners ``robust_stress`` (dev only) draws, one campaign each (docs/evaluation.md, "Stress: the space's corners").
+STRESS_CORNERS = ("wide_slow", "silent_systems", "replace_staggered", "benign_heavy", "people_like", "polyglot_elicit",
+                  "grader_rotating", "release_newcomers")
+
+
 MIN_REQUESTS = 1_500
 CORNER_SHARE = 0.35  # each axis of a ``corner`` campaign goes to an extreme with this probability
 
@@ -233,6 +285,9 @@ def sample_campaign(rng: random.Random, archetype: str, wording: Wording, *, day
             _corners(rng, p, languages, release_day)
         else:
             slow_first = rng.random() < 0.5
+    elif archetype.startswith("stress_"):
+        _draw_space(rng, p, SPACE, days=days, release_day=release_day, languages=languages)
+        slow_first = _stress_corner(rng, p, archetype.removeprefix("stress_"), languages, days=days, release_day=release_day)
     elif archetype == "quiet_sweep":
         p.accounts, p.rate = rng.randint(20, 60), rng.uniform(20, 60)
         p.start_day, p.lifetime_days = rng.uniform(0, 1), days
@@ -380,8 +435,14 @@ class Fleet(Actor):
         daytime = p.timing in ("daytime", "per_account_daytime")
         thin = 24 / 15 if daytime else 1.0
         ts, index = begin, 0
+        # ``staggered``: each account is banned at its own moment over the lifetime and its replacement takes its place.
+        handover = sorted(begin + rng.uniform(0.2, 0.8) * (end - begin) for _ in first) if p.creation == "staggered" and ban else []
         while ts < end:
-            members = second if ban is not None and ts >= ban else first
+            if handover:
+                replaced = sum(1 for moment in handover if moment <= ts)
+                members = second[:replaced] + first[replaced:]
+            else:
+                members = second if ban is not None and ts >= ban else first
             weights = [m.weight for m in members]
             total = sum(weights) * p.rate / DAY
             if p.timing == "synchronised":

@@ -12,9 +12,10 @@ import datetime as dt
 import random
 from typing import TYPE_CHECKING, Any
 
+from distillguard.exceptions import InputError
 from distillguard.sim.campaign_wording import CampaignNeeds, deal_private_wording
 from distillguard.sim.corpora import PromptPools
-from distillguard.sim.fleet import Fleet, sample_campaign
+from distillguard.sim.fleet import STRESS_CORNERS, Fleet, sample_campaign
 from distillguard.sim.metadata import AccountMeta, MetaMaker
 from distillguard.sim.people import CodingAgent, EvalJob, LightApp, Person
 from distillguard.sim.populations import DAY, Actor, Client, Reseller, home_client
@@ -189,6 +190,10 @@ def build_robust(scenario: Scenario, seed: int, split: str) -> tuple[list[Actor]
     campaigns: dict[str, Any] = {}
     designs = [*scenario.campaign_designs, *(["corner"] * (scenario.sampled_campaigns + HOLDOUT_EXTRA_CAMPAIGNS) if holdout
                                              else ["sampled"] * scenario.sampled_campaigns)]
+    if scenario.stress_campaigns:
+        if split != "dev":
+            raise InputError(f"stress_campaigns (scenario {scenario.name!r}) is for the dev split only, got --split {split}")
+        designs += [f"stress_{STRESS_CORNERS[i % len(STRESS_CORNERS)]}" for i in range(scenario.stress_campaigns)]
     drawn = []
     for archetype in designs:
         r = child()
@@ -225,7 +230,9 @@ def campaign_metadata(maker: MetaMaker, rng: random.Random, params: Any, account
     out = []
     for i, acct in enumerate(accounts + replacements):
         replacement = i >= len(accounts)
-        if replacement and params.ban_day is not None:
+        if params.creation == "staggered":  # aged accounts, the reserve bought weeks before the first ban
+            created = (start + params.ban_day * DAY if replacement and params.ban_day is not None else begin) - rng.uniform(3, 120) * DAY
+        elif replacement and params.ban_day is not None:
             created = start + params.ban_day * DAY - rng.uniform(0, 3) * 3600
         elif params.creation == "burst":
             created = burst_at + rng.uniform(0, 6) * 3600

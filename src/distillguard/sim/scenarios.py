@@ -83,6 +83,8 @@ class Scenario(BaseModel):
     sampled_campaigns: int = Field(4, ge=0, le=50)
     campaign_designs: list[CampaignDesign] = Field(default_factory=lambda: list(CAMPAIGN_DESIGNS))
     campaign_budget: int = Field(8_000, ge=100)
+    # Dev split only: campaigns pushed into the space's joint corners (``STRESS_CORNERS``, one of each in turn).
+    stress_campaigns: int = Field(0, ge=0, le=50)
 
 
 SCENARIOS: dict[str, dict[str, Any]] = {
@@ -112,6 +114,12 @@ SCENARIOS: dict[str, dict[str, Any]] = {
 
 SCENARIOS["robust"] = {"name": "robust", "family": "robust", "days": 7, "models": ["demo-1", "demo-2"], "new_model_day": 3.5,
                        "campaigns": []}
+
+
+# A dev-only stress world: the same legitimate populations, and one campaign in each joint corner of the space
+# (sim/fleet.py, ``STRESS_CORNERS``) instead of the named designs and the independent draws.
+SCENARIOS["robust_stress"] = {**SCENARIOS["robust"], "name": "robust_stress", "campaign_designs": [], "sampled_campaigns": 0,
+                              "stress_campaigns": 8}
 
 
 def load_scenario(name_or_path: str) -> Scenario:
