@@ -60,6 +60,8 @@ def main() -> int:
     parser.add_argument("--pairs", type=int, default=5)
     parser.add_argument("--duration", type=int, default=6)
     parser.add_argument("--loads", default="sse:64,json:64,sse:1,json:1", help="kind:connections, comma-separated")
+    parser.add_argument("--online", action="store_true", help="both sides all on (online detection: the scorer child, "
+                        "whose CPU counts with its gateway's)")
     args = parser.parse_args()
     began = time.perf_counter()
     digest = src_digest()
@@ -84,10 +86,10 @@ def main() -> int:
             spawn([PYTHON, str(ROOT / "bench" / "fast_upstream.py"), "--port", str(port)], f"upstream-{tag}.log")
             upstream = f"http://127.0.0.1:{port}/v1"
             wait(upstream + "/models")
-            sides[tag] = start_gateway(work, tag, upstream, spawn, src=src)
+            sides[tag] = start_gateway(work, tag, upstream, spawn, src=src, online=args.online)
         named = f"`{args.before}` (git archive: source only)" if args.before else f"`{before_src}`"
         lines += [f"Load average before: {load_before}. `before` is {named}, {build_state(before_src)}; `now` is the "
-                  f"current tree, {build_state(now_src)}. {args.pairs} pairs of {args.duration} s per load, both set-ups "
+                  f"current tree, {build_state(now_src)}. Configuration: {'all on (online detection)' if args.online else 'core'}. {args.pairs} pairs of {args.duration} s per load, both set-ups "
                   "driven at the same time.", "",
                   "| load | CPU ms/request, before (median) | now (median) | now / before, median of pairs | pairs | "
                   "req/s now / before (median) |", "|---|---:|---:|---:|---|---:|"]
