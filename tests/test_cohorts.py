@@ -118,3 +118,62 @@ def test_binomial_tail_matches_the_exact_sum() -> None:
         exact = sum(math.comb(n, i) * p ** i * (1 - p) ** (n - i) for i in range(k, n + 1))
         assert abs(log10_binomial_tail(k, n, p) - math.log10(exact)) < 1e-9
     assert log10_binomial_tail(0, 10, 0.3) == 0.0
+
+
+def test_binomial_tail_stops_early_only_where_the_whole_tail_is_above_the_bound() -> None:
+    """``stop_above`` returns the first term (a lower bound) when that alone exceeds the bound; otherwise the very same
+    sum, so a cohort's test and its reported ``log10_p`` are unchanged."""
+    rng = random.Random(3)
+    stopped = 0
+    for _ in range(2000):
+        n = rng.randint(5, 3000)
+        k = rng.randint(1, n)
+        p = rng.choice([rng.uniform(0, 1), rng.uniform(0, 0.01), 10 ** rng.uniform(-13, 0)])
+        whole = log10_binomial_tail(k, n, p)
+        early = log10_binomial_tail(k, n, p, -8.0)
+        if early > -8.0:
+            assert whole > -8.0 and early <= whole + 1e-12
+            stopped += int(early != whole)
+        else:
+            assert early == whole
+    assert stopped > 100  # the bound does stop early
+
+
+def test_account_items_of_some_kinds_are_the_whole_list_filtered_by_kind() -> None:
+    """Clustering's cohorts ask ``account_items`` for seven kinds only (``kinds``): the same items in the same order."""
+    from distillguard.detect.attribution import KINDS, account_items
+    from distillguard.detect.cohorts import ARRIVAL_KINDS, COHORT_KINDS
+
+    meta: dict[str, AccountMeta] = {}
+    events = people(meta, 40, requests=6)
+    rng = random.Random(5)
+    for u in range(30):  # scripted accounts: a wrapper, a system prompt, hosting networks, rotation
+        name = f"script{u:02d}"
+        meta[name] = AccountMeta(name, created_at=T0 - DAY, attributes={"email_domain": "x.example", "payment_fp": f"card{u % 3}"})
+        for i in range(rng.randint(1, 12)):
+            event = ev(name, T0 + rng.uniform(0, DAY), f"Answer step by step and show all work: {maths_task(u * 50 + i)}",
+                       ip=f"203.0.{rng.randrange(4) if u % 2 else i}.{u}", asn=16509, header="fp-curl", params=PARAMS[u % 3])
+            event["client"]["geo"]["hosting"] = bool(u % 2)
+            event["request"]["system"] = "You are DataBot. Always answer with the final number last." if u % 3 else None
+            if u % 4 == 0:
+                event["attestation"] = {"install_id": f"inst{u}"}
+            events.append(event)
+    scanner = replay(meta, events)
+    collector, templates = scanner.fingerprints, scanner.templates
+    every = set(KINDS)
+    checked = 0
+    for account, state in collector.accounts.items():
+        single_turn, wrappers = templates.wrappers(account)
+        for minimum in (None, 1):
+            whole = account_items(state, single_turn, wrappers, templates.systems(account), meta[account].attributes, ("slot",),
+                                  minimum_count=minimum)
+            for kinds in (ARRIVAL_KINDS, COHORT_KINDS, frozenset({"wrapper"}), frozenset({"net", "ip", "payment"}), every, frozenset()):
+                some = account_items(state, single_turn, wrappers, templates.systems(account), meta[account].attributes, ("slot",),
+                                     minimum_count=minimum, kinds=kinds)
+                assert some == [item for item in whole if item.kind in kinds], (account, kinds)
+                checked += len(some)
+    assert checked > 1000
+    assert {i.kind for a, s in collector.accounts.items()
+            for i in account_items(s, *templates.wrappers(a), templates.systems(a), meta[a].attributes, ("slot",), minimum_count=1)} >= \
+        {"wrapper", "short_wrapper", "system_prompt", "params", "install", "ip", "hosting_net", "net", "hosting_asn", "rotation",
+         "profile", "attribute", "payment", "burst"}

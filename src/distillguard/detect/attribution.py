@@ -40,6 +40,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -355,38 +356,60 @@ def rotation_item(state: _Account, min_requests: int = ROTATION_MIN_REQUESTS) ->
 
 
 def account_items(state: _Account | None, single_turn: int, wrappers: Mapping[str, int], systems: Mapping[str, int],
-                  attributes: Mapping[str, str], bursts: Sequence[str], minimum_count: int | None = None) -> list[Item]:
+                  attributes: Mapping[str, str], bursts: Sequence[str], minimum_count: int | None = None,
+                  kinds: AbstractSet[str] | None = None) -> list[Item]:
     """Every item an account carries (public wrappers and stock system prompts left out).
 
     An item must recur (two or three times, by kind) to count; ``minimum_count=1`` takes every value the account
-    shows at all, as :mod:`distillguard.detect.cohorts` does for accounts of one or two requests."""
+    shows at all, as :mod:`distillguard.detect.cohorts` does for accounts of one or two requests. ``kinds``: only the
+    items of these kinds (the same ones, in the same order, as the whole list filtered by kind) — the cohorts read
+    seven kinds of every account's items at every clustering, and the others (its addresses, habits, records) cost
+    more than those seven to make."""
     items: list[Item] = []
 
     def recurs(count: int) -> int:
         return count if minimum_count is None else minimum_count
 
-    for piece, share in _shares(wrappers, single_turn, WRAPPER_SHARE, recurs(3)):
-        if not is_public_wrapper(piece):
-            items.append(Item("wrapper" if piece[1] == "4" else "short_wrapper", piece, share))
-    for system, share in _shares(systems, max(1, single_turn), 0.05, recurs(2)):
-        if system not in _PUBLIC_SYSTEM_HASHES:
-            items.append(Item("system_prompt", system, min(1.0, share)))
+    def wanted(kind: str) -> bool:
+        return kinds is None or kind in kinds
+
+    if wanted("wrapper") or wanted("short_wrapper"):
+        for piece, share in _shares(wrappers, single_turn, WRAPPER_SHARE, recurs(3)):
+            kind = "wrapper" if piece[1] == "4" else "short_wrapper"
+            if wanted(kind) and not is_public_wrapper(piece):
+                items.append(Item(kind, piece, share))
+    if wanted("system_prompt"):
+        for system, share in _shares(systems, max(1, single_turn), 0.05, recurs(2)):
+            if system not in _PUBLIC_SYSTEM_HASHES:
+                items.append(Item("system_prompt", system, min(1.0, share)))
     if state is not None:
         requests = state.requests
-        items += [Item("params", _params_label(value), share) for value, share in _shares(state.params, requests, 0.25, recurs(2))]
-        items += [Item("install", value, 1.0) for value in state.installs]
-        items += [Item("ip", value, share) for value, share in _shares(state.ips, requests, 0.1, recurs(2))]
-        for net, share in _shares(state.nets, requests, 0.1, recurs(2)):
-            items.append(Item("hosting_net" if net[0] else "net", _net_label(net), share))
-        items += [Item("hosting_asn", f"AS{value}", share) for value, share in _shares(state.hosting_asns, requests, 0.3, recurs(2))]
-        rotating = rotation_item(state)
+        if wanted("params"):
+            items += [Item("params", _params_label(value), share) for value, share in _shares(state.params, requests, 0.25, recurs(2))]
+        if wanted("install"):
+            items += [Item("install", value, 1.0) for value in state.installs]
+        if wanted("ip"):
+            items += [Item("ip", value, share) for value, share in _shares(state.ips, requests, 0.1, recurs(2))]
+        if wanted("hosting_net") or wanted("net"):
+            for net, share in _shares(state.nets, requests, 0.1, recurs(2)):
+                kind = "hosting_net" if net[0] else "net"
+                if wanted(kind):
+                    items.append(Item(kind, _net_label(net), share))
+        if wanted("hosting_asn"):
+            items += [Item("hosting_asn", f"AS{value}", share) for value, share in _shares(state.hosting_asns, requests, 0.3, recurs(2))]
+        rotating = rotation_item(state) if wanted("rotation") else None
         if rotating is not None:
             items.append(rotating)
-        items += [Item("profile", _profile_label(value), share) for value, share in _shares(state.profiles, requests, 0.5, recurs(2))]
-        items += [Item("habits", habits, 1.0) for habits in _habits(state)]
+        if wanted("profile"):
+            items += [Item("profile", _profile_label(value), share) for value, share in _shares(state.profiles, requests, 0.5, recurs(2))]
+        if wanted("habits"):
+            items += [Item("habits", habits, 1.0) for habits in _habits(state)]
     for name, value in attributes.items():
-        items.append(Item("payment" if name in _IDENTITY_ATTRIBUTES else "attribute", f"{name}={value}", 1.0))
-    items += [Item("burst", slot, 1.0) for slot in bursts]
+        kind = "payment" if name in _IDENTITY_ATTRIBUTES else "attribute"
+        if wanted(kind):
+            items.append(Item(kind, f"{name}={value}", 1.0))
+    if wanted("burst"):
+        items += [Item("burst", slot, 1.0) for slot in bursts]
     return items
 
 

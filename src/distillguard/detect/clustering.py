@@ -75,7 +75,7 @@ from distillguard.detect.attribution import (
 )
 from distillguard.detect.base import logistic, typical
 from distillguard.detect.chance import ChanceModel
-from distillguard.detect.cohorts import burst_runs, cohort_traits, find_cohorts
+from distillguard.detect.cohorts import ARRIVAL_KINDS, burst_runs, cohort_traits, find_cohorts
 from distillguard.detect.minhash import LSHIndex, MinHasher, Signature
 from distillguard.detect.phrasebank import BANK_ALONE, BANK_PHRASINGS, BankOverlap, PhraseBanks, phrasings
 
@@ -698,8 +698,10 @@ def _cohort_links(links: dict[tuple[str, str], _Link], collector: AttributionCol
         single_turn, wrappers = templates.wrappers(account)
         meta = metadata.get(account)
         state = active.get(account)
+        # Only the kinds a cohort may share (cohort_traits keeps no other): the rest of an account's items are what
+        # cost most to make, and every account is in a block (arrival windows) at every clustering.
         found = account_items(state, single_turn, wrappers, templates.systems(account), meta.attributes if meta else empty, (),
-                              minimum_count=1)
+                              minimum_count=1, kinds=ARRIVAL_KINDS)
         if state is not None and state.requests < ROTATION_MIN_REQUESTS:
             # Rotation from the second request on (as a link item it needs ROTATION_MIN_REQUESTS, already in `found`).
             rotating = rotation_item(state, min_requests=2)

@@ -176,8 +176,11 @@ def _stable(account: str) -> int:
     return zlib.crc32(account.encode())  # any stable order will do: the sample only has to be the same on every run
 
 
-def log10_binomial_tail(k: int, n: int, p: float) -> float:
-    """log10 P(Binomial(n, p) ≥ k), summed in log space from ``k`` (the terms fall fast once k > n·p)."""
+def log10_binomial_tail(k: int, n: int, p: float, stop_above: float = math.inf) -> float:
+    """log10 P(Binomial(n, p) ≥ k), summed in log space from ``k`` (the terms fall fast once k > n·p).
+
+    ``stop_above``: when the first term alone (a lower bound of the tail) already exceeds it, that bound is returned
+    without the sum: :func:`find_cohorts` needs the tail only where it is at most ``COHORT_LOG10_P``."""
     if k <= 0:
         return 0.0
     if k > n:
@@ -185,7 +188,11 @@ def log10_binomial_tail(k: int, n: int, p: float) -> float:
     p = min(max(p, 1e-12), 1 - 1e-12)
     lp, lq = math.log(p), math.log1p(-p)
     base = math.lgamma(n + 1)
-    terms = [base - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * lp + (n - i) * lq for i in range(k, min(n, k + 400) + 1)]
+    first = base - math.lgamma(k + 1) - math.lgamma(n - k + 1) + k * lp + (n - k) * lq
+    if first / math.log(10) > stop_above:
+        return first / math.log(10)
+    terms = [first] + [base - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * lp + (n - i) * lq
+                       for i in range(k + 1, min(n, k + 400) + 1)]
     top = max(terms)
     return (top + math.log(sum(math.exp(t - top) for t in terms))) / math.log(10)
 
@@ -197,24 +204,40 @@ def find_cohorts(traits: Callable[[str, bool], set[Item]], blocks: Sequence[Bloc
     background sample; ``blocks``: :func:`burst_runs` of the accounts with at
     least one request; ``background``: accounts that do not look like distillers on their own.
     Blocks are judged against a sample of the background outside every block.
-    """
-    tested: list[tuple[Block, dict[Item, list[str]]]] = []
-    wanted: set[Item] = set()
-    known: dict[str, set[Item]] = {}  # an account's traits as a block member: arrival windows overlap, so it is in several
 
-    def member_traits(account: str) -> set[Item]:
-        found = known.get(account)
-        if found is None:
-            found = known[account] = traits(account, True)
-        return found
+    Cost: arrival windows put every account in about four blocks, so at 100,000 accounts the per-(block, member,
+    trait) work is millions of steps at every clustering. Each distinct trait is numbered once per call (an
+    :class:`Item`'s hash is computed in Python, an int's is itself), and the background's share carrying any of a
+    kind's values, or a combination of kinds, is counted with set operations over each trait's carriers in the sample
+    rather than by a pass over the sample per block: the same counts.
+    """
+    tested: list[tuple[Block, dict[int, list[str]]]] = []
+    wanted: set[int] = set()
+    number: dict[Item, int] = {}  # each distinct trait → its number in this call
+    item_of: list[Item] = []
+    known: dict[str, tuple[int, ...]] = {}  # an account's traits as a block member: arrival windows overlap, so it is in several
+
+    def numbered(found: Iterable[Item]) -> tuple[int, ...]:
+        out = []
+        for trait in found:
+            i = number.get(trait)
+            if i is None:
+                i = number[trait] = len(item_of)
+                item_of.append(trait)
+            out.append(i)
+        return tuple(out)
 
     for block in blocks:
         if len(block.members) < COHORT_MIN:
             continue
-        carriers: dict[Item, list[str]] = defaultdict(list)
+        carriers: dict[int, list[str]] = defaultdict(list)
+        kinds = block.kinds
         for account in block.members:
-            for trait in member_traits(account):
-                if trait.kind in block.kinds:
+            found = known.get(account)
+            if found is None:
+                found = known[account] = numbered(traits(account, True))
+            for trait in found:
+                if item_of[trait].kind in kinds:
                     carriers[trait].append(account)
         carriers = {t: m for t, m in carriers.items() if len(m) >= COHORT_MIN}
         if carriers:
@@ -224,12 +247,12 @@ def find_cohorts(traits: Callable[[str, bool], set[Item]], blocks: Sequence[Bloc
     sample = heapq.nsmallest(NULL_SAMPLE, (a for a in background if a not in in_blocks), key=_stable)
     if not wanted or not sample:
         return []
-    seen: dict[Item, int] = defaultdict(int)
-    carried: dict[str, frozenset[Item]] = {}  # each sample account's wanted traits (for the per-kind unions below)
+    holders: dict[int, set[str]] = defaultdict(set)  # each wanted trait → the sample accounts carrying it
+    carried: dict[str, frozenset[int]] = {}  # each sample account's wanted traits
     for account in sample:
-        mine = frozenset(t for t in traits(account, False) if t in wanted)
+        mine = frozenset(t for t in numbered(traits(account, False)) if t in wanted)
         for trait in mine:
-            seen[trait] += 1
+            holders[trait].add(account)
         if mine:
             carried[account] = mine
     in_sample = set(sample)
@@ -238,7 +261,7 @@ def find_cohorts(traits: Callable[[str, bool], set[Item]], blocks: Sequence[Bloc
         n = len(block.members)
         # A block that stays in the sample (an arrival window) is judged against the rest of it: the trait's share
         # among the accounts that arrived at other times, not a share its own carriers raise.
-        own: dict[Item, int] = defaultdict(int)
+        own: dict[int, int] = defaultdict(int)
         inside: set[str] = set()
         if not block.exclusive:
             inside = {a for a in block.members if a in in_sample}
@@ -246,13 +269,13 @@ def find_cohorts(traits: Callable[[str, bool], set[Item]], blocks: Sequence[Bloc
                 for trait in carried.get(a, ()):
                     own[trait] += 1
         size = len(sample) - len(inside)
-        significant: list[tuple[Item, list[str], float, float]] = []
+        significant: list[tuple[int, list[str], float, float]] = []
         for trait, members in carriers.items():
             k = len(members)
-            p = (seen.get(trait, 0) - own.get(trait, 0) + 1) / (size + 2)
+            p = (len(holders.get(trait, ())) - own.get(trait, 0) + 1) / (size + 2)
             if k / n < COHORT_LIFT * p:
                 continue
-            tail = log10_binomial_tail(k, n, p)
+            tail = log10_binomial_tail(k, n, p, COHORT_LOG10_P)
             if tail <= COHORT_LOG10_P:
                 significant.append((trait, members, p, tail))
         if not significant:
@@ -268,30 +291,31 @@ def find_cohorts(traits: Callable[[str, bool], set[Item]], blocks: Sequence[Bloc
         strangers = max(1.0, block.strangers, n - len(top)) / (1.0 - top_p)
         chance = dict.fromkeys(block.members, strangers)
         if block.by_kind:
-            kinds: dict[str, set[Item]] = defaultdict(set)
+            kinds_of: dict[str, set[int]] = defaultdict(set)
             for trait, _, _, _ in significant:
-                kinds[trait.kind].add(trait)
-            union = {kind: (sum(1 for a, mine in carried.items() if a not in inside and not mine.isdisjoint(values)) + 1)
-                           / (size + 2) for kind, values in kinds.items()}
+                kinds_of[item_of[trait].kind].add(trait)
+            # the sample's accounts outside the block carrying any of each kind's significant values
+            cover = {kind: set().union(*(holders.get(t, ()) for t in values)) - inside for kind, values in kinds_of.items()}
+            union = {kind: (len(cover[kind]) + 1) / (size + 2) for kind in kinds_of}
             matched: dict[str, set[str]] = defaultdict(set)
             for trait, members, _, _ in significant:
+                kind = item_of[trait].kind
                 for a in members:
-                    matched[a].add(trait.kind)
+                    matched[a].add(kind)
             joint: dict[frozenset[str], float] = {}
-            for a, found in matched.items():
-                combination = frozenset(found)
+            for a, found_kinds in matched.items():
+                combination = frozenset(found_kinds)
                 if combination not in joint:
-                    joint[combination] = math.prod(union[kind] for kind in found)
+                    joint[combination] = math.prod(union[kind] for kind in found_kinds)
                     if not block.exclusive:
                         # An arrival window's strangers are any hours' people, and people's traits go together (coders
                         # on the popular SDK ask a public dataset's coding tasks): the background's own share carrying
                         # the whole combination when it is more than the product (dev seed 1: a person on a campaign's
                         # client profile, with its dataset's opening, was admitted by the product).
-                        both = sum(1 for b, mine in carried.items()
-                                   if b not in inside and all(not mine.isdisjoint(kinds[kind]) for kind in combination))
+                        both = len(set.intersection(*(cover[kind] for kind in combination)))
                         joint[combination] = max(joint[combination], both / max(1, size))
                 chance[a] *= joint[combination]
-                if min(union[kind] for kind in found) > block.rare_below:
+                if min(union[kind] for kind in found_kinds) > block.rare_below:
                     chance[a] = math.inf  # nothing rare: popular traits together (a window's admission, ``Block``)
         else:
             for _, members, p, _ in significant:
@@ -300,6 +324,6 @@ def find_cohorts(traits: Callable[[str, bool], set[Item]], blocks: Sequence[Bloc
         for trait, members, p, tail in significant:
             admitted = tuple(sorted(a for a in members if chance[a] <= block.admit_below))
             if len(admitted) >= COHORT_MIN:
-                cohorts.append(Cohort(block, trait, admitted, p, tail))
+                cohorts.append(Cohort(block, item_of[trait], admitted, p, tail))
     cohorts.sort(key=lambda c: (-len(c.members), c.block.label, c.trait.kind, c.trait.value))
     return cohorts
