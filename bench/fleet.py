@@ -116,6 +116,26 @@ def decision_propagation(roots: list[str], secret: str, account: str, rounds: in
     return delays
 
 
+def limits_propagation(roots: list[str], secret: str, account: str, rounds: int) -> list[float]:
+    """Seconds until replicas 2.. apply an account's new limits set through replica 1, ``rounds`` times each way.
+
+    Lowered to 1 request/min (until a chat request to each other replica is refused), then raised back to
+    :data:`UNLIMITED` (until each serves it again). Before each change the other replicas serve the key from a
+    headroom grant taken under the limits in force (a few requests each first), so the time includes ending that
+    grant, not only the key table's reload.
+    """
+    admin = {"Authorization": "Bearer bench"}
+    delays = []
+    for _ in range(rounds):
+        for limits, served in (({"requests_per_min": 1}, False), (UNLIMITED, True)):
+            for root in roots[1:]:
+                for _ in range(3):  # busy on every replica: a grant is held
+                    _served(root, secret)
+            httpx.put(roots[0] + f"/admin/v1/accounts/{account}/limits", json=limits, headers=admin).raise_for_status()
+            delays.append(_until_all(lambda root, want=served: _served(root, secret) == want, roots[1:]))
+    return delays
+
+
 def scorer_propagation(roots: list[str], secret: str, account: str) -> list[float]:
     """Seconds from replica 1's scorer flagging a harvester until the other replicas report it (empty: never flagged)."""
     admin = {"Authorization": "Bearer bench"}
@@ -309,15 +329,16 @@ def main() -> int:
                 proc.terminate()
                 proc.wait(30)
 
-        propagation: list[tuple[str, list[float], list[float]]] = []
+        propagation: list[tuple[str, list[float], list[float], list[float]]] = []
         for name, tag, state in (("3 replicas, Redis", "prop-redis", redis_url), ("3 replicas, memory (no notices)", "prop-mem", "memory")):
             targets = gateways(tag, 3, state, UNLIMITED, detection={"online": True, "flag_threshold": 0.5})
             roots = [root for root, _ in targets]
-            person, harvester = make_key(roots), make_key(roots)
+            person, harvester, limited = make_key(roots), make_key(roots), make_key(roots)
             manual = decision_propagation(roots, person, account_of[person], rounds=5)
+            limits = limits_propagation(roots, limited, account_of[limited], rounds=5)
             scored = scorer_propagation(roots, harvester, account_of[harvester])
-            propagation.append((name, manual, scored))
-            print(f"  propagation {name}: manual {manual}, scorer {scored}", file=sys.stderr, flush=True)
+            propagation.append((name, manual, limits, scored))
+            print(f"  propagation {name}: manual {manual}, new limits {limits}, scorer {scored}", file=sys.stderr, flush=True)
             for _, proc in targets:
                 proc.terminate()
                 proc.wait(30)
@@ -325,13 +346,22 @@ def main() -> int:
         propagation_lines = [
             "", "Decision propagation: seconds from a decision on replica 1 until replicas 2 and 3 both enforce it. "
             "A manual block or clear set through replica 1's admin API (5 blocks and 5 clears; until a chat request to each "
-            "other replica is refused / served), and a scorer decision (a reasoning harvester sent to replica 1 only; from "
-            "replica 1's `/admin/v1/accounts/{id}/risk` reaching `flag_threshold` until the others' does). With Redis, "
-            "decisions are announced on pub/sub; the `memory` baseline finds them by polling the database every second.", "",
-            "| set-up | manual: median (s) | manual: max (s) | scorer decision (s) |", "|---|---:|---:|---:|"]
-        for name, manual, scored in propagation:
+            "other replica is refused / served); an account's new limits set through replica 1's admin API (5 times lowered "
+            "to 1 request/min and raised back, each while the other replicas serve the key from a headroom grant; until a "
+            "chat request to each is refused / served); and a scorer decision (a reasoning harvester sent to replica 1 "
+            "only; from replica 1's `/admin/v1/accounts/{id}/risk` reaching `flag_threshold` until the others' does). "
+            "With Redis, decisions and key-table changes are announced on pub/sub; the `memory` baseline finds them by "
+            "polling the database every second.", "",
+            "| set-up | manual: median (s) | manual: max (s) | new limits: median (s) | new limits: max (s) | scorer decision (s) |",
+            "|---|---:|---:|---:|---:|---:|"]
+        for name, manual, limits, scored in propagation:
             propagation_lines.append(f"| {name} | {statistics.median(manual):.3f} | {max(manual):.3f} | "
+                                     f"{statistics.median(limits):.3f} | {max(limits):.3f} | "
                                      f"{f'{scored[0]:.3f}' if scored else 'not flagged'} |")
+        propagation_lines.append("")
+        propagation_lines.append("Every round (s): " + "; ".join(
+            f"{name}: manual {', '.join(f'{d:.3f}' for d in manual)}; new limits {', '.join(f'{d:.3f}' for d in limits)}"
+            for name, manual, limits, _ in propagation))
         if args.propagation_only:
             write_report("fleet_propagation.md", [f"`python bench/fleet.py --propagation-only`; load average before: {load_before}, "
                                                   f"after: {' '.join(f'{x:.2f}' for x in os.getloadavg())} "

@@ -10,7 +10,8 @@ limit there is no slice, so every request is decided in Redis; concurrency
 pools never take a key past its concurrent limit; a killed replica's slice
 is bounded (60 s past its grant's end for the window, one lease for pool
 slots); a block, a throttle and new limits reach a replica that holds a
-slice within a second; a key seen now and then reserves nothing.
+slice within a second (new limits by a change notice, not the registry's
+poll, and they end the slice at once); a key seen now and then reserves nothing.
 """
 
 from __future__ import annotations
@@ -25,8 +26,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from distillguard.config import Settings
+from distillguard.gateway.app import Gateway
 from distillguard.state import Quota, Refusal
+from distillguard.state.notify import CHANNEL, RedisNotifier
 from distillguard.state.redis_state import RedisAdmission, RedisState
+from distillguard.store.registry import Registry
 from tests.gateway_fixtures import RunningGateway, start_gateway
 from tests.redis_fixtures import RedisServer
 from tests.upstream_stub import UpstreamStub
@@ -132,6 +137,34 @@ def test_a_key_seen_now_and_then_reserves_nothing(redis: RedisServer) -> None:
         assert isinstance(got, RedisAdmission) and got.headroom is None
         got = await state.admit(quotas, 1, "busy2")  # right after: busy now, a slice with it
         assert isinstance(got, RedisAdmission) and got.headroom is not None
+        await state.close()
+
+    asyncio.run(scenario())
+
+
+def test_new_limits_hand_back_a_grant_taken_under_the_old_ones_at_once(redis: RedisServer) -> None:
+    """A grant of 1,000 requests under 100,000/min; the key's limit becomes 5/min: the next call hands the grant back.
+
+    Not at the grant's expiry (the sweep every ``headroom_ms``): the call that
+    carries the new limits takes the grant's unused part with it, so Redis
+    counts exactly the requests admitted and refuses the sixth at once.
+    """
+    async def scenario() -> None:
+        state = RedisState(redis.url, headroom_ms=5000)  # a sweep would come long after this test
+        await state.start()
+        old = (Quota("key:relimited", 100_000, None, None, None),)
+        first = await state.admit(old, 0, "r0")
+        second = await state.admit(old, 0, "r1")  # busy now: a grant of 1/100 of the limit comes with it
+        assert isinstance(first, RedisAdmission) and isinstance(second, RedisAdmission) and second.headroom is not None
+        assert (await _counts(state, "key:relimited"))["n"] == 2 + 1_000
+        for step in range(3):
+            got = await state.admit(old, 0, f"local{step}")
+            assert isinstance(got, RedisAdmission) and got.headroom is not None  # from the grant, no call
+        calls = state.calls
+        refused = await state.admit((Quota("key:relimited", 5, None, None, None),), 0, "new")
+        assert isinstance(refused, Refusal) and refused.code == "rate_limit_exceeded" and refused.limit == 5
+        assert state.calls == calls + 1  # decided in Redis, with the hand-back riding along
+        assert (await _counts(state, "key:relimited"))["n"] == 5  # the 997 unused came back with that very call
         await state.close()
 
     asyncio.run(scenario())
@@ -298,3 +331,58 @@ def test_a_block_a_throttle_and_new_limits_reach_a_replica_admitting_from_headro
     finally:
         first.stop()
         second.stop()
+
+
+async def test_new_limits_reach_another_replica_by_notice_and_end_its_grant(
+        tmp_path: Path, stub: UpstreamStub, redis: RedisServer) -> None:
+    """Two gateways on one store and one Redis whose registry poll never comes (once an hour): an account's limits set
+    through one, 100,000/min to 1/min, stop the other admitting from its grant within a second, by the notice alone,
+    and that grant's unused part is back in Redis with the first refused request."""
+    database = f"sqlite:///{tmp_path / 'shared.db'}"
+    setup = Registry(database)
+    account = setup.create_account("relimited", limits={"requests_per_min": 100_000})
+    secret = setup.create_key(account["account_id"])["secret"]
+    setup.close()
+    probe = RedisState(redis.url)
+    subscribed_before = (await probe.client.pubsub_numsub(CHANNEL))[0][1]
+    unlimited = {"requests_per_min": None, "tokens_per_min": None, "concurrent_requests": None, "daily_tokens": None}
+    replicas: list[tuple[Gateway, RedisNotifier, httpx.AsyncClient]] = []
+    try:
+        for i in range(2):
+            settings = Settings(database=database, admin_token="relimit", state=redis.url, state_timeout_s=5, limits=unlimited,
+                                upstreams=[{"name": "stub", "base_url": stub.base_url, "models": ["*"], "timeout_s": 10}])
+            notifier = RedisNotifier(redis.url, f"replica-{i}")
+            gateway = Gateway(settings, registry=Registry(database), notifier=notifier, poll_interval_s=3600)
+            await gateway.startup()
+            replicas.append((gateway, notifier, httpx.AsyncClient(transport=httpx.ASGITransport(app=gateway),
+                                                                  base_url="http://gateway", timeout=30)))
+        deadline = time.monotonic() + 30
+        while (await probe.client.pubsub_numsub(CHANNEL))[0][1] < subscribed_before + 2:  # both listen
+            assert time.monotonic() < deadline, "the replicas never subscribed to the notices"
+            await asyncio.sleep(0.05)
+        (_, _, first), (_, _, second) = replicas
+        chat = {"model": "stub-1", "messages": [{"role": "user", "content": "hi"}]}
+
+        async def ask() -> int:
+            response = await second.post("/v1/chat/completions", json=chat, headers={"Authorization": f"Bearer {secret}"})
+            return response.status_code
+
+        assert [await ask() for _ in range(20)] == [200] * 20
+        subject = f"acct:{account['account_id']}"
+        assert (await _counts(probe, subject))["n"] > 20  # a grant is out: counted in Redis beyond what was admitted
+        changed = await first.put(f"/admin/v1/accounts/{account['account_id']}/limits", json={"requests_per_min": 1},
+                                  headers={"Authorization": "Bearer relimit"})
+        assert changed.status_code == 200
+        started, admitted = time.perf_counter(), 20
+        while (status := await ask()) == 200:
+            admitted += 1
+            assert time.perf_counter() - started < 1.0, "new limits did not reach the other replica within 1 s"
+        assert status == 429 and time.perf_counter() - started < 1.0, status
+        assert (await _counts(probe, subject))["n"] == admitted  # the grant's unused part came back with that request
+    finally:
+        for gateway, notifier, client in replicas:
+            await client.aclose()
+            await gateway.shutdown()
+            notifier.close()
+            gateway.registry.close()  # type: ignore[union-attr]
+        await probe.client.aclose()

@@ -190,7 +190,8 @@ class AdminContext:
 
     The gateway builds one at start; ``keys_loaded`` and ``refresh_keys`` are its
     own key table's, so an admin change is live on this replica at once
-    (``refresh_keys`` applies only the keys the change touched).
+    (``refresh_keys`` applies only the keys the change touched, then, with
+    ``state: redis``, tells the other replicas to do the same: state/notify.py).
     """
 
     settings: Settings

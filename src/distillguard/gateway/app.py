@@ -8,7 +8,7 @@ the online scorer (gateway/emission.py). Nothing on this path touches a
 database, a file, or the analytics stack.
 
 This module is the ASGI entry and the conductor: it owns the components'
-lifecycle (startup, the key-table poller, shutdown), routes each request, and
+lifecycle (startup, the key table's poller and change notices, shutdown), routes each request, and
 runs a model request through the stages above with one place that answers
 and records every refusal. The side endpoints live in their own modules
 (readiness.py, model_list.py, enroll.py, admin.py, the console).
@@ -26,6 +26,7 @@ import gc
 import logging
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from distillguard.config import Settings
 from distillguard.gateway.admission import RequestAdmission
@@ -60,6 +61,9 @@ from distillguard.gateway.upstream import Router
 from distillguard.gateway.upstream_http import UpstreamClient
 from distillguard.gateway.wire import JSON_HEADERS, ClientDisconnected, read_body, respond
 from distillguard.state import Admission, open_state
+
+if TYPE_CHECKING:
+    from distillguard.state.notify import ChangeNotifier
 
 __all__ = ["Gateway"]
 
@@ -101,6 +105,7 @@ class Gateway:
         canaries: CanaryPlanterProtocol | None = None,
         admin_plugins: Sequence[AdminPluginProtocol] = (),
         transport: UpstreamTransportProtocol | None = None,
+        notifier: ChangeNotifier | None = None,
         poll_interval_s: float = 1.0,
     ) -> None:
         self.settings = settings
@@ -111,6 +116,12 @@ class Gateway:
         self.watermarker = watermarker
         self.admin_plugins = list(admin_plugins)
         self.poll_interval_s = poll_interval_s
+        # With state: redis, a key-table change made here is announced and one announced elsewhere applied at once
+        # (state/notify.py, kind "keys"); the poll every poll_interval_s stays, for a lost notice or a CLI change.
+        self.notifier = notifier
+        self._notified = False  # a "keys" notice came and its refresh has not started yet
+        self._notice_task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.router = Router(settings.upstreams)
         self.keys = KeyTable()
         self.state = open_state(settings.state, settings.state_failure, settings.state_timeout_s, settings.state_headroom_ms)
@@ -143,7 +154,7 @@ class Gateway:
         self.admin = AdminAPI(AdminContext(
             settings, registry, sink, policy, self.admin_plugins, tuple(u.name for u in self.router.upstreams),
             has_signals=signals is not None, has_watermark=watermarker is not None,
-            keys_loaded=self.keys.__len__, refresh_keys=self.refresh_keys,
+            keys_loaded=self.keys.__len__, refresh_keys=self.keys_changed,
         ))
         # admin_listen: the admin API answers only on that port, and that port answers nothing else.
         self._admin_port = int(settings.admin_listen.rpartition(":")[2]) if settings.admin_listen else None
@@ -172,6 +183,9 @@ class Gateway:
         if self.registry is not None:
             await self.reload_keys()
             self._poll_task = asyncio.create_task(self._poll_registry(self.registry))
+            if self.notifier is not None:
+                self._loop = asyncio.get_running_loop()
+                self.notifier.start(self._on_notice)
         if self.freeze_gc_after_start:
             # What exists now lives as long as the process (100,000 key records, modules, settings): keep it out of
             # every later full collection, which otherwise walks it again and again under load (bench/accounts_scale.py).
@@ -185,7 +199,8 @@ class Gateway:
             self.policy.start()
 
     async def shutdown(self) -> None:
-        for task in (self._poll_task, self._sample_task, self._refusal_task):
+        self._loop = None  # notices that still come find nothing to wake (the notifier closes with the policy engine)
+        for task in (self._poll_task, self._notice_task, self._sample_task, self._refusal_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -235,6 +250,39 @@ class Gateway:
             self.keys.update(delta.records)
             await self._reload_overrides()
             self._change_counter = delta.counter
+
+    async def keys_changed(self) -> None:
+        """After this process changed the registry (the admin API): apply the change here, then tell the other processes.
+
+        The notice goes out after the change is committed and applied here, so a
+        replica that hears it finds the change in the registry; publishing is
+        bounded by ``state_timeout_s`` and a failure only leaves the others to
+        their next poll.
+        """
+        await self.refresh_keys()
+        if self.notifier is not None:
+            await asyncio.to_thread(self.notifier.publish, "keys")
+
+    def _on_notice(self, kind: str) -> None:
+        """A notice from another process (on the notifier's thread): a key-table change is applied on the event loop."""
+        loop = self._loop
+        if kind == "keys" and loop is not None:
+            loop.call_soon_threadsafe(self._refresh_on_notice)
+
+    def _refresh_on_notice(self) -> None:
+        # Notices that come while a refresh waits to start are answered by that refresh: a burst (a bulk creation on
+        # another replica) costs one or two reads of the change log, not one per notice.
+        self._notified = True
+        if self._notice_task is None or self._notice_task.done():
+            self._notice_task = asyncio.get_running_loop().create_task(self._refresh_notified())
+
+    async def _refresh_notified(self) -> None:
+        while self._notified:
+            self._notified = False
+            try:
+                await self.refresh_keys()
+            except Exception as exc:  # the poll tries again within poll_interval_s
+                log.warning("key table refresh after a change notice failed: %s", exc)
 
     async def _reload_overrides(self) -> None:
         if self.policy is not None:

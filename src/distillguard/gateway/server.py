@@ -76,7 +76,7 @@ def build_gateway(settings: Settings) -> Gateway:
 
         canaries = CanaryPlanter(settings.canary)
     gateway = Gateway(settings, registry=registry, sink=sink, signals=signals, policy=policy, watermarker=watermarker,
-                      canaries=canaries, admin_plugins=plugins)
+                      canaries=canaries, admin_plugins=plugins, notifier=notifier)
     _detection_metrics(gateway.metrics, policy)
     return gateway
 

@@ -1,10 +1,13 @@
-"""Policy change notices between gateway processes through Redis pub/sub, so a decision reaches every replica at once.
+"""Change notices between gateway processes through Redis pub/sub, so a decision reaches every replica at once.
 
 The decisions themselves stay in the database (manual overrides, the risk
-snapshot: docs/policy.md); without notices each process finds a change at its
-next poll (about a second). With ``state: redis://…`` the process that made a
-change publishes one small message on the channel ``dg:policy`` and every
-other process, subscribed on a background thread, reloads that part at once.
+snapshot: docs/policy.md; keys, accounts and their limits: the registry);
+without notices each process finds a change at its next poll (about a
+second). With ``state: redis://…`` the process that made a change publishes
+one small message on the channel ``dg:policy`` and every other process,
+subscribed on a background thread, reloads that part at once. Kinds:
+``overrides`` and ``risk`` (the policy engine's), ``keys`` (the key table's:
+a key created or revoked, an account's status or limits, a key's limits).
 A notice is only a wake-up: a lost one (Redis down, a process reconnecting)
 costs the poll interval, never a decision. Nothing here runs on the request
 path; the synchronous client is used because the callers are threads.
@@ -33,7 +36,9 @@ class ChangeNotifier(Protocol):
 
     def publish(self, kind: str) -> None: ...
 
-    def start(self, on_notice: Callable[[str], None]) -> None: ...
+    def start(self, on_notice: Callable[[str], None]) -> None:
+        """Call ``on_notice(kind)`` for each notice another process sends (on a background thread); may be called
+        once per listener (the policy engine's, the gateway's key table's)."""
 
     def close(self) -> None: ...
 
@@ -49,6 +54,7 @@ class RedisNotifier:
         self._thread: threading.Thread | None = None
         self._pubsub: redis.client.PubSub | None = None
         self._failing = False
+        self._listeners: list[Callable[[str], None]] = []
 
     def publish(self, kind: str) -> None:
         """Send a notice (blocking, bounded by the timeout); a failure is logged once per outage, not raised."""
@@ -62,10 +68,13 @@ class RedisNotifier:
         self._failing = False
 
     def start(self, on_notice: Callable[[str], None]) -> None:
-        self._thread = threading.Thread(target=self._listen, args=(on_notice,), name="distillguard-policy-notices", daemon=True)
-        self._thread.start()
+        """Add a listener; the first one starts the subscription's thread (every listener hears every notice)."""
+        self._listeners = [*self._listeners, on_notice]  # replaced, not appended to: the thread reads it unlocked
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._listen, name="distillguard-policy-notices", daemon=True)
+            self._thread.start()
 
-    def _listen(self, on_notice: Callable[[str], None]) -> None:
+    def _listen(self) -> None:
         while not self._stop.is_set():
             try:
                 # Its own connection without a read timeout: a quiet channel is no error.
@@ -76,20 +85,26 @@ class RedisNotifier:
                     message = pubsub.get_message(timeout=0.5)
                     if message is None:
                         continue
-                    self._handle(message["data"], on_notice)
+                    self._handle(message["data"])
             except (redis.RedisError, OSError) as exc:
                 if self._stop.is_set():
                     return
                 log.warning("policy notices: subscription to Redis lost (%s); retrying in 1 s", exc)
                 self._stop.wait(1.0)
 
-    def _handle(self, data: bytes, on_notice: Callable[[str], None]) -> None:
+    def _handle(self, data: bytes) -> None:
         try:
             notice = json.loads(data)
-            if isinstance(notice, dict) and notice.get("from") != self.sender:
+        except ValueError:  # a malformed notice must not end the subscription
+            log.exception("policy notices: a notice that is not JSON: %r", data[:100])
+            return
+        if not isinstance(notice, dict) or notice.get("from") == self.sender:
+            return
+        for on_notice in self._listeners:
+            try:
                 on_notice(str(notice.get("kind")))
-        except Exception:  # a malformed notice or a failing reload must not end the subscription
-            log.exception("policy notices: handling a notice failed")
+            except Exception:  # a failing reload must not end the subscription, nor keep the notice from the others
+                log.exception("policy notices: handling a notice failed")
 
     def close(self) -> None:
         self._stop.set()

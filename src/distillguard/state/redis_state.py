@@ -614,6 +614,8 @@ class RedisState:
         for quota in quotas:
             found = encoded.get(quota.subject)
             if found is None or found.quota != quota:
+                if found is not None:  # new limits, or a throttle: a grant under the old ones ends now, not at its expiry
+                    self._revoke(found)
                 if len(encoded) > 100_000:  # throttles make new quotas; keep the caches bounded
                     encoded.clear()
                     self._combined.clear()
@@ -842,6 +844,18 @@ class RedisState:
         if subjects.leased:
             self._in_flight[request_id] = admission
         return admission
+
+    def _revoke(self, encoded: _Encoded) -> None:
+        """Hand back the grant held for ``encoded``'s subject if it was granted under ``encoded``'s (now old) limits.
+
+        :meth:`_from_headroom` already admits nothing more from it (its quota is
+        no longer the request's); this returns its unused part to Redis with the
+        next call, not at the next sweep.
+        """
+        head = self._heads.get(encoded.subject)
+        if head is not None and head.encoded is encoded:
+            del self._heads[encoded.subject]
+            self._retire(head)
 
     def _retire(self, head: _Headroom) -> None:
         """Hand back what is left of a grant (unused requests and tokens, free pool members), once."""
