@@ -7,7 +7,8 @@ second). With ``state: redis://…`` the process that made a change publishes
 one small message on the channel ``dg:policy`` and every other process,
 subscribed on a background thread, reloads that part at once. Kinds:
 ``overrides`` and ``risk`` (the policy engine's), ``keys`` (the key table's:
-a key created or revoked, an account's status or limits, a key's limits).
+a key created, with its limits, or revoked; an account created, or its
+status or limits changed).
 A notice is only a wake-up: a lost one (Redis down, a process reconnecting)
 costs the poll interval, never a decision. Nothing here runs on the request
 path; the synchronous client is used because the callers are threads.
