@@ -267,7 +267,8 @@ class Gateway:
         """A notice from another process (on the notifier's thread): a key-table change is applied on the event loop."""
         loop = self._loop
         if kind == "keys" and loop is not None:
-            loop.call_soon_threadsafe(self._refresh_on_notice)
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: this gateway is gone
+                loop.call_soon_threadsafe(self._refresh_on_notice)
 
     def _refresh_on_notice(self) -> None:
         # Notices that come while a refresh waits to start are answered by that refresh: a burst (a bulk creation on
