@@ -97,6 +97,29 @@ def write_config(tmp_path: Path, upstreams: list[dict[str, Any]], **extra: Any) 
     return path, config
 
 
+def on_every_worker(root: str, check: Any, what: str, timeout: float = 60.0) -> None:
+    """Wait until ``check(metrics text)`` holds on 20 scrapes in a row, each on a new connection.
+
+    ``serve --workers`` binds one port in every worker and the kernel hashes
+    each new connection to one of them: which worker answers cannot be
+    chosen, but 20 in a row all from one of two workers happens once in
+    half a million, so 20 that agree mean every worker does.
+    """
+    deadline = time.time() + timeout
+    agreeing = 0
+    while agreeing < 20:
+        assert time.time() < deadline, what
+        text = httpx.get(root + "/metrics", headers={"Connection": "close"}, timeout=10).text
+        agreeing = agreeing + 1 if check(text) else 0
+        if not agreeing:
+            time.sleep(0.1)
+
+
+def keys_loaded(text: str) -> float:
+    """``distillguard_keys_loaded`` in a ``/metrics`` text: the keys in that gateway process's table."""
+    return next(float(line.split()[1]) for line in text.splitlines() if line.startswith("distillguard_keys_loaded "))
+
+
 def start_gateway(
     tmp_path: Path,
     upstream_base_url: str | None = None,

@@ -24,7 +24,7 @@ from distillguard.exceptions import ConfigError
 from distillguard.store import EventSink, Registry, iter_events
 from distillguard.store.sink import _row_params, event_row
 from distillguard.store.wal import WriteAheadLog
-from tests.gateway_fixtures import start_gateway, write_config
+from tests.gateway_fixtures import keys_loaded, on_every_worker, start_gateway, write_config
 from tests.pg_fixtures import PostgresServer, fresh_database, postgres  # noqa: F401 - fixture
 from tests.redis_fixtures import RedisServer
 from tests.upstream_stub import UpstreamStub
@@ -284,7 +284,7 @@ def test_a_killed_worker_is_replaced_and_its_events_replayed(tmp_path: Path, stu
         admin = {"Authorization": "Bearer test-admin-token"}
         account = httpx.post(root + "/admin/v1/accounts", headers=admin, json={"name": "w"}).json()
         secret = httpx.post(root + f"/admin/v1/accounts/{account['account_id']}/keys", headers=admin, json={}).json()["secret"]
-        time.sleep(2)  # both workers load the key (a second's poll)
+        on_every_worker(root, lambda text: keys_loaded(text) >= 1, "a worker never loaded the key")
         acknowledged, stop = _acknowledged_under_load(root + "/v1", secret, 2.0)
         victim = _worker_pid(wal_dirs[0])
         assert victim is not None

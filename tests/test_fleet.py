@@ -31,7 +31,7 @@ import redis as redis_client
 from distillguard.client import Identity, attesting_client, sign_request
 from distillguard.state import Quota, Refusal
 from distillguard.state.redis_state import RedisAdmission, RedisState
-from tests.gateway_fixtures import RunningGateway, start_gateway, write_config
+from tests.gateway_fixtures import RunningGateway, keys_loaded, on_every_worker, start_gateway, write_config
 from tests.redis_fixtures import RedisServer
 from tests.upstream_stub import UpstreamStub
 
@@ -478,7 +478,7 @@ def test_workers_share_one_port_and_one_limit_also_after_redis_lost_its_data(tmp
         headers = {"Authorization": "Bearer test-admin-token"}
         account = httpx.post(root + "/admin/v1/accounts", headers=headers, json={"name": "w", "limits": {"requests_per_min": 10}}).json()
         secret = httpx.post(root + f"/admin/v1/accounts/{account['account_id']}/keys", headers=headers, json={}).json()["secret"]
-        time.sleep(2)  # both workers load the key
+        on_every_worker(root, lambda text: keys_loaded(text) >= 1, "a worker never loaded the key")
         statuses = []
         for _ in range(30):  # a new connection each time: the kernel spreads them over both workers
             statuses.append(httpx.post(root + "/v1/chat/completions", headers={"Authorization": f"Bearer {secret}", "Connection": "close"},
@@ -500,11 +500,16 @@ def test_workers_share_one_port_and_one_limit_also_after_redis_lost_its_data(tmp
         # Redis restarted without persistence: both workers notice (fail_open, then back within about a second),
         # send the script again, and share limits again; the windows start empty (docs/deploy.md).
         warm, fresh = new_key(None), new_key(10)
+        on_every_worker(root, lambda text: keys_loaded(text) >= 3, "a worker never loaded the new keys")
         redis.stop()
         redis.start()
-        time.sleep(1.5)  # both workers load the new keys
-        assert set(burst(warm, 8)) == {200}  # the first calls find dead connections: served by local limits meanwhile
-        time.sleep(2.5)  # each worker's probe finds Redis again
+        # The first calls of each worker find dead connections (served by local limits meanwhile); each worker's probe
+        # then finds Redis again. Served throughout, until both have been back (one line each in the shared log).
+        deadline = time.time() + 60
+        while (tmp_path / "workers.log").read_text().count("answers again; limits are shared") < 2:
+            assert time.time() < deadline, (tmp_path / "workers.log").read_text()
+            assert set(burst(warm, 2)) == {200}
+            time.sleep(0.1)
         after = burst(fresh, 30)
         assert after.count(200) == 10 and after.count(429) == 20, after
         again = burst(secret, 30)  # the first key's window was lost with Redis' data: its limit starts over

@@ -133,7 +133,7 @@ def _harvest(client: anthropic.Anthropic, i: int) -> str:
 
 
 def _harvest_until_throttled(client: anthropic.Anthropic, score: Callable[[], float], requests: int = 200,
-                             wait_s: float = 30.0) -> bool:
+                             wait_s: float = 90.0) -> bool:
     """Harvest until the account's distillation score reaches the throttle threshold (0.8); whether it did.
 
     One family of evidence alone (here the wording: every prompt asks for the reasoning) stays below `high` by design

@@ -455,8 +455,9 @@ import json, logging, sys, time
 from pathlib import Path
 from distillguard.store import EventSink
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-database, spill, go = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+database, spill, go, ready = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4])
 sink = EventSink(database, spill, flush_interval_s=0.01)
+ready.touch()
 while not go.exists():
     time.sleep(0.005)
 sink.start()  # the writer replays the directory at once
@@ -478,9 +479,13 @@ def test_two_processes_sharing_a_spill_dir_replay_each_file_once(tmp_path: Path)
         lines = b"".join(json.dumps(_event(f * per_file + i)).encode() + b"\n" for i in range(per_file))
         (spill / f"spill-{1_000_000 + f}-1-{f}.jsonl").write_bytes(lines)
     EventSink(database, tmp_path / "unused").close()  # the schema, before two processes race to create it
-    procs = [subprocess.Popen([sys.executable, "-c", _SPILL_REPLAYER, database, str(spill), str(go)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    time.sleep(1.0)  # both imported and waiting
+    ready = [tmp_path / f"ready-{i}" for i in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-c", _SPILL_REPLAYER, database, str(spill), str(go), str(ready[i])],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    deadline = time.monotonic() + 120
+    while not all(path.exists() for path in ready):  # both imported and waiting, however long a busy machine takes
+        assert time.monotonic() < deadline and all(proc.poll() is None for proc in procs), [proc.poll() for proc in procs]
+        time.sleep(0.02)
     go.touch()
     results = []
     for proc in procs:

@@ -188,6 +188,15 @@ def test_sigterm_with_store_calls_blocked_exits_within_the_grace_period(pg: Post
                for _ in range(20)]
         blocked = threading.Thread(target=lambda: admin_answers.append(gw.admin("GET", "/admin/v1/accounts")))
         blocked.start()
+
+        def open_connections() -> float:  # this scrape's own connection is one of them
+            text = httpx.get(gw.root_url + "/metrics", timeout=10).text
+            return next(float(line.split()[1]) for line in text.splitlines() if line.startswith("distillguard_open_connections "))
+
+        deadline = time.monotonic() + 60
+        while open_connections() < 2:  # the gateway took the admin request's connection (a busy machine may take a while)
+            assert time.monotonic() < deadline, "the admin request never reached the gateway"
+            time.sleep(0.05)
         time.sleep(1.5)  # by now the admin request, the key poller (every second) and the event writer wait on the store
         started = time.monotonic()
         code = gw.stop(signal.SIGTERM, timeout=60)

@@ -324,16 +324,19 @@ async def test_json_round_trip_with_aiohttp_server(client: UpstreamClient) -> No
 
 async def test_chunked_body_streams_before_the_response_is_complete(
         serve: Callable[[Handler], Awaitable[RawServer]], client: UpstreamClient) -> None:
-    go_on = asyncio.Event()
+    seen = asyncio.Event()  # the client has been handed a piece since the server last sent one
     finished = asyncio.Event()
 
     async def handler(conn: Conn) -> None:
         await conn.read_request()
         await conn.send(CHUNKED_HEAD + chunk(b"data: first\n\n"))
-        await go_on.wait()  # the rest is held back until the client has seen the first piece
         for n in range(3):
-            await asyncio.sleep(0.03)
+            # Each chunk is held back until the client has been handed what came before it: a client that waited
+            # for more (or for the end) before handing anything out would never get the rest (the deadline fails it).
+            await asyncio.wait_for(seen.wait(), 10)
+            seen.clear()
             await conn.send(chunk(b"data: %d\n\n" % n))
+        await asyncio.wait_for(seen.wait(), 10)
         await conn.send(LAST_CHUNK)
         finished.set()
         await keep_alive_ok(conn)
@@ -345,13 +348,13 @@ async def test_chunked_body_streams_before_the_response_is_complete(
         assert resp.headers["transfer-encoding"] == "chunked"
         async for piece in resp.iter_chunks():
             if not pieces:
-                assert not finished.is_set()
                 assert piece == b"data: first\n\n"
-                go_on.set()
+            assert not finished.is_set()  # every chunk is handed out before the response is complete
             pieces.append(piece)
+            seen.set()
     assert finished.is_set()
     assert b"".join(pieces) == b"data: first\n\ndata: 0\n\ndata: 1\n\ndata: 2\n\n"
-    assert len(pieces) >= 3  # the delayed chunks came as separate pieces
+    assert len(pieces) >= 4  # one piece at least per chunk: each was handed out before the next one was sent
     # A chunked response read to its end leaves a reusable connection.
     assert await fetch(client, server.origin) == (200, b'{"conn": 0, "n": 2}')
     assert server.connections == 1
@@ -901,22 +904,27 @@ async def test_read_timeout_after_headers(serve: Callable[[Handler], Awaitable[R
 
 async def test_slow_but_steady_stream_does_not_time_out(serve: Callable[[Handler], Awaitable[RawServer]],
                                                         client: UpstreamClient) -> None:
+    # A piece every 0.05 s, 1.25 s in all, against a read timeout of 1 s: the timeout bounds each wait, not the
+    # stream. The margin per wait is 20-fold, so a process stalled by a busy machine (the server shares this event
+    # loop) must stall for most of a second to fail it.
+    expected = b"".join(b"%d;" % n for n in range(25))
+
     async def handler(conn: Conn) -> None:
         while await conn.read_request() is not None:
             await conn.send(CHUNKED_HEAD)
-            for n in range(6):
-                await asyncio.sleep(0.1)
+            for n in range(25):
+                await asyncio.sleep(0.05)
                 await conn.send(chunk(b"%d;" % n))
             await conn.send(LAST_CHUNK)
 
     server = await serve(handler)
     started = time.monotonic()
-    async with await get(client, server.origin, read_timeout=0.25) as resp:
+    async with await get(client, server.origin, read_timeout=1.0) as resp:
         body = b"".join([piece async for piece in resp.iter_chunks()])
-    assert body == b"0;1;2;3;4;5;"
-    assert time.monotonic() - started > 0.5  # well over the read timeout in total
-    async with await get(client, server.origin, read_timeout=0.25) as resp:
-        assert await resp.read() == b"0;1;2;3;4;5;"
+    assert body == expected
+    assert time.monotonic() - started > 1.0  # over the read timeout in total
+    async with await get(client, server.origin, read_timeout=1.0) as resp:
+        assert await resp.read() == expected
     assert server.connections == 1
 
 
