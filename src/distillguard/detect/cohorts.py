@@ -38,9 +38,10 @@ import datetime as dt
 import heapq
 import math
 import zlib
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 
 from distillguard.detect.accounts import AccountMeta
 from distillguard.detect.attribution import Item
@@ -213,36 +214,40 @@ def find_cohorts(traits: Callable[[str, bool], set[Item]], blocks: Sequence[Bloc
     """
     tested: list[tuple[Block, dict[int, list[str]]]] = []
     wanted: set[int] = set()
-    number: dict[Item, int] = {}  # each distinct trait → its number in this call
+    number: dict[tuple[str, str, float], int] = {}  # each distinct trait → its number in this call
     item_of: list[Item] = []
     known: dict[str, tuple[int, ...]] = {}  # an account's traits as a block member: arrival windows overlap, so it is in several
 
     def numbered(found: Iterable[Item]) -> tuple[int, ...]:
         out = []
         for trait in found:
-            i = number.get(trait)
+            key = (trait.kind, trait.value, trait.share)  # what an Item's equality compares, hashed in C
+            i = number.get(key)
             if i is None:
-                i = number[trait] = len(item_of)
+                i = number[key] = len(item_of)
                 item_of.append(trait)
             out.append(i)
         return tuple(out)
 
     for block in blocks:
-        if len(block.members) < COHORT_MIN:
+        in_block = block.members
+        if len(in_block) < COHORT_MIN:
             continue
-        carriers: dict[int, list[str]] = defaultdict(list)
-        kinds = block.kinds
-        for account in block.members:
-            found = known.get(account)
-            if found is None:
-                found = known[account] = numbered(traits(account, True))
-            for trait in found:
-                if item_of[trait].kind in kinds:
-                    carriers[trait].append(account)
-        carriers = {t: m for t, m in carriers.items() if len(m) >= COHORT_MIN}
-        if carriers:
-            wanted.update(carriers)
-            tested.append((block, carriers))
+        for account in in_block:
+            if account not in known:
+                known[account] = numbered(traits(account, True))
+        # How many members carry each trait (first carried first, as the members and their traits come), then the
+        # carriers of the traits carried often enough, in the members' order.
+        counts = Counter(chain.from_iterable(map(known.__getitem__, in_block)))
+        often = {t for t, count in counts.items() if count >= COHORT_MIN and item_of[t].kind in block.kinds}
+        if not often:
+            continue
+        carriers: dict[int, list[str]] = {t: [] for t in counts if t in often}
+        for account in in_block:
+            for trait in often.intersection(known[account]):
+                carriers[trait].append(account)
+        wanted.update(carriers)
+        tested.append((block, carriers))
     in_blocks = {a for block in blocks if block.exclusive for a in block.members}
     sample = heapq.nsmallest(NULL_SAMPLE, (a for a in background if a not in in_blocks), key=_stable)
     if not wanted or not sample:
