@@ -58,7 +58,10 @@ _HEADER = struct.Struct("!Q")
 REPLAY_ENV = "DISTILLGUARD_SCORER_REPLAY"
 INDICATORS_ENV = "DISTILLGUARD_SCORER_INDICATORS"  # a database URL: its imported shared indicators are matched
 REPORT_SHARE = 0.10  # reports beyond re-scoring the updated accounts may take at most this share of the scorer's time ...
-CLUSTER_SHARE = 0.15  # ... and clustering at most this (ReportCadence)
+# ... and clustering at most this (ReportCadence). 0.15 until clustering at 100,000 accounts cost half as much
+# (detect/cohorts.py, stop 18: 4.9 -> 2.5 CPU-s in process): the interval between clusterings, cost × (1 / share − 1),
+# is about what it was (28 -> 29 CPU-s there) and the CPU it saves goes to scoring events.
+CLUSTER_SHARE = 0.08
 
 
 class ReportCadence:
