@@ -44,7 +44,7 @@ log = logging.getLogger("distillguard.policy.online")
 
 class OnlineScorer(Sheds):
     def __init__(self, on_report: Callable[[dict[str, Any]], None], *, publish_every_s: float = 1.0, batch_size: int = 500,
-                 max_backlog: int = 50_000, linger_s: float = 0.1) -> None:
+                 max_backlog: int = 50_000, linger_s: float = 0.02) -> None:
         self.on_report = on_report
         self.publish_every_s = publish_every_s
         self.batch_size = batch_size
@@ -131,13 +131,14 @@ class OnlineScorer(Sheds):
         self._reader.start()
 
     def _pump_loop(self) -> None:
-        """Every ``linger_s``, frame whatever is queued for the writer, ``batch_size`` events a frame (at once on close).
+        """Every ``linger_s``, frame whatever is queued for the writer, ``batch_size`` events a frame; on close at once.
 
-        One wake-up per ``linger_s``, however fast events arrive: each wake-up of this thread, of the writer and of
-        the reader (one ack per frame), and of the worker (one read per frame) costs CPU of its own beyond the events
-        it moves; at 20 ms and ~1,800 events/s these came to ~6 µs an event in the gateway's process and ~8 µs in
-        the worker's (bench/RESULTS.md, "All on: fewer wake-ups"). An event is scored at most about ``linger_s``
-        later for it, against a report cadence of a second.
+        The wait is the stop event's, so closing (SIGTERM's grace period) does not wait out a ``linger_s``. Why 20 ms
+        and not longer: fewer wake-ups cost less CPU per event (at 100 ms and ~1,800 events/s, ~5 µs less an event in
+        the gateway's threads and ~8 µs in the worker), but with two all-on gateways driven at once the 100 ms one
+        served ~13 % fewer requests at the same CPU per request, and a 5 ms one ~5 % more at ~5 % more CPU per request
+        (bench/RESULTS.md, "All on: the scorer's hand-off and its wake-ups"); requests served are the target, so the
+        cadence stayed.
         """
         queue = self._queue
         stop = self._stop
