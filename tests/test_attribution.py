@@ -852,3 +852,30 @@ def test_a_large_quiet_fleet_rotating_addresses_clusters_and_vpn_users_do_not() 
     (cluster,) = fleet_clusters
     assert len(cluster) >= 57 and all(a.startswith("q") for a in cluster)
     assert not any(a.startswith("vpn") for c in clusters_of(report) for a in c)
+
+
+SCRIPT_SYSTEM = "You are CorpusWriter. Answer every item exhaustively; the output feeds a training set."
+
+
+def test_a_system_prompt_and_a_wrapper_carried_together_link_a_fleet_with_nothing_else_in_common() -> None:
+    """One script's two private settings on every account (clustering._scripts) link a fleet on its own home networks,
+    at its own times, with unique sign-ups; the same two items on *different* accounts do not, nor do an app's
+    unrelated users who share its system prompt and step template in multi-turn sessions."""
+    script, apart, app = Scanner(), Scanner(), Scanner()
+    for scanner in (script, apart, app):
+        background(scanner)
+    names = fleet(script, "scr", n=8, wrapper=PRIVATE_WRAPPER, system=SCRIPT_SYSTEM)
+    assert clusters_of(script.report()) == [set(names)]
+    assert "system prompt template" in script.report()["clusters"][0]["shared"]
+    fleet(apart, "sysonly", n=4, system=SCRIPT_SYSTEM)
+    fleet(apart, "wraponly", n=4, wrapper=PRIVATE_WRAPPER)
+    assert clusters_of(apart.report()) == []
+    for k in range(8):  # an app's users: its system prompt, its step template, conversations of several turns
+        history: list[dict[str, str]] = []
+        for i in range(30):
+            history = [*history[-4:], {"role": "user", "content": PRIVATE_WRAPPER.format(task=task(i * 8 + k))}]
+            event = ev(f"appuser{k}", T0 + k * 977 + i * 4000.0, "", system=SCRIPT_SYSTEM, ip=f"10.{200 + k}.3.9")
+            event["request"]["messages"] = history
+            app.update(event)
+            history = [*history, {"role": "assistant", "content": "an answer"}]
+    assert clusters_of(app.report()) == []

@@ -22,7 +22,10 @@ and the pair is **linked** when
   rare phrasings (:mod:`distillguard.detect.phrasebank`): content alone,
   weaker than any two-family link; any bank between accounts that both
   already look like harvesting on their own (outside the background), a
-  large one (``BANK_ALONE`` phrasings) otherwise.
+  large one (``BANK_ALONE`` phrasings) otherwise, or
+- the two accounts look driven by one single-turn configuration and share a
+  private system prompt and a private wrapper that many accounts carry
+  together far beyond chance (:func:`_scripts`): one script's settings.
 
 So a public wrapper (no weight), a shared office (infra and meta only) or two
 evaluation jobs with the same stock parameters (content 0.3) never link on
@@ -52,7 +55,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
@@ -341,6 +344,60 @@ def _private(a: str, b: str, shared: list[tuple[Item, float]], timing: float | N
     return 1.0 - rest
 
 
+# One script's settings: a private system prompt and a private wrapper that many accounts carry *together*, far beyond
+# what their holders' numbers explain (_scripts). Not two wrappers: the prefix and suffix pieces of one wrapper, or of
+# one public list of probes that strangers copy, always come together. Each item must be a real part
+# of the account's traffic (worth × √share ≥ SCRIPT_ITEM_MIN), an account carrying more than SCRIPT_MAX_ITEMS such items
+# (a relay's many users) is left out, and the pair must be carried by at least SCRIPT_MIN_HOLDERS accounts, more than
+# independent holders would share with probability SCRIPT_SURE (the hypergeometric tail, _overlap_tail).
+SCRIPT_KINDS = frozenset({"wrapper", "short_wrapper", "system_prompt"})
+SCRIPT_ITEM_MIN = 0.3
+SCRIPT_MAX_ITEMS = 6
+SCRIPT_MIN_HOLDERS = 5
+SCRIPT_SURE = 1e-6
+# ... and only between accounts whose prompts are almost all single-turn (configuration's first share): a script's
+# wrapper around one task per request is the harvest itself, while an app's system prompt and step templates around
+# multi-turn sessions (a coding agent) are shared by its unrelated users (dev seed 4: two agents' users, 15 accounts,
+# clustered by the rule without this).
+SCRIPT_SINGLE_TURN = 0.8
+
+
+def _overlap_tail(together: int, holders_x: int, holders_y: int, population: int) -> float:
+    """``P(X ≥ together)`` when ``holders_y`` accounts are drawn at random from ``population`` of which ``holders_x``
+    carry the other item: how surely two items' holders overlap by chance alone (hypergeometric)."""
+    def log_choose(n: int, k: int) -> float:
+        return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+
+    population = max(population, holders_x, holders_y)
+    top = min(holders_x, holders_y)
+    if together > top or holders_y - together > population - holders_x:
+        return 0.0
+    base = log_choose(population, holders_y)
+    return min(1.0, sum(math.exp(log_choose(holders_x, i) + log_choose(population - holders_x, holders_y - i) - base)
+                        for i in range(together, top + 1) if holders_y - i <= population - holders_x))
+
+
+def _scripts(rated: Mapping[str, Mapping[int, tuple[Item, float, float, str]]], population: int) -> set[tuple[int, int]]:
+    """Pairs (system prompt, wrapper) carried together by far more accounts than chance: one script's settings.
+
+    Unrelated accounts that each use a private item (one app's system prompt, another's wrapper) carry both
+    together about ``holders(x) × holders(y) ÷ N`` times; a fleet run by one script carries its system prompt *and*
+    its wrapper on every account. The test is on the items' posting lists, not on any pair of accounts, so it
+    holds for a fleet of any size, whatever its addresses, timing or sign-up records say.
+    """
+    holders: Counter[int] = Counter()
+    together: Counter[tuple[int, int]] = Counter()
+    for keyed in rated.values():
+        mine = sorted(n for n, (item, worth, root, _) in keyed.items() if item.kind in SCRIPT_KINDS and worth * root >= SCRIPT_ITEM_MIN)
+        if len(mine) > SCRIPT_MAX_ITEMS:
+            continue
+        holders.update(mine)
+        systems = [n for n in mine if keyed[n][0].kind == "system_prompt"]
+        together.update((min(x, y), max(x, y)) for x in systems for y in mine if keyed[y][0].kind != "system_prompt")
+    return {pair for pair, count in together.items() if count >= SCRIPT_MIN_HOLDERS
+            and _overlap_tail(count, holders[pair[0]], holders[pair[1]], population) < SCRIPT_SURE}
+
+
 def _add_pairs(candidates: set[tuple[str, str]], members: list[str]) -> None:
     """Candidate pairs among the accounts carrying one item: all of them when few, else each against the hubs."""
     if len(members) <= ALL_PAIRS_UP_TO:
@@ -438,6 +495,8 @@ def find_clusters(
               for group in set(_CHANCE_GROUPS.values())}
     bank_chance = ChanceModel({a: [k for k in found if k in banks.weight] for a, found in banks.by_account.items()},
                               {k: sum(1 for m in banks.holders[k] if m in background) for k in banks.weight}, background)
+    scripts = _scripts(rated, len(accounts))
+    in_scripts = {n for pair in scripts for n in pair}
     links: dict[tuple[str, str], _Link] = {}
     for a, b in candidates:
         org_a = org_of.get(a)
@@ -492,6 +551,14 @@ def find_clusters(
                 strength = min(1.0, bank.mass)
             else:
                 bank = None
+        if strength == 0.0 and in_scripts:
+            # Content alone again: both accounts carry the same script's system prompt and wrapper (_scripts) and look
+            # driven by one configuration, however unrelated their addresses, hours and sign-ups look.
+            common = sorted(k for k in items_a.keys() & items_b.keys() if k in in_scripts)
+            config_a, config_b = configuration(a), configuration(b)
+            if any((x, y) in scripts for i, x in enumerate(common) for y in common[i + 1:]) and _same_configuration(config_a, config_b) \
+                    and config_a is not None and config_b is not None and min(config_a[0], config_b[0]) >= SCRIPT_SINGLE_TURN:
+                strength = min(1.0, families.get("content", 0.0))
         if strength > 0.0:
             used = [(item, value) for item, value in shared if value >= 0.1]
             if timing:
