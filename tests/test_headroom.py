@@ -17,14 +17,18 @@ poll, and they end the slice at once); a key seen now and then reserves nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+import redis as redis_client
 
 from distillguard.config import Settings
 from distillguard.gateway.app import Gateway
@@ -32,7 +36,7 @@ from distillguard.state import Quota, Refusal
 from distillguard.state.notify import CHANNEL, RedisNotifier
 from distillguard.state.redis_state import RedisAdmission, RedisState
 from distillguard.store.registry import Registry
-from tests.gateway_fixtures import RunningGateway, start_gateway
+from tests.gateway_fixtures import RunningGateway, start_gateway, write_config
 from tests.redis_fixtures import RedisServer
 from tests.upstream_stub import UpstreamStub
 
@@ -333,22 +337,18 @@ def test_a_block_a_throttle_and_new_limits_reach_a_replica_admitting_from_headro
         second.stop()
 
 
-async def test_new_limits_reach_another_replica_by_notice_and_end_its_grant(
-        tmp_path: Path, stub: UpstreamStub, redis: RedisServer) -> None:
-    """Two gateways on one store and one Redis whose registry poll never comes (once an hour): an account's limits set
-    through one, 100,000/min to 1/min, stop the other admitting from its grant within a second, by the notice alone,
-    and that grant's unused part is back in Redis with the first refused request."""
-    database = f"sqlite:///{tmp_path / 'shared.db'}"
-    setup = Registry(database)
-    account = setup.create_account("relimited", limits={"requests_per_min": 100_000})
-    secret = setup.create_key(account["account_id"])["secret"]
-    setup.close()
-    probe = RedisState(redis.url)
-    subscribed_before = (await probe.client.pubsub_numsub(CHANNEL))[0][1]
+@contextlib.asynccontextmanager
+async def _replicas_polling_once_an_hour(database: str, stub: UpstreamStub, redis: RedisServer,
+                                         n: int) -> AsyncIterator[list[httpx.AsyncClient]]:
+    """``n`` in-process gateways on one store and one Redis whose registry poll never comes in a test (once an hour):
+    what reaches them from another process comes by a change notice or not at all. Each gateway's client, once all
+    of them listen to the notices."""
+    probe = redis_client.Redis.from_url(redis.url)
+    subscribed_before = probe.pubsub_numsub(CHANNEL)[0][1]
     unlimited = {"requests_per_min": None, "tokens_per_min": None, "concurrent_requests": None, "daily_tokens": None}
     replicas: list[tuple[Gateway, RedisNotifier, httpx.AsyncClient]] = []
     try:
-        for i in range(2):
+        for i in range(n):
             settings = Settings(database=database, admin_token="relimit", state=redis.url, state_timeout_s=5, limits=unlimited,
                                 upstreams=[{"name": "stub", "base_url": stub.base_url, "models": ["*"], "timeout_s": 10}])
             notifier = RedisNotifier(redis.url, f"replica-{i}")
@@ -357,14 +357,37 @@ async def test_new_limits_reach_another_replica_by_notice_and_end_its_grant(
             replicas.append((gateway, notifier, httpx.AsyncClient(transport=httpx.ASGITransport(app=gateway),
                                                                   base_url="http://gateway", timeout=30)))
         deadline = time.monotonic() + 30
-        while (await probe.client.pubsub_numsub(CHANNEL))[0][1] < subscribed_before + 2:  # both listen
+        while probe.pubsub_numsub(CHANNEL)[0][1] < subscribed_before + n:  # all listen
             assert time.monotonic() < deadline, "the replicas never subscribed to the notices"
             await asyncio.sleep(0.05)
-        (_, _, first), (_, _, second) = replicas
-        chat = {"model": "stub-1", "messages": [{"role": "user", "content": "hi"}]}
+        yield [client for _, _, client in replicas]
+    finally:
+        for gateway, notifier, client in replicas:
+            await client.aclose()
+            await gateway.shutdown()
+            notifier.close()
+            gateway.registry.close()  # type: ignore[union-attr]
+        probe.close()
+
+
+CHAT = {"model": "stub-1", "messages": [{"role": "user", "content": "hi"}]}
+
+
+async def test_new_limits_reach_another_replica_by_notice_and_end_its_grant(
+        tmp_path: Path, stub: UpstreamStub, redis: RedisServer) -> None:
+    """Two gateways whose registry poll never comes: an account's limits set through one, 100,000/min to 1/min, stop
+    the other admitting from its grant within a second, by the notice alone, and that grant's unused part is back in
+    Redis with the first refused request."""
+    database = f"sqlite:///{tmp_path / 'shared.db'}"
+    setup = Registry(database)
+    account = setup.create_account("relimited", limits={"requests_per_min": 100_000})
+    secret = setup.create_key(account["account_id"])["secret"]
+    setup.close()
+    probe = RedisState(redis.url)
+    async with _replicas_polling_once_an_hour(database, stub, redis, 2) as (first, second):
 
         async def ask() -> int:
-            response = await second.post("/v1/chat/completions", json=chat, headers={"Authorization": f"Bearer {secret}"})
+            response = await second.post("/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {secret}"})
             return response.status_code
 
         assert [await ask() for _ in range(20)] == [200] * 20
@@ -379,10 +402,31 @@ async def test_new_limits_reach_another_replica_by_notice_and_end_its_grant(
             assert time.perf_counter() - started < 1.0, "new limits did not reach the other replica within 1 s"
         assert status == 429 and time.perf_counter() - started < 1.0, status
         assert (await _counts(probe, subject))["n"] == admitted  # the grant's unused part came back with that request
-    finally:
-        for gateway, notifier, client in replicas:
-            await client.aclose()
-            await gateway.shutdown()
-            notifier.close()
-            gateway.registry.close()  # type: ignore[union-attr]
-        await probe.client.aclose()
+    await probe.client.aclose()
+
+
+async def test_a_key_revoked_with_the_cli_stops_at_every_replica_by_notice(
+        tmp_path: Path, stub: UpstreamStub, redis: RedisServer) -> None:
+    """`distillguard keys revoke` (another process, no gateway of its own) announces the change: a replica whose
+    registry poll never comes refuses the key within a second of the command's exit."""
+    database = f"sqlite:///{tmp_path / 'shared.db'}"
+    setup = Registry(database)
+    key = setup.create_key(setup.create_account("revoked-by-cli")["account_id"])
+    setup.close()
+    config_path, _ = write_config(tmp_path, [{"name": "stub", "base_url": stub.base_url, "models": ["*"]}],
+                                  database=database, state=redis.url)
+    async with _replicas_polling_once_an_hour(database, stub, redis, 1) as (replica,):
+
+        async def ask() -> int:
+            response = await replica.post("/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {key['secret']}"})
+            return response.status_code
+
+        assert await ask() == 200
+        revoked = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "distillguard.cli", "keys", "revoke",
+                                                           key["key_id"], "--config", str(config_path)],
+                                          capture_output=True, text=True, timeout=120)
+        assert revoked.returncode == 0, revoked.stderr
+        started = time.perf_counter()
+        while (status := await ask()) == 200:
+            assert time.perf_counter() - started < 1.0, "the revocation did not reach the replica within 1 s"
+        assert status == 401 and time.perf_counter() - started < 1.0, status

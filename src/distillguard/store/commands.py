@@ -1,10 +1,18 @@
-"""CLI handlers: `accounts create|import|list|set-attr|export`, `keys create|revoke`, `events export`."""
+"""CLI handlers: `accounts create|import|list|set-attr|export`, `keys create|revoke`, `events export`.
+
+A change to the key table (a key created or revoked, an account created,
+suspended or activated) is written to the store, then, with ``state:
+redis://…``, announced on the gateways' change notices (state/notify.py), so
+every replica applies it at once rather than at its next poll of the store.
+"""
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
 import sys
+from collections.abc import Sequence
+from typing import Any
 
 import orjson
 
@@ -12,7 +20,7 @@ from distillguard.config import Settings, load_settings
 from distillguard.exceptions import NotFoundError, UsageError
 from distillguard.store.attributes import parse_assignments
 from distillguard.store.export import iter_event_lines, normalise_since
-from distillguard.store.registry import Registry
+from distillguard.store.registry import NewAccount, Registry
 
 __all__ = ["accounts_create", "accounts_export", "accounts_import", "accounts_list", "accounts_set_attr", "events_export", "keys_create", "keys_revoke"]
 
@@ -20,6 +28,21 @@ __all__ = ["accounts_create", "accounts_export", "accounts_import", "accounts_li
 def _registry(args: argparse.Namespace, settings: Settings | None = None) -> Registry:
     settings = settings or load_settings(args.config)
     return Registry(settings.database, timeout_s=settings.database_timeout_s)
+
+
+def _announce(settings: Settings) -> None:
+    """Tell running gateways that the key table changed (with ``state: redis://…``; a failure leaves them their poll)."""
+    if settings.state == "memory":
+        return
+    import os
+
+    from distillguard.state.notify import RedisNotifier
+
+    notifier = RedisNotifier(settings.state, f"cli:{os.getpid()}", timeout_s=max(1.0, settings.state_timeout_s))
+    try:
+        notifier.publish("keys")
+    finally:
+        notifier.close()
 
 
 def _print_json(obj: object) -> None:
@@ -30,6 +53,7 @@ def accounts_create(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     attributes = parse_assignments(args.attr or [], settings.privacy.hash_key)
     account = _registry(args, settings).create_account(args.name, org=args.org, attributes=attributes)
+    _announce(settings)
     if args.json:
         _print_json({"account_id": account["account_id"], "name": account["name"], "org_id": account["org_id"],
                      **({"attributes": attributes} if attributes else {})})
@@ -44,8 +68,15 @@ def accounts_import(args: argparse.Namespace) -> int:
     from distillguard.store.accounts_file import create_in_batches, read_accounts_file
 
     items = [account.new_account() for account in read_accounts_file(args.file)]
-    registry = _registry(args)
-    return create_in_batches(items, args.batch, lambda chunk: registry.create_accounts(chunk, actor="cli"), "accounts import")
+    settings = load_settings(args.config)
+    registry = _registry(args, settings)
+
+    def create(chunk: Sequence[NewAccount]) -> list[dict[str, Any]]:
+        created = registry.create_accounts(chunk, actor="cli")
+        _announce(settings)  # each batch is committed on its own: the gateways may serve its keys at once
+        return created
+
+    return create_in_batches(items, args.batch, create, "accounts import")
 
 
 def accounts_list(args: argparse.Namespace) -> int:
@@ -99,10 +130,12 @@ def accounts_activate(args: argparse.Namespace) -> int:
 
 
 def _set_status(args: argparse.Namespace, status: str) -> int:
+    settings = load_settings(args.config)
     try:
-        _registry(args).set_account_status(args.account_id, status, actor="cli", reason=getattr(args, "reason", None))
+        _registry(args, settings).set_account_status(args.account_id, status, actor="cli", reason=getattr(args, "reason", None))
     except NotFoundError as exc:
         raise UsageError(str(exc)) from None
+    _announce(settings)
     if args.json:
         _print_json({"account_id": args.account_id, "status": status})
     else:
@@ -111,10 +144,12 @@ def _set_status(args: argparse.Namespace, status: str) -> int:
 
 
 def keys_create(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
     try:
-        key = _registry(args).create_key(args.account_id)
+        key = _registry(args, settings).create_key(args.account_id)
     except NotFoundError as exc:
         raise UsageError(str(exc)) from None
+    _announce(settings)
     if args.json:
         _print_json(key)
     else:
@@ -124,10 +159,12 @@ def keys_create(args: argparse.Namespace) -> int:
 
 
 def keys_revoke(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
     try:
-        result = _registry(args).revoke_key(args.key_id)
+        result = _registry(args, settings).revoke_key(args.key_id)
     except NotFoundError as exc:
         raise UsageError(str(exc)) from None
+    _announce(settings)
     if args.json:
         _print_json(result)
     else:
