@@ -34,6 +34,13 @@ Then it measures limit overshoot: a key limited to 600 requests/min (headroom
 slices of 6 requests) and one limited to 6,000 (slices of 60) hammered through
 three replicas for a few seconds, with Redis state and — the baseline — with
 per-process memory state; with the Redis calls made per admitted request.
+
+Last, decision propagation (``--propagation-only``: this stage alone): how long
+a decision made through replica 1 takes to be enforced by replicas 2 and 3 —
+a manual block and clear, an account's new limits (lowered to 1 request/min
+and raised back while the others serve the key from headroom grants) and a
+scorer decision — with Redis notices, and by polling the database alone
+(``memory``).
 """
 
 from __future__ import annotations
