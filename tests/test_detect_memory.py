@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from distillguard.detect import pivot
+from distillguard.detect import pivot, reasoning
 from distillguard.detect.base import SMALL, add_distinct
 from distillguard.detect.scanner import Scanner
 from distillguard.detect.timing import SlotSet, Timing, add_slot
@@ -113,7 +113,7 @@ def traced() -> Iterator[None]:
         tracemalloc.stop()
 
 
-def test_a_busy_account_stops_growing_once_its_caps_are_reached() -> None:
+def test_a_busy_account_stops_growing_once_its_caps_are_reached(monkeypatch: pytest.MonkeyPatch) -> None:
     # A throwaway scanner first takes the same kind of traffic, model switch included, so that what the process
     # allocates once (lazy imports, regex and intern caches, first use of a code path) is not counted as the
     # account's growth: without it the second window read 10-23 KB depending on which tests ran before (CI failed
@@ -121,6 +121,10 @@ def test_a_busy_account_stops_growing_once_its_caps_are_reached() -> None:
     # traced at all (the same effect), and it runs ~3x faster untraced (the test took 44 s at load 15, and once
     # hit the 300 s timeout at load 20).
     _held(Scanner(), _busy("acct_warm", 8_000))
+    # The elicitation detector's remembered prompt verdicts are the scanner's, not the account's: bounded (16,384,
+    # ~1.2 MB, tests/test_reasoning_verdicts.py) and filled here by prompts that all differ. Held to 64 so that what is
+    # measured is the account's own state.
+    monkeypatch.setattr(reasoning, "_VERDICTS", 64)
     tracemalloc.start()
     try:
         scanner = Scanner()
