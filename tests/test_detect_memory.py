@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from distillguard.detect import pivot, reasoning
+from distillguard.detect import coverage, pivot, reasoning, templates
 from distillguard.detect.base import SMALL, add_distinct
 from distillguard.detect.scanner import Scanner
 from distillguard.detect.timing import SlotSet, Timing, add_slot
@@ -121,10 +121,12 @@ def test_a_busy_account_stops_growing_once_its_caps_are_reached(monkeypatch: pyt
     # traced at all (the same effect), and it runs ~3x faster untraced (the test took 44 s at load 15, and once
     # hit the 300 s timeout at load 20).
     _held(Scanner(), _busy("acct_warm", 8_000))
-    # The elicitation detector's remembered prompt verdicts are the scanner's, not the account's: bounded (16,384,
-    # ~1.2 MB, tests/test_reasoning_verdicts.py) and filled here by prompts that all differ. Held to 64 so that what is
-    # measured is the account's own state.
-    monkeypatch.setattr(reasoning, "_VERDICTS", 64)
+    # What the detectors remember of prompts' texts (elicitation verdicts, capabilities, frames) is the scanner's, not
+    # the account's: bounded (~1.2 + 1.2 + 2.2 MB; tests/test_reasoning_verdicts.py, tests/test_text_memos.py) and
+    # filled here by prompts that all differ. Held to one prompt each so that what is measured is the account's own state.
+    monkeypatch.setattr(reasoning, "_VERDICTS", 1)
+    monkeypatch.setattr(coverage, "_KINDS", 1)
+    monkeypatch.setattr(templates, "_FRAMES_KNOWN", 1)
     tracemalloc.start()
     try:
         scanner = Scanner()

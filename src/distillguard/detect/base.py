@@ -18,7 +18,8 @@ from typing import Any, Generic, TypeVar
 
 from distillguard.events import parse_ts
 
-__all__ = ["AccountStates", "Detector", "Evidence", "confidence", "count_heavy", "event_time", "logistic", "typical", "user_text"]
+__all__ = ["AccountStates", "Detector", "Evidence", "confidence", "count_heavy", "event_time", "logistic", "remember", "typical",
+           "user_text"]
 
 S = TypeVar("S")
 
@@ -67,6 +68,19 @@ def count_heavy(table: dict[str, int], key: str, cap: int) -> None:
             del table[once]
     if len(table) < cap:
         table[key] = 1
+
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+def remember(memo: dict[K, V], key: K, value: V, cap: int) -> None:
+    """``memo[key] = value`` in a memo of at most ``cap`` entries, all forgotten at once when it is full (cheap, and
+    what recurs is back soon). The detectors remember what they work out of a prompt's text — a pure function of
+    it — keyed by the text's hash, so that a prompt seen again is not read again."""
+    if len(memo) >= cap:
+        memo.clear()
+    memo[key] = value
 
 
 def event_time(event: Mapping[str, Any]) -> float:

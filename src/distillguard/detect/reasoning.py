@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from distillguard.detect.base import Detector, Evidence, confidence, logistic
+from distillguard.detect.base import Detector, Evidence, confidence, logistic, remember
 from distillguard.detect.context import EventContext
 from distillguard.detect.intent import load_intent_model, prepare
 from distillguard.detect.textmatch import StemSearch
@@ -197,10 +197,7 @@ class ReasoningElicitation(Detector):
     def _remember(self, key: int, verdict: tuple[bool, bool]) -> None:
         """Keep a prompt's verdict, bounded: at most ``_VERDICTS`` prompts (~1.2 MB), all forgotten at once when full
         (cheap, and the prompts that recur are back soon)."""
-        verdicts = self._verdicts
-        if len(verdicts) >= _VERDICTS:
-            verdicts.clear()
-        verdicts[key] = verdict
+        remember(self._verdicts, key, verdict, _VERDICTS)
 
     @staticmethod
     def _count(state: _State, eliciting: bool, by_rules: bool) -> None:
