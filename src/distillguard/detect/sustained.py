@@ -94,15 +94,17 @@ def burst_of(span_hours: float, active_days: int, requests: int) -> float:
 
     ``(1 − persistence) × job_size(requests)`` — a few dozen requests in a minute are scored on what they ask, not
     held back as a job; 500 in an hour, never again, are — or, for a large batch (0.5 at ``BATCH_REQUESTS``, 0.97
-    at 600), ``(1 − min(persistence, max(0.5, logistic(span; 48 h, 3 h))))``: a batch of a benchmark's size that ends
-    within two days has not come back, whatever UTC days it touches. A one-off evaluation run across midnight, paced
-    overnight, or in two halves on consecutive days (1,500 prompts with a reasoning wrapper from a data centre) was
-    ``high`` at 0.86–0.998 when two active days counted as sustained (``persistence`` 0.9 from a day on). Only large
-    batches: on dev, an imitates-people campaign's accounts (150–240 requests over about two days) lost 0.07–0.17 of
-    their score when the two-day rule applied to every account.
+    at 600), ``(1 − min(persistence, logistic(span; 48 h, 3 h)))``: a batch of a benchmark's size that ends within two
+    days has not come back, whatever UTC days it touches, and is as much a one-off batch as one sent in an hour. A
+    one-off evaluation run across midnight, paced overnight, or in two halves on consecutive days (1,500 prompts with a
+    reasoning wrapper from a data centre) was ``high`` at 0.86–0.998 when two active days counted as sustained
+    (``persistence`` 0.9 from a day on); counted half sustained (until stop 18: ``max(0.5, …)``) it kept 0.75 of its
+    score and evaluation jobs paced over 36 hours set the legitimate 99.5th percentile of ``bench/margin.py --perturb``
+    at 0.75. Only large batches: on dev, an imitates-people campaign's accounts (150–240 requests over about two days)
+    lost 0.07–0.17 of their score when the two-day rule applied to every account.
     """
     value = persistence(span_hours, active_days)
-    two_day = min(value, max(0.5, logistic(span_hours, TWO_DAYS_H, 3.0)))
+    two_day = min(value, logistic(span_hours, TWO_DAYS_H, 3.0))
     return max((1.0 - value) * job_size(requests), (1.0 - two_day) * logistic(requests, BATCH_REQUESTS, 60.0))
 
 
