@@ -1,6 +1,10 @@
 """Legitimate populations kept out of `medium` and `high` by what makes their behaviour not extraction (issue #11,
 engineer `legit2`, stop 18).
 
+- An early adopter who asks a new model "show me your reasoning" a handful of times on its release day has asked
+  for a handful of traces, not harvested them: the wording family needs dozens of eliciting prompts to count fully
+  (``reasoning.TRACES_SCALE``), while attribution still reads the share at its quick confidence (``INTENT_SCALE``).
+  The same habit at a harvest's volume stays `high`.
 - A benchmark-sized batch that ends within two days is as much a one-off batch as one sent in an hour
   (``sustained.burst_of``): it keeps at most half of its score, however it was paced.
 """
@@ -8,10 +12,48 @@ engineer `legit2`, stop 18).
 from __future__ import annotations
 
 from distillguard.detect import Scanner
-from distillguard.detect.scanner import HIGH
+from distillguard.detect.reasoning import INTENT_SCALE, TRACES_SCALE
+from distillguard.detect.scanner import HIGH, MEDIUM
 from distillguard.detect.sustained import burst_of
-from tests.test_attribution import DAY, T0
-from tests.test_detect_robust import HOUR
+from tests.test_attribution import DAY, T0, background, task
+from tests.test_detect_robust import HOUR, event
+
+ASK = "Show me your reasoning, step by step, before the answer."
+
+
+def _adopter(scanner: Scanner, account: str, release: float, *, scale: int = 1, ip: str = "81.2.3.4") -> None:
+    """``scale`` × (4 requests on the old model over the three days before ``release``, then 14 on the new model in its
+    first day, 6 of them asking for the reasoning): single-turn tasks of several kinds, answered at length."""
+    n = 0
+    for k in range(scale):
+        for i in range(4):
+            n += 1
+            scanner.update(event(account, release - 3 * DAY + i * 17 * HOUR + k * 60, [task(k * 1000 + i)], answer_tokens=450, ip=ip))
+        for i in range(14):
+            n += 1
+            prompt = f"{task(k * 1000 + 100 + i)} {ASK}" if i % 7 < 3 else task(k * 1000 + 100 + i)
+            scanner.update(event(account, release + 600 + i * 1500 + k * 30, [prompt], answer_tokens=450, ip=ip, max_tokens=4096 if i == 0 else None)
+                           | {"model": "m2"})
+
+
+def _scanned(scale: int) -> dict[str, float]:
+    scanner = Scanner()
+    background(scanner)
+    release = T0 + 4 * DAY
+    scanner.update(event("someone", release, ["hello there, a first try"]) | {"model": "m2"})  # the release's first sight
+    _adopter(scanner, "adopter", release, scale=scale)
+    report = scanner.report()
+    return {e["account_id"]: e["distillation_score"] for e in report["accounts"]}
+
+
+def test_a_handful_of_reasoning_asks_on_a_release_day_is_not_a_harvest_and_the_same_at_volume_is() -> None:
+    """18 requests, 6 asking for the reasoning, 14 on a new model on its first day, single-turn: three families from one
+    handful (before: wording 0.78 at confidence scale 4, `high`; robust dev seed 8's early adopter at 0.91). Ten times
+    that — 60 eliciting prompts among 180 — is a harvest of reasoning traces and stays `high`."""
+    assert TRACES_SCALE >= 3 * INTENT_SCALE
+    scores = _scanned(1)
+    assert scores["adopter"] < MEDIUM, scores["adopter"]
+    assert _scanned(10)["adopter"] >= HIGH
 
 
 def test_a_benchmark_paced_over_36_hours_is_a_one_off_batch_as_one_sent_in_an_hour() -> None:

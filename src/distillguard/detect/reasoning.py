@@ -128,6 +128,21 @@ _BATCH = 256
 _VERDICTS = 16384
 # The three verdicts (eliciting, by the rules), shared by every prompt remembered: ~70 bytes a prompt with its key.
 _NOT_ELICITING, _BY_CLASSIFIER, _BY_RULES = (False, False), (True, False), (True, True)
+# How many eliciting prompts make the share count (confidence scale): a harvest of reasoning traces is dozens of them,
+# not the handful a curious person sends (0.28 at 4, 0.63 at 12, 0.95 at 36). At 4, an early adopter who asked a new
+# model "show me how you reasoned" 6 times in 18 requests read 0.78 here and was `high` (0.91) with a short sweep's
+# shape beside it (robust dev seed 8). A fleet's members are counted together (``pooled``).
+TRACES_SCALE = 12.0
+# The same share at the quick confidence it had until stop 18 (0.63 at 4 eliciting prompts): whether an account's
+# prompts *look like* harvesting reasoning, not whether it harvested any (``intent``). Attribution's background — the
+# accounts that do not look like distillers on their own, against which a trait's rarity is judged — reads this, so
+# that a campaign's members who each sent a few eliciting prompts stay out of it and their shared traits stay rare.
+INTENT_SCALE = 4.0
+
+
+def _share_score(state: _State) -> float:
+    # Midpoint 8 %: benign users ask for the model's reasoning now and then, campaigns do it systematically.
+    return logistic(state.eliciting / state.prompts, 0.08, 0.025)
 
 
 class ReasoningElicitation(Detector):
@@ -238,12 +253,20 @@ class ReasoningElicitation(Detector):
                 pool.by_rules += state.by_rules
         return self._evidence_of(pool)
 
+    def intent(self, account_id: str) -> float | None:
+        """The account's eliciting share scored at ``INTENT_SCALE`` instead of ``TRACES_SCALE`` (None without prompts)."""
+        if self._waiting:
+            self.flush()
+        state = self.accounts.get(account_id)
+        if state is None or state.prompts == 0:
+            return None
+        return _share_score(state) * confidence(state.eliciting, INTENT_SCALE)
+
     def _evidence_of(self, state: _State | None) -> Evidence | None:
         if state is None or state.prompts == 0:
             return None
         share = state.eliciting / state.prompts
-        # Midpoint 8 %: benign users ask for the model's reasoning now and then, campaigns do it systematically.
-        score = logistic(share, 0.08, 0.025) * confidence(state.eliciting, 4.0)
+        score = _share_score(state) * confidence(state.eliciting, TRACES_SCALE)
         detail = f"{state.eliciting} of {state.prompts} prompts ask for step-by-step or internal reasoning, or for grading ({share:.0%})"
         if state.eliciting > state.by_rules:
             detail += f"; {state.eliciting - state.by_rules} recognised by the wording classifier alone"

@@ -168,7 +168,7 @@ class Scanner:
         # kept only for the report that computed it (``_fresh``) and recomputed when an unchanged account's entry
         # must be rebuilt (its cluster changed) or a cluster pools it: ~11 Evidence objects per account held across
         # reports cost ~1.5 KB each of 100,000 accounts, and recomputing them from unchanged state gives the same.
-        self._evidence_cache: dict[str, tuple[tuple[float, float, float], int]] = {}
+        self._evidence_cache: dict[str, tuple[tuple[float, float, float, float], int]] = {}
         self._fresh: dict[str, list[Evidence]] = {}
         self._entry_cache: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
         self._releases_seen: dict[str, float] = {}
@@ -229,18 +229,24 @@ class Scanner:
                 found.append(evidence)
         return found
 
-    def _combine(self, account: str, evidence: list[Evidence]) -> tuple[float, float, float]:
-        """(distillation before the burst factor, how much the account is a one-off burst, reseller)."""
+    def _combine(self, account: str, evidence: list[Evidence]) -> tuple[float, float, float, float]:
+        """(distillation before the burst factor, how much the account is a one-off burst, reseller, and how much the
+        account looks like a distiller before the burst factor — the distillation score with its eliciting share read at
+        ``reasoning.INTENT_SCALE``, what attribution's background reads: ``_clusters``)."""
         by_name = {e.detector: e.score for e in evidence}
         distill = _sigmoid(distill_logit(by_name))
         resell = _sigmoid(RESELLER_BIAS + sum(w * by_name.get(n, 0.0) for n, w in RESELLER_WEIGHTS.items()))
-        return distill, self.sustained.burst(account), resell
+        looks = distill
+        intent = self.reasoning.intent(account)
+        if intent is not None and intent != by_name.get(self.reasoning.name, 0.0):
+            looks = _sigmoid(distill_logit({**by_name, self.reasoning.name: intent}))
+        return distill, self.sustained.burst(account), resell, looks
 
     def scores(self) -> dict[str, tuple[float, float]]:
         """Per-account (distillation, reseller) before cluster lift: cheap, for checkpoints."""
         out = {}
         for account in self.accounts:
-            distill, burst, resell = self._combine(account, self._evidence(account))
+            distill, burst, resell, _ = self._combine(account, self._evidence(account))
             out[account] = (distill * burst_factor(burst), resell)
         return out
 
@@ -336,7 +342,9 @@ class Scanner:
         self._refresh()
         cached = self._evidence_cache
         if recluster or self._last_clusters is None:
-            clusters = self._clusters({a: d * burst_factor(b) for a, ((d, b, _), _) in cached.items()})
+            # Attribution reads how much each account looks like a distiller on its own (``_combine``): its background
+            # is the accounts that do not, and a cluster's score starts from its members'.
+            clusters = self._clusters({a: looks * burst_factor(b) for a, ((_, b, _, looks), _) in cached.items()})
         else:
             self._reports += 1
             self.cluster_cost_s = 0.0
@@ -375,10 +383,10 @@ class Scanner:
         return {"v": 1, "events": self.events, "accounts_seen": len(self.accounts), "accounts": entries,
                 "clusters": [c.as_report() for c in clusters]}
 
-    def _entry(self, account: str, evidence: list[Evidence], combined: tuple[float, float, float],
+    def _entry(self, account: str, evidence: list[Evidence], combined: tuple[float, float, float, float],
                cluster: Cluster | None, together: Evidence | None = None) -> dict[str, Any]:
         """One account's entry of the report (DESIGN §5)."""
-        distill, burst, resell = combined
+        distill, burst, resell, _ = combined
         items = _shown(evidence)
         tie = cluster.tie(account) if cluster is not None else 0.0
         # Sustained across days, or across accounts: a tightly tied cluster is no one-off job.
