@@ -114,3 +114,60 @@ def test_a_detector_fed_alone_sees_what_the_scanner_hands_it() -> None:
             assert ours is not None and theirs is not None
             assert (ours.score, ours.detail, ours.numbers) == (theirs.score, theirs.detail, theirs.numbers), (account, name)
 
+
+
+def _rank_event(account: str, t: float, prompt: str, ip: str, asn: int, hosting: bool) -> dict[str, Any]:
+    return {"v": 1, "ts": format_ts(t), "request_id": f"req_{account}_{t}", "account_id": account, "org_id": None,
+            "endpoint": "openai.chat", "model": "m1",
+            "client": {"ip": ip, "user_agent": "ua", "header_fp": "fp-curl", "geo": {"country": "US", "asn": asn, "hosting": hosting}},
+            "attestation": None, "request": {"system": None, "messages": [{"role": "user", "content": prompt}], "params": {}},
+            "response": {"status": 200, "text": "x " * 200, "prompt_tokens": 40, "completion_tokens": 400}}
+
+
+def test_a_report_that_reranks_only_rebuilt_entries_orders_them_as_a_full_sort_does() -> None:
+    """``Scanner.report`` looks only at the accounts refreshed since the last report and the members of its clusters,
+    and merges their re-ranked entries into the last report's order: every report must be in the order a sort of all
+    its entries gives, and the last one the same as one report over the same events."""
+    rng = random.Random(11)
+    t0 = 1_790_000_000.0
+    events = []
+    for u in range(400):  # people, a few questions each, at their own times
+        for _ in range(rng.randint(1, 4)):
+            events.append(_rank_event(f"p{u:03d}", t0 + rng.uniform(0, 86_400), f"question {rng.randrange(10**6)} about {rng.choice('abcdefgh')}",
+                                      f"10.{u}.{rng.randrange(9)}.7", 7018, False))
+    for u in range(24):  # a fleet: one wrapper, one hosting network, step-by-step answers
+        for i in range(12):
+            events.append(_rank_event(f"h{u:02d}", t0 + rng.uniform(0, 86_400),
+                                      f"Answer step by step and show all of your reasoning: task {u * 100 + i} of the sweep",
+                                      f"203.0.113.{u}", 16509, True))
+    events.sort(key=lambda e: e["ts"])
+    scanner, incremental = Scanner(), 0
+    for start in range(0, len(events), 40):
+        for event in events[start:start + 40]:
+            scanner.update(event)
+        report = scanner.report(recluster=start % 400 == 0)
+        rows = report["accounts"]
+        assert rows == sorted(rows, key=lambda e: (-max(e["distillation_score"], e["reseller_score"]), e["account_id"]))
+        incremental += 2 * len(scanner.rebuilt) < len(rows)
+    once = Scanner()
+    for event in events:
+        once.update(event)
+    assert scanner.report() == once.report()
+    assert incremental >= 10  # most reports took the incremental path
+    assert any(e["cluster_id"] for e in once.report()["accounts"])  # clusters' members were among the candidates
+    # A cluster found by a report whose members sent nothing since the one before: their entries are rebuilt all the same.
+    people = [e for e in events if e["account_id"].startswith("p")]
+    order = people[:-40] + [e for e in events if e["account_id"].startswith("h")] + people[-40:]
+    late, whole = Scanner(), Scanner()
+    for event in order:
+        whole.update(event)
+    for event in people[:-40]:
+        late.update(event)
+    late.report()
+    for event in order[len(people) - 40:-40]:
+        late.update(event)
+    late.report(recluster=False)
+    for event in people[-40:]:
+        late.update(event)
+    assert late.report() == whole.report()
+    assert 2 * len(late.rebuilt) < len(late.accounts)
