@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 
 from distillguard.detect import reasoning
-from distillguard.detect.intent import load_intent_model, prepare
+from distillguard.detect.intent import _ngram_parts, load_intent_model, prepare
 from distillguard.detect.reasoning import ELICITING, ReasoningElicitation, elicits_by_rules
 
 PROMPTS = [
@@ -80,3 +81,16 @@ def test_remembered_verdicts_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> No
     detector.flush()
     assert len(detector._verdicts) <= 100
     assert sum(s.prompts for s in detector.accounts.values()) == 1_000
+
+
+def test_the_classifier_counts_ngrams_from_the_lengths_as_bincount_did() -> None:
+    model = load_intent_model()
+    if model is None:
+        pytest.skip("no intent model shipped")
+    texts = [prepare(text, system) for text, system in PROMPTS] + ["", "a", "ab", " x ", "abcdef" * 50]
+    for batch in (texts, texts[-4:], texts[-3:-1], ["a"]):
+        total, count = np.zeros(len(batch)), np.zeros(len(batch))
+        for owners, buckets in _ngram_parts(batch, model.bits, model.ngrams):
+            total += np.bincount(owners, weights=model.weights[buckets], minlength=len(batch))
+            count += np.bincount(owners, minlength=len(batch))
+        assert np.array_equal(model.logits(batch), model.bias + total / np.sqrt(np.maximum(count, 1.0)))
