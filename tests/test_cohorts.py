@@ -177,3 +177,30 @@ def test_account_items_of_some_kinds_are_the_whole_list_filtered_by_kind() -> No
             for i in account_items(s, *templates.wrappers(a), templates.systems(a), meta[a].attributes, ("slot",), minimum_count=1)} >= \
         {"wrapper", "short_wrapper", "system_prompt", "params", "install", "ip", "hosting_net", "net", "hosting_asn", "rotation",
          "profile", "attribute", "payment", "burst"}
+
+
+def test_quiet_accounts_of_a_burst_tied_only_by_a_scaffold_marker_are_one_pure_cluster() -> None:
+    """40 accounts made in one afternoon, each sending one or two prompts in the operator's own formatting ("%% {task}"),
+    each from a new residential address, on the background's clients and parameters: the marker is their only shared
+    trait, and it has no word a frame or a wrapper piece keeps (templates.scaffold_parts). Before scaffold markers
+    were a cohort's trait these accounts formed no cluster at all; the people, whose prompts open with words, none."""
+    meta: dict[str, AccountMeta] = {}
+    events = people(meta, 400)
+    rng = random.Random(5)
+    hydra = [f"hydra{k:03d}" for k in range(40)]
+    for k, name in enumerate(hydra):
+        meta[name] = AccountMeta(name, created_at=T0 - 3 * DAY + rng.uniform(0, 4 * HOUR))
+        for i in range(1 + k % 2):
+            subject = rng.choice(SUBJECTS)
+            task = rng.choice([f"Why does {subject} behave as it does at scale {i + k}?", f"List the key results about {subject}.",
+                               f"Explain how {subject} works from first principles, case {k}.", f"What limits {subject} in practice?"])
+            events.append(ev(name, T0 + DAY + rng.uniform(0, DAY), f"%% {task}",
+                             ip=f"172.{rng.randrange(16, 32)}.{rng.randrange(256)}.{rng.randrange(1, 255)}", asn=rng.choice([3320, 7018, 7922]),
+                             header=rng.choice(CLIENTS), params=rng.choice(PARAMS)))
+    report = replay(meta, events).report()
+    hydra_clusters = [c for c in report["clusters"] if set(c["accounts"]) & set(hydra)]
+    assert len(hydra_clusters) == 1
+    assert set(hydra_clusters[0]["accounts"]) == set(hydra)
+    assert any("%%" in s and "one creation burst" in s for s in hydra_clusters[0]["shared"])
+    entries = {e["account_id"]: e for e in report["accounts"]}
+    assert not [a for a, e in entries.items() if a.startswith("person") and e["cluster_id"]]

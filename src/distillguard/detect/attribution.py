@@ -48,7 +48,7 @@ from typing import Any
 from distillguard.detect.base import count_heavy
 from distillguard.detect.templates import normalise_system
 
-__all__ = ["ROTATION_MIN_REQUESTS", "AttributionCollector", "Item", "PUBLIC_SYSTEM_PROMPTS", "PUBLIC_WRAPPERS", "account_items",
+__all__ = ["ROTATION_MIN_REQUESTS", "AttributionCollector", "Item", "PUBLIC_SCAFFOLDS", "PUBLIC_SYSTEM_PROMPTS", "PUBLIC_WRAPPERS", "account_items",
            "is_public_wrapper", "rarity", "rotation_item"]
 
 _CAP_VALUES = 64
@@ -72,6 +72,9 @@ PUBLIC_WRAPPERS = (
     "explain your reasoning",
     "show your work",
 )
+# Published scaffold markers (templates.scaffold_parts): the few-shot question/answer format of the GPT-3 paper and of
+# the evaluation harnesses. A script may use them, but so does anyone who copied that format.
+PUBLIC_SCAFFOLDS = frozenset({"q:", "a:", "question:", "answer:"})
 # Stock system prompts (SDK and model defaults, tutorials' first example).
 PUBLIC_SYSTEM_PROMPTS = (
     "You are a helpful assistant.",
@@ -103,6 +106,8 @@ def is_public_wrapper(piece: str) -> bool:
     Cached: clustering asks it for every piece of every account on every report, and pieces repeat across
     accounts and reports."""
     text = piece[3:]
+    if piece[1] == "1":
+        return text in PUBLIC_SCAFFOLDS
     return any(text in public for public in _PUBLIC_WRAPPER_TEXT)
 
 
@@ -313,6 +318,7 @@ class Item:
 KINDS: dict[str, tuple[str, float]] = {
     "wrapper": ("content", 0.7),
     "short_wrapper": ("content", 0.35),  # two words: common in plain language too
+    "scaffold": ("content", 0.35),  # a formatting marker opening or closing the prompt ("Input:", "---"): one token
     "system_prompt": ("content", 0.8),
     "params": ("content", 0.3),
     "habits": ("content", 0.16),  # four descriptions, 0.50 together
@@ -328,6 +334,7 @@ KINDS: dict[str, tuple[str, float]] = {
     "payment": ("meta", 1.0),
 }
 BEHAVIOURAL = frozenset({"content", "time"})
+_PIECE_KINDS = {"4": "wrapper", "2": "short_wrapper", "1": "scaffold"}  # a wrapper piece's kind by its length (templates)
 # A wrapper is the operator's template: it frames a good part of the account's prompts. Phrases that recur in a
 # few percent of them are more often the swept dataset's own wording (shared by everyone sweeping it).
 WRAPPER_SHARE = 0.12
@@ -373,9 +380,9 @@ def account_items(state: _Account | None, single_turn: int, wrappers: Mapping[st
     def wanted(kind: str) -> bool:
         return kinds is None or kind in kinds
 
-    if wanted("wrapper") or wanted("short_wrapper"):
+    if wanted("wrapper") or wanted("short_wrapper") or wanted("scaffold"):
         for piece, share in _shares(wrappers, single_turn, WRAPPER_SHARE, recurs(3)):
-            kind = "wrapper" if piece[1] == "4" else "short_wrapper"
+            kind = _PIECE_KINDS[piece[1]]
             if wanted(kind) and not is_public_wrapper(piece):
                 items.append(Item(kind, piece, share))
     if wanted("system_prompt"):
@@ -421,7 +428,7 @@ _LABELS = {"system_prompt": "system prompt template", "params": "request paramet
 def describe(item: Item, holders: int) -> str:
     """An item in plain words for a cluster's ``shared`` list."""
     kind, value = item.kind, item.value
-    if kind in ("wrapper", "short_wrapper"):
+    if kind in ("wrapper", "short_wrapper", "scaffold"):
         words = value[3:]
         return f"prompt wrapper \u201c{'… ' if value.startswith('s') else ''}{words}{' …' if value.startswith('p') else ''}\u201d"
     if kind in _LABELS:

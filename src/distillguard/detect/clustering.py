@@ -290,7 +290,7 @@ _IDENTITY_KINDS = frozenset({"install", "payment"})
 SURFACE_KINDS = frozenset({"net", "ip", "hosting_asn", "params", "habits", "profile", "attribute"})
 # Items an account carries many of (its wrapper pieces, system prompts, installs): the more it carries, the more it
 # shares with anyone by chance (a relay's dozens of people; a heavy user's many openers).
-_CHANCE_GROUPS = {"wrapper": "wrapper", "short_wrapper": "wrapper", "system_prompt": "system_prompt", "install": "install",
+_CHANCE_GROUPS = {"wrapper": "wrapper", "short_wrapper": "wrapper", "scaffold": "wrapper", "system_prompt": "system_prompt", "install": "install",
                   "hosting_net": "hosting_net"}
 
 

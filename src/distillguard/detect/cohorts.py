@@ -62,7 +62,10 @@ NULL_SAMPLE = 4000
 # (needs eight) and creation slots (the burst itself is the block).
 # Also left out: an exact address, a residential /24 and an e-mail domain — what an office's or a campus's people share
 # when they are onboarded together (one burst, one egress address, one company domain), which is not one operator.
-COHORT_KINDS = frozenset({"profile", "params", "hosting_net", "hosting_asn", "wrapper", "system_prompt"})
+# A scaffold marker ("Input: …", "… ---": attribution's ``scaffold``) is a script's template as surely as a four-word
+# wrapper, and often the only one a campaign of one-word labels has; two-word pieces are not traits (most are the first
+# or last words of the task itself).
+COHORT_KINDS = frozenset({"profile", "params", "hosting_net", "hosting_asn", "wrapper", "scaffold", "system_prompt"})
 # An arrival surge (arrivals module) may also share rotation: a new network on most requests from the second on. Not a
 # creation run's: a run chains bursts over hours, and on dev seed 9 two campaigns made in one run that both draw a
 # proxy per request became one cohort by it.

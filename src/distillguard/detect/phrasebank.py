@@ -85,7 +85,8 @@ def phrasings(single_turn: int, pieces: Mapping[str, int], follow_ups: int = 0,
     single-turn prompts, and short follow-up turns (``"f:go on"``) as a share of its follow-ups."""
     out: dict[str, float] = {}
     for piece, count in pieces.items() if single_turn > 0 else ():
-        if count < MIN_COUNT or count / single_turn < MIN_SHARE or is_public_wrapper(piece):
+        # Scaffold markers (``"p1:"``, templates.scaffold_parts) are one template's formatting, not a paraphrase.
+        if count < MIN_COUNT or count / single_turn < MIN_SHARE or piece[1] == "1" or is_public_wrapper(piece):
             continue
         key = _phrasing_key(piece)
         share = min(1.0, count / single_turn)

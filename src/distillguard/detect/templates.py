@@ -19,7 +19,7 @@ from typing import Any
 from distillguard.detect.base import Detector, Evidence, confidence, count_heavy, logistic, remember
 from distillguard.detect.context import EventContext
 
-__all__ = ["TemplatedPrompts", "frame_of", "normalise_system", "wrapper_parts"]
+__all__ = ["TemplatedPrompts", "frame_of", "normalise_system", "scaffold_parts", "wrapper_parts"]
 
 _WORDS = re.compile(r"\w+", re.UNICODE)
 # Frames are counted by their hash, not their text: only the counts are ever read (the templated share), and a
@@ -99,6 +99,30 @@ def wrapper_parts(frame: str) -> tuple[str, ...]:
     return ("p2:" + " ".join(first[:2]), "p4:" + " ".join(first[:4]), "s2:" + " ".join(last[-2:]), "s4:" + " ".join(last[-4:]))
 
 
+# A scaffold marker: a prompt's first or last whitespace-delimited token when it is formatting, not language — only
+# punctuation (">>", "---", "=>", "###"), a short label with a colon ("Input:", "Output:", "问题："), or a bracketed
+# label ("[item]", "<task>"). A script that frames every swept task as "Input: {task}" or "{task}\n---" writes no word
+# a frame keeps (``frame_of`` reads words only; a one-word label and the task's first word make a different two-word
+# piece on every prompt), so its template was invisible to attribution.
+_MARKER = re.compile(r"[^\w\s]{1,8}|\w{1,16}[:：]|[\[(<{]\w{1,16}[\])>}][:：]?")
+
+
+def scaffold_parts(text: str) -> tuple[str, ...]:
+    """A prompt's scaffold markers (``_MARKER``) as wrapper pieces: ``"p1:input:"`` for its first token, ``"s1:---"``
+    for its last, lower-cased; none when the prompt is a single token or its ends are words."""
+    parts = text.split(None, 1)
+    if len(parts) < 2:
+        return ()
+    first = parts[0]
+    last = parts[1].rsplit(None, 1)[-1]
+    out = []
+    if len(first) <= 20 and _MARKER.fullmatch(first):
+        out.append("p1:" + first.lower())
+    if len(last) <= 20 and _MARKER.fullmatch(last):
+        out.append("s1:" + last.lower())
+    return tuple(out)
+
+
 @dataclass(slots=True)  # one per account: no per-instance __dict__ (docs/detection.md, "Memory")
 class _State:
     requests: int = 0
@@ -145,6 +169,8 @@ class TemplatedPrompts(Detector):
         state.single_turn += 1
         wrappers = state.wrappers
         for part in parts:
+            count_heavy(wrappers, part, _MAX_WRAPPERS)
+        for part in scaffold_parts(context.text):
             count_heavy(wrappers, part, _MAX_WRAPPERS)
         system = normalise_system((event.get("request") or {}).get("system"))
         if system is not None and (system in state.systems or len(state.systems) < 64):
