@@ -879,3 +879,20 @@ def test_a_system_prompt_and_a_wrapper_carried_together_link_a_fleet_with_nothin
             app.update(event)
             history = [*history, {"role": "assistant", "content": "an answer"}]
     assert clusters_of(app.report()) == []
+
+
+def test_scaffold_markers_are_formatting_tokens_and_the_qa_labels_are_public() -> None:
+    """A prompt's first or last token is a scaffold marker only when it is formatting — punctuation, a short label with
+    a colon, a bracketed label — never a word; the few-shot question/answer labels are public (no weight)."""
+    from distillguard.detect.attribution import account_items, is_public_wrapper
+    from distillguard.detect.templates import scaffold_parts
+
+    assert scaffold_parts("Input: Two trains leave a station") == ("p1:input:",)
+    assert scaffold_parts("How many apples are left?\n\n=>") == ("s1:=>",)
+    assert scaffold_parts("[item] sort this list") == ("p1:[item]",)
+    assert scaffold_parts("What is the capital of France?") == ()
+    assert scaffold_parts("Note") == ()
+    assert is_public_wrapper("p1:q:") and is_public_wrapper("s1:answer:")
+    assert not is_public_wrapper("p1:input:") and not is_public_wrapper("s1:=>")
+    items = account_items(None, 4, {"p1:input:": 4, "p1:q:": 4, "s1:a:": 4}, {}, {}, ())
+    assert [(i.kind, i.value) for i in items] == [("scaffold", "p1:input:")]
