@@ -161,7 +161,7 @@ class TemplatedPrompts(Detector):
         known = self._frames.get(hash(text))
         if known is None:
             frame = frame_of(text)
-            known = (hash(frame), wrapper_parts(frame))
+            known = (hash(frame), wrapper_parts(frame) + scaffold_parts(text))
             remember(self._frames, hash(text), known, _FRAMES_KNOWN)
         key, parts = known
         if key in state.frames or len(state.frames) < _MAX_FRAMES:
@@ -169,8 +169,6 @@ class TemplatedPrompts(Detector):
         state.single_turn += 1
         wrappers = state.wrappers
         for part in parts:
-            count_heavy(wrappers, part, _MAX_WRAPPERS)
-        for part in scaffold_parts(context.text):
             count_heavy(wrappers, part, _MAX_WRAPPERS)
         system = normalise_system((event.get("request") or {}).get("system"))
         if system is not None and (system in state.systems or len(state.systems) < 64):
