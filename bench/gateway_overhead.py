@@ -1,6 +1,7 @@
 """Gateway overhead: the same load against the upstream directly, distillguard, and LiteLLM's proxy, in one run.
 
     python bench/gateway_overhead.py [--rounds 3] [--duration 6] [--settle 5] [--variants core,all] [--skip-litellm] [--before REV]
+        [--distinct-prompts]
 
 Needs ``wrk`` (Debian package) as the load generator, so the client is not the
 bottleneck, and LiteLLM in its own venv (``bench/.venv-litellm``, created with
@@ -18,6 +19,12 @@ write-ahead log off, ``event_wal.enabled: false``: its cost is ``core`` minus
 the source tree of git revision ``REV`` (``git archive``), measured beside the
 current tree's in the same rounds (with ``all`` among the variants, REV's
 all-on set-up too).
+
+Every request carries the same prompt by default (the figures since stop 10 are comparable). The online
+detectors remember a prompt they have seen (stop 18: its elicitation verdict, capability and frame), so with
+one fixed prompt "all on" measures their best case; ``--distinct-prompts`` appends a per-request counter
+(``"… (t2-417)"``, from wrk's Lua ``request`` function, on both sides of each pair) so that no two prompts
+are equal: their worst case.
 
 How one round's accident is kept from deciding a figure (issue #12: a gateway
 round measured right after LiteLLM's SSE run read 18.8 % of direct, the round
@@ -119,11 +126,20 @@ def own_rss_mb(pid: int) -> float:
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
 
-def run_wrk(url: str, connections: int, duration: int, stream: bool, key: str | None) -> dict[str, float]:
+def run_wrk(url: str, connections: int, duration: int, stream: bool, key: str | None, *,
+            distinct: bool = False) -> dict[str, float]:
     body = dict(BODY, stream=stream)
     lua = f'wrk.method = "POST"\nwrk.body = {json.dumps(json.dumps(body))}\nwrk.headers["Content-Type"] = "application/json"\n'
     if key:
         lua += f'wrk.headers["Authorization"] = "Bearer {key}"\n'
+    if distinct:  # every prompt different: each wrk thread numbers its requests, prefixed by the thread's id
+        content = BODY["messages"][0]["content"]  # type: ignore[index]
+        marked = dict(body, messages=[{"role": "user", "content": f"{content} (@@N@@)"}])
+        head, tail = json.dumps(marked).split("@@N@@")
+        lua += (f"local head, tail = {json.dumps(head)}, {json.dumps(tail)}\nlocal threads = 0\n"
+                "function setup(thread) threads = threads + 1; thread:set(\"tid\", threads) end\n"
+                "function init(args) n = 0 end\n"
+                "function request() n = n + 1; return wrk.format(nil, nil, nil, head .. \"t\" .. tid .. \"-\" .. n .. tail) end\n")
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(lua)
     threads = 1 if connections == 1 else 2
@@ -194,8 +210,8 @@ class Bench:
     """One run's processes, load settings and samples; :meth:`pair` measures the direct upstream and a target side by
     side, the settle wait before each measurement."""
 
-    def __init__(self, work: Path, duration: int, settle_s: float) -> None:
-        self.work, self.duration, self.settle_s = work, duration, settle_s
+    def __init__(self, work: Path, duration: int, settle_s: float, *, distinct: bool = False) -> None:
+        self.work, self.duration, self.settle_s, self.distinct = work, duration, settle_s, distinct
         self.procs: list[subprocess.Popen[bytes]] = []
         self.samples: dict[str, dict[str, list[dict[str, float]]]] = {}
         self.settle_lines: list[str] = []
@@ -215,10 +231,10 @@ class Bench:
         note = settle([direct.pid, proc.pid], max_wait_s=self.settle_s)
         self.settle_lines.append(note)
         if warm_s:
-            run_wrk(url, conns, warm_s, stream, auth)
+            run_wrk(url, conns, warm_s, stream, auth, distinct=self.distinct)
         duration = self.duration if conns > 1 else max(3, self.duration // 2)
         cpu_before = cpu_s(proc.pid)
-        result = run_wrk(url, conns, duration, stream, auth)
+        result = run_wrk(url, conns, duration, stream, auth, distinct=self.distinct)
         # CPU per request of the process under test (for "direct", the upstream itself): the figure least disturbed by
         # whatever else the machine is doing.
         result["cpu_ms_per_req"] = (cpu_s(proc.pid) - cpu_before) * 1000 / max(1.0, result["rps"] * duration)
@@ -257,6 +273,8 @@ def main() -> int:
                         "the machine's CPU to settle (logged with each measurement)")
     parser.add_argument("--variants", default="core,all", help="distillguard configurations, comma-separated: core, all, nowal")
     parser.add_argument("--before", metavar="REV", help="also serve the core set-up from git revision REV's source, in the same rounds")
+    parser.add_argument("--distinct-prompts", action="store_true", help="no two requests carry the same prompt "
+                        "(a counter appended): the online detectors' prompt memos never hit")
     args = parser.parse_args()
     began = time.perf_counter()
     variants = {"core": ("distillguard", False, True), "all": ("distillguard, all on", True, True),
@@ -266,7 +284,7 @@ def main() -> int:
     work = scratch_dir("dg-bench-")
     digest = src_digest()
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    bench = Bench(work, args.duration, args.settle)
+    bench = Bench(work, args.duration, args.settle, distinct=args.distinct_prompts)
     try:
         up_port = free_port()
         up = bench.spawn([PYTHON, str(ROOT / "bench" / "fast_upstream.py"), "--port", str(up_port)], "upstream.log")
