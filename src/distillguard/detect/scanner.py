@@ -178,9 +178,10 @@ class Scanner:
         self._entry_cache: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
         self._releases_seen: dict[str, float] = {}
         self._last_clusters: list[Cluster] | None = None
-        # The last report's order, (−score, account, entry) per account, and the members of its clusters: a report
-        # re-ranks only the entries it rebuilds and merges them into the rest, which keep their order (``report``).
-        self._ranked: list[tuple[float, str, dict[str, Any]]] | None = None
+        # The last report's order, (−score, account) per account, and the members of its clusters: a report re-ranks
+        # only the entries it rebuilds and merges them into the rest, which keep their order (``report``). Not the
+        # entries themselves: an updated account's old entry must go before its new evidence is made (``_refresh``).
+        self._ranked: list[tuple[float, str]] | None = None
         self._members_before: set[str] = set()
         self.cluster_cost_s = 0.0  # CPU seconds the last report spent clustering (this thread's)
         # ... and re-scoring the accounts updated since the one before, their evidence and entries (what a later report
@@ -408,15 +409,15 @@ class Scanner:
             new_rows = []
             for account in rebuilt:
                 entry = entry_cache[account][1]
-                new_rows.append((_rank(entry), account, entry))
+                new_rows.append((_rank(entry), account))
             merged += sorted(new_rows)
-            merged.sort()  # never compares two entries: no two rows have the same account
+            merged.sort()
             self._ranked = merged
-            entries = [r[2] for r in merged]
+            entries = [entry_cache[a][1] for _, a in merged]
         else:
             entries = [hit[1] for hit in map(entry_cache.__getitem__, self.accounts)] if ranked is not None else entries
             entries.sort(key=lambda e: (_rank(e), str(e["account_id"])))
-            self._ranked = [(_rank(e), e["account_id"], e) for e in entries] if all(type(a) is str for a in self.accounts) else None
+            self._ranked = [(_rank(e), e["account_id"]) for e in entries] if all(type(a) is str for a in self.accounts) else None
         return {"v": 1, "events": self.events, "accounts_seen": len(self.accounts), "accounts": entries,
                 "clusters": [c.as_report() for c in clusters]}
 
