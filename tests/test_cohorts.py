@@ -58,6 +58,11 @@ def people(scanner_meta: dict[str, AccountMeta], n: int, *, prefix: str = "perso
     return out
 
 
+def residential(rng: random.Random) -> dict[str, Any]:
+    """A new home address on one of three large consumer ISPs: what a hydra account rotating residential proxies shows."""
+    return {"ip": f"172.{rng.randrange(16, 32)}.{rng.randrange(256)}.{rng.randrange(1, 255)}", "asn": rng.choice([3320, 7018, 7922])}
+
+
 def replay(meta: dict[str, AccountMeta], events: list[dict[str, Any]]) -> Scanner:
     scanner = Scanner(accounts=meta)
     for event in sorted(events, key=lambda e: e["ts"]):
@@ -77,7 +82,7 @@ def test_a_300_account_hydra_at_two_requests_each_is_one_pure_cluster_and_high()
         meta[name] = AccountMeta(name, created_at=T0 - 2 * DAY + rng.uniform(0, 5 * HOUR))
         for i in range(2):
             events.append(ev(name, T0 + DAY + rng.uniform(0, DAY), maths_task(k * 2 + i),
-                             ip=f"172.{rng.randrange(16, 32)}.{rng.randrange(256)}.{rng.randrange(1, 255)}", asn=rng.choice([3320, 7018, 7922]),
+                             **residential(rng),
                              header="fp-openai-py", params=rng.choice(PARAMS)))
     report = replay(meta, events).report()
     entries = {e["account_id"]: e for e in report["accounts"]}
@@ -195,7 +200,7 @@ def test_quiet_accounts_of_a_burst_tied_only_by_a_scaffold_marker_are_one_pure_c
             task = rng.choice([f"Why does {subject} behave as it does at scale {i + k}?", f"List the key results about {subject}.",
                                f"Explain how {subject} works from first principles, case {k}.", f"What limits {subject} in practice?"])
             events.append(ev(name, T0 + DAY + rng.uniform(0, DAY), f"%% {task}",
-                             ip=f"172.{rng.randrange(16, 32)}.{rng.randrange(256)}.{rng.randrange(1, 255)}", asn=rng.choice([3320, 7018, 7922]),
+                             **residential(rng),
                              header=rng.choice(CLIENTS), params=rng.choice(PARAMS)))
     report = replay(meta, events).report()
     hydra_clusters = [c for c in report["clusters"] if set(c["accounts"]) & set(hydra)]

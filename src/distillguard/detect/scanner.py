@@ -406,11 +406,7 @@ class Scanner:
             # The last report's order without the rebuilt entries, and the rebuilt ones sorted: two sorted runs, which
             # one sort merges in a single pass. The same order as sorting every entry (account ids are unique).
             merged = [r for r in ranked if r[1] not in rebuilt]
-            new_rows = []
-            for account in rebuilt:
-                entry = entry_cache[account][1]
-                new_rows.append((_rank(entry), account))
-            merged += sorted(new_rows)
+            merged += sorted((_rank(entry_cache[account][1]), account) for account in rebuilt)
             merged.sort()
             self._ranked = merged
             entries = [entry_cache[a][1] for _, a in merged]

@@ -158,11 +158,12 @@ class TemplatedPrompts(Detector):
         if len(messages) > 1:
             return  # follow-ups are conversation, not template use
         text = context.text
-        known = self._frames.get(hash(text))
+        text_key = hash(text)
+        known = self._frames.get(text_key)
         if known is None:
             frame = frame_of(text)
             known = (hash(frame), wrapper_parts(frame) + scaffold_parts(text))
-            remember(self._frames, hash(text), known, _FRAMES_KNOWN)
+            remember(self._frames, text_key, known, _FRAMES_KNOWN)
         key, parts = known
         if key in state.frames or len(state.frames) < _MAX_FRAMES:
             state.frames[key] = state.frames.get(key, 0) + 1

@@ -24,6 +24,7 @@ scan; the cap is recorded in the labels.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import math
 import random
@@ -439,7 +440,7 @@ class Fleet(Actor):
         handover = sorted(begin + rng.uniform(0.2, 0.8) * (end - begin) for _ in first) if p.creation == "staggered" and ban else []
         while ts < end:
             if handover:
-                replaced = sum(1 for moment in handover if moment <= ts)
+                replaced = bisect.bisect_right(handover, ts)  # the accounts whose moment has come (handover is sorted)
                 members = second[:replaced] + first[replaced:]
             else:
                 members = second if ban is not None and ts >= ban else first

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -34,8 +35,6 @@ def _announce(settings: Settings) -> None:
     """Tell running gateways that the key table changed (with ``state: redis://…``; a failure leaves them their poll)."""
     if settings.state == "memory":
         return
-    import os
-
     from distillguard.state.notify import RedisNotifier
 
     notifier = RedisNotifier(settings.state, f"cli:{os.getpid()}", timeout_s=max(1.0, settings.state_timeout_s))
